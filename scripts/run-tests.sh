@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run every cmocka test binary of a build directory with TAP output, show
+# failures and skips with their reasons, and end with the line
+# "N passed, N failed, N skipped" (counts of test cases).  A binary that
+# crashes or exits non-zero without a failing case counts as one failure.
+set -u
+build=${1:-build-check}
+export CMOCKA_MESSAGE_OUTPUT=TAP
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+pass=0 fail=0 skip=0
+logdir="$build/test-logs"
+mkdir -p "$logdir"
+shopt -s nullglob
+for t in "$build"/tests/test_*; do
+  [ -x "$t" ] && [ -f "$t" ] || continue
+  name=$(basename "$t")
+  start=$(date +%s)
+  "$t" >"$logdir/$name.log" 2>&1
+  rc=$?
+  secs=$(( $(date +%s) - start ))
+  p=$(grep -Ec '^ok [0-9]+' "$logdir/$name.log" | tr -d ' ')
+  s=$(grep -Eic '^ok [0-9]+.*# *skip' "$logdir/$name.log" | tr -d ' ')
+  f=$(grep -Ec '^not ok [0-9]+' "$logdir/$name.log" | tr -d ' ')
+  p=$((p - s))
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    f=1
+    echo "FAIL $name: exited with status $rc without a failing case (crash or sanitizer report):"
+    tail -n 30 "$logdir/$name.log" | sed 's/^/    /'
+  fi
+  printf '%-22s %4d passed %3d failed %3d skipped  (%ss)\n' "$name" "$p" "$f" "$s" "$secs"
+  grep -E '^not ok|^# *(ERROR|FAIL|error|.*Failure)' "$logdir/$name.log" | sed 's/^/    /' | head -n 40
+  grep -Ei -B1 '^ok [0-9]+.*# *skip' "$logdir/$name.log" | grep -E '^#' | sed 's/^#/    SKIP:/' | head -n 20
+  pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
+done
+echo "$pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ] && [ "$pass" -gt 0 ]

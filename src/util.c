@@ -1,0 +1,109 @@
+/*
+ * util.c - audit reporting, fault injection, size parsing, clocks.
+ */
+#include "common.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static char audit_msg[512];
+
+int hv_audit_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(audit_msg, sizeof(audit_msg), fmt, ap);
+    va_end(ap);
+    return -EUCLEAN;
+}
+
+const char *hv_audit_last(void) { return audit_msg; }
+
+long hv_fault_countdown;
+unsigned hv_fault_sites;
+unsigned long hv_fault_hits;
+
+void fault_arm(long nth, unsigned sites)
+{
+    hv_fault_countdown = nth;
+    hv_fault_sites = sites;
+}
+
+void fault_disarm(void)
+{
+    hv_fault_countdown = 0;
+    hv_fault_sites = 0;
+}
+
+void *hv_malloc(size_t size)
+{
+    if (fault_should_fail(FAULT_SITE_MEM))
+        return NULL;
+    return malloc(size);
+}
+
+void *hv_calloc(size_t n, size_t size)
+{
+    if (fault_should_fail(FAULT_SITE_MEM))
+        return NULL;
+    return calloc(n, size);
+}
+
+int hv_parse_size(const char *s, uint64_t *out)
+{
+    if (!s || !*s || *s == '-')
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || end == s)
+        return -EINVAL;
+    unsigned shift = 0;
+    if (*end) {
+        switch (toupper((unsigned char)*end)) {
+        case 'K': shift = 10; break;
+        case 'M': shift = 20; break;
+        case 'G': shift = 30; break;
+        case 'T': shift = 40; break;
+        default: return -EINVAL;
+        }
+        end++;
+        if (*end == 'i' || *end == 'I')
+            end++;
+        if (*end == 'B' || *end == 'b')
+            end++;
+        if (*end)
+            return -EINVAL;
+    }
+    if (shift && v > (~0ULL >> shift))
+        return -ERANGE;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+const char *hv_fmt_size(uint64_t bytes, char *buf, size_t len)
+{
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    unsigned u = 0;
+    while (v >= 1024.0 && u + 1 < ARRAY_SIZE(units)) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+    else
+        snprintf(buf, len, "%.*f %s", v == (double)(uint64_t)v ? 0 : 1, v, units[u]);
+    return buf;
+}
+
+uint64_t hv_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
