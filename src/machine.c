@@ -1,0 +1,227 @@
+/*
+ * machine.c - one memfd of host memory, its mapping, and frame scrubbing.
+ *
+ * The memfd is sized once with ftruncate (no blocks allocated), mapped once
+ * MAP_SHARED|MAP_NORESERVE and advised MADV_HUGEPAGE, so only touched frames
+ * cost host RAM.  The frame allocator calls machine_scrub() for every extent
+ * it frees; afterwards the extent reads as zero:
+ *   - never touched (mincore: not resident, and the host has no swap):
+ *     nothing to do, it is a hole and reads as zero;
+ *   - order >= 9: fallocate(PUNCH_HOLE) returns the blocks to the host; no
+ *     byte is written and RSS drops;
+ *   - smaller: memset when wholly resident (cheaper than a syscall that may
+ *     split a huge page), PUNCH_HOLE when partly resident (memset would
+ *     commit the rest).
+ */
+#include "machine.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#endif
+
+static const char thp_path[] = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+static void machine_scrub(void *ctx, mfn_t mfn, unsigned order)
+{
+    struct machine *m = ctx;
+    uint64_t off = machine_offset(mfn);
+    uint64_t len = order_pages(order) << PAGE_SHIFT;
+    size_t npages = (size_t)order_pages(order);
+    size_t resident = npages;
+
+    m->stats.scrub_calls++;
+    /* mincore tells which pages are in the memfd's page cache.  Without swap
+     * a page that is not there is a hole and already reads as zero; with
+     * swap it may be swapped out, so it must be punched. */
+    if (m->residency && mincore(m->base + off, len, m->residency) == 0) {
+        resident = 0;
+        for (size_t i = 0; i < npages; i++)
+            resident += m->residency[i] & 1;
+    }
+    if (resident == 0 && !m->swap_possible) {
+        m->stats.scrub_skipped_bytes += len;
+        return;
+    }
+    if ((order >= PAGE_ORDER_2M || resident < npages) &&
+        fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)len) == 0) {
+        m->stats.scrub_punched_bytes += len;
+        return;
+    }
+    memset(m->base + off, 0, len);
+    m->stats.scrub_zeroed_bytes += len;
+}
+
+/* True unless /proc/meminfo says SwapTotal is 0 (unknown counts as swap). */
+static bool swap_configured(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[128];
+    bool swap = true;
+    if (!f)
+        return true;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long kb;
+        if (sscanf(line, "SwapTotal: %llu kB", &kb) == 1) {
+            swap = kb != 0;
+            break;
+        }
+    }
+    fclose(f);
+    return swap;
+}
+
+int machine_create(struct machine **out, uint64_t bytes, enum frame_policy policy)
+{
+    int rc;
+    if (bytes == 0 || bytes % (2 * MiB) || bytes > (1ULL << 46))
+        return -EINVAL;
+    struct machine *m = hv_calloc(1, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    m->bytes = bytes;
+    m->nr_frames = bytes >> PAGE_SHIFT;
+    m->thp = thp_shmem_read();
+    m->swap_possible = swap_configured();
+
+    m->fd = memfd_create("hugevm-machine", MFD_CLOEXEC);
+    if (m->fd < 0) {
+        rc = -errno;
+        goto err_free;
+    }
+    if (ftruncate(m->fd, (off_t)bytes) < 0) {
+        rc = -errno;
+        goto err_fd;
+    }
+    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_NORESERVE, m->fd, 0);
+    if (base == MAP_FAILED) {
+        rc = -errno;
+        goto err_fd;
+    }
+    m->base = base;
+    /* Advice only: failing to get huge pages is never an error. */
+    (void)madvise(m->base, bytes, MADV_HUGEPAGE);
+
+    /* One residency vector for the largest extent; without it every scrub
+     * simply punches or zeroes. */
+    m->residency = malloc((size_t)order_pages(MAX_ORDER));
+    rc = frames_create(&m->frames, m->nr_frames, policy);
+    if (rc < 0)
+        goto err_map;
+    frames_set_scrub(m->frames, machine_scrub, m);
+    *out = m;
+    return 0;
+
+err_map:
+    free(m->residency);
+    munmap(m->base, bytes);
+err_fd:
+    close(m->fd);
+err_free:
+    free(m);
+    return rc;
+}
+
+void machine_destroy(struct machine *m)
+{
+    if (!m)
+        return;
+    frames_destroy(m->frames);
+    free(m->residency);
+    munmap(m->base, m->bytes);
+    close(m->fd);
+    free(m);
+}
+
+uint64_t machine_resident_bytes(const struct machine *m)
+{
+    struct stat st;
+    if (fstat(m->fd, &st) < 0)
+        return 0;
+    return (uint64_t)st.st_blocks * 512u;
+}
+
+static const struct {
+    const char *word;
+    enum thp_shmem val;
+} thp_words[] = {
+    {"never", THP_SHMEM_NEVER},           {"deny", THP_SHMEM_DENY},
+    {"advise", THP_SHMEM_ADVISE},         {"within_size", THP_SHMEM_WITHIN_SIZE},
+    {"always", THP_SHMEM_ALWAYS},         {"force", THP_SHMEM_FORCE},
+};
+
+enum thp_shmem thp_shmem_read(void)
+{
+    char buf[256];
+    FILE *f = fopen(thp_path, "r");
+    if (!f)
+        return THP_SHMEM_UNKNOWN;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    /* The selected value is in brackets: "always within_size [advise] ..." */
+    char *l = strchr(buf, '['), *r = l ? strchr(l, ']') : NULL;
+    if (!l || !r)
+        return THP_SHMEM_UNKNOWN;
+    *r = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(thp_words); i++)
+        if (!strcmp(l + 1, thp_words[i].word))
+            return thp_words[i].val;
+    return THP_SHMEM_UNKNOWN;
+}
+
+const char *thp_shmem_name(enum thp_shmem t)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(thp_words); i++)
+        if (thp_words[i].val == t)
+            return thp_words[i].word;
+    return "unknown";
+}
+
+bool thp_shmem_usable(enum thp_shmem t)
+{
+    return t == THP_SHMEM_ADVISE || t == THP_SHMEM_WITHIN_SIZE ||
+           t == THP_SHMEM_ALWAYS || t == THP_SHMEM_FORCE;
+}
+
+const char *thp_shmem_explain(enum thp_shmem t)
+{
+    if (thp_shmem_usable(t))
+        return "shmem THP available: 2M-aligned machine extents can be backed "
+               "by host huge pages, so a 2M p2m leaf is also a 2M host "
+               "mapping (one TLB entry, one fault per 2M)";
+    return "shmem THP unavailable: the machine is backed by 4K host pages; "
+           "p2m superpages still shorten hugevm's own walks and keep the "
+           "guest layout, but host mappings (and a KVM guest's EPT) stay 4K, "
+           "each 2M costs 512 host faults on first touch (root can set "
+           "shmem_enabled to 'advise')";
+}
+
+int thp_shmem_try_enable(void)
+{
+    enum thp_shmem t = thp_shmem_read();
+    if (thp_shmem_usable(t))
+        return 0;
+    if (t == THP_SHMEM_UNKNOWN || t == THP_SHMEM_DENY)
+        return -ENOTSUP;
+    if (geteuid() != 0)
+        return -EPERM;
+    FILE *f = fopen(thp_path, "w");
+    if (!f)
+        return -errno;
+    int ok = fputs("advise", f) >= 0;
+    if (fclose(f) != 0)
+        ok = 0;
+    if (!ok)
+        return -EIO;
+    return thp_shmem_usable(thp_shmem_read()) ? 0 : -EIO;
+}

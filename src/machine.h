@@ -1,0 +1,79 @@
+/*
+ * machine.h - the host memory hugevm manages.
+ *
+ * One memfd (shmem) of the user-given size, mapped once MAP_SHARED and
+ * advised MADV_HUGEPAGE; nothing is committed until touched.  mfn N lives at
+ * byte N * 4096 of the mapping, so mfn -> host pointer is arithmetic.
+ *
+ * Scrubbing: the machine installs itself as the frame allocator's scrub hook,
+ * so every extent is zeroed as it is freed and every free frame reads as zero
+ * (a new domain can never read another domain's bytes, and a fresh
+ * allocation needs no clearing).  Extents of 2M and more are returned to the
+ * host with fallocate(PUNCH_HOLE) (no writes, RSS drops); smaller ones are
+ * zeroed in place with memset when they are resident, punched when partly
+ * resident (or possibly swapped out), and left alone when never touched.
+ */
+#ifndef HUGEVM_MACHINE_H
+#define HUGEVM_MACHINE_H
+
+#include "common.h"
+#include "frames.h"
+
+/* What /sys/kernel/mm/transparent_hugepage/shmem_enabled allows. */
+enum thp_shmem {
+    THP_SHMEM_UNKNOWN = 0, /* file missing/unreadable */
+    THP_SHMEM_NEVER,
+    THP_SHMEM_DENY,
+    THP_SHMEM_ADVISE,
+    THP_SHMEM_WITHIN_SIZE,
+    THP_SHMEM_ALWAYS,
+    THP_SHMEM_FORCE,
+};
+
+struct machine_stats {
+    uint64_t scrub_punched_bytes; /* freed by PUNCH_HOLE */
+    uint64_t scrub_zeroed_bytes;  /* zeroed with memset */
+    uint64_t scrub_skipped_bytes; /* never touched (holes): nothing to do */
+    uint64_t scrub_calls;
+};
+
+struct machine {
+    uint8_t *base;         /* mapping of the memfd */
+    uint64_t bytes;        /* size of the machine */
+    uint64_t nr_frames;
+    int fd;                /* the memfd */
+    struct frames *frames; /* allocator over [0, nr_frames) */
+    enum thp_shmem thp;    /* host THP setting seen at create */
+    domid_t next_domid;    /* handed out by domain_create */
+    bool swap_possible;    /* host has swap: non-resident != zero */
+    unsigned char *residency; /* mincore vector for scrub, 2^MAX_ORDER bytes */
+    struct machine_stats stats;
+};
+
+/* bytes must be a positive multiple of 2 MiB.  -EINVAL, -ENOMEM or the
+ * errno of memfd_create/ftruncate/mmap. */
+int machine_create(struct machine **out, uint64_t bytes,
+                   enum frame_policy policy) HV_MUST_CHECK;
+void machine_destroy(struct machine *m);
+
+static inline void *machine_ptr(const struct machine *m, mfn_t mfn)
+{
+    return m->base + (mfn << PAGE_SHIFT);
+}
+static inline uint64_t machine_offset(mfn_t mfn) { return mfn << PAGE_SHIFT; }
+
+/* Host RAM currently backing the machine (memfd blocks), in bytes. */
+uint64_t machine_resident_bytes(const struct machine *m);
+
+/* Read the host's shmem THP setting. */
+enum thp_shmem thp_shmem_read(void);
+const char *thp_shmem_name(enum thp_shmem t);
+/* True when a MADV_HUGEPAGE shmem mapping can get PMD-mapped huge pages. */
+bool thp_shmem_usable(enum thp_shmem t);
+/* One-paragraph human explanation of what the setting implies. */
+const char *thp_shmem_explain(enum thp_shmem t);
+/* Switch shmem_enabled to "advise" when it is "never" and we are root
+ * (tests and demo only).  Returns 0 if usable afterwards, else -errno. */
+int thp_shmem_try_enable(void);
+
+#endif
