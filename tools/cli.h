@@ -1,0 +1,74 @@
+/*
+ * cli.h - the table-driven command line.
+ *
+ * Each subcommand is one struct cmd in its own cmd_*.c file: a name, a
+ * one-line summary, an option table and a run function.  hugevm.c lists the
+ * commands; option parsing and --help are generated from the tables.
+ */
+#ifndef HUGEVM_CLI_H
+#define HUGEVM_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common.h"
+#include "json.h"
+
+enum opt_kind {
+    OPT_FLAG,  /* bool *, no argument */
+    OPT_SIZE,  /* uint64_t *, "8G", "256M", "4096" */
+    OPT_U64,   /* uint64_t * */
+    OPT_DBL,   /* double * */
+    OPT_STR,   /* const char ** */
+    OPT_FUNC,  /* int fn(void *dest, const char *arg): custom, may repeat */
+};
+
+struct opt {
+    const char *name; /* without the leading "--" */
+    enum opt_kind kind;
+    void *dest;
+    const char *arg;  /* placeholder shown in --help, e.g. "SIZE" */
+    const char *help;
+    int (*fn)(void *dest, const char *arg);
+};
+
+struct cmd {
+    const char *name;
+    const char *summary;
+    const char *usage_extra; /* positional arguments, or NULL */
+    /* Called with options already parsed into the dest pointers, and the
+     * remaining positional arguments.  Returns the process exit status. */
+    int (*run)(int argc, char **argv);
+    struct opt *opts; /* terminated by {0} */
+};
+
+/* Parse argv (after the command name) with the command's option table.
+ * Returns the number of positional arguments left in argv (compacted to the
+ * front), or -1 after printing an error, or -2 if --help was printed. */
+int cli_parse(const struct cmd *c, int argc, char **argv);
+void cli_help(const struct cmd *c, FILE *out);
+
+/* Shared helpers for the commands. */
+int cli_error(const char *fmt, ...) HV_PRINTF(1, 2); /* prints, returns 1 */
+struct domain;
+struct machine;
+/* Human table of a domain's leaf counts and populate statistics. */
+void cli_print_domain(const struct domain *d, FILE *out);
+void cli_json_domain(struct json *j, const char *key, const struct domain *d);
+void cli_print_frames(const struct machine *m, FILE *out);
+void cli_json_frames(struct json *j, const char *key, const struct machine *m);
+void cli_print_thp(const struct machine *m, FILE *out);
+/* PoD state and statistics of a domain (cache, populated per order, sweeps,
+ * reclaim, crash reason). */
+void cli_print_pod(const struct domain *d, FILE *out);
+void cli_json_pod(struct json *j, const char *key, const struct domain *d);
+
+extern const struct cmd cmd_populate;
+extern const struct cmd cmd_fragment;
+extern const struct cmd cmd_info;
+extern const struct cmd cmd_run;
+extern const struct cmd cmd_balloon;
+extern const struct cmd cmd_defrag;
+
+#endif

@@ -1,0 +1,148 @@
+/*
+ * report.c - how the commands show a domain, a machine's free memory and
+ * the host THP setting, as human text and as JSON.  One place, so every
+ * command prints the same names (KVM's pages_4k/pages_2m/pages_1g).
+ */
+#include "cli.h"
+#include "domain.h"
+
+void cli_print_thp(const struct machine *m, FILE *out)
+{
+    fprintf(out, "host shmem THP: %s\n  %s\n", thp_shmem_name(m->thp),
+            thp_shmem_explain(m->thp));
+}
+
+void cli_print_domain(const struct domain *d, FILE *out)
+{
+    char b1[32], b2[32];
+    struct p2m_stats ps;
+    p2m_get_stats(d->p2m, &ps);
+    fprintf(out, "domain %u: tot_pages %llu (%s) of max %llu\n", d->domid,
+            (unsigned long long)d->tot_pages,
+            hv_fmt_size(d->tot_pages << PAGE_SHIFT, b1, sizeof(b1)),
+            (unsigned long long)d->max_pages);
+    fprintf(out, "  leaves:    pages_1g %-8llu pages_2m %-8llu pages_4k %llu\n",
+            (unsigned long long)domain_pages_1g(d),
+            (unsigned long long)domain_pages_2m(d),
+            (unsigned long long)domain_pages_4k(d));
+    fprintf(out, "  p2m:       %llu tables (%s), splits 2M %llu 1G %llu, merges 2M %llu 1G %llu\n",
+            (unsigned long long)ps.tables,
+            hv_fmt_size(p2m_table_bytes(d->p2m), b2, sizeof(b2)),
+            (unsigned long long)ps.splits[1], (unsigned long long)ps.splits[2],
+            (unsigned long long)ps.merges[1], (unsigned long long)ps.merges[2]);
+    fprintf(out, "  statistics:\n");
+#define X(name, desc)                                                          \
+    if (d->stats.name)                                                         \
+        fprintf(out, "    %-22s %10llu  %s\n", #name,                          \
+                (unsigned long long)d->stats.name, desc);
+    DOMAIN_STAT_FIELDS(X)
+#undef X
+    uint64_t nomem = d->stats.fallback_1g_nomem + d->stats.fallback_2m_nomem;
+    if (nomem)
+        fprintf(out, "  WARNING: %llu superpage request(s) fell back to a smaller "
+                     "order because machine memory is fragmented\n",
+                (unsigned long long)nomem);
+}
+
+void cli_json_domain(struct json *j, const char *key, const struct domain *d)
+{
+    struct p2m_stats ps;
+    p2m_get_stats(d->p2m, &ps);
+    json_obj_begin(j, key);
+    json_u64(j, "domid", d->domid);
+    json_u64(j, "tot_pages", d->tot_pages);
+    json_u64(j, "max_pages", d->max_pages);
+    json_u64(j, "pages_4k", domain_pages_4k(d));
+    json_u64(j, "pages_2m", domain_pages_2m(d));
+    json_u64(j, "pages_1g", domain_pages_1g(d));
+    json_u64(j, "fallbacks", d->stats.fallback_1g_nomem + d->stats.fallback_2m_nomem);
+    json_u64(j, "p2m_tables", ps.tables);
+    json_u64(j, "p2m_table_bytes", p2m_table_bytes(d->p2m));
+    json_u64(j, "splits_2m", ps.splits[1]);
+    json_u64(j, "splits_1g", ps.splits[2]);
+    json_u64(j, "merges_2m", ps.merges[1]);
+    json_u64(j, "merges_1g", ps.merges[2]);
+    json_obj_begin(j, "stats");
+#define X(name, desc) json_u64(j, #name, d->stats.name);
+    DOMAIN_STAT_FIELDS(X)
+#undef X
+    json_obj_end(j);
+    json_obj_end(j);
+}
+
+void cli_print_frames(const struct machine *m, FILE *out)
+{
+    struct frame_stats st;
+    char b1[32], b2[32];
+    frames_get_stats(m->frames, &st);
+    fprintf(out, "machine: %s, %s free, policy %s\n",
+            hv_fmt_size(m->bytes, b1, sizeof(b1)),
+            hv_fmt_size(st.free_frames << PAGE_SHIFT, b2, sizeof(b2)),
+            frame_policy_name(frames_policy(m->frames)));
+    fprintf(out, "  allocatable: 1G %llu, 2M %llu; fragment 2M blocks %llu\n",
+            (unsigned long long)frames_allocatable(m->frames, PAGE_ORDER_1G),
+            (unsigned long long)frames_allocatable(m->frames, PAGE_ORDER_2M),
+            (unsigned long long)st.frag_blocks);
+    fprintf(out, "  unusable index: 2M %.3f 1G %.3f; extfrag index: 2M %.3f 1G %.3f\n",
+            frames_unusable_index(m->frames, PAGE_ORDER_2M),
+            frames_unusable_index(m->frames, PAGE_ORDER_1G),
+            frames_extfrag_index(m->frames, PAGE_ORDER_2M),
+            frames_extfrag_index(m->frames, PAGE_ORDER_1G));
+}
+
+void cli_json_frames(struct json *j, const char *key, const struct machine *m)
+{
+    struct frame_stats st;
+    frames_get_stats(m->frames, &st);
+    json_obj_begin(j, key);
+    json_str(j, "policy", frame_policy_name(frames_policy(m->frames)));
+    json_u64(j, "bytes", m->bytes);
+    json_u64(j, "free_frames", st.free_frames);
+    json_u64(j, "allocatable_2m", frames_allocatable(m->frames, PAGE_ORDER_2M));
+    json_u64(j, "allocatable_1g", frames_allocatable(m->frames, PAGE_ORDER_1G));
+    json_u64(j, "frag_blocks", st.frag_blocks);
+    json_dbl(j, "unusable_index_2m", frames_unusable_index(m->frames, PAGE_ORDER_2M));
+    json_dbl(j, "unusable_index_1g", frames_unusable_index(m->frames, PAGE_ORDER_1G));
+    json_dbl(j, "extfrag_index_2m", frames_extfrag_index(m->frames, PAGE_ORDER_2M));
+    json_dbl(j, "extfrag_index_1g", frames_extfrag_index(m->frames, PAGE_ORDER_1G));
+    json_arr_begin(j, "free_extents");
+    for (unsigned o = 0; o < NR_ORDERS; o++)
+        json_u64(j, NULL, st.free_extents[o]);
+    json_arr_end(j);
+    json_obj_end(j);
+}
+
+void cli_print_pod(const struct domain *d, FILE *out)
+{
+    const struct pod *p = &d->pod;
+    fprintf(out, "PoD: cache %llu x 2M + %llu x 4K (%llu pages), %llu PoD pages outstanding, "
+                 "target %llu pages\n",
+            (unsigned long long)pod_cache_2m(p), (unsigned long long)pod_cache_4k(p),
+            (unsigned long long)p->count, (unsigned long long)p->entry_count,
+            (unsigned long long)p->target);
+#define X(name, desc)                                                          \
+    if (p->stats.name)                                                         \
+        fprintf(out, "    %-24s %10llu  %s\n", #name,                          \
+                (unsigned long long)p->stats.name, desc);
+    POD_STAT_FIELDS(X)
+#undef X
+    if (d->crashed)
+        fprintf(out, "  DOMAIN CRASHED: %s\n", domain_last_event(d));
+}
+
+void cli_json_pod(struct json *j, const char *key, const struct domain *d)
+{
+    const struct pod *p = &d->pod;
+    json_obj_begin(j, key);
+    json_u64(j, "cache_2m", pod_cache_2m(p));
+    json_u64(j, "cache_4k", pod_cache_4k(p));
+    json_u64(j, "count", p->count);
+    json_u64(j, "entry_count", p->entry_count);
+    json_u64(j, "target", p->target);
+    json_bool(j, "crashed", d->crashed);
+    json_str(j, "last_event", domain_last_event(d) ? domain_last_event(d) : "");
+#define X(name, desc) json_u64(j, #name, p->stats.name);
+    POD_STAT_FIELDS(X)
+#undef X
+    json_obj_end(j);
+}
