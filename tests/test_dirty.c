@@ -1,0 +1,617 @@
+/*
+ * test_dirty.c - log-dirty against a trivially correct model: random
+ * multi-vCPU writes with harvests, peeks, PML-full exits and mode changes at
+ * random points (every written gfn reported; in split modes nothing else),
+ * KVM's dirty_log_page_splitting_test checks, split-on-write splitting only
+ * what was written, PML semantics, coarse over-marking, merge-back
+ * accounting with its reasons, and harvest from another thread.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "dirty.h"
+#include "vcpu.h"
+#include "workload.h"
+
+#define AUDIT_OK(expr)                                                         \
+    do {                                                                       \
+        int rc_ = (expr);                                                      \
+        if (rc_ != 0)                                                          \
+            fail_msg("%s: %s", #expr, hv_audit_last());                        \
+    } while (0)
+
+static void audit_all(const struct domain *d)
+{
+    AUDIT_OK(domain_audit(d));
+    AUDIT_OK(frames_audit(d->m->frames));
+}
+
+/* Guest: gfns [0, 2^19) = 2 GiB: the first 1G holds the VGA hole (4K in the
+ * first 2M, then 2M leaves), the second 1G is one 1G leaf. */
+#define GUEST_GFNS (1ULL << 19)
+
+struct env {
+    struct machine *m;
+    struct domain *d;
+    struct vcpu *v[4];
+    unsigned nv;
+};
+
+static void env_init(struct env *e, unsigned nv, bool all_4k)
+{
+    memset(e, 0, sizeof(*e));
+    assert_int_equal(machine_create(&e->m, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    struct domain_config c;
+    domain_config_default(&c);
+    if (all_4k) {
+        c.nr_4k_ranges = 1;
+        c.ranges_4k[0] = (struct gfn_range){0, GUEST_GFNS};
+    }
+    assert_int_equal(domain_create(e->m, &c, &e->d), 0);
+    assert_int_equal(domain_populate(e->d, 0, GUEST_GFNS, NULL), 0);
+    e->nv = nv;
+    for (unsigned i = 0; i < nv; i++)
+        assert_int_equal(vcpu_create(e->d, i, NULL, &e->v[i]), 0);
+}
+
+static void env_fini(struct env *e)
+{
+    for (unsigned i = 0; i < e->nv; i++)
+        vcpu_destroy(e->v[i]);
+    domain_destroy(e->d);
+    AUDIT_OK(frames_audit(e->m->frames));
+    machine_destroy(e->m);
+}
+
+static bool bit(const uint64_t *bm, uint64_t g) { return (bm[g / 64] >> (g & 63)) & 1; }
+static void set_bit(uint64_t *bm, uint64_t g) { bm[g / 64] |= 1ULL << (g & 63); }
+
+static void write_gfn(struct env *e, unsigned vi, gfn_t g, uint64_t val)
+{
+    struct vcpu *v = e->v[vi];
+    vcpu_lock(v);
+    int rc = vcpu_write(v, (g << PAGE_SHIFT) | ((val & 511) * 8), val);
+    vcpu_unlock(v);
+    assert_int_equal(rc, 0);
+    /* the guest's bytes really changed */
+    enum p2m_type t;
+    mfn_t mfn = p2m_get_entry(e->d->p2m, g, &t, NULL);
+    assert_true(p2m_is_ram(t));
+    uint64_t got;
+    memcpy(&got, (uint8_t *)machine_ptr(e->m, mfn) + (val & 511) * 8, 8);
+    assert_int_equal(got, val);
+}
+
+static bool guest_gfn(const struct domain *d, gfn_t g)
+{
+    return g < GUEST_GFNS && !domain_gfn_in_hole(d, g);
+}
+
+static gfn_t random_gfn(struct env *e, struct hv_rng *r)
+{
+    for (;;) {
+        gfn_t g;
+        if (hv_rng_below(r, 4) == 0)
+            g = hv_rng_below(r, GUEST_GFNS);
+        else /* locality: a few hot 2M blocks */
+            g = (hv_rng_below(r, 24) * 21 % 1024) * 512 + hv_rng_below(r, 512);
+        if (guest_gfn(e->d, g))
+            return g;
+    }
+}
+
+/* ---- the random differential test --------------------------------------- */
+
+static void random_run(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool modes_change)
+{
+    struct env e;
+    env_init(&e, nv, false);
+    struct hv_rng r = {seed};
+    uint64_t b4k = domain_pages_4k(e.d), b2m = domain_pages_2m(e.d), b1g = domain_pages_1g(e.d);
+    assert_int_equal(dirty_enable(e.d, mode0), 0);
+    audit_all(e.d);
+    uint64_t nr = dirty_bitmap_gfns(e.d);
+    assert_true(nr >= GUEST_GFNS);
+    size_t words = (size_t)((nr + 63) / 64);
+    uint64_t *model = calloc(words, 8);     /* written since the last harvest */
+    uint64_t *ever = calloc(words, 8);      /* written while enabled */
+    uint64_t *uni = calloc(words, 8);       /* union of harvests */
+    uint64_t *out = calloc(words, 8);
+    bool coarse_seen = mode0 == DIRTY_COARSE; /* in this round */
+    enum dirty_mode mode = mode0;
+    uint64_t harvests = 0, writes = 0;
+    for (int op = 0; op < 6000; op++) {
+        unsigned what = (unsigned)hv_rng_below(&r, 1000);
+        if (what < 960) {
+            gfn_t g = random_gfn(&e, &r);
+            write_gfn(&e, (unsigned)hv_rng_below(&r, nv), g, hv_rng_next(&r));
+            set_bit(model, g);
+            set_bit(ever, g);
+            writes++;
+        } else if (what < 975) {
+            /* a burst that fills a PML buffer past 512 */
+            unsigned vi = (unsigned)hv_rng_below(&r, nv);
+            gfn_t base = 512 * (1 + hv_rng_below(&r, 1000));
+            for (gfn_t g = base; g < base + 700; g++) {
+                if (!guest_gfn(e.d, g))
+                    continue;
+                write_gfn(&e, vi, g, g * 3 + 1);
+                set_bit(model, g);
+                set_bit(ever, g);
+            }
+        } else if (what < 990) {
+            struct dirty_round rd;
+            bool peek = hv_rng_below(&r, 4) == 0;
+            int rc = peek ? dirty_peek(e.d, out, nr, &rd) : dirty_harvest(e.d, out, nr, &rd);
+            assert_int_equal(rc, 0);
+            uint64_t cnt = 0;
+            for (gfn_t g = 0; g < nr; g++) {
+                if (bit(model, g) && !bit(out, g))
+                    fail_msg("%s: gfn %#llx written but not reported",
+                             dirty_mode_name(mode), (unsigned long long)g);
+                if (bit(out, g) && !bit(model, g)) {
+                    if (!coarse_seen)
+                        fail_msg("%s: gfn %#llx reported but not written",
+                                 dirty_mode_name(mode), (unsigned long long)g);
+                    /* coarse: only inside a superpage that was written */
+                }
+                cnt += bit(out, g);
+            }
+            assert_int_equal(rd.dirty_pages, cnt);
+            if (!coarse_seen)
+                assert_int_equal(rd.overmarked_pages, 0);
+            if (!peek) {
+                for (size_t i = 0; i < words; i++)
+                    uni[i] |= out[i];
+                memset(model, 0, words * 8);
+                coarse_seen = mode == DIRTY_COARSE;
+                harvests++;
+            }
+        } else if (modes_change) {
+            enum dirty_mode nm = (enum dirty_mode)hv_rng_below(&r, DIRTY_NR_MODES);
+            assert_int_equal(dirty_set_mode(e.d, nm), 0);
+            assert_int_equal(dirty_get_mode(e.d), nm);
+            mode = nm;
+            coarse_seen |= nm == DIRTY_COARSE;
+        }
+        if (op % 500 == 0)
+            audit_all(e.d);
+        /* split modes: no writable superpage and (split-on-write) no
+         * superpage with D set */
+    }
+    struct dirty_disable_result res;
+    assert_int_equal(dirty_disable(e.d, out, nr, &res), 0);
+    for (size_t i = 0; i < words; i++)
+        uni[i] |= out[i];
+    for (gfn_t g = 0; g < nr; g++) {
+        if (bit(ever, g) && !bit(uni, g))
+            fail_msg("gfn %#llx written but in no harvest", (unsigned long long)g);
+        if (!modes_change && mode0 != DIRTY_COARSE && bit(uni, g) && !bit(ever, g))
+            fail_msg("gfn %#llx never written but reported", (unsigned long long)g);
+    }
+    audit_all(e.d);
+    /* nothing was unmapped: every superpage came back */
+    assert_int_equal(res.lost_1g + res.lost_2m, 0);
+    assert_int_equal(domain_pages_4k(e.d), b4k);
+    assert_int_equal(domain_pages_2m(e.d), b2m);
+    assert_int_equal(domain_pages_1g(e.d), b1g);
+    assert_int_equal(res.pages_2m_after, b2m);
+    print_message("# %s vcpus %u%s: %llu writes, %llu harvests, split 1G %llu 2M %llu, "
+                  "recovered 1G %llu 2M %llu, pml full exits %llu, overmarked %llu\n",
+                  dirty_mode_name(mode0), nv, modes_change ? " (mode changes)" : "",
+                  (unsigned long long)writes, (unsigned long long)harvests,
+                  (unsigned long long)res.split_1g, (unsigned long long)res.split_2m,
+                  (unsigned long long)res.recovered_1g, (unsigned long long)res.recovered_2m,
+                  (unsigned long long)res.stats.pml_full_exits,
+                  (unsigned long long)res.stats.overmarked_pages);
+    free(model);
+    free(ever);
+    free(uni);
+    free(out);
+    env_fini(&e);
+}
+
+static void test_random_split_on_write(void **state)
+{
+    (void)state;
+    random_run(DIRTY_SPLIT_ON_WRITE, 1, 11, false);
+    random_run(DIRTY_SPLIT_ON_WRITE, 3, 12, false);
+}
+
+static void test_random_eager_split(void **state)
+{
+    (void)state;
+    random_run(DIRTY_EAGER_SPLIT, 2, 13, false);
+}
+
+static void test_random_coarse(void **state)
+{
+    (void)state;
+    random_run(DIRTY_COARSE, 3, 14, false);
+}
+
+static void test_random_mode_changes(void **state)
+{
+    (void)state;
+    random_run(DIRTY_SPLIT_ON_WRITE, 4, 15, true);
+    random_run(DIRTY_COARSE, 2, 16, true);
+}
+
+/* ---- KVM dirty_log_page_splitting_test, adapted ---------------------------- */
+
+static void test_eager_split_counts(void **state)
+{
+    (void)state;
+    struct env e;
+    env_init(&e, 1, false);
+    uint64_t p2m_2m = domain_pages_2m(e.d), p1g = domain_pages_1g(e.d);
+    assert_true(p2m_2m > 0 && p1g == 1);
+    assert_int_equal(dirty_enable(e.d, DIRTY_EAGER_SPLIT), 0);
+    audit_all(e.d);
+    assert_int_equal(domain_pages_2m(e.d), 0);
+    assert_int_equal(domain_pages_1g(e.d), 0);
+    assert_int_equal(domain_pages_4k(e.d), e.d->tot_pages);
+    /* dirty every page once */
+    for (gfn_t g = 0; g < GUEST_GFNS; g += 1) {
+        if (!guest_gfn(e.d, g) || (g & 7))
+            continue;
+        write_gfn(&e, 0, g, g);
+    }
+    struct dirty_disable_result res;
+    assert_int_equal(dirty_disable(e.d, NULL, 0, &res), 0);
+    audit_all(e.d);
+    /* re-touch after disable */
+    for (gfn_t g = 512; g < GUEST_GFNS; g += 512)
+        write_gfn(&e, 0, g, g + 1);
+    assert_int_equal(domain_pages_2m(e.d), p2m_2m);
+    assert_int_equal(domain_pages_1g(e.d), p1g);
+    assert_int_equal(res.split_1g, 1);
+    assert_int_equal(res.recovered_1g, 1);
+    assert_int_equal(res.recovered_2m, res.split_2m);
+    env_fini(&e);
+}
+
+/* Split-on-write splits exactly the superpages written, one level at a time. */
+static void test_split_on_write_only_written(void **state)
+{
+    (void)state;
+    struct env e;
+    env_init(&e, 2, false);
+    uint64_t b2m = domain_pages_2m(e.d), b4k = domain_pages_4k(e.d);
+    assert_int_equal(dirty_enable(e.d, DIRTY_SPLIT_ON_WRITE), 0);
+    assert_int_equal(domain_pages_2m(e.d), b2m);
+    assert_int_equal(domain_pages_1g(e.d), 1);
+    struct hv_rng r = {5};
+    uint8_t written2m[1024] = {0};
+    for (int i = 0; i < 40; i++) {
+        gfn_t g = random_gfn(&e, &r);
+        write_gfn(&e, (unsigned)i & 1, g, (uint64_t)i);
+        written2m[g >> 9] = 1;
+    }
+    unsigned n_written_2m = 0, n_written_1g_blocks = 0;
+    for (unsigned b = 0; b < 1024; b++) {
+        enum p2m_type t;
+        unsigned order;
+        p2m_get_entry(e.d->p2m, (gfn_t)b << 9, &t, &order);
+        if (b == 0)
+            continue; /* the VGA-hole 2M was 4K from the start */
+        if (written2m[b]) {
+            n_written_2m++;
+            n_written_1g_blocks += b >= 512;
+            assert_int_equal(order, 0);
+            assert_int_equal(t, p2m_ram_rw);
+        } else {
+            assert_true(order >= PAGE_ORDER_2M);
+            assert_int_equal(t, p2m_ram_logdirty);
+        }
+    }
+    bool touched_1g = n_written_1g_blocks > 0;
+    assert_int_equal(domain_pages_1g(e.d), touched_1g ? 0 : 1);
+    assert_int_equal(domain_pages_2m(e.d),
+                     b2m - (n_written_2m - n_written_1g_blocks) +
+                         (touched_1g ? 512 - n_written_1g_blocks : 0));
+    assert_int_equal(domain_pages_4k(e.d), b4k + 512ull * n_written_2m);
+    audit_all(e.d);
+    struct dirty_disable_result res;
+    assert_int_equal(dirty_disable(e.d, NULL, 0, &res), 0);
+    assert_int_equal(res.split_2m, n_written_2m);
+    assert_int_equal(res.recovered_2m, n_written_2m);
+    assert_int_equal(domain_pages_2m(e.d), b2m);
+    env_fini(&e);
+}
+
+/* ---- PML ----------------------------------------------------------------- */
+
+static void test_pml_first_write_only(void **state)
+{
+    (void)state;
+    struct env e;
+    env_init(&e, 1, true); /* all 4K: every write goes through PML */
+    struct vcpu *v = e.v[0];
+    assert_int_equal(dirty_enable(e.d, DIRTY_SPLIT_ON_WRITE), 0);
+    uint64_t nr = dirty_bitmap_gfns(e.d);
+    uint64_t *out = calloc((nr + 63) / 64, 8);
+    for (int i = 0; i < 10; i++)
+        write_gfn(&e, 0, 1000, (uint64_t)i);
+    for (int i = 0; i < 5; i++)
+        write_gfn(&e, 0, 2000, (uint64_t)i);
+    assert_int_equal(v->st.pml_logged, 2);
+    assert_int_equal(v->pml.n, 2);
+    struct dirty_round rd;
+    assert_int_equal(dirty_harvest(e.d, out, nr, &rd), 0);
+    assert_int_equal(rd.dirty_pages, 2);
+    assert_true(bit(out, 1000) && bit(out, 2000));
+    assert_int_equal(rd.pml_flushed, 2);
+    assert_int_equal(v->pml.n, 0);
+    /* a new round logs the first write again, once */
+    write_gfn(&e, 0, 1000, 99);
+    write_gfn(&e, 0, 1000, 98);
+    assert_int_equal(v->st.pml_logged, 3);
+    /* reads never log */
+    uint64_t val;
+    vcpu_lock(v);
+    assert_int_equal(vcpu_read(v, 3000 << PAGE_SHIFT, &val), 0);
+    vcpu_unlock(v);
+    assert_int_equal(v->st.pml_logged, 3);
+    assert_int_equal(dirty_harvest(e.d, out, nr, &rd), 0);
+    assert_int_equal(rd.dirty_pages, 1);
+    assert_int_equal(dirty_disable(e.d, NULL, 0, NULL), 0);
+    free(out);
+    env_fini(&e);
+}
+
+static void test_pml_full_exit(void **state)
+{
+    (void)state;
+    struct env e;
+    env_init(&e, 2, true);
+    struct vcpu *v = e.v[1];
+    assert_int_equal(dirty_enable(e.d, DIRTY_EAGER_SPLIT), 0);
+    uint64_t nr = dirty_bitmap_gfns(e.d);
+    uint64_t *out = calloc((nr + 63) / 64, 8);
+    gfn_t base = 4096;
+    for (gfn_t g = base; g < base + PML_ENTRIES; g++)
+        write_gfn(&e, 1, g, g);
+    assert_int_equal(v->pml.n, PML_ENTRIES);
+    assert_int_equal(v->st.pml_full_exits, 0);
+    write_gfn(&e, 1, base + PML_ENTRIES, 1);
+    assert_int_equal(v->st.pml_full_exits, 1);
+    assert_int_equal(v->pml.n, 1);
+    /* 3 more full buffers, and 7 entries: the appends 1025, 1537 and 2049
+     * exit */
+    for (gfn_t g = base + PML_ENTRIES + 1; g < base + 4 * PML_ENTRIES + 7; g++)
+        write_gfn(&e, 1, g, g);
+    assert_int_equal(v->st.pml_full_exits, 4);
+    assert_int_equal(v->pml.n, 7);
+    struct dirty_round rd;
+    assert_int_equal(dirty_harvest(e.d, out, nr, &rd), 0);
+    assert_int_equal(rd.dirty_pages, 4 * PML_ENTRIES + 7);
+    for (gfn_t g = 0; g < nr; g++)
+        assert_int_equal(bit(out, g), g >= base && g < base + 4 * PML_ENTRIES + 7);
+    struct dirty_stats st;
+    dirty_get_stats(e.d, &st);
+    assert_int_equal(st.pml_full_exits, 4);
+    assert_int_equal(st.pml_flushed, 4 * PML_ENTRIES + 7);
+    assert_int_equal(dirty_disable(e.d, NULL, 0, NULL), 0);
+    free(out);
+    env_fini(&e);
+}
+
+/* ---- coarse ---------------------------------------------------------------- */
+
+static void test_coarse_overmark(void **state)
+{
+    (void)state;
+    struct env e;
+    env_init(&e, 1, false);
+    assert_int_equal(dirty_enable(e.d, DIRTY_COARSE), 0);
+    uint64_t nr = dirty_bitmap_gfns(e.d);
+    uint64_t *out = calloc((nr + 63) / 64, 8);
+    uint64_t b2m = domain_pages_2m(e.d);
+    write_gfn(&e, 0, 512 * 7 + 3, 1);       /* inside a 2M leaf */
+    write_gfn(&e, 0, 512 * 7 + 9, 2);       /* same leaf: not logged again */
+    write_gfn(&e, 0, (1u << 18) + 77, 3);   /* inside the 1G leaf */
+    write_gfn(&e, 0, 5, 4);                 /* a 4K leaf */
+    assert_int_equal(e.v[0]->st.pml_logged, 3);
+    struct dirty_round rd;
+    assert_int_equal(dirty_harvest(e.d, out, nr, &rd), 0);
+    assert_int_equal(rd.dirty_pages, 512 + (1u << 18) + 1);
+    assert_int_equal(rd.overmarked_pages, 512 + (1u << 18) + 1 - 4);
+    assert_int_equal(domain_pages_2m(e.d), b2m); /* nothing split */
+    assert_int_equal(domain_pages_1g(e.d), 1);
+    /* a D-set superpage split behind the log's back still reports whole */
+    write_gfn(&e, 0, 512 * 9 + 1, 5);
+    assert_true(domain_decrease_reservation(e.d, 512 * 9 + 100, 1) == 1);
+    write_gfn(&e, 0, 512 * 9 + 300, 6); /* child inherited D: no PML entry */
+    assert_int_equal(dirty_harvest(e.d, out, nr, &rd), 0);
+    assert_true(bit(out, 512 * 9 + 1) && bit(out, 512 * 9 + 300));
+    audit_all(e.d);
+    struct dirty_disable_result res;
+    assert_int_equal(dirty_disable(e.d, NULL, 0, &res), 0);
+    assert_int_equal(res.split_2m + res.split_1g, 0);
+    free(out);
+    env_fini(&e);
+}
+
+/* ---- merge-back accounting --------------------------------------------------- */
+
+static void test_disable_recovery_reasons(void **state)
+{
+    (void)state;
+    struct env e;
+    env_init(&e, 1, false);
+    uint64_t b2m = domain_pages_2m(e.d);
+    assert_int_equal(dirty_enable(e.d, DIRTY_SPLIT_ON_WRITE), 0);
+    write_gfn(&e, 0, 512 * 10 + 1, 1);   /* split 2M block 10 */
+    write_gfn(&e, 0, 512 * 11 + 1, 1);   /* split 2M block 11 */
+    write_gfn(&e, 0, 512 * 12 + 1, 1);   /* split 2M block 12 */
+    write_gfn(&e, 0, (1u << 18) + 5, 1); /* split the 1G, then its first 2M */
+    /* balloon one page of block 10 out; make one page of block 11 ro */
+    assert_int_equal(domain_decrease_reservation(e.d, 512 * 10 + 7, 1), 1);
+    vcpu_lock(e.v[0]);
+    assert_int_equal(p2m_change_type(e.d->p2m, 512 * 11 + 8, 1, p2m_ram_rw, p2m_ram_ro), 0);
+    e.d->p2m_gen++;
+    vcpu_unlock(e.v[0]);
+    /* the ro page now refuses writes, through a stale TLB or not */
+    vcpu_lock(e.v[0]);
+    assert_int_equal(vcpu_write(e.v[0], (512 * 11 + 8) << PAGE_SHIFT, 1), -EACCES);
+    vcpu_unlock(e.v[0]);
+    struct dirty_disable_result res;
+    assert_int_equal(dirty_disable(e.d, NULL, 0, &res), 0);
+    audit_all(e.d);
+    assert_int_equal(res.split_1g, 1);
+    assert_int_equal(res.recovered_1g, 1);
+    assert_int_equal(res.split_2m, 4);
+    assert_int_equal(res.recovered_2m, 2);
+    assert_int_equal(res.lost_2m, 2);
+    assert_int_equal(res.lost_unmapped, 1);
+    assert_int_equal(res.lost_type, 1);
+    assert_int_equal(domain_pages_2m(e.d), b2m - 2);
+    env_fini(&e);
+}
+
+/* ---- harvest from another thread ------------------------------------------- */
+
+struct harvester {
+    struct domain *d;
+    uint64_t *uni;
+    uint64_t nr;
+    volatile int stop;
+    int rc;
+    unsigned rounds;
+};
+
+static void *harvest_thread(void *arg)
+{
+    struct harvester *h = arg;
+    uint64_t *out = calloc((h->nr + 63) / 64, 8);
+    while (!h->stop) {
+        int rc = dirty_harvest(h->d, out, h->nr, NULL);
+        if (rc) {
+            h->rc = rc;
+            break;
+        }
+        for (size_t i = 0; i < (h->nr + 63) / 64; i++)
+            h->uni[i] |= out[i];
+        h->rounds++;
+    }
+    free(out);
+    return NULL;
+}
+
+struct written {
+    uint64_t *bm;
+};
+
+static void note_write(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val)
+{
+    struct written *w = ctx;
+    (void)vcpu;
+    (void)val;
+    set_bit(w->bm, gpa >> PAGE_SHIFT);
+}
+
+static void test_concurrent_harvest(void **state)
+{
+    (void)state;
+    static const enum dirty_mode modes[] = {DIRTY_SPLIT_ON_WRITE, DIRTY_COARSE};
+    for (size_t k = 0; k < ARRAY_SIZE(modes); k++) {
+        struct env e;
+        env_init(&e, 3, false);
+        assert_int_equal(dirty_enable(e.d, modes[k]), 0);
+        uint64_t nr = dirty_bitmap_gfns(e.d);
+        struct written wr = {calloc((nr + 63) / 64, 8)};
+        struct harvester h = {.d = e.d, .uni = calloc((nr + 63) / 64, 8), .nr = nr};
+        struct workload *w[3];
+        for (unsigned i = 0; i < 3; i++) {
+            struct workload_config c;
+            workload_config_default(&c, i == 0 ? WL_WRITER : WL_ZIPF);
+            c.seed = 7 + k;
+            c.quantum = 0;
+            c.wss = 0.05;
+            c.on_write = note_write;
+            c.ctx = &wr;
+            assert_int_equal(workload_create(e.d, &c, i, 3, &w[i]), 0);
+        }
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, harvest_thread, &h), 0);
+        struct workload_result res;
+        assert_int_equal(workload_run(e.v, w, 3, 400000, 0, &res), 0);
+        h.stop = 1;
+        pthread_join(th, NULL);
+        assert_int_equal(h.rc, 0);
+        uint64_t *out = calloc((nr + 63) / 64, 8);
+        assert_int_equal(dirty_disable(e.d, out, nr, NULL), 0);
+        for (gfn_t g = 0; g < nr; g++) {
+            bool reported = bit(h.uni, g) || bit(out, g);
+            if (bit(wr.bm, g) && !reported)
+                fail_msg("gfn %#llx written but not harvested", (unsigned long long)g);
+            if (modes[k] != DIRTY_COARSE && reported && !bit(wr.bm, g))
+                fail_msg("gfn %#llx harvested but not written", (unsigned long long)g);
+        }
+        print_message("# concurrent %s: %llu accesses, %u harvest rounds\n",
+                      dirty_mode_name(modes[k]), (unsigned long long)res.accesses, h.rounds);
+        audit_all(e.d);
+        for (unsigned i = 0; i < 3; i++)
+            workload_destroy(w[i]);
+        free(out);
+        free(wr.bm);
+        free(h.uni);
+        env_fini(&e);
+    }
+}
+
+static void test_api_errors(void **state)
+{
+    (void)state;
+    struct env e;
+    env_init(&e, 1, false);
+    uint64_t bm[4];
+    enum dirty_mode m;
+    assert_int_equal(dirty_mode_parse("nope", &m), -EINVAL);
+    assert_int_equal(dirty_mode_parse("eager-split", &m), 0);
+    assert_int_equal(m, DIRTY_EAGER_SPLIT);
+    assert_int_equal(dirty_harvest(e.d, bm, 256, NULL), -EINVAL);
+    assert_int_equal(dirty_disable(e.d, NULL, 0, NULL), -EINVAL);
+    assert_int_equal(dirty_set_mode(e.d, DIRTY_COARSE), -EINVAL);
+    assert_int_equal(dirty_enable(e.d, DIRTY_SPLIT_ON_WRITE), 0);
+    assert_int_equal(dirty_enable(e.d, DIRTY_COARSE), -EBUSY);
+    assert_int_equal(dirty_harvest(e.d, bm, 256, NULL), -EINVAL); /* too small */
+    /* eager split that runs out of p2m tables leaves everything as before */
+    assert_int_equal(dirty_disable(e.d, NULL, 0, NULL), 0);
+    uint64_t b2m = domain_pages_2m(e.d);
+    fault_arm(3, FAULT_SITE_TABLE);
+    int rc = dirty_enable(e.d, DIRTY_EAGER_SPLIT);
+    fault_disarm();
+    assert_int_equal(rc, -ENOMEM);
+    assert_false(dirty_enabled(e.d));
+    assert_int_equal(domain_pages_2m(e.d), b2m);
+    audit_all(e.d);
+    env_fini(&e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_api_errors),
+        cmocka_unit_test(test_pml_first_write_only),
+        cmocka_unit_test(test_pml_full_exit),
+        cmocka_unit_test(test_split_on_write_only_written),
+        cmocka_unit_test(test_eager_split_counts),
+        cmocka_unit_test(test_coarse_overmark),
+        cmocka_unit_test(test_disable_recovery_reasons),
+        cmocka_unit_test(test_random_split_on_write),
+        cmocka_unit_test(test_random_eager_split),
+        cmocka_unit_test(test_random_coarse),
+        cmocka_unit_test(test_random_mode_changes),
+        cmocka_unit_test(test_concurrent_harvest),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
