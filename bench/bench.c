@@ -1,0 +1,313 @@
+/*
+ * bench.c - hugevm's benchmarks.
+ *
+ * Every figure is the median of several runs and, where a physical limit
+ * applies, is printed next to that limit measured in the same run (memcpy
+ * and read bandwidth, a flat-array lookup) with the ratio between them.
+ * The machines this runs on are shared and noisy: compare ratios, not
+ * absolute numbers.  Output: a table on stdout and, with --json FILE, a list
+ * of {name, value, unit[, limit, ratio]} objects.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "domain.h"
+
+#define RUNS 5
+
+struct figure {
+    char name[64];
+    double value;
+    const char *unit;
+    double limit; /* 0: none */
+    const char *limit_name;
+    double ratio; /* value / limit (or limit / value for times), 0: none */
+};
+
+static struct figure figs[128];
+static unsigned nfigs;
+
+static void add(const char *name, double value, const char *unit, double limit,
+                const char *limit_name, double ratio)
+{
+    if (nfigs == ARRAY_SIZE(figs))
+        return;
+    struct figure *f = &figs[nfigs++];
+    snprintf(f->name, sizeof(f->name), "%s", name);
+    f->value = value;
+    f->unit = unit;
+    f->limit = limit;
+    f->limit_name = limit_name;
+    f->ratio = ratio;
+    if (limit > 0)
+        printf("%-34s %12.2f %-8s limit %-20s %10.2f  ratio %.2f\n", name, value, unit,
+               limit_name, limit, ratio);
+    else
+        printf("%-34s %12.2f %-8s\n", name, value, unit);
+    fflush(stdout);
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_dbl);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static volatile uint64_t sink;
+
+/* ---- physical limits ---------------------------------------------------- */
+
+static double bw_memcpy(uint8_t *dst, const uint8_t *src, size_t len)
+{
+    uint64_t t = hv_now_ns();
+    memcpy(dst, src, len);
+    return (double)len / (double)(hv_now_ns() - t); /* bytes/ns = GB/s */
+}
+
+static double bw_read(const uint8_t *src, size_t len)
+{
+    const uint64_t *p = (const uint64_t *)src;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    uint64_t t = hv_now_ns();
+    for (size_t i = 0; i < len / 8; i += 4) {
+        a += p[i];
+        b += p[i + 1];
+        c += p[i + 2];
+        d += p[i + 3];
+    }
+    double gbs = (double)len / (double)(hv_now_ns() - t);
+    sink += a + b + c + d;
+    return gbs;
+}
+
+/* ---- lookups -------------------------------------------------------------- */
+
+#define LOOKUP_GUEST (4 * GiB)
+#define LOOKUPS (4u << 20)
+
+static gfn_t *random_gfns(uint64_t nr_gfns, uint64_t seed)
+{
+    gfn_t *g = malloc(LOOKUPS * sizeof(*g));
+    struct hv_rng r = {seed};
+    for (unsigned i = 0; i < LOOKUPS; i++)
+        g[i] = hv_rng_below(&r, nr_gfns);
+    return g;
+}
+
+static double flat_lookup_ns(const uint64_t *flat, const gfn_t *g)
+{
+    uint64_t s = 0, t = hv_now_ns();
+    for (unsigned i = 0; i < LOOKUPS; i++)
+        s += flat[g[i]];
+    double ns = (double)(hv_now_ns() - t) / LOOKUPS;
+    sink += s;
+    return ns;
+}
+
+static double p2m_lookup_ns(const struct p2m *p, const gfn_t *g)
+{
+    uint64_t s = 0, t = hv_now_ns();
+    for (unsigned i = 0; i < LOOKUPS; i++)
+        s += p2m_get_entry(p, g[i], NULL, NULL);
+    double ns = (double)(hv_now_ns() - t) / LOOKUPS;
+    sink += s;
+    return ns;
+}
+
+static void bench_lookup(void)
+{
+    uint64_t nr = LOOKUP_GUEST >> PAGE_SHIFT;
+    uint64_t *flat = malloc(nr * sizeof(*flat));
+    for (uint64_t i = 0; i < nr; i++)
+        flat[i] = i * 7 + 3;
+    gfn_t *g = random_gfns(nr, 99);
+    static const unsigned orders[] = {PAGE_ORDER_4K, PAGE_ORDER_2M, PAGE_ORDER_1G};
+    for (size_t k = 0; k < ARRAY_SIZE(orders); k++) {
+        struct p2m *p;
+        if (p2m_create(&p, 1, NULL, 0) < 0)
+            abort();
+        p2m_set_auto_coalesce(p, false);
+        /* map the guest with leaves of exactly this order */
+        for (gfn_t x = 0; x < nr; x += order_pages(orders[k]))
+            if (p2m_set_entry(p, x, x + (1ULL << 30), orders[k], p2m_ram_rw) < 0)
+                abort();
+        double pv[RUNS], fv[RUNS];
+        for (int r = 0; r < RUNS; r++) {
+            fv[r] = flat_lookup_ns(flat, g);
+            pv[r] = p2m_lookup_ns(p, g);
+        }
+        double f = median(fv, RUNS), pl = median(pv, RUNS);
+        char name[64];
+        snprintf(name, sizeof(name), "p2m_lookup_%s_ns", orders[k] == 0 ? "4k" : orders[k] == 9 ? "2m" : "1g");
+        add(name, pl, "ns", f, "flat_array_ns", pl / f);
+        snprintf(name, sizeof(name), "p2m_table_bytes_per_gib_%s", orders[k] == 0 ? "4k" : orders[k] == 9 ? "2m" : "1g");
+        add(name, (double)p2m_table_bytes(p) / (double)(LOOKUP_GUEST / GiB), "B/GiB", 0, NULL, 0);
+        p2m_destroy(p);
+    }
+    free(g);
+    free(flat);
+}
+
+/* ---- populate ------------------------------------------------------------- */
+
+static void bench_populate(void)
+{
+    static const struct {
+        const char *name;
+        gfn_t base;       /* 1G-aligned base gives 1G leaves, base+512 only 2M */
+        bool force_4k;
+        uint64_t bytes;
+    } cases[] = {
+        {"populate_1g_gib_per_s", 1ULL << 18, false, 8 * GiB},
+        {"populate_2m_gib_per_s", (1ULL << 18) + 512, false, 4 * GiB},
+        {"populate_4k_gib_per_s", 1ULL << 18, true, 1 * GiB},
+    };
+    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+        double v[RUNS];
+        for (int r = 0; r < RUNS; r++) {
+            struct machine *m;
+            struct domain *d;
+            struct domain_config c;
+            if (machine_create(&m, cases[k].bytes + 2 * GiB, FRAME_POLICY_FRAGPOOL) < 0)
+                abort();
+            domain_config_default(&c);
+            uint64_t nr = cases[k].bytes >> PAGE_SHIFT;
+            if (cases[k].force_4k) {
+                c.nr_4k_ranges = 1;
+                c.ranges_4k[0] = (struct gfn_range){cases[k].base, nr};
+            }
+            if (domain_create(m, &c, &d) < 0)
+                abort();
+            uint64_t t = hv_now_ns();
+            if (domain_populate(d, cases[k].base, nr, NULL) < 0)
+                abort();
+            double s = (double)(hv_now_ns() - t) / 1e9;
+            v[r] = (double)cases[k].bytes / GiB / s;
+            domain_destroy(d);
+            machine_destroy(m);
+        }
+        add(cases[k].name, median(v, RUNS), "GiB/s", 0, NULL, 0);
+    }
+}
+
+/* ---- allocator ------------------------------------------------------------ */
+
+static void bench_alloc(void)
+{
+    static const enum frame_policy pols[] = {FRAME_POLICY_FRAGPOOL, FRAME_POLICY_BUDDY};
+    enum { N = 1 << 16 };
+    mfn_t *held = malloc(N * sizeof(*held));
+    for (size_t p = 0; p < ARRAY_SIZE(pols); p++) {
+        for (unsigned order = 0; order <= 9; order += 9) {
+            double v[RUNS];
+            for (int r = 0; r < RUNS; r++) {
+                struct frames *f;
+                if (frames_create(&f, (64 * GiB) >> PAGE_SHIFT, pols[p]) < 0)
+                    abort();
+                struct hv_rng rng = {(uint64_t)r + 1};
+                uint64_t t = hv_now_ns();
+                for (unsigned i = 0; i < N; i++)
+                    if (frame_alloc(f, order, 1, &held[i]) < 0)
+                        abort();
+                /* free in random order: the expensive, merging direction */
+                for (unsigned i = N - 1; i > 0; i--) {
+                    unsigned j = (unsigned)hv_rng_below(&rng, i + 1);
+                    mfn_t tmp = held[i];
+                    held[i] = held[j];
+                    held[j] = tmp;
+                }
+                for (unsigned i = 0; i < N; i++)
+                    if (frame_free(f, held[i], order, 1) < 0)
+                        abort();
+                v[r] = (double)(hv_now_ns() - t) / (2.0 * N);
+                frames_destroy(f);
+            }
+            char name[64];
+            snprintf(name, sizeof(name), "alloc_free_%s_%s_ns", order ? "2m" : "4k",
+                     frame_policy_name(pols[p]));
+            add(name, median(v, RUNS), "ns/op", 0, NULL, 0);
+        }
+    }
+    free(held);
+}
+
+static void write_json(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        perror(path);
+        return;
+    }
+    fprintf(f, "[\n");
+    for (unsigned i = 0; i < nfigs; i++) {
+        const struct figure *g = &figs[i];
+        fprintf(f, "  {\"name\": \"%s\", \"value\": %.6g, \"unit\": \"%s\"", g->name, g->value,
+                g->unit);
+        if (g->limit > 0)
+            fprintf(f, ", \"limit\": %.6g, \"limit_name\": \"%s\", \"ratio\": %.4g", g->limit,
+                    g->limit_name, g->ratio);
+        fprintf(f, "}%s\n", i + 1 < nfigs ? "," : "");
+    }
+    fprintf(f, "]\n");
+    fclose(f);
+}
+
+/* bench_dirty.c: soft vCPU and log-dirty figures, reported through add(). */
+void bench_dirty(void (*add_fn)(const char *, double, const char *, double,
+                                const char *, double));
+
+/* bench_pod.c: PoD, zero check, balloon and defrag figures. */
+void bench_pod(void (*add_fn)(const char *, double, const char *, double,
+                              const char *, double));
+
+int main(int argc, char **argv)
+{
+    const char *json = NULL;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else {
+            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|limits]\n");
+            return 2;
+        }
+    }
+    printf("hugevm benchmarks: medians of %d runs; limits measured in this run\n", RUNS);
+    if (!only || !strcmp(only, "limits") || !strcmp(only, "lookup")) {
+        size_t len = 256 * MiB;
+        uint8_t *a = malloc(len), *b = malloc(len);
+        memset(a, 1, len);
+        memset(b, 2, len);
+        double mc[RUNS], rd[RUNS];
+        for (int r = 0; r < RUNS; r++) {
+            mc[r] = bw_memcpy(b, a, len);
+            rd[r] = bw_read(a, len);
+        }
+        add("memcpy_gb_per_s", median(mc, RUNS), "GB/s", 0, NULL, 0);
+        add("read_gb_per_s", median(rd, RUNS), "GB/s", 0, NULL, 0);
+        free(a);
+        free(b);
+    }
+    if (!only || !strcmp(only, "lookup"))
+        bench_lookup();
+    if (!only || !strcmp(only, "populate"))
+        bench_populate();
+    if (!only || !strcmp(only, "alloc"))
+        bench_alloc();
+    if (!only || !strcmp(only, "dirty"))
+        bench_dirty(add);
+    if (!only || !strcmp(only, "pod"))
+        bench_pod(add);
+    if (json)
+        write_json(json);
+    return (int)(sink & 0);
+}
