@@ -6,14 +6,15 @@
 #   make check    ASan+UBSan build with expensive audits in build-check/, all tests
 #   make demo     release build, then the headline demo on built-in defaults
 #   make bench    release build, then the benchmarks (table + build/bench.json)
-#   make fuzz     longer fuzz run of the stream reader (later issue)
+#   make stress   the check suite with randomised tests scaled up (HUGEVM_STRESS)
+#   make fuzz     longer fuzz run of the stream reader (FUZZ_SECONDS, default 600)
 
 BUILD       ?= build
 CHECK_BUILD ?= build-check
 WERROR      ?= true
 MESON_OPTS  ?=
 
-.PHONY: all deps check demo bench clean
+.PHONY: all deps check demo bench fuzz clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -32,11 +33,20 @@ check: deps $(CHECK_BUILD)/build.ninja
 	ninja -C $(CHECK_BUILD)
 	bash scripts/run-tests.sh $(CHECK_BUILD)
 
+# The same suite with every randomised test scaled up (HUGEVM_STRESS=N).
+stress: deps $(CHECK_BUILD)/build.ninja
+	ninja -C $(CHECK_BUILD)
+	HUGEVM_STRESS=$${HUGEVM_STRESS:-20} bash scripts/run-tests.sh $(CHECK_BUILD)
+
 demo: all
 	bash scripts/demo.sh $(BUILD)
 
 bench: all
 	bash scripts/bench.sh $(BUILD)
+
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD) $(CHECK_BUILD)

@@ -267,6 +267,10 @@ void bench_dirty(void (*add_fn)(const char *, double, const char *, double,
 void bench_pod(void (*add_fn)(const char *, double, const char *, double,
                               const char *, double));
 
+/* bench_stream.c: save/restore throughput and restored superpage coverage. */
+void bench_stream(void (*add_fn)(const char *, double, const char *, double,
+                                 const char *, double));
+
 int main(int argc, char **argv)
 {
     const char *json = NULL;
@@ -277,7 +281,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else {
-            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|limits]\n");
+            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|stream|limits]\n");
             return 2;
         }
     }
@@ -307,6 +311,8 @@ int main(int argc, char **argv)
         bench_dirty(add);
     if (!only || !strcmp(only, "pod"))
         bench_pod(add);
+    if (!only || !strcmp(only, "stream"))
+        bench_stream(add);
     if (json)
         write_json(json);
     return (int)(sink & 0);

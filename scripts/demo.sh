@@ -10,9 +10,9 @@ say "hugevm info"
 "$hv" info
 say "8 GiB guest on an unfragmented 12 GiB host"
 "$hv" populate --guest-mem 8G --host-mem 12G
-say "8 GiB guest after other domains hold 30% of a 16 GiB host in 4K pieces (fragpool policy)"
-"$hv" populate --guest-mem 8G --host-mem 16G --fragment 0.3 --policy fragpool
+say "8 GiB guest after other domains hold 30% of a 12 GiB host in 4K pieces (fragpool policy)"
+"$hv" populate --guest-mem 8G --host-mem 12G --fragment 0.3 --policy fragpool
 say "the same with the plain buddy policy"
-"$hv" populate --guest-mem 8G --host-mem 16G --fragment 0.3 --policy buddy
+"$hv" populate --guest-mem 8G --host-mem 12G --fragment 0.3 --policy buddy
 say "fragmentation scenario: superpages left allocatable under the same churn"
 "$hv" fragment --host-mem 16G --target 0.3

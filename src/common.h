@@ -112,6 +112,11 @@ static inline uint64_t hv_rng_below(struct hv_rng *r, uint64_t n)
     return (uint64_t)(((hv_u128)hv_rng_next(r) * n) >> 64);
 }
 
+/* Test and stress scale: the HUGEVM_STRESS environment variable (default
+ * 1, at most 1000).  Randomised tests multiply their operation counts by it;
+ * `make stress` runs the suite with a large value. */
+unsigned hv_stress_scale(void);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t hv_now_ns(void);
 

@@ -107,3 +107,10 @@ uint64_t hv_now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
+
+unsigned hv_stress_scale(void)
+{
+    const char *s = getenv("HUGEVM_STRESS");
+    unsigned long v = s ? strtoul(s, NULL, 10) : 1;
+    return v < 1 ? 1 : v > 1000 ? 1000 : (unsigned)v;
+}

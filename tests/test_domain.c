@@ -280,8 +280,8 @@ static void test_differential(void **state)
 {
     (void)state;
     struct hv_rng r = {42};
-    for (int round = 0; round < 2; round++) {
-        enum frame_policy pol = round == 1 ? FRAME_POLICY_BUDDY : FRAME_POLICY_FRAGPOOL;
+    for (unsigned round = 0; round < 2 * hv_stress_scale(); round++) {
+        enum frame_policy pol = round % 2 ? FRAME_POLICY_BUDDY : FRAME_POLICY_FRAGPOOL;
         struct machine *m = new_machine(5 * GiB, pol);
         struct domain_config c;
         domain_config_default(&c);

@@ -480,7 +480,7 @@ static int model_teardown(void **state)
 static void test_differential(void **state)
 {
     unsigned total = 0;
-    for (unsigned i = 0; i < 24; i++) {
+    for (unsigned i = 0; i < 24 * hv_stress_scale(); i++) {
         struct run_cfg cfg = {
             .seed = 0x5eed0000ULL + i * 7919,
             .ops = 4200,

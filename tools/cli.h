@@ -70,5 +70,10 @@ extern const struct cmd cmd_info;
 extern const struct cmd cmd_run;
 extern const struct cmd cmd_balloon;
 extern const struct cmd cmd_defrag;
+extern const struct cmd cmd_save;
+extern const struct cmd cmd_restore;
+extern const struct cmd cmd_inspect;
+/* A progress bar on stderr when it is a terminal (save/restore). */
+void cli_progress(const char *what, uint64_t done, uint64_t total);
 
 #endif

@@ -69,8 +69,8 @@ static int run_populate(int argc, char **argv)
         return cli_error("populate: unexpected argument '%s'", argv[0]);
     if (frame_policy_parse(o.policy, &pol) < 0)
         return cli_error("populate: unknown policy '%s' (fragpool or buddy)", o.policy);
-    if (o.fragment < 0 || o.fragment >= 1 || o.mix_4k < 0 || o.mix_4k > 1)
-        return cli_error("populate: --fragment must be in [0, 1) and --mix-4k in [0, 1]");
+    if (o.fragment < 0 || o.fragment >= 1 || o.mix_4k <= 0 || o.mix_4k > 1)
+        return cli_error("populate: --fragment must be in [0, 1) and --mix-4k in (0, 1]");
     if (o.guest_mem == 0 || o.guest_mem % PAGE_SIZE)
         return cli_error("populate: --guest-mem must be a positive multiple of 4 KiB");
     if (!o.host_mem) {

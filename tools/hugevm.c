@@ -16,6 +16,9 @@ static const struct cmd *const commands[] = {
     &cmd_run,
     &cmd_balloon,
     &cmd_defrag,
+    &cmd_save,
+    &cmd_restore,
+    &cmd_inspect,
 };
 
 int cli_error(const char *fmt, ...)
