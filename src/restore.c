@@ -1,0 +1,1067 @@
+/*
+ * restore.c - rebuild a domain from a migration stream, superpages first.
+ *
+ * Algorithm (see save.h for the contract):
+ *
+ *   region state   top[pfn >> 18] -> struct rs_1g {filled, holes, r[512]}
+ *                  r[(pfn >> 9) & 511] -> struct rs_2m {filled, holes,
+ *                  fill bits[512], hole bits[512]}; allocated on first
+ *                  mention, so memory follows what the stream names.
+ *   first touch    a populating entry for an unmapped pfn allocates the
+ *                  enclosing 1G extent if that 1G region has seen no hole,
+ *                  else the 2M extent if that 2M region has seen no hole,
+ *                  else a 4K page; the domain refuses blocks over its holes
+ *                  and 4K-only ranges (-EINVAL) and -ENOMEM falls back.
+ *   END            mapped pfns without a fill bit were allocated
+ *                  speculatively: they are released (split along the path
+ *                  only), then the p2m is coalesced.  Late configuration
+ *                  (holes, 4K-only ranges, max_pages, PoD entries carried
+ *                  only in HVM_CONTEXT) is applied and checked here.
+ *
+ * Untrusted input: every length and count is bounded before the buffer it
+ * sizes is allocated; every pfn is checked against the domain's limit for
+ * the whole record before the record allocates anything.
+ *
+ * Invariants: rs_2m.filled == popcount(fill), rs_2m.holes == popcount(hole),
+ * fill & hole == 0; rs_1g.filled/holes are the sums over its r[]; a pfn
+ * with a fill bit is mapped to RAM (real restore); the restored domain owns
+ * exactly the frames its p2m maps.
+ */
+#include "save.h"
+
+#include <endian.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define REGION_1G (1ULL << PAGE_ORDER_1G)
+
+struct rs_2m {
+    uint16_t filled, holes;
+    uint64_t fill[8];
+    uint64_t hole[8];
+};
+
+struct rs_1g {
+    uint32_t filled, holes;
+    struct rs_2m *r[512];
+};
+
+struct rctx {
+    struct machine *m;
+    const struct restore_opts *o;
+    struct restore_result *res;
+    struct stream_reader rd;
+    struct domain *d;
+    bool domain_made;
+    bool cfg_at_create;     /* the domain was created with res->config */
+    struct stream_config late; /* config from HVM_CONTEXT */
+    bool have_late;
+    gfn_t limit;            /* pfns must be below */
+    bool limit_fixed;
+    gfn_t max_seen;         /* 1 + highest pfn named */
+    struct rs_1g **top;
+    uint64_t ntop;
+    uint64_t *pfns;         /* PAGE_DATA entry buffer */
+    mfn_t *mfns;            /* machine frame of each entry (real restore) */
+    size_t pfns_cap;
+    uint64_t *pod;          /* PoD extent entries */
+    size_t npod;
+    uint64_t pod_target;
+    bool have_pod;
+    uint8_t scratch[PAGE_SIZE];
+    bool seen_static_end, seen_page_data;
+};
+
+/* ---- errors ------------------------------------------------------------- */
+
+#define FAIL(c, rc, at, ...) stream_reader_fail(&(c)->rd, (rc), (at), __VA_ARGS__)
+
+/* ---- region state -------------------------------------------------------- */
+
+static int state_init(struct rctx *c)
+{
+    c->ntop = (c->limit + REGION_1G - 1) >> PAGE_ORDER_1G;
+    c->top = hv_calloc(c->ntop ? c->ntop : 1, sizeof(*c->top));
+    return c->top ? 0 : -ENOMEM;
+}
+
+static void state_free(struct rctx *c)
+{
+    if (!c->top)
+        return;
+    for (uint64_t i = 0; i < c->ntop; i++) {
+        if (!c->top[i])
+            continue;
+        for (unsigned k = 0; k < 512; k++)
+            free(c->top[i]->r[k]);
+        free(c->top[i]);
+    }
+    free(c->top);
+    c->top = NULL;
+}
+
+static struct rs_1g *node_1g(struct rctx *c, gfn_t pfn, bool create)
+{
+    uint64_t i = pfn >> PAGE_ORDER_1G;
+    if (i >= c->ntop)
+        return NULL;
+    if (!c->top[i] && create)
+        c->top[i] = hv_calloc(1, sizeof(struct rs_1g));
+    return c->top[i];
+}
+
+static struct rs_2m *node_2m(struct rctx *c, gfn_t pfn, bool create)
+{
+    struct rs_1g *g = node_1g(c, pfn, create);
+    if (!g)
+        return NULL;
+    unsigned k = (unsigned)(pfn >> PAGE_ORDER_2M) & 511;
+    if (!g->r[k] && create)
+        g->r[k] = hv_calloc(1, sizeof(struct rs_2m));
+    return g->r[k];
+}
+
+static bool bit(const uint64_t *b, gfn_t pfn)
+{
+    unsigned i = (unsigned)pfn & 511;
+    return b[i / 64] >> (i % 64) & 1;
+}
+static void set_bit(uint64_t *b, gfn_t pfn)
+{
+    unsigned i = (unsigned)pfn & 511;
+    b[i / 64] |= 1ULL << (i % 64);
+}
+
+/* ---- configuration --------------------------------------------------------- */
+
+/* Decode and validate a hugevm context blob's CONFIG and POD TLVs.  Other
+ * TLVs are kept for the caller when `keep` (HVM_CONTEXT).  rc < 0 means the
+ * blob is corrupt (message already set). */
+static int parse_blob(struct rctx *c, const uint8_t *blob, size_t len,
+                      struct stream_config *cfg, bool *have_cfg, bool keep)
+{
+    size_t pos = 0;
+    struct hvctx_tlv t;
+    const uint8_t *v;
+    int rc;
+    while ((rc = hvctx_next(blob, len, &pos, &t, &v)) == 1) {
+        uint64_t at = c->rd.rec_offset + 8 + sizeof(struct hvctx_header) + pos -
+                      ((t.length + 7u) & ~7u) - sizeof(t);
+        if (t.type == HVCTX_CONFIG) {
+            struct hvctx_config w;
+            if (t.length < sizeof(w))
+                return FAIL(c, -EBADMSG, at, "hugevm CONFIG TLV too short (%u bytes)", t.length);
+            memcpy(&w, v, sizeof(w));
+            memset(cfg, 0, sizeof(*cfg));
+            cfg->max_pages = le64toh(w.max_pages);
+            cfg->max_gfn = le64toh(w.max_gfn);
+            cfg->mmio_hole_bytes = le64toh(w.mmio_hole_bytes);
+            cfg->tot_pages = le64toh(w.tot_pages);
+            cfg->vga_hole = le32toh(w.flags) & HVCTX_CFG_VGA_HOLE;
+            uint32_t n = le32toh(w.nr_4k_ranges);
+            if (n > DOMAIN_MAX_4K_RANGES || t.length != sizeof(w) + 16ULL * n)
+                return FAIL(c, -EBADMSG, at, "hugevm CONFIG TLV: %u 4K-only ranges in %u bytes",
+                            n, t.length);
+            if (cfg->max_gfn > P2M_GFN_LIMIT || cfg->max_pages == 0 ||
+                cfg->mmio_hole_bytes % (2 * MiB) || cfg->mmio_hole_bytes > 4 * GiB ||
+                cfg->tot_pages > cfg->max_pages || (le32toh(w.flags) & ~HVCTX_CFG_VGA_HOLE))
+                return FAIL(c, -EBADMSG, at, "hugevm CONFIG TLV: implausible configuration "
+                            "(max_gfn %#llx, max_pages %llu, mmio hole %llu bytes)",
+                            (unsigned long long)cfg->max_gfn,
+                            (unsigned long long)cfg->max_pages,
+                            (unsigned long long)cfg->mmio_hole_bytes);
+            cfg->nr_4k_ranges = n;
+            for (uint32_t i = 0; i < n; i++) {
+                uint64_t r[2];
+                memcpy(r, v + sizeof(w) + 16 * i, 16);
+                gfn_t g = le64toh(r[0]);
+                uint64_t nr = le64toh(r[1]);
+                if (nr == 0 || g >= P2M_GFN_LIMIT || nr > P2M_GFN_LIMIT - g)
+                    return FAIL(c, -EBADMSG, at, "hugevm CONFIG TLV: bad 4K-only range %u", i);
+                cfg->ranges_4k[i] = (struct gfn_range){g, nr};
+            }
+            *have_cfg = true;
+        } else if (t.type == HVCTX_POD) {
+            uint32_t hdr[2];
+            uint64_t target;
+            if (t.length < 16)
+                return FAIL(c, -EBADMSG, at, "hugevm POD TLV too short");
+            memcpy(hdr, v, 8);
+            memcpy(&target, v + 8, 8);
+            uint32_t n = le32toh(hdr[0]);
+            if (t.length != 16 + 8ULL * n)
+                return FAIL(c, -EBADMSG, at, "hugevm POD TLV: %u entries in %u bytes", n,
+                            t.length);
+            if (c->have_pod) /* HV_CONFIG and HVM_CONTEXT both carry it: keep the first */
+                continue;
+            if (n) {
+                c->pod = hv_malloc(8ULL * n);
+                if (!c->pod)
+                    return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for %u PoD entries", n);
+                for (uint32_t i = 0; i < n; i++) {
+                    uint64_t x;
+                    memcpy(&x, v + 16 + 8 * i, 8);
+                    c->pod[i] = le64toh(x);
+                }
+            }
+            c->npod = n;
+            c->pod_target = le64toh(target);
+            c->have_pod = true;
+        } else if (t.flags & HVCTX_F_CRITICAL) {
+            if (!keep)
+                return FAIL(c, -EBADMSG, at, "unknown critical hugevm TLV type %u", t.type);
+        }
+    }
+    if (rc < 0)
+        return FAIL(c, -EBADMSG, UINT64_MAX, "hugevm context: a TLV overruns the blob");
+    if (keep) {
+        size_t area = len - sizeof(struct hvctx_header);
+        free(c->res->context);
+        c->res->context = NULL;
+        c->res->context_len = 0;
+        if (area) {
+            c->res->context = hv_malloc(area);
+            if (!c->res->context)
+                return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the context");
+            memcpy(c->res->context, blob + sizeof(struct hvctx_header), area);
+            c->res->context_len = area;
+        }
+    }
+    return 0;
+}
+
+static bool cfg_equal(const struct stream_config *a, const struct stream_config *b)
+{
+    if (a->max_pages != b->max_pages || a->max_gfn != b->max_gfn ||
+        a->mmio_hole_bytes != b->mmio_hole_bytes || a->vga_hole != b->vga_hole ||
+        a->nr_4k_ranges != b->nr_4k_ranges)
+        return false;
+    for (unsigned i = 0; i < a->nr_4k_ranges; i++)
+        if (a->ranges_4k[i].gfn != b->ranges_4k[i].gfn || a->ranges_4k[i].nr != b->ranges_4k[i].nr)
+            return false;
+    return true;
+}
+
+/* Read a whole (bounded) body into a fresh buffer. */
+static int read_whole(struct rctx *c, uint8_t **out)
+{
+    *out = NULL;
+    if (!c->rd.length)
+        return 0;
+    uint8_t *b = hv_malloc(c->rd.length);
+    if (!b)
+        return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for a %u-byte body", c->rd.length);
+    int rc = stream_read_body(&c->rd, b, c->rd.length);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
+    *out = b;
+    return 0;
+}
+
+/* ---- the domain ------------------------------------------------------------- */
+
+/* Fix the pfn limit (no allocation): the configuration's max_gfn when it
+ * came before the page data, else the caller's, else the p2m's. */
+static void fix_limit(struct rctx *c)
+{
+    if (c->limit_fixed)
+        return;
+    c->limit_fixed = true;
+    if (c->res->have_config)
+        c->limit = c->res->config.max_gfn;
+    else
+        c->limit = c->o->max_gfn && c->o->max_gfn < P2M_GFN_LIMIT ? c->o->max_gfn
+                                                                    : P2M_GFN_LIMIT;
+}
+
+static int make_domain(struct rctx *c)
+{
+    if (c->domain_made)
+        return 0;
+    c->domain_made = true;
+    struct restore_result *res = c->res;
+    fix_limit(c);
+    int rc = state_init(c);
+    if (rc < 0)
+        return FAIL(c, rc, UINT64_MAX, "out of memory for the region state");
+    if (c->o->dry_run) {
+        c->cfg_at_create = res->have_config;
+        return 0;
+    }
+    struct domain_config dc;
+    domain_config_default(&dc);
+    dc.max_pages = 0; /* speculative allocations may exceed it until END */
+    if (res->have_config) {
+        dc.mmio_hole_bytes = res->config.mmio_hole_bytes;
+        dc.no_vga_hole = !res->config.vga_hole;
+        dc.nr_4k_ranges = res->config.nr_4k_ranges;
+        memcpy(dc.ranges_4k, res->config.ranges_4k, sizeof(dc.ranges_4k));
+        c->cfg_at_create = true;
+    } else {
+        /* A foreign stream: its XTAB entries say where the holes are. */
+        dc.mmio_hole_bytes = 0;
+        dc.no_vga_hole = true;
+    }
+    rc = domain_create(c->m, &dc, &c->d);
+    if (rc < 0)
+        return FAIL(c, rc, UINT64_MAX, "cannot create the domain: %s", strerror(-rc));
+    res->domid = c->d->domid;
+    return 0;
+}
+
+/* Map one extent for a first touch at pfn; returns 0 and *mfn of pfn. */
+static int first_touch(struct rctx *c, gfn_t pfn, mfn_t *mfn)
+{
+    struct rs_1g *g1 = node_1g(c, pfn, false);
+    struct rs_2m *g2 = node_2m(c, pfn, false);
+    static const unsigned orders[] = {PAGE_ORDER_1G, PAGE_ORDER_2M};
+    for (size_t i = 0; i < ARRAY_SIZE(orders); i++) {
+        unsigned o = orders[i];
+        gfn_t base = pfn & ~(order_pages(o) - 1);
+        bool holes = o == PAGE_ORDER_1G ? g1 && g1->holes : g2 && g2->holes;
+        if (holes || base + order_pages(o) > c->limit)
+            continue;
+        mfn_t m0;
+        int rc = domain_map_extent(c->d, base, o, &m0);
+        if (rc == 0) {
+            if (o == PAGE_ORDER_1G)
+                c->res->spec_1g++;
+            else
+                c->res->spec_2m++;
+            *mfn = m0 + (pfn - base);
+            return 0;
+        }
+        if (rc == -ENOMEM)
+            c->res->fallback_nomem++;
+        else if (rc != -EINVAL && rc != -EEXIST && rc != -EDQUOT)
+            return rc;
+    }
+    int rc = domain_map_extent(c->d, pfn, PAGE_ORDER_4K, mfn);
+    if (rc == 0)
+        c->res->alloc_4k++;
+    return rc;
+}
+
+static bool cfg_in_hole(const struct stream_config *cfg, gfn_t g)
+{
+    if (cfg->vga_hole && g >= VGA_HOLE_GFN && g < VGA_HOLE_GFN + VGA_HOLE_NR)
+        return true;
+    return g < GFN_4G && g >= GFN_4G - (cfg->mmio_hole_bytes >> PAGE_SHIFT);
+}
+
+/* ---- PAGE_DATA ------------------------------------------------------------------ */
+
+static bool is_populating(unsigned t) { return t == STREAM_PAGE_NOTAB || t == STREAM_PAGE_XALLOC; }
+
+#define MFN_REFILL (1ULL << 63) /* in c->mfns: the pfn had been filled before */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static void prefault_data(struct rctx *c, uint32_t count)
+{
+    mfn_t start = INVALID_MFN;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i <= count; i++) {
+        mfn_t mfn = INVALID_MFN;
+        if (i < count && stream_entry_type(c->pfns[i]) == STREAM_PAGE_NOTAB)
+            mfn = c->mfns[i] & ~MFN_REFILL;
+        if (n && mfn == start + n) {
+            n++;
+            continue;
+        }
+        if (n > 1) /* best effort: a failure only means page faults later */
+            (void)madvise(machine_ptr(c->m, start), n << PAGE_SHIFT, MADV_POPULATE_WRITE);
+        start = mfn;
+        n = mfn != INVALID_MFN;
+    }
+}
+
+static int page_data(struct rctx *c)
+{
+    struct stream_reader *r = &c->rd;
+    struct restore_result *res = c->res;
+    struct stream_page_data_header h;
+    uint64_t body = r->rec_offset + 8;
+    int rc;
+    if (c->rd.version == 3 && !c->seen_static_end)
+        return FAIL(c, -EBADMSG, UINT64_MAX, "PAGE_DATA before STATIC_DATA_END (v3 stream)");
+    if (r->length < sizeof(h))
+        return FAIL(c, -EBADMSG, body, "body of %u bytes is shorter than its header", r->length);
+    rc = stream_read_body(r, &h, sizeof(h));
+    if (rc < 0)
+        return rc;
+    uint32_t count = le32toh(h.count);
+    if (count == 0)
+        return FAIL(c, -EBADMSG, body, "count is 0");
+    if (8ULL * count > r->length - sizeof(h))
+        return FAIL(c, -EBADMSG, body, "count %u needs %llu bytes of pfns, body has %u", count,
+                    8ULL * count + 8, r->length);
+    fix_limit(c);
+    if (count > c->pfns_cap) {
+        free(c->pfns);
+        free(c->mfns);
+        c->pfns_cap = 0;
+        c->pfns = hv_malloc(8ULL * count);
+        c->mfns = hv_malloc(sizeof(mfn_t) * count);
+        if (!c->pfns || !c->mfns)
+            return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for %u pfns", count);
+        c->pfns_cap = count;
+    }
+    rc = stream_read_body(r, c->pfns, 8ULL * count);
+    if (rc < 0)
+        return rc;
+    /* Validate the whole record before anything is allocated for it. */
+    uint64_t ndata = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t e = le64toh(c->pfns[i]);
+        c->pfns[i] = e;
+        uint64_t at = body + 8 + 8ULL * i;
+        unsigned t = stream_entry_type(e);
+        gfn_t pfn = stream_entry_pfn(e);
+        if (e & STREAM_PFN_RESERVED_MASK)
+            return FAIL(c, -EBADMSG, at, "pfn entry %u: reserved bits set (%#llx)", i,
+                        (unsigned long long)e);
+        if (t != STREAM_PAGE_NOTAB && t != STREAM_PAGE_XALLOC && t != STREAM_PAGE_XTAB &&
+            t != STREAM_PAGE_BROKEN)
+            return FAIL(c, -EBADMSG, at, "pfn entry %u: page type %#x is not valid for an "
+                        "x86 HVM stream", i, t);
+        if (pfn >= c->limit)
+            return FAIL(c, -ERANGE, at, "pfn %#llx is beyond the domain (limit %#llx)",
+                        (unsigned long long)pfn, (unsigned long long)c->limit);
+        ndata += t == STREAM_PAGE_NOTAB;
+    }
+    uint64_t want = 8 + 8ULL * count + PAGE_SIZE * ndata;
+    if (want != r->length)
+        return FAIL(c, -EBADMSG, body, "%u pfns with %llu data pages need %llu bytes, body has %u",
+                    count, (unsigned long long)ndata, (unsigned long long)want, r->length);
+    rc = make_domain(c);
+    if (rc < 0)
+        return rc;
+    c->seen_page_data = true;
+    res->page_data_records++;
+
+    gfn_t prev = INVALID_GFN;
+    uint64_t run = 0; /* Xen 2025 rule: consecutive populated pfns in this record */
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t at = body + 8 + 8ULL * i;
+        unsigned t = stream_entry_type(c->pfns[i]);
+        gfn_t pfn = stream_entry_pfn(c->pfns[i]);
+        struct rs_2m *s = node_2m(c, pfn, true);
+        struct rs_1g *g = node_1g(c, pfn, false);
+        if (!s)
+            return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the region state");
+        if (pfn + 1 > c->max_seen)
+            c->max_seen = pfn + 1;
+        if (!is_populating(t)) {
+            run = 0;
+            prev = pfn;
+            if (bit(s->fill, pfn))
+                return FAIL(c, -EEXIST, at, "conflicting duplicate: pfn %#llx was populated "
+                            "earlier and is now a hole", (unsigned long long)pfn);
+            if (t == STREAM_PAGE_XTAB)
+                res->pages_xtab++;
+            else
+                res->pages_broken++;
+            if (!bit(s->hole, pfn)) {
+                set_bit(s->hole, pfn);
+                s->holes++;
+                g->holes++;
+            }
+            continue;
+        }
+        run = (run && pfn == prev + 1) ? run + 1 : 1;
+        prev = pfn;
+        if (run >= 512 && ((pfn + 1) & 511) == 0)
+            res->xen_2m++;
+        if (bit(s->hole, pfn))
+            return FAIL(c, -EEXIST, at, "conflicting duplicate: pfn %#llx was a hole earlier "
+                        "and is now populated", (unsigned long long)pfn);
+        bool refill = bit(s->fill, pfn);
+        mfn_t mfn = INVALID_MFN;
+        if (c->o->dry_run && c->cfg_at_create && cfg_in_hole(&res->config, pfn))
+            return FAIL(c, -EINVAL, at, "pfn %#llx lies in a hole of the domain",
+                        (unsigned long long)pfn);
+        if (!c->o->dry_run) {
+            enum p2m_type pt;
+            mfn = p2m_get_entry(c->d->p2m, pfn, &pt, NULL);
+            if (!p2m_is_ram(pt)) {
+                rc = first_touch(c, pfn, &mfn);
+                if (rc == -EINVAL)
+                    return FAIL(c, rc, at, "pfn %#llx lies in a hole of the domain",
+                                (unsigned long long)pfn);
+                if (rc < 0)
+                    return FAIL(c, rc, at, "allocating pfn %#llx: %s", (unsigned long long)pfn,
+                                strerror(-rc));
+            }
+        }
+        c->mfns[i] = mfn | (refill ? MFN_REFILL : 0);
+        if (t == STREAM_PAGE_NOTAB)
+            res->pages_data++;
+        else
+            res->pages_xalloc++;
+        if (!refill) {
+            set_bit(s->fill, pfn);
+            s->filled++;
+            g->filled++;
+            res->pages_populated++;
+        }
+    }
+    /* The data, in entry order, straight into the frames.  Runs of
+     * machine-contiguous data pages are faulted in with one madvise: a
+     * fresh frame's first write otherwise costs a page fault each. */
+    if (!c->o->dry_run)
+        prefault_data(c, count);
+    for (uint32_t i = 0; i < count; i++) {
+        unsigned t = stream_entry_type(c->pfns[i]);
+        mfn_t mfn = c->mfns[i] & ~MFN_REFILL;
+        if (!is_populating(t))
+            continue;
+        void *dst = c->o->dry_run ? (void *)c->scratch : machine_ptr(c->m, mfn);
+        if (t == STREAM_PAGE_NOTAB) {
+            rc = stream_read_body(r, dst, PAGE_SIZE);
+            if (rc < 0)
+                return rc;
+        } else if (t == STREAM_PAGE_XALLOC && (c->mfns[i] & MFN_REFILL) && !c->o->dry_run) {
+            memset(dst, 0, PAGE_SIZE); /* fresh frames are already zero */
+        }
+    }
+    if (c->o->progress)
+        c->o->progress(c->o->progress_ctx, r->offset);
+    return 0;
+}
+
+/* ---- other records ------------------------------------------------------------- */
+
+static int hv_layout(struct rctx *c)
+{
+    struct stream_reader *r = &c->rd;
+    struct stream_hv_layout_header h;
+    uint64_t body = r->rec_offset + 8;
+    if (r->length < sizeof(h))
+        return FAIL(c, -EBADMSG, body, "body of %u bytes is shorter than its header", r->length);
+    int rc = stream_read_body(r, &h, sizeof(h));
+    if (rc < 0)
+        return rc;
+    uint32_t n = le32toh(h.count);
+    if (r->length != 8 + 8ULL * n)
+        return FAIL(c, -EBADMSG, body, "%u extents need %llu bytes, body has %u", n,
+                    8 + 8ULL * n, r->length);
+    c->res->have_layout = true;
+    bool prealloc = !c->o->ignore_layout && !c->seen_page_data;
+    if (prealloc) {
+        rc = make_domain(c);
+        if (rc < 0)
+            return rc;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t x, at = r->offset;
+        rc = stream_read_body(r, &x, 8);
+        if (rc < 0)
+            return rc;
+        x = le64toh(x);
+        unsigned order = (unsigned)(x >> STREAM_EXTENT_ORDER_SHIFT);
+        gfn_t gfn = x & STREAM_PFN_MASK;
+        if ((order != PAGE_ORDER_2M && order != PAGE_ORDER_1G) || !is_aligned_order(gfn, order) ||
+            (x & ((0xfULL << 52))))
+            return FAIL(c, -EBADMSG, at, "layout entry %u: bad extent %#llx", i,
+                        (unsigned long long)x);
+        if (order == PAGE_ORDER_1G)
+            c->res->layout_1g++;
+        else
+            c->res->layout_2m++;
+        if (!prealloc)
+            continue;
+        fix_limit(c);
+        if (gfn >= c->limit || order_pages(order) > c->limit - gfn)
+            return FAIL(c, -ERANGE, at, "layout entry %u: extent at %#llx is beyond the domain",
+                        i, (unsigned long long)gfn);
+        if (c->o->dry_run)
+            continue;
+        rc = domain_map_extent(c->d, gfn, order, NULL);
+        if (rc == -ENOMEM) {
+            c->res->fallback_nomem++;
+            continue;
+        }
+        if (rc < 0)
+            return FAIL(c, rc, at, "layout entry %u: cannot map order %u at %#llx: %s", i, order,
+                        (unsigned long long)gfn, strerror(-rc));
+        if (order == PAGE_ORDER_1G)
+            c->res->prealloc_1g++;
+        else
+            c->res->prealloc_2m++;
+    }
+    return 0;
+}
+
+static int hv_config(struct rctx *c)
+{
+    uint8_t *b;
+    int rc = read_whole(c, &b);
+    if (rc < 0)
+        return rc;
+    char msg[160] = "";
+    rc = hvctx_check(b, c->rd.length, msg, sizeof(msg));
+    if (rc <= 0) {
+        free(b);
+        return FAIL(c, rc < 0 ? rc : -EBADMSG, c->rd.rec_offset + 8, "%s",
+                    rc < 0 ? msg : "HV_CONFIG does not hold a hugevm context blob");
+    }
+    struct stream_config cfg;
+    bool have = false;
+    rc = parse_blob(c, b, c->rd.length, &cfg, &have, false);
+    free(b);
+    if (rc < 0)
+        return rc;
+    if (have) {
+        if (c->domain_made) { /* too late to shape the domain: checked at END */
+            if (!c->have_late) {
+                c->late = cfg;
+                c->have_late = true;
+            }
+        } else {
+            c->res->config = cfg;
+            c->res->have_config = true;
+        }
+    }
+    return 0;
+}
+
+static int hvm_context(struct rctx *c)
+{
+    if (c->rd.length == 0)
+        return FAIL(c, -EBADMSG, UINT64_MAX, "HVM_CONTEXT is empty");
+    uint8_t *b;
+    int rc = read_whole(c, &b);
+    if (rc < 0)
+        return rc;
+    char msg[160] = "";
+    rc = hvctx_check(b, c->rd.length, msg, sizeof(msg));
+    if (rc < 0) {
+        free(b);
+        return FAIL(c, rc, c->rd.rec_offset + 8, "%s", msg);
+    }
+    if (rc == 0) {
+        free(b);
+        c->res->vcpu = RESTORE_VCPU_FOREIGN;
+        snprintf(c->res->note, sizeof(c->res->note),
+                 "HVM_CONTEXT (%u bytes) is not hugevm's: memory restored, "
+                 "vCPU state not usable", c->rd.length);
+        return 0;
+    }
+    struct stream_config cfg;
+    bool have = false;
+    rc = parse_blob(c, b, c->rd.length, &cfg, &have, true);
+    free(b);
+    if (rc < 0)
+        return rc;
+    c->res->vcpu = RESTORE_VCPU_HUGEVM;
+    if (have && !c->have_late) {
+        c->late = cfg;
+        c->have_late = true;
+    }
+    return 0;
+}
+
+static int hvm_params(struct rctx *c)
+{
+    struct stream_hvm_params_header h;
+    if (c->rd.length < sizeof(h))
+        return FAIL(c, -EBADMSG, c->rd.rec_offset + 8, "body shorter than its header");
+    int rc = stream_read_body(&c->rd, &h, sizeof(h));
+    if (rc < 0)
+        return rc;
+    uint32_t n = le32toh(h.count);
+    if (c->rd.length != 8 + 16ULL * n)
+        return FAIL(c, -EBADMSG, c->rd.rec_offset + 8, "%u params need %llu bytes, body has %u",
+                    n, 8 + 16ULL * n, c->rd.length);
+    c->res->nr_hvm_params += n;
+    return 0;
+}
+
+static int tsc_info(struct rctx *c)
+{
+    if (c->rd.length != sizeof(struct stream_x86_tsc_info))
+        return FAIL(c, -EBADMSG, c->rd.rec_offset + 4, "X86_TSC_INFO body is %u bytes, want %zu",
+                    c->rd.length, sizeof(struct stream_x86_tsc_info));
+    struct stream_x86_tsc_info t;
+    int rc = stream_read_body(&c->rd, &t, sizeof(t));
+    if (rc < 0)
+        return rc;
+    c->res->tsc.mode = le32toh(t.mode);
+    c->res->tsc.khz = le32toh(t.khz);
+    c->res->tsc.nsec = le64toh(t.nsec);
+    c->res->tsc.incarnation = le32toh(t.incarnation);
+    c->res->have_tsc = true;
+    return 0;
+}
+
+/* ---- END --------------------------------------------------------------------------- */
+
+struct runs {
+    struct rctx *c;
+    gfn_t *g;
+    uint64_t *n;
+    size_t len, cap;
+    int rc;
+};
+
+static int runs_add(struct runs *rs, gfn_t g, uint64_t n)
+{
+    if (rs->len && rs->g[rs->len - 1] + rs->n[rs->len - 1] == g) {
+        rs->n[rs->len - 1] += n;
+        return 0;
+    }
+    if (rs->len == rs->cap) {
+        size_t cap = rs->cap ? rs->cap * 2 : 64;
+        gfn_t *g2 = hv_malloc(cap * sizeof(*g2));
+        uint64_t *n2 = hv_malloc(cap * sizeof(*n2));
+        if (!g2 || !n2) {
+            free(g2);
+            free(n2);
+            return -ENOMEM;
+        }
+        if (rs->len) {
+            memcpy(g2, rs->g, rs->len * sizeof(*g2));
+            memcpy(n2, rs->n, rs->len * sizeof(*n2));
+        }
+        free(rs->g);
+        free(rs->n);
+        rs->g = g2;
+        rs->n = n2;
+        rs->cap = cap;
+    }
+    rs->g[rs->len] = g;
+    rs->n[rs->len] = n;
+    rs->len++;
+    return 0;
+}
+
+/* Collect the unfilled pfns of each RAM leaf. */
+static int unfilled_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
+                         enum p2m_type type, ept_entry_t *e)
+{
+    struct runs *rs = ctx;
+    (void)mfn;
+    (void)e;
+    if (!p2m_is_ram(type))
+        return 0;
+    struct rctx *c = rs->c;
+    gfn_t end = gfn + order_pages(order);
+    if (order == PAGE_ORDER_1G) {
+        struct rs_1g *g = node_1g(c, gfn, false);
+        if (g && g->filled == REGION_1G)
+            return 0;
+    }
+    for (gfn_t b = gfn & ~511ULL; b < end; b += 512) {
+        struct rs_2m *s = node_2m(c, b, false);
+        gfn_t lo = b > gfn ? b : gfn, hi = b + 512 < end ? b + 512 : end;
+        if (!s) {
+            if (runs_add(rs, lo, hi - lo) < 0)
+                return -ENOMEM;
+            continue;
+        }
+        if (s->filled == 512)
+            continue;
+        for (gfn_t x = lo; x < hi; x++)
+            if (!bit(s->fill, x) && runs_add(rs, x, 1) < 0)
+                return -ENOMEM;
+    }
+    return 0;
+}
+
+static bool cfg_block_4k_only(const struct stream_config *cfg, gfn_t g, unsigned order)
+{
+    for (unsigned i = 0; i < cfg->nr_4k_ranges; i++) {
+        const struct gfn_range *r = &cfg->ranges_4k[i];
+        if (r->gfn < g + order_pages(order) && g < r->gfn + r->nr)
+            return true;
+    }
+    return false;
+}
+
+
+/* Dry run: the leaves a restore would build on an unfragmented machine. */
+static void predict(struct rctx *c, const struct stream_config *cfg)
+{
+    struct restore_result *res = c->res;
+    for (uint64_t i = 0; c->top && i < c->ntop; i++) {
+        struct rs_1g *g = c->top[i];
+        if (!g)
+            continue;
+        gfn_t base = i << PAGE_ORDER_1G;
+        if (g->filled == REGION_1G && (!cfg || !cfg_block_4k_only(cfg, base, 18))) {
+            res->pages_1g++;
+            continue;
+        }
+        for (unsigned k = 0; k < 512; k++) {
+            struct rs_2m *s = g->r[k];
+            if (!s)
+                continue;
+            if (s->filled == 512 && (!cfg || !cfg_block_4k_only(cfg, base + 512ULL * k, 9)))
+                res->pages_2m++;
+            else
+                res->pages_4k += s->filled;
+        }
+    }
+}
+
+static int apply_late_config(struct rctx *c, const struct stream_config *cfg)
+{
+    struct domain *d = c->d;
+    if (c->max_seen > cfg->max_gfn)
+        return FAIL(c, -ERANGE, UINT64_MAX, "pfn %#llx is beyond the domain (max_gfn %#llx)",
+                    (unsigned long long)(c->max_seen - 1), (unsigned long long)cfg->max_gfn);
+    gfn_t hs = GFN_4G - (cfg->mmio_hole_bytes >> PAGE_SHIFT);
+    /* No RAM may be left in the holes the configuration declares. */
+    for (gfn_t g = hs; g < GFN_4G;) {
+        enum p2m_type t;
+        unsigned o;
+        p2m_get_entry(d->p2m, g, &t, &o);
+        if (p2m_is_ram(t) || t == p2m_pod)
+            return FAIL(c, -EEXIST, UINT64_MAX, "pfn %#llx is populated but lies in the "
+                        "MMIO hole of the configuration", (unsigned long long)g);
+        g = (g & ~(order_pages(o) - 1)) + order_pages(o);
+    }
+    if (cfg->vga_hole)
+        for (gfn_t g = VGA_HOLE_GFN; g < VGA_HOLE_GFN + VGA_HOLE_NR; g++) {
+            enum p2m_type t;
+            p2m_get_entry(d->p2m, g, &t, NULL);
+            if (t != p2m_invalid)
+                return FAIL(c, -EEXIST, UINT64_MAX, "pfn %#llx is populated but lies in the "
+                            "VGA hole", (unsigned long long)g);
+        }
+    d->mmio_hole_start = hs;
+    d->mmio_hole_end = GFN_4G;
+    d->vga_hole = cfg->vga_hole;
+    for (unsigned i = 0; i < cfg->nr_4k_ranges; i++) {
+        int rc = p2m_add_4k_range(d->p2m, cfg->ranges_4k[i].gfn, cfg->ranges_4k[i].nr);
+        if (rc < 0)
+            return FAIL(c, rc, UINT64_MAX, "4K-only range %u: %s", i, strerror(-rc));
+    }
+    return 0;
+}
+
+static int restore_pod(struct rctx *c, gfn_t max_gfn)
+{
+    for (size_t i = 0; i < c->npod; i++) {
+        uint64_t x = c->pod[i];
+        unsigned order = (unsigned)(x >> STREAM_EXTENT_ORDER_SHIFT);
+        gfn_t gfn = x & STREAM_PFN_MASK;
+        if ((order != 0 && order != PAGE_ORDER_2M && order != PAGE_ORDER_1G) ||
+            !is_aligned_order(gfn, order) || (x & (0xfULL << 52)) || gfn >= max_gfn ||
+            order_pages(order) > max_gfn - gfn)
+            return FAIL(c, -EBADMSG, UINT64_MAX, "PoD entry %zu: bad extent %#llx", i,
+                        (unsigned long long)x);
+        for (gfn_t g = gfn; g < gfn + order_pages(order); g += 512) {
+            struct rs_2m *s = node_2m(c, g, false);
+            if (s && s->filled)
+                return FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx overlaps populated "
+                            "pfns", i, (unsigned long long)gfn);
+        }
+        if (c->o->dry_run) {
+            c->res->pod_entries++;
+            continue;
+        }
+        for (gfn_t g = gfn; g < gfn + order_pages(order); g++) {
+            if (domain_gfn_in_hole(c->d, g))
+                return FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx covers a hole", i,
+                            (unsigned long long)gfn);
+            if (order && !(g & 511) && g + 512 <= gfn + order_pages(order))
+                g += 511; /* holes are 2M-granular except the VGA hole below 2M */
+        }
+        if (order && p2m_range_is_4k_only(c->d->p2m, gfn, order))
+            return FAIL(c, -EBADMSG, UINT64_MAX, "PoD entry %zu: order %u over a 4K-only range",
+                        i, order);
+        enum p2m_type t;
+        unsigned lo;
+        p2m_get_entry(c->d->p2m, gfn, &t, &lo);
+        if (t != p2m_invalid || lo < order)
+            return FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx overlaps a mapping", i,
+                        (unsigned long long)gfn);
+        struct populate_result pr;
+        int rc = domain_populate_flags(c->d, gfn, order_pages(order), DOMAIN_POPULATE_POD, &pr);
+        if (rc < 0)
+            return FAIL(c, rc, UINT64_MAX, "PoD entry %zu: %s", i, strerror(-rc));
+        c->res->pod_entries++;
+    }
+    if (c->pod_target && !c->o->dry_run) {
+        int rc = pod_set_target(c->d, c->pod_target);
+        if (rc < 0)
+            return FAIL(c, rc, UINT64_MAX, "PoD target of %llu pages: %s",
+                        (unsigned long long)c->pod_target, strerror(-rc));
+        c->res->pod_target = c->pod_target;
+    }
+    return 0;
+}
+
+static int finish(struct rctx *c)
+{
+    struct restore_result *res = c->res;
+    int rc = make_domain(c);
+    if (rc < 0)
+        return rc;
+    const struct stream_config *cfg = res->have_config ? &res->config
+                                      : c->have_late  ? &c->late
+                                                      : NULL;
+    if (res->have_config && c->have_late && !cfg_equal(&res->config, &c->late))
+        return FAIL(c, -EBADMSG, UINT64_MAX,
+                    "HV_CONFIG and HVM_CONTEXT carry different domain configurations");
+    if (!res->have_config && c->have_late) {
+        res->config = c->late;
+        res->have_config = true;
+    }
+    gfn_t max_gfn = cfg ? cfg->max_gfn : c->limit;
+    if (c->o->dry_run) {
+        if (cfg && c->max_seen > cfg->max_gfn)
+            return FAIL(c, -ERANGE, UINT64_MAX, "pfn %#llx is beyond the domain (max_gfn %#llx)",
+                        (unsigned long long)(c->max_seen - 1), (unsigned long long)cfg->max_gfn);
+        predict(c, cfg);
+        return restore_pod(c, max_gfn);
+    }
+    struct domain *d = c->d;
+    /* Give back what was allocated speculatively and never filled. */
+    struct runs rs = {.c = c};
+    rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, unfilled_leaf, &rs);
+    for (size_t i = 0; rc == 0 && i < rs.len; i++) {
+        long n = domain_decrease_reservation(d, rs.g[i], rs.n[i]);
+        if (n < 0)
+            rc = (int)n;
+        else
+            res->freed_pages += (uint64_t)n;
+    }
+    free(rs.g);
+    free(rs.n);
+    if (rc < 0)
+        return FAIL(c, rc, UINT64_MAX, "freeing unfilled speculative pages: %s", strerror(-rc));
+    long merged = p2m_coalesce(d->p2m, 0, P2M_GFN_LIMIT);
+    res->merges = merged > 0 ? (uint64_t)merged : 0;
+    if (cfg && !c->cfg_at_create) {
+        rc = apply_late_config(c, cfg);
+        if (rc < 0)
+            return rc;
+    }
+    rc = restore_pod(c, max_gfn);
+    if (rc < 0)
+        return rc;
+    if (cfg) {
+        if (d->tot_pages > cfg->max_pages)
+            return FAIL(c, -EDQUOT, UINT64_MAX, "%llu pages restored, max_pages is %llu",
+                        (unsigned long long)d->tot_pages, (unsigned long long)cfg->max_pages);
+        d->max_pages = cfg->max_pages;
+    }
+    res->pages_1g = domain_pages_1g(d);
+    res->pages_2m = domain_pages_2m(d);
+    res->pages_4k = domain_pages_4k(d);
+    return 0;
+}
+
+/* ---- the record loop ------------------------------------------------------------- */
+
+static int dispatch(struct rctx *c, uint32_t type)
+{
+    switch (type) {
+    case STREAM_REC_PAGE_DATA: return page_data(c);
+    case STREAM_REC_STATIC_DATA_END:
+        c->seen_static_end = true;
+        return 0;
+    case STREAM_REC_X86_TSC_INFO: return tsc_info(c);
+    case STREAM_REC_HVM_PARAMS: return hvm_params(c);
+    case STREAM_REC_HVM_CONTEXT: return hvm_context(c);
+    case STREAM_REC_HV_CONFIG: return hv_config(c);
+    case STREAM_REC_HV_LAYOUT: return hv_layout(c);
+    case STREAM_REC_VERIFY:
+    case STREAM_REC_TOOLSTACK:
+    case STREAM_REC_X86_CPUID_POLICY:
+    case STREAM_REC_X86_MSR_POLICY:
+        c->res->skipped_records++;
+        return 0;
+    case STREAM_REC_CHECKPOINT:
+    case STREAM_REC_CHECKPOINT_DIRTY_PFN_LIST:
+        return FAIL(c, -ENOTSUP, UINT64_MAX, "checkpointed (Remus/COLO) streams are not supported");
+    default:
+        if (type & STREAM_REC_OPTIONAL) {
+            c->res->skipped_records++;
+            return 0;
+        }
+        if (type <= STREAM_REC_X86_MSR_POLICY)
+            return FAIL(c, -ENOTSUP, UINT64_MAX, "record is not valid in an x86 HVM stream");
+        return FAIL(c, -ENOTSUP, UINT64_MAX, "unknown mandatory record type %#x", type);
+    }
+}
+
+int stream_restore(struct machine *m, struct stream_io *io, const struct restore_opts *o,
+                   struct restore_result *res)
+{
+    static const struct restore_opts defaults;
+    struct rctx *c = hv_calloc(1, sizeof(*c));
+    memset(res, 0, sizeof(*res));
+    res->domid = DOMID_INVALID;
+    if (!c) {
+        snprintf(res->err, sizeof(res->err), "stream headers at offset 0: out of memory");
+        return -ENOMEM;
+    }
+    c->m = m;
+    c->o = o ? o : &defaults;
+    c->res = res;
+    uint64_t t0 = hv_now_ns();
+    stream_reader_init(&c->rd, io);
+    int rc = stream_read_headers(&c->rd);
+    if (rc == 0) {
+        res->version = c->rd.version;
+        res->xen_major = c->rd.dhdr.xen_major;
+        res->xen_minor = c->rd.dhdr.xen_minor;
+    }
+    while (rc == 0) {
+        struct stream_rhdr h;
+        rc = stream_next_record(&c->rd, &h);
+        if (rc < 0)
+            break;
+        res->records++;
+        if (c->o->on_record)
+            c->o->on_record(c->o->record_ctx, c->rd.index, h.type, h.length, c->rd.rec_offset);
+        if (h.type == STREAM_REC_END) {
+            if (h.length)
+                rc = FAIL(c, -EBADMSG, c->rd.rec_offset + 4, "END has a %u-byte body", h.length);
+            else
+                rc = finish(c);
+            if (rc == 0)
+                rc = stream_skip_body(&c->rd);
+            break;
+        }
+        rc = dispatch(c, h.type);
+    }
+    res->bytes = c->rd.offset;
+    if (rc < 0) {
+        snprintf(res->err, sizeof(res->err), "%s", c->rd.err[0] ? c->rd.err : strerror(-rc));
+        domain_destroy(c->d);
+        c->d = NULL;
+        free(res->context);
+        res->context = NULL;
+        res->context_len = 0;
+    } else if (res->vcpu == RESTORE_VCPU_NONE && !res->note[0]) {
+        snprintf(res->note, sizeof(res->note), "no HVM_CONTEXT record: vCPU state not usable");
+    }
+    res->d = c->d;
+    uint64_t xen_pages = res->pages_populated;
+    res->xen_4k = xen_pages - 512 * (res->xen_2m < xen_pages / 512 ? res->xen_2m : xen_pages / 512);
+    res->seconds = (double)(hv_now_ns() - t0) / 1e9;
+    state_free(c);
+    free(c->pfns);
+    free(c->mfns);
+    free(c->pod);
+    free(c);
+    return rc;
+}
+
+void restore_result_free(struct restore_result *res)
+{
+    free(res->context);
+    res->context = NULL;
+    res->context_len = 0;
+}

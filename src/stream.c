@@ -1,0 +1,462 @@
+/*
+ * stream.c - byte sinks/sources and the record writer and reader of the
+ * migration stream (format: stream.h, docs/stream.md).
+ *
+ * The reader never trusts a length: a record header's body_length is
+ * checked against STREAM_MAX_BODY before anything is read or allocated, and
+ * a body is consumed through stream_read_body, which refuses to read past
+ * body_length.  The reader itself allocates nothing; callers size their
+ * buffers from lengths the reader has already bounded.
+ *
+ * Invariants: reader->offset is the number of bytes consumed from the
+ * source; while in_record, rec_offset + 8 + (length - body_left) ==
+ * offset, and pad_left == padding still to consume.
+ */
+#include "stream.h"
+
+#include <endian.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define STREAM_FD_BUF (1u << 20)
+
+static uint32_t pad8(uint32_t len) { return (8u - (len & 7u)) & 7u; }
+
+const char *stream_rec_name(uint32_t type)
+{
+    switch (type) {
+    case STREAM_REC_END: return "END";
+    case STREAM_REC_PAGE_DATA: return "PAGE_DATA";
+    case STREAM_REC_X86_PV_INFO: return "X86_PV_INFO";
+    case STREAM_REC_X86_PV_P2M_FRAMES: return "X86_PV_P2M_FRAMES";
+    case STREAM_REC_X86_PV_VCPU_BASIC: return "X86_PV_VCPU_BASIC";
+    case STREAM_REC_X86_PV_VCPU_EXTENDED: return "X86_PV_VCPU_EXTENDED";
+    case STREAM_REC_X86_PV_VCPU_XSAVE: return "X86_PV_VCPU_XSAVE";
+    case STREAM_REC_SHARED_INFO: return "SHARED_INFO";
+    case STREAM_REC_X86_TSC_INFO: return "X86_TSC_INFO";
+    case STREAM_REC_HVM_CONTEXT: return "HVM_CONTEXT";
+    case STREAM_REC_HVM_PARAMS: return "HVM_PARAMS";
+    case STREAM_REC_TOOLSTACK: return "TOOLSTACK";
+    case STREAM_REC_X86_PV_VCPU_MSRS: return "X86_PV_VCPU_MSRS";
+    case STREAM_REC_VERIFY: return "VERIFY";
+    case STREAM_REC_CHECKPOINT: return "CHECKPOINT";
+    case STREAM_REC_CHECKPOINT_DIRTY_PFN_LIST: return "CHECKPOINT_DIRTY_PFN_LIST";
+    case STREAM_REC_STATIC_DATA_END: return "STATIC_DATA_END";
+    case STREAM_REC_X86_CPUID_POLICY: return "X86_CPUID_POLICY";
+    case STREAM_REC_X86_MSR_POLICY: return "X86_MSR_POLICY";
+    case STREAM_REC_HV_CONFIG: return "HV_CONFIG";
+    case STREAM_REC_HV_LAYOUT: return "HV_LAYOUT";
+    default: return (type & STREAM_REC_OPTIONAL) ? "unknown optional" : "unknown";
+    }
+}
+
+/* ---- memory buffer -------------------------------------------------------- */
+
+static long mem_read(void *ctx, void *buf, size_t len)
+{
+    struct stream_mem *m = ctx;
+    size_t n = m->len - m->pos;
+    if (n > len)
+        n = len;
+    if (n)
+        memcpy(buf, m->buf + m->pos, n);
+    m->pos += n;
+    return (long)n;
+}
+
+int stream_mem_reserve(struct stream_mem *m, size_t cap)
+{
+    if (cap <= m->cap)
+        return 0;
+    uint8_t *b = realloc(m->owned ? m->buf : NULL, cap);
+    if (!b)
+        return -ENOMEM;
+    m->buf = b;
+    m->cap = cap;
+    m->owned = true;
+    return 0;
+}
+
+static int mem_write(void *ctx, const void *buf, size_t len)
+{
+    struct stream_mem *m = ctx;
+    if (len > m->cap - m->len) {
+        size_t cap = m->cap ? m->cap : 64 * KiB;
+        while (cap - m->len < len) {
+            if (cap > SIZE_MAX / 2)
+                return -ENOMEM;
+            cap *= 2;
+        }
+        int rc = stream_mem_reserve(m, cap);
+        if (rc < 0)
+            return rc;
+    }
+    memcpy(m->buf + m->len, buf, len);
+    m->len += len;
+    return 0;
+}
+
+void stream_mem_source(struct stream_mem *m, struct stream_io *io,
+                       const void *buf, size_t len)
+{
+    memset(m, 0, sizeof(*m));
+    m->buf = (uint8_t *)(uintptr_t)buf;
+    m->len = m->cap = len;
+    *io = (struct stream_io){.read = mem_read, .ctx = m};
+}
+
+void stream_mem_sink(struct stream_mem *m, struct stream_io *io)
+{
+    memset(m, 0, sizeof(*m));
+    *io = (struct stream_io){.write = mem_write, .ctx = m};
+}
+
+void stream_mem_free(struct stream_mem *m)
+{
+    if (m->owned)
+        free(m->buf);
+    memset(m, 0, sizeof(*m));
+}
+
+/* ---- file descriptor ------------------------------------------------------ */
+
+static int fd_flush(void *ctx)
+{
+    struct stream_fd *f = ctx;
+    size_t off = 0;
+    while (off < f->len) {
+        ssize_t n = write(f->fd, f->buf + off, f->len - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        off += (size_t)n;
+    }
+    f->len = 0;
+    return 0;
+}
+
+static int fd_write(void *ctx, const void *buf, size_t len)
+{
+    struct stream_fd *f = ctx;
+    if (len <= f->cap - f->len) {
+        memcpy(f->buf + f->len, buf, len);
+        f->len += len;
+        return 0;
+    }
+    int rc = fd_flush(f);
+    if (rc < 0)
+        return rc;
+    if (len < f->cap) {
+        memcpy(f->buf, buf, len);
+        f->len = len;
+        return 0;
+    }
+    const uint8_t *p = buf;
+    while (len) {
+        ssize_t n = write(f->fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static long fd_read(void *ctx, void *buf, size_t len)
+{
+    struct stream_fd *f = ctx;
+    if (f->pos == f->len) {
+        if (len >= f->cap) { /* large reads go straight through */
+            for (;;) {
+                ssize_t n = read(f->fd, buf, len);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                return n < 0 ? -errno : (long)n;
+            }
+        }
+        f->pos = f->len = 0;
+        for (;;) {
+            ssize_t n = read(f->fd, f->buf, f->cap);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                return n < 0 ? -errno : 0;
+            f->len = (size_t)n;
+            break;
+        }
+    }
+    size_t n = f->len - f->pos;
+    if (n > len)
+        n = len;
+    memcpy(buf, f->buf + f->pos, n);
+    f->pos += n;
+    return (long)n;
+}
+
+int stream_fd_open(struct stream_fd *f, struct stream_io *io, int fd)
+{
+    memset(f, 0, sizeof(*f));
+    f->buf = hv_malloc(STREAM_FD_BUF);
+    if (!f->buf)
+        return -ENOMEM;
+    f->fd = fd;
+    f->cap = STREAM_FD_BUF;
+    *io = (struct stream_io){.read = fd_read, .write = fd_write, .flush = fd_flush, .ctx = f};
+    return 0;
+}
+
+void stream_fd_free(struct stream_fd *f)
+{
+    free(f->buf);
+    f->buf = NULL;
+}
+
+/* ---- writer --------------------------------------------------------------- */
+
+static const uint8_t zeros[8];
+
+void stream_writer_init(struct stream_writer *w, struct stream_io *io)
+{
+    memset(w, 0, sizeof(*w));
+    w->io = io;
+}
+
+static int w_raw(struct stream_writer *w, const void *p, size_t len)
+{
+    int rc = w->io->write(w->io->ctx, p, len);
+    if (rc == 0)
+        w->offset += len;
+    return rc;
+}
+
+int stream_write_headers(struct stream_writer *w)
+{
+    struct stream_image_header ih = {
+        .marker = htobe64(STREAM_MARKER),
+        .id = htobe32(STREAM_ID),
+        .version = htobe32(STREAM_VERSION),
+        .options = htobe16(0),
+    };
+    struct stream_domain_header dh = {
+        .type = htole32(STREAM_DHDR_X86_HVM),
+        .page_shift = htole16(PAGE_SHIFT),
+        .xen_major = htole32(4),
+        .xen_minor = htole32(20),
+    };
+    int rc = w_raw(w, &ih, sizeof(ih));
+    return rc < 0 ? rc : w_raw(w, &dh, sizeof(dh));
+}
+
+int stream_record_begin(struct stream_writer *w, uint32_t type, uint32_t len)
+{
+    if (w->in_record || len > STREAM_MAX_BODY)
+        return -EINVAL;
+    struct stream_rhdr h = {htole32(type), htole32(len)};
+    int rc = w_raw(w, &h, sizeof(h));
+    if (rc < 0)
+        return rc;
+    w->in_record = true;
+    w->body_left = len;
+    w->pad = pad8(len);
+    return 0;
+}
+
+int stream_write_part(struct stream_writer *w, const void *p, size_t len)
+{
+    if (!w->in_record || len > w->body_left)
+        return -EINVAL;
+    if (!len)
+        return 0;
+    int rc = w_raw(w, p, len);
+    if (rc == 0)
+        w->body_left -= (uint32_t)len;
+    return rc;
+}
+
+int stream_record_end(struct stream_writer *w)
+{
+    if (!w->in_record || w->body_left)
+        return -EINVAL;
+    int rc = w->pad ? w_raw(w, zeros, w->pad) : 0;
+    if (rc < 0)
+        return rc;
+    w->in_record = false;
+    w->records++;
+    return 0;
+}
+
+int stream_write_record(struct stream_writer *w, uint32_t type, const void *body,
+                        uint32_t len)
+{
+    int rc = stream_record_begin(w, type, len);
+    if (rc == 0 && len)
+        rc = stream_write_part(w, body, len);
+    return rc < 0 ? rc : stream_record_end(w);
+}
+
+int stream_writer_flush(struct stream_writer *w)
+{
+    return w->io->flush ? w->io->flush(w->io->ctx) : 0;
+}
+
+/* ---- reader --------------------------------------------------------------- */
+
+void stream_reader_init(struct stream_reader *r, struct stream_io *io)
+{
+    memset(r, 0, sizeof(*r));
+    r->io = io;
+}
+
+int stream_reader_fail(struct stream_reader *r, int rc, uint64_t at,
+                       const char *fmt, ...)
+{
+    char msg[STREAM_ERR_LEN / 2];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    char where[40] = "";
+    if (at != UINT64_MAX)
+        snprintf(where, sizeof(where), " (byte offset %llu)", (unsigned long long)at);
+    if (!r->started)
+        snprintf(r->err, sizeof(r->err), "stream headers at offset 0%s: %s", where, msg);
+    else
+        snprintf(r->err, sizeof(r->err), "record #%llu %s (type %#x) at offset %llu%s: %s",
+                 (unsigned long long)r->index, stream_rec_name(r->type), r->type,
+                 (unsigned long long)r->rec_offset, where, msg);
+    return rc;
+}
+
+/* Read exactly len bytes from the source.  -ENODATA at a short stream. */
+static int r_raw(struct stream_reader *r, void *buf, size_t len, const char *what)
+{
+    uint8_t *p = buf;
+    size_t got = 0;
+    while (got < len) {
+        long n = r->io->read(r->io->ctx, p + got, len - got);
+        if (n < 0)
+            return stream_reader_fail(r, (int)n, r->offset + got, "reading %s: %s", what,
+                                      strerror((int)-n));
+        if (n == 0)
+            return stream_reader_fail(r, -ENODATA, r->offset + got,
+                                      "stream truncated: %zu of %zu bytes of %s", got, len,
+                                      what);
+        got += (size_t)n;
+    }
+    r->offset += len;
+    return 0;
+}
+
+int stream_read_headers(struct stream_reader *r)
+{
+    struct stream_image_header ih;
+    int rc = r_raw(r, &ih, sizeof(ih), "the image header");
+    if (rc < 0)
+        return rc;
+    if (be64toh(ih.marker) != STREAM_MARKER)
+        return stream_reader_fail(r, -EBADMSG, 0, "bad marker %#llx (want ~0)",
+                                  (unsigned long long)be64toh(ih.marker));
+    if (be32toh(ih.id) != STREAM_ID)
+        return stream_reader_fail(r, -EBADMSG, 8, "bad id %#x (want %#x \"XENF\")",
+                                  be32toh(ih.id), STREAM_ID);
+    r->version = be32toh(ih.version);
+    if (r->version != 2 && r->version != 3)
+        return stream_reader_fail(r, -EPROTONOSUPPORT, 12,
+                                  "unsupported stream version %u (2 and 3 are)", r->version);
+    if (be16toh(ih.options) & STREAM_OPT_BIG_ENDIAN)
+        return stream_reader_fail(r, -EBADMSG, 16,
+                                  "big-endian streams are not supported (options %#x)",
+                                  be16toh(ih.options));
+    rc = r_raw(r, &r->dhdr, sizeof(r->dhdr), "the domain header");
+    if (rc < 0)
+        return rc;
+    r->dhdr.type = le32toh(r->dhdr.type);
+    r->dhdr.page_shift = le16toh(r->dhdr.page_shift);
+    r->dhdr.xen_major = le32toh(r->dhdr.xen_major);
+    r->dhdr.xen_minor = le32toh(r->dhdr.xen_minor);
+    if (r->dhdr.type != STREAM_DHDR_X86_HVM)
+        return stream_reader_fail(r, -EBADMSG, 24,
+                                  "domain type %u is not x86 HVM (2)", r->dhdr.type);
+    if (r->dhdr.page_shift != PAGE_SHIFT)
+        return stream_reader_fail(r, -EBADMSG, 28, "page shift %u (want 12)",
+                                  r->dhdr.page_shift);
+    return 0;
+}
+
+static int discard(struct stream_reader *r, uint64_t len, const char *what)
+{
+    uint8_t buf[4096];
+    while (len) {
+        size_t n = len < sizeof(buf) ? (size_t)len : sizeof(buf);
+        int rc = r_raw(r, buf, n, what);
+        if (rc < 0)
+            return rc;
+        len -= n;
+    }
+    return 0;
+}
+
+int stream_skip_body(struct stream_reader *r)
+{
+    if (!r->in_record)
+        return 0;
+    int rc = discard(r, r->body_left, "the record body");
+    if (rc < 0)
+        return rc;
+    r->body_left = 0;
+    rc = discard(r, r->pad_left, "the record padding");
+    if (rc < 0)
+        return rc;
+    r->pad_left = 0;
+    r->in_record = false;
+    return 0;
+}
+
+int stream_next_record(struct stream_reader *r, struct stream_rhdr *h)
+{
+    int rc = stream_skip_body(r);
+    if (rc < 0)
+        return rc;
+    if (r->started)
+        r->index++;
+    r->started = true;
+    r->rec_offset = r->offset;
+    r->type = 0;
+    r->length = 0;
+    struct stream_rhdr raw;
+    rc = r_raw(r, &raw, sizeof(raw), "a record header");
+    if (rc < 0)
+        return rc;
+    r->type = le32toh(raw.type);
+    r->length = le32toh(raw.length);
+    if (r->length > STREAM_MAX_BODY)
+        return stream_reader_fail(r, -EMSGSIZE, r->rec_offset + 4,
+                                  "body length %u is over the %u-byte limit", r->length,
+                                  STREAM_MAX_BODY);
+    r->body_left = r->length;
+    r->pad_left = pad8(r->length);
+    r->in_record = true;
+    h->type = r->type;
+    h->length = r->length;
+    return 0;
+}
+
+int stream_read_body(struct stream_reader *r, void *buf, size_t len)
+{
+    if (!r->in_record || len > r->body_left)
+        return stream_reader_fail(r, -EBADMSG, r->offset,
+                                  "body too short: need %zu more bytes, %u left", len,
+                                  r->in_record ? r->body_left : 0);
+    int rc = r_raw(r, buf, len, "the record body");
+    if (rc == 0)
+        r->body_left -= (uint32_t)len;
+    return rc;
+}
