@@ -16,22 +16,13 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "dirty.h"
 #include "vcpu.h"
 #include "workload.h"
 
-#define AUDIT_OK(expr)                                                         \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        if (rc_ != 0)                                                          \
-            fail_msg("%s: %s", #expr, hv_audit_last());                        \
-    } while (0)
 
-static void audit_all(const struct domain *d)
-{
-    AUDIT_OK(domain_audit(d));
-    AUDIT_OK(frames_audit(d->m->frames));
-}
 
 /* Guest: gfns [0, 2^19) = 2 GiB: the first 1G holds the VGA hole (4K in the
  * first 2M, then 2M leaves), the second 1G is one 1G leaf. */

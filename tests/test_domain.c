@@ -13,20 +13,11 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "domain.h"
 
-#define AUDIT_OK(expr)                                                         \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        if (rc_ != 0)                                                          \
-            fail_msg("%s: %s", #expr, hv_audit_last());                        \
-    } while (0)
 
-static void audit_all(const struct domain *d)
-{
-    AUDIT_OK(domain_audit(d));
-    AUDIT_OK(frames_audit(d->m->frames));
-}
 
 /* ---- a dump of the p2m, to compare whole states ------------------------- */
 
@@ -71,12 +62,6 @@ static void assert_same_dump(const struct dump *a, const struct dump *b)
 
 /* ---- fixtures ---------------------------------------------------------- */
 
-static struct machine *new_machine(uint64_t bytes, enum frame_policy pol)
-{
-    struct machine *m;
-    assert_int_equal(machine_create(&m, bytes, pol), 0);
-    return m;
-}
 
 static struct domain *new_domain(struct machine *m, uint64_t max_pages)
 {
@@ -102,7 +87,7 @@ static uint64_t tag_of(const struct domain *d, gfn_t gfn)
 static void test_coverage_unfragmented(void **state)
 {
     (void)state;
-    struct machine *m = new_machine(9 * GiB, FRAME_POLICY_FRAGPOOL);
+    struct machine *m = new_machine_policy(9 * GiB, FRAME_POLICY_FRAGPOOL);
     struct domain *d = new_domain(m, 0);
     struct populate_result res;
     assert_int_equal(domain_populate_guest(d, 8 * GiB, &res), 0);
@@ -173,7 +158,7 @@ static void test_coverage_fragmented(void **state)
     (void)state;
     static const enum frame_policy pols[] = {FRAME_POLICY_FRAGPOOL, FRAME_POLICY_BUDDY};
     for (size_t p = 0; p < ARRAY_SIZE(pols); p++) {
-        struct machine *m = new_machine(4 * GiB, pols[p]);
+        struct machine *m = new_machine_policy(4 * GiB, pols[p]);
         domid_t churner = ++m->next_domid;
         uint64_t ops;
         assert_int_equal(frames_fragment(m->frames, churner, 0.3, 0.7, 7, &ops), 0);
@@ -282,7 +267,7 @@ static void test_differential(void **state)
     struct hv_rng r = {42};
     for (unsigned round = 0; round < 2 * hv_stress_scale(); round++) {
         enum frame_policy pol = round % 2 ? FRAME_POLICY_BUDDY : FRAME_POLICY_FRAGPOOL;
-        struct machine *m = new_machine(5 * GiB, pol);
+        struct machine *m = new_machine_policy(5 * GiB, pol);
         struct domain_config c;
         domain_config_default(&c);
         c.nr_4k_ranges = 1;
@@ -399,7 +384,7 @@ static void faulty_op(struct domain *d, int kind, gfn_t lo, uint64_t nr)
 static void test_fault_injection(void **state)
 {
     (void)state;
-    struct machine *m = new_machine(2 * GiB, FRAME_POLICY_FRAGPOOL);
+    struct machine *m = new_machine_policy(2 * GiB, FRAME_POLICY_FRAGPOOL);
     struct hv_rng r = {9};
     struct domain *d = new_domain(m, 0);
     /* some existing state: a 1G leaf and scattered 4K */
@@ -420,7 +405,7 @@ static void test_fault_injection(void **state)
 static void test_decrease_splits_one_path(void **state)
 {
     (void)state;
-    struct machine *m = new_machine(2 * GiB, FRAME_POLICY_FRAGPOOL);
+    struct machine *m = new_machine_policy(2 * GiB, FRAME_POLICY_FRAGPOOL);
     struct domain *d = new_domain(m, 0);
     gfn_t base = 1u << 18;
     assert_int_equal(domain_populate(d, base, 1u << 18, NULL), 0);
@@ -448,7 +433,7 @@ static void test_decrease_splits_one_path(void **state)
 static void test_max_pages(void **state)
 {
     (void)state;
-    struct machine *m = new_machine(1 * GiB, FRAME_POLICY_FRAGPOOL);
+    struct machine *m = new_machine_policy(1 * GiB, FRAME_POLICY_FRAGPOOL);
     struct domain *d = new_domain(m, 1000);
     assert_int_equal(domain_populate(d, 0x100, 900, NULL), 0);
     struct dump before = take_dump(d);
@@ -468,7 +453,7 @@ static void test_max_pages(void **state)
 static void test_scrub_between_domains(void **state)
 {
     (void)state;
-    struct machine *m = new_machine(64 * MiB, FRAME_POLICY_FRAGPOOL);
+    struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
     struct domain *a = new_domain(m, 0);
     assert_int_equal(domain_populate(a, 0, 12000, NULL), 0); /* 4K and 2M */
     for (mfn_t x = 0; x < m->nr_frames; x++)
@@ -503,7 +488,7 @@ static void test_scrub_between_domains(void **state)
 static void test_increase_reservation_fallback(void **state)
 {
     (void)state;
-    struct machine *m = new_machine(64 * MiB, FRAME_POLICY_FRAGPOOL);
+    struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
     struct domain *hog = new_domain(m, 0);
     /* leave exactly 1 free 2M block plus 4K holes */
     assert_int_equal(domain_populate(hog, 0, m->nr_frames, NULL) == 0 ||

@@ -18,30 +18,14 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "domain.h"
 #include "vcpu.h"
 #include "zero.h"
 
-#define AUDIT_OK(expr)                                                         \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        if (rc_ != 0)                                                          \
-            fail_msg("%s: %s", #expr, hv_audit_last());                        \
-    } while (0)
 
-static void audit_all(const struct domain *d)
-{
-    AUDIT_OK(domain_audit(d)); /* includes pod_audit */
-    AUDIT_OK(pod_audit(d));
-    AUDIT_OK(frames_audit(d->m->frames));
-}
 
-static struct machine *new_machine(uint64_t bytes)
-{
-    struct machine *m;
-    assert_int_equal(machine_create(&m, bytes, FRAME_POLICY_FRAGPOOL), 0);
-    return m;
-}
 
 static struct domain *new_domain(struct machine *m)
 {

@@ -16,23 +16,13 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "testutil.h"
 #include <xxhash.h>
 
 #include "save.h"
 
-#define AUDIT_OK(expr)                                                         \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        if (rc_ != 0)                                                          \
-            fail_msg("%s: %s", #expr, hv_audit_last());                        \
-    } while (0)
 
-static struct machine *new_machine(uint64_t bytes)
-{
-    struct machine *m;
-    assert_int_equal(machine_create(&m, bytes, FRAME_POLICY_FRAGPOOL), 0);
-    return m;
-}
 
 static void assert_machine_empty(struct machine *m)
 {

@@ -15,24 +15,13 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "vcpu.h"
 #include "workload.h"
 
-#define AUDIT_OK(expr)                                                         \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        if (rc_ != 0)                                                          \
-            fail_msg("%s: %s", #expr, hv_audit_last());                        \
-    } while (0)
-
 #define G1 (1ULL << 18) /* gfn of 1 GiB */
 
-static struct machine *new_machine(uint64_t bytes)
-{
-    struct machine *m;
-    assert_int_equal(machine_create(&m, bytes, FRAME_POLICY_FRAGPOOL), 0);
-    return m;
-}
 
 /* A domain with [G1, G1 + nr) populated with leaves of exactly `order`. */
 static struct domain *guest_at_order(struct machine *m, uint64_t nr, unsigned order)
