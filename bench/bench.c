@@ -275,6 +275,10 @@ void bench_pod(void (*add_fn)(const char *, double, const char *, double,
 void bench_stream(void (*add_fn)(const char *, double, const char *, double,
                                  const char *, double));
 
+/* bench_migrate.c: live migration over loopback next to plain TCP. */
+void bench_migrate(void (*add_fn)(const char *, double, const char *, double,
+                                  const char *, double));
+
 int main(int argc, char **argv)
 {
     const char *json = NULL;
@@ -285,7 +289,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else {
-            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|stream|limits]\n");
+            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|stream|migrate|limits]\n");
             return 2;
         }
     }
@@ -317,6 +321,8 @@ int main(int argc, char **argv)
         bench_pod(add);
     if (!only || !strcmp(only, "stream"))
         bench_stream(add);
+    if (!only || !strcmp(only, "migrate"))
+        bench_migrate(add);
     if (json)
         write_json(json);
     return (int)(sink & 0);

@@ -358,3 +358,23 @@ int workload_run(struct vcpu *const *v, struct workload *const *w, unsigned n,
         *res = r;
     return rc;
 }
+
+/* ---- state (live migration) --------------------------------------------------- */
+
+void workload_get_state(const struct workload *w, struct workload_state *st)
+{
+    *st = (struct workload_state){w->rng.s, w->pos, w->pass, w->seq, w->checksum, w->writes};
+}
+
+int workload_set_state(struct workload *w, const struct workload_state *st)
+{
+    if (st->pos < w->lo || st->pos >= w->hi)
+        return -EINVAL;
+    w->rng.s = st->rng;
+    w->pos = st->pos;
+    w->pass = st->pass;
+    w->seq = st->seq;
+    w->checksum = st->checksum;
+    w->writes = st->writes;
+    return 0;
+}

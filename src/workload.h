@@ -76,6 +76,17 @@ gfn_t workload_gfn(const struct workload *w, uint64_t index);
  * accesses made (> 0) or the vCPU's negative errno. */
 int workload_step(struct workload *w, struct vcpu *v) HV_MUST_CHECK;
 
+/* (Added for live migration.)  A workload's position in its sequence: with
+ * the same configuration, vCPU index and guest extents, a workload given
+ * this state continues exactly where the other one stopped. */
+struct workload_state {
+    uint64_t rng, pos, pass, seq, checksum, writes;
+};
+void workload_get_state(const struct workload *w, struct workload_state *st);
+/* -EINVAL when the state does not fit this workload (position outside its
+ * slice: untrusted input from a stream is checked here). */
+int workload_set_state(struct workload *w, const struct workload_state *st) HV_MUST_CHECK;
+
 struct workload_result {
     uint64_t accesses;
     uint64_t writes;

@@ -73,6 +73,18 @@ extern const struct cmd cmd_defrag;
 extern const struct cmd cmd_save;
 extern const struct cmd cmd_restore;
 extern const struct cmd cmd_inspect;
+extern const struct cmd cmd_migrate;
+extern const struct cmd cmd_receive;
+/* Live-migrate d (populated, no vCPUs of the caller running) with nv soft
+ * vCPUs running wc, after `after` seconds, to ADDR:PORT `to`; prints the
+ * report (cmd_migrate.c; `hugevm migrate` and `hugevm run --migrate-to`).
+ * Returns the exit status; on success the caller destroys its copy. */
+struct tlb_config;
+struct workload_config;
+struct migrate_opts;
+int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
+                       const struct workload_config *wc, const char *to, double after,
+                       const struct migrate_opts *mopts, uint64_t retries, bool json);
 /* A progress bar on stderr when it is a terminal (save/restore). */
 void cli_progress(const char *what, uint64_t done, uint64_t total);
 

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "dirty.h"
 #include "domain.h"
+#include "migrate.h"
 #include "vcpu.h"
 #include "workload.h"
 
@@ -22,6 +23,8 @@ static struct {
     uint64_t pod_target; /* bytes; 0: no PoD */
     double seconds, write_frac, wss, theta;
     const char *workload, *log_dirty, *guest_page, *map;
+    const char *migrate_to; /* --migrate-to: live-migrate after --after S */
+    double after;
     bool json, no_audit;
 } o = {
     .guest_mem = 1 * GiB,
@@ -166,6 +169,19 @@ static int run_run(int argc, char **argv)
     struct tlb_config tc;
     tlb_config_default(&tc);
     tc.guest_order = guest_order;
+    if (o.migrate_to) {
+        /* live migration: the guest runs on its own thread (cmd_migrate.c) */
+        struct workload_config wc;
+        struct migrate_opts mopts = {.mode = mode};
+        workload_config_default(&wc, kind);
+        wc.seed = o.seed;
+        wc.write_frac = o.write_frac;
+        wc.wss = o.wss;
+        wc.zipf_theta = o.theta;
+        wc.write_rate = o.write_rate;
+        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, o.json);
+        goto out;
+    }
     for (unsigned i = 0; i < nv; i++) {
         struct workload_config wc;
         workload_config_default(&wc, kind);
@@ -414,6 +430,8 @@ static struct opt run_opts[] = {
     {"map", OPT_STR, &o.map, "SIZE", "largest p2m leaf: 4K, 2M or 1G (default)", NULL},
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the p2m/domain/frame audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
+    {"migrate-to", OPT_STR, &o.migrate_to, "ADDR:PORT", "live-migrate the running guest to a receiver (hugevm receive)", NULL},
+    {"after", OPT_DBL, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
     {0},
 };
 

@@ -19,6 +19,8 @@ static const struct cmd *const commands[] = {
     &cmd_save,
     &cmd_restore,
     &cmd_inspect,
+    &cmd_migrate,
+    &cmd_receive,
 };
 
 int cli_error(const char *fmt, ...)

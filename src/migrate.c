@@ -1,0 +1,1526 @@
+/*
+ * migrate.c - live migration: the guest runner, the frame pipeline, the
+ * pre-copy sender and the live receiver (protocol and rules: migrate.h).
+ *
+ * Sender threads: the caller's thread is the migration thread (harvests,
+ * reads pages, builds, checksums and compresses frames); a writer thread
+ * owns the socket while frames are queued; the guest's runner thread runs
+ * vCPU quanta under d->lock.  Frame buffers form a ring of PIPE_BUFS slots:
+ * [head, head + count) are sealed and queued (the writer holds `head` until
+ * it is written), slot head + count is the one being filled.
+ *
+ * Invariants: every RAM page is sent in round 0 after log-dirty is on, so
+ * a page's last write before the pause is either read by a round or logged
+ * and sent by a later one (dirty.h's guarantee); the final round is sent
+ * with the guest parked, so the receiver's memory equals the sender's at
+ * pause time.  The guest's gfn -> mfn map does not change during migration
+ * (log-dirty splits keep the frames), so the migration thread translates
+ * from a list of RAM runs taken once, without d->lock.
+ */
+#include "migrate.h"
+
+#include <endian.h>
+#include <math.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#include "net.h"
+#include "zero.h"
+
+#define PIPE_BUFS 4
+#define BATCH 1024u
+
+/* ---- the guest runner ---------------------------------------------------------- */
+
+static void sleep_us(unsigned us)
+{
+    struct timespec ts = {0, (long)us * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static void *runner_main(void *arg)
+{
+    struct migrate_guest *g = arg;
+    double tokens[MIGRATE_MAX_VCPUS] = {0};
+    double rate = (double)g->wc.write_rate;
+    uint64_t q0 = g->wc.quantum ? g->wc.quantum : 4096;
+    uint64_t last = hv_now_ns();
+    int rc = 0;
+    for (;;) {
+        pthread_mutex_lock(&g->mu);
+        if (g->pause_req && !g->stop) {
+            g->paused = true;
+            pthread_cond_broadcast(&g->cv);
+            while (g->pause_req && !g->stop)
+                pthread_cond_wait(&g->cv, &g->mu);
+            g->paused = false;
+            last = hv_now_ns();
+        }
+        bool stop = g->stop;
+        pthread_mutex_unlock(&g->mu);
+        if (stop)
+            break;
+        uint64_t now = hv_now_ns();
+        double dt = (double)(now - last) / 1e9;
+        last = now;
+        bool ran = false;
+        for (unsigned k = 0; k < g->nr_vcpus && rc == 0; k++) {
+            uint64_t q = q0;
+            if (rate > 0) {
+                tokens[k] += dt * rate;
+                double cap = rate / 20 + (double)q0;
+                if (tokens[k] > cap)
+                    tokens[k] = cap;
+                if (tokens[k] < 1)
+                    continue;
+                if ((double)q > tokens[k])
+                    q = (uint64_t)tokens[k];
+            }
+            uint64_t done = 0;
+            vcpu_lock(g->v[k]);
+            while (done < q) {
+                int a = workload_step(g->w[k], g->v[k]);
+                if (a < 0) {
+                    rc = a;
+                    break;
+                }
+                done += (uint64_t)a;
+            }
+            vcpu_unlock(g->v[k]);
+            tokens[k] -= (double)done;
+            __atomic_add_fetch(&g->accesses, done, __ATOMIC_RELAXED);
+            ran = true;
+        }
+        if (rc)
+            break;
+        if (!ran)
+            sleep_us(500);
+    }
+    pthread_mutex_lock(&g->mu);
+    g->err = rc;
+    g->exited = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+static struct migrate_guest *guest_alloc(struct domain *d)
+{
+    struct migrate_guest *g = hv_calloc(1, sizeof(*g));
+    if (!g)
+        return NULL;
+    g->d = d;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    return g;
+}
+
+int migrate_guest_create(struct domain *d, unsigned nr_vcpus, const struct tlb_config *tc,
+                         const struct workload_config *wc, struct migrate_guest **out)
+{
+    if (nr_vcpus > MIGRATE_MAX_VCPUS || (nr_vcpus && !wc))
+        return -EINVAL;
+    struct migrate_guest *g = guest_alloc(d);
+    if (!g)
+        return -ENOMEM;
+    if (tc)
+        g->tc = *tc;
+    else
+        tlb_config_default(&g->tc);
+    if (wc)
+        g->wc = *wc;
+    int rc = 0;
+    for (unsigned i = 0; i < nr_vcpus && rc == 0; i++) {
+        rc = vcpu_create(d, i, &g->tc, &g->v[i]);
+        if (rc == 0)
+            rc = workload_create(d, &g->wc, i, nr_vcpus, &g->w[i]);
+        g->nr_vcpus = i + 1;
+    }
+    if (rc < 0) {
+        migrate_guest_destroy(g);
+        return rc;
+    }
+    *out = g;
+    return 0;
+}
+
+void migrate_guest_destroy(struct migrate_guest *g)
+{
+    if (!g)
+        return;
+    migrate_guest_stop(g);
+    for (unsigned i = 0; i < g->nr_vcpus; i++) {
+        workload_destroy(g->w[i]);
+        vcpu_destroy(g->v[i]);
+    }
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+    free(g);
+}
+
+int migrate_guest_start(struct migrate_guest *g)
+{
+    if (g->started || !g->nr_vcpus)
+        return 0;
+    g->stop = g->pause_req = g->paused = g->exited = false;
+    g->err = 0;
+    int rc = pthread_create(&g->thread, NULL, runner_main, g);
+    if (rc)
+        return -rc;
+    g->started = true;
+    return 0;
+}
+
+void migrate_guest_pause(struct migrate_guest *g)
+{
+    if (!g->started)
+        return;
+    pthread_mutex_lock(&g->mu);
+    g->pause_req = true;
+    while (!g->paused && !g->exited)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+void migrate_guest_resume(struct migrate_guest *g)
+{
+    if (!g->started)
+        return;
+    pthread_mutex_lock(&g->mu);
+    g->pause_req = false;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+void migrate_guest_stop(struct migrate_guest *g)
+{
+    if (!g->started)
+        return;
+    pthread_mutex_lock(&g->mu);
+    g->stop = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    pthread_join(g->thread, NULL);
+    g->started = false;
+}
+
+/* ---- zero pages without reading: holes of the machine memfd ---------------------- */
+
+/* A cached window of the memfd known to be a hole (or one data page).
+ * SEEK_DATA from a hole returns the next data offset: one call covers a
+ * whole untouched range, so an untouched guest is never read (reading a
+ * shmem hole would commit it). */
+
+struct datamap {
+    int fd;
+    uint64_t lo, hi; /* cached window [lo, hi) */
+    bool data;
+};
+
+static bool in_memfd_hole(struct datamap *dm, uint64_t off)
+{
+    if (off >= dm->lo && off < dm->hi)
+        return !dm->data;
+    off_t ds = lseek(dm->fd, (off_t)off, SEEK_DATA);
+    if (ds < 0) {
+        if (errno == ENXIO) {
+            dm->lo = off;
+            dm->hi = UINT64_MAX;
+            dm->data = false;
+            return true;
+        }
+        dm->lo = dm->hi = 0;
+        return false;
+    }
+    if ((uint64_t)ds > off) {
+        dm->lo = off;
+        dm->hi = (uint64_t)ds;
+        dm->data = false;
+        return true;
+    }
+    /* Data here.  No SEEK_HOLE: on a populated shmem file it walks to the
+     * next hole, possibly the end (quadratic over a guest); a data page
+     * costs this one SEEK_DATA, which returns at once. */
+    dm->lo = off;
+    dm->hi = off + PAGE_SIZE;
+    dm->data = true;
+    return false;
+}
+
+/* ---- digest ------------------------------------------------------------------------ */
+
+struct digest_ctx {
+    struct machine *m;
+    struct datamap dm;
+    uint64_t zero_hash, acc, pages;
+};
+
+static int digest_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                       ept_entry_t *e)
+{
+    struct digest_ctx *c = ctx;
+    (void)e;
+    if (!p2m_is_ram(type))
+        return 0;
+    for (uint64_t i = 0; i < order_pages(order); i++) {
+        uint64_t h = in_memfd_hole(&c->dm, machine_offset(mfn + i))
+                         ? c->zero_hash
+                         : XXH3_64bits(machine_ptr(c->m, mfn + i), PAGE_SIZE);
+        uint64_t rec[2] = {htole64(gfn + i), htole64(h)};
+        c->acc = XXH3_64bits_withSeed(rec, sizeof(rec), c->acc);
+    }
+    c->pages += order_pages(order);
+    return 0;
+}
+
+uint64_t migrate_digest(struct domain *d, uint64_t *pages)
+{
+    static const uint8_t zero_page[PAGE_SIZE];
+    struct digest_ctx c = {.m = d->m, .dm = {.fd = d->m->fd}};
+    c.zero_hash = XXH3_64bits(zero_page, PAGE_SIZE);
+    (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, digest_leaf, &c);
+    if (pages)
+        *pages = c.pages;
+    return c.acc;
+}
+
+/* ---- end rules ---------------------------------------------------------------------- */
+
+static const char *const end_names[] = {
+#define X(name, desc) #name,
+    MIGRATE_END_FIELDS(X)
+#undef X
+};
+static const char *const end_descs[] = {
+#define X(name, desc) desc,
+    MIGRATE_END_FIELDS(X)
+#undef X
+};
+const char *migrate_end_name(enum migrate_end e)
+{
+    return (unsigned)e < ARRAY_SIZE(end_names) ? end_names[e] : "?";
+}
+const char *migrate_end_desc(enum migrate_end e)
+{
+    return (unsigned)e < ARRAY_SIZE(end_descs) ? end_descs[e] : "?";
+}
+
+/* ---- frames --------------------------------------------------------------------------- */
+
+static void frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, uint32_t raw_len,
+                         uint32_t wire_len, uint64_t sum)
+{
+    h->magic = htole32(MIG_MAGIC);
+    h->type = htole16(type);
+    h->flags = htole16(flags);
+    h->raw_len = htole32(raw_len);
+    h->wire_len = htole32(wire_len);
+    h->checksum = htole64(sum);
+}
+
+static const char *frame_name(unsigned t)
+{
+    static const char *const n[] = {"?", "HELLO", "READY", "DATA", "DONE", "RESULT", "COMMIT",
+                                    "ABORT"};
+    return t < ARRAY_SIZE(n) ? n[t] : "unknown";
+}
+
+/* Send one control frame directly (the pipe's writer must be idle). */
+static int send_ctrl(int fd, uint16_t type, const void *body, uint32_t len)
+{
+    struct mig_frame h;
+    frame_header(&h, type, 0, len, len, XXH3_64bits(body, len));
+    int rc = net_write_all(fd, &h, sizeof(h));
+    return rc < 0 || !len ? rc : net_write_all(fd, body, len);
+}
+
+/*
+ * Read one control frame of type `want` with exactly `len` body bytes
+ * (untrusted: every field checked).  An ABORT frame instead becomes
+ * -ECONNABORTED with its reason.  err gets a message on failure.
+ */
+static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err, size_t errlen,
+                     const char *peer)
+{
+    struct mig_frame h;
+    size_t got = 0;
+    int rc = net_read_all(fd, &h, sizeof(h), &got);
+    if (rc < 0) {
+        snprintf(err, errlen, "waiting for %s from the %s: %s", frame_name(want), peer,
+                 rc == -ENODATA ? "connection closed" : strerror(-rc));
+        return rc;
+    }
+    uint16_t type = le16toh(h.type);
+    uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
+    if (le32toh(h.magic) != MIG_MAGIC) {
+        snprintf(err, errlen, "the %s sent a frame with magic %#x (want %#x \"HVMF\"): not a "
+                 "hugevm migration peer", peer, le32toh(h.magic), MIG_MAGIC);
+        return -EPROTO;
+    }
+    if (type == MIG_ABORT && raw == wire && raw <= MIG_CTRL_MAX && !h.flags) {
+        char msg[MIG_CTRL_MAX + 1];
+        rc = net_read_all(fd, msg, raw, NULL);
+        msg[rc == 0 ? raw : 0] = 0;
+        for (char *p = msg; *p; p++)
+            if (*p < 0x20 || *p > 0x7e)
+                *p = '?';
+        snprintf(err, errlen, "the %s aborted: %.200s", peer, msg);
+        return -ECONNABORTED;
+    }
+    if (type != want || raw != len || wire != len || h.flags) {
+        snprintf(err, errlen, "the %s sent %s frame (type %u, %u/%u bytes, flags %#x) where %s "
+                 "of %u bytes belongs", peer, frame_name(type), type, raw, wire,
+                 le16toh(h.flags), frame_name(want), len);
+        return -EPROTO;
+    }
+    rc = net_read_all(fd, body, len, NULL);
+    if (rc < 0) {
+        snprintf(err, errlen, "reading %s from the %s: %s", frame_name(want), peer,
+                 rc == -ENODATA ? "connection closed" : strerror(-rc));
+        return rc;
+    }
+    if (XXH3_64bits(body, len) != le64toh(h.checksum)) {
+        snprintf(err, errlen, "%s from the %s: checksum mismatch", frame_name(want), peer);
+        return -EBADMSG;
+    }
+    return 0;
+}
+
+/* ---- the sender's frame pipeline ------------------------------------------------------- */
+
+struct fbuf {
+    uint8_t *raw, *zbuf;
+    const uint8_t *out; /* raw or zbuf */
+    size_t raw_len, out_len;
+    struct mig_frame h;
+};
+
+struct pipe {
+    int fd;
+    struct fbuf b[PIPE_BUFS];
+    size_t zcap;
+    unsigned head, count;  /* queued slots (under mu) */
+    unsigned fill;         /* the producer's slot: (head + count) % PIPE_BUFS */
+    bool filling;          /* slot `fill` is being filled (producer only) */
+    bool quit;
+    int werr;
+    char werr_msg[160];
+    uint64_t written, frames;
+    uint64_t fail_after;
+    bool compress;
+    int level;
+    ZSTD_CCtx *cctx;
+    pthread_t thread;
+    bool thread_up;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+static int pipe_send(struct pipe *p, const void *buf, size_t len)
+{
+    uint64_t written;
+    pthread_mutex_lock(&p->mu);
+    written = p->written;
+    pthread_mutex_unlock(&p->mu);
+    if (p->fail_after && written + len >= p->fail_after) {
+        size_t n = p->fail_after > written ? (size_t)(p->fail_after - written) : 0;
+        if (n && net_write_all(p->fd, buf, n) == 0)
+            written += n;
+        shutdown(p->fd, SHUT_RDWR);
+        snprintf(p->werr_msg, sizeof(p->werr_msg),
+                 "connection cut by fault injection after %llu bytes",
+                 (unsigned long long)p->fail_after);
+        pthread_mutex_lock(&p->mu);
+        p->written = written;
+        pthread_mutex_unlock(&p->mu);
+        return -ECONNRESET;
+    }
+    int rc = net_write_all(p->fd, buf, len);
+    if (rc < 0) {
+        snprintf(p->werr_msg, sizeof(p->werr_msg), "writing to the socket after %llu bytes: %s",
+                 (unsigned long long)written, strerror(-rc));
+        return rc;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->written += len;
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+static void *writer_main(void *arg)
+{
+    struct pipe *p = arg;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (!p->count && !p->quit)
+            pthread_cond_wait(&p->cv, &p->mu);
+        if (!p->count) {
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        struct fbuf *b = &p->b[p->head];
+        int werr = p->werr;
+        pthread_mutex_unlock(&p->mu);
+        int rc = 0;
+        if (!werr) { /* after an error, queued frames are dropped */
+            rc = pipe_send(p, &b->h, sizeof(b->h));
+            if (rc == 0 && b->out_len)
+                rc = pipe_send(p, b->out, b->out_len);
+        }
+        pthread_mutex_lock(&p->mu);
+        if (rc < 0 && !p->werr)
+            p->werr = rc;
+        if (rc == 0 && !werr)
+            p->frames++;
+        p->head = (p->head + 1) % PIPE_BUFS;
+        p->count--;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    return NULL;
+}
+
+static int pipe_init(struct pipe *p, int fd, bool compress, int level, uint64_t fail_after)
+{
+    memset(p, 0, sizeof(*p));
+    p->fd = fd;
+    p->compress = compress;
+    p->level = level ? level : 1;
+    p->fail_after = fail_after;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->zcap = ZSTD_compressBound(MIG_FRAME_RAW);
+    for (unsigned i = 0; i < PIPE_BUFS; i++) {
+        p->b[i].raw = hv_malloc(MIG_FRAME_RAW);
+        if (!p->b[i].raw)
+            return -ENOMEM;
+        if (compress && !(p->b[i].zbuf = hv_malloc(p->zcap)))
+            return -ENOMEM;
+    }
+    if (compress && !(p->cctx = ZSTD_createCCtx()))
+        return -ENOMEM;
+    int rc = pthread_create(&p->thread, NULL, writer_main, p);
+    if (rc)
+        return -rc;
+    p->thread_up = true;
+    return 0;
+}
+
+static void pipe_fini(struct pipe *p)
+{
+    if (p->thread_up) {
+        pthread_mutex_lock(&p->mu);
+        p->quit = true;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->thread, NULL);
+    }
+    for (unsigned i = 0; i < PIPE_BUFS; i++) {
+        free(p->b[i].raw);
+        free(p->b[i].zbuf);
+    }
+    ZSTD_freeCCtx(p->cctx);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+}
+
+static struct fbuf *pipe_cur(struct pipe *p) { return &p->b[p->fill]; }
+
+/* Get a slot to fill (waits for the writer).  The writer's error, if any. */
+static int pipe_take(struct pipe *p)
+{
+    if (p->filling)
+        return 0;
+    pthread_mutex_lock(&p->mu);
+    while (p->count == PIPE_BUFS && !p->werr)
+        pthread_cond_wait(&p->cv, &p->mu);
+    int rc = p->werr;
+    pthread_mutex_unlock(&p->mu);
+    if (rc)
+        return rc;
+    p->filling = true;
+    pipe_cur(p)->raw_len = 0;
+    return 0;
+}
+
+/* Checksum, compress and queue the slot being filled. */
+static int pipe_seal(struct pipe *p, uint16_t type)
+{
+    struct fbuf *b = pipe_cur(p);
+    uint16_t flags = 0;
+    uint64_t sum = XXH3_64bits(b->raw, b->raw_len);
+    b->out = b->raw;
+    b->out_len = b->raw_len;
+    if (p->compress && type == MIG_DATA && b->raw_len) {
+        size_t z = ZSTD_compressCCtx(p->cctx, b->zbuf, p->zcap, b->raw, b->raw_len, p->level);
+        if (!ZSTD_isError(z) && z < b->raw_len) {
+            b->out = b->zbuf;
+            b->out_len = z;
+            flags = MIG_F_ZSTD;
+        }
+    }
+    frame_header(&b->h, type, flags, (uint32_t)b->raw_len, (uint32_t)b->out_len, sum);
+    pthread_mutex_lock(&p->mu);
+    p->count++;
+    p->fill = (p->fill + 1) % PIPE_BUFS;
+    p->filling = false;
+    int rc = p->werr;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+/* stream_io write: the stream's bytes into DATA frames. */
+static int pipe_io_write(void *ctx, const void *buf, size_t len)
+{
+    struct pipe *p = ctx;
+    const uint8_t *s = buf;
+    while (len) {
+        int rc = pipe_take(p);
+        if (rc < 0)
+            return rc;
+        struct fbuf *b = pipe_cur(p);
+        size_t n = MIG_FRAME_RAW - b->raw_len;
+        if (n > len)
+            n = len;
+        memcpy(b->raw + b->raw_len, s, n);
+        b->raw_len += n;
+        s += n;
+        len -= n;
+        if (b->raw_len == MIG_FRAME_RAW && (rc = pipe_seal(p, MIG_DATA)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int pipe_io_flush(void *ctx)
+{
+    struct pipe *p = ctx;
+    return p->filling ? pipe_seal(p, MIG_DATA) : 0;
+}
+
+/* Queue a control frame (after the data so far). */
+static int pipe_ctrl(struct pipe *p, uint16_t type, const void *body, uint32_t len)
+{
+    int rc = pipe_io_flush(p);
+    if (rc == 0)
+        rc = pipe_take(p);
+    if (rc < 0)
+        return rc;
+    struct fbuf *b = pipe_cur(p);
+    if (len)
+        memcpy(b->raw, body, len);
+    b->raw_len = len;
+    return pipe_seal(p, type);
+}
+
+/* Wait until every queued frame is on the socket. */
+static int pipe_drain(struct pipe *p)
+{
+    int rc = pipe_io_flush(p);
+    pthread_mutex_lock(&p->mu);
+    while (p->count && !p->werr)
+        pthread_cond_wait(&p->cv, &p->mu);
+    if (rc == 0)
+        rc = p->werr;
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+static uint64_t pipe_written(struct pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t w = p->written;
+    pthread_mutex_unlock(&p->mu);
+    return w;
+}
+
+/* ---- sender -------------------------------------------------------------------------- */
+
+struct ram_run {
+    gfn_t gfn;
+    mfn_t mfn;
+    uint64_t nr;
+};
+
+struct sender {
+    struct migrate_guest *g;
+    struct domain *d;
+    const struct migrate_opts *o;
+    struct migrate_report *rep;
+    struct pipe pipe;
+    struct stream_io io;
+    struct stream_writer w;
+    struct datamap dm;
+    struct ram_run *runs;
+    size_t nruns, cap;
+    uint64_t *bitmap, *fresh, nr_gfns;
+    gfn_t pfn[BATCH];
+    mfn_t mfn[BATCH];
+    uint64_t entries[BATCH];
+    const void *data[BATCH];
+    unsigned n;
+    struct migrate_round *r; /* the round being sent */
+};
+
+static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                       ept_entry_t *e)
+{
+    struct sender *s = ctx;
+    (void)e;
+    if (!p2m_is_ram(type))
+        return 0;
+    uint64_t nr = order_pages(order);
+    struct ram_run *last = s->nruns ? &s->runs[s->nruns - 1] : NULL;
+    if (last && last->gfn + last->nr == gfn && last->mfn + last->nr == mfn) {
+        last->nr += nr;
+        return 0;
+    }
+    if (s->nruns == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        struct ram_run *v = hv_malloc(cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        if (s->nruns)
+            memcpy(v, s->runs, s->nruns * sizeof(*v));
+        free(s->runs);
+        s->runs = v;
+        s->cap = cap;
+    }
+    s->runs[s->nruns++] = (struct ram_run){gfn, mfn, nr};
+    return 0;
+}
+
+/* One PAGE_DATA record for the collected pfns. */
+static int send_batch(struct sender *s)
+{
+    struct domain *d = s->d;
+    uint32_t ndata = 0;
+    /* The guest writes meanwhile: a hole seen earlier may hold data now.
+     * A window is trusted for one batch only; a page written after its
+     * window was taken is dirty and goes again in the next round. */
+    s->dm.lo = s->dm.hi = 0;
+    for (unsigned k = 0; k < s->n; k++) {
+        const void *ptr = machine_ptr(d->m, s->mfn[k]);
+        bool zero = in_memfd_hole(&s->dm, machine_offset(s->mfn[k])) || zero_check(ptr, PAGE_SIZE);
+        s->entries[k] = htole64(stream_pfn_entry(s->pfn[k], zero ? STREAM_PAGE_XALLOC
+                                                                 : STREAM_PAGE_NOTAB));
+        if (zero)
+            s->r->pages_zero++;
+        else
+            s->data[ndata++] = ptr;
+    }
+    s->r->pages_data += ndata;
+    uint64_t len = 8 + 8ULL * s->n + PAGE_SIZE * ndata;
+    struct stream_page_data_header h = {htole32(s->n), 0};
+    uint64_t off0 = s->w.offset;
+    int rc = stream_record_begin(&s->w, STREAM_REC_PAGE_DATA, (uint32_t)len);
+    if (rc == 0)
+        rc = stream_write_part(&s->w, &h, sizeof(h));
+    if (rc == 0)
+        rc = stream_write_part(&s->w, s->entries, 8ULL * s->n);
+    for (uint32_t k = 0; k < ndata && rc == 0; k++)
+        rc = stream_write_part(&s->w, s->data[k], PAGE_SIZE);
+    if (rc == 0)
+        rc = stream_record_end(&s->w);
+    s->r->stream_bytes += s->w.offset - off0;
+    s->n = 0;
+    return rc;
+}
+
+static bool bm_test(const uint64_t *bm, gfn_t g) { return bm[g / 64] >> (g % 64) & 1; }
+
+/* Send every RAM page (bm NULL) or those set in bm. */
+static int send_pages(struct sender *s, const uint64_t *bm)
+{
+    for (size_t i = 0; i < s->nruns; i++) {
+        const struct ram_run *run = &s->runs[i];
+        for (uint64_t k = 0; k < run->nr; k++) {
+            gfn_t g = run->gfn + k;
+            if (bm) {
+                if (g >= s->nr_gfns)
+                    break;
+                if (!(g % 64) && !bm[g / 64] && k + 64 <= run->nr) {
+                    k += 63;
+                    continue;
+                }
+                if (!bm_test(bm, g))
+                    continue;
+            }
+            s->pfn[s->n] = g;
+            s->mfn[s->n] = run->mfn + k;
+            if (++s->n == BATCH) {
+                int rc = send_batch(s);
+                if (rc < 0)
+                    return rc;
+            }
+        }
+    }
+    return s->n ? send_batch(s) : 0;
+}
+
+static uint64_t bm_count(const uint64_t *bm, uint64_t nr_gfns)
+{
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < (nr_gfns + 63) / 64; i++)
+        n += (uint64_t)__builtin_popcountll(bm[i]);
+    return n;
+}
+
+/* Harvest and OR into s->bitmap (pages still to send: the final harvest
+ * adds to what the last pre-copy harvest found); a lost log (-ENOMEM)
+ * means every page is dirty.  *dirty: pages now pending. */
+static int harvest(struct sender *s, uint64_t *dirty)
+{
+    size_t words = (s->nr_gfns + 63) / 64;
+    int rc = dirty_harvest(s->d, s->fresh, s->nr_gfns, NULL);
+    if (rc == -ENOMEM) {
+        memset(s->fresh, 0xff, words * 8);
+        rc = 0;
+    }
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < words; i++)
+        s->bitmap[i] |= s->fresh[i];
+    *dirty = bm_count(s->bitmap, s->nr_gfns);
+    return 0;
+}
+
+static void leaves_now(struct domain *d, struct migrate_leaves *l)
+{
+    l->p1g = domain_pages_1g(d);
+    l->p2m = domain_pages_2m(d);
+    l->p4k = domain_pages_4k(d);
+}
+
+static uint64_t dbl_bits(double x)
+{
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    return htole64(u);
+}
+
+/* The guest's vCPUs and workloads as HVM_CONTEXT TLVs. */
+static int guest_tlvs(const struct migrate_guest *g, struct hvctx_buf *b)
+{
+    int rc = hvctx_begin(b);
+    for (unsigned i = 0; i < g->nr_vcpus && rc == 0; i++) {
+        const struct tlb_config *c = &g->v[i]->cfg;
+        struct mig_vcpu_tlv v = {htole32(i), htole32(g->nr_vcpus), htole32(c->guest_order), 0,
+                                 {0}, {0}};
+        for (unsigned k = 0; k < 3; k++) {
+            v.entries[k] = htole32(c->entries[k]);
+            v.ways[k] = htole32(c->ways[k]);
+        }
+        rc = hvctx_add(b, HVCTX_VCPU, 0, &v, sizeof(v));
+        struct workload_state st;
+        workload_get_state(g->w[i], &st);
+        struct mig_workload_tlv w = {
+            htole32(i), htole32((uint32_t)g->wc.kind), htole32(g->wc.quantum), 0,
+            htole64(g->wc.seed), htole64(g->wc.write_rate), dbl_bits(g->wc.write_frac),
+            dbl_bits(g->wc.zipf_theta), dbl_bits(g->wc.wss), htole64(st.rng), htole64(st.pos),
+            htole64(st.pass), htole64(st.seq), htole64(st.checksum), htole64(st.writes)};
+        if (rc == 0)
+            rc = hvctx_add(b, HVCTX_WORKLOAD, 0, &w, sizeof(w));
+    }
+    return rc;
+}
+
+/* After a failure: if the writer is gone, look for a RESULT the receiver
+ * sent before closing, for a better reason. */
+static void peek_result(struct sender *s)
+{
+    struct pollfd pf = {.fd = s->pipe.fd, .events = POLLIN};
+    if (poll(&pf, 1, 200) != 1)
+        return;
+    struct mig_result res;
+    char err[STREAM_ERR_LEN];
+    if (recv_ctrl(s->pipe.fd, MIG_RESULT, &res, sizeof(res), err, sizeof(err), "receiver") == 0 &&
+        (int32_t)le32toh((uint32_t)res.status) < 0) {
+        res.msg[sizeof(res.msg) - 1] = 0;
+        size_t l = strlen(s->rep->err);
+        snprintf(s->rep->err + l, sizeof(s->rep->err) - l, "; the receiver said: %s", res.msg);
+    }
+}
+
+HV_PRINTF(3, 4) static int sfail(struct sender *s, int rc, const char *fmt, ...)
+{
+    if (s->rep->err[0])
+        return rc;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->rep->err, sizeof(s->rep->err), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Close a round: drain, measure. */
+static int end_round(struct sender *s, uint64_t t0, uint64_t wire0)
+{
+    int rc = pipe_drain(&s->pipe);
+    struct migrate_round *r = s->r;
+    r->ns = hv_now_ns() - t0;
+    r->wire_bytes = pipe_written(&s->pipe) - wire0;
+    r->mb_per_s = r->ns ? (double)r->wire_bytes * 1e3 / (double)r->ns : 0;
+    s->rep->st.pages_data += r->pages_data;
+    s->rep->st.pages_zero += r->pages_zero;
+    s->rep->st.stream_bytes += r->stream_bytes;
+    return rc;
+}
+
+int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
+                 struct migrate_report *rep)
+{
+    static const struct migrate_opts defaults;
+    struct sender *s = hv_calloc(1, sizeof(*s));
+    memset(rep, 0, sizeof(*rep));
+    if (!s) {
+        snprintf(rep->err, sizeof(rep->err), "out of memory");
+        return rep->rc = -ENOMEM;
+    }
+    o = o ? o : &defaults;
+    s->g = g;
+    s->d = g->d;
+    s->o = o;
+    s->rep = rep;
+    struct domain *d = g->d;
+    double downtime_ms = o->downtime_ms > 0 ? o->downtime_ms : MIGRATE_DEFAULT_DOWNTIME_MS;
+    unsigned max_rounds = o->max_rounds ? o->max_rounds : MIGRATE_DEFAULT_ROUNDS;
+    int timeout = o->timeout_ms > 0 ? o->timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
+    if (max_rounds > MIGRATE_MAX_ROUNDS)
+        max_rounds = MIGRATE_MAX_ROUNDS;
+    uint64_t t0 = hv_now_ns(), t_pause = 0, acc0 = g->accesses;
+    bool paused = false, committed = false;
+    struct hvctx_buf tl = {0};
+    int rc;
+
+    pthread_mutex_lock(&d->lock);
+    bool pod = d->pod.entry_count > 0, crashed = d->crashed;
+    leaves_now(d, &rep->before);
+    pthread_mutex_unlock(&d->lock);
+    if (pod || crashed || dirty_enabled(d)) {
+        rc = sfail(s, pod ? -ENOTSUP : crashed ? -ESRCH : -EBUSY, "%s",
+                   pod ? "migrating a guest with PoD entries is not supported"
+                   : crashed ? "the domain has crashed"
+                             : "log-dirty is already on");
+        goto out;
+    }
+    rc = net_set_timeouts(fd, timeout);
+    if (rc == 0)
+        rc = pipe_init(&s->pipe, fd, o->compress, o->zstd_level, o->fail_after_bytes);
+    if (rc < 0) {
+        rc = sfail(s, rc, "setting up the connection: %s", strerror(-rc));
+        goto out;
+    }
+    s->io = (struct stream_io){.write = pipe_io_write, .flush = pipe_io_flush, .ctx = &s->pipe};
+    stream_writer_init(&s->w, &s->io);
+    s->dm = (struct datamap){.fd = d->m->fd};
+
+    /* handshake */
+    struct mig_hello hello = {htole32(MIG_VERSION), htole32(o->no_verify ? 0 : MIG_HELLO_VERIFY)};
+    rc = pipe_ctrl(&s->pipe, MIG_HELLO, &hello, sizeof(hello));
+    if (rc == 0)
+        rc = pipe_drain(&s->pipe);
+    if (rc < 0) {
+        rc = sfail(s, rc, "sending HELLO: %s", s->pipe.werr_msg);
+        goto out;
+    }
+    struct mig_hello ready;
+    rc = recv_ctrl(fd, MIG_READY, &ready, sizeof(ready), rep->err, sizeof(rep->err), "receiver");
+    if (rc == 0 && le32toh(ready.version) != MIG_VERSION)
+        rc = sfail(s, -EPROTONOSUPPORT, "the receiver speaks migration version %u, not %u",
+                   le32toh(ready.version), MIG_VERSION);
+    if (rc < 0)
+        goto out;
+    if (o->inject_len && (rc = pipe_io_write(&s->pipe, o->inject, o->inject_len)) < 0)
+        goto wfail;
+
+    /* static part, then log-dirty on, then round 0 */
+    struct save_result sres;
+    pthread_mutex_lock(&d->lock);
+    rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, collect_run, s);
+    if (rc == 0)
+        rc = stream_save_head(d, &s->w, false, &sres, rep->err, sizeof(rep->err));
+    pthread_mutex_unlock(&d->lock);
+    if (rc < 0) {
+        if (s->pipe.werr)
+            goto wfail;
+        rc = sfail(s, rc, "writing the stream head: %s", strerror(-rc));
+        goto out;
+    }
+    for (size_t i = 0; i < s->nruns; i++)
+        rep->st.pages_ram += s->runs[i].nr;
+    rc = dirty_enable(d, o->mode);
+    if (rc < 0) {
+        rc = sfail(s, rc, "enabling log-dirty (%s): %s", dirty_mode_name(o->mode), strerror(-rc));
+        goto out;
+    }
+    s->nr_gfns = dirty_bitmap_gfns(d);
+    s->bitmap = hv_calloc((s->nr_gfns + 63) / 64 + 1, 8);
+    s->fresh = hv_calloc((s->nr_gfns + 63) / 64 + 1, 8);
+    if (!s->bitmap || !s->fresh) {
+        rc = sfail(s, -ENOMEM, "out of memory for the dirty bitmap");
+        goto out;
+    }
+
+    double link = 0;          /* bytes/s */
+    uint64_t prev_dirty = UINT64_MAX, last_harvest = hv_now_ns();
+    for (unsigned k = 0;; k++) {
+        s->r = &rep->rounds[rep->nr_rounds++];
+        s->r->index = k;
+        uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
+        rc = send_pages(s, k ? s->bitmap : NULL);
+        if (rc == 0)
+            rc = end_round(s, rt, w0);
+        if (rc < 0)
+            goto wfail;
+        memset(s->bitmap, 0, (s->nr_gfns + 63) / 64 * 8);
+        if (s->r->wire_bytes >= MiB || link == 0)
+            link = s->r->ns ? (double)s->r->wire_bytes * 1e9 / (double)s->r->ns : 0;
+        uint64_t dirty = 0;
+        rc = harvest(s, &dirty);
+        if (rc < 0) {
+            rc = sfail(s, rc, "harvesting the dirty log: %s", strerror(-rc));
+            goto out;
+        }
+        uint64_t now = hv_now_ns();
+        s->r->dirty_per_s = (double)dirty * 1e9 / (double)(now - last_harvest);
+        last_harvest = now;
+        s->r->remaining = dirty;
+        /* wire bytes per dirty page: a data page with its entry, compressed
+         * as the stream has been so far */
+        double ratio = rep->st.stream_bytes ? (double)(pipe_written(&s->pipe)) /
+                                                  (double)rep->st.stream_bytes
+                                            : 1.0;
+        double per_page = (PAGE_SIZE + 8) * (ratio < 1 ? ratio : 1);
+        s->r->eta_s = link > 0 ? (double)dirty * per_page / link : 0;
+        if (o->on_round)
+            o->on_round(o->ctx, s->r);
+        if (s->r->eta_s * 1e3 <= downtime_ms)
+            rep->end = MIGRATE_END_downtime;
+        else if (k >= max_rounds)
+            rep->end = MIGRATE_END_max_rounds;
+        else if (k >= 1 && (double)dirty >= 0.9 * (double)prev_dirty)
+            rep->end = MIGRATE_END_not_falling;
+        if (rep->end != MIGRATE_END_none)
+            break;
+        prev_dirty = dirty;
+    }
+
+    /* stop and copy */
+    migrate_guest_pause(g);
+    paused = true;
+    t_pause = hv_now_ns();
+    if (g->exited && g->err) {
+        rc = sfail(s, g->err, "the guest stopped on an error: %s", strerror(-g->err));
+        goto out;
+    }
+    uint64_t dirty;
+    rc = harvest(s, &dirty);
+    if (rc < 0) {
+        rc = sfail(s, rc, "harvesting the dirty log: %s", strerror(-rc));
+        goto out;
+    }
+    leaves_now(d, &rep->logdirty);
+    if (o->on_paused)
+        o->on_paused(o->ctx, d);
+    s->r = &rep->rounds[rep->nr_rounds++];
+    s->r->index = rep->nr_rounds - 1;
+    s->r->paused = true;
+    uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
+    rc = send_pages(s, s->bitmap);
+    if (rc == 0) {
+        rc = guest_tlvs(g, &tl);
+        if (rc < 0) {
+            rc = sfail(s, rc, "encoding the vCPU state: %s", strerror(-rc));
+            goto out;
+        }
+        uint64_t off0 = s->w.offset;
+        rc = stream_save_tail(d, &s->w, tl.p + sizeof(struct hvctx_header),
+                              tl.len - sizeof(struct hvctx_header), rep->err, sizeof(rep->err));
+        s->r->stream_bytes += s->w.offset - off0;
+    }
+    if (rc == 0)
+        rc = end_round(s, rt, w0);
+    if (rc < 0)
+        goto wfail;
+    uint64_t td = hv_now_ns(), pages = 0;
+    struct mig_done done = {0};
+    if (!o->no_verify) {
+        rep->digest_sender = migrate_digest(d, &pages);
+        done.digest = htole64(rep->digest_sender);
+        done.pages = htole64(pages);
+        done.verify = htole32(1);
+    }
+    rep->digest_s = (double)(hv_now_ns() - td) / 1e9;
+    rc = pipe_ctrl(&s->pipe, MIG_DONE, &done, sizeof(done));
+    if (rc == 0)
+        rc = pipe_drain(&s->pipe);
+    if (rc < 0)
+        goto wfail;
+    struct mig_result res;
+    rc = recv_ctrl(fd, MIG_RESULT, &res, sizeof(res), rep->err, sizeof(rep->err), "receiver");
+    if (rc < 0)
+        goto out;
+    res.msg[sizeof(res.msg) - 1] = 0;
+    int32_t status = (int32_t)le32toh((uint32_t)res.status);
+    if (status < 0) {
+        rc = sfail(s, status > -4096 ? status : -EPROTO, "the receiver failed: %s", res.msg);
+        goto out;
+    }
+    rep->receiver = (struct migrate_leaves){le64toh(res.pages_1g), le64toh(res.pages_2m),
+                                            le64toh(res.pages_4k)};
+    rep->digest_receiver = le64toh(res.digest);
+    if (!o->no_verify) {
+        if (!le32toh(res.verified) || rep->digest_receiver != rep->digest_sender ||
+            le64toh(res.pages) != pages) {
+            rc = sfail(s, -EBADMSG, "memory digest mismatch: sender %#llx (%llu pages), "
+                       "receiver %#llx (%llu pages)", (unsigned long long)rep->digest_sender,
+                       (unsigned long long)pages, (unsigned long long)rep->digest_receiver,
+                       (unsigned long long)le64toh(res.pages));
+            goto out;
+        }
+        rep->verified = true;
+    }
+    rc = pipe_ctrl(&s->pipe, MIG_COMMIT, NULL, 0);
+    if (rc == 0)
+        rc = pipe_drain(&s->pipe);
+    if (rc < 0)
+        goto wfail;
+    committed = true;
+    rep->downtime_s = (double)(hv_now_ns() - t_pause) / 1e9;
+    goto out;
+
+wfail:
+    if (s->pipe.werr) {
+        rc = sfail(s, s->pipe.werr, "%s", s->pipe.werr_msg);
+        peek_result(s);
+    } else {
+        rc = sfail(s, rc, "writing the stream: %s", strerror(-rc));
+    }
+out:
+    if (!committed && s->pipe.thread_up && !s->pipe.werr) {
+        /* tell the receiver why, best effort (bounded by the socket timeout) */
+        if (pipe_drain(&s->pipe) == 0 &&
+            pipe_ctrl(&s->pipe, MIG_ABORT, rep->err, (uint32_t)strnlen(rep->err, 200)) == 0)
+            (void)pipe_drain(&s->pipe);
+    }
+    rep->st.wire_bytes = pipe_written(&s->pipe);
+    rep->st.frames = s->pipe.frames;
+    if (s->pipe.thread_up || s->pipe.b[0].raw)
+        pipe_fini(&s->pipe);
+    if (dirty_enabled(d)) {
+        /* committed: the copy is about to be destroyed, but log-dirty must
+         * not outlive the migration either way */
+        if (!paused)
+            migrate_guest_pause(g);
+        if (dirty_disable(d, NULL, 0, NULL) < 0 && !committed && !rep->err[0])
+            snprintf(rep->err, sizeof(rep->err), "disabling log-dirty failed");
+        if (!paused)
+            migrate_guest_resume(g);
+    }
+    if (!committed) {
+        leaves_now(d, &rep->after_abort);
+        if (paused)
+            migrate_guest_resume(g);
+        if (rc == 0)
+            rc = -EIO;
+    }
+    rep->rc = committed ? 0 : rc;
+    rep->total_s = (double)(hv_now_ns() - t0) / 1e9;
+    rep->st.guest_accesses = g->accesses - acc0;
+    hvctx_free(&tl);
+    free(s->runs);
+    free(s->bitmap);
+    free(s->fresh);
+    free(s);
+    return rep->rc;
+}
+
+/* ---- receiver ------------------------------------------------------------------------ */
+
+struct rx {
+    int fd;
+    uint8_t *raw, *wire;
+    size_t len, pos, wcap;
+    ZSTD_DCtx *dctx;
+    uint64_t offset, frames;
+    char err[STREAM_ERR_LEN / 2];
+};
+
+HV_PRINTF(3, 4) static int rxfail(struct rx *x, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->err, sizeof(x->err), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Read one frame (untrusted) into x->raw; *type gets its type. */
+static int rx_frame(struct rx *x, uint16_t *type)
+{
+    struct mig_frame h;
+    uint64_t at = x->offset;
+    size_t got = 0;
+    int rc = net_read_all(x->fd, &h, sizeof(h), &got);
+    x->offset += got;
+    if (rc == -ENODATA)
+        return rxfail(x, rc, "the sender closed the connection at byte offset %llu%s",
+                      (unsigned long long)x->offset, got ? " (inside a frame header)" : "");
+    if (rc < 0)
+        return rxfail(x, rc, "reading the connection at byte offset %llu: %s",
+                      (unsigned long long)x->offset, strerror(-rc));
+    uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
+    uint16_t t = le16toh(h.type), flags = le16toh(h.flags);
+    if (le32toh(h.magic) != MIG_MAGIC)
+        return rxfail(x, -EBADMSG, "frame at byte offset %llu: magic %#x is not %#x \"HVMF\" "
+                      "(not a hugevm migration sender?)", (unsigned long long)at,
+                      le32toh(h.magic), MIG_MAGIC);
+    if (t < MIG_HELLO || t > MIG_ABORT || (flags & ~MIG_F_ZSTD) ||
+        ((flags & MIG_F_ZSTD) && t != MIG_DATA))
+        return rxfail(x, -EBADMSG, "frame at byte offset %llu: bad type %u or flags %#x",
+                      (unsigned long long)at, t, flags);
+    uint32_t max = t == MIG_DATA ? MIG_FRAME_RAW : MIG_CTRL_MAX;
+    if (raw > max || wire > x->wcap || (!(flags & MIG_F_ZSTD) && wire != raw))
+        return rxfail(x, -EMSGSIZE, "frame at byte offset %llu: %s of %u bytes (%u on the "
+                      "wire) is over the limit of %u", (unsigned long long)at, frame_name(t), raw,
+                      wire, max);
+    uint8_t *dst = (flags & MIG_F_ZSTD) ? x->wire : x->raw;
+    rc = net_read_all(x->fd, dst, wire, &got);
+    x->offset += got;
+    if (rc < 0)
+        return rxfail(x, rc, "%s frame at byte offset %llu: %s after %zu of %u bytes",
+                      frame_name(t), (unsigned long long)at,
+                      rc == -ENODATA ? "connection closed" : strerror(-rc), got, wire);
+    if (flags & MIG_F_ZSTD) {
+        size_t n = ZSTD_decompressDCtx(x->dctx, x->raw, MIG_FRAME_RAW, x->wire, wire);
+        if (ZSTD_isError(n) || n != raw)
+            return rxfail(x, -EBADMSG, "DATA frame at byte offset %llu: zstd payload %s",
+                          (unsigned long long)at,
+                          ZSTD_isError(n) ? ZSTD_getErrorName(n) : "has the wrong length");
+    }
+    if (XXH3_64bits(x->raw, raw) != le64toh(h.checksum))
+        return rxfail(x, -EBADMSG, "%s frame at byte offset %llu: checksum mismatch",
+                      frame_name(t), (unsigned long long)at);
+    x->frames++;
+    x->len = raw;
+    x->pos = 0;
+    *type = t;
+    return 0;
+}
+
+/* A control frame of type `want` with exactly len bytes. */
+static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
+{
+    uint16_t t = 0;
+    int rc = rx_frame(x, &t);
+    if (rc < 0)
+        return rc;
+    if (t == MIG_ABORT) {
+        x->raw[x->len < MIG_CTRL_MAX ? x->len : MIG_CTRL_MAX - 1] = 0;
+        for (uint8_t *p = x->raw; *p; p++)
+            if (*p < 0x20 || *p > 0x7e)
+                *p = '?';
+        return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s", (char *)x->raw);
+    }
+    if (t != want || x->len != len)
+        return rxfail(x, -EPROTO, "expected %s (%zu bytes), got %s (%zu bytes)",
+                      frame_name(want), len, frame_name(t), x->len);
+    if (len)
+        memcpy(body, x->raw, len);
+    x->pos = x->len;
+    return 0;
+}
+
+static long rx_read(void *ctx, void *buf, size_t len)
+{
+    struct rx *x = ctx;
+    while (x->pos == x->len) {
+        uint16_t t = 0;
+        int rc = rx_frame(x, &t);
+        if (rc < 0)
+            return rc;
+        if (t == MIG_ABORT) {
+            x->pos = x->len;
+            x->raw[x->len < MIG_CTRL_MAX ? x->len : MIG_CTRL_MAX - 1] = 0;
+            for (uint8_t *p = x->raw; *p; p++)
+                if (*p < 0x20 || *p > 0x7e)
+                    *p = '?';
+            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s", (char *)x->raw);
+        }
+        if (t != MIG_DATA) {
+            x->pos = x->len;
+            return rxfail(x, -EPROTO, "%s frame inside the stream (before END)", frame_name(t));
+        }
+    }
+    size_t n = x->len - x->pos < len ? x->len - x->pos : len;
+    memcpy(buf, x->raw + x->pos, n);
+    x->pos += n;
+    return (long)n;
+}
+
+static double dbl_of(uint64_t le)
+{
+    uint64_t u = le64toh(le);
+    double x;
+    memcpy(&x, &u, 8);
+    return x;
+}
+
+/* Rebuild the guest's vCPUs and workloads from the HVM_CONTEXT TLV area
+ * (untrusted: everything checked before use). */
+static int guest_from_context(struct domain *d, const uint8_t *a, size_t len,
+                              const struct migrate_recv_opts *o, struct migrate_guest **out,
+                              char *err, size_t errlen)
+{
+    bool have_v[MIGRATE_MAX_VCPUS] = {0}, have_w[MIGRATE_MAX_VCPUS] = {0};
+    unsigned nr = 0;
+    size_t pos = 0;
+    struct mig_vcpu_tlv *vt = hv_calloc(MIGRATE_MAX_VCPUS, sizeof(*vt));
+    struct mig_workload_tlv *wt = hv_calloc(MIGRATE_MAX_VCPUS, sizeof(*wt));
+    int rc = 0;
+    if (!vt || !wt) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    while (pos < len) {
+        struct hvctx_tlv t;
+        if (len - pos < sizeof(t)) {
+            snprintf(err, errlen, "HVM_CONTEXT: truncated TLV header at %zu", pos);
+            rc = -EBADMSG;
+            goto out;
+        }
+        memcpy(&t, a + pos, sizeof(t));
+        uint32_t l = le32toh(t.length);
+        size_t padded = ((size_t)l + 7) & ~(size_t)7;
+        if (padded > len - pos - sizeof(t)) {
+            snprintf(err, errlen, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
+            rc = -EBADMSG;
+            goto out;
+        }
+        const uint8_t *v = a + pos + sizeof(t);
+        uint16_t type = le16toh(t.type);
+        pos += sizeof(t) + padded;
+        if (type == HVCTX_VCPU || type == HVCTX_WORKLOAD) {
+            bool is_v = type == HVCTX_VCPU;
+            size_t want = is_v ? sizeof(struct mig_vcpu_tlv) : sizeof(struct mig_workload_tlv);
+            uint32_t id;
+            if (l != want) {
+                snprintf(err, errlen, "HVM_CONTEXT: %s TLV of %u bytes (want %zu)",
+                         is_v ? "VCPU" : "WORKLOAD", l, want);
+                rc = -EBADMSG;
+            goto out;
+            }
+            memcpy(&id, v, 4);
+            id = le32toh(id);
+            if (id >= MIGRATE_MAX_VCPUS || (is_v ? have_v[id] : have_w[id])) {
+                snprintf(err, errlen, "HVM_CONTEXT: vCPU %u out of range or given twice", id);
+                rc = -EBADMSG;
+            goto out;
+            }
+            if (is_v) {
+                memcpy(&vt[id], v, sizeof(vt[id]));
+                have_v[id] = true;
+                nr = nr > id + 1 ? nr : id + 1;
+            } else {
+                memcpy(&wt[id], v, sizeof(wt[id]));
+                have_w[id] = true;
+            }
+        }
+    }
+    for (unsigned i = 0; i < MIGRATE_MAX_VCPUS; i++) {
+        if (have_v[i] != have_w[i] || (i < nr && !have_v[i]) ||
+            (have_v[i] && le32toh(vt[i].nr_vcpus) != nr)) {
+            snprintf(err, errlen, "HVM_CONTEXT: vCPU %u: state incomplete or inconsistent with "
+                     "%u vCPUs", i, nr);
+            rc = -EBADMSG;
+            goto out;
+        }
+    }
+    struct migrate_guest *g = guest_alloc(d);
+    if (!g) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (unsigned i = 0; i < nr && rc == 0; i++) {
+        struct tlb_config tc;
+        tlb_config_default(&tc);
+        tc.guest_order = le32toh(vt[i].guest_order);
+        for (unsigned k = 0; k < 3; k++) {
+            tc.entries[k] = le32toh(vt[i].entries[k]);
+            tc.ways[k] = le32toh(vt[i].ways[k]);
+            if (tc.entries[k] > 65536 || tc.ways[k] == 0 || tc.ways[k] > 64)
+                rc = -EBADMSG;
+        }
+        if (tc.guest_order != 0 && tc.guest_order != 9 && tc.guest_order != 18)
+            rc = -EBADMSG;
+        struct workload_config wc;
+        const struct mig_workload_tlv *w = &wt[i];
+        uint32_t kind = le32toh(w->kind);
+        workload_config_default(&wc, kind < WL_NR_KINDS ? (enum workload_kind)kind : WL_SEQ);
+        wc.seed = le64toh(w->seed);
+        wc.write_rate = le64toh(w->write_rate);
+        wc.quantum = le32toh(w->quantum);
+        wc.write_frac = dbl_of(w->write_frac);
+        wc.zipf_theta = dbl_of(w->zipf_theta);
+        wc.wss = dbl_of(w->wss);
+        wc.on_write = o->on_write;
+        wc.ctx = o->ctx;
+        if (kind >= WL_NR_KINDS || wc.quantum > (1u << 20) || !isfinite(wc.write_frac) ||
+            !isfinite(wc.zipf_theta) || !isfinite(wc.wss) || wc.write_frac < -1 ||
+            wc.write_frac > 1 || wc.zipf_theta < 0 || wc.zipf_theta >= 1 || wc.wss < 0 ||
+            wc.wss > 1)
+            rc = -EBADMSG;
+        if (rc < 0) {
+            snprintf(err, errlen, "HVM_CONTEXT: vCPU %u: implausible vCPU or workload "
+                     "configuration", i);
+            break;
+        }
+        if (i == 0) {
+            g->wc = wc;
+            g->tc = tc;
+        }
+        rc = vcpu_create(d, i, &tc, &g->v[i]);
+        if (rc == 0) {
+            g->nr_vcpus = i + 1;
+            rc = workload_create(d, &wc, i, nr, &g->w[i]);
+        }
+        struct workload_state st = {le64toh(w->rng), le64toh(w->pos), le64toh(w->pass),
+                                    le64toh(w->seq), le64toh(w->checksum), le64toh(w->writes)};
+        if (rc == 0)
+            rc = workload_set_state(g->w[i], &st);
+        if (rc < 0)
+            snprintf(err, errlen, "HVM_CONTEXT: vCPU %u: cannot rebuild it: %s", i,
+                     strerror(-rc));
+    }
+    if (rc < 0)
+        migrate_guest_destroy(g);
+    else
+        *out = g;
+out:
+    free(vt);
+    free(wt);
+    return rc;
+}
+
+static void send_result(int fd, int status, const struct domain *d, bool verified,
+                        uint64_t digest, uint64_t pages, const char *msg)
+{
+    struct mig_result r;
+    memset(&r, 0, sizeof(r));
+    r.status = (int32_t)htole32((uint32_t)status);
+    r.verified = htole32(verified);
+    r.digest = htole64(digest);
+    r.pages = htole64(pages);
+    if (d) {
+        r.pages_1g = htole64(domain_pages_1g(d));
+        r.pages_2m = htole64(domain_pages_2m(d));
+        r.pages_4k = htole64(domain_pages_4k(d));
+    }
+    snprintf(r.msg, sizeof(r.msg), "%.200s", msg ? msg : "");
+    (void)send_ctrl(fd, MIG_RESULT, &r, sizeof(r));
+}
+
+int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o,
+                    struct migrate_recv_result *res)
+{
+    static const struct migrate_recv_opts defaults;
+    struct rx x = {.fd = fd};
+    struct domain *d = NULL;
+    struct migrate_guest *g = NULL;
+    o = o ? o : &defaults;
+    memset(res, 0, sizeof(*res));
+    uint64_t t0 = hv_now_ns();
+    int timeout = o->timeout_ms > 0 ? o->timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
+    x.wcap = ZSTD_compressBound(MIG_FRAME_RAW);
+    x.raw = hv_malloc(MIG_FRAME_RAW);
+    x.wire = hv_malloc(x.wcap);
+    x.dctx = ZSTD_createDCtx();
+    int rc = (!x.raw || !x.wire || !x.dctx) ? -ENOMEM : net_set_timeouts(fd, timeout);
+    if (rc < 0) {
+        rxfail(&x, rc, "setting up: %s", strerror(-rc));
+        goto fail;
+    }
+    struct mig_hello hello;
+    rc = rx_ctrl(&x, MIG_HELLO, &hello, sizeof(hello));
+    if (rc == 0 && le32toh(hello.version) != MIG_VERSION)
+        rc = rxfail(&x, -EPROTONOSUPPORT, "the sender speaks migration version %u, not %u",
+                    le32toh(hello.version), MIG_VERSION);
+    if (rc < 0)
+        goto fail;
+    struct mig_hello ready = {htole32(MIG_VERSION), 0};
+    rc = send_ctrl(fd, MIG_READY, &ready, sizeof(ready));
+    if (rc < 0) {
+        rxfail(&x, rc, "sending READY: %s", strerror(-rc));
+        goto fail;
+    }
+    struct stream_io io = {.read = rx_read, .ctx = &x};
+    rc = stream_restore(m, &io, NULL, &res->rr);
+    if (rc < 0) {
+        if (x.err[0] && res->rr.err[0])
+            snprintf(res->err, sizeof(res->err), "%.150s (stream: %.150s)", x.err, res->rr.err);
+        else
+            snprintf(res->err, sizeof(res->err), "%s", res->rr.err[0] ? res->rr.err : x.err);
+        goto fail_msg;
+    }
+    d = res->rr.d;
+    res->rr.d = NULL;
+    struct mig_done done;
+    rc = rx_ctrl(&x, MIG_DONE, &done, sizeof(done));
+    if (rc < 0)
+        goto fail;
+    rc = guest_from_context(d, res->rr.context, res->rr.context_len, o, &g, res->err,
+                            sizeof(res->err));
+    if (rc < 0)
+        goto fail_msg;
+    uint64_t pages = 0;
+    if (le32toh(done.verify)) {
+        res->digest = migrate_digest(d, &pages);
+        res->verified = true;
+        if (res->digest != le64toh(done.digest) || pages != le64toh(done.pages)) {
+            rc = -EBADMSG;
+            snprintf(res->err, sizeof(res->err), "memory digest mismatch: sender %#llx (%llu "
+                     "pages), receiver %#llx (%llu pages)", (unsigned long long)le64toh(done.digest),
+                     (unsigned long long)le64toh(done.pages), (unsigned long long)res->digest,
+                     (unsigned long long)pages);
+            goto fail_msg;
+        }
+    }
+    send_result(fd, 0, d, res->verified, res->digest, pages, NULL);
+    rc = rx_ctrl(&x, MIG_COMMIT, NULL, 0);
+    if (rc < 0)
+        goto fail;
+    res->g = g;
+    goto out;
+
+fail:
+    snprintf(res->err, sizeof(res->err), "%s", x.err[0] ? x.err : strerror(-rc));
+fail_msg:
+    send_result(fd, rc, NULL, false, 0, 0, res->err);
+    migrate_guest_destroy(g);
+    domain_destroy(d);
+out:
+    res->wire_bytes = x.offset;
+    res->frames = x.frames;
+    res->seconds = (double)(hv_now_ns() - t0) / 1e9;
+    free(x.raw);
+    free(x.wire);
+    ZSTD_freeDCtx(x.dctx);
+    return rc;
+}
+
+void migrate_recv_result_free(struct migrate_recv_result *res)
+{
+    restore_result_free(&res->rr);
+}

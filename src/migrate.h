@@ -1,0 +1,295 @@
+/*
+ * migrate.h - live migration over TCP with pre-copy rounds.
+ *
+ * Wire: a connection carries frames (struct mig_frame, 24 bytes, little-
+ * endian, then wire_len bytes).  DATA frames carry the migration stream of
+ * stream.h (headers, HV_CONFIG, HV_LAYOUT, STATIC_DATA_END, PAGE_DATA
+ * records in rounds, X86_TSC_INFO, HVM_PARAMS, HVM_CONTEXT, END) cut at
+ * arbitrary byte boundaries, each frame optionally zstd-compressed and
+ * always checksummed (XXH3-64 of the raw bytes).  Compression is a property
+ * of the transport: the stream inside stays plain Xen layout and is read by
+ * stream_restore unchanged.
+ *
+ *   sender                                   receiver
+ *   HELLO {version, flags}          ->
+ *                                   <-       READY {version}
+ *   DATA ... (round 0: every RAM page; rounds 1..n: pages dirtied meanwhile,
+ *            guest running; final round: guest paused; tail; END)
+ *   DONE {digest of every page at pause} ->  stream_restore has seen END
+ *                                   <-       RESULT {status, digest, leaves}
+ *   COMMIT (or ABORT)               ->       resume (or destroy)
+ *
+ * Sender (migrate_send): log-dirty on; round 0 sends every RAM page; each
+ * round measures the link rate (wire bytes / round time) and the dirty rate
+ * (pages harvested / time since the last harvest).  Pre-copy ends, and the
+ * rule is reported, when (1) the dirty set left fits the downtime target at
+ * the measured link rate, (2) the maximum number of rounds is reached, or
+ * (3) the dirty rate stopped falling: the dirty set left is not at least 10%
+ * smaller than the previous round's.  Then the guest is paused, the last
+ * dirty pages and the vCPU/workload state (HVM_CONTEXT TLVs HVCTX_VCPU and
+ * HVCTX_WORKLOAD) go out, and the sender waits for RESULT.
+ *
+ * Pipeline: the migration thread reads pages (zero pages travel as XALLOC,
+ * without data; a page in a hole of the machine memfd is zero without being
+ * read), copies them into 1 MiB frame buffers, checksums and compresses each
+ * frame; a writer thread sends sealed frames, so page reading, zero
+ * detection, checksums and compression overlap socket writes.
+ *
+ * Nothing lost: any failure before RESULT (connection loss, timeout, a
+ * receiver error, a digest mismatch, hostile bytes) leaves the sender with
+ * log-dirty off, its superpages merged back and its guest running; the
+ * receiver destroys its partial domain (stream_restore does on error; after
+ * END, only COMMIT keeps it).  A COMMIT lost after it left the sender leaves
+ * no running copy (the classic last-message window, noted, not solved).
+ *
+ * Limits: the guest's memory map must not change during migration (vCPU
+ * writes are the only concurrent activity); PoD guests are refused.
+ */
+#ifndef HUGEVM_MIGRATE_H
+#define HUGEVM_MIGRATE_H
+
+#include <pthread.h>
+
+#include "common.h"
+#include "dirty.h"
+#include "save.h"
+#include "vcpu.h"
+#include "workload.h"
+
+#define MIGRATE_MAX_VCPUS 64
+#define MIGRATE_MAX_ROUNDS 60     /* iterative rounds after the full copy */
+#define MIGRATE_DEFAULT_ROUNDS 10
+#define MIGRATE_DEFAULT_DOWNTIME_MS 50.0
+#define MIGRATE_DEFAULT_TIMEOUT_MS 30000
+
+/* ---- wire ------------------------------------------------------------------ */
+
+#define MIG_MAGIC 0x464d5648u /* "HVMF" */
+#define MIG_VERSION 1u
+#define MIG_FRAME_RAW (1u << 20)  /* raw bytes per DATA frame, at most */
+#define MIG_CTRL_MAX 4096u        /* control frame bodies, at most */
+
+enum mig_frame_type {
+    MIG_HELLO = 1,
+    MIG_READY = 2,
+    MIG_DATA = 3,
+    MIG_DONE = 4,
+    MIG_RESULT = 5,
+    MIG_COMMIT = 6,
+    MIG_ABORT = 7, /* body: a reason string */
+};
+#define MIG_F_ZSTD 0x1u /* payload is one zstd frame of raw_len bytes */
+
+struct mig_frame {
+    uint32_t magic;
+    uint16_t type;
+    uint16_t flags;
+    uint32_t raw_len;  /* payload bytes after decompression */
+    uint32_t wire_len; /* payload bytes that follow */
+    uint64_t checksum; /* XXH3-64 of the raw payload */
+};
+_Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
+
+#define MIG_HELLO_VERIFY 0x1u /* the sender sends a digest: receiver computes its own */
+struct mig_hello {
+    uint32_t version;
+    uint32_t flags;
+};
+_Static_assert(sizeof(struct mig_hello) == 8, "HELLO");
+
+struct mig_done {
+    uint64_t digest;
+    uint64_t pages;
+    uint32_t verify;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct mig_done) == 24, "DONE");
+
+struct mig_result {
+    int32_t status;    /* 0 or -errno */
+    uint32_t verified; /* digest computed */
+    uint64_t digest;
+    uint64_t pages;
+    uint64_t pages_1g, pages_2m, pages_4k;
+    char msg[216];     /* NUL-terminated reason when status < 0 */
+};
+_Static_assert(sizeof(struct mig_result) == 264, "RESULT");
+
+/* HVM_CONTEXT TLVs carrying the guest (save.h reserves the types). */
+struct mig_vcpu_tlv {
+    uint32_t id, nr_vcpus, guest_order, reserved;
+    uint32_t entries[3], ways[3];
+};
+_Static_assert(sizeof(struct mig_vcpu_tlv) == 40, "HVCTX_VCPU");
+struct mig_workload_tlv {
+    uint32_t vcpu, kind, quantum, reserved;
+    uint64_t seed, write_rate;
+    uint64_t write_frac, zipf_theta, wss; /* IEEE-754 doubles */
+    uint64_t rng, pos, pass, seq, checksum, writes;
+};
+_Static_assert(sizeof(struct mig_workload_tlv) == 104, "HVCTX_WORKLOAD");
+
+/* ---- a running guest --------------------------------------------------------- */
+
+/*
+ * A domain with soft vCPUs and their workloads, run by one thread in quanta
+ * under d->lock (vcpu.h) so that the migration thread can harvest between
+ * them.  write_rate (workload_config) holds each vCPU to that many accesses
+ * per second (0: unlimited).
+ */
+struct migrate_guest {
+    struct domain *d;
+    unsigned nr_vcpus;
+    struct vcpu *v[MIGRATE_MAX_VCPUS];
+    struct workload *w[MIGRATE_MAX_VCPUS];
+    struct workload_config wc;
+    struct tlb_config tc;
+    /* runner */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, pause_req, paused, stop, exited;
+    int err;            /* the workload's error, if it stopped on one */
+    uint64_t accesses;  /* made by the runner */
+};
+
+/* vCPUs and workloads (wc->seed etc., one per vCPU) over d's RAM; tc NULL:
+ * defaults.  Not started.  -EINVAL, -ENOMEM. */
+int migrate_guest_create(struct domain *d, unsigned nr_vcpus, const struct tlb_config *tc,
+                         const struct workload_config *wc,
+                         struct migrate_guest **out) HV_MUST_CHECK;
+/* Stop the runner, destroy vCPUs and workloads (not the domain). */
+void migrate_guest_destroy(struct migrate_guest *g);
+int migrate_guest_start(struct migrate_guest *g) HV_MUST_CHECK;
+/* Park the runner between quanta (returns when it is parked or exited). */
+void migrate_guest_pause(struct migrate_guest *g);
+void migrate_guest_resume(struct migrate_guest *g);
+/* Stop and join the runner (idempotent). */
+void migrate_guest_stop(struct migrate_guest *g);
+
+/* Digest of guest memory: XXH3-64 over (gfn, XXH3-64(page)) for every RAM
+ * gfn in ascending order; leaf sizes do not matter.  *pages (may be NULL)
+ * gets the RAM page count.  The guest must be paused. */
+uint64_t migrate_digest(struct domain *d, uint64_t *pages);
+
+/* ---- sender ------------------------------------------------------------------ */
+
+#define MIGRATE_END_FIELDS(X)                                                  \
+    X(none, "pre-copy did not finish")                                         \
+    X(downtime, "the dirty set left fits the downtime target")                 \
+    X(max_rounds, "the maximum number of rounds was reached")                  \
+    X(not_falling, "the dirty rate stopped falling")
+
+enum migrate_end {
+#define X(name, desc) MIGRATE_END_##name,
+    MIGRATE_END_FIELDS(X)
+#undef X
+};
+const char *migrate_end_name(enum migrate_end e);
+const char *migrate_end_desc(enum migrate_end e);
+
+struct migrate_round {
+    unsigned index;          /* 0 = the full copy */
+    bool paused;             /* the final round, guest paused */
+    uint64_t pages_data, pages_zero;
+    uint64_t stream_bytes;   /* stream bytes before compression */
+    uint64_t wire_bytes;     /* bytes on the socket */
+    uint64_t ns;
+    double mb_per_s;         /* wire bytes / round time (the link rate) */
+    double dirty_per_s;      /* pages dirtied per second while it ran */
+    uint64_t remaining;      /* dirty pages left after it */
+    double eta_s;            /* remaining / link rate */
+};
+
+struct migrate_opts {
+    enum dirty_mode mode;
+    double downtime_ms;      /* 0: MIGRATE_DEFAULT_DOWNTIME_MS */
+    unsigned max_rounds;     /* iterative rounds; 0: MIGRATE_DEFAULT_ROUNDS */
+    bool compress;
+    int zstd_level;          /* 0: 1 */
+    bool no_verify;          /* skip the memory digests */
+    int timeout_ms;          /* socket and confirmation; 0: default */
+    /* Fault injection: cut the connection (shutdown) after this many bytes
+     * were written to the socket (0: never). */
+    uint64_t fail_after_bytes;
+    /* Fault injection: send these bytes as DATA right after HELLO (tests). */
+    const void *inject;
+    size_t inject_len;
+    void (*on_round)(void *ctx, const struct migrate_round *r);
+    /* The guest is paused and its memory final (tests take checksums). */
+    void (*on_paused)(void *ctx, struct domain *d);
+    void *ctx;
+};
+
+#define MIGRATE_STAT_FIELDS(X)                                                 \
+    X(pages_data, "pages sent with data")                                      \
+    X(pages_zero, "zero pages sent without data")                              \
+    X(stream_bytes, "stream bytes before compression")                         \
+    X(wire_bytes, "bytes written to the socket")                              \
+    X(frames, "frames sent")                                                   \
+    X(pages_ram, "RAM pages of the guest")                                     \
+    X(guest_accesses, "guest accesses made during the migration")
+
+struct migrate_stats {
+#define X(name, desc) uint64_t name;
+    MIGRATE_STAT_FIELDS(X)
+#undef X
+};
+
+struct migrate_leaves {
+    uint64_t p1g, p2m, p4k;
+};
+
+struct migrate_report {
+    int rc;
+    char err[STREAM_ERR_LEN];
+    enum migrate_end end;
+    unsigned nr_rounds;
+    struct migrate_round rounds[MIGRATE_MAX_ROUNDS + 2];
+    double total_s, downtime_s, digest_s;
+    struct migrate_leaves before, logdirty, receiver, after_abort;
+    bool verified;
+    uint64_t digest_sender, digest_receiver;
+    struct migrate_stats st;
+};
+
+/*
+ * Migrate g's domain over the connected socket fd.  The runner may be
+ * running (live) or not.  0: the receiver confirmed and got COMMIT; g is
+ * paused and log-dirty is off: the caller destroys the sender's copy.
+ * < 0: rep->err says why; log-dirty is off, superpages are merged back
+ * (rep->after_abort) and g runs again if it was running.  fd is not closed.
+ */
+int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
+                 struct migrate_report *rep) HV_MUST_CHECK;
+
+/* ---- receiver ---------------------------------------------------------------- */
+
+struct migrate_recv_opts {
+    int timeout_ms;          /* 0: default */
+    /* Given to the rebuilt workloads (the sender's callback stays there). */
+    void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val);
+    void *ctx;
+};
+
+struct migrate_recv_result {
+    struct migrate_guest *g; /* the migrated guest (not started); NULL on error */
+    struct restore_result rr;
+    bool verified;
+    uint64_t digest;
+    uint64_t wire_bytes, frames;
+    double seconds;
+    char err[STREAM_ERR_LEN];
+};
+
+/*
+ * Receive one migration on the connected socket fd onto machine m.  0 and
+ * res->g (destroy with migrate_guest_destroy, then domain_destroy(res->g->d))
+ * after COMMIT; < 0 with res->err, and no domain left on m, otherwise.
+ */
+int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o,
+                    struct migrate_recv_result *res) HV_MUST_CHECK;
+/* Free what res holds besides the guest. */
+void migrate_recv_result_free(struct migrate_recv_result *res);
+
+#endif

@@ -1,0 +1,475 @@
+/*
+ * cmd_migrate.c - `hugevm migrate` (live-migrate a running guest to a
+ * receiver over TCP), `hugevm receive` (accept migrations and resume the
+ * guest), and cli_migrate_domain(), which `hugevm run --migrate-to` uses.
+ *
+ * Output: a progress line per pre-copy round on stderr when it is a
+ * terminal; a report (total time, downtime, bytes per round, rounds and the
+ * rule that ended them, leaf counts before, during log-dirty and on the
+ * receiver, digests) as text or, with --json, as one JSON document.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "migrate.h"
+#include "net.h"
+
+/* ---- report ------------------------------------------------------------------- */
+
+static void progress(void *ctx, const struct migrate_round *r)
+{
+    (void)ctx;
+    if (!isatty(STDERR_FILENO))
+        return;
+    fprintf(stderr, "round %-2u %9llu pages (%llu zero) %8.1f MB/s  dirty %9.0f pages/s  "
+            "remaining %8llu  ETA %.3f s\n", r->index,
+            (unsigned long long)(r->pages_data + r->pages_zero),
+            (unsigned long long)r->pages_zero, r->mb_per_s, r->dirty_per_s,
+            (unsigned long long)r->remaining, r->eta_s);
+}
+
+static void print_leaves(const char *what, const struct migrate_leaves *l)
+{
+    printf("  %-26s pages_1g %-6llu pages_2m %-8llu pages_4k %llu\n", what,
+           (unsigned long long)l->p1g, (unsigned long long)l->p2m, (unsigned long long)l->p4k);
+}
+
+static void json_leaves(struct json *j, const char *key, const struct migrate_leaves *l)
+{
+    json_obj_begin(j, key);
+    json_u64(j, "pages_1g", l->p1g);
+    json_u64(j, "pages_2m", l->p2m);
+    json_u64(j, "pages_4k", l->p4k);
+    json_obj_end(j);
+}
+
+static void print_report(const struct migrate_report *r)
+{
+    char b1[32];
+    if (r->rc < 0)
+        printf("migration FAILED: %s\n  the guest keeps running here: log-dirty off, "
+               "superpages merged back\n", r->err);
+    else
+        printf("migration done in %.3f s, downtime %.1f ms (pause to confirmation; it includes "
+               "both memory digests, %.1f ms here)\n", r->total_s, r->downtime_s * 1e3,
+               r->digest_s * 1e3);
+    printf("  pre-copy: %u round(s) then the final one; ended because %s (%s)\n",
+           r->nr_rounds ? r->nr_rounds - (r->rc == 0) : 0, migrate_end_desc(r->end),
+           migrate_end_name(r->end));
+    for (unsigned i = 0; i < r->nr_rounds; i++) {
+        const struct migrate_round *x = &r->rounds[i];
+        printf("  round %-2u%s %9llu pages %8llu zero %10s on the wire %8.1f MB/s  dirty "
+               "%9.0f/s  left %llu\n", x->index, x->paused ? " (paused)" : "         ",
+               (unsigned long long)x->pages_data, (unsigned long long)x->pages_zero,
+               hv_fmt_size(x->wire_bytes, b1, sizeof(b1)), x->mb_per_s, x->dirty_per_s,
+               (unsigned long long)x->remaining);
+    }
+#define X(name, desc) printf("  %-16s %14llu  %s\n", #name, (unsigned long long)r->st.name, desc);
+    MIGRATE_STAT_FIELDS(X)
+#undef X
+    printf("  leaf counts:\n");
+    print_leaves("before migration:", &r->before);
+    print_leaves("during log-dirty (pause):", &r->logdirty);
+    if (r->rc == 0)
+        print_leaves("on the receiver:", &r->receiver);
+    else
+        print_leaves("here after the abort:", &r->after_abort);
+    if (r->verified)
+        printf("  memory digest: sender %#018llx == receiver %#018llx (%.1f ms): checksums "
+               "match\n", (unsigned long long)r->digest_sender,
+               (unsigned long long)r->digest_receiver, r->digest_s * 1e3);
+    else if (r->rc == 0)
+        printf("  memory digest: not verified (--no-verify)\n");
+}
+
+static void json_report(struct json *j, const char *key, const struct migrate_report *r)
+{
+    json_obj_begin(j, key);
+    json_bool(j, "ok", r->rc == 0);
+    json_i64(j, "rc", r->rc);
+    json_str(j, "error", r->err);
+    json_dbl(j, "total_s", r->total_s);
+    json_dbl(j, "downtime_ms", r->downtime_s * 1e3);
+    json_str(j, "end_rule", migrate_end_name(r->end));
+    json_str(j, "end_reason", migrate_end_desc(r->end));
+    json_arr_begin(j, "rounds");
+    for (unsigned i = 0; i < r->nr_rounds; i++) {
+        const struct migrate_round *x = &r->rounds[i];
+        json_obj_begin(j, NULL);
+        json_u64(j, "round", x->index);
+        json_bool(j, "paused", x->paused);
+        json_u64(j, "pages_data", x->pages_data);
+        json_u64(j, "pages_zero", x->pages_zero);
+        json_u64(j, "stream_bytes", x->stream_bytes);
+        json_u64(j, "wire_bytes", x->wire_bytes);
+        json_dbl(j, "seconds", (double)x->ns / 1e9);
+        json_dbl(j, "mb_per_s", x->mb_per_s);
+        json_dbl(j, "dirty_pages_per_s", x->dirty_per_s);
+        json_u64(j, "remaining", x->remaining);
+        json_dbl(j, "eta_s", x->eta_s);
+        json_obj_end(j);
+    }
+    json_arr_end(j);
+    json_obj_begin(j, "stats");
+#define X(name, desc) json_u64(j, #name, r->st.name);
+    MIGRATE_STAT_FIELDS(X)
+#undef X
+    json_obj_end(j);
+    json_leaves(j, "leaves_before", &r->before);
+    json_leaves(j, "leaves_logdirty", &r->logdirty);
+    json_leaves(j, r->rc == 0 ? "leaves_receiver" : "leaves_after_abort",
+                r->rc == 0 ? &r->receiver : &r->after_abort);
+    json_bool(j, "verified", r->verified);
+    json_bool(j, "checksums_match", r->verified && r->digest_sender == r->digest_receiver);
+    json_u64(j, "digest_sender", r->digest_sender);
+    json_u64(j, "digest_receiver", r->digest_receiver);
+    json_obj_end(j);
+}
+
+/* ---- sender ------------------------------------------------------------------ */
+
+static struct {
+    const char *to, *workload, *log_dirty;
+    uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
+    double after, downtime_ms, wss, write_frac, timeout_s;
+    bool compress, no_verify, json;
+} mo = {
+    .workload = "writer",
+    .guest_mem = 4 * GiB,
+    .vcpus = 2,
+    .seed = 1,
+    .write_rate = 100000,
+    .after = 1.0,
+    .wss = 0.25,
+    .write_frac = -1,
+    .timeout_s = 30,
+};
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
+                       const struct workload_config *wc, const char *to, double after,
+                       const struct migrate_opts *mopts, uint64_t retries, bool json)
+{
+    struct sockaddr_in sa;
+    struct migrate_guest *g = NULL;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    char b1[64];
+    int status = 1;
+    if (!rep)
+        return cli_error("migrate: out of memory");
+    if (net_parse_addr(to, &sa) < 0) {
+        free(rep);
+        return cli_error("migrate: bad address '%s' (want A.B.C.D:PORT)", to);
+    }
+    int rc = migrate_guest_create(d, nv, tc, wc, &g);
+    if (rc == 0)
+        rc = migrate_guest_start(g);
+    if (rc < 0) {
+        cli_error("migrate: cannot start the guest: %s", strerror(-rc));
+        goto out;
+    }
+    if (!json)
+        printf("guest running (%u vCPU(s), workload %s); migrating to %s after %.1f s\n", nv,
+               workload_name(wc->kind), net_fmt_addr(&sa, b1, sizeof(b1)), after);
+    fflush(stdout);
+    sleep_s(after);
+    for (uint64_t attempt = 0;; attempt++) {
+        int fd;
+        rc = net_connect(&sa, mopts->timeout_ms > 0 ? mopts->timeout_ms : 10000, &fd);
+        if (rc < 0) {
+            rep->rc = rc;
+            snprintf(rep->err, sizeof(rep->err), "connecting to %s: %s", to, strerror(-rc));
+        } else {
+            rc = migrate_send(g, fd, mopts, rep);
+            close(fd);
+        }
+        if (rc == 0 || attempt >= retries)
+            break;
+        fprintf(stderr, "hugevm: migrate: attempt %llu failed: %s; the guest keeps running "
+                "here; retrying\n", (unsigned long long)attempt + 1, rep->err);
+        sleep_s(1.0);
+    }
+    if (json) {
+        struct json j;
+        json_init(&j, stdout);
+        json_obj_begin(&j, NULL);
+        json_str(&j, "to", to);
+        json_u64(&j, "vcpus", nv);
+        json_str(&j, "workload", workload_name(wc->kind));
+        json_str(&j, "log_dirty", dirty_mode_name(mopts->mode));
+        json_bool(&j, "compress", mopts->compress);
+        json_report(&j, "migration", rep);
+        json_obj_end(&j);
+        json_finish(&j);
+    } else {
+        print_report(rep);
+    }
+    if (rc == 0) {
+        status = 0;
+    } else {
+        /* nothing lost: the guest still runs here and its memory is sound */
+        int a = domain_audit(d);
+        if (!json)
+            printf("  sender audit after the failure: %s\n", a ? hv_audit_last() : "ok");
+    }
+out:
+    migrate_guest_destroy(g);
+    free(rep);
+    return status;
+}
+
+static int run_migrate(int argc, char **argv)
+{
+    struct machine *m = NULL;
+    struct domain *d = NULL;
+    enum workload_kind kind;
+    struct migrate_opts mopts = {0};
+    char b1[32];
+    if (argc)
+        return cli_error("migrate: unexpected argument '%s'", argv[0]);
+    if (!mo.to)
+        return cli_error("migrate: --to ADDR:PORT is required");
+    if (workload_parse(mo.workload, &kind) < 0)
+        return cli_error("migrate: unknown workload '%s'", mo.workload);
+    if (mo.log_dirty && dirty_mode_parse(mo.log_dirty, &mopts.mode) < 0)
+        return cli_error("migrate: unknown log-dirty mode '%s'", mo.log_dirty);
+    if (mo.vcpus == 0 || mo.vcpus > MIGRATE_MAX_VCPUS)
+        return cli_error("migrate: --vcpus must be in 1..%d", MIGRATE_MAX_VCPUS);
+    if (mo.guest_mem == 0 || mo.guest_mem % (2 * MiB))
+        return cli_error("migrate: --guest-mem must be a positive multiple of 2 MiB");
+    if (mo.wss < 0 || mo.wss > 1 || mo.after < 0 || mo.timeout_s <= 0 || mo.downtime_ms < 0)
+        return cli_error("migrate: bad --wss, --after, --timeout or --downtime");
+    if (!mo.host_mem)
+        mo.host_mem = (mo.guest_mem + mo.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
+    mopts.downtime_ms = mo.downtime_ms;
+    mopts.max_rounds = (unsigned)mo.max_rounds;
+    mopts.compress = mo.compress;
+    mopts.no_verify = mo.no_verify;
+    mopts.timeout_ms = (int)(mo.timeout_s * 1000);
+    mopts.on_round = progress;
+
+    int rc = machine_create(&m, mo.host_mem, FRAME_POLICY_FRAGPOOL);
+    if (rc < 0)
+        return cli_error("migrate: cannot create a %s machine: %s",
+                         hv_fmt_size(mo.host_mem, b1, sizeof(b1)), strerror(-rc));
+    struct domain_config cfg;
+    domain_config_default(&cfg);
+    rc = domain_create(m, &cfg, &d);
+    if (rc == 0)
+        rc = domain_populate_guest(d, mo.guest_mem, NULL);
+    int status = 1;
+    if (rc < 0) {
+        cli_error("migrate: cannot build the guest: %s", strerror(-rc));
+    } else {
+        if (!mo.json)
+            printf("guest %s on a %s machine: pages_1g %llu pages_2m %llu pages_4k %llu\n",
+                   hv_fmt_size(mo.guest_mem, b1, sizeof(b1)),
+                   hv_fmt_size(mo.host_mem, b1 + 16, 16), (unsigned long long)domain_pages_1g(d),
+                   (unsigned long long)domain_pages_2m(d), (unsigned long long)domain_pages_4k(d));
+        struct workload_config wc;
+        workload_config_default(&wc, kind);
+        wc.seed = mo.seed;
+        wc.write_frac = mo.write_frac;
+        wc.wss = mo.wss;
+        wc.write_rate = mo.write_rate;
+        status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after, &mopts,
+                                    mo.retries, mo.json);
+    }
+    domain_destroy(d);
+    machine_destroy(m);
+    return status;
+}
+
+static struct opt migrate_opts_table[] = {
+    {"to", OPT_STR, &mo.to, "ADDR:PORT", "the receiver (hugevm receive --listen)", NULL},
+    {"guest-mem", OPT_SIZE, &mo.guest_mem, "SIZE", "guest RAM (default 4G)", NULL},
+    {"host-mem", OPT_SIZE, &mo.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
+    {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
+    {"workload", OPT_STR, &mo.workload, "NAME", "seq, uniform, zipf or writer (default writer)", NULL},
+    {"write-rate", OPT_U64, &mo.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
+    {"wss", OPT_DBL, &mo.wss, "F", "writer: fraction of its slice written (default 0.25)", NULL},
+    {"write-frac", OPT_DBL, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
+    {"seed", OPT_U64, &mo.seed, "N", "workload seed (default 1)", NULL},
+    {"after", OPT_DBL, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
+    {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
+    {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 50)", NULL},
+    {"max-rounds", OPT_U64, &mo.max_rounds, "N", "pre-copy rounds after the full copy (default 10)", NULL},
+    {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame", NULL},
+    {"no-verify", OPT_FLAG, &mo.no_verify, NULL, "skip the memory digests", NULL},
+    {"timeout", OPT_DBL, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
+    {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
+    {"json", OPT_FLAG, &mo.json, NULL, "machine-readable output", NULL},
+    {0},
+};
+
+const struct cmd cmd_migrate = {
+    .name = "migrate",
+    .summary = "live-migrate a running guest to a receiver over TCP (pre-copy rounds)",
+    .run = run_migrate,
+    .opts = migrate_opts_table,
+};
+
+/* ---- receiver ------------------------------------------------------------------ */
+
+static struct {
+    const char *listen, *port_file;
+    uint64_t host_mem, attempts;
+    double run_s, timeout_s, accept_s;
+    bool json;
+} ro = {
+    .host_mem = 16 * GiB,
+    .attempts = 3,
+    .run_s = 1.0,
+    .timeout_s = 30,
+    .accept_s = 120,
+};
+
+static int run_receive(int argc, char **argv)
+{
+    struct sockaddr_in sa;
+    struct machine *m = NULL;
+    char b1[64];
+    int lfd = -1, status = 1;
+    if (argc)
+        return cli_error("receive: unexpected argument '%s'", argv[0]);
+    if (!ro.listen || net_parse_addr(ro.listen, &sa) < 0)
+        return cli_error("receive: --listen A.B.C.D:PORT is required");
+    if (ro.attempts == 0 || ro.timeout_s <= 0 || ro.accept_s <= 0 || ro.run_s < 0)
+        return cli_error("receive: bad --attempts, --timeout, --accept-timeout or --run");
+    int rc = machine_create(&m, ro.host_mem, FRAME_POLICY_FRAGPOOL);
+    if (rc < 0)
+        return cli_error("receive: cannot create a %s machine: %s",
+                         hv_fmt_size(ro.host_mem, b1, sizeof(b1)), strerror(-rc));
+    uint16_t port;
+    rc = net_listen(&sa, &lfd, &port);
+    if (rc < 0) {
+        cli_error("receive: cannot listen on %s: %s", ro.listen, strerror(-rc));
+        goto out;
+    }
+    sa.sin_port = htons(port);
+    if (ro.port_file) {
+        FILE *f = fopen(ro.port_file, "w");
+        if (!f || fprintf(f, "%u\n", port) < 0 || fclose(f) != 0) {
+            cli_error("receive: cannot write %s", ro.port_file);
+            goto out;
+        }
+    }
+    if (!ro.json)
+        printf("receiver listening on %s (machine %s)\n", net_fmt_addr(&sa, b1, sizeof(b1)),
+               hv_fmt_size(ro.host_mem, b1 + 32, 32));
+    fflush(stdout);
+    struct migrate_recv_opts rop = {.timeout_ms = (int)(ro.timeout_s * 1000)};
+    for (uint64_t attempt = 1; attempt <= ro.attempts; attempt++) {
+        int fd;
+        rc = net_accept(lfd, (int)(ro.accept_s * 1000), &fd);
+        if (rc < 0) {
+            cli_error("receive: no sender within %.0f s: %s", ro.accept_s, strerror(-rc));
+            break;
+        }
+        struct migrate_recv_result res;
+        rc = migrate_receive(m, fd, &rop, &res);
+        close(fd);
+        if (rc < 0) {
+            struct frame_stats fs;
+            frames_get_stats(m->frames, &fs);
+            fprintf(stderr, "hugevm: receive: attempt %llu failed: %s\n  the partial domain "
+                    "was destroyed (%llu of %llu frames free)\n", (unsigned long long)attempt,
+                    res.err, (unsigned long long)fs.free_frames, (unsigned long long)m->nr_frames);
+            migrate_recv_result_free(&res);
+            continue;
+        }
+        struct migrate_guest *g = res.g;
+        struct domain *d = g->d;
+        uint64_t a0 = g->accesses;
+        double ran = 0;
+        if (ro.run_s > 0 && g->nr_vcpus) {
+            if (migrate_guest_start(g) == 0) {
+                uint64_t t = hv_now_ns();
+                sleep_s(ro.run_s);
+                migrate_guest_stop(g);
+                ran = (double)(hv_now_ns() - t) / 1e9;
+            }
+        }
+        int audit = domain_audit(d);
+        if (audit == 0)
+            audit = frames_audit(m->frames);
+        if (ro.json) {
+            struct json j;
+            json_init(&j, stdout);
+            json_obj_begin(&j, NULL);
+            json_bool(&j, "ok", true);
+            json_u64(&j, "attempt", attempt);
+            json_u64(&j, "wire_bytes", res.wire_bytes);
+            json_u64(&j, "frames", res.frames);
+            json_dbl(&j, "seconds", res.seconds);
+            json_bool(&j, "verified", res.verified);
+            json_u64(&j, "digest", res.digest);
+            json_u64(&j, "pages_data", res.rr.pages_data);
+            json_u64(&j, "pages_xalloc", res.rr.pages_xalloc);
+            json_u64(&j, "pages_populated", res.rr.pages_populated);
+            json_u64(&j, "prealloc_1g", res.rr.prealloc_1g);
+            json_u64(&j, "prealloc_2m", res.rr.prealloc_2m);
+            json_u64(&j, "freed_pages", res.rr.freed_pages);
+            json_u64(&j, "vcpus", g->nr_vcpus);
+            json_dbl(&j, "resumed_s", ran);
+            json_u64(&j, "resumed_accesses", g->accesses - a0);
+            json_str(&j, "guest_error", g->err ? strerror(-g->err) : "");
+            cli_json_domain(&j, "domain", d);
+            json_str(&j, "audit", audit ? hv_audit_last() : "ok");
+            json_obj_end(&j);
+            json_finish(&j);
+        } else {
+            printf("received in %.3f s: %s in %llu frames, %llu pages with data, %llu zero; "
+                   "memory digest %s\n", res.seconds, hv_fmt_size(res.wire_bytes, b1, sizeof(b1)),
+                   (unsigned long long)res.frames, (unsigned long long)res.rr.pages_data,
+                   (unsigned long long)res.rr.pages_xalloc,
+                   res.verified ? "verified against the sender's" : "not checked");
+            printf("restored with superpages: pages_1g %llu pages_2m %llu pages_4k %llu "
+                   "(preallocated 1G %llu 2M %llu, freed %llu speculative pages)\n",
+                   (unsigned long long)domain_pages_1g(d), (unsigned long long)domain_pages_2m(d),
+                   (unsigned long long)domain_pages_4k(d), (unsigned long long)res.rr.prealloc_1g,
+                   (unsigned long long)res.rr.prealloc_2m, (unsigned long long)res.rr.freed_pages);
+            printf("guest resumed here: %u vCPU(s), %llu accesses in %.2f s%s%s\n", g->nr_vcpus,
+                   (unsigned long long)(g->accesses - a0), ran, g->err ? ", stopped: " : "",
+                   g->err ? strerror(-g->err) : "");
+            printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
+        }
+        status = audit || g->err ? 1 : 0;
+        migrate_guest_destroy(g);
+        domain_destroy(d);
+        migrate_recv_result_free(&res);
+        break;
+    }
+out:
+    if (lfd >= 0)
+        close(lfd);
+    machine_destroy(m);
+    return status;
+}
+
+static struct opt receive_opts_table[] = {
+    {"listen", OPT_STR, &ro.listen, "ADDR:PORT", "address to listen on (port 0: any)", NULL},
+    {"port-file", OPT_STR, &ro.port_file, "FILE", "write the port listened on to FILE", NULL},
+    {"host-mem", OPT_SIZE, &ro.host_mem, "SIZE", "machine size (default 16G, committed lazily)", NULL},
+    {"attempts", OPT_U64, &ro.attempts, "N", "migrations to accept until one succeeds (default 3)", NULL},
+    {"run", OPT_DBL, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
+    {"timeout", OPT_DBL, &ro.timeout_s, "S", "socket timeout (default 30)", NULL},
+    {"accept-timeout", OPT_DBL, &ro.accept_s, "S", "wait at most S for a sender (default 120)", NULL},
+    {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
+    {0},
+};
+
+const struct cmd cmd_receive = {
+    .name = "receive",
+    .summary = "receive a live migration over TCP and resume the guest",
+    .run = run_receive,
+    .opts = receive_opts_table,
+};
