@@ -14,7 +14,7 @@ CHECK_BUILD ?= build-check
 WERROR      ?= true
 MESON_OPTS  ?=
 
-.PHONY: all deps check demo bench fuzz clean
+.PHONY: all deps check stress demo bench fuzz clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
