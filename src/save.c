@@ -4,7 +4,8 @@
  * The save walks the p2m once to learn max_gfn (end of the last RAM or PoD
  * leaf), the source's 1G/2M RAM extents (HV_LAYOUT) and its PoD entries,
  * then emits PAGE_DATA batches over [0, max_gfn) in the requested order.
- * Page bodies are written straight from machine memory (no staging copy).
+ * Page bodies are written straight from machine memory (no staging copy):
+ * runs of machine-contiguous data pages go to the sink in one write.
  *
  * Zero pages: a page inside a hole of the machine memfd (never written, or
  * punched by the scrubber) is zero without being read: SEEK_DATA/SEEK_HOLE
@@ -365,8 +366,17 @@ static int write_batch(struct saver *s, uint64_t first, uint32_t count, uint64_t
         rc = stream_write_part(&s->w, &h, sizeof(h));
     if (rc == 0)
         rc = stream_write_part(&s->w, s->entries, 8ULL * count);
-    for (uint32_t k = 0; k < ndata && rc == 0; k++)
-        rc = stream_write_part(&s->w, s->data[k], PAGE_SIZE);
+    /* Pages adjacent in machine memory (a gfn run inside one extent) go
+     * out in one write: a file sink then writes them straight from the
+     * machine (no staging copy), a memory sink copies them in one go. */
+    for (uint32_t k = 0; k < ndata && rc == 0;) {
+        const uint8_t *p = s->data[k];
+        uint32_t n = 1;
+        while (k + n < ndata && (const uint8_t *)s->data[k + n] == p + (size_t)n * PAGE_SIZE)
+            n++;
+        rc = stream_write_part(&s->w, p, (size_t)n * PAGE_SIZE);
+        k += n;
+    }
     if (rc == 0)
         rc = stream_record_end(&s->w);
     s->res->page_data_records++;

@@ -19,9 +19,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define STREAM_FD_BUF (1u << 20)
+/* Writes and reads of at least this many bytes bypass the buffer: a write
+ * goes out with the pending bytes in one writev (no staging copy of page
+ * data), a read into an empty buffer goes straight to the caller. */
+#define STREAM_FD_DIRECT (64u << 10)
 
 static uint32_t pad8(uint32_t len) { return (8u - (len & 7u)) & 7u; }
 
@@ -140,9 +145,38 @@ static int fd_flush(void *ctx)
     return 0;
 }
 
+/* Write pending bytes then [p, p + len) with writev, all of it. */
+static int fd_writev_all(struct stream_fd *f, const uint8_t *p, size_t len)
+{
+    struct iovec iov[2] = {{f->buf, f->len}, {(void *)(uintptr_t)p, len}};
+    struct iovec *v = f->len ? iov : iov + 1;
+    int nv = f->len ? 2 : 1;
+    while (nv) {
+        ssize_t n = writev(f->fd, v, nv);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        while (nv && (size_t)n >= v->iov_len) {
+            n -= (ssize_t)v->iov_len;
+            v++;
+            nv--;
+        }
+        if (nv) {
+            v->iov_base = (uint8_t *)v->iov_base + n;
+            v->iov_len -= (size_t)n;
+        }
+    }
+    f->len = 0;
+    return 0;
+}
+
 static int fd_write(void *ctx, const void *buf, size_t len)
 {
     struct stream_fd *f = ctx;
+    if (len >= STREAM_FD_DIRECT) /* large (page runs): no staging copy */
+        return fd_writev_all(f, buf, len);
     if (len <= f->cap - f->len) {
         memcpy(f->buf + f->len, buf, len);
         f->len += len;
@@ -151,22 +185,8 @@ static int fd_write(void *ctx, const void *buf, size_t len)
     int rc = fd_flush(f);
     if (rc < 0)
         return rc;
-    if (len < f->cap) {
-        memcpy(f->buf, buf, len);
-        f->len = len;
-        return 0;
-    }
-    const uint8_t *p = buf;
-    while (len) {
-        ssize_t n = write(f->fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
+    memcpy(f->buf, buf, len);
+    f->len = len;
     return 0;
 }
 
@@ -174,7 +194,7 @@ static long fd_read(void *ctx, void *buf, size_t len)
 {
     struct stream_fd *f = ctx;
     if (f->pos == f->len) {
-        if (len >= f->cap) { /* large reads go straight through */
+        if (len >= STREAM_FD_DIRECT) { /* large reads go straight through */
             for (;;) {
                 ssize_t n = read(f->fd, buf, len);
                 if (n < 0 && errno == EINTR)
