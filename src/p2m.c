@@ -67,6 +67,9 @@ struct p2m {
     ept_entry_t *root;
     domid_t owner;
     bool auto_coalesce;
+    /* [stale_lo, stale_hi): gfns changed while automatic coalescing was
+     * off; turning it back on coalesces just this range (empty: lo >= hi). */
+    gfn_t stale_lo, stale_hi;
     const struct frames *frames;
     uint64_t max_tables;
     uint64_t tables;
@@ -460,8 +463,25 @@ static bool walk(struct p2m *p, struct walk_op *op, ept_entry_t *tbl,
 }
 
 /* Plan, reserve, do.  0 or -ENOMEM (nothing changed). */
+/* Remember a range changed while automatic coalescing is off. */
+static void note_stale(struct p2m *p, gfn_t lo, gfn_t hi)
+{
+    if (p->auto_coalesce)
+        return;
+    if (p->stale_lo >= p->stale_hi) {
+        p->stale_lo = lo;
+        p->stale_hi = hi;
+        return;
+    }
+    if (lo < p->stale_lo)
+        p->stale_lo = lo;
+    if (hi > p->stale_hi)
+        p->stale_hi = hi;
+}
+
 static int run_walk(struct p2m *p, struct walk_op *op)
 {
+    note_stale(p, op->start, op->end);
     op->plan = true;
     op->need = 0;
     walk(p, op, p->root, 0, P2M_LEVELS, 0);
@@ -586,8 +606,12 @@ void p2m_set_auto_coalesce(struct p2m *p, bool on)
 {
     bool was = p->auto_coalesce;
     p->auto_coalesce = on;
-    if (on && !was)
-        (void)p2m_coalesce(p, 0, P2M_GFN_LIMIT);
+    /* "On" means fully merged: merge what changed while it was off (only
+     * that range, so toggling around each populate stays cheap). */
+    if (on && !was && p->stale_lo < p->stale_hi)
+        (void)p2m_coalesce(p, p->stale_lo, p->stale_hi - p->stale_lo);
+    if (on)
+        p->stale_lo = p->stale_hi = 0;
 }
 
 mfn_t p2m_get_entry(const struct p2m *p, gfn_t gfn, enum p2m_type *type,
@@ -689,6 +713,8 @@ int p2m_split(struct p2m *p, gfn_t gfn)
             int rc = p2m_reserve(p, 1);
             if (rc)
                 return rc;
+            note_stale(p, gfn & ~(order_pages(level_order(lv)) - 1),
+                       (gfn & ~(order_pages(level_order(lv)) - 1)) + order_pages(level_order(lv)));
             *slot = table_entry(materialize(p, e, lv)) | P2M_PIN;
             assert(p->resv == 0);
             return (int)level_order(lv - 1);

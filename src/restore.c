@@ -904,7 +904,11 @@ static int restore_pod(struct rctx *c, gfn_t max_gfn)
                         (unsigned long long)x);
         for (gfn_t g = gfn; g < gfn + order_pages(order); g += 512) {
             struct rs_2m *s = node_2m(c, g, false);
-            if (s && s->filled)
+            /* a 4K PoD entry may share its 2M region with populated pfns:
+             * only its own fill bit matters; larger entries cover the 2M */
+            bool overlap = s && (order == 0 ? (s->fill[(g & 511) / 64] >> (g % 64)) & 1
+                                            : s->filled != 0);
+            if (overlap)
                 return FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx overlaps populated "
                             "pfns", i, (unsigned long long)gfn);
         }

@@ -415,6 +415,13 @@ static void test_round_trip_holes(void **state)
     assert_int_equal(domain_populate_flags(d, 0x80000, 1u << 18, DOMAIN_POPULATE_POD, NULL), 0);
     assert_int_equal(domain_populate_flags(d, 0x60000, 512 + 5, DOMAIN_POPULATE_POD, NULL), 0);
     assert_int_equal(pod_set_target(d, d->tot_pages + 1000), 0);
+    /* 4K PoD entries sharing their 2M region with a populated pfn */
+    assert_int_equal(pod_demand_populate(d, 0x60201), 0);
+    enum p2m_type t;
+    p2m_get_entry(d->p2m, 0x60201, &t, NULL);
+    assert_int_equal(t, p2m_ram_rw);
+    p2m_get_entry(d->p2m, 0x60202, &t, NULL);
+    assert_int_equal(t, p2m_pod);
     fill_content(d, 3, 41);
     AUDIT_OK(domain_audit(d));
     struct save_opts o = {0};
