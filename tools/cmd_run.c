@@ -3,16 +3,22 @@
  * vCPUs, report throughput, TLB misses, 2-D walk references and leaf counts
  * before and after; with --log-dirty MODE, run it in rounds with log-dirty
  * on, harvesting after each round, then disable and report the superpages
- * merged back.
+ * merged back.  With --save FILE, the guest is then saved as a migration
+ * stream with its vCPU and workload state (HVM_CONTEXT TLVs, guest_state.h)
+ * so that `hugevm restore FILE --run` resumes the workload where it stopped.
  */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "dirty.h"
 #include "domain.h"
+#include "guest_state.h"
 #include "migrate.h"
+#include "save.h"
 #include "vcpu.h"
 #include "workload.h"
 
@@ -24,6 +30,7 @@ static struct {
     double seconds, write_frac, wss, theta;
     const char *workload, *log_dirty, *guest_page, *map;
     const char *migrate_to; /* --migrate-to: live-migrate after --after S */
+    const char *save;       /* --save FILE: save the guest after the run */
     double after;
     bool json, no_audit;
 } o = {
@@ -81,6 +88,54 @@ static void json_leaves(struct json *j, const char *key, uint64_t p4k, uint64_t 
     json_obj_end(j);
 }
 
+static void save_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    (void)ctx;
+    if (total >= (1ULL << 16)) /* 256 MiB of pfns */
+        cli_progress("save", done, total);
+}
+
+/* Save d with its vCPUs and workloads to `path`. */
+static int save_guest(struct domain *d, struct vcpu *const *v, struct workload *const *w,
+                      unsigned nv, const struct workload_config *wc, const char *path,
+                      struct save_result *sr, char *err, size_t errlen)
+{
+    struct hvctx_buf tl;
+    int rc = hvctx_begin(&tl);
+    if (rc == 0)
+        rc = guest_state_encode(&tl, nv, v, w, wc);
+    if (rc < 0) {
+        snprintf(err, errlen, "encoding the vCPU state: %s", strerror(-rc));
+        hvctx_free(&tl);
+        return rc;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s", strerror(-rc));
+        hvctx_free(&tl);
+        return rc;
+    }
+    struct stream_fd sf;
+    struct stream_io io;
+    rc = stream_fd_open(&sf, &io, fd);
+    if (rc < 0) {
+        snprintf(err, errlen, "out of memory");
+    } else {
+        struct save_opts so = {.extra_tlvs = tl.p + sizeof(struct hvctx_header),
+                               .extra_tlvs_len = tl.len - sizeof(struct hvctx_header),
+                               .progress = save_progress};
+        rc = stream_save(d, &io, &so, sr, err, errlen);
+        stream_fd_free(&sf);
+    }
+    if (close(fd) < 0 && rc == 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s", strerror(-rc));
+    }
+    hvctx_free(&tl);
+    return rc;
+}
+
 static int run_run(int argc, char **argv)
 {
     struct machine *m = NULL;
@@ -113,6 +168,11 @@ static int run_run(int argc, char **argv)
         return cli_error("run: give --seconds or --accesses, not both");
     if (!o.seconds && !o.accesses)
         o.accesses = 10000000;
+    if (o.save && o.migrate_to)
+        return cli_error("run: give --save or --migrate-to, not both");
+    if (o.save && map_order == PAGE_ORDER_2M)
+        return cli_error("run: --save with --map 2M: the stream does not carry the 2M cap, a "
+                         "restore would rebuild 1G leaves (use --map 1G or 4K)");
     if (!o.host_mem)
         o.host_mem = (o.guest_mem + o.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
     unsigned nv = (unsigned)o.vcpus;
@@ -182,14 +242,14 @@ static int run_run(int argc, char **argv)
         status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, o.json);
         goto out;
     }
+    struct workload_config wc;
+    workload_config_default(&wc, kind);
+    wc.seed = o.seed;
+    wc.write_frac = o.write_frac;
+    wc.wss = o.wss;
+    wc.zipf_theta = o.theta;
+    wc.write_rate = o.write_rate;
     for (unsigned i = 0; i < nv; i++) {
-        struct workload_config wc;
-        workload_config_default(&wc, kind);
-        wc.seed = o.seed;
-        wc.write_frac = o.write_frac;
-        wc.wss = o.wss;
-        wc.zipf_theta = o.theta;
-        wc.write_rate = o.write_rate;
         rc = vcpu_create(d, i, &tc, &v[i]);
         if (rc == 0)
             rc = workload_create(d, &wc, i, nv, &w[i]);
@@ -341,6 +401,15 @@ static int run_run(int argc, char **argv)
         if (drc < 0 && run_rc == 0)
             run_rc = drc;
     }
+    /* --save: after the run (and log-dirty off), with the vCPU state */
+    struct save_result sr = {0};
+    char serr[256] = "";
+    int save_rc = 0;
+    if (o.save && run_rc == 0) {
+        save_rc = save_guest(d, v, w, nv, &wc, o.save, &sr, serr, sizeof(serr));
+        if (save_rc < 0)
+            cli_error("run: saving to %s: %s", o.save, serr);
+    }
     struct vcpu_stats st;
     sum_stats(v, nv, &st);
     double secs = (double)total.ns / 1e9;
@@ -369,6 +438,22 @@ static int run_run(int argc, char **argv)
         json_u64(&j, "checksum", total.checksum);
         if (o.pod_target)
             cli_json_pod(&j, "pod", d);
+        if (o.save) {
+            json_obj_begin(&j, "save");
+            json_str(&j, "file", o.save);
+            json_bool(&j, "saved", o.save && run_rc == 0 && save_rc == 0);
+            if (save_rc < 0)
+                json_str(&j, "error", serr);
+            json_u64(&j, "bytes", sr.bytes);
+            json_u64(&j, "records", sr.records);
+            json_u64(&j, "pages_data", sr.pages_data);
+            json_u64(&j, "pages_zero", sr.pages_zero);
+            json_u64(&j, "pages_xtab", sr.pages_xtab);
+            json_u64(&j, "vcpus", nv);
+            json_leaves(&j, "leaves", sr.pages_4k, sr.extents_2m, sr.extents_1g);
+            json_dbl(&j, "seconds", sr.seconds);
+            json_obj_end(&j);
+        }
         json_str(&j, "audit", o.no_audit ? "skipped" : audit ? hv_audit_last() : "ok");
         json_obj_end(&j);
         json_finish(&j);
@@ -388,10 +473,18 @@ static int run_run(int argc, char **argv)
         print_leaves("after:", d);
         if (o.pod_target)
             cli_print_pod(d, stdout);
+        if (o.save && run_rc == 0 && save_rc == 0)
+            printf("saved to %s: %s in %llu records, %llu pages with data, %llu zero, %llu "
+                   "holes; %u vCPU(s) and their workload positions in HVM_CONTEXT; %.1f ms\n"
+                   "  resume with: hugevm restore %s --run\n",
+                   o.save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
+                   (unsigned long long)sr.records, (unsigned long long)sr.pages_data,
+                   (unsigned long long)sr.pages_zero, (unsigned long long)sr.pages_xtab, nv,
+                   sr.seconds * 1e3, o.save);
         if (!o.no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
-    status = run_rc < 0 || audit ? 1 : 0;
+    status = run_rc < 0 || save_rc < 0 || audit ? 1 : 0;
     goto out;
 out_json:
     if (o.json) {
@@ -432,6 +525,7 @@ static struct opt run_opts[] = {
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {"migrate-to", OPT_STR, &o.migrate_to, "ADDR:PORT", "live-migrate the running guest to a receiver (hugevm receive)", NULL},
     {"after", OPT_DBL, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
+    {"save", OPT_STR, &o.save, "FILE", "then save the guest with its vCPU/workload state (hugevm restore FILE --run resumes it)", NULL},
     {0},
 };
 

@@ -1,0 +1,231 @@
+/*
+ * guest_state.c - vCPU and workload state as HVM_CONTEXT TLVs (see
+ * guest_state.h).  The wire structs are migrate.h's, so that save/restore
+ * and live migration share one encoding.
+ */
+#include "guest_state.h"
+
+#include <endian.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "migrate.h"
+
+_Static_assert(GUEST_STATE_MAX_VCPUS == MIGRATE_MAX_VCPUS, "one vCPU limit");
+
+static uint64_t dbl_bits(double x)
+{
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    return htole64(u);
+}
+
+static double dbl_of(uint64_t le)
+{
+    uint64_t u = le64toh(le);
+    double x;
+    memcpy(&x, &u, 8);
+    return x;
+}
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...) HV_PRINTF(4, 5);
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+int guest_state_encode(struct hvctx_buf *b, unsigned n, struct vcpu *const *v,
+                       struct workload *const *w, const struct workload_config *wc)
+{
+    if (n == 0 || n > GUEST_STATE_MAX_VCPUS)
+        return -EINVAL;
+    int rc = 0;
+    for (unsigned i = 0; i < n && rc == 0; i++) {
+        const struct tlb_config *c = &v[i]->cfg;
+        struct mig_vcpu_tlv vt = {htole32(i), htole32(n), htole32(c->guest_order), 0, {0}, {0}};
+        for (unsigned k = 0; k < 3; k++) {
+            vt.entries[k] = htole32(c->entries[k]);
+            vt.ways[k] = htole32(c->ways[k]);
+        }
+        rc = hvctx_add(b, HVCTX_VCPU, 0, &vt, sizeof(vt));
+        struct workload_state st;
+        workload_get_state(w[i], &st);
+        struct mig_workload_tlv wt = {
+            htole32(i), htole32((uint32_t)wc->kind), htole32(wc->quantum), 0,
+            htole64(wc->seed), htole64(wc->write_rate), dbl_bits(wc->write_frac),
+            dbl_bits(wc->zipf_theta), dbl_bits(wc->wss), htole64(st.rng), htole64(st.pos),
+            htole64(st.pass), htole64(st.seq), htole64(st.checksum), htole64(st.writes)};
+        if (rc == 0)
+            rc = hvctx_add(b, HVCTX_WORKLOAD, 0, &wt, sizeof(wt));
+    }
+    return rc;
+}
+
+/* One vCPU's TLVs -> its configuration and state, checked. */
+static int decode_one(unsigned i, const struct mig_vcpu_tlv *vt, const struct mig_workload_tlv *wt,
+                      struct guest_vcpu_state *s, char *err, size_t errlen)
+{
+    struct tlb_config *tc = &s->tc;
+    tlb_config_default(tc);
+    tc->guest_order = le32toh(vt->guest_order);
+    bool bad = tc->guest_order != PAGE_ORDER_4K && tc->guest_order != PAGE_ORDER_2M &&
+               tc->guest_order != PAGE_ORDER_1G;
+    for (unsigned k = 0; k < 3; k++) {
+        tc->entries[k] = le32toh(vt->entries[k]);
+        tc->ways[k] = le32toh(vt->ways[k]);
+        if (tc->entries[k] > 65536 || tc->ways[k] == 0 || tc->ways[k] > 64)
+            bad = true;
+    }
+    if (bad)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: vCPU %u: implausible TLB geometry", i);
+    uint32_t kind = le32toh(wt->kind);
+    struct workload_config *wc = &s->wc;
+    workload_config_default(wc, kind < WL_NR_KINDS ? (enum workload_kind)kind : WL_SEQ);
+    wc->seed = le64toh(wt->seed);
+    wc->write_rate = le64toh(wt->write_rate);
+    wc->quantum = le32toh(wt->quantum);
+    wc->write_frac = dbl_of(wt->write_frac);
+    wc->zipf_theta = dbl_of(wt->zipf_theta);
+    wc->wss = dbl_of(wt->wss);
+    if (kind >= WL_NR_KINDS || wc->quantum > (1u << 20) || !isfinite(wc->write_frac) ||
+        !isfinite(wc->zipf_theta) || !isfinite(wc->wss) || wc->write_frac < -1 ||
+        wc->write_frac > 1 || wc->zipf_theta < 0 || wc->zipf_theta >= 1 || wc->wss < 0 ||
+        wc->wss > 1)
+        return fail(err, errlen, -EBADMSG,
+                    "HVM_CONTEXT: vCPU %u: implausible workload configuration", i);
+    s->ws = (struct workload_state){le64toh(wt->rng), le64toh(wt->pos), le64toh(wt->pass),
+                                    le64toh(wt->seq), le64toh(wt->checksum),
+                                    le64toh(wt->writes)};
+    return 0;
+}
+
+int guest_state_decode(const void *area, size_t len, struct guest_state *gs, char *err,
+                       size_t errlen)
+{
+    const uint8_t *a = area;
+    bool have_v[GUEST_STATE_MAX_VCPUS] = {0}, have_w[GUEST_STATE_MAX_VCPUS] = {0};
+    unsigned nr = 0, seen = 0;
+    size_t pos = 0;
+    int rc = 0;
+    struct mig_vcpu_tlv *vt = hv_calloc(GUEST_STATE_MAX_VCPUS, sizeof(*vt));
+    struct mig_workload_tlv *wt = hv_calloc(GUEST_STATE_MAX_VCPUS, sizeof(*wt));
+    memset(gs, 0, sizeof(*gs));
+    if (!vt || !wt) {
+        rc = fail(err, errlen, -ENOMEM, "out of memory");
+        goto out;
+    }
+    while (pos < len) {
+        struct hvctx_tlv t;
+        if (len - pos < sizeof(t)) {
+            rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: truncated TLV header at %zu", pos);
+            goto out;
+        }
+        memcpy(&t, a + pos, sizeof(t));
+        uint32_t l = le32toh(t.length);
+        size_t padded = ((size_t)l + 7) & ~(size_t)7;
+        if (padded > len - pos - sizeof(t)) {
+            rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
+            goto out;
+        }
+        const uint8_t *val = a + pos + sizeof(t);
+        uint16_t type = le16toh(t.type);
+        pos += sizeof(t) + padded;
+        if (type != HVCTX_VCPU && type != HVCTX_WORKLOAD)
+            continue;
+        seen++;
+        bool is_v = type == HVCTX_VCPU;
+        size_t want = is_v ? sizeof(struct mig_vcpu_tlv) : sizeof(struct mig_workload_tlv);
+        if (l != want) {
+            rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLV of %u bytes (want %zu)",
+                      is_v ? "VCPU" : "WORKLOAD", l, want);
+            goto out;
+        }
+        uint32_t id;
+        memcpy(&id, val, 4);
+        id = le32toh(id);
+        if (id >= GUEST_STATE_MAX_VCPUS || (is_v ? have_v[id] : have_w[id])) {
+            rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: vCPU %u out of range or given twice",
+                      id);
+            goto out;
+        }
+        if (is_v) {
+            memcpy(&vt[id], val, sizeof(vt[id]));
+            have_v[id] = true;
+            nr = nr > id + 1 ? nr : id + 1;
+        } else {
+            memcpy(&wt[id], val, sizeof(wt[id]));
+            have_w[id] = true;
+        }
+    }
+    if (!seen) {
+        rc = fail(err, errlen, 0, "the stream carries no vCPU state (saved without a running "
+                                  "guest)");
+        goto out;
+    }
+    for (unsigned i = 0; i < GUEST_STATE_MAX_VCPUS; i++) {
+        if (have_v[i] != have_w[i] || (i < nr && !have_v[i]) ||
+            (have_v[i] && le32toh(vt[i].nr_vcpus) != nr)) {
+            rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: vCPU %u: state incomplete or "
+                      "inconsistent with %u vCPUs", i, nr);
+            goto out;
+        }
+    }
+    for (unsigned i = 0; i < nr && rc == 0; i++)
+        rc = decode_one(i, &vt[i], &wt[i], &gs->v[i], err, errlen);
+    if (rc == 0) {
+        gs->nr_vcpus = nr;
+        rc = 1;
+    }
+out:
+    if (rc <= 0)
+        gs->nr_vcpus = 0;
+    free(vt);
+    free(wt);
+    return rc;
+}
+
+int guest_state_build(struct domain *d, const struct guest_state *gs,
+                      void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val),
+                      void *ctx, struct vcpu **v, struct workload **w, char *err, size_t errlen)
+{
+    unsigned n = gs->nr_vcpus;
+    if (n == 0 || n > GUEST_STATE_MAX_VCPUS)
+        return fail(err, errlen, -EINVAL, "no vCPU state to build");
+    int rc = 0;
+    for (unsigned i = 0; i < n; i++)
+        v[i] = NULL, w[i] = NULL;
+    for (unsigned i = 0; i < n && rc == 0; i++) {
+        struct workload_config wc = gs->v[i].wc;
+        wc.on_write = on_write;
+        wc.ctx = ctx;
+        const char *what = "creating the vCPU";
+        rc = vcpu_create(d, i, &gs->v[i].tc, &v[i]);
+        if (rc == 0) {
+            what = "creating the workload";
+            rc = workload_create(d, &wc, i, n, &w[i]);
+        }
+        if (rc == 0) {
+            what = "setting the workload's position (it does not fit this guest's memory)";
+            rc = workload_set_state(w[i], &gs->v[i].ws);
+        }
+        if (rc < 0)
+            fail(err, errlen, rc, "vCPU %u: cannot rebuild it from the saved state: %s: %s", i,
+                 what, strerror(-rc));
+    }
+    if (rc < 0)
+        for (unsigned i = 0; i < n; i++) {
+            workload_destroy(w[i]);
+            vcpu_destroy(v[i]);
+            v[i] = NULL, w[i] = NULL;
+        }
+    return rc;
+}

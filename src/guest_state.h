@@ -1,0 +1,63 @@
+/*
+ * guest_state.h - a guest's soft vCPUs and workloads as HVM_CONTEXT TLVs
+ * (HVCTX_VCPU = 3, HVCTX_WORKLOAD = 4; save.h reserves the types, docs/
+ * stream.md describes the values).
+ *
+ * The encoding is exactly migrate.h's struct mig_vcpu_tlv and struct
+ * mig_workload_tlv (little-endian, one pair per vCPU): a stream saved by
+ * `hugevm run --save` and one written by a live migration carry the same
+ * bytes, and either can be resumed by `hugevm restore --run` or by
+ * migrate_receive.
+ *
+ * Decoding treats the bytes as untrusted: sizes, vCPU ids, the vCPU count,
+ * TLB geometry and workload parameters are checked before anything is
+ * built, and a workload's position is checked against its slice of the
+ * restored guest by workload_set_state.
+ */
+#ifndef HUGEVM_GUEST_STATE_H
+#define HUGEVM_GUEST_STATE_H
+
+#include "common.h"
+#include "save.h"
+#include "vcpu.h"
+#include "workload.h"
+
+#define GUEST_STATE_MAX_VCPUS 64 /* == MIGRATE_MAX_VCPUS */
+
+struct guest_vcpu_state {
+    struct tlb_config tc;
+    struct workload_config wc; /* on_write / ctx are NULL after decoding */
+    struct workload_state ws;
+};
+
+struct guest_state {
+    unsigned nr_vcpus;
+    struct guest_vcpu_state v[GUEST_STATE_MAX_VCPUS];
+};
+
+/* Append one HVCTX_VCPU and one HVCTX_WORKLOAD TLV per vCPU (n of them,
+ * v[i] running w[i], all with configuration wc) to b, which hvctx_begin
+ * started.  The TLVs for save_opts.extra_tlvs are then b->p + 24, b->len -
+ * 24 (sizeof(struct hvctx_header)).  0, -EINVAL (n == 0 or too many),
+ * -ENOMEM. */
+int guest_state_encode(struct hvctx_buf *b, unsigned n, struct vcpu *const *v,
+                       struct workload *const *w, const struct workload_config *wc) HV_MUST_CHECK;
+
+/* Decode the TLV area of a hugevm context blob (restore_result.context:
+ * other TLV types are ignored).  1: *gs holds a complete state of
+ * gs->nr_vcpus vCPUs; 0: the area holds no VCPU or WORKLOAD TLV at all
+ * (err says so); -EBADMSG: malformed or inconsistent (err says why). */
+int guest_state_decode(const void *area, size_t len, struct guest_state *gs, char *err,
+                       size_t errlen) HV_MUST_CHECK;
+
+/* Create gs->nr_vcpus vCPUs of d and their workloads (given on_write and
+ * ctx), then set each workload's saved position: v[i] and w[i] for i <
+ * gs->nr_vcpus.  On error nothing is left created (v[], w[] NULL) and err
+ * names the vCPU: -EINVAL (e.g. the position lies outside the vCPU's slice
+ * of this guest), -ENOMEM. */
+int guest_state_build(struct domain *d, const struct guest_state *gs,
+                      void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val),
+                      void *ctx, struct vcpu **v, struct workload **w, char *err,
+                      size_t errlen) HV_MUST_CHECK;
+
+#endif
