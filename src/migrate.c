@@ -246,11 +246,13 @@ static bool in_memfd_hole(struct datamap *dm, uint64_t off)
         dm->data = false;
         return true;
     }
-    /* Data here.  No SEEK_HOLE: on a populated shmem file it walks to the
-     * next hole, possibly the end (quadratic over a guest); a data page
-     * costs this one SEEK_DATA, which returns at once. */
+    /* Data here: SEEK_HOLE finds where it ends.  It walks the page cache
+     * up to that hole, but the window is cached (a data window stays valid
+     * for the whole migration: pages are not freed meanwhile), so each
+     * page is walked once per pass instead of costing one SEEK_DATA. */
+    off_t hs = lseek(dm->fd, (off_t)off, SEEK_HOLE);
     dm->lo = off;
-    dm->hi = off + PAGE_SIZE;
+    dm->hi = hs > (off_t)off ? (uint64_t)hs : off + PAGE_SIZE;
     dm->data = true;
     return false;
 }
@@ -705,9 +707,11 @@ static int send_batch(struct sender *s)
     struct domain *d = s->d;
     uint32_t ndata = 0;
     /* The guest writes meanwhile: a hole seen earlier may hold data now.
-     * A window is trusted for one batch only; a page written after its
-     * window was taken is dirty and goes again in the next round. */
-    s->dm.lo = s->dm.hi = 0;
+     * A hole window is trusted for one batch only (a page written after
+     * its window was taken is dirty and goes again in the next round); a
+     * data window stays data. */
+    if (!s->dm.data)
+        s->dm.lo = s->dm.hi = 0;
     for (unsigned k = 0; k < s->n; k++) {
         const void *ptr = machine_ptr(d->m, s->mfn[k]);
         bool zero = in_memfd_hole(&s->dm, machine_offset(s->mfn[k])) || zero_check(ptr, PAGE_SIZE);
@@ -1147,10 +1151,29 @@ out:
 
 /* ---- receiver ------------------------------------------------------------------------ */
 
+/*
+ * A DATA frame over RX_STAGE_MAX bytes that is not compressed is streamed:
+ * its header is read, then its payload goes from the socket straight into
+ * the buffers stream_restore reads into (for a data run, the restore's copy
+ * buffer), without a staging copy; small reads go through a RX_CHUNK piece
+ * of x->raw.  The checksum is computed as the bytes arrive and checked when
+ * the frame's last byte is in, before any later frame is read: a bad frame
+ * fails the migration (stream_restore then destroys its domain), only
+ * later.  Smaller frames, compressed frames and control frames are read
+ * whole and checked first.
+ */
+#define RX_STAGE_MAX (64u << 10)
+#define RX_CHUNK 4096u
+
 struct rx {
     int fd;
     uint8_t *raw, *wire;
     size_t len, pos, wcap;
+    size_t avail;        /* frame bytes [pos, avail) are in x->raw */
+    size_t stage0;       /* the frame byte x->raw[0] holds */
+    size_t left;         /* streamed frame: payload bytes still on the socket */
+    uint64_t sum, at;    /* streamed frame: expected checksum, its offset */
+    XXH3_state_t *xs;
     ZSTD_DCtx *dctx;
     uint64_t offset, frames;
     char err[STREAM_ERR_LEN / 2];
@@ -1165,10 +1188,49 @@ HV_PRINTF(3, 4) static int rxfail(struct rx *x, int rc, const char *fmt, ...)
     return rc;
 }
 
-/* Read one frame (untrusted) into x->raw; *type gets its type. */
-static int rx_frame(struct rx *x, uint16_t *type)
+/* Read n streamed payload bytes into dst; checks the checksum after the
+ * frame's last byte. */
+static int rx_stream_in(struct rx *x, void *dst, size_t n)
+{
+    size_t got = 0;
+    int rc = net_read_all(x->fd, dst, n, &got);
+    x->offset += got;
+    if (rc < 0)
+        return rxfail(x, rc, "DATA frame at byte offset %llu: %s after %zu of %zu bytes",
+                      (unsigned long long)x->at,
+                      rc == -ENODATA ? "connection closed" : strerror(-rc),
+                      x->len - x->left + got, x->len);
+    (void)XXH3_64bits_update(x->xs, dst, n);
+    x->left -= n;
+    if (!x->left && XXH3_64bits_digest(x->xs) != x->sum)
+        return rxfail(x, -EBADMSG, "DATA frame at byte offset %llu: checksum mismatch",
+                      (unsigned long long)x->at);
+    return 0;
+}
+
+/* Finish a streamed frame nobody reads to the end (checks it). */
+static int rx_stream_finish(struct rx *x)
+{
+    while (x->left) {
+        size_t n = x->left < MIG_FRAME_RAW ? x->left : MIG_FRAME_RAW;
+        int rc = rx_stream_in(x, x->raw, n);
+        if (rc < 0)
+            return rc;
+    }
+    x->pos = x->avail = x->len = x->stage0 = 0;
+    return 0;
+}
+
+/* Read one frame (untrusted) into x->raw, or its header only when stream
+ * is set and it is a large uncompressed DATA frame; *type gets its type. */
+static int rx_frame(struct rx *x, uint16_t *type, bool stream)
 {
     struct mig_frame h;
+    if (x->left) {
+        int rc0 = rx_stream_finish(x);
+        if (rc0 < 0)
+            return rc0;
+    }
     uint64_t at = x->offset;
     size_t got = 0;
     int rc = net_read_all(x->fd, &h, sizeof(h), &got);
@@ -1194,6 +1256,16 @@ static int rx_frame(struct rx *x, uint16_t *type)
         return rxfail(x, -EMSGSIZE, "frame at byte offset %llu: %s of %u bytes (%u on the "
                       "wire) is over the limit of %u", (unsigned long long)at, frame_name(t), raw,
                       wire, max);
+    if (stream && t == MIG_DATA && !(flags & MIG_F_ZSTD) && raw > RX_STAGE_MAX) {
+        x->frames++;
+        x->len = x->left = raw;
+        x->pos = x->avail = x->stage0 = 0;
+        x->sum = le64toh(h.checksum);
+        x->at = at;
+        (void)XXH3_64bits_reset(x->xs);
+        *type = t;
+        return 0;
+    }
     uint8_t *dst = (flags & MIG_F_ZSTD) ? x->wire : x->raw;
     rc = net_read_all(x->fd, dst, wire, &got);
     x->offset += got;
@@ -1212,8 +1284,8 @@ static int rx_frame(struct rx *x, uint16_t *type)
         return rxfail(x, -EBADMSG, "%s frame at byte offset %llu: checksum mismatch",
                       frame_name(t), (unsigned long long)at);
     x->frames++;
-    x->len = raw;
-    x->pos = 0;
+    x->len = x->avail = raw;
+    x->pos = x->stage0 = 0;
     *type = t;
     return 0;
 }
@@ -1222,7 +1294,7 @@ static int rx_frame(struct rx *x, uint16_t *type)
 static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
 {
     uint16_t t = 0;
-    int rc = rx_frame(x, &t);
+    int rc = rx_frame(x, &t, false);
     if (rc < 0)
         return rc;
     if (t == MIG_ABORT) {
@@ -1246,7 +1318,7 @@ static long rx_read(void *ctx, void *buf, size_t len)
     struct rx *x = ctx;
     while (x->pos == x->len) {
         uint16_t t = 0;
-        int rc = rx_frame(x, &t);
+        int rc = rx_frame(x, &t, true);
         if (rc < 0)
             return rc;
         if (t == MIG_ABORT) {
@@ -1262,8 +1334,25 @@ static long rx_read(void *ctx, void *buf, size_t len)
             return rxfail(x, -EPROTO, "%s frame inside the stream (before END)", frame_name(t));
         }
     }
-    size_t n = x->len - x->pos < len ? x->len - x->pos : len;
-    memcpy(buf, x->raw + x->pos, n);
+    if (x->pos == x->avail) { /* a streamed frame: more from the socket */
+        if (len >= RX_CHUNK || len >= x->left) {
+            size_t n = len < x->left ? len : x->left;
+            int rc = rx_stream_in(x, buf, n);
+            if (rc < 0)
+                return rc;
+            x->pos += n;
+            x->avail = x->pos;
+            return (long)n;
+        }
+        size_t n = x->left < RX_CHUNK ? x->left : RX_CHUNK;
+        int rc = rx_stream_in(x, x->raw, n);
+        if (rc < 0)
+            return rc;
+        x->stage0 = x->pos; /* x->raw[0] is frame byte stage0 */
+        x->avail = x->pos + n;
+    }
+    size_t n = x->avail - x->pos < len ? x->avail - x->pos : len;
+    memcpy(buf, x->raw + (x->pos - x->stage0), n);
     x->pos += n;
     return (long)n;
 }
@@ -1447,7 +1536,8 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
     x.raw = hv_malloc(MIG_FRAME_RAW);
     x.wire = hv_malloc(x.wcap);
     x.dctx = ZSTD_createDCtx();
-    int rc = (!x.raw || !x.wire || !x.dctx) ? -ENOMEM : net_set_timeouts(fd, timeout);
+    x.xs = XXH3_createState();
+    int rc = (!x.raw || !x.wire || !x.dctx || !x.xs) ? -ENOMEM : net_set_timeouts(fd, timeout);
     if (rc < 0) {
         rxfail(&x, rc, "setting up: %s", strerror(-rc));
         goto fail;
@@ -1517,6 +1607,7 @@ out:
     free(x.raw);
     free(x.wire);
     ZSTD_freeDCtx(x.dctx);
+    XXH3_freeState(x.xs);
     return rc;
 }
 
