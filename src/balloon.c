@@ -193,3 +193,38 @@ int balloon_set_target(struct balloon *b, uint64_t target_pages)
         return deflate(b, target_pages - cur);
     return 0;
 }
+
+int balloon_audit(const struct balloon *b)
+{
+    uint64_t sum = 0, marked = 0;
+    uint64_t words = (b->hi - b->lo + 63) / 64;
+    for (uint64_t i = 0; i < words; i++)
+        marked += (uint64_t)__builtin_popcountll(b->out[i]);
+    for (size_t i = 0; i < b->n; i++) {
+        gfn_t g = b->ext[i] & ~EXT_2M;
+        uint64_t nr = (b->ext[i] & EXT_2M) ? SP : 1;
+        if (g < b->lo || g + nr > b->hi || ((b->ext[i] & EXT_2M) && (g & (SP - 1))))
+            return hv_audit_fail("balloon: extent %zu (gfn %#llx) outside the layout or "
+                                 "misaligned", i, (unsigned long long)g);
+        for (gfn_t x = g; x < g + nr; x++) {
+            enum p2m_type t;
+            if (!is_out(b, x))
+                return hv_audit_fail("balloon: gfn %#llx on the list but not in the bitmap",
+                                     (unsigned long long)x);
+            p2m_get_entry(b->d->p2m, x, &t, NULL);
+            if (t != p2m_invalid)
+                return hv_audit_fail("balloon: ballooned gfn %#llx is mapped (%s)",
+                                     (unsigned long long)x, p2m_type_name(t));
+        }
+        sum += nr;
+    }
+    if (sum != b->pages_out || marked != b->pages_out)
+        return hv_audit_fail("balloon: pages_out %llu, extents hold %llu, bitmap %llu",
+                             (unsigned long long)b->pages_out, (unsigned long long)sum,
+                             (unsigned long long)marked);
+    if (b->pages_out > b->guest_pages)
+        return hv_audit_fail("balloon: pages_out %llu > guest_pages %llu",
+                             (unsigned long long)b->pages_out,
+                             (unsigned long long)b->guest_pages);
+    return 0;
+}

@@ -13,7 +13,14 @@
  *
  * Invariants: pages_out == sum of the sizes of the extents on the list;
  * guest_pages - pages_out == the guest-visible size; no gfn is on the list
- * twice (a bitmap over the layout).
+ * twice (a bitmap over the layout); a ballooned gfn is mapped nowhere
+ * (balloon_audit checks them all).  A failed call (-ENOMEM, -EDQUOT) stops
+ * between two extents: every invariant holds and the call can be retried.
+ *
+ * Concurrency: like any domain operation, the caller holds d->lock while a
+ * vCPU may run (the driver runs inside the guest, between its quanta); a
+ * large move is best made as a series of smaller targets so the guest runs
+ * in between (hugevm balloon --step).
  */
 #ifndef HUGEVM_BALLOON_H
 #define HUGEVM_BALLOON_H
@@ -62,5 +69,11 @@ static inline uint64_t balloon_current(const struct balloon *b)
  * Returns 0; -ENOMEM / -EDQUOT when a deflate cannot get memory (the
  * balloon stops where it is, consistent); -ENOMEM on metadata. */
 int balloon_set_target(struct balloon *b, uint64_t target_pages) HV_MUST_CHECK;
+
+/* The driver's invariants against the domain: pages_out equals the sum of
+ * the extents, the bitmap marks exactly the gfns of the extents (each once,
+ * 2M extents aligned), and no ballooned gfn is mapped in the p2m (RAM or
+ * PoD).  0 or -EUCLEAN (message in hv_audit_last()). */
+int balloon_audit(const struct balloon *b) HV_MUST_CHECK;
 
 #endif

@@ -168,8 +168,12 @@ static int start_region(struct defrag *df)
     df->nleaves = 0;
     struct collect c = {.df = df, .ok = true};
     (void)p2m_for_each_leaf(d->p2m, rgn, sz, collect_leaf, &c);
-    if (c.rc < 0)
+    if (c.rc < 0) {
+        /* Out of metadata: nothing changed; the next step retries here. */
+        df->cursor = rgn;
+        df->stats.regions_scanned--;
         return c.rc;
+    }
     uint64_t covered = 0;
     bool contiguous = c.ok && is_aligned_order(df->leaves[0].mfn, df->order);
     for (size_t i = 0; c.ok && i < df->nleaves; i++) {

@@ -72,7 +72,10 @@ int defrag_init(struct defrag *df, struct domain *d, gfn_t gfn, uint64_t nr,
                 unsigned order) HV_MUST_CHECK;
 /* Copy at most `budget` pages (0: no limit) and finish a region when its
  * copy is complete.  Returns 1 while work remains, 0 when the range is
- * done, -EBUSY (log-dirty on), -ENOMEM (metadata). */
+ * done, -EBUSY (log-dirty on), -ENOMEM (metadata: nothing changed, the
+ * cursor stays on the region, so calling again retries it).  No free extent
+ * of the order (frame_alloc fails) is not an error: the scan ends there and
+ * no_extent counts it.  Caller holds d->lock while a vCPU may run. */
 int defrag_step(struct defrag *df, uint64_t budget) HV_MUST_CHECK;
 /* Abandon an in-flight copy (target freed) and release memory. */
 void defrag_fini(struct defrag *df);

@@ -2,7 +2,10 @@
  * test_balloon_defrag.c - the balloon driver in 2M units (fallback to 4K
  * counted), on RAM and PoD guests; superpage defragmentation at 2M and 1G,
  * including copies interleaved with guest writes (bytes identical to a
- * shadow copy afterwards).  Audits after every step.
+ * shadow copy afterwards), also with a real writer thread (the migration
+ * runner's vCPUs) running between rate-limited steps; and the n-th
+ * allocation failing (fault_arm, every site) in balloon inflate/deflate
+ * and defrag steps.  Audits after every step.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +22,10 @@
 #include "balloon.h"
 #include "defrag.h"
 #include "domain.h"
+#include "migrate.h"
+#include "zero.h"
+
+#include <time.h>
 
 
 
@@ -324,6 +331,315 @@ static void test_defrag_1g(void **state)
     machine_destroy(m);
 }
 
+
+/* ---- a running guest: the migrate runner's writer vs defrag ------------------ */
+
+/* Full shadow of a gfn window, updated by the workloads' on_write callback
+ * (called by the runner thread with d->lock held). */
+struct shadow {
+    gfn_t base;
+    uint64_t nr;
+    uint8_t *bytes;
+    uint64_t writes, outside;
+};
+
+static void shadow_write(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val)
+{
+    struct shadow *sh = ctx;
+    (void)vcpu;
+    gfn_t g = gpa >> PAGE_SHIFT;
+    if (g < sh->base || g >= sh->base + sh->nr) {
+        sh->outside++;
+        return;
+    }
+    memcpy(sh->bytes + ((g - sh->base) << PAGE_SHIFT) + (gpa & (PAGE_SIZE - 1)), &val, 8);
+    sh->writes++;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {0, (long)ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/*
+ * vCPUs (2M: two, 1G: one) run the writer workload on their own thread
+ * (migrate_guest_*)
+ * while rate-limited defrag steps (each under d->lock, the guest running
+ * between them) merge the guest: 4K frames scattered in reverse order into
+ * 2M leaves, then, on a second guest, 2M leaves scattered in reverse into
+ * one 1G leaf.  Afterwards every byte equals the shadow built from the
+ * writes the workloads reported, the audits pass and the regions are one
+ * leaf each.
+ */
+static void defrag_under_writer(unsigned order)
+{
+    bool is1g = order == PAGE_ORDER_1G;
+    struct machine *m = new_machine(is1g ? 2 * GiB + 128 * MiB : 256 * MiB);
+    struct domain *d = new_domain(m);
+    gfn_t base = GFN_4G;
+    uint64_t nr = is1g ? 1ULL << 18 : 8 * 512;
+    if (is1g) {
+        for (uint64_t i = 512; i-- > 0;)
+            assert_int_equal(domain_map_extent(d, base + i * 512, PAGE_ORDER_2M, NULL), 0);
+    } else {
+        map_scattered(d, base, nr);
+    }
+    /* the writer covers (1G: the first 1/32 of) the guest; shadow that */
+    struct shadow sh = {.base = base, .nr = is1g ? nr / 32 : nr};
+    sh.bytes = calloc(sh.nr, PAGE_SIZE);
+    assert_non_null(sh.bytes);
+    struct hv_rng r = {11};
+    for (uint64_t i = 0; i < sh.nr; i += 3) { /* initial contents */
+        unsigned off = (unsigned)hv_rng_below(&r, PAGE_SIZE);
+        uint8_t v = (uint8_t)(hv_rng_next(&r) | 1);
+        guest_write(d, base + i, off, v);
+        sh.bytes[i * PAGE_SIZE + off] = v;
+    }
+    audit_all(d);
+    struct workload_config wc;
+    workload_config_default(&wc, WL_WRITER);
+    wc.seed = 5;
+    wc.quantum = 256;
+    wc.wss = is1g ? 1.0 / 32 : 1.0; /* 1G: one vCPU writes the first 1/32 */
+    wc.on_write = shadow_write;
+    wc.ctx = &sh;
+    struct migrate_guest *g;
+    assert_int_equal(migrate_guest_create(d, is1g ? 1 : 2, NULL, &wc, &g), 0);
+    assert_int_equal(migrate_guest_start(g), 0);
+    sleep_ms(5);
+    struct defrag df;
+    assert_int_equal(defrag_init(&df, d, base, nr, order), 0);
+    int rc;
+    unsigned steps = 0;
+    uint64_t acc0 = __atomic_load_n(&g->accesses, __ATOMIC_RELAXED);
+    do {
+        pthread_mutex_lock(&d->lock);
+        rc = defrag_step(&df, 128); /* rate limit: 512 KiB per step */
+        if (steps % 8 == 0)
+            audit_all(d);
+        pthread_mutex_unlock(&d->lock);
+        steps++;
+        sleep_ms(1); /* the guest runs */
+    } while (rc > 0);
+    assert_int_equal(rc, 0);
+    sleep_ms(5);
+    migrate_guest_stop(g);
+    uint64_t during = g->accesses - acc0;
+    assert_int_equal(g->err, 0);
+    defrag_fini(&df);
+    audit_all(d);
+    print_message("# %s under a running writer: %u steps, %llu guest accesses meanwhile, "
+                  "%llu writes shadowed; merged 2M %llu 1G %llu, copied %llu, re-copied %llu, "
+                  "holes %llu, aborted %llu\n",
+                  is1g ? "1G" : "2M", steps, (unsigned long long)during,
+                  (unsigned long long)sh.writes, (unsigned long long)df.stats.merged_2m,
+                  (unsigned long long)df.stats.merged_1g,
+                  (unsigned long long)df.stats.pages_copied,
+                  (unsigned long long)df.stats.pages_recopied,
+                  (unsigned long long)df.stats.holes_skipped,
+                  (unsigned long long)df.stats.aborted);
+    assert_int_equal(sh.outside, 0);
+    assert_true(during > 0);
+    assert_true(df.stats.pages_recopied > 0); /* writes landed in copied leaves */
+    if (is1g) {
+        assert_int_equal(df.stats.merged_1g, 1);
+        assert_int_equal(domain_pages_1g(d), 1);
+        assert_int_equal(domain_pages_2m(d) + domain_pages_4k(d), 0);
+    } else {
+        assert_int_equal(df.stats.merged_2m, 8);
+        assert_int_equal(domain_pages_2m(d), 8);
+        assert_int_equal(domain_pages_4k(d), 0);
+    }
+    /* every byte: the shadow where the writer went, zero beyond it */
+    for (uint64_t i = 0; i < sh.nr; i++) {
+        enum p2m_type t;
+        mfn_t mfn = p2m_get_entry(d->p2m, base + i, &t, NULL);
+        assert_int_equal(t, p2m_ram_rw);
+        assert_memory_equal(machine_ptr(m, mfn), sh.bytes + i * PAGE_SIZE, PAGE_SIZE);
+    }
+    for (uint64_t i = sh.nr; i < nr; i += 512) {
+        mfn_t mfn = p2m_get_entry(d->p2m, base + i, NULL, NULL);
+        assert_true(zero_check(machine_ptr(m, mfn), PAGE_SIZE));
+    }
+    migrate_guest_destroy(g);
+    free(sh.bytes);
+    domain_destroy(d);
+    AUDIT_OK(frames_audit(m->frames));
+    machine_destroy(m);
+}
+
+static void test_defrag_running_writer_2m(void **state)
+{
+    (void)state;
+    defrag_under_writer(PAGE_ORDER_2M);
+}
+
+static void test_defrag_running_writer_1g(void **state)
+{
+    (void)state;
+    defrag_under_writer(PAGE_ORDER_1G);
+}
+
+/* ---- fault injection ------------------------------------------------------------ */
+
+#define UNDER_FAULT(n, fired, rc, call)                                        \
+    do {                                                                       \
+        unsigned long h0_ = hv_fault_hits;                                     \
+        fault_arm((n), FAULT_SITE_ALL);                                        \
+        (rc) = (call);                                                         \
+        fault_disarm();                                                        \
+        (fired) = hv_fault_hits != h0_;                                        \
+    } while (0)
+
+static void audit_balloon(const struct balloon *b)
+{
+    audit_all(b->d);
+    AUDIT_OK(balloon_audit(b));
+}
+
+/* Inflate and deflate with the n-th allocation failing, on a RAM and on a
+ * PoD guest: -ENOMEM, the balloon stopped between two extents, every
+ * invariant holds, and the same call without the fault finishes the job. */
+static void test_fault_balloon(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(512 * MiB);
+    for (int pod = 0; pod < 2; pod++) {
+        struct domain *d = new_domain(m);
+        uint64_t bytes = 64 * MiB;
+        assert_int_equal(domain_populate_guest_flags(d, bytes, pod ? DOMAIN_POPULATE_POD : 0,
+                                                     NULL), 0);
+        if (pod) {
+            assert_int_equal(pod_set_target(d, 40 * MiB >> PAGE_SHIFT), 0);
+            for (gfn_t g = 0x200; g < 0x2000; g += 5)
+                guest_write(d, g, 0, 7);
+        }
+        struct balloon b;
+        bool fired = true;
+        long n;
+        int rc;
+        for (n = 1; fired; n++) { /* balloon_init */
+            UNDER_FAULT(n, fired, rc, balloon_init(&b, d, bytes));
+            if (rc < 0) {
+                assert_int_equal(rc, -ENOMEM);
+                continue;
+            }
+            if (fired)
+                balloon_fini(&b);
+        }
+        uint64_t full = balloon_current(&b), low = full - 20 * 512 - 12;
+        unsigned fi = 0, fd = 0;
+        for (n = 1, fired = true; fired; n++) {
+            UNDER_FAULT(n, fired, rc, balloon_set_target(&b, low));
+            audit_balloon(&b);
+            if (rc < 0) {
+                assert_int_equal(rc, -ENOMEM);
+                fi++;
+            }
+            assert_true(balloon_current(&b) >= low);
+            assert_int_equal(balloon_set_target(&b, low), 0);
+            audit_balloon(&b);
+            assert_int_equal(balloon_current(&b), low);
+            if (!pod)
+                assert_int_equal(d->tot_pages, low);
+            assert_int_equal(balloon_set_target(&b, full), 0);
+            audit_balloon(&b);
+        }
+        assert_int_equal(rc, 0);
+        for (n = 1, fired = true; fired; n++) {
+            assert_int_equal(balloon_set_target(&b, low), 0);
+            audit_balloon(&b);
+            UNDER_FAULT(n, fired, rc, balloon_set_target(&b, full - 100));
+            audit_balloon(&b);
+            if (rc < 0) {
+                assert_int_equal(rc, -ENOMEM);
+                fd++;
+            }
+            assert_int_equal(balloon_set_target(&b, full - 100), 0);
+            audit_balloon(&b);
+            assert_int_equal(balloon_current(&b), full - 100);
+            if (!pod)
+                assert_int_equal(d->tot_pages, full - 100);
+            assert_int_equal(balloon_set_target(&b, full), 0);
+        }
+        assert_int_equal(rc, 0);
+        print_message("# %s guest: inflate failed cleanly %u times, deflate %u times "
+                      "(2M deflates served as 4K: %llu)\n", pod ? "PoD" : "RAM", fi, fd,
+                      (unsigned long long)b.stats.deflate_2m_as_4k);
+        assert_true(fi > 0 && fd > 0);
+        if (pod) { /* below the balloon: the bytes survived it all */
+            for (gfn_t g = 0x200; g < 0x1000; g += 5)
+                assert_int_equal(guest_read(d, g, 0), 7);
+        }
+        balloon_fini(&b);
+        domain_destroy(d);
+        AUDIT_OK(frames_audit(m->frames));
+    }
+    machine_destroy(m);
+}
+
+/* Defrag steps with the n-th allocation failing: -ENOMEM (nothing changed,
+ * the step can be retried) or a scan ended early (no_extent); the bytes
+ * and audits hold, no target extent is left held, and stepping again
+ * without the fault merges every region. */
+static void test_fault_defrag(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(256 * MiB);
+    gfn_t base = GFN_4G;
+    uint64_t nr = 4 * 512;
+    bool fired = true;
+    long n;
+    unsigned failed = 0, ended = 0;
+    for (n = 1; fired; n++) {
+        struct domain *d = new_domain(m);
+        map_scattered(d, base, nr);
+        for (uint64_t i = 0; i < nr; i++)
+            guest_write(d, base + i, (unsigned)(i * 8) % PAGE_SIZE, pattern(base + i, 0));
+        struct defrag df;
+        assert_int_equal(defrag_init(&df, d, base, nr, PAGE_ORDER_2M), 0);
+        int rc;
+        unsigned long h0 = hv_fault_hits;
+        fault_arm(n, FAULT_SITE_ALL);
+        do {
+            rc = defrag_step(&df, 300);
+            audit_all(d);
+        } while (rc > 0);
+        fault_disarm();
+        fired = hv_fault_hits != h0;
+        if (rc < 0) {
+            assert_int_equal(rc, -ENOMEM);
+            failed++;
+            while ((rc = defrag_step(&df, 300)) > 0)
+                audit_all(d);
+            assert_int_equal(rc, 0);
+        }
+        uint64_t merged = df.stats.merged_2m;
+        ended += df.stats.no_extent;
+        defrag_fini(&df);
+        assert_int_equal(d->held_pages, 0);
+        audit_all(d);
+        if (merged < 4) { /* the scan ended on an injected no-extent: again */
+            assert_true(df.stats.no_extent > 0);
+            struct defrag_stats st = {0};
+            assert_int_equal(defrag_run(d, base, nr, PAGE_ORDER_2M, 0, &st), 0);
+            merged += st.merged_2m;
+        }
+        assert_int_equal(merged, 4);
+        assert_int_equal(domain_pages_2m(d), 4);
+        for (uint64_t i = 0; i < nr; i++)
+            assert_int_equal(guest_read(d, base + i, (unsigned)(i * 8) % PAGE_SIZE),
+                             pattern(base + i, 0));
+        domain_destroy(d);
+        AUDIT_OK(frames_audit(m->frames));
+    }
+    print_message("# defrag: %ld allocation sites; %u steps failed with -ENOMEM, %u scans "
+                  "ended for want of an extent\n", n - 1, failed, ended);
+    assert_true(failed > 0);
+    machine_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +649,10 @@ int main(void)
         cmocka_unit_test(test_defrag_2m),
         cmocka_unit_test(test_defrag_concurrent_writes),
         cmocka_unit_test(test_defrag_1g),
+        cmocka_unit_test(test_defrag_running_writer_2m),
+        cmocka_unit_test(test_defrag_running_writer_1g),
+        cmocka_unit_test(test_fault_balloon),
+        cmocka_unit_test(test_fault_defrag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,9 @@
  * after random operation sequences (audits after every step), 2M leaves
  * from 2M cache chunks under random touch order, 1G splintering, the
  * load/delete/reload pattern, decrease over PoD (seed 003), the
- * out-of-PoD-memory crash path, the sweep bound, and the zero-check paths.
+ * out-of-PoD-memory crash path, the sweep bound, the zero-check paths, and
+ * allocation failure at every site (fault_arm) for target changes, demand
+ * populate and reclaim.
  *
  * Guest accesses are made by touch(), which does what the soft vCPU does on
  * an EPT violation of a PoD entry: call pod_demand_populate and retry.
@@ -780,6 +782,227 @@ static void test_vcpu_dispatch(void **state)
     machine_destroy(m);
 }
 
+
+/* ---- fault injection at every allocation site ---------------------------------- */
+
+/* Run `call` with the n-th allocation (any site) failing; *fired says
+ * whether the fault was reached (the loops below stop at the first n that
+ * is not: the call then made fewer than n allocations). */
+#define UNDER_FAULT(n, fired, rc, call)                                        \
+    do {                                                                       \
+        unsigned long h0_ = hv_fault_hits;                                     \
+        fault_arm((n), FAULT_SITE_ALL);                                        \
+        (rc) = (call);                                                         \
+        fault_disarm();                                                        \
+        (fired) = hv_fault_hits != h0_;                                        \
+    } while (0)
+
+/* Target changes: a failed grow returns -ENOMEM with the cache holding what
+ * it got (accounting exact); a shrink never fails. */
+static void test_fault_target(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(256 * MiB);
+    struct domain *d = new_domain(m);
+    gfn_t base = GFN_4G;
+    uint64_t nr = 64 * MiB >> PAGE_SHIFT;
+    assert_int_equal(domain_populate_flags(d, base, nr, DOMAIN_POPULATE_POD, NULL), 0);
+    const uint64_t big = 17 * 512 + 296, small = 3 * 512 + 100;
+    long n;
+    unsigned failed = 0;
+    bool fired = true;
+    int rc;
+    for (n = 1; fired; n++) {
+        assert_int_equal(pod_set_target(d, 0), 0);
+        audit_all(d);
+        assert_int_equal(d->pod.count, 0);
+        UNDER_FAULT(n, fired, rc, pod_set_target(d, big));
+        audit_all(d);
+        assert_true(d->pod.count <= big);
+        assert_int_equal(d->tot_pages, d->pod.count); /* nothing populated */
+        if (rc < 0) {
+            assert_int_equal(rc, -ENOMEM);
+            failed++;
+            /* retrying without the fault completes it */
+            assert_int_equal(pod_set_target(d, big), 0);
+            audit_all(d);
+        }
+        assert_int_equal(d->pod.count, big);
+    }
+    assert_int_equal(rc, 0);
+    print_message("# target grow: %ld allocation sites, %u calls failed cleanly, "
+                  "%llu 2M fallbacks\n", n - 1, failed,
+                  (unsigned long long)d->pod.stats.cache_grow_fallback_4k);
+    assert_true(failed > 0);
+    /* shrinking (a 2M chunk broken for the remainder) never fails */
+    for (n = 1, fired = true; fired; n++) {
+        assert_int_equal(pod_set_target(d, big), 0);
+        UNDER_FAULT(n, fired, rc, pod_set_target(d, small));
+        assert_int_equal(rc, 0);
+        audit_all(d);
+        assert_true(d->pod.count <= small);
+    }
+    domain_destroy(d);
+    AUDIT_OK(frames_audit(m->frames));
+    assert_int_equal(frames_owned(m->frames, 1), 0);
+    machine_destroy(m);
+}
+
+/* A guest's first touches on a PoD guest: 1G splinter, 2M chunks, 2M
+ * splinter to 4K, cache exhaustion, eager reclaim and the emergency sweep
+ * (which splits a written superpage to reclaim its zero pages).  Returns
+ * the first error. */
+static int demand_scenario(struct domain *d, gfn_t base, unsigned *step)
+{
+    int rc;
+    uint8_t v;
+    *step = 0;
+    if ((rc = touch(d, base + 5, 1, true, 0x11, NULL)) < 0) /* 1G split, chunk */
+        return rc;
+    *step = 1;
+    if ((rc = touch(d, base + 3 * 512 + 7, 0, false, 0, &v)) < 0) /* chunk, zero */
+        return rc;
+    *step = 2;
+    for (unsigned i = 0; i < 300; i++) /* 2M split, 4K pages: cache empties */
+        if ((rc = touch(d, base + 9 * 512 + i, 2, true, 0x22, NULL)) < 0)
+            return rc;
+    *step = 3;
+    for (unsigned i = 0; i < 600; i++) /* reclaim: mrp, then the sweep */
+        if ((rc = touch(d, base + 20 * 512 + i, 3, true, 0x33, NULL)) < 0)
+            return rc;
+    *step = 4;
+    return 0;
+}
+
+static void check_scenario_bytes(struct domain *d, gfn_t base, unsigned step)
+{
+    enum p2m_type t;
+    mfn_t mfn;
+    if (step >= 1) {
+        mfn = p2m_get_entry(d->p2m, base + 5, &t, NULL);
+        assert_int_equal(t, p2m_ram_rw);
+        assert_int_equal(((uint8_t *)machine_ptr(d->m, mfn))[1], 0x11);
+    }
+    for (unsigned i = 0; step >= 3 && i < 300; i++) {
+        mfn = p2m_get_entry(d->p2m, base + 9 * 512 + i, &t, NULL);
+        assert_int_equal(t, p2m_ram_rw);
+        assert_int_equal(((uint8_t *)machine_ptr(d->m, mfn))[2], 0x22);
+    }
+    for (unsigned i = 0; step >= 4 && i < 600; i++) {
+        mfn = p2m_get_entry(d->p2m, base + 20 * 512 + i, &t, NULL);
+        assert_int_equal(t, p2m_ram_rw);
+        assert_int_equal(((uint8_t *)machine_ptr(d->m, mfn))[3], 0x33);
+    }
+}
+
+/* Demand populate and reclaim with the n-th allocation failing: the fault
+ * handler either gets past it (reclaim skips what it cannot take) or
+ * crashes the domain with the reason in its event log (Xen's behaviour on
+ * a failed p2m update); the accounting holds either way and nothing
+ * written is lost. */
+static void test_fault_demand(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(128 * MiB);
+    gfn_t base = GFN_4G;
+    unsigned crashed = 0, survived = 0, step = 0;
+    bool fired = true;
+    long n;
+    int rc = 0;
+    for (n = 1; fired; n++) {
+        struct domain *d = new_domain(m);
+        assert_int_equal(domain_populate_flags(d, base, 1ULL << 18, DOMAIN_POPULATE_POD, NULL),
+                         0);
+        assert_int_equal(pod_set_target(d, 2 * 512 + 300), 0);
+        assert_int_equal(d->pod.nr_chunks, 2);
+        audit_all(d);
+        p2m_trim(d->p2m);
+        UNDER_FAULT(n, fired, rc, demand_scenario(d, base, &step));
+        audit_all(d);
+        if (rc < 0) {
+            assert_int_equal(rc, -ESRCH);
+            assert_true(d->crashed);
+            assert_non_null(domain_last_event(d));
+            if (crashed++ == 0)
+                print_message("# n=%ld: %s\n", n, domain_last_event(d));
+            check_scenario_bytes(d, base, step);
+        } else {
+            assert_false(d->crashed);
+            check_scenario_bytes(d, base, 4);
+            survived += fired;
+        }
+        domain_destroy(d);
+        AUDIT_OK(frames_audit(m->frames));
+    }
+    assert_int_equal(rc, 0);
+    print_message("# demand populate: %ld allocation sites; %u crashed cleanly, %u got "
+                  "past the failure\n", n - 1, crashed, survived);
+    assert_true(crashed > 0);
+    machine_destroy(m);
+}
+
+/* Reclaim (the consolidation sweep and pod_reclaim_2m) under allocation
+ * failure: what cannot be reclaimed stays RAM with its bytes, the rest
+ * moves to the cache; a second sweep without faults gets everything. */
+static void test_fault_reclaim(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(128 * MiB);
+    gfn_t base = GFN_4G;
+    bool fired = true;
+    long n;
+    uint64_t partial = 0;
+    for (n = 1; fired; n++) {
+        struct domain *d = new_domain(m);
+        /* block 0: zero 4K frames, not contiguous; block 1: the same with
+         * one written page; block 2: one zero 2M leaf */
+        for (uint64_t i = 1024; i-- > 0;)
+            assert_int_equal(domain_map_extent(d, base + i, PAGE_ORDER_4K, NULL), 0);
+        assert_int_equal(domain_map_extent(d, base + 1024, PAGE_ORDER_2M, NULL), 0);
+        assert_int_equal(touch(d, base + 512 + 77, 9, true, 0x5a, NULL), 0);
+        audit_all(d);
+        p2m_trim(d->p2m);
+        long r;
+        UNDER_FAULT(n, fired, r, pod_zero_sweep(d, base, 3 * 512));
+        audit_all(d);
+        assert_true(r >= 0 && r <= 1535);
+        partial += fired && r < 1535;
+        long r2 = pod_zero_sweep(d, base, 3 * 512);
+        audit_all(d);
+        assert_int_equal(r + r2, 1535);
+        uint8_t v;
+        assert_int_equal(touch(d, base + 512 + 77, 9, false, 0, &v), 0);
+        assert_int_equal(v, 0x5a);
+        domain_destroy(d);
+        AUDIT_OK(frames_audit(m->frames));
+    }
+    print_message("# zero sweep: %ld allocation sites, %llu partial sweeps\n", n - 1,
+                  (unsigned long long)partial);
+    assert_true(partial > 0);
+    /* pod_reclaim_2m: -ENOMEM and nothing changed */
+    unsigned failed = 0;
+    for (n = 1, fired = true; fired; n++) {
+        struct domain *d = new_domain(m);
+        for (uint64_t i = 512; i-- > 0;)
+            assert_int_equal(domain_map_extent(d, base + i, PAGE_ORDER_4K, NULL), 0);
+        long r;
+        UNDER_FAULT(n, fired, r, pod_reclaim_2m(d, base));
+        audit_all(d);
+        if (r < 0) {
+            assert_int_equal(r, -ENOMEM);
+            assert_int_equal(d->pod.count, 0);
+            assert_int_equal(domain_pages_4k(d), 512);
+            failed++;
+        } else {
+            assert_int_equal(r, 512);
+        }
+        domain_destroy(d);
+        AUDIT_OK(frames_audit(m->frames));
+    }
+    assert_true(failed > 0);
+    machine_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -793,6 +1016,9 @@ int main(void)
         cmocka_unit_test(test_sweep_bound),
         cmocka_unit_test(test_random_sequences),
         cmocka_unit_test(test_vcpu_dispatch),
+        cmocka_unit_test(test_fault_target),
+        cmocka_unit_test(test_fault_demand),
+        cmocka_unit_test(test_fault_reclaim),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,23 +4,172 @@
  * extents moved and the resulting leaf counts.  --fragment F makes other
  * domains take F of the free host memory in 4K pieces between inflate and
  * deflate, so that 2M deflates fall back to 4K (counted).
+ *
+ * --workload NAME runs the guest while the balloon moves: vCPUs run the
+ * workload on their own thread (the migration runner, migrate.h) and the
+ * driver moves --step at a time under d->lock, the guest running between
+ * steps.  The workloads address what the guest keeps at the target (the
+ * guest's own allocations; the driver only takes memory the guest does not
+ * use), so the RAM below the target is laid out first, the workloads are
+ * created over it, and the rest of the guest is populated after.  A sampled
+ * shadow of that memory, fed by every write the workloads make, is
+ * compared byte for byte at the end.
  */
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "balloon.h"
 #include "cli.h"
 #include "domain.h"
+#include "migrate.h"
 
 static struct {
     uint64_t guest_mem, host_mem, target, pod_target, seed;
     double fragment;
     bool json, no_audit, no_deflate;
+    const char *workload;
+    uint64_t vcpus, write_rate, step, settle_ms;
+    double wss;
 } o = {
     .guest_mem = 2 * GiB,
     .target = 1 * GiB,
     .seed = 1,
+    .vcpus = 2,
+    .write_rate = 100000,
+    .wss = 1.0,
+    .step = 64 * MiB,
+    .settle_ms = 100,
 };
+
+/* ---- a sampled shadow of guest memory, fed by the workloads' writes ------ */
+
+#define MODEL_MAX_SLOTS 8192u /* pages shadowed (32 MiB) */
+
+struct wmodel {
+    struct gfn_range r[2];
+    unsigned n;
+    uint64_t pages, stride, slots;
+    uint8_t *bytes;
+    uint64_t writes; /* writes that hit a shadowed page */
+};
+
+/* Slot of gfn, or -1 when the page is not shadowed. */
+static int64_t model_slot(const struct wmodel *w, gfn_t g)
+{
+    uint64_t idx = 0;
+    for (unsigned i = 0; i < w->n; i++) {
+        if (g >= w->r[i].gfn && g < w->r[i].gfn + w->r[i].nr) {
+            idx += g - w->r[i].gfn;
+            return idx % w->stride ? -1 : (int64_t)(idx / w->stride);
+        }
+        idx += w->r[i].nr;
+    }
+    return -1;
+}
+
+static gfn_t model_gfn(const struct wmodel *w, uint64_t slot)
+{
+    uint64_t idx = slot * w->stride;
+    for (unsigned i = 0; i < w->n; i++) {
+        if (idx < w->r[i].nr)
+            return w->r[i].gfn + idx;
+        idx -= w->r[i].nr;
+    }
+    return INVALID_GFN;
+}
+
+static void page_bytes(const struct domain *d, gfn_t g, uint8_t *out)
+{
+    enum p2m_type t;
+    mfn_t mfn = p2m_get_entry(d->p2m, g, &t, NULL);
+    if (p2m_is_ram(t))
+        memcpy(out, machine_ptr(d->m, mfn), PAGE_SIZE);
+    else
+        memset(out, 0, PAGE_SIZE); /* PoD, hole: reads as zero */
+}
+
+static int model_init(struct wmodel *w, const struct domain *d, const struct gfn_range *r,
+                      unsigned n)
+{
+    memset(w, 0, sizeof(*w));
+    for (unsigned i = 0; i < n; i++) {
+        w->r[i] = r[i];
+        w->pages += r[i].nr;
+    }
+    w->n = n;
+    w->stride = (w->pages + MODEL_MAX_SLOTS - 1) / MODEL_MAX_SLOTS;
+    if (!w->stride)
+        w->stride = 1;
+    w->slots = (w->pages + w->stride - 1) / w->stride;
+    w->bytes = malloc(w->slots * PAGE_SIZE);
+    if (!w->bytes)
+        return -ENOMEM;
+    for (uint64_t s = 0; s < w->slots; s++)
+        page_bytes(d, model_gfn(w, s), w->bytes + s * PAGE_SIZE);
+    return 0;
+}
+
+/* on_write: the runner thread, d->lock held. */
+static void model_write(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val)
+{
+    struct wmodel *w = ctx;
+    (void)vcpu;
+    int64_t s = model_slot(w, gpa >> PAGE_SHIFT);
+    if (s < 0)
+        return;
+    memcpy(w->bytes + (uint64_t)s * PAGE_SIZE + (gpa & (PAGE_SIZE - 8)), &val, 8);
+    w->writes++;
+}
+
+/* Pages whose bytes differ from the shadow (guest stopped). */
+static uint64_t model_verify(const struct wmodel *w, const struct domain *d)
+{
+    uint8_t page[PAGE_SIZE];
+    uint64_t bad = 0;
+    for (uint64_t s = 0; s < w->slots; s++) {
+        page_bytes(d, model_gfn(w, s), page);
+        bad += memcmp(page, w->bytes + s * PAGE_SIZE, PAGE_SIZE) != 0;
+    }
+    return bad;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Move the balloon to `target` pages, --step at a time under d->lock when
+ * the guest runs (g), letting it run between steps.  Steps are whole 2M
+ * units; the part below a step goes last when inflating and first when
+ * deflating, so a deflate pops exactly what each inflate step pushed and
+ * never has to cut a 2M extent into 4K ones. */
+static int balloon_move(struct balloon *b, struct migrate_guest *g, uint64_t target)
+{
+    uint64_t step = g ? (o.step >> PAGE_SHIFT) & ~511ULL : 0;
+    if (g && !step)
+        step = 512;
+    int rc = 0;
+    while (rc == 0 && balloon_current(b) != target) {
+        uint64_t cur = balloon_current(b), next = target;
+        if (step && cur > target && cur - target > step)
+            next = cur - step;
+        else if (step && target > cur && target - cur > step)
+            next = cur + ((target - cur) % step ? (target - cur) % step : step);
+        if (g)
+            pthread_mutex_lock(&b->d->lock);
+        rc = balloon_set_target(b, next);
+        if (g) {
+            pthread_mutex_unlock(&b->d->lock);
+            sched_yield();
+        }
+        if (rc == 0 && balloon_current(b) != next)
+            break; /* clamped: nothing more to move */
+    }
+    return rc;
+}
 
 static void print_stats(const struct balloon *b, FILE *out)
 {
@@ -35,10 +184,27 @@ static int run_balloon(int argc, char **argv)
     struct machine *m = NULL;
     struct domain *d = NULL;
     struct balloon b = {0};
-    int rc, status = 1;
+    struct migrate_guest *g = NULL;
+    struct wmodel model = {0};
+    int rc, status = 1, g_kind = -1;
     char b1[32], b2[32];
     if (argc)
         return cli_error("balloon: unexpected argument '%s'", argv[0]);
+    if (o.workload) {
+        enum workload_kind k;
+        if (workload_parse(o.workload, &k) < 0)
+            return cli_error("balloon: unknown workload '%s'", o.workload);
+        g_kind = (int)k;
+        if (o.vcpus == 0 || o.vcpus > MIGRATE_MAX_VCPUS)
+            return cli_error("balloon: --vcpus must be in 1..%d", MIGRATE_MAX_VCPUS);
+        if (o.wss <= 0 || o.wss > 1)
+            return cli_error("balloon: --wss must be in (0, 1]");
+        if (o.target < 2 * MiB)
+            return cli_error("balloon: with --workload, --target must leave at least 2 MiB "
+                             "for the workload");
+        if (o.step < PAGE_SIZE)
+            return cli_error("balloon: --step must be at least 4 KiB");
+    }
     if (o.guest_mem == 0 || o.guest_mem % PAGE_SIZE || o.target % PAGE_SIZE)
         return cli_error("balloon: sizes must be multiples of 4 KiB");
     if (o.fragment < 0 || o.fragment >= 1)
@@ -51,10 +217,27 @@ static int run_balloon(int argc, char **argv)
                          hv_fmt_size(o.host_mem, b1, sizeof(b1)), strerror(-rc));
     struct domain_config cfg;
     domain_config_default(&cfg);
+    unsigned pflags = o.pod_target ? DOMAIN_POPULATE_POD : 0;
+    uint64_t kept = (o.target < o.guest_mem ? o.target : o.guest_mem) & ~(PAGE_SIZE - 1);
     rc = domain_create(m, &cfg, &d);
+    if (rc == 0 && g_kind >= 0) {
+        /* what the guest keeps first: the workloads live there */
+        struct workload_config wc;
+        struct gfn_range r[2];
+        workload_config_default(&wc, (enum workload_kind)g_kind);
+        wc.seed = o.seed;
+        wc.wss = o.wss;
+        wc.write_rate = o.write_rate;
+        wc.on_write = model_write;
+        wc.ctx = &model;
+        rc = domain_populate_guest_flags(d, kept, pflags, NULL);
+        if (rc == 0)
+            rc = model_init(&model, d, r, domain_guest_layout(d, kept, r));
+        if (rc == 0)
+            rc = migrate_guest_create(d, (unsigned)o.vcpus, NULL, &wc, &g);
+    }
     if (rc == 0)
-        rc = o.pod_target ? domain_populate_guest_flags(d, o.guest_mem, DOMAIN_POPULATE_POD, NULL)
-                          : domain_populate_guest(d, o.guest_mem, NULL);
+        rc = domain_populate_guest_flags(d, o.guest_mem, pflags, NULL);
     if (rc == 0 && o.pod_target)
         rc = pod_set_target(d, o.pod_target >> PAGE_SHIFT);
     if (rc == 0)
@@ -63,15 +246,30 @@ static int run_balloon(int argc, char **argv)
         cli_error("balloon: building the guest failed: %s", strerror(-rc));
         goto out;
     }
+    if (g) {
+        if ((rc = migrate_guest_start(g)) < 0) {
+            cli_error("balloon: cannot start the guest: %s", strerror(-rc));
+            goto out;
+        }
+        sleep_ms(o.settle_ms);
+    }
     uint64_t full = balloon_current(&b);
+    uint64_t acc0 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
     uint64_t t0 = hv_now_ns();
-    rc = balloon_set_target(&b, o.target >> PAGE_SHIFT);
+    rc = balloon_move(&b, g, o.target >> PAGE_SHIFT);
     uint64_t t1 = hv_now_ns();
+    uint64_t acc1 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
     if (rc < 0) {
         cli_error("balloon: inflate failed: %s", strerror(-rc));
         goto out;
     }
+    if (g)
+        pthread_mutex_lock(&d->lock);
     uint64_t l4 = domain_pages_4k(d), l2 = domain_pages_2m(d), l1 = domain_pages_1g(d);
+    if (g) {
+        pthread_mutex_unlock(&d->lock);
+        sleep_ms(o.settle_ms); /* the guest runs at the target */
+    }
     uint64_t frag_ops = 0, t2 = 0, t3 = 0;
     int drc = 0;
     if (!o.no_deflate) {
@@ -85,12 +283,23 @@ static int run_balloon(int argc, char **argv)
                 cli_error("balloon: could not fragment the host (continuing)");
         }
         t2 = hv_now_ns();
-        drc = balloon_set_target(&b, full);
+        drc = balloon_move(&b, g, full);
         t3 = hv_now_ns();
+    }
+    uint64_t acc2 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
+    uint64_t bad = 0;
+    int gerr = 0;
+    if (g) {
+        sleep_ms(o.settle_ms);
+        migrate_guest_stop(g);
+        gerr = g->err;
+        bad = model_verify(&model, d);
     }
     int audit = o.no_audit ? 0 : domain_audit(d);
     if (audit == 0 && !o.no_audit)
         audit = frames_audit(m->frames);
+    if (audit == 0 && !o.no_audit)
+        audit = balloon_audit(&b);
     double gin = (double)((full - (o.target >> PAGE_SHIFT)) << PAGE_SHIFT) / GiB;
     if (o.json) {
         struct json j;
@@ -114,6 +323,19 @@ static int run_balloon(int argc, char **argv)
         json_u64(&j, "pages_1g", domain_pages_1g(d));
         if (drc < 0)
             json_str(&j, "deflate_error", strerror(-drc));
+        if (g) {
+            json_obj_begin(&j, "guest");
+            json_str(&j, "workload", workload_name((enum workload_kind)g_kind));
+            json_u64(&j, "vcpus", g->nr_vcpus);
+            json_u64(&j, "accesses_during_inflate", acc1 - acc0);
+            json_u64(&j, "accesses_during_deflate", acc2 - acc1);
+            json_u64(&j, "accesses", g->accesses);
+            json_u64(&j, "shadowed_pages", model.slots);
+            json_u64(&j, "shadowed_writes", model.writes);
+            json_u64(&j, "pages_wrong", bad);
+            json_str(&j, "error", gerr ? strerror(-gerr) : "none");
+            json_obj_end(&j);
+        }
         if (o.pod_target)
             cli_json_pod(&j, "pod", d);
         cli_json_domain(&j, "domain", d);
@@ -134,6 +356,15 @@ static int run_balloon(int argc, char **argv)
             printf("  deflated back in %.2f ms%s%s\n", (double)(t3 - t2) / 1e6,
                    drc < 0 ? ": stopped: " : "", drc < 0 ? strerror(-drc) : "");
         }
+        if (g)
+            printf("  guest running meanwhile: %u vCPU(s), workload %s, %llu accesses during "
+                   "inflate, %llu during deflate (%llu in all); %llu shadowed pages (%llu "
+                   "writes) checked: %llu wrong%s%s\n",
+                   g->nr_vcpus, workload_name((enum workload_kind)g_kind),
+                   (unsigned long long)(acc1 - acc0), (unsigned long long)(acc2 - acc1),
+                   (unsigned long long)g->accesses, (unsigned long long)model.slots,
+                   (unsigned long long)model.writes, (unsigned long long)bad,
+                   gerr ? "; the workload stopped: " : "", gerr ? strerror(-gerr) : "");
         print_stats(&b, stdout);
         if (b.stats.inflated_4k || b.stats.deflated_4k || b.stats.deflate_2m_as_4k)
             printf("  NOTE: %llu extent(s) moved as 4K (remainders below 2M, holes, or no "
@@ -144,10 +375,13 @@ static int run_balloon(int argc, char **argv)
         if (o.pod_target)
             cli_print_pod(d, stdout);
         if (!o.no_audit)
-            printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, PoD, frames)");
+            printf("audit: %s\n",
+                   audit ? hv_audit_last() : "ok (p2m, domain, PoD, frames, balloon)");
     }
-    status = audit || drc < 0 ? 1 : 0;
+    status = audit || drc < 0 || bad || gerr ? 1 : 0;
 out:
+    migrate_guest_destroy(g); /* stops the runner first */
+    free(model.bytes);
     balloon_fini(&b);
     domain_destroy(d);
     machine_destroy(m);
@@ -161,7 +395,13 @@ static struct opt balloon_opts[] = {
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: guest + 50%)", NULL},
     {"fragment", OPT_DBL, &o.fragment, "F", "before deflating, other domains take F of free memory in 4K pieces", NULL},
     {"no-deflate", OPT_FLAG, &o.no_deflate, NULL, "stop after the inflate", NULL},
-    {"seed", OPT_U64, &o.seed, "N", "seed of the fragmentation", NULL},
+    {"seed", OPT_U64, &o.seed, "N", "seed of the fragmentation and the workload", NULL},
+    {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
+    {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
+    {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
+    {"wss", OPT_DBL, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
+    {"step", OPT_SIZE, &o.step, "SIZE", "with --workload: balloon moved per d->lock hold, in 2M units (default 64M)", NULL},
+    {"settle-ms", OPT_U64, &o.settle_ms, "MS", "with --workload: guest runs this long before, at and after the target (default 100)", NULL},
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {0},
@@ -169,7 +409,7 @@ static struct opt balloon_opts[] = {
 
 const struct cmd cmd_balloon = {
     .name = "balloon",
-    .summary = "drive the balloon driver to a target in 2M units, and back",
+    .summary = "drive the balloon driver to a target in 2M units, and back (--workload: while the guest runs)",
     .run = run_balloon,
     .opts = balloon_opts,
 };

@@ -3,24 +3,140 @@
  * are mapped with 4K frames in reverse order (no 2M block contiguous, the
  * shape restore or ballooning leaves behind), fill them, defragment at 2M
  * or 1G with a rate limit, check the bytes and report what was merged.
+ *
+ * --workload NAME defragments while the guest runs: vCPUs run the workload
+ * over the whole guest on their own thread (the migration runner,
+ * migrate.h) between the rate-limited defrag steps, which take d->lock.  A
+ * sampled shadow of the scattered part, taken after the fill and fed by
+ * every write the workloads make, is compared byte for byte at the end
+ * (instead of the fill check, which the writes overwrite).
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "defrag.h"
 #include "domain.h"
+#include "migrate.h"
 
 static struct {
     uint64_t guest_mem, host_mem, scatter;
     double rate;
     const char *order;
     bool json, no_audit;
+    const char *workload;
+    uint64_t vcpus, write_rate, seed, settle_ms;
+    double wss;
 } o = {
     .guest_mem = 1 * GiB,
     .scatter = 256 * MiB,
     .order = "2M",
+    .vcpus = 2,
+    .write_rate = 100000,
+    .seed = 1,
+    .wss = 1.0,
+    .settle_ms = 50,
 };
+
+/* ---- a sampled shadow of guest memory, fed by the workloads' writes ------ */
+
+#define MODEL_MAX_SLOTS 8192u /* pages shadowed (32 MiB) */
+
+struct wmodel {
+    struct gfn_range r[2];
+    unsigned n;
+    uint64_t pages, stride, slots;
+    uint8_t *bytes;
+    uint64_t writes; /* writes that hit a shadowed page */
+};
+
+/* Slot of gfn, or -1 when the page is not shadowed. */
+static int64_t model_slot(const struct wmodel *w, gfn_t g)
+{
+    uint64_t idx = 0;
+    for (unsigned i = 0; i < w->n; i++) {
+        if (g >= w->r[i].gfn && g < w->r[i].gfn + w->r[i].nr) {
+            idx += g - w->r[i].gfn;
+            return idx % w->stride ? -1 : (int64_t)(idx / w->stride);
+        }
+        idx += w->r[i].nr;
+    }
+    return -1;
+}
+
+static gfn_t model_gfn(const struct wmodel *w, uint64_t slot)
+{
+    uint64_t idx = slot * w->stride;
+    for (unsigned i = 0; i < w->n; i++) {
+        if (idx < w->r[i].nr)
+            return w->r[i].gfn + idx;
+        idx -= w->r[i].nr;
+    }
+    return INVALID_GFN;
+}
+
+static void page_bytes(const struct domain *d, gfn_t g, uint8_t *out)
+{
+    enum p2m_type t;
+    mfn_t mfn = p2m_get_entry(d->p2m, g, &t, NULL);
+    if (p2m_is_ram(t))
+        memcpy(out, machine_ptr(d->m, mfn), PAGE_SIZE);
+    else
+        memset(out, 0, PAGE_SIZE); /* PoD, hole: reads as zero */
+}
+
+static int model_init(struct wmodel *w, const struct domain *d, const struct gfn_range *r,
+                      unsigned n)
+{
+    memset(w, 0, sizeof(*w));
+    for (unsigned i = 0; i < n; i++) {
+        w->r[i] = r[i];
+        w->pages += r[i].nr;
+    }
+    w->n = n;
+    w->stride = (w->pages + MODEL_MAX_SLOTS - 1) / MODEL_MAX_SLOTS;
+    if (!w->stride)
+        w->stride = 1;
+    w->slots = (w->pages + w->stride - 1) / w->stride;
+    w->bytes = malloc(w->slots * PAGE_SIZE);
+    if (!w->bytes)
+        return -ENOMEM;
+    for (uint64_t s = 0; s < w->slots; s++)
+        page_bytes(d, model_gfn(w, s), w->bytes + s * PAGE_SIZE);
+    return 0;
+}
+
+/* on_write: the runner thread, d->lock held. */
+static void model_write(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val)
+{
+    struct wmodel *w = ctx;
+    (void)vcpu;
+    int64_t s = model_slot(w, gpa >> PAGE_SHIFT);
+    if (s < 0)
+        return;
+    memcpy(w->bytes + (uint64_t)s * PAGE_SIZE + (gpa & (PAGE_SIZE - 8)), &val, 8);
+    w->writes++;
+}
+
+/* Pages whose bytes differ from the shadow (guest stopped). */
+static uint64_t model_verify(const struct wmodel *w, const struct domain *d)
+{
+    uint8_t page[PAGE_SIZE];
+    uint64_t bad = 0;
+    for (uint64_t s = 0; s < w->slots; s++) {
+        page_bytes(d, model_gfn(w, s), page);
+        bad += memcmp(page, w->bytes + s * PAGE_SIZE, PAGE_SIZE) != 0;
+    }
+    return bad;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 
 static uint8_t fill_of(gfn_t g) { return (uint8_t)((g * 131) | 1); }
 
@@ -28,11 +144,23 @@ static int run_defrag(int argc, char **argv)
 {
     struct machine *m = NULL;
     struct domain *d = NULL;
-    int rc, status = 1;
+    struct migrate_guest *g = NULL;
+    struct wmodel model = {0};
+    int rc, status = 1, g_kind = -1;
     char b1[32], b2[32];
     unsigned order;
     if (argc)
         return cli_error("defrag: unexpected argument '%s'", argv[0]);
+    if (o.workload) {
+        enum workload_kind k;
+        if (workload_parse(o.workload, &k) < 0)
+            return cli_error("defrag: unknown workload '%s'", o.workload);
+        g_kind = (int)k;
+        if (o.vcpus == 0 || o.vcpus > MIGRATE_MAX_VCPUS)
+            return cli_error("defrag: --vcpus must be in 1..%d", MIGRATE_MAX_VCPUS);
+        if (o.wss <= 0 || o.wss > 1)
+            return cli_error("defrag: --wss must be in (0, 1]");
+    }
     if (!strcmp(o.order, "2M"))
         order = PAGE_ORDER_2M;
     else if (!strcmp(o.order, "1G"))
@@ -65,21 +193,53 @@ static int run_defrag(int argc, char **argv)
         cli_error("defrag: building the guest failed: %s", strerror(-rc));
         goto out;
     }
+    if (g_kind >= 0) {
+        struct workload_config wc;
+        workload_config_default(&wc, (enum workload_kind)g_kind);
+        wc.seed = o.seed;
+        wc.wss = o.wss;
+        wc.write_rate = o.write_rate;
+        wc.on_write = model_write;
+        wc.ctx = &model;
+        struct gfn_range r = {base, ns ? ns : nr};
+        rc = model_init(&model, d, &r, 1);
+        if (rc == 0)
+            rc = migrate_guest_create(d, (unsigned)o.vcpus, NULL, &wc, &g);
+        if (rc == 0)
+            rc = migrate_guest_start(g);
+        if (rc < 0) {
+            cli_error("defrag: starting the guest failed: %s", strerror(-rc));
+            goto out;
+        }
+        sleep_ms(o.settle_ms);
+    }
     uint64_t l4 = domain_pages_4k(d), l2 = domain_pages_2m(d), l1 = domain_pages_1g(d);
     struct defrag_stats st = {0};
+    uint64_t acc0 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
     uint64_t t0 = hv_now_ns();
-    rc = defrag_run(d, base, nr, order, o.rate, &st);
+    rc = defrag_run(d, base, nr, order, o.rate, &st); /* d->lock around each step */
     double secs = (double)(hv_now_ns() - t0) / 1e9;
+    uint64_t acc1 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
+    int gerr = 0;
+    if (g) {
+        sleep_ms(o.settle_ms);
+        migrate_guest_stop(g);
+        gerr = g->err;
+    }
     if (rc < 0) {
         cli_error("defrag: %s", strerror(-rc));
         goto out;
     }
     uint64_t bad = 0;
-    for (uint64_t i = 0; i < ns; i++) {
-        mfn_t mfn = p2m_get_entry(d->p2m, base + i, NULL, NULL);
-        const uint8_t *p = machine_ptr(m, mfn);
-        for (unsigned k = 0; k < 64; k++)
-            bad += p[k] != fill_of(base + i);
+    if (g) {
+        bad = model_verify(&model, d); /* pages wrong */
+    } else {
+        for (uint64_t i = 0; i < ns; i++) {
+            mfn_t mfn = p2m_get_entry(d->p2m, base + i, NULL, NULL);
+            const uint8_t *p = machine_ptr(m, mfn);
+            for (unsigned k = 0; k < 64; k++)
+                bad += p[k] != fill_of(base + i);
+        }
     }
     int audit = o.no_audit ? 0 : domain_audit(d);
     if (audit == 0 && !o.no_audit)
@@ -106,7 +266,20 @@ static int run_defrag(int argc, char **argv)
         json_u64(&j, "pages_4k", domain_pages_4k(d));
         json_u64(&j, "pages_2m", domain_pages_2m(d));
         json_u64(&j, "pages_1g", domain_pages_1g(d));
-        json_u64(&j, "bytes_wrong", bad);
+        if (g) {
+            json_obj_begin(&j, "guest");
+            json_str(&j, "workload", workload_name((enum workload_kind)g_kind));
+            json_u64(&j, "vcpus", g->nr_vcpus);
+            json_u64(&j, "accesses_during_defrag", acc1 - acc0);
+            json_u64(&j, "accesses", g->accesses);
+            json_u64(&j, "shadowed_pages", model.slots);
+            json_u64(&j, "shadowed_writes", model.writes);
+            json_u64(&j, "pages_wrong", bad);
+            json_str(&j, "error", gerr ? strerror(-gerr) : "none");
+            json_obj_end(&j);
+        } else {
+            json_u64(&j, "bytes_wrong", bad);
+        }
         json_str(&j, "audit", o.no_audit ? "skipped" : audit ? hv_audit_last() : "ok");
         json_obj_end(&j);
         json_finish(&j);
@@ -120,8 +293,17 @@ static int run_defrag(int argc, char **argv)
         printf("  after:  pages_1g %llu pages_2m %llu pages_4k %llu\n",
                (unsigned long long)domain_pages_1g(d), (unsigned long long)domain_pages_2m(d),
                (unsigned long long)domain_pages_4k(d));
-        printf("  %.3f s, %.0f MiB/s copied; bytes wrong after: %llu\n", secs, mibs,
-               (unsigned long long)bad);
+        if (g)
+            printf("  %.3f s, %.0f MiB/s copied; guest running meanwhile: %u vCPU(s), "
+                   "workload %s, %llu accesses during the defrag; %llu shadowed pages "
+                   "(%llu writes) checked: %llu wrong%s%s\n",
+                   secs, mibs, g->nr_vcpus, workload_name((enum workload_kind)g_kind),
+                   (unsigned long long)(acc1 - acc0), (unsigned long long)model.slots,
+                   (unsigned long long)model.writes, (unsigned long long)bad,
+                   gerr ? "; the workload stopped: " : "", gerr ? strerror(-gerr) : "");
+        else
+            printf("  %.3f s, %.0f MiB/s copied; bytes wrong after: %llu\n", secs, mibs,
+                   (unsigned long long)bad);
 #define X(name, desc)                                                          \
     printf("    %-16s %10llu  %s\n", #name, (unsigned long long)st.name, desc);
         DEFRAG_STAT_FIELDS(X)
@@ -129,8 +311,10 @@ static int run_defrag(int argc, char **argv)
         if (!o.no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
-    status = audit || bad ? 1 : 0;
+    status = audit || bad || gerr ? 1 : 0;
 out:
+    migrate_guest_destroy(g); /* stops the runner first */
+    free(model.bytes);
     domain_destroy(d);
     machine_destroy(m);
     return status;
@@ -142,6 +326,12 @@ static struct opt defrag_opts[] = {
     {"order", OPT_STR, &o.order, "SIZE", "merge into 2M (default) or 1G leaves", NULL},
     {"rate", OPT_DBL, &o.rate, "MIB_S", "copy at most MIB_S MiB/s (default unlimited)", NULL},
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: twice the guest)", NULL},
+    {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
+    {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
+    {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
+    {"wss", OPT_DBL, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
+    {"seed", OPT_U64, &o.seed, "N", "workload seed (default 1)", NULL},
+    {"settle-ms", OPT_U64, &o.settle_ms, "MS", "with --workload: guest runs this long before and after (default 50)", NULL},
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {0},
