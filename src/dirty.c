@@ -152,18 +152,25 @@ void dirty_pml_unregister(struct domain *d, struct pml_buffer *pml)
         }
 }
 
-/* A flushed GPA marks its gfn, or the whole RAM leaf that maps it now. */
+/*
+ * A flushed GPA marks its gfn, or the whole RAM superpage leaf that maps it
+ * now if that leaf's D bit is set.  A superpage with D clear cannot have
+ * logged the entry (D is only cleared after a flush): the entry is from an
+ * earlier mapping of the gfn (a 4K leaf since unmapped and repopulated as
+ * part of a new superpage), so only its own 4K was written.
+ */
 static void flush_one(struct domain *d, struct dirty_log *dl, struct pml_buffer *pml)
 {
     for (unsigned i = 0; i < pml->n; i++) {
         gfn_t g = pml->gpa[i] >> PAGE_SHIFT;
-        enum p2m_type t;
-        unsigned order;
-        p2m_get_entry(d->p2m, g, &t, &order);
-        if (order > 0 && p2m_is_ram(t))
-            mark(dl, g & ~(order_pages(order) - 1), order_pages(order));
-        else
+        unsigned level = 0;
+        ept_entry_t *e = p2m_lookup_leaf(d->p2m, g, &level, NULL);
+        if (e && level > 1 && p2m_is_ram(ept_type(*e)) && (*e & EPT_D)) {
+            uint64_t n = order_pages(9u * (level - 1u));
+            mark(dl, g & ~(n - 1), n);
+        } else {
             mark(dl, g, 1);
+        }
     }
     dl->st.pml_flushed += pml->n;
     pml->n = 0;
@@ -522,6 +529,70 @@ int dirty_write_fault(struct domain *d, gfn_t gfn)
     *e |= EPT_A | EPT_D;
     d->p2m_gen++;
     return 0;
+}
+
+/* ---- RAM mapped or unmapped while enabled (lock held) ----------------------- */
+
+void dirty_on_map(struct domain *d, gfn_t gfn, unsigned order)
+{
+    struct dirty_log *dl = d->logdirty;
+    if (!dl)
+        return;
+    uint64_t nr = order_pages(order);
+    /* Harvest buffers are sized by dirty_bitmap_gfns(): cover new RAM now. */
+    if (ensure(dl, gfn + nr) < 0)
+        dl->grow_failed = true;
+    /* A new 4K leaf is ram_rw with D clear: it reports through PML in every
+     * mode, as the 4K leaves present at enable do.  A new PoD entry only
+     * needs the bitmap (demand populate calls again with the RAM). */
+    enum p2m_type t;
+    p2m_get_entry(d->p2m, gfn, &t, NULL);
+    if (order == 0 || t != p2m_ram_rw)
+        return;
+    assert(is_aligned_order(gfn, order));
+    dl->st.sp_mapped++;
+    if (dl->mode == DIRTY_COARSE)
+        return; /* writable, D clear: a logged write dirties it whole */
+    if (dl->mode == DIRTY_EAGER_SPLIT) {
+        if (split_fully(d, dl, gfn, order) == 0)
+            return;
+        /* No table for a split: write-protect what is left of it instead
+         * (the pieces already split too); the first write then splits or
+         * degrades it as in split-on-write, so nothing is lost. */
+        dl->st.map_split_nomem++;
+    }
+    /* split-on-write: protect it like the superpages present at enable.
+     * Whole leaves only: needs no table, cannot fail. */
+    int rc = p2m_change_type(d->p2m, gfn, nr, p2m_ram_rw, p2m_ram_logdirty);
+    assert(rc == 0);
+    (void)rc;
+}
+
+struct unmap_scan {
+    struct dirty_log *dl;
+    uint64_t marked;
+};
+
+static int unmap_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
+                      enum p2m_type type, ept_entry_t *e)
+{
+    struct unmap_scan *s = ctx;
+    (void)mfn;
+    if (p2m_is_ram(type) && (*e & EPT_D)) {
+        mark(s->dl, gfn, order_pages(order));
+        s->marked += order_pages(order);
+    }
+    return 0;
+}
+
+void dirty_on_unmap(struct domain *d, gfn_t gfn, uint64_t nr)
+{
+    struct dirty_log *dl = d->logdirty;
+    if (!dl || nr == 0)
+        return;
+    struct unmap_scan s = {.dl = dl};
+    (void)p2m_for_each_leaf(d->p2m, gfn, nr, unmap_leaf, &s);
+    dl->st.unmap_marked += s.marked;
 }
 
 /* ---- harvest ---------------------------------------------------------------- */

@@ -52,9 +52,15 @@
  * Threading: every dirty_* call below takes d->lock, except the ones marked
  * "lock held", which the vCPU calls from inside a quantum (vcpu.h).
  *
- * Limitation: RAM populated while log-dirty is on (balloon deflate, PoD)
- * is mapped ram_rw by domain.c; writes to a new superpage then log through
- * PML only once per harvest round and are covered whole (coarse) at flush.
+ * RAM mapped while log-dirty is on (populate, balloon deflate, PoD demand
+ * populate, domain_map_extent) gets the mode's form through dirty_on_map:
+ * split-on-write protects a new superpage (its first write splits only the
+ * touched path), eager-split splits it to 4K (protects it when out of
+ * tables), coarse leaves it writable.  New leaves never need a p2m_gen
+ * bump: their gfns were unmapped or PoD, which no TLB caches.  Unmapping
+ * RAM while on (decrease_reservation, PoD zero reclaim) first marks every
+ * leaf in the range whose D bit is set (dirty_on_unmap), so that writes a
+ * superpage took without logging are not lost with it.
  */
 #ifndef HUGEVM_DIRTY_H
 #define HUGEVM_DIRTY_H
@@ -96,7 +102,10 @@ struct pml_buffer {
     X(splits_2m, "2M leaves split by log-dirty")                             \
     X(split_nomem, "superpages degraded to coarse: no table for a split")    \
     X(d_cleared, "D bits cleared by harvests")                                 \
-    X(dscan_marked, "pages marked by the coarse D-bit scan")
+    X(dscan_marked, "pages marked by the coarse D-bit scan")                  \
+    X(sp_mapped, "superpages mapped while enabled (populate, balloon, PoD)") \
+    X(map_split_nomem, "eager-split: new superpages protected, no table")    \
+    X(unmap_marked, "pages of D-set leaves marked before an unmap")
 
 struct dirty_stats {
 #define X(name, desc) uint64_t name;
@@ -183,6 +192,16 @@ int dirty_write_fault(struct domain *d, gfn_t gfn) HV_MUST_CHECK;
 void dirty_pml_full(struct domain *d, struct pml_buffer *pml);
 /* A vCPU wrote gfn (ground truth for the over-marking figure). */
 void dirty_note_write(struct domain *d, gfn_t gfn);
+/* A new RAM leaf of `order` was mapped at gfn (aligned; ram_rw, D clear,
+ * over gfns that were unmapped or PoD): give it the active mode's form
+ * (for a new PoD entry: just cover it in the bitmap).
+ * Never fails; no-op when log-dirty is off.  Called by domain.c (populate,
+ * increase_reservation, domain_map_extent) and pod.c (demand populate)
+ * with d->lock held or no vCPU quantum running (the caller's contract). */
+void dirty_on_map(struct domain *d, gfn_t gfn, unsigned order);
+/* RAM in [gfn, gfn + nr) is about to be unmapped: mark the whole of every
+ * RAM leaf overlapping it whose D bit is set.  No-op when off. */
+void dirty_on_unmap(struct domain *d, gfn_t gfn, uint64_t nr);
 /* Register a vCPU's buffer with the domain (vcpu_create / vcpu_destroy). */
 void dirty_pml_register(struct domain *d, struct pml_buffer *pml);
 void dirty_pml_unregister(struct domain *d, struct pml_buffer *pml);

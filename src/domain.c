@@ -23,6 +23,7 @@
  * leaves in its range with the same single p2m change as RAM ones.
  */
 #include "domain.h"
+#include "dirty.h"
 
 #include <assert.h>
 #include <stdarg.h>
@@ -409,6 +410,9 @@ static int populate_end(struct domain *d, struct journal *j, int rc,
         journal_unwind(d, j);
     else
         stats_add(&d->stats, fb);
+    if (rc == 0 && d->logdirty) /* committed: give new RAM the log-dirty form */
+        for (size_t i = 0; i < j->n; i++)
+            dirty_on_map(d, j->v[i].gfn, (unsigned)__builtin_ctzll(j->v[i].nr));
     if (!d->no_auto_coalesce) {
         p2m_set_auto_coalesce(d->p2m, true);
         if (rc == 0)
@@ -528,6 +532,8 @@ int domain_map_extent(struct domain *d, gfn_t gfn, unsigned order, mfn_t *mfn)
     struct journal j = {0};
     struct populate_result res = {0};
     int rc = map_piece(d, &j, gfn, order, &res);
+    if (rc == 0)
+        dirty_on_map(d, gfn, order);
     if (rc == 0 && mfn)
         *mfn = j.v[0].mfn;
     free(j.v);
@@ -619,6 +625,7 @@ long domain_decrease_reservation(struct domain *d, gfn_t gfn, uint64_t nr)
     rc = p2m_for_each_leaf(d->p2m, gfn, nr, collect_ram_leaf, &lv);
     if (rc < 0 || (lv.runs.n == 0 && lv.pod_pages == 0))
         goto out;
+    dirty_on_unmap(d, gfn, nr); /* log-dirty: D-set leaves marked first */
     /* One atomic p2m change: splits only where the range cuts a leaf. */
     rc = p2m_set_range(d->p2m, gfn, INVALID_MFN, nr, p2m_invalid);
     if (rc < 0)

@@ -33,12 +33,14 @@ struct env {
     struct domain *d;
     struct vcpu *v[4];
     unsigned nv;
+    gfn_t limit; /* guest gfns the random writers pick from: [0, limit) */
 };
 
-static void env_init(struct env *e, unsigned nv, bool all_4k)
+static void env_init_sized(struct env *e, unsigned nv, bool all_4k, uint64_t machine_bytes)
 {
     memset(e, 0, sizeof(*e));
-    assert_int_equal(machine_create(&e->m, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    e->limit = GUEST_GFNS;
+    assert_int_equal(machine_create(&e->m, machine_bytes, FRAME_POLICY_FRAGPOOL), 0);
     struct domain_config c;
     domain_config_default(&c);
     if (all_4k) {
@@ -50,6 +52,11 @@ static void env_init(struct env *e, unsigned nv, bool all_4k)
     e->nv = nv;
     for (unsigned i = 0; i < nv; i++)
         assert_int_equal(vcpu_create(e->d, i, NULL, &e->v[i]), 0);
+}
+
+static void env_init(struct env *e, unsigned nv, bool all_4k)
+{
+    env_init_sized(e, nv, all_4k, 3 * GiB);
 }
 
 static void env_fini(struct env *e)
@@ -85,31 +92,203 @@ static bool guest_gfn(const struct domain *d, gfn_t g)
     return g < GUEST_GFNS && !domain_gfn_in_hole(d, g);
 }
 
+/* Mapped now (RAM or PoD): decrease_reservation may have taken it away. */
+static bool mapped_gfn(const struct env *e, gfn_t g)
+{
+    enum p2m_type t;
+    if (g >= e->limit || domain_gfn_in_hole(e->d, g))
+        return false;
+    p2m_get_entry(e->d->p2m, g, &t, NULL);
+    return p2m_is_ram(t) || t == p2m_pod;
+}
+
 static gfn_t random_gfn(struct env *e, struct hv_rng *r)
 {
     for (;;) {
         gfn_t g;
         if (hv_rng_below(r, 4) == 0)
-            g = hv_rng_below(r, GUEST_GFNS);
+            g = hv_rng_below(r, e->limit);
         else /* locality: a few hot 2M blocks */
-            g = (hv_rng_below(r, 24) * 21 % 1024) * 512 + hv_rng_below(r, 512);
-        if (guest_gfn(e->d, g))
+            g = (hv_rng_below(r, 24) * 21 % (e->limit >> 9)) * 512 + hv_rng_below(r, 512);
+        if (mapped_gfn(e, g))
             return g;
+    }
+}
+
+/* ---- the shape each mode keeps the p2m in ----------------------------------- */
+
+struct form {
+    enum dirty_mode mode;
+    uint64_t bad;
+    gfn_t first_bad;
+    unsigned bad_order;
+    enum p2m_type bad_type;
+};
+
+static int form_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type t,
+                     ept_entry_t *e)
+{
+    struct form *f = ctx;
+    (void)mfn;
+    (void)e;
+    bool bad;
+    if (f->mode == DIRTY_SPLIT_ON_WRITE)
+        bad = order > 0 && t == p2m_ram_rw; /* superpages write-protected */
+    else if (f->mode == DIRTY_EAGER_SPLIT)
+        bad = order > 0 && p2m_is_ram(t);   /* no RAM superpage at all */
+    else
+        bad = t == p2m_ram_logdirty;        /* coarse protects nothing */
+    if (bad && !f->bad++) {
+        f->first_bad = gfn;
+        f->bad_order = order;
+        f->bad_type = t;
+    }
+    return 0;
+}
+
+/* The mode's form holds (no p2m table ever runs out in these tests, so no
+ * superpage is degraded). */
+static void assert_form(struct domain *d, enum dirty_mode mode)
+{
+    struct form f = {.mode = mode};
+    assert_int_equal(p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, form_leaf, &f), 0);
+    if (f.bad)
+        fail_msg("%s: %llu leaves out of form, first gfn %#llx order %u type %d",
+                 dirty_mode_name(mode), (unsigned long long)f.bad,
+                 (unsigned long long)f.first_bad, f.bad_order, (int)f.bad_type);
+}
+
+/*
+ * After disable: every aligned 2M (1G) block of [0, limit) that could be one
+ * leaf (all ram_rw, one aligned contiguous machine run) is one, i.e. every
+ * superpage log-dirty split, and every new one, came back.
+ */
+static void assert_coalesced(struct domain *d, gfn_t limit)
+{
+    for (gfn_t b = 0; b < limit; b += 512) {
+        enum p2m_type t;
+        unsigned o;
+        mfn_t m0 = p2m_get_entry(d->p2m, b, &t, &o);
+        if (o >= PAGE_ORDER_2M || t != p2m_ram_rw || !is_aligned_order(m0, PAGE_ORDER_2M))
+            continue;
+        bool can = true;
+        for (gfn_t g = b + 1; g < b + 512 && can; g++) {
+            mfn_t m = p2m_get_entry(d->p2m, g, &t, NULL);
+            can = t == p2m_ram_rw && m == m0 + (g - b);
+        }
+        if (can)
+            fail_msg("2M block at gfn %#llx could be one leaf but is not",
+                     (unsigned long long)b);
+    }
+    for (gfn_t b = 0; b < limit; b += 1u << 18) {
+        enum p2m_type t;
+        unsigned o;
+        mfn_t m0 = p2m_get_entry(d->p2m, b, &t, &o);
+        if (o >= PAGE_ORDER_1G || t != p2m_ram_rw || !is_aligned_order(m0, PAGE_ORDER_1G))
+            continue;
+        bool can = true;
+        for (gfn_t g = b; g < b + (1u << 18) && can; g += 512) {
+            mfn_t m = p2m_get_entry(d->p2m, g, &t, &o);
+            can = t == p2m_ram_rw && o >= PAGE_ORDER_2M && m == m0 + (g - b);
+        }
+        if (can)
+            fail_msg("1G block at gfn %#llx could be one leaf but is not",
+                     (unsigned long long)b);
+    }
+}
+
+/* ---- populate / decrease / increase while log-dirty is on ------------------- */
+
+/* One random balloon step over [0, e->limit); marks the 2M blocks a
+ * decrease touched in `cut` (one byte per block). */
+static void balloon_step(struct env *e, struct hv_rng *r, uint8_t *cut, gfn_t *recent,
+                         unsigned *nrecent)
+{
+    struct domain *d = e->d;
+    uint64_t blocks = e->limit >> 9;
+    unsigned k = (unsigned)hv_rng_below(r, 6);
+    if (k < 3) {
+        gfn_t g;
+        uint64_t nr;
+        if (k == 0) { /* a whole 2M block (kept to refill it as one extent) */
+            g = (1 + hv_rng_below(r, blocks - 1)) * 512;
+            nr = 512;
+            if (*nrecent < 64)
+                recent[(*nrecent)++] = g;
+        } else if (k == 1) { /* a few 4K pages */
+            g = hv_rng_below(r, e->limit - 64);
+            nr = 1 + hv_rng_below(r, 40);
+        } else { /* across a 2M border */
+            uint64_t half = 1 + hv_rng_below(r, 300);
+            g = (1 + hv_rng_below(r, blocks - 1)) * 512 - half;
+            nr = 2 * half;
+        }
+        long rel = domain_decrease_reservation(d, g, nr);
+        assert_true(rel >= 0);
+        for (gfn_t b = g >> 9; b <= (g + nr - 1) >> 9; b++)
+            cut[b] = 1;
+    } else if (k == 3) { /* balloon deflate by 2M extents */
+        gfn_t g = *nrecent ? recent[--(*nrecent)]
+                           : (1 + hv_rng_below(r, blocks - 1)) * 512;
+        assert_int_equal(domain_increase_reservation(d, g, 1, PAGE_ORDER_2M), 0);
+    } else if (k == 4) { /* by 4K pages */
+        gfn_t g = hv_rng_below(r, e->limit - 64);
+        assert_int_equal(domain_increase_reservation(d, g, 1 + hv_rng_below(r, 40), 0), 0);
+    } else { /* populate_physmap over a range: refills with the largest orders */
+        gfn_t g = hv_rng_below(r, e->limit - 4096);
+        assert_int_equal(domain_populate(d, g, 1 + hv_rng_below(r, 4096), NULL), 0);
     }
 }
 
 /* ---- the random differential test --------------------------------------- */
 
-static void random_run(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool modes_change)
+/*
+ * With `balloon`, RAM also comes and goes while log-dirty is on: a new 1G
+ * is populated right after enable, and random decrease_reservation (whole
+ * 2M blocks, a few 4K pages, ranges across a 2M border), increase_reservation
+ * (2M and 4K extents) and populate steps follow, each audited and checked
+ * against the mode's form; the guarantees stay the same, and after disable
+ * every superpage that can be one leaf again is one.
+ */
+static void random_run_ex(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool modes_change,
+                          bool balloon)
 {
     struct env e;
-    env_init(&e, nv, false);
+    env_init_sized(&e, nv, false, balloon ? 5 * GiB : 3 * GiB);
     struct hv_rng r = {seed};
     uint64_t b4k = domain_pages_4k(e.d), b2m = domain_pages_2m(e.d), b1g = domain_pages_1g(e.d);
+    const gfn_t limit_max = GUEST_GFNS + (balloon ? 1u << 18 : 0);
+    uint8_t *pre = calloc(limit_max >> 9, 1); /* leaf order of each 2M block */
+    uint8_t *cut = calloc(limit_max >> 9, 1); /* a decrease touched it */
+    gfn_t recent[64];
+    unsigned nrecent = 0, balloon_steps = 0;
+    for (gfn_t b = 0; b < GUEST_GFNS >> 9; b++) {
+        unsigned o;
+        p2m_get_entry(e.d->p2m, b << 9, NULL, &o);
+        pre[b] = (uint8_t)o;
+    }
     assert_int_equal(dirty_enable(e.d, mode0), 0);
     audit_all(e.d);
+    assert_form(e.d, mode0);
+    if (balloon) {
+        /* a new 1G while enabled: protected, split or left whole */
+        struct populate_result pr;
+        assert_int_equal(domain_populate(e.d, GUEST_GFNS, 1u << 18, &pr), 0);
+        e.limit = limit_max;
+        audit_all(e.d);
+        assert_form(e.d, mode0);
+        enum p2m_type t;
+        unsigned o;
+        p2m_get_entry(e.d->p2m, GUEST_GFNS, &t, &o);
+        if (pr.nr_1g == 1) {
+            assert_int_equal(o, mode0 == DIRTY_EAGER_SPLIT ? 0 : PAGE_ORDER_1G);
+            assert_int_equal(t, mode0 == DIRTY_SPLIT_ON_WRITE ? p2m_ram_logdirty : p2m_ram_rw);
+        }
+        for (gfn_t b = GUEST_GFNS >> 9; b < limit_max >> 9; b++)
+            pre[b] = pr.nr_1g == 1 ? PAGE_ORDER_1G : pr.nr_2m == 512 ? PAGE_ORDER_2M : 0;
+    }
     uint64_t nr = dirty_bitmap_gfns(e.d);
-    assert_true(nr >= GUEST_GFNS);
+    assert_true(nr >= e.limit);
     size_t words = (size_t)((nr + 63) / 64);
     uint64_t *model = calloc(words, 8);     /* written since the last harvest */
     uint64_t *ever = calloc(words, 8);      /* written while enabled */
@@ -118,27 +297,31 @@ static void random_run(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool m
     bool coarse_seen = mode0 == DIRTY_COARSE; /* in this round */
     enum dirty_mode mode = mode0;
     uint64_t harvests = 0, writes = 0;
+    /* balloon: fewer writes, a balloon step in 25 of 1000 ops */
+    const unsigned w_end = balloon ? 930 : 960, b_end = w_end + 15, h_end = b_end + 15,
+                   bl_end = h_end + (balloon ? 25 : 0);
     for (int op = 0; op < 6000; op++) {
         unsigned what = (unsigned)hv_rng_below(&r, 1000);
-        if (what < 960) {
+        if (what < w_end) {
             gfn_t g = random_gfn(&e, &r);
             write_gfn(&e, (unsigned)hv_rng_below(&r, nv), g, hv_rng_next(&r));
             set_bit(model, g);
             set_bit(ever, g);
             writes++;
-        } else if (what < 975) {
+        } else if (what < b_end) {
             /* a burst that fills a PML buffer past 512 */
             unsigned vi = (unsigned)hv_rng_below(&r, nv);
             gfn_t base = 512 * (1 + hv_rng_below(&r, 1000));
             for (gfn_t g = base; g < base + 700; g++) {
-                if (!guest_gfn(e.d, g))
+                if (!mapped_gfn(&e, g))
                     continue;
                 write_gfn(&e, vi, g, g * 3 + 1);
                 set_bit(model, g);
                 set_bit(ever, g);
             }
-        } else if (what < 990) {
+        } else if (what < h_end) {
             struct dirty_round rd;
+            assert_true(dirty_bitmap_gfns(e.d) <= nr);
             bool peek = hv_rng_below(&r, 4) == 0;
             int rc = peek ? dirty_peek(e.d, out, nr, &rd) : dirty_harvest(e.d, out, nr, &rd);
             assert_int_equal(rc, 0);
@@ -165,6 +348,11 @@ static void random_run(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool m
                 coarse_seen = mode == DIRTY_COARSE;
                 harvests++;
             }
+        } else if (what < bl_end) {
+            balloon_step(&e, &r, cut, recent, &nrecent);
+            balloon_steps++;
+            audit_all(e.d);
+            assert_form(e.d, mode);
         } else if (modes_change) {
             enum dirty_mode nm = (enum dirty_mode)hv_rng_below(&r, DIRTY_NR_MODES);
             assert_int_equal(dirty_set_mode(e.d, nm), 0);
@@ -172,10 +360,12 @@ static void random_run(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool m
             mode = nm;
             coarse_seen |= nm == DIRTY_COARSE;
         }
-        if (op % 500 == 0)
+        if (op % 500 == 0) {
             audit_all(e.d);
-        /* split modes: no writable superpage and (split-on-write) no
-         * superpage with D set */
+            /* split-on-write: no writable superpage; eager-split: no RAM
+             * superpage; coarse: nothing protected */
+            assert_form(e.d, mode);
+        }
     }
     struct dirty_disable_result res;
     assert_int_equal(dirty_disable(e.d, out, nr, &res), 0);
@@ -188,25 +378,61 @@ static void random_run(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool m
             fail_msg("gfn %#llx never written but reported", (unsigned long long)g);
     }
     audit_all(e.d);
-    /* nothing was unmapped: every superpage came back */
-    assert_int_equal(res.lost_1g + res.lost_2m, 0);
-    assert_int_equal(domain_pages_4k(e.d), b4k);
-    assert_int_equal(domain_pages_2m(e.d), b2m);
-    assert_int_equal(domain_pages_1g(e.d), b1g);
-    assert_int_equal(res.pages_2m_after, b2m);
-    print_message("# %s vcpus %u%s: %llu writes, %llu harvests, split 1G %llu 2M %llu, "
-                  "recovered 1G %llu 2M %llu, pml full exits %llu, overmarked %llu\n",
+    if (!balloon) {
+        /* nothing was unmapped: every superpage came back */
+        assert_int_equal(res.lost_1g + res.lost_2m, 0);
+        assert_int_equal(domain_pages_4k(e.d), b4k);
+        assert_int_equal(domain_pages_2m(e.d), b2m);
+        assert_int_equal(domain_pages_1g(e.d), b1g);
+        assert_int_equal(res.pages_2m_after, b2m);
+    } else {
+        /* lost only where a decrease cut the superpage (or its frames
+         * came back elsewhere) */
+        assert_int_equal(res.lost_type + res.lost_only_4k + res.lost_other, 0);
+        assert_int_equal(res.lost_1g + res.lost_2m, res.lost_unmapped + res.lost_mfn);
+        assert_true(res.stats.sp_mapped > 0);
+        assert_coalesced(e.d, e.limit);
+        /* blocks no decrease touched are the superpages they were */
+        for (gfn_t b = 0; b < e.limit >> 9; b++) {
+            if (cut[b] || pre[b] == 0)
+                continue;
+            gfn_t g1 = b & ~(gfn_t)511;
+            bool cut1g = false;
+            for (gfn_t x = g1; x < g1 + 512 && !cut1g; x++)
+                cut1g = cut[x];
+            unsigned want = pre[b] == PAGE_ORDER_1G && cut1g ? PAGE_ORDER_2M : pre[b];
+            unsigned o;
+            p2m_get_entry(e.d->p2m, b << 9, NULL, &o);
+            if (o < want)
+                fail_msg("%s: 2M block %#llx was order %u, is %u after disable",
+                         dirty_mode_name(mode0), (unsigned long long)b, want, o);
+        }
+    }
+    print_message("# %s vcpus %u%s%s: %llu writes, %llu harvests, %u balloon steps, "
+                  "superpages mapped while on %llu, split 1G %llu 2M %llu, "
+                  "recovered 1G %llu 2M %llu, lost 1G %llu 2M %llu, pml full exits %llu, "
+                  "overmarked %llu\n",
                   dirty_mode_name(mode0), nv, modes_change ? " (mode changes)" : "",
-                  (unsigned long long)writes, (unsigned long long)harvests,
+                  balloon ? " (balloon)" : "",
+                  (unsigned long long)writes, (unsigned long long)harvests, balloon_steps,
+                  (unsigned long long)res.stats.sp_mapped,
                   (unsigned long long)res.split_1g, (unsigned long long)res.split_2m,
                   (unsigned long long)res.recovered_1g, (unsigned long long)res.recovered_2m,
+                  (unsigned long long)res.lost_1g, (unsigned long long)res.lost_2m,
                   (unsigned long long)res.stats.pml_full_exits,
                   (unsigned long long)res.stats.overmarked_pages);
+    free(pre);
+    free(cut);
     free(model);
     free(ever);
     free(uni);
     free(out);
     env_fini(&e);
+}
+
+static void random_run(enum dirty_mode mode0, unsigned nv, uint64_t seed, bool modes_change)
+{
+    random_run_ex(mode0, nv, seed, modes_change, false);
 }
 
 static void test_random_split_on_write(void **state)
@@ -233,6 +459,123 @@ static void test_random_mode_changes(void **state)
     (void)state;
     random_run(DIRTY_SPLIT_ON_WRITE, 4, 15, true);
     random_run(DIRTY_COARSE, 2, 16, true);
+}
+
+static void test_random_balloon(void **state)
+{
+    (void)state;
+    random_run_ex(DIRTY_SPLIT_ON_WRITE, 2, 21, false, true);
+    random_run_ex(DIRTY_EAGER_SPLIT, 2, 22, false, true);
+    random_run_ex(DIRTY_COARSE, 3, 23, false, true);
+    random_run_ex(DIRTY_SPLIT_ON_WRITE, 3, 24, true, true);
+}
+
+/*
+ * RAM mapped while enabled gets the mode's form: a new 1G (populate), a 2M
+ * balloon extent (increase_reservation) and a 2M PoD chunk (demand
+ * populate) are write-protected in split-on-write (the first write splits
+ * only its path), 4K in eager-split, whole and writable in coarse; the
+ * harvest is exact in the split modes, and disable merges everything back.
+ */
+static void test_populate_while_enabled(void **state)
+{
+    (void)state;
+    const gfn_t new1g = GUEST_GFNS, pod = GUEST_GFNS + (1u << 18), blk = 20 * 512;
+    for (unsigned mode = 0; mode < DIRTY_NR_MODES; mode++) {
+        struct env e;
+        env_init_sized(&e, 1, false, 5 * GiB);
+        struct domain *d = e.d;
+        assert_int_equal(domain_decrease_reservation(d, blk, 512), 512);
+        assert_int_equal(dirty_enable(d, (enum dirty_mode)mode), 0);
+        uint64_t b4k = domain_pages_4k(d), b2m = domain_pages_2m(d), b1g = domain_pages_1g(d);
+        struct populate_result pr;
+        assert_int_equal(domain_populate(d, new1g, 1u << 18, &pr), 0);
+        assert_int_equal(pr.nr_1g, 1);
+        assert_int_equal(domain_increase_reservation(d, blk, 1, PAGE_ORDER_2M), 0);
+        assert_int_equal(d->stats.increased_2m, 1);
+        assert_int_equal(domain_populate_flags(d, pod, 1024, DOMAIN_POPULATE_POD, NULL), 0);
+        assert_int_equal(pod_set_target(d, d->tot_pages + 1024), 0);
+        assert_int_equal(d->pod.nr_chunks, 2);
+        e.limit = pod + 1024;
+        uint64_t nr = dirty_bitmap_gfns(d);
+        assert_true(nr >= e.limit);
+        audit_all(d);
+        assert_form(d, (enum dirty_mode)mode);
+        enum p2m_type t;
+        unsigned o;
+        p2m_get_entry(d->p2m, new1g, &t, &o);
+        p2m_get_entry(d->p2m, blk, &t, &o);
+        if (mode == DIRTY_EAGER_SPLIT) {
+            assert_int_equal(domain_pages_1g(d), b1g);
+            assert_int_equal(domain_pages_2m(d), b2m);
+            assert_int_equal(domain_pages_4k(d), b4k + (1u << 18) + 512);
+        } else {
+            assert_int_equal(domain_pages_1g(d), b1g + 1);
+            assert_int_equal(domain_pages_2m(d), b2m + 1);
+            assert_int_equal(o, PAGE_ORDER_2M);
+            assert_int_equal(t, mode == DIRTY_SPLIT_ON_WRITE ? p2m_ram_logdirty : p2m_ram_rw);
+        }
+        /* nothing written yet: nothing reported */
+        uint64_t *out = calloc((nr + 63) / 64, 8);
+        struct dirty_round rd;
+        assert_int_equal(dirty_harvest(d, out, nr, &rd), 0);
+        assert_int_equal(rd.dirty_pages, 0);
+        /* one write into each new superpage, one into the PoD range */
+        const gfn_t w[3] = {new1g + 5 * 512 + 7, blk + 300, pod + 512 + 9};
+        for (unsigned i = 0; i < 3; i++)
+            write_gfn(&e, 0, w[i], 100 + i);
+        assert_int_equal(d->pod.stats.demand_2m, 1);
+        audit_all(d);
+        assert_form(d, (enum dirty_mode)mode);
+        uint64_t want = 3;
+        if (mode == DIRTY_SPLIT_ON_WRITE) {
+            /* the 1G became 2M leaves, only the touched 2M is 4K */
+            p2m_get_entry(d->p2m, new1g + 6 * 512, &t, &o);
+            assert_int_equal(o, PAGE_ORDER_2M);
+            assert_int_equal(t, p2m_ram_logdirty);
+            for (unsigned i = 0; i < 3; i++) {
+                p2m_get_entry(d->p2m, w[i], &t, &o);
+                assert_int_equal(o, 0);
+                assert_int_equal(t, p2m_ram_rw);
+            }
+            assert_int_equal(domain_pages_1g(d), b1g);
+            assert_int_equal(domain_pages_2m(d), b2m + 511);
+            assert_int_equal(domain_pages_4k(d), b4k + 3 * 512);
+            struct dirty_stats st;
+            dirty_get_stats(d, &st);
+            assert_int_equal(st.wp_faults, 3);
+        } else if (mode == DIRTY_COARSE) {
+            want = (1u << 18) + 2 * 512; /* covered whole */
+            assert_int_equal(domain_pages_1g(d), b1g + 1);
+        }
+        assert_int_equal(dirty_harvest(d, out, nr, &rd), 0);
+        assert_int_equal(rd.dirty_pages, want);
+        for (unsigned i = 0; i < 3; i++)
+            assert_true(bit(out, w[i]));
+        /* a write next to each in a new round: PML (coarse: whole leaf again) */
+        for (unsigned i = 0; i < 3; i++)
+            write_gfn(&e, 0, w[i] + 1, 200 + i);
+        assert_int_equal(dirty_harvest(d, out, nr, &rd), 0);
+        assert_int_equal(rd.dirty_pages, want);
+        struct dirty_disable_result res;
+        assert_int_equal(dirty_disable(d, NULL, 0, &res), 0);
+        audit_all(d);
+        assert_int_equal(res.lost_1g + res.lost_2m, 0);
+        assert_int_equal(res.stats.sp_mapped, 3);
+        assert_int_equal(domain_pages_1g(d), 2);
+        assert_coalesced(d, e.limit);
+        p2m_get_entry(d->p2m, blk, &t, &o);
+        assert_int_equal(o, PAGE_ORDER_2M);
+        p2m_get_entry(d->p2m, pod + 512, &t, &o);
+        assert_int_equal(o, PAGE_ORDER_2M);
+        assert_int_equal(t, p2m_ram_rw);
+        print_message("# %s: new superpages split 1G %llu 2M %llu, recovered 1G %llu 2M %llu\n",
+                      dirty_mode_name((enum dirty_mode)mode), (unsigned long long)res.split_1g,
+                      (unsigned long long)res.split_2m, (unsigned long long)res.recovered_1g,
+                      (unsigned long long)res.recovered_2m);
+        free(out);
+        env_fini(&e);
+    }
 }
 
 /* ---- KVM dirty_log_page_splitting_test, adapted ---------------------------- */
@@ -602,6 +945,8 @@ int main(void)
         cmocka_unit_test(test_random_eager_split),
         cmocka_unit_test(test_random_coarse),
         cmocka_unit_test(test_random_mode_changes),
+        cmocka_unit_test(test_populate_while_enabled),
+        cmocka_unit_test(test_random_balloon),
         cmocka_unit_test(test_concurrent_harvest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
