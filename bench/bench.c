@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "domain.h"
 
 #define RUNS 5
@@ -48,45 +49,6 @@ static void add(const char *name, double value, const char *unit, double limit,
     fflush(stdout);
 }
 
-static int cmp_dbl(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), cmp_dbl);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static volatile uint64_t sink;
-
-/* ---- physical limits ---------------------------------------------------- */
-
-static double bw_memcpy(uint8_t *dst, const uint8_t *src, size_t len)
-{
-    uint64_t t = hv_now_ns();
-    memcpy(dst, src, len);
-    return (double)len / (double)(hv_now_ns() - t); /* bytes/ns = GB/s */
-}
-
-static double bw_read(const uint8_t *src, size_t len)
-{
-    const uint64_t *p = (const uint64_t *)src;
-    uint64_t a = 0, b = 0, c = 0, d = 0;
-    uint64_t t = hv_now_ns();
-    for (size_t i = 0; i < len / 8; i += 4) {
-        a += p[i];
-        b += p[i + 1];
-        c += p[i + 2];
-        d += p[i + 3];
-    }
-    double gbs = (double)len / (double)(hv_now_ns() - t);
-    sink += a + b + c + d;
-    return gbs;
-}
-
 /* ---- lookups -------------------------------------------------------------- */
 
 #define LOOKUP_GUEST (4 * GiB)
@@ -107,7 +69,7 @@ static double flat_lookup_ns(const uint64_t *flat, const gfn_t *g)
     for (unsigned i = 0; i < LOOKUPS; i++)
         s += flat[g[i]];
     double ns = (double)(hv_now_ns() - t) / LOOKUPS;
-    sink += s;
+    bench_sink += s;
     return ns;
 }
 
@@ -117,7 +79,7 @@ static double p2m_lookup_ns(const struct p2m *p, const gfn_t *g)
     for (unsigned i = 0; i < LOOKUPS; i++)
         s += p2m_get_entry(p, g[i], NULL, NULL);
     double ns = (double)(hv_now_ns() - t) / LOOKUPS;
-    sink += s;
+    bench_sink += s;
     return ns;
 }
 
@@ -132,18 +94,18 @@ static void bench_lookup(void)
     for (size_t k = 0; k < ARRAY_SIZE(orders); k++) {
         struct p2m *p;
         if (p2m_create(&p, 1, NULL, 0) < 0)
-            abort();
+            bench_fail("p2m_create");
         p2m_set_auto_coalesce(p, false);
         /* map the guest with leaves of exactly this order */
         for (gfn_t x = 0; x < nr; x += order_pages(orders[k]))
             if (p2m_set_entry(p, x, x + (1ULL << 30), orders[k], p2m_ram_rw) < 0)
-                abort();
+                bench_fail("p2m_set_entry");
         double pv[RUNS], fv[RUNS];
         for (int r = 0; r < RUNS; r++) {
             fv[r] = flat_lookup_ns(flat, g);
             pv[r] = p2m_lookup_ns(p, g);
         }
-        double f = median(fv, RUNS), pl = median(pv, RUNS);
+        double f = bench_median(fv, RUNS), pl = bench_median(pv, RUNS);
         char name[64];
         snprintf(name, sizeof(name), "p2m_lookup_%s_ns", orders[k] == 0 ? "4k" : orders[k] == 9 ? "2m" : "1g");
         add(name, pl, "ns", f, "flat_array_ns", pl / f);
@@ -176,7 +138,7 @@ static void bench_populate(void)
             struct domain *d;
             struct domain_config c;
             if (machine_create(&m, cases[k].bytes + 2 * GiB, FRAME_POLICY_FRAGPOOL) < 0)
-                abort();
+                bench_fail("machine_create");
             domain_config_default(&c);
             uint64_t nr = cases[k].bytes >> PAGE_SHIFT;
             if (cases[k].force_4k) {
@@ -184,16 +146,16 @@ static void bench_populate(void)
                 c.ranges_4k[0] = (struct gfn_range){cases[k].base, nr};
             }
             if (domain_create(m, &c, &d) < 0)
-                abort();
+                bench_fail("domain_create");
             uint64_t t = hv_now_ns();
             if (domain_populate(d, cases[k].base, nr, NULL) < 0)
-                abort();
+                bench_fail("domain_populate");
             double s = (double)(hv_now_ns() - t) / 1e9;
             v[r] = (double)cases[k].bytes / GiB / s;
             domain_destroy(d);
             machine_destroy(m);
         }
-        add(cases[k].name, median(v, RUNS), "GiB/s", 0, NULL, 0);
+        add(cases[k].name, bench_median(v, RUNS), "GiB/s", 0, NULL, 0);
     }
 }
 
@@ -214,12 +176,12 @@ static void bench_alloc(void)
             for (int r = 0; r < RUNS; r++) {
                 struct frames *f;
                 if (frames_create(&f, (64 * GiB) >> PAGE_SHIFT, pols[p]) < 0)
-                    abort();
+                    bench_fail("frames_create");
                 struct hv_rng rng = {(uint64_t)r + 1};
                 uint64_t t = hv_now_ns();
                 for (unsigned i = 0; i < n; i++)
                     if (frame_alloc(f, order, 1, &held[i]) < 0)
-                        abort();
+                        bench_fail("frame_alloc");
                 /* free in random order: the expensive, merging direction */
                 for (unsigned i = n - 1; i > 0; i--) {
                     unsigned j = (unsigned)hv_rng_below(&rng, i + 1);
@@ -229,14 +191,14 @@ static void bench_alloc(void)
                 }
                 for (unsigned i = 0; i < n; i++)
                     if (frame_free(f, held[i], order, 1) < 0)
-                        abort();
+                        bench_fail("frame_free");
                 v[r] = (double)(hv_now_ns() - t) / (2.0 * n);
                 frames_destroy(f);
             }
             char name[64];
             snprintf(name, sizeof(name), "alloc_free_%s_%s_ns", order ? "2m" : "4k",
                      frame_policy_name(pols[p]));
-            add(name, median(v, RUNS), "ns/op", 0, NULL, 0);
+            add(name, bench_median(v, RUNS), "ns/op", 0, NULL, 0);
         }
     }
     free(held);
@@ -263,22 +225,6 @@ static void write_json(const char *path)
     fclose(f);
 }
 
-/* bench_dirty.c: soft vCPU and log-dirty figures, reported through add(). */
-void bench_dirty(void (*add_fn)(const char *, double, const char *, double,
-                                const char *, double));
-
-/* bench_pod.c: PoD, zero check, balloon and defrag figures. */
-void bench_pod(void (*add_fn)(const char *, double, const char *, double,
-                              const char *, double));
-
-/* bench_stream.c: save/restore throughput and restored superpage coverage. */
-void bench_stream(void (*add_fn)(const char *, double, const char *, double,
-                                 const char *, double));
-
-/* bench_migrate.c: live migration over loopback next to plain TCP. */
-void bench_migrate(void (*add_fn)(const char *, double, const char *, double,
-                                  const char *, double));
-
 int main(int argc, char **argv)
 {
     const char *json = NULL;
@@ -301,11 +247,11 @@ int main(int argc, char **argv)
         memset(b, 2, len);
         double mc[RUNS], rd[RUNS];
         for (int r = 0; r < RUNS; r++) {
-            mc[r] = bw_memcpy(b, a, len);
-            rd[r] = bw_read(a, len);
+            mc[r] = bench_memcpy_gbs(b, a, len);
+            rd[r] = bench_read_gbs(a, len);
         }
-        add("memcpy_gb_per_s", median(mc, RUNS), "GB/s", 0, NULL, 0);
-        add("read_gb_per_s", median(rd, RUNS), "GB/s", 0, NULL, 0);
+        add("memcpy_gb_per_s", bench_median(mc, RUNS), "GB/s", 0, NULL, 0);
+        add("read_gb_per_s", bench_median(rd, RUNS), "GB/s", 0, NULL, 0);
         free(a);
         free(b);
     }
@@ -325,5 +271,5 @@ int main(int argc, char **argv)
         bench_migrate(add);
     if (json)
         write_json(json);
-    return (int)(sink & 0);
+    return (int)(bench_sink & 0);
 }

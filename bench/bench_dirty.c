@@ -19,38 +19,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "dirty.h"
 #include "vcpu.h"
 #include "workload.h"
-
-typedef void (*bench_add_fn)(const char *name, double value, const char *unit,
-                             double limit, const char *limit_name, double ratio);
-void bench_dirty(bench_add_fn add);
 
 #define DRUNS 3
 #define DIRTY_GUEST (4 * GiB)
 #define DIRTY_VCPUS 2
 #define DIRTY_ROUNDS 4
-
-static volatile uint64_t dsink;
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double med(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), cmp_d);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static void die(const char *what, int rc)
-{
-    fprintf(stderr, "bench_dirty: %s: %s\n", what, strerror(-rc));
-    abort();
-}
 
 /* The guest's frames, page by page (RAM pages of the layout, in order). */
 static mfn_t *guest_mfns(struct domain *d, uint64_t *n)
@@ -95,11 +72,11 @@ static void bench_modes(bench_add_fn add)
             struct domain_config c;
             int rc = machine_create(&m, DIRTY_GUEST + GiB, FRAME_POLICY_FRAGPOOL);
             if (rc < 0)
-                die("machine", rc);
+                bench_fail_rc("machine_create", rc);
             domain_config_default(&c);
             if ((rc = domain_create(m, &c, &d)) < 0 ||
                 (rc = domain_populate_guest(d, DIRTY_GUEST, NULL)) < 0)
-                die("populate", rc);
+                bench_fail_rc("domain_create/domain_populate_guest", rc);
             struct vcpu *v[DIRTY_VCPUS];
             struct workload *w[DIRTY_VCPUS];
             for (unsigned i = 0; i < DIRTY_VCPUS; i++) {
@@ -108,12 +85,12 @@ static void bench_modes(bench_add_fn add)
                 wc.seed = (uint64_t)run + 1;
                 if ((rc = vcpu_create(d, i, NULL, &v[i])) < 0 ||
                     (rc = workload_create(d, &wc, i, DIRTY_VCPUS, &w[i])) < 0)
-                    die("vcpu", rc);
+                    bench_fail_rc("vcpu_create/workload_create", rc);
             }
             uint64_t pages = d->tot_pages;
             uint64_t t = hv_now_ns();
             if ((rc = dirty_enable(d, (enum dirty_mode)mode)) < 0)
-                die("enable", rc);
+                bench_fail_rc("dirty_enable", rc);
             en[run] = (double)(hv_now_ns() - t) / 1e6;
             uint64_t nr = dirty_bitmap_gfns(d), nm;
             uint64_t *bm = calloc((nr + 63) / 64, 8);
@@ -122,21 +99,21 @@ static void bench_modes(bench_add_fn add)
             for (int r = 0; r < DIRTY_ROUNDS; r++) {
                 struct workload_result res;
                 if ((rc = workload_run(v, w, DIRTY_VCPUS, pages, 0, &res)) < 0)
-                    die("writer", rc);
+                    bench_fail_rc("workload_run(writer)", rc);
                 rv[r] = (double)res.ns / 1e6;
                 struct dirty_round rd;
                 if ((rc = dirty_harvest(d, bm, nr, &rd)) < 0)
-                    die("harvest", rc);
+                    bench_fail_rc("dirty_harvest", rc);
                 hvv[r] = (double)rd.ns / 1e6 / ((double)DIRTY_GUEST / GiB);
                 lv[r] = direct_round_ms(m, mfns, nm, (uint64_t)r);
             }
-            rnd[run] = med(rv + 1, DIRTY_ROUNDS - 1);
-            hv[run] = med(hvv + 1, DIRTY_ROUNDS - 1);
-            lim[run] = med(lv + 1, DIRTY_ROUNDS - 1);
+            rnd[run] = bench_median(rv + 1, DIRTY_ROUNDS - 1);
+            hv[run] = bench_median(hvv + 1, DIRTY_ROUNDS - 1);
+            lim[run] = bench_median(lv + 1, DIRTY_ROUNDS - 1);
             struct dirty_disable_result dr;
             t = hv_now_ns();
             if ((rc = dirty_disable(d, NULL, 0, &dr)) < 0)
-                die("disable", rc);
+                bench_fail_rc("dirty_disable", rc);
             dis[run] = (double)(hv_now_ns() - t) / 1e6;
             rec[run] = (double)(dr.recovered_1g + dr.recovered_2m);
             split[run] = (double)(dr.split_1g + dr.split_2m);
@@ -152,18 +129,18 @@ static void bench_modes(bench_add_fn add)
         const char *mn = dirty_mode_name((enum dirty_mode)mode);
         char name[64];
         snprintf(name, sizeof(name), "dirty_%s_enable_ms", mn);
-        add(name, med(en, DRUNS), "ms", 0, NULL, 0);
-        double r = med(rnd, DRUNS), l = med(lim, DRUNS);
+        add(name, bench_median(en, DRUNS), "ms", 0, NULL, 0);
+        double r = bench_median(rnd, DRUNS), l = bench_median(lim, DRUNS);
         snprintf(name, sizeof(name), "dirty_%s_round_ms", mn);
         add(name, r, "ms", l, "direct_stores_ms", l / r);
         snprintf(name, sizeof(name), "dirty_%s_harvest_ms_per_gib", mn);
-        add(name, med(hv, DRUNS), "ms/GiB", 0, NULL, 0);
+        add(name, bench_median(hv, DRUNS), "ms/GiB", 0, NULL, 0);
         snprintf(name, sizeof(name), "dirty_%s_disable_ms", mn);
-        add(name, med(dis, DRUNS), "ms", 0, NULL, 0);
+        add(name, bench_median(dis, DRUNS), "ms", 0, NULL, 0);
         snprintf(name, sizeof(name), "dirty_%s_superpages_split", mn);
-        add(name, med(split, DRUNS), "count", 0, NULL, 0);
+        add(name, bench_median(split, DRUNS), "count", 0, NULL, 0);
         snprintf(name, sizeof(name), "dirty_%s_superpages_recovered", mn);
-        add(name, med(rec, DRUNS), "count", 0, NULL, 0);
+        add(name, bench_median(rec, DRUNS), "count", 0, NULL, 0);
     }
 }
 
@@ -197,7 +174,7 @@ static double direct_ns(struct domain *d, const mfn_t *mfns, uint64_t n, uint64_
         uint64_t *p = (uint64_t *)((uint8_t *)machine_ptr(d->m, mfns[g]) + (x & (PAGE_SIZE - 8)));
         s += *p;
     }
-    dsink += s;
+    bench_sink += s;
     return (double)(hv_now_ns() - t) / TP_ACCESSES;
 }
 
@@ -213,7 +190,7 @@ static void bench_vcpu(bench_add_fn add)
         struct domain_config c;
         int rc = machine_create(&m, (TP_PAGES << PAGE_SHIFT) + GiB, FRAME_POLICY_FRAGPOOL);
         if (rc < 0)
-            die("machine", rc);
+            bench_fail_rc("machine_create", rc);
         domain_config_default(&c);
         if (orders[k] == PAGE_ORDER_4K) {
             c.nr_4k_ranges = 1;
@@ -221,13 +198,13 @@ static void bench_vcpu(bench_add_fn add)
         }
         if ((rc = domain_create(m, &c, &d)) < 0 ||
             (rc = domain_populate(d, TP_GFN, TP_PAGES, NULL)) < 0)
-            die("populate", rc);
+            bench_fail_rc("domain_create/domain_populate", rc);
         if (orders[k] == PAGE_ORDER_2M) {
             d->no_auto_coalesce = true;
             p2m_set_auto_coalesce(d->p2m, false);
             for (gfn_t g = TP_GFN; g < TP_GFN + TP_PAGES; g += 1ULL << 18)
                 if ((rc = p2m_split(d->p2m, g)) < 0)
-                    die("split", rc);
+                    bench_fail_rc("p2m_split", rc);
         }
         uint64_t nm;
         mfn_t *mfns = guest_mfns(d, &nm);
@@ -245,14 +222,14 @@ static void bench_vcpu(bench_add_fn add)
             wc.seed = 42;
             if ((rc = vcpu_create(d, 0, &tc, &v)) < 0 ||
                 (rc = workload_create(d, &wc, 0, 1, &w)) < 0)
-                die("vcpu", rc);
+                bench_fail_rc("vcpu_create/workload_create", rc);
             struct workload_result res;
             /* warm-up fills the TLB, then the measured run */
             if ((rc = workload_run(&v, &w, 1, TP_ACCESSES / 4, 0, &res)) < 0)
-                die("warm-up", rc);
+                bench_fail_rc("workload_run(warm-up)", rc);
             memset(&v->st, 0, sizeof(v->st));
             if ((rc = workload_run(&v, &w, 1, TP_ACCESSES, 0, &res)) < 0)
-                die("run", rc);
+                bench_fail_rc("workload_run", rc);
             ns[run] = (double)res.ns / (double)res.accesses;
             mpm[run] = (double)v->st.tlb_misses * 1e6 / (double)v->st.accesses;
             refs[run] = (double)v->st.walk_refs * 1e6 / (double)v->st.accesses;
@@ -268,15 +245,15 @@ static void bench_vcpu(bench_add_fn add)
         domain_destroy(d);
         machine_destroy(m);
         char name[64];
-        double x = med(ns, DRUNS), l = med(lim, DRUNS);
+        double x = bench_median(ns, DRUNS), l = bench_median(lim, DRUNS);
         snprintf(name, sizeof(name), "vcpu_uniform_%s_ns_per_access", on[k]);
         add(name, x, "ns", l, "direct_access_ns", l / x);
         snprintf(name, sizeof(name), "vcpu_uniform_%s_tlb_misses_per_m", on[k]);
-        add(name, med(mpm, DRUNS), "/M", 0, NULL, 0);
+        add(name, bench_median(mpm, DRUNS), "/M", 0, NULL, 0);
         snprintf(name, sizeof(name), "vcpu_uniform_%s_%s_misses_per_m", on[k], on[k]);
-        add(name, med(miss_sz, DRUNS), "/M", 0, NULL, 0);
+        add(name, bench_median(miss_sz, DRUNS), "/M", 0, NULL, 0);
         snprintf(name, sizeof(name), "vcpu_uniform_%s_walk_refs_per_m", on[k]);
-        add(name, med(refs, DRUNS), "/M", 0, NULL, 0);
+        add(name, bench_median(refs, DRUNS), "/M", 0, NULL, 0);
     }
 }
 

@@ -21,11 +21,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "machine.h"
 #include "migrate.h"
 #include "net.h"
-
-typedef void (*add_fn_t)(const char *, double, const char *, double, const char *, double);
 
 #define GUEST (2 * GiB)
 
@@ -86,7 +85,7 @@ static double plain_tcp(uint64_t bytes)
     if (listen_any(&s.lfd, &sa) < 0 || pthread_create(&t, NULL, plain_sink, &s))
         return 0;
     if (net_connect(&sa, 5000, &fd) < 0)
-        abort();
+        bench_fail("net_connect(plain TCP)");
     uint8_t *buf = malloc(MiB);
     memset(buf, 0x5a, MiB);
     uint64_t t0 = hv_now_ns();
@@ -168,24 +167,33 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
     struct migrate_guest *g;
     bool ok = false;
     domain_config_default(&c);
-    if (machine_create(&sm, GUEST + GiB, FRAME_POLICY_FRAGPOOL) < 0 ||
-        machine_create(&rm, GUEST + 2 * GiB, FRAME_POLICY_FRAGPOOL) < 0 ||
-        domain_create(sm, &c, &d) < 0 || domain_populate_guest(d, GUEST, NULL) < 0)
-        abort();
+    if (machine_create(&sm, GUEST + GiB, FRAME_POLICY_FRAGPOOL) < 0)
+        bench_fail("machine_create(sender)");
+    if (machine_create(&rm, GUEST + 2 * GiB, FRAME_POLICY_FRAGPOOL) < 0)
+        bench_fail("machine_create(receiver)");
+    if (domain_create(sm, &c, &d) < 0)
+        bench_fail("domain_create");
+    if (domain_populate_guest(d, GUEST, NULL) < 0)
+        bench_fail("domain_populate_guest");
     fill(d);
     struct workload_config wc;
     workload_config_default(&wc, WL_WRITER);
     wc.wss = 0.25;
     wc.write_rate = rate;
-    if (migrate_guest_create(d, 1, NULL, &wc, &g) < 0 || migrate_guest_start(g) < 0)
-        abort();
+    if (migrate_guest_create(d, 1, NULL, &wc, &g) < 0)
+        bench_fail("migrate_guest_create");
+    if (migrate_guest_start(g) < 0)
+        bench_fail("migrate_guest_start");
     struct sink s = {.m = rm};
     struct sockaddr_in sa;
     pthread_t t;
     int fd;
-    if (listen_any(&s.lfd, &sa) < 0 || pthread_create(&t, NULL, mig_sink, &s) ||
-        net_connect(&sa, 5000, &fd) < 0)
-        abort();
+    if (listen_any(&s.lfd, &sa) < 0)
+        bench_fail("listen on 127.0.0.1");
+    if (pthread_create(&t, NULL, mig_sink, &s))
+        bench_fail("pthread_create(receiver)");
+    if (net_connect(&sa, 5000, &fd) < 0)
+        bench_fail("net_connect(migration)");
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     struct cpu_mark cm = {cpu_s(), 0};
     struct migrate_opts o = {.compress = compress, .no_verify = true, .on_round = on_round,
@@ -228,21 +236,9 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
     return ok;
 }
 
-static int cmp_dbl(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, unsigned n)
-{
-    qsort(v, n, sizeof(*v), cmp_dbl);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 #define MAX_RUNS 15
 
-static void one_case(add_fn_t add, uint64_t rate, bool compress, unsigned runs)
+static void one_case(bench_add_fn add, uint64_t rate, bool compress, unsigned runs)
 {
     char name[80], tag[32];
     snprintf(tag, sizeof(tag), "migrate_%lluk%s", (unsigned long long)(rate / 1000),
@@ -257,7 +253,7 @@ static void one_case(add_fn_t add, uint64_t rate, bool compress, unsigned runs)
     for (unsigned f = 0; f < M_NR; f++) {
         for (unsigned i = 0; i < n; i++)
             col[i] = m[i][f];
-        med[f] = median(col, n);
+        med[f] = bench_median(col, (int)n);
     }
     /* the ratios: medians of the per-run ratios (each against its own limit) */
     double r_full[MAX_RUNS], r_all[MAX_RUNS], r_ft[MAX_RUNS];
@@ -266,7 +262,8 @@ static void one_case(add_fn_t add, uint64_t rate, bool compress, unsigned runs)
         r_all[i] = m[i][M_LIMIT] > 0 ? m[i][M_OVERALL] / m[i][M_LIMIT] : 0;
         r_ft[i] = m[i][M_FT] > 0 ? m[i][M_R0] / m[i][M_FT] : 0;
     }
-    double rf = median(r_full, n), ra = median(r_all, n), rt = median(r_ft, n);
+    double rf = bench_median(r_full, (int)n), ra = bench_median(r_all, (int)n),
+           rt = bench_median(r_ft, (int)n);
     snprintf(name, sizeof(name), "%s_runs", tag);
     add(name, n, "runs", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_total_s", tag);
@@ -291,8 +288,7 @@ static void one_case(add_fn_t add, uint64_t rate, bool compress, unsigned runs)
     add(name, med[M_GIBS], "GiB/s", 0, NULL, 0);
 }
 
-void bench_migrate(add_fn_t add);
-void bench_migrate(add_fn_t add)
+void bench_migrate(bench_add_fn add)
 {
     static const uint64_t rates[] = {20000, 100000};
     const char *env = getenv("HUGEVM_BENCH_MIGRATE_RUNS");

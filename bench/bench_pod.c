@@ -11,52 +11,19 @@
 #include <string.h>
 
 #include "balloon.h"
+#include "bench.h"
 #include "defrag.h"
 #include "domain.h"
 #include "zero.h"
 
-typedef void (*bench_add_fn)(const char *name, double value, const char *unit,
-                             double limit, const char *limit_name, double ratio);
-void bench_pod(bench_add_fn add);
-
 #define PRUNS 3
-
-static volatile uint64_t pod_sink;
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double med(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), cmp_d);
-    return v[n / 2];
-}
-
-static double read_gbs(const uint8_t *src, size_t len)
-{
-    const uint64_t *p = (const uint64_t *)src;
-    uint64_t a = 0, b = 0, c = 0, d = 0;
-    uint64_t t = hv_now_ns();
-    for (size_t i = 0; i < len / 8; i += 4) {
-        a += p[i];
-        b += p[i + 1];
-        c += p[i + 2];
-        d += p[i + 3];
-    }
-    double gbs = (double)len / (double)(hv_now_ns() - t);
-    pod_sink += a + b + c + d;
-    return gbs;
-}
 
 static void bench_zero(bench_add_fn add)
 {
     size_t len = 256 * MiB;
     uint8_t *buf = aligned_alloc(2 * MiB, len);
     if (!buf)
-        abort();
+        bench_fail("aligned_alloc");
     memset(buf, 0, len);
     static const enum zero_impl impls[] = {ZERO_IMPL_AUTO, ZERO_IMPL_AVX2, ZERO_IMPL_SSE2,
                                            ZERO_IMPL_PORTABLE};
@@ -65,15 +32,15 @@ static void bench_zero(bench_add_fn add)
             continue;
         double rd[PRUNS], zc[PRUNS];
         for (int r = 0; r < PRUNS; r++) {
-            rd[r] = read_gbs(buf, len);
+            rd[r] = bench_read_gbs(buf, len);
             uint64_t t = hv_now_ns();
             bool z = true;
             for (size_t off = 0; off < len; off += 2 * MiB) /* superpage checks */
                 z &= zero_check(buf + off, 2 * MiB);
             zc[r] = (double)len / (double)(hv_now_ns() - t);
-            pod_sink += z;
+            bench_sink += z;
         }
-        double r = med(rd, PRUNS), z = med(zc, PRUNS);
+        double r = bench_median(rd, PRUNS), z = bench_median(zc, PRUNS);
         char name[64];
         snprintf(name, sizeof(name), "zero_check_%s_gb_per_s",
                  zero_impl_name(impls[k] == ZERO_IMPL_AUTO ? zero_get_impl() : impls[k]));
@@ -82,7 +49,7 @@ static void bench_zero(bench_add_fn add)
         add(name, z, "GB/s", r, "read_gb_per_s", z / r);
     }
     if (zero_set_impl(ZERO_IMPL_AUTO) < 0)
-        abort();
+        bench_fail("zero_set_impl");
     free(buf);
 }
 
@@ -103,23 +70,25 @@ static void bench_first_touch(bench_add_fn add)
             struct domain *d;
             struct domain_config c;
             if (machine_create(&m, bytes + 64 * MiB, FRAME_POLICY_FRAGPOOL) < 0)
-                abort();
+                bench_fail("machine_create");
             domain_config_default(&c);
             if (cases[k].four_k) {
                 c.nr_4k_ranges = 1;
                 c.ranges_4k[0] = (struct gfn_range){base, nr};
             }
-            if (domain_create(m, &c, &d) < 0 ||
-                domain_populate_flags(d, base, nr, DOMAIN_POPULATE_POD, NULL) < 0 ||
-                pod_set_target(d, nr) < 0)
-                abort();
+            if (domain_create(m, &c, &d) < 0)
+                bench_fail("domain_create");
+            if (domain_populate_flags(d, base, nr, DOMAIN_POPULATE_POD, NULL) < 0)
+                bench_fail("domain_populate_flags(POD)");
+            if (pod_set_target(d, nr) < 0)
+                bench_fail("pod_set_target");
             uint64_t t = hv_now_ns();
             for (gfn_t g = base; g < base + nr; g++) {
                 enum p2m_type ty;
                 mfn_t mfn = p2m_get_entry(d->p2m, g, &ty, NULL);
                 if (ty == p2m_pod) {
                     if (pod_demand_populate(d, g) < 0)
-                        abort();
+                        bench_fail("pod_demand_populate");
                     mfn = p2m_get_entry(d->p2m, g, &ty, NULL);
                 }
                 *(volatile uint8_t *)machine_ptr(m, mfn) = 1;
@@ -128,7 +97,7 @@ static void bench_first_touch(bench_add_fn add)
             domain_destroy(d);
             machine_destroy(m);
         }
-        add(cases[k].name, med(v, PRUNS), "ms/GiB", 0, NULL, 0);
+        add(cases[k].name, bench_median(v, PRUNS), "ms/GiB", 0, NULL, 0);
     }
 }
 
@@ -142,18 +111,21 @@ static void bench_balloon(bench_add_fn add)
         struct domain_config c;
         struct balloon b;
         if (machine_create(&m, bytes + 512 * MiB, FRAME_POLICY_FRAGPOOL) < 0)
-            abort();
+            bench_fail("machine_create");
         domain_config_default(&c);
-        if (domain_create(m, &c, &d) < 0 || domain_populate_guest(d, bytes, NULL) < 0 ||
-            balloon_init(&b, d, bytes) < 0)
-            abort();
+        if (domain_create(m, &c, &d) < 0)
+            bench_fail("domain_create");
+        if (domain_populate_guest(d, bytes, NULL) < 0)
+            bench_fail("domain_populate_guest");
+        if (balloon_init(&b, d, bytes) < 0)
+            bench_fail("balloon_init");
         uint64_t full = balloon_current(&b), low = full / 4;
         uint64_t t = hv_now_ns();
         if (balloon_set_target(&b, low) < 0)
-            abort();
+            bench_fail("balloon_set_target(inflate)");
         uint64_t t1 = hv_now_ns();
         if (balloon_set_target(&b, full) < 0)
-            abort();
+            bench_fail("balloon_set_target(deflate)");
         uint64_t t2 = hv_now_ns();
         double gib = (double)((full - low) << PAGE_SHIFT) / GiB;
         vi[r] = gib / ((double)(t1 - t) / 1e9);
@@ -162,8 +134,8 @@ static void bench_balloon(bench_add_fn add)
         domain_destroy(d);
         machine_destroy(m);
     }
-    add("balloon_inflate_gib_per_s", med(vi, PRUNS), "GiB/s", 0, NULL, 0);
-    add("balloon_deflate_gib_per_s", med(vd, PRUNS), "GiB/s", 0, NULL, 0);
+    add("balloon_inflate_gib_per_s", bench_median(vi, PRUNS), "GiB/s", 0, NULL, 0);
+    add("balloon_deflate_gib_per_s", bench_median(vd, PRUNS), "GiB/s", 0, NULL, 0);
 }
 
 static void bench_defrag(bench_add_fn add)
@@ -173,39 +145,39 @@ static void bench_defrag(bench_add_fn add)
     double v[PRUNS], mc[PRUNS];
     uint8_t *a = malloc(bytes), *b = malloc(bytes);
     if (!a || !b)
-        abort();
+        bench_fail("malloc");
     memset(a, 1, bytes);
     memset(b, 2, bytes);
     for (int r = 0; r < PRUNS; r++) {
-        uint64_t t = hv_now_ns();
-        memcpy(b, a, bytes);
-        mc[r] = (double)bytes / (double)(hv_now_ns() - t) * 1e9 / MiB;
-        pod_sink += b[r];
+        mc[r] = bench_memcpy_gbs(b, a, bytes) * 1e9 / MiB;
+        bench_sink += b[r];
         struct machine *m;
         struct domain *d;
         struct domain_config c;
         if (machine_create(&m, 2 * bytes + 64 * MiB, FRAME_POLICY_FRAGPOOL) < 0)
-            abort();
+            bench_fail("machine_create");
         domain_config_default(&c);
         if (domain_create(m, &c, &d) < 0)
-            abort();
+            bench_fail("domain_create");
         for (uint64_t i = nr; i-- > 0;) { /* scattered 4K frames */
             mfn_t mfn;
             if (domain_map_extent(d, base + i, PAGE_ORDER_4K, &mfn) < 0)
-                abort();
+                bench_fail("domain_map_extent");
             memset(machine_ptr(m, mfn), (int)(i & 0xff) | 1, PAGE_SIZE);
         }
         struct defrag_stats st = {0};
-        t = hv_now_ns();
-        if (defrag_run(d, base, nr, PAGE_ORDER_2M, 0, &st) < 0 || st.merged_2m != nr / 512)
-            abort();
+        uint64_t t = hv_now_ns();
+        if (defrag_run(d, base, nr, PAGE_ORDER_2M, 0, &st) < 0)
+            bench_fail("defrag_run");
+        if (st.merged_2m != nr / 512)
+            bench_fail("defrag_run merging every 2M extent");
         v[r] = (double)(st.pages_copied << PAGE_SHIFT) / MiB / ((double)(hv_now_ns() - t) / 1e9);
         domain_destroy(d);
         machine_destroy(m);
     }
     free(a);
     free(b);
-    double dm = med(v, PRUNS), cm = med(mc, PRUNS);
+    double dm = bench_median(v, PRUNS), cm = bench_median(mc, PRUNS);
     add("defrag_2m_mib_per_s", dm, "MiB/s", cm, "memcpy_mib_per_s", dm / cm);
 }
 

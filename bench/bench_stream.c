@@ -21,25 +21,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "save.h"
 
-typedef void (*bench_add_fn)(const char *, double, const char *, double, const char *, double);
-void bench_stream(bench_add_fn add);
-
 #define SRUNS 3
-
-static volatile uint64_t sink_stream;
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double med(double *v)
-{
-    qsort(v, SRUNS, sizeof(*v), cmp_d);
-    return v[SRUNS / 2];
-}
 
 /* memcpy bandwidth over `bytes` in 256 MiB pieces, GB/s. */
 static double memcpy_gbs(uint64_t bytes)
@@ -47,7 +32,7 @@ static double memcpy_gbs(uint64_t bytes)
     size_t len = 256 * MiB;
     uint8_t *a = malloc(len), *b = malloc(len);
     if (!a || !b)
-        abort();
+        bench_fail("malloc");
     memset(a, 3, len);
     memset(b, 4, len);
     uint64_t t = hv_now_ns(), sum = 0;
@@ -58,7 +43,7 @@ static double memcpy_gbs(uint64_t bytes)
         sum += b[done / len % len];
     }
     double gbs = (double)bytes / (double)(hv_now_ns() - t);
-    sink_stream += sum;
+    bench_sink += sum;
     free(a);
     free(b);
     return gbs;
@@ -73,11 +58,11 @@ static double first_touch_gbs(uint64_t bytes)
 {
     struct machine *m;
     if (machine_create(&m, bytes, FRAME_POLICY_FRAGPOOL) < 0)
-        abort();
+        bench_fail("machine_create");
     uint64_t t = hv_now_ns();
     memset(m->base, 0x5a, bytes);
     double gbs = (double)bytes / (double)(hv_now_ns() - t);
-    sink_stream += m->base[bytes / 2];
+    bench_sink += m->base[bytes / 2];
     machine_destroy(m);
     return gbs;
 }
@@ -102,19 +87,22 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
     struct machine *m, *m2;
     struct domain *d;
     struct domain_config c;
-    if (machine_create(&m, guest + GiB, FRAME_POLICY_FRAGPOOL) < 0 ||
-        machine_create(&m2, guest + 2 * GiB, FRAME_POLICY_FRAGPOOL) < 0)
-        abort();
+    if (machine_create(&m, guest + GiB, FRAME_POLICY_FRAGPOOL) < 0)
+        bench_fail("machine_create(save side)");
+    if (machine_create(&m2, guest + 2 * GiB, FRAME_POLICY_FRAGPOOL) < 0)
+        bench_fail("machine_create(restore side)");
     domain_config_default(&c);
-    if (domain_create(m, &c, &d) < 0 || domain_populate_guest(d, guest, NULL) < 0)
-        abort();
+    if (domain_create(m, &c, &d) < 0)
+        bench_fail("domain_create");
+    if (domain_populate_guest(d, guest, NULL) < 0)
+        bench_fail("domain_populate_guest");
     touch(d, every);
     double mem_save[SRUNS], mem_rest[SRUNS], file_save[SRUNS], file_rest[SRUNS], mc[SRUNS],
         ft[SRUNS];
     char path[] = "/tmp/hugevm-bench-stream-XXXXXX";
     int fd = mkstemp(path);
     if (fd < 0)
-        abort();
+        bench_fail("mkstemp");
     unlink(path);
     for (int r = 0; r < SRUNS; r++) {
         struct stream_mem sm;
@@ -123,35 +111,39 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
         struct restore_result rr;
         stream_mem_sink(&sm, &io);
         if (stream_mem_reserve(&sm, guest / every + guest / 256 + 64 * MiB) < 0)
-            abort();
+            bench_fail("stream_mem_reserve");
         memset(sm.buf, 0, sm.cap); /* commit the sink outside the timing */
         if (stream_save(d, &io, NULL, &sr, NULL, 0) < 0)
-            abort();
+            bench_fail("stream_save(mem)");
         mem_save[r] = (double)guest / 1e9 / sr.seconds;
         struct stream_mem src;
         stream_mem_source(&src, &io, sm.buf, sm.len);
         if (stream_restore(m2, &io, NULL, &rr) < 0)
-            abort();
+            bench_fail("stream_restore(mem)");
         mem_rest[r] = (double)guest / 1e9 / rr.seconds;
         domain_destroy(rr.d);
         restore_result_free(&rr);
         stream_mem_free(&sm);
 
         struct stream_fd sf;
-        if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || stream_fd_open(&sf, &io, fd) < 0)
-            abort();
+        if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0)
+            bench_fail("ftruncate/lseek of the stream file");
+        if (stream_fd_open(&sf, &io, fd) < 0)
+            bench_fail("stream_fd_open(save)");
         if (stream_save(d, &io, NULL, &sr, NULL, 0) < 0)
-            abort();
+            bench_fail("stream_save(file)");
         file_save[r] = (double)guest / 1e9 / sr.seconds;
         stream_fd_free(&sf);
         /* Untimed: write the stream back now, so that background writeback
          * of this run's file does not steal a core from later figures. */
         if (fdatasync(fd) < 0)
-            abort();
-        if (lseek(fd, 0, SEEK_SET) < 0 || stream_fd_open(&sf, &io, fd) < 0)
-            abort();
+            bench_fail("fdatasync of the stream file");
+        if (lseek(fd, 0, SEEK_SET) < 0)
+            bench_fail("lseek of the stream file");
+        if (stream_fd_open(&sf, &io, fd) < 0)
+            bench_fail("stream_fd_open(restore)");
         if (stream_restore(m2, &io, NULL, &rr) < 0)
-            abort();
+            bench_fail("stream_restore(file)");
         file_rest[r] = (double)guest / 1e9 / rr.seconds;
         stream_fd_free(&sf);
         domain_destroy(rr.d);
@@ -160,12 +152,12 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
         ft[r] = first_touch_gbs(guest);
     }
     close(fd);
-    double lim = med(mc), ftl = med(ft);
+    double lim = bench_median(mc, SRUNS), ftl = bench_median(ft, SRUNS);
     static const char *const what[] = {"save_mem", "restore_mem", "save_file", "restore_file"};
     double *vals[] = {mem_save, mem_rest, file_save, file_rest};
     char name[64];
     for (int k = 0; k < 4; k++) {
-        double v = med(vals[k]);
+        double v = bench_median(vals[k], SRUNS);
         snprintf(name, sizeof(name), "stream_%s_%s_gb_per_s", what[k], tag);
         add(name, v, "GB/s", lim, "memcpy_gb_per_s", v / lim);
         if (k == 1 || k == 3) { /* restores also against the first-touch limit */
@@ -187,10 +179,12 @@ static void coverage(bench_add_fn add, uint64_t guest)
     struct domain *d;
     struct domain_config c;
     if (machine_create(&m, guest + GiB, FRAME_POLICY_FRAGPOOL) < 0)
-        abort();
+        bench_fail("machine_create");
     domain_config_default(&c);
-    if (domain_create(m, &c, &d) < 0 || domain_populate_guest(d, guest, NULL) < 0)
-        abort();
+    if (domain_create(m, &c, &d) < 0)
+        bench_fail("domain_create");
+    if (domain_populate_guest(d, guest, NULL) < 0)
+        bench_fail("domain_populate_guest");
     touch(d, 512);
     static const struct {
         const char *name;
@@ -210,12 +204,12 @@ static void coverage(bench_add_fn add, uint64_t guest)
                                .no_optional = true};
         stream_mem_sink(&sm, &io);
         if (stream_save(d, &io, &so, NULL, NULL, 0) < 0)
-            abort();
+            bench_fail("stream_save(coverage)");
         struct stream_mem src;
         stream_mem_source(&src, &io, sm.buf, sm.len);
         struct restore_opts ro = {.dry_run = true};
         if (stream_restore(NULL, &io, &ro, &rr) < 0)
-            abort();
+            bench_fail("stream_restore(dry run)");
         double pop = (double)rr.pages_populated;
         double hv = (double)(rr.pages_1g * 262144 + rr.pages_2m * 512) / pop * 100;
         double xen = (double)(rr.xen_2m * 512) / pop * 100;
