@@ -1,7 +1,7 @@
 /*
  * guest_state.c - vCPU and workload state as HVM_CONTEXT TLVs (see
- * guest_state.h).  The wire structs are migrate.h's, so that save/restore
- * and live migration share one encoding.
+ * guest_state.h).  The wire structs are migrate.h's; save/restore and live
+ * migration (migrate.c) both encode and decode through this file.
  */
 #include "guest_state.h"
 

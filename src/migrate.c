@@ -20,7 +20,6 @@
 #include "migrate.h"
 
 #include <endian.h>
-#include <math.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,6 +31,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "guest_state.h"
 #include "net.h"
 #include "zero.h"
 
@@ -805,39 +805,6 @@ static void leaves_now(struct domain *d, struct migrate_leaves *l)
     l->p4k = domain_pages_4k(d);
 }
 
-static uint64_t dbl_bits(double x)
-{
-    uint64_t u;
-    memcpy(&u, &x, 8);
-    return htole64(u);
-}
-
-/* The guest's vCPUs and workloads as HVM_CONTEXT TLVs. */
-static int guest_tlvs(const struct migrate_guest *g, struct hvctx_buf *b)
-{
-    int rc = hvctx_begin(b);
-    for (unsigned i = 0; i < g->nr_vcpus && rc == 0; i++) {
-        const struct tlb_config *c = &g->v[i]->cfg;
-        struct mig_vcpu_tlv v = {htole32(i), htole32(g->nr_vcpus), htole32(c->guest_order), 0,
-                                 {0}, {0}};
-        for (unsigned k = 0; k < 3; k++) {
-            v.entries[k] = htole32(c->entries[k]);
-            v.ways[k] = htole32(c->ways[k]);
-        }
-        rc = hvctx_add(b, HVCTX_VCPU, 0, &v, sizeof(v));
-        struct workload_state st;
-        workload_get_state(g->w[i], &st);
-        struct mig_workload_tlv w = {
-            htole32(i), htole32((uint32_t)g->wc.kind), htole32(g->wc.quantum), 0,
-            htole64(g->wc.seed), htole64(g->wc.write_rate), dbl_bits(g->wc.write_frac),
-            dbl_bits(g->wc.zipf_theta), dbl_bits(g->wc.wss), htole64(st.rng), htole64(st.pos),
-            htole64(st.pass), htole64(st.seq), htole64(st.checksum), htole64(st.writes)};
-        if (rc == 0)
-            rc = hvctx_add(b, HVCTX_WORKLOAD, 0, &w, sizeof(w));
-    }
-    return rc;
-}
-
 /* After a failure: if the writer is gone, look for a RESULT the receiver
  * sent before closing, for a better reason. */
 static void peek_result(struct sender *s)
@@ -1042,7 +1009,9 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
     rc = send_pages(s, s->bitmap);
     if (rc == 0) {
-        rc = guest_tlvs(g, &tl);
+        rc = hvctx_begin(&tl);
+        if (rc == 0 && g->nr_vcpus)
+            rc = guest_state_encode(&tl, g->nr_vcpus, g->v, g->w, &g->wc);
         if (rc < 0) {
             rc = sfail(s, rc, "encoding the vCPU state: %s", strerror(-rc));
             goto out;
@@ -1357,149 +1326,39 @@ static long rx_read(void *ctx, void *buf, size_t len)
     return (long)n;
 }
 
-static double dbl_of(uint64_t le)
-{
-    uint64_t u = le64toh(le);
-    double x;
-    memcpy(&x, &u, 8);
-    return x;
-}
-
 /* Rebuild the guest's vCPUs and workloads from the HVM_CONTEXT TLV area
- * (untrusted: everything checked before use). */
-static int guest_from_context(struct domain *d, const uint8_t *a, size_t len,
+ * (untrusted: guest_state checks everything before use).  An area without
+ * vCPU state gives a guest without vCPUs. */
+static int guest_from_context(struct domain *d, const void *a, size_t len,
                               const struct migrate_recv_opts *o, struct migrate_guest **out,
                               char *err, size_t errlen)
 {
-    bool have_v[MIGRATE_MAX_VCPUS] = {0}, have_w[MIGRATE_MAX_VCPUS] = {0};
-    unsigned nr = 0;
-    size_t pos = 0;
-    struct mig_vcpu_tlv *vt = hv_calloc(MIGRATE_MAX_VCPUS, sizeof(*vt));
-    struct mig_workload_tlv *wt = hv_calloc(MIGRATE_MAX_VCPUS, sizeof(*wt));
-    int rc = 0;
-    if (!vt || !wt) {
-        snprintf(err, errlen, "out of memory");
-        rc = -ENOMEM;
-        goto out;
-    }
-    while (pos < len) {
-        struct hvctx_tlv t;
-        if (len - pos < sizeof(t)) {
-            snprintf(err, errlen, "HVM_CONTEXT: truncated TLV header at %zu", pos);
-            rc = -EBADMSG;
-            goto out;
-        }
-        memcpy(&t, a + pos, sizeof(t));
-        uint32_t l = le32toh(t.length);
-        size_t padded = ((size_t)l + 7) & ~(size_t)7;
-        if (padded > len - pos - sizeof(t)) {
-            snprintf(err, errlen, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
-            rc = -EBADMSG;
-            goto out;
-        }
-        const uint8_t *v = a + pos + sizeof(t);
-        uint16_t type = le16toh(t.type);
-        pos += sizeof(t) + padded;
-        if (type == HVCTX_VCPU || type == HVCTX_WORKLOAD) {
-            bool is_v = type == HVCTX_VCPU;
-            size_t want = is_v ? sizeof(struct mig_vcpu_tlv) : sizeof(struct mig_workload_tlv);
-            uint32_t id;
-            if (l != want) {
-                snprintf(err, errlen, "HVM_CONTEXT: %s TLV of %u bytes (want %zu)",
-                         is_v ? "VCPU" : "WORKLOAD", l, want);
-                rc = -EBADMSG;
-            goto out;
-            }
-            memcpy(&id, v, 4);
-            id = le32toh(id);
-            if (id >= MIGRATE_MAX_VCPUS || (is_v ? have_v[id] : have_w[id])) {
-                snprintf(err, errlen, "HVM_CONTEXT: vCPU %u out of range or given twice", id);
-                rc = -EBADMSG;
-            goto out;
-            }
-            if (is_v) {
-                memcpy(&vt[id], v, sizeof(vt[id]));
-                have_v[id] = true;
-                nr = nr > id + 1 ? nr : id + 1;
-            } else {
-                memcpy(&wt[id], v, sizeof(wt[id]));
-                have_w[id] = true;
-            }
-        }
-    }
-    for (unsigned i = 0; i < MIGRATE_MAX_VCPUS; i++) {
-        if (have_v[i] != have_w[i] || (i < nr && !have_v[i]) ||
-            (have_v[i] && le32toh(vt[i].nr_vcpus) != nr)) {
-            snprintf(err, errlen, "HVM_CONTEXT: vCPU %u: state incomplete or inconsistent with "
-                     "%u vCPUs", i, nr);
-            rc = -EBADMSG;
-            goto out;
-        }
-    }
-    struct migrate_guest *g = guest_alloc(d);
+    struct guest_state *gs = hv_malloc(sizeof(*gs));
+    struct migrate_guest *g = gs ? guest_alloc(d) : NULL;
+    int rc = -ENOMEM;
     if (!g) {
         snprintf(err, errlen, "out of memory");
-        rc = -ENOMEM;
         goto out;
     }
-    for (unsigned i = 0; i < nr && rc == 0; i++) {
-        struct tlb_config tc;
-        tlb_config_default(&tc);
-        tc.guest_order = le32toh(vt[i].guest_order);
-        for (unsigned k = 0; k < 3; k++) {
-            tc.entries[k] = le32toh(vt[i].entries[k]);
-            tc.ways[k] = le32toh(vt[i].ways[k]);
-            if (tc.entries[k] > 65536 || tc.ways[k] == 0 || tc.ways[k] > 64)
-                rc = -EBADMSG;
-        }
-        if (tc.guest_order != 0 && tc.guest_order != 9 && tc.guest_order != 18)
-            rc = -EBADMSG;
-        struct workload_config wc;
-        const struct mig_workload_tlv *w = &wt[i];
-        uint32_t kind = le32toh(w->kind);
-        workload_config_default(&wc, kind < WL_NR_KINDS ? (enum workload_kind)kind : WL_SEQ);
-        wc.seed = le64toh(w->seed);
-        wc.write_rate = le64toh(w->write_rate);
-        wc.quantum = le32toh(w->quantum);
-        wc.write_frac = dbl_of(w->write_frac);
-        wc.zipf_theta = dbl_of(w->zipf_theta);
-        wc.wss = dbl_of(w->wss);
-        wc.on_write = o->on_write;
-        wc.ctx = o->ctx;
-        if (kind >= WL_NR_KINDS || wc.quantum > (1u << 20) || !isfinite(wc.write_frac) ||
-            !isfinite(wc.zipf_theta) || !isfinite(wc.wss) || wc.write_frac < -1 ||
-            wc.write_frac > 1 || wc.zipf_theta < 0 || wc.zipf_theta >= 1 || wc.wss < 0 ||
-            wc.wss > 1)
-            rc = -EBADMSG;
-        if (rc < 0) {
-            snprintf(err, errlen, "HVM_CONTEXT: vCPU %u: implausible vCPU or workload "
-                     "configuration", i);
-            break;
-        }
-        if (i == 0) {
-            g->wc = wc;
-            g->tc = tc;
-        }
-        rc = vcpu_create(d, i, &tc, &g->v[i]);
+    rc = guest_state_decode(a, len, gs, err, errlen);
+    if (rc == 0 && errlen)
+        err[0] = '\0'; /* no vCPU state: not an error here */
+    if (rc > 0) {
+        rc = guest_state_build(d, gs, o->on_write, o->ctx, g->v, g->w, err, errlen);
         if (rc == 0) {
-            g->nr_vcpus = i + 1;
-            rc = workload_create(d, &wc, i, nr, &g->w[i]);
+            g->nr_vcpus = gs->nr_vcpus;
+            g->tc = gs->v[0].tc;
+            g->wc = gs->v[0].wc;
+            g->wc.on_write = o->on_write;
+            g->wc.ctx = o->ctx;
         }
-        struct workload_state st = {le64toh(w->rng), le64toh(w->pos), le64toh(w->pass),
-                                    le64toh(w->seq), le64toh(w->checksum), le64toh(w->writes)};
-        if (rc == 0)
-            rc = workload_set_state(g->w[i], &st);
-        if (rc < 0)
-            snprintf(err, errlen, "HVM_CONTEXT: vCPU %u: cannot rebuild it: %s", i,
-                     strerror(-rc));
     }
     if (rc < 0)
         migrate_guest_destroy(g);
     else
         *out = g;
 out:
-    free(vt);
-    free(wt);
+    free(gs);
     return rc;
 }
 

@@ -120,7 +120,8 @@ struct mig_result {
 };
 _Static_assert(sizeof(struct mig_result) == 264, "RESULT");
 
-/* HVM_CONTEXT TLVs carrying the guest (save.h reserves the types). */
+/* HVM_CONTEXT TLVs carrying the guest (save.h reserves the types; guest_state.h
+ * encodes and decodes them for both migration and save/restore). */
 struct mig_vcpu_tlv {
     uint32_t id, nr_vcpus, guest_order, reserved;
     uint32_t entries[3], ways[3];
