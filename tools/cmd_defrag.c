@@ -19,6 +19,7 @@
 #include "defrag.h"
 #include "domain.h"
 #include "migrate.h"
+#include "shadow.h"
 
 static struct {
     uint64_t guest_mem, host_mem, scatter;
@@ -39,105 +40,6 @@ static struct {
     .settle_ms = 50,
 };
 
-/* ---- a sampled shadow of guest memory, fed by the workloads' writes ------ */
-
-#define MODEL_MAX_SLOTS 8192u /* pages shadowed (32 MiB) */
-
-struct wmodel {
-    struct gfn_range r[2];
-    unsigned n;
-    uint64_t pages, stride, slots;
-    uint8_t *bytes;
-    uint64_t writes; /* writes that hit a shadowed page */
-};
-
-/* Slot of gfn, or -1 when the page is not shadowed. */
-static int64_t model_slot(const struct wmodel *w, gfn_t g)
-{
-    uint64_t idx = 0;
-    for (unsigned i = 0; i < w->n; i++) {
-        if (g >= w->r[i].gfn && g < w->r[i].gfn + w->r[i].nr) {
-            idx += g - w->r[i].gfn;
-            return idx % w->stride ? -1 : (int64_t)(idx / w->stride);
-        }
-        idx += w->r[i].nr;
-    }
-    return -1;
-}
-
-static gfn_t model_gfn(const struct wmodel *w, uint64_t slot)
-{
-    uint64_t idx = slot * w->stride;
-    for (unsigned i = 0; i < w->n; i++) {
-        if (idx < w->r[i].nr)
-            return w->r[i].gfn + idx;
-        idx -= w->r[i].nr;
-    }
-    return INVALID_GFN;
-}
-
-static void page_bytes(const struct domain *d, gfn_t g, uint8_t *out)
-{
-    enum p2m_type t;
-    mfn_t mfn = p2m_get_entry(d->p2m, g, &t, NULL);
-    if (p2m_is_ram(t))
-        memcpy(out, machine_ptr(d->m, mfn), PAGE_SIZE);
-    else
-        memset(out, 0, PAGE_SIZE); /* PoD, hole: reads as zero */
-}
-
-static int model_init(struct wmodel *w, const struct domain *d, const struct gfn_range *r,
-                      unsigned n)
-{
-    memset(w, 0, sizeof(*w));
-    for (unsigned i = 0; i < n; i++) {
-        w->r[i] = r[i];
-        w->pages += r[i].nr;
-    }
-    w->n = n;
-    w->stride = (w->pages + MODEL_MAX_SLOTS - 1) / MODEL_MAX_SLOTS;
-    if (!w->stride)
-        w->stride = 1;
-    w->slots = (w->pages + w->stride - 1) / w->stride;
-    w->bytes = malloc(w->slots * PAGE_SIZE);
-    if (!w->bytes)
-        return -ENOMEM;
-    for (uint64_t s = 0; s < w->slots; s++)
-        page_bytes(d, model_gfn(w, s), w->bytes + s * PAGE_SIZE);
-    return 0;
-}
-
-/* on_write: the runner thread, d->lock held. */
-static void model_write(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val)
-{
-    struct wmodel *w = ctx;
-    (void)vcpu;
-    int64_t s = model_slot(w, gpa >> PAGE_SHIFT);
-    if (s < 0)
-        return;
-    memcpy(w->bytes + (uint64_t)s * PAGE_SIZE + (gpa & (PAGE_SIZE - 8)), &val, 8);
-    w->writes++;
-}
-
-/* Pages whose bytes differ from the shadow (guest stopped). */
-static uint64_t model_verify(const struct wmodel *w, const struct domain *d)
-{
-    uint8_t page[PAGE_SIZE];
-    uint64_t bad = 0;
-    for (uint64_t s = 0; s < w->slots; s++) {
-        page_bytes(d, model_gfn(w, s), page);
-        bad += memcmp(page, w->bytes + s * PAGE_SIZE, PAGE_SIZE) != 0;
-    }
-    return bad;
-}
-
-static void sleep_ms(uint64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-
 static uint8_t fill_of(gfn_t g) { return (uint8_t)((g * 131) | 1); }
 
 static int run_defrag(int argc, char **argv)
@@ -145,7 +47,7 @@ static int run_defrag(int argc, char **argv)
     struct machine *m = NULL;
     struct domain *d = NULL;
     struct migrate_guest *g = NULL;
-    struct wmodel model = {0};
+    struct guest_shadow model = {0};
     int rc, status = 1, g_kind = -1;
     char b1[32], b2[32];
     unsigned order;
@@ -199,10 +101,10 @@ static int run_defrag(int argc, char **argv)
         wc.seed = o.seed;
         wc.wss = o.wss;
         wc.write_rate = o.write_rate;
-        wc.on_write = model_write;
+        wc.on_write = guest_shadow_write;
         wc.ctx = &model;
         struct gfn_range r = {base, ns ? ns : nr};
-        rc = model_init(&model, d, &r, 1);
+        rc = guest_shadow_init(&model, d, &r, 1);
         if (rc == 0)
             rc = migrate_guest_create(d, (unsigned)o.vcpus, NULL, &wc, &g);
         if (rc == 0)
@@ -211,7 +113,7 @@ static int run_defrag(int argc, char **argv)
             cli_error("defrag: starting the guest failed: %s", strerror(-rc));
             goto out;
         }
-        sleep_ms(o.settle_ms);
+        cli_sleep_ms(o.settle_ms);
     }
     uint64_t l4 = domain_pages_4k(d), l2 = domain_pages_2m(d), l1 = domain_pages_1g(d);
     struct defrag_stats st = {0};
@@ -222,7 +124,7 @@ static int run_defrag(int argc, char **argv)
     uint64_t acc1 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
     int gerr = 0;
     if (g) {
-        sleep_ms(o.settle_ms);
+        cli_sleep_ms(o.settle_ms);
         migrate_guest_stop(g);
         gerr = g->err;
     }
@@ -232,7 +134,7 @@ static int run_defrag(int argc, char **argv)
     }
     uint64_t bad = 0;
     if (g) {
-        bad = model_verify(&model, d); /* pages wrong */
+        bad = guest_shadow_verify(&model, d); /* pages wrong */
     } else {
         for (uint64_t i = 0; i < ns; i++) {
             mfn_t mfn = p2m_get_entry(d->p2m, base + i, NULL, NULL);
@@ -314,7 +216,7 @@ static int run_defrag(int argc, char **argv)
     status = audit || bad || gerr ? 1 : 0;
 out:
     migrate_guest_destroy(g); /* stops the runner first */
-    free(model.bytes);
+    guest_shadow_free(&model);
     domain_destroy(d);
     machine_destroy(m);
     return status;
