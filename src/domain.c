@@ -11,8 +11,8 @@
  * on any error the journal is unwound in reverse, so a failed populate
  * leaves the p2m, the frames and the accounting exactly as before.  During
  * populate the p2m's automatic coalescing is off (so that unwinding never has
- * to split a merged leaf and never needs a table); on success the range is
- * coalesced explicitly.
+ * to split a merged leaf and never needs a table); switching it back on
+ * merges the range that changed.
  *
  * Frames are freed by machine runs: a p2m leaf may map a run made of several
  * allocated extents (after coalescing), so frees are cut at extent borders.
@@ -404,7 +404,7 @@ static int populate_begin(struct domain *d)
 }
 
 static int populate_end(struct domain *d, struct journal *j, int rc,
-                        const struct domain_stats *fb, gfn_t gfn, uint64_t nr)
+                        const struct domain_stats *fb)
 {
     if (rc < 0)
         journal_unwind(d, j);
@@ -413,11 +413,9 @@ static int populate_end(struct domain *d, struct journal *j, int rc,
     if (rc == 0 && d->logdirty) /* committed: give new RAM the log-dirty form */
         for (size_t i = 0; i < j->n; i++)
             dirty_on_map(d, j->v[i].gfn, (unsigned)__builtin_ctzll(j->v[i].nr));
-    if (!d->no_auto_coalesce) {
+    /* Turning it back on merges exactly the range changed meanwhile. */
+    if (!d->no_auto_coalesce)
         p2m_set_auto_coalesce(d->p2m, true);
-        if (rc == 0)
-            (void)p2m_coalesce(d->p2m, gfn, nr);
-    }
     free(j->v);
     j->v = NULL;
     j->n = j->cap = 0;
@@ -442,7 +440,7 @@ int domain_populate_flags(struct domain *d, gfn_t gfn, uint64_t nr,
         return -EINVAL;
     populate_begin(d);
     int rc = populate_range(d, &j, gfn, nr, MAX_ORDER, &local, &fb);
-    rc = populate_end(d, &j, rc, &fb, gfn, nr);
+    rc = populate_end(d, &j, rc, &fb);
     if (res)
         *res = rc == 0 ? local : (struct populate_result){0};
     return rc;
@@ -482,7 +480,7 @@ int domain_populate_guest_flags(struct domain *d, uint64_t bytes, unsigned flags
     int rc = 0;
     for (unsigned i = 0; i < n && rc == 0; i++)
         rc = populate_range(d, &j, r[i].gfn, r[i].nr, MAX_ORDER, &local, &fb);
-    rc = populate_end(d, &j, rc, &fb, 0, n ? r[n - 1].gfn + r[n - 1].nr : 0);
+    rc = populate_end(d, &j, rc, &fb);
     if (res)
         *res = rc == 0 ? local : (struct populate_result){0};
     return rc;
@@ -515,7 +513,7 @@ int domain_increase_reservation(struct domain *d, gfn_t gfn,
             fb.increased_4k += local.nr_4k - before_4k;
         }
     }
-    return populate_end(d, &j, rc, &fb, gfn, nr_extents << order);
+    return populate_end(d, &j, rc, &fb);
 }
 
 int domain_map_extent(struct domain *d, gfn_t gfn, unsigned order, mfn_t *mfn)
