@@ -57,6 +57,8 @@ static void add(const char *name, double value, const char *unit, double limit,
 static gfn_t *random_gfns(uint64_t nr_gfns, uint64_t seed)
 {
     gfn_t *g = malloc(LOOKUPS * sizeof(*g));
+    if (!g)
+        bench_fail("malloc of the lookup gfns");
     struct hv_rng r = {seed};
     for (unsigned i = 0; i < LOOKUPS; i++)
         g[i] = hv_rng_below(&r, nr_gfns);
@@ -87,6 +89,8 @@ static void bench_lookup(void)
 {
     uint64_t nr = LOOKUP_GUEST >> PAGE_SHIFT;
     uint64_t *flat = malloc(nr * sizeof(*flat));
+    if (!flat)
+        bench_fail("malloc of the flat array");
     for (uint64_t i = 0; i < nr; i++)
         flat[i] = i * 7 + 3;
     gfn_t *g = random_gfns(nr, 99);
@@ -166,6 +170,8 @@ static void bench_alloc(void)
     static const enum frame_policy pols[] = {FRAME_POLICY_FRAGPOOL, FRAME_POLICY_BUDDY};
     enum { N = 1 << 16 };
     mfn_t *held = malloc(N * sizeof(*held));
+    if (!held)
+        bench_fail("malloc of the held extents");
     for (size_t p = 0; p < ARRAY_SIZE(pols); p++) {
         for (unsigned order = 0; order <= 9; order += 9) {
             double v[RUNS];
@@ -243,6 +249,8 @@ int main(int argc, char **argv)
     if (!only || !strcmp(only, "limits") || !strcmp(only, "lookup")) {
         size_t len = 256 * MiB;
         uint8_t *a = malloc(len), *b = malloc(len);
+        if (!a || !b)
+            bench_fail("malloc of the bandwidth buffers");
         memset(a, 1, len);
         memset(b, 2, len);
         double mc[RUNS], rd[RUNS];
