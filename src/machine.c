@@ -142,6 +142,34 @@ void machine_destroy(struct machine *m)
     free(m);
 }
 
+bool machine_offset_in_hole(struct machine_holes *dm, uint64_t off)
+{
+    if (off >= dm->lo && off < dm->hi)
+        return !dm->data;
+    off_t ds = lseek(dm->fd, (off_t)off, SEEK_DATA);
+    if (ds < 0) {
+        if (errno == ENXIO) { /* hole up to the end */
+            dm->lo = off;
+            dm->hi = UINT64_MAX;
+            dm->data = false;
+            return true;
+        }
+        dm->lo = dm->hi = 0; /* unknown: read the page */
+        return false;
+    }
+    if ((uint64_t)ds > off) {
+        dm->lo = off;
+        dm->hi = (uint64_t)ds;
+        dm->data = false;
+        return true;
+    }
+    off_t he = lseek(dm->fd, (off_t)off, SEEK_HOLE);
+    dm->lo = off;
+    dm->hi = he > (off_t)off ? (uint64_t)he : off + PAGE_SIZE;
+    dm->data = true;
+    return false;
+}
+
 uint64_t machine_resident_bytes(const struct machine *m)
 {
     struct stat st;

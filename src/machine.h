@@ -62,6 +62,27 @@ static inline void *machine_ptr(const struct machine *m, mfn_t mfn)
 }
 static inline uint64_t machine_offset(mfn_t mfn) { return mfn << PAGE_SHIFT; }
 
+/*
+ * A cursor over the memfd's holes: never-written (or punched) ranges read as
+ * zero without being read, and reading a shmem hole would commit it.  One
+ * SEEK_DATA covers a whole untouched range and the answer is cached as a
+ * window; callers walking machine offsets mostly in order pay about one
+ * syscall per hole/data boundary.  A data window stays valid as long as
+ * the frames in it are not freed (true while a save or migration reads a
+ * domain's frames).
+ */
+struct machine_holes {
+    int fd;
+    uint64_t lo, hi; /* cached window [lo, hi) */
+    bool data;       /* the window is data (true) or a hole (false) */
+};
+static inline void machine_holes_init(struct machine_holes *h, const struct machine *m)
+{
+    *h = (struct machine_holes){.fd = m->fd};
+}
+/* Is machine byte offset `off` inside a hole of the memfd (reads as zero)? */
+bool machine_offset_in_hole(struct machine_holes *h, uint64_t off);
+
 /* Host RAM currently backing the machine (memfd blocks), in bytes. */
 uint64_t machine_resident_bytes(const struct machine *m);
 

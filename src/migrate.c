@@ -219,49 +219,11 @@ void migrate_guest_stop(struct migrate_guest *g)
  * whole untouched range, so an untouched guest is never read (reading a
  * shmem hole would commit it). */
 
-struct datamap {
-    int fd;
-    uint64_t lo, hi; /* cached window [lo, hi) */
-    bool data;
-};
-
-static bool in_memfd_hole(struct datamap *dm, uint64_t off)
-{
-    if (off >= dm->lo && off < dm->hi)
-        return !dm->data;
-    off_t ds = lseek(dm->fd, (off_t)off, SEEK_DATA);
-    if (ds < 0) {
-        if (errno == ENXIO) {
-            dm->lo = off;
-            dm->hi = UINT64_MAX;
-            dm->data = false;
-            return true;
-        }
-        dm->lo = dm->hi = 0;
-        return false;
-    }
-    if ((uint64_t)ds > off) {
-        dm->lo = off;
-        dm->hi = (uint64_t)ds;
-        dm->data = false;
-        return true;
-    }
-    /* Data here: SEEK_HOLE finds where it ends.  It walks the page cache
-     * up to that hole, but the window is cached (a data window stays valid
-     * for the whole migration: pages are not freed meanwhile), so each
-     * page is walked once per pass instead of costing one SEEK_DATA. */
-    off_t hs = lseek(dm->fd, (off_t)off, SEEK_HOLE);
-    dm->lo = off;
-    dm->hi = hs > (off_t)off ? (uint64_t)hs : off + PAGE_SIZE;
-    dm->data = true;
-    return false;
-}
-
 /* ---- digest ------------------------------------------------------------------------ */
 
 struct digest_ctx {
     struct machine *m;
-    struct datamap dm;
+    struct machine_holes dm;
     uint64_t zero_hash, acc, pages;
 };
 
@@ -273,7 +235,7 @@ static int digest_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
     if (!p2m_is_ram(type))
         return 0;
     for (uint64_t i = 0; i < order_pages(order); i++) {
-        uint64_t h = in_memfd_hole(&c->dm, machine_offset(mfn + i))
+        uint64_t h = machine_offset_in_hole(&c->dm, machine_offset(mfn + i))
                          ? c->zero_hash
                          : XXH3_64bits(machine_ptr(c->m, mfn + i), PAGE_SIZE);
         uint64_t rec[2] = {htole64(gfn + i), htole64(h)};
@@ -661,7 +623,7 @@ struct sender {
     struct pipe pipe;
     struct stream_io io;
     struct stream_writer w;
-    struct datamap dm;
+    struct machine_holes dm;
     struct ram_run *runs;
     size_t nruns, cap;
     uint64_t *bitmap, *fresh, nr_gfns;
@@ -714,7 +676,7 @@ static int send_batch(struct sender *s)
         s->dm.lo = s->dm.hi = 0;
     for (unsigned k = 0; k < s->n; k++) {
         const void *ptr = machine_ptr(d->m, s->mfn[k]);
-        bool zero = in_memfd_hole(&s->dm, machine_offset(s->mfn[k])) || zero_check(ptr, PAGE_SIZE);
+        bool zero = machine_offset_in_hole(&s->dm, machine_offset(s->mfn[k])) || zero_check(ptr, PAGE_SIZE);
         s->entries[k] = htole64(stream_pfn_entry(s->pfn[k], zero ? STREAM_PAGE_XALLOC
                                                                  : STREAM_PAGE_NOTAB));
         if (zero)
@@ -893,7 +855,7 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     }
     s->io = (struct stream_io){.write = pipe_io_write, .flush = pipe_io_flush, .ctx = &s->pipe};
     stream_writer_init(&s->w, &s->io);
-    s->dm = (struct datamap){.fd = d->m->fd};
+    machine_holes_init(&s->dm, d->m);
 
     /* handshake */
     struct mig_hello hello = {htole32(MIG_VERSION), htole32(o->no_verify ? 0 : MIG_HELLO_VERIFY)};

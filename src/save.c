@@ -260,41 +260,6 @@ static int add_config_tlvs(struct hvctx_buf *b, const struct domain *d,
 
 /* ---- zero detection ---------------------------------------------------------- */
 
-struct datamap {
-    int fd;
-    uint64_t lo, hi; /* cached window [lo, hi) */
-    bool data;       /* the window is data (true) or a hole (false) */
-};
-
-/* Is machine byte offset `off` inside a hole of the memfd (reads as zero)? */
-static bool in_memfd_hole(struct datamap *dm, uint64_t off)
-{
-    if (off >= dm->lo && off < dm->hi)
-        return !dm->data;
-    off_t ds = lseek(dm->fd, (off_t)off, SEEK_DATA);
-    if (ds < 0) {
-        if (errno == ENXIO) { /* hole up to the end */
-            dm->lo = off;
-            dm->hi = UINT64_MAX;
-            dm->data = false;
-            return true;
-        }
-        dm->lo = dm->hi = 0; /* unknown: read the page */
-        return false;
-    }
-    if ((uint64_t)ds > off) {
-        dm->lo = off;
-        dm->hi = (uint64_t)ds;
-        dm->data = false;
-        return true;
-    }
-    off_t he = lseek(dm->fd, (off_t)off, SEEK_HOLE);
-    dm->lo = off;
-    dm->hi = he > (off_t)off ? (uint64_t)he : off + PAGE_SIZE;
-    dm->data = true;
-    return false;
-}
-
 static bool page_is_zero(const void *p)
 {
     const uint64_t *w = p;
@@ -312,7 +277,7 @@ struct saver {
     const struct save_opts *o;
     struct save_result *res;
     struct stream_writer w;
-    struct datamap dm;
+    struct machine_holes dm;
     uint64_t *entries;
     const void **data;
     gfn_t *perm;
@@ -348,7 +313,7 @@ static int write_batch(struct saver *s, uint64_t first, uint32_t count, uint64_t
             type = STREAM_PAGE_XTAB;
             s->res->pages_xtab++;
         } else if (!s->o->no_xalloc &&
-                   (in_memfd_hole(&s->dm, machine_offset(mfn)) ||
+                   (machine_offset_in_hole(&s->dm, machine_offset(mfn)) ||
                     page_is_zero(machine_ptr(d->m, mfn)))) {
             type = STREAM_PAGE_XALLOC;
             s->res->pages_zero++;
@@ -434,7 +399,7 @@ int stream_save(struct domain *d, struct stream_io *io, const struct save_opts *
     }
     uint64_t t0 = hv_now_ns();
     stream_writer_init(&s.w, io);
-    s.dm = (struct datamap){.fd = d->m->fd};
+    machine_holes_init(&s.dm, d->m);
     const char *stage = "scanning the p2m";
     int rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, scan_leaf, &sc);
     if (rc < 0)

@@ -111,42 +111,13 @@ static void model_check(const struct model *mo, struct domain *d)
 
 /* ---- per-page checksums (hole-aware: never commits untouched memory) -------- */
 
-struct hole_cache {
-    int fd;
-    uint64_t lo, hi;
-    bool data;
-};
-
-static bool in_hole(struct hole_cache *c, uint64_t off)
-{
-    if (off >= c->lo && off < c->hi)
-        return !c->data;
-    off_t ds = lseek(c->fd, (off_t)off, SEEK_DATA);
-    if (ds < 0) {
-        c->lo = off;
-        c->hi = UINT64_MAX;
-        c->data = false;
-        return true;
-    }
-    if ((uint64_t)ds > off) {
-        c->lo = off;
-        c->hi = (uint64_t)ds;
-        c->data = false;
-        return true;
-    }
-    off_t he = lseek(c->fd, (off_t)off, SEEK_HOLE);
-    c->lo = off;
-    c->hi = he > (off_t)off ? (uint64_t)he : off + PAGE_SIZE;
-    c->data = true;
-    return false;
-}
-
 /* hashes[gfn] for gfn < GUEST_GFNS: XXH64 of the page, 0 when not RAM. */
 static void page_hashes(struct domain *d, uint64_t *hashes)
 {
     static const uint8_t zero[PAGE_SIZE];
     uint64_t zh = XXH64(zero, PAGE_SIZE, 0);
-    struct hole_cache c = {.fd = d->m->fd};
+    struct machine_holes c;
+    machine_holes_init(&c, d->m);
     for (gfn_t g = 0; g < GUEST_GFNS; g++) {
         enum p2m_type t;
         mfn_t mfn = p2m_get_entry(d->p2m, g, &t, NULL);
@@ -154,7 +125,7 @@ static void page_hashes(struct domain *d, uint64_t *hashes)
             hashes[g] = 0;
             continue;
         }
-        hashes[g] = in_hole(&c, machine_offset(mfn)) ? zh
+        hashes[g] = machine_offset_in_hole(&c, machine_offset(mfn)) ? zh
                                                      : XXH64(machine_ptr(d->m, mfn), PAGE_SIZE, 0);
     }
 }
