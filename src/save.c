@@ -174,6 +174,13 @@ struct scan {
     uint64_t n1g, n2m, n4k;
 };
 
+static void scan_free(struct scan *sc)
+{
+    free(sc->layout.v);
+    free(sc->pod.v);
+    free(sc->blocks.v);
+}
+
 static int scan_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
                      enum p2m_type type, ept_entry_t *e)
 {
@@ -512,9 +519,7 @@ out:
     free(s.entries);
     free(s.data);
     free(s.perm);
-    free(sc.layout.v);
-    free(sc.pod.v);
-    free(sc.blocks.v);
+    scan_free(&sc);
     hvctx_free(&blob);
     return rc;
 }
@@ -564,9 +569,7 @@ int stream_save_head(struct domain *d, struct stream_writer *w, bool no_optional
     if (rc < 0 && err)
         snprintf(err, errlen, "stream head failed %s at byte offset %llu: %s", stage,
                  (unsigned long long)w->offset, strerror(-rc));
-    free(sc.layout.v);
-    free(sc.pod.v);
-    free(sc.blocks.v);
+    scan_free(&sc);
     hvctx_free(&blob);
     return rc;
 }
@@ -622,9 +625,7 @@ int stream_save_tail(struct domain *d, struct stream_writer *w, const void *extr
     if (rc < 0 && err)
         snprintf(err, errlen, "stream tail failed %s at byte offset %llu: %s", stage,
                  (unsigned long long)w->offset, strerror(-rc));
-    free(sc.layout.v);
-    free(sc.pod.v);
-    free(sc.blocks.v);
+    scan_free(&sc);
     hvctx_free(&blob);
     return rc;
 }

@@ -430,22 +430,6 @@ static void test_corrupt_state(void **state)
 
 /* ---- the command line ------------------------------------------------------------------- */
 
-static bool hugevm_path(char *out, size_t len)
-{
-    const char *env = getenv("HUGEVM_BIN");
-    if (env && *env) {
-        snprintf(out, len, "%s", env);
-        return access(out, X_OK) == 0;
-    }
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0)
-        return false;
-    self[n] = 0;
-    snprintf(out, len, "%s/../tools/hugevm", dirname(self));
-    return access(out, X_OK) == 0;
-}
-
 /* Run argv with stdout to `out` (stderr appended to it too); exit status. */
 static int run_to(char *const argv[], const char *out)
 {

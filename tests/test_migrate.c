@@ -711,17 +711,6 @@ static void test_hostile_receiver(void **state)
 
 /* ---- separate processes: loopback and two network namespaces ------------------------ */
 
-static bool hugevm_path(char *out, size_t len)
-{
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0)
-        return false;
-    self[n] = 0;
-    snprintf(out, len, "%s/../tools/hugevm", dirname(self));
-    return access(out, X_OK) == 0;
-}
-
 static pid_t spawn(char *const argv[], const char *log)
 {
     pid_t pid = fork();
