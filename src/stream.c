@@ -14,11 +14,15 @@
  */
 #include "stream.h"
 
+#include "copy.h"
+
 #include <endian.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -67,7 +71,7 @@ static long mem_read(void *ctx, void *buf, size_t len)
     if (n > len)
         n = len;
     if (n)
-        memcpy(buf, m->buf + m->pos, n);
+        copy_bulk(buf, m->buf + m->pos, n);
     m->pos += n;
     return (long)n;
 }
@@ -99,7 +103,7 @@ static int mem_write(void *ctx, const void *buf, size_t len)
         if (rc < 0)
             return rc;
     }
-    memcpy(m->buf + m->len, buf, len);
+    copy_bulk(m->buf + m->len, buf, len);
     m->len += len;
     return 0;
 }
@@ -190,9 +194,70 @@ static int fd_write(void *ctx, const void *buf, size_t len)
     return 0;
 }
 
+/* Leave the mapping: the fd's offset goes where the reader got to, and
+ * reads continue with read(). */
+static void fd_unmap(struct stream_fd *f)
+{
+    if (f->map)
+        munmap((void *)(uintptr_t)f->map, f->map_len);
+    if (f->mapped > 0)
+        (void)lseek(f->fd, (off_t)f->map_pos, SEEK_SET);
+    f->map = NULL;
+    f->map_len = 0;
+    f->mapped = -1;
+}
+
+/* Map (again, if it grew) the regular file behind f->fd, [0, its size).
+ * True when the map now holds bytes at map_pos.  False at the end of the
+ * file (f->mapped stays 1) or when the fd cannot be mapped (f->mapped
+ * becomes -1: read() from here on). */
+static bool fd_map(struct stream_fd *f)
+{
+    struct stat st;
+    if (fstat(f->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        fd_unmap(f);
+        return false;
+    }
+    if (f->mapped == 0) {
+        off_t at = lseek(f->fd, 0, SEEK_CUR);
+        if (at < 0) {
+            fd_unmap(f);
+            return false;
+        }
+        f->map_pos = (uint64_t)at;
+        f->mapped = 1;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (size <= f->map_len || size <= f->map_pos)
+        return false;
+    void *p = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, f->fd, 0);
+    if (p == MAP_FAILED) {
+        fd_unmap(f);
+        return false;
+    }
+    if (f->map)
+        munmap((void *)(uintptr_t)f->map, f->map_len);
+    (void)madvise(p, (size_t)size, MADV_SEQUENTIAL);
+    f->map = p;
+    f->map_len = size;
+    return true;
+}
+
 static long fd_read(void *ctx, void *buf, size_t len)
 {
     struct stream_fd *f = ctx;
+    if (f->mapped >= 0 && f->pos == f->len) {
+        if (f->map_pos >= f->map_len && !fd_map(f) && f->mapped > 0)
+            return 0; /* the end of the file */
+        if (f->mapped > 0) {
+            uint64_t n = f->map_len - f->map_pos;
+            if (n > len)
+                n = len;
+            copy_bulk(buf, f->map + f->map_pos, (size_t)n);
+            f->map_pos += n;
+            return (long)n;
+        }
+    }
     if (f->pos == f->len) {
         if (len >= STREAM_FD_DIRECT) { /* large reads go straight through */
             for (;;) {
@@ -237,6 +302,7 @@ void stream_fd_free(struct stream_fd *f)
 {
     free(f->buf);
     f->buf = NULL;
+    fd_unmap(f);
 }
 
 /* ---- writer --------------------------------------------------------------- */

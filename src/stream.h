@@ -183,11 +183,22 @@ int stream_mem_reserve(struct stream_mem *m, size_t cap) HV_MUST_CHECK;
 void stream_mem_free(struct stream_mem *m);
 
 /* A file descriptor (file, pipe, socket), buffered both ways.  The fd is
- * not closed by stream_fd_free.  -ENOMEM. */
+ * not closed by stream_fd_free.  -ENOMEM.
+ *
+ * Reading a regular file maps it (read-only, shared) from the fd's offset
+ * at the first read and copies out of the page cache with copy_bulk: a
+ * read() would copy twice as slowly (cached stores) as the mapped copy.
+ * stream_fd_free puts the fd's offset where the reader stopped.  A file
+ * that grows is remapped at its old end; one that another process
+ * truncates while it is read kills the reader with SIGBUS, as it would any
+ * program that maps files (git's pack files, for one). */
 struct stream_fd {
     int fd;
     uint8_t *buf;
     size_t cap, len, pos; /* write: buf[0, len) pending; read: [pos, len) */
+    int mapped;           /* 0: not decided yet, 1: reading from map, -1: read() */
+    const uint8_t *map;   /* regular file: [0, map_len) of it */
+    uint64_t map_len, map_pos;
 };
 int stream_fd_open(struct stream_fd *f, struct stream_io *io, int fd) HV_MUST_CHECK;
 void stream_fd_free(struct stream_fd *f);

@@ -895,6 +895,80 @@ static void test_file_and_context(void **state)
     machine_destroy(m);
 }
 
+/* A stream file is read through a mapping: from the fd's offset (bytes
+ * before it are not the stream), into a resident machine, and the fd's
+ * offset ends just after END.  Raw reads see a file that grows, and a pipe
+ * is read with read(). */
+static void test_fd_source(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(GiB);
+    struct domain *d = new_domain(m, NULL);
+    assert_int_equal(domain_populate_guest(d, 40 * MiB, NULL), 0);
+    fill_content(d, 3, 3);
+    FILE *tf = tmpfile();
+    assert_non_null(tf);
+    int fd = fileno(tf);
+    static const char junk[100] = "not a stream";
+    assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+    struct stream_fd sf;
+    struct stream_io io;
+    struct save_result sr;
+    assert_int_equal(stream_fd_open(&sf, &io, fd), 0);
+    assert_int_equal(stream_save(d, &io, NULL, &sr, NULL, 0), 0);
+    stream_fd_free(&sf);
+    assert_int_equal(write(fd, "trailing", 8), 8);
+    assert_int_equal(lseek(fd, sizeof(junk), SEEK_SET), (off_t)sizeof(junk));
+    struct machine *rm;
+    struct machine_opts mo = {.bytes = 128 * MiB, .policy = FRAME_POLICY_FRAGPOOL,
+                              .resident = true};
+    assert_int_equal(machine_create_opts(&rm, &mo), 0);
+    assert_int_equal(stream_fd_open(&sf, &io, fd), 0);
+    struct restore_result rr;
+    int rc = stream_restore(rm, &io, NULL, &rr);
+    if (rc)
+        fail_msg("%s", rr.err);
+    assert_int_equal(sf.mapped, 1);
+    stream_fd_free(&sf);
+    assert_int_equal((uint64_t)lseek(fd, 0, SEEK_CUR), sizeof(junk) + sr.bytes);
+    assert_same_guest(d, rr.d);
+    domain_destroy(rr.d);
+    restore_result_free(&rr);
+    assert_machine_empty(rm);
+    assert_int_equal(machine_resident_bytes(rm), 128 * MiB);
+    machine_destroy(rm);
+
+    /* raw reads: the end of the file, then more once it has grown */
+    assert_int_equal(ftruncate(fd, 0), 0);
+    assert_int_equal(pwrite(fd, "0123456789", 10, 0), 10);
+    assert_int_equal(lseek(fd, 2, SEEK_SET), 2);
+    assert_int_equal(stream_fd_open(&sf, &io, fd), 0);
+    char buf[64];
+    assert_int_equal(io.read(io.ctx, buf, sizeof(buf)), 8);
+    assert_memory_equal(buf, "23456789", 8);
+    assert_int_equal(io.read(io.ctx, buf, sizeof(buf)), 0);
+    assert_int_equal(pwrite(fd, "abcde", 5, 10), 5);
+    assert_int_equal(io.read(io.ctx, buf, 3), 3);
+    assert_memory_equal(buf, "abc", 3);
+    stream_fd_free(&sf);
+    assert_int_equal(lseek(fd, 0, SEEK_CUR), 13);
+    fclose(tf);
+
+    /* a pipe is not mapped */
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(write(p[1], "xyz", 3), 3);
+    close(p[1]);
+    assert_int_equal(stream_fd_open(&sf, &io, p[0]), 0);
+    assert_int_equal(io.read(io.ctx, buf, sizeof(buf)), 3);
+    assert_int_equal(io.read(io.ctx, buf, sizeof(buf)), 0);
+    assert_int_equal(sf.mapped, -1);
+    stream_fd_free(&sf);
+    close(p[0]);
+    domain_destroy(d);
+    machine_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -907,6 +981,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_fault_injection),
         cmocka_unit_test(test_file_and_context),
+        cmocka_unit_test(test_fd_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
