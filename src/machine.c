@@ -12,6 +12,10 @@
  *   - smaller: memset when wholly resident (cheaper than a syscall that may
  *     split a huge page), PUNCH_HOLE when partly resident (memset would
  *     commit the rest).
+ * A resident machine is committed at create (fallocate, then
+ * MADV_POPULATE_WRITE to map it; only the latter when shmem THP is usable,
+ * as fallocate has no mapping to ask for huge pages) and always scrubs with
+ * memset: its memory stays with it until machine_destroy.
  */
 #include "machine.h"
 
@@ -38,6 +42,11 @@ static void machine_scrub(void *ctx, mfn_t mfn, unsigned order)
     size_t resident = npages;
 
     m->stats.scrub_calls++;
+    if (m->resident) {
+        memset(m->base + off, 0, len);
+        m->stats.scrub_zeroed_bytes += len;
+        return;
+    }
     /* mincore tells which pages are in the memfd's page cache.  Without swap
      * a page that is not there is a hole and already reads as zero; with
      * swap it may be swapped out, so it must be punched. */
@@ -60,28 +69,67 @@ static void machine_scrub(void *ctx, mfn_t mfn, unsigned order)
     m->stats.scrub_zeroed_bytes += len;
 }
 
-/* True unless /proc/meminfo says SwapTotal is 0 (unknown counts as swap). */
-static bool swap_configured(void)
+/* A /proc/meminfo figure in bytes; false when it cannot be read. */
+static bool meminfo_read(const char *key, uint64_t *out)
 {
     FILE *f = fopen("/proc/meminfo", "r");
     char line[128];
-    bool swap = true;
+    bool found = false;
+    size_t kl = strlen(key);
     if (!f)
-        return true;
-    while (fgets(line, sizeof(line), f)) {
+        return false;
+    while (!found && fgets(line, sizeof(line), f)) {
         unsigned long long kb;
-        if (sscanf(line, "SwapTotal: %llu kB", &kb) == 1) {
-            swap = kb != 0;
-            break;
+        if (!strncmp(line, key, kl) && line[kl] == ':' &&
+            sscanf(line + kl + 1, " %llu kB", &kb) == 1) {
+            *out = (uint64_t)kb << 10;
+            found = true;
         }
     }
     fclose(f);
-    return swap;
+    return found;
+}
+
+/* True unless /proc/meminfo says SwapTotal is 0 (unknown counts as swap). */
+static bool swap_configured(void)
+{
+    uint64_t swap;
+    return !meminfo_read("SwapTotal", &swap) || swap != 0;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Commit and map all of a resident machine's memory. */
+static int prefault(struct machine *m)
+{
+    uint64_t t0 = hv_now_ns();
+    if (!thp_shmem_usable(m->thp) && fallocate(m->fd, 0, 0, (off_t)m->bytes) < 0)
+        return errno == ENOSPC ? -ENOMEM : -errno;
+    if (madvise(m->base, m->bytes, MADV_POPULATE_WRITE) < 0) {
+        if (errno != EINVAL) /* EINVAL: kernel older than 5.14 */
+            return errno == EFAULT ? -ENOMEM : -errno;
+        /* The blocks are allocated (or THP is on and faults may fail with
+         * SIGBUS only on a host out of memory): touch every page. */
+        for (uint64_t off = 0; off < m->bytes; off += PAGE_SIZE)
+            ((volatile uint8_t *)m->base)[off] = 0;
+    }
+    m->stats.prefault_ns = hv_now_ns() - t0;
+    return 0;
 }
 
 int machine_create(struct machine **out, uint64_t bytes, enum frame_policy policy)
 {
+    struct machine_opts o = {.bytes = bytes, .policy = policy};
+    return machine_create_opts(out, &o);
+}
+
+int machine_create_opts(struct machine **out, const struct machine_opts *o)
+{
     int rc;
+    uint64_t bytes = o->bytes;
+    enum frame_policy policy = o->policy;
     if (bytes == 0 || bytes % (2 * MiB) || bytes > (1ULL << 46))
         return -EINVAL;
     struct machine *m = hv_calloc(1, sizeof(*m));
@@ -110,6 +158,18 @@ int machine_create(struct machine **out, uint64_t bytes, enum frame_policy polic
     m->base = base;
     /* Advice only: failing to get huge pages is never an error. */
     (void)madvise(m->base, bytes, MADV_HUGEPAGE);
+    m->resident = o->resident;
+    if (m->resident) {
+        /* Committing more than the host has would end in the OOM killer,
+         * not in an error: refuse it up front. */
+        uint64_t avail;
+        if (meminfo_read("MemAvailable", &avail) && bytes > avail) {
+            rc = -ENOMEM;
+            goto err_map;
+        }
+        if ((rc = prefault(m)) < 0)
+            goto err_map;
+    }
 
     /* One residency vector for the largest extent; without it every scrub
      * simply punches or zeroes. */

@@ -12,6 +12,13 @@
  * host with fallocate(PUNCH_HOLE) (no writes, RSS drops); smaller ones are
  * zeroed in place with memset when they are resident, punched when partly
  * resident (or possibly swapped out), and left alone when never touched.
+ *
+ * A resident machine (machine_opts.resident) behaves like a hypervisor's
+ * RAM instead: every frame is allocated and mapped when the machine is
+ * created, so restore and migration write into memory that is already there
+ * (the host's first-touch cost, which in a VM with free page reporting can
+ * be ten times slower than memcpy, is paid once, up front, and reported),
+ * and freed extents are zeroed in place rather than returned to the host.
  */
 #ifndef HUGEVM_MACHINE_H
 #define HUGEVM_MACHINE_H
@@ -35,6 +42,13 @@ struct machine_stats {
     uint64_t scrub_zeroed_bytes;  /* zeroed with memset */
     uint64_t scrub_skipped_bytes; /* never touched (holes): nothing to do */
     uint64_t scrub_calls;
+    uint64_t prefault_ns;         /* resident machine: time to commit it */
+};
+
+struct machine_opts {
+    uint64_t bytes;            /* positive multiple of 2 MiB */
+    enum frame_policy policy;
+    bool resident;             /* commit and map everything at create */
 };
 
 struct machine {
@@ -46,6 +60,7 @@ struct machine {
     enum thp_shmem thp;    /* host THP setting seen at create */
     domid_t next_domid;    /* handed out by domain_create */
     bool swap_possible;    /* host has swap: non-resident != zero */
+    bool resident;         /* committed at create, scrubbed in place */
     unsigned char *residency; /* mincore vector for scrub, 2^MAX_ORDER bytes */
     struct machine_stats stats;
 };
@@ -54,6 +69,11 @@ struct machine {
  * errno of memfd_create/ftruncate/mmap. */
 int machine_create(struct machine **out, uint64_t bytes,
                    enum frame_policy policy) HV_MUST_CHECK;
+/* As machine_create, with the options above.  A resident machine larger
+ * than the host's MemAvailable, or that the host fails to commit, is
+ * refused with -ENOMEM (or the errno of fallocate/madvise) rather than left
+ * to the OOM killer or to SIGBUS later. */
+int machine_create_opts(struct machine **out, const struct machine_opts *o) HV_MUST_CHECK;
 void machine_destroy(struct machine *m);
 
 static inline void *machine_ptr(const struct machine *m, mfn_t mfn)

@@ -381,14 +381,16 @@ static bool is_populating(unsigned t) { return t == STREAM_PAGE_NOTAB || t == ST
  * MADV_HUGEPAGE advice lives on the mapping), so the run is faulted in
  * through the mapping with one MADV_POPULATE_WRITE (2M folios) and read
  * straight into it.  Single pages are read into the mapping either way
- * (a refilled page is already there).
+ * (a refilled page is already there), and so is everything on a resident
+ * machine, whose frames are mapped already: restore is then one copy from
+ * the source into guest memory.
  */
 static int copy_run(struct rctx *c, mfn_t mfn, uint32_t n)
 {
     size_t len = (size_t)n << PAGE_SHIFT;
     uint8_t *dst = machine_ptr(c->m, mfn);
-    if (n == 1 || thp_shmem_usable(c->m->thp)) {
-        if (n > 1) /* best effort: a failure only means page faults later */
+    if (n == 1 || c->m->resident || thp_shmem_usable(c->m->thp)) {
+        if (n > 1 && !c->m->resident) /* best effort: a failure only means page faults later */
             (void)madvise(dst, len, MADV_POPULATE_WRITE);
         return stream_read_body(&c->rd, dst, len);
     }

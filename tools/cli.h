@@ -59,6 +59,13 @@ void cli_json_domain(struct json *j, const char *key, const struct domain *d);
 void cli_print_frames(const struct machine *m, FILE *out);
 void cli_json_frames(struct json *j, const char *key, const struct machine *m);
 void cli_print_thp(const struct machine *m, FILE *out);
+/* Create a command's machine; on failure prints "CMD: cannot create ..."
+ * and returns the error.  A resident machine (--resident) says on `info`
+ * (NULL: nothing) how long committing it took. */
+int cli_machine_create(const char *cmd, struct machine **m, uint64_t bytes, bool resident,
+                       FILE *info) HV_MUST_CHECK;
+/* "resident": bool, "prefault_s": seconds spent committing it. */
+void cli_json_machine_memory(struct json *j, const struct machine *m);
 /* PoD state and statistics of a domain (cache, populated per order, sweeps,
  * reclaim, crash reason). */
 void cli_print_pod(const struct domain *d, FILE *out);

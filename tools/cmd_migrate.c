@@ -323,7 +323,7 @@ static struct {
     const char *listen, *port_file;
     uint64_t host_mem, attempts;
     double run_s, timeout_s, accept_s;
-    bool json;
+    bool json, resident;
 } ro = {
     .host_mem = 16 * GiB,
     .attempts = 3,
@@ -344,10 +344,9 @@ static int run_receive(int argc, char **argv)
         return cli_error("receive: --listen A.B.C.D:PORT is required");
     if (ro.attempts == 0 || ro.timeout_s <= 0 || ro.accept_s <= 0 || ro.run_s < 0)
         return cli_error("receive: bad --attempts, --timeout, --accept-timeout or --run");
-    int rc = machine_create(&m, ro.host_mem, FRAME_POLICY_FRAGPOOL);
+    int rc = cli_machine_create("receive", &m, ro.host_mem, ro.resident, ro.json ? NULL : stdout);
     if (rc < 0)
-        return cli_error("receive: cannot create a %s machine: %s",
-                         hv_fmt_size(ro.host_mem, b1, sizeof(b1)), strerror(-rc));
+        return 1;
     uint16_t port;
     rc = net_listen(&sa, &lfd, &port);
     if (rc < 0) {
@@ -407,6 +406,7 @@ static int run_receive(int argc, char **argv)
             json_obj_begin(&j, NULL);
             json_bool(&j, "ok", true);
             json_u64(&j, "attempt", attempt);
+            cli_json_machine_memory(&j, m);
             json_u64(&j, "wire_bytes", res.wire_bytes);
             json_u64(&j, "frames", res.frames);
             json_dbl(&j, "seconds", res.seconds);
@@ -459,6 +459,8 @@ static struct opt receive_opts_table[] = {
     {"listen", OPT_STR, &ro.listen, "ADDR:PORT", "address to listen on (port 0: any)", NULL},
     {"port-file", OPT_STR, &ro.port_file, "FILE", "write the port listened on to FILE", NULL},
     {"host-mem", OPT_SIZE, &ro.host_mem, "SIZE", "machine size (default 16G, committed lazily)", NULL},
+    {"resident", OPT_FLAG, &ro.resident, NULL, "commit the machine's memory up front, as a "
+     "hypervisor's RAM (give a --host-mem that fits; see README)", NULL},
     {"attempts", OPT_U64, &ro.attempts, "N", "migrations to accept until one succeeds (default 3)", NULL},
     {"run", OPT_DBL, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
     {"timeout", OPT_DBL, &ro.timeout_s, "S", "socket timeout (default 30)", NULL},

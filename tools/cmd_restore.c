@@ -23,7 +23,7 @@
 static struct {
     uint64_t host_mem, accesses;
     double seconds;
-    bool json, ignore_layout, run, no_audit;
+    bool json, ignore_layout, run, no_audit, resident;
 } o;
 
 static uint64_t file_bytes;
@@ -55,11 +55,9 @@ static int run_restore(int argc, char **argv)
         /* enough for the stream's pages with room for speculative extents */
         o.host_mem = ((file_bytes * 2 + 4 * GiB) + GiB - 1) & ~(GiB - 1);
     }
-    rc = machine_create(&m, o.host_mem, FRAME_POLICY_FRAGPOOL);
-    if (rc < 0) {
+    if (cli_machine_create("restore", &m, o.host_mem, o.resident, o.json ? NULL : stdout) < 0) {
         close(fd);
-        return cli_error("restore: cannot create a %s machine: %s",
-                         hv_fmt_size(o.host_mem, b1, sizeof(b1)), strerror(-rc));
+        return 1;
     }
     struct stream_fd sf;
     struct stream_io io;
@@ -147,6 +145,7 @@ static int run_restore(int argc, char **argv)
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
         json_str(&j, "file", argv[0]);
+        cli_json_machine_memory(&j, m);
         json_u64(&j, "bytes", rr.bytes);
         json_u64(&j, "records", rr.records);
         json_u64(&j, "pages_data", rr.pages_data);
@@ -279,6 +278,8 @@ out:
 
 static struct opt restore_opts_table[] = {
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: 2 x stream + 4G)", NULL},
+    {"resident", OPT_FLAG, &o.resident, NULL, "commit the machine's memory up front, as a "
+     "hypervisor's RAM (restore then copies at memory speed; see README)", NULL},
     {"ignore-layout", OPT_FLAG, &o.ignore_layout, NULL, "do not pre-allocate from the HV_LAYOUT record", NULL},
     {"run", OPT_FLAG, &o.run, NULL, "resume the saved workload on its soft vCPUs (exit 2 if the stream has no vCPU state, 1 if it is corrupt)", NULL},
     {"accesses", OPT_U64, &o.accesses, "N", "with --run: N guest accesses in total (default 10M)", NULL},

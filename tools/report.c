@@ -4,12 +4,43 @@
  * command prints the same names (KVM's pages_4k/pages_2m/pages_1g).
  */
 #include "cli.h"
+
+#include <string.h>
 #include "domain.h"
 
 void cli_print_thp(const struct machine *m, FILE *out)
 {
     fprintf(out, "host shmem THP: %s\n  %s\n", thp_shmem_name(m->thp),
             thp_shmem_explain(m->thp));
+}
+
+int cli_machine_create(const char *cmd, struct machine **m, uint64_t bytes, bool resident,
+                       FILE *info)
+{
+    char b1[32];
+    struct machine_opts o = {.bytes = bytes, .policy = FRAME_POLICY_FRAGPOOL,
+                             .resident = resident};
+    int rc = machine_create_opts(m, &o);
+    if (rc < 0) {
+        cli_error("%s: cannot create a %s%s machine: %s%s", cmd, hv_fmt_size(bytes, b1, sizeof(b1)),
+                  resident ? " resident" : "", strerror(-rc),
+                  resident && rc == -ENOMEM ? " (a resident machine must fit in the host's "
+                                              "MemAvailable: give a smaller --host-mem)" : "");
+        return rc;
+    }
+    if (resident && info) {
+        double s = (double)(*m)->stats.prefault_ns / 1e9;
+        fprintf(info, "machine: %s resident, committed in %.2f s (%.2f GB/s): restores and "
+                "migrations write into memory that is already there\n",
+                hv_fmt_size(bytes, b1, sizeof(b1)), s, s > 0 ? (double)bytes / 1e9 / s : 0);
+    }
+    return 0;
+}
+
+void cli_json_machine_memory(struct json *j, const struct machine *m)
+{
+    json_bool(j, "resident", m->resident);
+    json_dbl(j, "prefault_s", (double)m->stats.prefault_ns / 1e9);
 }
 
 void cli_print_domain(const struct domain *d, FILE *out)
