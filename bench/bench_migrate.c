@@ -57,6 +57,7 @@ static void *plain_sink(void *arg)
 static void *mig_sink(void *arg)
 {
     struct sink *s = arg;
+    (void)pthread_setname_np(pthread_self(), "bench-receive");
     int fd;
     s->rc = -ETIMEDOUT;
     if (net_accept(s->lfd, 10000, &fd) < 0)
@@ -169,8 +170,11 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
     domain_config_default(&c);
     if (machine_create(&sm, GUEST + GiB, FRAME_POLICY_FRAGPOOL) < 0)
         bench_fail("machine_create(sender)");
-    if (machine_create(&rm, GUEST + 2 * GiB, FRAME_POLICY_FRAGPOOL) < 0)
-        bench_fail("machine_create(receiver)");
+    struct machine_opts ro = {.bytes = GUEST + 512 * MiB, .policy = FRAME_POLICY_FRAGPOOL,
+                              .resident = true};
+    int rc = machine_create_opts(&rm, &ro);
+    if (rc < 0)
+        bench_fail_rc("machine_create_opts(receiver, resident)", rc);
     if (domain_create(sm, &c, &d) < 0)
         bench_fail("domain_create");
     if (domain_populate_guest(d, GUEST, NULL) < 0)
@@ -198,7 +202,7 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
     struct cpu_mark cm = {cpu_s(), 0};
     struct migrate_opts o = {.compress = compress, .no_verify = true, .on_round = on_round,
                              .ctx = &cm};
-    int rc = migrate_send(g, fd, &o, rep);
+    rc = migrate_send(g, fd, &o, rep);
     close(fd);
     pthread_join(t, NULL);
     close(s.lfd);

@@ -49,6 +49,7 @@ static void sleep_us(unsigned us)
 static void *runner_main(void *arg)
 {
     struct migrate_guest *g = arg;
+    (void)pthread_setname_np(pthread_self(), "hugevm-guest");
     double tokens[MIGRATE_MAX_VCPUS] = {0};
     double rate = (double)g->wc.write_rate;
     uint64_t q0 = g->wc.quantum ? g->wc.quantum : 4096;
@@ -422,6 +423,7 @@ static int pipe_send(struct pipe *p, const void *buf, size_t len)
 static void *writer_main(void *arg)
 {
     struct pipe *p = arg;
+    (void)pthread_setname_np(pthread_self(), "hugevm-send");
     for (;;) {
         pthread_mutex_lock(&p->mu);
         while (!p->count && !p->quit)
