@@ -151,7 +151,7 @@ int net_read_all(int fd, void *buf, size_t len, size_t *got)
     size_t done = 0;
     int rc = 0;
     while (done < len) {
-        ssize_t n = recv(fd, p + done, len - done, 0);
+        ssize_t n = recv(fd, p + done, len - done, MSG_WAITALL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
