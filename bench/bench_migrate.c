@@ -4,12 +4,13 @@
  * about 2:1), at two dirty rates, with and without compression.  Each case
  * reports total time, downtime, bytes per round, and the throughput of the
  * full-copy round next to a plain TCP transfer of the same number of bytes
- * over loopback measured in the same run (the limit; goal: ratio >= 0.5).
- * The receiver's own floor is reported too: the first-touch write bandwidth
- * of fresh machine memory (pwrite of the same bytes into a new machine's
- * memfd, as restore does without shmem THP), measured in the same run, and
- * the CPU cores busy during the full copy (sender, receiver and guest share
- * the host's cores over loopback).  Each case runs HUGEVM_BENCH_MIGRATE_RUNS
+ * over loopback measured in the same run (the limit; goal: ratio >= 0.5),
+ * and the CPU cores busy during the full copy (sender, receiver and guest
+ * share the host's cores over loopback).  The receiver's machine is
+ * resident (committed when created, outside the timing, as a hypervisor's
+ * RAM is): a lazy one runs at the host's first-touch speed, which
+ * bench_stream reports.  Compressed cases also give the stream rate before
+ * compression (what the guest gains) against the same limit.  Each case runs HUGEVM_BENCH_MIGRATE_RUNS
  * times (default 3); figures are medians.
  */
 #include <arpa/inet.h>
@@ -102,25 +103,6 @@ static double plain_tcp(uint64_t bytes)
     return mbs;
 }
 
-/* MB/s of pwrite of `bytes` into fresh machine memory (first touch of
- * every page, as restore writes data pages without shmem THP). */
-static double first_touch(uint64_t bytes)
-{
-    struct machine *m;
-    if (machine_create(&m, bytes + GiB, FRAME_POLICY_FRAGPOOL) < 0)
-        return 0;
-    uint8_t *buf = malloc(256 << 10);
-    memset(buf, 0x5a, 256 << 10);
-    uint64_t t0 = hv_now_ns();
-    for (uint64_t off = 0; off < bytes; off += 256 << 10)
-        if (pwrite(m->fd, buf, 256 << 10, (off_t)off) != 256 << 10)
-            break;
-    double mbs = (double)bytes * 1e3 / (double)(hv_now_ns() - t0);
-    free(buf);
-    machine_destroy(m);
-    return mbs;
-}
-
 static void fill(struct domain *d)
 {
     struct hv_rng r = {1};
@@ -156,7 +138,7 @@ static void on_round(void *ctx, const struct migrate_round *r)
         c->cpu_r0 = cpu_s() - c->cpu0;
 }
 
-enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_OVERALL, M_LIMIT, M_FT, M_CPU, M_GIBS, M_MIB0,
+enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_CPU, M_GIBS, M_MIB0,
        M_NR = M_MIB0 + 6 };
 
 /* One migration; m[] gets its figures.  false when it failed. */
@@ -214,6 +196,7 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
         m[M_DOWN] = rep->downtime_s * 1e3;
         m[M_ROUNDS] = rep->nr_rounds;
         m[M_R0] = r0->mb_per_s;
+        m[M_S0] = r0->ns ? (double)r0->stream_bytes * 1e3 / (double)r0->ns : 0;
         m[M_OVERALL] = (double)rep->st.wire_bytes / rep->total_s / 1e6;
         m[M_CPU] = r0->ns ? cm.cpu_r0 * 1e9 / (double)r0->ns : 0;
         m[M_GIBS] = (double)GUEST / GiB / rep->total_s;
@@ -235,7 +218,6 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
     machine_destroy(rm);
     if (ok) { /* the limits, with the same memory free again */
         m[M_LIMIT] = plain_tcp(wire);
-        m[M_FT] = first_touch(GUEST);
     }
     return ok;
 }
@@ -260,14 +242,13 @@ static void one_case(bench_add_fn add, uint64_t rate, bool compress, unsigned ru
         med[f] = bench_median(col, (int)n);
     }
     /* the ratios: medians of the per-run ratios (each against its own limit) */
-    double r_full[MAX_RUNS], r_all[MAX_RUNS], r_ft[MAX_RUNS];
+    double r_full[MAX_RUNS], r_all[MAX_RUNS], r_s[MAX_RUNS];
     for (unsigned i = 0; i < n; i++) {
+        r_s[i] = m[i][M_LIMIT] > 0 ? m[i][M_S0] / m[i][M_LIMIT] : 0;
         r_full[i] = m[i][M_LIMIT] > 0 ? m[i][M_R0] / m[i][M_LIMIT] : 0;
         r_all[i] = m[i][M_LIMIT] > 0 ? m[i][M_OVERALL] / m[i][M_LIMIT] : 0;
-        r_ft[i] = m[i][M_FT] > 0 ? m[i][M_R0] / m[i][M_FT] : 0;
     }
-    double rf = bench_median(r_full, (int)n), ra = bench_median(r_all, (int)n),
-           rt = bench_median(r_ft, (int)n);
+    double rf = bench_median(r_full, (int)n), ra = bench_median(r_all, (int)n);
     snprintf(name, sizeof(name), "%s_runs", tag);
     add(name, n, "runs", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_total_s", tag);
@@ -282,8 +263,11 @@ static void one_case(bench_add_fn add, uint64_t rate, bool compress, unsigned ru
     }
     snprintf(name, sizeof(name), "%s_full_copy_mb_per_s", tag);
     add(name, med[M_R0], "MB/s", med[M_LIMIT], "plain_tcp_mb_per_s", rf);
-    snprintf(name, sizeof(name), "%s_full_copy_vs_first_touch", tag);
-    add(name, med[M_R0], "MB/s", med[M_FT], "first_touch_mb_per_s", rt);
+    if (compress) { /* what the guest gains: stream bytes before compression */
+        snprintf(name, sizeof(name), "%s_full_copy_stream_mb_per_s", tag);
+        add(name, med[M_S0], "MB/s", med[M_LIMIT], "plain_tcp_mb_per_s",
+            bench_median(r_s, (int)n));
+    }
     snprintf(name, sizeof(name), "%s_overall_mb_per_s", tag);
     add(name, med[M_OVERALL], "MB/s", med[M_LIMIT], "plain_tcp_mb_per_s", ra);
     snprintf(name, sizeof(name), "%s_full_copy_cpu_cores", tag);

@@ -136,6 +136,7 @@ static struct {
     uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
     double after, downtime_ms, wss, write_frac, timeout_s;
     bool compress, no_verify, json;
+    int zstd_level;
 } mo = {
     .workload = "writer",
     .guest_mem = 4 * GiB,
@@ -147,6 +148,18 @@ static struct {
     .write_frac = -1,
     .timeout_s = 30,
 };
+
+/* --zstd-level N: zstd's own scale, negative levels are its fast ones. */
+static int parse_level(void *dest, const char *arg)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || v < -100 || v > 19 || v == 0)
+        return -EINVAL; /* -100..-1 or 1..19 */
+    *(int *)dest = (int)v;
+    return 0;
+}
 
 static void sleep_s(double s)
 {
@@ -251,7 +264,8 @@ static int run_migrate(int argc, char **argv)
         mo.host_mem = (mo.guest_mem + mo.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
     mopts.downtime_ms = mo.downtime_ms;
     mopts.max_rounds = (unsigned)mo.max_rounds;
-    mopts.compress = mo.compress;
+    mopts.compress = mo.compress || mo.zstd_level;
+    mopts.zstd_level = mo.zstd_level;
     mopts.no_verify = mo.no_verify;
     mopts.timeout_ms = (int)(mo.timeout_s * 1000);
     mopts.on_round = progress;
@@ -302,7 +316,9 @@ static struct opt migrate_opts_table[] = {
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
     {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 50)", NULL},
     {"max-rounds", OPT_U64, &mo.max_rounds, "N", "pre-copy rounds after the full copy (default 10)", NULL},
-    {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame", NULL},
+    {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame (level 1)", NULL},
+    {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
+     "-1..-7 trade ratio for speed on fast links)", parse_level},
     {"no-verify", OPT_FLAG, &mo.no_verify, NULL, "skip the memory digests", NULL},
     {"timeout", OPT_DBL, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
