@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -35,7 +36,15 @@ struct sink {
     struct machine *m;
     struct migrate_recv_result res;
     int rc;
+    double busy; /* receiving thread: CPU time / wall time */
 };
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 static void *plain_sink(void *arg)
 {
@@ -63,7 +72,10 @@ static void *mig_sink(void *arg)
     s->rc = -ETIMEDOUT;
     if (net_accept(s->lfd, 10000, &fd) < 0)
         return NULL;
+    double c0 = thread_cpu_s();
+    uint64_t t0 = hv_now_ns();
     s->rc = migrate_receive(s->m, fd, NULL, &s->res);
+    s->busy = (thread_cpu_s() - c0) * 1e9 / (double)(hv_now_ns() - t0);
     close(fd);
     return NULL;
 }
@@ -138,7 +150,7 @@ static void on_round(void *ctx, const struct migrate_round *r)
         c->cpu_r0 = cpu_s() - c->cpu0;
 }
 
-enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_CPU, M_GIBS, M_MIB0,
+enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_CPU, M_RBUSY, M_SBUSY, M_GIBS, M_MIB0,
        M_NR = M_MIB0 + 6 };
 
 /* One migration; m[] gets its figures.  false when it failed. */
@@ -184,7 +196,10 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
     struct cpu_mark cm = {cpu_s(), 0};
     struct migrate_opts o = {.compress = compress, .no_verify = true, .on_round = on_round,
                              .ctx = &cm};
+    double c0 = thread_cpu_s();
+    uint64_t t0 = hv_now_ns();
     rc = migrate_send(g, fd, &o, rep);
+    double sbusy = (thread_cpu_s() - c0) * 1e9 / (double)(hv_now_ns() - t0);
     close(fd);
     pthread_join(t, NULL);
     close(s.lfd);
@@ -200,6 +215,8 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, double *m)
         m[M_OVERALL] = (double)rep->st.wire_bytes / rep->total_s / 1e6;
         m[M_CPU] = r0->ns ? cm.cpu_r0 * 1e9 / (double)r0->ns : 0;
         m[M_GIBS] = (double)GUEST / GiB / rep->total_s;
+        m[M_RBUSY] = s.busy;
+        m[M_SBUSY] = sbusy;
         for (unsigned i = 0; i < 6; i++)
             m[M_MIB0 + i] = i < rep->nr_rounds ? (double)rep->rounds[i].wire_bytes / MiB : 0;
         ok = true;
@@ -272,6 +289,10 @@ static void one_case(bench_add_fn add, uint64_t rate, bool compress, unsigned ru
     add(name, med[M_OVERALL], "MB/s", med[M_LIMIT], "plain_tcp_mb_per_s", ra);
     snprintf(name, sizeof(name), "%s_full_copy_cpu_cores", tag);
     add(name, med[M_CPU], "cores", 0, NULL, 0);
+    snprintf(name, sizeof(name), "%s_receiver_thread_busy", tag);
+    add(name, med[M_RBUSY], "cpu/wall", 0, NULL, 0);
+    snprintf(name, sizeof(name), "%s_migration_thread_busy", tag);
+    add(name, med[M_SBUSY], "cpu/wall", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_guest_gib_per_s", tag);
     add(name, med[M_GIBS], "GiB/s", 0, NULL, 0);
 }
