@@ -120,4 +120,9 @@ unsigned hv_stress_scale(void);
 /* Monotonic clock in nanoseconds. */
 uint64_t hv_now_ns(void);
 
+/* Vector instruction sets that zero.c and copy.c dispatch on at run time. */
+enum hv_simd { HV_SIMD_SSE2, HV_SIMD_AVX2 };
+/* True when this CPU runs them (false on other architectures). */
+bool hv_cpu_has(enum hv_simd s);
+
 #endif

@@ -58,43 +58,30 @@ __attribute__((target("avx2"))) static inline void mov64_avx2(uint8_t *d, const 
     _mm256_stream_si256((__m256i *)(d + 32), b);
 }
 
-__attribute__((target("sse2"))) static void copy_sse2(void *restrict dst,
-                                                      const void *restrict src, size_t len)
-{
-    uint8_t *d = dst;
-    const uint8_t *s = src;
-    size_t h = head_len(d, 16, len);
-    memcpy(d, s, h);
-    d += h, s += h, len -= h;
-    for (; len >= STREAMS * STRIDE; d += STREAMS * STRIDE, s += STREAMS * STRIDE,
-                                    len -= STREAMS * STRIDE)
-        for (size_t o = 0; o < STRIDE; o += 64)
-            for (size_t k = 0; k < STREAMS; k++)
-                mov64_sse2(d + k * STRIDE + o, s + k * STRIDE + o);
-    for (; len >= 64; d += 64, s += 64, len -= 64)
-        mov64_sse2(d, s);
-    memcpy(d, s, len);
-    _mm_sfence();
-}
+/* One body, two instruction sets: the head until dst is aligned to ALIGN,
+ * STREAMS strides at once, 64 bytes at a time, the tail, a store fence. */
+#define DEFINE_COPY(NAME, TARGET, ALIGN, MOV64)                                        \
+    __attribute__((target(TARGET))) static void NAME(void *restrict dst,                \
+                                                     const void *restrict src, size_t len) \
+    {                                                                                   \
+        uint8_t *d = dst;                                                               \
+        const uint8_t *s = src;                                                         \
+        size_t h = head_len(d, ALIGN, len);                                             \
+        memcpy(d, s, h);                                                                \
+        d += h, s += h, len -= h;                                                       \
+        for (; len >= STREAMS * STRIDE;                                                 \
+             d += STREAMS * STRIDE, s += STREAMS * STRIDE, len -= STREAMS * STRIDE)     \
+            for (size_t o = 0; o < STRIDE; o += 64)                                     \
+                for (size_t k = 0; k < STREAMS; k++)                                    \
+                    MOV64(d + k * STRIDE + o, s + k * STRIDE + o);                      \
+        for (; len >= 64; d += 64, s += 64, len -= 64)                                  \
+            MOV64(d, s);                                                                \
+        memcpy(d, s, len);                                                              \
+        _mm_sfence();                                                                   \
+    }
 
-__attribute__((target("avx2"))) static void copy_avx2(void *restrict dst,
-                                                      const void *restrict src, size_t len)
-{
-    uint8_t *d = dst;
-    const uint8_t *s = src;
-    size_t h = head_len(d, 32, len);
-    memcpy(d, s, h);
-    d += h, s += h, len -= h;
-    for (; len >= STREAMS * STRIDE; d += STREAMS * STRIDE, s += STREAMS * STRIDE,
-                                    len -= STREAMS * STRIDE)
-        for (size_t o = 0; o < STRIDE; o += 64)
-            for (size_t k = 0; k < STREAMS; k++)
-                mov64_avx2(d + k * STRIDE + o, s + k * STRIDE + o);
-    for (; len >= 64; d += 64, s += 64, len -= 64)
-        mov64_avx2(d, s);
-    memcpy(d, s, len);
-    _mm_sfence();
-}
+DEFINE_COPY(copy_sse2, "sse2", 16, mov64_sse2)
+DEFINE_COPY(copy_avx2, "avx2", 32, mov64_avx2)
 #endif
 
 bool copy_impl_supported(enum copy_impl impl)
@@ -103,17 +90,10 @@ bool copy_impl_supported(enum copy_impl impl)
     case COPY_IMPL_AUTO:
     case COPY_IMPL_MEMCPY:
         return true;
-#if HV_COPY_X86
     case COPY_IMPL_SSE2:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("sse2");
+        return HV_COPY_X86 && hv_cpu_has(HV_SIMD_SSE2);
     case COPY_IMPL_AVX2:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2");
-#else
-    default:
-        return false;
-#endif
+        return HV_COPY_X86 && hv_cpu_has(HV_SIMD_AVX2);
     }
     return false;
 }

@@ -114,3 +114,16 @@ unsigned hv_stress_scale(void)
     unsigned long v = s ? strtoul(s, NULL, 10) : 1;
     return v < 1 ? 1 : v > 1000 ? 1000 : (unsigned)v;
 }
+
+bool hv_cpu_has(enum hv_simd s)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    switch (s) {
+    case HV_SIMD_SSE2: return __builtin_cpu_supports("sse2");
+    case HV_SIMD_AVX2: return __builtin_cpu_supports("avx2");
+    }
+#endif
+    (void)s;
+    return false;
+}

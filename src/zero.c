@@ -73,37 +73,27 @@ __attribute__((target("avx2"))) static bool zero_avx2(const void *p, size_t len)
 }
 #endif
 
-static enum zero_impl zero_best(void)
-{
-#if HV_ZERO_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2"))
-        return ZERO_IMPL_AVX2;
-    if (__builtin_cpu_supports("sse2"))
-        return ZERO_IMPL_SSE2;
-#endif
-    return ZERO_IMPL_PORTABLE;
-}
-
 bool zero_impl_supported(enum zero_impl impl)
 {
     switch (impl) {
     case ZERO_IMPL_AUTO:
     case ZERO_IMPL_PORTABLE:
         return true;
-#if HV_ZERO_X86
     case ZERO_IMPL_SSE2:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("sse2");
+        return HV_ZERO_X86 && hv_cpu_has(HV_SIMD_SSE2);
     case ZERO_IMPL_AVX2:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2");
-#else
-    default:
-        return false;
-#endif
+        return HV_ZERO_X86 && hv_cpu_has(HV_SIMD_AVX2);
     }
     return false;
+}
+
+static enum zero_impl zero_best(void)
+{
+    if (zero_impl_supported(ZERO_IMPL_AVX2))
+        return ZERO_IMPL_AVX2;
+    if (zero_impl_supported(ZERO_IMPL_SSE2))
+        return ZERO_IMPL_SSE2;
+    return ZERO_IMPL_PORTABLE;
 }
 
 static zero_fn impl_fn(enum zero_impl impl)
