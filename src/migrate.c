@@ -226,6 +226,8 @@ struct digest_ctx {
     struct machine *m;
     struct machine_holes dm;
     uint64_t zero_hash, acc, pages;
+    const uint64_t *known; /* pfns below nknown without a bit read as zero */
+    gfn_t nknown;
 };
 
 static int digest_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
@@ -236,9 +238,10 @@ static int digest_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
     if (!p2m_is_ram(type))
         return 0;
     for (uint64_t i = 0; i < order_pages(order); i++) {
-        uint64_t h = machine_offset_in_hole(&c->dm, machine_offset(mfn + i))
-                         ? c->zero_hash
-                         : XXH3_64bits(machine_ptr(c->m, mfn + i), PAGE_SIZE);
+        gfn_t g = gfn + i;
+        bool zero = (c->known && g < c->nknown && !(c->known[g / 64] >> (g % 64) & 1)) ||
+                    machine_offset_in_hole(&c->dm, machine_offset(mfn + i));
+        uint64_t h = zero ? c->zero_hash : XXH3_64bits(machine_ptr(c->m, mfn + i), PAGE_SIZE);
         uint64_t rec[2] = {htole64(gfn + i), htole64(h)};
         c->acc = XXH3_64bits_withSeed(rec, sizeof(rec), c->acc);
     }
@@ -248,8 +251,14 @@ static int digest_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
 
 uint64_t migrate_digest(struct domain *d, uint64_t *pages)
 {
+    return migrate_digest_known(d, NULL, 0, pages);
+}
+
+uint64_t migrate_digest_known(struct domain *d, const uint64_t *data_bits, gfn_t nr,
+                              uint64_t *pages)
+{
     static const uint8_t zero_page[PAGE_SIZE];
-    struct digest_ctx c = {.m = d->m, .dm = {.fd = d->m->fd}};
+    struct digest_ctx c = {.m = d->m, .dm = {.fd = d->m->fd}, .known = data_bits, .nknown = nr};
     c.zero_hash = XXH3_64bits(zero_page, PAGE_SIZE);
     (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, digest_leaf, &c);
     if (pages)
@@ -1412,7 +1421,11 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
         goto fail;
     }
     struct stream_io io = {.read = rx_read, .ctx = &x};
-    rc = stream_restore(m, &io, NULL, &res->rr);
+    /* Track which pfns got data: the digest then reads only those (on a
+     * resident machine nothing is a hole, and reading every zero page of a
+     * mostly empty guest took most of the downtime). */
+    struct restore_opts ropt = {.track_data = true};
+    rc = stream_restore(m, &io, &ropt, &res->rr);
     if (rc < 0) {
         if (x.err[0] && res->rr.err[0])
             snprintf(res->err, sizeof(res->err), "%.150s (stream: %.150s)", x.err, res->rr.err);
@@ -1432,7 +1445,7 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
         goto fail_msg;
     uint64_t pages = 0;
     if (le32toh(done.verify)) {
-        res->digest = migrate_digest(d, &pages);
+        res->digest = migrate_digest_known(d, res->rr.data_bits, res->rr.data_bits_nr, &pages);
         res->verified = true;
         if (res->digest != le64toh(done.digest) || pages != le64toh(done.pages)) {
             rc = -EBADMSG;

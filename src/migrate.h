@@ -177,6 +177,11 @@ void migrate_guest_stop(struct migrate_guest *g);
  * gfn in ascending order; leaf sizes do not matter.  *pages (may be NULL)
  * gets the RAM page count.  The guest must be paused. */
 uint64_t migrate_digest(struct domain *d, uint64_t *pages);
+/* The same digest, reading only the pfns set in data_bits (nr bits; pfns
+ * at or beyond nr are read): the caller knows the others are zero, as a
+ * restore with track_data does.  Equal to migrate_digest when it is right. */
+uint64_t migrate_digest_known(struct domain *d, const uint64_t *data_bits, gfn_t nr,
+                              uint64_t *pages);
 
 /* ---- sender ------------------------------------------------------------------ */
 

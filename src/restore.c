@@ -43,6 +43,7 @@ struct rs_2m {
     uint16_t filled, holes;
     uint64_t fill[8];
     uint64_t hole[8];
+    uint64_t data[8]; /* written from a data page (restore_opts.track_data) */
 };
 
 struct rs_1g {
@@ -542,10 +543,12 @@ static int page_data(struct rctx *c)
             }
         }
         c->mfns[i] = mfn | (refill ? MFN_REFILL : 0);
-        if (t == STREAM_PAGE_NOTAB)
+        if (t == STREAM_PAGE_NOTAB) {
             res->pages_data++;
-        else
+            set_bit(s->data, pfn);
+        } else {
             res->pages_xalloc++;
+        }
         if (!refill) {
             set_bit(s->fill, pfn);
             s->filled++;
@@ -950,6 +953,23 @@ static int restore_pod(struct rctx *c, gfn_t max_gfn)
     return 0;
 }
 
+/* The data bits of every region, flat, for the caller (track_data). */
+static int export_data_bits(struct rctx *c)
+{
+    struct restore_result *res = c->res;
+    gfn_t nr = (c->max_seen + 511) & ~(gfn_t)511;
+    res->data_bits = hv_calloc(nr / 64 + 1, 8);
+    if (!res->data_bits)
+        return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the data bitmap");
+    res->data_bits_nr = nr;
+    for (gfn_t g = 0; g < nr; g += 512) {
+        const struct rs_2m *s = node_2m(c, g, false);
+        if (s)
+            memcpy(res->data_bits + g / 64, s->data, sizeof(s->data));
+    }
+    return 0;
+}
+
 static int finish(struct rctx *c)
 {
     struct restore_result *res = c->res;
@@ -1008,7 +1028,7 @@ static int finish(struct rctx *c)
     res->pages_1g = domain_pages_1g(d);
     res->pages_2m = domain_pages_2m(d);
     res->pages_4k = domain_pages_4k(d);
-    return 0;
+    return c->o->track_data ? export_data_bits(c) : 0;
 }
 
 /* ---- the record loop ------------------------------------------------------------- */
@@ -1091,9 +1111,7 @@ int stream_restore(struct machine *m, struct stream_io *io, const struct restore
         snprintf(res->err, sizeof(res->err), "%s", c->rd.err[0] ? c->rd.err : strerror(-rc));
         domain_destroy(c->d);
         c->d = NULL;
-        free(res->context);
-        res->context = NULL;
-        res->context_len = 0;
+        restore_result_free(res);
     } else if (res->vcpu == RESTORE_VCPU_NONE && !res->note[0]) {
         snprintf(res->note, sizeof(res->note), "no HVM_CONTEXT record: vCPU state not usable");
     }
@@ -1112,6 +1130,9 @@ int stream_restore(struct machine *m, struct stream_io *io, const struct restore
 
 void restore_result_free(struct restore_result *res)
 {
+    free(res->data_bits);
+    res->data_bits = NULL;
+    res->data_bits_nr = 0;
     free(res->context);
     res->context = NULL;
     res->context_len = 0;

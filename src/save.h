@@ -172,6 +172,9 @@ struct restore_opts {
     void (*on_record)(void *ctx, uint64_t index, uint32_t type, uint32_t length,
                       uint64_t offset);
     void *record_ctx;
+    /* Return res->data_bits: which pfns received data (a migration
+     * receiver hashes only those; the rest are known to be zero). */
+    bool track_data;
 };
 
 struct restore_result {
@@ -200,6 +203,11 @@ struct restore_result {
     enum restore_vcpu_state vcpu;
     uint8_t *context;          /* hugevm HVM_CONTEXT TLV area (malloc'd) */
     size_t context_len;
+    /* With restore_opts.track_data: bit g set when pfn g (< data_bits_nr)
+     * was written from a data page.  A RAM pfn without its bit reads as
+     * zero (it was filled by XALLOC in a scrubbed frame).  malloc'd. */
+    uint64_t *data_bits;
+    gfn_t data_bits_nr;
     double seconds;
     char note[256];            /* e.g. why the vCPU state is not usable */
     char err[STREAM_ERR_LEN];

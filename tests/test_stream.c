@@ -20,6 +20,7 @@
 #include "testutil.h"
 #include <xxhash.h>
 
+#include "migrate.h"
 #include "save.h"
 
 
@@ -969,6 +970,65 @@ static void test_fd_source(void **state)
     machine_destroy(m);
 }
 
+/* restore_opts.track_data: every RAM pfn whose bit is clear reads as zero,
+ * the bits count the data pages, and the digest that trusts them equals
+ * the one that reads everything, on a resident machine (no holes there). */
+static void test_track_data(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(GiB);
+    struct domain *d = new_domain(m, NULL);
+    assert_int_equal(domain_populate_guest(d, 64 * MiB, NULL), 0);
+    fill_content(d, 17, 5); /* one page in 5 holds data */
+    struct stream_mem sm;
+    struct stream_io io;
+    struct save_result sr;
+    stream_mem_sink(&sm, &io);
+    assert_int_equal(stream_save(d, &io, NULL, &sr, NULL, 0), 0);
+    struct machine *rm;
+    struct machine_opts mo = {.bytes = 256 * MiB, .policy = FRAME_POLICY_FRAGPOOL,
+                              .resident = true};
+    assert_int_equal(machine_create_opts(&rm, &mo), 0);
+    struct stream_mem src;
+    stream_mem_source(&src, &io, sm.buf, sm.len);
+    struct restore_opts ro = {.track_data = true};
+    struct restore_result rr;
+    int rc = stream_restore(rm, &io, &ro, &rr);
+    if (rc)
+        fail_msg("%s", rr.err);
+    assert_non_null(rr.data_bits);
+    uint64_t set = 0, checked = 0;
+    for (gfn_t g = 0; g < rr.data_bits_nr; g++) {
+        bool bit = rr.data_bits[g / 64] >> (g % 64) & 1;
+        set += bit;
+        enum p2m_type t;
+        mfn_t mfn = p2m_get_entry(rr.d->p2m, g, &t, NULL);
+        if (!p2m_is_ram(t) || bit)
+            continue;
+        const uint64_t *w = machine_ptr(rm, mfn);
+        for (unsigned i = 0; i < PAGE_SIZE / 8; i++)
+            if (w[i])
+                fail_msg("pfn %#llx has no data bit but is not zero", (unsigned long long)g);
+        checked++;
+    }
+    assert_int_equal(set, rr.pages_data);
+    assert_int_equal(set, sr.pages_data);
+    assert_true(checked > 0);
+    uint64_t p1, p2;
+    assert_true(migrate_digest_known(rr.d, rr.data_bits, rr.data_bits_nr, &p1) ==
+                migrate_digest(rr.d, &p2));
+    assert_int_equal(p1, p2);
+    assert_true(migrate_digest(rr.d, NULL) == migrate_digest(d, NULL));
+    domain_destroy(rr.d);
+    restore_result_free(&rr);
+    assert_null(rr.data_bits);
+    assert_machine_empty(rm);
+    machine_destroy(rm);
+    stream_mem_free(&sm);
+    domain_destroy(d);
+    machine_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -982,6 +1042,7 @@ int main(void)
         cmocka_unit_test(test_fault_injection),
         cmocka_unit_test(test_file_and_context),
         cmocka_unit_test(test_fd_source),
+        cmocka_unit_test(test_track_data),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
