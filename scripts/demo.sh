@@ -22,10 +22,17 @@ say "hugevm info"
 
 say "live migration over loopback: a 4 GiB guest, 2 vCPUs writing 30000 pages/s each over half of its memory"
 echo "(shmem THP is left as the host has it: $(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || echo unknown))"
+avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+resident=()
+if [ "${avail_kb:-0}" -ge $((12 * 1024 * 1024)) ]; then
+  resident=(--resident --host-mem 5G)
+else
+  echo "(receiver machine committed lazily: resident needs 12 GiB available, the host has $((${avail_kb:-0} / 1024)) MiB)"
+fi
 "$hv" receive --listen 127.0.0.1:0 --port-file "$tmp/port" --run 1 --attempts 1 \
-  --accept-timeout 30 >"$tmp/receiver.log" 2>&1 &
+  --accept-timeout 30 "${resident[@]}" >"$tmp/receiver.log" 2>&1 &
 rpid=$!
-for _ in $(seq 100); do [ -s "$tmp/port" ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ -s "$tmp/port" ] && break; sleep 0.1; done
 [ -s "$tmp/port" ] || { echo "the receiver did not start:"; cat "$tmp/receiver.log"; exit 1; }
 status=0
 "$hv" migrate --to "127.0.0.1:$(cat "$tmp/port")" --guest-mem 4G --vcpus 2 \
