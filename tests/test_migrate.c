@@ -709,6 +709,152 @@ static void test_hostile_receiver(void **state)
     sender_fini(&e);
 }
 
+/* ---- live streams: the last word about a pfn wins ----------------------------------- */
+
+/* The byte every data page of pfn carries in record `rec` of the stream below. */
+static uint8_t page_byte(gfn_t pfn, unsigned rec) { return (uint8_t)(1 + (pfn * 7 + rec) % 250); }
+
+/* One PAGE_DATA record: n entries {pfn[i], type[i]}, data pages filled with page_byte. */
+static void put_record(struct stream_writer *w, const gfn_t *pfn, const unsigned *type,
+                       uint32_t n, unsigned rec)
+{
+    uint32_t ndata = 0;
+    for (uint32_t i = 0; i < n; i++)
+        ndata += type[i] == STREAM_PAGE_NOTAB;
+    struct stream_page_data_header h = {htole32(n), 0};
+    assert_int_equal(stream_record_begin(w, STREAM_REC_PAGE_DATA,
+                                         8 + 8 * n + PAGE_SIZE * ndata), 0);
+    assert_int_equal(stream_write_part(w, &h, sizeof(h)), 0);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t e = htole64(stream_pfn_entry(pfn[i], type[i]));
+        assert_int_equal(stream_write_part(w, &e, 8), 0);
+    }
+    static uint8_t page[PAGE_SIZE];
+    for (uint32_t i = 0; i < n; i++)
+        if (type[i] == STREAM_PAGE_NOTAB) {
+            memset(page, page_byte(pfn[i], rec), PAGE_SIZE);
+            assert_int_equal(stream_write_part(w, page, PAGE_SIZE), 0);
+        }
+    assert_int_equal(stream_record_end(w), 0);
+}
+
+/* n pfns from `first`, all of one type. */
+static void put_range(struct stream_writer *w, gfn_t first, uint32_t n, unsigned type,
+                      unsigned rec)
+{
+    gfn_t *pfn = calloc(n, sizeof(*pfn));
+    unsigned *t = calloc(n, sizeof(*t));
+    for (uint32_t i = 0; i < n; i++) {
+        pfn[i] = first + i;
+        t[i] = type;
+    }
+    put_record(w, pfn, t, n, rec);
+    free(pfn);
+    free(t);
+}
+
+static void expect_page(struct domain *d, gfn_t pfn, int byte)
+{
+    enum p2m_type t;
+    mfn_t mfn = p2m_get_entry(d->p2m, pfn, &t, NULL);
+    if (byte < 0) {
+        if (t != p2m_invalid)
+            fail_msg("pfn %#llx should be a hole, is %s", (unsigned long long)pfn,
+                     p2m_type_name(t));
+        return;
+    }
+    assert_true(p2m_is_ram(t));
+    const uint8_t *p = machine_ptr(d->m, mfn);
+    for (size_t i = 0; i < PAGE_SIZE; i += 511)
+        if (p[i] != (uint8_t)byte)
+            fail_msg("pfn %#llx byte %zu is %u, want %d", (unsigned long long)pfn, i, p[i],
+                     byte);
+}
+
+/*
+ * A stream where pfns go from populated to holes and back, as a live
+ * migration sends a guest whose memory map changes.  A saved-file restore
+ * refuses it (conflicting duplicate); a live restore applies the last word:
+ *  - 0x200..0x3ff data, then 0x205 and 0x206 holes: that 2M is split (one
+ *    level: a 2M leaf into 4K leaves) and the two frames freed;
+ *  - 0x400..0x5ff zero, then holes, then data again: one 2M leaf again;
+ *  - 0x800 a hole, then data; 0x801 data and a hole in the same record (its
+ *    data goes in first, then the frame is freed);
+ *  - 0x40000.. a 1G of zero, then 0x40200..0x403ff holes: the 1G is split
+ *    into 2M leaves (not to 4K) and that 2M freed whole.
+ */
+static void test_live_stream_repeats(void **state)
+{
+    (void)state;
+    struct machine *m;
+    assert_int_equal(machine_create(&m, 2 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    struct stream_mem mem;
+    struct stream_io io;
+    struct stream_writer w;
+    stream_mem_sink(&mem, &io);
+    stream_writer_init(&w, &io);
+    assert_int_equal(stream_write_headers(&w), 0);
+    assert_int_equal(stream_write_record(&w, STREAM_REC_STATIC_DATA_END, NULL, 0), 0);
+    put_range(&w, 0x200, 512, STREAM_PAGE_NOTAB, 1);
+    put_range(&w, 0x205, 2, STREAM_PAGE_XTAB, 2); /* record #2: rejected in a file */
+    put_range(&w, 0x400, 512, STREAM_PAGE_XALLOC, 3);
+    put_range(&w, 0x40000, 1u << 18, STREAM_PAGE_XALLOC, 3);
+    put_range(&w, 0x400, 512, STREAM_PAGE_XTAB, 4);
+    put_range(&w, 0x40200, 512, STREAM_PAGE_XTAB, 4);
+    put_range(&w, 0x800, 1, STREAM_PAGE_XTAB, 5);
+    put_range(&w, 0x400, 512, STREAM_PAGE_NOTAB, 6);
+    gfn_t pfn[3] = {0x800, 0x801, 0x801};
+    unsigned type[3] = {STREAM_PAGE_NOTAB, STREAM_PAGE_NOTAB, STREAM_PAGE_XTAB};
+    put_record(&w, pfn, type, 3, 7);
+    assert_int_equal(stream_write_record(&w, STREAM_REC_END, NULL, 0), 0);
+
+    /* a saved file: a pfn populated earlier and now a hole is refused */
+    struct stream_mem src;
+    struct restore_result rr;
+    stream_mem_source(&src, &io, mem.buf, mem.len);
+    assert_int_equal(stream_restore(m, &io, NULL, &rr), -EEXIST);
+    print_message("# file stream: %s\n", rr.err);
+    assert_non_null(strstr(rr.err, "conflicting duplicate"));
+    assert_non_null(strstr(rr.err, "record #2 PAGE_DATA"));
+    assert_null(rr.d);
+    rx_nothing_left(&(struct rx_env){.m = m});
+
+    /* a live migration stream: the last word wins */
+    struct restore_opts ro = {.live = true};
+    stream_mem_source(&src, &io, mem.buf, mem.len);
+    assert_int_equal(stream_restore(m, &io, &ro, &rr), 0);
+    struct domain *d = rr.d;
+    AUDIT_OK(domain_audit(d));
+    AUDIT_OK(frames_audit(m->frames));
+    for (gfn_t g = 0x200; g < 0x400; g++)
+        expect_page(d, g, g == 0x205 || g == 0x206 ? -1 : page_byte(g, 1));
+    for (gfn_t g = 0x400; g < 0x600; g += 37)
+        expect_page(d, g, page_byte(g, 6));
+    expect_page(d, 0x800, page_byte(0x800, 7));
+    expect_page(d, 0x801, -1);
+    expect_page(d, 0x40200, -1);
+    expect_page(d, 0x403ff, -1);
+    expect_page(d, 0x40400, 0);
+    unsigned o;
+    p2m_get_entry(d->p2m, 0x400, NULL, &o);
+    assert_int_equal(o, PAGE_ORDER_2M);
+    p2m_get_entry(d->p2m, 0x210, NULL, &o);
+    assert_int_equal(o, PAGE_ORDER_4K);
+    assert_int_equal(domain_pages_1g(d), 0);
+    assert_int_equal(domain_pages_2m(d), 1 + 511);
+    assert_int_equal(domain_pages_4k(d), 510 + 1);
+    assert_int_equal(d->tot_pages, 510 + 512 + 1 + (1u << 18) - 512);
+    assert_int_equal(rr.pages_dropped, 2 + 512 + 512 + 1);
+    print_message("# live stream: %llu pfns dropped, leaves 2M %llu 4K %llu\n",
+                  (unsigned long long)rr.pages_dropped, (unsigned long long)domain_pages_2m(d),
+                  (unsigned long long)domain_pages_4k(d));
+    domain_destroy(d);
+    restore_result_free(&rr);
+    stream_mem_free(&mem);
+    rx_nothing_left(&(struct rx_env){.m = m});
+    machine_destroy(m);
+}
+
 /* ---- separate processes: loopback and two network namespaces ------------------------ */
 
 static pid_t spawn(char *const argv[], const char *log)
@@ -904,6 +1050,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_cut_by_proxy),
     cmocka_unit_test(test_hostile_sender),
     cmocka_unit_test(test_hostile_receiver),
+    cmocka_unit_test(test_live_stream_repeats),
     cmocka_unit_test(test_processes_loopback),
     cmocka_unit_test(test_processes_netns),
 };
