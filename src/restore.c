@@ -19,13 +19,14 @@
  *                  only in HVM_CONTEXT) is applied and checked here.
  *
  * Live migration streams (restore_opts.live): the guest's memory map
- * changed while it was sent, so the last word about a pfn wins.  A filled
- * pfn sent as XTAB is unfilled (neither filled nor a hole) and its frame
- * freed once the record's data is in (drop_pfns: runs of pfns in one
- * decrease_reservation, which splits one level at a time along the path);
- * a hole sent as populated forgets the hole first, for the whole record,
- * so a region populated whole again can be one superpage again.  PoD
- * entries, target and cache, and the final max_gfn, come from HVM_CONTEXT.
+ * changed while it was sent, so the last word about a pfn wins.  There XTAB
+ * (and BROKEN) only says "not RAM now": it records no hole (a region
+ * populated again may be one superpage again, and a later populating entry
+ * is no conflict), and a filled pfn is unfilled and its frame freed once
+ * the record's data is in (drop_pfns: runs of pfns in one
+ * decrease_reservation, which splits one level at a time along the path).
+ * PoD entries, target and cache, and the final max_gfn, come from
+ * HVM_CONTEXT.
  *
  * Untrusted input: every length and count is bounded before the buffer it
  * sizes is allocated; every pfn is checked against the domain's limit for
@@ -154,19 +155,13 @@ static void clear_bit(uint64_t *b, gfn_t pfn)
     b[i / 64] &= ~(1ULL << (i % 64));
 }
 
-/* Live: pfn (filled or a hole) forgets it; the caller sets the other. */
+/* Live: a filled pfn is no longer RAM; it is forgotten. */
 static void unfill(struct rctx *c, struct rs_2m *s, struct rs_1g *g, gfn_t pfn)
 {
     clear_bit(s->fill, pfn);
     s->filled--;
     g->filled--;
     c->res->pages_populated--;
-}
-static void unhole(struct rs_2m *s, struct rs_1g *g, gfn_t pfn)
-{
-    clear_bit(s->hole, pfn);
-    s->holes--;
-    g->holes--;
 }
 
 /* ---- configuration --------------------------------------------------------- */
@@ -575,15 +570,6 @@ static int page_data(struct rctx *c)
     c->seen_page_data = true;
     res->page_data_records++;
     if (c->o->live) {
-        /* A hole populated again: forget the hole first, for the whole
-         * record, so that a region populated whole again by this record
-         * can be one superpage again (first_touch looks at hole counts). */
-        for (uint32_t i = 0; i < count; i++) {
-            gfn_t pfn = stream_entry_pfn(c->pfns[i]);
-            struct rs_2m *s = node_2m(c, pfn, false);
-            if (s && is_populating(stream_entry_type(c->pfns[i])) && bit(s->hole, pfn))
-                unhole(s, node_1g(c, pfn, false), pfn);
-        }
         c->ndrop = 0;
         if (count > c->drop_cap) {
             free(c->drop);
@@ -617,16 +603,17 @@ static int page_data(struct rctx *c)
                 res->pages_xtab++;
             else
                 res->pages_broken++;
-            if (bit(s->fill, pfn)) {
-                /* live: RAM removed during the migration (ballooned, or a
-                 * PoD entry again); its frame is freed after this record's
-                 * data (see drop_pfns).  The pfn is forgotten rather than
-                 * made a hole: if its region is populated again, it may be
-                 * one superpage again. */
-                unfill(c, s, g, pfn);
-                res->pages_dropped++;
-                if (!c->o->dry_run)
-                    c->drop[c->ndrop++] = pfn;
+            if (c->o->live) {
+                /* "not RAM now" (ballooned, or a PoD entry again): a filled
+                 * pfn is forgotten and its frame freed after this record's
+                 * data (drop_pfns).  No hole is recorded: a region
+                 * populated again may be one superpage again. */
+                if (bit(s->fill, pfn)) {
+                    unfill(c, s, g, pfn);
+                    res->pages_dropped++;
+                    if (!c->o->dry_run)
+                        c->drop[c->ndrop++] = pfn;
+                }
                 continue;
             }
             if (!bit(s->hole, pfn)) {
@@ -640,11 +627,9 @@ static int page_data(struct rctx *c)
         prev = pfn;
         if (run >= 512 && ((pfn + 1) & 511) == 0)
             res->xen_2m++;
-        if (bit(s->hole, pfn) && !c->o->live)
+        if (bit(s->hole, pfn)) /* (never set in a live stream) */
             return FAIL(c, -EEXIST, at, "conflicting duplicate: pfn %#llx was a hole earlier "
                         "and is now populated", (unsigned long long)pfn);
-        if (bit(s->hole, pfn)) /* live: a hole earlier in this record */
-            unhole(s, g, pfn);
         bool refill = bit(s->fill, pfn);
         mfn_t mfn = INVALID_MFN;
         if (c->o->dry_run && c->cfg_at_create && cfg_in_hole(&res->config, pfn))

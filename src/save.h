@@ -34,14 +34,15 @@
  * error.  Data sent again for a populated pfn replaces the old data (live
  * migration resends), and XALLOC for a pfn that had data zeroes it.  A live
  * migration stream (restore_opts.live) describes a guest whose memory map
- * changes while it is sent, so there the last word about a pfn wins: a
- * populated pfn sent later as a hole loses its frame (a superpage around
- * it is split one level at a time, along the path only), a hole sent later
- * as populated gets a frame (a superpage again when its whole region is
- * populated by then); PoD entries and the PoD target and cache come from
- * the HVM_CONTEXT record (the guest at pause time), not from HV_CONFIG
- * (the guest when the migration started); and HVM_CONTEXT's max_gfn may
- * differ from HV_CONFIG's (RAM populated or removed meanwhile).
+ * changes while it is sent, so there the last word about a pfn wins: XTAB
+ * means "not RAM now", a populated pfn sent later as XTAB loses its frame
+ * (a superpage around it is split one level at a time, along the path
+ * only), a pfn sent as XTAB and later as populated gets a frame (a
+ * superpage again when its whole region is populated by END); PoD entries
+ * and the PoD target and cache come from the HVM_CONTEXT record (the guest
+ * at pause time), not from HV_CONFIG (the guest when the migration
+ * started); and HVM_CONTEXT's max_gfn may differ from HV_CONFIG's (RAM
+ * populated or removed meanwhile).
  */
 #ifndef HUGEVM_SAVE_H
 #define HUGEVM_SAVE_H
