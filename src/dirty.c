@@ -131,6 +131,18 @@ static void mark(struct dirty_log *dl, gfn_t g, uint64_t nr)
     bits_set(dl->bitmap, g, nr);
 }
 
+/* RAM came or went at [g, g + nr): the guest-visible content of those gfns
+ * changed as surely as if a vCPU had written them, so they are marked and
+ * count as written (the over-marking figure is about writes the log
+ * reports too widely, not about map changes). */
+static void mark_map_change(struct dirty_log *dl, gfn_t g, uint64_t nr)
+{
+    mark(dl, g, nr);
+    if (g >= dl->nr_gfns)
+        return;
+    bits_set(dl->written, g, dl->nr_gfns - g < nr ? dl->nr_gfns - g : nr);
+}
+
 /* ---- PML -------------------------------------------------------------------- */
 
 void dirty_pml_register(struct domain *d, struct pml_buffer *pml)
@@ -542,11 +554,18 @@ void dirty_on_map(struct domain *d, gfn_t gfn, unsigned order)
     /* Harvest buffers are sized by dirty_bitmap_gfns(): cover new RAM now. */
     if (ensure(dl, gfn + nr) < 0)
         dl->grow_failed = true;
-    /* A new 4K leaf is ram_rw with D clear: it reports through PML in every
-     * mode, as the 4K leaves present at enable do.  A new PoD entry only
-     * needs the bitmap (demand populate calls again with the RAM). */
+    /* A new PoD entry only needs the bitmap (demand populate calls again
+     * with the RAM; the entry itself travels in the migration's tail). */
     enum p2m_type t;
     p2m_get_entry(d->p2m, gfn, &t, NULL);
+    if (!p2m_is_ram(t))
+        return;
+    /* New RAM is dirty whether or not it is ever written: a migration must
+     * send it (its data, or that it is zero) in the next round. */
+    mark_map_change(dl, gfn, nr);
+    dl->st.map_marked += nr;
+    /* A new 4K leaf is ram_rw with D clear: it reports through PML in every
+     * mode, as the 4K leaves present at enable do. */
     if (order == 0 || t != p2m_ram_rw)
         return;
     assert(is_aligned_order(gfn, order));
@@ -570,7 +589,8 @@ void dirty_on_map(struct domain *d, gfn_t gfn, unsigned order)
 
 struct unmap_scan {
     struct dirty_log *dl;
-    uint64_t marked;
+    gfn_t lo, hi; /* the range being unmapped */
+    uint64_t marked, d_marked;
 };
 
 static int unmap_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
@@ -578,9 +598,17 @@ static int unmap_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
 {
     struct unmap_scan *s = ctx;
     (void)mfn;
-    if (p2m_is_ram(type) && (*e & EPT_D)) {
+    if (!p2m_is_ram(type))
+        return 0;
+    gfn_t a = gfn > s->lo ? gfn : s->lo;
+    gfn_t b = gfn + order_pages(order) < s->hi ? gfn + order_pages(order) : s->hi;
+    mark_map_change(s->dl, a, b - a);
+    s->marked += b - a;
+    if (*e & EPT_D) {
+        /* writes this leaf took without logging may lie outside the range
+         * too (the rest of the leaf stays mapped, split) */
         mark(s->dl, gfn, order_pages(order));
-        s->marked += order_pages(order);
+        s->d_marked += order_pages(order) - (b - a);
     }
     return 0;
 }
@@ -590,9 +618,10 @@ void dirty_on_unmap(struct domain *d, gfn_t gfn, uint64_t nr)
     struct dirty_log *dl = d->logdirty;
     if (!dl || nr == 0)
         return;
-    struct unmap_scan s = {.dl = dl};
+    struct unmap_scan s = {.dl = dl, .lo = gfn, .hi = gfn + nr};
     (void)p2m_for_each_leaf(d->p2m, gfn, nr, unmap_leaf, &s);
     dl->st.unmap_marked += s.marked;
+    dl->st.unmap_d_marked += s.d_marked;
 }
 
 /* ---- harvest ---------------------------------------------------------------- */

@@ -39,28 +39,36 @@
  * recovered, or not and why (part unmapped, types differ, frames not
  * contiguous, 4K-only range).
  *
- * Guarantee: every 4K gfn written by a vCPU while log-dirty is on appears in
+ * Guarantee: every 4K gfn written by a vCPU while log-dirty is on, and
+ * every 4K gfn where RAM was mapped or unmapped while it is on, appears in
  * the union of the harvested bitmaps (and the final one of disable), for any
- * number of vCPUs and any interleaving of writes, harvests, PML-full exits
- * and mode changes.  In split-on-write and eager-split modes nothing
- * unwritten is reported, except after a split that failed for lack of p2m
- * tables: that superpage degrades to coarse tracking (counted in
- * split_nomem).  Proof sketch: a D bit is only set together with a PML
- * append or a direct mark; a PML entry is flushed before any D bit is
- * cleared; a D bit is cleared only for leaves whose gfns are all marked.
+ * number of vCPUs and any interleaving of writes, map changes, harvests,
+ * PML-full exits and mode changes.  In split-on-write and eager-split modes
+ * nothing else is reported, except after a split that failed for lack of
+ * p2m tables: that superpage degrades to coarse tracking (counted in
+ * split_nomem), and the whole of a D-set leaf that an unmap cuts.  Proof
+ * sketch: a D bit is only set together with a PML append or a direct mark;
+ * a PML entry is flushed before any D bit is cleared; a D bit is cleared
+ * only for leaves whose gfns are all marked; every map change marks its
+ * gfns under the same lock as the change.
  *
  * Threading: every dirty_* call below takes d->lock, except the ones marked
  * "lock held", which the vCPU calls from inside a quantum (vcpu.h).
  *
  * RAM mapped while log-dirty is on (populate, balloon deflate, PoD demand
- * populate, domain_map_extent) gets the mode's form through dirty_on_map:
- * split-on-write protects a new superpage (its first write splits only the
- * touched path), eager-split splits it to 4K (protects it when out of
- * tables), coarse leaves it writable.  New leaves never need a p2m_gen
- * bump: their gfns were unmapped or PoD, which no TLB caches.  Unmapping
- * RAM while on (decrease_reservation, PoD zero reclaim) first marks every
- * leaf in the range whose D bit is set (dirty_on_unmap), so that writes a
- * superpage took without logging are not lost with it.
+ * populate, domain_map_extent) is marked dirty, written or not (a live
+ * migration must send a gfn that became RAM: its data, or that it is
+ * zero), and gets the mode's form through dirty_on_map: split-on-write
+ * protects a new superpage (its first write splits only the touched path),
+ * eager-split splits it to 4K (protects it when out of tables), coarse
+ * leaves it writable.  New leaves never need a p2m_gen bump: their gfns
+ * were unmapped or PoD, which no TLB caches.  Unmapping RAM while on
+ * (decrease_reservation, PoD zero reclaim) marks every RAM gfn of the range
+ * (a migration must send it as a hole, or as the PoD entry it became) and
+ * the whole of every leaf in the range whose D bit is set
+ * (dirty_on_unmap), so that writes a superpage took without logging are
+ * not lost with it.  Map changes count as writes for the over-marking
+ * figure.
  */
 #ifndef HUGEVM_DIRTY_H
 #define HUGEVM_DIRTY_H
@@ -105,7 +113,9 @@ struct pml_buffer {
     X(dscan_marked, "pages marked by the coarse D-bit scan")                  \
     X(sp_mapped, "superpages mapped while enabled (populate, balloon, PoD)") \
     X(map_split_nomem, "eager-split: new superpages protected, no table")    \
-    X(unmap_marked, "pages of D-set leaves marked before an unmap")
+    X(map_marked, "pages marked because RAM was mapped there")              \
+    X(unmap_marked, "pages marked because their RAM was unmapped")           \
+    X(unmap_d_marked, "pages of D-set leaves cut by an unmap, marked")
 
 struct dirty_stats {
 #define X(name, desc) uint64_t name;
@@ -193,14 +203,15 @@ void dirty_pml_full(struct domain *d, struct pml_buffer *pml);
 /* A vCPU wrote gfn (ground truth for the over-marking figure). */
 void dirty_note_write(struct domain *d, gfn_t gfn);
 /* A new RAM leaf of `order` was mapped at gfn (aligned; ram_rw, D clear,
- * over gfns that were unmapped or PoD): give it the active mode's form
- * (for a new PoD entry: just cover it in the bitmap).
+ * over gfns that were unmapped or PoD): mark its gfns and give it the
+ * active mode's form (for a new PoD entry: just cover it in the bitmap).
  * Never fails; no-op when log-dirty is off.  Called by domain.c (populate,
  * increase_reservation, domain_map_extent) and pod.c (demand populate)
  * with d->lock held or no vCPU quantum running (the caller's contract). */
 void dirty_on_map(struct domain *d, gfn_t gfn, unsigned order);
-/* RAM in [gfn, gfn + nr) is about to be unmapped: mark the whole of every
- * RAM leaf overlapping it whose D bit is set.  No-op when off. */
+/* RAM in [gfn, gfn + nr) is about to be unmapped (or become PoD): mark
+ * every RAM gfn of the range, and the whole of every RAM leaf overlapping
+ * it whose D bit is set.  No-op when off. */
 void dirty_on_unmap(struct domain *d, gfn_t gfn, uint64_t nr);
 /* Register a vCPU's buffer with the domain (vcpu_create / vcpu_destroy). */
 void dirty_pml_register(struct domain *d, struct pml_buffer *pml);

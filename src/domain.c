@@ -623,7 +623,7 @@ long domain_decrease_reservation(struct domain *d, gfn_t gfn, uint64_t nr)
     rc = p2m_for_each_leaf(d->p2m, gfn, nr, collect_ram_leaf, &lv);
     if (rc < 0 || (lv.runs.n == 0 && lv.pod_pages == 0))
         goto out;
-    dirty_on_unmap(d, gfn, nr); /* log-dirty: D-set leaves marked first */
+    dirty_on_unmap(d, gfn, nr); /* log-dirty: the RAM going away is marked */
     /* One atomic p2m change: splits only where the range cuts a leaf. */
     rc = p2m_set_range(d->p2m, gfn, INVALID_MFN, nr, p2m_invalid);
     if (rc < 0)

@@ -43,6 +43,73 @@ static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
     return rc;
 }
 
+/* HVCTX_GUEST_MEM: the extents every workload addresses (left out when
+ * they differ or are too many: the receiver then uses its own memory). */
+static int encode_mem(struct hvctx_buf *b, unsigned n, struct workload *const *w)
+{
+    size_t nr = workload_extents(w[0], NULL, 0);
+    if (nr == 0 || nr > GUEST_STATE_MAX_MEM)
+        return 0;
+    size_t len = 8 + 16 * nr;
+    uint8_t *p = hv_malloc(len);
+    struct gfn_range *a = hv_malloc(nr * sizeof(*a)), *o = hv_malloc(nr * sizeof(*o));
+    int rc = -ENOMEM;
+    if (!p || !a || !o)
+        goto out;
+    (void)workload_extents(w[0], a, nr);
+    rc = 0;
+    for (unsigned i = 1; i < n; i++)
+        if (workload_extents(w[i], o, nr) != nr || memcmp(o, a, nr * sizeof(*a)))
+            goto out; /* not one memory: say nothing */
+    uint32_t hdr[2] = {htole32((uint32_t)nr), 0};
+    memcpy(p, hdr, 8);
+    for (size_t i = 0; i < nr; i++) {
+        uint64_t x[2] = {htole64(a[i].gfn), htole64(a[i].nr)};
+        memcpy(p + 8 + 16 * i, x, 16);
+    }
+    rc = hvctx_add(b, HVCTX_GUEST_MEM, 0, p, (uint32_t)len);
+out:
+    free(p);
+    free(a);
+    free(o);
+    return rc;
+}
+
+/* Extent i of a checked HVCTX_GUEST_MEM value. */
+static struct gfn_range mem_extent(const uint8_t *mem, size_t i)
+{
+    uint64_t x[2];
+    memcpy(x, mem + 16 * i, 16);
+    return (struct gfn_range){le64toh(x[0]), le64toh(x[1])};
+}
+
+static int decode_mem(const uint8_t *val, uint32_t l, struct guest_state *gs, char *err,
+                      size_t errlen)
+{
+    uint32_t n;
+    if (gs->nr_mem)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: GUEST_MEM given twice");
+    if (l < 8)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: GUEST_MEM TLV of %u bytes", l);
+    memcpy(&n, val, 4);
+    n = le32toh(n);
+    if (n == 0 || n > GUEST_STATE_MAX_MEM || l != 8 + 16ULL * n)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: GUEST_MEM: %u extents in %u bytes", n,
+                    l);
+    gfn_t end = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct gfn_range r = mem_extent(val + 8, i);
+        if (r.nr == 0 || r.gfn < end || r.gfn >= P2M_GFN_LIMIT || r.nr > P2M_GFN_LIMIT - r.gfn)
+            return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: GUEST_MEM extent %u (gfn %#llx, "
+                        "%llu pages) out of order or beyond the gfn space", i,
+                        (unsigned long long)r.gfn, (unsigned long long)r.nr);
+        end = r.gfn + r.nr;
+    }
+    gs->mem = val + 8;
+    gs->nr_mem = n;
+    return 0;
+}
+
 int guest_state_encode(struct hvctx_buf *b, unsigned n, struct vcpu *const *v,
                        struct workload *const *w, const struct workload_config *wc)
 {
@@ -67,7 +134,7 @@ int guest_state_encode(struct hvctx_buf *b, unsigned n, struct vcpu *const *v,
         if (rc == 0)
             rc = hvctx_add(b, HVCTX_WORKLOAD, 0, &wt, sizeof(wt));
     }
-    return rc;
+    return rc == 0 ? encode_mem(b, n, w) : rc;
 }
 
 /* One vCPU's TLVs -> its configuration and state, checked. */
@@ -139,6 +206,12 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
         const uint8_t *val = a + pos + sizeof(t);
         uint16_t type = le16toh(t.type);
         pos += sizeof(t) + padded;
+        if (type == HVCTX_GUEST_MEM) {
+            rc = decode_mem(val, l, gs, err, errlen);
+            if (rc < 0)
+                goto out;
+            continue;
+        }
         if (type != HVCTX_VCPU && type != HVCTX_WORKLOAD)
             continue;
         seen++;
@@ -186,8 +259,11 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
         rc = 1;
     }
 out:
-    if (rc <= 0)
+    if (rc <= 0) {
         gs->nr_vcpus = 0;
+        gs->mem = NULL;
+        gs->nr_mem = 0;
+    }
     free(vt);
     free(wt);
     return rc;
@@ -203,6 +279,14 @@ int guest_state_build(struct domain *d, const struct guest_state *gs,
     int rc = 0;
     for (unsigned i = 0; i < n; i++)
         v[i] = NULL, w[i] = NULL;
+    struct gfn_range *mem = NULL;
+    if (gs->nr_mem) {
+        mem = hv_malloc(gs->nr_mem * sizeof(*mem));
+        if (!mem)
+            return fail(err, errlen, -ENOMEM, "out of memory");
+        for (uint32_t i = 0; i < gs->nr_mem; i++)
+            mem[i] = mem_extent(gs->mem, i);
+    }
     for (unsigned i = 0; i < n && rc == 0; i++) {
         struct workload_config wc = gs->v[i].wc;
         wc.on_write = on_write;
@@ -211,7 +295,8 @@ int guest_state_build(struct domain *d, const struct guest_state *gs,
         rc = vcpu_create(d, i, &gs->v[i].tc, &v[i]);
         if (rc == 0) {
             what = "creating the workload";
-            rc = workload_create(d, &wc, i, n, &w[i]);
+            rc = mem ? workload_create_on(&wc, i, n, mem, gs->nr_mem, &w[i])
+                     : workload_create(d, &wc, i, n, &w[i]);
         }
         if (rc == 0) {
             what = "setting the workload's position (it does not fit this guest's memory)";
@@ -227,5 +312,6 @@ int guest_state_build(struct domain *d, const struct guest_state *gs,
             vcpu_destroy(v[i]);
             v[i] = NULL, w[i] = NULL;
         }
+    free(mem);
     return rc;
 }

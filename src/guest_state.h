@@ -30,14 +30,24 @@ struct guest_vcpu_state {
     struct workload_state ws;
 };
 
+#define GUEST_STATE_MAX_MEM 65536u /* extents of the workloads' memory */
+
 struct guest_state {
     unsigned nr_vcpus;
     struct guest_vcpu_state v[GUEST_STATE_MAX_VCPUS];
+    /* The memory the workloads were created over (HVCTX_GUEST_MEM, checked:
+     * nr_mem extents of {gfn u64, nr u64} little-endian, pointing into the
+     * decoded area, which must outlive guest_state_build); nr_mem 0: the
+     * stream does not say, the workloads take the domain's memory. */
+    const uint8_t *mem;
+    uint32_t nr_mem;
 };
 
 /* Append one HVCTX_VCPU and one HVCTX_WORKLOAD TLV per vCPU (n of them,
- * v[i] running w[i], all with configuration wc) to b, which hvctx_begin
- * started.  The TLVs for save_opts.extra_tlvs are then b->p + 24, b->len -
+ * v[i] running w[i], all with configuration wc), and one HVCTX_GUEST_MEM
+ * TLV (the memory they address, when they all address the same: the
+ * guest's memory map may have changed since, by balloon or populate) to b,
+ * which hvctx_begin started.  The TLVs for save_opts.extra_tlvs are then b->p + 24, b->len -
  * 24 (sizeof(struct hvctx_header)).  0, -EINVAL (n == 0 or too many),
  * -ENOMEM. */
 int guest_state_encode(struct hvctx_buf *b, unsigned n, struct vcpu *const *v,

@@ -13,9 +13,21 @@
  * a page's last write before the pause is either read by a round or logged
  * and sent by a later one (dirty.h's guarantee); the final round is sent
  * with the guest parked, so the receiver's memory equals the sender's at
- * pause time.  The guest's gfn -> mfn map does not change during migration
- * (log-dirty splits keep the frames), so the migration thread translates
- * from a list of RAM runs taken once, without d->lock.
+ * pause time.
+ *
+ * The memory map may change while rounds run (balloon, populate, PoD
+ * demand populate and zero reclaim; log-dirty splits keep the frames):
+ * every such change marks its gfns dirty (dirty.h), so it is sent by the
+ * next round.  The migration thread therefore translates each batch of
+ * gfns under d->lock, just before reading it: RAM goes as data (or XALLOC
+ * when zero), anything else (a hole, a PoD entry) as XTAB, which a live
+ * receiver applies (restore.c: the last word about a pfn wins).  PoD
+ * entries travel in the tail (HVM_CONTEXT, taken at pause).  The pages of
+ * a batch are read after the lock is dropped: a frame the guest gave away
+ * meanwhile may be read after it was freed; its gfn is dirty by then, so
+ * the next round (the final one at the latest) sends it again, and the
+ * bytes read in between never survive on the receiver.  Map changes must
+ * stop at the pause like the vCPUs (migrate_guest_call).
  */
 #include "migrate.h"
 
@@ -182,23 +194,34 @@ int migrate_guest_start(struct migrate_guest *g)
 
 void migrate_guest_pause(struct migrate_guest *g)
 {
-    if (!g->started)
-        return;
+    /* pause_req also stops migrate_guest_call for a guest without a runner */
     pthread_mutex_lock(&g->mu);
     g->pause_req = true;
-    while (!g->paused && !g->exited)
+    while (g->started && !g->paused && !g->exited)
         pthread_cond_wait(&g->cv, &g->mu);
     pthread_mutex_unlock(&g->mu);
 }
 
 void migrate_guest_resume(struct migrate_guest *g)
 {
-    if (!g->started)
-        return;
     pthread_mutex_lock(&g->mu);
     g->pause_req = false;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
+}
+
+int migrate_guest_call(struct migrate_guest *g, int (*fn)(struct domain *d, void *ctx),
+                       void *ctx)
+{
+    int rc = -EAGAIN;
+    pthread_mutex_lock(&g->mu);
+    if (!g->pause_req && !g->stop) {
+        pthread_mutex_lock(&g->d->lock);
+        rc = fn(g->d, ctx);
+        pthread_mutex_unlock(&g->d->lock);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
 }
 
 void migrate_guest_stop(struct migrate_guest *g)
@@ -644,9 +667,9 @@ static uint64_t pipe_written(struct pipe *p)
 
 /* ---- sender -------------------------------------------------------------------------- */
 
+/* A run of gfns that were RAM when round 0 started. */
 struct ram_run {
     gfn_t gfn;
-    mfn_t mfn;
     uint64_t nr;
 };
 
@@ -663,7 +686,7 @@ struct sender {
     size_t nruns, cap;
     uint64_t *bitmap, *fresh, nr_gfns;
     gfn_t pfn[BATCH];
-    mfn_t mfn[BATCH];
+    mfn_t mfn[BATCH];  /* INVALID_MFN: not RAM when translated (XTAB) */
     uint64_t entries[BATCH];
     const void *data[BATCH];
     unsigned n;
@@ -675,11 +698,12 @@ static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
 {
     struct sender *s = ctx;
     (void)e;
+    (void)mfn;
     if (!p2m_is_ram(type))
         return 0;
     uint64_t nr = order_pages(order);
     struct ram_run *last = s->nruns ? &s->runs[s->nruns - 1] : NULL;
-    if (last && last->gfn + last->nr == gfn && last->mfn + last->nr == mfn) {
+    if (last && last->gfn + last->nr == gfn) {
         last->nr += nr;
         return 0;
     }
@@ -694,8 +718,22 @@ static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
         s->runs = v;
         s->cap = cap;
     }
-    s->runs[s->nruns++] = (struct ram_run){gfn, mfn, nr};
+    s->runs[s->nruns++] = (struct ram_run){gfn, nr};
     return 0;
+}
+
+/* Translate the collected pfns under the current p2m (d->lock: the vCPUs
+ * and migrate_guest_call change it only under the lock). */
+static void translate_batch(struct sender *s)
+{
+    struct domain *d = s->d;
+    pthread_mutex_lock(&d->lock);
+    for (unsigned k = 0; k < s->n; k++) {
+        enum p2m_type t;
+        mfn_t mfn = p2m_get_entry(d->p2m, s->pfn[k], &t, NULL);
+        s->mfn[k] = p2m_is_ram(t) ? mfn : INVALID_MFN;
+    }
+    pthread_mutex_unlock(&d->lock);
 }
 
 /* One PAGE_DATA record for the collected pfns. */
@@ -703,6 +741,7 @@ static int send_batch(struct sender *s)
 {
     struct domain *d = s->d;
     uint32_t ndata = 0;
+    translate_batch(s);
     /* The guest writes meanwhile: a hole seen earlier may hold data now.
      * A hole window is trusted for one batch only (a page written after
      * its window was taken is dirty and goes again in the next round); a
@@ -710,6 +749,11 @@ static int send_batch(struct sender *s)
     if (!s->dm.data)
         s->dm.lo = s->dm.hi = 0;
     for (unsigned k = 0; k < s->n; k++) {
+        if (s->mfn[k] == INVALID_MFN) { /* a hole or a PoD entry now */
+            s->entries[k] = htole64(stream_pfn_entry(s->pfn[k], STREAM_PAGE_XTAB));
+            s->r->pages_xtab++;
+            continue;
+        }
         const void *ptr = machine_ptr(d->m, s->mfn[k]);
         bool zero = machine_offset_in_hole(&s->dm, machine_offset(s->mfn[k])) || zero_check(ptr, PAGE_SIZE);
         s->entries[k] = htole64(stream_pfn_entry(s->pfn[k], zero ? STREAM_PAGE_XALLOC
@@ -737,34 +781,33 @@ static int send_batch(struct sender *s)
     return rc;
 }
 
-static bool bm_test(const uint64_t *bm, gfn_t g) { return bm[g / 64] >> (g % 64) & 1; }
-
-/* Send every RAM page (bm NULL) or those set in bm. */
-static int send_pages(struct sender *s, const uint64_t *bm)
+static int add_pfn(struct sender *s, gfn_t g)
 {
-    for (size_t i = 0; i < s->nruns; i++) {
-        const struct ram_run *run = &s->runs[i];
-        for (uint64_t k = 0; k < run->nr; k++) {
-            gfn_t g = run->gfn + k;
-            if (bm) {
-                if (g >= s->nr_gfns)
-                    break;
-                if (!(g % 64) && !bm[g / 64] && k + 64 <= run->nr) {
-                    k += 63;
-                    continue;
-                }
-                if (!bm_test(bm, g))
-                    continue;
-            }
-            s->pfn[s->n] = g;
-            s->mfn[s->n] = run->mfn + k;
-            if (++s->n == BATCH) {
-                int rc = send_batch(s);
-                if (rc < 0)
-                    return rc;
-            }
+    s->pfn[s->n] = g;
+    return ++s->n == BATCH ? send_batch(s) : 0;
+}
+
+/* Round 0: every gfn of the runs collected after log-dirty went on. */
+static int send_all(struct sender *s)
+{
+    for (size_t i = 0; i < s->nruns; i++)
+        for (uint64_t k = 0; k < s->runs[i].nr; k++) {
+            int rc = add_pfn(s, s->runs[i].gfn + k);
+            if (rc < 0)
+                return rc;
         }
-    }
+    return s->n ? send_batch(s) : 0;
+}
+
+/* Later rounds: every gfn set in bm (whatever it is now). */
+static int send_dirty(struct sender *s, const uint64_t *bm)
+{
+    for (uint64_t w = 0; w < (s->nr_gfns + 63) / 64; w++)
+        for (uint64_t b = bm[w]; b; b &= b - 1) {
+            int rc = add_pfn(s, w * 64 + (uint64_t)__builtin_ctzll(b));
+            if (rc < 0)
+                return rc;
+        }
     return s->n ? send_batch(s) : 0;
 }
 
@@ -776,13 +819,48 @@ static uint64_t bm_count(const uint64_t *bm, uint64_t nr_gfns)
     return n;
 }
 
+/* Size the bitmaps for the log's current coverage (it grows when RAM is
+ * populated above it during the migration), keeping what s->bitmap holds.
+ * -ENOMEM. */
+static int bitmaps_fit(struct sender *s)
+{
+    pthread_mutex_lock(&s->d->lock);
+    uint64_t nr = dirty_bitmap_gfns(s->d);
+    pthread_mutex_unlock(&s->d->lock);
+    if (nr <= s->nr_gfns && s->bitmap)
+        return 0;
+    size_t words = (nr + 63) / 64 + 1, old = s->bitmap ? (s->nr_gfns + 63) / 64 : 0;
+    uint64_t *b = hv_calloc(words, 8), *f = hv_calloc(words, 8);
+    if (!b || !f) {
+        free(b);
+        free(f);
+        return -ENOMEM;
+    }
+    if (old)
+        memcpy(b, s->bitmap, old * 8);
+    free(s->bitmap);
+    free(s->fresh);
+    s->bitmap = b;
+    s->fresh = f;
+    s->nr_gfns = nr;
+    return 0;
+}
+
 /* Harvest and OR into s->bitmap (pages still to send: the final harvest
  * adds to what the last pre-copy harvest found); a lost log (-ENOMEM)
  * means every page is dirty.  *dirty: pages now pending. */
 static int harvest(struct sender *s, uint64_t *dirty)
 {
+    int rc;
+    for (unsigned tries = 0;; tries++) {
+        rc = dirty_harvest(s->d, s->fresh, s->nr_gfns, NULL);
+        if (rc != -EINVAL || tries == 8 || !dirty_enabled(s->d))
+            break;
+        rc = bitmaps_fit(s); /* the log grew since: RAM populated above it */
+        if (rc < 0)
+            return rc;
+    }
     size_t words = (s->nr_gfns + 63) / 64;
-    int rc = dirty_harvest(s->d, s->fresh, s->nr_gfns, NULL);
     if (rc == -ENOMEM) {
         memset(s->fresh, 0xff, words * 8);
         rc = 0;
@@ -840,6 +918,7 @@ static int end_round(struct sender *s, uint64_t t0, uint64_t wire0)
     r->mb_per_s = r->ns ? (double)r->wire_bytes * 1e3 / (double)r->ns : 0;
     s->rep->st.pages_data += r->pages_data;
     s->rep->st.pages_zero += r->pages_zero;
+    s->rep->st.pages_xtab += r->pages_xtab;
     s->rep->st.stream_bytes += r->stream_bytes;
     return rc;
 }
@@ -871,14 +950,12 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     int rc;
 
     pthread_mutex_lock(&d->lock);
-    bool pod = d->pod.entry_count > 0, crashed = d->crashed;
+    bool crashed = d->crashed;
     leaves_now(d, &rep->before);
     pthread_mutex_unlock(&d->lock);
-    if (pod || crashed || dirty_enabled(d)) {
-        rc = sfail(s, pod ? -ENOTSUP : crashed ? -ESRCH : -EBUSY, "%s",
-                   pod ? "migrating a guest with PoD entries is not supported"
-                   : crashed ? "the domain has crashed"
-                             : "log-dirty is already on");
+    if (crashed || dirty_enabled(d)) {
+        rc = sfail(s, crashed ? -ESRCH : -EBUSY, "%s",
+                   crashed ? "the domain has crashed" : "log-dirty is already on");
         goto out;
     }
     rc = net_set_timeouts(fd, timeout);
@@ -911,12 +988,12 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     if (o->inject_len && (rc = pipe_io_write(&s->pipe, o->inject, o->inject_len)) < 0)
         goto wfail;
 
-    /* static part, then log-dirty on, then round 0 */
+    /* static part (the guest as it starts: its PoD entries travel again in
+     * the tail), then log-dirty on, then round 0 over the RAM present once
+     * log-dirty is on (what changes later is marked and sent later) */
     struct save_result sres;
     pthread_mutex_lock(&d->lock);
-    rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, collect_run, s);
-    if (rc == 0)
-        rc = stream_save_head(d, &s->w, false, &sres, rep->err, sizeof(rep->err));
+    rc = stream_save_head(d, &s->w, false, &sres, rep->err, sizeof(rep->err));
     pthread_mutex_unlock(&d->lock);
     if (rc < 0) {
         if (s->pipe.werr)
@@ -924,20 +1001,22 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
         rc = sfail(s, rc, "writing the stream head: %s", strerror(-rc));
         goto out;
     }
-    for (size_t i = 0; i < s->nruns; i++)
-        rep->st.pages_ram += s->runs[i].nr;
     rc = dirty_enable(d, o->mode);
     if (rc < 0) {
         rc = sfail(s, rc, "enabling log-dirty (%s): %s", dirty_mode_name(o->mode), strerror(-rc));
         goto out;
     }
-    s->nr_gfns = dirty_bitmap_gfns(d);
-    s->bitmap = hv_calloc((s->nr_gfns + 63) / 64 + 1, 8);
-    s->fresh = hv_calloc((s->nr_gfns + 63) / 64 + 1, 8);
-    if (!s->bitmap || !s->fresh) {
-        rc = sfail(s, -ENOMEM, "out of memory for the dirty bitmap");
+    pthread_mutex_lock(&d->lock);
+    rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, collect_run, s);
+    pthread_mutex_unlock(&d->lock);
+    if (rc == 0)
+        rc = bitmaps_fit(s);
+    if (rc < 0) {
+        rc = sfail(s, rc, "out of memory for the RAM runs and the dirty bitmap");
         goto out;
     }
+    for (size_t i = 0; i < s->nruns; i++)
+        rep->st.pages_ram += s->runs[i].nr;
 
     double link = 0;          /* bytes/s */
     uint64_t prev_dirty = UINT64_MAX, last_harvest = hv_now_ns();
@@ -945,7 +1024,7 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
         s->r = &rep->rounds[rep->nr_rounds++];
         s->r->index = k;
         uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
-        rc = send_pages(s, k ? s->bitmap : NULL);
+        rc = k ? send_dirty(s, s->bitmap) : send_all(s);
         if (rc == 0)
             rc = end_round(s, rt, w0);
         if (rc < 0)
@@ -1004,7 +1083,7 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     s->r->index = rep->nr_rounds - 1;
     s->r->paused = true;
     uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
-    rc = send_pages(s, s->bitmap);
+    rc = send_dirty(s, s->bitmap);
     if (rc == 0) {
         rc = hvctx_begin(&tl);
         if (rc == 0 && g->nr_vcpus)
@@ -1421,11 +1500,12 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
         goto fail;
     }
     struct stream_io io = {.read = rx_read, .ctx = &x};
-    /* Track which pfns got data: the digest then reads only those (on a
-     * resident machine nothing is a hole, and reading every zero page of a
-     * mostly empty guest took most of the downtime). */
-    struct restore_opts ropt = {.track_data = true};
-    rc = stream_restore(m, &io, &ropt, &res->rr);
+    /* live: the memory map may change meanwhile.  track_data: the digest
+     * then reads only the pfns that got data (on a resident machine nothing
+     * is a hole, and reading every zero page of a mostly empty guest took
+     * most of the downtime). */
+    struct restore_opts ro = {.live = true, .track_data = true};
+    rc = stream_restore(m, &io, &ro, &res->rr);
     if (rc < 0) {
         if (x.err[0] && res->rr.err[0])
             snprintf(res->err, sizeof(res->err), "%.150s (stream: %.150s)", x.err, res->rr.err);

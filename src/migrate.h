@@ -14,7 +14,8 @@
  *   HELLO {version, flags}          ->
  *                                   <-       READY {version}
  *   DATA ... (round 0: every RAM page; rounds 1..n: pages dirtied meanwhile,
- *            guest running; final round: guest paused; tail; END)
+ *            guest running, XTAB for those no longer RAM; final round:
+ *            guest paused; tail with the PoD entries at pause; END)
  *   DONE {digest of every page at pause} ->  stream_restore has seen END
  *                                   <-       RESULT {status, digest, leaves}
  *   COMMIT (or ABORT)               ->       resume (or destroy)
@@ -47,8 +48,16 @@
  * END, only COMMIT keeps it).  A COMMIT lost after it left the sender leaves
  * no running copy (the classic last-message window, noted, not solved).
  *
- * Limits: the guest's memory map must not change during migration (vCPU
- * writes are the only concurrent activity); PoD guests are refused.
+ * Memory map changes during migration: RAM populated or removed while
+ * rounds run (balloon, populate, PoD demand populate and zero reclaim) is
+ * marked dirty (dirty.h), so the next round translates it under the current
+ * p2m and sends it: data or XALLOC when it is RAM, XTAB when it is a hole
+ * or a PoD entry now; the receiver, restoring in live mode, frees a pfn
+ * sent as XTAB after it was populated and populates a former hole
+ * (save.h).  PoD entries and the PoD target and cache travel in the tail
+ * (HVM_CONTEXT, taken at pause): the receiver rebuilds exactly the entries
+ * left at pause.  Changes made on behalf of the guest must go through
+ * migrate_guest_call, which stops them at the pause with the vCPUs.
  */
 #ifndef HUGEVM_MIGRATE_H
 #define HUGEVM_MIGRATE_H
@@ -70,7 +79,10 @@
 /* ---- wire ------------------------------------------------------------------ */
 
 #define MIG_MAGIC 0x464d5648u /* "HVMF" */
-#define MIG_VERSION 1u
+/* 2: the memory map may change during the migration (XTAB after data, PoD
+ * entries from the tail); a version-1 receiver would refuse such a stream
+ * halfway, so the handshake refuses it up front. */
+#define MIG_VERSION 2u
 #define MIG_FRAME_RAW (1u << 20)  /* raw bytes per DATA frame, at most */
 #define MIG_CTRL_MAX 4096u        /* control frame bodies, at most */
 
@@ -167,9 +179,20 @@ int migrate_guest_create(struct domain *d, unsigned nr_vcpus, const struct tlb_c
 /* Stop the runner, destroy vCPUs and workloads (not the domain). */
 void migrate_guest_destroy(struct migrate_guest *g);
 int migrate_guest_start(struct migrate_guest *g) HV_MUST_CHECK;
-/* Park the runner between quanta (returns when it is parked or exited). */
+/* Park the runner between quanta (returns when it is parked or exited).
+ * Also holds off migrate_guest_call until migrate_guest_resume. */
 void migrate_guest_pause(struct migrate_guest *g);
 void migrate_guest_resume(struct migrate_guest *g);
+/*
+ * Run fn(g->d, ctx) under d->lock on the guest's behalf: memory-map changes
+ * the guest itself makes (its balloon driver, a PoD sweep, populate) from a
+ * thread other than the runner.  Like a vCPU quantum, such a change never
+ * happens while the guest is paused or being paused (the final round of a
+ * migration sends the map as it is at pause).  Returns fn's result, or
+ * -EAGAIN without calling fn when the guest is paused or stopped.
+ */
+int migrate_guest_call(struct migrate_guest *g, int (*fn)(struct domain *d, void *ctx),
+                       void *ctx) HV_MUST_CHECK;
 /* Stop and join the runner (idempotent). */
 void migrate_guest_stop(struct migrate_guest *g);
 
@@ -203,6 +226,7 @@ struct migrate_round {
     unsigned index;          /* 0 = the full copy */
     bool paused;             /* the final round, guest paused */
     uint64_t pages_data, pages_zero;
+    uint64_t pages_xtab;     /* pfns no longer RAM (ballooned, PoD again) */
     uint64_t stream_bytes;   /* stream bytes before compression */
     uint64_t wire_bytes;     /* bytes on the socket */
     uint64_t ns;
@@ -235,6 +259,7 @@ struct migrate_opts {
 #define MIGRATE_STAT_FIELDS(X)                                                 \
     X(pages_data, "pages sent with data")                                      \
     X(pages_zero, "zero pages sent without data")                              \
+    X(pages_xtab, "pfns sent as holes (RAM removed during the migration)")     \
     X(stream_bytes, "stream bytes before compression")                         \
     X(wire_bytes, "bytes written to the socket")                              \
     X(frames, "frames sent")                                                   \

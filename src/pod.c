@@ -242,7 +242,7 @@ static int reclaim_4k(struct domain *d, gfn_t gfn)
     int rc = reserve_pages(p, 1);
     if (rc < 0)
         return rc;
-    dirty_on_unmap(d, gfn, 1); /* log-dirty: a D-set leaf is marked first */
+    dirty_on_unmap(d, gfn, 1); /* log-dirty: marked (RAM -> PoD) */
     rc = p2m_set_entry(d->p2m, gfn, 0, PAGE_ORDER_4K, p2m_pod);
     if (rc < 0)
         return rc;
@@ -311,7 +311,7 @@ long pod_reclaim_2m(struct domain *d, gfn_t gfn)
         for (uint64_t i = 0; i < SP_PAGES; i++)
             tmp[i] = p2m_get_entry(d->p2m, gfn + i, NULL, NULL);
     }
-    dirty_on_unmap(d, gfn, SP_PAGES); /* log-dirty: D-set leaves marked first */
+    dirty_on_unmap(d, gfn, SP_PAGES); /* log-dirty: marked (RAM -> PoD) */
     /* set_range: one 2M PoD leaf, or 4K ones inside a 4K-only range. */
     rc = p2m_set_range(d->p2m, gfn, 0, SP_PAGES, p2m_pod);
     if (rc < 0) {
@@ -509,7 +509,7 @@ int pod_demand_populate(struct domain *d, gfn_t gfn)
             mfn_t mfn = p->chunks[p->nr_chunks - 1];
             if ((rc = p2m_set_entry(d->p2m, b, mfn, PAGE_ORDER_2M, p2m_ram_rw)) < 0)
                 goto err_tables;
-            dirty_on_map(d, b, PAGE_ORDER_2M); /* log-dirty form (dirty.h) */
+            dirty_on_map(d, b, PAGE_ORDER_2M); /* log-dirty: marked, and its form */
             p->nr_chunks--;
             p->count -= SP_PAGES;
             p->entry_count -= SP_PAGES;
@@ -532,6 +532,7 @@ int pod_demand_populate(struct domain *d, gfn_t gfn)
     mfn_t mfn = p->pages[p->nr_pages - 1];
     if ((rc = p2m_set_entry(d->p2m, gfn, mfn, PAGE_ORDER_4K, p2m_ram_rw)) < 0)
         goto err_tables;
+    dirty_on_map(d, gfn, PAGE_ORDER_4K); /* log-dirty: new RAM is dirty */
     p->nr_pages--;
     p->count--;
     p->entry_count--;

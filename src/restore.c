@@ -18,6 +18,16 @@
  *                  (holes, 4K-only ranges, max_pages, PoD entries carried
  *                  only in HVM_CONTEXT) is applied and checked here.
  *
+ * Live migration streams (restore_opts.live): the guest's memory map
+ * changed while it was sent, so the last word about a pfn wins.  There XTAB
+ * (and BROKEN) only says "not RAM now": it records no hole (a region
+ * populated again may be one superpage again, and a later populating entry
+ * is no conflict), and a filled pfn is unfilled and its frame freed once
+ * the record's data is in (drop_pfns: runs of pfns in one
+ * decrease_reservation, which splits one level at a time along the path).
+ * PoD entries, target and cache, and the final max_gfn, come from
+ * HVM_CONTEXT.
+ *
  * Untrusted input: every length and count is bounded before the buffer it
  * sizes is allocated; every pfn is checked against the domain's limit for
  * the whole record before the record allocates anything.
@@ -72,7 +82,10 @@ struct rctx {
     uint64_t *pod;          /* PoD extent entries */
     size_t npod;
     uint64_t pod_target;
-    bool have_pod;
+    uint64_t pod_cache;     /* HVCTX_POD_CACHE, when have_pod_cache */
+    bool have_pod, have_pod_cache;
+    gfn_t *drop;            /* live: pfns of this record to unpopulate */
+    size_t ndrop, drop_cap;
     uint8_t scratch[PAGE_SIZE];
     uint8_t *bounce;        /* RESTORE_BOUNCE bytes, for copy_run's pwrite */
     bool seen_static_end, seen_page_data;
@@ -137,6 +150,20 @@ static void set_bit(uint64_t *b, gfn_t pfn)
     unsigned i = (unsigned)pfn & 511;
     b[i / 64] |= 1ULL << (i % 64);
 }
+static void clear_bit(uint64_t *b, gfn_t pfn)
+{
+    unsigned i = (unsigned)pfn & 511;
+    b[i / 64] &= ~(1ULL << (i % 64));
+}
+
+/* Live: a filled pfn is no longer RAM; it is forgotten. */
+static void unfill(struct rctx *c, struct rs_2m *s, struct rs_1g *g, gfn_t pfn)
+{
+    clear_bit(s->fill, pfn);
+    s->filled--;
+    g->filled--;
+    c->res->pages_populated--;
+}
 
 /* ---- configuration --------------------------------------------------------- */
 
@@ -150,6 +177,16 @@ static int parse_blob(struct rctx *c, const uint8_t *blob, size_t len,
     struct hvctx_tlv t;
     const uint8_t *v;
     int rc;
+    if (keep && c->o->live) {
+        /* Live: HV_CONFIG described the guest when the migration started;
+         * HVM_CONTEXT describes it at pause time, PoD entries included (an
+         * absent POD TLV means none are left). */
+        free(c->pod);
+        c->pod = NULL;
+        c->npod = 0;
+        c->pod_target = 0;
+        c->have_pod = c->have_pod_cache = false;
+    }
     while ((rc = hvctx_next(blob, len, &pos, &t, &v)) == 1) {
         uint64_t at = c->rd.rec_offset + 8 + sizeof(struct hvctx_header) + pos -
                       ((t.length + 7u) & ~7u) - sizeof(t);
@@ -213,6 +250,16 @@ static int parse_blob(struct rctx *c, const uint8_t *blob, size_t len,
             c->npod = n;
             c->pod_target = le64toh(target);
             c->have_pod = true;
+        } else if (t.type == HVCTX_POD_CACHE) {
+            uint64_t cache;
+            if (t.length != 8)
+                return FAIL(c, -EBADMSG, at, "hugevm POD_CACHE TLV of %u bytes, want 8",
+                            t.length);
+            if (c->have_pod_cache) /* as POD: the first one counts */
+                continue;
+            memcpy(&cache, v, 8);
+            c->pod_cache = le64toh(cache);
+            c->have_pod_cache = true;
         } else if (t.flags & HVCTX_F_CRITICAL) {
             if (!keep)
                 return FAIL(c, -EBADMSG, at, "unknown critical hugevm TLV type %u", t.type);
@@ -275,8 +322,10 @@ static void fix_limit(struct rctx *c)
     if (c->limit_fixed)
         return;
     c->limit_fixed = true;
-    if (c->res->have_config)
+    if (c->res->have_config && !c->o->live)
         c->limit = c->res->config.max_gfn;
+    else if (c->res->have_config) /* live: RAM may be populated above it meanwhile */
+        c->limit = P2M_GFN_LIMIT; /* (checked against HVM_CONTEXT's max_gfn at END) */
     else
         c->limit = c->o->max_gfn && c->o->max_gfn < P2M_GFN_LIMIT ? c->o->max_gfn
                                                                     : P2M_GFN_LIMIT;
@@ -424,6 +473,40 @@ static int copy_run(struct rctx *c, mfn_t mfn, uint32_t n)
     return 0;
 }
 
+/*
+ * Live: free the frames of the pfns this record turned from populated into
+ * holes, after its data went in (an entry earlier in the record may have
+ * written to one of them).  A pfn populated again later in the same record
+ * keeps its frame.  Runs of pfns go in one decrease_reservation, which
+ * splits a superpage one level at a time along the path only and frees a
+ * whole leaf without splitting it.
+ */
+static int drop_pfns(struct rctx *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->ndrop; i++) {
+        gfn_t pfn = c->drop[i];
+        struct rs_2m *s = node_2m(c, pfn, false);
+        enum p2m_type t;
+        p2m_get_entry(c->d->p2m, pfn, &t, NULL);
+        if (!bit(s->fill, pfn) && p2m_is_ram(t))
+            c->drop[n++] = pfn;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t k = 1;
+        while (i + k < n && c->drop[i + k] == c->drop[i] + k)
+            k++;
+        long rel = domain_decrease_reservation(c->d, c->drop[i], k);
+        if (rel < 0)
+            return FAIL(c, (int)rel, UINT64_MAX, "freeing pfn %#llx (sent as a hole after it "
+                        "was populated): %s", (unsigned long long)c->drop[i],
+                        strerror((int)-rel));
+        i += k;
+    }
+    c->ndrop = 0;
+    return 0;
+}
+
 static int page_data(struct rctx *c)
 {
     struct stream_reader *r = &c->rd;
@@ -487,6 +570,17 @@ static int page_data(struct rctx *c)
         return rc;
     c->seen_page_data = true;
     res->page_data_records++;
+    if (c->o->live) {
+        c->ndrop = 0;
+        if (count > c->drop_cap) {
+            free(c->drop);
+            c->drop_cap = 0;
+            c->drop = hv_malloc(sizeof(*c->drop) * count);
+            if (!c->drop)
+                return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for %u pfns", count);
+            c->drop_cap = count;
+        }
+    }
 
     gfn_t prev = INVALID_GFN;
     uint64_t run = 0; /* Xen 2025 rule: consecutive populated pfns in this record */
@@ -503,13 +597,26 @@ static int page_data(struct rctx *c)
         if (!is_populating(t)) {
             run = 0;
             prev = pfn;
-            if (bit(s->fill, pfn))
+            if (bit(s->fill, pfn) && !c->o->live)
                 return FAIL(c, -EEXIST, at, "conflicting duplicate: pfn %#llx was populated "
                             "earlier and is now a hole", (unsigned long long)pfn);
             if (t == STREAM_PAGE_XTAB)
                 res->pages_xtab++;
             else
                 res->pages_broken++;
+            if (c->o->live) {
+                /* "not RAM now" (ballooned, or a PoD entry again): a filled
+                 * pfn is forgotten and its frame freed after this record's
+                 * data (drop_pfns).  No hole is recorded: a region
+                 * populated again may be one superpage again. */
+                if (bit(s->fill, pfn)) {
+                    unfill(c, s, g, pfn);
+                    res->pages_dropped++;
+                    if (!c->o->dry_run)
+                        c->drop[c->ndrop++] = pfn;
+                }
+                continue;
+            }
             if (!bit(s->hole, pfn)) {
                 set_bit(s->hole, pfn);
                 s->holes++;
@@ -521,7 +628,7 @@ static int page_data(struct rctx *c)
         prev = pfn;
         if (run >= 512 && ((pfn + 1) & 511) == 0)
             res->xen_2m++;
-        if (bit(s->hole, pfn))
+        if (bit(s->hole, pfn)) /* (never set in a live stream) */
             return FAIL(c, -EEXIST, at, "conflicting duplicate: pfn %#llx was a hole earlier "
                         "and is now populated", (unsigned long long)pfn);
         bool refill = bit(s->fill, pfn);
@@ -579,6 +686,11 @@ static int page_data(struct rctx *c)
         if (rc < 0)
             return rc;
         i++;
+    }
+    if (c->ndrop) {
+        rc = drop_pfns(c);
+        if (rc < 0)
+            return rc;
     }
     if (c->o->progress)
         c->o->progress(c->o->progress_ctx, r->offset);
@@ -863,7 +975,7 @@ static void predict(struct rctx *c, const struct stream_config *cfg)
 static int apply_late_config(struct rctx *c, const struct stream_config *cfg)
 {
     struct domain *d = c->d;
-    if (c->max_seen > cfg->max_gfn)
+    if (c->max_seen > cfg->max_gfn && !c->o->live) /* live: see ram_beyond */
         return FAIL(c, -ERANGE, UINT64_MAX, "pfn %#llx is beyond the domain (max_gfn %#llx)",
                     (unsigned long long)(c->max_seen - 1), (unsigned long long)cfg->max_gfn);
     gfn_t hs = GFN_4G - (cfg->mmio_hole_bytes >> PAGE_SHIFT);
@@ -943,7 +1055,19 @@ static int restore_pod(struct rctx *c, gfn_t max_gfn)
             return FAIL(c, rc, UINT64_MAX, "PoD entry %zu: %s", i, strerror(-rc));
         c->res->pod_entries++;
     }
-    if (c->pod_target && !c->o->dry_run) {
+    if (c->have_pod_cache && !c->o->dry_run) {
+        /* The source's cache exactly (its target is only a record of the
+         * last request: target - populated differs from the cache once RAM
+         * was populated or released beside PoD). */
+        uint64_t cache = c->pod_cache < c->d->pod.entry_count ? c->pod_cache
+                                                               : c->d->pod.entry_count;
+        int rc = pod_set_cache_target(c->d, cache);
+        if (rc < 0)
+            return FAIL(c, rc, UINT64_MAX, "PoD cache of %llu pages: %s",
+                        (unsigned long long)cache, strerror(-rc));
+        c->d->pod.target = c->pod_target;
+        c->res->pod_target = c->pod_target;
+    } else if (c->pod_target && !c->o->dry_run) {
         int rc = pod_set_target(c->d, c->pod_target);
         if (rc < 0)
             return FAIL(c, rc, UINT64_MAX, "PoD target of %llu pages: %s",
@@ -970,6 +1094,43 @@ static int export_data_bits(struct rctx *c)
     return 0;
 }
 
+static int ram_leaf_found(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
+                          enum p2m_type type, ept_entry_t *e)
+{
+    gfn_t *first = ctx;
+    (void)mfn;
+    (void)order;
+    (void)e;
+    if (!p2m_is_ram(type))
+        return 0;
+    *first = gfn;
+    return 1;
+}
+
+/* Live: pfns were checked against the p2m's limit only (the guest may grow
+ * during the migration); at END no RAM may lie at or above the max_gfn of
+ * the configuration at pause time. */
+static int ram_beyond(struct rctx *c, gfn_t max_gfn)
+{
+    gfn_t first = INVALID_GFN;
+    if (max_gfn < P2M_GFN_LIMIT &&
+        p2m_for_each_leaf(c->d->p2m, max_gfn, P2M_GFN_LIMIT - max_gfn, ram_leaf_found,
+                          &first) > 0)
+        return FAIL(c, -ERANGE, UINT64_MAX, "pfn %#llx is beyond the domain (max_gfn %#llx)",
+                    (unsigned long long)(first > max_gfn ? first : max_gfn),
+                    (unsigned long long)max_gfn);
+    return 0;
+}
+
+/* Live: the configuration at pause may differ from the one at the start
+ * only in max_gfn and tot_pages (RAM came or went). */
+static bool cfg_equal_live(const struct stream_config *a, const struct stream_config *b)
+{
+    struct stream_config x = *b;
+    x.max_gfn = a->max_gfn;
+    return cfg_equal(a, &x);
+}
+
 static int finish(struct rctx *c)
 {
     struct restore_result *res = c->res;
@@ -979,12 +1140,14 @@ static int finish(struct rctx *c)
     const struct stream_config *cfg = res->have_config ? &res->config
                                       : c->have_late  ? &c->late
                                                       : NULL;
-    if (res->have_config && c->have_late && !cfg_equal(&res->config, &c->late))
+    if (res->have_config && c->have_late &&
+        !(c->o->live ? cfg_equal_live(&res->config, &c->late) : cfg_equal(&res->config, &c->late)))
         return FAIL(c, -EBADMSG, UINT64_MAX,
                     "HV_CONFIG and HVM_CONTEXT carry different domain configurations");
-    if (!res->have_config && c->have_late) {
-        res->config = c->late;
+    if (c->have_late && (!res->have_config || c->o->live)) {
+        res->config = c->late; /* live: the guest at pause time */
         res->have_config = true;
+        cfg = &res->config;
     }
     gfn_t max_gfn = cfg ? cfg->max_gfn : c->limit;
     if (c->o->dry_run) {
@@ -1016,6 +1179,8 @@ static int finish(struct rctx *c)
         if (rc < 0)
             return rc;
     }
+    if (c->o->live && (rc = ram_beyond(c, max_gfn)) < 0)
+        return rc;
     rc = restore_pod(c, max_gfn);
     if (rc < 0)
         return rc;
@@ -1123,6 +1288,7 @@ int stream_restore(struct machine *m, struct stream_io *io, const struct restore
     free(c->pfns);
     free(c->mfns);
     free(c->pod);
+    free(c->drop);
     free(c->bounce);
     free(c);
     return rc;

@@ -244,7 +244,9 @@ static int add_config_tlvs(struct hvctx_buf *b, const struct domain *d,
     w.c.nr_4k_ranges = htole32(n);
     int rc = hvctx_add(b, HVCTX_CONFIG, HVCTX_F_CRITICAL, &w,
                        (uint32_t)(sizeof(w.c) + 16 * n));
-    if (rc < 0 || !s->pod.n)
+    /* PoD entries, target and cache: also when no entry is left but a
+     * target was set (a live migration's tail must say that none is left) */
+    if (rc < 0 || (!s->pod.n && !d->pod.target && !d->pod.count))
         return rc;
     size_t len = 16 + s->pod.n * 8;
     if (len > STREAM_MAX_BODY / 2)
@@ -262,7 +264,10 @@ static int add_config_tlvs(struct hvctx_buf *b, const struct domain *d,
     }
     rc = hvctx_add(b, HVCTX_POD, HVCTX_F_CRITICAL, p, (uint32_t)len);
     free(p);
-    return rc;
+    if (rc < 0)
+        return rc;
+    uint64_t cache = htole64(d->pod.count);
+    return hvctx_add(b, HVCTX_POD_CACHE, 0, &cache, sizeof(cache));
 }
 
 /* ---- zero detection ---------------------------------------------------------- */

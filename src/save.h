@@ -29,10 +29,20 @@
  * All or nothing: on any error the partly restored domain is destroyed and
  * every frame returned; the error names the record and byte offset.
  *
- * Conflicting duplicates: a pfn that is populated (NOTAB/XALLOC) in one
- * place and a hole (XTAB/BROKEN) in another is an error.  Data sent again
- * for a populated pfn replaces the old data (live migration resends), and
- * XALLOC for a pfn that had data zeroes it.
+ * Conflicting duplicates: in a saved stream, a pfn that is populated
+ * (NOTAB/XALLOC) in one place and a hole (XTAB/BROKEN) in another is an
+ * error.  Data sent again for a populated pfn replaces the old data (live
+ * migration resends), and XALLOC for a pfn that had data zeroes it.  A live
+ * migration stream (restore_opts.live) describes a guest whose memory map
+ * changes while it is sent, so there the last word about a pfn wins: XTAB
+ * means "not RAM now", a populated pfn sent later as XTAB loses its frame
+ * (a superpage around it is split one level at a time, along the path
+ * only), a pfn sent as XTAB and later as populated gets a frame (a
+ * superpage again when its whole region is populated by END); PoD entries
+ * and the PoD target and cache come from the HVM_CONTEXT record (the guest
+ * at pause time), not from HV_CONFIG (the guest when the migration
+ * started); and HVM_CONTEXT's max_gfn may differ from HV_CONFIG's (RAM
+ * populated or removed meanwhile).
  */
 #ifndef HUGEVM_SAVE_H
 #define HUGEVM_SAVE_H
@@ -70,6 +80,8 @@ enum hvctx_type {
     HVCTX_POD = 2,      /* count u32, reserved u32, target u64, count x extent entry */
     HVCTX_VCPU = 3,     /* reserved for the vCPU backends */
     HVCTX_WORKLOAD = 4, /* reserved for the workloads */
+    HVCTX_POD_CACHE = 5, /* cache u64: pages in the PoD cache (with a POD TLV) */
+    HVCTX_GUEST_MEM = 6, /* the workloads' memory: count u32, reserved u32, count x {gfn, nr} */
 };
 struct hvctx_config {
     uint64_t max_pages;
@@ -166,6 +178,9 @@ struct restore_opts {
     /* pfn limit when the stream does not carry hugevm's configuration
      * (0: the p2m's limit). */
     gfn_t max_gfn;
+    /* A live migration stream: the last word about a pfn wins (see
+     * "Conflicting duplicates" above).  Set by migrate_receive only. */
+    bool live;
     void (*progress)(void *ctx, uint64_t bytes_read);
     void *progress_ctx;
     /* Called after each record header is read (may be NULL). */
@@ -183,7 +198,8 @@ struct restore_result {
     uint32_t version, xen_major, xen_minor;
     uint64_t records, page_data_records, skipped_records, bytes;
     uint64_t pages_data, pages_xalloc, pages_xtab, pages_broken;
-    uint64_t pages_populated; /* distinct pfns filled */
+    uint64_t pages_populated; /* distinct pfns filled (and still filled, live) */
+    uint64_t pages_dropped;   /* live: filled pfns sent later as holes, freed */
     bool have_config;     /* from HV_CONFIG or the hugevm HVM_CONTEXT */
     struct stream_config config;
     bool have_layout;

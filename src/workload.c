@@ -80,15 +80,9 @@ struct ext_vec {
     int rc;
 };
 
-static int add_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
-                    enum p2m_type type, ept_entry_t *e)
+/* Append [gfn, gfn + nr), merged with the last extent when contiguous. */
+static int ext_push(struct ext_vec *x, gfn_t gfn, uint64_t nr)
 {
-    struct ext_vec *x = ctx;
-    (void)mfn;
-    (void)e;
-    if (!p2m_is_ram(type) && type != p2m_pod)
-        return 0;
-    uint64_t nr = order_pages(order);
     if (x->n && x->v[x->n - 1].gfn + x->v[x->n - 1].nr == gfn) {
         x->v[x->n - 1].nr += nr;
         return 0;
@@ -106,6 +100,16 @@ static int add_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
     }
     x->v[x->n++] = (struct wl_extent){gfn, nr, 0};
     return 0;
+}
+
+static int add_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
+                    enum p2m_type type, ept_entry_t *e)
+{
+    (void)mfn;
+    (void)e;
+    if (!p2m_is_ram(type) && type != p2m_pod)
+        return 0;
+    return ext_push(ctx, gfn, order_pages(order));
 }
 
 uint64_t workload_pages(const struct workload *w) { return w->pages; }
@@ -126,16 +130,21 @@ gfn_t workload_gfn(const struct workload *w, uint64_t i)
 
 /* ---- create ----------------------------------------------------------------- */
 
-int workload_create(struct domain *d, const struct workload_config *cfg,
-                    unsigned index, unsigned nr_vcpus, struct workload **out)
+/* A workload over the extents x (taken, merged, in page-index order). */
+static int create_over(const struct workload_config *cfg, unsigned index, unsigned nr_vcpus,
+                       struct ext_vec *x, struct workload **out)
 {
     if ((unsigned)cfg->kind >= WL_NR_KINDS || nr_vcpus == 0 || index >= nr_vcpus ||
         cfg->write_frac > 1 || cfg->wss < 0 || cfg->wss > 1 || cfg->zipf_theta < 0 ||
-        cfg->zipf_theta >= 1)
+        cfg->zipf_theta >= 1 || x->n == 0) {
+        free(x->v);
         return -EINVAL;
+    }
     struct workload *w = hv_calloc(1, sizeof(*w));
-    if (!w)
+    if (!w) {
+        free(x->v);
         return -ENOMEM;
+    }
     w->cfg = *cfg;
     w->index = index;
     w->rng.s = mix64(cfg->seed * 0x9E3779B97F4A7C15ULL + index + 1);
@@ -147,23 +156,13 @@ int workload_create(struct domain *d, const struct workload_config *cfg,
         w->cfg.zipf_theta = 0.99;
     if (w->cfg.wss == 0)
         w->cfg.wss = 1.0;
-
-    struct ext_vec x = {0};
-    pthread_mutex_lock(&d->lock);
-    int rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, add_leaf, &x);
-    pthread_mutex_unlock(&d->lock);
-    if (rc < 0 || x.n == 0) {
-        free(x.v);
-        free(w);
-        return rc < 0 ? rc : -EINVAL;
-    }
     uint64_t total = 0;
-    for (size_t i = 0; i < x.n; i++) {
-        x.v[i].first = total;
-        total += x.v[i].nr;
+    for (size_t i = 0; i < x->n; i++) {
+        x->v[i].first = total;
+        total += x->v[i].nr;
     }
-    w->ext = x.v;
-    w->nr_ext = x.n;
+    w->ext = x->v;
+    w->nr_ext = x->n;
     w->pages = total;
     w->lo = total * index / nr_vcpus;
     w->hi = total * (index + 1) / nr_vcpus;
@@ -188,6 +187,46 @@ int workload_create(struct domain *d, const struct workload_config *cfg,
     }
     *out = w;
     return 0;
+}
+
+int workload_create(struct domain *d, const struct workload_config *cfg,
+                    unsigned index, unsigned nr_vcpus, struct workload **out)
+{
+    struct ext_vec x = {0};
+    pthread_mutex_lock(&d->lock);
+    int rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, add_leaf, &x);
+    pthread_mutex_unlock(&d->lock);
+    if (rc < 0) {
+        free(x.v);
+        return rc;
+    }
+    return create_over(cfg, index, nr_vcpus, &x, out);
+}
+
+int workload_create_on(const struct workload_config *cfg, unsigned index, unsigned nr_vcpus,
+                       const struct gfn_range *mem, size_t n, struct workload **out)
+{
+    struct ext_vec x = {0};
+    for (size_t i = 0; i < n; i++) {
+        gfn_t prev_end = i ? mem[i - 1].gfn + mem[i - 1].nr : 0;
+        if (mem[i].nr == 0 || mem[i].gfn >= P2M_GFN_LIMIT ||
+            mem[i].nr > P2M_GFN_LIMIT - mem[i].gfn || (i && mem[i].gfn < prev_end)) {
+            free(x.v);
+            return -EINVAL;
+        }
+        if (ext_push(&x, mem[i].gfn, mem[i].nr) < 0) {
+            free(x.v);
+            return -ENOMEM;
+        }
+    }
+    return create_over(cfg, index, nr_vcpus, &x, out);
+}
+
+size_t workload_extents(const struct workload *w, struct gfn_range *out, size_t max)
+{
+    for (size_t i = 0; i < w->nr_ext && i < max; i++)
+        out[i] = (struct gfn_range){w->ext[i].gfn, w->ext[i].nr};
+    return w->nr_ext;
 }
 
 void workload_destroy(struct workload *w)

@@ -67,6 +67,18 @@ int workload_create(struct domain *d, const struct workload_config *cfg,
                     struct workload **out) HV_MUST_CHECK;
 void workload_destroy(struct workload *w);
 
+/* (Added for live migration.)  workload_create over the given memory
+ * instead of the domain's RAM and PoD now: n extents, ascending and
+ * disjoint (untrusted input from a stream is checked: -EINVAL).  A guest
+ * whose memory map changed after its workloads were created (balloon,
+ * populate) keeps addressing the same pages where it resumes. */
+int workload_create_on(const struct workload_config *cfg, unsigned index, unsigned nr_vcpus,
+                       const struct gfn_range *mem, size_t n,
+                       struct workload **out) HV_MUST_CHECK;
+/* The workload's memory: up to max extents into out; returns how many it
+ * has (merged runs, in page-index order). */
+size_t workload_extents(const struct workload *w, struct gfn_range *out, size_t max);
+
 /* Pages of guest memory the workload addresses, and its slice. */
 uint64_t workload_pages(const struct workload *w);
 /* Page index -> gfn. */

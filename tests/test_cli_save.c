@@ -360,9 +360,11 @@ static void test_corrupt_state(void **state)
     assert_int_equal(guest_state_encode(&b, 2, g.v, g.w, &g.wc), 0);
     const uint8_t *area = b.p + sizeof(struct hvctx_header);
     size_t len = b.len - sizeof(struct hvctx_header);
-    /* layout: {VCPU 0, WORKLOAD 0, VCPU 1, WORKLOAD 1}, each 8 + value */
+    /* layout: {VCPU 0, WORKLOAD 0, VCPU 1, WORKLOAD 1, GUEST_MEM}, each 8 + value */
     const size_t vsz = 8 + sizeof(struct mig_vcpu_tlv), wsz = 8 + sizeof(struct mig_workload_tlv);
-    assert_int_equal(len, 2 * (vsz + wsz));
+    const size_t nmem = workload_extents(g.w[0], NULL, 0), gm = 2 * (vsz + wsz);
+    assert_true(nmem >= 1);
+    assert_int_equal(len, gm + 8 + 8 + 16 * nmem);
     struct guest_state *gs = calloc(1, sizeof(*gs));
     uint8_t *x = malloc(len);
     char err[256];
@@ -379,6 +381,8 @@ static void test_corrupt_state(void **state)
         {8 + 8, 5, 4, "implausible TLB"},                       /* guest order */
         {8 + 28, 0, 4, "implausible TLB"},                      /* ways[0] = 0 */
         {4, 0x7fffffff, 4, "overruns"},                         /* length over the area */
+        {2 * (vsz + wsz) + 8, 0, 4, "GUEST_MEM: 0 extents"},    /* count */
+        {2 * (vsz + wsz) + 24, 0, 4, "GUEST_MEM extent 0"},     /* its nr */
     };
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         memcpy(x, area, len);
@@ -393,11 +397,15 @@ static void test_corrupt_state(void **state)
     /* a missing WORKLOAD TLV (truncate the area after vCPU 1's VCPU TLV) */
     assert_int_equal(guest_state_decode(area, 2 * vsz + wsz, gs, err, sizeof(err)), -EBADMSG);
     assert_non_null(strstr(err, "incomplete"));
-    /* every truncation is refused or reads as incomplete, never overruns */
+    /* every truncation is refused or reads as incomplete, never overruns;
+     * without GUEST_MEM the state is complete (older streams) */
     for (size_t cut = 1; cut < len; cut++) {
         int rc = guest_state_decode(area, cut, gs, err, sizeof(err));
-        assert_true(rc == -EBADMSG);
+        assert_true(rc == (cut == gm ? 1 : -EBADMSG));
+        assert_int_equal(gs->nr_mem, 0);
     }
+    assert_int_equal(guest_state_decode(area, len, gs, err, sizeof(err)), 1);
+    assert_int_equal(gs->nr_mem, nmem);
 
     /* valid bytes, but the position lies outside vCPU 1's slice of a smaller
      * guest: decode accepts, build refuses and leaves nothing */

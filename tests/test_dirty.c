@@ -199,10 +199,39 @@ static void assert_coalesced(struct domain *d, gfn_t limit)
 
 /* ---- populate / decrease / increase while log-dirty is on ------------------- */
 
+/* RAM-ness of [g, g + nr) before a map change (one byte per gfn). */
+static uint8_t *ram_snapshot(struct env *e, gfn_t g, uint64_t nr)
+{
+    uint8_t *v = malloc(nr);
+    assert_non_null(v);
+    for (uint64_t i = 0; i < nr; i++) {
+        enum p2m_type t;
+        p2m_get_entry(e->d->p2m, g + i, &t, NULL);
+        v[i] = p2m_is_ram(t);
+    }
+    return v;
+}
+
+/* The model's side of a map change: every gfn of [g, g + nr) whose RAM-ness
+ * changed since `before` must be reported as if written (dirty.h). */
+static void note_map_changes(struct env *e, gfn_t g, uint64_t nr, uint8_t *before,
+                             uint64_t *model, uint64_t *ever)
+{
+    uint8_t *after = ram_snapshot(e, g, nr);
+    for (uint64_t i = 0; i < nr; i++)
+        if (before[i] != after[i]) {
+            set_bit(model, g + i);
+            set_bit(ever, g + i);
+        }
+    free(after);
+    free(before);
+}
+
 /* One random balloon step over [0, e->limit); marks the 2M blocks a
- * decrease touched in `cut` (one byte per block). */
+ * decrease touched in `cut` (one byte per block) and the gfns whose RAM came
+ * or went in `model` and `ever`. */
 static void balloon_step(struct env *e, struct hv_rng *r, uint8_t *cut, gfn_t *recent,
-                         unsigned *nrecent)
+                         unsigned *nrecent, uint64_t *model, uint64_t *ever)
 {
     struct domain *d = e->d;
     uint64_t blocks = e->limit >> 9;
@@ -223,20 +252,30 @@ static void balloon_step(struct env *e, struct hv_rng *r, uint8_t *cut, gfn_t *r
             g = (1 + hv_rng_below(r, blocks - 1)) * 512 - half;
             nr = 2 * half;
         }
+        uint8_t *before = ram_snapshot(e, g, nr);
         long rel = domain_decrease_reservation(d, g, nr);
         assert_true(rel >= 0);
+        note_map_changes(e, g, nr, before, model, ever);
         for (gfn_t b = g >> 9; b <= (g + nr - 1) >> 9; b++)
             cut[b] = 1;
     } else if (k == 3) { /* balloon deflate by 2M extents */
         gfn_t g = *nrecent ? recent[--(*nrecent)]
                            : (1 + hv_rng_below(r, blocks - 1)) * 512;
+        uint8_t *before = ram_snapshot(e, g, 512);
         assert_int_equal(domain_increase_reservation(d, g, 1, PAGE_ORDER_2M), 0);
+        note_map_changes(e, g, 512, before, model, ever);
     } else if (k == 4) { /* by 4K pages */
         gfn_t g = hv_rng_below(r, e->limit - 64);
-        assert_int_equal(domain_increase_reservation(d, g, 1 + hv_rng_below(r, 40), 0), 0);
+        uint64_t n = 1 + hv_rng_below(r, 40);
+        uint8_t *before = ram_snapshot(e, g, n);
+        assert_int_equal(domain_increase_reservation(d, g, n, 0), 0);
+        note_map_changes(e, g, n, before, model, ever);
     } else { /* populate_physmap over a range: refills with the largest orders */
         gfn_t g = hv_rng_below(r, e->limit - 4096);
-        assert_int_equal(domain_populate(d, g, 1 + hv_rng_below(r, 4096), NULL), 0);
+        uint64_t n = 1 + hv_rng_below(r, 4096);
+        uint8_t *before = ram_snapshot(e, g, n);
+        assert_int_equal(domain_populate(d, g, n, NULL), 0);
+        note_map_changes(e, g, n, before, model, ever);
     }
 }
 
@@ -294,6 +333,11 @@ static void random_run_ex(enum dirty_mode mode0, unsigned nv, uint64_t seed, boo
     uint64_t *ever = calloc(words, 8);      /* written while enabled */
     uint64_t *uni = calloc(words, 8);       /* union of harvests */
     uint64_t *out = calloc(words, 8);
+    /* the new 1G is reported as if written: RAM came there (dirty.h) */
+    for (gfn_t g = GUEST_GFNS; g < e.limit; g++) {
+        set_bit(model, g);
+        set_bit(ever, g);
+    }
     bool coarse_seen = mode0 == DIRTY_COARSE; /* in this round */
     enum dirty_mode mode = mode0;
     uint64_t harvests = 0, writes = 0;
@@ -349,7 +393,7 @@ static void random_run_ex(enum dirty_mode mode0, unsigned nv, uint64_t seed, boo
                 harvests++;
             }
         } else if (what < bl_end) {
-            balloon_step(&e, &r, cut, recent, &nrecent);
+            balloon_step(&e, &r, cut, recent, &nrecent, model, ever);
             balloon_steps++;
             audit_all(e.d);
             assert_form(e.d, mode);
@@ -515,11 +559,16 @@ static void test_populate_while_enabled(void **state)
             assert_int_equal(o, PAGE_ORDER_2M);
             assert_int_equal(t, mode == DIRTY_SPLIT_ON_WRITE ? p2m_ram_logdirty : p2m_ram_rw);
         }
-        /* nothing written yet: nothing reported */
+        /* nothing written yet: the new RAM is reported all the same (a
+         * migration must send it), the new PoD entries are not */
         uint64_t *out = calloc((nr + 63) / 64, 8);
         struct dirty_round rd;
         assert_int_equal(dirty_harvest(d, out, nr, &rd), 0);
-        assert_int_equal(rd.dirty_pages, 0);
+        assert_int_equal(rd.dirty_pages, (1u << 18) + 512);
+        assert_int_equal(rd.overmarked_pages, 0);
+        assert_true(bit(out, new1g) && bit(out, new1g + (1u << 18) - 1));
+        assert_true(bit(out, blk) && bit(out, blk + 511));
+        assert_false(bit(out, pod) || bit(out, blk - 1));
         /* one write into each new superpage, one into the PoD range */
         const gfn_t w[3] = {new1g + 5 * 512 + 7, blk + 300, pod + 512 + 9};
         for (unsigned i = 0; i < 3; i++)
@@ -527,7 +576,8 @@ static void test_populate_while_enabled(void **state)
         assert_int_equal(d->pod.stats.demand_2m, 1);
         audit_all(d);
         assert_form(d, (enum dirty_mode)mode);
-        uint64_t want = 3;
+        /* the writes, and the 2M PoD chunk demand populate mapped */
+        uint64_t want = 2 + 512, want_next = 3;
         if (mode == DIRTY_SPLIT_ON_WRITE) {
             /* the 1G became 2M leaves, only the touched 2M is 4K */
             p2m_get_entry(d->p2m, new1g + 6 * 512, &t, &o);
@@ -545,18 +595,19 @@ static void test_populate_while_enabled(void **state)
             dirty_get_stats(d, &st);
             assert_int_equal(st.wp_faults, 3);
         } else if (mode == DIRTY_COARSE) {
-            want = (1u << 18) + 2 * 512; /* covered whole */
+            want = want_next = (1u << 18) + 2 * 512; /* covered whole */
             assert_int_equal(domain_pages_1g(d), b1g + 1);
         }
         assert_int_equal(dirty_harvest(d, out, nr, &rd), 0);
         assert_int_equal(rd.dirty_pages, want);
         for (unsigned i = 0; i < 3; i++)
             assert_true(bit(out, w[i]));
+        assert_true(bit(out, pod + 512) && bit(out, pod + 1023));
         /* a write next to each in a new round: PML (coarse: whole leaf again) */
         for (unsigned i = 0; i < 3; i++)
             write_gfn(&e, 0, w[i] + 1, 200 + i);
         assert_int_equal(dirty_harvest(d, out, nr, &rd), 0);
-        assert_int_equal(rd.dirty_pages, want);
+        assert_int_equal(rd.dirty_pages, want_next);
         struct dirty_disable_result res;
         assert_int_equal(dirty_disable(d, NULL, 0, &res), 0);
         audit_all(d);

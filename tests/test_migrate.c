@@ -7,7 +7,12 @@
  * the sender's socket writer and by a proxy thread: a healthy sender, no
  * receiver domain, then a retry that succeeds), hostile peers on both
  * sides, and sender and receiver as separate processes over loopback and
- * across two network namespaces.
+ * across two network namespaces.  The memory map changing during the
+ * migration: a PoD guest demand-populating and zero-swept, a guest
+ * ballooned out and in and given RAM above its top while rounds run (the
+ * receiver equals the sender at pause gfn by gfn: RAM, hole or PoD, page
+ * checksums, PoD accounting); and a stream whose pfns go from populated to
+ * holes and back, refused from a file, applied by a live restore.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,6 +39,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "balloon.h"
 #include "migrate.h"
 #include "net.h"
 
@@ -709,6 +715,525 @@ static void test_hostile_receiver(void **state)
     sender_fini(&e);
 }
 
+/* ---- the memory map changes during the migration ------------------------------------ */
+
+/* The guest and 32 MiB above it, where RAM is populated during a migration. */
+#define EXTRA_GFNS (1ULL << 13)
+#define LIVE_GFNS (GUEST_GFNS + EXTRA_GFNS)
+/* The balloon takes 2M blocks from the top of the guest, at most this many. */
+#define BALLOON_GFNS (1ULL << 14)
+
+enum { KIND_HOLE = 0, KIND_RAM = 1, KIND_POD = 2 };
+
+/* One side's guest: per gfn of [0, LIVE_GFNS) its kind and, for RAM, its
+ * page hash; the accounting. */
+struct snap {
+    uint64_t *hash;
+    uint8_t *kind;
+    uint64_t ram_pages, tot_pages, pod_entries, pod_cache, pod_target;
+};
+
+static void snap_take(struct snap *s, struct domain *d)
+{
+    static const uint8_t zero[PAGE_SIZE];
+    uint64_t zh = XXH64(zero, PAGE_SIZE, 0);
+    struct machine_holes c;
+    machine_holes_init(&c, d->m);
+    if (!s->hash) {
+        s->hash = calloc(LIVE_GFNS, 8);
+        s->kind = calloc(LIVE_GFNS, 1);
+        assert_non_null(s->hash);
+        assert_non_null(s->kind);
+    }
+    s->ram_pages = 0;
+    for (gfn_t g = 0; g < LIVE_GFNS; g++) {
+        enum p2m_type t;
+        mfn_t mfn = p2m_get_entry(d->p2m, g, &t, NULL);
+        s->hash[g] = 0;
+        s->kind[g] = p2m_is_ram(t) ? KIND_RAM : t == p2m_pod ? KIND_POD : KIND_HOLE;
+        if (!p2m_is_ram(t))
+            continue;
+        s->ram_pages++;
+        s->hash[g] = machine_offset_in_hole(&c, machine_offset(mfn))
+                         ? zh : XXH64(machine_ptr(d->m, mfn), PAGE_SIZE, 0);
+    }
+    s->tot_pages = d->tot_pages;
+    s->pod_entries = d->pod.entry_count;
+    s->pod_cache = d->pod.count;
+    s->pod_target = d->pod.target;
+}
+
+static void snap_free(struct snap *s)
+{
+    free(s->hash);
+    free(s->kind);
+}
+
+static void on_paused_snap(void *ctx, struct domain *d) { snap_take(ctx, d); }
+
+/* The receiver's guest is the sender's at pause time, gfn by gfn. */
+static void snap_equal(const struct snap *tx, const struct snap *rx)
+{
+    static const char *const kn[] = {"a hole", "RAM", "PoD"};
+    for (gfn_t g = 0; g < LIVE_GFNS; g++) {
+        if (tx->kind[g] != rx->kind[g])
+            fail_msg("gfn %#llx is %s on the sender at pause, %s on the receiver",
+                     (unsigned long long)g, kn[tx->kind[g]], kn[rx->kind[g]]);
+        if (tx->hash[g] != rx->hash[g])
+            fail_msg("gfn %#llx: page checksum %#llx on the sender at pause, %#llx on the "
+                     "receiver", (unsigned long long)g, (unsigned long long)tx->hash[g],
+                     (unsigned long long)rx->hash[g]);
+    }
+    assert_int_equal(rx->ram_pages, tx->ram_pages);
+    assert_int_equal(rx->pod_entries, tx->pod_entries);
+    assert_int_equal(rx->pod_cache, tx->pod_cache);
+    assert_int_equal(rx->pod_target, tx->pod_target);
+    assert_int_equal(rx->tot_pages, tx->tot_pages);
+}
+
+/* Another thread changing the memory map on the guest's behalf (its balloon
+ * driver, a PoD sweep) while the rounds run: one op per millisecond through
+ * migrate_guest_call, so that none happens once the guest is paused. */
+struct churn {
+    struct migrate_guest *g;
+    int (*op)(struct domain *d, void *ctx);
+    void *ctx;
+    bool stop;
+    uint64_t calls, refused;
+    int err;
+    pthread_t t;
+};
+
+static void *churn_main(void *arg)
+{
+    struct churn *c = arg;
+    while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
+        int rc = migrate_guest_call(c->g, c->op, c->ctx);
+        if (rc == -EAGAIN) {
+            c->refused++;
+        } else if (rc < 0) {
+            c->err = rc; /* reported by the test thread */
+            break;
+        } else {
+            c->calls++;
+        }
+        sleep_ms(1);
+    }
+    return NULL;
+}
+
+/* Balloon out and back in at the top of the guest, 16 MiB a step, then
+ * populate RAM above the guest and give it back, 8 MiB a step; over and
+ * over.  Every 2M block it touches lies in [GUEST_GFNS - BALLOON_GFNS,
+ * LIVE_GFNS). */
+struct balloon_churn {
+    struct balloon b;
+    unsigned phase;
+    uint64_t extra; /* pages populated above the guest */
+    uint64_t steps;
+};
+
+static int balloon_op(struct domain *d, void *ctx)
+{
+    struct balloon_churn *c = ctx;
+    int rc = 0;
+    switch (c->phase) {
+    case 0:
+        rc = balloon_set_target(&c->b, balloon_current(&c->b) - 8 * 512);
+        if (c->b.pages_out >= BALLOON_GFNS)
+            c->phase = 1;
+        break;
+    case 1:
+        rc = balloon_set_target(&c->b, balloon_current(&c->b) + 8 * 512);
+        if (c->b.pages_out == 0)
+            c->phase = 2;
+        break;
+    case 2:
+        rc = domain_populate(d, GUEST_GFNS + c->extra, 4 * 512, NULL);
+        c->extra += rc == 0 ? 4 * 512 : 0;
+        if (c->extra == EXTRA_GFNS)
+            c->phase = 3;
+        break;
+    default: {
+        long r = domain_decrease_reservation(d, GUEST_GFNS + c->extra - 4 * 512, 4 * 512);
+        rc = r < 0 ? (int)r : 0;
+        c->extra -= r == 4 * 512 ? 4 * 512 : 0;
+        if (c->extra == 0)
+            c->phase = 0;
+    }
+    }
+    c->steps++;
+    return rc;
+}
+
+/* Zero-sweep the guest: zero 4K pages the writer has not reached yet go back
+ * to the PoD cache (RAM -> PoD), and come back when it writes them. */
+struct sweep_churn {
+    uint64_t reclaimed;
+};
+
+static int sweep_op(struct domain *d, void *ctx)
+{
+    struct sweep_churn *c = ctx;
+    c->reclaimed += (uint64_t)pod_zero_sweep(d, 0, GUEST_GFNS);
+    return 0;
+}
+
+/* A PoD guest: GUEST_GFNS of PoD entries backed by half as much memory. */
+static void sender_init_pod(struct sender_env *e, unsigned nv, uint64_t rate, double wss)
+{
+    memset(e, 0, sizeof(*e));
+    assert_int_equal(machine_create(&e->m, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    struct domain_config c;
+    domain_config_default(&c);
+    assert_int_equal(domain_create(e->m, &c, &e->d), 0);
+    assert_int_equal(domain_populate_flags(e->d, 0, GUEST_GFNS, DOMAIN_POPULATE_POD, NULL), 0);
+    assert_int_equal(pod_set_target(e->d, GUEST_GFNS / 2), 0);
+    e->model = model_new();
+    struct workload_config wc;
+    workload_config_default(&wc, WL_WRITER);
+    wc.seed = 77 + nv;
+    wc.wss = wss;
+    wc.write_rate = rate;
+    wc.quantum = 512;
+    wc.on_write = model_put;
+    wc.ctx = e->model;
+    assert_int_equal(migrate_guest_create(e->d, nv, NULL, &wc, &e->g), 0);
+    assert_int_equal(migrate_guest_start(e->g), 0);
+}
+
+/* Order of the leaf mapping each 2M block of the guest (0xff: not RAM). */
+static uint8_t *block_orders(struct domain *d)
+{
+    uint8_t *o = malloc(LIVE_GFNS >> 9);
+    assert_non_null(o);
+    for (gfn_t b = 0; b < LIVE_GFNS >> 9; b++) {
+        enum p2m_type t;
+        unsigned ord;
+        p2m_get_entry(d->p2m, b << 9, &t, &ord);
+        o[b] = p2m_is_ram(t) ? (uint8_t)ord : 0xff;
+    }
+    return o;
+}
+
+/*
+ * Migrate e while `op` (may be NULL) changes the memory map from another
+ * thread: the receiver's guest equals the sender's at pause gfn by gfn
+ * (RAM, hole or PoD; RAM page checksums; PoD entries, cache and target),
+ * the memory digests match, both sides pass their audits, and the 2M
+ * blocks outside [touch_lo, touch_hi) are the superpages they are on the
+ * sender after the migration (merged back).  Resumes the guest on the
+ * receiver and checks the workload's data there.
+ */
+static void migrate_live_map(struct sender_env *e, enum dirty_mode mode,
+                             int (*op)(struct domain *d, void *ctx), void *op_ctx,
+                             gfn_t touch_lo, gfn_t touch_hi, struct migrate_report *rep,
+                             struct churn *ch, uint64_t *dropped)
+{
+    struct machine *rm;
+    struct rx_env rx;
+    struct snap tx = {0}, rxs = {0};
+    assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    rx_start(&rx, rm, e->model);
+    memset(ch, 0, sizeof(*ch));
+    *ch = (struct churn){.g = e->g, .op = op, .ctx = op_ctx};
+    if (op)
+        assert_int_equal(pthread_create(&ch->t, NULL, churn_main, ch), 0);
+    struct migrate_opts o = {.mode = mode, .on_paused = on_paused_snap, .ctx = &tx,
+                             .timeout_ms = 20000};
+    int fd = connect_to(rx.port);
+    int rc = migrate_send(e->g, fd, &o, rep);
+    close(fd);
+    if (op) {
+        __atomic_store_n(&ch->stop, true, __ATOMIC_RELEASE);
+        pthread_join(ch->t, NULL);
+    }
+    rx_join(&rx);
+    if (rc < 0 || rx.rc < 0)
+        fail_msg("migration failed: sender: %s; receiver: %s", rep->err, rx.res.err);
+    if (ch->err)
+        fail_msg("the map-changing thread failed: %s", strerror(-ch->err));
+    assert_true(rep->verified);
+    assert_true(rep->digest_sender == rep->digest_receiver);
+    struct domain *rd = rx.res.g->d;
+    *dropped = rx.res.rr.pages_dropped;
+    snap_take(&rxs, rd);
+    snap_equal(&tx, &rxs);
+    AUDIT_OK(domain_audit(rd));
+    AUDIT_OK(pod_audit(rd));
+    AUDIT_OK(frames_audit(rm->frames));
+    AUDIT_OK(domain_audit(e->d));
+    AUDIT_OK(pod_audit(e->d));
+    AUDIT_OK(frames_audit(e->m->frames));
+    assert_false(dirty_enabled(e->d));
+    /* superpages where the map did not change: as on the sender, merged
+     * back (a 1G region the map changed in is compared at 2M: the sender
+     * may get its 1G back when the allocator returns the same frames) */
+    uint8_t *os = block_orders(e->d), *orx = block_orders(rd);
+    uint64_t same = 0, sp = 0, touched_differ = 0;
+    for (gfn_t b = 0; b < LIVE_GFNS >> 9; b++) {
+        gfn_t g = b << 9, g1 = g & ~((1ULL << PAGE_ORDER_1G) - 1);
+        bool touched = g >= touch_lo && g < touch_hi;
+        if (touched) {
+            touched_differ += os[b] != orx[b];
+            continue;
+        }
+        if (g1 + (1ULL << PAGE_ORDER_1G) > touch_lo && g1 < touch_hi) {
+            os[b] = os[b] == PAGE_ORDER_1G ? PAGE_ORDER_2M : os[b];
+            orx[b] = orx[b] == PAGE_ORDER_1G ? PAGE_ORDER_2M : orx[b];
+        }
+        if (os[b] != orx[b])
+            fail_msg("2M block %#llx: leaf order %d on the sender, %d on the receiver",
+                     (unsigned long long)b, os[b] == 0xff ? -1 : os[b],
+                     orx[b] == 0xff ? -1 : orx[b]);
+        same++;
+        sp += orx[b] != 0xff && orx[b] >= PAGE_ORDER_2M;
+    }
+    print_message("# %s: %u rounds (%s), %llu data + %llu zero pages, %llu holes sent; map "
+                  "changes %llu (refused at pause %llu); at pause RAM %llu pages, PoD entries "
+                  "%llu, cache %llu; receiver 1G %llu 2M %llu 4K %llu; untouched 2M blocks "
+                  "%llu (%llu superpages) as on the sender, touched ones differing %llu\n",
+                  dirty_mode_name(mode), rep->nr_rounds, migrate_end_name(rep->end),
+                  (unsigned long long)rep->st.pages_data, (unsigned long long)rep->st.pages_zero,
+                  (unsigned long long)rep->st.pages_xtab, (unsigned long long)ch->calls,
+                  (unsigned long long)ch->refused, (unsigned long long)tx.ram_pages,
+                  (unsigned long long)tx.pod_entries, (unsigned long long)tx.pod_cache,
+                  (unsigned long long)domain_pages_1g(rd), (unsigned long long)domain_pages_2m(rd),
+                  (unsigned long long)domain_pages_4k(rd), (unsigned long long)same,
+                  (unsigned long long)sp, (unsigned long long)touched_differ);
+    free(os);
+    free(orx);
+    /* resume on the receiver: the data written so far is intact */
+    struct migrate_guest *g = rx.res.g;
+    model_check(e->model, rd);
+    assert_int_equal(migrate_guest_start(g), 0);
+    sleep_ms(50);
+    migrate_guest_stop(g);
+    assert_int_equal(g->err, 0);
+    assert_true(g->accesses > 0);
+    model_check(e->model, rd);
+    AUDIT_OK(domain_audit(rd));
+    migrate_guest_destroy(g);
+    domain_destroy(rd);
+    migrate_recv_result_free(&rx.res);
+    AUDIT_OK(frames_audit(rm->frames));
+    machine_destroy(rm);
+    snap_free(&tx);
+    snap_free(&rxs);
+}
+
+/* (a) A PoD guest migrates while its writer demand-populates PoD entries
+ * and a zero sweep turns untouched RAM back into PoD entries: the receiver
+ * has the PoD entries, populated pages and contents of the sender at pause. */
+static void test_pod_guest(void **state)
+{
+    (void)state;
+    static const enum dirty_mode modes[] = {DIRTY_SPLIT_ON_WRITE, DIRTY_COARSE};
+    for (unsigned i = 0; i < ARRAY_SIZE(modes); i++) {
+        struct sender_env e;
+        struct migrate_report *rep = calloc(1, sizeof(*rep));
+        struct churn ch;
+        struct sweep_churn sw = {0};
+        sender_init_pod(&e, 1 + i, 40000, 0.02);
+        sleep_ms(60);
+        uint64_t entries0 = e.d->pod.entry_count;
+        /* demand populate and the sweep may touch any 2M block */
+        uint64_t dropped;
+        migrate_live_map(&e, modes[i], sweep_op, &sw, 0, LIVE_GFNS, rep, &ch, &dropped);
+        print_message("# PoD guest: %llu PoD pages at the start, zero sweep reclaimed %llu "
+                      "pages during the migration, demand populates 2M %llu 4K %llu\n",
+                      (unsigned long long)entries0, (unsigned long long)sw.reclaimed,
+                      (unsigned long long)e.d->pod.stats.demand_2m,
+                      (unsigned long long)e.d->pod.stats.demand_4k);
+        assert_true(e.d->pod.entry_count > 0);
+        assert_true(ch.calls > 0);
+        free(rep);
+        sender_fini(&e);
+    }
+}
+
+/* (b) Balloon out and back in, and RAM populated above the guest and given
+ * back, while the rounds run. */
+static void test_map_changes(void **state)
+{
+    (void)state;
+    static const enum dirty_mode modes[] = {DIRTY_SPLIT_ON_WRITE, DIRTY_EAGER_SPLIT,
+                                            DIRTY_COARSE};
+    uint64_t xtab = 0, dropped = 0;
+    for (unsigned i = 0; i < ARRAY_SIZE(modes); i++) {
+        struct sender_env e;
+        struct migrate_report *rep = calloc(1, sizeof(*rep));
+        struct churn ch;
+        struct balloon_churn bc = {0};
+        sender_init(&e, 1 + (i & 1), 40000, 0.02);
+        assert_int_equal(balloon_init(&bc.b, e.d, GUEST_GFNS << PAGE_SHIFT), 0);
+        sleep_ms(30);
+        uint64_t d1 = 0;
+        migrate_live_map(&e, modes[i], balloon_op, &bc, GUEST_GFNS - BALLOON_GFNS, LIVE_GFNS,
+                         rep, &ch, &d1);
+        xtab += rep->st.pages_xtab;
+        dropped += d1;
+        print_message("# balloon: %llu steps, %llu pages out and %llu above the guest at the "
+                      "end\n", (unsigned long long)bc.steps,
+                      (unsigned long long)bc.b.pages_out, (unsigned long long)bc.extra);
+        assert_true(ch.calls > 0);
+        AUDIT_OK(balloon_audit(&bc.b));
+        balloon_fini(&bc.b);
+        free(rep);
+        sender_fini(&e);
+    }
+    /* RAM went away while rounds ran: holes were sent, frames freed there */
+    print_message("# %llu pfns sent as holes, %llu populated pfns freed by the receivers\n",
+                  (unsigned long long)xtab, (unsigned long long)dropped);
+    assert_true(xtab > 0);
+}
+
+/* ---- live streams: the last word about a pfn wins ----------------------------------- */
+
+/* The byte every data page of pfn carries in record `rec` of the stream below. */
+static uint8_t page_byte(gfn_t pfn, unsigned rec) { return (uint8_t)(1 + (pfn * 7 + rec) % 250); }
+
+/* One PAGE_DATA record: n entries {pfn[i], type[i]}, data pages filled with page_byte. */
+static void put_record(struct stream_writer *w, const gfn_t *pfn, const unsigned *type,
+                       uint32_t n, unsigned rec)
+{
+    uint32_t ndata = 0;
+    for (uint32_t i = 0; i < n; i++)
+        ndata += type[i] == STREAM_PAGE_NOTAB;
+    struct stream_page_data_header h = {htole32(n), 0};
+    assert_int_equal(stream_record_begin(w, STREAM_REC_PAGE_DATA,
+                                         8 + 8 * n + PAGE_SIZE * ndata), 0);
+    assert_int_equal(stream_write_part(w, &h, sizeof(h)), 0);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t e = htole64(stream_pfn_entry(pfn[i], type[i]));
+        assert_int_equal(stream_write_part(w, &e, 8), 0);
+    }
+    static uint8_t page[PAGE_SIZE];
+    for (uint32_t i = 0; i < n; i++)
+        if (type[i] == STREAM_PAGE_NOTAB) {
+            memset(page, page_byte(pfn[i], rec), PAGE_SIZE);
+            assert_int_equal(stream_write_part(w, page, PAGE_SIZE), 0);
+        }
+    assert_int_equal(stream_record_end(w), 0);
+}
+
+/* n pfns from `first`, all of one type. */
+static void put_range(struct stream_writer *w, gfn_t first, uint32_t n, unsigned type,
+                      unsigned rec)
+{
+    gfn_t *pfn = calloc(n, sizeof(*pfn));
+    unsigned *t = calloc(n, sizeof(*t));
+    for (uint32_t i = 0; i < n; i++) {
+        pfn[i] = first + i;
+        t[i] = type;
+    }
+    put_record(w, pfn, t, n, rec);
+    free(pfn);
+    free(t);
+}
+
+static void expect_page(struct domain *d, gfn_t pfn, int byte)
+{
+    enum p2m_type t;
+    mfn_t mfn = p2m_get_entry(d->p2m, pfn, &t, NULL);
+    if (byte < 0) {
+        if (t != p2m_invalid)
+            fail_msg("pfn %#llx should be a hole, is %s", (unsigned long long)pfn,
+                     p2m_type_name(t));
+        return;
+    }
+    assert_true(p2m_is_ram(t));
+    const uint8_t *p = machine_ptr(d->m, mfn);
+    for (size_t i = 0; i < PAGE_SIZE; i += 511)
+        if (p[i] != (uint8_t)byte)
+            fail_msg("pfn %#llx byte %zu is %u, want %d", (unsigned long long)pfn, i, p[i],
+                     byte);
+}
+
+/*
+ * A stream where pfns go from populated to holes and back, as a live
+ * migration sends a guest whose memory map changes.  A saved-file restore
+ * refuses it (conflicting duplicate); a live restore applies the last word:
+ *  - 0x200..0x3ff data, then 0x205 and 0x206 holes: that 2M is split (one
+ *    level: a 2M leaf into 4K leaves) and the two frames freed;
+ *  - 0x400..0x5ff zero, then holes, then data again: one 2M leaf again;
+ *  - 0x800 a hole, then data; 0x801 data and a hole in the same record (its
+ *    data goes in first, then the frame is freed);
+ *  - 0x40000.. a 1G of zero, then 0x40200..0x403ff holes: the 1G is split
+ *    into 2M leaves (not to 4K) and that 2M freed whole.
+ */
+static void test_live_stream_repeats(void **state)
+{
+    (void)state;
+    struct machine *m;
+    assert_int_equal(machine_create(&m, 2 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    struct stream_mem mem;
+    struct stream_io io;
+    struct stream_writer w;
+    stream_mem_sink(&mem, &io);
+    stream_writer_init(&w, &io);
+    assert_int_equal(stream_write_headers(&w), 0);
+    assert_int_equal(stream_write_record(&w, STREAM_REC_STATIC_DATA_END, NULL, 0), 0);
+    put_range(&w, 0x200, 512, STREAM_PAGE_NOTAB, 1);
+    put_range(&w, 0x205, 2, STREAM_PAGE_XTAB, 2); /* record #2: rejected in a file */
+    put_range(&w, 0x400, 512, STREAM_PAGE_XALLOC, 3);
+    put_range(&w, 0x40000, 1u << 18, STREAM_PAGE_XALLOC, 3);
+    put_range(&w, 0x400, 512, STREAM_PAGE_XTAB, 4);
+    put_range(&w, 0x40200, 512, STREAM_PAGE_XTAB, 4);
+    put_range(&w, 0x800, 1, STREAM_PAGE_XTAB, 5);
+    put_range(&w, 0x400, 512, STREAM_PAGE_NOTAB, 6);
+    gfn_t pfn[3] = {0x800, 0x801, 0x801};
+    unsigned type[3] = {STREAM_PAGE_NOTAB, STREAM_PAGE_NOTAB, STREAM_PAGE_XTAB};
+    put_record(&w, pfn, type, 3, 7);
+    assert_int_equal(stream_write_record(&w, STREAM_REC_END, NULL, 0), 0);
+
+    /* a saved file: a pfn populated earlier and now a hole is refused */
+    struct stream_mem src;
+    struct restore_result rr;
+    stream_mem_source(&src, &io, mem.buf, mem.len);
+    assert_int_equal(stream_restore(m, &io, NULL, &rr), -EEXIST);
+    print_message("# file stream: %s\n", rr.err);
+    assert_non_null(strstr(rr.err, "conflicting duplicate"));
+    assert_non_null(strstr(rr.err, "record #2 PAGE_DATA"));
+    assert_null(rr.d);
+    rx_nothing_left(&(struct rx_env){.m = m});
+
+    /* a live migration stream: the last word wins */
+    struct restore_opts ro = {.live = true};
+    stream_mem_source(&src, &io, mem.buf, mem.len);
+    assert_int_equal(stream_restore(m, &io, &ro, &rr), 0);
+    struct domain *d = rr.d;
+    AUDIT_OK(domain_audit(d));
+    AUDIT_OK(frames_audit(m->frames));
+    for (gfn_t g = 0x200; g < 0x400; g++)
+        expect_page(d, g, g == 0x205 || g == 0x206 ? -1 : page_byte(g, 1));
+    for (gfn_t g = 0x400; g < 0x600; g += 37)
+        expect_page(d, g, page_byte(g, 6));
+    expect_page(d, 0x800, page_byte(0x800, 7));
+    expect_page(d, 0x801, -1);
+    expect_page(d, 0x40200, -1);
+    expect_page(d, 0x403ff, -1);
+    expect_page(d, 0x40400, 0);
+    unsigned o;
+    p2m_get_entry(d->p2m, 0x400, NULL, &o);
+    assert_int_equal(o, PAGE_ORDER_2M);
+    p2m_get_entry(d->p2m, 0x210, NULL, &o);
+    assert_int_equal(o, PAGE_ORDER_4K);
+    assert_int_equal(domain_pages_1g(d), 0);
+    assert_int_equal(domain_pages_2m(d), 1 + 511);
+    assert_int_equal(domain_pages_4k(d), 510 + 1);
+    assert_int_equal(d->tot_pages, 510 + 512 + 1 + (1u << 18) - 512);
+    assert_int_equal(rr.pages_dropped, 2 + 512 + 512 + 1);
+    print_message("# live stream: %llu pfns dropped, leaves 2M %llu 4K %llu\n",
+                  (unsigned long long)rr.pages_dropped, (unsigned long long)domain_pages_2m(d),
+                  (unsigned long long)domain_pages_4k(d));
+    domain_destroy(d);
+    restore_result_free(&rr);
+    stream_mem_free(&mem);
+    rx_nothing_left(&(struct rx_env){.m = m});
+    machine_destroy(m);
+}
+
 /* ---- separate processes: loopback and two network namespaces ------------------------ */
 
 static pid_t spawn(char *const argv[], const char *log)
@@ -904,6 +1429,9 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_cut_by_proxy),
     cmocka_unit_test(test_hostile_sender),
     cmocka_unit_test(test_hostile_receiver),
+    cmocka_unit_test(test_live_stream_repeats),
+    cmocka_unit_test(test_pod_guest),
+    cmocka_unit_test(test_map_changes),
     cmocka_unit_test(test_processes_loopback),
     cmocka_unit_test(test_processes_netns),
 };
