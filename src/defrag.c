@@ -255,9 +255,9 @@ int defrag_run(struct domain *d, gfn_t gfn, uint64_t nr, unsigned order,
     const uint64_t step = 512; /* 2 MiB per step */
     uint64_t t0 = hv_now_ns();
     do {
-        pthread_mutex_lock(&d->lock);
+        domain_lock(d);
         rc = defrag_step(&df, step);
-        pthread_mutex_unlock(&d->lock);
+        domain_unlock(d);
         if (rc > 0 && mib_per_s > 0) {
             /* sleep until the copy rate is back under the limit */
             double mib = (double)(df.stats.pages_copied << PAGE_SHIFT) / MiB;

@@ -409,7 +409,7 @@ int dirty_enable(struct domain *d, enum dirty_mode mode)
     int rc;
     if ((unsigned)mode >= DIRTY_NR_MODES)
         return -EINVAL;
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     if (d->logdirty) {
         rc = -EBUSY;
         goto out;
@@ -441,7 +441,7 @@ int dirty_enable(struct domain *d, enum dirty_mode mode)
         log_free(dl);
     }
 out:
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     return rc;
 }
 
@@ -459,7 +459,7 @@ int dirty_set_mode(struct domain *d, enum dirty_mode mode)
     int rc = 0;
     if ((unsigned)mode >= DIRTY_NR_MODES)
         return -EINVAL;
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     struct dirty_log *dl = d->logdirty;
     if (!dl) {
         rc = -EINVAL;
@@ -469,7 +469,7 @@ int dirty_set_mode(struct domain *d, enum dirty_mode mode)
         if (rc == 0)
             dl->st.mode_changes++;
     }
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     return rc;
 }
 
@@ -707,18 +707,18 @@ static int copy_out(struct domain *d, bool clear, uint64_t *bitmap, uint64_t nr_
 int dirty_harvest(struct domain *d, uint64_t *bitmap, uint64_t nr_gfns,
                   struct dirty_round *round)
 {
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     int rc = copy_out(d, true, bitmap, nr_gfns, round);
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     return rc;
 }
 
 int dirty_peek(struct domain *d, uint64_t *bitmap, uint64_t nr_gfns,
                struct dirty_round *round)
 {
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     int rc = copy_out(d, false, bitmap, nr_gfns, round);
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     return rc;
 }
 
@@ -787,7 +787,7 @@ int dirty_disable(struct domain *d, uint64_t *final_bitmap, uint64_t nr_gfns,
     int rc = 0;
     struct dirty_disable_result res;
     memset(&res, 0, sizeof(res));
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     struct dirty_log *dl = d->logdirty;
     if (!dl || (final_bitmap && nr_gfns < dl->nr_gfns)) {
         rc = -EINVAL;
@@ -828,7 +828,7 @@ int dirty_disable(struct domain *d, uint64_t *final_bitmap, uint64_t nr_gfns,
     res.stats = dl->st;
     log_free(dl);
 out:
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     if (out)
         *out = res;
     return rc;

@@ -109,6 +109,7 @@ struct domain {
      * TLBs flush when it moved.  Populating unmapped gfns needs no bump.
      */
     pthread_mutex_t lock;
+    unsigned lock_waiters;           /* in domain_lock (atomic) */
     uint64_t p2m_gen;
     struct dirty_log *logdirty;      /* non-NULL while log-dirty is on */
     struct pml_buffer *pml_buffers;  /* one per vCPU, linked by vcpu_create */
@@ -215,5 +216,20 @@ static inline uint64_t domain_pages_1g(const struct domain *d) { return p2m_page
  * once or sits in the PoD cache, entry_count equals the PoD leaves, and
  * pod_audit holds. */
 int domain_audit(const struct domain *d) HV_MUST_CHECK;
+
+/*
+ * d->lock for everyone but the vCPUs: a mutex is not fair, and a vCPU
+ * thread running quanta back to back re-takes it before a waiter wakes, so
+ * a migration or harvest thread could wait for seconds.  domain_lock
+ * announces itself in lock_waiters; vcpu_unlock then yields until the
+ * waiters have had the lock.
+ */
+static inline void domain_lock(struct domain *d)
+{
+    __atomic_add_fetch(&d->lock_waiters, 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_lock(&d->lock);
+    __atomic_sub_fetch(&d->lock_waiters, 1, __ATOMIC_ACQ_REL);
+}
+static inline void domain_unlock(struct domain *d) { pthread_mutex_unlock(&d->lock); }
 
 #endif

@@ -204,9 +204,23 @@ void machine_destroy(struct machine *m)
 
 bool machine_offset_in_hole(struct machine_holes *dm, uint64_t off)
 {
+    const struct machine *m = dm->m;
+    if (m->resident || off >= m->bytes)
+        return false; /* committed: no holes (beyond the end: read it) */
+    if (!m->swap_possible) {
+        const uint64_t span = (uint64_t)MACHINE_HOLES_CHUNK << PAGE_SHIFT;
+        if (dm->chunk == UINT64_MAX || off < dm->chunk || off >= dm->chunk + span) {
+            uint64_t lo = off & ~(span - 1), len = m->bytes - lo < span ? m->bytes - lo : span;
+            if (mincore(m->base + lo, len, dm->vec) < 0)
+                return false; /* unknown: read the page */
+            dm->chunk = lo;
+        }
+        return !(dm->vec[(off - dm->chunk) >> PAGE_SHIFT] & 1);
+    }
     if (off >= dm->lo && off < dm->hi)
         return !dm->data;
-    off_t ds = lseek(dm->fd, (off_t)off, SEEK_DATA);
+    int fd = m->fd;
+    off_t ds = lseek(fd, (off_t)off, SEEK_DATA);
     if (ds < 0) {
         if (errno == ENXIO) { /* hole up to the end */
             dm->lo = off;
@@ -223,7 +237,7 @@ bool machine_offset_in_hole(struct machine_holes *dm, uint64_t off)
         dm->data = false;
         return true;
     }
-    off_t he = lseek(dm->fd, (off_t)off, SEEK_HOLE);
+    off_t he = lseek(fd, (off_t)off, SEEK_HOLE);
     dm->lo = off;
     dm->hi = he > (off_t)off ? (uint64_t)he : off + PAGE_SIZE;
     dm->data = true;

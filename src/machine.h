@@ -84,21 +84,39 @@ static inline uint64_t machine_offset(mfn_t mfn) { return mfn << PAGE_SHIFT; }
 
 /*
  * A cursor over the memfd's holes: never-written (or punched) ranges read as
- * zero without being read, and reading a shmem hole would commit it.  One
- * SEEK_DATA covers a whole untouched range and the answer is cached as a
- * window; callers walking machine offsets mostly in order pay about one
- * syscall per hole/data boundary.  A data window stays valid as long as
- * the frames in it are not freed (true while a save or migration reads a
- * domain's frames).
+ * zero without being read, and reading a shmem hole would commit it.
+ *
+ * Without swap, "in a hole" is "not in the page cache", which mincore
+ * answers for a whole aligned chunk of MACHINE_HOLES_CHUNK pages in one
+ * call: a lookup costs one syscall per chunk touched however scattered the
+ * frames are (a PoD guest's 4K frames are).  With swap a page that is not
+ * resident may be swapped out, so the cursor asks SEEK_DATA/SEEK_HOLE and
+ * caches the answer as a window; callers walking offsets mostly in order
+ * pay about one syscall per hole/data boundary.  What the cursor knows
+ * stays true while the frames are not freed and nobody writes to holes
+ * (machine_holes_forget drops it, e.g. between batches of a live guest).
  */
+#define MACHINE_HOLES_CHUNK 512u
 struct machine_holes {
-    int fd;
-    uint64_t lo, hi; /* cached window [lo, hi) */
-    bool data;       /* the window is data (true) or a hole (false) */
+    const struct machine *m;
+    uint64_t lo, hi;   /* lseek: cached window [lo, hi) */
+    bool data;         /* lseek: the window is data (true) or a hole (false) */
+    uint64_t chunk;    /* mincore: byte offset of vec[0] (UINT64_MAX: none) */
+    unsigned char vec[MACHINE_HOLES_CHUNK];
 };
 static inline void machine_holes_init(struct machine_holes *h, const struct machine *m)
 {
-    *h = (struct machine_holes){.fd = m->fd};
+    h->m = m;
+    h->lo = h->hi = 0;
+    h->data = false;
+    h->chunk = UINT64_MAX;
+}
+/* Forget what may have changed: holes the guest may have written since. */
+static inline void machine_holes_forget(struct machine_holes *h)
+{
+    if (!h->data)
+        h->lo = h->hi = 0;
+    h->chunk = UINT64_MAX;
 }
 /* Is machine byte offset `off` inside a hole of the memfd (reads as zero)? */
 bool machine_offset_in_hole(struct machine_holes *h, uint64_t off);

@@ -216,9 +216,9 @@ int migrate_guest_call(struct migrate_guest *g, int (*fn)(struct domain *d, void
     int rc = -EAGAIN;
     pthread_mutex_lock(&g->mu);
     if (!g->pause_req && !g->stop) {
-        pthread_mutex_lock(&g->d->lock);
+        domain_lock(g->d);
         rc = fn(g->d, ctx);
-        pthread_mutex_unlock(&g->d->lock);
+        domain_unlock(g->d);
     }
     pthread_mutex_unlock(&g->mu);
     return rc;
@@ -281,7 +281,8 @@ uint64_t migrate_digest_known(struct domain *d, const uint64_t *data_bits, gfn_t
                               uint64_t *pages)
 {
     static const uint8_t zero_page[PAGE_SIZE];
-    struct digest_ctx c = {.m = d->m, .dm = {.fd = d->m->fd}, .known = data_bits, .nknown = nr};
+    struct digest_ctx c = {.m = d->m, .known = data_bits, .nknown = nr};
+    machine_holes_init(&c.dm, d->m);
     c.zero_hash = XXH3_64bits(zero_page, PAGE_SIZE);
     (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, digest_leaf, &c);
     if (pages)
@@ -727,13 +728,13 @@ static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
 static void translate_batch(struct sender *s)
 {
     struct domain *d = s->d;
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     for (unsigned k = 0; k < s->n; k++) {
         enum p2m_type t;
         mfn_t mfn = p2m_get_entry(d->p2m, s->pfn[k], &t, NULL);
         s->mfn[k] = p2m_is_ram(t) ? mfn : INVALID_MFN;
     }
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
 }
 
 /* One PAGE_DATA record for the collected pfns. */
@@ -746,8 +747,7 @@ static int send_batch(struct sender *s)
      * A hole window is trusted for one batch only (a page written after
      * its window was taken is dirty and goes again in the next round); a
      * data window stays data. */
-    if (!s->dm.data)
-        s->dm.lo = s->dm.hi = 0;
+    machine_holes_forget(&s->dm);
     for (unsigned k = 0; k < s->n; k++) {
         if (s->mfn[k] == INVALID_MFN) { /* a hole or a PoD entry now */
             s->entries[k] = htole64(stream_pfn_entry(s->pfn[k], STREAM_PAGE_XTAB));
@@ -824,9 +824,9 @@ static uint64_t bm_count(const uint64_t *bm, uint64_t nr_gfns)
  * -ENOMEM. */
 static int bitmaps_fit(struct sender *s)
 {
-    pthread_mutex_lock(&s->d->lock);
+    domain_lock(s->d);
     uint64_t nr = dirty_bitmap_gfns(s->d);
-    pthread_mutex_unlock(&s->d->lock);
+    domain_unlock(s->d);
     if (nr <= s->nr_gfns && s->bitmap)
         return 0;
     size_t words = (nr + 63) / 64 + 1, old = s->bitmap ? (s->nr_gfns + 63) / 64 : 0;
@@ -949,10 +949,10 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     struct hvctx_buf tl = {0};
     int rc;
 
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     bool crashed = d->crashed;
     leaves_now(d, &rep->before);
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     if (crashed || dirty_enabled(d)) {
         rc = sfail(s, crashed ? -ESRCH : -EBUSY, "%s",
                    crashed ? "the domain has crashed" : "log-dirty is already on");
@@ -992,9 +992,9 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
      * the tail), then log-dirty on, then round 0 over the RAM present once
      * log-dirty is on (what changes later is marked and sent later) */
     struct save_result sres;
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     rc = stream_save_head(d, &s->w, false, &sres, rep->err, sizeof(rep->err));
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     if (rc < 0) {
         if (s->pipe.werr)
             goto wfail;
@@ -1006,9 +1006,9 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
         rc = sfail(s, rc, "enabling log-dirty (%s): %s", dirty_mode_name(o->mode), strerror(-rc));
         goto out;
     }
-    pthread_mutex_lock(&d->lock);
+    domain_lock(d);
     rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, collect_run, s);
-    pthread_mutex_unlock(&d->lock);
+    domain_unlock(d);
     if (rc == 0)
         rc = bitmaps_fit(s);
     if (rc < 0) {

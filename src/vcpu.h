@@ -45,6 +45,8 @@
 #ifndef HUGEVM_VCPU_H
 #define HUGEVM_VCPU_H
 
+#include <sched.h>
+
 #include "common.h"
 #include "dirty.h"
 #include "domain.h"
@@ -113,7 +115,12 @@ int vcpu_create(struct domain *d, unsigned id, const struct tlb_config *cfg,
 void vcpu_destroy(struct vcpu *v);
 
 static inline void vcpu_lock(struct vcpu *v) { pthread_mutex_lock(&v->d->lock); }
-static inline void vcpu_unlock(struct vcpu *v) { pthread_mutex_unlock(&v->d->lock); }
+static inline void vcpu_unlock(struct vcpu *v)
+{
+    pthread_mutex_unlock(&v->d->lock);
+    while (__atomic_load_n(&v->d->lock_waiters, __ATOMIC_ACQUIRE)) /* domain_lock */
+        sched_yield();
+}
 
 /*
  * One 8-byte access at gpa (must be 8-aligned); d->lock held.  Returns 0,

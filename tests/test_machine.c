@@ -148,6 +148,50 @@ static void test_resident(void **state)
     assert_null(big);
 }
 
+/* The hole cursor against a model: scattered touched pages are data, the
+ * rest holes, across chunk boundaries and in random order; freed 2M
+ * extents (punched) are holes again once the cursor forgets. */
+static void test_hole_cursor(void **state)
+{
+    (void)state;
+    struct machine *m;
+    assert_int_equal(machine_create(&m, 8 * MiB, FRAME_POLICY_BUDDY), 0);
+    mfn_t mfn;
+    assert_int_equal(frame_alloc(m->frames, 11, 1, &mfn), 0); /* all 8 MiB */
+    uint64_t n = m->nr_frames;
+    bool *touched = calloc(n, 1);
+    assert_non_null(touched);
+    struct hv_rng r = {3};
+    for (int i = 0; i < 300; i++) {
+        uint64_t p = hv_rng_below(&r, n);
+        touched[p] = true;
+        ((uint8_t *)machine_ptr(m, p))[7] = 1;
+    }
+    struct machine_holes h;
+    /* both ways of asking: mincore (no swap), SEEK_DATA/SEEK_HOLE (swap) */
+    bool swap = m->swap_possible;
+    for (int pass = 0; pass < 4; pass++) {
+        m->swap_possible = pass >= 2;
+        machine_holes_init(&h, m);
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t p = pass & 1 ? hv_rng_below(&r, n) : i; /* in order, at random */
+            if (machine_offset_in_hole(&h, machine_offset(p)) == touched[p])
+                fail_msg("pass %d: page %llu: cursor says %s", pass, (unsigned long long)p,
+                         touched[p] ? "hole" : "data");
+        }
+    }
+    m->swap_possible = swap;
+    /* give back the first 2M (punched), forget, ask again */
+    assert_int_equal(frame_free(m->frames, mfn, 11, 1), 0);
+    assert_int_equal(frame_alloc(m->frames, 11, 1, &mfn), 0);
+    machine_holes_forget(&h);
+    for (uint64_t i = 0; i < n; i++)
+        assert_true(machine_offset_in_hole(&h, machine_offset(i)));
+    assert_int_equal(frame_free(m->frames, mfn, 11, 1), 0);
+    free(touched);
+    machine_destroy(m);
+}
+
 static void test_bad_sizes(void **state)
 {
     (void)state;
@@ -165,6 +209,7 @@ int main(void)
         cmocka_unit_test(test_scrub_on_free),
         cmocka_unit_test(test_thp_report),
         cmocka_unit_test(test_resident),
+        cmocka_unit_test(test_hole_cursor),
         cmocka_unit_test(test_bad_sizes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -62,10 +62,10 @@ static int balloon_move(struct balloon *b, struct migrate_guest *g, uint64_t tar
         else if (step && target > cur && target - cur > step)
             next = cur + ((target - cur) % step ? (target - cur) % step : step);
         if (g)
-            pthread_mutex_lock(&b->d->lock);
+            domain_lock(b->d);
         rc = balloon_set_target(b, next);
         if (g) {
-            pthread_mutex_unlock(&b->d->lock);
+            domain_unlock(b->d);
             sched_yield();
         }
         if (rc == 0 && balloon_current(b) != next)
@@ -167,10 +167,10 @@ static int run_balloon(int argc, char **argv)
         goto out;
     }
     if (g)
-        pthread_mutex_lock(&d->lock);
+        domain_lock(d);
     uint64_t l4 = domain_pages_4k(d), l2 = domain_pages_2m(d), l1 = domain_pages_1g(d);
     if (g) {
-        pthread_mutex_unlock(&d->lock);
+        domain_unlock(d);
         cli_sleep_ms(o.settle_ms); /* the guest runs at the target */
     }
     uint64_t frag_ops = 0, t2 = 0, t3 = 0;
