@@ -223,6 +223,10 @@ int defrag_step(struct defrag *df, uint64_t budget)
             continue;
         }
         if (df->next == df->nleaves) {
+            /* the old frames may be parked (quarantine, domain.h) */
+            int rc = domain_quarantine_reserve(d, df->nleaves);
+            if (rc < 0)
+                return rc; /* still in flight: the next step finishes it */
             finish(df);
             continue;
         }

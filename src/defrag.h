@@ -73,7 +73,9 @@ int defrag_init(struct defrag *df, struct domain *d, gfn_t gfn, uint64_t nr,
 /* Copy at most `budget` pages (0: no limit) and finish a region when its
  * copy is complete.  Returns 1 while work remains, 0 when the range is
  * done, -EBUSY (log-dirty on), -ENOMEM (metadata: nothing changed, the
- * cursor stays on the region, so calling again retries it).  No free extent
+ * cursor stays on the region, so calling again retries it; a finished copy
+ * whose old frames cannot be parked (domain.h, quarantine) stays in
+ * flight and is switched by the next call).  No free extent
  * of the order (frame_alloc fails) is not an error: the scan ends there and
  * no_extent counts it.  Caller holds d->lock while a vCPU may run. */
 int defrag_step(struct defrag *df, uint64_t budget) HV_MUST_CHECK;

@@ -16,6 +16,10 @@
  *
  * Frames are freed by machine runs: a p2m leaf may map a run made of several
  * allocated extents (after coalescing), so frees are cut at extent borders.
+ * Every free of frames that were mapped goes through free_run(), the one
+ * place that parks them instead while the quarantine is on (domain.h); a
+ * parked run is kept whole (runs freed back to back that continue each
+ * other are merged into one) and cut only when it is released.
  *
  * PoD (pod.c holds the cache, demand populate and sweeps): populate with
  * DOMAIN_POPULATE_POD journals PoD leaves (mfn INVALID_MFN in the journal)
@@ -121,7 +125,7 @@ err_free:
  * Free the machine run [mfn, mfn + nr) owned by d, cut at allocated-extent
  * borders into aligned chunks.  The run must be owned by d (audited).
  */
-static void free_run(struct domain *d, mfn_t mfn, uint64_t nr)
+static void free_run_now(struct domain *d, mfn_t mfn, uint64_t nr)
 {
     struct frames *f = d->m->frames;
     mfn_t end = mfn + nr;
@@ -141,6 +145,92 @@ static void free_run(struct domain *d, mfn_t mfn, uint64_t nr)
         (void)rc;
         mfn += order_pages(o);
     }
+}
+
+/* ---- quarantine ---------------------------------------------------------- */
+
+static int park_grow(struct domain_quarantine *q, size_t need)
+{
+    if (need <= q->cap)
+        return 0;
+    size_t cap = q->cap ? q->cap : 64;
+    while (cap < need)
+        cap *= 2;
+    struct parked_run *v = hv_malloc(cap * sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    if (q->n)
+        memcpy(v, q->runs, q->n * sizeof(*v));
+    free(q->runs);
+    q->runs = v;
+    q->cap = cap;
+    return 0;
+}
+
+void domain_quarantine_begin(struct domain *d)
+{
+    d->quarantine.on = true;
+}
+
+int domain_quarantine_reserve(struct domain *d, size_t runs)
+{
+    struct domain_quarantine *q = &d->quarantine;
+    if (!q->on)
+        return 0;
+    return park_grow(q, q->n + runs);
+}
+
+/* Park [mfn, mfn + nr) (quarantine on): merged into the last run when it
+ * continues it, else a new run; freed at once (counted) when there is no
+ * room and no memory for more. */
+static void park_run(struct domain *d, mfn_t mfn, uint64_t nr)
+{
+    struct domain_quarantine *q = &d->quarantine;
+    struct parked_run *last = q->n ? &q->runs[q->n - 1] : NULL;
+    if (last && last->mfn + last->nr == mfn) {
+        last->nr += nr;
+    } else if (park_grow(q, q->n + 1) == 0) {
+        q->runs[q->n++] = (struct parked_run){mfn, nr};
+    } else {
+        if (!q->overflow)
+            domain_log(d, "quarantine: no memory to park freed frames: freed at once");
+        q->overflow += nr;
+        free_run_now(d, mfn, nr);
+        return;
+    }
+    q->pages += nr;
+    q->parked += nr;
+}
+
+uint64_t domain_quarantine_release(struct domain *d)
+{
+    struct domain_quarantine *q = &d->quarantine;
+    uint64_t pages = q->pages;
+    for (size_t i = 0; i < q->n; i++)
+        free_run_now(d, q->runs[i].mfn, q->runs[i].nr);
+    q->n = 0;
+    q->pages = 0;
+    q->released += pages;
+    return pages;
+}
+
+void domain_quarantine_end(struct domain *d)
+{
+    struct domain_quarantine *q = &d->quarantine;
+    (void)domain_quarantine_release(d);
+    q->on = false;
+    free(q->runs);
+    q->runs = NULL;
+    q->cap = 0;
+}
+
+/* Free (or, with quarantine on, park) a run the domain had mapped. */
+static void free_run(struct domain *d, mfn_t mfn, uint64_t nr)
+{
+    if (d->quarantine.on)
+        park_run(d, mfn, nr);
+    else
+        free_run_now(d, mfn, nr);
 }
 
 void domain_free_frames(struct domain *d, mfn_t mfn, uint64_t nr)
@@ -184,6 +274,7 @@ void domain_destroy(struct domain *d)
 {
     if (!d)
         return;
+    domain_quarantine_end(d); /* nobody reads any more: free what is parked, park no more */
     (void)domain_decrease_reservation(d, 0, P2M_GFN_LIMIT);
     pod_destroy(d);
     p2m_destroy(d->p2m);
@@ -623,6 +714,11 @@ long domain_decrease_reservation(struct domain *d, gfn_t gfn, uint64_t nr)
     rc = p2m_for_each_leaf(d->p2m, gfn, nr, collect_ram_leaf, &lv);
     if (rc < 0 || (lv.runs.n == 0 && lv.pod_pages == 0))
         goto out;
+    /* Quarantine: room to park every run, and whatever the PoD cache may
+     * shrink by below (each chunk, each page, a broken chunk's pages). */
+    rc = domain_quarantine_reserve(d, lv.runs.n + (lv.pod_pages ? pod_shrink_runs(d) : 0));
+    if (rc < 0)
+        goto out;
     dirty_on_unmap(d, gfn, nr); /* log-dirty: the RAM going away is marked */
     /* One atomic p2m change: splits only where the range cuts a leaf. */
     rc = p2m_set_range(d->p2m, gfn, INVALID_MFN, nr, p2m_invalid);
@@ -703,6 +799,39 @@ static int audit_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
     return 0;
 }
 
+/* Every parked frame is owned by d, in the machine, and not mapped, cached
+ * or parked twice (marked in `seen`); the runs add up to quarantine.pages. */
+static int audit_parked(const struct domain *d, uint64_t *seen)
+{
+    const struct domain_quarantine *q = &d->quarantine;
+    uint64_t pages = 0;
+    if (q->n > q->cap || (q->n && !q->on))
+        return hv_audit_fail("domain %u: %zu parked runs (room %zu) with quarantine %s",
+                             d->domid, q->n, q->cap, q->on ? "on" : "off");
+    for (size_t i = 0; i < q->n; i++) {
+        const struct parked_run *r = &q->runs[i];
+        if (!r->nr || r->mfn >= d->m->nr_frames || r->nr > d->m->nr_frames - r->mfn)
+            return hv_audit_fail("domain %u: parked run %#llx+%llu outside the machine",
+                                 d->domid, (unsigned long long)r->mfn,
+                                 (unsigned long long)r->nr);
+        for (mfn_t x = r->mfn; x < r->mfn + r->nr; x++) {
+            if (seen[x / 64] & (1ULL << (x % 64)))
+                return hv_audit_fail("domain %u: parked mfn %#llx is also mapped, cached "
+                                     "or parked twice", d->domid, (unsigned long long)x);
+            seen[x / 64] |= 1ULL << (x % 64);
+            if (frame_owner(d->m->frames, x, NULL) != d->domid)
+                return hv_audit_fail("domain %u: parked mfn %#llx not owned", d->domid,
+                                     (unsigned long long)x);
+        }
+        pages += r->nr;
+    }
+    if (pages != q->pages)
+        return hv_audit_fail("domain %u: quarantine.pages %llu but the runs hold %llu",
+                             d->domid, (unsigned long long)q->pages,
+                             (unsigned long long)pages);
+    return 0;
+}
+
 int domain_audit(const struct domain *d)
 {
     int rc = p2m_audit(d->p2m);
@@ -715,6 +844,8 @@ int domain_audit(const struct domain *d)
     rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, audit_leaf, &a);
     if (rc == 0)
         rc = pod_audit_frames(d, a.seen); /* cache frames: owned, unmapped */
+    if (rc == 0)
+        rc = audit_parked(d, a.seen); /* parked: owned, unmapped, uncached */
     free(a.seen);
     if (rc < 0)
         return rc;
@@ -733,12 +864,13 @@ int domain_audit(const struct domain *d)
                              (unsigned long long)d->tot_pages,
                              (unsigned long long)d->max_pages);
     uint64_t owned = frames_owned(d->m->frames, d->domid);
-    if (owned != a.ram_pages + d->pod.count + d->held_pages)
+    if (owned != a.ram_pages + d->pod.count + d->held_pages + d->quarantine.pages)
         return hv_audit_fail("domain %u: owns %llu frames but maps %llu (+ %llu cached, "
-                             "%llu held by defrag)",
+                             "%llu held by defrag, %llu parked)",
                              d->domid, (unsigned long long)owned,
                              (unsigned long long)a.ram_pages,
                              (unsigned long long)d->pod.count,
-                             (unsigned long long)d->held_pages);
+                             (unsigned long long)d->held_pages,
+                             (unsigned long long)d->quarantine.pages);
     return pod_audit(d);
 }

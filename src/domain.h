@@ -22,6 +22,31 @@
  *
  * Crashing: domain_crash() marks the domain dead with a reason (kept in the
  * event log); a crashed domain's vCPUs stop, its memory stays inspectable.
+ *
+ * Quarantine (while a migration sender reads the guest): the sender
+ * translates a batch of gfns under d->lock and reads the frames after
+ * dropping it, so a frame the guest gives back in between must not reach
+ * another domain before the read is over (Xen holds a page reference for
+ * its foreign mappings; this is the same guarantee without per-frame
+ * counts).  With quarantine on, every frame the domain frees after it was
+ * mapped (decrease_reservation, PoD cache shrink, defrag's old frames) is
+ * parked instead of freed: still allocated to the domain in the frame
+ * allocator (nobody can be handed it, its bytes stay as they were), but no
+ * longer the guest's: not in tot_pages (the guest gave it back, as in Xen's
+ * accounting; it does not count against max_pages), counted in
+ * quarantine.pages.  domain_quarantine_release() frees the parked frames
+ * for real (scrubbed); the sender calls it, under d->lock, only where it
+ * holds no translation whose frames it has not finished reading.  Frames a
+ * call allocated and frees again before it returns (an unwound populate,
+ * an abandoned defrag target) were never visible outside d->lock and are
+ * freed at once.  Parking never allocates when the caller reserved room
+ * first (domain_quarantine_reserve: decrease_reservation, pod_set_cache_target
+ * and defrag_step do, and fail with -ENOMEM, nothing changed); without room
+ * and without memory for more, a run is freed at once and counted in
+ * quarantine.overflow (and the event log): never a leak of accounting.
+ * Invariant (domain_audit): frames owned == RAM mapped + pod.count +
+ * held_pages + quarantine.pages, and every parked frame is owned, mapped
+ * nowhere and not in the PoD cache.  domain_destroy releases everything.
  */
 #ifndef HUGEVM_DOMAIN_H
 #define HUGEVM_DOMAIN_H
@@ -91,6 +116,22 @@ struct domain_event {
     char msg[160];
 };
 
+/* A machine run parked by the quarantine (see the top of this file). */
+struct parked_run {
+    mfn_t mfn;
+    uint64_t nr;
+};
+
+struct domain_quarantine {
+    bool on;               /* frees are parked (a migration sender reads) */
+    struct parked_run *runs;
+    size_t n, cap;         /* runs[0, n) parked; room for cap */
+    uint64_t pages;        /* frames parked now: sum of runs[].nr */
+    uint64_t parked;       /* frames ever parked */
+    uint64_t released;     /* frames ever released from the quarantine */
+    uint64_t overflow;     /* frames freed at once: no room to park them */
+};
+
 struct domain {
     domid_t domid;
     struct machine *m;
@@ -117,6 +158,7 @@ struct domain {
     bool crashed;          /* see domain_crash() */
     struct pod pod;        /* populate-on-demand state (pod.h) */
     uint64_t held_pages;   /* owned, neither mapped nor cached: defrag copy targets */
+    struct domain_quarantine quarantine; /* frames freed while a sender reads */
     uint64_t nr_events;    /* events ever logged; ring index nr % DOMAIN_EVENTS */
     struct domain_event events[DOMAIN_EVENTS];
 };
@@ -194,8 +236,22 @@ int domain_map_extent(struct domain *d, gfn_t gfn, unsigned order,
 
 /* Return the machine run [mfn, mfn + nr) owned by d to the allocator, cut
  * at allocated-extent borders (for pod/defrag: the run must be owned by d
- * and mapped nowhere). */
+ * and mapped nowhere); with quarantine on it is parked instead (the caller
+ * has already taken it out of tot_pages / held_pages as usual). */
 void domain_free_frames(struct domain *d, mfn_t mfn, uint64_t nr);
+
+/*
+ * Quarantine (see the top of this file); the caller holds d->lock when
+ * other threads may use the domain.  begin: park every later free.
+ * reserve: room to park `runs` more runs without allocating (0 when
+ * quarantine is off; -ENOMEM, nothing changed).  release: free every
+ * parked frame (scrubbed) and return how many.  end: release, stop parking
+ * and drop the metadata (idempotent; domain_destroy calls it).
+ */
+void domain_quarantine_begin(struct domain *d);
+int domain_quarantine_reserve(struct domain *d, size_t runs) HV_MUST_CHECK;
+uint64_t domain_quarantine_release(struct domain *d);
+void domain_quarantine_end(struct domain *d);
 
 /* Append a message to the event log (also copied to stderr when the
  * environment variable HUGEVM_EVENTS is set). */
@@ -213,8 +269,9 @@ static inline uint64_t domain_pages_1g(const struct domain *d) { return p2m_page
 
 /* p2m_audit + accounting: tot_pages equals mapped RAM + PoD cache, tot <=
  * max, no RAM in holes, every frame owned by the domain is mapped exactly
- * once or sits in the PoD cache, entry_count equals the PoD leaves, and
- * pod_audit holds. */
+ * once, sits in the PoD cache, is held by defrag or is parked (each parked
+ * frame owned, once), entry_count equals the PoD leaves, and pod_audit
+ * holds. */
 int domain_audit(const struct domain *d) HV_MUST_CHECK;
 
 /*

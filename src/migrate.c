@@ -23,11 +23,21 @@
  * when zero), anything else (a hole, a PoD entry) as XTAB, which a live
  * receiver applies (restore.c: the last word about a pfn wins).  PoD
  * entries travel in the tail (HVM_CONTEXT, taken at pause).  The pages of
- * a batch are read after the lock is dropped: a frame the guest gave away
- * meanwhile may be read after it was freed; its gfn is dirty by then, so
- * the next round (the final one at the latest) sends it again, and the
- * bytes read in between never survive on the receiver.  Map changes must
- * stop at the pause like the vCPUs (migrate_guest_call).
+ * a batch are read after the lock is dropped (the guest must not stall on
+ * the socket), so the guest may give a translated frame back before it is
+ * read.  Quarantine (domain.h) keeps such a frame from reaching another
+ * domain: from before the stream head until the sender is done, the domain
+ * parks the frames it frees (still its own, bytes intact), and
+ * translate_batch releases them, under d->lock, before it translates the
+ * next batch: at that point every page of the earlier batches has been
+ * zero-checked and copied into a frame buffer, and the migration thread
+ * is the only one that reads guest pages.  So a stale translation reads
+ * at worst the domain's own old bytes (or, after a PoD reclaim, another
+ * gfn of the same domain); its gfn is dirty by then, the next round (the
+ * final one at the latest) sends it again, and those bytes never survive
+ * on the receiver.  Nothing of another domain ever goes on the wire.  The
+ * quarantine ends (everything released) on every exit of migrate_send.
+ * Map changes must stop at the pause like the vCPUs (migrate_guest_call).
  */
 #include "migrate.h"
 
@@ -724,11 +734,13 @@ static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
 }
 
 /* Translate the collected pfns under the current p2m (d->lock: the vCPUs
- * and migrate_guest_call change it only under the lock). */
+ * and migrate_guest_call change it only under the lock).  The earlier
+ * batches are read by now: the frames parked meanwhile are freed first. */
 static void translate_batch(struct sender *s)
 {
     struct domain *d = s->d;
     domain_lock(d);
+    (void)domain_quarantine_release(d);
     for (unsigned k = 0; k < s->n; k++) {
         enum p2m_type t;
         mfn_t mfn = p2m_get_entry(d->p2m, s->pfn[k], &t, NULL);
@@ -944,8 +956,8 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     int timeout = o->timeout_ms > 0 ? o->timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
     if (max_rounds > MIGRATE_MAX_ROUNDS)
         max_rounds = MIGRATE_MAX_ROUNDS;
-    uint64_t t0 = hv_now_ns(), t_pause = 0, acc0 = g->accesses;
-    bool paused = false, committed = false;
+    uint64_t t0 = hv_now_ns(), t_pause = 0, acc0 = g->accesses, parked0 = 0;
+    bool paused = false, committed = false, quarantined = false;
     struct hvctx_buf tl = {0};
     int rc;
 
@@ -990,9 +1002,13 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
 
     /* static part (the guest as it starts: its PoD entries travel again in
      * the tail), then log-dirty on, then round 0 over the RAM present once
-     * log-dirty is on (what changes later is marked and sent later) */
+     * log-dirty is on (what changes later is marked and sent later); from
+     * here until the end, frames the guest frees are parked (quarantine) */
     struct save_result sres;
     domain_lock(d);
+    domain_quarantine_begin(d);
+    quarantined = true;
+    parked0 = d->quarantine.parked;
     rc = stream_save_head(d, &s->w, false, &sres, rep->err, sizeof(rep->err));
     domain_unlock(d);
     if (rc < 0) {
@@ -1166,6 +1182,13 @@ out:
     rep->st.frames = s->pipe.frames;
     if (s->pipe.thread_up || s->pipe.b[0].raw)
         pipe_fini(&s->pipe);
+    if (quarantined) {
+        /* no page is read any more: free what is parked, park no more */
+        domain_lock(d);
+        rep->st.pages_parked = d->quarantine.parked - parked0;
+        domain_quarantine_end(d);
+        domain_unlock(d);
+    }
     if (dirty_enabled(d)) {
         /* committed: the copy is about to be destroyed, but log-dirty must
          * not outlive the migration either way */

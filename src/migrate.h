@@ -58,6 +58,11 @@
  * (HVM_CONTEXT, taken at pause): the receiver rebuilds exactly the entries
  * left at pause.  Changes made on behalf of the guest must go through
  * migrate_guest_call, which stops them at the pause with the vCPUs.
+ * Pages are read outside d->lock, so while migrate_send runs the domain is
+ * in quarantine (domain.h): a frame it frees is parked, not handed to
+ * another domain, until the sender has read every batch translated before
+ * (it releases them between batches and at the end, whatever the outcome):
+ * no other domain's bytes ever go on the wire.
  */
 #ifndef HUGEVM_MIGRATE_H
 #define HUGEVM_MIGRATE_H
@@ -264,6 +269,7 @@ struct migrate_opts {
     X(wire_bytes, "bytes written to the socket")                              \
     X(frames, "frames sent")                                                   \
     X(pages_ram, "RAM pages of the guest")                                     \
+    X(pages_parked, "frames the guest freed during the migration, parked until read") \
     X(guest_accesses, "guest accesses made during the migration")
 
 struct migrate_stats {

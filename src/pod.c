@@ -156,8 +156,16 @@ int pod_set_cache_target(struct domain *d, uint64_t pages)
         d->tot_pages++;
         p->stats.cache_grow_4k++;
     }
+    /* Quarantine (domain.h): room to park what leaves the cache. */
+    if (p->count > pages && (rc = domain_quarantine_reserve(d, pod_shrink_runs(d))) < 0)
+        return rc;
     pod_shrink_cache(d, pages);
     return 0;
+}
+
+size_t pod_shrink_runs(const struct domain *d)
+{
+    return d->pod.nr_chunks + d->pod.nr_pages + SP_PAGES;
 }
 
 void pod_shrink_cache(struct domain *d, uint64_t pages)

@@ -122,8 +122,13 @@ int pod_set_target(struct domain *d, uint64_t target_pages) HV_MUST_CHECK;
 int pod_set_cache_target(struct domain *d, uint64_t pages) HV_MUST_CHECK;
 
 /* Shrink the cache to at most `pages` (2M chunks first; never fails: when
- * no host memory is left to break a chunk, the whole chunk goes). */
+ * no host memory is left to break a chunk, the whole chunk goes).  The
+ * frames leave through domain_free_frames, so a domain in quarantine parks
+ * them (domain.h): reserve pod_shrink_runs(d) runs first. */
 void pod_shrink_cache(struct domain *d, uint64_t pages);
+/* Most frame runs one pod_shrink_cache call can free: every chunk, every
+ * page, and the pages of one broken chunk. */
+size_t pod_shrink_runs(const struct domain *d);
 
 /*
  * The EPT-violation handler for a p2m_pod entry at gfn.  Returns 0 when the

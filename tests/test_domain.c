@@ -521,6 +521,174 @@ static void test_increase_reservation_fallback(void **state)
     machine_destroy(m);
 }
 
+/* ---- quarantine: frames freed while a reader may hold translations ---------- */
+
+static uint8_t q_byte(gfn_t g) { return (uint8_t)(1 + g % 251); }
+
+/* Is mfn inside one of d's parked runs? */
+static bool q_parked(const struct domain *d, mfn_t mfn)
+{
+    for (size_t i = 0; i < d->quarantine.n; i++)
+        if (mfn >= d->quarantine.runs[i].mfn &&
+            mfn < d->quarantine.runs[i].mfn + d->quarantine.runs[i].nr)
+            return true;
+    return false;
+}
+
+static bool q_page_is(const struct machine *m, mfn_t mfn, uint8_t byte)
+{
+    const uint8_t *p = machine_ptr(m, mfn);
+    for (size_t i = 0; i < PAGE_SIZE; i++)
+        if (p[i] != byte)
+            return false;
+    return true;
+}
+
+/*
+ * With quarantine on, a 2M and two 4K pages freed by decrease_reservation
+ * stay the domain's (parked, bytes intact, out of tot_pages) while another
+ * domain allocates everything it can: none of its frames is parked, and the
+ * parked ones cannot be had even by their own domain.  After release they
+ * are scrubbed and the other domain gets them.  Audits after every step.
+ */
+static void test_quarantine(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
+    struct domain *a = new_domain(m, 0), *b = new_domain(m, 0);
+    assert_int_equal(domain_populate(a, 0, 8192, NULL), 0); /* 4K below 2M, then 2M */
+    for (gfn_t g = 0; g < 8192; g++) {
+        enum p2m_type t;
+        mfn_t x = p2m_get_entry(a->p2m, g, &t, NULL);
+        if (p2m_is_ram(t))
+            memset(machine_ptr(m, x), q_byte(g), PAGE_SIZE);
+    }
+    /* b takes all but 2M + 4K of what is free */
+    struct frame_stats fs;
+    frames_get_stats(m->frames, &fs);
+    assert_int_equal(domain_populate(b, GFN_4G, fs.free_frames - 513, NULL), 0);
+    audit_all(a);
+    audit_all(b);
+
+    domain_quarantine_begin(a);
+    enum p2m_type t;
+    unsigned o;
+    mfn_t m2 = p2m_get_entry(a->p2m, 2048, &t, &o);
+    assert_int_equal(o, PAGE_ORDER_2M);
+    mfn_t m4a = p2m_get_entry(a->p2m, 0x10, &t, &o), m4b = p2m_get_entry(a->p2m, 0x11, NULL, NULL);
+    assert_int_equal(o, PAGE_ORDER_4K);
+    uint64_t tot0 = a->tot_pages;
+    assert_int_equal(domain_decrease_reservation(a, 2048, 512), 512);
+    assert_int_equal(domain_decrease_reservation(a, 0x10, 2), 2);
+    assert_int_equal(a->quarantine.pages, 514);
+    assert_int_equal(a->quarantine.parked, 514);
+    assert_int_equal(a->tot_pages, tot0 - 514); /* the guest gave them back */
+    assert_int_equal(frames_owned(m->frames, a->domid), a->tot_pages + 514);
+    assert_true(q_parked(a, m2) && q_parked(a, m2 + 511) && q_parked(a, m4a) &&
+                q_parked(a, m4b));
+    assert_int_equal(frame_owner(m->frames, m2, NULL), a->domid);
+    audit_all(a);
+    audit_all(b);
+
+    /* b allocates all that is free (513 frames), then finds nothing more */
+    uint64_t b0 = b->tot_pages;
+    assert_int_equal(domain_populate(b, 2 * GFN_4G, 513, NULL), 0);
+    assert_int_equal(domain_populate(b, 3 * GFN_4G, 1, NULL), -ENOMEM);
+    assert_int_equal(b->tot_pages, b0 + 513);
+    for (gfn_t g = 2 * GFN_4G; g < 2 * GFN_4G + 513; g++)
+        assert_false(q_parked(a, p2m_get_entry(b->p2m, g, NULL, NULL)));
+    /* nor does a get its parked frames back */
+    assert_int_equal(domain_populate(a, 2048, 512, NULL), -ENOMEM);
+    assert_int_equal(frames_owned(m->frames, b->domid), b->tot_pages);
+    for (uint64_t i = 0; i < 512; i++)
+        assert_true(q_page_is(m, m2 + i, q_byte(2048 + i)));
+    assert_true(q_page_is(m, m4a, q_byte(0x10)) && q_page_is(m, m4b, q_byte(0x11)));
+    audit_all(a);
+    audit_all(b);
+
+    /* release: scrubbed, free, and b can have them */
+    assert_int_equal(domain_quarantine_release(a), 514);
+    assert_int_equal(a->quarantine.pages, 0);
+    assert_int_equal(a->quarantine.released, 514);
+    assert_true(a->quarantine.on); /* still parking later frees */
+    assert_int_equal(frame_owner(m->frames, m2, NULL), DOMID_INVALID);
+    assert_int_equal(frame_owner(m->frames, m4a, NULL), DOMID_INVALID);
+    for (uint64_t i = 0; i < 512; i++)
+        assert_true(q_page_is(m, m2 + i, 0));
+    assert_true(q_page_is(m, m4a, 0) && q_page_is(m, m4b, 0));
+    audit_all(a);
+    assert_int_equal(domain_populate(b, 3 * GFN_4G, 514, NULL), 0);
+    assert_int_equal(frame_owner(m->frames, m2, NULL), b->domid);
+    assert_int_equal(frame_owner(m->frames, m4a, NULL), b->domid);
+    frames_get_stats(m->frames, &fs);
+    assert_int_equal(fs.free_frames, 0);
+    audit_all(a);
+    audit_all(b);
+
+    /* parked frames at destroy: released with everything else */
+    assert_int_equal(domain_decrease_reservation(a, 4096, 1024), 1024);
+    assert_int_equal(a->quarantine.pages, 1024);
+    audit_all(a);
+    domain_destroy(a);
+    domain_destroy(b);
+    frames_get_stats(m->frames, &fs);
+    assert_int_equal(fs.free_frames, m->nr_frames);
+    AUDIT_OK(frames_audit(m->frames));
+    machine_destroy(m);
+}
+
+/*
+ * The PoD cache shrinking parks its frames too; a decrease that cannot get
+ * room to park fails with nothing changed; end releases and stops parking.
+ */
+static void test_quarantine_pod_and_nomem(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
+    struct domain *d = new_domain(m, 0);
+    assert_int_equal(domain_populate_flags(d, 0x1000, 4096, DOMAIN_POPULATE_POD, NULL), 0);
+    assert_int_equal(domain_populate(d, 0x4000, 1024, NULL), 0);
+    assert_int_equal(pod_set_target(d, 1024 + 2048), 0); /* cache 2048 */
+    assert_int_equal(d->pod.count, 2048);
+    audit_all(d);
+    domain_quarantine_begin(d);
+    assert_int_equal(pod_set_target(d, 1024 + 512), 0); /* cache shrinks by 1536 */
+    assert_int_equal(d->pod.count, 512);
+    assert_int_equal(d->quarantine.pages, 1536);
+    assert_int_equal(d->tot_pages, 1024 + 512);
+    audit_all(d);
+
+    /* no memory for parking metadata: nothing changes */
+    domain_quarantine_end(d);
+    domain_quarantine_begin(d);
+    struct dump before = take_dump(d);
+    uint64_t tot = d->tot_pages;
+    fault_arm(2, FAULT_SITE_MEM); /* the leaf journal, then the parking room */
+    assert_int_equal(domain_decrease_reservation(d, 0x4000, 512), -ENOMEM);
+    fault_disarm();
+    struct dump after = take_dump(d);
+    assert_same_dump(&before, &after);
+    free(before.v);
+    free(after.v);
+    assert_int_equal(d->tot_pages, tot);
+    assert_int_equal(d->quarantine.pages, 0);
+    audit_all(d);
+    assert_int_equal(domain_decrease_reservation(d, 0x4000, 512), 512);
+    assert_int_equal(d->quarantine.pages, 512);
+    assert_int_equal(d->quarantine.overflow, 0);
+    audit_all(d);
+    domain_quarantine_end(d);
+    assert_false(d->quarantine.on);
+    assert_int_equal(d->quarantine.pages, 0);
+    assert_int_equal(frames_owned(m->frames, d->domid), d->tot_pages);
+    assert_int_equal(domain_decrease_reservation(d, 0x4200, 512), 512); /* freed at once */
+    assert_int_equal(d->quarantine.pages, 0);
+    audit_all(d);
+    domain_destroy(d);
+    AUDIT_OK(frames_audit(m->frames));
+    machine_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -532,6 +700,8 @@ int main(void)
         cmocka_unit_test(test_max_pages),
         cmocka_unit_test(test_scrub_between_domains),
         cmocka_unit_test(test_increase_reservation_fallback),
+        cmocka_unit_test(test_quarantine),
+        cmocka_unit_test(test_quarantine_pod_and_nomem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,7 +12,11 @@
  * ballooned out and in and given RAM above its top while rounds run (the
  * receiver equals the sender at pause gfn by gfn: RAM, hole or PoD, page
  * checksums, PoD accounting); and a stream whose pfns go from populated to
- * holes and back, refused from a file, applied by a live restore.
+ * holes and back, refused from a file, applied by a live restore.  No
+ * other domain's bytes on the wire: a guest ballooning out while another
+ * domain on the machine takes and marks the memory at once (the sender's
+ * quarantine keeps the frames it may still read; a proxy searches the
+ * stream for the marker).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -798,6 +802,7 @@ struct churn {
     struct migrate_guest *g;
     int (*op)(struct domain *d, void *ctx);
     void *ctx;
+    unsigned nap_us; /* between ops; 0: 1000 */
     bool stop;
     uint64_t calls, refused;
     int err;
@@ -817,7 +822,9 @@ static void *churn_main(void *arg)
         } else {
             c->calls++;
         }
-        sleep_ms(1);
+        unsigned us = c->nap_us ? c->nap_us : 1000;
+        struct timespec ts = {0, (long)us * 1000};
+        nanosleep(&ts, NULL);
     }
     return NULL;
 }
@@ -1086,6 +1093,247 @@ static void test_map_changes(void **state)
     print_message("# %llu pfns sent as holes, %llu populated pfns freed by the receivers\n",
                   (unsigned long long)xtab, (unsigned long long)dropped);
     assert_true(xtab > 0);
+}
+
+/* ---- quarantine: no other domain's bytes on the wire ------------------------------ */
+
+/* A 128 MiB guest and, on the same 256 MiB machine, another domain that
+ * holds every other frame: a frame the guest gives back is the only memory
+ * the other domain can get. */
+#define LEAK_GUEST_GFNS (1ULL << 15)
+#define LEAK_LO (4096ULL)                 /* above the writer's working set */
+#define LEAK_OTHER_GFN (2 * GFN_4G)        /* where the other domain takes it */
+#define LEAK_MARK 0x4b52414d4b41454cULL    /* "LEAKMARK" */
+
+/* The sender's bytes on their way to the receiver, searched for the marker
+ * (4 words in a row, never written by the guest). */
+struct leak_proxy {
+    int lfd;
+    uint16_t port, rx_port;
+    uint64_t hits, bytes;
+    pthread_t t;
+};
+
+static void *leak_proxy_main(void *arg)
+{
+    struct leak_proxy *p = arg;
+    const uint64_t pat[4] = {LEAK_MARK, LEAK_MARK, LEAK_MARK, LEAK_MARK};
+    const size_t keep = sizeof(pat) - 1, cap = 1 << 20;
+    int c, s;
+    if (net_accept(p->lfd, 10000, &c) < 0)
+        return NULL;
+    s = connect_to(p->rx_port);
+    uint8_t *buf = malloc(keep + cap), *back = malloc(65536);
+    assert_non_null(buf);
+    assert_non_null(back);
+    size_t have = 0; /* the previous read's last `keep` bytes lead buf */
+    struct pollfd pf[2] = {{.fd = c, .events = POLLIN}, {.fd = s, .events = POLLIN}};
+    for (int idle = 0; idle < 600;) {
+        int n = poll(pf, 2, 50);
+        if (n <= 0) {
+            idle++;
+            continue;
+        }
+        if (pf[0].revents) {
+            ssize_t r = recv(c, buf + have, cap, 0);
+            if (r <= 0 || net_write_all(s, buf + have, (size_t)r) < 0)
+                break;
+            p->bytes += (uint64_t)r;
+            size_t len = have + (size_t)r;
+            for (const uint8_t *q = buf; (q = memmem(q, len - (size_t)(q - buf), pat,
+                                                     sizeof(pat))) != NULL;
+                 q += sizeof(pat))
+                p->hits++;
+            have = len < keep ? len : keep;
+            memmove(buf, buf + len - have, have);
+        }
+        if (pf[1].revents) {
+            ssize_t r = recv(s, back, 65536, 0);
+            if (r <= 0 || net_write_all(c, back, (size_t)r) < 0)
+                break;
+        }
+    }
+    free(buf);
+    free(back);
+    shutdown(c, SHUT_RDWR);
+    shutdown(s, SHUT_RDWR);
+    close(c);
+    close(s);
+    return NULL;
+}
+
+/* Balloon a random 2M block of the guest out; the other domain takes 2M at
+ * once and fills it with the marker (under quarantine it finds no memory).
+ * Next call: the other domain gives its 2M back and the block is ballooned
+ * in again (retried while the frames are parked) and refilled with data,
+ * so that the sender reads it. */
+struct leak_churn {
+    struct domain *other;
+    struct hv_rng rng;
+    gfn_t block; /* ballooned out, or INVALID_GFN */
+    bool other_has;
+    uint64_t outs, marked, nomem;
+};
+
+static void leak_fill(struct domain *d, gfn_t gfn, uint64_t nr, bool mark)
+{
+    static uint64_t marker[PAGE_SIZE / 8];
+    if (!marker[0])
+        for (size_t i = 0; i < PAGE_SIZE / 8; i++)
+            marker[i] = LEAK_MARK;
+    for (gfn_t g = gfn; g < gfn + nr; g++) {
+        enum p2m_type t;
+        mfn_t x = p2m_get_entry(d->p2m, g, &t, NULL);
+        if (mark)
+            memcpy(machine_ptr(d->m, x), marker, PAGE_SIZE);
+        else
+            memset(machine_ptr(d->m, x), (int)(1 + g % 251), PAGE_SIZE);
+    }
+}
+
+static int leak_op(struct domain *d, void *ctx)
+{
+    struct leak_churn *c = ctx;
+    int rc;
+    if (c->block == INVALID_GFN) {
+        gfn_t b = LEAK_LO + hv_rng_below(&c->rng, (LEAK_GUEST_GFNS - LEAK_LO) / 512) * 512;
+        long r = domain_decrease_reservation(d, b, 512);
+        if (r != 512)
+            return r < 0 ? (int)r : -EIO;
+        c->block = b;
+        c->outs++;
+        rc = domain_populate(c->other, LEAK_OTHER_GFN, 512, NULL);
+        if (rc == -ENOMEM) {
+            c->nomem++;
+            return 0;
+        }
+        if (rc < 0)
+            return rc;
+        leak_fill(c->other, LEAK_OTHER_GFN, 512, true);
+        c->other_has = true;
+        c->marked++;
+        return 0;
+    }
+    if (c->other_has) {
+        if (domain_decrease_reservation(c->other, LEAK_OTHER_GFN, 512) != 512)
+            return -EIO;
+        c->other_has = false;
+    }
+    rc = domain_populate(d, c->block, 512, NULL);
+    if (rc == -ENOMEM) { /* still parked: the sender has not released them */
+        c->nomem++;
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    leak_fill(d, c->block, 512, false); /* marked dirty by the populate */
+    c->block = INVALID_GFN;
+    return 0;
+}
+
+/*
+ * While pre-copy runs, another thread balloons 2M blocks of the guest out
+ * and, in the same breath, another domain on the machine takes the freed
+ * memory and fills it with a marker.  The sender reads pages outside
+ * d->lock, so without the quarantine a frame translated just before it was
+ * ballooned out is read after the other domain filled it, and the marker
+ * goes on the wire.  A proxy searches the stream: the marker never appears.
+ */
+static void test_no_foreign_bytes(void **state)
+{
+    (void)state;
+    struct machine *m, *rm;
+    assert_int_equal(machine_create(&m, 256 * MiB, FRAME_POLICY_FRAGPOOL), 0);
+    assert_int_equal(machine_create(&rm, 256 * MiB, FRAME_POLICY_FRAGPOOL), 0);
+    struct domain_config cfg;
+    domain_config_default(&cfg);
+    struct domain *d, *other;
+    assert_int_equal(domain_create(m, &cfg, &d), 0);
+    assert_int_equal(domain_create(m, &cfg, &other), 0);
+    assert_int_equal(domain_populate(d, 0, LEAK_GUEST_GFNS, NULL), 0);
+    leak_fill(d, 0, VGA_HOLE_GFN, false);
+    leak_fill(d, VGA_HOLE_GFN + VGA_HOLE_NR, LEAK_GUEST_GFNS - VGA_HOLE_GFN - VGA_HOLE_NR, false);
+    struct frame_stats fs;
+    frames_get_stats(m->frames, &fs);
+    assert_int_equal(domain_populate(other, GFN_4G, fs.free_frames, NULL), 0);
+    struct workload_config wc;
+    workload_config_default(&wc, WL_WRITER);
+    wc.seed = 5;
+    wc.wss = 0.05;
+    wc.write_rate = 20000;
+    wc.quantum = 512;
+    struct migrate_guest *g;
+    assert_int_equal(migrate_guest_create(d, 1, NULL, &wc, &g), 0);
+    assert_int_equal(migrate_guest_start(g), 0);
+
+    struct leak_churn lc = {.other = other, .rng = {11}, .block = INVALID_GFN};
+    struct churn ch = {.g = g, .op = leak_op, .ctx = &lc, .nap_us = 100};
+    assert_int_equal(pthread_create(&ch.t, NULL, churn_main, &ch), 0);
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    for (unsigned run = 0; run < 3; run++) {
+        struct rx_env rx;
+        rx_start(&rx, rm, NULL);
+        struct leak_proxy px = {.rx_port = rx.port};
+        struct sockaddr_in sa;
+        assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+        assert_int_equal(net_listen(&sa, &px.lfd, &px.port), 0);
+        assert_int_equal(pthread_create(&px.t, NULL, leak_proxy_main, &px), 0);
+        struct migrate_opts o = {.mode = run == 1 ? DIRTY_COARSE : DIRTY_SPLIT_ON_WRITE,
+                                 .max_rounds = 30, .timeout_ms = 20000};
+        uint64_t outs0 = lc.outs, marked0 = lc.marked, nomem0 = lc.nomem;
+        int fd = connect_to(px.port);
+        int rc = migrate_send(g, fd, &o, rep);
+        close(fd);
+        pthread_join(px.t, NULL);
+        close(px.lfd);
+        rx_join(&rx);
+        print_message("# foreign bytes, %s: %u rounds (%s), %llu data pages, %llu holes, "
+                      "%llu frames parked; %llu blocks ballooned out, %llu marked by the "
+                      "other domain, %llu allocations refused (parked); %llu stream bytes "
+                      "seen, marker found %llu times\n", dirty_mode_name(o.mode),
+                      rep->nr_rounds, migrate_end_name(rep->end),
+                      (unsigned long long)rep->st.pages_data,
+                      (unsigned long long)rep->st.pages_xtab,
+                      (unsigned long long)rep->st.pages_parked,
+                      (unsigned long long)(lc.outs - outs0),
+                      (unsigned long long)(lc.marked - marked0),
+                      (unsigned long long)(lc.nomem - nomem0), (unsigned long long)px.bytes,
+                      (unsigned long long)px.hits);
+        if (rc < 0 || rx.rc < 0)
+            fail_msg("migration failed: sender: %s; receiver: %s", rep->err, rx.res.err);
+        if (ch.err)
+            fail_msg("the map-changing thread failed: %s", strerror(-ch.err));
+        assert_true(rep->verified);
+        assert_true(px.bytes >= rep->st.wire_bytes);
+        if (px.hits)
+            fail_msg("another domain's marker crossed the wire %llu times",
+                     (unsigned long long)px.hits);
+        /* quarantine over: nothing parked, the sender's accounting whole */
+        assert_false(d->quarantine.on);
+        assert_int_equal(d->quarantine.pages, 0);
+        AUDIT_OK(domain_audit(d));
+        AUDIT_OK(domain_audit(other));
+        AUDIT_OK(frames_audit(m->frames));
+        struct domain *rd = rx.res.g->d;
+        AUDIT_OK(domain_audit(rd));
+        migrate_guest_destroy(rx.res.g);
+        domain_destroy(rd);
+        migrate_recv_result_free(&rx.res);
+        migrate_guest_resume(g); /* the sender's copy was kept: run it again */
+    }
+    __atomic_store_n(&ch.stop, true, __ATOMIC_RELEASE);
+    pthread_join(ch.t, NULL);
+    assert_true(lc.outs > 0);
+    machine_destroy(rm);
+    migrate_guest_destroy(g);
+    domain_destroy(d);
+    domain_destroy(other);
+    AUDIT_OK(frames_audit(m->frames));
+    frames_get_stats(m->frames, &fs);
+    assert_int_equal(fs.free_frames, m->nr_frames);
+    machine_destroy(m);
+    free(rep);
 }
 
 /* ---- live streams: the last word about a pfn wins ----------------------------------- */
@@ -1432,6 +1680,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_live_stream_repeats),
     cmocka_unit_test(test_pod_guest),
     cmocka_unit_test(test_map_changes),
+    cmocka_unit_test(test_no_foreign_bytes),
     cmocka_unit_test(test_processes_loopback),
     cmocka_unit_test(test_processes_netns),
 };
