@@ -695,6 +695,51 @@ int kvm_host_mapping_measure(const struct kvm_vm *vm, struct kvm_host_mapping *h
     return 0;
 }
 
+int kvm_mmu_pages(const struct kvm_vm *vm, uint64_t pages[3])
+{
+    static const char *const names[3] = {"pages_4k", "pages_2m", "pages_1g"};
+    struct kvm_stats_header h;
+    int fd = ioctl(vm->vm_fd, KVM_GET_STATS_FD, NULL);
+    if (fd < 0)
+        return errno == EINVAL || errno == ENOTTY ? -ENOTSUP : -errno;
+    int rc = -ENOTSUP, found = 0;
+    char *desc = NULL;
+    if (pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || h.name_size > 4096 ||
+        h.num_desc > 65536) {
+        rc = -EIO;
+        goto out;
+    }
+    size_t dsz = sizeof(struct kvm_stats_desc) + h.name_size;
+    desc = malloc(dsz * h.num_desc);
+    if (!desc) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (pread(fd, desc, dsz * h.num_desc, h.desc_offset) != (ssize_t)(dsz * h.num_desc)) {
+        rc = -EIO;
+        goto out;
+    }
+    for (uint32_t i = 0; i < h.num_desc; i++) {
+        const struct kvm_stats_desc *sd = (const void *)(desc + i * dsz);
+        for (unsigned k = 0; k < 3; k++) {
+            if (strncmp(sd->name, names[k], h.name_size) != 0 || sd->size < 1)
+                continue;
+            uint64_t v;
+            if (pread(fd, &v, sizeof(v), (off_t)h.data_offset + sd->offset) != (ssize_t)sizeof(v)) {
+                rc = -EIO;
+                goto out;
+            }
+            pages[k] = v;
+            found |= 1 << k;
+        }
+    }
+    rc = found == 7 ? 0 : -ENOTSUP;
+out:
+    free(desc);
+    close(fd);
+    return rc;
+}
+
 /* ---- the guest ----------------------------------------------------------- */
 
 /* Write code, GDT/TSS and page tables into the boot pages (all mirrored). */

@@ -219,6 +219,10 @@ unsigned kvm_get_slots(const struct kvm_vm *vm, struct kvm_slot_info *out, unsig
 /* Measure host huge-page coverage now.  -errno when smaps is unreadable. */
 int kvm_host_mapping_measure(const struct kvm_vm *vm, struct kvm_host_mapping *hm) HV_MUST_CHECK;
 void kvm_get_stats(const struct kvm_vm *vm, struct kvm_vm_stats *st);
+/* KVM's own count of its guest-physical mappings by size (its binary
+ * statistics "pages_4k", "pages_2m", "pages_1g": EPT/NPT leaves, or shadow
+ * page-table leaves without TDP).  -ENOTSUP when the kernel has no stats fd. */
+int kvm_mmu_pages(const struct kvm_vm *vm, uint64_t pages[3]) HV_MUST_CHECK;
 
 /*
  * Run the writer program until it exits to the host.  [gfn, gfn + pages)

@@ -579,6 +579,11 @@ static void test_superpage_alignment(void **state)
                   (unsigned long long)hm.vmas, (unsigned long long)(hm.rss_bytes >> 10),
                   (unsigned long long)(hm.pmd_mapped_bytes >> 10), thp_shmem_name(g.m->thp));
     assert_true(hm.rss_bytes > 0);
+    uint64_t kp[3];
+    if (kvm_mmu_pages(g.vm, kp) == 0)
+        print_message("# KVM's mappings: pages_4k %llu pages_2m %llu pages_1g %llu\n",
+                      (unsigned long long)kp[0], (unsigned long long)kp[1],
+                      (unsigned long long)kp[2]);
     if (!thp_shmem_usable(g.m->thp)) {
         print_message("# shmem THP is off: the mirror stays 4K (PMD-mapped must be 0)\n");
         assert_int_equal(hm.pmd_mapped_bytes, 0);
@@ -639,6 +644,11 @@ static void test_thp_pmd_mapped(void **state)
     print_message("# shmem THP %s: %llu KiB resident through the mirror, %llu KiB PMD-mapped\n",
                   thp_shmem_name(g.m->thp), (unsigned long long)(hm.rss_bytes >> 10),
                   (unsigned long long)(hm.pmd_mapped_bytes >> 10));
+    uint64_t kp[3];
+    if (kvm_mmu_pages(g.vm, kp) == 0)
+        print_message("# KVM's mappings: pages_4k %llu pages_2m %llu pages_1g %llu\n",
+                      (unsigned long long)kp[0], (unsigned long long)kp[1],
+                      (unsigned long long)kp[2]);
     model_fini(&mo);
     guest_down(&g);
     assert_true(hm.pmd_mapped_bytes > 0);
