@@ -43,21 +43,28 @@
 /* Boot pages, in order from KVM_BOOT_GFN. */
 enum {
     BOOT_CODE = 0,
-    BOOT_GDT = 1, /* GDT at offset 0, TSS at BOOT_TSS_OFF */
+    BOOT_GDT = 1, /* GDT at offset 0, TSS (and its I/O bitmap) at BOOT_TSS_OFF */
     BOOT_STACK = 2,
     BOOT_PML4 = 3,
     BOOT_PDPT = 4,
-    BOOT_PD0 = 5, /* 2M guest pages: one page directory per GiB */
+    BOOT_PT0 = 5, /* 4K pages of the first 2M: the boot pages read-only */
+    BOOT_PD0 = 6, /* page directory of GiB 0 (and, with 2M guest pages, of
+                   * GiB i at BOOT_PD0 + i) */
 };
 #define BOOT_TSS_OFF 0x100u
-/* Page-table entry bits: present, writable, accessed, dirty, page size. */
+#define TSS_IOMAP 0x68u                   /* I/O bitmap offset in the TSS */
+#define TSS_LIMIT (TSS_IOMAP + 256 / 8)   /* ports 0-255, then a 0xff byte */
+/* Page-table entry bits: present, writable, user, accessed, dirty, page
+ * size.  Everything is a user page: the program runs at CPL 3. */
 #define PTE_P 0x1ULL
 #define PTE_RW 0x2ULL
+#define PTE_US 0x4ULL
 #define PTE_A 0x20ULL
 #define PTE_D 0x40ULL
 #define PTE_PS 0x80ULL
-#define PTE_TABLE (PTE_P | PTE_RW | PTE_A)
-#define PTE_LEAF (PTE_P | PTE_RW | PTE_A | PTE_D | PTE_PS)
+#define PTE_TABLE (PTE_P | PTE_RW | PTE_US | PTE_A)
+#define PTE_4K (PTE_P | PTE_RW | PTE_US | PTE_A | PTE_D)
+#define PTE_LEAF (PTE_4K | PTE_PS)
 
 /*
  * The writer program (kvm.h, struct kvm_writer), hand-assembled.  In: rdi
@@ -93,11 +100,10 @@ static const uint8_t writer_code[] = {
     0xeb, 0xb1,                   /* jmp loop (0x00)                       */
     /* 0x4f done: */
     0x4c, 0x89, 0xc0,             /* mov rax, r8                           */
-    0xe6, KVM_GUEST_PORT,         /* out KVM_GUEST_PORT, al                */
-    0xf4,                         /* hlt                                   */
-    0xeb, 0xf8,                   /* jmp done                              */
+    0xe6, KVM_GUEST_PORT,         /* out KVM_GUEST_PORT, al  (TSS bitmap)  */
+    0xeb, 0xf9,                   /* jmp done (if resumed: report again)   */
 };
-_Static_assert(sizeof(writer_code) == 0x57, "jump offsets assume this length");
+_Static_assert(sizeof(writer_code) == 0x56, "jump offsets assume this length");
 
 struct mrun {
     gfn_t gfn;
@@ -645,6 +651,7 @@ void kvm_mirror_get_info(const struct kvm_vm *vm, struct kvm_mirror_info *mi)
         .slots = vm->nslots,
         .max_slots = vm->max_slots,
         .guest_order = vm->guest_order,
+        .boot_pages = vm->boot_pages,
         .manual_protect = vm->manual_protect,
         .dirty_ring = vm->dirty_ring,
         .log_dirty = vm->log_dirty,
@@ -742,7 +749,14 @@ out:
 
 /* ---- the guest ----------------------------------------------------------- */
 
-/* Write code, GDT/TSS and page tables into the boot pages (all mirrored). */
+/*
+ * Write code, GDT/TSS and page tables into the boot pages (all mirrored).
+ * The page tables identity-map [0, max_gfn): 4K pages in the first 2M, where
+ * the boot pages are read-only (a KVM that installs a writable mapping on a
+ * read fault logs the page dirty: the guest's own pages must not be), 2M
+ * pages in the rest of GiB 0, 1G or 2M pages above.  A and D are preset, so
+ * the CPU never writes to the tables either.
+ */
 static int write_boot(struct kvm_vm *vm)
 {
     uint8_t *pg[BOOT_PD0 + 512];
@@ -754,26 +768,37 @@ static int write_boot(struct kvm_vm *vm)
     }
     memcpy(pg[BOOT_CODE], writer_code, sizeof(writer_code));
 
+    /* The program runs at CPL 3 (KVM without hardware virtualization, such
+     * as PVM, runs guest user mode natively and emulates guest kernel mode
+     * instruction by instruction); its `out` is allowed by the TSS I/O
+     * bitmap, for KVM_GUEST_PORT only. */
     uint64_t gdt[5] = {
         0,
-        0x00af9b000000ffffULL, /* 0x08: code, 64-bit, present, DPL 0, accessed */
-        0x00cf93000000ffffULL, /* 0x10: data, read/write, present, accessed */
+        0x00affb000000ffffULL, /* 0x08: code, 64-bit, DPL 3, accessed */
+        0x00cff3000000ffffULL, /* 0x10: data, read/write, DPL 3, accessed */
     };
     uint64_t tss = ((KVM_BOOT_GFN + BOOT_GDT) << PAGE_SHIFT) + BOOT_TSS_OFF;
-    gdt[3] = 0x67ULL | (tss & 0xffffffULL) << 16 | 0x8bULL << 40 | /* busy 64-bit TSS, P */
+    gdt[3] = TSS_LIMIT | (tss & 0xffffffULL) << 16 | 0x8bULL << 40 | /* busy 64-bit TSS, P */
              ((tss >> 24) & 0xffULL) << 56;
     gdt[4] = tss >> 32;
     memcpy(pg[BOOT_GDT], gdt, sizeof(gdt));
-    uint16_t iomap = 0x68; /* no I/O bitmap */
-    memcpy(pg[BOOT_GDT] + BOOT_TSS_OFF + 0x66, &iomap, sizeof(iomap));
+    uint8_t *t = pg[BOOT_GDT] + BOOT_TSS_OFF;
+    uint16_t iomap = TSS_IOMAP;
+    memcpy(t + 0x66, &iomap, sizeof(iomap));
+    memset(t + TSS_IOMAP, 0xff, 256 / 8 + 1); /* every port denied ... */
+    t[TSS_IOMAP + KVM_GUEST_PORT / 8] &= (uint8_t)~(1u << (KVM_GUEST_PORT % 8)); /* but one */
 
-    /* Identity map of [0, max_gfn), A and D preset: the CPU never writes. */
     uint64_t *pml4 = (uint64_t *)(void *)pg[BOOT_PML4];
     uint64_t *pdpt = (uint64_t *)(void *)pg[BOOT_PDPT];
+    uint64_t *pt0 = (uint64_t *)(void *)pg[BOOT_PT0];
     pml4[0] = ((KVM_BOOT_GFN + BOOT_PDPT) << PAGE_SHIFT) | PTE_TABLE;
+    for (uint64_t j = 0; j < 512; j++) {
+        bool boot = j >= KVM_BOOT_GFN && j < KVM_BOOT_GFN + vm->boot_pages;
+        pt0[j] = (j << PAGE_SHIFT) | (boot ? PTE_4K & ~PTE_RW : PTE_4K);
+    }
     uint64_t gibs = vm->max_gfn / GFN_PER_GIB;
     for (uint64_t i = 0; i < gibs; i++) {
-        if (vm->guest_order == PAGE_ORDER_1G) {
+        if (i > 0 && vm->guest_order == PAGE_ORDER_1G) {
             pdpt[i] = (i << 30) | PTE_LEAF;
             continue;
         }
@@ -782,13 +807,16 @@ static int write_boot(struct kvm_vm *vm)
         for (uint64_t j = 0; j < 512; j++)
             pd[j] = (i << 30) + (j << 21) + PTE_LEAF;
     }
+    uint64_t *pd0 = (uint64_t *)(void *)pg[BOOT_PD0];
+    pd0[0] = ((KVM_BOOT_GFN + BOOT_PT0) << PAGE_SHIFT) | PTE_TABLE;
     return 0;
 }
 
+/* A flat CPL 3 segment (selector RPL 3). */
 static void seg(struct kvm_segment *s, uint16_t sel, uint8_t type, bool code)
 {
-    *s = (struct kvm_segment){.base = 0, .limit = 0xffffffff, .selector = sel, .type = type,
-                              .present = 1, .dpl = 0, .db = !code, .s = 1, .l = code, .g = 1};
+    *s = (struct kvm_segment){.base = 0, .limit = 0xffffffff, .selector = sel | 3, .type = type,
+                              .present = 1, .dpl = 3, .db = !code, .s = 1, .l = code, .g = 1};
 }
 
 static int set_long_mode(struct kvm_vm *vm)
@@ -802,7 +830,7 @@ static int set_long_mode(struct kvm_vm *vm)
     sr.es = sr.fs = sr.gs = sr.ss = sr.ds;
     sr.tr = (struct kvm_segment){
         .base = ((KVM_BOOT_GFN + BOOT_GDT) << PAGE_SHIFT) + BOOT_TSS_OFF,
-        .limit = 0x67, .selector = 0x18, .type = 0xb, .present = 1};
+        .limit = TSS_LIMIT, .selector = 0x18, .type = 0xb, .present = 1};
     sr.ldt = (struct kvm_segment){.unusable = 1};
     sr.gdt = (struct kvm_dtable){.base = (KVM_BOOT_GFN + BOOT_GDT) << PAGE_SHIFT,
                                  .limit = 5 * 8 - 1};
@@ -859,7 +887,7 @@ int kvm_run_writer(struct kvm_vm *vm, const struct kvm_writer *w, struct kvm_gue
     if ((rc = set_long_mode(vm)) < 0)
         return rc;
     struct kvm_regs r = {
-        .rflags = 0x2,
+        .rflags = 0x2, /* IOPL 0: the TSS bitmap decides */
         .rip = (KVM_BOOT_GFN + BOOT_CODE) << PAGE_SHIFT,
         .rsp = (KVM_BOOT_GFN + BOOT_STACK + 1) << PAGE_SHIFT,
         .rdi = w->seed ? w->seed : KVM_WRITER_SEED0,
@@ -1087,7 +1115,7 @@ int kvm_vm_create(struct domain *d, const struct kvm_vm_opts *o, struct kvm_vm *
         goto err;
     }
     vm->guest_order = has_1g && !o->guest_2m ? PAGE_ORDER_1G : PAGE_ORDER_2M;
-    vm->boot_pages = BOOT_PD0 + (vm->guest_order == PAGE_ORDER_2M ? max_gfn / GFN_PER_GIB : 0);
+    vm->boot_pages = BOOT_PD0 + (vm->guest_order == PAGE_ORDER_2M ? max_gfn / GFN_PER_GIB : 1);
     if (KVM_BOOT_GFN + vm->boot_pages > VGA_HOLE_GFN) {
         say(why, len, "%llu GiB need %llu page directories below the VGA hole: use 1G guest pages",
             (unsigned long long)(max_gfn / GFN_PER_GIB), (unsigned long long)(max_gfn / GFN_PER_GIB));

@@ -40,15 +40,19 @@
  * KVM's, independent of the domain's own log-dirty (dirty.h), which tracks
  * the soft vCPUs; a migration of a KVM guest would OR the two.
  *
- * Guest.  A tiny 64-bit guest, no BIOS: kvm_vm_create writes, in RAM pages
- * the domain owns below the VGA hole (gfn KVM_BOOT_GFN onwards), the code,
- * a GDT with a 64-bit TSS, a stack page and page tables that identity-map
- * the whole reserved guest-physical space with 1G pages when the CPU offers
- * them to the guest (else 2M pages; A and D bits preset, so the CPU never
- * writes to them and the dirty log sees only the program's writes); the
- * vCPU starts directly in long mode (KVM_SET_SREGS/KVM_SET_REGS).  The
- * program is the writer described at struct kvm_writer, hand-assembled in
- * kvm.c.
+ * Guest.  A tiny 64-bit guest, no BIOS: each run writes, in RAM pages the
+ * domain owns below the VGA hole (gfn KVM_BOOT_GFN onwards), the code, a GDT
+ * with a 64-bit TSS whose I/O bitmap opens KVM_GUEST_PORT, a stack page and
+ * page tables that identity-map the whole reserved guest-physical space
+ * (4K pages in the first 2M, where the boot pages are read-only; 2M pages
+ * in the rest of GiB 0; above it 1G pages when KVM offers them to the guest
+ * in CPUID, else 2M; A and D preset, so neither the CPU nor KVM has a reason
+ * to write or dirty-log the guest's own pages).  The vCPU starts directly
+ * in long mode at CPL 3 (KVM_SET_SREGS/KVM_SET_REGS): user mode is what a
+ * KVM without hardware virtualization (PVM: shadow paging, guest kernel mode
+ * emulated instruction by instruction) runs natively, and hardware KVM runs
+ * it the same.  The program is the writer described at struct kvm_writer,
+ * hand-assembled in kvm.c.
  *
  * Threading: one thread uses a kvm_vm at a time.  kvm_sync takes d->lock
  * while it walks the p2m.
@@ -61,9 +65,10 @@
 struct domain;
 struct kvm_vm;
 
-/* The guest's own pages: code, GDT/TSS, stack, PML4, PDPT, then one page
- * directory per GiB when 2M guest pages are used.  They must be RAM below
- * the VGA hole (gfn 0xa0), so 2M guest pages cover at most 139 GiB. */
+/* The guest's own pages: code, GDT/TSS, stack, PML4, PDPT, the page table
+ * of the first 2M, then the page directory of GiB 0, or one per GiB when
+ * 2M guest pages are used.  They must be RAM below the VGA hole (gfn 0xa0),
+ * so 2M guest pages cover at most 138 GiB. */
 #define KVM_BOOT_GFN 0x10ULL
 /* Port the guest's `out` reports "done" on. */
 #define KVM_GUEST_PORT 0xf4u
@@ -109,6 +114,7 @@ struct kvm_mirror_info {
     unsigned slots;         /* memslots in use */
     unsigned max_slots;     /* KVM_CAP_NR_MEMSLOTS */
     unsigned guest_order;   /* guest page-table leaves: 9 (2M) or 18 (1G) */
+    uint64_t boot_pages;    /* [KVM_BOOT_GFN, + boot_pages): the guest's own */
     bool manual_protect;    /* KVM_CLEAR_DIRTY_LOG in use */
     bool dirty_ring;        /* KVM_CAP_DIRTY_LOG_RING offered (unused) */
     bool log_dirty;
@@ -136,8 +142,8 @@ struct kvm_host_mapping {
  * 8 bytes x are written at gpa = (gfn + page) * 4K + offset; the checksum
  * starts at 0 and becomes rotl(checksum, 5) ^ x, plus gpa.  At the end the
  * guest puts the checksum in rax and executes `out KVM_GUEST_PORT, al`
- * (then `hlt`).  Registers in: rdi seed, rsi gfn * 4K, r9 pages, rcx
- * writes; out: rax checksum, r10 writes done.
+ * (KVM_EXIT_IO), again if resumed.  Registers in: rdi seed, rsi gfn * 4K,
+ * r9 pages, rcx writes; out: rax checksum, r10 writes done.
  */
 #define KVM_WRITER_SEED0 0x9E3779B97F4A7C15ULL
 struct kvm_writer {
@@ -149,7 +155,7 @@ struct kvm_writer {
 
 enum kvm_guest_exit {
     KVM_GUEST_DONE = 0, /* `out` on KVM_GUEST_PORT: the program finished */
-    KVM_GUEST_HLT,      /* hlt */
+    KVM_GUEST_HLT,      /* hlt (not in the writer program) */
     KVM_GUEST_MMIO,     /* access outside every memslot (mmio_* fields) */
     KVM_GUEST_SHUTDOWN, /* triple fault (an exception: the guest has no IDT) */
     KVM_GUEST_FAILED,   /* entry failure, internal error, other exit */
