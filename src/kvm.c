@@ -184,6 +184,12 @@ static int open_kvm(char *why, size_t len)
         return -ENODEV;
     }
     int v = ioctl(fd, KVM_GET_API_VERSION, 0);
+    if (v < 0) {
+        int e = errno;
+        say(why, len, "/dev/kvm: KVM_GET_API_VERSION: %s (not a KVM device?)", strerror(e));
+        close(fd);
+        return -ENODEV;
+    }
     if (v != KVM_API_VERSION) {
         say(why, len, "/dev/kvm: KVM API version %d, need %d", v, KVM_API_VERSION);
         close(fd);

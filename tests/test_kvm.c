@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -658,6 +659,56 @@ static void test_thp_pmd_mapped(void **state)
         assert_true(kp[1] > 0);
 }
 
+/* ---- the command line --------------------------------------------------- */
+
+/* Run a shell command, its stdout (and stderr) into buf; exit status. */
+static int capture(const char *cmd, char *buf, size_t len)
+{
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = 0;
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `hugevm kvm --json` checks its own run; without /dev/kvm (hidden in a
+ * private mount namespace) it stops with a clear error. */
+static void test_cli(void **state)
+{
+    (void)state;
+    KVM_OR_SKIP();
+    char hv[PATH_MAX + 32], cmd[PATH_MAX + 256];
+    static char out[1 << 16];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary was not found (%s)\n", hv);
+        skip();
+    }
+    snprintf(cmd, sizeof(cmd), "%s kvm --guest-mem 32M --writes 20000 --seed 5 --log-dirty --json",
+             hv);
+    assert_int_equal(capture(cmd, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "\"reason\":\"done (out)\""));
+    assert_non_null(strstr(out, "\"checksum_match\":true"));
+    assert_non_null(strstr(out, "\"mismatches\":0,"));
+    assert_non_null(strstr(out, "\"matches_model\":true"));
+    assert_non_null(strstr(out, "\"audit\":\"ok\""));
+    snprintf(cmd, sizeof(cmd), "%s kvm --guest-mem 32M --writes 1000", hv);
+    assert_int_equal(capture(cmd, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "host shmem THP:"));
+    assert_non_null(strstr(out, "memslots: 2 used"));
+
+    snprintf(cmd, sizeof(cmd),
+             "unshare -m sh -c 'mount --bind /dev/null /dev/kvm && exec %s kvm' 2>&1", hv);
+    if (geteuid() != 0 || system("unshare -m true >/dev/null 2>&1") != 0) {
+        print_message("# no private mount namespace here: the no-/dev/kvm error path is "
+                      "not exercised\n");
+        return;
+    }
+    assert_int_equal(capture(cmd, out, sizeof(out)), 1);
+    print_message("# without /dev/kvm: %s", out);
+    assert_non_null(strstr(out, "hugevm: kvm: /dev/kvm cannot run guests here"));
+}
+
 /* Without /dev/kvm the probe says why instead of failing later. */
 static void test_probe_reason(void **state)
 {
@@ -679,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_defrag_remap),
         cmocka_unit_test(test_superpage_alignment),
         cmocka_unit_test_teardown(test_thp_pmd_mapped, thp_teardown),
+        cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -271,7 +271,7 @@ static int run_kvm(int argc, char **argv)
         printf("memslots: %u used of %u; dirty log: %s%s\n", mi.slots, mi.max_slots,
                mi.manual_protect ? "KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG" : "KVM_GET_DIRTY_LOG (get-and-clear)",
                mi.dirty_ring ? ", dirty ring offered (unused)" : "");
-        printf("guest: long mode, page tables with %s pages; writer: %llu writes over gfn "
+        printf("guest: long mode at CPL 3, page tables with %s pages; writer: %llu writes over gfn "
                "%#llx-%#llx (%s), seed %llu\n",
                guest_page, (unsigned long long)w.writes, (unsigned long long)w.gfn,
                (unsigned long long)(w.gfn + w.pages - 1),
@@ -303,9 +303,8 @@ static int run_kvm(int argc, char **argv)
                    (unsigned long long)kp[0], (unsigned long long)kp[1],
                    (unsigned long long)kp[2], o.log_dirty ? " (dirty logging keeps them 4K)" : "");
         else
-            printf("KVM's mappings: %s\n", kp_ok ? "KVM reports no pages_4k/2m/1g here "
-                                                   "(shadow paging does not count them)"
-                                                 : "not reported by this kernel");
+            printf("KVM's mappings: %s\n", kp_ok ? "none counted (pages_4k/2m/1g all 0)"
+                                                 : "not reported by this kernel (no stats fd)");
         if (!o.no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
