@@ -439,15 +439,22 @@ static int slots_for(const struct mrun *v, size_t n, struct mslot **out, unsigne
     return 0;
 }
 
+/* Is slot s (gfn and size) in v[0..n), sorted by gfn?  *id gets its id. */
 static bool slot_in(const struct mslot *s, const struct mslot *v, unsigned n, unsigned *id)
 {
-    for (unsigned i = 0; i < n; i++)
-        if (v[i].gfn == s->gfn && v[i].pages == s->pages) {
-            if (id)
-                *id = v[i].id;
-            return true;
-        }
-    return false;
+    unsigned lo = 0, hi = n;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        if (v[mid].gfn < s->gfn)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == n || v[lo].gfn != s->gfn || v[lo].pages != s->pages)
+        return false;
+    if (id)
+        *id = v[lo].id;
+    return true;
 }
 
 /* Apply the difference between vm->runs and new runs nv[0..nn) to the
@@ -513,12 +520,12 @@ long kvm_sync(struct kvm_vm *vm)
     uint64_t gen = d->p2m_gen, tot = d->tot_pages, pod = d->pod.entry_count;
     pthread_mutex_unlock(&d->lock);
     if (rc < 0)
-        goto out_nochange;
+        goto out_reset;
     if ((rc = slots_for(c.v, c.n, &ns, &nns)) < 0)
-        goto out_nochange;
+        goto out_reset;
     if (nns > vm->max_slots) {
         rc = -ENOSPC;
-        goto out_nochange;
+        goto out_reset;
     }
     /* 1. slots that change go away (their dirty bits are kept) */
     unsigned kept = 0;
@@ -548,14 +555,15 @@ long kvm_sync(struct kvm_vm *vm)
     c.v = NULL;
     memcpy(vm->leaves, c.leaves, sizeof(vm->leaves));
     vm->mapped_pages = c.pages;
-    /* 3. new slots, with the lowest free ids */
+    /* 3. new slots, with free ids */
+    unsigned next_id = 0;
     for (unsigned i = 0; i < nns; i++) {
         if (slot_in(&ns[i], vm->slots, vm->nslots, &ns[i].id))
             continue;
-        unsigned id = 0;
-        while (id < vm->max_slots && vm->slot_used[id])
-            id++;
-        ns[i].id = id; /* exists: nns <= max_slots */
+        while (vm->slot_used[next_id]) /* a free id exists: nns <= max_slots */
+            next_id = (next_id + 1) % vm->max_slots;
+        ns[i].id = next_id;
+        unsigned id = next_id;
         if ((rc = slot_region(vm, &ns[i], true)) < 0) {
             /* delete the slots this step created; the kept ones go in
              * mirror_reset */
@@ -577,11 +585,9 @@ long kvm_sync(struct kvm_vm *vm)
     return changed;
 
 out_reset:
-    mirror_reset(vm); /* deletes vm->slots[0..nslots): what KVM still has */
-    free(ns);
-    free(c.v);
-    return rc;
-out_nochange:
+    /* Whatever failed, the old mirror may map frames the domain no longer
+     * owns: empty it (vm->slots[0..nslots) is what KVM still has). */
+    mirror_reset(vm);
     free(ns);
     free(c.v);
     return rc;
@@ -1042,6 +1048,8 @@ int kvm_vm_create(struct domain *d, const struct kvm_vm_opts *o, struct kvm_vm *
     }
     int n = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_NR_MEMSLOTS);
     vm->max_slots = n > 0 ? (unsigned)n : 32;
+    if (o->max_slots && o->max_slots < vm->max_slots)
+        vm->max_slots = o->max_slots;
     vm->slot_used = calloc(vm->max_slots, 1);
     if (!vm->slot_used) {
         rc = -ENOMEM;

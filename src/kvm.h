@@ -78,6 +78,7 @@ struct kvm_vm_opts {
                         * highest p2m leaf (at least 4 GiB), rounded up to
                         * 1 GiB; must cover every RAM leaf */
     bool guest_2m;     /* guest page tables with 2M pages even if 1G exist */
+    unsigned max_slots; /* use at most this many memslots (0: KVM_CAP_NR_MEMSLOTS) */
 };
 
 /* Statistics declared once: name, description. */

@@ -7,7 +7,10 @@
  * region out takes it out of the mirror and the memslots (a guest access
  * exits with KVM_EXIT_MMIO) and gives its frames back, ballooning it in
  * maps it again; defrag moving frames is re-mirrored by touching only the
- * moved region; 1G and 2M leaves are host mappings of the same alignment.
+ * moved region; more RAM runs than memslots empties the mirror until a
+ * sync fits again; 1G and 2M leaves are host mappings of the same
+ * alignment; `hugevm kvm` checks its own run and fails clearly without
+ * /dev/kvm.
  * Every test needing /dev/kvm reports SKIP with the reason when it is
  * missing or unusable.
  */
@@ -463,6 +466,60 @@ static void test_defrag_remap(void **state)
     guest_down(&g);
 }
 
+/* ---- memslots are bounded ------------------------------------------------ */
+
+/* More RAM runs than memslots: the sync fails with -ENOSPC and empties the
+ * mirror (it may map frames the domain gave back), the guest is refused
+ * until a sync succeeds again. */
+static void test_memslot_limit(void **state)
+{
+    (void)state;
+    KVM_OR_SKIP();
+    struct guest g;
+    struct domain_config c;
+    char why[256] = "";
+    g.m = new_machine(128 * MiB);
+    domain_config_default(&c);
+    assert_int_equal(domain_create(g.m, &c, &g.d), 0);
+    assert_int_equal(domain_populate_guest(g.d, 64 * MiB, NULL), 0);
+    struct kvm_vm_opts o = {.max_slots = 3};
+    int rc = kvm_vm_create(g.d, &o, &g.vm, why, sizeof(why));
+    if (rc < 0)
+        fail_msg("kvm_vm_create: %s (%s)", strerror(-rc), why);
+    struct kvm_mirror_info mi;
+    kvm_mirror_get_info(g.vm, &mi);
+    assert_int_equal(mi.max_slots, 3);
+    assert_int_equal(mi.slots, 2);
+    assert_int_equal(domain_decrease_reservation(g.d, 0x1000, 512), 512);
+    assert_int_equal(kvm_sync(g.vm), 512);
+    kvm_mirror_get_info(g.vm, &mi);
+    assert_int_equal(mi.slots, 3);
+    /* a fourth RAM run does not fit */
+    assert_int_equal(domain_decrease_reservation(g.d, 0x2000, 512), 512);
+    assert_int_equal(kvm_sync(g.vm), -ENOSPC);
+    assert_true(kvm_sync_needed(g.vm));
+    kvm_mirror_get_info(g.vm, &mi);
+    assert_int_equal(mi.slots, 0);
+    assert_int_equal(mi.mapped_pages, 0);
+    assert_null(kvm_gfn_hva(g.vm, 0x2000));
+    struct kvm_guest_result r;
+    struct kvm_writer w = {.seed = 1, .gfn = 0x200, .pages = 512, .writes = 10};
+    assert_int_equal(kvm_run_writer(g.vm, &w, &r), -ESTALE);
+    audit_all(g.d);
+    /* back to three runs: the mirror is rebuilt and the guest runs */
+    assert_int_equal(domain_increase_reservation(g.d, 0x2000, 1, PAGE_ORDER_2M), 0);
+    assert_true(kvm_sync(g.vm) > 0);
+    kvm_mirror_get_info(g.vm, &mi);
+    assert_int_equal(mi.slots, 3);
+    assert_int_equal(mi.mapped_pages, g.d->tot_pages);
+    struct model mo;
+    model_init(&mo, 0x200, 512);
+    run_both(&g, &mo, &w);
+    compare_pages(&g, &mo);
+    model_fini(&mo);
+    guest_down(&g);
+}
+
 /* ---- (d) superpages are host mappings of the same alignment ------------- */
 
 struct align_ctx {
@@ -728,6 +785,7 @@ int main(void)
         cmocka_unit_test(test_dirty_log),
         cmocka_unit_test(test_balloon_out_in),
         cmocka_unit_test(test_defrag_remap),
+        cmocka_unit_test(test_memslot_limit),
         cmocka_unit_test(test_superpage_alignment),
         cmocka_unit_test_teardown(test_thp_pmd_mapped, thp_teardown),
         cmocka_unit_test(test_cli),
