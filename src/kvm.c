@@ -1131,8 +1131,8 @@ int kvm_vm_create(struct domain *d, const struct kvm_vm_opts *o, struct kvm_vm *
     vm->guest_order = has_1g && !o->guest_2m ? PAGE_ORDER_1G : PAGE_ORDER_2M;
     vm->boot_pages = BOOT_PD0 + (vm->guest_order == PAGE_ORDER_2M ? max_gfn / GFN_PER_GIB : 1);
     if (KVM_BOOT_GFN + vm->boot_pages > VGA_HOLE_GFN) {
-        say(why, len, "%llu GiB need %llu page directories below the VGA hole: use 1G guest pages",
-            (unsigned long long)(max_gfn / GFN_PER_GIB), (unsigned long long)(max_gfn / GFN_PER_GIB));
+        say(why, len, "%llu GiB of guest-physical space need more page directories than fit "
+            "below the VGA hole with 2M guest pages", (unsigned long long)(max_gfn / GFN_PER_GIB));
         rc = -EINVAL;
         goto err;
     }

@@ -269,7 +269,8 @@ static int run_kvm(int argc, char **argv)
                mirror_s * 1e3, (unsigned long long)mi.leaves[0], (unsigned long long)mi.leaves[1],
                (unsigned long long)mi.leaves[2]);
         printf("memslots: %u used of %u; dirty log: %s%s\n", mi.slots, mi.max_slots,
-               mi.manual_protect ? "KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG" : "KVM_GET_DIRTY_LOG (get-and-clear)",
+               mi.manual_protect ? "KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG"
+                                 : "KVM_GET_DIRTY_LOG (get-and-clear)",
                mi.dirty_ring ? ", dirty ring offered (unused)" : "");
         printf("guest: long mode at CPL 3, page tables with %s pages; writer: %llu writes over gfn "
                "%#llx-%#llx (%s), seed %llu\n",
@@ -292,7 +293,8 @@ static int run_kvm(int argc, char **argv)
             printf("dirty log: off (--log-dirty harvests it); %llu pages written\n",
                    (unsigned long long)model_pages);
         if (hm_ok)
-            printf("host huge pages: %s of %s resident through the mirror is PMD-mapped (%.0f%%)%s\n",
+            printf("host huge pages: %s of %s resident through the mirror is PMD-mapped "
+                   "(%.0f%%)%s\n",
                    hv_fmt_size(hm.pmd_mapped_bytes, b1, sizeof(b1)),
                    hv_fmt_size(hm.rss_bytes, b2, sizeof(b2)), pmd_frac * 100,
                    thp_shmem_usable(m->thp) ? ""
