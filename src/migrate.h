@@ -34,9 +34,10 @@
  * without data; a page in a hole of the machine memfd is zero without being
  * read), copies them into 1 MiB frame buffers, checksums and compresses each
  * frame; a writer thread sends sealed frames, so page reading, zero
- * detection, checksums and compression overlap socket writes.  Data pages
- * are found by SEEK_DATA/SEEK_HOLE windows (a data window is walked once
- * per pass), so only resident pages are zero-checked.  The receiver reads
+ * detection, checksums and compression overlap socket writes.  Pages in a
+ * hole of the memfd are found without reading them (machine_holes: mincore
+ * per 2M chunk, or SEEK_DATA/SEEK_HOLE on hosts with swap), so only
+ * resident pages are zero-checked.  The receiver reads
  * large uncompressed DATA frames straight into the buffers stream_restore
  * reads into and checks their checksum as the last byte arrives (a bad
  * frame still fails the migration before END is acted on).
