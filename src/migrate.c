@@ -1166,15 +1166,19 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
         goto wfail;
     in_doubt = true;
     rep->downtime_s = (double)(hv_now_ns() - t_pause) / 1e9;
-    if (o->cut_after_commit)
-        shutdown(fd, SHUT_RDWR);
     char rerr[STREAM_ERR_LEN / 2], none[1];
-    rc = recv_ctrl(fd, MIG_RESUMED, none, 0, rerr, sizeof(rerr), "receiver");
+    if (o->cut_after_commit) {
+        /* a RESUMED already in the socket would still be read: do not */
+        shutdown(fd, SHUT_RDWR);
+        snprintf(rerr, sizeof(rerr), "connection cut by fault injection after COMMIT");
+        rc = -ECONNRESET;
+    } else {
+        rc = recv_ctrl(fd, MIG_RESUMED, none, 0, rerr, sizeof(rerr), "receiver");
+    }
     if (rc < 0) {
         snprintf(rep->err, sizeof(rep->err), "IN DOUBT: COMMIT was sent but RESUMED did not "
-                 "arrive (%.120s%s): the receiver may be running the guest; this copy is kept "
-                 "paused, neither resumed nor destroyed", rerr,
-                 o->cut_after_commit ? ", connection cut by fault injection after COMMIT" : "");
+                 "arrive (%.120s): the receiver may be running the guest; this copy is kept "
+                 "paused, neither resumed nor destroyed", rerr);
         rc = -EINPROGRESS;
         goto out;
     }

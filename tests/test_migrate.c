@@ -222,6 +222,8 @@ struct rx_env {
     struct migrate_recv_opts o;
     struct migrate_recv_result res;
     int rc;
+    bool hold_fd; /* keep the connection open until rx_join */
+    int fd;
     pthread_t t;
 };
 
@@ -235,7 +237,10 @@ static void *rx_main(void *arg)
         return NULL;
     }
     r->rc = migrate_receive(r->m, fd, &r->o, &r->res);
-    close(fd);
+    if (r->hold_fd)
+        r->fd = fd;
+    else
+        close(fd);
     return NULL;
 }
 
@@ -246,20 +251,33 @@ static void rx_listen(struct rx_env *r)
     r->sa.sin_port = htons(r->port);
 }
 
-static void rx_start(struct rx_env *r, struct machine *m, struct model *mo)
+/* cut: 1 cut_before_commit, 2 cut_before_resumed (both keep the
+ * connection open until rx_join), 0 neither. */
+static void rx_start_cut(struct rx_env *r, struct machine *m, struct model *mo, int cut)
 {
     memset(r, 0, sizeof(*r));
+    r->fd = -1;
     r->m = m;
     r->o.timeout_ms = 20000;
     r->o.on_write = model_put;
     r->o.ctx = mo;
+    r->o.cut_before_commit = cut == 1;
+    r->o.cut_before_resumed = cut == 2;
+    r->hold_fd = cut != 0;
     rx_listen(r);
     assert_int_equal(pthread_create(&r->t, NULL, rx_main, r), 0);
+}
+
+static void rx_start(struct rx_env *r, struct machine *m, struct model *mo)
+{
+    rx_start_cut(r, m, mo, 0);
 }
 
 static void rx_join(struct rx_env *r)
 {
     pthread_join(r->t, NULL);
+    if (r->fd >= 0)
+        close(r->fd);
     close(r->lfd);
 }
 
@@ -303,6 +321,10 @@ static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress
     rx_join(&rx);
     if (rc < 0 || rx.rc < 0)
         fail_msg("migration failed: sender: %s; receiver: %s", rep->err, rx.res.err);
+    /* the sender returned 0: RESUMED came, nobody is in doubt */
+    assert_false(rep->in_doubt);
+    assert_false(rx.res.in_doubt);
+    assert_false(rx.res.resumed_unsent);
     print_message("# %s%s, %u vCPU(s): %u rounds (%s), %llu data + %llu zero pages, %llu wire "
                   "bytes, downtime %.1f ms, leaves 1G %llu 2M %llu 4K %llu during log-dirty\n",
                   dirty_mode_name(mode), compress ? " +zstd" : "", e->g->nr_vcpus, rep->nr_rounds,
@@ -457,7 +479,8 @@ static void *proxy_main(void *arg)
     return NULL;
 }
 
-static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, bool compress)
+static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, bool compress,
+                           bool rx_in_doubt)
 {
     struct machine *rm;
     struct rx_env rx;
@@ -490,6 +513,28 @@ static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, b
     assert_true(rx.rc < 0);
     assert_true(rep->err[0] != 0);
     assert_true(rx.res.err[0] != 0);
+    /* COMMIT never left whole: the sender is not in doubt, it runs again */
+    assert_false(rep->in_doubt);
+    assert_int_not_equal(rc, -EINPROGRESS);
+    if (rx_in_doubt) {
+        /* but the receiver sent RESULT {ok} and cannot know that: it keeps
+         * its copy paused in doubt (here the sender's is the one to run) */
+        if (rx.rc != -EINPROGRESS)
+            fail_msg("cut at %llu: receiver not in doubt: %s", (unsigned long long)cut,
+                     rx.res.err);
+        assert_true(rx.res.in_doubt);
+        assert_non_null(rx.res.g);
+        assert_false(rx.res.g->started);
+        AUDIT_OK(domain_audit(rx.res.g->d));
+        AUDIT_OK(frames_audit(rm->frames));
+        struct domain *rd = rx.res.g->d;
+        migrate_guest_destroy(rx.res.g);
+        domain_destroy(rd);
+        rx.res.g = NULL;
+    } else {
+        assert_false(rx.res.in_doubt);
+        assert_int_not_equal(rx.rc, -EINPROGRESS);
+    }
     rx_nothing_left(&rx);
     migrate_recv_result_free(&rx.res);
     machine_destroy(rm);
@@ -529,9 +574,10 @@ static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
  * Cuts while the guest writes fall inside round 0 (whose length does not
  * depend on the writes); then, with the guest idle (a stream of fixed
  * length T), cuts anywhere up to the last byte, including inside DONE and
- * COMMIT.  A proxy that swallows the tail of COMMIT is the one cut nothing
- * can survive (the sender has sent everything and commits; the receiver
- * never sees COMMIT): proxy cuts stop before COMMIT.
+ * COMMIT.  A sender cut inside COMMIT keeps the sender's copy (its COMMIT
+ * did not leave whole) and the receiver's, paused in doubt.  A proxy that
+ * swallows the tail of a COMMIT the sender wrote whole leaves both in doubt
+ * (test_commit_lost): proxy cuts stop before COMMIT.
  */
 static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
 {
@@ -544,7 +590,7 @@ static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
     unsigned live = runs / 2;
     for (unsigned i = 0; i < live; i++) {
         uint64_t cut = i < ARRAY_SIZE(edges) ? edges[i] : 1 + hv_rng_below(&r, r0 - 1);
-        failed_attempt(&e, cut, proxy_cut, i & 1);
+        failed_attempt(&e, cut, proxy_cut, i & 1, false);
     }
     migrate_guest_stop(e.g);
     uint64_t t = trial_migration(&e, NULL);
@@ -553,7 +599,9 @@ static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
         uint64_t cut = i < ARRAY_SIZE(tail) ? tail[i] : 1 + hv_rng_below(&r, t - 1);
         if (proxy_cut && cut > t - 25)
             cut = t - 25 - i;
-        failed_attempt(&e, cut, proxy_cut, false);
+        /* DONE ends 24 bytes before the end: a cut at or after it lets
+         * DONE through, and RESULT {ok} out, but not COMMIT */
+        failed_attempt(&e, cut, proxy_cut, false, cut >= t - 24);
     }
     print_message("# %u cuts (%s), round 0 %llu bytes, idle stream %llu bytes: sender healthy, "
                   "nothing left on the receiver each time\n", runs,
@@ -578,6 +626,156 @@ static void test_cut_by_proxy(void **state)
 {
     (void)state;
     cut_runs(true, 10, 12);
+}
+
+/* ---- the commit window -------------------------------------------------------------- */
+
+/* The sender after COMMIT left without RESUMED: in doubt, paused (it does
+ * not run), log-dirty off, not destroyed, its memory what it was at pause
+ * (hs: the page checksums taken at pause). */
+static void sender_in_doubt(struct sender_env *e, const struct migrate_report *rep, int rc,
+                            const uint64_t *hs)
+{
+    if (rc != -EINPROGRESS)
+        fail_msg("sender not in doubt: rc %d: %s", rc, rep->err);
+    assert_int_equal(rep->rc, -EINPROGRESS);
+    assert_true(rep->in_doubt);
+    assert_non_null(strstr(rep->err, "IN DOUBT"));
+    assert_false(dirty_enabled(e->d));
+    assert_true(e->g->paused);
+    uint64_t a0 = __atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED);
+    sleep_ms(30);
+    assert_int_equal(__atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED), a0);
+    uint64_t *h = calloc(GUEST_GFNS, 8);
+    assert_non_null(h);
+    page_hashes(e->d, h);
+    assert_memory_equal(hs, h, GUEST_GFNS * 8);
+    free(h);
+    assert_true(migrate_digest(e->d, NULL) == rep->digest_sender);
+    model_check(e->model, e->d);
+    AUDIT_OK(domain_audit(e->d));
+    AUDIT_OK(frames_audit(e->m->frames));
+}
+
+/* The receiver's copy equals the sender's at pause. */
+static void rx_copy_equal(struct rx_env *rx, const struct migrate_report *rep, const uint64_t *hs,
+                          struct model *mo)
+{
+    assert_non_null(rx->res.g);
+    struct domain *rd = rx->res.g->d;
+    uint64_t *h = calloc(GUEST_GFNS, 8);
+    assert_non_null(h);
+    page_hashes(rd, h);
+    assert_memory_equal(hs, h, GUEST_GFNS * 8);
+    free(h);
+    assert_true(migrate_digest(rd, NULL) == rep->digest_sender);
+    model_check(mo, rd);
+    AUDIT_OK(domain_audit(rd));
+    AUDIT_OK(frames_audit(rx->m->frames));
+}
+
+/* Run the receiver's copy a little: it works and its data is intact. */
+static void rx_run(struct rx_env *rx, struct sender_env *e)
+{
+    struct migrate_guest *g = rx->res.g;
+    uint64_t a0 = __atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED);
+    assert_int_equal(migrate_guest_start(g), 0);
+    sleep_ms(50);
+    migrate_guest_stop(g);
+    /* the sender's copy stayed paused meanwhile: never two running */
+    assert_int_equal(__atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED), a0);
+    assert_int_equal(g->err, 0);
+    assert_true(g->accesses > 0);
+    model_check(e->model, g->d);
+    AUDIT_OK(domain_audit(g->d));
+    struct domain *rd = g->d;
+    migrate_guest_destroy(g);
+    domain_destroy(rd);
+    rx->res.g = NULL;
+    AUDIT_OK(frames_audit(rx->m->frames));
+}
+
+/* COMMIT lost on the way (the receiver drops the connection after RESULT
+ * {ok}, before it reads COMMIT): both sides keep their copy paused in
+ * doubt, both equal to the guest at pause; neither runs.  Then the doubt is
+ * ended by running the receiver's copy. */
+static void test_commit_lost(void **state)
+{
+    (void)state;
+    struct sender_env e;
+    struct machine *rm;
+    struct rx_env rx;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    uint64_t *hs = calloc(GUEST_GFNS, 8);
+    assert_non_null(rep);
+    assert_non_null(hs);
+    sender_init(&e, 2, 20000, 0.02);
+    sleep_ms(30);
+    assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    rx_start_cut(&rx, rm, e.model, 1);
+    struct migrate_opts o = {.on_paused = on_paused_hash, .ctx = hs, .timeout_ms = 5000};
+    int fd = connect_to(rx.port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    /* the receiver is done (in doubt) before its connection closes: the
+     * sender's COMMIT went out whole */
+    close(fd);
+    rx_join(&rx);
+    print_message("# COMMIT lost: sender: %s\n#   receiver: %s\n", rep->err, rx.res.err);
+    sender_in_doubt(&e, rep, rc, hs);
+    if (rx.rc != -EINPROGRESS)
+        fail_msg("receiver not in doubt: rc %d: %s", rx.rc, rx.res.err);
+    assert_true(rx.res.in_doubt);
+    assert_non_null(strstr(rx.res.err, "IN DOUBT"));
+    assert_false(rx.res.g->started);
+    rx_copy_equal(&rx, rep, hs, e.model);
+    rx_run(&rx, &e);
+    migrate_recv_result_free(&rx.res);
+    machine_destroy(rm);
+    sender_fini(&e);
+    free(hs);
+    free(rep);
+}
+
+/* RESUMED lost (the receiver cuts instead of sending it; or the sender
+ * cuts right after COMMIT): the receiver owns the guest and runs it, the
+ * sender is in doubt, paused and not destroyed. */
+static void test_resumed_lost(void **state)
+{
+    (void)state;
+    for (int k = 0; k < 2; k++) {
+        struct sender_env e;
+        struct machine *rm;
+        struct rx_env rx;
+        struct migrate_report *rep = calloc(1, sizeof(*rep));
+        uint64_t *hs = calloc(GUEST_GFNS, 8);
+        assert_non_null(rep);
+        assert_non_null(hs);
+        sender_init(&e, 2, 20000, 0.02);
+        sleep_ms(30);
+        assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+        rx_start_cut(&rx, rm, e.model, k == 0 ? 2 : 0);
+        struct migrate_opts o = {.on_paused = on_paused_hash, .ctx = hs, .timeout_ms = 5000,
+                                 .cut_after_commit = k == 1};
+        int fd = connect_to(rx.port);
+        int rc = migrate_send(e.g, fd, &o, rep);
+        close(fd);
+        rx_join(&rx);
+        print_message("# RESUMED lost (%s): sender: %s\n", k ? "sender cuts after COMMIT" :
+                      "receiver cuts before RESUMED", rep->err);
+        if (rx.rc != 0)
+            fail_msg("receiver failed: %s", rx.res.err);
+        assert_false(rx.res.in_doubt);
+        if (k == 0)
+            assert_true(rx.res.resumed_unsent);
+        sender_in_doubt(&e, rep, rc, hs);
+        rx_copy_equal(&rx, rep, hs, e.model);
+        rx_run(&rx, &e);
+        migrate_recv_result_free(&rx.res);
+        machine_destroy(rm);
+        sender_fini(&e);
+        free(hs);
+        free(rep);
+    }
 }
 
 /* ---- hostile peers ----------------------------------------------------------------- */
@@ -1675,6 +1873,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_end_rules),
     cmocka_unit_test(test_cut_by_sender),
     cmocka_unit_test(test_cut_by_proxy),
+    cmocka_unit_test(test_commit_lost),
+    cmocka_unit_test(test_resumed_lost),
     cmocka_unit_test(test_hostile_sender),
     cmocka_unit_test(test_hostile_receiver),
     cmocka_unit_test(test_live_stream_repeats),
@@ -1688,5 +1888,7 @@ static const struct CMUnitTest tests[] = {
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    if (getenv("TEST_FILTER")) /* run only the tests matching a pattern */
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
