@@ -5,7 +5,9 @@
  * before migration, the workload's data intact after resuming on the
  * receiver), fault injection (the connection cut at random byte offsets by
  * the sender's socket writer and by a proxy thread: a healthy sender, no
- * receiver domain, then a retry that succeeds), hostile peers on both
+ * receiver domain, then a retry that succeeds), the commit window (COMMIT
+ * lost: both copies kept paused in doubt; RESUMED lost: the receiver runs,
+ * the sender's copy is kept paused in doubt), hostile peers on both
  * sides, and sender and receiver as separate processes over loopback and
  * across two network namespaces.  The memory map changing during the
  * migration: a PoD guest demand-populating and zero-swept, a guest
