@@ -1159,6 +1159,11 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
      * (the receiver cannot act on it); once it is whole on the socket, the
      * receiver may run the guest, so from then on this copy never runs
      * again: it is destroyed after RESUMED, or kept paused in doubt. */
+    if (o->cut_before_commit) {
+        shutdown(fd, SHUT_RDWR);
+        rc = sfail(s, -ECONNRESET, "connection cut by fault injection before COMMIT");
+        goto out;
+    }
     rc = pipe_ctrl(&s->pipe, MIG_COMMIT, NULL, 0);
     if (rc == 0)
         rc = pipe_drain(&s->pipe);

@@ -282,6 +282,10 @@ struct migrate_opts {
     /* Fault injection: cut the connection (shutdown) right after COMMIT is
      * on the socket, before RESUMED is read. */
     bool cut_after_commit;
+    /* Fault injection: cut the connection after RESULT {ok} instead of
+     * sending COMMIT (it never leaves: this copy runs again, the receiver
+     * is left in doubt). */
+    bool cut_before_commit;
     /* Fault injection: send these bytes as DATA right after HELLO (tests). */
     const void *inject;
     size_t inject_len;

@@ -1819,6 +1819,75 @@ static void test_processes_loopback(void **state)
     print_message("# hugevm receive and hugevm migrate as two processes over 127.0.0.1: ok\n");
 }
 
+/* A receiver process left in doubt (the sender cuts after RESULT {ok}: its
+ * COMMIT never leaves, it runs on): hugevm receive saves the paused guest,
+ * exits 3, and hugevm restore --run resumes the saved copy. */
+static void test_process_receiver_in_doubt(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvdoubtXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96], saved[96], relog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    snprintf(saved, sizeof(saved), "%s/in-doubt.hvs", dir);
+    snprintf(relog, sizeof(relog), "%s/restore.json", dir);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
+                     "--in-doubt-save", saved, "--json", NULL};
+    pid_t rp = spawn(rargv, rlog);
+    unsigned port = 0;
+    for (int i = 0; i < 400 && !port; i++) {
+        FILE *f = fopen(portf, "r");
+        if (f) {
+            if (fscanf(f, "%u", &port) != 1)
+                port = 0;
+            fclose(f);
+        }
+        if (!port)
+            sleep_ms(50);
+    }
+    assert_true(port != 0);
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 2, 20000, 0.02);
+    sleep_ms(30);
+    struct migrate_opts o = {.timeout_ms = 20000, .cut_before_commit = true};
+    int fd = connect_to((uint16_t)port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    close(fd);
+    assert_true(rc < 0);
+    assert_false(rep->in_doubt);
+    assert_true(rep->verified);
+    sender_healthy(&e, rep); /* its COMMIT never left: it runs on */
+    int rs = wait_deadline(rp, 60);
+    if (rs != 3)
+        fail_msg("receiver exited %d, not 3 (in doubt); log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"in_doubt\"", "true"));
+    assert_true(file_has(rlog, "\"in_doubt_saved\"", saved));
+    assert_true(file_has(rlog, "\"audit\"", "ok"));
+    char *xargv[] = {hv, "restore", saved, "--run", "--seconds", "0.2", "--host-mem", "4G",
+                     "--json", NULL};
+    int xs = wait_deadline(spawn(xargv, relog), 60);
+    if (xs != 0)
+        fail_msg("hugevm restore --run of the in-doubt copy exited %d; log in %s", xs, relog);
+    print_message("# receiver process in doubt: exit 3, saved copy restored and run\n");
+    unlink(portf);
+    unlink(rlog);
+    unlink(saved);
+    unlink(relog);
+    rmdir(dir);
+    free(rep);
+    sender_fini(&e);
+}
+
 static int sh(const char *fmt, ...) HV_PRINTF(1, 2);
 static int sh(const char *fmt, ...)
 {
@@ -1887,6 +1956,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_no_foreign_bytes),
     cmocka_unit_test(test_processes_loopback),
     cmocka_unit_test(test_processes_netns),
+    cmocka_unit_test(test_process_receiver_in_doubt),
 };
 
 int main(void)
