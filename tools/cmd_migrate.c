@@ -7,6 +7,11 @@
  * terminal; a report (total time, downtime, bytes per round, rounds and the
  * rule that ended them, leaf counts before, during log-dirty and on the
  * receiver, digests) as text or, with --json, as one JSON document.
+ *
+ * In doubt (migrate.h: COMMIT left without RESUMED on the sender; RESULT
+ * {ok} out without COMMIT or ABORT on the receiver), either command saves
+ * its paused guest to --in-doubt-save FILE, prints IN DOUBT with which copy
+ * to resume (hugevm restore FILE --run) and exits with CLI_EXIT_IN_DOUBT.
  */
 #include <stdlib.h>
 #include <string.h>
