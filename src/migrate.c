@@ -337,7 +337,7 @@ static void frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, uin
 static const char *frame_name(unsigned t)
 {
     static const char *const n[] = {"?", "HELLO", "READY", "DATA", "DONE", "RESULT", "COMMIT",
-                                    "ABORT"};
+                                    "ABORT", "RESUMED"};
     return t < ARRAY_SIZE(n) ? n[t] : "unknown";
 }
 
@@ -957,7 +957,7 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     if (max_rounds > MIGRATE_MAX_ROUNDS)
         max_rounds = MIGRATE_MAX_ROUNDS;
     uint64_t t0 = hv_now_ns(), t_pause = 0, acc0 = g->accesses, parked0 = 0;
-    bool paused = false, committed = false, quarantined = false;
+    bool paused = false, committed = false, quarantined = false, in_doubt = false;
     struct hvctx_buf tl = {0};
     int rc;
 
@@ -1155,13 +1155,40 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
         }
         rep->verified = true;
     }
+    /* COMMIT: a write that fails leaves part of it at most on the wire
+     * (the receiver cannot act on it); once it is whole on the socket, the
+     * receiver may run the guest, so from then on this copy never runs
+     * again: it is destroyed after RESUMED, or kept paused in doubt. */
+    if (o->cut_before_commit) {
+        shutdown(fd, SHUT_RDWR);
+        rc = sfail(s, -ECONNRESET, "connection cut by fault injection before COMMIT");
+        goto out;
+    }
     rc = pipe_ctrl(&s->pipe, MIG_COMMIT, NULL, 0);
     if (rc == 0)
         rc = pipe_drain(&s->pipe);
     if (rc < 0)
         goto wfail;
-    committed = true;
+    in_doubt = true;
     rep->downtime_s = (double)(hv_now_ns() - t_pause) / 1e9;
+    char rerr[STREAM_ERR_LEN / 2], none[1];
+    if (o->cut_after_commit) {
+        /* a RESUMED already in the socket would still be read: do not */
+        shutdown(fd, SHUT_RDWR);
+        snprintf(rerr, sizeof(rerr), "connection cut by fault injection after COMMIT");
+        rc = -ECONNRESET;
+    } else {
+        rc = recv_ctrl(fd, MIG_RESUMED, none, 0, rerr, sizeof(rerr), "receiver");
+    }
+    if (rc < 0) {
+        snprintf(rep->err, sizeof(rep->err), "IN DOUBT: COMMIT was sent but RESUMED did not "
+                 "arrive (%.120s): the receiver may be running the guest; this copy is kept "
+                 "paused, neither resumed nor destroyed", rerr);
+        rc = -EINPROGRESS;
+        goto out;
+    }
+    in_doubt = false;
+    committed = true;
     goto out;
 
 wfail:
@@ -1172,7 +1199,7 @@ wfail:
         rc = sfail(s, rc, "writing the stream: %s", strerror(-rc));
     }
 out:
-    if (!committed && s->pipe.thread_up && !s->pipe.werr) {
+    if (!committed && !in_doubt && s->pipe.thread_up && !s->pipe.werr) {
         /* tell the receiver why, best effort (bounded by the socket timeout) */
         if (pipe_drain(&s->pipe) == 0 &&
             pipe_ctrl(&s->pipe, MIG_ABORT, rep->err, (uint32_t)strnlen(rep->err, 200)) == 0)
@@ -1201,11 +1228,12 @@ out:
     }
     if (!committed) {
         leaves_now(d, &rep->after_abort);
-        if (paused)
+        if (paused && !in_doubt)
             migrate_guest_resume(g);
         if (rc == 0)
             rc = -EIO;
     }
+    rep->in_doubt = in_doubt;
     rep->rc = committed ? 0 : rc;
     rep->total_s = (double)(hv_now_ns() - t0) / 1e9;
     rep->st.guest_accesses = g->accesses - acc0;
@@ -1244,6 +1272,7 @@ struct rx {
     XXH3_state_t *xs;
     ZSTD_DCtx *dctx;
     uint64_t offset, frames;
+    bool aborted;        /* an ABORT frame came */
     char err[STREAM_ERR_LEN / 2];
 };
 
@@ -1379,6 +1408,7 @@ static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
         for (uint8_t *p = x->raw; *p; p++)
             if (*p < 0x20 || *p > 0x7e)
                 *p = '?';
+        x->aborted = true;
         return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s", (char *)x->raw);
     }
     if (t != want || x->len != len)
@@ -1470,7 +1500,7 @@ out:
     return rc;
 }
 
-static void send_result(int fd, int status, const struct domain *d, bool verified,
+static int send_result(int fd, int status, const struct domain *d, bool verified,
                         uint64_t digest, uint64_t pages, const char *msg)
 {
     struct mig_result r;
@@ -1485,7 +1515,7 @@ static void send_result(int fd, int status, const struct domain *d, bool verifie
         r.pages_4k = htole64(domain_pages_4k(d));
     }
     snprintf(r.msg, sizeof(r.msg), "%.200s", msg ? msg : "");
-    (void)send_ctrl(fd, MIG_RESULT, &r, sizeof(r));
+    return send_ctrl(fd, MIG_RESULT, &r, sizeof(r));
 }
 
 int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o,
@@ -1559,17 +1589,50 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
             goto fail_msg;
         }
     }
-    send_result(fd, 0, d, res->verified, res->digest, pages, NULL);
-    rc = rx_ctrl(&x, MIG_COMMIT, NULL, 0);
-    if (rc < 0)
-        goto fail;
+    /* a RESULT not written whole cannot be acted on: the sender will not
+     * commit, this copy goes */
+    rc = send_result(fd, 0, d, res->verified, res->digest, pages, NULL);
+    if (rc < 0) {
+        snprintf(res->err, sizeof(res->err), "sending RESULT: %s", strerror(-rc));
+        goto fail_msg;
+    }
+    if (o->cut_before_commit) {
+        shutdown(fd, SHUT_RDWR);
+        rc = rxfail(&x, -ECONNRESET, "connection cut by fault injection before COMMIT");
+    } else {
+        rc = rx_ctrl(&x, MIG_COMMIT, NULL, 0);
+    }
+    if (rc < 0 && !x.aborted) {
+        /* the sender may have committed (its COMMIT lost) or not: keep the
+         * guest, paused, for the caller to decide */
+        snprintf(res->err, sizeof(res->err), "IN DOUBT: RESULT was sent but neither COMMIT nor "
+                 "ABORT arrived (%.150s): the sender may hold its copy paused in doubt or may run "
+                 "it again; this copy is kept paused", x.err[0] ? x.err : strerror(-rc));
+        res->g = g;
+        res->in_doubt = true;
+        rc = -EINPROGRESS;
+        goto out;
+    }
+    if (rc < 0) {
+        snprintf(res->err, sizeof(res->err), "%s", x.err);
+        migrate_guest_destroy(g);
+        domain_destroy(d);
+        goto out;
+    }
+    /* COMMIT: the guest is this side's now, whatever happens to RESUMED */
     res->g = g;
+    if (o->cut_before_resumed) {
+        shutdown(fd, SHUT_RDWR);
+        res->resumed_unsent = true;
+    } else if (send_ctrl(fd, MIG_RESUMED, "", 0) < 0) {
+        res->resumed_unsent = true;
+    }
     goto out;
 
 fail:
     snprintf(res->err, sizeof(res->err), "%s", x.err[0] ? x.err : strerror(-rc));
 fail_msg:
-    send_result(fd, rc, NULL, false, 0, 0, res->err);
+    (void)send_result(fd, rc, NULL, false, 0, 0, res->err);
     migrate_guest_destroy(g);
     domain_destroy(d);
 out:

@@ -18,7 +18,10 @@
  *            guest paused; tail with the PoD entries at pause; END)
  *   DONE {digest of every page at pause} ->  stream_restore has seen END
  *                                   <-       RESULT {status, digest, leaves}
- *   COMMIT (or ABORT)               ->       resume (or destroy)
+ *   COMMIT (or ABORT)               ->       the receiver owns the guest
+ *                                            (or destroys it)
+ *                                   <-       RESUMED
+ *   the sender destroys its copy
  *
  * Sender (migrate_send): log-dirty on; round 0 sends every RAM page; each
  * round measures the link rate (wire bytes / round time) and the dirty rate
@@ -43,11 +46,31 @@
  * frame still fails the migration before END is acted on).
  *
  * Nothing lost: any failure before RESULT (connection loss, timeout, a
- * receiver error, a digest mismatch, hostile bytes) leaves the sender with
+ * receiver error, a digest mismatch, hostile bytes), a RESULT that is not
+ * ok, or a COMMIT the sender could not write whole, leaves the sender with
  * log-dirty off, its superpages merged back and its guest running; the
- * receiver destroys its partial domain (stream_restore does on error; after
- * END, only COMMIT keeps it).  A COMMIT lost after it left the sender leaves
- * no running copy (the classic last-message window, noted, not solved).
+ * receiver destroys its partial domain (stream_restore does on error), and
+ * so does a receiver that gets ABORT after its RESULT.
+ *
+ * Never two copies, never none: the last messages decide who owns the
+ * guest, and a side that cannot know keeps its copy paused "in doubt"
+ * (-EINPROGRESS, in_doubt set) rather than run it or destroy it:
+ *   - the receiver runs the guest only after COMMIT arrived; it then sends
+ *     RESUMED (a RESUMED that cannot be sent does not change that);
+ *   - the sender resumes its copy only if COMMIT never left whole (the
+ *     receiver cannot have it), and destroys it only after RESUMED;
+ *   - a sender whose COMMIT left but who gets no RESUMED (connection lost,
+ *     timeout, anything else) keeps its copy paused in doubt: the receiver
+ *     may be running the guest, or may hold it in doubt itself;
+ *   - a receiver that sent RESULT {ok} and then gets neither COMMIT nor
+ *     ABORT (connection lost, timeout, a broken frame) keeps its restored
+ *     copy paused in doubt: the sender may hold its copy in doubt, or may
+ *     run it again (its COMMIT never left).
+ * Two copies in doubt are the same guest at the same instant (the digests
+ * matched); whoever ends the doubt (an operator; see hugevm migrate and
+ * receive) runs one: the receiver's if it is not running anywhere.  No
+ * protocol removes the window (the last message can always be lost); this
+ * one only makes it visible and keeps the guest in it.
  *
  * Memory map changes during migration: RAM populated or removed while
  * rounds run (balloon, populate, PoD demand populate and zero reclaim) is
@@ -88,7 +111,9 @@
 /* 2: the memory map may change during the migration (XTAB after data, PoD
  * entries from the tail); a version-1 receiver would refuse such a stream
  * halfway, so the handshake refuses it up front. */
-#define MIG_VERSION 2u
+/* 3: RESUMED, the receiver's last word; a version-2 sender would destroy
+ * its copy without waiting for it. */
+#define MIG_VERSION 3u
 #define MIG_FRAME_RAW (1u << 20)  /* raw bytes per DATA frame, at most */
 #define MIG_CTRL_MAX 4096u        /* control frame bodies, at most */
 
@@ -100,6 +125,7 @@ enum mig_frame_type {
     MIG_RESULT = 5,
     MIG_COMMIT = 6,
     MIG_ABORT = 7, /* body: a reason string */
+    MIG_RESUMED = 8, /* receiver -> sender after COMMIT: the guest is its now */
 };
 #define MIG_F_ZSTD 0x1u /* payload is one zstd frame of raw_len bytes */
 
@@ -253,6 +279,13 @@ struct migrate_opts {
     /* Fault injection: cut the connection (shutdown) after this many bytes
      * were written to the socket (0: never). */
     uint64_t fail_after_bytes;
+    /* Fault injection: cut the connection (shutdown) right after COMMIT is
+     * on the socket, before RESUMED is read. */
+    bool cut_after_commit;
+    /* Fault injection: cut the connection after RESULT {ok} instead of
+     * sending COMMIT (it never leaves: this copy runs again, the receiver
+     * is left in doubt). */
+    bool cut_before_commit;
     /* Fault injection: send these bytes as DATA right after HELLO (tests). */
     const void *inject;
     size_t inject_len;
@@ -293,15 +326,22 @@ struct migrate_report {
     struct migrate_leaves before, logdirty, receiver, after_abort;
     bool verified;
     uint64_t digest_sender, digest_receiver;
+    /* COMMIT left, RESUMED did not arrive: rc -EINPROGRESS, the guest is
+     * kept paused (not resumed, not destroyed); the receiver may run it. */
+    bool in_doubt;
     struct migrate_stats st;
 };
 
 /*
  * Migrate g's domain over the connected socket fd.  The runner may be
- * running (live) or not.  0: the receiver confirmed and got COMMIT; g is
- * paused and log-dirty is off: the caller destroys the sender's copy.
- * < 0: rep->err says why; log-dirty is off, superpages are merged back
- * (rep->after_abort) and g runs again if it was running.  fd is not closed.
+ * running (live) or not.  0: the receiver confirmed, got COMMIT and sent
+ * RESUMED; g is paused and log-dirty is off: the caller destroys the
+ * sender's copy.  -EINPROGRESS with rep->in_doubt: COMMIT left but RESUMED
+ * did not come; g is paused, log-dirty off: the caller must neither resume
+ * nor destroy it before it knows whether the receiver runs the guest.
+ * Other < 0: rep->err says why; log-dirty is off, superpages are merged
+ * back (rep->after_abort) and g runs again if it was running.  fd is not
+ * closed.
  */
 int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
                  struct migrate_report *rep) HV_MUST_CHECK;
@@ -310,6 +350,12 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
 
 struct migrate_recv_opts {
     int timeout_ms;          /* 0: default */
+    /* Fault injection: after RESULT {ok}, cut the connection (shutdown)
+     * instead of reading COMMIT (a COMMIT lost on the way). */
+    bool cut_before_commit;
+    /* Fault injection: after COMMIT, cut the connection instead of sending
+     * RESUMED (a RESUMED lost on the way). */
+    bool cut_before_resumed;
     /* Given to the rebuilt workloads (the sender's callback stays there). */
     void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val);
     void *ctx;
@@ -322,13 +368,21 @@ struct migrate_recv_result {
     uint64_t digest;
     uint64_t wire_bytes, frames;
     double seconds;
+    /* RESULT {ok} sent, then neither COMMIT nor ABORT: rc -EINPROGRESS and
+     * g holds the restored guest, paused (not started): the sender may run
+     * it again or hold it in doubt too. */
+    bool in_doubt;
+    bool resumed_unsent;     /* committed, but RESUMED could not be sent */
     char err[STREAM_ERR_LEN];
 };
 
 /*
  * Receive one migration on the connected socket fd onto machine m.  0 and
- * res->g (destroy with migrate_guest_destroy, then domain_destroy(res->g->d))
- * after COMMIT; < 0 with res->err, and no domain left on m, otherwise.
+ * res->g (not started: the caller runs it; destroy with
+ * migrate_guest_destroy, then domain_destroy(res->g->d)) after COMMIT, with
+ * RESUMED sent (resumed_unsent if that failed: the guest is still this
+ * side's).  -EINPROGRESS with res->in_doubt and res->g (the same, paused):
+ * the caller decides.  Other < 0 with res->err, and no domain left on m.
  */
 int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o,
                     struct migrate_recv_result *res) HV_MUST_CHECK;

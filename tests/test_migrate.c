@@ -5,7 +5,9 @@
  * before migration, the workload's data intact after resuming on the
  * receiver), fault injection (the connection cut at random byte offsets by
  * the sender's socket writer and by a proxy thread: a healthy sender, no
- * receiver domain, then a retry that succeeds), hostile peers on both
+ * receiver domain, then a retry that succeeds), the commit window (COMMIT
+ * lost: both copies kept paused in doubt; RESUMED lost: the receiver runs,
+ * the sender's copy is kept paused in doubt), hostile peers on both
  * sides, and sender and receiver as separate processes over loopback and
  * across two network namespaces.  The memory map changing during the
  * migration: a PoD guest demand-populating and zero-swept, a guest
@@ -222,6 +224,8 @@ struct rx_env {
     struct migrate_recv_opts o;
     struct migrate_recv_result res;
     int rc;
+    bool hold_fd; /* keep the connection open until rx_join */
+    int fd;
     pthread_t t;
 };
 
@@ -235,7 +239,10 @@ static void *rx_main(void *arg)
         return NULL;
     }
     r->rc = migrate_receive(r->m, fd, &r->o, &r->res);
-    close(fd);
+    if (r->hold_fd)
+        r->fd = fd;
+    else
+        close(fd);
     return NULL;
 }
 
@@ -246,20 +253,33 @@ static void rx_listen(struct rx_env *r)
     r->sa.sin_port = htons(r->port);
 }
 
-static void rx_start(struct rx_env *r, struct machine *m, struct model *mo)
+/* cut: 1 cut_before_commit, 2 cut_before_resumed (both keep the
+ * connection open until rx_join), 0 neither. */
+static void rx_start_cut(struct rx_env *r, struct machine *m, struct model *mo, int cut)
 {
     memset(r, 0, sizeof(*r));
+    r->fd = -1;
     r->m = m;
     r->o.timeout_ms = 20000;
     r->o.on_write = model_put;
     r->o.ctx = mo;
+    r->o.cut_before_commit = cut == 1;
+    r->o.cut_before_resumed = cut == 2;
+    r->hold_fd = cut != 0;
     rx_listen(r);
     assert_int_equal(pthread_create(&r->t, NULL, rx_main, r), 0);
+}
+
+static void rx_start(struct rx_env *r, struct machine *m, struct model *mo)
+{
+    rx_start_cut(r, m, mo, 0);
 }
 
 static void rx_join(struct rx_env *r)
 {
     pthread_join(r->t, NULL);
+    if (r->fd >= 0)
+        close(r->fd);
     close(r->lfd);
 }
 
@@ -303,6 +323,10 @@ static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress
     rx_join(&rx);
     if (rc < 0 || rx.rc < 0)
         fail_msg("migration failed: sender: %s; receiver: %s", rep->err, rx.res.err);
+    /* the sender returned 0: RESUMED came, nobody is in doubt */
+    assert_false(rep->in_doubt);
+    assert_false(rx.res.in_doubt);
+    assert_false(rx.res.resumed_unsent);
     print_message("# %s%s, %u vCPU(s): %u rounds (%s), %llu data + %llu zero pages, %llu wire "
                   "bytes, downtime %.1f ms, leaves 1G %llu 2M %llu 4K %llu during log-dirty\n",
                   dirty_mode_name(mode), compress ? " +zstd" : "", e->g->nr_vcpus, rep->nr_rounds,
@@ -457,7 +481,8 @@ static void *proxy_main(void *arg)
     return NULL;
 }
 
-static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, bool compress)
+static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, bool compress,
+                           bool rx_may_doubt)
 {
     struct machine *rm;
     struct rx_env rx;
@@ -490,6 +515,29 @@ static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, b
     assert_true(rx.rc < 0);
     assert_true(rep->err[0] != 0);
     assert_true(rx.res.err[0] != 0);
+    /* COMMIT never left whole: the sender is not in doubt, it runs again */
+    assert_false(rep->in_doubt);
+    assert_int_not_equal(rc, -EINPROGRESS);
+    if (rx.rc == -EINPROGRESS) {
+        /* but a receiver that got its RESULT {ok} out whole cannot know
+         * that: it keeps its copy paused in doubt (here the sender's is the
+         * one to run).  One whose RESULT write failed (the sender's socket
+         * shut first) knows the sender cannot commit: it destroys. */
+        if (!rx_may_doubt)
+            fail_msg("cut at %llu: receiver in doubt: %s", (unsigned long long)cut, rx.res.err);
+        assert_true(rx.res.in_doubt);
+        assert_non_null(rx.res.g);
+        assert_false(rx.res.g->started);
+        AUDIT_OK(domain_audit(rx.res.g->d));
+        AUDIT_OK(frames_audit(rm->frames));
+        struct domain *rd = rx.res.g->d;
+        migrate_guest_destroy(rx.res.g);
+        domain_destroy(rd);
+        rx.res.g = NULL;
+    } else {
+        assert_false(rx.res.in_doubt);
+        assert_int_not_equal(rx.rc, -EINPROGRESS);
+    }
     rx_nothing_left(&rx);
     migrate_recv_result_free(&rx.res);
     machine_destroy(rm);
@@ -529,9 +577,10 @@ static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
  * Cuts while the guest writes fall inside round 0 (whose length does not
  * depend on the writes); then, with the guest idle (a stream of fixed
  * length T), cuts anywhere up to the last byte, including inside DONE and
- * COMMIT.  A proxy that swallows the tail of COMMIT is the one cut nothing
- * can survive (the sender has sent everything and commits; the receiver
- * never sees COMMIT): proxy cuts stop before COMMIT.
+ * COMMIT.  A sender cut inside COMMIT keeps the sender's copy (its COMMIT
+ * did not leave whole) and the receiver's, paused in doubt.  A proxy that
+ * swallows the tail of a COMMIT the sender wrote whole leaves both in doubt
+ * (test_commit_lost): proxy cuts stop before COMMIT.
  */
 static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
 {
@@ -544,7 +593,7 @@ static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
     unsigned live = runs / 2;
     for (unsigned i = 0; i < live; i++) {
         uint64_t cut = i < ARRAY_SIZE(edges) ? edges[i] : 1 + hv_rng_below(&r, r0 - 1);
-        failed_attempt(&e, cut, proxy_cut, i & 1);
+        failed_attempt(&e, cut, proxy_cut, i & 1, false);
     }
     migrate_guest_stop(e.g);
     uint64_t t = trial_migration(&e, NULL);
@@ -553,10 +602,13 @@ static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
         uint64_t cut = i < ARRAY_SIZE(tail) ? tail[i] : 1 + hv_rng_below(&r, t - 1);
         if (proxy_cut && cut > t - 25)
             cut = t - 25 - i;
-        failed_attempt(&e, cut, proxy_cut, false);
+        /* DONE ends 24 bytes before the end: a cut at or after it lets
+         * DONE through (RESULT {ok} may get out: the receiver may be in
+         * doubt), but not COMMIT whole: the sender runs on */
+        failed_attempt(&e, cut, proxy_cut, false, cut >= t - 24);
     }
     print_message("# %u cuts (%s), round 0 %llu bytes, idle stream %llu bytes: sender healthy, "
-                  "nothing left on the receiver each time\n", runs,
+                  "nothing running on the receiver each time\n", runs,
                   proxy_cut ? "proxy closes both sides" : "sender shuts its socket down",
                   (unsigned long long)r0, (unsigned long long)t);
     /* a retry, live again, succeeds */
@@ -578,6 +630,156 @@ static void test_cut_by_proxy(void **state)
 {
     (void)state;
     cut_runs(true, 10, 12);
+}
+
+/* ---- the commit window -------------------------------------------------------------- */
+
+/* The sender after COMMIT left without RESUMED: in doubt, paused (it does
+ * not run), log-dirty off, not destroyed, its memory what it was at pause
+ * (hs: the page checksums taken at pause). */
+static void sender_in_doubt(struct sender_env *e, const struct migrate_report *rep, int rc,
+                            const uint64_t *hs)
+{
+    if (rc != -EINPROGRESS)
+        fail_msg("sender not in doubt: rc %d: %s", rc, rep->err);
+    assert_int_equal(rep->rc, -EINPROGRESS);
+    assert_true(rep->in_doubt);
+    assert_non_null(strstr(rep->err, "IN DOUBT"));
+    assert_false(dirty_enabled(e->d));
+    assert_true(e->g->paused);
+    uint64_t a0 = __atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED);
+    sleep_ms(30);
+    assert_int_equal(__atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED), a0);
+    uint64_t *h = calloc(GUEST_GFNS, 8);
+    assert_non_null(h);
+    page_hashes(e->d, h);
+    assert_memory_equal(hs, h, GUEST_GFNS * 8);
+    free(h);
+    assert_true(migrate_digest(e->d, NULL) == rep->digest_sender);
+    model_check(e->model, e->d);
+    AUDIT_OK(domain_audit(e->d));
+    AUDIT_OK(frames_audit(e->m->frames));
+}
+
+/* The receiver's copy equals the sender's at pause. */
+static void rx_copy_equal(struct rx_env *rx, const struct migrate_report *rep, const uint64_t *hs,
+                          struct model *mo)
+{
+    assert_non_null(rx->res.g);
+    struct domain *rd = rx->res.g->d;
+    uint64_t *h = calloc(GUEST_GFNS, 8);
+    assert_non_null(h);
+    page_hashes(rd, h);
+    assert_memory_equal(hs, h, GUEST_GFNS * 8);
+    free(h);
+    assert_true(migrate_digest(rd, NULL) == rep->digest_sender);
+    model_check(mo, rd);
+    AUDIT_OK(domain_audit(rd));
+    AUDIT_OK(frames_audit(rx->m->frames));
+}
+
+/* Run the receiver's copy a little: it works and its data is intact. */
+static void rx_run(struct rx_env *rx, struct sender_env *e)
+{
+    struct migrate_guest *g = rx->res.g;
+    uint64_t a0 = __atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED);
+    assert_int_equal(migrate_guest_start(g), 0);
+    sleep_ms(50);
+    migrate_guest_stop(g);
+    /* the sender's copy stayed paused meanwhile: never two running */
+    assert_int_equal(__atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED), a0);
+    assert_int_equal(g->err, 0);
+    assert_true(g->accesses > 0);
+    model_check(e->model, g->d);
+    AUDIT_OK(domain_audit(g->d));
+    struct domain *rd = g->d;
+    migrate_guest_destroy(g);
+    domain_destroy(rd);
+    rx->res.g = NULL;
+    AUDIT_OK(frames_audit(rx->m->frames));
+}
+
+/* COMMIT lost on the way (the receiver drops the connection after RESULT
+ * {ok}, before it reads COMMIT): both sides keep their copy paused in
+ * doubt, both equal to the guest at pause; neither runs.  Then the doubt is
+ * ended by running the receiver's copy. */
+static void test_commit_lost(void **state)
+{
+    (void)state;
+    struct sender_env e;
+    struct machine *rm;
+    struct rx_env rx;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    uint64_t *hs = calloc(GUEST_GFNS, 8);
+    assert_non_null(rep);
+    assert_non_null(hs);
+    sender_init(&e, 2, 20000, 0.02);
+    sleep_ms(30);
+    assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    rx_start_cut(&rx, rm, e.model, 1);
+    struct migrate_opts o = {.on_paused = on_paused_hash, .ctx = hs, .timeout_ms = 5000};
+    int fd = connect_to(rx.port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    /* the receiver is done (in doubt) before its connection closes: the
+     * sender's COMMIT went out whole */
+    close(fd);
+    rx_join(&rx);
+    print_message("# COMMIT lost: sender: %s\n#   receiver: %s\n", rep->err, rx.res.err);
+    sender_in_doubt(&e, rep, rc, hs);
+    if (rx.rc != -EINPROGRESS)
+        fail_msg("receiver not in doubt: rc %d: %s", rx.rc, rx.res.err);
+    assert_true(rx.res.in_doubt);
+    assert_non_null(strstr(rx.res.err, "IN DOUBT"));
+    assert_false(rx.res.g->started);
+    rx_copy_equal(&rx, rep, hs, e.model);
+    rx_run(&rx, &e);
+    migrate_recv_result_free(&rx.res);
+    machine_destroy(rm);
+    sender_fini(&e);
+    free(hs);
+    free(rep);
+}
+
+/* RESUMED lost (the receiver cuts instead of sending it; or the sender
+ * cuts right after COMMIT): the receiver owns the guest and runs it, the
+ * sender is in doubt, paused and not destroyed. */
+static void test_resumed_lost(void **state)
+{
+    (void)state;
+    for (int k = 0; k < 2; k++) {
+        struct sender_env e;
+        struct machine *rm;
+        struct rx_env rx;
+        struct migrate_report *rep = calloc(1, sizeof(*rep));
+        uint64_t *hs = calloc(GUEST_GFNS, 8);
+        assert_non_null(rep);
+        assert_non_null(hs);
+        sender_init(&e, 2, 20000, 0.02);
+        sleep_ms(30);
+        assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+        rx_start_cut(&rx, rm, e.model, k == 0 ? 2 : 0);
+        struct migrate_opts o = {.on_paused = on_paused_hash, .ctx = hs, .timeout_ms = 5000,
+                                 .cut_after_commit = k == 1};
+        int fd = connect_to(rx.port);
+        int rc = migrate_send(e.g, fd, &o, rep);
+        close(fd);
+        rx_join(&rx);
+        print_message("# RESUMED lost (%s): sender: %s\n", k ? "sender cuts after COMMIT" :
+                      "receiver cuts before RESUMED", rep->err);
+        if (rx.rc != 0)
+            fail_msg("receiver failed: %s", rx.res.err);
+        assert_false(rx.res.in_doubt);
+        if (k == 0)
+            assert_true(rx.res.resumed_unsent);
+        sender_in_doubt(&e, rep, rc, hs);
+        rx_copy_equal(&rx, rep, hs, e.model);
+        rx_run(&rx, &e);
+        migrate_recv_result_free(&rx.res);
+        machine_destroy(rm);
+        sender_fini(&e);
+        free(hs);
+        free(rep);
+    }
 }
 
 /* ---- hostile peers ----------------------------------------------------------------- */
@@ -1617,6 +1819,75 @@ static void test_processes_loopback(void **state)
     print_message("# hugevm receive and hugevm migrate as two processes over 127.0.0.1: ok\n");
 }
 
+/* A receiver process left in doubt (the sender cuts after RESULT {ok}: its
+ * COMMIT never leaves, it runs on): hugevm receive saves the paused guest,
+ * exits 3, and hugevm restore --run resumes the saved copy. */
+static void test_process_receiver_in_doubt(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvdoubtXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96], saved[96], relog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    snprintf(saved, sizeof(saved), "%s/in-doubt.hvs", dir);
+    snprintf(relog, sizeof(relog), "%s/restore.json", dir);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
+                     "--in-doubt-save", saved, "--json", NULL};
+    pid_t rp = spawn(rargv, rlog);
+    unsigned port = 0;
+    for (int i = 0; i < 400 && !port; i++) {
+        FILE *f = fopen(portf, "r");
+        if (f) {
+            if (fscanf(f, "%u", &port) != 1)
+                port = 0;
+            fclose(f);
+        }
+        if (!port)
+            sleep_ms(50);
+    }
+    assert_true(port != 0);
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 2, 20000, 0.02);
+    sleep_ms(30);
+    struct migrate_opts o = {.timeout_ms = 20000, .cut_before_commit = true};
+    int fd = connect_to((uint16_t)port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    close(fd);
+    assert_true(rc < 0);
+    assert_false(rep->in_doubt);
+    assert_true(rep->verified);
+    sender_healthy(&e, rep); /* its COMMIT never left: it runs on */
+    int rs = wait_deadline(rp, 60);
+    if (rs != 3)
+        fail_msg("receiver exited %d, not 3 (in doubt); log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"in_doubt\"", "true"));
+    assert_true(file_has(rlog, "\"in_doubt_saved\"", saved));
+    assert_true(file_has(rlog, "\"audit\"", "ok"));
+    char *xargv[] = {hv, "restore", saved, "--run", "--seconds", "0.2", "--host-mem", "4G",
+                     "--json", NULL};
+    int xs = wait_deadline(spawn(xargv, relog), 60);
+    if (xs != 0)
+        fail_msg("hugevm restore --run of the in-doubt copy exited %d; log in %s", xs, relog);
+    print_message("# receiver process in doubt: exit 3, saved copy restored and run\n");
+    unlink(portf);
+    unlink(rlog);
+    unlink(saved);
+    unlink(relog);
+    rmdir(dir);
+    free(rep);
+    sender_fini(&e);
+}
+
 static int sh(const char *fmt, ...) HV_PRINTF(1, 2);
 static int sh(const char *fmt, ...)
 {
@@ -1675,6 +1946,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_end_rules),
     cmocka_unit_test(test_cut_by_sender),
     cmocka_unit_test(test_cut_by_proxy),
+    cmocka_unit_test(test_commit_lost),
+    cmocka_unit_test(test_resumed_lost),
     cmocka_unit_test(test_hostile_sender),
     cmocka_unit_test(test_hostile_receiver),
     cmocka_unit_test(test_live_stream_repeats),
@@ -1683,10 +1956,13 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_no_foreign_bytes),
     cmocka_unit_test(test_processes_loopback),
     cmocka_unit_test(test_processes_netns),
+    cmocka_unit_test(test_process_receiver_in_doubt),
 };
 
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    if (getenv("TEST_FILTER")) /* run only the tests matching a pattern */
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

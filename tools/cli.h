@@ -86,13 +86,26 @@ extern const struct cmd cmd_kvm;
 /* Live-migrate d (populated, no vCPUs of the caller running) with nv soft
  * vCPUs running wc, after `after` seconds, to ADDR:PORT `to`; prints the
  * report (cmd_migrate.c; `hugevm migrate` and `hugevm run --migrate-to`).
- * Returns the exit status; on success the caller destroys its copy. */
+ * Returns the exit status; on success the caller destroys its copy.  In
+ * doubt (the receiver may run the guest, RESUMED did not come), the paused
+ * guest is saved to doubt_file (NULL: hugevm-in-doubt-sender-PID.hvs) and
+ * the status is CLI_EXIT_IN_DOUBT. */
+#define CLI_EXIT_IN_DOUBT 3
 struct tlb_config;
 struct workload_config;
 struct migrate_opts;
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
-                       const struct migrate_opts *mopts, uint64_t retries, bool json);
+                       const struct migrate_opts *mopts, uint64_t retries,
+                       const char *doubt_file, bool json);
+/* Save d with its vCPUs and workloads (as hugevm run --save: hugevm restore
+ * FILE --run resumes it) to path; d must not change meanwhile (cmd_run.c). */
+struct vcpu;
+struct workload;
+struct save_result;
+int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *const *w,
+                   unsigned nv, const struct workload_config *wc, const char *path,
+                   struct save_result *sr, char *err, size_t errlen);
 /* A progress bar on stderr when it is a terminal (save/restore). */
 void cli_progress(const char *what, uint64_t done, uint64_t total);
 

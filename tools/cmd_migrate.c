@@ -7,6 +7,11 @@
  * terminal; a report (total time, downtime, bytes per round, rounds and the
  * rule that ended them, leaf counts before, during log-dirty and on the
  * receiver, digests) as text or, with --json, as one JSON document.
+ *
+ * In doubt (migrate.h: COMMIT left without RESUMED on the sender; RESULT
+ * {ok} out without COMMIT or ABORT on the receiver), either command saves
+ * its paused guest to --in-doubt-save FILE, prints IN DOUBT with which copy
+ * to resume (hugevm restore FILE --run) and exits with CLI_EXIT_IN_DOUBT.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +54,9 @@ static void json_leaves(struct json *j, const char *key, const struct migrate_le
 static void print_report(const struct migrate_report *r)
 {
     char b1[32];
-    if (r->rc < 0)
+    if (r->in_doubt)
+        printf("migration IN DOUBT: %s\n", r->err);
+    else if (r->rc < 0)
         printf("migration FAILED: %s\n  the guest keeps running here: log-dirty off, "
                "superpages merged back\n", r->err);
     else
@@ -89,6 +96,7 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
 {
     json_obj_begin(j, key);
     json_bool(j, "ok", r->rc == 0);
+    json_bool(j, "in_doubt", r->in_doubt);
     json_i64(j, "rc", r->rc);
     json_str(j, "error", r->err);
     json_dbl(j, "total_s", r->total_s);
@@ -132,7 +140,7 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *workload, *log_dirty;
+    const char *to, *workload, *log_dirty, *doubt_file;
     uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
     double after, downtime_ms, wss, write_frac, timeout_s;
     bool compress, no_verify, json;
@@ -169,7 +177,8 @@ static void sleep_s(double s)
 
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
-                       const struct migrate_opts *mopts, uint64_t retries, bool json)
+                       const struct migrate_opts *mopts, uint64_t retries,
+                       const char *doubt_file, bool json)
 {
     struct sockaddr_in sa;
     struct migrate_guest *g = NULL;
@@ -204,17 +213,34 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
             rc = migrate_send(g, fd, mopts, rep);
             close(fd);
         }
-        if (rc == 0 || attempt >= retries)
+        if (rc == 0 || rep->in_doubt || attempt >= retries)
             break;
         fprintf(stderr, "hugevm: migrate: attempt %llu failed: %s; the guest keeps running "
                 "here; retrying\n", (unsigned long long)attempt + 1, rep->err);
         sleep_s(1.0);
+    }
+    /* in doubt: the paused guest lives only in this process; save it so
+     * that the operator can resume it if the receiver does not run it */
+    char dpath[256] = "", derr[256] = "";
+    int drc = 0;
+    if (rep->in_doubt) {
+        struct save_result sr;
+        if (doubt_file)
+            snprintf(dpath, sizeof(dpath), "%s", doubt_file);
+        else
+            snprintf(dpath, sizeof(dpath), "hugevm-in-doubt-sender-%d.hvs", (int)getpid());
+        drc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, dpath, &sr, derr,
+                             sizeof(derr));
     }
     if (json) {
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
         json_str(&j, "to", to);
+        if (rep->in_doubt) {
+            json_str(&j, "in_doubt_saved", drc == 0 ? dpath : "");
+            json_str(&j, "in_doubt_save_error", drc == 0 ? "" : derr);
+        }
         json_u64(&j, "vcpus", nv);
         json_str(&j, "workload", workload_name(wc->kind));
         json_str(&j, "log_dirty", dirty_mode_name(mopts->mode));
@@ -225,7 +251,22 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
     } else {
         print_report(rep);
     }
-    if (rc == 0) {
+    if (rep->in_doubt) {
+        status = CLI_EXIT_IN_DOUBT;
+        FILE *f = json ? stderr : stdout;
+        fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come back: the "
+                "receiver may be running the guest, or may hold it paused in doubt too.\n");
+        if (drc == 0)
+            fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to "
+                    "%s (it dies with this process otherwise).\n", dpath);
+        else
+            fprintf(f, "  This copy was not resumed; saving it to %s failed (%s): it is lost "
+                    "with this process, the receiver's copy is the guest.\n", dpath, derr);
+        fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the receiver "
+                "reports IN DOUBT as well (or is gone), resume exactly one copy, e.g. "
+                "`hugevm restore %s --run`.\n", dpath);
+        fprintf(f, "  exit status %d\n", CLI_EXIT_IN_DOUBT);
+    } else if (rc == 0) {
         status = 0;
     } else {
         /* nothing lost: the guest still runs here and its memory is sound */
@@ -295,7 +336,7 @@ static int run_migrate(int argc, char **argv)
         wc.wss = mo.wss;
         wc.write_rate = mo.write_rate;
         status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after, &mopts,
-                                    mo.retries, mo.json);
+                                    mo.retries, mo.doubt_file, mo.json);
     }
     domain_destroy(d);
     machine_destroy(m);
@@ -322,6 +363,8 @@ static struct opt migrate_opts_table[] = {
     {"no-verify", OPT_FLAG, &mo.no_verify, NULL, "skip the memory digests", NULL},
     {"timeout", OPT_DBL, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
+    {"in-doubt-save", OPT_STR, &mo.doubt_file, "FILE", "if RESUMED does not come after COMMIT, "
+     "save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; exit 3)", NULL},
     {"json", OPT_FLAG, &mo.json, NULL, "machine-readable output", NULL},
     {0},
 };
@@ -336,7 +379,7 @@ const struct cmd cmd_migrate = {
 /* ---- receiver ------------------------------------------------------------------ */
 
 static struct {
-    const char *listen, *port_file;
+    const char *listen, *port_file, *doubt_file;
     uint64_t host_mem, attempts;
     double run_s, timeout_s, accept_s;
     bool json, resident;
@@ -347,6 +390,58 @@ static struct {
     .timeout_s = 30,
     .accept_s = 120,
 };
+
+/* RESULT {ok} went out, neither COMMIT nor ABORT came: keep the paused
+ * guest (saved, since it dies with this process) and say what to do. */
+static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
+{
+    struct migrate_guest *g = res->g;
+    struct domain *d = g->d;
+    struct save_result sr;
+    char path[256], err[256] = "";
+    if (ro.doubt_file)
+        snprintf(path, sizeof(path), "%s", ro.doubt_file);
+    else
+        snprintf(path, sizeof(path), "hugevm-in-doubt-receiver-%d.hvs", (int)getpid());
+    int rc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, path, &sr, err, sizeof(err));
+    int audit = domain_audit(d);
+    if (audit == 0)
+        audit = frames_audit(m->frames);
+    if (ro.json) {
+        struct json j;
+        json_init(&j, stdout);
+        json_obj_begin(&j, NULL);
+        json_bool(&j, "ok", false);
+        json_bool(&j, "in_doubt", true);
+        json_str(&j, "error", res->err);
+        json_str(&j, "in_doubt_saved", rc == 0 ? path : "");
+        json_str(&j, "in_doubt_save_error", rc == 0 ? "" : err);
+        json_bool(&j, "verified", res->verified);
+        json_u64(&j, "digest", res->digest);
+        json_str(&j, "audit", audit ? hv_audit_last() : "ok");
+        json_obj_end(&j);
+        json_finish(&j);
+    }
+    FILE *f = ro.json ? stderr : stdout;
+    fprintf(f, "IN DOUBT: %s\n", res->err);
+    fprintf(f, "  The guest was received whole (memory digest %s) and not started here.\n",
+            res->verified ? "verified against the sender's" : "not checked");
+    if (rc == 0)
+        fprintf(f, "  It is saved, paused, to %s (it dies with this process otherwise).\n", path);
+    else
+        fprintf(f, "  Saving it to %s failed (%s): this copy is lost with this process.\n", path,
+                err);
+    fprintf(f, "  If the sender reports its guest running (its COMMIT never left), delete this "
+            "copy.  If the sender reports IN DOUBT too (or is gone), resume exactly one copy, "
+            "this one preferably: `hugevm restore %s --run`.\n", path);
+    fprintf(f, "  audit: %s; exit status %d\n", audit ? hv_audit_last() : "ok",
+            CLI_EXIT_IN_DOUBT);
+    migrate_guest_destroy(g);
+    domain_destroy(d);
+    res->g = NULL;
+    migrate_recv_result_free(res);
+    return CLI_EXIT_IN_DOUBT;
+}
 
 static int run_receive(int argc, char **argv)
 {
@@ -392,6 +487,10 @@ static int run_receive(int argc, char **argv)
         struct migrate_recv_result res;
         rc = migrate_receive(m, fd, &rop, &res);
         close(fd);
+        if (rc == -EINPROGRESS && res.in_doubt) {
+            status = receive_in_doubt(m, &res);
+            break;
+        }
         if (rc < 0) {
             struct frame_stats fs;
             frames_get_stats(m->frames, &fs);
@@ -404,6 +503,10 @@ static int run_receive(int argc, char **argv)
         struct migrate_guest *g = res.g;
         struct domain *d = g->d;
         uint64_t a0 = g->accesses;
+        if (res.resumed_unsent)
+            fprintf(stderr, "hugevm: receive: COMMIT came but RESUMED could not be sent: the "
+                    "sender holds its copy paused in doubt; this copy is the guest, the "
+                    "sender's must be discarded\n");
         double ran = 0;
         if (ro.run_s > 0 && g->nr_vcpus) {
             if (migrate_guest_start(g) == 0) {
@@ -480,6 +583,9 @@ static struct opt receive_opts_table[] = {
     {"attempts", OPT_U64, &ro.attempts, "N", "migrations to accept until one succeeds (default 3)", NULL},
     {"run", OPT_DBL, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
     {"timeout", OPT_DBL, &ro.timeout_s, "S", "socket timeout (default 30)", NULL},
+    {"in-doubt-save", OPT_STR, &ro.doubt_file, "FILE", "if neither COMMIT nor ABORT comes "
+     "after RESULT, save the paused guest there (default hugevm-in-doubt-receiver-PID.hvs; "
+     "exit 3)", NULL},
     {"accept-timeout", OPT_DBL, &ro.accept_s, "S", "wait at most S for a sender (default 120)", NULL},
     {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
     {0},

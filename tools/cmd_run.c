@@ -95,8 +95,8 @@ static void save_progress(void *ctx, uint64_t done, uint64_t total)
         cli_progress("save", done, total);
 }
 
-/* Save d with its vCPUs and workloads to `path`. */
-static int save_guest(struct domain *d, struct vcpu *const *v, struct workload *const *w,
+/* Save d with its vCPUs and workloads to `path` (cli.h). */
+int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *const *w,
                       unsigned nv, const struct workload_config *wc, const char *path,
                       struct save_result *sr, char *err, size_t errlen)
 {
@@ -239,7 +239,8 @@ static int run_run(int argc, char **argv)
         wc.wss = o.wss;
         wc.zipf_theta = o.theta;
         wc.write_rate = o.write_rate;
-        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, o.json);
+        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, NULL,
+                                    o.json);
         goto out;
     }
     struct workload_config wc;
@@ -406,7 +407,7 @@ static int run_run(int argc, char **argv)
     char serr[256] = "";
     int save_rc = 0;
     if (o.save && run_rc == 0) {
-        save_rc = save_guest(d, v, w, nv, &wc, o.save, &sr, serr, sizeof(serr));
+        save_rc = cli_save_guest(d, v, w, nv, &wc, o.save, &sr, serr, sizeof(serr));
         if (save_rc < 0)
             cli_error("run: saving to %s: %s", o.save, serr);
     }
