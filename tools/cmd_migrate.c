@@ -83,7 +83,8 @@ static void print_report(const struct migrate_report *r)
     if (r->rc == 0)
         print_leaves("on the receiver:", &r->receiver);
     else
-        print_leaves("here after the abort:", &r->after_abort);
+        print_leaves(r->in_doubt ? "here, paused in doubt:" : "here after the abort:",
+                     &r->after_abort);
     if (r->verified)
         printf("  memory digest: sender %#018llx == receiver %#018llx (%.1f ms): checksums "
                "match\n", (unsigned long long)r->digest_sender,
