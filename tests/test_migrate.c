@@ -184,6 +184,28 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
+/* The receiver runs the migrated guest for a moment: the data written before
+ * the migration is intact before and after; then everything is torn down
+ * and the receiving machine is empty and consistent. */
+static void resume_on_receiver(const struct model *mo, struct migrate_guest *g,
+                               struct migrate_recv_result *res, struct machine *rm)
+{
+    struct domain *rd = g->d;
+    model_check(mo, rd);
+    assert_int_equal(migrate_guest_start(g), 0);
+    sleep_ms(50);
+    migrate_guest_stop(g);
+    assert_int_equal(g->err, 0);
+    assert_true(g->accesses > 0);
+    model_check(mo, rd);
+    AUDIT_OK(domain_audit(rd));
+    migrate_guest_destroy(g);
+    domain_destroy(rd);
+    migrate_recv_result_free(res);
+    AUDIT_OK(frames_audit(rm->frames));
+    machine_destroy(rm);
+}
+
 /* After a failed migration: log-dirty off, superpages back, audits pass,
  * every written word intact, and the guest still running. */
 static void sender_healthy(struct sender_env *e, const struct migrate_report *rep)
@@ -354,19 +376,7 @@ static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress
      * workload continues where it stopped, still consistent */
     struct migrate_guest *g = rx.res.g;
     assert_int_equal(g->nr_vcpus, e->g->nr_vcpus);
-    model_check(e->model, rd);
-    assert_int_equal(migrate_guest_start(g), 0);
-    sleep_ms(50);
-    migrate_guest_stop(g);
-    assert_int_equal(g->err, 0);
-    assert_true(g->accesses > 0);
-    model_check(e->model, rd);
-    AUDIT_OK(domain_audit(rd));
-    migrate_guest_destroy(g);
-    domain_destroy(rd);
-    migrate_recv_result_free(&rx.res);
-    AUDIT_OK(frames_audit(rm->frames));
-    machine_destroy(rm);
+    resume_on_receiver(e->model, g, &rx.res, rm);
     free(hs);
     free(hr);
 }
@@ -1214,19 +1224,7 @@ static void migrate_live_map(struct sender_env *e, enum dirty_mode mode,
     free(orx);
     /* resume on the receiver: the data written so far is intact */
     struct migrate_guest *g = rx.res.g;
-    model_check(e->model, rd);
-    assert_int_equal(migrate_guest_start(g), 0);
-    sleep_ms(50);
-    migrate_guest_stop(g);
-    assert_int_equal(g->err, 0);
-    assert_true(g->accesses > 0);
-    model_check(e->model, rd);
-    AUDIT_OK(domain_audit(rd));
-    migrate_guest_destroy(g);
-    domain_destroy(rd);
-    migrate_recv_result_free(&rx.res);
-    AUDIT_OK(frames_audit(rm->frames));
-    machine_destroy(rm);
+    resume_on_receiver(e->model, g, &rx.res, rm);
     snap_free(&tx);
     snap_free(&rxs);
 }
