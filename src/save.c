@@ -25,6 +25,8 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "zero.h"
+
 /* ---- hugevm context blob -------------------------------------------------- */
 
 static int buf_reserve(struct hvctx_buf *b, size_t more)
@@ -270,18 +272,6 @@ static int add_config_tlvs(struct hvctx_buf *b, const struct domain *d,
     return hvctx_add(b, HVCTX_POD_CACHE, 0, &cache, sizeof(cache));
 }
 
-/* ---- zero detection ---------------------------------------------------------- */
-
-static bool page_is_zero(const void *p)
-{
-    const uint64_t *w = p;
-    for (size_t i = 0; i < PAGE_SIZE / 8; i += 8) {
-        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7])
-            return false;
-    }
-    return true;
-}
-
 /* ---- save -------------------------------------------------------------------- */
 
 struct saver {
@@ -350,7 +340,7 @@ static int write_batch(struct saver *s, uint64_t first, uint32_t count, uint64_t
             s->res->pages_xtab++;
         } else if (!s->o->no_xalloc &&
                    (machine_offset_in_hole(&s->dm, (uint64_t)(p - d->m->base)) ||
-                    page_is_zero(p))) {
+                    zero_check(p, PAGE_SIZE))) {
             type = STREAM_PAGE_XALLOC;
             s->res->pages_zero++;
         } else {
