@@ -247,7 +247,7 @@ int main(int argc, char **argv)
     }
     printf("hugevm benchmarks: medians of %d runs; limits measured in this run\n", RUNS);
     if (!only || !strcmp(only, "limits") || !strcmp(only, "lookup")) {
-        size_t len = 256 * MiB;
+        size_t len = GiB; /* beyond the last-level cache (480 MiB on some hosts) */
         uint8_t *a = malloc(len), *b = malloc(len);
         if (!a || !b)
             bench_fail("malloc of the bandwidth buffers");
