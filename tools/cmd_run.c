@@ -229,20 +229,6 @@ static int run_run(int argc, char **argv)
     struct tlb_config tc;
     tlb_config_default(&tc);
     tc.guest_order = guest_order;
-    if (o.migrate_to) {
-        /* live migration: the guest runs on its own thread (cmd_migrate.c) */
-        struct workload_config wc;
-        struct migrate_opts mopts = {.mode = mode};
-        workload_config_default(&wc, kind);
-        wc.seed = o.seed;
-        wc.write_frac = o.write_frac;
-        wc.wss = o.wss;
-        wc.zipf_theta = o.theta;
-        wc.write_rate = o.write_rate;
-        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, NULL,
-                                    o.json);
-        goto out;
-    }
     struct workload_config wc;
     workload_config_default(&wc, kind);
     wc.seed = o.seed;
@@ -250,6 +236,13 @@ static int run_run(int argc, char **argv)
     wc.wss = o.wss;
     wc.zipf_theta = o.theta;
     wc.write_rate = o.write_rate;
+    if (o.migrate_to) {
+        /* live migration: the guest runs on its own thread (cmd_migrate.c) */
+        struct migrate_opts mopts = {.mode = mode};
+        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, NULL,
+                                    o.json);
+        goto out;
+    }
     for (unsigned i = 0; i < nv; i++) {
         rc = vcpu_create(d, i, &tc, &v[i]);
         if (rc == 0)
