@@ -154,6 +154,23 @@ struct sender_env {
     struct migrate_leaves before;
 };
 
+/* The sender's guest: nv vCPUs running the writer workload into e->model. */
+static void start_writer(struct sender_env *e, unsigned nv, uint64_t seed, uint64_t rate,
+                         double wss)
+{
+    e->model = model_new();
+    struct workload_config wc;
+    workload_config_default(&wc, WL_WRITER);
+    wc.seed = seed;
+    wc.wss = wss;
+    wc.write_rate = rate;
+    wc.quantum = 512;
+    wc.on_write = model_put;
+    wc.ctx = e->model;
+    assert_int_equal(migrate_guest_create(e->d, nv, NULL, &wc, &e->g), 0);
+    assert_int_equal(migrate_guest_start(e->g), 0);
+}
+
 static void sender_init(struct sender_env *e, unsigned nv, uint64_t rate, double wss)
 {
     memset(e, 0, sizeof(*e));
@@ -165,17 +182,7 @@ static void sender_init(struct sender_env *e, unsigned nv, uint64_t rate, double
     e->before = (struct migrate_leaves){domain_pages_1g(e->d), domain_pages_2m(e->d),
                                         domain_pages_4k(e->d)};
     assert_int_equal(e->before.p1g, 1);
-    e->model = model_new();
-    struct workload_config wc;
-    workload_config_default(&wc, WL_WRITER);
-    wc.seed = 42 + nv;
-    wc.wss = wss;
-    wc.write_rate = rate;
-    wc.quantum = 512;
-    wc.on_write = model_put;
-    wc.ctx = e->model;
-    assert_int_equal(migrate_guest_create(e->d, nv, NULL, &wc, &e->g), 0);
-    assert_int_equal(migrate_guest_start(e->g), 0);
+    start_writer(e, nv, 42 + nv, rate, wss);
 }
 
 static void sleep_ms(unsigned ms)
@@ -1108,17 +1115,7 @@ static void sender_init_pod(struct sender_env *e, unsigned nv, uint64_t rate, do
     assert_int_equal(domain_create(e->m, &c, &e->d), 0);
     assert_int_equal(domain_populate_flags(e->d, 0, GUEST_GFNS, DOMAIN_POPULATE_POD, NULL), 0);
     assert_int_equal(pod_set_target(e->d, GUEST_GFNS / 2), 0);
-    e->model = model_new();
-    struct workload_config wc;
-    workload_config_default(&wc, WL_WRITER);
-    wc.seed = 77 + nv;
-    wc.wss = wss;
-    wc.write_rate = rate;
-    wc.quantum = 512;
-    wc.on_write = model_put;
-    wc.ctx = e->model;
-    assert_int_equal(migrate_guest_create(e->d, nv, NULL, &wc, &e->g), 0);
-    assert_int_equal(migrate_guest_start(e->g), 0);
+    start_writer(e, nv, 77 + nv, rate, wss);
 }
 
 /* Order of the leaf mapping each 2M block of the guest (0xff: not RAM). */
