@@ -114,10 +114,8 @@ static int run_balloon(int argc, char **argv)
         return cli_error("balloon: --fragment must be in [0, 1)");
     if (!o.host_mem)
         o.host_mem = (o.guest_mem + o.guest_mem / 2 + 64 * MiB + GiB - 1) & ~(GiB - 1);
-    rc = machine_create(&m, o.host_mem, FRAME_POLICY_FRAGPOOL);
-    if (rc < 0)
-        return cli_error("balloon: cannot create a %s machine: %s",
-                         hv_fmt_size(o.host_mem, b1, sizeof(b1)), strerror(-rc));
+    if (cli_machine_create("balloon", &m, o.host_mem, false, NULL) < 0)
+        return 1;
     struct domain_config cfg;
     domain_config_default(&cfg);
     unsigned pflags = o.pod_target ? DOMAIN_POPULATE_POD : 0;

@@ -74,10 +74,8 @@ static int run_defrag(int argc, char **argv)
         return cli_error("defrag: sizes must be multiples of 2 MiB, --scatter <= --guest-mem");
     if (!o.host_mem)
         o.host_mem = (2 * o.guest_mem + 64 * MiB + GiB - 1) & ~(GiB - 1);
-    rc = machine_create(&m, o.host_mem, FRAME_POLICY_FRAGPOOL);
-    if (rc < 0)
-        return cli_error("defrag: cannot create a %s machine: %s",
-                         hv_fmt_size(o.host_mem, b1, sizeof(b1)), strerror(-rc));
+    if (cli_machine_create("defrag", &m, o.host_mem, false, NULL) < 0)
+        return 1;
     struct domain_config cfg;
     domain_config_default(&cfg);
     rc = domain_create(m, &cfg, &d);

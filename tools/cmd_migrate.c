@@ -312,10 +312,9 @@ static int run_migrate(int argc, char **argv)
     mopts.timeout_ms = (int)(mo.timeout_s * 1000);
     mopts.on_round = progress;
 
-    int rc = machine_create(&m, mo.host_mem, FRAME_POLICY_FRAGPOOL);
-    if (rc < 0)
-        return cli_error("migrate: cannot create a %s machine: %s",
-                         hv_fmt_size(mo.host_mem, b1, sizeof(b1)), strerror(-rc));
+    if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0)
+        return 1;
+    int rc;
     struct domain_config cfg;
     domain_config_default(&cfg);
     rc = domain_create(m, &cfg, &d);

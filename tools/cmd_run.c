@@ -177,10 +177,8 @@ static int run_run(int argc, char **argv)
         o.host_mem = (o.guest_mem + o.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
     unsigned nv = (unsigned)o.vcpus;
 
-    rc = machine_create(&m, o.host_mem, FRAME_POLICY_FRAGPOOL);
-    if (rc < 0)
-        return cli_error("run: cannot create a %s machine: %s",
-                         hv_fmt_size(o.host_mem, b1, sizeof(b1)), strerror(-rc));
+    if (cli_machine_create("run", &m, o.host_mem, false, NULL) < 0)
+        return 1;
     struct domain_config cfg;
     domain_config_default(&cfg);
     struct gfn_range lay[2];

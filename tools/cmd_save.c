@@ -102,7 +102,7 @@ static int run_save(int argc, char **argv)
     struct machine *m = NULL;
     struct domain *d = NULL;
     int status = 1, fd = -1, rc;
-    char err[256], b1[32];
+    char err[256];
     if (argc != 1)
         return cli_error("save: need exactly one output FILE (see hugevm save --help)");
     enum save_page_order order;
@@ -118,10 +118,8 @@ static int run_save(int argc, char **argv)
         return cli_error("save: bad --guest-mem, --batch (at most %u) or --every", SAVE_MAX_BATCH);
     if (!o.host_mem)
         o.host_mem = ((o.guest_mem + o.pod_mem + GiB) + GiB - 1) & ~(GiB - 1);
-    rc = machine_create(&m, o.host_mem, FRAME_POLICY_FRAGPOOL);
-    if (rc < 0)
-        return cli_error("save: cannot create a %s machine: %s",
-                         hv_fmt_size(o.host_mem, b1, sizeof(b1)), strerror(-rc));
+    if (cli_machine_create("save", &m, o.host_mem, false, NULL) < 0)
+        return 1;
     o.cfg.mmio_hole_bytes = o.mmio_hole;
     rc = domain_create(m, &o.cfg, &d);
     if (rc < 0) {
