@@ -25,8 +25,8 @@
  * pages; KVM's MMU notifier drops its EPT entries), gfns no longer RAM go
  * back to PROT_NONE, slots that changed are deleted and created again.
  * Contract: no vCPU runs during kvm_sync, and every p2m change is followed
- * by kvm_sync before the guest runs again; kvm_run_writer() refuses with
- * -ESTALE while the domain's (p2m_gen, tot_pages, PoD entry count) differ
+ * by kvm_sync before the guest runs again; a vCPU refuses to run (an
+ * -ESTALE exit) while the domain's (p2m_gen, tot_pages, PoD entry count) differ
  * from those seen by the last sync (a stale mirror could let the guest
  * reach frames the domain no longer owns).
  *
@@ -40,44 +40,41 @@
  * KVM's, independent of the domain's own log-dirty (dirty.h), which tracks
  * the soft vCPUs; a migration of a KVM guest would OR the two.
  *
- * Guest.  A tiny 64-bit guest, no BIOS: each run writes, in RAM pages the
- * domain owns below the VGA hole (gfn KVM_BOOT_GFN onwards), the code, a GDT
- * with a 64-bit TSS whose I/O bitmap opens KVM_GUEST_PORT, a stack page and
- * page tables that identity-map the whole reserved guest-physical space
- * (4K pages in the first 2M, where the boot pages are read-only; 2M pages
- * in the rest of GiB 0; above it 1G pages when KVM offers them to the guest
- * in CPUID, else 2M; A and D preset, so neither the CPU nor KVM has a reason
- * to write or dirty-log the guest's own pages).  The vCPU starts directly
- * in long mode at CPL 3 (KVM_SET_SREGS/KVM_SET_REGS): user mode is what a
- * KVM without hardware virtualization (PVM: shadow paging, guest kernel mode
- * emulated instruction by instruction) runs natively, and hardware KVM runs
- * it the same.  The program is the writer described at struct kvm_writer,
- * hand-assembled in kvm.c.
+ * Guest (the guest layer's `kvm` program backend, guest.h).  Guest
+ * programs (guest/hugevm_guest.h) run at CPL 3 in long mode, one vCPU per
+ * host thread, no BIOS: the host writes the system pages (below
+ * HVG_SYSTEM_END) itself: an IDT whose 32 exception gates lead to CPL 0
+ * stubs that report the vector on HVG_PORT_EXCEPTION (a guest exception is
+ * an error naming the vCPU, vector, rip and address, never a silent
+ * shutdown), a GDT and a TSS per vCPU whose I/O bitmap opens HVG_PORT
+ * only, and page tables that identity-map the whole guest-physical space
+ * with 1G leaves when KVM offers them in CPUID, else 2M (the guest's and
+ * the host's superpages must line up for KVM to map 2M).  User mode is
+ * what a KVM without hardware virtualization (PVM: shadow paging, guest
+ * kernel mode emulated instruction by instruction) runs natively, and
+ * hardware KVM runs it the same.  A kick (guest.h) sets immediate_exit and
+ * signals the vCPU's thread.  KVM_X86_QUIRK_SLOT_ZAP_ALL is disabled where
+ * KVM allows it, so a memslot change does not zap the whole guest.
  *
- * Threading: one thread uses a kvm_vm at a time.  kvm_sync takes d->lock
- * while it walks the p2m.
+ * Threading: vCPU threads only run; kvm_sync, log-dirty changes and
+ * harvests come from one controlling thread, kvm_sync with the vCPUs
+ * parked (guest_call).  kvm_sync takes d->lock while it walks the p2m.
  */
 #ifndef HUGEVM_KVM_H
 #define HUGEVM_KVM_H
 
 #include "common.h"
+#include "guest.h"
 
 struct domain;
 struct kvm_vm;
-
-/* The guest's own pages: code, GDT/TSS, stack, PML4, PDPT, the page table
- * of the first 2M, then the page directory of GiB 0, or one per GiB when
- * 2M guest pages are used.  They must be RAM below the VGA hole (gfn 0xa0),
- * so 2M guest pages cover at most 138 GiB. */
-#define KVM_BOOT_GFN 0x10ULL
-/* Port the guest's `out` reports "done" on. */
-#define KVM_GUEST_PORT 0xf4u
 
 struct kvm_vm_opts {
     gfn_t max_gfn;     /* guest-physical space mirrored; 0: the end of the
                         * highest p2m leaf (at least 4 GiB), rounded up to
                         * 1 GiB; must cover every RAM leaf */
-    bool guest_2m;     /* guest page tables with 2M pages even if 1G exist */
+    unsigned guest_order; /* guest page-table leaves: PAGE_ORDER_2M or _1G;
+                           * 0: 1G when KVM offers it to the guest, else 2M */
     unsigned max_slots; /* use at most this many memslots (0: KVM_CAP_NR_MEMSLOTS) */
 };
 
@@ -115,7 +112,8 @@ struct kvm_mirror_info {
     unsigned slots;         /* memslots in use */
     unsigned max_slots;     /* KVM_CAP_NR_MEMSLOTS */
     unsigned guest_order;   /* guest page-table leaves: 9 (2M) or 18 (1G) */
-    uint64_t boot_pages;    /* [KVM_BOOT_GFN, + boot_pages): the guest's own */
+    unsigned vcpus;
+    bool slot_zap_all_off;  /* KVM_X86_QUIRK_SLOT_ZAP_ALL disabled */
     bool manual_protect;    /* KVM_CLEAR_DIRTY_LOG in use */
     bool dirty_ring;        /* KVM_CAP_DIRTY_LOG_RING offered (unused) */
     bool log_dirty;
@@ -136,46 +134,6 @@ struct kvm_host_mapping {
     uint64_t pmd_mapped_bytes; /* ShmemPmdMapped + FilePmdMapped */
 };
 
-/*
- * The guest program: xorshift64 (x ^= x << 13; x ^= x >> 7; x ^= x << 17)
- * from `seed` (0 is replaced by KVM_WRITER_SEED0); for each of `writes`
- * steps, page = high 64 bits of x * pages, offset = x & 0xff8, and the
- * 8 bytes x are written at gpa = (gfn + page) * 4K + offset; the checksum
- * starts at 0 and becomes rotl(checksum, 5) ^ x, plus gpa.  At the end the
- * guest puts the checksum in rax and executes `out KVM_GUEST_PORT, al`
- * (KVM_EXIT_IO), again if resumed.  Registers in: rdi seed, rsi gfn * 4K,
- * r9 pages, rcx writes; out: rax checksum, r10 writes done.
- */
-#define KVM_WRITER_SEED0 0x9E3779B97F4A7C15ULL
-struct kvm_writer {
-    uint64_t seed;
-    gfn_t gfn;
-    uint64_t pages;  /* > 0 */
-    uint64_t writes;
-};
-
-enum kvm_guest_exit {
-    KVM_GUEST_DONE = 0, /* `out` on KVM_GUEST_PORT: the program finished */
-    KVM_GUEST_HLT,      /* hlt (not in the writer program) */
-    KVM_GUEST_MMIO,     /* access outside every memslot (mmio_* fields) */
-    KVM_GUEST_SHUTDOWN, /* triple fault (an exception: the guest has no IDT) */
-    KVM_GUEST_FAILED,   /* entry failure, internal error, other exit */
-};
-const char *kvm_guest_exit_name(enum kvm_guest_exit e);
-
-struct kvm_guest_result {
-    enum kvm_guest_exit exit;
-    uint32_t kvm_exit_reason; /* the raw KVM_EXIT_* */
-    uint64_t detail;          /* entry-failure reason / internal suberror */
-    uint64_t checksum;        /* rax at the exit */
-    uint64_t writes_done;     /* r10 at the exit */
-    uint64_t rip;
-    uint64_t mmio_gpa;
-    unsigned mmio_len;
-    bool mmio_write;
-    uint64_t ns;              /* wall time from the first KVM_RUN to the exit */
-};
-
 /* Can this process run KVM guests?  0, or a negative errno with a reason
  * ("/dev/kvm: No such file or directory", "KVM API version 11", ...) in
  * why[0..len). */
@@ -183,9 +141,10 @@ int kvm_probe(char *why, size_t len) HV_MUST_CHECK;
 
 /*
  * A VM for domain d (which must outlive it, and be destroyed after it):
- * reserve and mirror, create the memslots and one vCPU, write the guest's
- * boot pages.  `o` may be NULL (defaults).  -ENODEV (no usable /dev/kvm),
- * -EINVAL (the boot pages are not RAM, max_gfn too small or beyond 512 GiB),
+ * reserve and mirror, create the memslots; no vCPU (kvm_exec_create, guest.h,
+ * adds them and the system pages).  `o` may be NULL (defaults).  -ENODEV
+ * (no usable /dev/kvm), -EINVAL (max_gfn beyond 512 GiB or the guest's
+ * address bits, a guest page order KVM does not offer),
  * -ENOSPC (more RAM runs than memslots), -ENOMEM, or another errno of the
  * KVM API; `why` (may be NULL) receives a one-line reason.
  */
@@ -231,19 +190,7 @@ void kvm_get_stats(const struct kvm_vm *vm, struct kvm_vm_stats *st);
  * page-table leaves without TDP).  -ENOTSUP when the kernel has no stats fd. */
 int kvm_mmu_pages(const struct kvm_vm *vm, uint64_t pages[3]) HV_MUST_CHECK;
 
-/*
- * Run the writer program until it exits to the host.  [gfn, gfn + pages)
- * must lie inside max_gfn and clear of the boot pages (it need not be RAM:
- * an access outside the memslots ends the run with KVM_GUEST_MMIO).
- * Returns 0 with the exit in *res, or -EINVAL, -ESTALE (kvm_sync needed,
- * nothing run), or the errno of a failed KVM ioctl.
- */
-int kvm_run_writer(struct kvm_vm *vm, const struct kvm_writer *w,
-                   struct kvm_guest_result *res) HV_MUST_CHECK;
-
-/* The same program on the host (the model): calls fn (may be NULL) for
- * every write in order and returns the checksum the guest reports. */
-uint64_t kvm_writer_model(const struct kvm_writer *w,
-                          void (*fn)(void *ctx, uint64_t gpa, uint64_t val), void *ctx);
+/* The kvm_vm behind a kvm program guest's exec (NULL for other backends). */
+struct kvm_vm *kvm_exec_vm(struct guest_exec *x);
 
 #endif

@@ -1,6 +1,7 @@
 /*
- * migrate.c - live migration: the guest runner, the frame pipeline, the
- * pre-copy sender and the live receiver (protocol and rules: migrate.h).
+ * migrate.c - live migration: the frame pipeline, the pre-copy sender and
+ * the live receiver (protocol and rules: migrate.h; the guest runner is
+ * guest.c's).
  *
  * Sender threads: the caller's thread is the migration thread (harvests,
  * reads pages, builds, checksums and compresses frames); a writer thread
@@ -59,192 +60,6 @@
 
 #define PIPE_BUFS 4
 #define BATCH 1024u
-
-/* ---- the guest runner ---------------------------------------------------------- */
-
-static void sleep_us(unsigned us)
-{
-    struct timespec ts = {0, (long)us * 1000};
-    nanosleep(&ts, NULL);
-}
-
-static void *runner_main(void *arg)
-{
-    struct migrate_guest *g = arg;
-    (void)pthread_setname_np(pthread_self(), "hugevm-guest");
-    double tokens[MIGRATE_MAX_VCPUS] = {0};
-    double rate = (double)g->wc.write_rate;
-    uint64_t q0 = g->wc.quantum ? g->wc.quantum : 4096;
-    uint64_t last = hv_now_ns();
-    int rc = 0;
-    for (;;) {
-        pthread_mutex_lock(&g->mu);
-        if (g->pause_req && !g->stop) {
-            g->paused = true;
-            pthread_cond_broadcast(&g->cv);
-            while (g->pause_req && !g->stop)
-                pthread_cond_wait(&g->cv, &g->mu);
-            g->paused = false;
-            last = hv_now_ns();
-        }
-        bool stop = g->stop;
-        pthread_mutex_unlock(&g->mu);
-        if (stop)
-            break;
-        uint64_t now = hv_now_ns();
-        double dt = (double)(now - last) / 1e9;
-        last = now;
-        bool ran = false;
-        for (unsigned k = 0; k < g->nr_vcpus && rc == 0; k++) {
-            uint64_t q = q0;
-            if (rate > 0) {
-                tokens[k] += dt * rate;
-                double cap = rate / 20 + (double)q0;
-                if (tokens[k] > cap)
-                    tokens[k] = cap;
-                if (tokens[k] < 1)
-                    continue;
-                if ((double)q > tokens[k])
-                    q = (uint64_t)tokens[k];
-            }
-            uint64_t done = 0;
-            vcpu_lock(g->v[k]);
-            while (done < q) {
-                int a = workload_step(g->w[k], g->v[k]);
-                if (a < 0) {
-                    rc = a;
-                    break;
-                }
-                done += (uint64_t)a;
-            }
-            vcpu_unlock(g->v[k]);
-            tokens[k] -= (double)done;
-            __atomic_add_fetch(&g->accesses, done, __ATOMIC_RELAXED);
-            ran = true;
-        }
-        if (rc)
-            break;
-        if (!ran)
-            sleep_us(500);
-    }
-    pthread_mutex_lock(&g->mu);
-    g->err = rc;
-    g->exited = true;
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-    return NULL;
-}
-
-static struct migrate_guest *guest_alloc(struct domain *d)
-{
-    struct migrate_guest *g = hv_calloc(1, sizeof(*g));
-    if (!g)
-        return NULL;
-    g->d = d;
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
-    return g;
-}
-
-int migrate_guest_create(struct domain *d, unsigned nr_vcpus, const struct tlb_config *tc,
-                         const struct workload_config *wc, struct migrate_guest **out)
-{
-    if (nr_vcpus > MIGRATE_MAX_VCPUS || (nr_vcpus && !wc))
-        return -EINVAL;
-    struct migrate_guest *g = guest_alloc(d);
-    if (!g)
-        return -ENOMEM;
-    if (tc)
-        g->tc = *tc;
-    else
-        tlb_config_default(&g->tc);
-    if (wc)
-        g->wc = *wc;
-    int rc = 0;
-    for (unsigned i = 0; i < nr_vcpus && rc == 0; i++) {
-        rc = vcpu_create(d, i, &g->tc, &g->v[i]);
-        if (rc == 0)
-            rc = workload_create(d, &g->wc, i, nr_vcpus, &g->w[i]);
-        g->nr_vcpus = i + 1;
-    }
-    if (rc < 0) {
-        migrate_guest_destroy(g);
-        return rc;
-    }
-    *out = g;
-    return 0;
-}
-
-void migrate_guest_destroy(struct migrate_guest *g)
-{
-    if (!g)
-        return;
-    migrate_guest_stop(g);
-    for (unsigned i = 0; i < g->nr_vcpus; i++) {
-        workload_destroy(g->w[i]);
-        vcpu_destroy(g->v[i]);
-    }
-    pthread_mutex_destroy(&g->mu);
-    pthread_cond_destroy(&g->cv);
-    free(g);
-}
-
-int migrate_guest_start(struct migrate_guest *g)
-{
-    if (g->started || !g->nr_vcpus)
-        return 0;
-    g->stop = g->pause_req = g->paused = g->exited = false;
-    g->err = 0;
-    int rc = pthread_create(&g->thread, NULL, runner_main, g);
-    if (rc)
-        return -rc;
-    g->started = true;
-    return 0;
-}
-
-void migrate_guest_pause(struct migrate_guest *g)
-{
-    /* pause_req also stops migrate_guest_call for a guest without a runner */
-    pthread_mutex_lock(&g->mu);
-    g->pause_req = true;
-    while (g->started && !g->paused && !g->exited)
-        pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-}
-
-void migrate_guest_resume(struct migrate_guest *g)
-{
-    pthread_mutex_lock(&g->mu);
-    g->pause_req = false;
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-}
-
-int migrate_guest_call(struct migrate_guest *g, int (*fn)(struct domain *d, void *ctx),
-                       void *ctx)
-{
-    int rc = -EAGAIN;
-    pthread_mutex_lock(&g->mu);
-    if (!g->pause_req && !g->stop) {
-        domain_lock(g->d);
-        rc = fn(g->d, ctx);
-        domain_unlock(g->d);
-    }
-    pthread_mutex_unlock(&g->mu);
-    return rc;
-}
-
-void migrate_guest_stop(struct migrate_guest *g)
-{
-    if (!g->started)
-        return;
-    pthread_mutex_lock(&g->mu);
-    g->stop = true;
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-    pthread_join(g->thread, NULL);
-    g->started = false;
-}
 
 /* ---- zero pages without reading: holes of the machine memfd ---------------------- */
 
@@ -1472,9 +1287,9 @@ static int guest_from_context(struct domain *d, const void *a, size_t len,
                               char *err, size_t errlen)
 {
     struct guest_state *gs = hv_malloc(sizeof(*gs));
-    struct migrate_guest *g = gs ? guest_alloc(d) : NULL;
+    struct migrate_guest *g = NULL;
     int rc = -ENOMEM;
-    if (!g) {
+    if (!gs || guest_create_soft(d, 0, NULL, NULL, &g) < 0) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }

@@ -78,7 +78,7 @@ static void logs_free(struct logs *L)
 
 /* ---- a small guest: 2M leaves, a 4K-only range, the VGA hole ----------------------------- */
 
-struct guest {
+struct tguest {
     struct domain *d;
     unsigned nv;
     struct vcpu *v[MAXV];
@@ -98,7 +98,7 @@ static struct domain *new_domain(struct machine *m)
     return d;
 }
 
-static void guest_init(struct guest *g, struct machine *m, enum workload_kind kind, unsigned nv,
+static void tguest_init(struct tguest *g, struct machine *m, enum workload_kind kind, unsigned nv,
                        unsigned quantum, struct logs *L)
 {
     memset(g, 0, sizeof(*g));
@@ -121,7 +121,7 @@ static void guest_init(struct guest *g, struct machine *m, enum workload_kind ki
     }
 }
 
-static void guest_fini(struct guest *g)
+static void tguest_fini(struct tguest *g)
 {
     for (unsigned i = 0; i < MAXV; i++) {
         workload_destroy(g->w[i]);
@@ -143,7 +143,7 @@ static void save_mem(struct domain *d, const void *tlvs, size_t len, struct stre
         fail_msg("stream_save: %s", err);
 }
 
-static void save_guest(struct guest *g, struct stream_mem *mem, struct save_result *sr)
+static void save_guest(struct tguest *g, struct stream_mem *mem, struct save_result *sr)
 {
     struct hvctx_buf b;
     assert_int_equal(hvctx_begin(&b), 0);
@@ -170,15 +170,15 @@ static void roundtrip(enum workload_kind kind, unsigned nv, unsigned quantum, ui
 {
     struct machine *m1 = new_machine(512 * MiB), *m2 = new_machine(256 * MiB);
     struct logs ref = {0}, src = {0}, res = {0};
-    struct guest g;
+    struct tguest g;
 
     /* the uninterrupted run: N + M accesses in one call, on a fresh guest */
-    guest_init(&g, m1, kind, nv, quantum, &ref);
+    tguest_init(&g, m1, kind, nv, quantum, &ref);
     assert_int_equal(workload_run(g.v, g.w, nv, n + mm, 0, NULL), 0);
-    guest_fini(&g);
+    tguest_fini(&g);
 
     /* the source: N accesses, then saved with its vCPU state */
-    guest_init(&g, m1, kind, nv, quantum, &src);
+    tguest_init(&g, m1, kind, nv, quantum, &src);
     assert_int_equal(workload_run(g.v, g.w, nv, n, 0, NULL), 0);
     uint64_t pages_src, dig_src = migrate_digest(g.d, &pages_src);
     struct stream_mem mem = {0};
@@ -258,7 +258,7 @@ static void roundtrip(enum workload_kind kind, unsigned nv, unsigned quantum, ui
     restore_result_free(&rr);
     AUDIT_OK(frames_audit(m2->frames));
     stream_mem_free(&mem);
-    guest_fini(&g);
+    tguest_fini(&g);
     logs_free(&ref);
     logs_free(&src);
     logs_free(&res);
@@ -352,8 +352,8 @@ static void test_corrupt_state(void **state)
     (void)state;
     struct machine *m = new_machine(256 * MiB);
     struct logs L = {0};
-    struct guest g;
-    guest_init(&g, m, WL_WRITER, 2, 4096, &L);
+    struct tguest g;
+    tguest_init(&g, m, WL_WRITER, 2, 4096, &L);
     assert_int_equal(workload_run(g.v, g.w, 2, 1000, 0, NULL), 0);
     struct hvctx_buf b;
     assert_int_equal(hvctx_begin(&b), 0);
@@ -430,7 +430,7 @@ static void test_corrupt_state(void **state)
     free(x);
     free(gs);
     hvctx_free(&b);
-    guest_fini(&g);
+    tguest_fini(&g);
     logs_free(&L);
     AUDIT_OK(frames_audit(m->frames));
     machine_destroy(m);

@@ -82,7 +82,6 @@ extern const struct cmd cmd_restore;
 extern const struct cmd cmd_inspect;
 extern const struct cmd cmd_migrate;
 extern const struct cmd cmd_receive;
-extern const struct cmd cmd_kvm;
 /* Live-migrate d (populated, no vCPUs of the caller running) with nv soft
  * vCPUs running wc, after `after` seconds, to ADDR:PORT `to`; prints the
  * report (cmd_migrate.c; `hugevm migrate` and `hugevm run --migrate-to`).

@@ -21,7 +21,6 @@ static const struct cmd *const commands[] = {
     &cmd_inspect,
     &cmd_migrate,
     &cmd_receive,
-    &cmd_kvm,
 };
 
 int cli_error(const char *fmt, ...)

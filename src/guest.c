@@ -1,0 +1,981 @@
+/*
+ * guest.c - the guest layer (see guest.h): backend choice, the soft
+ * runner, and program guests (kvm, native): loading, parameter pages, the
+ * vCPU threads, their calls, and the stop protocol.
+ *
+ * Stop protocol of program guests.  A vCPU thread runs its vCPU until an
+ * exit; while `hold` (pause, guest_call) or `halt` (stop) is set it parks
+ * instead of running.  Whoever sets hold bumps `gen` and kicks every vCPU
+ * (the backend makes its run return soon: KVM's immediate_exit plus a
+ * signal; native: a signal whose handler parks right there), then waits
+ * until parked == running.  Parking uses only atomics and futexes, because
+ * the native backend parks inside a signal handler.  A vCPU that faults
+ * records the first fault (fault_claimed), sets halt and kicks the others:
+ * one faulting vCPU stops the guest.
+ */
+#include "guest.h"
+
+#include <elf.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvm.h"
+#include "p2m.h"
+
+/* ---- backends -------------------------------------------------------------- */
+
+static const char *const backend_names[GUEST_NR_BACKENDS] = {"soft", "kvm", "native"};
+
+const char *guest_backend_name(enum guest_backend b)
+{
+    return (unsigned)b < GUEST_NR_BACKENDS ? backend_names[b] : "?";
+}
+
+int guest_backend_parse(const char *s, enum guest_backend *b, bool *is_auto)
+{
+    if (is_auto)
+        *is_auto = false;
+    if (!strcmp(s, "auto")) {
+        if (!is_auto)
+            return -EINVAL;
+        *is_auto = true;
+        return 0;
+    }
+    for (unsigned i = 0; i < GUEST_NR_BACKENDS; i++)
+        if (!strcmp(s, backend_names[i])) {
+            *b = (enum guest_backend)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+enum guest_backend guest_backend_auto(char *why, size_t len)
+{
+    char r[200] = "";
+    if (kvm_probe(r, sizeof(r)) == 0) {
+        snprintf(why, len, "kvm: /dev/kvm runs guests here");
+        return GUEST_BACKEND_KVM;
+    }
+    snprintf(why, len, "soft: /dev/kvm cannot run guests here (%s)", r);
+    return GUEST_BACKEND_SOFT;
+}
+
+static const char *const wl_names[HVG_NR_WORKLOADS] = {"seq", "uniform", "chase", "zipf",
+                                                       "writer", "custom"};
+
+const char *guest_workload_name(enum hvg_workload w)
+{
+    return (unsigned)w < HVG_NR_WORKLOADS ? wl_names[w] : "?";
+}
+
+int guest_workload_parse(const char *s, enum hvg_workload *out)
+{
+    if (!strcmp(s, "gups")) {
+        *out = HVG_WL_UNIFORM;
+        return 0;
+    }
+    for (unsigned i = 0; i < HVG_WL_CUSTOM; i++)
+        if (!strcmp(s, wl_names[i])) {
+            *out = (enum hvg_workload)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+void guest_prog_config_default(struct guest_prog_config *c, enum hvg_workload w)
+{
+    *c = (struct guest_prog_config){
+        .nr_vcpus = 1,
+        .workload = w,
+        .seed = 1,
+        .console_fd = 2,
+    };
+}
+
+/* ---- the soft runner --------------------------------------------------------- */
+
+static void sleep_us(unsigned us)
+{
+    struct timespec ts = {0, (long)us * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static void *runner_main(void *arg)
+{
+    struct guest *g = arg;
+    (void)pthread_setname_np(pthread_self(), "hugevm-guest");
+    double tokens[GUEST_MAX_VCPUS] = {0};
+    double rate = (double)g->wc.write_rate;
+    uint64_t q0 = g->wc.quantum ? g->wc.quantum : 4096;
+    uint64_t last = hv_now_ns();
+    int rc = 0;
+    for (;;) {
+        pthread_mutex_lock(&g->mu);
+        if (g->pause_req && !g->stop) {
+            g->paused = true;
+            pthread_cond_broadcast(&g->cv);
+            while (g->pause_req && !g->stop)
+                pthread_cond_wait(&g->cv, &g->mu);
+            g->paused = false;
+            last = hv_now_ns();
+        }
+        bool stop = g->stop;
+        pthread_mutex_unlock(&g->mu);
+        if (stop)
+            break;
+        uint64_t now = hv_now_ns();
+        double dt = (double)(now - last) / 1e9;
+        last = now;
+        bool ran = false;
+        for (unsigned k = 0; k < g->nr_vcpus && rc == 0; k++) {
+            uint64_t q = q0;
+            if (rate > 0) {
+                tokens[k] += dt * rate;
+                double cap = rate / 20 + (double)q0;
+                if (tokens[k] > cap)
+                    tokens[k] = cap;
+                if (tokens[k] < 1)
+                    continue;
+                if ((double)q > tokens[k])
+                    q = (uint64_t)tokens[k];
+            }
+            uint64_t done = 0;
+            vcpu_lock(g->v[k]);
+            while (done < q) {
+                int a = workload_step(g->w[k], g->v[k]);
+                if (a < 0) {
+                    rc = a;
+                    break;
+                }
+                done += (uint64_t)a;
+            }
+            vcpu_unlock(g->v[k]);
+            tokens[k] -= (double)done;
+            __atomic_add_fetch(&g->accesses, done, __ATOMIC_RELAXED);
+            ran = true;
+        }
+        if (rc)
+            break;
+        if (!ran)
+            sleep_us(500);
+    }
+    pthread_mutex_lock(&g->mu);
+    g->err = rc;
+    g->exited = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+static struct guest *guest_alloc(struct domain *d, enum guest_backend b)
+{
+    struct guest *g = hv_calloc(1, sizeof(*g));
+    if (!g)
+        return NULL;
+    g->d = d;
+    g->backend = b;
+    g->fault.vcpu = -1;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    return g;
+}
+
+int guest_create_soft(struct domain *d, unsigned nr_vcpus, const struct tlb_config *tc,
+                      const struct workload_config *wc, struct guest **out)
+{
+    if (nr_vcpus > GUEST_MAX_VCPUS || (nr_vcpus && !wc))
+        return -EINVAL;
+    struct guest *g = guest_alloc(d, GUEST_BACKEND_SOFT);
+    if (!g)
+        return -ENOMEM;
+    if (tc)
+        g->tc = *tc;
+    else
+        tlb_config_default(&g->tc);
+    if (wc)
+        g->wc = *wc;
+    int rc = 0;
+    for (unsigned i = 0; i < nr_vcpus && rc == 0; i++) {
+        rc = vcpu_create(d, i, &g->tc, &g->v[i]);
+        if (rc == 0)
+            rc = workload_create(d, &g->wc, i, nr_vcpus, &g->w[i]);
+        g->nr_vcpus = i + 1;
+    }
+    if (rc < 0) {
+        guest_destroy(g);
+        return rc;
+    }
+    *out = g;
+    return 0;
+}
+
+/* ---- futexes ------------------------------------------------------------------ */
+
+static void futex_wake(uint32_t *w)
+{
+    (void)syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Wait while *w == val, at most ns (0: no limit). */
+static void futex_wait(uint32_t *w, uint32_t val, uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+    (void)syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, val, ns ? &ts : NULL, NULL, 0);
+}
+
+static uint32_t ld32(const uint32_t *w) { return __atomic_load_n(w, __ATOMIC_ACQUIRE); }
+
+static void bump_gen(struct guest *g)
+{
+    __atomic_add_fetch(&g->gen, 1, __ATOMIC_ACQ_REL);
+    futex_wake(&g->gen);
+}
+
+bool guest_park(struct guest *g, unsigned i)
+{
+    (void)i;
+    __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
+    futex_wake(&g->parked);
+    bool halt;
+    for (;;) {
+        uint32_t gen = ld32(&g->gen);
+        halt = __atomic_load_n(&g->halt, __ATOMIC_ACQUIRE);
+        if (halt || !__atomic_load_n(&g->hold, __ATOMIC_ACQUIRE))
+            break;
+        futex_wait(&g->gen, gen, 0);
+    }
+    __atomic_sub_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
+    futex_wake(&g->parked);
+    return halt;
+}
+
+static void kick_all(struct guest *g)
+{
+    for (unsigned i = 0; i < g->nr_vcpus; i++)
+        g->x->ops->kick(g->x, i);
+    g->st.kicks += g->nr_vcpus;
+}
+
+/* Make every running vCPU park (hold) and wait until they have. */
+static void hold_vcpus(struct guest *g)
+{
+    __atomic_store_n(&g->hold, 1, __ATOMIC_RELEASE);
+    bump_gen(g);
+    if (!g->threads_live)
+        return;
+    for (;;) {
+        uint32_t parked = ld32(&g->parked), running = ld32(&g->running);
+        if (parked >= running)
+            break;
+        kick_all(g);
+        futex_wait(&g->parked, parked, 10 * 1000 * 1000);
+    }
+}
+
+static void release_vcpus(struct guest *g)
+{
+    __atomic_store_n(&g->hold, 0, __ATOMIC_RELEASE);
+    bump_gen(g);
+}
+
+/* ---- program guests: faults and calls ------------------------------------------ */
+
+static void claim_fault(struct guest *g, unsigned i, int err, unsigned vector, uint64_t rip,
+                        uint64_t addr, const char *what)
+{
+    if (__atomic_exchange_n(&g->fault_claimed, 1, __ATOMIC_ACQ_REL) == 0) {
+        g->fault.vcpu = (int)i;
+        g->fault.vector = vector;
+        g->fault.rip = rip;
+        g->fault.addr = addr;
+        snprintf(g->fault.what, sizeof(g->fault.what), "vCPU %u: %s", i, what);
+        g->err = err;
+    }
+    __atomic_store_n(&g->halt, 1, __ATOMIC_RELEASE);
+    bump_gen(g);
+}
+
+static const char *vector_name(unsigned v)
+{
+    static const char *const n[] = {"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM",
+                                    "#DF", "?", "#TS", "#NP", "#SS", "#GP", "#PF", "?",
+                                    "#MF", "#AC", "#MC", "#XM", "#VE", "#CP"};
+    return v < ARRAY_SIZE(n) ? n[v] : "interrupt";
+}
+
+static struct hvg_param *param_of(struct guest *g, unsigned i)
+{
+    return g->x->ops->gpa_ptr(g->x, HVG_PARAM_GPA(i));
+}
+
+static void console_keep(struct guest *g, const char *s, size_t n)
+{
+    static int lock;
+    while (__atomic_exchange_n(&lock, 1, __ATOMIC_ACQUIRE))
+        ;
+    if (n > GUEST_CONSOLE_KEEP)
+        s += n - GUEST_CONSOLE_KEEP, n = GUEST_CONSOLE_KEEP;
+    if (g->console_len + n > GUEST_CONSOLE_KEEP) {
+        size_t drop = g->console_len + n - GUEST_CONSOLE_KEEP;
+        memmove(g->console, g->console + drop, g->console_len - drop);
+        g->console_len -= (uint32_t)drop;
+    }
+    memcpy(g->console + g->console_len, s, n);
+    g->console_len += (uint32_t)n;
+    g->console[g->console_len] = 0;
+    __atomic_store_n(&lock, 0, __ATOMIC_RELEASE);
+}
+
+/* Async-signal-safe: write(2) and fixed buffers only. */
+int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
+{
+    struct hvg_param *p = param_of(g, i);
+    __atomic_add_fetch(&g->st.calls, 1, __ATOMIC_RELAXED);
+    if (!p)
+        return -EFAULT;
+    volatile struct hvg_param *vp = p;
+    switch (nr) {
+    case HVG_CALL_CONSOLE: {
+        uint32_t n = vp->console_len;
+        char buf[sizeof(p->console) + 32];
+        if (n > sizeof(p->console))
+            n = sizeof(p->console);
+        memcpy(buf, p->console, n);
+        console_keep(g, buf, n);
+        __atomic_add_fetch(&g->st.console_bytes, n, __ATOMIC_RELAXED);
+        if (g->pc.console_fd >= 0 && n) {
+            char pre[24];
+            int k = snprintf(pre, sizeof(pre), "guest[%u]: ", i);
+            if (k > 0)
+                (void)!write(g->pc.console_fd, pre, (size_t)k);
+            (void)!write(g->pc.console_fd, buf, n);
+        }
+        vp->call_ret = 0;
+        return 1;
+    }
+    case HVG_CALL_SLEEP: {
+        uint64_t ns = vp->args[0];
+        if (ns > 100 * 1000 * 1000ULL)
+            ns = 100 * 1000 * 1000ULL;
+        __atomic_add_fetch(&g->st.sleeps, 1, __ATOMIC_RELAXED);
+        /* in slices, so a pause or a stop is not held up */
+        while (ns && !__atomic_load_n(&g->hold, __ATOMIC_ACQUIRE) &&
+               !__atomic_load_n(&g->halt, __ATOMIC_ACQUIRE)) {
+            uint64_t s = ns < 1000000 ? ns : 1000000;
+            struct timespec ts = {0, (long)s};
+            nanosleep(&ts, NULL);
+            ns -= s;
+        }
+        vp->call_ret = 0;
+        return 1;
+    }
+    case HVG_CALL_YIELD:
+        vp->call_ret = 0;
+        return 1;
+    case HVG_CALL_DONE:
+        if (vp->args[0] != 0) {
+            char what[96];
+            snprintf(what, sizeof(what), "the program reported failure (code %lld)",
+                     (long long)vp->args[0]);
+            claim_fault(g, i, -EPROTO, 0, 0, 0, what);
+            return -EPROTO;
+        }
+        return 0;
+    default:
+        vp->call_ret = -ENOSYS; /* the guest sees it; nothing else happens */
+        return 1;
+    }
+}
+
+/* ---- program guests: vCPU threads ------------------------------------------------ */
+
+struct vcpu_arg {
+    struct guest *g;
+    unsigned i;
+};
+
+static void *vcpu_main(void *arg)
+{
+    struct vcpu_arg *va = arg;
+    struct guest *g = va->g;
+    unsigned i = va->i;
+    free(va);
+    char name[16];
+    snprintf(name, sizeof(name), "hugevm-vcpu%u", i);
+    (void)pthread_setname_np(pthread_self(), name);
+    int rc = 0;
+    for (;;) {
+        if (__atomic_load_n(&g->hold, __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&g->halt, __ATOMIC_ACQUIRE)) {
+            if (guest_park(g, i))
+                break;
+            continue;
+        }
+        struct guest_exit ex = {0};
+        rc = g->x->ops->run(g->x, i, &ex);
+        __atomic_add_fetch(&g->st.exits, 1, __ATOMIC_RELAXED);
+        if (rc < 0) {
+            char what[200];
+            snprintf(what, sizeof(what), "the %s backend failed: %s", g->x->ops->name,
+                     ex.what[0] ? ex.what : strerror(-rc));
+            claim_fault(g, i, rc, 0, 0, 0, what);
+            break;
+        }
+        char what[200];
+        if (ex.kind == GUEST_EXIT_KICK)
+            continue;
+        if (ex.kind == GUEST_EXIT_CALL) {
+            int r = guest_serve_call(g, i, ex.call);
+            if (r == 1)
+                continue;
+            rc = r;
+            break;
+        }
+        if (ex.kind == GUEST_EXIT_EXCEPTION) {
+            if (ex.vector == 14)
+                snprintf(what, sizeof(what), "%s (vector %u) at rip %#llx, address %#llx, "
+                         "error code %#llx", vector_name(ex.vector), ex.vector,
+                         (unsigned long long)ex.rip, (unsigned long long)ex.addr,
+                         (unsigned long long)ex.error_code);
+            else
+                snprintf(what, sizeof(what), "%s (vector %u) at rip %#llx, error code %#llx",
+                         vector_name(ex.vector), ex.vector, (unsigned long long)ex.rip,
+                         (unsigned long long)ex.error_code);
+            rc = -EFAULT;
+            claim_fault(g, i, rc, ex.vector, ex.rip, ex.addr, what);
+        } else if (ex.kind == GUEST_EXIT_FAULT) {
+            snprintf(what, sizeof(what), "%s of gpa %#llx outside guest RAM at rip %#llx",
+                     ex.write ? "write" : "read", (unsigned long long)ex.gpa,
+                     (unsigned long long)ex.rip);
+            rc = -EFAULT;
+            claim_fault(g, i, rc, 0, ex.rip, ex.gpa, what);
+        } else {
+            snprintf(what, sizeof(what), "%s", ex.what[0] ? ex.what : "backend error");
+            rc = ex.err ? ex.err : -EIO;
+            claim_fault(g, i, rc, 0, ex.rip, 0, what);
+        }
+        break;
+    }
+    g->vcpu_rc[i] = rc;
+    if (g->x->ops->thread_exit)
+        g->x->ops->thread_exit(g->x, i);
+    if (rc < 0) /* one vCPU's fault stops the guest */
+        for (unsigned k = 0; k < g->nr_vcpus; k++)
+            if (k != i)
+                g->x->ops->kick(g->x, k);
+    __atomic_sub_fetch(&g->running, 1, __ATOMIC_ACQ_REL);
+    futex_wake(&g->running);
+    futex_wake(&g->parked);
+    return NULL;
+}
+
+/* ---- program guests: create ---------------------------------------------------- */
+
+struct mem_walk {
+    struct hvg_extent ext[HVG_MAX_EXTENTS];
+    uint32_t n;
+    bool too_many;
+    gfn_t sys_missing; /* first system gfn that is not RAM (0: none) */
+    uint64_t sys_seen;
+};
+
+static bool sys_gfn(gfn_t g)
+{
+    return g >= 0x10 && g < (HVG_SYSTEM_END >> PAGE_SHIFT) &&
+           !(g >= VGA_HOLE_GFN && g < VGA_HOLE_GFN + VGA_HOLE_NR);
+}
+
+static int mem_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                    ept_entry_t *e)
+{
+    struct mem_walk *w = ctx;
+    (void)mfn, (void)e;
+    if (!p2m_is_ram(type))
+        return 0;
+    uint64_t nr = order_pages(order);
+    gfn_t sys_end = HVG_SYSTEM_END >> PAGE_SHIFT;
+    for (gfn_t g = gfn; g < gfn + nr && g < sys_end; g++)
+        w->sys_seen += sys_gfn(g);
+    if (gfn + nr <= sys_end)
+        return 0;
+    if (gfn < sys_end) {
+        nr -= sys_end - gfn;
+        gfn = sys_end;
+    }
+    uint64_t gpa = gfn << PAGE_SHIFT;
+    if (w->n && w->ext[w->n - 1].gpa + (w->ext[w->n - 1].pages << PAGE_SHIFT) == gpa) {
+        w->ext[w->n - 1].pages += nr;
+        return 0;
+    }
+    if (w->n == HVG_MAX_EXTENTS) {
+        w->too_many = true;
+        return 0;
+    }
+    w->ext[w->n++] = (struct hvg_extent){gpa, nr};
+    return 0;
+}
+
+static uint64_t tsc_hz_estimate(void)
+{
+    static uint64_t hz;
+    if (hz)
+        return hz;
+    uint32_t lo, hi;
+    uint64_t t0 = hv_now_ns();
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    uint64_t c0 = (uint64_t)hi << 32 | lo;
+    sleep_us(20000);
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    uint64_t c1 = (uint64_t)hi << 32 | lo, t1 = hv_now_ns();
+    hz = (uint64_t)((double)(c1 - c0) * 1e9 / (double)(t1 - t0));
+    return hz;
+}
+
+/* Load the program (flat built-in or a user's ELF) and write the parameter
+ * pages; zero the stacks. */
+static int load_guest(struct guest *g, const struct mem_walk *mw, char *why, size_t len)
+{
+    struct guest_exec *x = g->x;
+    uint8_t *img = hv_calloc(1, HVG_PROG_MAX);
+    if (!img)
+        return -ENOMEM;
+    int rc = 0;
+    if (g->pc.program) {
+        rc = guest_prog_load(g->pc.program, g->pc.program_len, img, &g->entry, why, len);
+    } else {
+        if (hvg_prog_workloads_len > HVG_PROG_MAX) {
+            rc = -ENOEXEC;
+            snprintf(why, len, "the built-in guest program is larger than HVG_PROG_MAX");
+        }
+        memcpy(img, hvg_prog_workloads, hvg_prog_workloads_len);
+        g->entry = HVG_PROG_GPA;
+    }
+    /* copy page by page through the mirror (the pages need not be
+     * contiguous on the host) */
+    for (uint64_t off = 0; rc == 0 && off < HVG_PROG_MAX; off += PAGE_SIZE) {
+        uint8_t *dst = x->ops->gpa_ptr(x, HVG_PROG_GPA + off);
+        if (!dst) {
+            rc = -EINVAL;
+            snprintf(why, len, "the program area (gpa %#llx) is not guest RAM",
+                     (unsigned long long)(HVG_PROG_GPA + off));
+            break;
+        }
+        memcpy(dst, img + off, PAGE_SIZE);
+    }
+    free(img);
+    for (uint64_t a = HVG_STACK_TOP(0) - HVG_STACK_BYTES;
+         rc == 0 && a < HVG_STACK_TOP(g->nr_vcpus - 1); a += PAGE_SIZE) {
+        uint8_t *dst = x->ops->gpa_ptr(x, a);
+        if (dst)
+            memset(dst, 0, PAGE_SIZE);
+    }
+    double theta = g->pc.zipf_theta > 0 ? g->pc.zipf_theta : 0.99;
+    union {
+        double d;
+        uint64_t u;
+    } tb = {theta};
+    static const uint32_t def_ppm[HVG_NR_WORKLOADS] = {0, 1000000, 0, 200000, 1000000, 0};
+    for (unsigned i = 0; rc == 0 && i < g->nr_vcpus; i++) {
+        struct hvg_param *p = param_of(g, i);
+        if (!p) {
+            rc = -EINVAL;
+            snprintf(why, len, "vCPU %u's parameter page (gpa %#llx) is not guest RAM", i,
+                     (unsigned long long)HVG_PARAM_GPA(i));
+            break;
+        }
+        memset(p, 0, PAGE_SIZE);
+        *p = (struct hvg_param){
+            .magic = HVG_MAGIC,
+            .abi = HVG_ABI_VERSION,
+            .vcpu = i,
+            .nr_vcpus = g->nr_vcpus,
+            .workload = g->pc.program ? HVG_WL_CUSTOM : g->pc.workload,
+            .guest_page_order = x->guest_page_order,
+            .seed = g->pc.seed,
+            .ops = g->pc.ops,
+            .write_ppm = g->pc.write_ppm_set ? g->pc.write_ppm : def_ppm[g->pc.workload],
+            .wss_ppm = g->pc.wss_ppm,
+            .write_rate = g->pc.write_rate,
+            .tsc_hz = tsc_hz_estimate(),
+            .zipf_theta_bits = tb.u,
+            .batch = g->pc.batch ? g->pc.batch : 4096,
+            .nr_extents = mw->n,
+        };
+        memcpy(p->ext, mw->ext, mw->n * sizeof(mw->ext[0]));
+        if (i == 0) {
+            g->tmpl = hv_malloc(sizeof(*p));
+            if (!g->tmpl) {
+                rc = -ENOMEM;
+                break;
+            }
+            memcpy(g->tmpl, p, sizeof(*p));
+        }
+        rc = x->ops->reset(x, i, g->entry, HVG_STACK_TOP(i), HVG_PARAM_GPA(i));
+        if (rc < 0)
+            snprintf(why, len, "setting vCPU %u's registers: %s", i, strerror(-rc));
+    }
+    return rc;
+}
+
+int guest_create_prog(struct domain *d, enum guest_backend b, const struct guest_prog_config *pc,
+                      struct guest **out, char *why, size_t len)
+{
+    char dummy[8];
+    if (!why || !len)
+        why = dummy, len = sizeof(dummy);
+    why[0] = 0;
+    if (b != GUEST_BACKEND_KVM && b != GUEST_BACKEND_NATIVE) {
+        snprintf(why, len, "backend %s does not run guest programs", guest_backend_name(b));
+        return -EINVAL;
+    }
+    if (pc->nr_vcpus == 0 || pc->nr_vcpus > HVG_MAX_VCPUS) {
+        snprintf(why, len, "%u vCPUs: a program guest has 1 to %u", pc->nr_vcpus,
+                 HVG_MAX_VCPUS);
+        return -EINVAL;
+    }
+    if (!pc->program && (pc->workload >= HVG_WL_CUSTOM || pc->write_ppm > 1000000u ||
+                         pc->wss_ppm > 1000000u || !(pc->zipf_theta >= 0 && pc->zipf_theta < 1))) {
+        snprintf(why, len, "bad workload parameters (workload %u, write %u ppm, wss %u ppm, "
+                 "theta %g)", pc->workload, pc->write_ppm, pc->wss_ppm, pc->zipf_theta);
+        return -EINVAL;
+    }
+    struct mem_walk *mw = hv_calloc(1, sizeof(*mw));
+    if (!mw)
+        return -ENOMEM;
+    pthread_mutex_lock(&d->lock);
+    int rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, mem_leaf, mw);
+    pthread_mutex_unlock(&d->lock);
+    uint64_t sys_need = 0;
+    for (gfn_t gf = 0; gf < (HVG_SYSTEM_END >> PAGE_SHIFT); gf++)
+        sys_need += sys_gfn(gf);
+    if (rc == 0 && mw->sys_seen != sys_need) {
+        snprintf(why, len, "the guest's first %llu MiB (gfn 0x10-0x%llx, but the VGA hole) must "
+                 "be RAM", (unsigned long long)(HVG_SYSTEM_END >> 20),
+                 (unsigned long long)((HVG_SYSTEM_END >> PAGE_SHIFT) - 1));
+        rc = -EINVAL;
+    } else if (rc == 0 && (mw->too_many || mw->n == 0)) {
+        snprintf(why, len, mw->n ? "guest RAM above %llu MiB is in more than %u runs"
+                                 : "no guest RAM above %llu MiB for the workloads",
+                 (unsigned long long)(HVG_SYSTEM_END >> 20), HVG_MAX_EXTENTS);
+        rc = -EINVAL;
+    }
+    if (rc < 0) {
+        free(mw);
+        return rc;
+    }
+    struct guest *g = guest_alloc(d, b);
+    if (!g) {
+        free(mw);
+        return -ENOMEM;
+    }
+    g->pc = *pc;
+    g->nr_vcpus = pc->nr_vcpus;
+    g->fresh = true;
+    rc = b == GUEST_BACKEND_KVM
+             ? kvm_exec_create(g, g->nr_vcpus, pc->guest_page_order, &g->x, why, len)
+             : native_exec_create(g, g->nr_vcpus, &g->x, why, len);
+    if (rc == 0)
+        rc = load_guest(g, mw, why, len);
+    free(mw);
+    if (rc < 0) {
+        guest_destroy(g);
+        return rc;
+    }
+    *out = g;
+    return 0;
+}
+
+/* ---- life cycle ------------------------------------------------------------------- */
+
+static bool is_prog(const struct guest *g) { return g->backend != GUEST_BACKEND_SOFT; }
+
+void guest_destroy(struct guest *g)
+{
+    if (!g)
+        return;
+    guest_stop(g);
+    for (unsigned i = 0; i < g->nr_vcpus && !is_prog(g); i++) {
+        workload_destroy(g->w[i]);
+        vcpu_destroy(g->v[i]);
+    }
+    if (g->x)
+        g->x->ops->destroy(g->x);
+    free(g->tmpl);
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+    free(g);
+}
+
+int guest_start(struct guest *g)
+{
+    if (g->started || !g->nr_vcpus)
+        return 0;
+    g->stop = g->pause_req = g->paused = g->exited = false;
+    g->err = 0;
+    if (!is_prog(g)) {
+        int rc = pthread_create(&g->thread, NULL, runner_main, g);
+        if (rc)
+            return -rc;
+        g->started = true;
+        return 0;
+    }
+    guest_signals_install();
+    __atomic_store_n(&g->halt, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&g->running, g->nr_vcpus, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < g->nr_vcpus; i++) {
+        struct vcpu_arg *va = malloc(sizeof(*va));
+        if (va)
+            *va = (struct vcpu_arg){g, i};
+        int rc = va ? pthread_create(&g->threads[i], NULL, vcpu_main, va) : ENOMEM;
+        if (rc) {
+            free(va);
+            /* the threads started so far stop; this vCPU never ran */
+            __atomic_sub_fetch(&g->running, g->nr_vcpus - i, __ATOMIC_ACQ_REL);
+            __atomic_store_n(&g->halt, 1, __ATOMIC_RELEASE);
+            bump_gen(g);
+            for (unsigned k = 0; k < i; k++) {
+                g->x->ops->kick(g->x, k);
+                pthread_join(g->threads[k], NULL);
+            }
+            return -rc;
+        }
+    }
+    g->threads_live = true;
+    g->started = true;
+    return 0;
+}
+
+void guest_pause(struct guest *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->pause_req = true;
+    if (!is_prog(g)) {
+        /* pause_req also stops guest_call for a guest without a runner */
+        while (g->started && !g->paused && !g->exited)
+            pthread_cond_wait(&g->cv, &g->mu);
+    } else {
+        hold_vcpus(g);
+        g->paused = true;
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+void guest_resume(struct guest *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->pause_req = false;
+    if (is_prog(g)) {
+        g->paused = false;
+        release_vcpus(g);
+    }
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ctx)
+{
+    int rc = -EAGAIN;
+    pthread_mutex_lock(&g->mu);
+    if (!g->pause_req && !g->stop) {
+        if (is_prog(g))
+            hold_vcpus(g);
+        domain_lock(g->d);
+        rc = fn(g->d, ctx);
+        domain_unlock(g->d);
+        if (is_prog(g)) {
+            long s = g->x->ops->sync(g->x);
+            g->st.syncs++;
+            if (s < 0 && rc >= 0)
+                rc = (int)s; /* the mirror is empty: the vCPUs fault rather
+                              * than reach frames the domain gave back */
+            release_vcpus(g);
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+void guest_stop(struct guest *g)
+{
+    if (!g->started)
+        return;
+    pthread_mutex_lock(&g->mu);
+    g->stop = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    if (!is_prog(g)) {
+        pthread_join(g->thread, NULL);
+    } else {
+        __atomic_store_n(&g->halt, 1, __ATOMIC_RELEASE);
+        bump_gen(g);
+        if (g->threads_live) {
+            kick_all(g);
+            for (unsigned i = 0; i < g->nr_vcpus; i++)
+                pthread_join(g->threads[i], NULL);
+            g->threads_live = false;
+        }
+    }
+    g->started = false;
+}
+
+int guest_wait(struct guest *g, uint64_t timeout_ns)
+{
+    if (!is_prog(g))
+        return -EINVAL;
+    uint64_t t0 = hv_now_ns();
+    for (;;) {
+        uint32_t r = ld32(&g->running);
+        if (r == 0 || __atomic_load_n(&g->fault_claimed, __ATOMIC_ACQUIRE))
+            break;
+        uint64_t el = hv_now_ns() - t0;
+        if (timeout_ns && el >= timeout_ns)
+            return -ETIMEDOUT;
+        uint64_t w = timeout_ns ? timeout_ns - el : 0;
+        futex_wait(&g->running, r, w && w < 100000000 ? w : 100000000);
+    }
+    guest_stop(g);
+    return g->fault_claimed ? (g->err ? g->err : -EIO) : 0;
+}
+
+int guest_finish(struct guest *g, uint64_t timeout_ns)
+{
+    if (!is_prog(g))
+        return -EINVAL;
+    for (unsigned i = 0; i < g->nr_vcpus; i++) {
+        struct hvg_param *p = param_of(g, i);
+        if (p)
+            __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+    }
+    int rc = guest_wait(g, timeout_ns);
+    if (rc == -ETIMEDOUT)
+        guest_stop(g);
+    return rc;
+}
+
+/* ---- inspection --------------------------------------------------------------------- */
+
+uint64_t guest_accesses(struct guest *g)
+{
+    if (!is_prog(g))
+        return __atomic_load_n(&g->accesses, __ATOMIC_RELAXED);
+    uint64_t n = 0;
+    for (unsigned i = 0; i < g->nr_vcpus; i++) {
+        struct hvg_param *p = param_of(g, i);
+        if (p)
+            n += __atomic_load_n(&p->st.accesses, __ATOMIC_RELAXED);
+    }
+    return n;
+}
+
+int guest_vcpu_state(struct guest *g, unsigned i, struct hvg_wl_state *st)
+{
+    if (!is_prog(g) || i >= g->nr_vcpus)
+        return -EINVAL;
+    struct hvg_param *p = param_of(g, i);
+    if (!p)
+        return -EFAULT;
+    /* ops is published last: read it first, then the rest */
+    uint64_t ops = __atomic_load_n(&p->st.ops, __ATOMIC_ACQUIRE);
+    *st = p->st;
+    st->ops = ops;
+    return 0;
+}
+
+int guest_mmu_pages(struct guest *g, uint64_t pages[3])
+{
+    if (!is_prog(g) || !g->x->ops->mmu_pages)
+        return -ENOTSUP;
+    return g->x->ops->mmu_pages(g->x, pages);
+}
+
+unsigned guest_page_order(const struct guest *g)
+{
+    return is_prog(g) ? g->x->guest_page_order : 0;
+}
+
+void *guest_gpa_ptr(struct guest *g, uint64_t gpa)
+{
+    return is_prog(g) ? g->x->ops->gpa_ptr(g->x, gpa) : NULL;
+}
+
+/* ---- ELF ---------------------------------------------------------------------------- */
+
+int guest_prog_load(const void *elf, size_t len, uint8_t *img, uint64_t *entry, char *why,
+                    size_t whylen)
+{
+    const uint8_t *b = elf;
+    Elf64_Ehdr eh;
+    memset(img, 0, HVG_PROG_MAX);
+    if (len < sizeof(eh) || memcmp(b, ELFMAG, SELFMAG) != 0) {
+        snprintf(why, whylen, "not an ELF file (%zu bytes, no ELF magic at offset 0)", len);
+        return -ENOEXEC;
+    }
+    memcpy(&eh, b, sizeof(eh));
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB) {
+        snprintf(why, whylen, "not a 64-bit little-endian ELF (class %u, data %u at offset 4)",
+                 eh.e_ident[EI_CLASS], eh.e_ident[EI_DATA]);
+        return -ENOEXEC;
+    }
+    if (eh.e_machine != EM_X86_64 || eh.e_type != ET_EXEC) {
+        snprintf(why, whylen, "not an x86-64 executable (e_machine %u, e_type %u): link it with "
+                 "guest/guest.ld, without -pie", eh.e_machine, eh.e_type);
+        return -ENOEXEC;
+    }
+    if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum > 64 ||
+        eh.e_phoff > len || (uint64_t)eh.e_phnum * sizeof(Elf64_Phdr) > len - eh.e_phoff) {
+        snprintf(why, whylen, "bad program header table (offset %llu, %u entries of %u bytes) "
+                 "in a %zu-byte file", (unsigned long long)eh.e_phoff, eh.e_phnum,
+                 eh.e_phentsize, len);
+        return -ENOEXEC;
+    }
+    bool entry_ok = false;
+    unsigned loads = 0;
+    for (unsigned i = 0; i < eh.e_phnum; i++) {
+        Elf64_Phdr ph;
+        memcpy(&ph, b + eh.e_phoff + i * sizeof(ph), sizeof(ph));
+        if (ph.p_type == PT_INTERP || ph.p_type == PT_DYNAMIC) {
+            snprintf(why, whylen, "program header %u asks for dynamic linking: a guest is "
+                     "static and freestanding", i);
+            return -ENOEXEC;
+        }
+        if (ph.p_type != PT_LOAD)
+            continue;
+        loads++;
+        uint64_t lo = HVG_PROG_GPA, hi = HVG_PROG_GPA + HVG_PROG_MAX;
+        if (ph.p_filesz > ph.p_memsz || ph.p_vaddr < lo || ph.p_memsz > hi - lo ||
+            ph.p_vaddr - lo > hi - lo - ph.p_memsz) {
+            snprintf(why, whylen, "segment %u (vaddr %#llx, %llu bytes) is outside the program "
+                     "area [%#llx, %#llx)", i, (unsigned long long)ph.p_vaddr,
+                     (unsigned long long)ph.p_memsz, (unsigned long long)lo,
+                     (unsigned long long)hi);
+            return -ENOEXEC;
+        }
+        if (ph.p_offset > len || ph.p_filesz > len - ph.p_offset) {
+            snprintf(why, whylen, "segment %u's %llu bytes at file offset %llu lie beyond the "
+                     "end of the %zu-byte file", i, (unsigned long long)ph.p_filesz,
+                     (unsigned long long)ph.p_offset, len);
+            return -ENOEXEC;
+        }
+        memcpy(img + (ph.p_vaddr - lo), b + ph.p_offset, ph.p_filesz);
+        if ((ph.p_flags & PF_X) && eh.e_entry >= ph.p_vaddr &&
+            eh.e_entry < ph.p_vaddr + ph.p_memsz)
+            entry_ok = true;
+    }
+    if (!loads) {
+        snprintf(why, whylen, "no PT_LOAD segment");
+        return -ENOEXEC;
+    }
+    if (!entry_ok) {
+        snprintf(why, whylen, "entry point %#llx is not inside an executable segment",
+                 (unsigned long long)eh.e_entry);
+        return -ENOEXEC;
+    }
+    *entry = eh.e_entry;
+    return 0;
+}

@@ -1,0 +1,295 @@
+/*
+ * guest.h - a running guest: its vCPUs over one domain, whichever backend
+ * executes them, and the one place that stops them to change its memory.
+ *
+ * Backends (enum guest_backend):
+ *  - soft:   the software vCPU (vcpu.h: EPT walker, TLB model, PML) runs
+ *            the workloads of workload.h; one runner thread interleaves
+ *            the vCPUs in quanta under d->lock.
+ *  - kvm:    the built-in guest program (guest/workloads.c) or a user's
+ *            (--guest-program) runs as real x86-64 code under /dev/kvm, one
+ *            host thread per vCPU, on the p2m mirrored into host mappings
+ *            (kvm.h).
+ *  - native: the same guest programs run as host code, one thread per
+ *            vCPU, on the p2m mirrored at host virtual address == gpa
+ *            (native.h): their ports are trapped by a signal handler.  For
+ *            hosts without KVM (and the tests of guest programs there); no
+ *            dirty log and no KVM counters.
+ * guest_backend_auto() picks kvm where /dev/kvm runs guests, else soft, and
+ * says why.
+ *
+ * Program guests (kvm, native) share the guest ABI of guest/hugevm_guest.h:
+ * the host writes a parameter page per vCPU, loads the program at
+ * HVG_PROG_GPA, starts every vCPU at its entry, and serves its calls
+ * (console, sleep, done).  The workloads of the built-in program are
+ * deterministic per vCPU, so guest_verify() replays them on the host
+ * (guest_model.c) and compares every word of guest memory and every
+ * checksum.
+ *
+ * Life cycle: create -> start -> (pause <-> resume, call)* -> stop or
+ * wait -> destroy.  Threading: one controlling thread calls create, start,
+ * pause, resume, stop, wait and destroy; guest_call may come from any
+ * thread (balloon drivers, sweeps).
+ *
+ * guest_call(g, fn, ctx) runs fn(d, ctx) with every vCPU stopped and d->lock
+ * held, then brings the backend's view of memory up to date (the kvm and
+ * native mirrors) before the vCPUs go on.  It returns -EAGAIN without
+ * calling fn while the guest is paused or stopped (a migration's final
+ * round sends the memory map as it is at pause, so no change may slip in
+ * after it).
+ */
+#ifndef HUGEVM_GUEST_H
+#define HUGEVM_GUEST_H
+
+#include <pthread.h>
+
+#include "common.h"
+#include "vcpu.h"
+#include "workload.h"
+#include "../guest/hugevm_guest.h"
+
+#define GUEST_MAX_VCPUS 64
+#define GUEST_CONSOLE_KEEP 8192u
+
+enum guest_backend {
+    GUEST_BACKEND_SOFT = 0,
+    GUEST_BACKEND_KVM = 1,
+    GUEST_BACKEND_NATIVE = 2,
+    GUEST_NR_BACKENDS
+};
+const char *guest_backend_name(enum guest_backend b);
+/* "soft", "kvm", "native"; "auto" sets *is_auto.  -EINVAL otherwise. */
+int guest_backend_parse(const char *s, enum guest_backend *b, bool *is_auto) HV_MUST_CHECK;
+/* kvm when /dev/kvm runs guests here, else soft; why[] says which and why. */
+enum guest_backend guest_backend_auto(char *why, size_t len);
+
+/* What a program guest runs (kvm, native). */
+struct guest_prog_config {
+    unsigned nr_vcpus;          /* 1 .. HVG_MAX_VCPUS */
+    enum hvg_workload workload; /* for the built-in program */
+    uint64_t seed;
+    uint64_t ops;               /* per vCPU; 0: until guest_stop */
+    uint32_t write_ppm;         /* < 0 in workload terms: use the kind's default */
+    bool write_ppm_set;
+    uint32_t wss_ppm;           /* writer: 0 = whole slice */
+    uint64_t write_rate;        /* writer: writes/s per vCPU, 0 = unpaced */
+    double zipf_theta;          /* 0: 0.99 */
+    uint64_t batch;             /* operations between publications (0: 4096) */
+    unsigned guest_page_order;  /* kvm: 9 or 18; 0: the largest the CPUID offers */
+    /* A user's program instead of the built-in one (ELF64 image in memory,
+     * checked by guest_prog_load); NULL: the built-in workloads. */
+    const void *program;
+    size_t program_len;
+    /* The guest's console is written to this descriptor, each piece
+     * prefixed with its vCPU (-1: not written; the last bytes are kept in
+     * guest.console either way). */
+    int console_fd;
+};
+void guest_prog_config_default(struct guest_prog_config *c, enum hvg_workload w);
+/* "seq", "uniform" ("gups"), "chase", "zipf", "writer". */
+int guest_workload_parse(const char *s, enum hvg_workload *out) HV_MUST_CHECK;
+const char *guest_workload_name(enum hvg_workload w);
+
+/* Why a program guest stopped, when it did not finish cleanly. */
+struct guest_fault {
+    int vcpu;             /* -1: none */
+    char what[256];       /* "vCPU 1: #PF (vector 14) at rip 0x100123, address 0x7000000" */
+    unsigned vector;      /* exceptions */
+    uint64_t rip, addr;
+};
+
+/* Statistics of a program guest, declared once. */
+#define GUEST_STAT_FIELDS(X)                                                   \
+    X(exits, "exits to the host (calls, kicks, faults)")                       \
+    X(calls, "guest calls served")                                             \
+    X(console_bytes, "console bytes printed")                                  \
+    X(sleeps, "pacing sleeps")                                                 \
+    X(kicks, "vCPU kicks (pause, stop, memory changes)")                       \
+    X(syncs, "mirror syncs after memory changes")
+
+struct guest_stats {
+#define X(name, desc) uint64_t name;
+    GUEST_STAT_FIELDS(X)
+#undef X
+};
+
+struct guest_exec;
+
+struct guest {
+    enum guest_backend backend;
+    struct domain *d;
+    unsigned nr_vcpus;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, pause_req, paused, stop, exited;
+    int err;            /* the first error a vCPU stopped on */
+    uint64_t accesses;  /* soft: made by the runner */
+    /* soft */
+    struct vcpu *v[GUEST_MAX_VCPUS];
+    struct workload *w[GUEST_MAX_VCPUS];
+    struct workload_config wc;
+    struct tlb_config tc;
+    pthread_t thread;
+    /* kvm, native */
+    struct guest_prog_config pc;
+    struct guest_exec *x;
+    struct guest_fault fault;
+    struct guest_stats st;
+    uint64_t entry;
+    pthread_t threads[HVG_MAX_VCPUS];
+    bool threads_live;
+    /* the stop protocol of program guests (atomics and futex words, so a
+     * vCPU can park from a signal handler): while hold or halt is set the
+     * vCPUs come out and park; gen moves whenever hold or halt changes;
+     * parked and running count vCPU threads */
+    int hold, halt;
+    uint32_t gen, parked, running;
+    int vcpu_rc[HVG_MAX_VCPUS];
+    bool fresh; /* started from zeroed workload memory (guest_verify) */
+    struct hvg_param *tmpl; /* the parameter page as the host wrote it (vCPU 0) */
+    /* the last GUEST_CONSOLE_KEEP bytes the guest printed (NUL-terminated) */
+    char console[GUEST_CONSOLE_KEEP + 1];
+    uint32_t console_len;
+    int fault_claimed;
+};
+
+/* A soft guest: vCPUs and workloads (wc->seed etc., one per vCPU) over d's
+ * RAM; tc NULL: defaults.  Not started.  -EINVAL, -ENOMEM. */
+int guest_create_soft(struct domain *d, unsigned nr_vcpus, const struct tlb_config *tc,
+                      const struct workload_config *wc, struct guest **out) HV_MUST_CHECK;
+/*
+ * A program guest on backend b (kvm or native) over d: the mirror, the
+ * vCPUs, the program loaded and the parameter pages written.  The
+ * workload memory is d's RAM above HVG_SYSTEM_END (at most HVG_MAX_EXTENTS
+ * runs); [0x10000, HVG_SYSTEM_END) must be RAM.  Not started.  -ENODEV
+ * (backend unusable here), -EINVAL (bad configuration or program), -ENOMEM,
+ * another errno; why[] says what.
+ */
+int guest_create_prog(struct domain *d, enum guest_backend b, const struct guest_prog_config *pc,
+                      struct guest **out, char *why, size_t len) HV_MUST_CHECK;
+/* Stop the vCPUs and free everything (not the domain).  NULL is fine. */
+void guest_destroy(struct guest *g);
+
+int guest_start(struct guest *g) HV_MUST_CHECK;
+/* Stop every vCPU at a point where it can go on later (returns when they
+ * are all stopped or finished); also holds off guest_call until resume. */
+void guest_pause(struct guest *g);
+void guest_resume(struct guest *g);
+int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ctx) HV_MUST_CHECK;
+/* Stop and join the vCPUs (idempotent). */
+void guest_stop(struct guest *g);
+/* Program guests: wait until every vCPU finished (ops done) or one failed,
+ * at most timeout_ns (0: no limit).  0 (all done), -ETIMEDOUT, or the
+ * error that stopped a vCPU (g->fault says what). */
+int guest_wait(struct guest *g, uint64_t timeout_ns) HV_MUST_CHECK;
+
+/* Program guests: ask every vCPU to finish at its next batch boundary (the
+ * `stop` word of its parameter page: its published state then matches its
+ * memory exactly) and wait as guest_wait does.  A guest that does not
+ * finish in time is stopped (guest_stop) and -ETIMEDOUT returned. */
+int guest_finish(struct guest *g, uint64_t timeout_ns) HV_MUST_CHECK;
+
+/* Accesses made so far (all vCPUs; program guests: from the parameter
+ * pages, no exit needed). */
+uint64_t guest_accesses(struct guest *g);
+/* Program guests: vCPU i's published workload state. */
+int guest_vcpu_state(struct guest *g, unsigned i, struct hvg_wl_state *st) HV_MUST_CHECK;
+/* KVM's own counts of its 4K/2M/1G mappings (-ENOTSUP on other backends). */
+int guest_mmu_pages(struct guest *g, uint64_t pages[3]) HV_MUST_CHECK;
+/* Guest-page order of a program guest's page tables (0 for soft/native). */
+unsigned guest_page_order(const struct guest *g);
+/* The mirror: host pointer of gpa (NULL when not mapped RAM). */
+void *guest_gpa_ptr(struct guest *g, uint64_t gpa);
+
+/*
+ * Program guests with the built-in workloads, after they ran from a fresh
+ * (zeroed) workload memory: replay every vCPU's operations on the host up
+ * to the count it published and compare its checksum and every word of
+ * the workload memory (through the p2m and the machine).  0: identical;
+ * -EBADMSG with why[] naming the first difference; -ENOMEM; -EINVAL (a
+ * user's program, or the guest ran from saved memory).
+ */
+int guest_verify(struct guest *g, char *why, size_t len) HV_MUST_CHECK;
+
+/* ---- program loading (guest.c; also for tests and the tools) --------------- */
+
+/* The built-in program (a flat image linked at HVG_PROG_GPA). */
+extern const unsigned char hvg_prog_workloads[];
+extern const size_t hvg_prog_workloads_len;
+
+/* Check an ELF64 x86-64 executable for the guest ABI and copy its PT_LOAD
+ * segments into img[0, HVG_PROG_MAX) (zeroed first); *entry gets e_entry.
+ * -ENOEXEC with why[] for anything else (not ELF, wrong class, machine or
+ * type, a segment outside [HVG_PROG_GPA, + HVG_PROG_MAX), a truncated file,
+ * an entry outside the loaded text). */
+int guest_prog_load(const void *elf, size_t len, uint8_t *img, uint64_t *entry, char *why,
+                    size_t whylen) HV_MUST_CHECK;
+
+/* ---- the interface of a program backend (kvm.c, native.c) ------------------ */
+
+enum guest_exit_kind {
+    GUEST_EXIT_CALL,      /* `out HVG_PORT`: call = eax */
+    GUEST_EXIT_KICK,      /* guest_exec_ops.kick asked it to come out */
+    GUEST_EXIT_EXCEPTION, /* vector, error_code, rip, addr (page fault) */
+    GUEST_EXIT_FAULT,     /* an access outside RAM (gpa, write) */
+    GUEST_EXIT_ERROR,     /* the backend failed (err, what) */
+};
+
+struct guest_exit {
+    enum guest_exit_kind kind;
+    uint32_t call;
+    unsigned vector;
+    uint64_t error_code, rip, addr, gpa;
+    bool write;
+    int err;
+    char what[160];
+};
+
+struct guest_exec_ops {
+    const char *name;
+    /* Set vCPU i to start at entry with rsp and rdi. */
+    int (*reset)(struct guest_exec *x, unsigned i, uint64_t entry, uint64_t rsp, uint64_t rdi);
+    /* Run vCPU i (its own thread) until an exit the host must see. */
+    int (*run)(struct guest_exec *x, unsigned i, struct guest_exit *ex);
+    /* From any thread: make vCPU i's run return GUEST_EXIT_KICK soon. */
+    void (*kick)(struct guest_exec *x, unsigned i);
+    /* After p2m changes, every vCPU stopped: bring the mirror up to date. */
+    long (*sync)(struct guest_exec *x);
+    void *(*gpa_ptr)(struct guest_exec *x, uint64_t gpa);
+    int (*mmu_pages)(struct guest_exec *x, uint64_t pages[3]);
+    /* vCPU i's thread is about to end (may be NULL). */
+    void (*thread_exit)(struct guest_exec *x, unsigned i);
+    void (*destroy)(struct guest_exec *x);
+};
+
+struct guest_exec {
+    const struct guest_exec_ops *ops;
+    struct guest *g;
+    unsigned guest_page_order;
+};
+
+/* Backends' constructors: the mirror of d, nr vCPUs, the system pages the
+ * backend needs below HVG_SYSTEM_END.  why[] says what failed. */
+int kvm_exec_create(struct guest *g, unsigned nr, unsigned guest_page_order,
+                    struct guest_exec **out, char *why, size_t len) HV_MUST_CHECK;
+int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, char *why,
+                       size_t len) HV_MUST_CHECK;
+
+/*
+ * Serve call `nr` of vCPU i (reading its parameter page through the
+ * mirror).  Returns 1 to go on running, 0 when the vCPU finished (DONE),
+ * < 0 on error.  May block (SLEEP) but returns early on stop or pause.
+ * Async-signal-safe (the native backend calls it from a signal handler).
+ */
+int guest_serve_call(struct guest *g, unsigned i, uint32_t nr);
+/* The signal that kicks a vCPU thread out of guest code (its handler is
+ * installed on first use; native.c). */
+int guest_kick_signal(void);
+/* (Re)install the handlers of the kick signal and of the native backend's
+ * traps where something else replaced them; guest_start calls it. */
+void guest_signals_install(void);
+/* Park vCPU i while a pause or a memory change is requested; returns true
+ * when the guest is being stopped.  Async-signal-safe. */
+bool guest_park(struct guest *g, unsigned i);
+
+#endif

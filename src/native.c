@@ -1,0 +1,507 @@
+/*
+ * native.c - the `native` program backend (guest.h): guest programs run as
+ * host code, one host thread per vCPU, on the domain's p2m mirrored at host
+ * virtual address == gpa.
+ *
+ * Mirror.  [0x10000, top) of the host's address space is reserved
+ * (MAP_FIXED_NOREPLACE, so nothing of the process is ever replaced; a
+ * range already in use is an error that says so: under ASan only the low
+ * 2 GiB are free) and every RAM leaf of the p2m is mapped there from the
+ * machine memfd at its frame's offset, runs contiguous in gfn and mfn by
+ * one mmap; everything else stays PROT_NONE.  gfns below 0x10 are never
+ * mapped (mmap_min_addr); the guest ABI does not use them.  A sync after a
+ * memory change maps everything again (the vCPUs are parked).
+ *
+ * Execution.  A vCPU thread jumps to the program's entry on the guest's
+ * stack (hv_native_enter) with `in_guest` set.  The program's `out` is a
+ * general-protection fault at CPL 3 (no I/O permission), delivered as
+ * SIGSEGV on the thread's alternate stack; the handler decodes the
+ * instruction at rip (out imm8/dx, al/eax), serves the call there
+ * (guest_serve_call is async-signal-safe), advances rip and returns into the
+ * guest, so the guest's registers never leave the CPU.  DONE, a fault (an
+ * access outside RAM: PROT_NONE; #GP, #UD, #DE, #BP: SIGSEGV, SIGILL,
+ * SIGFPE, SIGTRAP) and a stop leave the guest for good through siglongjmp
+ * to the vCPU loop; a paused vCPU parks inside the handler of the kick
+ * signal.  Signals that arrive while a thread is not in guest code go to
+ * the handlers installed before (ASan's, the default).
+ *
+ * Limits: no dirty log, no pause of a vCPU outside its own thread's
+ * signal handler, no guest page tables (the host's are used), so none of
+ * KVM's counters; a vCPU cannot be moved to another backend once started.
+ */
+#include "guest.h"
+
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "machine.h"
+#include "p2m.h"
+
+#define LOW_GPA 0x10000ULL
+#define ALTSTACK_BYTES (64 * 1024)
+
+struct nrun {
+    uint64_t gpa, bytes;
+    mfn_t mfn;
+};
+
+struct ncpu {
+    struct native *n;
+    unsigned i;
+    uint64_t entry, rsp, rdi;
+    bool reset;
+    volatile int in_guest;
+    pthread_t thread;
+    volatile int thread_known;
+    sigjmp_buf jb;
+    struct guest_exit *ex;
+    void *altstack;
+    stack_t old_ss; /* the thread's alternate stack before ours (ASan's) */
+};
+
+struct native {
+    struct guest_exec x;
+    struct domain *d;
+    uint64_t top; /* reserved [LOW_GPA, top) */
+    bool reserved;
+    struct nrun *runs;
+    size_t nruns;
+    unsigned nr;
+    struct ncpu cpu[HVG_MAX_VCPUS];
+};
+
+static __thread struct ncpu *cur_cpu;
+static struct sigaction old_act[NSIG];
+static pthread_once_t handlers_once = PTHREAD_ONCE_INIT;
+static int kick_sig;
+
+/* Switch to the guest's stack and jump to its entry (never returns: the
+ * vCPU leaves through siglongjmp). */
+void hv_native_enter(uint64_t rsp, uint64_t rip, uint64_t rdi);
+__asm__(".text\n"
+        ".globl hv_native_enter\n"
+        ".type hv_native_enter, @function\n"
+        "hv_native_enter:\n"
+        "    movq %rdi, %rsp\n"
+        "    movq %rdx, %rdi\n"
+        "    xorl %eax, %eax\n"
+        "    xorl %ebx, %ebx\n"
+        "    xorl %ebp, %ebp\n"
+        "    jmp *%rsi\n"
+        ".size hv_native_enter, . - hv_native_enter\n");
+
+static const struct nrun *run_find(const struct native *n, uint64_t gpa)
+{
+    size_t lo = 0, hi = n->nruns;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (n->runs[mid].gpa + n->runs[mid].bytes <= gpa)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n->nruns && n->runs[lo].gpa <= gpa ? &n->runs[lo] : NULL;
+}
+
+/* ---- signals ---------------------------------------------------------------- */
+
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+    struct sigaction *o = &old_act[sig];
+    if (o->sa_flags & SA_SIGINFO) {
+        if (o->sa_sigaction)
+            o->sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (o->sa_handler == SIG_IGN)
+        return;
+    if (o->sa_handler == SIG_DFL) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    o->sa_handler(sig);
+}
+
+static void leave(struct ncpu *c)
+{
+    c->in_guest = 0;
+    siglongjmp(c->jb, 1);
+}
+
+static void on_signal(int sig, siginfo_t *si, void *ucv)
+{
+    struct ncpu *c = cur_cpu;
+    ucontext_t *uc = ucv;
+    if (!c || !c->in_guest) {
+        if (sig != kick_sig) {
+            chain(sig, si, ucv);
+        }
+        return;
+    }
+    struct native *n = c->n;
+    struct guest *g = n->x.g;
+    struct guest_exit *ex = c->ex;
+    greg_t *r = uc->uc_mcontext.gregs;
+    uint64_t rip = (uint64_t)r[REG_RIP];
+    if (sig == kick_sig) {
+        if (guest_park(g, c->i)) {
+            ex->kind = GUEST_EXIT_KICK;
+            leave(c);
+        }
+        return;
+    }
+    ex->rip = rip;
+    if (sig == SIGSEGV && si->si_code == SI_KERNEL) {
+        /* #GP: an `out` (or `in`) without I/O permission, or a real #GP */
+        const struct nrun *rr = run_find(n, rip);
+        const uint8_t *ip = (const uint8_t *)(uintptr_t)rip;
+        if (rr && rr->gpa + rr->bytes - rip >= 2) {
+            unsigned port = 0, len = 0;
+            if (ip[0] == 0xe6 || ip[0] == 0xe7)
+                port = ip[1], len = 2;
+            else if (ip[0] == 0xee || ip[0] == 0xef)
+                port = (unsigned)(r[REG_RDX] & 0xffff), len = 1;
+            if (len && port == HVG_PORT) {
+                uint32_t nr = (uint32_t)r[REG_RAX];
+                if (nr == HVG_CALL_DONE) {
+                    ex->kind = GUEST_EXIT_CALL;
+                    ex->call = nr;
+                    leave(c);
+                }
+                int rc = guest_serve_call(g, c->i, nr);
+                if (rc != 1) {
+                    ex->kind = GUEST_EXIT_ERROR;
+                    ex->err = rc < 0 ? rc : -EPROTO;
+                    snprintf(ex->what, sizeof(ex->what), "call %u at rip %#llx failed", nr,
+                             (unsigned long long)rip);
+                    leave(c);
+                }
+                r[REG_RIP] = (greg_t)(rip + len);
+                return;
+            }
+            if (len || ip[0] == 0xe4 || ip[0] == 0xe5 || ip[0] == 0xec || ip[0] == 0xed) {
+                ex->kind = GUEST_EXIT_ERROR;
+                ex->err = -EPROTO;
+                snprintf(ex->what, sizeof(ex->what), "port access (opcode %#x, port %#x) at rip "
+                         "%#llx: only `out %#x` is a call", ip[0], port,
+                         (unsigned long long)rip, HVG_PORT);
+                leave(c);
+            }
+        }
+        ex->kind = GUEST_EXIT_EXCEPTION;
+        ex->vector = 13;
+        ex->error_code = (uint64_t)r[REG_ERR];
+        leave(c);
+    }
+    if (sig == SIGSEGV || sig == SIGBUS) {
+        uint64_t a = (uint64_t)(uintptr_t)si->si_addr;
+        bool write = (r[REG_ERR] & 2) != 0;
+        if (a < n->top && !run_find(n, a)) {
+            ex->kind = GUEST_EXIT_FAULT;
+            ex->gpa = a;
+            ex->write = write;
+        } else {
+            ex->kind = GUEST_EXIT_EXCEPTION;
+            ex->vector = 14;
+            ex->addr = a;
+            ex->error_code = (uint64_t)r[REG_ERR];
+        }
+        leave(c);
+    }
+    ex->kind = GUEST_EXIT_EXCEPTION;
+    ex->vector = sig == SIGILL ? 6 : sig == SIGFPE ? 0 : sig == SIGTRAP ? 3 : 13;
+    leave(c);
+}
+
+/* Install on_signal where another handler sits now (someone, a test
+ * framework for one, may have replaced it since), keeping that one to
+ * chain to.  Called before any vCPU of a guest starts. */
+static void install_handlers(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGRTMIN + 4};
+    pthread_mutex_lock(&mu);
+    kick_sig = SIGRTMIN + 4;
+    for (unsigned k = 0; k < ARRAY_SIZE(sigs); k++) {
+        struct sigaction cur;
+        if (sigaction(sigs[k], NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+            cur.sa_sigaction == on_signal)
+            continue;
+        struct sigaction sa = {0};
+        sa.sa_sigaction = on_signal;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sigs[k], &sa, &old_act[sigs[k]]);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+int guest_kick_signal(void)
+{
+    pthread_once(&handlers_once, install_handlers);
+    return kick_sig;
+}
+
+void guest_signals_install(void)
+{
+    install_handlers();
+}
+
+/* ---- mirror ----------------------------------------------------------------- */
+
+struct ncollect {
+    struct nrun *v;
+    size_t n, cap;
+    uint64_t top;
+    int rc;
+};
+
+static int ncollect_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                         ept_entry_t *e)
+{
+    struct ncollect *c = ctx;
+    (void)e;
+    if (!p2m_is_ram(type))
+        return 0;
+    uint64_t gpa = gfn << PAGE_SHIFT, bytes = order_pages(order) << PAGE_SHIFT;
+    if (gpa + bytes <= LOW_GPA)
+        return 0;
+    if (gpa < LOW_GPA) {
+        mfn += (LOW_GPA - gpa) >> PAGE_SHIFT;
+        bytes -= LOW_GPA - gpa;
+        gpa = LOW_GPA;
+    }
+    if (gpa + bytes > c->top)
+        return -ERANGE;
+    if (c->n) {
+        struct nrun *l = &c->v[c->n - 1];
+        if (l->gpa + l->bytes == gpa && l->mfn + (l->bytes >> PAGE_SHIFT) == mfn) {
+            l->bytes += bytes;
+            return 0;
+        }
+    }
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        struct nrun *v = realloc(c->v, cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        c->v = v;
+        c->cap = cap;
+    }
+    c->v[c->n++] = (struct nrun){gpa, bytes, mfn};
+    return 0;
+}
+
+static long native_sync(struct guest_exec *x)
+{
+    struct native *n = (struct native *)x;
+    struct ncollect c = {.top = n->top};
+    pthread_mutex_lock(&n->d->lock);
+    int rc = p2m_for_each_leaf(n->d->p2m, 0, P2M_GFN_LIMIT, ncollect_leaf, &c);
+    pthread_mutex_unlock(&n->d->lock);
+    /* everything back to PROT_NONE first: a failure leaves nothing mapped */
+    void *p = mmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    free(n->runs);
+    n->runs = NULL;
+    n->nruns = 0;
+    if (p == MAP_FAILED && rc == 0)
+        rc = -errno;
+    long pages = 0;
+    for (size_t i = 0; rc == 0 && i < c.n; i++) {
+        void *q = mmap((void *)(uintptr_t)c.v[i].gpa, c.v[i].bytes, PROT_READ | PROT_WRITE |
+                       PROT_EXEC, MAP_SHARED | MAP_FIXED, n->d->m->fd,
+                       (off_t)machine_offset(c.v[i].mfn));
+        if (q == MAP_FAILED) {
+            rc = -errno;
+            break;
+        }
+        (void)madvise(q, c.v[i].bytes, MADV_HUGEPAGE);
+        pages += (long)(c.v[i].bytes >> PAGE_SHIFT);
+    }
+    if (rc < 0) {
+        (void)mmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        free(c.v);
+        return rc;
+    }
+    n->runs = c.v;
+    n->nruns = c.n;
+    return pages;
+}
+
+static void *native_gpa_ptr(struct guest_exec *x, uint64_t gpa)
+{
+    struct native *n = (struct native *)x;
+    return run_find(n, gpa) ? (void *)(uintptr_t)gpa : NULL;
+}
+
+/* ---- vCPUs ------------------------------------------------------------------- */
+
+static int native_reset(struct guest_exec *x, unsigned i, uint64_t entry, uint64_t rsp,
+                        uint64_t rdi)
+{
+    struct native *n = (struct native *)x;
+    if (i >= n->nr)
+        return -EINVAL;
+    struct ncpu *c = &n->cpu[i];
+    if (c->thread_known)
+        return -EBUSY; /* a native vCPU's context cannot be set from outside */
+    c->entry = entry;
+    c->rsp = rsp;
+    c->rdi = rdi;
+    c->reset = true;
+    return 0;
+}
+
+static int native_run(struct guest_exec *x, unsigned i, struct guest_exit *ex)
+{
+    struct native *n = (struct native *)x;
+    struct ncpu *c = &n->cpu[i];
+    if (!c->reset) {
+        /* left the guest for good (DONE, fault, stop): nothing to resume */
+        ex->kind = GUEST_EXIT_ERROR;
+        ex->err = -ESRCH;
+        snprintf(ex->what, sizeof(ex->what), "the native vCPU cannot resume after it left");
+        return 0;
+    }
+    if (!c->altstack) {
+        c->altstack = malloc(ALTSTACK_BYTES);
+        if (!c->altstack)
+            return -ENOMEM;
+        stack_t ss = {.ss_sp = c->altstack, .ss_size = ALTSTACK_BYTES};
+        if (sigaltstack(&ss, &c->old_ss) < 0)
+            return -errno;
+    }
+    c->thread = pthread_self();
+    __atomic_store_n(&c->thread_known, 1, __ATOMIC_RELEASE);
+    cur_cpu = c;
+    c->ex = ex;
+    c->reset = false;
+    if (sigsetjmp(c->jb, 1) == 0) {
+        c->in_guest = 1;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        /* a kick between the loop's look and here parks in the handler */
+        if (__atomic_load_n(&n->x.g->halt, __ATOMIC_ACQUIRE)) {
+            c->in_guest = 0;
+            ex->kind = GUEST_EXIT_KICK;
+            return 0;
+        }
+        hv_native_enter(c->rsp, c->entry, c->rdi);
+    }
+    /* siglongjmp from the handler: ex is filled */
+    c->in_guest = 0;
+    return 0;
+}
+
+static void native_kick(struct guest_exec *x, unsigned i)
+{
+    struct native *n = (struct native *)x;
+    struct ncpu *c = &n->cpu[i];
+    if (__atomic_load_n(&c->thread_known, __ATOMIC_ACQUIRE))
+        (void)pthread_kill(c->thread, kick_sig);
+}
+
+static void native_thread_exit(struct guest_exec *x, unsigned i)
+{
+    struct native *n = (struct native *)x;
+    struct ncpu *c = &n->cpu[i];
+    /* give the thread its old alternate stack back: whoever set it up
+     * (ASan) frees it when the thread ends */
+    if (c->altstack)
+        (void)sigaltstack(&c->old_ss, NULL);
+    cur_cpu = NULL;
+}
+
+static void native_destroy(struct guest_exec *x)
+{
+    struct native *n = (struct native *)x;
+    if (n->reserved)
+        munmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA);
+    for (unsigned i = 0; i < n->nr; i++)
+        free(n->cpu[i].altstack); /* the threads are joined: no altstack in use */
+    free(n->runs);
+    free(n);
+}
+
+static const struct guest_exec_ops native_ops = {
+    .name = "native",
+    .reset = native_reset,
+    .run = native_run,
+    .kick = native_kick,
+    .sync = native_sync,
+    .gpa_ptr = native_gpa_ptr,
+    .mmu_pages = NULL,
+    .thread_exit = native_thread_exit,
+    .destroy = native_destroy,
+};
+
+struct ntop {
+    gfn_t end;
+};
+static int ntop_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                     ept_entry_t *e)
+{
+    struct ntop *t = ctx;
+    (void)mfn, (void)e;
+    if (p2m_is_ram(type) && gfn + order_pages(order) > t->end)
+        t->end = gfn + order_pages(order);
+    return 0;
+}
+
+int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, char *why,
+                       size_t len)
+{
+    struct native *n = hv_calloc(1, sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    n->x.ops = &native_ops;
+    n->x.g = g;
+    n->x.guest_page_order = 0;
+    n->d = g->d;
+    n->nr = nr;
+    for (unsigned i = 0; i < nr; i++) {
+        n->cpu[i].n = n;
+        n->cpu[i].i = i;
+    }
+    struct ntop t = {0};
+    pthread_mutex_lock(&g->d->lock);
+    (void)p2m_for_each_leaf(g->d->p2m, 0, P2M_GFN_LIMIT, ntop_leaf, &t);
+    pthread_mutex_unlock(&g->d->lock);
+    n->top = ((t.end << PAGE_SHIFT) + (2 * MiB) - 1) & ~(2 * MiB - 1);
+    if (n->top <= LOW_GPA) {
+        snprintf(why, len, "the domain has no RAM above gpa %#llx", (unsigned long long)LOW_GPA);
+        free(n);
+        return -EINVAL;
+    }
+    void *p = mmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED || p != (void *)(uintptr_t)LOW_GPA) {
+        int e = p == MAP_FAILED ? errno : EEXIST;
+        if (p != MAP_FAILED)
+            munmap(p, n->top - LOW_GPA); /* an old kernel ignored NOREPLACE */
+        snprintf(why, len, "the native backend needs host addresses [%#llx, %#llx) for the "
+                 "guest-physical space, and %s (under ASan only the low 2 GiB are free: use a "
+                 "smaller guest or the kvm backend)", (unsigned long long)LOW_GPA,
+                 (unsigned long long)n->top, e == EEXIST ? "part of it is in use" : strerror(e));
+        free(n);
+        return -ENOSPC;
+    }
+    n->reserved = true;
+    long s = native_sync(&n->x);
+    if (s < 0) {
+        snprintf(why, len, "mirroring the p2m at gpa == host address: %s", strerror((int)-s));
+        native_destroy(&n->x);
+        return (int)s;
+    }
+    install_handlers();
+    *out = &n->x;
+    return 0;
+}

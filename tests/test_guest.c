@@ -1,0 +1,499 @@
+/*
+ * test_guest.c - program guests (guest.h) on every program backend: the
+ * built-in C workloads on several vCPUs, replayed by the host and compared
+ * word by word with guest memory (through the p2m and the machine); a
+ * corrupted word is caught; guest exceptions and accesses outside RAM end
+ * the run with an error that names the vCPU, the vector and the address,
+ * and the domain's audits pass after; pause holds every vCPU still and
+ * guest_call runs with them parked, its memory change mirrored before they
+ * run on; the ELF loader accepts the example guest and refuses broken
+ * files with a reason.
+ *
+ * Backends: `native` runs everywhere (guest code as host code); `kvm` needs
+ * /dev/kvm and reports SKIP with the reason without it.
+ */
+#include <elf.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#include "guest.h"
+#include "kvm.h"
+
+struct env {
+    struct machine *m;
+    struct domain *d;
+    struct guest *g;
+};
+
+static bool backend_or_skip(enum guest_backend b)
+{
+    char why[256];
+    if (b == GUEST_BACKEND_KVM && kvm_probe(why, sizeof(why)) < 0) {
+        print_message("# SKIP reason: %s\n", why);
+        return false;
+    }
+    return true;
+}
+
+#define BACKEND_OR_SKIP(b)                                                     \
+    do {                                                                       \
+        if (!backend_or_skip(b))                                               \
+            skip();                                                            \
+    } while (0)
+
+static void env_up(struct env *e, uint64_t bytes)
+{
+    struct domain_config c;
+    e->m = new_machine(bytes + 64 * MiB);
+    domain_config_default(&c);
+    assert_int_equal(domain_create(e->m, &c, &e->d), 0);
+    assert_int_equal(domain_populate_guest(e->d, bytes, NULL), 0);
+    audit_all(e->d);
+    e->g = NULL;
+}
+
+static void env_down(struct env *e)
+{
+    guest_destroy(e->g);
+    audit_all(e->d);
+    domain_destroy(e->d);
+    machine_destroy(e->m);
+}
+
+static void create(struct env *e, enum guest_backend b, const struct guest_prog_config *pc)
+{
+    char why[256] = "";
+    int rc = guest_create_prog(e->d, b, pc, &e->g, why, sizeof(why));
+    if (rc < 0)
+        fail_msg("guest_create_prog(%s): %s (%s)", guest_backend_name(b), strerror(-rc), why);
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- workloads against the host's replay ---------------------------------------- */
+
+static void run_and_verify(enum guest_backend b, enum hvg_workload w, unsigned nv, uint64_t ops)
+{
+    struct env e;
+    struct guest_prog_config pc;
+    char why[256] = "";
+    env_up(&e, 48 * MiB);
+    guest_prog_config_default(&pc, w);
+    pc.nr_vcpus = nv;
+    pc.ops = ops;
+    pc.seed = 7 + w;
+    pc.batch = 1000;
+    pc.console_fd = -1;
+    if (w == HVG_WL_SEQ) {
+        pc.write_ppm = 300000;
+        pc.write_ppm_set = true;
+    }
+    if (w == HVG_WL_WRITER)
+        pc.wss_ppm = 500000;
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    int rc = guest_wait(e.g, 60ULL * 1000 * 1000 * 1000);
+    if (rc < 0)
+        fail_msg("%s/%s: %s (%s)", guest_backend_name(b), guest_workload_name(w), strerror(-rc),
+                 e.g->fault.what);
+    uint64_t acc = 0;
+    for (unsigned i = 0; i < nv; i++) {
+        struct hvg_wl_state st;
+        assert_int_equal(guest_vcpu_state(e.g, i, &st), 0);
+        assert_int_equal(st.ops, ops);
+        acc += st.accesses;
+    }
+    assert_true(acc >= nv * ops);
+    assert_int_equal(guest_accesses(e.g), acc);
+    rc = guest_verify(e.g, why, sizeof(why));
+    if (rc < 0)
+        fail_msg("%s/%s: verify: %s", guest_backend_name(b), guest_workload_name(w), why);
+    env_down(&e);
+}
+
+static void workloads(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    for (enum hvg_workload w = 0; w < HVG_WL_CUSTOM; w++) {
+        run_and_verify(b, w, 2, 20000 * hv_stress_scale());
+        run_and_verify(b, w, 3, 7001);
+    }
+}
+
+static void test_workloads_native(void **s) { (void)s; workloads(GUEST_BACKEND_NATIVE); }
+static void test_workloads_kvm(void **s) { (void)s; workloads(GUEST_BACKEND_KVM); }
+
+/* A word changed behind the guest's back, or a word the guest wrote lost,
+ * is caught by the replay. */
+static void verify_catches(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    struct env e;
+    struct guest_prog_config pc;
+    char why[256] = "";
+    env_up(&e, 32 * MiB);
+    guest_prog_config_default(&pc, HVG_WL_UNIFORM);
+    pc.nr_vcpus = 2;
+    pc.ops = 5000;
+    pc.console_fd = -1;
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    assert_int_equal(guest_wait(e.g, 30ULL * 1000 * 1000 * 1000), 0);
+    assert_int_equal(guest_verify(e.g, why, sizeof(why)), 0);
+    /* a stray word in a page nobody wrote */
+    uint64_t *p = guest_gpa_ptr(e.g, e.g->tmpl->ext[0].gpa + 4096 * 3 + 8);
+    assert_non_null(p);
+    uint64_t old = *p;
+    *p ^= 0x40;
+    assert_int_equal(guest_verify(e.g, why, sizeof(why)), -EBADMSG);
+    assert_non_null(strstr(why, "gpa") ? why : strstr(why, "non-zero"));
+    *p = old;
+    assert_int_equal(guest_verify(e.g, why, sizeof(why)), 0);
+    env_down(&e);
+}
+
+static void test_verify_catches_native(void **s) { (void)s; verify_catches(GUEST_BACKEND_NATIVE); }
+static void test_verify_catches_kvm(void **s) { (void)s; verify_catches(GUEST_BACKEND_KVM); }
+
+/* ---- hand-built programs: faults --------------------------------------------------- */
+
+/* A minimal ELF64 executable: one PT_LOAD of `code` at HVG_PROG_GPA. */
+static size_t make_elf(uint8_t *buf, size_t cap, const uint8_t *code, size_t n)
+{
+    Elf64_Ehdr eh = {0};
+    Elf64_Phdr ph = {0};
+    size_t off = sizeof(eh) + sizeof(ph);
+    assert_true(off + n <= cap);
+    memcpy(eh.e_ident, ELFMAG, SELFMAG);
+    eh.e_ident[EI_CLASS] = ELFCLASS64;
+    eh.e_ident[EI_DATA] = ELFDATA2LSB;
+    eh.e_ident[EI_VERSION] = EV_CURRENT;
+    eh.e_type = ET_EXEC;
+    eh.e_machine = EM_X86_64;
+    eh.e_version = EV_CURRENT;
+    eh.e_entry = HVG_PROG_GPA + off;
+    eh.e_phoff = sizeof(eh);
+    eh.e_ehsize = sizeof(eh);
+    eh.e_phentsize = sizeof(ph);
+    eh.e_phnum = 1;
+    ph.p_type = PT_LOAD;
+    ph.p_flags = PF_R | PF_X | PF_W;
+    ph.p_offset = 0;
+    ph.p_vaddr = ph.p_paddr = HVG_PROG_GPA;
+    ph.p_filesz = ph.p_memsz = off + n;
+    ph.p_align = 4096;
+    memcpy(buf, &eh, sizeof(eh));
+    memcpy(buf + sizeof(eh), &ph, sizeof(ph));
+    memcpy(buf + off, code, n);
+    return off + n;
+}
+
+static void expect_fault(enum guest_backend b, const uint8_t *code, size_t n, int vector,
+                         const char *needle)
+{
+    struct env e;
+    struct guest_prog_config pc;
+    uint8_t elf[512];
+    env_up(&e, 16 * MiB);
+    guest_prog_config_default(&pc, HVG_WL_SEQ);
+    pc.nr_vcpus = 2;
+    pc.console_fd = -1;
+    pc.program = elf;
+    pc.program_len = make_elf(elf, sizeof(elf), code, n);
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    int rc = guest_wait(e.g, 30ULL * 1000 * 1000 * 1000);
+    assert_int_equal(rc, -EFAULT);
+    assert_true(e.g->fault.vcpu == 0 || e.g->fault.vcpu == 1);
+    if (vector >= 0)
+        assert_int_equal(e.g->fault.vector, (unsigned)vector);
+    if (!strstr(e.g->fault.what, needle))
+        fail_msg("fault '%s' does not say '%s'", e.g->fault.what, needle);
+    assert_non_null(strstr(e.g->fault.what, "vCPU"));
+    env_down(&e);
+}
+
+static void faults(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    static const uint8_t ud2[] = {0x0f, 0x0b};
+    expect_fault(b, ud2, sizeof(ud2), 6, "#UD (vector 6)");
+    /* mov %rax, 0xa0000 (the VGA hole: inside the guest-physical space, not RAM) */
+    static const uint8_t vga[] = {0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x0a, 0x00};
+    expect_fault(b, vga, sizeof(vga), -1, "write of gpa 0xa0000 outside guest RAM");
+    /* out to a port that is not the call port: in %dx=0x60 (a keyboard) */
+    static const uint8_t bad_port[] = {0xb0, 0x01, 0xe6, 0x60};
+    struct env e;
+    struct guest_prog_config pc;
+    uint8_t elf[512];
+    env_up(&e, 16 * MiB);
+    guest_prog_config_default(&pc, HVG_WL_SEQ);
+    pc.console_fd = -1;
+    pc.program = elf;
+    pc.program_len = make_elf(elf, sizeof(elf), bad_port, sizeof(bad_port));
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    assert_true(guest_wait(e.g, 30ULL * 1000 * 1000 * 1000) < 0);
+    if (!strstr(e.g->fault.what, "0x60"))
+        fail_msg("fault '%s' does not name the port", e.g->fault.what);
+    env_down(&e);
+}
+
+static void test_faults_native(void **s) { (void)s; faults(GUEST_BACKEND_NATIVE); }
+static void test_faults_kvm(void **s) { (void)s; faults(GUEST_BACKEND_KVM); }
+
+/* ---- pause, guest_call, memory changes ---------------------------------------------- */
+
+struct still {
+    struct guest *g;
+    uint64_t before, after;
+};
+
+static int check_still(struct domain *d, void *ctx)
+{
+    struct still *s = ctx;
+    (void)d;
+    s->before = guest_accesses(s->g);
+    sleep_ms(30);
+    s->after = guest_accesses(s->g);
+    return 7;
+}
+
+static int balloon_out(struct domain *d, void *ctx)
+{
+    gfn_t *gfn = ctx;
+    long n = domain_decrease_reservation(d, *gfn, 512);
+    return n == 512 ? 0 : -EIO;
+}
+
+static void pause_and_call(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    struct env e;
+    struct guest_prog_config pc;
+    char why[256] = "";
+    env_up(&e, 32 * MiB);
+    guest_prog_config_default(&pc, HVG_WL_UNIFORM);
+    pc.nr_vcpus = 2;
+    pc.ops = 0; /* until told */
+    pc.batch = 500;
+    pc.console_fd = -1;
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    sleep_ms(50);
+    guest_pause(e.g);
+    uint64_t a = guest_accesses(e.g);
+    sleep_ms(40);
+    assert_int_equal(guest_accesses(e.g), a);
+    struct still s = {.g = e.g};
+    assert_int_equal(guest_call(e.g, check_still, &s), -EAGAIN); /* paused */
+    guest_resume(e.g);
+    sleep_ms(50);
+    assert_true(guest_accesses(e.g) > a);
+    /* guest_call runs with every vCPU parked */
+    assert_int_equal(guest_call(e.g, check_still, &s), 7);
+    assert_int_equal(s.before, s.after);
+    sleep_ms(30);
+    assert_true(guest_accesses(e.g) > s.after);
+    /* finish cooperatively: the published state matches memory */
+    assert_int_equal(guest_finish(e.g, 30ULL * 1000 * 1000 * 1000), 0);
+    if (guest_verify(e.g, why, sizeof(why)) < 0)
+        fail_msg("verify after pause/resume/call: %s", why);
+    guest_destroy(e.g);
+    e.g = NULL;
+
+    /* a memory change under a running writer: 2M of its memory ballooned
+     * out is gone from the mirror before it runs on; its next write there
+     * is an error naming the address, and the domain stays consistent */
+    guest_prog_config_default(&pc, HVG_WL_WRITER);
+    pc.nr_vcpus = 1;
+    pc.console_fd = -1;
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    sleep_ms(20);
+    gfn_t gfn = (e.g->tmpl->ext[0].gpa >> PAGE_SHIFT) + 1024; /* 2M aligned: ext starts at 4M */
+    assert_int_equal(guest_call(e.g, balloon_out, &gfn), 0);
+    assert_int_equal(guest_wait(e.g, 30ULL * 1000 * 1000 * 1000), -EFAULT);
+    char needle[64];
+    snprintf(needle, sizeof(needle), "write of gpa %#llx",
+             (unsigned long long)(gfn << PAGE_SHIFT));
+    if (!strstr(e.g->fault.what, "outside guest RAM") ||
+        !strstr(e.g->fault.what, "write of gpa 0x"))
+        fail_msg("fault '%s' (expected an access in the ballooned 2M at %s)", e.g->fault.what,
+                 needle);
+    assert_true(e.g->fault.addr >= gfn << PAGE_SHIFT &&
+                e.g->fault.addr < (gfn + 512) << PAGE_SHIFT);
+    env_down(&e);
+}
+
+static void test_pause_call_native(void **s) { (void)s; pause_and_call(GUEST_BACKEND_NATIVE); }
+static void test_pause_call_kvm(void **s) { (void)s; pause_and_call(GUEST_BACKEND_KVM); }
+
+/* ---- the ELF loader --------------------------------------------------------------- */
+
+/* The example guest: $HUGEVM_HELLO_ELF (meson sets it), else
+ * ../guest/hello-guest.elf next to this test's directory. */
+static const char *hello_path(void)
+{
+    static char buf[PATH_MAX + 32];
+    const char *env = getenv("HUGEVM_HELLO_ELF");
+    if (env && *env)
+        return env;
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return NULL;
+    self[n] = 0;
+    snprintf(buf, sizeof(buf), "%s/../guest/hello-guest.elf", dirname(self));
+    return buf;
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)n);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static void test_elf_loader(void **s)
+{
+    (void)s;
+    const char *path = hello_path();
+    size_t len = 0;
+    uint8_t *elf = path ? read_file(path, &len) : NULL;
+    if (!elf)
+        fail_msg("the example guest (HUGEVM_HELLO_ELF=%s) is not readable", path ? path : "");
+    uint8_t *img = malloc(HVG_PROG_MAX);
+    char why[256];
+    uint64_t entry = 0;
+    assert_int_equal(guest_prog_load(elf, len, img, &entry, why, sizeof(why)), 0);
+    assert_int_equal(entry, HVG_PROG_GPA); /* _start first */
+    assert_int_equal(img[0], 0x48);        /* andq $-16, %rsp */
+    /* truncated anywhere in the headers or the segment */
+    for (size_t cut = 0; cut < len; cut += len / 37 + 1) {
+        int rc = guest_prog_load(elf, cut, img, &entry, why, sizeof(why));
+        if (rc == 0) /* only a cut after every loaded byte may pass */
+            continue;
+        assert_int_equal(rc, -ENOEXEC);
+        assert_true(strlen(why) > 10);
+    }
+    uint8_t *bad = malloc(len);
+    Elf64_Ehdr eh;
+    memcpy(&eh, elf, sizeof(eh));
+    memcpy(bad, elf, len);
+    bad[1] = 'X';
+    assert_int_equal(guest_prog_load(bad, len, img, &entry, why, sizeof(why)), -ENOEXEC);
+    assert_non_null(strstr(why, "ELF magic"));
+    memcpy(bad, elf, len);
+    bad[EI_CLASS] = ELFCLASS32;
+    assert_int_equal(guest_prog_load(bad, len, img, &entry, why, sizeof(why)), -ENOEXEC);
+    assert_non_null(strstr(why, "64-bit"));
+    memcpy(bad, elf, len);
+    Elf64_Ehdr e2 = eh;
+    e2.e_machine = EM_AARCH64;
+    memcpy(bad, &e2, sizeof(e2));
+    assert_int_equal(guest_prog_load(bad, len, img, &entry, why, sizeof(why)), -ENOEXEC);
+    assert_non_null(strstr(why, "x86-64"));
+    /* a segment outside the program area */
+    memcpy(bad, elf, len);
+    Elf64_Phdr ph;
+    unsigned k;
+    for (k = 0; k < eh.e_phnum; k++) {
+        memcpy(&ph, elf + eh.e_phoff + k * sizeof(ph), sizeof(ph));
+        if (ph.p_type == PT_LOAD)
+            break;
+    }
+    assert_true(k < eh.e_phnum);
+    ph.p_vaddr = 0x7000000;
+    memcpy(bad + eh.e_phoff + k * sizeof(ph), &ph, sizeof(ph));
+    assert_int_equal(guest_prog_load(bad, len, img, &entry, why, sizeof(why)), -ENOEXEC);
+    assert_non_null(strstr(why, "outside the program area"));
+    /* an entry point outside the text */
+    memcpy(bad, elf, len);
+    e2 = eh;
+    e2.e_entry = HVG_PROG_GPA + HVG_PROG_MAX - 8;
+    memcpy(bad, &e2, sizeof(e2));
+    assert_int_equal(guest_prog_load(bad, len, img, &entry, why, sizeof(why)), -ENOEXEC);
+    assert_non_null(strstr(why, "entry point"));
+    free(bad);
+    free(img);
+    free(elf);
+}
+
+/* The example guest runs on the native backend and says hello. */
+static void test_example_guest(void **s)
+{
+    (void)s;
+    const char *path = hello_path();
+    size_t len = 0;
+    uint8_t *elf = path ? read_file(path, &len) : NULL;
+    assert_non_null(elf);
+    struct env e;
+    struct guest_prog_config pc;
+    env_up(&e, 16 * MiB);
+    guest_prog_config_default(&pc, HVG_WL_CUSTOM);
+    pc.nr_vcpus = 2;
+    pc.console_fd = -1;
+    pc.program = elf;
+    pc.program_len = len;
+    create(&e, GUEST_BACKEND_NATIVE, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    assert_int_equal(guest_wait(e.g, 30ULL * 1000 * 1000 * 1000), 0);
+    assert_non_null(strstr(e.g->console, "hello from vCPU 0 of 2"));
+    assert_non_null(strstr(e.g->console, "hello from vCPU 1 of 2"));
+    uint64_t pages = 0;
+    for (unsigned i = 0; i < 2; i++) {
+        struct hvg_wl_state st;
+        assert_int_equal(guest_vcpu_state(e.g, i, &st), 0);
+        assert_int_equal(st.checksum, st.ops * (i + 1)); /* it read back its own words */
+        pages += st.ops;
+    }
+    uint64_t total = 0;
+    for (unsigned k = 0; k < e.g->tmpl->nr_extents; k++)
+        total += e.g->tmpl->ext[k].pages;
+    assert_int_equal(pages, total);
+    char why[128];
+    assert_int_equal(guest_verify(e.g, why, sizeof(why)), -EINVAL); /* not replayable */
+    env_down(&e);
+    free(elf);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_elf_loader),
+        cmocka_unit_test(test_example_guest),
+        cmocka_unit_test(test_workloads_native),
+        cmocka_unit_test(test_verify_catches_native),
+        cmocka_unit_test(test_faults_native),
+        cmocka_unit_test(test_pause_call_native),
+        cmocka_unit_test(test_workloads_kvm),
+        cmocka_unit_test(test_verify_catches_kvm),
+        cmocka_unit_test(test_faults_kvm),
+        cmocka_unit_test(test_pause_call_kvm),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
