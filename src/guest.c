@@ -894,6 +894,13 @@ int guest_mmu_pages(struct guest *g, uint64_t pages[3])
     return g->x->ops->mmu_pages(g->x, pages);
 }
 
+int guest_host_mapping(struct guest *g, uint64_t *rss, uint64_t *pmd)
+{
+    if (!is_prog(g) || !g->x->ops->host_mapping)
+        return -ENOTSUP;
+    return g->x->ops->host_mapping(g->x, rss, pmd);
+}
+
 unsigned guest_page_order(const struct guest *g)
 {
     return is_prog(g) ? g->x->guest_page_order : 0;

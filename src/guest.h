@@ -196,6 +196,9 @@ uint64_t guest_accesses(struct guest *g);
 int guest_vcpu_state(struct guest *g, unsigned i, struct hvg_wl_state *st) HV_MUST_CHECK;
 /* KVM's own counts of its 4K/2M/1G mappings (-ENOTSUP on other backends). */
 int guest_mmu_pages(struct guest *g, uint64_t pages[3]) HV_MUST_CHECK;
+/* Program guests: resident bytes of the guest's mirror and the part the
+ * host maps with PMDs (2M host pages).  -ENOTSUP for soft guests. */
+int guest_host_mapping(struct guest *g, uint64_t *rss, uint64_t *pmd) HV_MUST_CHECK;
 /* Guest-page order of a program guest's page tables (0 for soft/native). */
 unsigned guest_page_order(const struct guest *g);
 /* The mirror: host pointer of gpa (NULL when not mapped RAM). */
@@ -257,6 +260,8 @@ struct guest_exec_ops {
     long (*sync)(struct guest_exec *x);
     void *(*gpa_ptr)(struct guest_exec *x, uint64_t gpa);
     int (*mmu_pages)(struct guest_exec *x, uint64_t pages[3]);
+    /* Resident bytes of the mirror and those the host maps with PMDs. */
+    int (*host_mapping)(struct guest_exec *x, uint64_t *rss, uint64_t *pmd);
     /* vCPU i's thread is about to end (may be NULL). */
     void (*thread_exit)(struct guest_exec *x, unsigned i);
     void (*destroy)(struct guest_exec *x);

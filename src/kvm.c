@@ -663,32 +663,11 @@ void kvm_get_stats(const struct kvm_vm *vm, struct kvm_vm_stats *st)
 
 int kvm_host_mapping_measure(const struct kvm_vm *vm, struct kvm_host_mapping *hm)
 {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    if (!f)
-        return -errno;
-    char line[512];
-    bool in = false;
-    uint64_t lo = (uint64_t)(uintptr_t)vm->base, hi = lo + vm->bytes;
-    *hm = (struct kvm_host_mapping){0};
-    while (fgets(line, sizeof(line), f)) {
-        unsigned long long s, e, kb;
-        char perms[8];
-        if (sscanf(line, "%llx-%llx %7s", &s, &e, perms) == 3) {
-            /* the mirror's RAM mappings: shared, inside the range */
-            in = s >= lo && e <= hi && perms[3] == 's';
-            hm->vmas += in;
-            continue;
-        }
-        if (!in)
-            continue;
-        if (sscanf(line, "Rss: %llu kB", &kb) == 1)
-            hm->rss_bytes += kb << 10;
-        else if (sscanf(line, "ShmemPmdMapped: %llu kB", &kb) == 1 ||
-                 sscanf(line, "FilePmdMapped: %llu kB", &kb) == 1)
-            hm->pmd_mapped_bytes += kb << 10;
-    }
-    fclose(f);
-    return 0;
+    uint64_t lo = (uint64_t)(uintptr_t)vm->base;
+    struct host_mapping h;
+    int rc = host_mapping_measure(lo, lo + vm->bytes, &h);
+    *hm = (struct kvm_host_mapping){h.vmas, h.rss_bytes, h.pmd_mapped_bytes};
+    return rc;
 }
 
 int kvm_mmu_pages(const struct kvm_vm *vm, uint64_t pages[3])
@@ -1054,6 +1033,15 @@ static int kvm_exec_mmu_pages(struct guest_exec *x, uint64_t pages[3])
     return kvm_mmu_pages((struct kvm_vm *)x, pages);
 }
 
+static int kvm_exec_host_mapping(struct guest_exec *x, uint64_t *rss, uint64_t *pmd)
+{
+    struct kvm_host_mapping hm;
+    int rc = kvm_host_mapping_measure((struct kvm_vm *)x, &hm);
+    *rss = hm.rss_bytes;
+    *pmd = hm.pmd_mapped_bytes;
+    return rc;
+}
+
 static void kvm_exec_destroy(struct guest_exec *x) { kvm_vm_destroy((struct kvm_vm *)x); }
 
 static const struct guest_exec_ops kvm_exec_ops = {
@@ -1064,6 +1052,7 @@ static const struct guest_exec_ops kvm_exec_ops = {
     .sync = kvm_exec_sync,
     .gpa_ptr = kvm_exec_gpa_ptr,
     .mmu_pages = kvm_exec_mmu_pages,
+    .host_mapping = kvm_exec_host_mapping,
     .destroy = kvm_exec_destroy,
 };
 

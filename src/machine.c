@@ -327,3 +327,46 @@ int thp_shmem_try_enable(void)
         return -EIO;
     return thp_shmem_usable(thp_shmem_read()) ? 0 : -EIO;
 }
+
+int thp_shmem_restore(enum thp_shmem t)
+{
+    if (t == THP_SHMEM_UNKNOWN)
+        return -EINVAL;
+    if (thp_shmem_read() == t)
+        return 0;
+    FILE *f = fopen(thp_path, "w");
+    if (!f)
+        return -errno;
+    int ok = fputs(thp_shmem_name(t), f) >= 0;
+    if (fclose(f) != 0)
+        ok = 0;
+    return ok && thp_shmem_read() == t ? 0 : -EIO;
+}
+
+int host_mapping_measure(uint64_t lo, uint64_t hi, struct host_mapping *hm)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f)
+        return -errno;
+    char line[512];
+    bool in = false;
+    *hm = (struct host_mapping){0};
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long s, e, kb;
+        char perms[8];
+        if (sscanf(line, "%llx-%llx %7s", &s, &e, perms) == 3) {
+            in = s >= lo && e <= hi && perms[3] == 's';
+            hm->vmas += in;
+            continue;
+        }
+        if (!in)
+            continue;
+        if (sscanf(line, "Rss: %llu kB", &kb) == 1)
+            hm->rss_bytes += kb << 10;
+        else if (sscanf(line, "ShmemPmdMapped: %llu kB", &kb) == 1 ||
+                 sscanf(line, "FilePmdMapped: %llu kB", &kb) == 1)
+            hm->pmd_mapped_bytes += kb << 10;
+    }
+    fclose(f);
+    return 0;
+}

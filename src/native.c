@@ -409,6 +409,16 @@ static void native_kick(struct guest_exec *x, unsigned i)
         (void)pthread_kill(c->thread, kick_sig);
 }
 
+static int native_host_mapping(struct guest_exec *x, uint64_t *rss, uint64_t *pmd)
+{
+    struct native *n = (struct native *)x;
+    struct host_mapping hm;
+    int rc = host_mapping_measure(LOW_GPA, n->top, &hm);
+    *rss = hm.rss_bytes;
+    *pmd = hm.pmd_mapped_bytes;
+    return rc;
+}
+
 static void native_thread_exit(struct guest_exec *x, unsigned i)
 {
     struct native *n = (struct native *)x;
@@ -439,6 +449,7 @@ static const struct guest_exec_ops native_ops = {
     .sync = native_sync,
     .gpa_ptr = native_gpa_ptr,
     .mmu_pages = NULL,
+    .host_mapping = native_host_mapping,
     .thread_exit = native_thread_exit,
     .destroy = native_destroy,
 };

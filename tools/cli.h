@@ -105,6 +105,28 @@ struct save_result;
 int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *const *w,
                    unsigned nv, const struct workload_config *wc, const char *path,
                    struct save_result *sr, char *err, size_t errlen);
+/* `hugevm run` on a program backend (kvm, native), on the domain d that
+ * cmd_run.c built (run_guest.c).  Returns the exit status. */
+struct cli_prog_run {
+    int backend;          /* enum guest_backend: kvm or native */
+    const char *why;      /* why this backend runs */
+    uint64_t guest_mem;
+    unsigned vcpus;
+    const char *workload, *guest_page, *program_path;
+    uint64_t accesses;    /* operations in all (0: --seconds) */
+    double seconds;
+    uint64_t seed, write_rate;
+    double write_frac, wss, theta;
+    bool json, no_audit;
+};
+int cli_run_program(struct domain *d, const struct cli_prog_run *a);
+/* Resolve --backend for a command: "auto" picks kvm where /dev/kvm runs
+ * guests, else soft (or native when only a program backend will do:
+ * need_prog); soft_only names an option that needs soft vCPUs (NULL: none),
+ * which makes auto pick soft and an explicit kvm/native an error.  why[]
+ * says which backend and why.  0, or 1 after printing an error. */
+int cli_backend(const char *cmd, const char *arg, const char *soft_only, bool need_prog,
+                int *backend, char *why, size_t len);
 /* A progress bar on stderr when it is a terminal (save/restore). */
 void cli_progress(const char *what, uint64_t done, uint64_t total);
 

@@ -90,6 +90,12 @@ void json_bool(struct json *j, const char *key, bool v)
     fputs(v ? "true" : "false", j->out);
 }
 
+void json_null(struct json *j, const char *key)
+{
+    prefix(j, key);
+    fputs("null", j->out);
+}
+
 void json_finish(struct json *j)
 {
     fputc('\n', j->out);

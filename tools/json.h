@@ -25,6 +25,7 @@ void json_i64(struct json *j, const char *key, int64_t v);
 void json_dbl(struct json *j, const char *key, double v);
 void json_str(struct json *j, const char *key, const char *v);
 void json_bool(struct json *j, const char *key, bool v);
+void json_null(struct json *j, const char *key);
 /* Ends the document with a newline. */
 void json_finish(struct json *j);
 

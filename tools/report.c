@@ -4,6 +4,8 @@
  * command prints the same names (KVM's pages_4k/pages_2m/pages_1g).
  */
 #include "cli.h"
+#include "guest.h"
+#include "kvm.h"
 
 #include <string.h>
 #include "domain.h"
@@ -176,4 +178,44 @@ void cli_json_pod(struct json *j, const char *key, const struct domain *d)
     POD_STAT_FIELDS(X)
 #undef X
     json_obj_end(j);
+}
+
+int cli_backend(const char *cmd, const char *arg, const char *soft_only, bool need_prog,
+                int *backend, char *why, size_t len)
+{
+    enum guest_backend b;
+    bool is_auto;
+    if (guest_backend_parse(arg, &b, &is_auto) < 0)
+        return cli_error("%s: --backend %s: give kvm, soft, native or auto", cmd, arg);
+    if (!is_auto) {
+        if (b != GUEST_BACKEND_SOFT && soft_only)
+            return cli_error("%s: %s runs on the soft backend only so far (KVM guests through "
+                             "migration, save/restore, PoD and log-dirty rounds come next)",
+                             cmd, soft_only);
+        if (b == GUEST_BACKEND_SOFT && need_prog)
+            return cli_error("%s: a guest program needs the kvm or native backend", cmd);
+        if (b == GUEST_BACKEND_KVM) {
+            char r[200];
+            if (kvm_probe(r, sizeof(r)) < 0)
+                return cli_error("%s: --backend kvm: /dev/kvm cannot run guests here (%s); "
+                                 "--backend soft or native run without it", cmd, r);
+        }
+        snprintf(why, len, "asked for with --backend %s", arg);
+        *backend = (int)b;
+        return 0;
+    }
+    char r[240];
+    b = guest_backend_auto(r, sizeof(r));
+    if (b == GUEST_BACKEND_KVM && soft_only) {
+        snprintf(why, len, "auto: %s runs on soft vCPUs only so far", soft_only);
+        b = GUEST_BACKEND_SOFT;
+    } else if (b == GUEST_BACKEND_SOFT && need_prog) {
+        snprintf(why, len, "auto: %s; a guest program runs natively instead",
+                 r + strlen("soft: "));
+        b = GUEST_BACKEND_NATIVE;
+    } else {
+        snprintf(why, len, "auto: %s", r);
+    }
+    *backend = (int)b;
+    return 0;
 }
