@@ -242,7 +242,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else {
-            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|stream|migrate|limits]\n");
+            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|stream|migrate|kvm|limits]\n");
             return 2;
         }
     }
@@ -295,6 +295,8 @@ int main(int argc, char **argv)
         bench_stream(add);
     if (!only || !strcmp(only, "migrate"))
         bench_migrate(add);
+    if (!only || !strcmp(only, "kvm"))
+        bench_guest(add);
     if (json)
         write_json(json);
     return (int)(bench_sink & 0);

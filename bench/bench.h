@@ -26,6 +26,9 @@ void bench_stream(bench_add_fn add);
 /* bench_migrate.c: live migration over loopback next to plain TCP. */
 void bench_migrate(bench_add_fn add);
 
+/* bench_guest.c: real guests on host 2M vs 4K pages (the `kvm` group). */
+void bench_guest(bench_add_fn add);
+
 /* Results folded in here cannot be optimised away. */
 extern volatile uint64_t bench_sink;
 

@@ -123,7 +123,7 @@ struct hvg_param {
     uint64_t zipf_theta_bits; /* IEEE-754 double, 0 < theta < 1 */
     uint64_t batch;        /* operations between looks at `stop` (and YIELD) */
     uint32_t nr_extents;   /* the workload memory, all vCPUs' slices */
-    uint32_t reserved0;
+    uint32_t flags;        /* HVG_F_* */
     struct hvg_extent ext[HVG_MAX_EXTENTS];
     /* guest */
     uint64_t stop;         /* host: set to 1 to make the program finish at the
@@ -142,6 +142,11 @@ struct hvg_param {
 _Static_assert(sizeof(struct hvg_extent) == 16, "hvg_extent");
 _Static_assert(sizeof(struct hvg_param) <= 4096, "the parameter page is one page");
 #endif
+
+/* hvg_param.flags */
+#define HVG_F_TOUCH 0x1u /* read one word of every page of the slice before
+                          * running (no effect on the results): a timed run
+                          * then measures the workload, not first touches */
 
 /* Phases published in hvg_param.phase. */
 #define HVG_PHASE_START 0u

@@ -40,6 +40,12 @@ int hvg_main(struct hvg_param *p)
     }
     if (vp->phase < HVG_PHASE_RUN) {
         vp->phase = HVG_PHASE_SETUP;
+        if (p->flags & HVG_F_TOUCH) {
+            uint64_t sink = 0;
+            for (uint64_t i = w.lo; i < w.hi; i++)
+                sink += HVG_LOAD(0, hvg_wl_page(&w, i));
+            __asm__ volatile("" : : "r"(sink));
+        }
         hvg_wl_setup(&w);
         vp->phase = HVG_PHASE_RUN;
     }

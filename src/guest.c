@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -606,6 +607,7 @@ static int load_guest(struct guest *g, const struct mem_walk *mw, char *why, siz
             .zipf_theta_bits = tb.u,
             .batch = g->pc.batch ? g->pc.batch : 4096,
             .nr_extents = mw->n,
+            .flags = g->pc.touch_first ? HVG_F_TOUCH : 0,
         };
         memcpy(p->ext, mw->ext, mw->n * sizeof(mw->ext[0]));
         if (i == 0) {
@@ -873,6 +875,18 @@ uint64_t guest_accesses(struct guest *g)
     return n;
 }
 
+bool guest_running_phase(struct guest *g)
+{
+    if (!is_prog(g))
+        return true;
+    for (unsigned i = 0; i < g->nr_vcpus; i++) {
+        struct hvg_param *p = param_of(g, i);
+        if (!p || __atomic_load_n(&p->phase, __ATOMIC_ACQUIRE) < HVG_PHASE_RUN)
+            return false;
+    }
+    return true;
+}
+
 int guest_vcpu_state(struct guest *g, unsigned i, struct hvg_wl_state *st)
 {
     if (!is_prog(g) || i >= g->nr_vcpus)
@@ -892,6 +906,28 @@ int guest_mmu_pages(struct guest *g, uint64_t pages[3])
     if (!is_prog(g) || !g->x->ops->mmu_pages)
         return -ENOTSUP;
     return g->x->ops->mmu_pages(g->x, pages);
+}
+
+int64_t guest_prefault(struct guest *g)
+{
+    if (!is_prog(g) || g->started)
+        return -EINVAL;
+    uint64_t t0 = hv_now_ns();
+    for (uint32_t e = 0; e < g->tmpl->nr_extents; e++) {
+        const struct hvg_extent *x = &g->tmpl->ext[e];
+        /* the mirror is linear in gpa: one range per extent */
+        uint8_t *p = guest_gpa_ptr(g, x->gpa);
+        uint8_t *q = guest_gpa_ptr(g, x->gpa + ((x->pages - 1) << PAGE_SHIFT));
+        if (!p || !q || (uint64_t)(q - p) != (x->pages - 1) << PAGE_SHIFT)
+            return -EFAULT;
+#ifdef MADV_POPULATE_WRITE
+        if (madvise(p, x->pages << PAGE_SHIFT, MADV_POPULATE_WRITE) == 0)
+            continue;
+#endif
+        for (uint64_t k = 0; k < x->pages; k++)
+            __atomic_fetch_add((volatile uint8_t *)(p + (k << PAGE_SHIFT)), 0, __ATOMIC_RELAXED);
+    }
+    return (int64_t)(hv_now_ns() - t0);
 }
 
 int guest_host_mapping(struct guest *g, uint64_t *rss, uint64_t *pmd)

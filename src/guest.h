@@ -76,6 +76,7 @@ struct guest_prog_config {
     double zipf_theta;          /* 0: 0.99 */
     uint64_t batch;             /* operations between publications (0: 4096) */
     unsigned guest_page_order;  /* kvm: 9 or 18; 0: the largest the CPUID offers */
+    bool touch_first;           /* HVG_F_TOUCH: each vCPU reads its slice once first */
     /* A user's program instead of the built-in one (ELF64 image in memory,
      * checked by guest_prog_load); NULL: the built-in workloads. */
     const void *program;
@@ -192,10 +193,18 @@ int guest_finish(struct guest *g, uint64_t timeout_ns) HV_MUST_CHECK;
 /* Accesses made so far (all vCPUs; program guests: from the parameter
  * pages, no exit needed). */
 uint64_t guest_accesses(struct guest *g);
+/* Program guests: true once every vCPU is past its set-up (and first
+ * touch) and runs its workload. */
+bool guest_running_phase(struct guest *g);
 /* Program guests: vCPU i's published workload state. */
 int guest_vcpu_state(struct guest *g, unsigned i, struct hvg_wl_state *st) HV_MUST_CHECK;
 /* KVM's own counts of its 4K/2M/1G mappings (-ENOTSUP on other backends). */
 int guest_mmu_pages(struct guest *g, uint64_t pages[3]) HV_MUST_CHECK;
+/* Program guests: have the host allocate and map every page of the
+ * workload memory now (MADV_POPULATE_WRITE through the mirror, else a touch
+ * per page), so that a timed run does not measure first touches.  Not
+ * started yet.  Returns nanoseconds spent, or -errno. */
+int64_t guest_prefault(struct guest *g) HV_MUST_CHECK;
 /* Program guests: resident bytes of the guest's mirror and the part the
  * host maps with PMDs (2M host pages).  -ENOTSUP for soft guests. */
 int guest_host_mapping(struct guest *g, uint64_t *rss, uint64_t *pmd) HV_MUST_CHECK;

@@ -30,7 +30,7 @@ static struct {
     uint64_t guest_mem, host_mem, target, pod_target, seed;
     double fragment;
     bool json, no_audit, no_deflate;
-    const char *workload;
+    const char *workload, *backend;
     uint64_t vcpus, write_rate, step, settle_ms;
     double wss;
 } o = {
@@ -42,6 +42,7 @@ static struct {
     .wss = 1.0,
     .step = 64 * MiB,
     .settle_ms = 100,
+    .backend = "auto",
 };
 
 /* Move the balloon to `target` pages, --step at a time under d->lock when
@@ -93,6 +94,11 @@ static int run_balloon(int argc, char **argv)
     char b1[32], b2[32];
     if (argc)
         return cli_error("balloon: unexpected argument '%s'", argv[0]);
+    int backend;
+    char bwhy[300];
+    if (cli_backend("balloon", o.backend, "a guest running under the balloon (its balloon driver)", false,
+                    &backend, bwhy, sizeof(bwhy)))
+        return 1;
     if (o.workload) {
         enum workload_kind k;
         if (workload_parse(o.workload, &k) < 0)
@@ -206,6 +212,8 @@ static int run_balloon(int argc, char **argv)
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
+        json_str(&j, "backend", "soft");
+        json_str(&j, "backend_why", bwhy);
         json_u64(&j, "guest_bytes", o.guest_mem);
         json_u64(&j, "target_bytes", o.target);
         json_bool(&j, "pod_guest", o.pod_target != 0);
@@ -244,6 +252,7 @@ static int run_balloon(int argc, char **argv)
         json_obj_end(&j);
         json_finish(&j);
     } else {
+        printf("backend: soft (%s)\n", bwhy);
         printf("guest %s%s: balloon to %s in %.2f ms (%.1f GiB/s)\n",
                hv_fmt_size(o.guest_mem, b1, sizeof(b1)), o.pod_target ? " (PoD)" : "",
                hv_fmt_size(o.target, b2, sizeof(b2)), (double)(t1 - t0) / 1e6,
@@ -298,6 +307,7 @@ static struct opt balloon_opts[] = {
     {"no-deflate", OPT_FLAG, &o.no_deflate, NULL, "stop after the inflate", NULL},
     {"seed", OPT_U64, &o.seed, "N", "seed of the fragmentation and the workload", NULL},
     {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
+    {"backend", OPT_STR, &o.backend, "NAME", "vCPU backend of the running guest: soft (or auto: soft for now; kvm guests get a balloon driver of their own next)", NULL},
     {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
     {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
     {"wss", OPT_DBL, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},

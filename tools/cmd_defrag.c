@@ -26,6 +26,7 @@ static struct {
     double rate;
     const char *order;
     bool json, no_audit;
+    const char *backend;
     const char *workload;
     uint64_t vcpus, write_rate, seed, settle_ms;
     double wss;
@@ -38,6 +39,7 @@ static struct {
     .seed = 1,
     .wss = 1.0,
     .settle_ms = 50,
+    .backend = "auto",
 };
 
 static uint8_t fill_of(gfn_t g) { return (uint8_t)((g * 131) | 1); }
@@ -53,6 +55,11 @@ static int run_defrag(int argc, char **argv)
     unsigned order;
     if (argc)
         return cli_error("defrag: unexpected argument '%s'", argv[0]);
+    int backend;
+    char bwhy[300];
+    if (cli_backend("defrag", o.backend, "a guest running under defrag (per-step mirror syncs)", false,
+                    &backend, bwhy, sizeof(bwhy)))
+        return 1;
     if (o.workload) {
         enum workload_kind k;
         if (workload_parse(o.workload, &k) < 0)
@@ -149,6 +156,8 @@ static int run_defrag(int argc, char **argv)
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
+        json_str(&j, "backend", "soft");
+        json_str(&j, "backend_why", bwhy);
         json_u64(&j, "guest_bytes", o.guest_mem);
         json_u64(&j, "scatter_bytes", o.scatter);
         json_str(&j, "order", o.order);
@@ -184,6 +193,7 @@ static int run_defrag(int argc, char **argv)
         json_obj_end(&j);
         json_finish(&j);
     } else {
+        printf("backend: soft (%s)\n", bwhy);
         printf("guest %s, %s of it as scattered 4K frames; defrag at %s%s\n",
                hv_fmt_size(o.guest_mem, b1, sizeof(b1)),
                hv_fmt_size(o.scatter, b2, sizeof(b2)), o.order,
@@ -227,6 +237,7 @@ static struct opt defrag_opts[] = {
     {"rate", OPT_DBL, &o.rate, "MIB_S", "copy at most MIB_S MiB/s (default unlimited)", NULL},
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: twice the guest)", NULL},
     {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
+    {"backend", OPT_STR, &o.backend, "NAME", "vCPU backend of the running guest: soft (or auto: soft for now; defrag under a running kvm guest needs a mirror sync per step, next)", NULL},
     {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
     {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
     {"wss", OPT_DBL, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},

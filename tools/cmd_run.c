@@ -148,7 +148,7 @@ static int run_run(int argc, char **argv)
     uint64_t *bitmap = NULL;
     enum workload_kind kind;
     enum dirty_mode mode = DIRTY_SPLIT_ON_WRITE;
-    unsigned guest_order, map_order;
+    unsigned guest_order = PAGE_ORDER_2M, map_order;
     int rc, status = 1;
     char b1[32];
 

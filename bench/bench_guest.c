@@ -1,0 +1,236 @@
+/*
+ * bench_guest.c - the `kvm` group: what host superpages give a real guest.
+ *
+ * The same guest (the built-in C workloads, guest/workloads.h) runs with
+ * its memory on host 2M pages (shmem THP "advise", the mirror advised
+ * MADV_HUGEPAGE; under KVM the guest's page tables use 2M leaves too) and
+ * on host 4K pages (shmem THP "never"), in interleaved A/B runs.  Each run
+ * builds a fresh domain on a fresh machine, prefaults the workload memory
+ * through the mirror, lets the guest read every page of its memory once
+ * (both timed: the first-touch cost per GiB of each configuration), then
+ * runs it for RUN_S seconds and takes its own accesses per second over the
+ * last three quarters.  Figures are medians
+ * of per-run ratios: <be>_<workload>_<size>_2m_vs_4k, with be = kvm when
+ * /dev/kvm runs guests, else native (the guest code as host code: the
+ * host's own page-size effect, without KVM's second dimension).
+ *
+ * Under KVM it also times how long KVM takes to map the guest with 2M
+ * again after dirty logging is switched off (kvm_pages_2m back to where it
+ * was before logging, sampled every 10 ms while the guest runs).
+ *
+ * Switching shmem THP needs root: the host's setting is put back when the
+ * group ends and at exit, whatever happens.  Without root the group says
+ * so and measures nothing.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "domain.h"
+#include "guest.h"
+#include "kvm.h"
+#include "machine.h"
+
+#define RUNS_AB 3
+#define RUN_S 2.0
+
+static enum thp_shmem host_thp = THP_SHMEM_UNKNOWN;
+
+static void put_back(void)
+{
+    if (host_thp != THP_SHMEM_UNKNOWN && thp_shmem_restore(host_thp) == 0)
+        fprintf(stderr, "kvm group: shmem THP put back to %s\n", thp_shmem_name(host_thp));
+    host_thp = THP_SHMEM_UNKNOWN;
+}
+
+/* Killed mid-run (Ctrl-C, a timeout): put the setting back, then die of
+ * the same signal. */
+static void on_fatal(int sig)
+{
+    put_back();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static bool thp_set(enum thp_shmem t)
+{
+    return thp_shmem_restore(t) == 0; /* writes t */
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+struct one {
+    double rate;       /* accesses per second after warm-up */
+    double touch_s;    /* prefault time */
+    double pmd_share;  /* host 2M share of the mirror */
+    uint64_t mmu[3];   /* KVM's mappings at the end (kvm only) */
+    double recover_s;  /* kvm: 2M mappings back after log-dirty off (-1: not measured) */
+};
+
+/* One run of workload w over `bytes` of guest on backend b, host pages
+ * per the current THP setting. */
+static struct one run_one(enum guest_backend b, enum hvg_workload w, uint64_t bytes,
+                          bool measure_recovery)
+{
+    struct one r = {.recover_s = -1};
+    struct machine *m;
+    struct domain *d;
+    struct guest *g;
+    struct domain_config c;
+    char why[256];
+    int rc = machine_create(&m, bytes + bytes / 8 + 64 * MiB, FRAME_POLICY_FRAGPOOL);
+    if (rc < 0)
+        bench_fail_rc("machine_create", rc);
+    domain_config_default(&c);
+    if ((rc = domain_create(m, &c, &d)) < 0 || (rc = domain_populate_guest(d, bytes, NULL)) < 0)
+        bench_fail_rc("domain for the guest", rc);
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, w);
+    pc.nr_vcpus = 1;
+    pc.console_fd = -1;
+    pc.guest_page_order = PAGE_ORDER_2M;
+    pc.touch_first = true;
+    if ((rc = guest_create_prog(d, b, &pc, &g, why, sizeof(why))) < 0) {
+        fprintf(stderr, "kvm group: %s\n", why);
+        bench_fail_rc("guest_create_prog", rc);
+    }
+    int64_t t = guest_prefault(g);
+    if (t < 0)
+        bench_fail_rc("guest_prefault", (int)t);
+    uint64_t ts = hv_now_ns();
+    if ((rc = guest_start(g)) < 0)
+        bench_fail_rc("guest_start", rc);
+    /* the guest's own first pass over its memory (set-up and touch) */
+    while (!guest_running_phase(g)) {
+        if (g->fault_claimed)
+            bench_fail(g->fault.what);
+        sleep_ms(5);
+    }
+    r.touch_s = (double)t / 1e9 + (double)(hv_now_ns() - ts) / 1e9;
+    uint64_t t0 = hv_now_ns(), warm_t = 0, warm_a = 0, lim = (uint64_t)(RUN_S * 1e9);
+    for (;;) {
+        sleep_ms(20);
+        uint64_t now = hv_now_ns() - t0, a = guest_accesses(g);
+        if (!warm_t && now >= lim / 4) {
+            warm_t = now;
+            warm_a = a;
+        }
+        if (now >= lim) {
+            r.rate = (double)(a - warm_a) * 1e9 / (double)(now - warm_t);
+            break;
+        }
+        if (g->fault_claimed)
+            bench_fail(g->fault.what);
+    }
+    if (guest_mmu_pages(g, r.mmu) < 0)
+        memset(r.mmu, 0, sizeof(r.mmu));
+    uint64_t rss, pmd;
+    if (guest_host_mapping(g, &rss, &pmd) == 0 && rss)
+        r.pmd_share = (double)pmd / (double)rss;
+    struct kvm_vm *vm = kvm_exec_vm(g->x);
+    if (measure_recovery && vm && r.mmu[1] > 0) {
+        uint64_t before = r.mmu[1], p[3] = {0};
+        if (kvm_set_log_dirty(vm, true) == 0) {
+            sleep_ms(500);
+            if (kvm_set_log_dirty(vm, false) == 0) {
+                uint64_t s0 = hv_now_ns();
+                while (hv_now_ns() - s0 < 10ULL * 1000 * 1000 * 1000) {
+                    if (kvm_mmu_pages(vm, p) == 0 && p[1] >= before * 95 / 100) {
+                        r.recover_s = (double)(hv_now_ns() - s0) / 1e9;
+                        break;
+                    }
+                    sleep_ms(10);
+                }
+            }
+        }
+    }
+    if ((rc = guest_finish(g, 30ULL * 1000 * 1000 * 1000)) < 0)
+        bench_fail_rc("guest_finish", rc);
+    guest_destroy(g);
+    domain_destroy(d);
+    machine_destroy(m);
+    return r;
+}
+
+void bench_guest(bench_add_fn add)
+{
+    char why[256];
+    enum guest_backend b = guest_backend_auto(why, sizeof(why));
+    if (b != GUEST_BACKEND_KVM)
+        b = GUEST_BACKEND_NATIVE;
+    const char *be = guest_backend_name(b);
+    printf("kvm group: backend %s (%s)\n", be, why);
+    host_thp = thp_shmem_read();
+    if (geteuid() != 0 || host_thp == THP_SHMEM_UNKNOWN || host_thp == THP_SHMEM_DENY) {
+        printf("kvm group: skipped: switching shmem THP between 2M and 4K host pages needs root "
+               "and a settable /sys/kernel/mm/transparent_hugepage/shmem_enabled (now %s)\n",
+               thp_shmem_name(host_thp));
+        host_thp = THP_SHMEM_UNKNOWN;
+        return;
+    }
+    atexit(put_back);
+    signal(SIGINT, on_fatal);
+    signal(SIGTERM, on_fatal);
+    signal(SIGHUP, on_fatal);
+    printf("kvm group: shmem THP is %s; switched to advise (2M) and never (4K) run by run, "
+           "put back at the end\n", thp_shmem_name(host_thp));
+    static const uint64_t sizes[] = {1 * GiB, 4 * GiB};
+    static const enum hvg_workload wls[] = {HVG_WL_UNIFORM, HVG_WL_CHASE};
+    for (unsigned si = 0; si < ARRAY_SIZE(sizes); si++) {
+        for (unsigned wi = 0; wi < ARRAY_SIZE(wls); wi++) {
+            double ratio[RUNS_AB], r2[RUNS_AB], r4[RUNS_AB], t2[RUNS_AB], t4[RUNS_AB];
+            double share2[RUNS_AB], rec[RUNS_AB];
+            uint64_t m2 = 0, m4 = 0;
+            int nrec = 0;
+            for (int k = 0; k < RUNS_AB; k++) {
+                if (!thp_set(THP_SHMEM_ADVISE))
+                    bench_fail("switching shmem THP to advise");
+                struct one a = run_one(b, wls[wi], sizes[si], k == 0 && wi == 0);
+                if (!thp_set(THP_SHMEM_NEVER))
+                    bench_fail("switching shmem THP to never");
+                struct one c = run_one(b, wls[wi], sizes[si], false);
+                r2[k] = a.rate;
+                r4[k] = c.rate;
+                ratio[k] = c.rate > 0 ? a.rate / c.rate : 0;
+                t2[k] = a.touch_s * GiB / (double)sizes[si];
+                t4[k] = c.touch_s * GiB / (double)sizes[si];
+                share2[k] = a.pmd_share;
+                m2 = a.mmu[1];
+                m4 = c.mmu[1];
+                if (a.recover_s >= 0)
+                    rec[nrec++] = a.recover_s;
+            }
+            char name[96];
+            const char *wn = guest_workload_name(wls[wi]);
+            unsigned gib = (unsigned)(sizes[si] / GiB);
+            double med4 = bench_median(r4, RUNS_AB), ratio_m = bench_median(ratio, RUNS_AB);
+            snprintf(name, sizeof(name), "%s_%s_%ug_2m_vs_4k", be, wn, gib);
+            add(name, bench_median(r2, RUNS_AB) / 1e6, "Macc/s", med4 / 1e6,
+                "the same guest on 4K host pages", ratio_m);
+            snprintf(name, sizeof(name), "%s_%s_%ug_host_2m_share", be, wn, gib);
+            add(name, bench_median(share2, RUNS_AB), "share", 0, NULL, 0);
+            if (b == GUEST_BACKEND_KVM) {
+                snprintf(name, sizeof(name), "kvm_%s_%ug_kvm_pages_2m", wn, gib);
+                add(name, (double)m2, "pages", (double)m4, "kvm_pages_2m on 4K host pages", 0);
+            }
+            if (wi == 0) {
+                double tm2 = bench_median(t2, RUNS_AB), tm4 = bench_median(t4, RUNS_AB);
+                snprintf(name, sizeof(name), "%s_first_touch_%ug_2m_s_per_gib", be, gib);
+                add(name, tm2, "s/GiB", tm4, "first touch on 4K host pages", tm4 > 0 ? tm2 / tm4 : 0);
+            }
+            if (nrec) {
+                snprintf(name, sizeof(name), "kvm_2m_recovery_after_log_dirty_%ug_s", gib);
+                add(name, bench_median(rec, nrec), "s", 0, NULL, 0);
+            }
+        }
+    }
+    put_back();
+}
