@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo on built-in defaults.  Headline: a receiver and a 4 GiB guest
+# The demo on built-in defaults.  First a real guest (C workload under KVM,
+# or natively without it) on host 2M and 4K pages.  Headline: a receiver and a 4 GiB guest
 # with a writing workload on this machine; the guest is live-migrated over
 # loopback TCP (pre-copy rounds), the memory digests of both sides are
 # compared, the report shows the superpages before, during log-dirty and on
@@ -19,6 +20,30 @@ trap cleanup EXIT
 
 say "hugevm info"
 "$hv" info
+
+# A real guest: the built-in C workload (GUPS) on its own vCPU threads,
+# under KVM where /dev/kvm works, else natively; with host 2M pages and
+# then host 4K pages (as root, shmem THP is switched for it and put back).
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+backend=native
+if "$hv" info --json | grep -q '"kvm": true'; then backend=kvm; fi
+old_thp=$(sed -n 's/.*\[\(.*\)\].*/\1/p' "$thp" 2>/dev/null || true)
+put_thp_back() { if [ -n "$old_thp" ] && [ -w "$thp" ]; then echo "$old_thp" >"$thp" 2>/dev/null || true; fi; }
+if [ "$(id -u)" = 0 ] && [ -w "$thp" ] && [ -n "$old_thp" ] && [ "$old_thp" != deny ]; then
+  trap 'put_thp_back; cleanup' EXIT
+  trap 'exit 130' INT TERM
+  say "a real guest ($backend backend): 2 vCPUs doing random read-modify-writes over 2 GiB, host 2M pages (shmem THP advise)"
+  echo advise >"$thp"
+  "$hv" run --backend "$backend" --workload uniform --guest-mem 2G --vcpus 2 --seconds 3 --no-audit | grep -v '^  \|^domain'
+  say "the same guest on host 4K pages (shmem THP never)"
+  echo never >"$thp"
+  "$hv" run --backend "$backend" --workload uniform --guest-mem 2G --vcpus 2 --seconds 3 --no-audit | grep -v '^  \|^domain'
+  put_thp_back
+  echo "(shmem THP put back to $old_thp)"
+else
+  say "a real guest ($backend backend): 2 vCPUs doing random read-modify-writes over 2 GiB (host pages as the host has them: switching needs root)"
+  "$hv" run --backend "$backend" --workload uniform --guest-mem 2G --vcpus 2 --seconds 3 --no-audit | grep -v '^  \|^domain'
+fi
 
 say "live migration over loopback: a 4 GiB guest, 2 vCPUs writing 30000 pages/s each over half of its memory"
 echo "(shmem THP is left as the host has it: $(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || echo unknown))"
