@@ -29,8 +29,9 @@
  *   HVG_SYSTEM_END        first byte a workload may use
  *
  * Calls.  A guest calls the host by filling the call block of its own
- * parameter page (call, args) and executing `out HVG_PORT, eax` with eax =
- * the call number (hvg_call() in guest/rt.h).  On this ABI's hosts a
+ * parameter page (call, args) and executing `out HVG_PORT, al` with al =
+ * the call number (hvg_call() in guest/rt.h; a one-byte out: the I/O
+ * bitmap opens that one port to CPL 3).  On this ABI's hosts a
  * port exit is the only way out of CPL 3 that works everywhere (vmcall,
  * hlt, int n and syscall do not change privilege under PVM), and it costs
  * tens of microseconds: guests batch work between calls (the workloads
@@ -64,7 +65,7 @@
 
 /* ---- ports and calls ----------------------------------------------------------- */
 
-#define HVG_PORT 0xf4u           /* out eax = enum hvg_call_nr */
+#define HVG_PORT 0xf4u           /* out al = enum hvg_call_nr */
 #define HVG_PORT_EXCEPTION 0xf5u /* out from the CPL 0 stubs: eax = vector */
 
 enum hvg_call_nr {
@@ -74,8 +75,23 @@ enum hvg_call_nr {
     HVG_CALL_CONSOLE = 2, /* print console[0..console_len) and empty it */
     HVG_CALL_SLEEP = 3,   /* args[0] = nanoseconds to wait (pacing) */
     HVG_CALL_YIELD = 4,   /* a point where the host may pause or stop it */
+    HVG_CALL_MEMORY = 5,  /* a memory operation with Xen's semantics:
+                           * args[0] = enum hvg_mem_op, args[1] = extent
+                           * order (0 or 9), args[2] = gpa of a list of
+                           * args[3] gfns (u64, at most HVG_MEM_MAX_EXTENTS);
+                           * call_ret = extents completed (the first that
+                           * failed stops the call), or -errno for a bad call
+                           * (op, order, count, list address) */
     HVG_NR_CALLS
 };
+
+enum hvg_mem_op {
+    HVG_MEM_DECREASE = 1, /* decrease_reservation: give the extents back */
+    HVG_MEM_POPULATE = 2, /* populate_physmap: map new RAM at the extents, each
+                           * exactly at its order (a 2M extent the host cannot
+                           * serve as 2M fails: no silent 4K substitution) */
+};
+#define HVG_MEM_MAX_EXTENTS 512u
 
 /* ---- workloads ---------------------------------------------------------------- */
 
@@ -124,12 +140,24 @@ struct hvg_param {
     uint64_t batch;        /* operations between looks at `stop` (and YIELD) */
     uint32_t nr_extents;   /* the workload memory, all vCPUs' slices */
     uint32_t flags;        /* HVG_F_* */
+    uint64_t balloon_pages; /* the last balloon_pages pages of the extents are
+                             * the balloon's, not the workloads' (a multiple
+                             * of 512, 2M-aligned gfns) */
+    uint64_t balloon_target; /* host, any time: pages the guest should have
+                              * given back (vCPU 0's balloon driver acts) */
     struct hvg_extent ext[HVG_MAX_EXTENTS];
     /* guest */
     uint64_t stop;         /* host: set to 1 to make the program finish at the
                             * next batch boundary */
     uint64_t phase;        /* guest: 0 starting, 1 set-up, 2 running, 3 done */
     struct hvg_wl_state st;
+    /* guest: vCPU 0's balloon driver */
+    uint64_t balloon_current;     /* pages given back now */
+    uint64_t balloon_2m_failed;   /* 2M extents the host refused as 2M */
+    uint64_t balloon_fallback_4k; /* 4K pages populated instead */
+    uint64_t balloon_calls;       /* memory calls made */
+    int64_t balloon_error;        /* last call that did less than asked and
+                                   * could not fall back (0: none) */
     /* call block */
     uint32_t call;         /* enum hvg_call_nr, as in eax */
     uint32_t console_len;

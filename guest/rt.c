@@ -12,7 +12,7 @@ __asm__(".section .text.start, \"ax\"\n"
         "    andq $-16, %rsp\n"
         "    call hvg_start\n"
         "1:  movl $1, %eax\n"
-        "    outl %eax, $0xf4\n"
+        "    outb %al, $0xf4\n"
         "    jmp 1b\n"
         ".text\n");
 
@@ -35,14 +35,22 @@ void *memset(void *dst, int c, size_t n)
     return dst;
 }
 
-int64_t hvg_call(struct hvg_param *p, uint32_t nr, uint64_t a0, uint64_t a1)
+int64_t hvg_call4(struct hvg_param *p, uint32_t nr, uint64_t a0, uint64_t a1, uint64_t a2,
+                  uint64_t a3)
 {
     volatile struct hvg_param *vp = p;
     vp->args[0] = a0;
     vp->args[1] = a1;
+    vp->args[2] = a2;
+    vp->args[3] = a3;
     vp->call = nr;
     hvg_out(nr);
     return vp->call_ret;
+}
+
+int64_t hvg_call(struct hvg_param *p, uint32_t nr, uint64_t a0, uint64_t a1)
+{
+    return hvg_call4(p, nr, a0, a1, 0, 0);
 }
 
 void hvg_flush(struct hvg_param *p)

@@ -19,14 +19,17 @@
  * return value is reported with HVG_CALL_DONE (0: success). */
 int hvg_main(struct hvg_param *p);
 
-/* Exit to the host with call nr (the call block of p already filled). */
+/* Exit to the host with call nr (the call block of p already filled): a
+ * one-byte `out`, so the TSS I/O bitmap opens the call port alone. */
 static inline void hvg_out(uint32_t nr)
 {
-    __asm__ volatile("outl %0, %1" : : "a"(nr), "i"(HVG_PORT) : "memory");
+    __asm__ volatile("outb %b0, %1" : : "a"(nr), "i"(HVG_PORT) : "memory");
 }
 
 /* Call the host: returns its call_ret. */
 int64_t hvg_call(struct hvg_param *p, uint32_t nr, uint64_t a0, uint64_t a1);
+int64_t hvg_call4(struct hvg_param *p, uint32_t nr, uint64_t a0, uint64_t a1, uint64_t a2,
+                  uint64_t a3);
 
 /* Console: text is buffered in the parameter page and flushed to the host
  * (one exit) when the buffer is full, at a newline, or by hvg_flush. */

@@ -12,6 +12,75 @@
 #define HVG_STORE(ctx, gpa, val) (*(volatile uint64_t *)(uintptr_t)(gpa) = (val))
 #include "workloads.h"
 
+/*
+ * The balloon driver (vCPU 0): moves balloon_current towards the host's
+ * balloon_target in 2M extents, topmost first, through memory calls with
+ * Xen's semantics.  Deflating, a 2M extent the host cannot serve as 2M
+ * comes back as a short count: the driver then asks for that extent as 512
+ * 4K pages, counts the downgrade and remembers it (downgraded[]).
+ */
+#define BALLOON_LIST 64
+static uint64_t list[HVG_MEM_MAX_EXTENTS];
+static uint8_t downgraded[16384 / 8]; /* per 2M extent of a balloon up to 32 GiB */
+
+static uint64_t balloon_gfn(const struct hvg_param *p, uint64_t k)
+{
+    const struct hvg_extent *last = &p->ext[p->nr_extents - 1];
+    return (last->gpa >> 12) + last->pages - (k + 1) * 512;
+}
+
+static void balloon(struct hvg_param *p)
+{
+    volatile struct hvg_param *vp = p;
+    uint64_t target = vp->balloon_target;
+    if (target > p->balloon_pages)
+        target = p->balloon_pages;
+    target &= ~511ULL;
+    while (p->balloon_current != target && !p->balloon_error && !vp->stop) {
+        uint64_t cur = p->balloon_current / 512, want = target / 512, n = 0;
+        if (cur < want) {
+            for (; n < BALLOON_LIST && cur + n < want; n++)
+                list[n] = balloon_gfn(p, cur + n);
+            int64_t r = hvg_call4(p, HVG_CALL_MEMORY, HVG_MEM_DECREASE, 9, (uint64_t)(uintptr_t)list, n);
+            p->balloon_calls++;
+            if (r > 0)
+                vp->balloon_current = (cur + (uint64_t)r) * 512;
+            if (r != (int64_t)n) {
+                vp->balloon_error = r < 0 ? r : -1;
+                return;
+            }
+            continue;
+        }
+        /* deflate: the extents just below cur, topmost-given-back last */
+        for (; n < BALLOON_LIST && cur - n > want; n++)
+            list[n] = balloon_gfn(p, cur - n - 1);
+        int64_t r = hvg_call4(p, HVG_CALL_MEMORY, HVG_MEM_POPULATE, 9, (uint64_t)(uintptr_t)list, n);
+        p->balloon_calls++;
+        if (r < 0) {
+            vp->balloon_error = r;
+            return;
+        }
+        vp->balloon_current = (cur - (uint64_t)r) * 512;
+        if ((uint64_t)r == n)
+            continue;
+        /* extent cur - r - 1 could not be had as 2M: as 4K pages */
+        uint64_t k = cur - (uint64_t)r - 1, g = balloon_gfn(p, k);
+        for (uint64_t i = 0; i < 512; i++)
+            list[i] = g + i;
+        int64_t c = hvg_call4(p, HVG_CALL_MEMORY, HVG_MEM_POPULATE, 0, (uint64_t)(uintptr_t)list, 512);
+        p->balloon_calls++;
+        if (c != 512) {
+            vp->balloon_error = c < 0 ? c : -2;
+            return;
+        }
+        vp->balloon_2m_failed = p->balloon_2m_failed + 1;
+        vp->balloon_fallback_4k = p->balloon_fallback_4k + 512;
+        if (k < sizeof(downgraded) * 8)
+            downgraded[k / 8] |= (uint8_t)(1u << (k % 8));
+        vp->balloon_current = k * 512;
+    }
+}
+
 static void publish(struct hvg_param *p, const struct hvg_wl_state *st)
 {
     volatile struct hvg_wl_state *d = &p->st;
@@ -52,6 +121,8 @@ int hvg_main(struct hvg_param *p)
     uint64_t batch = p->batch ? p->batch : 4096;
     uint64_t t0 = hvg_rdtsc(), w0 = st.writes;
     while (!vp->stop && (!p->ops || st.ops < p->ops)) {
+        if (p->vcpu == 0 && p->balloon_pages && vp->balloon_target != p->balloon_current)
+            balloon(p);
         uint64_t n = batch;
         if (p->ops && n > p->ops - st.ops)
             n = p->ops - st.ops;

@@ -185,7 +185,7 @@ static inline uint64_t hvg_chase_gpa(const struct hvg_wl *w, uint64_t i)
  * starts from the seed, else *st is a saved state (checked: a position
  * outside the slice is refused).  Returns 0 or a negative number naming
  * the first bad field (-1 magic/abi, -2 vCPU, -3 workload, -4 extents,
- * -5 rates, -6 state).
+ * -5 rates, -6 state, -7 balloon).
  */
 HVG_WL_STATIC int hvg_wl_init(struct hvg_wl *w, const struct hvg_param *p,
                               struct hvg_wl_state *st, void *ctx, int fresh)
@@ -209,6 +209,13 @@ HVG_WL_STATIC int hvg_wl_init(struct hvg_wl *w, const struct hvg_param *p,
         total += e->pages;
     }
     w->nr_ext = p->nr_extents;
+    /* the balloon's pages come off the top: whole 2M extents of the last
+     * extent, 2M aligned */
+    const struct hvg_extent *last = &p->ext[p->nr_extents - 1];
+    if (p->balloon_pages && ((p->balloon_pages & 511) || p->balloon_pages >= last->pages ||
+                             ((last->gpa >> 12) + last->pages) & 511))
+        return -7;
+    total -= p->balloon_pages;
     w->pages = total;
     if (total < p->nr_vcpus)
         return -4;

@@ -82,6 +82,7 @@ struct pml_buffer;
     X(increased_2m, "2M extents added by increase_reservation")               \
     X(increased_4k, "4K pages added by increase_reservation")                 \
     X(increase_fallback_4k, "balloon 2M requests served as 4K pages")        \
+    X(guest_2m_refused, "2M populate_physmap extents a guest was refused (it was told)") \
     X(pod_entries_1g, "1G PoD entries written by populate")                  \
     X(pod_entries_2m, "2M PoD entries written by populate")                  \
     X(pod_entries_4k, "4K PoD entries written by populate")                  \

@@ -183,6 +183,7 @@ static struct guest *guest_alloc(struct domain *d, enum guest_backend b)
     g->backend = b;
     g->fault.vcpu = -1;
     pthread_mutex_init(&g->mu, NULL);
+    pthread_mutex_init(&g->memcall_mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     return g;
 }
@@ -263,25 +264,32 @@ static void kick_all(struct guest *g)
     g->st.kicks += g->nr_vcpus;
 }
 
-/* Make every running vCPU park (hold) and wait until they have. */
-static void hold_vcpus(struct guest *g)
+/* Make every running vCPU but `self` (-1: none) park and wait until they
+ * have.  Holds nest (hold counts them): a vCPU's memory call inside a
+ * pause keeps the others parked when it releases its own hold. */
+static void hold_vcpus_but(struct guest *g, int self)
 {
-    __atomic_store_n(&g->hold, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&g->hold, 1, __ATOMIC_ACQ_REL);
     bump_gen(g);
-    if (!g->threads_live)
+    if (!g->threads_live && self < 0)
         return;
     for (;;) {
         uint32_t parked = ld32(&g->parked), running = ld32(&g->running);
-        if (parked >= running)
+        if (parked + (self >= 0) >= running)
             break;
-        kick_all(g);
+        for (unsigned i = 0; i < g->nr_vcpus; i++)
+            if ((int)i != self)
+                g->x->ops->kick(g->x, i);
+        __atomic_add_fetch(&g->st.kicks, g->nr_vcpus - (self >= 0), __ATOMIC_RELAXED);
         futex_wait(&g->parked, parked, 10 * 1000 * 1000);
     }
 }
 
+static void hold_vcpus(struct guest *g) { hold_vcpus_but(g, -1); }
+
 static void release_vcpus(struct guest *g)
 {
-    __atomic_store_n(&g->hold, 0, __ATOMIC_RELEASE);
+    __atomic_sub_fetch(&g->hold, 1, __ATOMIC_ACQ_REL);
     bump_gen(g);
 }
 
@@ -333,7 +341,93 @@ static void console_keep(struct guest *g, const char *s, size_t n)
     __atomic_store_n(&lock, 0, __ATOMIC_RELEASE);
 }
 
-/* Async-signal-safe: write(2) and fixed buffers only. */
+/*
+ * A guest's memory call (hugevm_guest.h, HVG_CALL_MEMORY), from vCPU i's
+ * thread: checks every argument before touching anything (the list must
+ * lie in guest RAM; every gfn aligned to the order, above the runtime's
+ * system area and below the p2m's limit), then, with the other vCPUs parked
+ * and d->lock held, does the extents in order and stops at the first that
+ * fails; the mirror is brought up to date before anyone runs on.  A 2M
+ * populate is exact (domain_map_extent): the host never substitutes 4K
+ * pages on this path, it counts the refusal (guest_2m_refused) and the
+ * guest sees a short count.  Memory calls of several vCPUs are serialised;
+ * a vCPU waiting for its turn counts as parked.  Returns the count done or
+ * -errno.  (The native backend calls this from its trap handler, which
+ * interrupted guest code holding no host lock, so taking locks and
+ * allocating here cannot deadlock with the interrupted context.)
+ */
+static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t order,
+                           uint64_t list_gpa, uint64_t n)
+{
+    if (op != HVG_MEM_DECREASE && op != HVG_MEM_POPULATE)
+        return -EINVAL;
+    if (order != PAGE_ORDER_4K && order != PAGE_ORDER_2M)
+        return -EINVAL;
+    if (n == 0)
+        return 0;
+    if (n > HVG_MEM_MAX_EXTENTS)
+        return -E2BIG;
+    if (list_gpa & 7)
+        return -EINVAL;
+    /* copied first, page by page through the mirror (the list may cross a
+     * page): the guest cannot change it under us */
+    uint64_t list[HVG_MEM_MAX_EXTENTS];
+    for (uint64_t off = 0; off < n * 8;) {
+        uint64_t a = list_gpa + off, chunk = PAGE_SIZE - (a & (PAGE_SIZE - 1));
+        if (chunk > n * 8 - off)
+            chunk = n * 8 - off;
+        const uint8_t *lp = a >= list_gpa ? g->x->ops->gpa_ptr(g->x, a) : NULL;
+        if (!lp)
+            return -EFAULT;
+        memcpy((uint8_t *)list + off, lp, chunk);
+        off += chunk;
+    }
+    uint64_t nr = order_pages((unsigned)order);
+    gfn_t low = HVG_SYSTEM_END >> PAGE_SHIFT;
+    /* whether all extents are valid is checked up front */
+    for (uint64_t k = 0; k < n; k++)
+        if (!is_aligned_order(list[k], (unsigned)order) || list[k] < low ||
+            list[k] >= P2M_GFN_LIMIT - nr)
+            return -EINVAL;
+    __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL); /* waiting: parked */
+    futex_wake(&g->parked);
+    pthread_mutex_lock(&g->memcall_mu);
+    __atomic_sub_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
+    hold_vcpus_but(g, (int)i);
+    struct domain *d = g->d;
+    int64_t done = 0;
+    domain_lock(d);
+    for (; done < (int64_t)n; done++) {
+        gfn_t gf = list[done];
+        if (op == HVG_MEM_DECREASE) {
+            /* nothing there to give back stops the call, as in Xen */
+            enum p2m_type t;
+            (void)p2m_get_entry(d->p2m, gf, &t, NULL);
+            if (!p2m_is_ram(t) && t != p2m_pod)
+                break;
+            if (domain_decrease_reservation(d, gf, nr) < 0)
+                break;
+        } else {
+            int rc = domain_map_extent(d, gf, (unsigned)order, NULL);
+            if (rc < 0) {
+                if (order == PAGE_ORDER_2M && (rc == -ENOMEM || rc == -EDQUOT))
+                    d->stats.guest_2m_refused++;
+                break;
+            }
+        }
+    }
+    domain_unlock(d);
+    g->st.memory_calls++;
+    if (done > 0 && g->x->ops->sync(g->x) < 0)
+        done = -EIO; /* the mirror is empty now: the vCPUs fault, never read
+                      * frames the domain gave back */
+    g->st.syncs++;
+    release_vcpus(g);
+    pthread_mutex_unlock(&g->memcall_mu);
+    return done;
+}
+
+/* Async-signal-safe but for memory calls (see memory_call). */
 int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
 {
     struct hvg_param *p = param_of(g, i);
@@ -378,6 +472,9 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
     }
     case HVG_CALL_YIELD:
         vp->call_ret = 0;
+        return 1;
+    case HVG_CALL_MEMORY:
+        vp->call_ret = memory_call(g, i, vp->args[0], vp->args[1], vp->args[2], vp->args[3]);
         return 1;
     case HVG_CALL_DONE:
         if (vp->args[0] != 0) {
@@ -608,6 +705,7 @@ static int load_guest(struct guest *g, const struct mem_walk *mw, char *why, siz
             .batch = g->pc.batch ? g->pc.batch : 4096,
             .nr_extents = mw->n,
             .flags = g->pc.touch_first ? HVG_F_TOUCH : 0,
+            .balloon_pages = g->pc.balloon_pages,
         };
         memcpy(p->ext, mw->ext, mw->n * sizeof(mw->ext[0]));
         if (i == 0) {
@@ -710,6 +808,7 @@ void guest_destroy(struct guest *g)
         g->x->ops->destroy(g->x);
     free(g->tmpl);
     pthread_mutex_destroy(&g->mu);
+    pthread_mutex_destroy(&g->memcall_mu);
     pthread_cond_destroy(&g->cv);
     free(g);
 }

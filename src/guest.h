@@ -77,6 +77,8 @@ struct guest_prog_config {
     uint64_t batch;             /* operations between publications (0: 4096) */
     unsigned guest_page_order;  /* kvm: 9 or 18; 0: the largest the CPUID offers */
     bool touch_first;           /* HVG_F_TOUCH: each vCPU reads its slice once first */
+    uint64_t balloon_pages;     /* the top of the workload memory for vCPU 0's
+                                 * balloon driver (a multiple of 512) */
     /* A user's program instead of the built-in one (ELF64 image in memory,
      * checked by guest_prog_load); NULL: the built-in workloads. */
     const void *program;
@@ -106,7 +108,8 @@ struct guest_fault {
     X(console_bytes, "console bytes printed")                                  \
     X(sleeps, "pacing sleeps")                                                 \
     X(kicks, "vCPU kicks (pause, stop, memory changes)")                       \
-    X(syncs, "mirror syncs after memory changes")
+    X(syncs, "mirror syncs after memory changes")                              \
+    X(memory_calls, "memory calls (decrease_reservation, populate_physmap)")
 
 struct guest_stats {
 #define X(name, desc) uint64_t name;
@@ -121,6 +124,7 @@ struct guest {
     struct domain *d;
     unsigned nr_vcpus;
     pthread_mutex_t mu;
+    pthread_mutex_t memcall_mu; /* one guest memory call at a time */
     pthread_cond_t cv;
     bool started, pause_req, paused, stop, exited;
     int err;            /* the first error a vCPU stopped on */
@@ -143,7 +147,7 @@ struct guest {
      * vCPU can park from a signal handler): while hold or halt is set the
      * vCPUs come out and park; gen moves whenever hold or halt changes;
      * parked and running count vCPU threads */
-    int hold, halt;
+    int hold, halt; /* hold counts nested holds */
     uint32_t gen, parked, running;
     int vcpu_rc[HVG_MAX_VCPUS];
     bool fresh; /* started from zeroed workload memory (guest_verify) */

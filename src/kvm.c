@@ -802,12 +802,13 @@ static int write_gdt(struct kvm_vm *vm, unsigned v)
 }
 
 /*
- * Page tables identity-mapping [0, max_gfn): in the first 2M, 4K leaves
- * only where the ABI puts something (system pages supervisor-only; the
- * parameter pages and the program user read/write); the second 2M (the
- * stacks) and the rest of GiB 0 as 2M leaves; above, 1G leaves when the
- * guest's page order is 1G, else 2M.  A and D are preset, so the CPU never
- * writes to the tables.
+ * Page tables identity-mapping [0, max_gfn): in the first 2M, 4K leaves,
+ * the system pages supervisor-only and everything else user read/write
+ * (the VGA hole too: a guest access there is not a page fault but an exit
+ * to the host, KVM_EXIT_MMIO, like any access outside RAM); the second 2M
+ * (the stacks) and the rest of GiB 0 as 2M leaves; above, 1G leaves when
+ * the guest's page order is 1G, else 2M.  A and D are preset, so the CPU
+ * never writes to the tables.
  */
 static int write_page_tables(struct kvm_vm *vm)
 {
@@ -818,12 +819,8 @@ static int write_page_tables(struct kvm_vm *vm)
         return -EINVAL;
     pml4[0] = (SYS_PDPT << PAGE_SHIFT) | PTE_TABLE;
     for (uint64_t j = 0; j < 512; j++) {
-        uint64_t pte = 0;
-        if ((j >= SYS_IDT && j < 0x80) || (j >= 0xc0 && j < 0x100))
-            pte = PTE_SYS;
-        else if ((j >= 0x80 && j < 0xa0) || j >= 0x100)
-            pte = PTE_4K;
-        pt0[j] = pte ? (j << PAGE_SHIFT) | pte : 0;
+        bool sys = (j >= SYS_IDT && j < 0x80) || (j >= 0xc0 && j < 0x100);
+        pt0[j] = (j << PAGE_SHIFT) | (sys ? PTE_SYS : PTE_4K);
     }
     uint64_t gibs = vm->max_gfn / GFN_PER_GIB;
     for (uint64_t i = 0; i < gibs; i++) {
@@ -940,7 +937,7 @@ static int kvm_run_vcpu(struct guest_exec *x, unsigned i, struct guest_exit *ex)
         uint32_t val = 0;
         if (run->io.size <= 4)
             memcpy(&val, (uint8_t *)run + run->io.data_offset, run->io.size);
-        if (run->io.direction == KVM_EXIT_IO_OUT && run->io.port == HVG_PORT && run->io.size == 4) {
+        if (run->io.direction == KVM_EXIT_IO_OUT && run->io.port == HVG_PORT && run->io.size == 1) {
             ex->kind = GUEST_EXIT_CALL;
             ex->call = val;
         } else if (run->io.direction == KVM_EXIT_IO_OUT && run->io.port == HVG_PORT_EXCEPTION) {

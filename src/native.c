@@ -16,7 +16,7 @@
  * stack (hv_native_enter) with `in_guest` set.  The program's `out` is a
  * general-protection fault at CPL 3 (no I/O permission), delivered as
  * SIGSEGV on the thread's alternate stack; the handler decodes the
- * instruction at rip (out imm8/dx, al/eax), serves the call there
+ * instruction at rip (out imm8/dx, al), serves the call there
  * (guest_serve_call is async-signal-safe), advances rip and returns into the
  * guest, so the guest's registers never leave the CPU.  DONE, a fault (an
  * access outside RAM: PROT_NONE; #GP, #UD, #DE, #BP: SIGSEGV, SIGILL,
@@ -168,8 +168,9 @@ static void on_signal(int sig, siginfo_t *si, void *ucv)
                 port = ip[1], len = 2;
             else if (ip[0] == 0xee || ip[0] == 0xef)
                 port = (unsigned)(r[REG_RDX] & 0xffff), len = 1;
-            if (len && port == HVG_PORT) {
-                uint32_t nr = (uint32_t)r[REG_RAX];
+            /* the call is a one-byte out (al), as under KVM's I/O bitmap */
+            if (len && port == HVG_PORT && (ip[0] == 0xe6 || ip[0] == 0xee)) {
+                uint32_t nr = (uint32_t)(r[REG_RAX] & 0xff);
                 if (nr == HVG_CALL_DONE) {
                     ex->kind = GUEST_EXIT_CALL;
                     ex->call = nr;
@@ -238,6 +239,9 @@ static void install_handlers(void)
         sa.sa_sigaction = on_signal;
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
         sigemptyset(&sa.sa_mask);
+        /* a kick waits until a call served in the trap handler is done: a
+         * vCPU must not park halfway through a memory call */
+        sigaddset(&sa.sa_mask, kick_sig);
         sigaction(sigs[k], &sa, &old_act[sigs[k]]);
     }
     pthread_mutex_unlock(&mu);
@@ -299,6 +303,16 @@ static int ncollect_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p
     return 0;
 }
 
+static void *map_none(uint64_t lo, uint64_t hi)
+{
+    return mmap((void *)(uintptr_t)lo, hi - lo, PROT_NONE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+}
+
+/* Every RAM run mapped again with MAP_FIXED (an atomic replacement: a
+ * host thread reading the parameter pages meanwhile never finds them
+ * unmapped), every gap between runs PROT_NONE.  On failure the whole range
+ * is PROT_NONE. */
 static long native_sync(struct guest_exec *x)
 {
     struct native *n = (struct native *)x;
@@ -306,16 +320,16 @@ static long native_sync(struct guest_exec *x)
     pthread_mutex_lock(&n->d->lock);
     int rc = p2m_for_each_leaf(n->d->p2m, 0, P2M_GFN_LIMIT, ncollect_leaf, &c);
     pthread_mutex_unlock(&n->d->lock);
-    /* everything back to PROT_NONE first: a failure leaves nothing mapped */
-    void *p = mmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-    free(n->runs);
-    n->runs = NULL;
-    n->nruns = 0;
-    if (p == MAP_FAILED && rc == 0)
-        rc = -errno;
     long pages = 0;
-    for (size_t i = 0; rc == 0 && i < c.n; i++) {
+    uint64_t at = LOW_GPA;
+    for (size_t i = 0; rc == 0 && i <= c.n; i++) {
+        uint64_t lo = i < c.n ? c.v[i].gpa : n->top;
+        if (lo > at && map_none(at, lo) == MAP_FAILED) {
+            rc = -errno;
+            break;
+        }
+        if (i == c.n)
+            break;
         void *q = mmap((void *)(uintptr_t)c.v[i].gpa, c.v[i].bytes, PROT_READ | PROT_WRITE |
                        PROT_EXEC, MAP_SHARED | MAP_FIXED, n->d->m->fd,
                        (off_t)machine_offset(c.v[i].mfn));
@@ -325,10 +339,13 @@ static long native_sync(struct guest_exec *x)
         }
         (void)madvise(q, c.v[i].bytes, MADV_HUGEPAGE);
         pages += (long)(c.v[i].bytes >> PAGE_SHIFT);
+        at = c.v[i].gpa + c.v[i].bytes;
     }
+    free(n->runs);
+    n->runs = NULL;
+    n->nruns = 0;
     if (rc < 0) {
-        (void)mmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        (void)map_none(LOW_GPA, n->top);
         free(c.v);
         return rc;
     }

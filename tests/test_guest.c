@@ -78,6 +78,9 @@ static void create(struct env *e, enum guest_backend b, const struct guest_prog_
         fail_msg("guest_create_prog(%s): %s (%s)", guest_backend_name(b), strerror(-rc), why);
 }
 
+static const char *hello_path(void);
+static uint8_t *read_file(const char *path, size_t *len);
+
 static void sleep_ms(unsigned ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -302,12 +305,14 @@ static void pause_and_call(enum guest_backend b)
     struct still s = {.g = e.g};
     assert_int_equal(guest_call(e.g, check_still, &s), -EAGAIN); /* paused */
     guest_resume(e.g);
-    sleep_ms(50);
+    for (int k = 0; k < 1000 && guest_accesses(e.g) == a; k++)
+        sleep_ms(10); /* emulated KVM (TCG) is slow */
     assert_true(guest_accesses(e.g) > a);
     /* guest_call runs with every vCPU parked */
     assert_int_equal(guest_call(e.g, check_still, &s), 7);
     assert_int_equal(s.before, s.after);
-    sleep_ms(30);
+    for (int k = 0; k < 1000 && guest_accesses(e.g) == s.after; k++)
+        sleep_ms(10);
     assert_true(guest_accesses(e.g) > s.after);
     /* finish cooperatively: the published state matches memory */
     assert_int_equal(guest_finish(e.g, 30ULL * 1000 * 1000 * 1000), 0);
@@ -342,6 +347,149 @@ static void pause_and_call(enum guest_backend b)
 
 static void test_pause_call_native(void **s) { (void)s; pause_and_call(GUEST_BACKEND_NATIVE); }
 static void test_pause_call_kvm(void **s) { (void)s; pause_and_call(GUEST_BACKEND_KVM); }
+
+/* ---- the guest's balloon driver ------------------------------------------------ */
+
+static bool wait_balloon(struct guest *g, uint64_t pages)
+{
+    struct hvg_param *p = guest_gpa_ptr(g, HVG_PARAM_GPA(0));
+    for (int k = 0; k < 3000; k++) {
+        if (__atomic_load_n(&p->balloon_current, __ATOMIC_ACQUIRE) == pages)
+            return true;
+        if (p->balloon_error || g->fault_claimed)
+            return false;
+        sleep_ms(10);
+    }
+    return false;
+}
+
+/*
+ * The balloon driver in the guest gives 8 2M extents back, then the host
+ * is fragmented (another domain holds every free 2M extent, with 4K pieces
+ * free), then the driver asks for them again: every 2M populate_physmap is
+ * refused as 2M and the guest sees it, falls back to 4K pages for that
+ * extent and counts it; the host counts the same refusals.  The workload
+ * runs all along and its memory is intact (the host's replay).
+ */
+static void balloon_driver(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    struct env e;
+    struct guest_prog_config pc;
+    char why[256] = "";
+    struct domain_config c;
+    e.m = new_machine(512 * MiB);
+    domain_config_default(&c);
+    assert_int_equal(domain_create(e.m, &c, &e.d), 0);
+    assert_int_equal(domain_populate_guest(e.d, 128 * MiB, NULL), 0);
+    guest_prog_config_default(&pc, HVG_WL_UNIFORM);
+    pc.nr_vcpus = 2;
+    pc.console_fd = -1;
+    pc.batch = 256;
+    pc.balloon_pages = 16 * 512; /* 32 MiB at the top */
+    create(&e, b, &pc);
+    uint64_t tot0 = e.d->tot_pages;
+    assert_int_equal(guest_start(e.g), 0);
+    struct hvg_param *p = guest_gpa_ptr(e.g, HVG_PARAM_GPA(0));
+    __atomic_store_n(&p->balloon_target, 8 * 512, __ATOMIC_RELEASE);
+    if (!wait_balloon(e.g, 8 * 512))
+        fail_msg("inflate: current %llu, error %lld, fault '%s'",
+                 (unsigned long long)p->balloon_current, (long long)p->balloon_error,
+                 e.g->fault.what);
+    assert_int_equal(e.d->tot_pages, tot0 - 8 * 512);
+    assert_int_equal(p->balloon_2m_failed, 0);
+
+    /* fragment the host with the guest paused (the frame allocator is one
+     * domain's at a time) */
+    guest_pause(e.g);
+    struct domain *hog;
+    assert_int_equal(domain_create(e.m, &c, &hog), 0);
+    uint64_t n2 = frames_allocatable(e.m->frames, PAGE_ORDER_2M);
+    assert_int_equal(domain_populate(hog, 0x100000, n2 * 512, NULL), 0);
+    for (uint64_t k = 0; k < 150; k++)
+        assert_int_equal(domain_decrease_reservation(hog, 0x100000 + k * 512 + 100, 30), 30);
+    assert_int_equal(frames_allocatable(e.m->frames, PAGE_ORDER_2M), 0);
+    guest_resume(e.g);
+
+    __atomic_store_n(&p->balloon_target, 0, __ATOMIC_RELEASE);
+    if (!wait_balloon(e.g, 0))
+        fail_msg("deflate: current %llu, error %lld, fault '%s'",
+                 (unsigned long long)p->balloon_current, (long long)p->balloon_error,
+                 e.g->fault.what);
+    assert_int_equal(p->balloon_2m_failed, 8);
+    assert_int_equal(p->balloon_fallback_4k, 8 * 512);
+    assert_int_equal(e.d->stats.guest_2m_refused, 8);
+    assert_int_equal(e.d->stats.increase_fallback_4k, 0); /* no silent substitution */
+    assert_int_equal(e.d->tot_pages, tot0);
+    assert_true(e.g->st.memory_calls >= 2 + 8);
+    /* every balloon gfn is RAM again */
+    const struct hvg_extent *last = &e.g->tmpl->ext[e.g->tmpl->nr_extents - 1];
+    gfn_t top = (last->gpa >> PAGE_SHIFT) + last->pages;
+    for (gfn_t gf = top - 8 * 512; gf < top; gf++) {
+        enum p2m_type t;
+        (void)p2m_get_entry(e.d->p2m, gf, &t, NULL);
+        assert_true(p2m_is_ram(t));
+    }
+    assert_int_equal(guest_finish(e.g, 30ULL * 1000 * 1000 * 1000), 0);
+    if (guest_verify(e.g, why, sizeof(why)) < 0)
+        fail_msg("verify: %s", why);
+    audit_all(e.d);
+    domain_destroy(hog);
+    env_down(&e);
+}
+
+static void test_balloon_driver_native(void **s) { (void)s; balloon_driver(GUEST_BACKEND_NATIVE); }
+static void test_balloon_driver_kvm(void **s) { (void)s; balloon_driver(GUEST_BACKEND_KVM); }
+
+/* Bad memory calls get an error code and change nothing; good ones do
+ * exactly what they say (tests/guest_memcalls.c makes the calls and writes
+ * each result into a page of its memory). */
+static void memory_calls(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    const char *path = getenv("HUGEVM_MEMCALLS_ELF");
+    char buf[PATH_MAX + 32];
+    if (!path || !*path) {
+        snprintf(buf, sizeof(buf), "%s", hello_path());
+        char *slash = strrchr(buf, '/');
+        assert_non_null(slash);
+        snprintf(slash + 1, sizeof(buf) - (size_t)(slash + 1 - buf),
+                 "../tests/memcalls-guest.elf");
+        path = buf;
+    }
+    size_t len;
+    uint8_t *elf = read_file(path, &len);
+    if (!elf)
+        fail_msg("the memory-call test guest %s is not readable", path);
+    struct env e;
+    struct guest_prog_config pc;
+    env_up(&e, 32 * MiB);
+    guest_prog_config_default(&pc, HVG_WL_CUSTOM);
+    pc.console_fd = -1;
+    pc.program = elf;
+    pc.program_len = len;
+    create(&e, b, &pc);
+    uint64_t tot0 = e.d->tot_pages;
+    assert_int_equal(guest_start(e.g), 0);
+    int rc = guest_wait(e.g, 30ULL * 1000 * 1000 * 1000);
+    if (rc < 0)
+        fail_msg("the guest failed: %s", e.g->fault.what);
+    const int64_t *r = guest_gpa_ptr(e.g, e.g->tmpl->ext[0].gpa + 5 * PAGE_SIZE);
+    assert_non_null(r);
+    static const int64_t want[] = {-EINVAL, -EINVAL, -E2BIG, -EFAULT, -EINVAL, -EINVAL,
+                                   -EINVAL, 0, 1, 1, 0};
+    for (unsigned k = 0; k < ARRAY_SIZE(want); k++)
+        if (r[k] != want[k])
+            fail_msg("call %u returned %lld, want %lld", k, (long long)r[k], (long long)want[k]);
+    assert_int_equal(r[15], 0x600d); /* the program got to its end */
+    assert_int_equal(e.d->tot_pages, tot0);
+    assert_int_equal(e.g->st.memory_calls, 6); /* the calls that passed the checks */
+    env_down(&e);
+    free(elf);
+}
+
+static void test_memory_calls_native(void **s) { (void)s; memory_calls(GUEST_BACKEND_NATIVE); }
+static void test_memory_calls_kvm(void **s) { (void)s; memory_calls(GUEST_BACKEND_KVM); }
 
 /* ---- the ELF loader --------------------------------------------------------------- */
 
@@ -490,10 +638,14 @@ int main(void)
         cmocka_unit_test(test_verify_catches_native),
         cmocka_unit_test(test_faults_native),
         cmocka_unit_test(test_pause_call_native),
+        cmocka_unit_test(test_balloon_driver_native),
+        cmocka_unit_test(test_memory_calls_native),
         cmocka_unit_test(test_workloads_kvm),
         cmocka_unit_test(test_verify_catches_kvm),
         cmocka_unit_test(test_faults_kvm),
         cmocka_unit_test(test_pause_call_kvm),
+        cmocka_unit_test(test_balloon_driver_kvm),
+        cmocka_unit_test(test_memory_calls_kvm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
