@@ -536,15 +536,26 @@ static void *vcpu_main(void *arg)
             break;
         }
         if (ex.kind == GUEST_EXIT_EXCEPTION) {
+            /* a #GP at an in/out: a port the I/O bitmap does not open */
+            const uint8_t *ip = ex.vector == 13 ? g->x->ops->gpa_ptr(g->x, ex.rip) : NULL;
+            char port[96] = "";
+            if (ip && ((ex.rip + 1) & (PAGE_SIZE - 1)) != 0) {
+                if (ip[0] == 0xe6 || ip[0] == 0xe7 || ip[0] == 0xe4 || ip[0] == 0xe5)
+                    snprintf(port, sizeof(port), " (%s port %#x: only `out %#x, al` is a call)",
+                             ip[0] >= 0xe6 ? "out to" : "in from", ip[1], HVG_PORT);
+                else if (ip[0] >= 0xec && ip[0] <= 0xef)
+                    snprintf(port, sizeof(port), " (%s the port in dx: only `out %#x, al` is a "
+                             "call)", ip[0] >= 0xee ? "out to" : "in from", HVG_PORT);
+            }
             if (ex.vector == 14)
                 snprintf(what, sizeof(what), "%s (vector %u) at rip %#llx, address %#llx, "
                          "error code %#llx", vector_name(ex.vector), ex.vector,
                          (unsigned long long)ex.rip, (unsigned long long)ex.addr,
                          (unsigned long long)ex.error_code);
             else
-                snprintf(what, sizeof(what), "%s (vector %u) at rip %#llx, error code %#llx",
+                snprintf(what, sizeof(what), "%s (vector %u) at rip %#llx, error code %#llx%s",
                          vector_name(ex.vector), ex.vector, (unsigned long long)ex.rip,
-                         (unsigned long long)ex.error_code);
+                         (unsigned long long)ex.error_code, port);
             rc = -EFAULT;
             claim_fault(g, i, rc, ex.vector, ex.rip, ex.addr, what);
         } else if (ex.kind == GUEST_EXIT_FAULT) {

@@ -1023,7 +1023,7 @@ struct churn {
     void *ctx;
     unsigned nap_us; /* between ops; 0: 1000 */
     bool stop;
-    uint64_t calls, refused;
+    uint64_t calls, refused, nomem;
     int err;
     pthread_t t;
 };
@@ -1035,6 +1035,12 @@ static void *churn_main(void *arg)
         int rc = migrate_guest_call(c->g, c->op, c->ctx);
         if (rc == -EAGAIN) {
             c->refused++;
+        } else if (rc == -ENOMEM) {
+            /* the frames the guest gave back a moment ago are parked by the
+             * quarantine until the sender's next batch (migrate.h); a
+             * sender slowed down by a loaded host parks them longer.  A
+             * balloon driver retries, and so does this one. */
+            c->nomem++;
         } else if (rc < 0) {
             c->err = rc; /* reported by the test thread */
             break;
