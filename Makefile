@@ -8,13 +8,15 @@
 #   make bench    release build, then the benchmarks (table + build/bench.json)
 #   make stress   the check suite with randomised tests scaled up (HUGEVM_STRESS)
 #   make fuzz     longer fuzz run of the stream reader (FUZZ_SECONDS, default 600)
+#   make check-kvm  the kvm tests inside a QEMU TCG guest that has /dev/kvm
+#                 (for hosts without a usable /dev/kvm; slow, not in check)
 
 BUILD       ?= build
 CHECK_BUILD ?= build-check
 WERROR      ?= true
 MESON_OPTS  ?=
 
-.PHONY: all deps check stress demo bench fuzz clean
+.PHONY: all deps check check-kvm stress demo bench fuzz clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -33,6 +35,13 @@ check: deps $(CHECK_BUILD)/build.ninja
 	ninja -C $(CHECK_BUILD)
 	bash scripts/run-tests.sh $(CHECK_BUILD)
 
+# The kvm backend's tests under real KVM: here when /dev/kvm works, else in
+# a QEMU TCG guest (emulated AMD SVM) booting Debian's kernel, with the host
+# filesystem shared (scripts/kvm-tcg/run.sh; needs root for its packages).
+check-kvm: deps $(CHECK_BUILD)/build.ninja
+	ninja -C $(CHECK_BUILD)
+	bash scripts/kvm-tcg/check.sh $(CHECK_BUILD)
+
 # The same suite with every randomised test scaled up (HUGEVM_STRESS=N).
 stress: deps $(CHECK_BUILD)/build.ninja
 	ninja -C $(CHECK_BUILD)
@@ -49,4 +58,4 @@ fuzz: deps
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(BUILD) $(CHECK_BUILD)
+	rm -rf $(BUILD) $(CHECK_BUILD) build-kvm-tcg
