@@ -19,9 +19,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "check-kvm: run: sudo apt-get install -y ${missing[*]}"; exit 1
   fi
 fi
-tests=(test_guest)
+tests=(test_guest test_kvm)
 export HUGEVM_HELLO_ELF=$abs/guest/hello-guest.elf HUGEVM_MEMCALLS_ELF=$abs/tests/memcalls-guest.elf
 export CMOCKA_MESSAGE_OUTPUT=TAP
+# as root, the host-superpage test switches shmem THP to advise and back
+if [ "$(id -u)" = 0 ]; then export HUGEVM_KVM_THP=${HUGEVM_KVM_THP:-1}; fi
 pass=0 fail=0 skip=0
 for t in "${tests[@]}"; do
   log=$abs/test-logs/$t.kvm.log
