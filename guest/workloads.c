@@ -63,7 +63,8 @@ static void balloon(struct hvg_param *p)
         vp->balloon_current = (cur - (uint64_t)r) * 512;
         if ((uint64_t)r == n)
             continue;
-        /* extent cur - r - 1 could not be had as 2M: as 4K pages */
+        /* extent cur - r - 1 could not be had as 2M: counted, then as 4K */
+        vp->balloon_2m_failed = p->balloon_2m_failed + 1;
         uint64_t k = cur - (uint64_t)r - 1, g = balloon_gfn(p, k);
         for (uint64_t i = 0; i < 512; i++)
             list[i] = g + i;
@@ -73,7 +74,6 @@ static void balloon(struct hvg_param *p)
             vp->balloon_error = c < 0 ? c : -2;
             return;
         }
-        vp->balloon_2m_failed = p->balloon_2m_failed + 1;
         vp->balloon_fallback_4k = p->balloon_fallback_4k + 512;
         if (k < sizeof(downgraded) * 8)
             downgraded[k / 8] |= (uint8_t)(1u << (k % 8));

@@ -120,6 +120,19 @@ struct cli_prog_run {
     bool json, no_audit;
 };
 int cli_run_program(struct domain *d, const struct cli_prog_run *a);
+/* `hugevm balloon --backend kvm|native`: the guest's own balloon driver on
+ * the domain d of guest_mem (balloon_guest.c).  Returns the exit status. */
+struct cli_balloon_prog {
+    int backend;
+    const char *why;
+    uint64_t guest_mem, target;
+    unsigned vcpus;
+    const char *workload;
+    uint64_t seed, write_rate;
+    double fragment;
+    bool no_deflate, json, no_audit;
+};
+int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_balloon_prog *a);
 /* Resolve --backend for a command: "auto" picks kvm where /dev/kvm runs
  * guests, else soft (or native when only a program backend will do:
  * need_prog); soft_only names an option that needs soft vCPUs (NULL: none),

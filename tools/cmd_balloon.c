@@ -22,6 +22,7 @@
 
 #include "balloon.h"
 #include "cli.h"
+#include "guest.h"
 #include "domain.h"
 #include "migrate.h"
 #include "shadow.h"
@@ -94,11 +95,46 @@ static int run_balloon(int argc, char **argv)
     char b1[32], b2[32];
     if (argc)
         return cli_error("balloon: unexpected argument '%s'", argv[0]);
-    int backend;
+    int backend = GUEST_BACKEND_SOFT;
     char bwhy[300];
-    if (cli_backend("balloon", o.backend, "a guest running under the balloon (its balloon driver)", false,
-                    &backend, bwhy, sizeof(bwhy)))
+    if (!strcmp(o.backend, "auto")) {
+        snprintf(bwhy, sizeof(bwhy), "auto: the host's balloon on soft vCPUs; --backend kvm or "
+                 "native runs the guest's own balloon driver");
+    } else if (cli_backend("balloon", o.backend, o.pod_target ? "--pod-target" : NULL, false,
+                           &backend, bwhy, sizeof(bwhy))) {
         return 1;
+    }
+    if (backend != GUEST_BACKEND_SOFT) {
+        if (o.guest_mem % (2 * MiB) || o.target % (2 * MiB) || o.target < 8 * MiB ||
+            o.target >= o.guest_mem)
+            return cli_error("balloon: with the guest's driver, --guest-mem and --target are "
+                             "multiples of 2 MiB, 8 MiB <= target < guest");
+        if (o.vcpus == 0 || o.vcpus > HVG_MAX_VCPUS)
+            return cli_error("balloon: --vcpus must be in 1..%u", HVG_MAX_VCPUS);
+        if (!o.host_mem)
+            o.host_mem = (o.guest_mem + o.guest_mem / 2 + 64 * MiB + GiB - 1) & ~(GiB - 1);
+        if (cli_machine_create("balloon", &m, o.host_mem, false, NULL) < 0)
+            return 1;
+        struct domain_config pcfg;
+        domain_config_default(&pcfg);
+        rc = domain_create(m, &pcfg, &d);
+        if (rc == 0)
+            rc = domain_populate_guest(d, o.guest_mem, NULL);
+        if (rc < 0) {
+            cli_error("balloon: building the guest failed: %s", strerror(-rc));
+        } else {
+            struct cli_balloon_prog a = {
+                .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .target = o.target,
+                .vcpus = (unsigned)o.vcpus, .workload = o.workload, .seed = o.seed,
+                .write_rate = o.write_rate, .fragment = o.fragment, .no_deflate = o.no_deflate,
+                .json = o.json, .no_audit = o.no_audit,
+            };
+            status = cli_balloon_program(m, d, &a);
+        }
+        domain_destroy(d);
+        machine_destroy(m);
+        return status;
+    }
     if (o.workload) {
         enum workload_kind k;
         if (workload_parse(o.workload, &k) < 0)
@@ -307,7 +343,7 @@ static struct opt balloon_opts[] = {
     {"no-deflate", OPT_FLAG, &o.no_deflate, NULL, "stop after the inflate", NULL},
     {"seed", OPT_U64, &o.seed, "N", "seed of the fragmentation and the workload", NULL},
     {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
-    {"backend", OPT_STR, &o.backend, "NAME", "vCPU backend of the running guest: soft (or auto: soft for now; kvm guests get a balloon driver of their own next)", NULL},
+    {"backend", OPT_STR, &o.backend, "NAME", "soft or auto (default): the host's balloon, with --workload on soft vCPUs; kvm or native: the guest's own balloon driver in 2M extents, which sees the host's 2M refusals and falls back to 4K itself", NULL},
     {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
     {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
     {"wss", OPT_DBL, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
