@@ -229,7 +229,7 @@ static struct opt defrag_opts[] = {
     {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
     {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
     {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
-    {"wss", OPT_DBL, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
+    {"wss", OPT_FRAC, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
     {"seed", OPT_U64, &o.seed, "N", "workload seed (default 1)", NULL},
     {"settle-ms", OPT_U64, &o.settle_ms, "MS", "with --workload: guest runs this long before and after (default 50)", NULL},
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the audits", NULL},

@@ -309,7 +309,7 @@ static int run_migrate(int argc, char **argv)
     mopts.compress = mo.compress || mo.zstd_level;
     mopts.zstd_level = mo.zstd_level;
     mopts.no_verify = mo.no_verify;
-    mopts.timeout_ms = (int)(mo.timeout_s * 1000);
+    mopts.timeout_ms = cli_ms(mo.timeout_s);
     mopts.on_round = progress;
 
     if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0)
@@ -350,10 +350,10 @@ static struct opt migrate_opts_table[] = {
     {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
     {"workload", OPT_STR, &mo.workload, "NAME", "seq, uniform, zipf or writer (default writer)", NULL},
     {"write-rate", OPT_U64, &mo.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
-    {"wss", OPT_DBL, &mo.wss, "F", "writer: fraction of its slice written (default 0.25)", NULL},
-    {"write-frac", OPT_DBL, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
+    {"wss", OPT_FRAC, &mo.wss, "F", "writer: fraction of its slice written (default 0.25)", NULL},
+    {"write-frac", OPT_FRAC, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
     {"seed", OPT_U64, &mo.seed, "N", "workload seed (default 1)", NULL},
-    {"after", OPT_DBL, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
+    {"after", OPT_SECONDS, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
     {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 50)", NULL},
     {"max-rounds", OPT_U64, &mo.max_rounds, "N", "pre-copy rounds after the full copy (default 10)", NULL},
@@ -361,7 +361,7 @@ static struct opt migrate_opts_table[] = {
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
     {"no-verify", OPT_FLAG, &mo.no_verify, NULL, "skip the memory digests", NULL},
-    {"timeout", OPT_DBL, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
+    {"timeout", OPT_SECONDS, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
     {"in-doubt-save", OPT_STR, &mo.doubt_file, "FILE", "if RESUMED does not come after COMMIT, "
      "save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; exit 3)", NULL},
@@ -476,10 +476,10 @@ static int run_receive(int argc, char **argv)
         printf("receiver listening on %s (machine %s)\n", net_fmt_addr(&sa, b1, sizeof(b1)),
                hv_fmt_size(ro.host_mem, b1 + 32, 32));
     fflush(stdout);
-    struct migrate_recv_opts rop = {.timeout_ms = (int)(ro.timeout_s * 1000)};
+    struct migrate_recv_opts rop = {.timeout_ms = cli_ms(ro.timeout_s)};
     for (uint64_t attempt = 1; attempt <= ro.attempts; attempt++) {
         int fd;
-        rc = net_accept(lfd, (int)(ro.accept_s * 1000), &fd);
+        rc = net_accept(lfd, cli_ms(ro.accept_s), &fd);
         if (rc < 0) {
             cli_error("receive: no sender within %.0f s: %s", ro.accept_s, strerror(-rc));
             break;
@@ -581,12 +581,12 @@ static struct opt receive_opts_table[] = {
     {"resident", OPT_FLAG, &ro.resident, NULL, "commit the machine's memory up front, as a "
      "hypervisor's RAM (give a --host-mem that fits; see README)", NULL},
     {"attempts", OPT_U64, &ro.attempts, "N", "migrations to accept until one succeeds (default 3)", NULL},
-    {"run", OPT_DBL, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
-    {"timeout", OPT_DBL, &ro.timeout_s, "S", "socket timeout (default 30)", NULL},
+    {"run", OPT_SECONDS, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
+    {"timeout", OPT_SECONDS, &ro.timeout_s, "S", "socket timeout (default 30)", NULL},
     {"in-doubt-save", OPT_STR, &ro.doubt_file, "FILE", "if neither COMMIT nor ABORT comes "
      "after RESULT, save the paused guest there (default hugevm-in-doubt-receiver-PID.hvs; "
      "exit 3)", NULL},
-    {"accept-timeout", OPT_DBL, &ro.accept_s, "S", "wait at most S for a sender (default 120)", NULL},
+    {"accept-timeout", OPT_SECONDS, &ro.accept_s, "S", "wait at most S for a sender (default 120)", NULL},
     {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
     {0},
 };
