@@ -18,6 +18,7 @@
 #include "domain.h"
 #include "guest_state.h"
 #include "migrate.h"
+#include "safefile.h"
 #include "save.h"
 #include "vcpu.h"
 #include "workload.h"
@@ -109,16 +110,17 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
         hvctx_free(&tl);
         return rc;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "%s", strerror(-rc));
+    struct safefile out;
+    rc = safefile_create(&out, path);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s", rc == -EEXIST ? "the file exists already (it is never "
+                 "replaced: remove it or give another name)" : strerror(-rc));
         hvctx_free(&tl);
         return rc;
     }
     struct stream_fd sf;
     struct stream_io io;
-    rc = stream_fd_open(&sf, &io, fd);
+    rc = stream_fd_open(&sf, &io, out.fd);
     if (rc < 0) {
         snprintf(err, errlen, "out of memory");
     } else {
@@ -128,10 +130,13 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
         rc = stream_save(d, &io, &so, sr, err, errlen);
         stream_fd_free(&sf);
     }
-    if (close(fd) < 0 && rc == 0) {
-        rc = -errno;
-        snprintf(err, errlen, "%s", strerror(-rc));
+    if (rc == 0) {
+        rc = safefile_commit(&out);
+        if (rc < 0)
+            snprintf(err, errlen, "%s", rc == -EEXIST ? "the file appeared meanwhile (it is "
+                     "never replaced)" : strerror(-rc));
     }
+    safefile_abort(&out); /* after a failure: no partial file is left */
     hvctx_free(&tl);
     return rc;
 }
