@@ -110,8 +110,11 @@ extern const struct cmd cmd_kvm;
  * report (cmd_migrate.c; `hugevm migrate` and `hugevm run --migrate-to`).
  * Returns the exit status; on success the caller destroys its copy.  In
  * doubt (the receiver may run the guest, RESUMED did not come), the paused
- * guest is saved to doubt_file (NULL: hugevm-in-doubt-sender-PID.hvs) and
- * the status is CLI_EXIT_IN_DOUBT. */
+ * guest is saved to doubt_file (NULL: hugevm-in-doubt-sender-PID.hvs; it
+ * does not return before the guest is saved somewhere, see cmd_migrate.c)
+ * and the status is CLI_EXIT_IN_DOUBT.  When the migration fails outright
+ * the guest keeps running here until run_s seconds after the call, then is
+ * paused and, with fail_save, saved there (status 1 either way). */
 #define CLI_EXIT_IN_DOUBT 3
 struct tlb_config;
 struct workload_config;
@@ -119,7 +122,7 @@ struct migrate_opts;
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
                        const struct migrate_opts *mopts, uint64_t retries,
-                       const char *doubt_file, bool json);
+                       const char *doubt_file, double run_s, const char *fail_save, bool json);
 /* Save d with its vCPUs and workloads (as hugevm run --save: hugevm restore
  * FILE --run resumes it) to path; d must not change meanwhile (cmd_run.c). */
 struct vcpu;

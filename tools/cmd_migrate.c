@@ -12,7 +12,23 @@
  * {ok} out without COMMIT or ABORT on the receiver), either command saves
  * its paused guest to --in-doubt-save FILE, prints IN DOUBT with which copy
  * to resume (hugevm restore FILE --run) and exits with CLI_EXIT_IN_DOUBT.
+ * The paused guest is then the only copy this side has, so the process
+ * does not exit before it is saved (keep_in_doubt): a failed save is
+ * retried with backoff, at a fresh name beside FILE when FILE exists, and
+ * in $TMPDIR (or /tmp); when all of that failed DOUBT_ROUNDS times, the
+ * process says so with its PID and waits, the guest paused in memory: it
+ * retries on SIGUSR1 and by itself every DOUBT_WAIT_S seconds, and refuses
+ * SIGTERM, SIGINT and SIGHUP (they would destroy the only copy); only
+ * SIGKILL, an operator's deliberate choice, ends it unsaved.  Every file is
+ * written with safefile.h (0600, no partial file, nothing replaced), and
+ * only a file that was written whole is ever named.
+ *
+ * A migration that fails outright leaves the guest running on the sender
+ * (migrate.h); cli_migrate_domain keeps running it for the rest of the
+ * run's seconds and can then save it (--save-on-failure FILE).
  */
+#include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -141,7 +157,7 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *workload, *log_dirty, *doubt_file;
+    const char *to, *workload, *log_dirty, *doubt_file, *fail_save;
     uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
     double after, downtime_ms, wss, write_frac, timeout_s;
     bool compress, no_verify, json;
@@ -176,11 +192,111 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
+/* ---- in doubt: the guest is never lost --------------------------------------------- */
+
+#define DOUBT_ROUNDS 3     /* rounds over the paths before waiting for an operator */
+#define DOUBT_WAIT_S 60.0  /* then one more round at least this often */
+
+static volatile sig_atomic_t doubt_sig;
+
+static void doubt_handler(int sig)
+{
+    doubt_sig = sig;
+}
+
+/* Save g to path, or, when path exists (never replaced), to a fresh name
+ * beside it; *saved gets the name written.  0 or the last error. */
+static int doubt_try(struct migrate_guest *g, const char *path, char *saved, size_t len,
+                     char *err, size_t errlen)
+{
+    struct save_result sr;
+    int rc = cli_save_guest(g->d, g->v, g->w, g->nr_vcpus, &g->wc, path, &sr, err, errlen);
+    if (rc == 0)
+        snprintf(saved, len, "%s", path);
+    for (unsigned n = 1; rc == -EEXIST && n <= 20; n++) {
+        char alt[PATH_MAX];
+        snprintf(alt, sizeof(alt), "%s.%d-%u", path, (int)getpid(), n);
+        rc = cli_save_guest(g->d, g->v, g->w, g->nr_vcpus, &g->wc, alt, &sr, err, errlen);
+        if (rc == 0)
+            snprintf(saved, len, "%s", alt);
+    }
+    return rc;
+}
+
+/*
+ * Save the paused guest g, held in doubt by `role` ("sender", "receiver"),
+ * and return only when it is saved: *saved then names the whole file.
+ * Paths: `given` (NULL: hugevm-in-doubt-ROLE-PID.hvs here), then the same
+ * name in $TMPDIR or /tmp; see the file header for the rest.
+ */
+static void keep_in_doubt(struct migrate_guest *g, const char *given, const char *role,
+                          char *saved, size_t len)
+{
+    char first[PATH_MAX], second[PATH_MAX + 64], err[256];
+    if (given)
+        snprintf(first, sizeof(first), "%s", given);
+    else
+        snprintf(first, sizeof(first), "hugevm-in-doubt-%s-%d.hvs", role, (int)getpid());
+    const char *tmp = getenv("TMPDIR");
+    const char *base = strrchr(first, '/') ? strrchr(first, '/') + 1 : first;
+    snprintf(second, sizeof(second), "%s/%s", tmp && *tmp ? tmp : "/tmp", base);
+    const char *paths[2] = {first, second};
+    struct sigaction sa = {.sa_handler = doubt_handler}, old[4];
+    static const int sigs[4] = {SIGUSR1, SIGTERM, SIGINT, SIGHUP};
+    bool waiting = false;
+    double backoff = 0.5;
+    for (unsigned round = 1;; round++) {
+        for (unsigned i = 0; i < 2; i++) {
+            if (doubt_try(g, paths[i], saved, len, err, sizeof(err)) == 0)
+                goto done;
+            fprintf(stderr, "hugevm: %s: IN DOUBT: saving the paused guest to %s failed: %s "
+                    "(nothing was written under that name)\n", role, paths[i], err);
+        }
+        if (round < DOUBT_ROUNDS) {
+            fprintf(stderr, "hugevm: %s: retrying in %.1f s\n", role, backoff);
+            sleep_s(backoff);
+            backoff *= 2;
+            continue;
+        }
+        if (!waiting) {
+            sigemptyset(&sa.sa_mask);
+            for (unsigned i = 0; i < 4; i++)
+                sigaction(sigs[i], &sa, &old[i]);
+            waiting = true;
+        }
+        fprintf(stderr, "hugevm: %s: IN DOUBT and NOT SAVED: the paused guest exists only in "
+                "this process (PID %d).  Make room or fix %s (or %s), then `kill -USR1 %d` to "
+                "retry now; it retries by itself every %.0f s.  SIGTERM, SIGINT and SIGHUP are "
+                "refused while the guest is unsaved; SIGKILL discards it.\n", role,
+                (int)getpid(), first, second, (int)getpid(), DOUBT_WAIT_S);
+        fflush(stderr);
+        uint64_t t0 = hv_now_ns();
+        for (;;) {
+            int sig = doubt_sig;
+            doubt_sig = 0;
+            if (sig == SIGUSR1)
+                break;
+            if (sig)
+                fprintf(stderr, "hugevm: %s: refusing signal %d: the guest is not saved yet "
+                        "(SIGUSR1 retries, SIGKILL discards it)\n", role, sig);
+            if ((double)(hv_now_ns() - t0) / 1e9 >= DOUBT_WAIT_S)
+                break;
+            sleep_s(0.05);
+        }
+        fprintf(stderr, "hugevm: %s: retrying the in-doubt save\n", role);
+    }
+done:
+    if (waiting)
+        for (unsigned i = 0; i < 4; i++)
+            sigaction(sigs[i], &old[i], NULL);
+}
+
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
                        const struct migrate_opts *mopts, uint64_t retries,
-                       const char *doubt_file, bool json)
+                       const char *doubt_file, double run_s, const char *fail_save, bool json)
 {
+    uint64_t t_start = hv_now_ns();
     struct sockaddr_in sa;
     struct migrate_guest *g = NULL;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
@@ -220,27 +336,47 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
                 "here; retrying\n", (unsigned long long)attempt + 1, rep->err);
         sleep_s(1.0);
     }
-    /* in doubt: the paused guest lives only in this process; save it so
-     * that the operator can resume it if the receiver does not run it */
-    char dpath[256] = "", derr[256] = "";
-    int drc = 0;
-    if (rep->in_doubt) {
-        struct save_result sr;
-        if (doubt_file)
-            snprintf(dpath, sizeof(dpath), "%s", doubt_file);
-        else
-            snprintf(dpath, sizeof(dpath), "hugevm-in-doubt-sender-%d.hvs", (int)getpid());
-        drc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, dpath, &sr, derr,
-                             sizeof(derr));
+    /* in doubt: the paused guest lives only in this process; it is saved
+     * (whatever it takes) so that the operator can resume it if the
+     * receiver does not run it */
+    char dpath[PATH_MAX] = "";
+    if (rep->in_doubt)
+        keep_in_doubt(g, doubt_file, "sender", dpath, sizeof(dpath));
+    /* failed outright: the guest runs on here (migrate.h); keep it running
+     * for the rest of the run, then save it if asked */
+    double left = 0;
+    char fpath[PATH_MAX] = "", ferr[256] = "";
+    int frc = 0;
+    if (rc < 0 && !rep->in_doubt) {
+        left = run_s - (double)(hv_now_ns() - t_start) / 1e9;
+        if (!json)
+            printf("migration failed: the guest keeps running here%s", left > 0 ? "" : "\n");
+        if (!json && left > 0)
+            printf(" for the %.1f s left of the run\n", left);
+        fflush(stdout);
+        if (left > 0)
+            sleep_s(left);
+        migrate_guest_pause(g);
+        if (fail_save) {
+            struct save_result sr;
+            frc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, fail_save, &sr, ferr,
+                                 sizeof(ferr));
+            if (frc == 0)
+                snprintf(fpath, sizeof(fpath), "%s", fail_save);
+        }
     }
     if (json) {
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
         json_str(&j, "to", to);
-        if (rep->in_doubt) {
-            json_str(&j, "in_doubt_saved", drc == 0 ? dpath : "");
-            json_str(&j, "in_doubt_save_error", drc == 0 ? "" : derr);
+        if (rep->in_doubt)
+            json_str(&j, "in_doubt_saved", dpath);
+        if (rc < 0 && !rep->in_doubt) {
+            json_bool(&j, "guest_kept", true);
+            json_dbl(&j, "ran_after_failure_s", left > 0 ? left : 0);
+            json_str(&j, "saved_on_failure", fpath);
+            json_str(&j, "save_on_failure_error", frc == 0 ? "" : ferr);
         }
         json_u64(&j, "vcpus", nv);
         json_str(&j, "workload", workload_name(wc->kind));
@@ -257,12 +393,8 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         FILE *f = json ? stderr : stdout;
         fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come back: the "
                 "receiver may be running the guest, or may hold it paused in doubt too.\n");
-        if (drc == 0)
-            fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to "
-                    "%s (it dies with this process otherwise).\n", dpath);
-        else
-            fprintf(f, "  This copy was not resumed; saving it to %s failed (%s): it is lost "
-                    "with this process, the receiver's copy is the guest.\n", dpath, derr);
+        fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to %s "
+                "(written whole, mode 0600).\n", dpath);
         fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the receiver "
                 "reports IN DOUBT as well (or is gone), resume exactly one copy, e.g. "
                 "`hugevm restore %s --run`.\n", dpath);
@@ -274,6 +406,15 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         int a = domain_audit(d);
         if (!json)
             printf("  sender audit after the failure: %s\n", a ? hv_audit_last() : "ok");
+        if (fail_save && frc == 0)
+            printf("  the guest, kept after the failed migration, is saved to %s: `hugevm "
+                   "restore %s --run` resumes it\n", fpath, fpath);
+        else if (fail_save)
+            fprintf(stderr, "hugevm: saving the guest kept after the failed migration to %s "
+                    "failed: %s (nothing was written under that name)\n", fail_save, ferr);
+        else if (!json)
+            printf("  the guest ran here to the end of the run; give --save-on-failure FILE to "
+                   "keep it past that\n");
     }
 out:
     migrate_guest_destroy(g);
@@ -336,7 +477,7 @@ static int run_migrate(int argc, char **argv)
         wc.wss = mo.wss;
         wc.write_rate = mo.write_rate;
         status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after, &mopts,
-                                    mo.retries, mo.doubt_file, mo.json);
+                                    mo.retries, mo.doubt_file, 0, mo.fail_save, mo.json);
     }
     domain_destroy(d);
     machine_destroy(m);
@@ -365,6 +506,8 @@ static struct opt migrate_opts_table[] = {
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
     {"in-doubt-save", OPT_STR, &mo.doubt_file, "FILE", "if RESUMED does not come after COMMIT, "
      "save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; exit 3)", NULL},
+    {"save-on-failure", OPT_STR, &mo.fail_save, "FILE", "if the migration fails, save the "
+     "guest (which runs on here) there before exiting", NULL},
     {"json", OPT_FLAG, &mo.json, NULL, "machine-readable output", NULL},
     {0},
 };
@@ -397,13 +540,8 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
 {
     struct migrate_guest *g = res->g;
     struct domain *d = g->d;
-    struct save_result sr;
-    char path[256], err[256] = "";
-    if (ro.doubt_file)
-        snprintf(path, sizeof(path), "%s", ro.doubt_file);
-    else
-        snprintf(path, sizeof(path), "hugevm-in-doubt-receiver-%d.hvs", (int)getpid());
-    int rc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, path, &sr, err, sizeof(err));
+    char path[PATH_MAX];
+    keep_in_doubt(g, ro.doubt_file, "receiver", path, sizeof(path));
     int audit = domain_audit(d);
     if (audit == 0)
         audit = frames_audit(m->frames);
@@ -414,8 +552,7 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
         json_bool(&j, "ok", false);
         json_bool(&j, "in_doubt", true);
         json_str(&j, "error", res->err);
-        json_str(&j, "in_doubt_saved", rc == 0 ? path : "");
-        json_str(&j, "in_doubt_save_error", rc == 0 ? "" : err);
+        json_str(&j, "in_doubt_saved", path);
         json_bool(&j, "verified", res->verified);
         json_u64(&j, "digest", res->digest);
         json_str(&j, "audit", audit ? hv_audit_last() : "ok");
@@ -426,11 +563,7 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
     fprintf(f, "IN DOUBT: %s\n", res->err);
     fprintf(f, "  The guest was received whole (memory digest %s) and not started here.\n",
             res->verified ? "verified against the sender's" : "not checked");
-    if (rc == 0)
-        fprintf(f, "  It is saved, paused, to %s (it dies with this process otherwise).\n", path);
-    else
-        fprintf(f, "  Saving it to %s failed (%s): this copy is lost with this process.\n", path,
-                err);
+    fprintf(f, "  It is saved, paused, to %s (written whole, mode 0600).\n", path);
     fprintf(f, "  If the sender reports its guest running (its COMMIT never left), delete this "
             "copy.  If the sender reports IN DOUBT too (or is gone), resume exactly one copy, "
             "this one preferably: `hugevm restore %s --run`.\n", path);

@@ -32,6 +32,7 @@ static struct {
     const char *workload, *log_dirty, *guest_page, *map;
     const char *migrate_to; /* --migrate-to: live-migrate after --after S */
     const char *save;       /* --save FILE: save the guest after the run */
+    const char *fail_save;  /* --save-on-failure FILE: after a failed --migrate-to */
     double after;
     bool json, no_audit;
 } o = {
@@ -173,6 +174,11 @@ static int run_run(int argc, char **argv)
         return cli_error("run: give --seconds or --accesses, not both");
     if (!o.seconds && !o.accesses)
         o.accesses = 10000000;
+    if (o.fail_save && !o.migrate_to)
+        return cli_error("run: --save-on-failure goes with --migrate-to");
+    if (o.fail_save && map_order == PAGE_ORDER_2M)
+        return cli_error("run: --save-on-failure with --map 2M: the stream does not carry the "
+                         "2M cap (use --map 1G or 4K)");
     if (o.save && o.migrate_to)
         return cli_error("run: give --save or --migrate-to, not both");
     if (o.save && map_order == PAGE_ORDER_2M)
@@ -243,7 +249,7 @@ static int run_run(int argc, char **argv)
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode};
         status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, NULL,
-                                    o.json);
+                                    o.seconds, o.fail_save, o.json);
         goto out;
     }
     for (unsigned i = 0; i < nv; i++) {
@@ -522,6 +528,8 @@ static struct opt run_opts[] = {
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {"migrate-to", OPT_STR, &o.migrate_to, "ADDR:PORT", "live-migrate the running guest to a receiver (hugevm receive)", NULL},
     {"after", OPT_SECONDS, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
+    {"save-on-failure", OPT_STR, &o.fail_save, "FILE", "with --migrate-to: if the migration "
+     "fails, the guest runs on here for the rest of --seconds, then is saved to FILE", NULL},
     {"save", OPT_STR, &o.save, "FILE", "then save the guest with its vCPU/workload state (hugevm restore FILE --run resumes it)", NULL},
     {0},
 };
