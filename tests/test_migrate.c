@@ -33,6 +33,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -1883,6 +1884,309 @@ static void test_process_receiver_in_doubt(void **state)
     sender_fini(&e);
 }
 
+/* True once path contains needle (polls up to secs). */
+static bool wait_log(const char *path, const char *needle, int secs)
+{
+    for (int i = 0; i < secs * 20; i++) {
+        char buf[65536];
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+            fclose(f);
+            buf[n] = 0;
+            if (strstr(buf, needle))
+                return true;
+        }
+        sleep_ms(50);
+    }
+    return false;
+}
+
+static bool still_running(pid_t pid)
+{
+    int st;
+    return waitpid(pid, &st, WNOHANG) == 0;
+}
+
+static unsigned read_port(const char *portf)
+{
+    unsigned port = 0;
+    for (int i = 0; i < 400 && !port; i++) {
+        FILE *f = fopen(portf, "r");
+        if (f) {
+            if (fscanf(f, "%u", &port) != 1)
+                port = 0;
+            fclose(f);
+        }
+        if (!port)
+            sleep_ms(50);
+    }
+    return port;
+}
+
+/* A receiver process left in doubt whose save fails everywhere (its
+ * --in-doubt-save directory and $TMPDIR do not exist, as a full or broken
+ * disk would): it must not exit with the only copy.  It retries, then waits
+ * with its PID printed, refuses SIGTERM, and saves on SIGUSR1 once the
+ * directory is there; the file it names is whole (0600) and resumes. */
+static void test_process_in_doubt_save_fails(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvdoubtXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96], sub[96], saved[128], tmpd[96], relog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    snprintf(sub, sizeof(sub), "%s/later", dir);
+    snprintf(saved, sizeof(saved), "%s/in-doubt.hvs", sub);
+    snprintf(tmpd, sizeof(tmpd), "%s/no-tmp", dir);
+    snprintf(relog, sizeof(relog), "%s/restore.json", dir);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
+                     "--in-doubt-save", saved, "--json", NULL};
+    char *old_tmp = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
+    setenv("TMPDIR", tmpd, 1);
+    pid_t rp = spawn(rargv, rlog);
+    if (old_tmp)
+        setenv("TMPDIR", old_tmp, 1);
+    else
+        unsetenv("TMPDIR");
+    free(old_tmp);
+    unsigned port = read_port(portf);
+    assert_true(port != 0);
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 2, 20000, 0.02);
+    sleep_ms(30);
+    struct migrate_opts o = {.timeout_ms = 20000, .cut_before_commit = true};
+    int fd = connect_to((uint16_t)port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    close(fd);
+    assert_true(rc < 0);
+    assert_false(rep->in_doubt);
+    sender_healthy(&e, rep);
+
+    /* every path failed DOUBT_ROUNDS times: it waits, alive, and says how */
+    if (!wait_log(rlog, "NOT SAVED", 60))
+        fail_msg("the receiver did not report its unsaved guest; log in %s", rlog);
+    assert_true(still_running(rp));
+    assert_true(wait_log(rlog, "kill -USR1", 1));
+    /* no file of any name was left behind by the failures */
+    assert_int_equal(access(sub, F_OK), -1);
+    assert_int_equal(access(tmpd, F_OK), -1);
+    assert_false(wait_log(rlog, "in_doubt_saved", 0));
+    /* SIGTERM would destroy the only copy: refused */
+    assert_int_equal(kill(rp, SIGTERM), 0);
+    assert_true(wait_log(rlog, "refusing signal", 10));
+    sleep_ms(200);
+    assert_true(still_running(rp));
+    /* the operator makes room and asks for a retry */
+    assert_int_equal(mkdir(sub, 0700), 0);
+    assert_int_equal(kill(rp, SIGUSR1), 0);
+    int rs = wait_deadline(rp, 60);
+    if (rs != 3)
+        fail_msg("receiver exited %d, not 3 (in doubt); log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"in_doubt_saved\"", saved));
+    struct stat st;
+    assert_int_equal(stat(saved, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    char *xargv[] = {hv, "restore", saved, "--run", "--seconds", "0.2", "--host-mem", "4G",
+                     "--json", NULL};
+    int xs = wait_deadline(spawn(xargv, relog), 60);
+    if (xs != 0)
+        fail_msg("hugevm restore --run of the in-doubt copy exited %d; log in %s", xs, relog);
+    print_message("# in-doubt save failing everywhere: waited alive, refused SIGTERM, saved on "
+                  "SIGUSR1, restored\n");
+    unlink(saved);
+    rmdir(sub);
+    unlink(portf);
+    unlink(rlog);
+    unlink(relog);
+    rmdir(dir);
+    free(rep);
+    sender_fini(&e);
+}
+
+/* A sender process left in doubt (the test's receiver swallows RESUMED)
+ * whose --in-doubt-save name is a symlink planted to another file: that
+ * file is neither followed nor replaced, the guest is saved at a fresh
+ * name beside it (0600), and that name is the one reported. */
+static void test_process_sender_in_doubt_symlink(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvdoubtXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char slog[96], victim[96], planted[96], to[64];
+    snprintf(slog, sizeof(slog), "%s/sender.json", dir);
+    snprintf(victim, sizeof(victim), "%s/victim", dir);
+    snprintf(planted, sizeof(planted), "%s/in-doubt.hvs", dir);
+    FILE *f = fopen(victim, "w");
+    assert_non_null(f);
+    fputs("precious", f);
+    fclose(f);
+    assert_int_equal(symlink(victim, planted), 0);
+
+    struct machine *rm = new_machine(1 * GiB);
+    struct model *mo = model_new();
+    struct rx_env rx;
+    rx_start_cut(&rx, rm, mo, 2); /* COMMIT arrives, RESUMED never leaves */
+    snprintf(to, sizeof(to), "127.0.0.1:%u", rx.port);
+    char *sargv[] = {hv, "migrate", "--to", to, "--guest-mem", "128M", "--host-mem", "1G",
+                     "--vcpus", "1", "--after", "0.2", "--write-rate", "20000", "--timeout", "5",
+                     "--in-doubt-save", planted, "--json", NULL};
+    int ss = wait_deadline(spawn(sargv, slog), 90);
+    rx_join(&rx);
+    if (ss != 3)
+        fail_msg("sender exited %d, not 3 (in doubt); log in %s", ss, slog);
+    assert_int_equal(rx.rc, 0); /* the receiver owns the guest */
+    /* the planted link and its target are untouched */
+    char buf[32] = "";
+    f = fopen(victim, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    fclose(f);
+    assert_string_equal(buf, "precious");
+    struct stat st;
+    assert_int_equal(lstat(planted, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    /* the copy went to PLANTED.PID-1, and that is the name reported */
+    char alt[160];
+    snprintf(alt, sizeof(alt), "%s.", planted);
+    assert_true(file_has(slog, "\"in_doubt_saved\"", alt));
+    assert_true(wait_log(slog, "exists already", 1));
+    DIR *dd = opendir(dir);
+    assert_non_null(dd);
+    unsigned found = 0;
+    for (struct dirent *de; (de = readdir(dd));) {
+        char pth[PATH_MAX];
+        snprintf(pth, sizeof(pth), "%s/%s", dir, de->d_name);
+        if (!strncmp(de->d_name, "in-doubt.hvs.", 13)) {
+            assert_int_equal(stat(pth, &st), 0);
+            assert_int_equal(st.st_mode & 07777, 0600);
+            assert_true(st.st_size > (128 << 10));
+            found++;
+        }
+        assert_null(strstr(de->d_name, ".tmp")); /* no temporary left */
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            unlink(pth);
+    }
+    closedir(dd);
+    assert_int_equal(found, 1);
+    rmdir(dir);
+    if (rx.res.g) {
+        struct domain *rd = rx.res.g->d;
+        migrate_guest_destroy(rx.res.g);
+        domain_destroy(rd);
+    }
+    migrate_recv_result_free(&rx.res);
+    machine_destroy(rm);
+    model_free(mo);
+    print_message("# sender in doubt with a symlink planted at its save name: not followed, "
+                  "saved beside it (0600)\n");
+}
+
+/* A peer that accepts a migration and cuts it after some bytes. */
+struct cutter {
+    int lfd;
+    uint16_t port;
+    size_t cut_after;
+    pthread_t t;
+};
+
+static void *cutter_main(void *arg)
+{
+    struct cutter *c = arg;
+    int fd;
+    if (net_accept(c->lfd, 30000, &fd) < 0)
+        return NULL;
+    static uint8_t buf[1 << 16];
+    size_t got = 0;
+    while (got < c->cut_after) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+    return NULL;
+}
+
+/* hugevm run --migrate-to whose migration fails midway (the peer cuts it
+ * inside round 0): the guest runs on for the rest of --seconds and
+ * --save-on-failure keeps it in a file that restores and runs; without it
+ * the run still goes to its end, and says how to keep the guest. */
+static void test_process_run_migrate_fails(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvrunfailXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char log[96], saved[96], relog[96], to[64];
+    snprintf(log, sizeof(log), "%s/run.json", dir);
+    snprintf(saved, sizeof(saved), "%s/kept.hvs", dir);
+    snprintf(relog, sizeof(relog), "%s/restore.json", dir);
+    for (int with_save = 1; with_save >= 0; with_save--) {
+        struct cutter c = {.cut_after = 4 << 20};
+        struct sockaddr_in sa;
+        assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+        assert_int_equal(net_listen(&sa, &c.lfd, &c.port), 0);
+        assert_int_equal(pthread_create(&c.t, NULL, cutter_main, &c), 0);
+        snprintf(to, sizeof(to), "127.0.0.1:%u", c.port);
+        char *argv[] = {hv, "run", "--guest-mem", "128M", "--workload", "writer",
+                        "--write-rate", "20000", "--seconds", "2", "--after", "0.2",
+                        "--migrate-to", to, "--json", with_save ? "--save-on-failure" : NULL,
+                        saved, NULL};
+        uint64_t t0 = hv_now_ns();
+        int st = wait_deadline(spawn(argv, log), 90);
+        double s = (double)(hv_now_ns() - t0) / 1e9;
+        pthread_join(c.t, NULL);
+        close(c.lfd);
+        if (st != 1)
+            fail_msg("run --migrate-to to a cutting peer exited %d, not 1; log in %s", st, log);
+        assert_true(file_has(log, "\"guest_kept\"", "true"));
+        assert_true(file_has(log, "\"ok\"", "false"));
+        assert_true(s >= 1.8); /* it ran to the end of --seconds */
+        if (!with_save) {
+            assert_true(file_has(log, "\"saved_on_failure\"", ","));
+            continue;
+        }
+        assert_true(file_has(log, "\"saved_on_failure\"", saved));
+        struct stat sb;
+        assert_int_equal(stat(saved, &sb), 0);
+        assert_int_equal(sb.st_mode & 07777, 0600);
+        char *xargv[] = {hv, "restore", saved, "--run", "--seconds", "0.2", "--host-mem", "1G",
+                         "--json", NULL};
+        int xs = wait_deadline(spawn(xargv, relog), 60);
+        if (xs != 0 || !file_has(relog, "\"resumed\"", "true"))
+            fail_msg("restore --run of the kept guest exited %d; log in %s", xs, relog);
+    }
+    unlink(saved);
+    unlink(log);
+    unlink(relog);
+    rmdir(dir);
+    print_message("# run --migrate-to cut midway: the guest ran to the end of --seconds, "
+                  "--save-on-failure kept it and it resumed\n");
+}
+
 static int sh(const char *fmt, ...) HV_PRINTF(1, 2);
 static int sh(const char *fmt, ...)
 {
@@ -1952,6 +2256,9 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_processes_loopback),
     cmocka_unit_test(test_processes_netns),
     cmocka_unit_test(test_process_receiver_in_doubt),
+    cmocka_unit_test(test_process_in_doubt_save_fails),
+    cmocka_unit_test(test_process_sender_in_doubt_symlink),
+    cmocka_unit_test(test_process_run_migrate_fails),
 };
 
 int main(void)

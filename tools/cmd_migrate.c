@@ -206,13 +206,16 @@ static void doubt_handler(int sig)
 
 /* Save g to path, or, when path exists (never replaced), to a fresh name
  * beside it; *saved gets the name written.  0 or the last error. */
-static int doubt_try(struct migrate_guest *g, const char *path, char *saved, size_t len,
-                     char *err, size_t errlen)
+static int doubt_try(struct migrate_guest *g, const char *role, const char *path, char *saved,
+                     size_t len, char *err, size_t errlen)
 {
     struct save_result sr;
     int rc = cli_save_guest(g->d, g->v, g->w, g->nr_vcpus, &g->wc, path, &sr, err, errlen);
     if (rc == 0)
         snprintf(saved, len, "%s", path);
+    if (rc == -EEXIST)
+        fprintf(stderr, "hugevm: %s: %s exists already (a file or a link: it is never followed "
+                "or replaced); saving beside it under a fresh name\n", role, path);
     for (unsigned n = 1; rc == -EEXIST && n <= 20; n++) {
         char alt[PATH_MAX];
         snprintf(alt, sizeof(alt), "%s.%d-%u", path, (int)getpid(), n);
@@ -247,7 +250,7 @@ static void keep_in_doubt(struct migrate_guest *g, const char *given, const char
     double backoff = 0.5;
     for (unsigned round = 1;; round++) {
         for (unsigned i = 0; i < 2; i++) {
-            if (doubt_try(g, paths[i], saved, len, err, sizeof(err)) == 0)
+            if (doubt_try(g, role, paths[i], saved, len, err, sizeof(err)) == 0)
                 goto done;
             fprintf(stderr, "hugevm: %s: IN DOUBT: saving the paused guest to %s failed: %s "
                     "(nothing was written under that name)\n", role, paths[i], err);
