@@ -1884,10 +1884,10 @@ static void test_process_receiver_in_doubt(void **state)
     sender_fini(&e);
 }
 
-/* True once path contains needle (polls up to secs). */
+/* True once path contains needle (polls up to secs; 0: looks once). */
 static bool wait_log(const char *path, const char *needle, int secs)
 {
-    for (int i = 0; i < secs * 20; i++) {
+    for (int i = 0; i == 0 || i < secs * 20; i++) {
         char buf[65536];
         FILE *f = fopen(path, "r");
         if (f) {
@@ -2187,6 +2187,303 @@ static void test_process_run_migrate_fails(void **state)
                   "--save-on-failure kept it and it resumed\n");
 }
 
+/* ---- receiver availability: deadlines, strangers, busy -------------------------- */
+
+/* A peer on port that writes bytes in pieces of `chunk` every gap_ms, and
+ * notes when the receiver closed the connection on it (seconds after it
+ * connected; < 0: never, within the bytes and 20 s after them). */
+struct trickle {
+    uint16_t port;
+    const uint8_t *bytes;
+    size_t len, chunk;
+    unsigned gap_ms;
+    double closed_s;
+    char seen[512]; /* the receiver's last bytes, printable */
+    pthread_t t;
+};
+
+static bool peer_closed(int fd, struct trickle *tr)
+{
+    uint8_t buf[4096];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n == 0)
+            return true;
+        if (n < 0)
+            return errno != EAGAIN && errno != EWOULDBLOCK;
+        size_t k = 0;
+        for (ssize_t j = 0; j < n && k + 1 < sizeof(tr->seen); j++)
+            if (buf[j] >= 0x20 && buf[j] < 0x7f)
+                tr->seen[k++] = (char)buf[j];
+        if (k)
+            tr->seen[k] = 0;
+    }
+}
+
+static void *trickle_main(void *arg)
+{
+    struct trickle *tr = arg;
+    int fd = connect_to(tr->port);
+    uint64_t t0 = hv_now_ns();
+    tr->closed_s = -1;
+    for (size_t off = 0; off < tr->len; off += tr->chunk) {
+        size_t n = tr->len - off < tr->chunk ? tr->len - off : tr->chunk;
+        if (peer_closed(fd, tr) || send(fd, tr->bytes + off, n, MSG_NOSIGNAL) < 0)
+            goto closed;
+        sleep_ms(tr->gap_ms);
+    }
+    for (int i = 0; i < 400; i++) {
+        if (peer_closed(fd, tr))
+            goto closed;
+        sleep_ms(50);
+    }
+    close(fd);
+    return NULL;
+closed:
+    tr->closed_s = (double)(hv_now_ns() - t0) / 1e9;
+    close(fd);
+    return NULL;
+}
+
+static void trickle_run(struct trickle *tr)
+{
+    assert_int_equal(pthread_create(&tr->t, NULL, trickle_main, tr), 0);
+    pthread_join(tr->t, NULL);
+}
+
+/* A HELLO frame (version v) into out (32 bytes). */
+static size_t hello_bytes(uint8_t *out, uint32_t v)
+{
+    struct mig_hello h = {htole32(v), htole32(MIG_HELLO_VERIFY)};
+    frame(out, MIG_HELLO, sizeof(h), sizeof(h), &h, true);
+    memcpy(out + sizeof(struct mig_frame), &h, sizeof(h));
+    return sizeof(struct mig_frame) + sizeof(h);
+}
+
+/* Start a receiver thread with these deadlines. */
+static void rx_start_deadlines(struct rx_env *r, struct machine *m, int handshake_ms,
+                               int timeout_ms, uint64_t total_ms)
+{
+    memset(r, 0, sizeof(*r));
+    r->fd = -1;
+    r->m = m;
+    r->o.handshake_ms = handshake_ms;
+    r->o.timeout_ms = timeout_ms;
+    r->o.total_ms = total_ms;
+    rx_listen(r);
+    assert_int_equal(pthread_create(&r->t, NULL, rx_main, r), 0);
+}
+
+/* Bytes that trickle in do not extend a deadline: a HELLO sent one byte
+ * every 150 ms is cut at the handshake's deadline (not counted as a
+ * sender); after the handshake, a DATA frame trickled the same way is cut
+ * at the frame's deadline; and small frames each on time are cut at the
+ * migration's deadline.  Each error names the deadline. */
+static void test_receiver_deadlines(void **state)
+{
+    (void)state;
+    struct machine *rm = new_machine(1 * GiB);
+    uint8_t buf[4096];
+    struct rx_env rx;
+    struct trickle tr;
+
+    /* the handshake: 32 bytes at 150 ms would take 4.8 s; deadline 0.6 s */
+    size_t n = hello_bytes(buf, MIG_VERSION);
+    rx_start_deadlines(&rx, rm, 600, 20000, 0);
+    tr = (struct trickle){.port = rx.port, .bytes = buf, .len = n, .chunk = 1, .gap_ms = 150};
+    trickle_run(&tr);
+    rx_join(&rx);
+    print_message("# handshake trickle: cut after %.2f s: %s\n", tr.closed_s, rx.res.err);
+    assert_int_equal(rx.rc, -ETIMEDOUT);
+    assert_false(rx.res.handshake_passed);
+    assert_non_null(strstr(rx.res.err, "handshake's deadline"));
+    assert_true(tr.closed_s > 0.4 && tr.closed_s < 2.5);
+    rx_nothing_left(&rx);
+    migrate_recv_result_free(&rx.res);
+
+    /* a frame after the handshake: HELLO at once, then a 4 KiB DATA frame
+     * one byte every 150 ms; the frame's deadline is 1 s */
+    n = hello_bytes(buf, MIG_VERSION);
+    uint8_t body[64] = {0};
+    frame(buf + n, MIG_DATA, 4096, 4096, NULL, true);
+    memcpy(buf + n + sizeof(struct mig_frame), body, sizeof(body));
+    rx_start_deadlines(&rx, rm, 20000, 1000, 0);
+    int fd = connect_to(rx.port);
+    assert_int_equal(net_write_all(fd, buf, n), 0);
+    tr = (struct trickle){.bytes = buf + n, .len = sizeof(struct mig_frame) + sizeof(body),
+                          .chunk = 1, .gap_ms = 150};
+    uint64_t t0 = hv_now_ns();
+    for (size_t off = 0; off < tr.len && !peer_closed(fd, &tr); off++) {
+        if (send(fd, tr.bytes + off, 1, MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(150);
+    }
+    double cut = (double)(hv_now_ns() - t0) / 1e9;
+    rx_join(&rx);
+    close(fd);
+    print_message("# frame trickle after the handshake: cut after %.2f s: %s\n", cut,
+                  rx.res.err);
+    assert_true(rx.res.handshake_passed);
+    assert_non_null(strstr(rx.res.err, "frame's deadline"));
+    assert_true(cut < 3.5); /* 88 bytes at 150 ms would be 13 s */
+    rx_nothing_left(&rx);
+    migrate_recv_result_free(&rx.res);
+
+    /* frames each on time, the whole too long: the stream's first 24 bytes
+     * as 24 one-byte DATA frames, one every 100 ms; migration deadline 1 s */
+    struct stream_mem mem;
+    struct stream_io io;
+    struct stream_writer w;
+    stream_mem_sink(&mem, &io);
+    stream_writer_init(&w, &io);
+    assert_int_equal(stream_write_headers(&w), 0);
+    n = hello_bytes(buf, MIG_VERSION);
+    rx_start_deadlines(&rx, rm, 20000, 20000, 1000);
+    fd = connect_to(rx.port);
+    assert_int_equal(net_write_all(fd, buf, n), 0);
+    t0 = hv_now_ns();
+    for (size_t k = 0; k < 24 && !peer_closed(fd, &tr); k++) {
+        uint8_t f[sizeof(struct mig_frame) + 1];
+        frame(f, MIG_DATA, 1, 1, mem.buf + k, true);
+        f[sizeof(struct mig_frame)] = mem.buf[k];
+        if (send(fd, f, sizeof(f), MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(100);
+    }
+    cut = (double)(hv_now_ns() - t0) / 1e9;
+    rx_join(&rx);
+    close(fd);
+    stream_mem_free(&mem);
+    print_message("# frames on time, whole too long: cut after %.2f s: %s\n", cut, rx.res.err);
+    assert_non_null(strstr(rx.res.err, "migration's deadline"));
+    assert_true(cut < 2.2);
+    rx_nothing_left(&rx);
+    migrate_recv_result_free(&rx.res);
+    machine_destroy(rm);
+}
+
+struct busy_probe {
+    uint16_t port;
+    double answered_s; /* < 0: no answer */
+    char seen[512];
+};
+
+/* From the sender's first round: a second connection to the receiver must
+ * get ABORT "busy" at once. */
+static void probe_busy(void *ctx, const struct migrate_round *r)
+{
+    struct busy_probe *b = ctx;
+    if (r->index != 0 || b->answered_s >= 0)
+        return;
+    uint8_t hb[64];
+    size_t n = hello_bytes(hb, MIG_VERSION);
+    int fd = connect_to(b->port);
+    uint64_t t0 = hv_now_ns();
+    (void)!send(fd, hb, n, MSG_NOSIGNAL);
+    struct trickle tr = {0};
+    for (int i = 0; i < 100; i++) {
+        if (peer_closed(fd, &tr)) {
+            b->answered_s = (double)(hv_now_ns() - t0) / 1e9;
+            break;
+        }
+        sleep_ms(20);
+    }
+    snprintf(b->seen, sizeof(b->seen), "%s", tr.seen);
+    close(fd);
+}
+
+/* hugevm receive with its default --attempts 3: three junk connections
+ * (garbage, an immediate close, a HELLO of another version), a peer that
+ * trickles its HELLO, and one that passes the handshake then trickles its
+ * data (an attempt, cut by --timeout) do not keep a real sender out: it
+ * migrates, and a connection arriving meanwhile is turned away at once
+ * with the reason. */
+static void test_process_receiver_available(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvavailXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--accept-timeout", "120", "--host-mem", "4G", "--timeout", "2",
+                     "--handshake-timeout", "1", "--run", "0.1", "--json", NULL};
+    pid_t rp = spawn(rargv, rlog);
+    unsigned port = read_port(portf);
+    assert_true(port != 0);
+    uint8_t buf[256];
+
+    static const char http[] = "GET / HTTP/1.0\r\n\r\n";
+    struct trickle tr = {.port = (uint16_t)port, .bytes = (const uint8_t *)http,
+                         .len = sizeof(http) - 1, .chunk = sizeof(http), .gap_ms = 0};
+    trickle_run(&tr);
+    assert_true(tr.closed_s >= 0);
+    close(connect_to((uint16_t)port));
+    size_t n = hello_bytes(buf, 99);
+    tr = (struct trickle){.port = (uint16_t)port, .bytes = buf, .len = n, .chunk = n};
+    trickle_run(&tr);
+    assert_true(tr.closed_s >= 0);
+    n = hello_bytes(buf, MIG_VERSION);
+    tr = (struct trickle){.port = (uint16_t)port, .bytes = buf, .len = n, .chunk = 1,
+                          .gap_ms = 200};
+    trickle_run(&tr);
+    print_message("# HELLO trickled: cut after %.2f s\n", tr.closed_s);
+    assert_true(tr.closed_s > 0 && tr.closed_s < 4);
+    /* passes the handshake, then trickles: one attempt, cut by --timeout 2 */
+    n = hello_bytes(buf, MIG_VERSION);
+    frame(buf + n, MIG_DATA, 4096, 4096, NULL, true);
+    memset(buf + n + sizeof(struct mig_frame), 0, 64);
+    int fd = connect_to((uint16_t)port);
+    assert_int_equal(net_write_all(fd, buf, n), 0);
+    uint64_t t0 = hv_now_ns();
+    struct trickle seen = {0};
+    for (size_t off = n; off < n + sizeof(struct mig_frame) + 64 && !peer_closed(fd, &seen);
+         off++) {
+        if (send(fd, buf + off, 1, MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(150);
+    }
+    double cut = (double)(hv_now_ns() - t0) / 1e9;
+    close(fd);
+    print_message("# DATA trickled after the handshake: cut after %.2f s\n", cut);
+    assert_true(cut < 5);
+
+    /* the real sender */
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 1, 20000, 0.02);
+    struct busy_probe probe = {.port = (uint16_t)port, .answered_s = -1};
+    struct migrate_opts o = {.timeout_ms = 20000, .on_round = probe_busy, .ctx = &probe};
+    fd = connect_to((uint16_t)port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    close(fd);
+    if (rc != 0)
+        fail_msg("the real sender failed: %s (receiver log %s)", rep->err, rlog);
+    int rs = wait_deadline(rp, 60);
+    if (rs != 0)
+        fail_msg("receiver exited %d; log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"ok\"", "true"));
+    assert_true(file_has(rlog, "\"attempt\"", "2"));
+    assert_true(wait_log(rlog, "not counted against --attempts", 0));
+    print_message("# a connection during the migration: answered after %.3f s: %s\n",
+                  probe.answered_s, probe.seen);
+    assert_true(probe.answered_s >= 0 && probe.answered_s < 1.0);
+    assert_non_null(strstr(probe.seen, "receiver busy"));
+    unlink(portf);
+    unlink(rlog);
+    rmdir(dir);
+    free(rep);
+    sender_fini(&e);
+}
+
 static int sh(const char *fmt, ...) HV_PRINTF(1, 2);
 static int sh(const char *fmt, ...)
 {
@@ -2259,6 +2556,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_process_in_doubt_save_fails),
     cmocka_unit_test(test_process_sender_in_doubt_symlink),
     cmocka_unit_test(test_process_run_migrate_fails),
+    cmocka_unit_test(test_receiver_deadlines),
+    cmocka_unit_test(test_process_receiver_available),
 };
 
 int main(void)

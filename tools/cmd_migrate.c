@@ -27,11 +27,15 @@
  * (migrate.h); cli_migrate_domain keeps running it for the rest of the
  * run's seconds and can then save it (--save-on-failure FILE).
  */
+#include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -524,10 +528,23 @@ const struct cmd cmd_migrate = {
 
 /* ---- receiver ------------------------------------------------------------------ */
 
+/*
+ * Availability: connections are served one at a time, each bounded by the
+ * receiver's deadlines (migrate.h: --handshake-timeout for HELLO,
+ * --timeout per frame, --max-time for the whole migration), so a slow or
+ * junk peer holds the receiver for the handshake's time at most before
+ * the next connection in the backlog is served.  Only peers that pass the
+ * handshake (migrate.h's hook: with authentication, authenticated peers)
+ * count against --attempts; others are logged and dropped, and
+ * --accept-timeout bounds the whole wait for a sender that passes it.
+ * From the handshake on, a refuser thread answers every other connection
+ * at once with ABORT "receiver busy" and closes it, until this migration
+ * is over (the guest resumed or kept in doubt) or failed.
+ */
 static struct {
     const char *listen, *port_file, *doubt_file;
     uint64_t host_mem, attempts;
-    double run_s, timeout_s, accept_s;
+    double run_s, timeout_s, accept_s, handshake_s, max_s;
     bool json, resident;
 } ro = {
     .host_mem = 16 * GiB,
@@ -535,7 +552,84 @@ static struct {
     .run_s = 1.0,
     .timeout_s = 30,
     .accept_s = 120,
+    .handshake_s = MIGRATE_DEFAULT_HANDSHAKE_MS / 1000.0,
+    .max_s = MIGRATE_DEFAULT_TOTAL_MS / 1000.0,
 };
+
+#define BUSY_REASON "receiver busy: another migration is in progress here; try again later"
+
+struct refuser {
+    int lfd;
+    int stop[2];       /* a byte on stop[1] ends the thread */
+    pthread_t t;
+    bool running;
+    uint64_t refused;
+};
+
+/* Answer one connection with ABORT "busy": read what it sent already (a
+ * close with unread bytes would reset the connection and could drop the
+ * answer), send, half-close, and give it a moment to close first. */
+static void refuse_one(int fd)
+{
+    char junk[4096];
+    while (recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0)
+        ;
+    (void)!migrate_refuse(fd, BUSY_REASON);
+    shutdown(fd, SHUT_WR);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    for (int i = 0; i < 4 && poll(&p, 1, 50) > 0; i++)
+        if (recv(fd, junk, sizeof(junk), MSG_DONTWAIT) <= 0)
+            break;
+    close(fd);
+}
+
+static void *refuser_main(void *arg)
+{
+    struct refuser *r = arg;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = r->lfd, .events = POLLIN}, {.fd = r->stop[0], .events = POLLIN}};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (p[1].revents)
+            break;
+        if (!(p[0].revents & POLLIN))
+            continue;
+        int fd = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        refuse_one(fd);
+        r->refused++;
+        fprintf(stderr, "hugevm: receive: a connection during the migration was turned away "
+                "(busy)\n");
+    }
+    return NULL;
+}
+
+/* The handshake hook (migrate_recv_opts.on_handshake): the peer is a
+ * sender; turn everyone else away from now on. */
+static void refuser_start(void *arg)
+{
+    struct refuser *r = arg;
+    if (r->running || pipe2(r->stop, O_CLOEXEC) < 0)
+        return;
+    if (pthread_create(&r->t, NULL, refuser_main, r) != 0) {
+        close(r->stop[0]);
+        close(r->stop[1]);
+        return;
+    }
+    r->running = true;
+}
+
+static void refuser_stop(struct refuser *r)
+{
+    if (!r->running)
+        return;
+    (void)!write(r->stop[1], "", 1);
+    pthread_join(r->t, NULL);
+    close(r->stop[0]);
+    close(r->stop[1]);
+    r->running = false;
+}
 
 /* RESULT {ok} went out, neither COMMIT nor ABORT came: keep the paused
  * guest (saved, since it dies with this process) and say what to do. */
@@ -589,8 +683,10 @@ static int run_receive(int argc, char **argv)
         return cli_error("receive: unexpected argument '%s'", argv[0]);
     if (!ro.listen || net_parse_addr(ro.listen, &sa) < 0)
         return cli_error("receive: --listen A.B.C.D:PORT is required");
-    if (ro.attempts == 0 || ro.timeout_s <= 0 || ro.accept_s <= 0 || ro.run_s < 0)
-        return cli_error("receive: bad --attempts, --timeout, --accept-timeout or --run");
+    if (ro.attempts == 0 || ro.timeout_s <= 0 || ro.accept_s <= 0 || ro.handshake_s <= 0 ||
+        ro.max_s <= 0)
+        return cli_error("receive: --attempts, --timeout, --accept-timeout, --handshake-timeout "
+                         "and --max-time must be positive");
     int rc = cli_machine_create("receive", &m, ro.host_mem, ro.resident, ro.json ? NULL : stdout);
     if (rc < 0)
         return 1;
@@ -612,12 +708,20 @@ static int run_receive(int argc, char **argv)
         printf("receiver listening on %s (machine %s)\n", net_fmt_addr(&sa, b1, sizeof(b1)),
                hv_fmt_size(ro.host_mem, b1 + 32, 32));
     fflush(stdout);
-    struct migrate_recv_opts rop = {.timeout_ms = cli_ms(ro.timeout_s)};
-    for (uint64_t attempt = 1; attempt <= ro.attempts; attempt++) {
+    struct refuser busy = {.lfd = lfd};
+    struct migrate_recv_opts rop = {.timeout_ms = cli_ms(ro.timeout_s),
+                                    .handshake_ms = cli_ms(ro.handshake_s),
+                                    .total_ms = (uint64_t)cli_ms(ro.max_s),
+                                    .on_handshake = refuser_start, .hctx = &busy};
+    uint64_t accept_by = hv_now_ns() + (uint64_t)cli_ms(ro.accept_s) * 1000000, strangers = 0;
+    for (uint64_t attempt = 1; attempt <= ro.attempts;) {
         int fd;
-        rc = net_accept(lfd, cli_ms(ro.accept_s), &fd);
+        uint64_t now = hv_now_ns();
+        rc = now < accept_by ? net_accept(lfd, (int)((accept_by - now + 999999) / 1000000), &fd)
+                             : -ETIMEDOUT;
         if (rc < 0) {
-            cli_error("receive: no sender within %.0f s: %s", ro.accept_s, strerror(-rc));
+            cli_error("receive: no sender within %.0f s: %s (%llu connection(s) failed the "
+                      "handshake)", ro.accept_s, strerror(-rc), (unsigned long long)strangers);
             break;
         }
         struct migrate_recv_result res;
@@ -627,6 +731,15 @@ static int run_receive(int argc, char **argv)
             status = receive_in_doubt(m, &res);
             break;
         }
+        if (rc < 0 && !res.handshake_passed) {
+            /* not a sender (or not an authenticated one): not an attempt */
+            strangers++;
+            fprintf(stderr, "hugevm: receive: dropped a connection that failed the handshake "
+                    "(not counted against --attempts): %s\n", res.err);
+            migrate_recv_result_free(&res);
+            continue;
+        }
+        refuser_stop(&busy); /* the next connection is served again */
         if (rc < 0) {
             struct frame_stats fs;
             frames_get_stats(m->frames, &fs);
@@ -634,6 +747,7 @@ static int run_receive(int argc, char **argv)
                     "was destroyed (%llu of %llu frames free)\n", (unsigned long long)attempt,
                     res.err, (unsigned long long)fs.free_frames, (unsigned long long)m->nr_frames);
             migrate_recv_result_free(&res);
+            attempt++;
             continue;
         }
         struct migrate_guest *g = res.g;
@@ -703,6 +817,7 @@ static int run_receive(int argc, char **argv)
         migrate_recv_result_free(&res);
         break;
     }
+    refuser_stop(&busy);
 out:
     if (lfd >= 0)
         close(lfd);
@@ -716,13 +831,20 @@ static struct opt receive_opts_table[] = {
     {"host-mem", OPT_SIZE, &ro.host_mem, "SIZE", "machine size (default 16G, committed lazily)", NULL},
     {"resident", OPT_FLAG, &ro.resident, NULL, "commit the machine's memory up front, as a "
      "hypervisor's RAM (give a --host-mem that fits; see README)", NULL},
-    {"attempts", OPT_U64, &ro.attempts, "N", "migrations to accept until one succeeds (default 3)", NULL},
+    {"attempts", OPT_U64, &ro.attempts, "N", "migrations (peers that pass the handshake) to "
+     "accept until one succeeds (default 3)", NULL},
     {"run", OPT_SECONDS, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
-    {"timeout", OPT_SECONDS, &ro.timeout_s, "S", "socket timeout (default 30)", NULL},
+    {"timeout", OPT_SECONDS, &ro.timeout_s, "S", "every frame must arrive whole within S "
+     "(default 30)", NULL},
     {"in-doubt-save", OPT_STR, &ro.doubt_file, "FILE", "if neither COMMIT nor ABORT comes "
      "after RESULT, save the paused guest there (default hugevm-in-doubt-receiver-PID.hvs; "
      "exit 3)", NULL},
-    {"accept-timeout", OPT_SECONDS, &ro.accept_s, "S", "wait at most S for a sender (default 120)", NULL},
+    {"accept-timeout", OPT_SECONDS, &ro.accept_s, "S", "wait at most S in all for a sender that "
+     "passes the handshake (default 120)", NULL},
+    {"handshake-timeout", OPT_SECONDS, &ro.handshake_s, "S", "a connection's HELLO must arrive "
+     "whole within S (default 10)", NULL},
+    {"max-time", OPT_SECONDS, &ro.max_s, "S", "a whole migration, HELLO to COMMIT, within S "
+     "(default 3600)", NULL},
     {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
     {0},
 };
