@@ -136,6 +136,8 @@ static void test_hostile_values_refused(void **state)
         {"receive", "timeout", "-3", "negative"},
         {"receive", "run", "inf", "infinite"},
         {"receive", "attempts", "-1", "negative"},
+        {"balloon", "settle-ms", "2073600001", "at most 2073600000 ms"},
+        {"defrag", "settle-ms", "-1", "negative"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(r); i++) {
         char opt[64], want[256];
@@ -147,7 +149,8 @@ static void test_hostile_values_refused(void **state)
             argv[3] = (char *)r[i].val;
             argv[4] = NULL;
         }
-        if (!strcmp(r[i].cmd, "receive") || !strcmp(r[i].cmd, "restore")) {
+        if (!strcmp(r[i].cmd, "receive") || !strcmp(r[i].cmd, "restore") ||
+            !strcmp(r[i].cmd, "balloon") || !strcmp(r[i].cmd, "defrag")) {
             argv[2] = opt; /* no --guest-mem there */
             argv[3] = (char *)r[i].val;
             argv[4] = NULL;

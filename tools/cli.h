@@ -20,8 +20,9 @@
  * refused with the option's name and the reason: empty, not a number,
  * trailing junk, a sign, NaN, an infinity, overflow, or out of the
  * kind's bounds: OPT_U64 and OPT_SIZE any uint64_t; OPT_DBL any finite
- * value >= 0; OPT_FRAC 0..1; OPT_SECONDS 0..CLI_SECONDS_MAX, so that every
- * duration, in milliseconds, fits an int and, in nanoseconds, a uint64_t.
+ * value >= 0; OPT_FRAC 0..1; OPT_SECONDS 0..CLI_SECONDS_MAX and OPT_MSEC
+ * the same in milliseconds, so that every duration, in milliseconds, fits
+ * an int and, in nanoseconds, a uint64_t.
  * A command checks tighter bounds (a timeout > 0) itself.
  */
 enum opt_kind {
@@ -31,6 +32,7 @@ enum opt_kind {
     OPT_DBL,     /* double *, finite */
     OPT_FRAC,    /* double *, a fraction 0..1 */
     OPT_SECONDS, /* double *, a duration in seconds, finite */
+    OPT_MSEC,    /* uint64_t *, a duration in whole milliseconds */
     OPT_STR,     /* const char ** */
     OPT_FUNC,    /* int fn(void *dest, const char *arg): custom, may repeat */
 };

@@ -231,7 +231,7 @@ static struct opt defrag_opts[] = {
     {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
     {"wss", OPT_FRAC, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
     {"seed", OPT_U64, &o.seed, "N", "workload seed (default 1)", NULL},
-    {"settle-ms", OPT_U64, &o.settle_ms, "MS", "with --workload: guest runs this long before and after (default 50)", NULL},
+    {"settle-ms", OPT_MSEC, &o.settle_ms, "MS", "with --workload: guest runs this long before and after (default 50)", NULL},
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {0},

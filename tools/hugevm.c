@@ -85,7 +85,7 @@ int cli_parse_number(const struct opt *o, const char *arg, char *why, size_t why
     int rc = number_start(arg, why, whylen);
     if (rc < 0)
         return rc;
-    if (o->kind == OPT_SIZE || o->kind == OPT_U64) {
+    if (o->kind == OPT_SIZE || o->kind == OPT_U64 || o->kind == OPT_MSEC) {
         uint64_t v;
         if (o->kind == OPT_SIZE) {
             rc = hv_parse_size(arg, &v);
@@ -110,6 +110,10 @@ int cli_parse_number(const struct opt *o, const char *arg, char *why, size_t why
                 return -EINVAL;
             }
             v = u;
+        }
+        if (o->kind == OPT_MSEC && (double)v > CLI_SECONDS_MAX * 1000) {
+            snprintf(why, whylen, "at most %.0f ms (24 days)", CLI_SECONDS_MAX * 1000);
+            return -ERANGE;
         }
         *(uint64_t *)o->dest = v;
         return 0;
@@ -158,6 +162,7 @@ static int set_opt(const struct opt *o, const char *arg, char *why, size_t whyle
     case OPT_DBL:
     case OPT_FRAC:
     case OPT_SECONDS:
+    case OPT_MSEC:
         rc = cli_parse_number(o, arg, why, whylen);
         break;
     case OPT_STR:
