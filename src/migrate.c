@@ -350,17 +350,32 @@ static int send_ctrl(int fd, uint16_t type, const void *body, uint32_t len)
     return rc < 0 || !len ? rc : net_write_all(fd, body, len);
 }
 
+/* The deadline for a whole control frame: the socket's receive timeout
+ * from now (net_set_timeouts), so that a peer trickling bytes cannot
+ * stretch it. */
+static uint64_t ctrl_deadline(int fd)
+{
+    struct timeval tv = {0, 0};
+    socklen_t l = sizeof(tv);
+    uint64_t ns = (uint64_t)MIGRATE_DEFAULT_TIMEOUT_MS * 1000000;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0 && (tv.tv_sec || tv.tv_usec))
+        ns = (uint64_t)tv.tv_sec * 1000000000 + (uint64_t)tv.tv_usec * 1000;
+    return hv_now_ns() + ns;
+}
+
 /*
  * Read one control frame of type `want` with exactly `len` body bytes
- * (untrusted: every field checked).  An ABORT frame instead becomes
- * -ECONNABORTED with its reason.  err gets a message on failure.
+ * (untrusted: every field checked), whole within the socket's timeout.  An
+ * ABORT frame instead becomes -ECONNABORTED with its reason.  err gets a
+ * message on failure.
  */
 static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err, size_t errlen,
                      const char *peer)
 {
     struct mig_frame h;
     size_t got = 0;
-    int rc = net_read_all(fd, &h, sizeof(h), &got);
+    uint64_t by = ctrl_deadline(fd);
+    int rc = net_read_all_by(fd, &h, sizeof(h), &got, by);
     if (rc < 0) {
         snprintf(err, errlen, "waiting for %s from the %s: %s", frame_name(want), peer,
                  rc == -ENODATA ? "connection closed" : strerror(-rc));
@@ -375,7 +390,7 @@ static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err,
     }
     if (type == MIG_ABORT && raw == wire && raw <= MIG_CTRL_MAX && !h.flags) {
         char msg[MIG_CTRL_MAX + 1];
-        rc = net_read_all(fd, msg, raw, NULL);
+        rc = net_read_all_by(fd, msg, raw, NULL, by);
         msg[rc == 0 ? raw : 0] = 0;
         for (char *p = msg; *p; p++)
             if (*p < 0x20 || *p > 0x7e)
@@ -389,7 +404,7 @@ static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err,
                  le16toh(h.flags), frame_name(want), len);
         return -EPROTO;
     }
-    rc = net_read_all(fd, body, len, NULL);
+    rc = net_read_all_by(fd, body, len, NULL, by);
     if (rc < 0) {
         snprintf(err, errlen, "reading %s from the %s: %s", frame_name(want), peer,
                  rc == -ENODATA ? "connection closed" : strerror(-rc));

@@ -2362,6 +2362,65 @@ static void test_receiver_deadlines(void **state)
     machine_destroy(rm);
 }
 
+struct slow_rx {
+    int lfd;
+    uint16_t port;
+    pthread_t t;
+};
+
+/* A fake receiver: reads HELLO, then trickles a valid READY a byte every
+ * 300 ms (9.6 s in all), then waits for the sender to go. */
+static void *slow_rx_main(void *arg)
+{
+    struct slow_rx *r = arg;
+    int fd;
+    if (net_accept(r->lfd, 20000, &fd) < 0)
+        return NULL;
+    uint8_t hb[64], ready[64];
+    (void)!net_read_all(fd, hb, 32, NULL);
+    size_t n = hello_bytes(ready, MIG_VERSION);
+    ((struct mig_frame *)ready)->type = htole16(MIG_READY);
+    struct trickle tr = {0};
+    for (size_t k = 0; k < n && !peer_closed(fd, &tr); k++) {
+        if (send(fd, ready + k, 1, MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(300);
+    }
+    close(fd);
+    return NULL;
+}
+
+/* The sender's control frames are whole within its timeout too: a fake
+ * receiver trickling READY cannot hold it (its guest runs on). */
+static void test_sender_trickled(void **state)
+{
+    (void)state;
+    struct slow_rx r;
+    struct sockaddr_in sa;
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    assert_int_equal(net_listen(&sa, &r.lfd, &r.port), 0);
+    assert_int_equal(pthread_create(&r.t, NULL, slow_rx_main, &r), 0);
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 1, 20000, 0.02);
+    struct migrate_opts o = {.timeout_ms = 1000};
+    int fd = connect_to(r.port);
+    uint64_t t0 = hv_now_ns();
+    int rc = migrate_send(e.g, fd, &o, rep);
+    double s = (double)(hv_now_ns() - t0) / 1e9;
+    close(fd);
+    pthread_join(r.t, NULL);
+    close(r.lfd);
+    print_message("# READY trickled: the sender gave up after %.2f s: %s\n", s, rep->err);
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_non_null(strstr(rep->err, "READY"));
+    assert_true(s < 3.0);
+    sender_healthy(&e, rep);
+    free(rep);
+    sender_fini(&e);
+}
+
 struct busy_probe {
     uint16_t port;
     double answered_s; /* < 0: no answer */
@@ -2557,6 +2616,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_process_sender_in_doubt_symlink),
     cmocka_unit_test(test_process_run_migrate_fails),
     cmocka_unit_test(test_receiver_deadlines),
+    cmocka_unit_test(test_sender_trickled),
     cmocka_unit_test(test_process_receiver_available),
 };
 
