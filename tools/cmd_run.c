@@ -33,6 +33,7 @@ static struct {
     const char *migrate_to; /* --migrate-to: live-migrate after --after S */
     const char *save;       /* --save FILE: save the guest after the run */
     const char *fail_save;  /* --save-on-failure FILE: after a failed --migrate-to */
+    const char *doubt_file; /* --in-doubt-save FILE: --migrate-to left in doubt */
     double after;
     bool json, no_audit;
 } o = {
@@ -174,8 +175,8 @@ static int run_run(int argc, char **argv)
         return cli_error("run: give --seconds or --accesses, not both");
     if (!o.seconds && !o.accesses)
         o.accesses = 10000000;
-    if (o.fail_save && !o.migrate_to)
-        return cli_error("run: --save-on-failure goes with --migrate-to");
+    if ((o.fail_save || o.doubt_file) && !o.migrate_to)
+        return cli_error("run: --save-on-failure and --in-doubt-save go with --migrate-to");
     if (o.fail_save && map_order == PAGE_ORDER_2M)
         return cli_error("run: --save-on-failure with --map 2M: the stream does not carry the "
                          "2M cap (use --map 1G or 4K)");
@@ -248,8 +249,8 @@ static int run_run(int argc, char **argv)
     if (o.migrate_to) {
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode};
-        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, NULL,
-                                    o.seconds, o.fail_save, o.json);
+        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0,
+                                    o.doubt_file, o.seconds, o.fail_save, o.json);
         goto out;
     }
     for (unsigned i = 0; i < nv; i++) {
@@ -411,7 +412,8 @@ static int run_run(int argc, char **argv)
     if (o.save && run_rc == 0) {
         save_rc = cli_save_guest(d, v, w, nv, &wc, o.save, &sr, serr, sizeof(serr));
         if (save_rc < 0)
-            cli_error("run: saving to %s: %s", o.save, serr);
+            cli_error("run: saving to %s: %s (nothing was written under that name)", o.save,
+                      serr);
     }
     struct vcpu_stats st;
     sum_stats(v, nv, &st);
@@ -528,6 +530,9 @@ static struct opt run_opts[] = {
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {"migrate-to", OPT_STR, &o.migrate_to, "ADDR:PORT", "live-migrate the running guest to a receiver (hugevm receive)", NULL},
     {"after", OPT_SECONDS, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
+    {"in-doubt-save", OPT_STR, &o.doubt_file, "FILE", "with --migrate-to: if RESUMED does not "
+     "come after COMMIT, save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; "
+     "exit 3)", NULL},
     {"save-on-failure", OPT_STR, &o.fail_save, "FILE", "with --migrate-to: if the migration "
      "fails, the guest runs on here for the rest of --seconds, then is saved to FILE", NULL},
     {"save", OPT_STR, &o.save, "FILE", "then save the guest with its vCPU/workload state (hugevm restore FILE --run resumes it)", NULL},
