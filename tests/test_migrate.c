@@ -1973,6 +1973,10 @@ static void test_process_in_doubt_save_fails(void **state)
     assert_false(rep->in_doubt);
     sender_healthy(&e, rep);
 
+    /* a SIGTERM while it still retries on its own does not end it either */
+    if (!wait_log(rlog, "retrying in", 60))
+        fail_msg("the receiver did not retry its failed save; log in %s", rlog);
+    assert_int_equal(kill(rp, SIGTERM), 0);
     /* every path failed DOUBT_ROUNDS times: it waits, alive, and says how */
     if (!wait_log(rlog, "NOT SAVED", 60))
         fail_msg("the receiver did not report its unsaved guest; log in %s", rlog);

@@ -250,8 +250,12 @@ static void keep_in_doubt(struct migrate_guest *g, const char *given, const char
     const char *paths[2] = {first, second};
     struct sigaction sa = {.sa_handler = doubt_handler}, old[4];
     static const int sigs[4] = {SIGUSR1, SIGTERM, SIGINT, SIGHUP};
-    bool waiting = false;
     double backoff = 0.5;
+    /* from here until it is saved, a signal must not end the process */
+    doubt_sig = 0;
+    sigemptyset(&sa.sa_mask);
+    for (unsigned i = 0; i < 4; i++)
+        sigaction(sigs[i], &sa, &old[i]);
     for (unsigned round = 1;; round++) {
         for (unsigned i = 0; i < 2; i++) {
             if (doubt_try(g, role, paths[i], saved, len, err, sizeof(err)) == 0)
@@ -259,17 +263,15 @@ static void keep_in_doubt(struct migrate_guest *g, const char *given, const char
             fprintf(stderr, "hugevm: %s: IN DOUBT: saving the paused guest to %s failed: %s "
                     "(nothing was written under that name)\n", role, paths[i], err);
         }
+        if (doubt_sig && doubt_sig != SIGUSR1)
+            fprintf(stderr, "hugevm: %s: refusing signal %d: the guest is not saved yet\n",
+                    role, (int)doubt_sig);
+        doubt_sig = 0;
         if (round < DOUBT_ROUNDS) {
             fprintf(stderr, "hugevm: %s: retrying in %.1f s\n", role, backoff);
             sleep_s(backoff);
             backoff *= 2;
             continue;
-        }
-        if (!waiting) {
-            sigemptyset(&sa.sa_mask);
-            for (unsigned i = 0; i < 4; i++)
-                sigaction(sigs[i], &sa, &old[i]);
-            waiting = true;
         }
         fprintf(stderr, "hugevm: %s: IN DOUBT and NOT SAVED: the paused guest exists only in "
                 "this process (PID %d).  Make room or fix %s (or %s), then `kill -USR1 %d` to "
@@ -293,9 +295,8 @@ static void keep_in_doubt(struct migrate_guest *g, const char *given, const char
         fprintf(stderr, "hugevm: %s: retrying the in-doubt save\n", role);
     }
 done:
-    if (waiting)
-        for (unsigned i = 0; i < 4; i++)
-            sigaction(sigs[i], &old[i], NULL);
+    for (unsigned i = 0; i < 4; i++)
+        sigaction(sigs[i], &old[i], NULL);
 }
 
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
