@@ -2477,7 +2477,7 @@ static void test_process_receiver_available(void **state)
     snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
     char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                      "--accept-timeout", "120", "--host-mem", "4G", "--timeout", "2",
-                     "--handshake-timeout", "1", "--run", "0.1", "--json", NULL};
+                     "--handshake-timeout", "3", "--run", "0.1", "--json", NULL};
     pid_t rp = spawn(rargv, rlog);
     unsigned port = read_port(portf);
     assert_true(port != 0);
@@ -2498,7 +2498,7 @@ static void test_process_receiver_available(void **state)
                           .gap_ms = 200};
     trickle_run(&tr);
     print_message("# HELLO trickled: cut after %.2f s\n", tr.closed_s);
-    assert_true(tr.closed_s > 0 && tr.closed_s < 4);
+    assert_true(tr.closed_s > 2 && tr.closed_s < 6);
     /* passes the handshake, then trickles: one attempt, cut by --timeout 2 */
     n = hello_bytes(buf, MIG_VERSION);
     frame(buf + n, MIG_DATA, 4096, 4096, NULL, true);
@@ -2518,18 +2518,38 @@ static void test_process_receiver_available(void **state)
     print_message("# DATA trickled after the handshake: cut after %.2f s\n", cut);
     assert_true(cut < 5);
 
-    /* the real sender */
+    /* the real sender, behind eight peers trickling their HELLO at once
+     * (12.8 s each; served one after the other they would hold it 8 x 3 s,
+     * past its 10 s timeout) */
     struct sender_env e;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     assert_non_null(rep);
     sender_init(&e, 1, 20000, 0.02);
+    uint8_t hb[64];
+    n = hello_bytes(hb, MIG_VERSION);
+    struct trickle crowd[8];
+    for (unsigned i = 0; i < 8; i++) {
+        crowd[i] = (struct trickle){.port = (uint16_t)port, .bytes = hb, .len = n, .chunk = 1,
+                                    .gap_ms = 400};
+        assert_int_equal(pthread_create(&crowd[i].t, NULL, trickle_main, &crowd[i]), 0);
+    }
+    sleep_ms(300); /* they are in first */
     struct busy_probe probe = {.port = (uint16_t)port, .answered_s = -1};
-    struct migrate_opts o = {.timeout_ms = 20000, .on_round = probe_busy, .ctx = &probe};
+    struct migrate_opts o = {.timeout_ms = 10000, .on_round = probe_busy, .ctx = &probe};
     fd = connect_to((uint16_t)port);
     int rc = migrate_send(e.g, fd, &o, rep);
     close(fd);
+    for (unsigned i = 0; i < 8; i++)
+        pthread_join(crowd[i].t, NULL);
     if (rc != 0)
         fail_msg("the real sender failed: %s (receiver log %s)", rep->err, rlog);
+    /* the crowd was turned away when the migration began, with the reason */
+    for (unsigned i = 0; i < 8; i++) {
+        if (crowd[i].closed_s < 0 || crowd[i].closed_s > 6 ||
+            !strstr(crowd[i].seen, "receiver busy"))
+            fail_msg("trickler %u: closed after %.2f s, saw \"%s\"", i, crowd[i].closed_s,
+                     crowd[i].seen);
+    }
     int rs = wait_deadline(rp, 60);
     if (rs != 0)
         fail_msg("receiver exited %d; log in %s", rs, rlog);

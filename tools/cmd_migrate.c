@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -530,17 +531,19 @@ const struct cmd cmd_migrate = {
 /* ---- receiver ------------------------------------------------------------------ */
 
 /*
- * Availability: connections are served one at a time, each bounded by the
- * receiver's deadlines (migrate.h: --handshake-timeout for HELLO,
- * --timeout per frame, --max-time for the whole migration), so a slow or
- * junk peer holds the receiver for the handshake's time at most before
- * the next connection in the backlog is served.  Only peers that pass the
+ * Availability: connections wait in a lobby (below), up to LOBBY_MAX at
+ * once, until one has sent a HELLO's worth of bytes; that one is served,
+ * under the receiver's deadlines (migrate.h: --handshake-timeout for HELLO,
+ * --timeout per frame, --max-time for the whole migration).  A peer that
+ * sends nothing or trickles its bytes never blocks the others: it waits in
+ * the lobby and is dropped at --handshake-timeout.  Only peers that pass the
  * handshake (migrate.h's hook: with authentication, authenticated peers)
  * count against --attempts; others are logged and dropped, and
  * --accept-timeout bounds the whole wait for a sender that passes it.
- * From the handshake on, a refuser thread answers every other connection
- * at once with ABORT "receiver busy" and closes it, until this migration
- * is over (the guest resumed or kept in doubt) or failed.
+ * From the handshake on, those still in the lobby and a refuser thread
+ * answer every other connection at once with ABORT "receiver busy" and
+ * close it, until this migration is over (the guest resumed or kept in
+ * doubt) or failed.
  */
 static struct {
     const char *listen, *port_file, *doubt_file;
@@ -559,8 +562,10 @@ static struct {
 
 #define BUSY_REASON "receiver busy: another migration is in progress here; try again later"
 
+struct lobby;
 struct refuser {
     int lfd;
+    struct lobby *lobby; /* connections waiting for their handshake */
     int stop[2];       /* a byte on stop[1] ends the thread */
     pthread_t t;
     bool running;
@@ -606,11 +611,110 @@ static void *refuser_main(void *arg)
     return NULL;
 }
 
+/*
+ * The lobby: connections wait here, several at once, until one has sent a
+ * whole HELLO's worth of bytes (or closed, or overstayed the handshake
+ * deadline); that one is served.  So a peer that trickles its first bytes
+ * or sends nothing holds a place in the lobby, not the receiver: a real
+ * sender arriving behind it is served as soon as its HELLO is in.
+ */
+#define LOBBY_MAX 32
+
+struct lobby {
+    int fd[LOBBY_MAX];
+    uint64_t since[LOBBY_MAX];
+    unsigned n;
+    uint64_t strangers; /* dropped: closed, overstayed, or no room */
+};
+
+static void lobby_drop(struct lobby *l, unsigned i, const char *why)
+{
+    fprintf(stderr, "hugevm: receive: dropped a connection that %s (not counted against "
+            "--attempts)\n", why);
+    close(l->fd[i]);
+    l->fd[i] = l->fd[--l->n];
+    l->since[i] = l->since[l->n];
+    l->strangers++;
+}
+
+/* Turn away everyone waiting (a migration has started). */
+static void lobby_refuse_all(struct lobby *l)
+{
+    while (l->n) {
+        refuse_one(l->fd[--l->n]);
+        fprintf(stderr, "hugevm: receive: a connection waiting during the migration was turned "
+                "away (busy)\n");
+    }
+}
+
+/* The next connection that has sent at least `first` bytes, into *fd, by
+ * deadline `by`: 0, or -ETIMEDOUT, -errno. */
+static int lobby_next(struct lobby *l, int lfd, size_t first, uint64_t handshake_ns, uint64_t by,
+                      int *fd)
+{
+    for (;;) {
+        uint64_t now = hv_now_ns(), wake = by;
+        struct pollfd p[LOBBY_MAX + 1];
+        nfds_t np = 1;
+        bool partial = false; /* some have sent part of it: look again soon */
+        p[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        for (unsigned i = 0; i < l->n;) {
+            int avail = 0;
+            char c;
+            ssize_t k = recv(l->fd[i], &c, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+                lobby_drop(l, i, "closed before its handshake");
+                continue;
+            }
+            if (k > 0 && ioctl(l->fd[i], FIONREAD, &avail) == 0 && (size_t)avail >= first) {
+                *fd = l->fd[i];
+                l->fd[i] = l->fd[--l->n];
+                l->since[i] = l->since[l->n];
+                return 0;
+            }
+            if (now - l->since[i] >= handshake_ns) {
+                lobby_drop(l, i, "sent no whole HELLO within --handshake-timeout");
+                continue;
+            }
+            if (l->since[i] + handshake_ns < wake)
+                wake = l->since[i] + handshake_ns;
+            if (k > 0) /* readable until it has all: polling it would spin */
+                partial = true;
+            else
+                p[np++] = (struct pollfd){.fd = l->fd[i], .events = POLLIN};
+            i++;
+        }
+        if (now >= by)
+            return -ETIMEDOUT;
+        uint64_t ms = (wake - now + 999999) / 1000000;
+        if (partial && ms > 20)
+            ms = 20;
+        int rc = poll(p, np, ms > 1000 ? 1000 : (int)ms);
+        if (rc < 0 && errno != EINTR)
+            return -errno;
+        if (rc > 0 && (p[0].revents & POLLIN)) {
+            int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0 && l->n == LOBBY_MAX) {
+                refuse_one(c);
+                l->strangers++;
+                fprintf(stderr, "hugevm: receive: turned a connection away: %u are waiting for "
+                        "their handshake already\n", LOBBY_MAX);
+            } else if (c >= 0) {
+                l->fd[l->n] = c;
+                l->since[l->n++] = hv_now_ns();
+            }
+        }
+    }
+}
+
 /* The handshake hook (migrate_recv_opts.on_handshake): the peer is a
- * sender; turn everyone else away from now on. */
+ * sender; turn everyone else away from now on, those waiting in the lobby
+ * first. */
 static void refuser_start(void *arg)
 {
     struct refuser *r = arg;
+    if (r->lobby)
+        lobby_refuse_all(r->lobby);
     if (r->running || pipe2(r->stop, O_CLOEXEC) < 0)
         return;
     if (pthread_create(&r->t, NULL, refuser_main, r) != 0) {
@@ -709,7 +813,8 @@ static int run_receive(int argc, char **argv)
         printf("receiver listening on %s (machine %s)\n", net_fmt_addr(&sa, b1, sizeof(b1)),
                hv_fmt_size(ro.host_mem, b1 + 32, 32));
     fflush(stdout);
-    struct refuser busy = {.lfd = lfd};
+    static struct lobby lobby;
+    struct refuser busy = {.lfd = lfd, .lobby = &lobby};
     struct migrate_recv_opts rop = {.timeout_ms = cli_ms(ro.timeout_s),
                                     .handshake_ms = cli_ms(ro.handshake_s),
                                     .total_ms = (uint64_t)cli_ms(ro.max_s),
@@ -717,12 +822,12 @@ static int run_receive(int argc, char **argv)
     uint64_t accept_by = hv_now_ns() + (uint64_t)cli_ms(ro.accept_s) * 1000000, strangers = 0;
     for (uint64_t attempt = 1; attempt <= ro.attempts;) {
         int fd;
-        uint64_t now = hv_now_ns();
-        rc = now < accept_by ? net_accept(lfd, (int)((accept_by - now + 999999) / 1000000), &fd)
-                             : -ETIMEDOUT;
+        rc = lobby_next(&lobby, lfd, sizeof(struct mig_frame) + sizeof(struct mig_hello),
+                        (uint64_t)cli_ms(ro.handshake_s) * 1000000, accept_by, &fd);
         if (rc < 0) {
             cli_error("receive: no sender within %.0f s: %s (%llu connection(s) failed the "
-                      "handshake)", ro.accept_s, strerror(-rc), (unsigned long long)strangers);
+                      "handshake)", ro.accept_s, strerror(-rc),
+                      (unsigned long long)(strangers + lobby.strangers));
             break;
         }
         struct migrate_recv_result res;
@@ -819,6 +924,8 @@ static int run_receive(int argc, char **argv)
         break;
     }
     refuser_stop(&busy);
+    while (lobby.n)
+        close(lobby.fd[--lobby.n]);
 out:
     if (lfd >= 0)
         close(lfd);
