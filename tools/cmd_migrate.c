@@ -821,7 +821,7 @@ static int run_receive(int argc, char **argv)
                                     .on_handshake = refuser_start, .hctx = &busy};
     uint64_t accept_by = hv_now_ns() + (uint64_t)cli_ms(ro.accept_s) * 1000000, strangers = 0;
     for (uint64_t attempt = 1; attempt <= ro.attempts;) {
-        int fd;
+        int fd = -1;
         rc = lobby_next(&lobby, lfd, sizeof(struct mig_frame) + sizeof(struct mig_hello),
                         (uint64_t)cli_ms(ro.handshake_s) * 1000000, accept_by, &fd);
         if (rc < 0) {
