@@ -165,17 +165,32 @@ static int send_ctrl(int fd, uint16_t type, const void *body, uint32_t len)
     return rc < 0 || !len ? rc : net_write_all(fd, body, len);
 }
 
+/* The deadline for a whole control frame: the socket's receive timeout
+ * from now (net_set_timeouts), so that a peer trickling bytes cannot
+ * stretch it. */
+static uint64_t ctrl_deadline(int fd)
+{
+    struct timeval tv = {0, 0};
+    socklen_t l = sizeof(tv);
+    uint64_t ns = (uint64_t)MIGRATE_DEFAULT_TIMEOUT_MS * 1000000;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0 && (tv.tv_sec || tv.tv_usec))
+        ns = (uint64_t)tv.tv_sec * 1000000000 + (uint64_t)tv.tv_usec * 1000;
+    return hv_now_ns() + ns;
+}
+
 /*
  * Read one control frame of type `want` with exactly `len` body bytes
- * (untrusted: every field checked).  An ABORT frame instead becomes
- * -ECONNABORTED with its reason.  err gets a message on failure.
+ * (untrusted: every field checked), whole within the socket's timeout.  An
+ * ABORT frame instead becomes -ECONNABORTED with its reason.  err gets a
+ * message on failure.
  */
 static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err, size_t errlen,
                      const char *peer)
 {
     struct mig_frame h;
     size_t got = 0;
-    int rc = net_read_all(fd, &h, sizeof(h), &got);
+    uint64_t by = ctrl_deadline(fd);
+    int rc = net_read_all_by(fd, &h, sizeof(h), &got, by);
     if (rc < 0) {
         snprintf(err, errlen, "waiting for %s from the %s: %s", frame_name(want), peer,
                  rc == -ENODATA ? "connection closed" : strerror(-rc));
@@ -190,7 +205,7 @@ static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err,
     }
     if (type == MIG_ABORT && raw == wire && raw <= MIG_CTRL_MAX && !h.flags) {
         char msg[MIG_CTRL_MAX + 1];
-        rc = net_read_all(fd, msg, raw, NULL);
+        rc = net_read_all_by(fd, msg, raw, NULL, by);
         msg[rc == 0 ? raw : 0] = 0;
         for (char *p = msg; *p; p++)
             if (*p < 0x20 || *p > 0x7e)
@@ -204,7 +219,7 @@ static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err,
                  le16toh(h.flags), frame_name(want), len);
         return -EPROTO;
     }
-    rc = net_read_all(fd, body, len, NULL);
+    rc = net_read_all_by(fd, body, len, NULL, by);
     if (rc < 0) {
         snprintf(err, errlen, "reading %s from the %s: %s", frame_name(want), peer,
                  rc == -ENODATA ? "connection closed" : strerror(-rc));
@@ -1078,6 +1093,10 @@ out:
 
 struct rx {
     int fd;
+    uint64_t by;         /* the current frame's deadline (hv_now_ns) */
+    uint64_t end_by;     /* the migration's deadline */
+    int frame_ms;        /* a frame's time (the handshake's for HELLO) */
+    const char *phase;   /* "handshake" or "frame", for timeout messages */
     uint8_t *raw, *wire;
     size_t len, pos, wcap;
     size_t avail;        /* frame bytes [pos, avail) are in x->raw */
@@ -1100,6 +1119,19 @@ HV_PRINTF(3, 4) static int rxfail(struct rx *x, int rc, const char *fmt, ...)
     return rc;
 }
 
+/* Why a read failed, in words; a timeout names the deadline that passed. */
+static const char *rx_why(const struct rx *x, int rc)
+{
+    if (rc == -ENODATA)
+        return "connection closed";
+    if (rc != -ETIMEDOUT)
+        return strerror(-rc);
+    if (x->by >= x->end_by)
+        return "the migration's deadline passed";
+    return x->phase[0] == 'h' ? "the handshake's deadline passed (no whole HELLO in time)"
+                              : "the frame's deadline passed (not whole within the timeout)";
+}
+
 /* Received bytes are checksummed in pieces of this size, right after they
  * land, while they are still in the cache (hashing a whole 1 MiB receive
  * afterwards ran at DRAM speed and cost 40% of the receive itself). */
@@ -1112,12 +1144,11 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
     uint8_t *p = dst;
     for (size_t done = 0; done < n;) {
         size_t k = n - done < RX_HASH_PIECE ? n - done : RX_HASH_PIECE, got = 0;
-        int rc = net_read_all(x->fd, p + done, k, &got);
+        int rc = net_read_all_by(x->fd, p + done, k, &got, x->by);
         x->offset += got;
         if (rc < 0)
             return rxfail(x, rc, "DATA frame at byte offset %llu: %s after %zu of %zu bytes",
-                          (unsigned long long)x->at,
-                          rc == -ENODATA ? "connection closed" : strerror(-rc),
+                          (unsigned long long)x->at, rx_why(x, rc),
                           x->len - x->left + done + got, x->len);
         (void)XXH3_64bits_update(x->xs, p + done, k);
         done += k;
@@ -1154,14 +1185,18 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
     }
     uint64_t at = x->offset;
     size_t got = 0;
-    int rc = net_read_all(x->fd, &h, sizeof(h), &got);
+    uint64_t now = hv_now_ns();
+    x->by = now + (uint64_t)x->frame_ms * 1000000;
+    if (x->by > x->end_by)
+        x->by = x->end_by;
+    int rc = net_read_all_by(x->fd, &h, sizeof(h), &got, x->by);
     x->offset += got;
     if (rc == -ENODATA)
         return rxfail(x, rc, "the sender closed the connection at byte offset %llu%s",
                       (unsigned long long)x->offset, got ? " (inside a frame header)" : "");
     if (rc < 0)
         return rxfail(x, rc, "reading the connection at byte offset %llu: %s",
-                      (unsigned long long)x->offset, strerror(-rc));
+                      (unsigned long long)x->offset, rx_why(x, rc));
     uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
     uint16_t t = le16toh(h.type), flags = le16toh(h.flags);
     if (le32toh(h.magic) != MIG_MAGIC)
@@ -1188,12 +1223,11 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
         return 0;
     }
     uint8_t *dst = (flags & MIG_F_ZSTD) ? x->wire : x->raw;
-    rc = net_read_all(x->fd, dst, wire, &got);
+    rc = net_read_all_by(x->fd, dst, wire, &got, x->by);
     x->offset += got;
     if (rc < 0)
         return rxfail(x, rc, "%s frame at byte offset %llu: %s after %zu of %u bytes",
-                      frame_name(t), (unsigned long long)at,
-                      rc == -ENODATA ? "connection closed" : strerror(-rc), got, wire);
+                      frame_name(t), (unsigned long long)at, rx_why(x, rc), got, wire);
     if (flags & MIG_F_ZSTD) {
         size_t n = ZSTD_decompressDCtx(x->dctx, x->raw, MIG_FRAME_RAW, x->wire, wire);
         if (ZSTD_isError(n) || n != raw)
@@ -1337,13 +1371,15 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
                     struct migrate_recv_result *res)
 {
     static const struct migrate_recv_opts defaults;
-    struct rx x = {.fd = fd};
+    struct rx x = {.fd = fd, .phase = "handshake"};
     struct domain *d = NULL;
     struct migrate_guest *g = NULL;
     o = o ? o : &defaults;
     memset(res, 0, sizeof(*res));
     uint64_t t0 = hv_now_ns();
     int timeout = o->timeout_ms > 0 ? o->timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
+    x.frame_ms = o->handshake_ms > 0 ? o->handshake_ms : MIGRATE_DEFAULT_HANDSHAKE_MS;
+    x.end_by = t0 + (o->total_ms ? o->total_ms : MIGRATE_DEFAULT_TOTAL_MS) * 1000000;
     x.wcap = ZSTD_compressBound(MIG_FRAME_RAW);
     x.raw = hv_malloc(MIG_FRAME_RAW);
     x.wire = hv_malloc(x.wcap);
@@ -1367,6 +1403,12 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
         rxfail(&x, rc, "sending READY: %s", strerror(-rc));
         goto fail;
     }
+    /* the handshake hook (migrate.h): from here on the peer is a sender */
+    res->handshake_passed = true;
+    if (o->on_handshake)
+        o->on_handshake(o->hctx);
+    x.frame_ms = timeout;
+    x.phase = "frame";
     struct stream_io io = {.read = rx_read, .ctx = &x};
     /* live: the memory map may change meanwhile.  track_data: the digest
      * then reads only the pfns that got data (on a resident machine nothing
@@ -1464,4 +1506,16 @@ out:
 void migrate_recv_result_free(struct migrate_recv_result *res)
 {
     restore_result_free(&res->rr);
+}
+
+int migrate_refuse(int fd, const char *reason)
+{
+    uint8_t buf[sizeof(struct mig_frame) + 256];
+    size_t len = strnlen(reason, 256);
+    struct mig_frame h;
+    frame_header(&h, MIG_ABORT, 0, (uint32_t)len, (uint32_t)len, XXH3_64bits(reason, len));
+    memcpy(buf, &h, sizeof(h));
+    memcpy(buf + sizeof(h), reason, len);
+    ssize_t n = send(fd, buf, sizeof(h) + len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    return n < 0 ? -errno : (size_t)n == sizeof(h) + len ? 0 : -EAGAIN;
 }

@@ -105,6 +105,8 @@
 #define MIGRATE_DEFAULT_ROUNDS 10
 #define MIGRATE_DEFAULT_DOWNTIME_MS 50.0
 #define MIGRATE_DEFAULT_TIMEOUT_MS 30000
+#define MIGRATE_DEFAULT_HANDSHAKE_MS 10000
+#define MIGRATE_DEFAULT_TOTAL_MS (3600ULL * 1000)
 
 /* ---- wire ------------------------------------------------------------------ */
 
@@ -313,8 +315,32 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
 
 /* ---- receiver ---------------------------------------------------------------- */
 
+/*
+ * Receiver deadlines, so that a slow or silent peer cannot hold it (each is
+ * -ETIMEDOUT, and the error says which one passed):
+ *   - handshake_ms: the HELLO frame, whole, from the start of the call;
+ *   - timeout_ms: every later frame, whole, from when the receiver starts
+ *     waiting for it (a frame carries at most 1 MiB of a round, so a round
+ *     is a sequence of frames each on time), RESULT to COMMIT included; it
+ *     is also the socket's send timeout;
+ *   - total_ms: the whole migration, HELLO to COMMIT.
+ * Bytes that trickle in do not extend any of them.
+ *
+ * The handshake hook: a peer has "passed the handshake" when its HELLO was
+ * a well-formed frame of this protocol version and READY went back.  That
+ * is the one place where the receiver starts treating a connection as a
+ * sender rather than a stranger: res->handshake_passed is set and
+ * on_handshake(hctx) is called (hugevm receive counts such peers against
+ * --attempts and from then on turns other connections away).  A transport
+ * that authenticates its peer (TLS) must have done so by then: only an
+ * authenticated peer can pass.
+ */
 struct migrate_recv_opts {
     int timeout_ms;          /* 0: default */
+    int handshake_ms;        /* 0: MIGRATE_DEFAULT_HANDSHAKE_MS */
+    uint64_t total_ms;       /* 0: MIGRATE_DEFAULT_TOTAL_MS */
+    void (*on_handshake)(void *hctx); /* may be NULL */
+    void *hctx;
     /* Fault injection: after RESULT {ok}, cut the connection (shutdown)
      * instead of reading COMMIT (a COMMIT lost on the way). */
     bool cut_before_commit;
@@ -338,6 +364,7 @@ struct migrate_recv_result {
      * it again or hold it in doubt too. */
     bool in_doubt;
     bool resumed_unsent;     /* committed, but RESUMED could not be sent */
+    bool handshake_passed;   /* see migrate_recv_opts: the peer is a sender */
     char err[STREAM_ERR_LEN];
 };
 
@@ -353,5 +380,10 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
                     struct migrate_recv_result *res) HV_MUST_CHECK;
 /* Free what res holds besides the guest. */
 void migrate_recv_result_free(struct migrate_recv_result *res);
+/* Turn away a connection that is not served (a receiver busy with another
+ * migration): an ABORT frame with the reason, which a sender reports as
+ * "the receiver aborted: REASON", written without blocking (best effort);
+ * fd is not closed.  0 or -errno. */
+int migrate_refuse(int fd, const char *reason) HV_MUST_CHECK;
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
@@ -51,7 +52,7 @@ int net_listen(const struct sockaddr_in *sa, int *fd, uint16_t *port)
     (void)setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     struct sockaddr_in got;
     socklen_t gl = sizeof(got);
-    if (bind(s, (const struct sockaddr *)sa, sizeof(*sa)) < 0 || listen(s, 4) < 0 ||
+    if (bind(s, (const struct sockaddr *)sa, sizeof(*sa)) < 0 || listen(s, NET_BACKLOG) < 0 ||
         getsockname(s, (struct sockaddr *)&got, &gl) < 0) {
         int rc = -errno;
         close(s);
@@ -163,6 +164,45 @@ int net_read_all(int fd, void *buf, size_t len, size_t *got)
             break;
         }
         done += (size_t)n;
+    }
+    if (got)
+        *got = done;
+    return rc;
+}
+
+int net_read_all_by(int fd, void *buf, size_t len, size_t *got, uint64_t deadline_ns)
+{
+    uint8_t *p = buf;
+    size_t done = 0;
+    int rc = 0;
+    while (done < len) {
+        /* what is there first: a bulk transfer rarely waits */
+        ssize_t n = recv(fd, p + done, len - done, MSG_DONTWAIT);
+        if (n > 0) {
+            done += (size_t)n;
+            continue;
+        }
+        if (n == 0) {
+            rc = -ENODATA;
+            break;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            rc = -errno;
+            break;
+        }
+        uint64_t now = hv_now_ns();
+        if (now >= deadline_ns) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        uint64_t ms = (deadline_ns - now + 999999) / 1000000;
+        rc = wait_fd(fd, POLLIN, ms > INT_MAX ? INT_MAX : (int)ms);
+        if (rc == -ETIMEDOUT)
+            rc = 0; /* the loop checks the clock */
+        if (rc < 0)
+            break;
     }
     if (got)
         *got = done;

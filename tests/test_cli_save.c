@@ -30,6 +30,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -621,6 +626,136 @@ static void test_cli_end_to_end(void **state)
                   "checksum equals an uninterrupted run's (%s)\n", ref_sum);
 }
 
+static int dir_count(const char *dir);
+
+/* Run argv with stdout/stderr to `out` while `dir` is a 1 MiB tmpfs in a
+ * private mount namespace (a full disk); *left gets the entries left in
+ * it afterwards.  Exit status, or -1 when mount namespaces are refused. */
+static int run_full_disk(char *const argv[], const char *out, const char *dir, int *left)
+{
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        int res[2] = {-1, 0};
+        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+            mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0700") < 0) {
+            (void)!write(pfd[1], res, sizeof(res));
+            _exit(0);
+        }
+        pid_t c = fork();
+        if (c == 0) {
+            int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            if (fd >= 0) {
+                dup2(fd, 1);
+                dup2(fd, 2);
+                close(fd);
+            }
+            execv(argv[0], argv);
+            _exit(127);
+        }
+        int st;
+        waitpid(c, &st, 0);
+        res[0] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        res[1] = dir_count(dir);
+        (void)!write(pfd[1], res, sizeof(res));
+        _exit(0);
+    }
+    close(pfd[1]);
+    int res[2] = {-1, 0};
+    assert_int_equal(read(pfd[0], res, sizeof(res)), (ssize_t)sizeof(res));
+    close(pfd[0]);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    *left = res[1];
+    return res[0];
+}
+
+static int dir_count(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return n;
+}
+
+/* A save that fails midway (the disk fills) leaves no file, not even a
+ * partial one, and says the name was not written; an existing file (or a
+ * symlink) is never replaced or followed; a finished save is mode 0600. */
+static void test_cli_save_failures(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary was not found (%s)\n", hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvsavefXXXXXX", out[] = "/tmp/hvsavefXXXXXX.out";
+    assert_non_null(mkdtemp(dir));
+    memcpy(out, dir, strlen(dir));
+    char f[96], victim[96];
+    snprintf(f, sizeof(f), "%s/img.hvs", dir);
+    snprintf(victim, sizeof(victim), "%s/victim", dir);
+
+    /* hugevm save and run --save with 1 MiB of disk: refused, nothing left */
+    char *sv[] = {hv, "save", f, "--guest-mem", "64M", NULL};
+    char *rs[] = {hv, "run", "--guest-mem", "64M", "--accesses", "1000", "--save", f, "--json",
+                  NULL};
+    int left = -1;
+    int st = run_full_disk(sv, out, dir, &left);
+    char *doc;
+    if (st == -1) {
+        print_message("# no mount namespace here: the full-disk case is not run\n");
+    } else {
+        doc = slurp(out);
+        if (st != 1 || !strstr(doc, "nothing was written under that name"))
+            fail_msg("save on a full disk: exit %d: %.300s", st, doc);
+        free(doc);
+        assert_int_equal(left, 0);
+        st = run_full_disk(rs, out, dir, &left);
+        doc = slurp(out);
+        if (st != 1 || !strstr(doc, "\"saved\":false"))
+            fail_msg("run --save on a full disk: exit %d: %.300s", st, doc);
+        free(doc);
+        assert_int_equal(left, 0);
+    }
+
+    /* an existing file and a symlink at the name: refused, untouched */
+    FILE *vf = fopen(victim, "w");
+    assert_non_null(vf);
+    fputs("precious", vf);
+    fclose(vf);
+    assert_int_equal(symlink(victim, f), 0);
+    assert_int_equal(run_to(sv, out), 1);
+    doc = slurp(out);
+    assert_non_null(strstr(doc, "exists already"));
+    free(doc);
+    assert_int_equal(run_to(rs, out), 1);
+    unlink(f);
+    assert_int_equal(run_to((char *[]){hv, "save", victim, "--guest-mem", "64M", NULL}, out), 1);
+    doc = slurp(victim);
+    assert_string_equal(doc, "precious");
+    free(doc);
+    assert_int_equal(dir_count(dir), 1);
+    unlink(victim);
+
+    /* and a save that has room: 0600, the only entry */
+    assert_int_equal(run_to(sv, out), 0);
+    struct stat sb;
+    assert_int_equal(stat(f, &sb), 0);
+    assert_int_equal(sb.st_mode & 07777, 0600);
+    assert_int_equal(dir_count(dir), 1);
+    unlink(f);
+    unlink(out);
+    rmdir(dir);
+    print_message("# save/run --save on a full disk leave no file; existing names and symlinks "
+                  "are never replaced\n");
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_uniform_1),
     cmocka_unit_test(test_writer_2),
@@ -629,6 +764,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_no_vcpu_state),
     cmocka_unit_test(test_corrupt_state),
     cmocka_unit_test(test_cli_end_to_end),
+    cmocka_unit_test(test_cli_save_failures),
 };
 
 int main(void)

@@ -33,6 +33,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -1889,6 +1890,689 @@ static void test_process_receiver_in_doubt(void **state)
     sender_fini(&e);
 }
 
+/* True once path contains needle (polls up to secs; 0: looks once). */
+static bool wait_log(const char *path, const char *needle, int secs)
+{
+    for (int i = 0; i == 0 || i < secs * 20; i++) {
+        char buf[65536];
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+            fclose(f);
+            buf[n] = 0;
+            if (strstr(buf, needle))
+                return true;
+        }
+        sleep_ms(50);
+    }
+    return false;
+}
+
+static bool still_running(pid_t pid)
+{
+    int st;
+    return waitpid(pid, &st, WNOHANG) == 0;
+}
+
+static unsigned read_port(const char *portf)
+{
+    unsigned port = 0;
+    for (int i = 0; i < 400 && !port; i++) {
+        FILE *f = fopen(portf, "r");
+        if (f) {
+            if (fscanf(f, "%u", &port) != 1)
+                port = 0;
+            fclose(f);
+        }
+        if (!port)
+            sleep_ms(50);
+    }
+    return port;
+}
+
+/* A receiver process left in doubt whose save fails everywhere (its
+ * --in-doubt-save directory and $TMPDIR do not exist, as a full or broken
+ * disk would): it must not exit with the only copy.  It retries, then waits
+ * with its PID printed, refuses SIGTERM, and saves on SIGUSR1 once the
+ * directory is there; the file it names is whole (0600) and resumes. */
+static void test_process_in_doubt_save_fails(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvdoubtXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96], sub[96], saved[128], tmpd[96], relog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    snprintf(sub, sizeof(sub), "%s/later", dir);
+    snprintf(saved, sizeof(saved), "%s/in-doubt.hvs", sub);
+    snprintf(tmpd, sizeof(tmpd), "%s/no-tmp", dir);
+    snprintf(relog, sizeof(relog), "%s/restore.json", dir);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
+                     "--in-doubt-save", saved, "--json", NULL};
+    char *old_tmp = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
+    setenv("TMPDIR", tmpd, 1);
+    pid_t rp = spawn(rargv, rlog);
+    if (old_tmp)
+        setenv("TMPDIR", old_tmp, 1);
+    else
+        unsetenv("TMPDIR");
+    free(old_tmp);
+    unsigned port = read_port(portf);
+    assert_true(port != 0);
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 2, 20000, 0.02);
+    sleep_ms(30);
+    struct migrate_opts o = {.timeout_ms = 20000, .cut_before_commit = true};
+    int fd = connect_to((uint16_t)port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    close(fd);
+    assert_true(rc < 0);
+    assert_false(rep->in_doubt);
+    sender_healthy(&e, rep);
+
+    /* a SIGTERM while it still retries on its own does not end it either */
+    if (!wait_log(rlog, "retrying in", 60))
+        fail_msg("the receiver did not retry its failed save; log in %s", rlog);
+    assert_int_equal(kill(rp, SIGTERM), 0);
+    /* every path failed DOUBT_ROUNDS times: it waits, alive, and says how */
+    if (!wait_log(rlog, "NOT SAVED", 60))
+        fail_msg("the receiver did not report its unsaved guest; log in %s", rlog);
+    assert_true(still_running(rp));
+    assert_true(wait_log(rlog, "kill -USR1", 1));
+    /* no file of any name was left behind by the failures */
+    assert_int_equal(access(sub, F_OK), -1);
+    assert_int_equal(access(tmpd, F_OK), -1);
+    assert_false(wait_log(rlog, "in_doubt_saved", 0));
+    /* SIGTERM would destroy the only copy: refused */
+    assert_int_equal(kill(rp, SIGTERM), 0);
+    assert_true(wait_log(rlog, "refusing signal", 10));
+    sleep_ms(200);
+    assert_true(still_running(rp));
+    /* the operator makes room and asks for a retry */
+    assert_int_equal(mkdir(sub, 0700), 0);
+    assert_int_equal(kill(rp, SIGUSR1), 0);
+    int rs = wait_deadline(rp, 60);
+    if (rs != 3)
+        fail_msg("receiver exited %d, not 3 (in doubt); log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"in_doubt_saved\"", saved));
+    struct stat st;
+    assert_int_equal(stat(saved, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    char *xargv[] = {hv, "restore", saved, "--run", "--seconds", "0.2", "--host-mem", "4G",
+                     "--json", NULL};
+    int xs = wait_deadline(spawn(xargv, relog), 60);
+    if (xs != 0)
+        fail_msg("hugevm restore --run of the in-doubt copy exited %d; log in %s", xs, relog);
+    print_message("# in-doubt save failing everywhere: waited alive, refused SIGTERM, saved on "
+                  "SIGUSR1, restored\n");
+    unlink(saved);
+    rmdir(sub);
+    unlink(portf);
+    unlink(rlog);
+    unlink(relog);
+    rmdir(dir);
+    free(rep);
+    sender_fini(&e);
+}
+
+/* A sender process left in doubt (the test's receiver swallows RESUMED)
+ * whose --in-doubt-save name is a symlink planted to another file: that
+ * file is neither followed nor replaced, the guest is saved at a fresh
+ * name beside it (0600), and that name is the one reported. */
+static void test_process_sender_in_doubt_symlink(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvdoubtXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char slog[96], victim[96], planted[96], to[64];
+    snprintf(slog, sizeof(slog), "%s/sender.json", dir);
+    snprintf(victim, sizeof(victim), "%s/victim", dir);
+    snprintf(planted, sizeof(planted), "%s/in-doubt.hvs", dir);
+    FILE *f = fopen(victim, "w");
+    assert_non_null(f);
+    fputs("precious", f);
+    fclose(f);
+    assert_int_equal(symlink(victim, planted), 0);
+
+    struct machine *rm = new_machine(1 * GiB);
+    struct model *mo = model_new();
+    struct rx_env rx;
+    rx_start_cut(&rx, rm, mo, 2); /* COMMIT arrives, RESUMED never leaves */
+    snprintf(to, sizeof(to), "127.0.0.1:%u", rx.port);
+    char *sargv[] = {hv, "migrate", "--to", to, "--guest-mem", "128M", "--host-mem", "1G",
+                     "--vcpus", "1", "--after", "0.2", "--write-rate", "20000", "--timeout", "5",
+                     "--in-doubt-save", planted, "--json", NULL};
+    int ss = wait_deadline(spawn(sargv, slog), 90);
+    rx_join(&rx);
+    if (ss != 3)
+        fail_msg("sender exited %d, not 3 (in doubt); log in %s", ss, slog);
+    assert_int_equal(rx.rc, 0); /* the receiver owns the guest */
+    /* the planted link and its target are untouched */
+    char buf[32] = "";
+    f = fopen(victim, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    fclose(f);
+    assert_string_equal(buf, "precious");
+    struct stat st;
+    assert_int_equal(lstat(planted, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    /* the copy went to PLANTED.PID-1, and that is the name reported */
+    char alt[160];
+    snprintf(alt, sizeof(alt), "%s.", planted);
+    assert_true(file_has(slog, "\"in_doubt_saved\"", alt));
+    assert_true(wait_log(slog, "exists already", 1));
+    DIR *dd = opendir(dir);
+    assert_non_null(dd);
+    unsigned found = 0;
+    for (struct dirent *de; (de = readdir(dd));) {
+        char pth[PATH_MAX];
+        snprintf(pth, sizeof(pth), "%s/%s", dir, de->d_name);
+        if (!strncmp(de->d_name, "in-doubt.hvs.", 13)) {
+            assert_int_equal(stat(pth, &st), 0);
+            assert_int_equal(st.st_mode & 07777, 0600);
+            assert_true(st.st_size > (128 << 10));
+            found++;
+        }
+        assert_null(strstr(de->d_name, ".tmp")); /* no temporary left */
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            unlink(pth);
+    }
+    closedir(dd);
+    assert_int_equal(found, 1);
+    rmdir(dir);
+    if (rx.res.g) {
+        struct domain *rd = rx.res.g->d;
+        migrate_guest_destroy(rx.res.g);
+        domain_destroy(rd);
+    }
+    migrate_recv_result_free(&rx.res);
+    machine_destroy(rm);
+    model_free(mo);
+    print_message("# sender in doubt with a symlink planted at its save name: not followed, "
+                  "saved beside it (0600)\n");
+}
+
+/* A peer that accepts a migration and cuts it after some bytes. */
+struct cutter {
+    int lfd;
+    uint16_t port;
+    size_t cut_after;
+    pthread_t t;
+};
+
+static void *cutter_main(void *arg)
+{
+    struct cutter *c = arg;
+    int fd;
+    if (net_accept(c->lfd, 30000, &fd) < 0)
+        return NULL;
+    static uint8_t buf[1 << 16];
+    size_t got = 0;
+    while (got < c->cut_after) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+    return NULL;
+}
+
+/* hugevm run --migrate-to whose migration fails midway (the peer cuts it
+ * inside round 0): the guest runs on for the rest of --seconds and
+ * --save-on-failure keeps it in a file that restores and runs; without it
+ * the run still goes to its end, and says how to keep the guest. */
+static void test_process_run_migrate_fails(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvrunfailXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char log[96], saved[96], relog[96], to[64];
+    snprintf(log, sizeof(log), "%s/run.json", dir);
+    snprintf(saved, sizeof(saved), "%s/kept.hvs", dir);
+    snprintf(relog, sizeof(relog), "%s/restore.json", dir);
+    for (int with_save = 1; with_save >= 0; with_save--) {
+        struct cutter c = {.cut_after = 4 << 20};
+        struct sockaddr_in sa;
+        assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+        assert_int_equal(net_listen(&sa, &c.lfd, &c.port), 0);
+        assert_int_equal(pthread_create(&c.t, NULL, cutter_main, &c), 0);
+        snprintf(to, sizeof(to), "127.0.0.1:%u", c.port);
+        char *argv[] = {hv, "run", "--guest-mem", "128M", "--workload", "writer",
+                        "--write-rate", "20000", "--seconds", "2", "--after", "0.2",
+                        "--migrate-to", to, "--json", with_save ? "--save-on-failure" : NULL,
+                        saved, NULL};
+        uint64_t t0 = hv_now_ns();
+        int st = wait_deadline(spawn(argv, log), 90);
+        double s = (double)(hv_now_ns() - t0) / 1e9;
+        pthread_join(c.t, NULL);
+        close(c.lfd);
+        if (st != 1)
+            fail_msg("run --migrate-to to a cutting peer exited %d, not 1; log in %s", st, log);
+        assert_true(file_has(log, "\"guest_kept\"", "true"));
+        assert_true(file_has(log, "\"ok\"", "false"));
+        assert_true(s >= 1.8); /* it ran to the end of --seconds */
+        if (!with_save) {
+            assert_true(file_has(log, "\"saved_on_failure\"", ","));
+            continue;
+        }
+        assert_true(file_has(log, "\"saved_on_failure\"", saved));
+        struct stat sb;
+        assert_int_equal(stat(saved, &sb), 0);
+        assert_int_equal(sb.st_mode & 07777, 0600);
+        char *xargv[] = {hv, "restore", saved, "--run", "--seconds", "0.2", "--host-mem", "1G",
+                         "--json", NULL};
+        int xs = wait_deadline(spawn(xargv, relog), 60);
+        if (xs != 0 || !file_has(relog, "\"resumed\"", "true"))
+            fail_msg("restore --run of the kept guest exited %d; log in %s", xs, relog);
+    }
+    unlink(saved);
+    unlink(log);
+    unlink(relog);
+    rmdir(dir);
+    print_message("# run --migrate-to cut midway: the guest ran to the end of --seconds, "
+                  "--save-on-failure kept it and it resumed\n");
+}
+
+/* ---- receiver availability: deadlines, strangers, busy -------------------------- */
+
+/* A peer on port that writes bytes in pieces of `chunk` every gap_ms, and
+ * notes when the receiver closed the connection on it (seconds after it
+ * connected; < 0: never, within the bytes and 20 s after them). */
+struct trickle {
+    uint16_t port;
+    const uint8_t *bytes;
+    size_t len, chunk;
+    unsigned gap_ms;
+    double closed_s;
+    char seen[512]; /* the receiver's last bytes, printable */
+    pthread_t t;
+};
+
+static bool peer_closed(int fd, struct trickle *tr)
+{
+    uint8_t buf[4096];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n == 0)
+            return true;
+        if (n < 0)
+            return errno != EAGAIN && errno != EWOULDBLOCK;
+        size_t k = 0;
+        for (ssize_t j = 0; j < n && k + 1 < sizeof(tr->seen); j++)
+            if (buf[j] >= 0x20 && buf[j] < 0x7f)
+                tr->seen[k++] = (char)buf[j];
+        if (k)
+            tr->seen[k] = 0;
+    }
+}
+
+static void *trickle_main(void *arg)
+{
+    struct trickle *tr = arg;
+    int fd = connect_to(tr->port);
+    uint64_t t0 = hv_now_ns();
+    tr->closed_s = -1;
+    for (size_t off = 0; off < tr->len; off += tr->chunk) {
+        size_t n = tr->len - off < tr->chunk ? tr->len - off : tr->chunk;
+        if (peer_closed(fd, tr) || send(fd, tr->bytes + off, n, MSG_NOSIGNAL) < 0)
+            goto closed;
+        sleep_ms(tr->gap_ms);
+    }
+    for (int i = 0; i < 400; i++) {
+        if (peer_closed(fd, tr))
+            goto closed;
+        sleep_ms(50);
+    }
+    close(fd);
+    return NULL;
+closed:
+    tr->closed_s = (double)(hv_now_ns() - t0) / 1e9;
+    close(fd);
+    return NULL;
+}
+
+static void trickle_run(struct trickle *tr)
+{
+    assert_int_equal(pthread_create(&tr->t, NULL, trickle_main, tr), 0);
+    pthread_join(tr->t, NULL);
+}
+
+/* A HELLO frame (version v) into out (32 bytes). */
+static size_t hello_bytes(uint8_t *out, uint32_t v)
+{
+    struct mig_hello h = {htole32(v), htole32(MIG_HELLO_VERIFY)};
+    frame(out, MIG_HELLO, sizeof(h), sizeof(h), &h, true);
+    memcpy(out + sizeof(struct mig_frame), &h, sizeof(h));
+    return sizeof(struct mig_frame) + sizeof(h);
+}
+
+/* Start a receiver thread with these deadlines. */
+static void rx_start_deadlines(struct rx_env *r, struct machine *m, int handshake_ms,
+                               int timeout_ms, uint64_t total_ms)
+{
+    memset(r, 0, sizeof(*r));
+    r->fd = -1;
+    r->m = m;
+    r->o.handshake_ms = handshake_ms;
+    r->o.timeout_ms = timeout_ms;
+    r->o.total_ms = total_ms;
+    rx_listen(r);
+    assert_int_equal(pthread_create(&r->t, NULL, rx_main, r), 0);
+}
+
+/* Bytes that trickle in do not extend a deadline: a HELLO sent one byte
+ * every 150 ms is cut at the handshake's deadline (not counted as a
+ * sender); after the handshake, a DATA frame trickled the same way is cut
+ * at the frame's deadline; and small frames each on time are cut at the
+ * migration's deadline.  Each error names the deadline. */
+static void test_receiver_deadlines(void **state)
+{
+    (void)state;
+    struct machine *rm = new_machine(1 * GiB);
+    uint8_t buf[4096];
+    struct rx_env rx;
+    struct trickle tr;
+
+    /* the handshake: 32 bytes at 150 ms would take 4.8 s; deadline 0.6 s */
+    size_t n = hello_bytes(buf, MIG_VERSION);
+    rx_start_deadlines(&rx, rm, 600, 20000, 0);
+    tr = (struct trickle){.port = rx.port, .bytes = buf, .len = n, .chunk = 1, .gap_ms = 150};
+    trickle_run(&tr);
+    rx_join(&rx);
+    print_message("# handshake trickle: cut after %.2f s: %s\n", tr.closed_s, rx.res.err);
+    assert_int_equal(rx.rc, -ETIMEDOUT);
+    assert_false(rx.res.handshake_passed);
+    assert_non_null(strstr(rx.res.err, "handshake's deadline"));
+    assert_true(tr.closed_s > 0.4 && tr.closed_s < 2.5);
+    rx_nothing_left(&rx);
+    migrate_recv_result_free(&rx.res);
+
+    /* a frame after the handshake: HELLO at once, then a 4 KiB DATA frame
+     * one byte every 150 ms; the frame's deadline is 1 s */
+    n = hello_bytes(buf, MIG_VERSION);
+    uint8_t body[64] = {0};
+    frame(buf + n, MIG_DATA, 4096, 4096, NULL, true);
+    memcpy(buf + n + sizeof(struct mig_frame), body, sizeof(body));
+    rx_start_deadlines(&rx, rm, 20000, 1000, 0);
+    int fd = connect_to(rx.port);
+    assert_int_equal(net_write_all(fd, buf, n), 0);
+    tr = (struct trickle){.bytes = buf + n, .len = sizeof(struct mig_frame) + sizeof(body),
+                          .chunk = 1, .gap_ms = 150};
+    uint64_t t0 = hv_now_ns();
+    for (size_t off = 0; off < tr.len && !peer_closed(fd, &tr); off++) {
+        if (send(fd, tr.bytes + off, 1, MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(150);
+    }
+    double cut = (double)(hv_now_ns() - t0) / 1e9;
+    rx_join(&rx);
+    close(fd);
+    print_message("# frame trickle after the handshake: cut after %.2f s: %s\n", cut,
+                  rx.res.err);
+    assert_true(rx.res.handshake_passed);
+    assert_non_null(strstr(rx.res.err, "frame's deadline"));
+    assert_true(cut < 3.5); /* 88 bytes at 150 ms would be 13 s */
+    rx_nothing_left(&rx);
+    migrate_recv_result_free(&rx.res);
+
+    /* frames each on time, the whole too long: the stream's first 24 bytes
+     * as 24 one-byte DATA frames, one every 100 ms; migration deadline 1 s */
+    struct stream_mem mem;
+    struct stream_io io;
+    struct stream_writer w;
+    stream_mem_sink(&mem, &io);
+    stream_writer_init(&w, &io);
+    assert_int_equal(stream_write_headers(&w), 0);
+    n = hello_bytes(buf, MIG_VERSION);
+    rx_start_deadlines(&rx, rm, 20000, 20000, 1000);
+    fd = connect_to(rx.port);
+    assert_int_equal(net_write_all(fd, buf, n), 0);
+    t0 = hv_now_ns();
+    for (size_t k = 0; k < 24 && !peer_closed(fd, &tr); k++) {
+        uint8_t f[sizeof(struct mig_frame) + 1];
+        frame(f, MIG_DATA, 1, 1, mem.buf + k, true);
+        f[sizeof(struct mig_frame)] = mem.buf[k];
+        if (send(fd, f, sizeof(f), MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(100);
+    }
+    cut = (double)(hv_now_ns() - t0) / 1e9;
+    rx_join(&rx);
+    close(fd);
+    stream_mem_free(&mem);
+    print_message("# frames on time, whole too long: cut after %.2f s: %s\n", cut, rx.res.err);
+    assert_non_null(strstr(rx.res.err, "migration's deadline"));
+    assert_true(cut < 2.2);
+    rx_nothing_left(&rx);
+    migrate_recv_result_free(&rx.res);
+    machine_destroy(rm);
+}
+
+struct slow_rx {
+    int lfd;
+    uint16_t port;
+    pthread_t t;
+};
+
+/* A fake receiver: reads HELLO, then trickles a valid READY a byte every
+ * 300 ms (9.6 s in all), then waits for the sender to go. */
+static void *slow_rx_main(void *arg)
+{
+    struct slow_rx *r = arg;
+    int fd;
+    if (net_accept(r->lfd, 20000, &fd) < 0)
+        return NULL;
+    uint8_t hb[64], ready[64];
+    (void)!net_read_all(fd, hb, 32, NULL);
+    size_t n = hello_bytes(ready, MIG_VERSION);
+    ((struct mig_frame *)ready)->type = htole16(MIG_READY);
+    struct trickle tr = {0};
+    for (size_t k = 0; k < n && !peer_closed(fd, &tr); k++) {
+        if (send(fd, ready + k, 1, MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(300);
+    }
+    close(fd);
+    return NULL;
+}
+
+/* The sender's control frames are whole within its timeout too: a fake
+ * receiver trickling READY cannot hold it (its guest runs on). */
+static void test_sender_trickled(void **state)
+{
+    (void)state;
+    struct slow_rx r;
+    struct sockaddr_in sa;
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    assert_int_equal(net_listen(&sa, &r.lfd, &r.port), 0);
+    assert_int_equal(pthread_create(&r.t, NULL, slow_rx_main, &r), 0);
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 1, 20000, 0.02);
+    struct migrate_opts o = {.timeout_ms = 1000};
+    int fd = connect_to(r.port);
+    uint64_t t0 = hv_now_ns();
+    int rc = migrate_send(e.g, fd, &o, rep);
+    double s = (double)(hv_now_ns() - t0) / 1e9;
+    close(fd);
+    pthread_join(r.t, NULL);
+    close(r.lfd);
+    print_message("# READY trickled: the sender gave up after %.2f s: %s\n", s, rep->err);
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_non_null(strstr(rep->err, "READY"));
+    assert_true(s < 3.0);
+    sender_healthy(&e, rep);
+    free(rep);
+    sender_fini(&e);
+}
+
+struct busy_probe {
+    uint16_t port;
+    double answered_s; /* < 0: no answer */
+    char seen[512];
+};
+
+/* From the sender's first round: a second connection to the receiver must
+ * get ABORT "busy" at once. */
+static void probe_busy(void *ctx, const struct migrate_round *r)
+{
+    struct busy_probe *b = ctx;
+    if (r->index != 0 || b->answered_s >= 0)
+        return;
+    uint8_t hb[64];
+    size_t n = hello_bytes(hb, MIG_VERSION);
+    int fd = connect_to(b->port);
+    uint64_t t0 = hv_now_ns();
+    (void)!send(fd, hb, n, MSG_NOSIGNAL);
+    struct trickle tr = {0};
+    for (int i = 0; i < 100; i++) {
+        if (peer_closed(fd, &tr)) {
+            b->answered_s = (double)(hv_now_ns() - t0) / 1e9;
+            break;
+        }
+        sleep_ms(20);
+    }
+    snprintf(b->seen, sizeof(b->seen), "%s", tr.seen);
+    close(fd);
+}
+
+/* hugevm receive with its default --attempts 3: three junk connections
+ * (garbage, an immediate close, a HELLO of another version), a peer that
+ * trickles its HELLO, and one that passes the handshake then trickles its
+ * data (an attempt, cut by --timeout) do not keep a real sender out: it
+ * migrates, and a connection arriving meanwhile is turned away at once
+ * with the reason. */
+static void test_process_receiver_available(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvavailXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--accept-timeout", "120", "--host-mem", "4G", "--timeout", "2",
+                     "--handshake-timeout", "3", "--run", "0.1", "--json", NULL};
+    pid_t rp = spawn(rargv, rlog);
+    unsigned port = read_port(portf);
+    assert_true(port != 0);
+    uint8_t buf[256];
+
+    static const char http[] = "GET / HTTP/1.0\r\n\r\n";
+    struct trickle tr = {.port = (uint16_t)port, .bytes = (const uint8_t *)http,
+                         .len = sizeof(http) - 1, .chunk = sizeof(http), .gap_ms = 0};
+    trickle_run(&tr);
+    assert_true(tr.closed_s >= 0);
+    close(connect_to((uint16_t)port));
+    size_t n = hello_bytes(buf, 99);
+    tr = (struct trickle){.port = (uint16_t)port, .bytes = buf, .len = n, .chunk = n};
+    trickle_run(&tr);
+    assert_true(tr.closed_s >= 0);
+    n = hello_bytes(buf, MIG_VERSION);
+    tr = (struct trickle){.port = (uint16_t)port, .bytes = buf, .len = n, .chunk = 1,
+                          .gap_ms = 200};
+    trickle_run(&tr);
+    print_message("# HELLO trickled: cut after %.2f s\n", tr.closed_s);
+    assert_true(tr.closed_s > 2 && tr.closed_s < 6);
+    /* passes the handshake, then trickles: one attempt, cut by --timeout 2 */
+    n = hello_bytes(buf, MIG_VERSION);
+    frame(buf + n, MIG_DATA, 4096, 4096, NULL, true);
+    memset(buf + n + sizeof(struct mig_frame), 0, 64);
+    int fd = connect_to((uint16_t)port);
+    assert_int_equal(net_write_all(fd, buf, n), 0);
+    uint64_t t0 = hv_now_ns();
+    struct trickle seen = {0};
+    for (size_t off = n; off < n + sizeof(struct mig_frame) + 64 && !peer_closed(fd, &seen);
+         off++) {
+        if (send(fd, buf + off, 1, MSG_NOSIGNAL) < 0)
+            break;
+        sleep_ms(150);
+    }
+    double cut = (double)(hv_now_ns() - t0) / 1e9;
+    close(fd);
+    print_message("# DATA trickled after the handshake: cut after %.2f s\n", cut);
+    assert_true(cut < 5);
+
+    /* the real sender, behind eight peers trickling their HELLO at once
+     * (12.8 s each; served one after the other they would hold it 8 x 3 s,
+     * past its 10 s timeout) */
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    sender_init(&e, 1, 20000, 0.02);
+    uint8_t hb[64];
+    n = hello_bytes(hb, MIG_VERSION);
+    struct trickle crowd[8];
+    for (unsigned i = 0; i < 8; i++) {
+        crowd[i] = (struct trickle){.port = (uint16_t)port, .bytes = hb, .len = n, .chunk = 1,
+                                    .gap_ms = 400};
+        assert_int_equal(pthread_create(&crowd[i].t, NULL, trickle_main, &crowd[i]), 0);
+    }
+    sleep_ms(300); /* they are in first */
+    struct busy_probe probe = {.port = (uint16_t)port, .answered_s = -1};
+    struct migrate_opts o = {.timeout_ms = 10000, .on_round = probe_busy, .ctx = &probe};
+    fd = connect_to((uint16_t)port);
+    int rc = migrate_send(e.g, fd, &o, rep);
+    close(fd);
+    for (unsigned i = 0; i < 8; i++)
+        pthread_join(crowd[i].t, NULL);
+    if (rc != 0)
+        fail_msg("the real sender failed: %s (receiver log %s)", rep->err, rlog);
+    /* the crowd was turned away when the migration began, with the reason */
+    for (unsigned i = 0; i < 8; i++) {
+        if (crowd[i].closed_s < 0 || crowd[i].closed_s > 6 ||
+            !strstr(crowd[i].seen, "receiver busy"))
+            fail_msg("trickler %u: closed after %.2f s, saw \"%s\"", i, crowd[i].closed_s,
+                     crowd[i].seen);
+    }
+    int rs = wait_deadline(rp, 60);
+    if (rs != 0)
+        fail_msg("receiver exited %d; log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"ok\"", "true"));
+    assert_true(file_has(rlog, "\"attempt\"", "2"));
+    assert_true(wait_log(rlog, "not counted against --attempts", 0));
+    print_message("# a connection during the migration: answered after %.3f s: %s\n",
+                  probe.answered_s, probe.seen);
+    assert_true(probe.answered_s >= 0 && probe.answered_s < 1.0);
+    assert_non_null(strstr(probe.seen, "receiver busy"));
+    unlink(portf);
+    unlink(rlog);
+    rmdir(dir);
+    free(rep);
+    sender_fini(&e);
+}
+
 static int sh(const char *fmt, ...) HV_PRINTF(1, 2);
 static int sh(const char *fmt, ...)
 {
@@ -1958,6 +2642,12 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_processes_loopback),
     cmocka_unit_test(test_processes_netns),
     cmocka_unit_test(test_process_receiver_in_doubt),
+    cmocka_unit_test(test_process_in_doubt_save_fails),
+    cmocka_unit_test(test_process_sender_in_doubt_symlink),
+    cmocka_unit_test(test_process_run_migrate_fails),
+    cmocka_unit_test(test_receiver_deadlines),
+    cmocka_unit_test(test_sender_trickled),
+    cmocka_unit_test(test_process_receiver_available),
 };
 
 int main(void)

@@ -13,6 +13,13 @@
 
 #include "common.h"
 #include "copy.h"
+#include "safefile.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void test_parse_size(void **state)
 {
@@ -127,6 +134,92 @@ static void test_copy_bulk(void **state)
     free(ref);
 }
 
+/* Entries of dir other than . and .. */
+static int dir_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return n;
+}
+
+/* safefile: mode 0600, whole or nothing, never through or over an
+ * existing name (a symlink planted where the file goes, as an attacker
+ * would plant one at a predictable in-doubt name). */
+static void test_safefile(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/hvsafeXXXXXX", path[96], victim[96], link[96];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/image.hvs", dir);
+    snprintf(victim, sizeof(victim), "%s/victim", dir);
+    snprintf(link, sizeof(link), "%s/link.hvs", dir);
+    struct safefile sf;
+
+    /* a written and committed file: its bytes, mode 0600, no temporary left */
+    assert_int_equal(safefile_create(&sf, path), 0);
+    assert_int_equal(dir_entries(dir), 1); /* the temporary, not the name */
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(write(sf.fd, "guest", 5), 5);
+    assert_int_equal(safefile_commit(&sf), 0);
+    safefile_abort(&sf); /* a no-op after commit */
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    assert_int_equal(st.st_size, 5);
+    assert_int_equal(dir_entries(dir), 1);
+
+    /* an existing name is never replaced, whether it is there at create or
+     * appears before commit */
+    assert_int_equal(safefile_create(&sf, path), -EEXIST);
+    assert_int_equal(dir_entries(dir), 1);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(safefile_create(&sf, path), 0);
+    assert_int_equal(write(sf.fd, "other", 5), 5);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644); /* raced in */
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(safefile_commit(&sf), -EEXIST);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 0); /* the racer's file, untouched */
+    assert_int_equal(dir_entries(dir), 1); /* our temporary is gone */
+    unlink(path);
+
+    /* a symlink at the name, even a dangling one: refused, its target
+     * neither written nor created */
+    assert_int_equal(symlink(victim, link), 0);
+    assert_int_equal(safefile_create(&sf, link), -EEXIST);
+    assert_int_equal(access(victim, F_OK), -1);
+    fd = open(victim, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(safefile_create(&sf, link), -EEXIST);
+    assert_int_equal(stat(victim, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    unlink(link);
+    unlink(victim);
+
+    /* abort after a partial write leaves nothing */
+    assert_int_equal(safefile_create(&sf, path), 0);
+    assert_int_equal(write(sf.fd, "part", 4), 4);
+    safefile_abort(&sf);
+    safefile_abort(&sf);
+    assert_int_equal(dir_entries(dir), 0);
+
+    /* a directory that does not exist, names that are no file */
+    char nodir[128];
+    snprintf(nodir, sizeof(nodir), "%s/no/such/file", dir);
+    assert_int_equal(safefile_create(&sf, nodir), -ENOENT);
+    snprintf(nodir, sizeof(nodir), "%s/", dir);
+    assert_int_equal(safefile_create(&sf, nodir), -EISDIR);
+    assert_int_equal(safefile_create(&sf, ""), -EINVAL);
+    assert_int_equal(dir_entries(dir), 0);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -134,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_rng_below),
         cmocka_unit_test(test_fault_countdown),
         cmocka_unit_test(test_copy_bulk),
+        cmocka_unit_test(test_safefile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,14 +15,30 @@
 #include "common.h"
 #include "json.h"
 
+/*
+ * Numbers are parsed by one parser (cli_parse_number) for every kind, and
+ * refused with the option's name and the reason: empty, not a number,
+ * trailing junk, a sign, NaN, an infinity, overflow, or out of the
+ * kind's bounds: OPT_U64 and OPT_SIZE any uint64_t; OPT_DBL any finite
+ * value >= 0; OPT_FRAC 0..1; OPT_SECONDS 0..CLI_SECONDS_MAX and OPT_MSEC
+ * the same in milliseconds, so that every duration, in milliseconds, fits
+ * an int and, in nanoseconds, a uint64_t.
+ * A command checks tighter bounds (a timeout > 0) itself.
+ */
 enum opt_kind {
-    OPT_FLAG,  /* bool *, no argument */
-    OPT_SIZE,  /* uint64_t *, "8G", "256M", "4096" */
-    OPT_U64,   /* uint64_t * */
-    OPT_DBL,   /* double * */
-    OPT_STR,   /* const char ** */
-    OPT_FUNC,  /* int fn(void *dest, const char *arg): custom, may repeat */
+    OPT_FLAG,    /* bool *, no argument */
+    OPT_SIZE,    /* uint64_t *, "8G", "256M", "4096" */
+    OPT_U64,     /* uint64_t *, decimal or 0x hex */
+    OPT_DBL,     /* double *, finite */
+    OPT_FRAC,    /* double *, a fraction 0..1 */
+    OPT_SECONDS, /* double *, a duration in seconds, finite */
+    OPT_MSEC,    /* uint64_t *, a duration in whole milliseconds */
+    OPT_STR,     /* const char ** */
+    OPT_FUNC,    /* int fn(void *dest, const char *arg): custom, may repeat */
 };
+
+/* 24 days: as milliseconds it still fits an int (net.h timeouts). */
+#define CLI_SECONDS_MAX 2073600.0
 
 struct opt {
     const char *name; /* without the leading "--" */
@@ -48,6 +64,14 @@ struct cmd {
  * front), or -1 after printing an error, or -2 if --help was printed. */
 int cli_parse(const struct cmd *c, int argc, char **argv);
 void cli_help(const struct cmd *c, FILE *out);
+/* Parse arg for o (a number kind) into o->dest; on error, why into why
+ * (e.g. "not a number", "NaN", "at most 2073600") and -EINVAL/-ERANGE,
+ * o->dest untouched. */
+int cli_parse_number(const struct opt *o, const char *arg, char *why, size_t whylen)
+    HV_MUST_CHECK;
+/* A duration checked by OPT_SECONDS, in milliseconds (rounded up, >= 1
+ * when s > 0). */
+int cli_ms(double s);
 
 /* Shared helpers for the commands. */
 int cli_error(const char *fmt, ...) HV_PRINTF(1, 2); /* prints, returns 1 */
@@ -87,8 +111,11 @@ extern const struct cmd cmd_receive;
  * report (cmd_migrate.c; `hugevm migrate` and `hugevm run --migrate-to`).
  * Returns the exit status; on success the caller destroys its copy.  In
  * doubt (the receiver may run the guest, RESUMED did not come), the paused
- * guest is saved to doubt_file (NULL: hugevm-in-doubt-sender-PID.hvs) and
- * the status is CLI_EXIT_IN_DOUBT. */
+ * guest is saved to doubt_file (NULL: hugevm-in-doubt-sender-PID.hvs; it
+ * does not return before the guest is saved somewhere, see cmd_migrate.c)
+ * and the status is CLI_EXIT_IN_DOUBT.  When the migration fails outright
+ * the guest keeps running here until run_s seconds after the call, then is
+ * paused and, with fail_save, saved there (status 1 either way). */
 #define CLI_EXIT_IN_DOUBT 3
 struct tlb_config;
 struct workload_config;
@@ -96,7 +123,7 @@ struct migrate_opts;
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
                        const struct migrate_opts *mopts, uint64_t retries,
-                       const char *doubt_file, bool json);
+                       const char *doubt_file, double run_s, const char *fail_save, bool json);
 /* Save d with its vCPUs and workloads (as hugevm run --save: hugevm restore
  * FILE --run resumes it) to path; d must not change meanwhile (cmd_run.c). */
 struct vcpu;

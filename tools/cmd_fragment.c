@@ -115,8 +115,8 @@ static int run_fragment(int argc, char **argv)
 
 static struct opt fragment_opts[] = {
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default 16G)", NULL},
-    {"target", OPT_DBL, &o.target, "F", "fraction of the host left in 4K pieces (default 0.3)", NULL},
-    {"mix-4k", OPT_DBL, &o.mix_4k, "F", "fraction of churn operations at 4K (default 0.7)", NULL},
+    {"target", OPT_FRAC, &o.target, "F", "fraction of the host left in 4K pieces (default 0.3)", NULL},
+    {"mix-4k", OPT_FRAC, &o.mix_4k, "F", "fraction of churn operations at 4K (default 0.7)", NULL},
     {"seed", OPT_U64, &o.seed, "N", "churn seed", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {0},

@@ -12,10 +12,31 @@
  * {ok} out without COMMIT or ABORT on the receiver), either command saves
  * its paused guest to --in-doubt-save FILE, prints IN DOUBT with which copy
  * to resume (hugevm restore FILE --run) and exits with CLI_EXIT_IN_DOUBT.
+ * The paused guest is then the only copy this side has, so the process
+ * does not exit before it is saved (keep_in_doubt): a failed save is
+ * retried with backoff, at a fresh name beside FILE when FILE exists, and
+ * in $TMPDIR (or /tmp); when all of that failed DOUBT_ROUNDS times, the
+ * process says so with its PID and waits, the guest paused in memory: it
+ * retries on SIGUSR1 and by itself every DOUBT_WAIT_S seconds, and refuses
+ * SIGTERM, SIGINT and SIGHUP (they would destroy the only copy); only
+ * SIGKILL, an operator's deliberate choice, ends it unsaved.  Every file is
+ * written with safefile.h (0600, no partial file, nothing replaced), and
+ * only a file that was written whole is ever named.
+ *
+ * A migration that fails outright leaves the guest running on the sender
+ * (migrate.h); cli_migrate_domain keeps running it for the rest of the
+ * run's seconds and can then save it (--save-on-failure FILE).
  */
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -141,7 +162,7 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *workload, *log_dirty, *doubt_file;
+    const char *to, *workload, *log_dirty, *doubt_file, *fail_save;
     uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
     double after, downtime_ms, wss, write_frac, timeout_s;
     bool compress, no_verify, json;
@@ -176,11 +197,115 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
+/* ---- in doubt: the guest is never lost --------------------------------------------- */
+
+#define DOUBT_ROUNDS 3     /* rounds over the paths before waiting for an operator */
+#define DOUBT_WAIT_S 60.0  /* then one more round at least this often */
+
+static volatile sig_atomic_t doubt_sig;
+
+static void doubt_handler(int sig)
+{
+    doubt_sig = sig;
+}
+
+/* Save g to path, or, when path exists (never replaced), to a fresh name
+ * beside it; *saved gets the name written.  0 or the last error. */
+static int doubt_try(struct migrate_guest *g, const char *role, const char *path, char *saved,
+                     size_t len, char *err, size_t errlen)
+{
+    struct save_result sr;
+    int rc = cli_save_guest(g->d, g->v, g->w, g->nr_vcpus, &g->wc, path, &sr, err, errlen);
+    if (rc == 0)
+        snprintf(saved, len, "%s", path);
+    if (rc == -EEXIST)
+        fprintf(stderr, "hugevm: %s: %s exists already (a file or a link: it is never followed "
+                "or replaced); saving beside it under a fresh name\n", role, path);
+    for (unsigned n = 1; rc == -EEXIST && n <= 20; n++) {
+        char alt[PATH_MAX];
+        snprintf(alt, sizeof(alt), "%s.%d-%u", path, (int)getpid(), n);
+        rc = cli_save_guest(g->d, g->v, g->w, g->nr_vcpus, &g->wc, alt, &sr, err, errlen);
+        if (rc == 0)
+            snprintf(saved, len, "%s", alt);
+    }
+    return rc;
+}
+
+/*
+ * Save the paused guest g, held in doubt by `role` ("sender", "receiver"),
+ * and return only when it is saved: *saved then names the whole file.
+ * Paths: `given` (NULL: hugevm-in-doubt-ROLE-PID.hvs here), then the same
+ * name in $TMPDIR or /tmp; see the file header for the rest.
+ */
+static void keep_in_doubt(struct migrate_guest *g, const char *given, const char *role,
+                          char *saved, size_t len)
+{
+    char first[PATH_MAX], second[PATH_MAX + 64], err[256];
+    if (given)
+        snprintf(first, sizeof(first), "%s", given);
+    else
+        snprintf(first, sizeof(first), "hugevm-in-doubt-%s-%d.hvs", role, (int)getpid());
+    const char *tmp = getenv("TMPDIR");
+    const char *base = strrchr(first, '/') ? strrchr(first, '/') + 1 : first;
+    snprintf(second, sizeof(second), "%s/%s", tmp && *tmp ? tmp : "/tmp", base);
+    const char *paths[2] = {first, second};
+    struct sigaction sa = {.sa_handler = doubt_handler}, old[4];
+    static const int sigs[4] = {SIGUSR1, SIGTERM, SIGINT, SIGHUP};
+    double backoff = 0.5;
+    /* from here until it is saved, a signal must not end the process */
+    doubt_sig = 0;
+    sigemptyset(&sa.sa_mask);
+    for (unsigned i = 0; i < 4; i++)
+        sigaction(sigs[i], &sa, &old[i]);
+    for (unsigned round = 1;; round++) {
+        for (unsigned i = 0; i < 2; i++) {
+            if (doubt_try(g, role, paths[i], saved, len, err, sizeof(err)) == 0)
+                goto done;
+            fprintf(stderr, "hugevm: %s: IN DOUBT: saving the paused guest to %s failed: %s "
+                    "(nothing was written under that name)\n", role, paths[i], err);
+        }
+        if (doubt_sig && doubt_sig != SIGUSR1)
+            fprintf(stderr, "hugevm: %s: refusing signal %d: the guest is not saved yet\n",
+                    role, (int)doubt_sig);
+        doubt_sig = 0;
+        if (round < DOUBT_ROUNDS) {
+            fprintf(stderr, "hugevm: %s: retrying in %.1f s\n", role, backoff);
+            sleep_s(backoff);
+            backoff *= 2;
+            continue;
+        }
+        fprintf(stderr, "hugevm: %s: IN DOUBT and NOT SAVED: the paused guest exists only in "
+                "this process (PID %d).  Make room or fix %s (or %s), then `kill -USR1 %d` to "
+                "retry now; it retries by itself every %.0f s.  SIGTERM, SIGINT and SIGHUP are "
+                "refused while the guest is unsaved; SIGKILL discards it.\n", role,
+                (int)getpid(), first, second, (int)getpid(), DOUBT_WAIT_S);
+        fflush(stderr);
+        uint64_t t0 = hv_now_ns();
+        for (;;) {
+            int sig = doubt_sig;
+            doubt_sig = 0;
+            if (sig == SIGUSR1)
+                break;
+            if (sig)
+                fprintf(stderr, "hugevm: %s: refusing signal %d: the guest is not saved yet "
+                        "(SIGUSR1 retries, SIGKILL discards it)\n", role, sig);
+            if ((double)(hv_now_ns() - t0) / 1e9 >= DOUBT_WAIT_S)
+                break;
+            sleep_s(0.05);
+        }
+        fprintf(stderr, "hugevm: %s: retrying the in-doubt save\n", role);
+    }
+done:
+    for (unsigned i = 0; i < 4; i++)
+        sigaction(sigs[i], &old[i], NULL);
+}
+
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
                        const struct migrate_opts *mopts, uint64_t retries,
-                       const char *doubt_file, bool json)
+                       const char *doubt_file, double run_s, const char *fail_save, bool json)
 {
+    uint64_t t_start = hv_now_ns();
     struct sockaddr_in sa;
     struct migrate_guest *g = NULL;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
@@ -220,27 +345,47 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
                 "here; retrying\n", (unsigned long long)attempt + 1, rep->err);
         sleep_s(1.0);
     }
-    /* in doubt: the paused guest lives only in this process; save it so
-     * that the operator can resume it if the receiver does not run it */
-    char dpath[256] = "", derr[256] = "";
-    int drc = 0;
-    if (rep->in_doubt) {
-        struct save_result sr;
-        if (doubt_file)
-            snprintf(dpath, sizeof(dpath), "%s", doubt_file);
-        else
-            snprintf(dpath, sizeof(dpath), "hugevm-in-doubt-sender-%d.hvs", (int)getpid());
-        drc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, dpath, &sr, derr,
-                             sizeof(derr));
+    /* in doubt: the paused guest lives only in this process; it is saved
+     * (whatever it takes) so that the operator can resume it if the
+     * receiver does not run it */
+    char dpath[PATH_MAX] = "";
+    if (rep->in_doubt)
+        keep_in_doubt(g, doubt_file, "sender", dpath, sizeof(dpath));
+    /* failed outright: the guest runs on here (migrate.h); keep it running
+     * for the rest of the run, then save it if asked */
+    double left = 0;
+    char fpath[PATH_MAX] = "", ferr[256] = "";
+    int frc = 0;
+    if (rc < 0 && !rep->in_doubt) {
+        left = run_s - (double)(hv_now_ns() - t_start) / 1e9;
+        if (!json)
+            printf("migration failed: the guest keeps running here%s", left > 0 ? "" : "\n");
+        if (!json && left > 0)
+            printf(" for the %.1f s left of the run\n", left);
+        fflush(stdout);
+        if (left > 0)
+            sleep_s(left);
+        migrate_guest_pause(g);
+        if (fail_save) {
+            struct save_result sr;
+            frc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, fail_save, &sr, ferr,
+                                 sizeof(ferr));
+            if (frc == 0)
+                snprintf(fpath, sizeof(fpath), "%s", fail_save);
+        }
     }
     if (json) {
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
         json_str(&j, "to", to);
-        if (rep->in_doubt) {
-            json_str(&j, "in_doubt_saved", drc == 0 ? dpath : "");
-            json_str(&j, "in_doubt_save_error", drc == 0 ? "" : derr);
+        if (rep->in_doubt)
+            json_str(&j, "in_doubt_saved", dpath);
+        if (rc < 0 && !rep->in_doubt) {
+            json_bool(&j, "guest_kept", true);
+            json_dbl(&j, "ran_after_failure_s", left > 0 ? left : 0);
+            json_str(&j, "saved_on_failure", fpath);
+            json_str(&j, "save_on_failure_error", frc == 0 ? "" : ferr);
         }
         json_u64(&j, "vcpus", nv);
         json_str(&j, "workload", workload_name(wc->kind));
@@ -257,12 +402,8 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         FILE *f = json ? stderr : stdout;
         fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come back: the "
                 "receiver may be running the guest, or may hold it paused in doubt too.\n");
-        if (drc == 0)
-            fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to "
-                    "%s (it dies with this process otherwise).\n", dpath);
-        else
-            fprintf(f, "  This copy was not resumed; saving it to %s failed (%s): it is lost "
-                    "with this process, the receiver's copy is the guest.\n", dpath, derr);
+        fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to %s "
+                "(written whole, mode 0600).\n", dpath);
         fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the receiver "
                 "reports IN DOUBT as well (or is gone), resume exactly one copy, e.g. "
                 "`hugevm restore %s --run`.\n", dpath);
@@ -274,6 +415,15 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         int a = domain_audit(d);
         if (!json)
             printf("  sender audit after the failure: %s\n", a ? hv_audit_last() : "ok");
+        if (fail_save && frc == 0)
+            printf("  the guest, kept after the failed migration, is saved to %s: `hugevm "
+                   "restore %s --run` resumes it\n", fpath, fpath);
+        else if (fail_save)
+            fprintf(stderr, "hugevm: saving the guest kept after the failed migration to %s "
+                    "failed: %s (nothing was written under that name)\n", fail_save, ferr);
+        else if (!json)
+            printf("  the guest ran here to the end of the run; give --save-on-failure FILE to "
+                   "keep it past that\n");
     }
 out:
     migrate_guest_destroy(g);
@@ -309,7 +459,7 @@ static int run_migrate(int argc, char **argv)
     mopts.compress = mo.compress || mo.zstd_level;
     mopts.zstd_level = mo.zstd_level;
     mopts.no_verify = mo.no_verify;
-    mopts.timeout_ms = (int)(mo.timeout_s * 1000);
+    mopts.timeout_ms = cli_ms(mo.timeout_s);
     mopts.on_round = progress;
 
     if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0)
@@ -336,7 +486,7 @@ static int run_migrate(int argc, char **argv)
         wc.wss = mo.wss;
         wc.write_rate = mo.write_rate;
         status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after, &mopts,
-                                    mo.retries, mo.doubt_file, mo.json);
+                                    mo.retries, mo.doubt_file, 0, mo.fail_save, mo.json);
     }
     domain_destroy(d);
     machine_destroy(m);
@@ -350,10 +500,10 @@ static struct opt migrate_opts_table[] = {
     {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
     {"workload", OPT_STR, &mo.workload, "NAME", "seq, uniform, zipf or writer (default writer)", NULL},
     {"write-rate", OPT_U64, &mo.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
-    {"wss", OPT_DBL, &mo.wss, "F", "writer: fraction of its slice written (default 0.25)", NULL},
-    {"write-frac", OPT_DBL, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
+    {"wss", OPT_FRAC, &mo.wss, "F", "writer: fraction of its slice written (default 0.25)", NULL},
+    {"write-frac", OPT_FRAC, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
     {"seed", OPT_U64, &mo.seed, "N", "workload seed (default 1)", NULL},
-    {"after", OPT_DBL, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
+    {"after", OPT_SECONDS, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
     {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 50)", NULL},
     {"max-rounds", OPT_U64, &mo.max_rounds, "N", "pre-copy rounds after the full copy (default 10)", NULL},
@@ -361,10 +511,12 @@ static struct opt migrate_opts_table[] = {
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
     {"no-verify", OPT_FLAG, &mo.no_verify, NULL, "skip the memory digests", NULL},
-    {"timeout", OPT_DBL, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
+    {"timeout", OPT_SECONDS, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
     {"in-doubt-save", OPT_STR, &mo.doubt_file, "FILE", "if RESUMED does not come after COMMIT, "
      "save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; exit 3)", NULL},
+    {"save-on-failure", OPT_STR, &mo.fail_save, "FILE", "if the migration fails, save the "
+     "guest (which runs on here) there before exiting", NULL},
     {"json", OPT_FLAG, &mo.json, NULL, "machine-readable output", NULL},
     {0},
 };
@@ -378,10 +530,25 @@ const struct cmd cmd_migrate = {
 
 /* ---- receiver ------------------------------------------------------------------ */
 
+/*
+ * Availability: connections wait in a lobby (below), up to LOBBY_MAX at
+ * once, until one has sent a HELLO's worth of bytes; that one is served,
+ * under the receiver's deadlines (migrate.h: --handshake-timeout for HELLO,
+ * --timeout per frame, --max-time for the whole migration).  A peer that
+ * sends nothing or trickles its bytes never blocks the others: it waits in
+ * the lobby and is dropped at --handshake-timeout.  Only peers that pass the
+ * handshake (migrate.h's hook: with authentication, authenticated peers)
+ * count against --attempts; others are logged and dropped, and
+ * --accept-timeout bounds the whole wait for a sender that passes it.
+ * From the handshake on, those still in the lobby and a refuser thread
+ * answer every other connection at once with ABORT "receiver busy" and
+ * close it, until this migration is over (the guest resumed or kept in
+ * doubt) or failed.
+ */
 static struct {
     const char *listen, *port_file, *doubt_file;
     uint64_t host_mem, attempts;
-    double run_s, timeout_s, accept_s;
+    double run_s, timeout_s, accept_s, handshake_s, max_s;
     bool json, resident;
 } ro = {
     .host_mem = 16 * GiB,
@@ -389,7 +556,185 @@ static struct {
     .run_s = 1.0,
     .timeout_s = 30,
     .accept_s = 120,
+    .handshake_s = MIGRATE_DEFAULT_HANDSHAKE_MS / 1000.0,
+    .max_s = MIGRATE_DEFAULT_TOTAL_MS / 1000.0,
 };
+
+#define BUSY_REASON "receiver busy: another migration is in progress here; try again later"
+
+struct lobby;
+struct refuser {
+    int lfd;
+    struct lobby *lobby; /* connections waiting for their handshake */
+    int stop[2];       /* a byte on stop[1] ends the thread */
+    pthread_t t;
+    bool running;
+    uint64_t refused;
+};
+
+/* Answer one connection with ABORT "busy": read what it sent already (a
+ * close with unread bytes would reset the connection and could drop the
+ * answer), send, half-close, and give it a moment to close first. */
+static void refuse_one(int fd)
+{
+    char junk[4096];
+    while (recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0)
+        ;
+    (void)!migrate_refuse(fd, BUSY_REASON);
+    shutdown(fd, SHUT_WR);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    for (int i = 0; i < 4 && poll(&p, 1, 50) > 0; i++)
+        if (recv(fd, junk, sizeof(junk), MSG_DONTWAIT) <= 0)
+            break;
+    close(fd);
+}
+
+static void *refuser_main(void *arg)
+{
+    struct refuser *r = arg;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = r->lfd, .events = POLLIN}, {.fd = r->stop[0], .events = POLLIN}};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (p[1].revents)
+            break;
+        if (!(p[0].revents & POLLIN))
+            continue;
+        int fd = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        refuse_one(fd);
+        r->refused++;
+        fprintf(stderr, "hugevm: receive: a connection during the migration was turned away "
+                "(busy)\n");
+    }
+    return NULL;
+}
+
+/*
+ * The lobby: connections wait here, several at once, until one has sent a
+ * whole HELLO's worth of bytes (or closed, or overstayed the handshake
+ * deadline); that one is served.  So a peer that trickles its first bytes
+ * or sends nothing holds a place in the lobby, not the receiver: a real
+ * sender arriving behind it is served as soon as its HELLO is in.
+ */
+#define LOBBY_MAX 32
+
+struct lobby {
+    int fd[LOBBY_MAX];
+    uint64_t since[LOBBY_MAX];
+    unsigned n;
+    uint64_t strangers; /* dropped: closed, overstayed, or no room */
+};
+
+static void lobby_drop(struct lobby *l, unsigned i, const char *why)
+{
+    fprintf(stderr, "hugevm: receive: dropped a connection that %s (not counted against "
+            "--attempts)\n", why);
+    close(l->fd[i]);
+    l->fd[i] = l->fd[--l->n];
+    l->since[i] = l->since[l->n];
+    l->strangers++;
+}
+
+/* Turn away everyone waiting (a migration has started). */
+static void lobby_refuse_all(struct lobby *l)
+{
+    while (l->n) {
+        refuse_one(l->fd[--l->n]);
+        fprintf(stderr, "hugevm: receive: a connection waiting during the migration was turned "
+                "away (busy)\n");
+    }
+}
+
+/* The next connection that has sent at least `first` bytes, into *fd, by
+ * deadline `by`: 0, or -ETIMEDOUT, -errno. */
+static int lobby_next(struct lobby *l, int lfd, size_t first, uint64_t handshake_ns, uint64_t by,
+                      int *fd)
+{
+    for (;;) {
+        uint64_t now = hv_now_ns(), wake = by;
+        struct pollfd p[LOBBY_MAX + 1];
+        nfds_t np = 1;
+        bool partial = false; /* some have sent part of it: look again soon */
+        p[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        for (unsigned i = 0; i < l->n;) {
+            int avail = 0;
+            char c;
+            ssize_t k = recv(l->fd[i], &c, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+                lobby_drop(l, i, "closed before its handshake");
+                continue;
+            }
+            if (k > 0 && ioctl(l->fd[i], FIONREAD, &avail) == 0 && (size_t)avail >= first) {
+                *fd = l->fd[i];
+                l->fd[i] = l->fd[--l->n];
+                l->since[i] = l->since[l->n];
+                return 0;
+            }
+            if (now - l->since[i] >= handshake_ns) {
+                lobby_drop(l, i, "sent no whole HELLO within --handshake-timeout");
+                continue;
+            }
+            if (l->since[i] + handshake_ns < wake)
+                wake = l->since[i] + handshake_ns;
+            if (k > 0) /* readable until it has all: polling it would spin */
+                partial = true;
+            else
+                p[np++] = (struct pollfd){.fd = l->fd[i], .events = POLLIN};
+            i++;
+        }
+        if (now >= by)
+            return -ETIMEDOUT;
+        uint64_t ms = (wake - now + 999999) / 1000000;
+        if (partial && ms > 20)
+            ms = 20;
+        int rc = poll(p, np, ms > 1000 ? 1000 : (int)ms);
+        if (rc < 0 && errno != EINTR)
+            return -errno;
+        if (rc > 0 && (p[0].revents & POLLIN)) {
+            int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0 && l->n == LOBBY_MAX) {
+                refuse_one(c);
+                l->strangers++;
+                fprintf(stderr, "hugevm: receive: turned a connection away: %u are waiting for "
+                        "their handshake already\n", LOBBY_MAX);
+            } else if (c >= 0) {
+                l->fd[l->n] = c;
+                l->since[l->n++] = hv_now_ns();
+            }
+        }
+    }
+}
+
+/* The handshake hook (migrate_recv_opts.on_handshake): the peer is a
+ * sender; turn everyone else away from now on, those waiting in the lobby
+ * first. */
+static void refuser_start(void *arg)
+{
+    struct refuser *r = arg;
+    if (r->lobby)
+        lobby_refuse_all(r->lobby);
+    if (r->running || pipe2(r->stop, O_CLOEXEC) < 0)
+        return;
+    if (pthread_create(&r->t, NULL, refuser_main, r) != 0) {
+        close(r->stop[0]);
+        close(r->stop[1]);
+        return;
+    }
+    r->running = true;
+}
+
+static void refuser_stop(struct refuser *r)
+{
+    if (!r->running)
+        return;
+    (void)!write(r->stop[1], "", 1);
+    pthread_join(r->t, NULL);
+    close(r->stop[0]);
+    close(r->stop[1]);
+    r->running = false;
+}
 
 /* RESULT {ok} went out, neither COMMIT nor ABORT came: keep the paused
  * guest (saved, since it dies with this process) and say what to do. */
@@ -397,13 +742,8 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
 {
     struct migrate_guest *g = res->g;
     struct domain *d = g->d;
-    struct save_result sr;
-    char path[256], err[256] = "";
-    if (ro.doubt_file)
-        snprintf(path, sizeof(path), "%s", ro.doubt_file);
-    else
-        snprintf(path, sizeof(path), "hugevm-in-doubt-receiver-%d.hvs", (int)getpid());
-    int rc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, path, &sr, err, sizeof(err));
+    char path[PATH_MAX];
+    keep_in_doubt(g, ro.doubt_file, "receiver", path, sizeof(path));
     int audit = domain_audit(d);
     if (audit == 0)
         audit = frames_audit(m->frames);
@@ -414,8 +754,7 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
         json_bool(&j, "ok", false);
         json_bool(&j, "in_doubt", true);
         json_str(&j, "error", res->err);
-        json_str(&j, "in_doubt_saved", rc == 0 ? path : "");
-        json_str(&j, "in_doubt_save_error", rc == 0 ? "" : err);
+        json_str(&j, "in_doubt_saved", path);
         json_bool(&j, "verified", res->verified);
         json_u64(&j, "digest", res->digest);
         json_str(&j, "audit", audit ? hv_audit_last() : "ok");
@@ -426,11 +765,7 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
     fprintf(f, "IN DOUBT: %s\n", res->err);
     fprintf(f, "  The guest was received whole (memory digest %s) and not started here.\n",
             res->verified ? "verified against the sender's" : "not checked");
-    if (rc == 0)
-        fprintf(f, "  It is saved, paused, to %s (it dies with this process otherwise).\n", path);
-    else
-        fprintf(f, "  Saving it to %s failed (%s): this copy is lost with this process.\n", path,
-                err);
+    fprintf(f, "  It is saved, paused, to %s (written whole, mode 0600).\n", path);
     fprintf(f, "  If the sender reports its guest running (its COMMIT never left), delete this "
             "copy.  If the sender reports IN DOUBT too (or is gone), resume exactly one copy, "
             "this one preferably: `hugevm restore %s --run`.\n", path);
@@ -453,8 +788,10 @@ static int run_receive(int argc, char **argv)
         return cli_error("receive: unexpected argument '%s'", argv[0]);
     if (!ro.listen || net_parse_addr(ro.listen, &sa) < 0)
         return cli_error("receive: --listen A.B.C.D:PORT is required");
-    if (ro.attempts == 0 || ro.timeout_s <= 0 || ro.accept_s <= 0 || ro.run_s < 0)
-        return cli_error("receive: bad --attempts, --timeout, --accept-timeout or --run");
+    if (ro.attempts == 0 || ro.timeout_s <= 0 || ro.accept_s <= 0 || ro.handshake_s <= 0 ||
+        ro.max_s <= 0)
+        return cli_error("receive: --attempts, --timeout, --accept-timeout, --handshake-timeout "
+                         "and --max-time must be positive");
     int rc = cli_machine_create("receive", &m, ro.host_mem, ro.resident, ro.json ? NULL : stdout);
     if (rc < 0)
         return 1;
@@ -476,12 +813,21 @@ static int run_receive(int argc, char **argv)
         printf("receiver listening on %s (machine %s)\n", net_fmt_addr(&sa, b1, sizeof(b1)),
                hv_fmt_size(ro.host_mem, b1 + 32, 32));
     fflush(stdout);
-    struct migrate_recv_opts rop = {.timeout_ms = (int)(ro.timeout_s * 1000)};
-    for (uint64_t attempt = 1; attempt <= ro.attempts; attempt++) {
-        int fd;
-        rc = net_accept(lfd, (int)(ro.accept_s * 1000), &fd);
+    static struct lobby lobby;
+    struct refuser busy = {.lfd = lfd, .lobby = &lobby};
+    struct migrate_recv_opts rop = {.timeout_ms = cli_ms(ro.timeout_s),
+                                    .handshake_ms = cli_ms(ro.handshake_s),
+                                    .total_ms = (uint64_t)cli_ms(ro.max_s),
+                                    .on_handshake = refuser_start, .hctx = &busy};
+    uint64_t accept_by = hv_now_ns() + (uint64_t)cli_ms(ro.accept_s) * 1000000, strangers = 0;
+    for (uint64_t attempt = 1; attempt <= ro.attempts;) {
+        int fd = -1;
+        rc = lobby_next(&lobby, lfd, sizeof(struct mig_frame) + sizeof(struct mig_hello),
+                        (uint64_t)cli_ms(ro.handshake_s) * 1000000, accept_by, &fd);
         if (rc < 0) {
-            cli_error("receive: no sender within %.0f s: %s", ro.accept_s, strerror(-rc));
+            cli_error("receive: no sender within %.0f s: %s (%llu connection(s) failed the "
+                      "handshake)", ro.accept_s, strerror(-rc),
+                      (unsigned long long)(strangers + lobby.strangers));
             break;
         }
         struct migrate_recv_result res;
@@ -491,6 +837,15 @@ static int run_receive(int argc, char **argv)
             status = receive_in_doubt(m, &res);
             break;
         }
+        if (rc < 0 && !res.handshake_passed) {
+            /* not a sender (or not an authenticated one): not an attempt */
+            strangers++;
+            fprintf(stderr, "hugevm: receive: dropped a connection that failed the handshake "
+                    "(not counted against --attempts): %s\n", res.err);
+            migrate_recv_result_free(&res);
+            continue;
+        }
+        refuser_stop(&busy); /* the next connection is served again */
         if (rc < 0) {
             struct frame_stats fs;
             frames_get_stats(m->frames, &fs);
@@ -498,6 +853,7 @@ static int run_receive(int argc, char **argv)
                     "was destroyed (%llu of %llu frames free)\n", (unsigned long long)attempt,
                     res.err, (unsigned long long)fs.free_frames, (unsigned long long)m->nr_frames);
             migrate_recv_result_free(&res);
+            attempt++;
             continue;
         }
         struct migrate_guest *g = res.g;
@@ -567,6 +923,9 @@ static int run_receive(int argc, char **argv)
         migrate_recv_result_free(&res);
         break;
     }
+    refuser_stop(&busy);
+    while (lobby.n)
+        close(lobby.fd[--lobby.n]);
 out:
     if (lfd >= 0)
         close(lfd);
@@ -580,13 +939,20 @@ static struct opt receive_opts_table[] = {
     {"host-mem", OPT_SIZE, &ro.host_mem, "SIZE", "machine size (default 16G, committed lazily)", NULL},
     {"resident", OPT_FLAG, &ro.resident, NULL, "commit the machine's memory up front, as a "
      "hypervisor's RAM (give a --host-mem that fits; see README)", NULL},
-    {"attempts", OPT_U64, &ro.attempts, "N", "migrations to accept until one succeeds (default 3)", NULL},
-    {"run", OPT_DBL, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
-    {"timeout", OPT_DBL, &ro.timeout_s, "S", "socket timeout (default 30)", NULL},
+    {"attempts", OPT_U64, &ro.attempts, "N", "migrations (peers that pass the handshake) to "
+     "accept until one succeeds (default 3)", NULL},
+    {"run", OPT_SECONDS, &ro.run_s, "S", "run the resumed guest S seconds (default 1)", NULL},
+    {"timeout", OPT_SECONDS, &ro.timeout_s, "S", "every frame must arrive whole within S "
+     "(default 30)", NULL},
     {"in-doubt-save", OPT_STR, &ro.doubt_file, "FILE", "if neither COMMIT nor ABORT comes "
      "after RESULT, save the paused guest there (default hugevm-in-doubt-receiver-PID.hvs; "
      "exit 3)", NULL},
-    {"accept-timeout", OPT_DBL, &ro.accept_s, "S", "wait at most S for a sender (default 120)", NULL},
+    {"accept-timeout", OPT_SECONDS, &ro.accept_s, "S", "wait at most S in all for a sender that "
+     "passes the handshake (default 120)", NULL},
+    {"handshake-timeout", OPT_SECONDS, &ro.handshake_s, "S", "a connection's HELLO must arrive "
+     "whole within S (default 10)", NULL},
+    {"max-time", OPT_SECONDS, &ro.max_s, "S", "a whole migration, HELLO to COMMIT, within S "
+     "(default 3600)", NULL},
     {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
     {0},
 };

@@ -183,8 +183,8 @@ out:
 static struct opt populate_opts[] = {
     {"guest-mem", OPT_SIZE, &o.guest_mem, "SIZE", "guest RAM (default 8G)", NULL},
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: enough for guest and churn)", NULL},
-    {"fragment", OPT_DBL, &o.fragment, "F", "before the guest, other domains hold F of the host in 4K pieces", NULL},
-    {"mix-4k", OPT_DBL, &o.mix_4k, "F", "fraction of churn operations at 4K (rest 2M, default 0.7)", NULL},
+    {"fragment", OPT_FRAC, &o.fragment, "F", "before the guest, other domains hold F of the host in 4K pieces", NULL},
+    {"mix-4k", OPT_FRAC, &o.mix_4k, "F", "fraction of churn operations at 4K (rest 2M, default 0.7)", NULL},
     {"policy", OPT_STR, &o.policy, "P", "frame allocator policy: fragpool (default) or buddy", NULL},
     {"force-4k", OPT_FUNC, &o.cfg, "A+SIZE", "guest-physical range that must stay 4K (repeatable)", parse_4k_range},
     {"mmio-hole", OPT_SIZE, &o.mmio_hole, "SIZE", "MMIO hole below 4 GiB (default 256M)", NULL},

@@ -283,7 +283,7 @@ static struct opt restore_opts_table[] = {
     {"ignore-layout", OPT_FLAG, &o.ignore_layout, NULL, "do not pre-allocate from the HV_LAYOUT record", NULL},
     {"run", OPT_FLAG, &o.run, NULL, "resume the saved workload on its soft vCPUs (exit 2 if the stream has no vCPU state, 1 if it is corrupt)", NULL},
     {"accesses", OPT_U64, &o.accesses, "N", "with --run: N guest accesses in total (default 10M)", NULL},
-    {"seconds", OPT_DBL, &o.seconds, "S", "with --run: run for S seconds of wall time", NULL},
+    {"seconds", OPT_SECONDS, &o.seconds, "S", "with --run: run for S seconds of wall time", NULL},
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the p2m/domain/frame audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {0},

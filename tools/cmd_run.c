@@ -19,6 +19,7 @@
 #include "guest.h"
 #include "guest_state.h"
 #include "migrate.h"
+#include "safefile.h"
 #include "save.h"
 #include "vcpu.h"
 #include "workload.h"
@@ -33,6 +34,8 @@ static struct {
     const char *migrate_to; /* --migrate-to: live-migrate after --after S */
     const char *save;       /* --save FILE: save the guest after the run */
     const char *backend, *guest_program;
+    const char *fail_save;  /* --save-on-failure FILE: after a failed --migrate-to */
+    const char *doubt_file; /* --in-doubt-save FILE: --migrate-to left in doubt */
     double after;
     bool json, no_audit;
 } o = {
@@ -112,16 +115,17 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
         hvctx_free(&tl);
         return rc;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "%s", strerror(-rc));
+    struct safefile out;
+    rc = safefile_create(&out, path);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s", rc == -EEXIST ? "the file exists already (it is never "
+                 "replaced: remove it or give another name)" : strerror(-rc));
         hvctx_free(&tl);
         return rc;
     }
     struct stream_fd sf;
     struct stream_io io;
-    rc = stream_fd_open(&sf, &io, fd);
+    rc = stream_fd_open(&sf, &io, out.fd);
     if (rc < 0) {
         snprintf(err, errlen, "out of memory");
     } else {
@@ -131,10 +135,13 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
         rc = stream_save(d, &io, &so, sr, err, errlen);
         stream_fd_free(&sf);
     }
-    if (close(fd) < 0 && rc == 0) {
-        rc = -errno;
-        snprintf(err, errlen, "%s", strerror(-rc));
+    if (rc == 0) {
+        rc = safefile_commit(&out);
+        if (rc < 0)
+            snprintf(err, errlen, "%s", rc == -EEXIST ? "the file appeared meanwhile (it is "
+                     "never replaced)" : strerror(-rc));
     }
+    safefile_abort(&out); /* after a failure: no partial file is left */
     hvctx_free(&tl);
     return rc;
 }
@@ -185,6 +192,11 @@ static int run_run(int argc, char **argv)
         return cli_error("run: give --seconds or --accesses, not both");
     if (!o.seconds && !o.accesses)
         o.accesses = 10000000;
+    if ((o.fail_save || o.doubt_file) && !o.migrate_to)
+        return cli_error("run: --save-on-failure and --in-doubt-save go with --migrate-to");
+    if (o.fail_save && map_order == PAGE_ORDER_2M)
+        return cli_error("run: --save-on-failure with --map 2M: the stream does not carry the "
+                         "2M cap (use --map 1G or 4K)");
     if (o.save && o.migrate_to)
         return cli_error("run: give --save or --migrate-to, not both");
     if (o.save && map_order == PAGE_ORDER_2M)
@@ -266,8 +278,8 @@ static int run_run(int argc, char **argv)
     if (o.migrate_to) {
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode};
-        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, NULL,
-                                    o.json);
+        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0,
+                                    o.doubt_file, o.seconds, o.fail_save, o.json);
         goto out;
     }
     for (unsigned i = 0; i < nv; i++) {
@@ -432,7 +444,8 @@ static int run_run(int argc, char **argv)
     if (o.save && run_rc == 0) {
         save_rc = cli_save_guest(d, v, w, nv, &wc, o.save, &sr, serr, sizeof(serr));
         if (save_rc < 0)
-            cli_error("run: saving to %s: %s", o.save, serr);
+            cli_error("run: saving to %s: %s (nothing was written under that name)", o.save,
+                      serr);
     }
     struct vcpu_stats st;
     sum_stats(v, nv, &st);
@@ -540,13 +553,13 @@ static struct opt run_opts[] = {
     {"guest-program", OPT_STR, &o.guest_program, "FILE", "run your own freestanding ELF64 guest (guest/hugevm_guest.h; examples/hello.c) instead of the built-in workloads", NULL},
     {"workload", OPT_STR, &o.workload, "NAME", "seq, uniform (gups), chase (kvm, native), zipf or writer (default uniform)", NULL},
     {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs (soft: interleaved deterministically; kvm, native: one thread each, each on its own slice) (default 1)", NULL},
-    {"seconds", OPT_DBL, &o.seconds, "S", "run for S seconds of wall time", NULL},
+    {"seconds", OPT_SECONDS, &o.seconds, "S", "run for S seconds of wall time", NULL},
     {"accesses", OPT_U64, &o.accesses, "N", "run N guest accesses in total (default 10M)", NULL},
     {"log-dirty", OPT_STR, &o.log_dirty, "MODE", "split-on-write, eager-split or coarse: run in rounds with log-dirty", NULL},
     {"rounds", OPT_U64, &o.rounds, "N", "log-dirty rounds, one harvest each (default 4)", NULL},
     {"seed", OPT_U64, &o.seed, "N", "workload seed (default 1)", NULL},
-    {"write-frac", OPT_DBL, &o.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
-    {"wss", OPT_DBL, &o.wss, "F", "writer: fraction of its slice written per pass (default 1)", NULL},
+    {"write-frac", OPT_FRAC, &o.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
+    {"wss", OPT_FRAC, &o.wss, "F", "writer: fraction of its slice written per pass (default 1)", NULL},
     {"write-rate", OPT_U64, &o.write_rate, "N", "writer: pages per second per vCPU (default unlimited)", NULL},
     {"theta", OPT_DBL, &o.theta, "T", "zipf: skew in (0, 1) (default 0.99)", NULL},
     {"guest-page", OPT_STR, &o.guest_page, "SIZE", "page size of the guest's own paging: soft 4K, 2M (default) or 1G; kvm 2M, 1G or auto (default: the largest the guest's CPUID offers)", NULL},
@@ -554,7 +567,12 @@ static struct opt run_opts[] = {
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the p2m/domain/frame audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {"migrate-to", OPT_STR, &o.migrate_to, "ADDR:PORT", "live-migrate the running guest to a receiver (hugevm receive)", NULL},
-    {"after", OPT_DBL, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
+    {"after", OPT_SECONDS, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
+    {"in-doubt-save", OPT_STR, &o.doubt_file, "FILE", "with --migrate-to: if RESUMED does not "
+     "come after COMMIT, save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; "
+     "exit 3)", NULL},
+    {"save-on-failure", OPT_STR, &o.fail_save, "FILE", "with --migrate-to: if the migration "
+     "fails, the guest runs on here for the rest of --seconds, then is saved to FILE", NULL},
     {"save", OPT_STR, &o.save, "FILE", "then save the guest with its vCPU/workload state (hugevm restore FILE --run resumes it)", NULL},
     {0},
 };

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "safefile.h"
 #include "save.h"
 
 /* A one-line progress bar on stderr, only when stderr is a terminal. */
@@ -101,7 +102,8 @@ static int run_save(int argc, char **argv)
 {
     struct machine *m = NULL;
     struct domain *d = NULL;
-    int status = 1, fd = -1, rc;
+    int status = 1, rc;
+    struct safefile out = {.fd = -1, .dirfd = -1};
     char err[256];
     if (argc != 1)
         return cli_error("save: need exactly one output FILE (see hugevm save --help)");
@@ -175,14 +177,15 @@ static int run_save(int argc, char **argv)
                 }
         g += step;
     }
-    fd = open(argv[0], O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        cli_error("save: %s: %s", argv[0], strerror(errno));
+    rc = safefile_create(&out, argv[0]);
+    if (rc < 0) {
+        cli_error("save: %s: %s", argv[0], rc == -EEXIST ? "the file exists already (it is "
+                  "never replaced: remove it or give another name)" : strerror(-rc));
         goto out;
     }
     struct stream_fd sf;
     struct stream_io io;
-    if (stream_fd_open(&sf, &io, fd) < 0) {
+    if (stream_fd_open(&sf, &io, out.fd) < 0) {
         cli_error("save: out of memory");
         goto out;
     }
@@ -192,8 +195,10 @@ static int run_save(int argc, char **argv)
     struct save_result sr;
     rc = stream_save(d, &io, &so, &sr, err, sizeof(err));
     stream_fd_free(&sf);
+    if (rc == 0 && (rc = safefile_commit(&out)) < 0)
+        snprintf(err, sizeof(err), "%s", strerror(-rc));
     if (rc < 0) {
-        cli_error("save: %s: %s", argv[0], err);
+        cli_error("save: %s: %s (nothing was written under that name)", argv[0], err);
         goto out;
     }
     if (o.json) {
@@ -218,8 +223,7 @@ static int run_save(int argc, char **argv)
     }
     status = 0;
 out:
-    if (fd >= 0 && close(fd) < 0 && status == 0)
-        status = cli_error("save: %s: %s", argv[0], strerror(errno));
+    safefile_abort(&out); /* after a failure: no partial file is left */
     domain_destroy(d);
     machine_destroy(m);
     return status;

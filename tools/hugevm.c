@@ -2,9 +2,15 @@
  * hugevm.c - the command line: dispatch, option parsing, --help, and the
  * printing helpers shared by the subcommands.
  */
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cli.h"
 #include "domain.h"
@@ -48,27 +54,115 @@ void cli_help(const struct cmd *c, FILE *out)
     fprintf(out, "  %-26s %s\n", "--help", "show this help");
 }
 
-static int set_opt(const struct opt *o, const char *arg)
+/* Reject what strtoull and strtod would quietly accept: leading spaces
+ * and signs (strtoull wraps "-1"), "nan", "inf". */
+static int number_start(const char *arg, char *why, size_t whylen)
+{
+    if (!arg || !*arg) {
+        snprintf(why, whylen, "empty");
+        return -EINVAL;
+    }
+    if (*arg == '-') {
+        snprintf(why, whylen, "negative");
+        return -ERANGE;
+    }
+    if (!isdigit((unsigned char)*arg) && *arg != '.') {
+        if (!strncasecmp(arg, "nan", 3) || !strncasecmp(arg, "+nan", 4))
+            snprintf(why, whylen, "NaN is not a number");
+        else if (!strncasecmp(arg, "inf", 3) || !strncasecmp(arg, "+inf", 4))
+            snprintf(why, whylen, "infinite");
+        else
+            snprintf(why, whylen, "not a number");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int cli_parse_number(const struct opt *o, const char *arg, char *why, size_t whylen)
+{
+    char *end;
+    int rc = number_start(arg, why, whylen);
+    if (rc < 0)
+        return rc;
+    if (o->kind == OPT_SIZE || o->kind == OPT_U64 || o->kind == OPT_MSEC) {
+        uint64_t v;
+        if (o->kind == OPT_SIZE) {
+            rc = hv_parse_size(arg, &v);
+            if (rc == -ERANGE) {
+                snprintf(why, whylen, "too large");
+                return rc;
+            }
+            if (rc < 0) {
+                snprintf(why, whylen, "not a size (e.g. 4096, 256M, 8G)");
+                return rc;
+            }
+        } else {
+            errno = 0;
+            unsigned long long u = strtoull(arg, &end, 0);
+            if (errno == ERANGE) {
+                snprintf(why, whylen, "too large (over %llu)", ULLONG_MAX);
+                return -ERANGE;
+            }
+            if (errno || end == arg || *end) {
+                snprintf(why, whylen, "not a whole number%s%s%s", *end ? " (trailing '" : "",
+                         *end ? end : "", *end ? "')" : "");
+                return -EINVAL;
+            }
+            v = u;
+        }
+        if (o->kind == OPT_MSEC && (double)v > CLI_SECONDS_MAX * 1000) {
+            snprintf(why, whylen, "at most %.0f ms (24 days)", CLI_SECONDS_MAX * 1000);
+            return -ERANGE;
+        }
+        *(uint64_t *)o->dest = v;
+        return 0;
+    }
+    errno = 0;
+    double v = strtod(arg, &end);
+    if (end == arg || *end) {
+        snprintf(why, whylen, "not a number%s%s%s", *end ? " (trailing '" : "",
+                 *end ? end : "", *end ? "')" : "");
+        return -EINVAL;
+    }
+    if (isnan(v) || isinf(v) || errno == ERANGE) {
+        snprintf(why, whylen, "%s", isnan(v) ? "NaN is not a number" : "out of range");
+        return -ERANGE;
+    }
+    double hi = o->kind == OPT_SECONDS ? CLI_SECONDS_MAX : o->kind == OPT_FRAC ? 1 : DBL_MAX;
+    if (v > hi) {
+        if (o->kind == OPT_SECONDS)
+            snprintf(why, whylen, "at most %.0f seconds (24 days)", hi);
+        else
+            snprintf(why, whylen, "a fraction: at most 1");
+        return -ERANGE;
+    }
+    *(double *)o->dest = v;
+    return 0;
+}
+
+int cli_ms(double s)
+{
+    if (!(s > 0))
+        return 0;
+    if (s >= CLI_SECONDS_MAX)
+        return (int)(CLI_SECONDS_MAX * 1000);
+    return (int)ceil(s * 1000);
+}
+
+static int set_opt(const struct opt *o, const char *arg, char *why, size_t whylen)
 {
     int rc = 0;
-    char *end;
     switch (o->kind) {
     case OPT_FLAG:
         *(bool *)o->dest = true;
         break;
     case OPT_SIZE:
-        rc = hv_parse_size(arg, o->dest);
-        break;
     case OPT_U64:
-        errno = 0;
-        *(uint64_t *)o->dest = strtoull(arg, &end, 0);
-        if (errno || end == arg || *end || *arg == '-')
-            rc = -EINVAL;
-        break;
     case OPT_DBL:
-        *(double *)o->dest = strtod(arg, &end);
-        if (end == arg || *end)
-            rc = -EINVAL;
+    case OPT_FRAC:
+    case OPT_SECONDS:
+    case OPT_MSEC:
+        rc = cli_parse_number(o, arg, why, whylen);
         break;
     case OPT_STR:
         *(const char **)o->dest = arg;
@@ -119,9 +213,13 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
             cli_error("%s: option --%s takes no value", c->name, o->name);
             return -1;
         }
-        if (set_opt(o, val) < 0) {
-            cli_error("%s: bad value '%s' for --%s (%s)", c->name, val, o->name,
-                      o->arg ? o->arg : "value");
+        char why[128] = "";
+        if (set_opt(o, val, why, sizeof(why)) < 0) {
+            if (why[0])
+                cli_error("%s: --%s: bad value '%s': %s", c->name, o->name, val, why);
+            else
+                cli_error("%s: --%s: bad value '%s' (%s)", c->name, o->name, val,
+                          o->arg ? o->arg : "value");
             return -1;
         }
     }
