@@ -186,6 +186,11 @@ static int access(struct vcpu *v, uint64_t gpa, bool write, uint64_t *val)
                 v->st.tlb_hits++;
                 counted = true;
             }
+            if (te->mfn == INVALID_MFN) { /* PoD memory read as zero */
+                v->st.pod_zero_reads++;
+                *val = 0;
+                return 0;
+            }
             mfn = te->mfn + (gfn & (order_pages(9u * cls) - 1));
         } else {
             if (!counted) {
@@ -198,6 +203,19 @@ static int access(struct vcpu *v, uint64_t gpa, bool write, uint64_t *val)
             v->st.ept_refs += refs;
             v->st.walk_refs += vcpu_walk_refs(v->cfg.guest_order, refs);
             enum p2m_type t = e ? ept_type(*e) : p2m_invalid;
+            if (t == p2m_pod && !write) {
+                /* A PoD gfn has never been written since it was last
+                 * populated and reclaimed as zero: a read is served from
+                 * the zero page (Linux's zero page for anonymous memory),
+                 * cached read-only, without consuming the PoD cache; the
+                 * first write faults and populates (pod.h). */
+                unsigned order = 9u * (level - 1u);
+                unsigned c = order < v->cfg.guest_order ? order : v->cfg.guest_order;
+                tlb_fill(v, c / 9u, gfn, INVALID_MFN, false, false);
+                v->st.pod_zero_reads++;
+                *val = 0;
+                return 0;
+            }
             bool ok = e && p2m_is_ram(t) && (*e & EPT_R) && (!write || (*e & EPT_W));
             if (!ok) {
                 v->st.ept_violations++;

@@ -5,7 +5,9 @@
  * An access to guest-physical address gpa (8 bytes, naturally aligned):
  *  1. TLB lookup (gpa -> machine frame, with the leaf's W and D state);
  *  2. on a miss, a walk of the domain's p2m (p2m_lookup_leaf): the A bit of
- *     the leaf is set; a non-present, PoD, MMIO, read-only (on a write) or
+ *     the leaf is set; a read of a PoD leaf is served from the zero page
+ *     (cached read-only: the PoD cache is not touched until a write); a
+ *     non-present, PoD (on a write), MMIO, read-only (on a write) or
  *     write-protected (ram_logdirty, on a write) leaf raises an EPT
  *     violation to the domain's fault handler (vcpu_handle_violation), which
  *     resolves it or fails, and the access retries from step 1;
@@ -75,7 +77,8 @@ void tlb_config_default(struct tlb_config *c);
     X(tlb_flushes, "TLB flushes after a p2m change")                          \
     X(miss_4k, "misses filled at 4K")                                          \
     X(miss_2m, "misses filled at 2M")                                          \
-    X(miss_1g, "misses filled at 1G")
+    X(miss_1g, "misses filled at 1G")                                          \
+    X(pod_zero_reads, "reads of PoD memory served from the zero page (no cache used)")
 
 struct vcpu_stats {
 #define X(name, desc) uint64_t name;

@@ -178,14 +178,27 @@ static void test_tlb_invalidation(void **state)
     d->p2m_gen++;
     assert_int_equal(vcpu_read(v, 1100ULL << PAGE_SHIFT, &val), 0);
     assert_int_equal(vcpu_write(v, 1100ULL << PAGE_SHIFT, 1), -EACCES);
-    /* PoD leaves are populated on demand (pod.h); MMIO ones reported */
+    /* PoD leaves read as zero without using the cache, and are populated on
+     * demand by the first write (pod.h); MMIO ones reported */
     assert_int_equal(domain_populate_flags(d, 8192, 1, DOMAIN_POPULATE_POD, NULL), 0);
     assert_int_equal(pod_set_target(d, d->tot_pages + 1), 0); /* a 1-page cache */
     assert_int_equal(p2m_set_entry(d->p2m, 8193, 8193, 0, p2m_mmio), 0);
     d->p2m_gen++;
+    uint64_t zr = v->st.pod_zero_reads;
+    val = 7;
     assert_int_equal(vcpu_read(v, 8192ULL << PAGE_SHIFT, &val), 0);
     assert_int_equal(val, 0);
+    assert_int_equal(d->pod.stats.demand_4k, 0);
+    assert_int_equal(v->st.pod_zero_reads, zr + 1);
+    val = 7;
+    assert_int_equal(vcpu_read(v, (8192ULL << PAGE_SHIFT) + 64, &val), 0); /* a TLB hit */
+    assert_int_equal(val, 0);
+    assert_int_equal(v->st.pod_zero_reads, zr + 2);
+    assert_int_equal(vcpu_write(v, 8192ULL << PAGE_SHIFT, 0x77), 0); /* populates */
     assert_int_equal(d->pod.stats.demand_4k, 1);
+    assert_int_equal(vcpu_read(v, 8192ULL << PAGE_SHIFT, &val), 0);
+    assert_int_equal(val, 0x77);
+    assert_int_equal(v->st.pod_zero_reads, zr + 2);
     assert_int_equal(vcpu_read(v, 8193ULL << PAGE_SHIFT, &val), -EFAULT);
     assert_int_equal(domain_decrease_reservation(d, 8192, 1), 1);
     assert_int_equal(p2m_set_entry(d->p2m, 8193, 0, 0, p2m_invalid), 0);
