@@ -29,6 +29,16 @@
 #include "kvm.h"
 #include "p2m.h"
 
+#define HVG_LOAD(ctx, gpa) ((void)(ctx), (uint64_t)(gpa) * 0)
+#define HVG_STORE(ctx, gpa, v) ((void)(ctx), (void)(gpa), (void)(v))
+#include "../guest/workloads.h"
+
+/* Checks a parameter page as the workload does (hvg_wl_init on a copy). */
+static int hvg_wl_check(struct hvg_wl *w, const struct hvg_param *p, struct hvg_wl_state *st)
+{
+    return hvg_wl_init(w, p, st, NULL, 1);
+}
+
 /* ---- backends -------------------------------------------------------------- */
 
 static const char *const backend_names[GUEST_NR_BACKENDS] = {"soft", "kvm", "native"};
@@ -1130,5 +1140,142 @@ int guest_prog_load(const void *elf, size_t len, uint8_t *img, uint64_t *entry, 
         return -ENOEXEC;
     }
     *entry = eh.e_entry;
+    return 0;
+}
+
+/* ---- saving and resuming program guests ---------------------------------------- */
+
+int guest_prog_encode(struct guest *g, struct hvctx_buf *b)
+{
+    if (!is_prog(g) || !g->x->ops->get_state)
+        return -ENOTSUP;
+    if (g->started && !g->paused)
+        return -EBUSY;
+    struct hvctx_prog_vcpu *s = hv_calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    int rc = 0;
+    for (unsigned i = 0; rc == 0 && i < g->nr_vcpus; i++) {
+        memset(s, 0, sizeof(*s));
+        rc = g->x->ops->get_state(g->x, i, s);
+        if (rc < 0)
+            break;
+        s->vcpu = i;
+        s->nr_vcpus = g->nr_vcpus;
+        s->backend = (uint32_t)g->backend;
+        s->flags = g->fresh ? HVCTX_PROG_F_FRESH : 0;
+        rc = hvctx_add(b, HVCTX_PROG_VCPU, HVCTX_F_CRITICAL, s, sizeof(*s));
+    }
+    free(s);
+    return rc;
+}
+
+int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st, char *err,
+                      size_t errlen)
+{
+    const uint8_t *a = area;
+    bool seen[HVG_MAX_VCPUS] = {0};
+    unsigned nr = 0, found = 0;
+    memset(st, 0, sizeof(*st));
+    for (size_t pos = 0; pos < len;) {
+        struct hvctx_tlv t;
+        if (len - pos < sizeof(t)) {
+            snprintf(err, errlen, "HVM_CONTEXT: truncated TLV header at %zu", pos);
+            return -EBADMSG;
+        }
+        memcpy(&t, a + pos, sizeof(t));
+        size_t body = pos + sizeof(t), padded = ((size_t)t.length + 7) & ~(size_t)7;
+        if (padded > len - body) {
+            snprintf(err, errlen, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
+            return -EBADMSG;
+        }
+        if (t.type == HVCTX_PROG_VCPU) {
+            struct hvctx_prog_vcpu s;
+            if (t.length != sizeof(s)) {
+                snprintf(err, errlen, "HVM_CONTEXT: PROG_VCPU TLV at %zu of %u bytes (want %zu)",
+                         pos, t.length, sizeof(s));
+                return -EBADMSG;
+            }
+            memcpy(&s, a + body, sizeof(s));
+            if (s.nr_vcpus == 0 || s.nr_vcpus > HVG_MAX_VCPUS || s.vcpu >= s.nr_vcpus ||
+                (nr && s.nr_vcpus != nr) || seen[s.vcpu] || s.backend != GUEST_BACKEND_KVM ||
+                (s.guest_page_order != PAGE_ORDER_2M && s.guest_page_order != PAGE_ORDER_1G) ||
+                (found && s.guest_page_order != st->v[0].guest_page_order) ||
+                (found && (s.flags & HVCTX_PROG_F_FRESH) != (st->v[0].flags & HVCTX_PROG_F_FRESH))) {
+                snprintf(err, errlen, "HVM_CONTEXT: PROG_VCPU TLV at %zu: vCPU %u of %u, backend "
+                         "%u, guest page order %u: inconsistent", pos, s.vcpu, s.nr_vcpus,
+                         s.backend, s.guest_page_order);
+                return -EBADMSG;
+            }
+            nr = s.nr_vcpus;
+            seen[s.vcpu] = true;
+            st->v[s.vcpu] = s;
+            found++;
+        }
+        pos = body + padded;
+    }
+    if (!found)
+        return 0;
+    if (found != nr) {
+        snprintf(err, errlen, "HVM_CONTEXT: %u of %u program vCPUs", found, nr);
+        return -EBADMSG;
+    }
+    st->nr_vcpus = nr;
+    return 1;
+}
+
+int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st,
+                             struct guest **out, char *why, size_t len)
+{
+    if (st->nr_vcpus == 0 || st->nr_vcpus > HVG_MAX_VCPUS) {
+        snprintf(why, len, "no program vCPU state");
+        return -EINVAL;
+    }
+    struct guest *g = guest_alloc(d, GUEST_BACKEND_KVM);
+    if (!g)
+        return -ENOMEM;
+    g->nr_vcpus = st->nr_vcpus;
+    g->fresh = (st->v[0].flags & HVCTX_PROG_F_FRESH) != 0;
+    guest_prog_config_default(&g->pc, HVG_WL_UNIFORM);
+    g->pc.nr_vcpus = st->nr_vcpus;
+    int rc = kvm_exec_create(g, g->nr_vcpus, st->v[0].guest_page_order, &g->x, why, len);
+    struct hvg_param *p = rc == 0 ? param_of(g, 0) : NULL;
+    if (rc == 0 && !p) {
+        snprintf(why, len, "vCPU 0's parameter page (gpa %#llx) is not guest RAM",
+                 (unsigned long long)HVG_PARAM_GPA(0));
+        rc = -EINVAL;
+    }
+    if (rc == 0) {
+        /* the parameter page came with the guest's memory: checked as the
+         * workload itself checks it before the host relies on it */
+        g->tmpl = hv_malloc(sizeof(*g->tmpl));
+        struct hvg_wl w;
+        struct hvg_wl_state wst;
+        if (!g->tmpl) {
+            rc = -ENOMEM;
+        } else {
+            memcpy(g->tmpl, p, sizeof(*p));
+            g->tmpl->vcpu = 0;
+            if (g->tmpl->nr_vcpus != g->nr_vcpus || hvg_wl_check(&w, g->tmpl, &wst) < 0) {
+                snprintf(why, len, "vCPU 0's parameter page does not describe this guest");
+                rc = -EINVAL;
+            }
+            g->pc.workload = (enum hvg_workload)g->tmpl->workload;
+            g->pc.seed = g->tmpl->seed;
+            g->pc.ops = g->tmpl->ops;
+        }
+    }
+    for (unsigned i = 0; rc == 0 && i < g->nr_vcpus; i++) {
+        rc = g->x->ops->set_state(g->x, i, &st->v[i]);
+        if (rc < 0)
+            snprintf(why, len, "vCPU %u's saved state: %s", i,
+                     rc == -EPERM ? "not a CPL 3 long-mode state on this VM's system pages"
+                                  : strerror(-rc));
+    }
+    if (rc < 0) {
+        guest_destroy(g);
+        return rc;
+    }
+    *out = g;
     return 0;
 }

@@ -45,6 +45,7 @@
 
 #include "common.h"
 #include "vcpu.h"
+#include "save.h"
 #include "workload.h"
 #include "../guest/hugevm_guest.h"
 
@@ -118,6 +119,7 @@ struct guest_stats {
 };
 
 struct guest_exec;
+struct hvctx_prog_vcpu;
 
 struct guest {
     enum guest_backend backend;
@@ -227,6 +229,54 @@ void *guest_gpa_ptr(struct guest *g, uint64_t gpa);
  */
 int guest_verify(struct guest *g, char *why, size_t len) HV_MUST_CHECK;
 
+/* ---- saving and resuming program guests (kvm) ------------------------------ */
+
+/*
+ * One vCPU of a program guest as an HVM_CONTEXT TLV (HVCTX_PROG_VCPU,
+ * critical: a reader that does not know it must not run the guest): the
+ * architectural state KVM holds, as KVM's own structures (x86-64, little-
+ * endian: struct kvm_regs, kvm_sregs, kvm_fpu, whose layout is KVM's ABI).
+ * The program, its parameter pages (configuration and published workload
+ * state) and its stacks are guest memory and travel as pages.
+ */
+#define HVCTX_PROG_REGS 144u
+#define HVCTX_PROG_SREGS 312u
+#define HVCTX_PROG_FPU 416u
+#define HVCTX_PROG_F_FRESH 0x1u /* the guest started from zeroed memory */
+struct hvctx_prog_vcpu {
+    uint32_t vcpu, nr_vcpus;
+    uint32_t backend;          /* enum guest_backend (kvm) */
+    uint32_t guest_page_order; /* its page tables' leaves */
+    uint32_t flags;            /* HVCTX_PROG_F_* */
+    uint32_t reserved;
+    uint8_t regs[HVCTX_PROG_REGS];
+    uint8_t sregs[HVCTX_PROG_SREGS];
+    uint8_t fpu[HVCTX_PROG_FPU];
+};
+_Static_assert(sizeof(struct hvctx_prog_vcpu) == 896, "HVCTX_PROG_VCPU");
+
+struct guest_prog_state {
+    unsigned nr_vcpus;
+    struct hvctx_prog_vcpu v[HVG_MAX_VCPUS];
+};
+
+/* A paused kvm program guest's vCPUs as TLVs appended to b (hvctx_begin'd).
+ * -ENOTSUP for other backends (native cannot capture a vCPU), -EBUSY when
+ * not paused, -ENOMEM, an ioctl's errno. */
+int guest_prog_encode(struct guest *g, struct hvctx_buf *b) HV_MUST_CHECK;
+/* Decode the program-guest TLVs of a context area (other types ignored).
+ * 1: st holds a complete state; 0: none in the area; -EBADMSG with err
+ * (untrusted bytes: counts, ids, orders and sizes are checked). */
+int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st, char *err,
+                      size_t errlen) HV_MUST_CHECK;
+/* A kvm guest over a restored domain d whose memory holds the program and
+ * its parameter pages: vCPUs set to the saved states, not started.  The
+ * host writes its system pages again (the same bytes for the same guest
+ * page order); the workload memory is read from vCPU 0's parameter page
+ * (checked before any use).  why[] says what failed. */
+int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st,
+                             struct guest **out, char *why, size_t len) HV_MUST_CHECK;
+
 /* ---- program loading (guest.c; also for tests and the tools) --------------- */
 
 /* The built-in program (a flat image linked at HVG_PROG_GPA). */
@@ -275,6 +325,9 @@ struct guest_exec_ops {
     int (*mmu_pages)(struct guest_exec *x, uint64_t pages[3]);
     /* Resident bytes of the mirror and those the host maps with PMDs. */
     int (*host_mapping)(struct guest_exec *x, uint64_t *rss, uint64_t *pmd);
+    /* vCPU i's architectural state (NULL: the backend cannot capture it). */
+    int (*get_state)(struct guest_exec *x, unsigned i, struct hvctx_prog_vcpu *s);
+    int (*set_state)(struct guest_exec *x, unsigned i, const struct hvctx_prog_vcpu *s);
     /* vCPU i's thread is about to end (may be NULL). */
     void (*thread_exit)(struct guest_exec *x, unsigned i);
     void (*destroy)(struct guest_exec *x);

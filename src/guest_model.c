@@ -120,7 +120,8 @@ static uint64_t guest_word(struct domain *d, struct machine_holes *mh, uint64_t 
 
 int guest_verify(struct guest *g, char *why, size_t len)
 {
-    if (g->backend == GUEST_BACKEND_SOFT || g->pc.program || !g->tmpl) {
+    if (g->backend == GUEST_BACKEND_SOFT || g->pc.program || !g->tmpl ||
+        g->tmpl->workload >= HVG_WL_CUSTOM) {
         snprintf(why, len, "only the built-in workloads of a program guest can be replayed");
         return -EINVAL;
     }

@@ -1012,6 +1012,56 @@ static void kvm_kick(struct guest_exec *x, unsigned i)
         (void)pthread_kill(c->thread, guest_kick_signal());
 }
 
+_Static_assert(sizeof(struct kvm_regs) == HVCTX_PROG_REGS, "kvm_regs in HVCTX_PROG_VCPU");
+_Static_assert(sizeof(struct kvm_sregs) == HVCTX_PROG_SREGS, "kvm_sregs in HVCTX_PROG_VCPU");
+_Static_assert(sizeof(struct kvm_fpu) == HVCTX_PROG_FPU, "kvm_fpu in HVCTX_PROG_VCPU");
+
+/* Only with the vCPU out of KVM_RUN (parked or not started). */
+static int kvm_get_state(struct guest_exec *x, unsigned i, struct hvctx_prog_vcpu *s)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    if (i >= vm->nr_vcpus)
+        return -EINVAL;
+    int fd = vm->cpu[i].fd, rc;
+    struct kvm_regs r;
+    struct kvm_sregs sr;
+    struct kvm_fpu f;
+    if ((rc = xioctl(fd, KVM_GET_REGS, &r)) < 0 || (rc = xioctl(fd, KVM_GET_SREGS, &sr)) < 0 ||
+        (rc = xioctl(fd, KVM_GET_FPU, &f)) < 0)
+        return rc;
+    memcpy(s->regs, &r, sizeof(r));
+    memcpy(s->sregs, &sr, sizeof(sr));
+    memcpy(s->fpu, &f, sizeof(f));
+    s->guest_page_order = vm->guest_order;
+    return 0;
+}
+
+/* The saved state, checked for what would let a guest leave its sandbox:
+ * it must run at CPL 3 in long mode on this VM's own page tables, GDT, IDT
+ * and TSS (the host's system pages), with IOPL 0. */
+static int kvm_set_state(struct guest_exec *x, unsigned i, const struct hvctx_prog_vcpu *s)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    if (i >= vm->nr_vcpus)
+        return -EINVAL;
+    struct kvm_regs r;
+    struct kvm_sregs sr;
+    struct kvm_fpu f;
+    memcpy(&r, s->regs, sizeof(r));
+    memcpy(&sr, s->sregs, sizeof(sr));
+    memcpy(&f, s->fpu, sizeof(f));
+    if ((sr.cs.selector & 3) != 3 || sr.cs.dpl != 3 || !sr.cs.l || sr.efer != 0x500ULL ||
+        sr.cr3 != SYS_PML4 << PAGE_SHIFT || sr.cr0 != 0x80050033ULL || sr.cr4 != 0x620ULL ||
+        sr.gdt.base != SYS_GDT(i) << PAGE_SHIFT || sr.idt.base != SYS_IDT << PAGE_SHIFT ||
+        sr.tr.base != (SYS_GDT(i) << PAGE_SHIFT) + SYS_TSS_OFF || (r.rflags & 0x3000))
+        return -EPERM;
+    int fd = vm->cpu[i].fd, rc;
+    if ((rc = xioctl(fd, KVM_SET_SREGS, &sr)) < 0 || (rc = xioctl(fd, KVM_SET_REGS, &r)) < 0 ||
+        (rc = xioctl(fd, KVM_SET_FPU, &f)) < 0)
+        return rc;
+    return 0;
+}
+
 static long kvm_exec_sync(struct guest_exec *x)
 {
     struct kvm_vm *vm = (struct kvm_vm *)x;
@@ -1050,6 +1100,8 @@ static const struct guest_exec_ops kvm_exec_ops = {
     .gpa_ptr = kvm_exec_gpa_ptr,
     .mmu_pages = kvm_exec_mmu_pages,
     .host_mapping = kvm_exec_host_mapping,
+    .get_state = kvm_get_state,
+    .set_state = kvm_set_state,
     .destroy = kvm_exec_destroy,
 };
 

@@ -30,6 +30,9 @@
 
 #include "guest.h"
 #include "kvm.h"
+#include "save.h"
+#include "stream.h"
+#include <linux/kvm.h>
 
 #define G1 (1ULL << 18) /* gfn of 1 GiB */
 
@@ -361,6 +364,116 @@ static void test_host_superpages(void **state)
     }
 }
 
+/* ---- save and resume ----------------------------------------------------------- */
+
+static void wait_ops(struct guest *g, uint64_t above)
+{
+    for (int k = 0; k < 6000; k++) {
+        uint64_t n = 0;
+        for (unsigned i = 0; i < g->nr_vcpus; i++) {
+            struct hvg_wl_state st;
+            assert_int_equal(guest_vcpu_state(g, i, &st), 0);
+            n += st.ops;
+        }
+        if (n > above)
+            return;
+        if (g->fault_claimed)
+            fail_msg("the guest failed: %s", g->fault.what);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    fail_msg("the guest made no progress");
+}
+
+/*
+ * A running KVM guest is paused, saved with its vCPU state (registers,
+ * system registers, FPU) into a stream, restored on another machine and
+ * resumed there: it goes on from where it stopped, and the host's replay of
+ * every vCPU from the seed matches the memory it ends with.  A saved state
+ * that would run at CPL 0 is refused.
+ */
+static void test_save_resume(void **state)
+{
+    (void)state;
+    KVM_OR_SKIP();
+    struct machine *m1 = new_machine(256 * MiB), *m2 = new_machine(256 * MiB);
+    struct domain *d;
+    struct domain_config c;
+    domain_config_default(&c);
+    assert_int_equal(domain_create(m1, &c, &d), 0);
+    assert_int_equal(domain_populate_guest(d, 64 * MiB, NULL), 0);
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_UNIFORM);
+    pc.nr_vcpus = 2;
+    pc.batch = 300;
+    pc.console_fd = -1;
+    struct guest *g = start_prog(d, &pc);
+    assert_int_equal(guest_start(g), 0);
+    wait_ops(g, 5000);
+    guest_pause(g);
+    uint64_t saved_ops = 0;
+    for (unsigned i = 0; i < 2; i++) {
+        struct hvg_wl_state st;
+        assert_int_equal(guest_vcpu_state(g, i, &st), 0);
+        saved_ops += st.ops;
+    }
+    struct hvctx_buf b;
+    assert_int_equal(hvctx_begin(&b), 0);
+    assert_int_equal(guest_prog_encode(g, &b), 0);
+    struct stream_mem mem = {0};
+    struct stream_io io;
+    struct save_result sr;
+    char err[256];
+    stream_mem_sink(&mem, &io);
+    struct save_opts so = {.extra_tlvs = b.p + sizeof(struct hvctx_header),
+                           .extra_tlvs_len = b.len - sizeof(struct hvctx_header)};
+    if (stream_save(d, &io, &so, &sr, err, sizeof(err)) < 0)
+        fail_msg("stream_save: %s", err);
+    hvctx_free(&b);
+    guest_destroy(g);
+    domain_destroy(d);
+
+    struct stream_mem src;
+    struct restore_result rr;
+    stream_mem_source(&src, &io, mem.buf, mem.len);
+    if (stream_restore(m2, &io, NULL, &rr) < 0)
+        fail_msg("stream_restore: %s", rr.err);
+    struct guest_prog_state *ps = malloc(sizeof(*ps));
+    assert_non_null(ps);
+    assert_int_equal(guest_prog_decode(rr.context, rr.context_len, ps, err, sizeof(err)), 1);
+    assert_int_equal(ps->nr_vcpus, 2);
+    /* a state that would run at CPL 0 is refused */
+    struct hvctx_prog_vcpu keep = ps->v[1];
+    struct kvm_sregs sregs;
+    memcpy(&sregs, ps->v[1].sregs, sizeof(sregs));
+    sregs.cs.dpl = 0;
+    sregs.cs.selector &= ~3;
+    memcpy(ps->v[1].sregs, &sregs, sizeof(sregs));
+    char why[256] = "";
+    struct guest *g2 = NULL;
+    assert_int_equal(guest_create_prog_resume(rr.d, ps, &g2, why, sizeof(why)), -EPERM);
+    assert_non_null(strstr(why, "CPL 3"));
+    ps->v[1] = keep;
+    int rc = guest_create_prog_resume(rr.d, ps, &g2, why, sizeof(why));
+    if (rc < 0)
+        fail_msg("resume: %s", why);
+    assert_int_equal(guest_start(g2), 0);
+    wait_ops(g2, saved_ops + 5000);
+    assert_int_equal(guest_finish(g2, 120ULL * 1000 * 1000 * 1000), 0);
+    if (guest_verify(g2, why, sizeof(why)) < 0)
+        fail_msg("verify after resume: %s", why);
+    print_message("# saved after %llu operations, resumed on another machine, verified\n",
+                  (unsigned long long)saved_ops);
+    guest_destroy(g2);
+    audit_all(rr.d);
+    domain_destroy(rr.d);
+    restore_result_free(&rr);
+    stream_mem_free(&mem);
+    free(ps);
+    machine_destroy(m1);
+    machine_destroy(m2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -369,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_memslot_limit),
         cmocka_unit_test(test_dirty_log_exact),
         cmocka_unit_test_teardown(test_host_superpages, thp_teardown),
+        cmocka_unit_test(test_save_resume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
