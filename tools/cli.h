@@ -134,6 +134,7 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
                    struct save_result *sr, char *err, size_t errlen);
 /* `hugevm run` on a program backend (kvm, native), on the domain d that
  * cmd_run.c built (run_guest.c).  Returns the exit status. */
+struct guest_prog_state;
 struct cli_prog_run {
     int backend;          /* enum guest_backend: kvm or native */
     const char *why;      /* why this backend runs */
@@ -145,8 +146,15 @@ struct cli_prog_run {
     uint64_t seed, write_rate;
     double write_frac, wss, theta;
     bool json, no_audit;
+    const char *save;     /* save the guest, paused, when the timed run ends */
+    /* Resume this saved guest (restore --run) instead of starting one:
+     * the domain holds its memory; workload options are ignored. */
+    const struct guest_prog_state *resume;
 };
 int cli_run_program(struct domain *d, const struct cli_prog_run *a);
+/* Save d to path (a fresh file: safefile.h) with these HVM_CONTEXT TLVs. */
+int cli_save_tlvs(struct domain *d, const void *tlvs, size_t len, const char *path,
+                  struct save_result *sr, char *err, size_t errlen);
 /* `hugevm balloon --backend kvm|native`: the guest's own balloon driver on
  * the domain d of guest_mem (balloon_guest.c).  Returns the exit status. */
 struct cli_balloon_prog {

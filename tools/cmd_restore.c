@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "guest.h"
 #include "guest_state.h"
 #include "save.h"
 
@@ -24,7 +25,8 @@ static struct {
     uint64_t host_mem, accesses;
     double seconds;
     bool json, ignore_layout, run, no_audit, resident;
-} o;
+    const char *backend;
+} o = {.backend = "auto"};
 
 static uint64_t file_bytes;
 
@@ -98,6 +100,40 @@ static int run_restore(int argc, char **argv)
         snprintf(vnote, sizeof(vnote), "%s", rr.note[0] ? rr.note : "vCPU state not usable");
     }
     uint64_t b4k = domain_pages_4k(rr.d), b2m = domain_pages_2m(rr.d), b1g = domain_pages_1g(rr.d);
+
+    /* A program guest saved under KVM resumes under KVM (run_guest.c). */
+    if (o.run && rr.vcpu == RESTORE_VCPU_HUGEVM) {
+        struct guest_prog_state *ps = hv_malloc(sizeof(*ps));
+        char why[256] = "";
+        int pr = ps ? guest_prog_decode(rr.context, rr.context_len, ps, why, sizeof(why))
+                    : -ENOMEM;
+        if (pr != 0) {
+            int backend;
+            char bwhy[300];
+            if (pr < 0) {
+                cli_error("restore: --run: the program guest's vCPU state: %s", why);
+            } else if (strcmp(o.backend, "auto") && strcmp(o.backend, "kvm")) {
+                cli_error("restore: --run: this guest ran under kvm: its vCPUs resume under "
+                          "--backend kvm only");
+            } else if (o.accesses) {
+                cli_error("restore: --run of a KVM guest: give --seconds (it runs its own "
+                          "operation count, or for that long)");
+            } else if (cli_backend("restore", "kvm", NULL, true, &backend, bwhy, sizeof(bwhy)) == 0) {
+                struct cli_prog_run pr_args = {
+                    .backend = backend, .why = o.backend[0] == 'a' ? "auto: the stream holds a "
+                    "KVM guest's vCPUs" : bwhy, .vcpus = ps->nr_vcpus,
+                    .seconds = o.seconds > 0 ? o.seconds : 2,
+                    .accesses = o.accesses, .json = o.json, .no_audit = o.no_audit,
+                    .resume = ps, .workload = "uniform", .guest_page = "auto",
+                    .write_frac = -1,
+                };
+                status = cli_run_program(rr.d, &pr_args);
+            }
+            free(ps);
+            goto out_dom; /* frees gs */
+        }
+        free(ps);
+    }
 
     /* --run: resume the workload. */
     struct vcpu *v[GUEST_STATE_MAX_VCPUS] = {0};
@@ -281,6 +317,7 @@ static struct opt restore_opts_table[] = {
     {"resident", OPT_FLAG, &o.resident, NULL, "commit the machine's memory up front, as a "
      "hypervisor's RAM (restore then copies at memory speed; see README)", NULL},
     {"ignore-layout", OPT_FLAG, &o.ignore_layout, NULL, "do not pre-allocate from the HV_LAYOUT record", NULL},
+    {"backend", OPT_STR, &o.backend, "NAME", "with --run: soft (the stream's soft vCPUs) or kvm (a KVM guest's saved vCPUs); auto (default) takes what the stream holds", NULL},
     {"run", OPT_FLAG, &o.run, NULL, "resume the saved workload on its soft vCPUs (exit 2 if the stream has no vCPU state, 1 if it is corrupt)", NULL},
     {"accesses", OPT_U64, &o.accesses, "N", "with --run: N guest accesses in total (default 10M)", NULL},
     {"seconds", OPT_SECONDS, &o.seconds, "S", "with --run: run for S seconds of wall time", NULL},

@@ -115,12 +115,20 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
         hvctx_free(&tl);
         return rc;
     }
+    rc = cli_save_tlvs(d, tl.p + sizeof(struct hvctx_header), tl.len - sizeof(struct hvctx_header),
+                       path, sr, err, errlen);
+    hvctx_free(&tl);
+    return rc;
+}
+
+int cli_save_tlvs(struct domain *d, const void *tlvs, size_t len, const char *path,
+                  struct save_result *sr, char *err, size_t errlen)
+{
     struct safefile out;
-    rc = safefile_create(&out, path);
+    int rc = safefile_create(&out, path);
     if (rc < 0) {
         snprintf(err, errlen, "%s", rc == -EEXIST ? "the file exists already (it is never "
                  "replaced: remove it or give another name)" : strerror(-rc));
-        hvctx_free(&tl);
         return rc;
     }
     struct stream_fd sf;
@@ -129,8 +137,7 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
     if (rc < 0) {
         snprintf(err, errlen, "out of memory");
     } else {
-        struct save_opts so = {.extra_tlvs = tl.p + sizeof(struct hvctx_header),
-                               .extra_tlvs_len = tl.len - sizeof(struct hvctx_header),
+        struct save_opts so = {.extra_tlvs = tlvs, .extra_tlvs_len = len,
                                .progress = save_progress};
         rc = stream_save(d, &io, &so, sr, err, errlen);
         stream_fd_free(&sf);
@@ -142,7 +149,6 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
                      "never replaced)" : strerror(-rc));
     }
     safefile_abort(&out); /* after a failure: no partial file is left */
-    hvctx_free(&tl);
     return rc;
 }
 
@@ -165,12 +171,21 @@ static int run_run(int argc, char **argv)
     char bwhy[300];
     const char *soft_only = o.log_dirty    ? "--log-dirty"
                             : o.pod_target ? "--pod-target"
-                            : o.save       ? "--save"
                             : o.migrate_to ? "--migrate-to"
                                            : NULL;
     bool need_prog = o.guest_program || !strcmp(o.workload, "chase");
     if (cli_backend("run", o.backend, soft_only, need_prog, &backend, bwhy, sizeof(bwhy)))
         return 1;
+    if (o.save && backend == GUEST_BACKEND_NATIVE) {
+        if (!strcmp(o.backend, "auto")) {
+            backend = GUEST_BACKEND_SOFT;
+            snprintf(bwhy, sizeof(bwhy), "auto: --save needs the vCPUs' state, which the "
+                     "native backend cannot capture, and /dev/kvm is not usable here");
+        } else {
+            return cli_error("run: --save: the native backend cannot capture its vCPUs' "
+                             "state (use kvm or soft)");
+        }
+    }
     bool prog = backend != GUEST_BACKEND_SOFT;
     if (!strcasecmp(o.guest_page, "auto"))
         o.guest_page = prog ? "auto" : "2M";
@@ -259,7 +274,7 @@ static int run_run(int argc, char **argv)
             .program_path = o.guest_program, .accesses = o.seconds > 0 ? 0 : o.accesses,
             .seconds = o.seconds, .seed = o.seed, .write_rate = o.write_rate,
             .write_frac = o.write_frac, .wss = o.wss, .theta = o.theta, .json = o.json,
-            .no_audit = o.no_audit,
+            .no_audit = o.no_audit, .save = o.save,
         };
         status = cli_run_program(d, &pr);
         goto out;

@@ -22,6 +22,7 @@
 #include "cli.h"
 #include "domain.h"
 #include "guest.h"
+#include "save.h"
 
 #define PROGRAM_MAX (16 * MiB)
 
@@ -113,10 +114,18 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         pc.program = prog;
     }
 
-    rc = guest_create_prog(d, a->backend, &pc, &g, why, sizeof(why));
+    if (a->resume)
+        rc = guest_create_prog_resume(d, a->resume, &g, why, sizeof(why));
+    else
+        rc = guest_create_prog(d, a->backend, &pc, &g, why, sizeof(why));
     if (rc < 0) {
-        cli_error("run: cannot start the %s guest: %s", guest_backend_name(a->backend), why);
+        cli_error("%s: cannot %s the %s guest: %s", a->resume ? "restore" : "run",
+                  a->resume ? "resume" : "start", guest_backend_name(a->backend), why);
         goto out;
+    }
+    if (a->resume) {
+        wl = (enum hvg_workload)g->tmpl->workload;
+        ops = 0; /* the saved guest runs to its own end, or for --seconds */
     }
     if (!a->json)
         printf("backend: %s (%s); %u vCPU(s), %s, guest page tables %s\n",
@@ -125,6 +134,7 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
                guest_page_order(g) == PAGE_ORDER_1G   ? "1G"
                : guest_page_order(g) == PAGE_ORDER_2M ? "2M"
                                                       : "the host's (native)");
+    uint64_t resumed_acc = a->resume ? guest_accesses(g) : 0;
     uint64_t t0 = hv_now_ns();
     if ((rc = guest_start(g)) < 0) {
         cli_error("run: starting the vCPUs: %s", strerror(-rc));
@@ -138,8 +148,11 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
     uint64_t t_run = hv_now_ns();
     double touch_s = (double)(t_run - t0) / 1e9;
     uint64_t a_run = guest_accesses(g);
-    if (!a->json && !g->fault_claimed)
+    if (!a->json && !g->fault_claimed && !a->resume)
         printf("first pass over the guest's memory (set-up, first touches): %.3f s\n", touch_s);
+    if (!a->json && a->resume)
+        printf("resumed after %llu accesses made before the save\n",
+               (unsigned long long)resumed_acc);
     /* Then the workload: sampled every 10 ms from the published counts; the
      * rate is taken after a tenth of the run (warm-up). */
     uint64_t limit_ns = a->seconds > 0 ? (uint64_t)(a->seconds * 1e9) : 0;
@@ -166,6 +179,28 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         sleep_ms(10);
     }
     (void)a_run;
+    /* --save: the guest as it is now, paused, with its vCPUs' state; then
+     * it runs on to its end here (the file holds the state at the pause) */
+    struct save_result sr = {0};
+    char serr[256] = "";
+    int save_rc = 0;
+    if (a->save && !g->fault_claimed) {
+        guest_pause(g);
+        struct hvctx_buf tl;
+        save_rc = hvctx_begin(&tl);
+        if (save_rc == 0)
+            save_rc = guest_prog_encode(g, &tl);
+        if (save_rc == 0)
+            save_rc = cli_save_tlvs(d, tl.p + sizeof(struct hvctx_header),
+                                    tl.len - sizeof(struct hvctx_header), a->save, &sr, serr,
+                                    sizeof(serr));
+        else
+            snprintf(serr, sizeof(serr), "capturing the vCPUs: %s", strerror(-save_rc));
+        hvctx_free(&tl);
+        guest_resume(g);
+        if (save_rc < 0)
+            cli_error("run: saving to %s: %s", a->save, serr);
+    }
     uint64_t mmu[3] = {0};
     bool have_mmu = guest_mmu_pages(g, mmu) == 0;
     uint64_t rss = 0, pmd = 0;
@@ -201,6 +236,8 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         json_u64(&j, "seed", a->seed);
         json_u64(&j, "guest_page_order", guest_page_order(g));
         json_u64(&j, "accesses", accesses);
+        if (a->resume)
+            json_u64(&j, "accesses_before_save", resumed_acc);
         json_dbl(&j, "seconds", secs);
         json_dbl(&j, "first_pass_s", touch_s);
         json_dbl(&j, "accesses_per_s", rate);
@@ -227,6 +264,16 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         if (g->fault.vcpu >= 0 || rc < 0)
             json_str(&j, "error", g->fault.what[0] ? g->fault.what : strerror(-rc));
         json_str(&j, "console", g->console);
+        if (a->save) {
+            json_obj_begin(&j, "save");
+            json_str(&j, "file", a->save);
+            json_bool(&j, "saved", save_rc == 0);
+            if (save_rc < 0)
+                json_str(&j, "error", serr);
+            json_u64(&j, "bytes", sr.bytes);
+            json_u64(&j, "pages_data", sr.pages_data);
+            json_obj_end(&j);
+        }
         cli_json_domain(&j, "domain", d);
         json_str(&j, "audit", a->no_audit ? "skipped" : audit ? hv_audit_last() : "ok");
         json_obj_end(&j);
@@ -247,11 +294,18 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
             printf("host: %s resident, %.0f%% of it mapped with 2M pages%s\n",
                    hv_fmt_size(rss, b1, sizeof(b1)), pmd_share * 100,
                    pmd_share < 0.5 ? " (shmem THP: see `hugevm info`)" : "");
+        if (a->save && save_rc == 0)
+            printf("saved to %s (paused at the end of the timed run, vCPU state included): "
+                   "%s, %llu pages with data\n  resume with: hugevm restore %s --run "
+                   "--backend kvm\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
+                   (unsigned long long)sr.pages_data, a->save);
         cli_print_domain(d, stdout);
         if (!a->no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
-    status = rc < 0 || audit || (vrc != 0 && !a->program_path && vrc != -E2BIG) ? 1 : 0;
+    status = rc < 0 || audit || save_rc < 0 || (vrc != 0 && !a->program_path && vrc != -E2BIG)
+                 ? 1
+                 : 0;
 out:
     guest_destroy(g);
     free(prog);
