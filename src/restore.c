@@ -979,6 +979,38 @@ static int hvm_params(struct rctx *c)
     return 0;
 }
 
+/* HV_CHECKSUM: the xxh64 of every byte before the record. */
+static int hv_checksum(struct rctx *c)
+{
+    struct stream_hv_checksum h;
+    uint64_t body = c->rd.rec_offset + 8;
+    if (c->rd.length != sizeof(h))
+        return FAIL(c, -EBADMSG, body, "HV_CHECKSUM body is %u bytes, want %zu", c->rd.length,
+                    sizeof(h));
+    int rc = stream_read_body(&c->rd, &h, sizeof(h));
+    if (rc < 0)
+        return rc;
+    if (le32toh(h.algo) != STREAM_CSUM_XXH64) { /* another algorithm: an unknown record */
+        c->res->skipped_records++;
+        return 0;
+    }
+    c->res->have_checksum = true;
+    if (le64toh(h.covered) != c->rd.rec_offset)
+        return FAIL(c, -EBADMSG, body + 8, "HV_CHECKSUM covers %llu bytes, but the record "
+                    "starts at byte %llu", (unsigned long long)le64toh(h.covered),
+                    (unsigned long long)c->rd.rec_offset);
+    if (!c->rd.hashing)
+        return 0;
+    if (le64toh(h.hash) != c->rd.hash_before)
+        return FAIL(c, -EBADMSG, body + 16, "stream checksum mismatch: bytes [0, %llu) hash to "
+                    "%#llx, the record says %#llx (bit rot, or the file changed while it was "
+                    "read)", (unsigned long long)c->rd.rec_offset,
+                    (unsigned long long)c->rd.hash_before,
+                    (unsigned long long)le64toh(h.hash));
+    c->res->checksum_verified = true;
+    return 0;
+}
+
 static int tsc_info(struct rctx *c)
 {
     if (c->rd.length != sizeof(struct stream_x86_tsc_info))
@@ -1452,6 +1484,7 @@ static int dispatch(struct rctx *c, uint32_t type)
     case STREAM_REC_HVM_CONTEXT: return hvm_context(c);
     case STREAM_REC_HV_CONFIG: return hv_config(c);
     case STREAM_REC_HV_LAYOUT: return hv_layout(c);
+    case STREAM_REC_HV_CHECKSUM: return hv_checksum(c);
     case STREAM_REC_VERIFY:
     case STREAM_REC_TOOLSTACK:
     case STREAM_REC_X86_CPUID_POLICY:
@@ -1488,6 +1521,8 @@ int stream_restore(struct machine *m, struct stream_io *io, const struct restore
     c->res = res;
     uint64_t t0 = hv_now_ns();
     stream_reader_init(&c->rd, io);
+    if (c->o->verify_checksum)
+        stream_reader_hash(&c->rd);
     int rc = stream_read_headers(&c->rd);
     if (rc == 0) {
         res->version = c->rd.version;

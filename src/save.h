@@ -8,7 +8,8 @@
  * PAGE_DATA records covering every gfn in [0, max_gfn) of each 1G block
  * that holds RAM or PoD (RAM with data, or XALLOC when the page is all
  * zero; XTAB for holes, ballooned and PoD gfns);
- * X86_TSC_INFO; HVM_PARAMS; HVM_CONTEXT (the hugevm context blob); END.
+ * X86_TSC_INFO; HVM_PARAMS; HVM_CONTEXT (the hugevm context blob); unless
+ * `no_optional`, HV_CHECKSUM (xxh64 of every byte before it); END.
  *
  * Restore rebuilds superpages whatever the record boundaries and the order
  * the pages arrive in.  Algorithm:
@@ -187,6 +188,10 @@ struct restore_opts {
     void (*on_record)(void *ctx, uint64_t index, uint32_t type, uint32_t length,
                       uint64_t offset);
     void *record_ctx;
+    /* Hash the stream as it is read and check an HV_CHECKSUM record
+     * against it (-EBADMSG on a mismatch: bit rot, or a file changed while
+     * it was read).  Off, the record is skipped unchecked. */
+    bool verify_checksum;
     /* Return res->data_bits: which pfns received data (a migration
      * receiver hashes only those; the rest are known to be zero). */
     bool track_data;
@@ -216,6 +221,8 @@ struct restore_result {
     uint64_t pod_entries;      /* PoD leaves restored */
     uint64_t pod_target;       /* PoD target restored (0: none) */
     uint64_t nr_hvm_params;
+    bool have_checksum;        /* an HV_CHECKSUM record was there */
+    bool checksum_verified;    /* ... and matched the stream (verify_checksum) */
     bool have_tsc;
     struct stream_x86_tsc_info tsc;
     enum restore_vcpu_state vcpu;

@@ -5,8 +5,10 @@
  * Also home of the progress bar shared with restore (terminal only).
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -102,7 +104,8 @@ static int run_save(int argc, char **argv)
     struct machine *m = NULL;
     struct domain *d = NULL;
     int status = 1, fd = -1, rc;
-    char err[256];
+    char err[256], tmp[PATH_MAX + 32] = "";
+    bool tmp_made = false;
     if (argc != 1)
         return cli_error("save: need exactly one output FILE (see hugevm save --help)");
     enum save_page_order order;
@@ -175,9 +178,21 @@ static int run_save(int argc, char **argv)
                 }
         g += step;
     }
-    fd = open(argv[0], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* A regular file is written under a temporary name and renamed over
+     * FILE once complete and fsynced: a failed save leaves neither a
+     * partial file nor a 0-byte one, and FILE as it was.  Anything else
+     * (a FIFO, a device) is written in place. */
+    struct stat st;
+    if (lstat(argv[0], &st) == 0 && !S_ISREG(st.st_mode)) {
+        fd = open(argv[0], O_WRONLY | O_CLOEXEC);
+    } else {
+        snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", argv[0], (long)getpid());
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0)
+            tmp_made = true;
+    }
     if (fd < 0) {
-        cli_error("save: %s: %s", argv[0], strerror(errno));
+        cli_error("save: %s: %s", tmp_made || !tmp[0] ? argv[0] : tmp, strerror(errno));
         goto out;
     }
     struct stream_fd sf;
@@ -193,8 +208,26 @@ static int run_save(int argc, char **argv)
     rc = stream_save(d, &io, &so, &sr, err, sizeof(err));
     stream_fd_free(&sf);
     if (rc < 0) {
-        cli_error("save: %s: %s", argv[0], err);
+        cli_error("save: %s: %s%s", argv[0], err, tmp_made ? " (nothing written)" : "");
         goto out;
+    }
+    if (tmp_made) {
+        const char *what = "fsync";
+        rc = fsync(fd);
+        if (rc == 0) {
+            what = "close";
+            rc = close(fd);
+            fd = -1;
+        }
+        if (rc == 0) {
+            what = "rename";
+            rc = rename(tmp, argv[0]);
+        }
+        if (rc < 0) {
+            cli_error("save: %s: %s: %s (nothing written)", argv[0], what, strerror(errno));
+            goto out;
+        }
+        tmp_made = false;
     }
     if (o.json) {
         struct json j;
@@ -220,6 +253,8 @@ static int run_save(int argc, char **argv)
 out:
     if (fd >= 0 && close(fd) < 0 && status == 0)
         status = cli_error("save: %s: %s", argv[0], strerror(errno));
+    if (tmp_made)
+        unlink(tmp);
     domain_destroy(d);
     machine_destroy(m);
     return status;
