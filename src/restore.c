@@ -62,6 +62,8 @@ struct rs_1g {
     uint32_t holes;  /* hole entries seen in it (> 0: a hole was seen) */
 };
 
+#define RS_SLAB 256
+
 /* The 2M regions with state: open addressing on pfn >> 9, key + 1 (0: free). */
 struct rs_slot {
     uint64_t key;
@@ -86,6 +88,8 @@ struct rctx {
     uint64_t ntop;
     struct rs_slot *tab;    /* [tab_cap], tab_len used */
     size_t tab_cap, tab_len;
+    struct rs_2m **slabs;   /* chunks of RS_SLAB 2M states */
+    size_t nslabs, slabs_cap, slab_left;
     uint64_t *hlog;         /* set of holes named in 2M regions without state */
     size_t nhlog, hlog_cap;
     uint64_t budget;        /* real restore: tot_pages may not exceed it (speculation included) */
@@ -122,8 +126,11 @@ static int state_init(struct rctx *c)
 
 static void state_free(struct rctx *c)
 {
-    for (size_t i = 0; c->tab && i < c->tab_cap; i++)
-        free(c->tab[i].s);
+    for (size_t i = 0; i < c->nslabs; i++)
+        free(c->slabs[i]);
+    free(c->slabs);
+    c->slabs = NULL;
+    c->nslabs = 0;
     free(c->tab);
     free(c->g1);
     free(c->hlog);
@@ -176,9 +183,22 @@ static struct rs_2m *node_2m(struct rctx *c, gfn_t pfn, bool create)
             return NULL;
         i = slot_of(c->tab, c->tab_cap, key);
     }
-    struct rs_2m *s = hv_calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
+    if (!c->slab_left) { /* 2M states come in chunks: no allocator overhead each */
+        if (c->nslabs == c->slabs_cap) {
+            size_t cap = c->slabs_cap ? 2 * c->slabs_cap : 16;
+            struct rs_2m **l = realloc(c->slabs, cap * sizeof(*l));
+            if (!l)
+                return NULL;
+            c->slabs = l;
+            c->slabs_cap = cap;
+        }
+        struct rs_2m *chunk = hv_calloc(RS_SLAB, sizeof(*chunk));
+        if (!chunk)
+            return NULL;
+        c->slabs[c->nslabs++] = chunk;
+        c->slab_left = RS_SLAB;
+    }
+    struct rs_2m *s = &c->slabs[c->nslabs - 1][RS_SLAB - c->slab_left--];
     c->tab[i] = (struct rs_slot){key, s};
     c->tab_len++;
     return s;
