@@ -899,13 +899,16 @@ static int hv_layout(struct rctx *c)
             continue;
         }
         rc = domain_map_extent(c->d, gfn, order, NULL);
-        if (rc == -ENOMEM) {
-            c->res->fallback_nomem++;
+        if (rc < 0) {
+            /* A hint the domain cannot take (a hole, a 4K-only range, an
+             * extent mapped already, no memory) is skipped: a dry run
+             * cannot know the domain's answer, and both must agree. */
+            if (rc == -ENOMEM)
+                c->res->fallback_nomem++;
+            else
+                c->res->layout_skipped++;
             continue;
         }
-        if (rc < 0)
-            return FAIL(c, rc, at, "layout entry %u: cannot map order %u at %#llx: %s", i, order,
-                        (unsigned long long)gfn, strerror(-rc));
         if (order == PAGE_ORDER_1G)
             c->res->prealloc_1g++;
         else

@@ -211,7 +211,8 @@ struct restore_result {
     uint64_t layout_1g, layout_2m; /* extents the HV_LAYOUT record lists */
     uint64_t prealloc_1g, prealloc_2m; /* allocated up front from HV_LAYOUT */
     uint64_t spec_1g, spec_2m, alloc_4k; /* allocated at first touch */
-    uint64_t layout_skipped;   /* HV_LAYOUT extents not allocated: beyond max_pages */
+    uint64_t layout_skipped;   /* HV_LAYOUT extents not allocated: beyond max_pages, or
+                                * refused by the domain (holes, duplicates) */
     uint64_t spec_trims;       /* speculation given back early to stay within max_pages */
     uint64_t fallback_nomem;   /* superpage allocations that fell back */
     uint64_t freed_pages;      /* speculatively allocated, never filled, freed */
