@@ -3,10 +3,19 @@
  *
  * Algorithm (see save.h for the contract):
  *
- *   region state   top[pfn >> 18] -> struct rs_1g {filled, holes, r[512]}
- *                  r[(pfn >> 9) & 511] -> struct rs_2m {filled, holes,
- *                  fill bits[512], hole bits[512]}; allocated on first
- *                  mention, so memory follows what the stream names.
+ *   region state   g1[pfn >> 18] = struct rs_1g {filled, holes}, flat
+ *                  (8 bytes per 1G of the pfn limit, 2 MiB at most);
+ *                  tab: hash of pfn >> 9 -> struct rs_2m {filled, holes,
+ *                  fill/hole/data bits[512]}, created by the first
+ *                  populating entry of the 2M region (chunks of 256); a
+ *                  hole in a 2M region without state goes into hlog, a set
+ *                  of pfns, not into region state.  So memory is O(stream
+ *                  bytes), ~200 bytes per populated 2M region at most, and
+ *                  a stream of XTAB entries one per 1G region costs 16
+ *                  bytes per entry, not 4 KiB.
+ *   budget         speculative extents only while tot_pages stays within
+ *                  max_pages (or the machine); one trim of the unfilled
+ *                  speculation when not even 4K fits (first_touch).
  *   first touch    a populating entry for an unmapped pfn allocates the
  *                  enclosing 1G extent if that 1G region has seen no hole,
  *                  else the 2M extent if that 2M region has seen no hole,
@@ -30,10 +39,17 @@
  *
  * Untrusted input: every length and count is bounded before the buffer it
  * sizes is allocated; every pfn is checked against the domain's limit for
- * the whole record before the record allocates anything.
+ * the whole record before the record allocates anything; a populating
+ * entry beyond max_pages is refused before it is allocated; at END every
+ * count the stream states (tot_pages, max_pages, PoD entries) is checked
+ * against what it carried (check_end).  One validator: every check is
+ * made on the stream and the region state, identically in a dry run and a
+ * restore; the domain's own refusals are a backstop, and a restore fails
+ * where a dry run succeeded only for want of memory or tables.
  *
  * Invariants: rs_2m.filled == popcount(fill), rs_2m.holes == popcount(hole),
- * fill & hole == 0; rs_1g.filled/holes are the sums over its r[]; a pfn
+ * fill & hole == 0; rs_1g.filled is the sum of its 2M regions' filled,
+ * rs_1g.holes > 0 iff a hole was named in the 1G region; a pfn
  * with a fill bit is mapped to RAM (real restore); the restored domain owns
  * exactly the frames its p2m maps.
  */

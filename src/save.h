@@ -15,7 +15,12 @@
  * the pages arrive in.  Algorithm:
  *  - every 2M region (and 1G region) of the pfn space keeps a fill count
  *    and a hole count, and per-4K "filled" and "hole" bits (sparse: only
- *    regions the stream mentions cost memory);
+ *    2M regions the stream populates cost region state; holes elsewhere
+ *    cost a slot in a set of pfns: memory is O(the stream's bytes));
+ *  - speculation (below) stays within max_pages, and a stream that
+ *    populates more than max_pages pages, or whose counts (tot_pages, PoD
+ *    entries) do not match what it carried, is refused, identically in a
+ *    dry run (`hugevm inspect`) and a restore;
  *  - the first time a populating entry (NOTAB or XALLOC) touches an
  *    unmapped pfn, the enclosing 1G region is allocated as one extent if
  *    no hole has been seen in it yet and the domain's layout allows it,
