@@ -269,6 +269,19 @@ out:
     return rc;
 }
 
+int guest_state_check(const struct guest_state *gs, uint64_t max_pages, char *err,
+                      size_t errlen)
+{
+    uint64_t pages = 0;
+    for (uint32_t i = 0; i < gs->nr_mem; i++)
+        pages += mem_extent(gs->mem, i).nr; /* (decode_mem: disjoint, below 2^36 each) */
+    if (pages > max_pages)
+        return fail(err, errlen, -EINVAL, "HVM_CONTEXT: GUEST_MEM covers %llu pages, the domain "
+                    "holds at most %llu (max_pages)", (unsigned long long)pages,
+                    (unsigned long long)max_pages);
+    return 0;
+}
+
 int guest_state_build(struct domain *d, const struct guest_state *gs,
                       void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val),
                       void *ctx, struct vcpu **v, struct workload **w, char *err, size_t errlen)
@@ -279,6 +292,9 @@ int guest_state_build(struct domain *d, const struct guest_state *gs,
     int rc = 0;
     for (unsigned i = 0; i < n; i++)
         v[i] = NULL, w[i] = NULL;
+    rc = guest_state_check(gs, d->max_pages, err, errlen);
+    if (rc < 0)
+        return rc;
     struct gfn_range *mem = NULL;
     if (gs->nr_mem) {
         mem = hv_malloc(gs->nr_mem * sizeof(*mem));

@@ -60,11 +60,20 @@ int guest_state_encode(struct hvctx_buf *b, unsigned n, struct vcpu *const *v,
 int guest_state_decode(const void *area, size_t len, struct guest_state *gs, char *err,
                        size_t errlen) HV_MUST_CHECK;
 
+/* Check a decoded state against the domain it is to run on: the memory
+ * the workloads address (GUEST_MEM) may not exceed max_pages pages, so
+ * that building them (zipf sums a term per page) costs O(the guest's RAM)
+ * whatever the stream says.  0 or -EINVAL (err says why).
+ * guest_state_build applies it; `hugevm inspect` calls it with the
+ * configuration's max_pages. */
+int guest_state_check(const struct guest_state *gs, uint64_t max_pages, char *err,
+                      size_t errlen) HV_MUST_CHECK;
+
 /* Create gs->nr_vcpus vCPUs of d and their workloads (given on_write and
  * ctx), then set each workload's saved position: v[i] and w[i] for i <
  * gs->nr_vcpus.  On error nothing is left created (v[], w[] NULL) and err
  * names the vCPU: -EINVAL (e.g. the position lies outside the vCPU's slice
- * of this guest), -ENOMEM. */
+ * of this guest, or guest_state_check refuses the state), -ENOMEM. */
 int guest_state_build(struct domain *d, const struct guest_state *gs,
                       void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val),
                       void *ctx, struct vcpu **v, struct workload **w, char *err,

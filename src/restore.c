@@ -3,10 +3,19 @@
  *
  * Algorithm (see save.h for the contract):
  *
- *   region state   top[pfn >> 18] -> struct rs_1g {filled, holes, r[512]}
- *                  r[(pfn >> 9) & 511] -> struct rs_2m {filled, holes,
- *                  fill bits[512], hole bits[512]}; allocated on first
- *                  mention, so memory follows what the stream names.
+ *   region state   g1[pfn >> 18] = struct rs_1g {filled, holes}, flat
+ *                  (8 bytes per 1G of the pfn limit, 2 MiB at most);
+ *                  tab: hash of pfn >> 9 -> struct rs_2m {filled, holes,
+ *                  fill/hole/data bits[512]}, created by the first
+ *                  populating entry of the 2M region (chunks of 256); a
+ *                  hole in a 2M region without state goes into hlog, a set
+ *                  of pfns, not into region state.  So memory is O(stream
+ *                  bytes), ~200 bytes per populated 2M region at most, and
+ *                  a stream of XTAB entries one per 1G region costs 16
+ *                  bytes per entry, not 4 KiB.
+ *   budget         speculative extents only while tot_pages stays within
+ *                  max_pages (or the machine); one trim of the unfilled
+ *                  speculation when not even 4K fits (first_touch).
  *   first touch    a populating entry for an unmapped pfn allocates the
  *                  enclosing 1G extent if that 1G region has seen no hole,
  *                  else the 2M extent if that 2M region has seen no hole,
@@ -30,10 +39,17 @@
  *
  * Untrusted input: every length and count is bounded before the buffer it
  * sizes is allocated; every pfn is checked against the domain's limit for
- * the whole record before the record allocates anything.
+ * the whole record before the record allocates anything; a populating
+ * entry beyond max_pages is refused before it is allocated; at END every
+ * count the stream states (tot_pages, max_pages, PoD entries) is checked
+ * against what it carried (check_end).  One validator: every check is
+ * made on the stream and the region state, identically in a dry run and a
+ * restore; the domain's own refusals are a backstop, and a restore fails
+ * where a dry run succeeded only for want of memory or tables.
  *
  * Invariants: rs_2m.filled == popcount(fill), rs_2m.holes == popcount(hole),
- * fill & hole == 0; rs_1g.filled/holes are the sums over its r[]; a pfn
+ * fill & hole == 0; rs_1g.filled is the sum of its 2M regions' filled,
+ * rs_1g.holes > 0 iff a hole was named in the 1G region; a pfn
  * with a fill bit is mapped to RAM (real restore); the restored domain owns
  * exactly the frames its p2m maps.
  */
@@ -56,9 +72,18 @@ struct rs_2m {
     uint64_t data[8]; /* written from a data page (restore_opts.track_data) */
 };
 
+/* Per 1G region, flat (8 bytes per 1G of the pfn limit: 2 MiB at most). */
 struct rs_1g {
-    uint32_t filled, holes;
-    struct rs_2m *r[512];
+    uint32_t filled; /* pfns filled in the region */
+    uint32_t holes;  /* hole entries seen in it (> 0: a hole was seen) */
+};
+
+#define RS_SLAB 256
+
+/* The 2M regions with state: open addressing on pfn >> 9, key + 1 (0: free). */
+struct rs_slot {
+    uint64_t key;
+    struct rs_2m *s;
 };
 
 struct rctx {
@@ -74,8 +99,17 @@ struct rctx {
     gfn_t limit;            /* pfns must be below */
     bool limit_fixed;
     gfn_t max_seen;         /* 1 + highest pfn named */
-    struct rs_1g **top;
+    gfn_t max_filled;       /* 1 + highest pfn populated */
+    struct rs_1g *g1;       /* [ntop] */
     uint64_t ntop;
+    struct rs_slot *tab;    /* [tab_cap], tab_len used */
+    size_t tab_cap, tab_len;
+    struct rs_2m **slabs;   /* chunks of RS_SLAB 2M states */
+    size_t nslabs, slabs_cap, slab_left;
+    uint64_t *hlog;         /* set of holes named in 2M regions without state */
+    size_t nhlog, hlog_cap;
+    uint64_t budget;        /* real restore: tot_pages may not exceed it (speculation included) */
+    bool no_spec;           /* speculation was trimmed once: first touches are 4K from now on */
     uint64_t *pfns;         /* PAGE_DATA entry buffer */
     mfn_t *mfns;            /* machine frame of each entry (real restore) */
     size_t pfns_cap;
@@ -100,44 +134,132 @@ struct rctx {
 static int state_init(struct rctx *c)
 {
     c->ntop = (c->limit + REGION_1G - 1) >> PAGE_ORDER_1G;
-    c->top = hv_calloc(c->ntop ? c->ntop : 1, sizeof(*c->top));
-    return c->top ? 0 : -ENOMEM;
+    c->g1 = hv_calloc(c->ntop ? c->ntop : 1, sizeof(*c->g1));
+    c->tab_cap = 64;
+    c->tab = hv_calloc(c->tab_cap, sizeof(*c->tab));
+    return c->g1 && c->tab ? 0 : -ENOMEM;
 }
 
 static void state_free(struct rctx *c)
 {
-    if (!c->top)
-        return;
-    for (uint64_t i = 0; i < c->ntop; i++) {
-        if (!c->top[i])
-            continue;
-        for (unsigned k = 0; k < 512; k++)
-            free(c->top[i]->r[k]);
-        free(c->top[i]);
-    }
-    free(c->top);
-    c->top = NULL;
+    for (size_t i = 0; i < c->nslabs; i++)
+        free(c->slabs[i]);
+    free(c->slabs);
+    c->slabs = NULL;
+    c->nslabs = 0;
+    free(c->tab);
+    free(c->g1);
+    free(c->hlog);
+    c->tab = NULL;
+    c->g1 = NULL;
+    c->hlog = NULL;
 }
 
-static struct rs_1g *node_1g(struct rctx *c, gfn_t pfn, bool create)
+static struct rs_1g *node_1g(struct rctx *c, gfn_t pfn)
 {
     uint64_t i = pfn >> PAGE_ORDER_1G;
-    if (i >= c->ntop)
-        return NULL;
-    if (!c->top[i] && create)
-        c->top[i] = hv_calloc(1, sizeof(struct rs_1g));
-    return c->top[i];
+    return c->g1 && i < c->ntop ? &c->g1[i] : NULL;
 }
 
+static size_t slot_of(const struct rs_slot *tab, size_t cap, uint64_t key)
+{
+    size_t i = (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 20) & (cap - 1);
+    while (tab[i].key && tab[i].key != key)
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static int tab_grow(struct rctx *c)
+{
+    size_t cap = c->tab_cap * 2;
+    struct rs_slot *t = hv_calloc(cap, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    for (size_t i = 0; i < c->tab_cap; i++)
+        if (c->tab[i].key)
+            t[slot_of(t, cap, c->tab[i].key)] = c->tab[i];
+    free(c->tab);
+    c->tab = t;
+    c->tab_cap = cap;
+    return 0;
+}
+
+/* The state of pfn's 2M region: NULL when it has none (and !create, or
+ * out of memory, or pfn beyond the limit). */
 static struct rs_2m *node_2m(struct rctx *c, gfn_t pfn, bool create)
 {
-    struct rs_1g *g = node_1g(c, pfn, create);
-    if (!g)
+    if (!c->tab || (pfn >> PAGE_ORDER_1G) >= c->ntop)
         return NULL;
-    unsigned k = (unsigned)(pfn >> PAGE_ORDER_2M) & 511;
-    if (!g->r[k] && create)
-        g->r[k] = hv_calloc(1, sizeof(struct rs_2m));
-    return g->r[k];
+    uint64_t key = (pfn >> PAGE_ORDER_2M) + 1;
+    size_t i = slot_of(c->tab, c->tab_cap, key);
+    if (c->tab[i].key || !create)
+        return c->tab[i].s;
+    if (2 * (c->tab_len + 1) > c->tab_cap) {
+        if (tab_grow(c) < 0)
+            return NULL;
+        i = slot_of(c->tab, c->tab_cap, key);
+    }
+    if (!c->slab_left) { /* 2M states come in chunks: no allocator overhead each */
+        if (c->nslabs == c->slabs_cap) {
+            size_t cap = c->slabs_cap ? 2 * c->slabs_cap : 16;
+            struct rs_2m **l = realloc(c->slabs, cap * sizeof(*l));
+            if (!l)
+                return NULL;
+            c->slabs = l;
+            c->slabs_cap = cap;
+        }
+        struct rs_2m *chunk = hv_calloc(RS_SLAB, sizeof(*chunk));
+        if (!chunk)
+            return NULL;
+        c->slabs[c->nslabs++] = chunk;
+        c->slab_left = RS_SLAB;
+    }
+    struct rs_2m *s = &c->slabs[c->nslabs - 1][RS_SLAB - c->slab_left--];
+    c->tab[i] = (struct rs_slot){key, s};
+    c->tab_len++;
+    return s;
+}
+
+/*
+ * Non-live: a hole named in a 2M region without state costs no region
+ * state, only a slot in a set of pfns (open addressing on pfn + 1, at most
+ * half full: 16 bytes or less per XTAB entry of 8 bytes), so that a stream
+ * naming one hole per 1G region costs O(its size).  A populating entry for
+ * a pfn in a 1G region where holes were seen looks itself up there.
+ */
+static size_t hslot(const uint64_t *k, size_t cap, uint64_t key)
+{
+    size_t i = (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & (cap - 1);
+    while (k[i] && k[i] != key)
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static int hole_log(struct rctx *c, gfn_t pfn)
+{
+    if (2 * (c->nhlog + 1) > c->hlog_cap) {
+        size_t cap = c->hlog_cap ? c->hlog_cap * 2 : 1024;
+        uint64_t *k = hv_calloc(cap, sizeof(*k));
+        if (!k)
+            return -ENOMEM;
+        for (size_t i = 0; i < c->hlog_cap; i++)
+            if (c->hlog[i])
+                k[hslot(k, cap, c->hlog[i])] = c->hlog[i];
+        free(c->hlog);
+        c->hlog = k;
+        c->hlog_cap = cap;
+    }
+    size_t i = hslot(c->hlog, c->hlog_cap, pfn + 1);
+    if (!c->hlog[i]) {
+        c->hlog[i] = pfn + 1;
+        c->nhlog++;
+    }
+    return 0;
+}
+
+static bool hole_logged(const struct rctx *c, gfn_t pfn)
+{
+    return c->nhlog && c->hlog[hslot(c->hlog, c->hlog_cap, pfn + 1)] == pfn + 1;
 }
 
 static bool bit(const uint64_t *b, gfn_t pfn)
@@ -363,20 +485,37 @@ static int make_domain(struct rctx *c)
     if (rc < 0)
         return FAIL(c, rc, UINT64_MAX, "cannot create the domain: %s", strerror(-rc));
     res->domid = c->d->domid;
+    /* Speculation may exceed neither the configuration's max_pages nor
+     * the machine (a live stream's guest may hold more RAM for a while). */
+    c->budget = c->d->max_pages;
+    if (res->have_config && !c->o->live && res->config.max_pages < c->budget)
+        c->budget = res->config.max_pages;
     return 0;
 }
 
-/* Map one extent for a first touch at pfn; returns 0 and *mfn of pfn. */
+static int free_unfilled(struct rctx *c);
+
+/*
+ * Map one extent for a first touch at pfn; returns 0 and *mfn of pfn.
+ *
+ * Speculation is bounded: an extent is tried only while the domain's
+ * tot_pages stays within c->budget (max_pages of the configuration, or
+ * the machine).  When not even the 4K page fits, the unfilled pages of
+ * every speculative extent are given back once (free_unfilled, as at END)
+ * and first touches are 4K from then on: so a sparse stream costs at most
+ * max_pages frames at any time, and trimming costs one walk of the p2m.
+ */
 static int first_touch(struct rctx *c, gfn_t pfn, mfn_t *mfn)
 {
-    struct rs_1g *g1 = node_1g(c, pfn, false);
+    struct rs_1g *g1 = node_1g(c, pfn);
     struct rs_2m *g2 = node_2m(c, pfn, false);
     static const unsigned orders[] = {PAGE_ORDER_1G, PAGE_ORDER_2M};
-    for (size_t i = 0; i < ARRAY_SIZE(orders); i++) {
+    for (size_t i = 0; !c->no_spec && i < ARRAY_SIZE(orders); i++) {
         unsigned o = orders[i];
         gfn_t base = pfn & ~(order_pages(o) - 1);
         bool holes = o == PAGE_ORDER_1G ? g1 && g1->holes : g2 && g2->holes;
-        if (holes || base + order_pages(o) > c->limit)
+        if (holes || base + order_pages(o) > c->limit ||
+            c->d->tot_pages + order_pages(o) > c->budget)
             continue;
         mfn_t m0;
         int rc = domain_map_extent(c->d, base, o, &m0);
@@ -392,6 +531,17 @@ static int first_touch(struct rctx *c, gfn_t pfn, mfn_t *mfn)
             c->res->fallback_nomem++;
         else if (rc != -EINVAL && rc != -EEXIST && rc != -EDQUOT)
             return rc;
+    }
+    if (c->d->tot_pages + 1 > c->budget) {
+        if (c->no_spec)
+            return -EDQUOT;
+        int rc = free_unfilled(c);
+        if (rc < 0)
+            return rc;
+        c->no_spec = true;
+        c->res->spec_trims++;
+        if (c->d->tot_pages + 1 > c->budget)
+            return -EDQUOT;
     }
     int rc = domain_map_extent(c->d, pfn, PAGE_ORDER_4K, mfn);
     if (rc == 0)
@@ -588,16 +738,16 @@ static int page_data(struct rctx *c)
         uint64_t at = body + 8 + 8ULL * i;
         unsigned t = stream_entry_type(c->pfns[i]);
         gfn_t pfn = stream_entry_pfn(c->pfns[i]);
-        struct rs_2m *s = node_2m(c, pfn, true);
-        struct rs_1g *g = node_1g(c, pfn, false);
-        if (!s)
-            return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the region state");
+        struct rs_1g *g = node_1g(c, pfn);
         if (pfn + 1 > c->max_seen)
             c->max_seen = pfn + 1;
         if (!is_populating(t)) {
+            /* A hole costs region state only where the region has some
+             * already: elsewhere it is logged (non-live) or nothing. */
+            struct rs_2m *s = node_2m(c, pfn, false);
             run = 0;
             prev = pfn;
-            if (bit(s->fill, pfn) && !c->o->live)
+            if (s && bit(s->fill, pfn) && !c->o->live)
                 return FAIL(c, -EEXIST, at, "conflicting duplicate: pfn %#llx was populated "
                             "earlier and is now a hole", (unsigned long long)pfn);
             if (t == STREAM_PAGE_XTAB)
@@ -609,7 +759,7 @@ static int page_data(struct rctx *c)
                  * pfn is forgotten and its frame freed after this record's
                  * data (drop_pfns).  No hole is recorded: a region
                  * populated again may be one superpage again. */
-                if (bit(s->fill, pfn)) {
+                if (s && bit(s->fill, pfn)) {
                     unfill(c, s, g, pfn);
                     res->pages_dropped++;
                     if (!c->o->dry_run)
@@ -617,25 +767,39 @@ static int page_data(struct rctx *c)
                 }
                 continue;
             }
-            if (!bit(s->hole, pfn)) {
+            if (!s) {
+                if (hole_log(c, pfn) < 0)
+                    return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the hole log");
+                g->holes++;
+            } else if (!bit(s->hole, pfn)) {
                 set_bit(s->hole, pfn);
                 s->holes++;
                 g->holes++;
             }
             continue;
         }
+        struct rs_2m *s = node_2m(c, pfn, true);
+        if (!s)
+            return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the region state");
         run = (run && pfn == prev + 1) ? run + 1 : 1;
         prev = pfn;
         if (run >= 512 && ((pfn + 1) & 511) == 0)
             res->xen_2m++;
-        if (bit(s->hole, pfn)) /* (never set in a live stream) */
+        if (bit(s->hole, pfn) || (g->holes && hole_logged(c, pfn))) /* (never in a live stream) */
             return FAIL(c, -EEXIST, at, "conflicting duplicate: pfn %#llx was a hole earlier "
                         "and is now populated", (unsigned long long)pfn);
         bool refill = bit(s->fill, pfn);
         mfn_t mfn = INVALID_MFN;
-        if (c->o->dry_run && c->cfg_at_create && cfg_in_hole(&res->config, pfn))
+        if (c->cfg_at_create && cfg_in_hole(&res->config, pfn))
             return FAIL(c, -EINVAL, at, "pfn %#llx lies in a hole of the domain",
                         (unsigned long long)pfn);
+        /* Never more RAM than the configuration allows (a live stream may
+         * hold more for a while: pages dropped later; END checks it). */
+        if (!refill && c->cfg_at_create && !c->o->live &&
+            res->pages_populated + 1 > res->config.max_pages)
+            return FAIL(c, -EDQUOT, at, "pfn %#llx: the stream populates more than max_pages "
+                        "(%llu) pages", (unsigned long long)pfn,
+                        (unsigned long long)res->config.max_pages);
         if (!c->o->dry_run) {
             enum p2m_type pt;
             mfn = p2m_get_entry(c->d->p2m, pfn, &pt, NULL);
@@ -661,6 +825,8 @@ static int page_data(struct rctx *c)
             s->filled++;
             g->filled++;
             res->pages_populated++;
+            if (pfn + 1 > c->max_filled)
+                c->max_filled = pfn + 1;
         }
     }
     /* The data, in entry order, straight into the frames: runs of data
@@ -744,14 +910,21 @@ static int hv_layout(struct rctx *c)
                         i, (unsigned long long)gfn);
         if (c->o->dry_run)
             continue;
-        rc = domain_map_extent(c->d, gfn, order, NULL);
-        if (rc == -ENOMEM) {
-            c->res->fallback_nomem++;
+        if (c->d->tot_pages + order_pages(order) > c->budget) {
+            c->res->layout_skipped++; /* a hint: first touches build the same leaves */
             continue;
         }
-        if (rc < 0)
-            return FAIL(c, rc, at, "layout entry %u: cannot map order %u at %#llx: %s", i, order,
-                        (unsigned long long)gfn, strerror(-rc));
+        rc = domain_map_extent(c->d, gfn, order, NULL);
+        if (rc < 0) {
+            /* A hint the domain cannot take (a hole, a 4K-only range, an
+             * extent mapped already, no memory) is skipped: a dry run
+             * cannot know the domain's answer, and both must agree. */
+            if (rc == -ENOMEM)
+                c->res->fallback_nomem++;
+            else
+                c->res->layout_skipped++;
+            continue;
+        }
         if (order == PAGE_ORDER_1G)
             c->res->prealloc_1g++;
         else
@@ -845,6 +1018,38 @@ static int hvm_params(struct rctx *c)
     return 0;
 }
 
+/* HV_CHECKSUM: the xxh64 of every byte before the record. */
+static int hv_checksum(struct rctx *c)
+{
+    struct stream_hv_checksum h;
+    uint64_t body = c->rd.rec_offset + 8;
+    if (c->rd.length != sizeof(h))
+        return FAIL(c, -EBADMSG, body, "HV_CHECKSUM body is %u bytes, want %zu", c->rd.length,
+                    sizeof(h));
+    int rc = stream_read_body(&c->rd, &h, sizeof(h));
+    if (rc < 0)
+        return rc;
+    if (le32toh(h.algo) != STREAM_CSUM_XXH64) { /* another algorithm: an unknown record */
+        c->res->skipped_records++;
+        return 0;
+    }
+    c->res->have_checksum = true;
+    if (le64toh(h.covered) != c->rd.rec_offset)
+        return FAIL(c, -EBADMSG, body + 8, "HV_CHECKSUM covers %llu bytes, but the record "
+                    "starts at byte %llu", (unsigned long long)le64toh(h.covered),
+                    (unsigned long long)c->rd.rec_offset);
+    if (!c->rd.hashing)
+        return 0;
+    if (le64toh(h.hash) != c->rd.hash_before)
+        return FAIL(c, -EBADMSG, body + 16, "stream checksum mismatch: bytes [0, %llu) hash to "
+                    "%#llx, the record says %#llx (bit rot, or the file changed while it was "
+                    "read)", (unsigned long long)c->rd.rec_offset,
+                    (unsigned long long)c->rd.hash_before,
+                    (unsigned long long)le64toh(h.hash));
+    c->res->checksum_verified = true;
+    return 0;
+}
+
 static int tsc_info(struct rctx *c)
 {
     if (c->rd.length != sizeof(struct stream_x86_tsc_info))
@@ -915,7 +1120,7 @@ static int unfilled_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
     struct rctx *c = rs->c;
     gfn_t end = gfn + order_pages(order);
     if (order == PAGE_ORDER_1G) {
-        struct rs_1g *g = node_1g(c, gfn, false);
+        struct rs_1g *g = node_1g(c, gfn);
         if (g && g->filled == REGION_1G)
             return 0;
     }
@@ -936,6 +1141,24 @@ static int unfilled_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
     return 0;
 }
 
+/* Give back every mapped page the stream has not filled (speculation):
+ * at END, and once early when speculation reaches the budget. */
+static int free_unfilled(struct rctx *c)
+{
+    struct runs rs = {.c = c};
+    int rc = p2m_for_each_leaf(c->d->p2m, 0, P2M_GFN_LIMIT, unfilled_leaf, &rs);
+    for (size_t i = 0; rc == 0 && i < rs.len; i++) {
+        long n = domain_decrease_reservation(c->d, rs.g[i], rs.n[i]);
+        if (n < 0)
+            rc = (int)n;
+        else
+            c->res->freed_pages += (uint64_t)n;
+    }
+    free(rs.g);
+    free(rs.n);
+    return rc;
+}
+
 static bool cfg_block_4k_only(const struct stream_config *cfg, gfn_t g, unsigned order)
 {
     for (unsigned i = 0; i < cfg->nr_4k_ranges; i++) {
@@ -946,58 +1169,71 @@ static bool cfg_block_4k_only(const struct stream_config *cfg, gfn_t g, unsigned
     return false;
 }
 
-
 /* Dry run: the leaves a restore would build on an unfragmented machine. */
 static void predict(struct rctx *c, const struct stream_config *cfg)
 {
     struct restore_result *res = c->res;
-    for (uint64_t i = 0; c->top && i < c->ntop; i++) {
-        struct rs_1g *g = c->top[i];
-        if (!g)
-            continue;
-        gfn_t base = i << PAGE_ORDER_1G;
-        if (g->filled == REGION_1G && (!cfg || !cfg_block_4k_only(cfg, base, 18))) {
+    for (uint64_t i = 0; i < c->ntop; i++)
+        if (c->g1[i].filled == REGION_1G &&
+            (!cfg || !cfg_block_4k_only(cfg, i << PAGE_ORDER_1G, 18)))
             res->pages_1g++;
+    for (size_t i = 0; i < c->tab_cap; i++) {
+        const struct rs_2m *s = c->tab[i].s;
+        if (!s)
+            continue;
+        gfn_t base = (c->tab[i].key - 1) << PAGE_ORDER_2M;
+        if (node_1g(c, base)->filled == REGION_1G &&
+            (!cfg || !cfg_block_4k_only(cfg, base & ~(REGION_1G - 1), 18)))
+            continue;
+        if (s->filled == 512 && (!cfg || !cfg_block_4k_only(cfg, base, 9)))
+            res->pages_2m++;
+        else
+            res->pages_4k += s->filled;
+    }
+}
+
+/* The first filled pfn in [lo, hi), or INVALID_GFN. */
+static gfn_t first_filled(struct rctx *c, gfn_t lo, gfn_t hi)
+{
+    for (gfn_t g = lo; g < hi;) {
+        const struct rs_1g *g1 = node_1g(c, g);
+        gfn_t next_1g = (g | (REGION_1G - 1)) + 1;
+        if (!g1 || !g1->filled) {
+            g = next_1g;
             continue;
         }
-        for (unsigned k = 0; k < 512; k++) {
-            struct rs_2m *s = g->r[k];
-            if (!s)
-                continue;
-            if (s->filled == 512 && (!cfg || !cfg_block_4k_only(cfg, base + 512ULL * k, 9)))
-                res->pages_2m++;
-            else
-                res->pages_4k += s->filled;
-        }
+        const struct rs_2m *s = node_2m(c, g, false);
+        gfn_t next_2m = (g | 511) + 1;
+        if (s && s->filled)
+            for (gfn_t x = g; x < next_2m && x < hi; x++)
+                if (bit(s->fill, x))
+                    return x;
+        g = next_2m;
     }
+    return INVALID_GFN;
+}
+
+/* A configuration that came after the page data: no RAM may lie in the
+ * holes it declares.  Checked on the region state, so that a dry run and a
+ * restore say the same. */
+static int check_late_holes(struct rctx *c, const struct stream_config *cfg)
+{
+    gfn_t hs = GFN_4G - (cfg->mmio_hole_bytes >> PAGE_SHIFT);
+    gfn_t g = first_filled(c, hs, GFN_4G);
+    if (g != INVALID_GFN)
+        return FAIL(c, -EEXIST, UINT64_MAX, "pfn %#llx is populated but lies in the "
+                    "MMIO hole of the configuration", (unsigned long long)g);
+    if (cfg->vga_hole && (g = first_filled(c, VGA_HOLE_GFN, VGA_HOLE_GFN + VGA_HOLE_NR)) !=
+                             INVALID_GFN)
+        return FAIL(c, -EEXIST, UINT64_MAX, "pfn %#llx is populated but lies in the "
+                    "VGA hole", (unsigned long long)g);
+    return 0;
 }
 
 static int apply_late_config(struct rctx *c, const struct stream_config *cfg)
 {
     struct domain *d = c->d;
-    if (c->max_seen > cfg->max_gfn && !c->o->live) /* live: see ram_beyond */
-        return FAIL(c, -ERANGE, UINT64_MAX, "pfn %#llx is beyond the domain (max_gfn %#llx)",
-                    (unsigned long long)(c->max_seen - 1), (unsigned long long)cfg->max_gfn);
-    gfn_t hs = GFN_4G - (cfg->mmio_hole_bytes >> PAGE_SHIFT);
-    /* No RAM may be left in the holes the configuration declares. */
-    for (gfn_t g = hs; g < GFN_4G;) {
-        enum p2m_type t;
-        unsigned o;
-        p2m_get_entry(d->p2m, g, &t, &o);
-        if (p2m_is_ram(t) || t == p2m_pod)
-            return FAIL(c, -EEXIST, UINT64_MAX, "pfn %#llx is populated but lies in the "
-                        "MMIO hole of the configuration", (unsigned long long)g);
-        g = (g & ~(order_pages(o) - 1)) + order_pages(o);
-    }
-    if (cfg->vga_hole)
-        for (gfn_t g = VGA_HOLE_GFN; g < VGA_HOLE_GFN + VGA_HOLE_NR; g++) {
-            enum p2m_type t;
-            p2m_get_entry(d->p2m, g, &t, NULL);
-            if (t != p2m_invalid)
-                return FAIL(c, -EEXIST, UINT64_MAX, "pfn %#llx is populated but lies in the "
-                            "VGA hole", (unsigned long long)g);
-        }
-    d->mmio_hole_start = hs;
+    d->mmio_hole_start = GFN_4G - (cfg->mmio_hole_bytes >> PAGE_SHIFT);
     d->mmio_hole_end = GFN_4G;
     d->vga_hole = cfg->vga_hole;
     for (unsigned i = 0; i < cfg->nr_4k_ranges; i++) {
@@ -1008,41 +1244,89 @@ static int apply_late_config(struct rctx *c, const struct stream_config *cfg)
     return 0;
 }
 
-static int restore_pod(struct rctx *c, gfn_t max_gfn)
+static int cmp_u64(const void *a, const void *b)
 {
-    for (size_t i = 0; i < c->npod; i++) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * Check the PoD entries against the stream and the configuration (the same
+ * checks in a dry run and a restore): orders 0/9/18, aligned, below
+ * max_gfn, no overlap with populated pfns, with each other, with a hole of
+ * the configuration, no superpage entry over a 4K-only range.  *pages gets
+ * the pages they cover.
+ */
+static int check_pod(struct rctx *c, const struct stream_config *cfg, gfn_t max_gfn,
+                     uint64_t *pages)
+{
+    *pages = 0;
+    if (!c->npod)
+        return 0;
+    uint64_t *sorted = hv_malloc(c->npod * sizeof(*sorted));
+    if (!sorted)
+        return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for %zu PoD entries", c->npod);
+    int rc = 0;
+    for (size_t i = 0; i < c->npod && rc == 0; i++) {
         uint64_t x = c->pod[i];
         unsigned order = (unsigned)(x >> STREAM_EXTENT_ORDER_SHIFT);
         gfn_t gfn = x & STREAM_PFN_MASK;
         if ((order != 0 && order != PAGE_ORDER_2M && order != PAGE_ORDER_1G) ||
             !is_aligned_order(gfn, order) || (x & (0xfULL << 52)) || gfn >= max_gfn ||
-            order_pages(order) > max_gfn - gfn)
-            return FAIL(c, -EBADMSG, UINT64_MAX, "PoD entry %zu: bad extent %#llx", i,
-                        (unsigned long long)x);
-        for (gfn_t g = gfn; g < gfn + order_pages(order); g += 512) {
-            struct rs_2m *s = node_2m(c, g, false);
-            /* a 4K PoD entry may share its 2M region with populated pfns:
-             * only its own fill bit matters; larger entries cover the 2M */
-            bool overlap = s && (order == 0 ? (s->fill[(g & 511) / 64] >> (g % 64)) & 1
-                                            : s->filled != 0);
-            if (overlap)
-                return FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx overlaps populated "
-                            "pfns", i, (unsigned long long)gfn);
+            order_pages(order) > max_gfn - gfn) {
+            rc = FAIL(c, -EBADMSG, UINT64_MAX, "PoD entry %zu: bad extent %#llx", i,
+                      (unsigned long long)x);
+            break;
         }
-        if (c->o->dry_run) {
-            c->res->pod_entries++;
-            continue;
+        gfn_t end = gfn + order_pages(order);
+        gfn_t f = first_filled(c, gfn, end);
+        if (f != INVALID_GFN)
+            rc = FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx overlaps populated "
+                      "pfn %#llx", i, (unsigned long long)gfn, (unsigned long long)f);
+        else if (cfg && ((cfg->vga_hole && gfn < VGA_HOLE_GFN + VGA_HOLE_NR &&
+                          end > VGA_HOLE_GFN) ||
+                         (gfn < GFN_4G && end > GFN_4G - (cfg->mmio_hole_bytes >> PAGE_SHIFT))))
+            rc = FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx covers a hole", i,
+                      (unsigned long long)gfn);
+        else if (cfg && order && cfg_block_4k_only(cfg, gfn, order))
+            rc = FAIL(c, -EBADMSG, UINT64_MAX, "PoD entry %zu: order %u over a 4K-only range",
+                      i, order);
+        /* gfn in bits 0-51, order above: sorting by gfn */
+        sorted[i] = (gfn << 8) | order;
+        *pages += order_pages(order);
+    }
+    if (rc == 0) {
+        qsort(sorted, c->npod, sizeof(*sorted), cmp_u64);
+        for (size_t i = 1; i < c->npod && rc == 0; i++) {
+            gfn_t pg = sorted[i - 1] >> 8;
+            if (pg + order_pages((unsigned)(sorted[i - 1] & 0xff)) > (sorted[i] >> 8))
+                rc = FAIL(c, -EEXIST, UINT64_MAX, "PoD entries at %#llx and %#llx overlap",
+                          (unsigned long long)pg, (unsigned long long)(sorted[i] >> 8));
         }
-        for (gfn_t g = gfn; g < gfn + order_pages(order); g++) {
-            if (domain_gfn_in_hole(c->d, g))
-                return FAIL(c, -EEXIST, UINT64_MAX, "PoD entry %zu at %#llx covers a hole", i,
-                            (unsigned long long)gfn);
-            if (order && !(g & 511) && g + 512 <= gfn + order_pages(order))
-                g += 511; /* holes are 2M-granular except the VGA hole below 2M */
-        }
-        if (order && p2m_range_is_4k_only(c->d->p2m, gfn, order))
-            return FAIL(c, -EBADMSG, UINT64_MAX, "PoD entry %zu: order %u over a 4K-only range",
-                        i, order);
+    }
+    free(sorted);
+    return rc;
+}
+
+/* The PoD cache a restore sets up (as pod_set_cache_target and
+ * pod_set_target do), so that a dry run predicts tot_pages exactly. */
+static uint64_t pod_cache_pages(const struct rctx *c, uint64_t populated, uint64_t entries)
+{
+    uint64_t want = 0;
+    if (c->have_pod_cache)
+        want = c->pod_cache;
+    else if (c->pod_target)
+        want = c->pod_target > populated ? c->pod_target - populated : 0;
+    return want < entries ? want : entries;
+}
+
+/* Restore the PoD entries (checked by check_pod) and the cache. */
+static int restore_pod(struct rctx *c)
+{
+    for (size_t i = 0; i < c->npod; i++) {
+        uint64_t x = c->pod[i];
+        unsigned order = (unsigned)(x >> STREAM_EXTENT_ORDER_SHIFT);
+        gfn_t gfn = x & STREAM_PFN_MASK;
         enum p2m_type t;
         unsigned lo;
         p2m_get_entry(c->d->p2m, gfn, &t, &lo);
@@ -1055,7 +1339,7 @@ static int restore_pod(struct rctx *c, gfn_t max_gfn)
             return FAIL(c, rc, UINT64_MAX, "PoD entry %zu: %s", i, strerror(-rc));
         c->res->pod_entries++;
     }
-    if (c->have_pod_cache && !c->o->dry_run) {
+    if (c->have_pod_cache) {
         /* The source's cache exactly (its target is only a record of the
          * last request: target - populated differs from the cache once RAM
          * was populated or released beside PoD). */
@@ -1067,7 +1351,7 @@ static int restore_pod(struct rctx *c, gfn_t max_gfn)
                         (unsigned long long)cache, strerror(-rc));
         c->d->pod.target = c->pod_target;
         c->res->pod_target = c->pod_target;
-    } else if (c->pod_target && !c->o->dry_run) {
+    } else if (c->pod_target) {
         int rc = pod_set_target(c->d, c->pod_target);
         if (rc < 0)
             return FAIL(c, rc, UINT64_MAX, "PoD target of %llu pages: %s",
@@ -1077,18 +1361,20 @@ static int restore_pod(struct rctx *c, gfn_t max_gfn)
     return 0;
 }
 
-/* The data bits of every region, flat, for the caller (track_data). */
+/* The data bits of every region, flat up to the highest populated pfn,
+ * for the caller (track_data). */
 static int export_data_bits(struct rctx *c)
 {
     struct restore_result *res = c->res;
-    gfn_t nr = (c->max_seen + 511) & ~(gfn_t)511;
+    gfn_t nr = (c->max_filled + 511) & ~(gfn_t)511;
     res->data_bits = hv_calloc(nr / 64 + 1, 8);
     if (!res->data_bits)
         return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the data bitmap");
     res->data_bits_nr = nr;
-    for (gfn_t g = 0; g < nr; g += 512) {
-        const struct rs_2m *s = node_2m(c, g, false);
-        if (s)
+    for (size_t i = 0; i < c->tab_cap; i++) {
+        const struct rs_2m *s = c->tab[i].s;
+        gfn_t g = (c->tab[i].key - 1) << PAGE_ORDER_2M;
+        if (s && g < nr)
             memcpy(res->data_bits + g / 64, s->data, sizeof(s->data));
     }
     return 0;
@@ -1131,6 +1417,42 @@ static bool cfg_equal_live(const struct stream_config *a, const struct stream_co
     return cfg_equal(a, &x);
 }
 
+/*
+ * The checks at END, on the stream alone (region state, PoD entries and
+ * the configuration), the same for a dry run (`hugevm inspect`) and a
+ * restore: after them a restore can fail only for want of machine memory
+ * or p2m tables (-ENOMEM) or an I/O error.  Every count the stream states
+ * is checked against what it carried: the pfns against max_gfn, the pages
+ * it populates plus the PoD cache against tot_pages and max_pages.
+ */
+static int check_end(struct rctx *c, const struct stream_config *cfg, gfn_t max_gfn)
+{
+    struct restore_result *res = c->res;
+    int rc;
+    if (cfg && c->max_seen > cfg->max_gfn && !c->o->live) /* live: see ram_beyond */
+        return FAIL(c, -ERANGE, UINT64_MAX, "pfn %#llx is beyond the domain (max_gfn %#llx)",
+                    (unsigned long long)(c->max_seen - 1), (unsigned long long)cfg->max_gfn);
+    if (cfg && !c->cfg_at_create && (rc = check_late_holes(c, cfg)) < 0)
+        return rc;
+    uint64_t pod_pages;
+    if ((rc = check_pod(c, cfg, max_gfn, &pod_pages)) < 0)
+        return rc;
+    if (!cfg)
+        return 0;
+    uint64_t cache = pod_cache_pages(c, res->pages_populated, pod_pages);
+    uint64_t tot = res->pages_populated + cache;
+    if (tot > cfg->max_pages)
+        return FAIL(c, -EDQUOT, UINT64_MAX, "the stream populates %llu pages (PoD cache "
+                    "included), max_pages is %llu", (unsigned long long)tot,
+                    (unsigned long long)cfg->max_pages);
+    if (tot != cfg->tot_pages)
+        return FAIL(c, -EBADMSG, UINT64_MAX, "the stream carries %llu pages (%llu populated, "
+                    "%llu in the PoD cache), its configuration states tot_pages %llu",
+                    (unsigned long long)tot, (unsigned long long)res->pages_populated,
+                    (unsigned long long)cache, (unsigned long long)cfg->tot_pages);
+    return 0;
+}
+
 static int finish(struct rctx *c)
 {
     struct restore_result *res = c->res;
@@ -1150,26 +1472,17 @@ static int finish(struct rctx *c)
         cfg = &res->config;
     }
     gfn_t max_gfn = cfg ? cfg->max_gfn : c->limit;
+    rc = check_end(c, cfg, max_gfn);
+    if (rc < 0)
+        return rc;
     if (c->o->dry_run) {
-        if (cfg && c->max_seen > cfg->max_gfn)
-            return FAIL(c, -ERANGE, UINT64_MAX, "pfn %#llx is beyond the domain (max_gfn %#llx)",
-                        (unsigned long long)(c->max_seen - 1), (unsigned long long)cfg->max_gfn);
         predict(c, cfg);
-        return restore_pod(c, max_gfn);
+        res->pod_entries = c->npod;
+        return 0;
     }
     struct domain *d = c->d;
     /* Give back what was allocated speculatively and never filled. */
-    struct runs rs = {.c = c};
-    rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, unfilled_leaf, &rs);
-    for (size_t i = 0; rc == 0 && i < rs.len; i++) {
-        long n = domain_decrease_reservation(d, rs.g[i], rs.n[i]);
-        if (n < 0)
-            rc = (int)n;
-        else
-            res->freed_pages += (uint64_t)n;
-    }
-    free(rs.g);
-    free(rs.n);
+    rc = free_unfilled(c);
     if (rc < 0)
         return FAIL(c, rc, UINT64_MAX, "freeing unfilled speculative pages: %s", strerror(-rc));
     long merged = p2m_coalesce(d->p2m, 0, P2M_GFN_LIMIT);
@@ -1181,11 +1494,11 @@ static int finish(struct rctx *c)
     }
     if (c->o->live && (rc = ram_beyond(c, max_gfn)) < 0)
         return rc;
-    rc = restore_pod(c, max_gfn);
+    rc = restore_pod(c);
     if (rc < 0)
         return rc;
     if (cfg) {
-        if (d->tot_pages > cfg->max_pages)
+        if (d->tot_pages > cfg->max_pages) /* (check_end predicted it) */
             return FAIL(c, -EDQUOT, UINT64_MAX, "%llu pages restored, max_pages is %llu",
                         (unsigned long long)d->tot_pages, (unsigned long long)cfg->max_pages);
         d->max_pages = cfg->max_pages;
@@ -1210,6 +1523,7 @@ static int dispatch(struct rctx *c, uint32_t type)
     case STREAM_REC_HVM_CONTEXT: return hvm_context(c);
     case STREAM_REC_HV_CONFIG: return hv_config(c);
     case STREAM_REC_HV_LAYOUT: return hv_layout(c);
+    case STREAM_REC_HV_CHECKSUM: return hv_checksum(c);
     case STREAM_REC_VERIFY:
     case STREAM_REC_TOOLSTACK:
     case STREAM_REC_X86_CPUID_POLICY:
@@ -1246,6 +1560,8 @@ int stream_restore(struct machine *m, struct stream_io *io, const struct restore
     c->res = res;
     uint64_t t0 = hv_now_ns();
     stream_reader_init(&c->rd, io);
+    if (c->o->verify_checksum)
+        stream_reader_hash(&c->rd);
     int rc = stream_read_headers(&c->rd);
     if (rc == 0) {
         res->version = c->rd.version;

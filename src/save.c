@@ -425,6 +425,8 @@ int stream_save(struct domain *d, struct stream_io *io, const struct save_opts *
     }
     uint64_t t0 = hv_now_ns();
     stream_writer_init(&s.w, io);
+    if (!o->no_optional)
+        stream_writer_hash(&s.w); /* for HV_CHECKSUM before END */
     machine_holes_init(&s.dm, d->m);
     const char *stage = "scanning the p2m";
     int rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, scan_leaf, &sc);
@@ -524,6 +526,12 @@ int stream_save(struct domain *d, struct stream_io *io, const struct save_opts *
     rc = stream_write_record(&s.w, STREAM_REC_HVM_CONTEXT, blob.p, (uint32_t)blob.len);
     if (rc < 0)
         goto out;
+    if (!o->no_optional) {
+        stage = "writing HV_CHECKSUM";
+        rc = stream_write_checksum(&s.w);
+        if (rc < 0)
+            goto out;
+    }
     stage = "writing END";
     rc = stream_write_record(&s.w, STREAM_REC_END, NULL, 0);
     if (rc == 0)

@@ -8,13 +8,19 @@
  * PAGE_DATA records covering every gfn in [0, max_gfn) of each 1G block
  * that holds RAM or PoD (RAM with data, or XALLOC when the page is all
  * zero; XTAB for holes, ballooned and PoD gfns);
- * X86_TSC_INFO; HVM_PARAMS; HVM_CONTEXT (the hugevm context blob); END.
+ * X86_TSC_INFO; HVM_PARAMS; HVM_CONTEXT (the hugevm context blob); unless
+ * `no_optional`, HV_CHECKSUM (xxh64 of every byte before it); END.
  *
  * Restore rebuilds superpages whatever the record boundaries and the order
  * the pages arrive in.  Algorithm:
  *  - every 2M region (and 1G region) of the pfn space keeps a fill count
  *    and a hole count, and per-4K "filled" and "hole" bits (sparse: only
- *    regions the stream mentions cost memory);
+ *    2M regions the stream populates cost region state; holes elsewhere
+ *    cost a slot in a set of pfns: memory is O(the stream's bytes));
+ *  - speculation (below) stays within max_pages, and a stream that
+ *    populates more than max_pages pages, or whose counts (tot_pages, PoD
+ *    entries) do not match what it carried, is refused, identically in a
+ *    dry run (`hugevm inspect`) and a restore;
  *  - the first time a populating entry (NOTAB or XALLOC) touches an
  *    unmapped pfn, the enclosing 1G region is allocated as one extent if
  *    no hole has been seen in it yet and the domain's layout allows it,
@@ -188,6 +194,10 @@ struct restore_opts {
     void (*on_record)(void *ctx, uint64_t index, uint32_t type, uint32_t length,
                       uint64_t offset);
     void *record_ctx;
+    /* Hash the stream as it is read and check an HV_CHECKSUM record
+     * against it (-EBADMSG on a mismatch: bit rot, or a file changed while
+     * it was read).  Off, the record is skipped unchecked. */
+    bool verify_checksum;
     /* Return res->data_bits: which pfns received data (a migration
      * receiver hashes only those; the rest are known to be zero). */
     bool track_data;
@@ -207,6 +217,9 @@ struct restore_result {
     uint64_t layout_1g, layout_2m; /* extents the HV_LAYOUT record lists */
     uint64_t prealloc_1g, prealloc_2m; /* allocated up front from HV_LAYOUT */
     uint64_t spec_1g, spec_2m, alloc_4k; /* allocated at first touch */
+    uint64_t layout_skipped;   /* HV_LAYOUT extents not allocated: beyond max_pages, or
+                                * refused by the domain (holes, duplicates) */
+    uint64_t spec_trims;       /* speculation given back early to stay within max_pages */
     uint64_t fallback_nomem;   /* superpage allocations that fell back */
     uint64_t freed_pages;      /* speculatively allocated, never filled, freed */
     uint64_t merges;           /* coalesced at the end */
@@ -215,6 +228,8 @@ struct restore_result {
     uint64_t pod_entries;      /* PoD leaves restored */
     uint64_t pod_target;       /* PoD target restored (0: none) */
     uint64_t nr_hvm_params;
+    bool have_checksum;        /* an HV_CHECKSUM record was there */
+    bool checksum_verified;    /* ... and matched the stream (verify_checksum) */
     bool have_tsc;
     struct stream_x86_tsc_info tsc;
     enum restore_vcpu_state vcpu;

@@ -17,6 +17,9 @@
 #include "copy.h"
 
 #include <endian.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +61,7 @@ const char *stream_rec_name(uint32_t type)
     case STREAM_REC_X86_MSR_POLICY: return "X86_MSR_POLICY";
     case STREAM_REC_HV_CONFIG: return "HV_CONFIG";
     case STREAM_REC_HV_LAYOUT: return "HV_LAYOUT";
+    case STREAM_REC_HV_CHECKSUM: return "HV_CHECKSUM";
     default: return (type & STREAM_REC_OPTIONAL) ? "unknown optional" : "unknown";
     }
 }
@@ -243,6 +247,60 @@ static bool fd_map(struct stream_fd *f)
     return true;
 }
 
+/*
+ * A mapped file that another process truncates while it is read: touching
+ * a page beyond the new end raises SIGBUS.  The copy out of the mapping
+ * runs under a guard: a SIGBUS handler (installed once, SA_NODEFER so that
+ * no signal mask needs saving per copy) that, when the faulting address
+ * lies in the mapping this thread is copying from, jumps back out of the
+ * copy.  The reader then drops the mapping and goes on with read() from
+ * the same offset, which sees the file as it now is: a shrunk file ends
+ * there and the record reader reports a truncated stream with the byte
+ * offset, like any short stream.  The guard costs one sigsetjmp (no system
+ * call) per copy, so the mapped copy keeps its speed; read() throughout
+ * would copy twice as slowly.  A SIGBUS anywhere else goes to the handler
+ * that was there before (reinstalled, the fault repeats).
+ */
+static struct sigaction bus_prev;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+static _Thread_local sigjmp_buf bus_jmp;
+static _Thread_local const uint8_t *volatile bus_lo, *volatile bus_hi;
+
+static void bus_handler(int sig, siginfo_t *si, void *uc)
+{
+    (void)uc;
+    const uint8_t *a = si->si_addr;
+    if (bus_lo && a >= bus_lo && a < bus_hi) {
+        bus_lo = bus_hi = NULL;
+        siglongjmp(bus_jmp, 1);
+    }
+    sigaction(sig, &bus_prev, NULL);
+}
+
+static void bus_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = bus_handler;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &bus_prev);
+}
+
+/* Copy n bytes at map_pos out of the mapping: false when the file shrank
+ * under it (nothing is consumed then). */
+static bool fd_copy_mapped(struct stream_fd *f, void *buf, size_t n)
+{
+    pthread_once(&bus_once, bus_install);
+    if (sigsetjmp(bus_jmp, 0))
+        return false;
+    bus_lo = f->map;
+    bus_hi = f->map + f->map_len;
+    copy_bulk(buf, f->map + f->map_pos, n);
+    bus_lo = bus_hi = NULL;
+    return true;
+}
+
 static long fd_read(void *ctx, void *buf, size_t len)
 {
     struct stream_fd *f = ctx;
@@ -253,9 +311,12 @@ static long fd_read(void *ctx, void *buf, size_t len)
             uint64_t n = f->map_len - f->map_pos;
             if (n > len)
                 n = len;
-            copy_bulk(buf, f->map + f->map_pos, (size_t)n);
-            f->map_pos += n;
-            return (long)n;
+            if (fd_copy_mapped(f, buf, (size_t)n)) {
+                f->map_pos += n;
+                return (long)n;
+            }
+            f->bus_faults++;
+            fd_unmap(f); /* the file shrank: read() from map_pos on */
         }
     }
     if (f->pos == f->len) {
@@ -315,12 +376,30 @@ void stream_writer_init(struct stream_writer *w, struct stream_io *io)
     w->io = io;
 }
 
+void stream_writer_hash(struct stream_writer *w)
+{
+    XXH64_reset(&w->xxh, 0);
+    w->hashing = w->offset == 0;
+}
+
 static int w_raw(struct stream_writer *w, const void *p, size_t len)
 {
     int rc = w->io->write(w->io->ctx, p, len);
-    if (rc == 0)
+    if (rc == 0) {
         w->offset += len;
+        if (w->hashing)
+            XXH64_update(&w->xxh, p, len);
+    }
     return rc;
+}
+
+int stream_write_checksum(struct stream_writer *w)
+{
+    if (!w->hashing || w->in_record)
+        return -EINVAL;
+    struct stream_hv_checksum c = {htole32(STREAM_CSUM_XXH64), 0, htole64(w->offset),
+                                   htole64(XXH64_digest(&w->xxh))};
+    return stream_write_record(w, STREAM_REC_HV_CHECKSUM, &c, sizeof(c));
 }
 
 int stream_write_headers(struct stream_writer *w)
@@ -401,6 +480,12 @@ void stream_reader_init(struct stream_reader *r, struct stream_io *io)
     r->io = io;
 }
 
+void stream_reader_hash(struct stream_reader *r)
+{
+    XXH64_reset(&r->xxh, 0);
+    r->hashing = r->offset == 0;
+}
+
 int stream_reader_fail(struct stream_reader *r, int rc, uint64_t at,
                        const char *fmt, ...)
 {
@@ -438,6 +523,8 @@ static int r_raw(struct stream_reader *r, void *buf, size_t len, const char *wha
         got += (size_t)n;
     }
     r->offset += len;
+    if (r->hashing)
+        XXH64_update(&r->xxh, buf, len);
     return 0;
 }
 
@@ -518,6 +605,8 @@ int stream_next_record(struct stream_reader *r, struct stream_rhdr *h)
     r->type = 0;
     r->length = 0;
     struct stream_rhdr raw;
+    if (r->hashing)
+        r->hash_before = XXH64_digest(&r->xxh);
     rc = r_raw(r, &raw, sizeof(raw), "a record header");
     if (rc < 0)
         return rc;

@@ -27,6 +27,9 @@
 
 #include "common.h"
 
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t by value */
+#include <xxhash.h>
+
 /* ---- wire format ---------------------------------------------------------- */
 
 #define STREAM_MARKER 0xffffffffffffffffULL
@@ -61,6 +64,7 @@ enum stream_rec_type {
 /* hugevm optional records (bit 31 set: outside an enum's int range) */
 #define STREAM_REC_HV_CONFIG 0x80485601u /* hugevm context blob: domain config, PoD */
 #define STREAM_REC_HV_LAYOUT 0x80485602u /* the source's 1G and 2M RAM extents */
+#define STREAM_REC_HV_CHECKSUM 0x80485603u /* xxh64 of every byte before it */
 /* "PAGE_DATA", "0x80485602 (hugevm LAYOUT)", "unknown" ... */
 const char *stream_rec_name(uint32_t type);
 
@@ -154,6 +158,18 @@ static inline uint64_t stream_extent_entry(gfn_t gfn, unsigned order)
     return (gfn & STREAM_PFN_MASK) | ((uint64_t)order << STREAM_EXTENT_ORDER_SHIFT);
 }
 
+/* HV_CHECKSUM body: the xxh64 (seed 0) of bytes [0, covered) of the
+ * stream, covered being the offset of this record's header.  An unknown
+ * algo is skipped like an unknown optional record. */
+#define STREAM_CSUM_XXH64 1u
+struct stream_hv_checksum {
+    uint32_t algo;     /* STREAM_CSUM_XXH64 */
+    uint32_t reserved; /* 0 */
+    uint64_t covered;  /* bytes hashed: the offset of this record */
+    uint64_t hash;
+};
+_Static_assert(sizeof(struct stream_hv_checksum) == 24, "HV_CHECKSUM");
+
 /* ---- byte sinks and sources ---------------------------------------------- */
 
 struct stream_io {
@@ -189,9 +205,12 @@ void stream_mem_free(struct stream_mem *m);
  * at the first read and copies out of the page cache with copy_bulk: a
  * read() would copy twice as slowly (cached stores) as the mapped copy.
  * stream_fd_free puts the fd's offset where the reader stopped.  A file
- * that grows is remapped at its old end; one that another process
- * truncates while it is read kills the reader with SIGBUS, as it would any
- * program that maps files (git's pack files, for one). */
+ * that grows is remapped at its old end.  One that another process
+ * truncates while it is read would raise SIGBUS in the copy: the copy runs
+ * under a guard (a SIGBUS handler, installed once, for faults inside this
+ * thread's mapping only; stream.c says why), the mapping is dropped and
+ * reading goes on with read() at the same offset, so a shrunk file is a
+ * truncated stream (-ENODATA, with the byte offset), never a signal. */
 struct stream_fd {
     int fd;
     uint8_t *buf;
@@ -199,6 +218,7 @@ struct stream_fd {
     int mapped;           /* 0: not decided yet, 1: reading from map, -1: read() */
     const uint8_t *map;   /* regular file: [0, map_len) of it */
     uint64_t map_len, map_pos;
+    unsigned bus_faults;  /* copies the file's truncation cut short (then read()) */
 };
 int stream_fd_open(struct stream_fd *f, struct stream_io *io, int fd) HV_MUST_CHECK;
 void stream_fd_free(struct stream_fd *f);
@@ -212,8 +232,16 @@ struct stream_writer {
     uint32_t body_left; /* of the record being written in parts */
     uint32_t pad;
     bool in_record;
+    bool hashing;      /* every byte goes into xxh (stream_writer_hash) */
+    XXH64_state_t xxh;
 };
 void stream_writer_init(struct stream_writer *w, struct stream_io *io);
+/* Hash every byte written from now on (call before the headers), for
+ * stream_write_checksum. */
+void stream_writer_hash(struct stream_writer *w);
+/* An HV_CHECKSUM record over every byte written so far (-EINVAL unless
+ * hashing since the start). */
+int stream_write_checksum(struct stream_writer *w) HV_MUST_CHECK;
 /* Image header (version 3) and x86 HVM domain header. */
 int stream_write_headers(struct stream_writer *w) HV_MUST_CHECK;
 /* A whole record (len <= STREAM_MAX_BODY; body may be NULL when len 0). */
@@ -243,9 +271,16 @@ struct stream_reader {
     bool started;         /* a record header has been read */
     uint32_t version;     /* from the image header */
     struct stream_domain_header dhdr;
+    bool hashing;         /* stream_reader_hash: every byte consumed goes into xxh */
+    uint64_t hash_before; /* hashing: xxh64 of [0, rec_offset) for an HV_CHECKSUM record */
+    XXH64_state_t xxh;
     char err[STREAM_ERR_LEN];
 };
 void stream_reader_init(struct stream_reader *r, struct stream_io *io);
+/* Hash every byte consumed from now on (call before the headers): at an
+ * HV_CHECKSUM record header, hash_before holds the hash of the bytes
+ * before it. */
+void stream_reader_hash(struct stream_reader *r);
 
 /* Read and check both headers.  Errors: -ENODATA (truncated), -EBADMSG
  * (marker, id, options, domain type, page shift), -EPROTONOSUPPORT

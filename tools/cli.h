@@ -88,6 +88,10 @@ void cli_print_thp(const struct machine *m, FILE *out);
  * (NULL: nothing) how long committing it took. */
 int cli_machine_create(const char *cmd, struct machine **m, uint64_t bytes, bool resident,
                        FILE *info) HV_MUST_CHECK;
+/* A guest of `bytes` must fit in the host's MemTotal + SwapTotal unless
+ * `overcommit`: 0, or -E2BIG after printing why.  cli_parse applies it to
+ * every command with a --guest-mem option, which all take --overcommit. */
+int cli_check_guest_mem(const char *cmd, uint64_t bytes, bool overcommit) HV_MUST_CHECK;
 /* "resident": bool, "prefault_s": seconds spent committing it. */
 void cli_json_machine_memory(struct json *j, const struct machine *m);
 /* PoD state and statistics of a domain (cache, populated per order, sweeps,

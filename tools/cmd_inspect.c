@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "guest_state.h"
 #include "save.h"
 
 static struct {
@@ -89,13 +90,41 @@ static int run_inspect(int argc, char **argv)
     } else {
         printf("%s:\n", argv[0]);
     }
-    struct restore_opts ro = {.dry_run = true, .on_record = on_record, .record_ctx = &pr};
+    struct restore_opts ro = {.dry_run = true, .verify_checksum = true, .on_record = on_record,
+                              .record_ctx = &pr};
     struct restore_result rr;
     int rc = stream_restore(NULL, &io, &ro, &rr);
     flush_run(&pr);
     stream_fd_free(&sf);
     close(fd);
     const struct stream_config *c = &rr.config;
+    /* The vCPU state, decoded and checked as `restore --run` would. */
+    char vnote[320];
+    bool vusable = false;
+    if (rc == 0 && rr.vcpu == RESTORE_VCPU_HUGEVM) {
+        struct guest_state *gs = hv_calloc(1, sizeof(*gs));
+        char why[256] = "";
+        int vs = gs ? guest_state_decode(rr.context, rr.context_len, gs, why, sizeof(why))
+                    : -ENOMEM;
+        if (vs == 1 && rr.have_config && guest_state_check(gs, c->max_pages, why, sizeof(why)) < 0)
+            vs = -EINVAL;
+        if (vs == 1)
+            snprintf(vnote, sizeof(vnote), "hugevm context: %u vCPU(s), workload %s: resumable",
+                     gs->nr_vcpus, workload_name(gs->v[0].wc.kind));
+        else if (vs == 0)
+            snprintf(vnote, sizeof(vnote), "%s: vCPU state not usable", why);
+        else
+            snprintf(vnote, sizeof(vnote), "corrupt: %s: vCPU state not usable",
+                     gs ? why : "out of memory");
+        vusable = vs == 1;
+        free(gs);
+    } else {
+        snprintf(vnote, sizeof(vnote), "%s", rr.note[0] ? rr.note : "vCPU state not usable");
+    }
+    const char *csum = !rr.have_checksum      ? "none"
+                       : rr.checksum_verified ? "verified"
+                       : rc == 0              ? "present"
+                                              : "present, not verified";
     if (o.json) {
         json_arr_end(&j);
         json_bool(&j, "valid", rc == 0);
@@ -124,7 +153,9 @@ static int run_inspect(int argc, char **argv)
         json_u64(&j, "restore_pages_4k", rr.pages_4k);
         json_u64(&j, "xen_rule_pages_2m", rr.xen_2m);
         json_u64(&j, "xen_rule_pages_4k", rr.xen_4k);
-        json_bool(&j, "vcpu_state_usable", rr.vcpu == RESTORE_VCPU_HUGEVM);
+        json_bool(&j, "vcpu_state_usable", vusable);
+        json_str(&j, "vcpu_state", vnote);
+        json_str(&j, "checksum", csum);
         json_obj_end(&j);
         json_finish(&j);
     } else {
@@ -159,7 +190,8 @@ static int run_inspect(int argc, char **argv)
                    (unsigned long long)rr.pages_1g, (unsigned long long)rr.pages_2m,
                    (unsigned long long)rr.pages_4k, (unsigned long long)rr.xen_2m,
                    (unsigned long long)rr.xen_4k);
-            printf("vCPU state: %s\n", rr.vcpu == RESTORE_VCPU_HUGEVM ? "hugevm context" : rr.note);
+            printf("vCPU state: %s\n", vnote);
+            printf("stream checksum (HV_CHECKSUM): %s\n", csum);
             printf("valid: yes\n");
         } else {
             printf("PROBLEM: %s\n", rr.err);

@@ -68,7 +68,8 @@ static int run_restore(int argc, char **argv)
         cli_error("restore: out of memory");
         goto out;
     }
-    struct restore_opts ro = {.ignore_layout = o.ignore_layout, .progress = restore_progress};
+    struct restore_opts ro = {.ignore_layout = o.ignore_layout, .verify_checksum = true,
+                              .progress = restore_progress};
     rc = stream_restore(m, &io, &ro, &rr);
     stream_fd_free(&sf);
     if (rc < 0) {
@@ -87,6 +88,8 @@ static int run_restore(int argc, char **argv)
     if (rr.vcpu == RESTORE_VCPU_HUGEVM) {
         char why[256] = "";
         vstate = guest_state_decode(rr.context, rr.context_len, gs, why, sizeof(why));
+        if (vstate == 1 && guest_state_check(gs, rr.d->max_pages, why, sizeof(why)) < 0)
+            vstate = -EINVAL;
         if (vstate == 1)
             snprintf(vnote, sizeof(vnote), "%u vCPU(s), workload %s, seed %llu: resumable%s",
                      gs->nr_vcpus, workload_name(gs->v[0].wc.kind),
@@ -209,6 +212,7 @@ static int run_restore(int argc, char **argv)
         json_u64(&j, "pages_1g", b1g);
         json_obj_end(&j);
         json_bool(&j, "vcpu_state_usable", vstate == 1);
+        json_str(&j, "checksum", rr.checksum_verified ? "verified" : "none");
         json_str(&j, "note", vnote);
         if (vstate == 1) {
             json_obj_begin(&j, "vcpu_state");
@@ -273,6 +277,7 @@ static int run_restore(int argc, char **argv)
             printf("PoD: %llu entries, target %llu pages\n", (unsigned long long)rr.pod_entries,
                    (unsigned long long)rr.pod_target);
         cli_print_domain(rr.d, stdout);
+        printf("stream checksum (HV_CHECKSUM): %s\n", rr.checksum_verified ? "verified" : "none");
         printf("vCPU state: %s\n", vnote);
         if (resumed) {
             printf("resumed %u vCPU(s) after %llu writes made before the save: %llu accesses "

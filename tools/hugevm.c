@@ -40,6 +40,14 @@ int cli_error(const char *fmt, ...)
     return 1;
 }
 
+static const struct opt *find_opt(const struct cmd *c, const char *name)
+{
+    for (const struct opt *o = c->opts; o && o->name; o++)
+        if (!strcmp(o->name, name))
+            return o;
+    return NULL;
+}
+
 void cli_help(const struct cmd *c, FILE *out)
 {
     fprintf(out, "usage: hugevm %s [options]%s%s\n  %s\n\noptions:\n", c->name,
@@ -51,6 +59,9 @@ void cli_help(const struct cmd *c, FILE *out)
                  o->arg ? o->arg : "");
         fprintf(out, "  %-26s %s\n", left, o->help);
     }
+    if (find_opt(c, "guest-mem"))
+        fprintf(out, "  %-26s %s\n", "--overcommit",
+                "allow a --guest-mem beyond the host's memory plus swap");
     fprintf(out, "  %-26s %s\n", "--help", "show this help");
 }
 
@@ -177,11 +188,17 @@ static int set_opt(const struct opt *o, const char *arg, char *why, size_t whyle
 int cli_parse(const struct cmd *c, int argc, char **argv)
 {
     int npos = 0;
+    const struct opt *gm = find_opt(c, "guest-mem");
+    bool overcommit = false;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             cli_help(c, stdout);
             return -2;
+        }
+        if (gm && strcmp(a, "--overcommit") == 0) {
+            overcommit = true;
+            continue;
         }
         if (strncmp(a, "--", 2) != 0 || a[2] == 0) {
             argv[npos++] = argv[i];
@@ -223,6 +240,9 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
             return -1;
         }
     }
+    if (gm && gm->kind == OPT_SIZE &&
+        cli_check_guest_mem(c->name, *(const uint64_t *)gm->dest, overcommit) < 0)
+        return -1;
     return npos;
 }
 

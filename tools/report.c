@@ -39,6 +39,39 @@ int cli_machine_create(const char *cmd, struct machine **m, uint64_t bytes, bool
     return 0;
 }
 
+/* A /proc/meminfo figure ("MemTotal") in bytes, or 0. */
+static uint64_t meminfo_bytes(const char *key)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[160];
+    uint64_t v = 0;
+    size_t klen = strlen(key);
+    while (f && fgets(line, sizeof(line), f)) {
+        unsigned long long kb;
+        if (!strncmp(line, key, klen) && line[klen] == ':' &&
+            sscanf(line + klen + 1, "%llu", &kb) == 1) {
+            v = (uint64_t)kb * 1024;
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    return v;
+}
+
+int cli_check_guest_mem(const char *cmd, uint64_t bytes, bool overcommit)
+{
+    char b1[32], b2[32];
+    uint64_t ram = meminfo_bytes("MemTotal"), host = ram + meminfo_bytes("SwapTotal");
+    if (overcommit || !ram || bytes <= host)
+        return 0;
+    cli_error("%s: --guest-mem %s is more than this host's memory (%s: MemTotal plus "
+              "SwapTotal); give --overcommit to run it all the same (only touched memory "
+              "costs host RAM)", cmd, hv_fmt_size(bytes, b1, sizeof(b1)),
+              hv_fmt_size(host, b2, sizeof(b2)));
+    return -E2BIG;
+}
+
 void cli_json_machine_memory(struct json *j, const struct machine *m)
 {
     json_bool(j, "resident", m->resident);
