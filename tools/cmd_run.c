@@ -33,6 +33,7 @@ static struct {
     const char *save;       /* --save FILE: save the guest after the run */
     double after;
     bool json, no_audit;
+    struct cli_tls_opts tls; /* with --migrate-to */
 } o = {
     .guest_mem = 1 * GiB,
     .vcpus = 1,
@@ -170,6 +171,11 @@ static int run_run(int argc, char **argv)
         o.accesses = 10000000;
     if (o.save && o.migrate_to)
         return cli_error("run: give --save or --migrate-to, not both");
+    if (!o.migrate_to && (o.tls.insecure || chan_creds_given(&o.tls.creds)))
+        return cli_error("run: --psk-file, --tls-* and --insecure go with --migrate-to");
+    struct chan_tls *tls = NULL;
+    if (o.migrate_to && cli_tls_setup("run", &o.tls, false, &tls) != 0)
+        return 1;
     if (o.save && map_order == PAGE_ORDER_2M)
         return cli_error("run: --save with --map 2M: the stream does not carry the 2M cap, a "
                          "restore would rebuild 1G leaves (use --map 1G or 4K)");
@@ -177,8 +183,10 @@ static int run_run(int argc, char **argv)
         o.host_mem = (o.guest_mem + o.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
     unsigned nv = (unsigned)o.vcpus;
 
-    if (cli_machine_create("run", &m, o.host_mem, false, NULL) < 0)
+    if (cli_machine_create("run", &m, o.host_mem, false, NULL) < 0) {
+        chan_tls_destroy(tls);
         return 1;
+    }
     struct domain_config cfg;
     domain_config_default(&cfg);
     struct gfn_range lay[2];
@@ -237,8 +245,8 @@ static int run_run(int argc, char **argv)
     if (o.migrate_to) {
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode};
-        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0, NULL,
-                                    o.json);
+        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, tls, 0,
+                                    NULL, o.json);
         goto out;
     }
     for (unsigned i = 0; i < nv; i++) {
@@ -493,6 +501,7 @@ out:
     free(bitmap);
     domain_destroy(d);
     machine_destroy(m);
+    chan_tls_destroy(tls);
     return status;
 }
 
@@ -517,6 +526,7 @@ static struct opt run_opts[] = {
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {"migrate-to", OPT_STR, &o.migrate_to, "ADDR:PORT", "live-migrate the running guest to a receiver (hugevm receive)", NULL},
     {"after", OPT_DBL, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
+    CLI_TLS_OPTS(o.tls),
     {"save", OPT_STR, &o.save, "FILE", "then save the guest with its vCPU/workload state (hugevm restore FILE --run resumes it)", NULL},
     {0},
 };
