@@ -681,6 +681,22 @@ static long tls_write(struct chan *c, const void *buf, size_t len)
     if (ret == 1)
         return (long)n;
     int rc = tls_errno(c, t->ssl, ret);
+    if (rc == -EPIPE || rc == -ECONNRESET) {
+        /* the peer hung up: an alert it sent first says why (in TLS 1.3 a
+         * client learns only now that the server refused its certificate) */
+        uint8_t b[1];
+        size_t got;
+        if (poll_fd(c->fd, 0) > 0 && SSL_read_ex(t->ssl, b, 1, &got) != 1) {
+            unsigned long q = ERR_peek_error();
+            if (ERR_GET_REASON(q) >= SSL_AD_REASON_OFFSET) {
+                char e[120];
+                ERR_error_string_n(q, e, sizeof(e));
+                snprintf(c->err, sizeof(c->err), "the peer refused this side (TLS: %s)", e);
+                rc = -ECONNREFUSED;
+            }
+            ERR_clear_error();
+        }
+    }
     return rc ? rc : -EPIPE;
 }
 
