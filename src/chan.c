@@ -1,5 +1,5 @@
 /*
- * chan.c - plain, TLS and memory channels (see chan.h).
+ * chan.c - plain and TLS channels (see chan.h).
  *
  * TLS is OpenSSL 3 on a socket BIO of our own: send() with MSG_NOSIGNAL
  * (a peer that goes away must not raise SIGPIPE in a library) and recv(),
@@ -162,70 +162,6 @@ static const struct chan_ops plain_ops = {
     .cut = fd_cut,
     .close = plain_close,
 };
-
-/* ---- memory (fuzzing) ------------------------------------------------------------- */
-
-struct mem_chan {
-    struct chan c;
-    const uint8_t *data;
-    size_t len, pos;
-    bool cut;
-};
-
-static long mem_read(struct chan *c, void *buf, size_t len)
-{
-    struct mem_chan *m = (struct mem_chan *)c;
-    if (m->cut)
-        return -ECONNRESET;
-    size_t n = m->len - m->pos < len ? m->len - m->pos : len;
-    memcpy(buf, m->data + m->pos, n);
-    m->pos += n;
-    return (long)n;
-}
-
-static long mem_write(struct chan *c, const void *buf, size_t len)
-{
-    (void)buf;
-    return ((struct mem_chan *)c)->cut ? -EPIPE : (long)len;
-}
-
-static int mem_poll_in(struct chan *c, int timeout_ms)
-{
-    (void)c;
-    (void)timeout_ms;
-    return 1; /* data or the end: a read does not block */
-}
-
-static int mem_set_timeout(struct chan *c, int timeout_ms)
-{
-    (void)c;
-    (void)timeout_ms;
-    return 0;
-}
-
-static void mem_cut(struct chan *c) { ((struct mem_chan *)c)->cut = true; }
-static void mem_close(struct chan *c) { free(c); }
-
-static const struct chan_ops mem_ops = {
-    .read = mem_read,
-    .write = mem_write,
-    .poll_in = mem_poll_in,
-    .set_timeout = mem_set_timeout,
-    .cut = mem_cut,
-    .close = mem_close,
-};
-
-int chan_mem(const void *data, size_t len, struct chan **out)
-{
-    struct mem_chan *m = calloc(1, sizeof(*m));
-    if (!m)
-        return -ENOMEM;
-    m->c = (struct chan){.ops = &mem_ops, .fd = -1, .cipher = "none"};
-    m->data = data;
-    m->len = len;
-    *out = &m->c;
-    return 0;
-}
 
 /* ---- the socket BIO: send(MSG_NOSIGNAL) / recv ------------------------------------------ */
 

@@ -1,9 +1,9 @@
 /*
- * chan.h - the byte channel a migration runs over: plain TCP, TLS 1.3 on
- * TCP (OpenSSL 3), or memory (the wire fuzzer).  migrate_send and
- * migrate_receive speak their frames over a struct chan and know nothing
- * of what carries them; a later change may bind several channels to one
- * migration.
+ * chan.h - the byte channel a migration runs over: plain TCP or TLS 1.3 on
+ * TCP (OpenSSL 3); anything else that fills in struct chan_ops (the wire
+ * fuzzer's scripted channel).  migrate_send and migrate_receive speak
+ * their frames over a struct chan and know nothing of what carries them;
+ * a later change may bind several channels to one migration.
  *
  * TLS: version 1.3 only, mutual authentication always, by one of
  *   - a pre-shared key (chan_creds.psk_file): a file holding one line
@@ -111,10 +111,6 @@ const char *chan_tls_kind(const struct chan_tls *t);
  */
 int chan_open(int fd, struct chan_tls *t, int timeout_ms, struct chan **out, char *err,
               size_t errlen) HV_MUST_CHECK;
-
-/* A channel reading `len` bytes from `data` (not copied: the caller keeps
- * it alive) and discarding what is written: the fuzzer's wire. */
-int chan_mem(const void *data, size_t len, struct chan **out) HV_MUST_CHECK;
 
 /* Close (and free) c; NULL is fine. */
 void chan_close(struct chan *c);
