@@ -105,7 +105,7 @@ int cli_parse_authz(void *dest, const char *arg);
 #define CLI_TLS_OPTS(t)                                                                       \
     {"psk-file", OPT_STR, &(t).creds.psk_file, "FILE", "TLS 1.3 with this pre-shared key, "   \
      "the same file on both sides: one line IDENTITY:HEXKEY, at least 128 bits, not readable " \
-     "by others (e.g. echo \"hv:$(openssl rand -hex 32)\" > key; chmod 600 key)", NULL},        \
+     "by others (e.g. umask 077; echo \"hv:$(openssl rand -hex 32)\" > key)", NULL},        \
     {"tls-cert", OPT_STR, &(t).creds.cert_file, "FILE", "TLS 1.3 with X.509: this side's "    \
      "certificate chain (PEM)", NULL},                                                        \
     {"tls-key", OPT_STR, &(t).creds.key_file, "FILE", "its private key (PEM, not readable by " \

@@ -426,7 +426,7 @@ static struct opt migrate_opts_table[] = {
 
 const struct cmd cmd_migrate = {
     .name = "migrate",
-    .summary = "live-migrate a running guest to a receiver over TCP (pre-copy rounds)",
+    .summary = "live-migrate a running guest to a receiver over TLS 1.3 (pre-copy rounds)",
     .run = run_migrate,
     .opts = migrate_opts_table,
 };
@@ -677,7 +677,7 @@ static struct opt receive_opts_table[] = {
 
 const struct cmd cmd_receive = {
     .name = "receive",
-    .summary = "receive a live migration over TCP and resume the guest",
+    .summary = "receive a live migration (TLS 1.3, or TCP with --insecure) and resume the guest",
     .run = run_receive,
     .opts = receive_opts_table,
 };
