@@ -9,7 +9,10 @@
  * arbitrary byte boundaries, each frame optionally zstd-compressed and
  * always checksummed (XXH3-64 of the raw bytes).  Compression is a property
  * of the transport: the stream inside stays plain Xen layout and is read by
- * stream_restore unchanged.
+ * stream_restore unchanged.  The frames travel over a channel (chan.h):
+ * TLS 1.3 with both peers authenticated before the first frame, or plain
+ * TCP when the caller asked for it; the checksums catch corruption, TLS
+ * catches tampering, and the receiver checks the memory digest always.
  *
  *   sender                                   receiver
  *   HELLO {version, flags}          ->
