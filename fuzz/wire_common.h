@@ -18,8 +18,8 @@
 #include "chan.h"
 #include "migrate.h"
 
-/* 4K pages at 0x100..0x1ff and one 2M leaf at 0x200, three pages of data,
- * no vCPUs. */
+/* 64 4K pages at 0x100..0x13f, three of them with data, no vCPUs (small:
+ * every input migrates it once). */
 static inline int wire_guest(struct machine *m, struct domain **d, struct migrate_guest **g)
 {
     struct domain_config c;
@@ -27,9 +27,9 @@ static inline int wire_guest(struct machine *m, struct domain **d, struct migrat
     int rc = domain_create(m, &c, d);
     if (rc < 0)
         return rc;
-    rc = domain_populate(*d, 0x100, 0x300, NULL);
+    rc = domain_populate(*d, 0x100, 0x40, NULL);
     if (rc == 0) {
-        static const gfn_t pages[] = {0x100, 0x1ff, 0x333};
+        static const gfn_t pages[] = {0x100, 0x120, 0x13f};
         for (unsigned i = 0; i < 3; i++) {
             enum p2m_type t;
             mfn_t mfn = p2m_get_entry((*d)->p2m, pages[i], &t, NULL);
