@@ -165,25 +165,64 @@ static const struct chan_ops plain_ops = {
 
 /* ---- the socket BIO: send(MSG_NOSIGNAL) / recv ------------------------------------------ */
 
+/*
+ * Records are gathered into sends of up to WBUF bytes (16 records): one
+ * send per 16 KiB record cost more in system calls than the encryption.
+ * Whatever is gathered goes out on BIO_flush, which OpenSSL calls after
+ * each handshake flight and alert, and tls_write after each write: no
+ * byte waits in the buffer once a chan call returns.
+ */
+#define WBUF (256u << 10)
+
+struct sock_bio {
+    int fd;
+    size_t wlen;
+    uint8_t *wbuf;
+};
+
+/* Send all of p; 1, or 0 with errno (a timeout is final: no retry flag). */
+static int send_all(int fd, const uint8_t *p, size_t len)
+{
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return 0;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 1;
+}
+
+static int bio_flush_out(struct sock_bio *sb)
+{
+    size_t n = sb->wlen;
+    sb->wlen = 0;
+    return send_all(sb->fd, sb->wbuf, n);
+}
+
 static int bio_write(BIO *b, const char *buf, size_t len, size_t *done)
 {
-    int fd = (int)(intptr_t)BIO_get_data(b);
-    for (;;) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n >= 0) {
-            *done = (size_t)n;
-            return 1;
-        }
-        if (errno != EINTR)
-            return 0; /* errno stays for chan: no retry flag, a timeout is final */
+    struct sock_bio *sb = BIO_get_data(b);
+    if (sb->wlen + len > WBUF && !bio_flush_out(sb))
+        return 0;
+    if (len >= WBUF) {
+        if (!send_all(sb->fd, (const uint8_t *)buf, len))
+            return 0;
+    } else {
+        memcpy(sb->wbuf + sb->wlen, buf, len);
+        sb->wlen += len;
     }
+    *done = len;
+    return 1;
 }
 
 static int bio_read(BIO *b, char *buf, size_t len, size_t *done)
 {
-    int fd = (int)(intptr_t)BIO_get_data(b);
+    struct sock_bio *sb = BIO_get_data(b);
     for (;;) {
-        ssize_t n = recv(fd, buf, len, 0);
+        ssize_t n = recv(sb->fd, buf, len, 0);
         if (n > 0) {
             *done = (size_t)n;
             return 1;
@@ -203,7 +242,7 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
     (void)ptr;
     switch (cmd) {
     case BIO_CTRL_FLUSH:
-        return 1;
+        return bio_flush_out(BIO_get_data(b));
     case BIO_CTRL_EOF:
         return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
     default:
@@ -556,6 +595,7 @@ const char *chan_tls_kind(const struct chan_tls *t) { return t->psk ? "psk" : "x
 struct tls_chan {
     struct chan c;
     SSL *ssl;
+    struct sock_bio sb;
 };
 
 /* An OpenSSL I/O failure as -errno. */
@@ -606,7 +646,11 @@ static long tls_read(struct chan *c, void *buf, size_t len)
     struct tls_chan *t = (struct tls_chan *)c;
     size_t n = 0;
     int ret = SSL_read_ex(t->ssl, buf, len, &n);
-    return ret == 1 ? (long)n : tls_errno(c, t->ssl, ret);
+    if (ret == 1)
+        return (long)n;
+    int rc = tls_errno(c, t->ssl, ret);
+    (void)bio_flush_out(&t->sb); /* the alert that tells the peer why */
+    return rc;
 }
 
 static long tls_write(struct chan *c, const void *buf, size_t len)
@@ -614,9 +658,11 @@ static long tls_write(struct chan *c, const void *buf, size_t len)
     struct tls_chan *t = (struct tls_chan *)c;
     size_t n = 0;
     int ret = SSL_write_ex(t->ssl, buf, len, &n);
-    if (ret == 1)
+    if (ret == 1 && bio_flush_out(&t->sb))
         return (long)n;
-    int rc = tls_errno(c, t->ssl, ret);
+    int rc = ret == 1 ? sock_errno() : tls_errno(c, t->ssl, ret);
+    if (ret == 1)
+        snprintf(c->err, sizeof(c->err), "%s", strerror(-rc));
     if (rc == -EPIPE || rc == -ECONNRESET) {
         /* the peer hung up: an alert it sent first says why (in TLS 1.3 a
          * client learns only now that the server refused its certificate) */
@@ -625,9 +671,9 @@ static long tls_write(struct chan *c, const void *buf, size_t len)
         if (poll_fd(c->fd, 0) > 0 && SSL_read_ex(t->ssl, b, 1, &got) != 1) {
             unsigned long q = ERR_peek_error();
             if (ERR_GET_REASON(q) >= SSL_AD_REASON_OFFSET) {
-                char e[120];
+                char e[100];
                 ERR_error_string_n(q, e, sizeof(e));
-                snprintf(c->err, sizeof(c->err), "the peer refused this side (TLS: %s)", e);
+                snprintf(c->err, sizeof(c->err), "the peer hung up with an alert (TLS: %s)", e);
                 rc = -ECONNREFUSED;
             }
             ERR_clear_error();
@@ -647,6 +693,7 @@ static void tls_close(struct chan *c)
     struct tls_chan *t = (struct tls_chan *)c;
     SSL_free(t->ssl);
     close(c->fd);
+    free(t->sb.wbuf);
     free(t);
 }
 
@@ -719,16 +766,23 @@ int chan_open(int fd, struct chan_tls *tls, int timeout_ms, struct chan **out, c
     }
     struct tls_chan *t = calloc(1, sizeof(*t));
     BIO *bio = NULL;
-    if (!t || !(t->ssl = SSL_new(tls->ctx)) || !(bio = BIO_new(bio_method()))) {
+    if (!t || !(t->sb.wbuf = malloc(WBUF)) || !(t->ssl = SSL_new(tls->ctx)) ||
+        !(bio = BIO_new(bio_method()))) {
         rc = fail(-ENOMEM, err, errlen, "setting up TLS: %s", ssl_errstr(e, sizeof(e)));
         goto fail;
     }
-    BIO_set_data(bio, (void *)(intptr_t)fd);
+    t->sb.fd = fd;
+    BIO_set_data(bio, &t->sb);
     BIO_set_init(bio, 1);
     SSL_set_bio(t->ssl, bio, bio);
     t->c = (struct chan){.ops = &tls_ops, .fd = fd, .secure = true};
     errno = 0;
     int ret = tls->server ? SSL_accept(t->ssl) : SSL_connect(t->ssl);
+    int hs_errno = errno;
+    if (!bio_flush_out(&t->sb) && ret == 1) /* the last flight, or an alert */
+        ret = -1;
+    else
+        errno = hs_errno;
     if (ret != 1) {
         int saved = errno;
         int se = SSL_get_error(t->ssl, ret);
@@ -782,6 +836,8 @@ fail:
         SSL_free(t->ssl); /* frees the BIO */
     else if (bio)
         BIO_free(bio);
+    if (t)
+        free(t->sb.wbuf);
     free(t);
     ERR_clear_error();
     close(fd);
