@@ -234,6 +234,9 @@ static void resume_on_receiver(const struct model *mo, struct migrate_guest *g,
     model_check(mo, rd);
     assert_int_equal(migrate_guest_start(g), 0);
     sleep_ms(50);
+    /* a loaded host may not have run the runner yet: give it up to 5 s */
+    for (int i = 0; i < 100 && !__atomic_load_n(&g->accesses, __ATOMIC_RELAXED); i++)
+        sleep_ms(50);
     migrate_guest_stop(g);
     assert_int_equal(g->err, 0);
     assert_true(g->accesses > 0);
