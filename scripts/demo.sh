@@ -54,14 +54,17 @@ if [ "${avail_kb:-0}" -ge $((12 * 1024 * 1024)) ]; then
 else
   echo "(receiver machine committed lazily: resident needs 12 GiB available, the host has $((${avail_kb:-0} / 1024)) MiB)"
 fi
+# TLS 1.3 with a pre-shared key both sides read: a throw-away 256-bit key
+(umask 077; echo "demo:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$tmp/psk")
+echo "(over TLS 1.3, pre-shared key $tmp/psk)"
 "$hv" receive --listen 127.0.0.1:0 --port-file "$tmp/port" --run 1 --attempts 1 \
-  --accept-timeout 30 "${resident[@]}" >"$tmp/receiver.log" 2>&1 &
+  --accept-timeout 30 --psk-file "$tmp/psk" "${resident[@]}" >"$tmp/receiver.log" 2>&1 &
 rpid=$!
 for _ in $(seq 600); do [ -s "$tmp/port" ] && break; sleep 0.1; done
 [ -s "$tmp/port" ] || { echo "the receiver did not start:"; cat "$tmp/receiver.log"; exit 1; }
 status=0
 "$hv" migrate --to "127.0.0.1:$(cat "$tmp/port")" --guest-mem 4G --vcpus 2 \
-  --write-rate 30000 --wss 0.5 --after 1 || status=$?
+  --write-rate 30000 --wss 0.5 --after 1 --psk-file "$tmp/psk" || status=$?
 rstatus=0
 wait "$rpid" || rstatus=$?
 rpid=

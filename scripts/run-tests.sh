@@ -38,15 +38,20 @@ for t in "$build"/tests/test_*; do
   grep -Ei -B1 '^(not )?ok [0-9]+ *# *skip' "$logdir/$name.log" | grep -E '^# ' | sed 's/^# */    SKIP: /' | head -n 20
   pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
 done
-# A bounded fuzz run of the stream reader counts as one test case
-# (HUGEVM_FUZZ_SECONDS=0 skips it).
+# Bounded fuzz runs of the stream reader and of the migration wire
+# protocol count as one test case each (HUGEVM_FUZZ_SECONDS=0 skips them;
+# the wire fuzzer gets two thirds of the stream fuzzer's time).
 fuzz_secs=${HUGEVM_FUZZ_SECONDS:-30}
 if [ "$fuzz_secs" -gt 0 ] && [ -f scripts/fuzz.sh ]; then
-  start=$(date +%s)
-  line=$(bash scripts/fuzz.sh "$fuzz_secs" 2>&1 | tail -n 12)
-  echo "$line" | sed 's/^/    /'
-  if echo "$line" | grep -q '^ok - fuzz_stream'; then pass=$((pass + 1)); p=1 f=0; else fail=$((fail + 1)); p=0 f=1; fi
-  printf '%-22s %4d passed %3d failed %3d skipped  (%ss)\n' fuzz_stream "$p" "$f" 0 "$(( $(date +%s) - start ))"
+  for target in fuzz_stream fuzz_wire; do
+    secs=$fuzz_secs
+    [ "$target" = fuzz_wire ] && secs=$(( (fuzz_secs * 2 + 2) / 3 ))
+    start=$(date +%s)
+    line=$(bash scripts/fuzz.sh "$secs" "$target" 2>&1 | tail -n 12)
+    echo "$line" | sed 's/^/    /'
+    if echo "$line" | grep -q "^ok - $target"; then pass=$((pass + 1)); p=1 f=0; else fail=$((fail + 1)); p=0 f=1; fi
+    printf '%-22s %4d passed %3d failed %3d skipped  (%ss)\n' "$target" "$p" "$f" 0 "$(( $(date +%s) - start ))"
+  done
 fi
 echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ] && [ "$pass" -gt 0 ]

@@ -43,7 +43,6 @@
 #include "migrate.h"
 
 #include <endian.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,8 +53,8 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "chan.h"
 #include "guest_state.h"
-#include "net.h"
 #include "zero.h"
 
 #define PIPE_BUFS 4
@@ -157,25 +156,20 @@ static const char *frame_name(unsigned t)
 }
 
 /* Send one control frame directly (the pipe's writer must be idle). */
-static int send_ctrl(int fd, uint16_t type, const void *body, uint32_t len)
+static int send_ctrl(struct chan *ch, uint16_t type, const void *body, uint32_t len)
 {
     struct mig_frame h;
     frame_header(&h, type, 0, len, len, XXH3_64bits(body, len));
-    int rc = net_write_all(fd, &h, sizeof(h));
-    return rc < 0 || !len ? rc : net_write_all(fd, body, len);
+    int rc = chan_write_all(ch, &h, sizeof(h));
+    return rc < 0 || !len ? rc : chan_write_all(ch, body, len);
 }
 
-/* The deadline for a whole control frame: the socket's receive timeout
- * from now (net_set_timeouts), so that a peer trickling bytes cannot
- * stretch it. */
-static uint64_t ctrl_deadline(int fd)
+/* The deadline for a whole control frame: the channel's timeout from now
+ * (chan_set_timeout), so that a peer trickling bytes cannot stretch it. */
+static uint64_t ctrl_deadline(const struct chan *ch)
 {
-    struct timeval tv = {0, 0};
-    socklen_t l = sizeof(tv);
-    uint64_t ns = (uint64_t)MIGRATE_DEFAULT_TIMEOUT_MS * 1000000;
-    if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0 && (tv.tv_sec || tv.tv_usec))
-        ns = (uint64_t)tv.tv_sec * 1000000000 + (uint64_t)tv.tv_usec * 1000;
-    return hv_now_ns() + ns;
+    int ms = ch->timeout_ms > 0 ? ch->timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
+    return hv_now_ns() + (uint64_t)ms * 1000000;
 }
 
 /*
@@ -184,16 +178,16 @@ static uint64_t ctrl_deadline(int fd)
  * ABORT frame instead becomes -ECONNABORTED with its reason.  err gets a
  * message on failure.
  */
-static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err, size_t errlen,
+static int recv_ctrl(struct chan *ch, uint16_t want, void *body, uint32_t len, char *err, size_t errlen,
                      const char *peer)
 {
     struct mig_frame h;
     size_t got = 0;
-    uint64_t by = ctrl_deadline(fd);
-    int rc = net_read_all_by(fd, &h, sizeof(h), &got, by);
+    uint64_t by = ctrl_deadline(ch);
+    int rc = chan_read_all_by(ch, &h, sizeof(h), &got, by);
     if (rc < 0) {
         snprintf(err, errlen, "waiting for %s from the %s: %s", frame_name(want), peer,
-                 rc == -ENODATA ? "connection closed" : strerror(-rc));
+                 rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
         return rc;
     }
     uint16_t type = le16toh(h.type);
@@ -205,7 +199,7 @@ static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err,
     }
     if (type == MIG_ABORT && raw == wire && raw <= MIG_CTRL_MAX && !h.flags) {
         char msg[MIG_CTRL_MAX + 1];
-        rc = net_read_all_by(fd, msg, raw, NULL, by);
+        rc = chan_read_all_by(ch, msg, raw, NULL, by);
         msg[rc == 0 ? raw : 0] = 0;
         for (char *p = msg; *p; p++)
             if (*p < 0x20 || *p > 0x7e)
@@ -219,10 +213,10 @@ static int recv_ctrl(int fd, uint16_t want, void *body, uint32_t len, char *err,
                  le16toh(h.flags), frame_name(want), len);
         return -EPROTO;
     }
-    rc = net_read_all_by(fd, body, len, NULL, by);
+    rc = chan_read_all_by(ch, body, len, NULL, by);
     if (rc < 0) {
         snprintf(err, errlen, "reading %s from the %s: %s", frame_name(want), peer,
-                 rc == -ENODATA ? "connection closed" : strerror(-rc));
+                 rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
         return rc;
     }
     if (XXH3_64bits(body, len) != le64toh(h.checksum)) {
@@ -242,7 +236,7 @@ struct fbuf {
 };
 
 struct pipe {
-    int fd;
+    struct chan *ch;
     struct fbuf b[PIPE_BUFS];
     size_t zcap;
     unsigned head, count;  /* queued slots (under mu) */
@@ -276,9 +270,9 @@ static int pipe_send(struct pipe *p, const void *buf, size_t len)
     pthread_mutex_unlock(&p->mu);
     if (p->fail_after && written + len >= p->fail_after) {
         size_t n = p->fail_after > written ? (size_t)(p->fail_after - written) : 0;
-        if (n && net_write_all(p->fd, buf, n) == 0)
+        if (n && chan_write_all(p->ch, buf, n) == 0)
             written += n;
-        shutdown(p->fd, SHUT_RDWR);
+        chan_cut(p->ch);
         snprintf(p->werr_msg, sizeof(p->werr_msg),
                  "connection cut by fault injection after %llu bytes",
                  (unsigned long long)p->fail_after);
@@ -287,10 +281,10 @@ static int pipe_send(struct pipe *p, const void *buf, size_t len)
         pthread_mutex_unlock(&p->mu);
         return -ECONNRESET;
     }
-    int rc = net_write_all(p->fd, buf, len);
+    int rc = chan_write_all(p->ch, buf, len);
     if (rc < 0) {
         snprintf(p->werr_msg, sizeof(p->werr_msg), "writing to the socket after %llu bytes: %s",
-                 (unsigned long long)written, strerror(-rc));
+                 (unsigned long long)written, chan_strerror(p->ch, rc));
         return rc;
     }
     pthread_mutex_lock(&p->mu);
@@ -333,10 +327,11 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static int pipe_init(struct pipe *p, int fd, bool compress, int level, uint64_t fail_after)
+static int pipe_init(struct pipe *p, struct chan *ch, bool compress, int level,
+                     uint64_t fail_after)
 {
     memset(p, 0, sizeof(*p));
-    p->fd = fd;
+    p->ch = ch;
     p->compress = compress;
     p->level = level ? level : 1;
     p->fail_after = fail_after;
@@ -726,12 +721,11 @@ static void leaves_now(struct domain *d, struct migrate_leaves *l)
  * sent before closing, for a better reason. */
 static void peek_result(struct sender *s)
 {
-    struct pollfd pf = {.fd = s->pipe.fd, .events = POLLIN};
-    if (poll(&pf, 1, 200) != 1)
+    if (chan_poll_in(s->pipe.ch, 200) != 1)
         return;
     struct mig_result res;
     char err[STREAM_ERR_LEN];
-    if (recv_ctrl(s->pipe.fd, MIG_RESULT, &res, sizeof(res), err, sizeof(err), "receiver") == 0 &&
+    if (recv_ctrl(s->pipe.ch, MIG_RESULT, &res, sizeof(res), err, sizeof(err), "receiver") == 0 &&
         (int32_t)le32toh((uint32_t)res.status) < 0) {
         res.msg[sizeof(res.msg) - 1] = 0;
         size_t l = strlen(s->rep->err);
@@ -765,7 +759,7 @@ static int end_round(struct sender *s, uint64_t t0, uint64_t wire0)
     return rc;
 }
 
-int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
+int migrate_send(struct migrate_guest *g, struct chan *ch, const struct migrate_opts *o,
                  struct migrate_report *rep)
 {
     static const struct migrate_opts defaults;
@@ -800,9 +794,9 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
                    crashed ? "the domain has crashed" : "log-dirty is already on");
         goto out;
     }
-    rc = net_set_timeouts(fd, timeout);
+    rc = chan_set_timeout(ch, timeout);
     if (rc == 0)
-        rc = pipe_init(&s->pipe, fd, o->compress, o->zstd_level, o->fail_after_bytes);
+        rc = pipe_init(&s->pipe, ch, o->compress, o->zstd_level, o->fail_after_bytes);
     if (rc < 0) {
         rc = sfail(s, rc, "setting up the connection: %s", strerror(-rc));
         goto out;
@@ -812,7 +806,7 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     machine_holes_init(&s->dm, d->m);
 
     /* handshake */
-    struct mig_hello hello = {htole32(MIG_VERSION), htole32(o->no_verify ? 0 : MIG_HELLO_VERIFY)};
+    struct mig_hello hello = {htole32(MIG_VERSION), htole32(MIG_HELLO_VERIFY)};
     rc = pipe_ctrl(&s->pipe, MIG_HELLO, &hello, sizeof(hello));
     if (rc == 0)
         rc = pipe_drain(&s->pipe);
@@ -821,7 +815,7 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
         goto out;
     }
     struct mig_hello ready;
-    rc = recv_ctrl(fd, MIG_READY, &ready, sizeof(ready), rep->err, sizeof(rep->err), "receiver");
+    rc = recv_ctrl(ch, MIG_READY, &ready, sizeof(ready), rep->err, sizeof(rep->err), "receiver");
     if (rc == 0 && le32toh(ready.version) != MIG_VERSION)
         rc = sfail(s, -EPROTONOSUPPORT, "the receiver speaks migration version %u, not %u",
                    le32toh(ready.version), MIG_VERSION);
@@ -949,12 +943,10 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
         goto wfail;
     uint64_t td = hv_now_ns(), pages = 0;
     struct mig_done done = {0};
-    if (!o->no_verify) {
-        rep->digest_sender = migrate_digest(d, &pages);
-        done.digest = htole64(rep->digest_sender);
-        done.pages = htole64(pages);
-        done.verify = htole32(1);
-    }
+    rep->digest_sender = migrate_digest(d, &pages);
+    done.digest = htole64(rep->digest_sender);
+    done.pages = htole64(pages);
+    done.verify = htole32(1);
     rep->digest_s = (double)(hv_now_ns() - td) / 1e9;
     rc = pipe_ctrl(&s->pipe, MIG_DONE, &done, sizeof(done));
     if (rc == 0)
@@ -962,7 +954,7 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     if (rc < 0)
         goto wfail;
     struct mig_result res;
-    rc = recv_ctrl(fd, MIG_RESULT, &res, sizeof(res), rep->err, sizeof(rep->err), "receiver");
+    rc = recv_ctrl(ch, MIG_RESULT, &res, sizeof(res), rep->err, sizeof(rep->err), "receiver");
     if (rc < 0)
         goto out;
     res.msg[sizeof(res.msg) - 1] = 0;
@@ -974,23 +966,21 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     rep->receiver = (struct migrate_leaves){le64toh(res.pages_1g), le64toh(res.pages_2m),
                                             le64toh(res.pages_4k)};
     rep->digest_receiver = le64toh(res.digest);
-    if (!o->no_verify) {
-        if (!le32toh(res.verified) || rep->digest_receiver != rep->digest_sender ||
-            le64toh(res.pages) != pages) {
-            rc = sfail(s, -EBADMSG, "memory digest mismatch: sender %#llx (%llu pages), "
-                       "receiver %#llx (%llu pages)", (unsigned long long)rep->digest_sender,
-                       (unsigned long long)pages, (unsigned long long)rep->digest_receiver,
-                       (unsigned long long)le64toh(res.pages));
-            goto out;
-        }
-        rep->verified = true;
+    if (!le32toh(res.verified) || rep->digest_receiver != rep->digest_sender ||
+        le64toh(res.pages) != pages) {
+        rc = sfail(s, -EBADMSG, "memory digest mismatch: sender %#llx (%llu pages), "
+                   "receiver %#llx (%llu pages)", (unsigned long long)rep->digest_sender,
+                   (unsigned long long)pages, (unsigned long long)rep->digest_receiver,
+                   (unsigned long long)le64toh(res.pages));
+        goto out;
     }
+    rep->verified = true;
     /* COMMIT: a write that fails leaves part of it at most on the wire
      * (the receiver cannot act on it); once it is whole on the socket, the
      * receiver may run the guest, so from then on this copy never runs
      * again: it is destroyed after RESUMED, or kept paused in doubt. */
     if (o->cut_before_commit) {
-        shutdown(fd, SHUT_RDWR);
+        chan_cut(ch);
         rc = sfail(s, -ECONNRESET, "connection cut by fault injection before COMMIT");
         goto out;
     }
@@ -1004,11 +994,11 @@ int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
     char rerr[STREAM_ERR_LEN / 2], none[1];
     if (o->cut_after_commit) {
         /* a RESUMED already in the socket would still be read: do not */
-        shutdown(fd, SHUT_RDWR);
+        chan_cut(ch);
         snprintf(rerr, sizeof(rerr), "connection cut by fault injection after COMMIT");
         rc = -ECONNRESET;
     } else {
-        rc = recv_ctrl(fd, MIG_RESUMED, none, 0, rerr, sizeof(rerr), "receiver");
+        rc = recv_ctrl(ch, MIG_RESUMED, none, 0, rerr, sizeof(rerr), "receiver");
     }
     if (rc < 0) {
         snprintf(rep->err, sizeof(rep->err), "IN DOUBT: COMMIT was sent but RESUMED did not "
@@ -1092,7 +1082,7 @@ out:
 #define RX_CHUNK 4096u
 
 struct rx {
-    int fd;
+    struct chan *ch;
     uint64_t by;         /* the current frame's deadline (hv_now_ns) */
     uint64_t end_by;     /* the migration's deadline */
     int frame_ms;        /* a frame's time (the handshake's for HELLO) */
@@ -1125,7 +1115,7 @@ static const char *rx_why(const struct rx *x, int rc)
     if (rc == -ENODATA)
         return "connection closed";
     if (rc != -ETIMEDOUT)
-        return strerror(-rc);
+        return chan_strerror(x->ch, rc);
     if (x->by >= x->end_by)
         return "the migration's deadline passed";
     return x->phase[0] == 'h' ? "the handshake's deadline passed (no whole HELLO in time)"
@@ -1144,7 +1134,7 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
     uint8_t *p = dst;
     for (size_t done = 0; done < n;) {
         size_t k = n - done < RX_HASH_PIECE ? n - done : RX_HASH_PIECE, got = 0;
-        int rc = net_read_all_by(x->fd, p + done, k, &got, x->by);
+        int rc = chan_read_all_by(x->ch, p + done, k, &got, x->by);
         x->offset += got;
         if (rc < 0)
             return rxfail(x, rc, "DATA frame at byte offset %llu: %s after %zu of %zu bytes",
@@ -1189,7 +1179,7 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
     x->by = now + (uint64_t)x->frame_ms * 1000000;
     if (x->by > x->end_by)
         x->by = x->end_by;
-    int rc = net_read_all_by(x->fd, &h, sizeof(h), &got, x->by);
+    int rc = chan_read_all_by(x->ch, &h, sizeof(h), &got, x->by);
     x->offset += got;
     if (rc == -ENODATA)
         return rxfail(x, rc, "the sender closed the connection at byte offset %llu%s",
@@ -1223,7 +1213,7 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
         return 0;
     }
     uint8_t *dst = (flags & MIG_F_ZSTD) ? x->wire : x->raw;
-    rc = net_read_all_by(x->fd, dst, wire, &got, x->by);
+    rc = chan_read_all_by(x->ch, dst, wire, &got, x->by);
     x->offset += got;
     if (rc < 0)
         return rxfail(x, rc, "%s frame at byte offset %llu: %s after %zu of %u bytes",
@@ -1349,7 +1339,7 @@ out:
     return rc;
 }
 
-static int send_result(int fd, int status, const struct domain *d, bool verified,
+static int send_result(struct chan *ch, int status, const struct domain *d, bool verified,
                         uint64_t digest, uint64_t pages, const char *msg)
 {
     struct mig_result r;
@@ -1364,14 +1354,14 @@ static int send_result(int fd, int status, const struct domain *d, bool verified
         r.pages_4k = htole64(domain_pages_4k(d));
     }
     snprintf(r.msg, sizeof(r.msg), "%.200s", msg ? msg : "");
-    return send_ctrl(fd, MIG_RESULT, &r, sizeof(r));
+    return send_ctrl(ch, MIG_RESULT, &r, sizeof(r));
 }
 
-int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o,
+int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_recv_opts *o,
                     struct migrate_recv_result *res)
 {
     static const struct migrate_recv_opts defaults;
-    struct rx x = {.fd = fd, .phase = "handshake"};
+    struct rx x = {.ch = ch, .phase = "handshake"};
     struct domain *d = NULL;
     struct migrate_guest *g = NULL;
     o = o ? o : &defaults;
@@ -1385,7 +1375,7 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
     x.wire = hv_malloc(x.wcap);
     x.dctx = ZSTD_createDCtx();
     x.xs = XXH3_createState();
-    int rc = (!x.raw || !x.wire || !x.dctx || !x.xs) ? -ENOMEM : net_set_timeouts(fd, timeout);
+    int rc = (!x.raw || !x.wire || !x.dctx || !x.xs) ? -ENOMEM : chan_set_timeout(ch, timeout);
     if (rc < 0) {
         rxfail(&x, rc, "setting up: %s", strerror(-rc));
         goto fail;
@@ -1398,9 +1388,9 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
     if (rc < 0)
         goto fail;
     struct mig_hello ready = {htole32(MIG_VERSION), 0};
-    rc = send_ctrl(fd, MIG_READY, &ready, sizeof(ready));
+    rc = send_ctrl(ch, MIG_READY, &ready, sizeof(ready));
     if (rc < 0) {
-        rxfail(&x, rc, "sending READY: %s", strerror(-rc));
+        rxfail(&x, rc, "sending READY: %s", chan_strerror(ch, rc));
         goto fail;
     }
     /* the handshake hook (migrate.h): from here on the peer is a sender */
@@ -1433,28 +1423,34 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
                             sizeof(res->err));
     if (rc < 0)
         goto fail_msg;
+    /* the digest is always checked, whatever the sender's HELLO said: a
+     * sender that offers none gets nothing resumed here */
     uint64_t pages = 0;
-    if (le32toh(done.verify)) {
-        res->digest = migrate_digest_known(d, res->rr.data_bits, res->rr.data_bits_nr, &pages);
-        res->verified = true;
-        if (res->digest != le64toh(done.digest) || pages != le64toh(done.pages)) {
-            rc = -EBADMSG;
-            snprintf(res->err, sizeof(res->err), "memory digest mismatch: sender %#llx (%llu "
-                     "pages), receiver %#llx (%llu pages)", (unsigned long long)le64toh(done.digest),
-                     (unsigned long long)le64toh(done.pages), (unsigned long long)res->digest,
-                     (unsigned long long)pages);
-            goto fail_msg;
-        }
+    if (le32toh(done.verify) != 1) {
+        rc = -EBADMSG;
+        snprintf(res->err, sizeof(res->err), "the sender sent no memory digest (DONE verify "
+                 "%u): this receiver always checks it", le32toh(done.verify));
+        goto fail_msg;
+    }
+    res->digest = migrate_digest_known(d, res->rr.data_bits, res->rr.data_bits_nr, &pages);
+    res->verified = true;
+    if (res->digest != le64toh(done.digest) || pages != le64toh(done.pages)) {
+        rc = -EBADMSG;
+        snprintf(res->err, sizeof(res->err), "memory digest mismatch: sender %#llx (%llu "
+                 "pages), receiver %#llx (%llu pages)", (unsigned long long)le64toh(done.digest),
+                 (unsigned long long)le64toh(done.pages), (unsigned long long)res->digest,
+                 (unsigned long long)pages);
+        goto fail_msg;
     }
     /* a RESULT not written whole cannot be acted on: the sender will not
      * commit, this copy goes */
-    rc = send_result(fd, 0, d, res->verified, res->digest, pages, NULL);
+    rc = send_result(ch, 0, d, res->verified, res->digest, pages, NULL);
     if (rc < 0) {
-        snprintf(res->err, sizeof(res->err), "sending RESULT: %s", strerror(-rc));
+        snprintf(res->err, sizeof(res->err), "sending RESULT: %s", chan_strerror(ch, rc));
         goto fail_msg;
     }
     if (o->cut_before_commit) {
-        shutdown(fd, SHUT_RDWR);
+        chan_cut(ch);
         rc = rxfail(&x, -ECONNRESET, "connection cut by fault injection before COMMIT");
     } else {
         rc = rx_ctrl(&x, MIG_COMMIT, NULL, 0);
@@ -1479,9 +1475,9 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
     /* COMMIT: the guest is this side's now, whatever happens to RESUMED */
     res->g = g;
     if (o->cut_before_resumed) {
-        shutdown(fd, SHUT_RDWR);
+        chan_cut(ch);
         res->resumed_unsent = true;
-    } else if (send_ctrl(fd, MIG_RESUMED, "", 0) < 0) {
+    } else if (send_ctrl(ch, MIG_RESUMED, "", 0) < 0) {
         res->resumed_unsent = true;
     }
     goto out;
@@ -1489,7 +1485,7 @@ int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o
 fail:
     snprintf(res->err, sizeof(res->err), "%s", x.err[0] ? x.err : strerror(-rc));
 fail_msg:
-    (void)send_result(fd, rc, NULL, false, 0, 0, res->err);
+    (void)send_result(ch, rc, NULL, false, 0, 0, res->err);
     migrate_guest_destroy(g);
     domain_destroy(d);
 out:

@@ -1,5 +1,6 @@
 /*
- * migrate.h - live migration over TCP with pre-copy rounds.
+ * migrate.h - live migration over a channel (chan.h: TLS 1.3 or, when asked
+ * for, plain TCP) with pre-copy rounds.
  *
  * Wire: a connection carries frames (struct mig_frame, 24 bytes, little-
  * endian, then wire_len bytes).  DATA frames carry the migration stream of
@@ -8,7 +9,10 @@
  * arbitrary byte boundaries, each frame optionally zstd-compressed and
  * always checksummed (XXH3-64 of the raw bytes).  Compression is a property
  * of the transport: the stream inside stays plain Xen layout and is read by
- * stream_restore unchanged.
+ * stream_restore unchanged.  The frames travel over a channel (chan.h):
+ * TLS 1.3 with both peers authenticated before the first frame, or plain
+ * TCP when the caller asked for it; the checksums catch corruption, TLS
+ * catches tampering, and the receiver checks the memory digest always.
  *
  *   sender                                   receiver
  *   HELLO {version, flags}          ->
@@ -142,7 +146,9 @@ struct mig_frame {
 };
 _Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
 
-#define MIG_HELLO_VERIFY 0x1u /* the sender sends a digest: receiver computes its own */
+/* The sender sends a digest.  Informative only: the receiver always
+ * computes its own and refuses a DONE without one (DONE.verify != 1). */
+#define MIG_HELLO_VERIFY 0x1u
 struct mig_hello {
     uint32_t version;
     uint32_t flags;
@@ -241,7 +247,6 @@ struct migrate_opts {
     unsigned max_rounds;     /* iterative rounds; 0: MIGRATE_DEFAULT_ROUNDS */
     bool compress;
     int zstd_level;          /* 0: 1 */
-    bool no_verify;          /* skip the memory digests */
     int timeout_ms;          /* socket and confirmation; 0: default */
     /* Fault injection: cut the connection (shutdown) after this many bytes
      * were written to the socket (0: never). */
@@ -299,18 +304,21 @@ struct migrate_report {
     struct migrate_stats st;
 };
 
+struct chan;
+
 /*
- * Migrate g's domain over the connected socket fd.  The runner may be
+ * Migrate g's domain over the connected channel ch (authenticated already,
+ * when it is TLS).  The runner may be
  * running (live) or not.  0: the receiver confirmed, got COMMIT and sent
  * RESUMED; g is paused and log-dirty is off: the caller destroys the
  * sender's copy.  -EINPROGRESS with rep->in_doubt: COMMIT left but RESUMED
  * did not come; g is paused, log-dirty off: the caller must neither resume
  * nor destroy it before it knows whether the receiver runs the guest.
  * Other < 0: rep->err says why; log-dirty is off, superpages are merged
- * back (rep->after_abort) and g runs again if it was running.  fd is not
+ * back (rep->after_abort) and g runs again if it was running.  ch is not
  * closed.
  */
-int migrate_send(struct migrate_guest *g, int fd, const struct migrate_opts *o,
+int migrate_send(struct migrate_guest *g, struct chan *ch, const struct migrate_opts *o,
                  struct migrate_report *rep) HV_MUST_CHECK;
 
 /* ---- receiver ---------------------------------------------------------------- */
@@ -369,14 +377,17 @@ struct migrate_recv_result {
 };
 
 /*
- * Receive one migration on the connected socket fd onto machine m.  0 and
+ * Receive one migration on the connected channel ch onto machine m (the
+ * peer authenticated already, when it is TLS).  The memory digest is
+ * always checked: a DONE without the sender's digest, or with another one,
+ * fails the migration.  0 and
  * res->g (not started: the caller runs it; destroy with
  * migrate_guest_destroy, then domain_destroy(res->g->d)) after COMMIT, with
  * RESUMED sent (resumed_unsent if that failed: the guest is still this
  * side's).  -EINPROGRESS with res->in_doubt and res->g (the same, paused):
  * the caller decides.  Other < 0 with res->err, and no domain left on m.
  */
-int migrate_receive(struct machine *m, int fd, const struct migrate_recv_opts *o,
+int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_recv_opts *o,
                     struct migrate_recv_result *res) HV_MUST_CHECK;
 /* Free what res holds besides the guest. */
 void migrate_recv_result_free(struct migrate_recv_result *res);

@@ -47,6 +47,7 @@
 #include <xxhash.h>
 
 #include "balloon.h"
+#include "chan.h"
 #include "migrate.h"
 #include "net.h"
 
@@ -145,6 +146,38 @@ static void page_hashes(struct domain *d, uint64_t *hashes)
 
 static void on_paused_hash(void *ctx, struct domain *d) { page_hashes(d, ctx); }
 
+/* ---- plain channels over a test's sockets ---------------------------------------- */
+
+/* migrate_send / migrate_receive over a plain channel on a dup of fd: the
+ * test keeps fd (a cut shuts the socket down for both). */
+static struct chan *plain_chan(int fd)
+{
+    struct chan *ch;
+    char err[CHAN_ERR_LEN];
+    int d = dup(fd);
+    assert_true(d >= 0);
+    assert_int_equal(chan_open(d, NULL, 0, &ch, err, sizeof(err)), 0);
+    return ch;
+}
+
+static int send_fd(struct migrate_guest *g, int fd, const struct migrate_opts *o,
+                   struct migrate_report *rep)
+{
+    struct chan *ch = plain_chan(fd);
+    int rc = migrate_send(g, ch, o, rep);
+    chan_close(ch);
+    return rc;
+}
+
+static int recv_fd(struct machine *m, int fd, const struct migrate_recv_opts *o,
+                   struct migrate_recv_result *res)
+{
+    struct chan *ch = plain_chan(fd);
+    int rc = migrate_receive(m, ch, o, res);
+    chan_close(ch);
+    return rc;
+}
+
 /* ---- the sender ------------------------------------------------------------------ */
 
 struct sender_env {
@@ -202,6 +235,9 @@ static void resume_on_receiver(const struct model *mo, struct migrate_guest *g,
     model_check(mo, rd);
     assert_int_equal(migrate_guest_start(g), 0);
     sleep_ms(50);
+    /* a loaded host may not have run the runner yet: give it up to 5 s */
+    for (int i = 0; i < 100 && !__atomic_load_n(&g->accesses, __ATOMIC_RELAXED); i++)
+        sleep_ms(50);
     migrate_guest_stop(g);
     assert_int_equal(g->err, 0);
     assert_true(g->accesses > 0);
@@ -268,7 +304,7 @@ static void *rx_main(void *arg)
         snprintf(r->res.err, sizeof(r->res.err), "accept: %s", strerror(-r->rc));
         return NULL;
     }
-    r->rc = migrate_receive(r->m, fd, &r->o, &r->res);
+    r->rc = recv_fd(r->m, fd, &r->o, &r->res);
     if (r->hold_fd)
         r->fd = fd;
     else
@@ -348,7 +384,7 @@ static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress
     struct migrate_opts o = {.mode = mode, .compress = compress, .on_paused = on_paused_hash,
                              .ctx = hs, .timeout_ms = 20000};
     int fd = connect_to(rx.port);
-    int rc = migrate_send(e->g, fd, &o, rep);
+    int rc = send_fd(e->g, fd, &o, rep);
     close(fd);
     rx_join(&rx);
     if (rc < 0 || rx.rc < 0)
@@ -520,7 +556,7 @@ static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, b
         o.fail_after_bytes = cut;
         fd = connect_to(rx.port);
     }
-    int rc = migrate_send(e->g, fd, &o, rep);
+    int rc = send_fd(e->g, fd, &o, rep);
     close(fd);
     if (proxy_cut) {
         pthread_join(px.t, NULL);
@@ -574,7 +610,7 @@ static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
     rx_start(&rx, rm, e->model);
     struct migrate_opts o = {.timeout_ms = 20000};
     int fd = connect_to(rx.port);
-    assert_int_equal(migrate_send(e->g, fd, &o, rep), 0);
+    assert_int_equal(send_fd(e->g, fd, &o, rep), 0);
     close(fd);
     rx_join(&rx);
     assert_int_equal(rx.rc, 0);
@@ -737,7 +773,7 @@ static void test_commit_lost(void **state)
     rx_start_cut(&rx, rm, e.model, 1);
     struct migrate_opts o = {.on_paused = on_paused_hash, .ctx = hs, .timeout_ms = 5000};
     int fd = connect_to(rx.port);
-    int rc = migrate_send(e.g, fd, &o, rep);
+    int rc = send_fd(e.g, fd, &o, rep);
     /* the receiver is done (in doubt) before its connection closes: the
      * sender's COMMIT went out whole */
     close(fd);
@@ -779,7 +815,7 @@ static void test_resumed_lost(void **state)
         struct migrate_opts o = {.on_paused = on_paused_hash, .ctx = hs, .timeout_ms = 5000,
                                  .cut_after_commit = k == 1};
         int fd = connect_to(rx.port);
-        int rc = migrate_send(e.g, fd, &o, rep);
+        int rc = send_fd(e.g, fd, &o, rep);
         close(fd);
         rx_join(&rx);
         print_message("# RESUMED lost (%s): sender: %s\n", k ? "sender cuts after COMMIT" :
@@ -906,7 +942,7 @@ static void test_hostile_receiver(void **state)
         assert_int_equal(pthread_create(&f.t, NULL, fake_rx_main, &f), 0);
         int fd = connect_to(f.port);
         struct migrate_opts o = {.timeout_ms = 5000};
-        int rc = migrate_send(e.g, fd, &o, rep);
+        int rc = send_fd(e.g, fd, &o, rep);
         close(fd);
         pthread_join(f.t, NULL);
         close(f.lfd);
@@ -924,7 +960,7 @@ static void test_hostile_receiver(void **state)
     static const char bad[] = "this is not a XENF stream, not at all";
     struct migrate_opts o = {.timeout_ms = 5000, .inject = bad, .inject_len = sizeof(bad)};
     int fd = connect_to(rx.port);
-    int rc = migrate_send(e.g, fd, &o, rep);
+    int rc = send_fd(e.g, fd, &o, rep);
     close(fd);
     rx_join(&rx);
     print_message("# garbage stream: receiver: %s\n#   sender: %s\n", rx.res.err, rep->err);
@@ -1165,7 +1201,7 @@ static void migrate_live_map(struct sender_env *e, enum dirty_mode mode,
     struct migrate_opts o = {.mode = mode, .on_paused = on_paused_snap, .ctx = &tx,
                              .timeout_ms = 20000};
     int fd = connect_to(rx.port);
-    int rc = migrate_send(e->g, fd, &o, rep);
+    int rc = send_fd(e->g, fd, &o, rep);
     close(fd);
     if (op) {
         __atomic_store_n(&ch->stop, true, __ATOMIC_RELEASE);
@@ -1487,7 +1523,7 @@ static void test_no_foreign_bytes(void **state)
                                  .max_rounds = 30, .timeout_ms = 20000};
         uint64_t outs0 = lc.outs, marked0 = lc.marked, nomem0 = lc.nomem;
         int fd = connect_to(px.port);
-        int rc = migrate_send(g, fd, &o, rep);
+        int rc = send_fd(g, fd, &o, rep);
         close(fd);
         pthread_join(px.t, NULL);
         close(px.lfd);
@@ -1736,6 +1772,21 @@ static bool file_has(const char *path, const char *key, const char *val)
     return strncmp(p, val, strlen(val)) == 0;
 }
 
+/* A fresh 256-bit pre-shared key in dir/psk (mode 0600). */
+static void write_psk(const char *dir, char *path, size_t len)
+{
+    snprintf(path, len, "%s/psk", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    char line[80] = "test:";
+    struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
+    for (int i = 0; i < 32; i++)
+        snprintf(line + 5 + 2 * i, 3, "%02x", (unsigned)(hv_rng_next(&r) & 0xff));
+    strcat(line, "\n");
+    assert_int_equal(write(fd, line, strlen(line)), (ssize_t)strlen(line));
+    close(fd);
+}
+
 /* Receiver and sender as two processes, each optionally inside a network
  * namespace (ns NULL: this one).  Returns a message on failure, NULL if ok. */
 static const char *two_processes(const char *hv, const char *ns_rx, const char *ns_tx,
@@ -1744,7 +1795,8 @@ static const char *two_processes(const char *hv, const char *ns_rx, const char *
     char dir[] = "/tmp/hvmigXXXXXX";
     if (!mkdtemp(dir))
         return "mkdtemp failed";
-    char portf[96], rlog[96], slog[96], listen[64], to[64];
+    char portf[96], rlog[96], slog[96], listen[64], to[64], psk[96];
+    write_psk(dir, psk, sizeof(psk));
     snprintf(portf, sizeof(portf), "%s/port", dir);
     snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
     snprintf(slog, sizeof(slog), "%s/sender.json", dir);
@@ -1757,7 +1809,7 @@ static const char *two_processes(const char *hv, const char *ns_rx, const char *
     }
     char *rtail[] = {(char *)hv, "receive", "--listen", listen, "--port-file", portf, "--run",
                      "0.3", "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
-                     "--json", NULL};
+                     "--psk-file", psk, "--json", NULL};
     memcpy(rargv + n, rtail, sizeof(rtail));
     pid_t rp = spawn(rargv, rlog);
     unsigned port = 0;
@@ -1786,7 +1838,7 @@ static const char *two_processes(const char *hv, const char *ns_rx, const char *
     }
     char *stail[] = {(char *)hv, "migrate", "--to", to, "--guest-mem", "1G", "--vcpus", "2",
                      "--after", "0.3", "--write-rate", "20000", "--wss", "0.2", "--timeout", "30",
-                     "--json", NULL};
+                     "--psk-file", psk, "--json", NULL};
     memcpy(sargv + n, stail, sizeof(stail));
     pid_t sp = spawn(sargv, slog);
     int ss = wait_deadline(sp, 80), rs = wait_deadline(rp, 20);
@@ -1802,6 +1854,7 @@ out:
     unlink(portf);
     unlink(rlog);
     unlink(slog);
+    unlink(psk);
     rmdir(dir);
     return err;
 }
@@ -1835,14 +1888,15 @@ static void test_process_receiver_in_doubt(void **state)
     }
     char dir[] = "/tmp/hvdoubtXXXXXX";
     assert_non_null(mkdtemp(dir));
-    char portf[96], rlog[96], saved[96], relog[96];
+    char portf[96], rlog[96], saved[96], relog[96], psk[96];
+    write_psk(dir, psk, sizeof(psk));
     snprintf(portf, sizeof(portf), "%s/port", dir);
     snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
     snprintf(saved, sizeof(saved), "%s/in-doubt.hvs", dir);
     snprintf(relog, sizeof(relog), "%s/restore.json", dir);
     char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                      "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
-                     "--in-doubt-save", saved, "--json", NULL};
+                     "--in-doubt-save", saved, "--psk-file", psk, "--json", NULL};
     pid_t rp = spawn(rargv, rlog);
     unsigned port = 0;
     for (int i = 0; i < 400 && !port; i++) {
@@ -1862,9 +1916,16 @@ static void test_process_receiver_in_doubt(void **state)
     sender_init(&e, 2, 20000, 0.02);
     sleep_ms(30);
     struct migrate_opts o = {.timeout_ms = 20000, .cut_before_commit = true};
-    int fd = connect_to((uint16_t)port);
-    int rc = migrate_send(e.g, fd, &o, rep);
-    close(fd);
+    struct chan_tls *tls;
+    struct chan *ch;
+    char err[CHAN_ERR_LEN];
+    struct chan_creds cr = {.psk_file = psk};
+    assert_int_equal(chan_tls_create(&cr, false, &tls, err, sizeof(err)), 0);
+    if (chan_open(connect_to((uint16_t)port), tls, 10000, &ch, err, sizeof(err)) < 0)
+        fail_msg("TLS to the receiver process: %s", err);
+    int rc = migrate_send(e.g, ch, &o, rep);
+    chan_close(ch);
+    chan_tls_destroy(tls);
     assert_true(rc < 0);
     assert_false(rep->in_doubt);
     assert_true(rep->verified);
@@ -1885,6 +1946,7 @@ static void test_process_receiver_in_doubt(void **state)
     unlink(rlog);
     unlink(saved);
     unlink(relog);
+    unlink(psk);
     rmdir(dir);
     free(rep);
     sender_fini(&e);
@@ -1955,7 +2017,7 @@ static void test_process_in_doubt_save_fails(void **state)
     snprintf(relog, sizeof(relog), "%s/restore.json", dir);
     char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                      "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
-                     "--in-doubt-save", saved, "--json", NULL};
+                     "--in-doubt-save", saved, "--insecure", "--json", NULL};
     char *old_tmp = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
     setenv("TMPDIR", tmpd, 1);
     pid_t rp = spawn(rargv, rlog);
@@ -1973,7 +2035,7 @@ static void test_process_in_doubt_save_fails(void **state)
     sleep_ms(30);
     struct migrate_opts o = {.timeout_ms = 20000, .cut_before_commit = true};
     int fd = connect_to((uint16_t)port);
-    int rc = migrate_send(e.g, fd, &o, rep);
+    int rc = send_fd(e.g, fd, &o, rep);
     close(fd);
     assert_true(rc < 0);
     assert_false(rep->in_doubt);
@@ -2056,7 +2118,7 @@ static void test_process_sender_in_doubt_symlink(void **state)
     snprintf(to, sizeof(to), "127.0.0.1:%u", rx.port);
     char *sargv[] = {hv, "migrate", "--to", to, "--guest-mem", "128M", "--host-mem", "1G",
                      "--vcpus", "1", "--after", "0.2", "--write-rate", "20000", "--timeout", "5",
-                     "--in-doubt-save", planted, "--json", NULL};
+                     "--in-doubt-save", planted, "--insecure", "--json", NULL};
     int ss = wait_deadline(spawn(sargv, slog), 90);
     rx_join(&rx);
     if (ss != 3)
@@ -2163,7 +2225,8 @@ static void test_process_run_migrate_fails(void **state)
         snprintf(to, sizeof(to), "127.0.0.1:%u", c.port);
         char *argv[] = {hv, "run", "--guest-mem", "128M", "--workload", "writer",
                         "--write-rate", "20000", "--seconds", "2", "--after", "0.2",
-                        "--migrate-to", to, "--json", with_save ? "--save-on-failure" : NULL,
+                        "--migrate-to", to, "--insecure", "--json",
+                        with_save ? "--save-on-failure" : NULL,
                         saved, NULL};
         uint64_t t0 = hv_now_ns();
         int st = wait_deadline(spawn(argv, log), 90);
@@ -2417,7 +2480,7 @@ static void test_sender_trickled(void **state)
     struct migrate_opts o = {.timeout_ms = 1000};
     int fd = connect_to(r.port);
     uint64_t t0 = hv_now_ns();
-    int rc = migrate_send(e.g, fd, &o, rep);
+    int rc = send_fd(e.g, fd, &o, rep);
     double s = (double)(hv_now_ns() - t0) / 1e9;
     close(fd);
     pthread_join(r.t, NULL);
@@ -2483,7 +2546,7 @@ static void test_process_receiver_available(void **state)
     snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
     char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                      "--accept-timeout", "120", "--host-mem", "4G", "--timeout", "2",
-                     "--handshake-timeout", "3", "--run", "0.1", "--json", NULL};
+                     "--handshake-timeout", "3", "--run", "0.1", "--insecure", "--json", NULL};
     pid_t rp = spawn(rargv, rlog);
     unsigned port = read_port(portf);
     assert_true(port != 0);
@@ -2543,7 +2606,7 @@ static void test_process_receiver_available(void **state)
     struct busy_probe probe = {.port = (uint16_t)port, .answered_s = -1};
     struct migrate_opts o = {.timeout_ms = 10000, .on_round = probe_busy, .ctx = &probe};
     fd = connect_to((uint16_t)port);
-    int rc = migrate_send(e.g, fd, &o, rep);
+    int rc = send_fd(e.g, fd, &o, rep);
     close(fd);
     for (unsigned i = 0; i < 8; i++)
         pthread_join(crowd[i].t, NULL);

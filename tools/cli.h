@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "chan.h"
 #include "common.h"
 #include "json.h"
 
@@ -113,7 +114,8 @@ extern const struct cmd cmd_receive;
 /* Live-migrate d (populated, no vCPUs of the caller running) with nv soft
  * vCPUs running wc, after `after` seconds, to ADDR:PORT `to`; prints the
  * report (cmd_migrate.c; `hugevm migrate` and `hugevm run --migrate-to`).
- * Returns the exit status; on success the caller destroys its copy.  In
+ * Returns the exit status; on success the caller destroys its copy.  tls:
+ * who the receiver must be (cli_tls_setup; NULL: plain, --insecure).  In
  * doubt (the receiver may run the guest, RESUMED did not come), the paused
  * guest is saved to doubt_file (NULL: hugevm-in-doubt-sender-PID.hvs; it
  * does not return before the guest is saved somewhere, see cmd_migrate.c)
@@ -121,13 +123,43 @@ extern const struct cmd cmd_receive;
  * the guest keeps running here until run_s seconds after the call, then is
  * paused and, with fail_save, saved there (status 1 either way). */
 #define CLI_EXIT_IN_DOUBT 3
+
+/* Who may connect, for migrate, receive and run --migrate-to
+ * (cmd_migrate.c): a pre-shared key, certificates, or --insecure. */
+struct cli_tls_opts {
+    struct chan_creds creds;
+    bool insecure;
+};
+/* --tls-authz NAME (repeatable); dest is a struct cli_tls_opts. */
+int cli_parse_authz(void *dest, const char *arg);
+#define CLI_TLS_OPTS(t)                                                                       \
+    {"psk-file", OPT_STR, &(t).creds.psk_file, "FILE", "TLS 1.3 with this pre-shared key, "   \
+     "the same file on both sides: one line IDENTITY:HEXKEY, at least 128 bits, not readable " \
+     "by others (e.g. umask 077; echo \"hv:$(openssl rand -hex 32)\" > key)", NULL},        \
+    {"tls-cert", OPT_STR, &(t).creds.cert_file, "FILE", "TLS 1.3 with X.509: this side's "    \
+     "certificate chain (PEM)", NULL},                                                        \
+    {"tls-key", OPT_STR, &(t).creds.key_file, "FILE", "its private key (PEM, not readable by " \
+     "others)", NULL},                                                                        \
+    {"tls-ca", OPT_STR, &(t).creds.ca_file, "FILE", "the CA the peer's certificate must "     \
+     "chain to (PEM)", NULL},                                                                 \
+    {"tls-authz", OPT_FUNC, &(t), "NAME", "accept only a peer whose certificate names NAME "  \
+     "(subject CN or subjectAltName, exactly); repeatable (default: any the CA signed)",      \
+     cli_parse_authz},                                                                        \
+    {"insecure", OPT_FLAG, &(t).insecure, NULL, "plain TCP: no authentication, no "           \
+     "encryption (both sides must say so)", NULL}
+/* The TLS context the options ask for: 0 and *out (NULL for --insecure,
+ * after a warning on stderr), or 1 after printing what is missing or
+ * wrong. */
+int cli_tls_setup(const char *cmd, const struct cli_tls_opts *t, bool server,
+                  struct chan_tls **out);
 struct tlb_config;
 struct workload_config;
 struct migrate_opts;
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
-                       const struct migrate_opts *mopts, uint64_t retries,
-                       const char *doubt_file, double run_s, const char *fail_save, bool json);
+                       const struct migrate_opts *mopts, struct chan_tls *tls,
+                       uint64_t retries, const char *doubt_file, double run_s,
+                       const char *fail_save, bool json);
 /* Save d with its vCPUs and workloads (as hugevm run --save: hugevm restore
  * FILE --run resumes it) to path; d must not change meanwhile (cmd_run.c). */
 struct vcpu;

@@ -26,6 +26,11 @@
  * A migration that fails outright leaves the guest running on the sender
  * (migrate.h); cli_migrate_domain keeps running it for the rest of the
  * run's seconds and can then save it (--save-on-failure FILE).
+ *
+ * Transport: TLS 1.3 with a pre-shared key or certificates (chan.h),
+ * handshake and peer check before any migration byte; plain TCP only with
+ * --insecure on both sides.  receive listens on 127.0.0.1 unless --listen
+ * names another address.
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -110,8 +115,6 @@ static void print_report(const struct migrate_report *r)
         printf("  memory digest: sender %#018llx == receiver %#018llx (%.1f ms): checksums "
                "match\n", (unsigned long long)r->digest_sender,
                (unsigned long long)r->digest_receiver, r->digest_s * 1e3);
-    else if (r->rc == 0)
-        printf("  memory digest: not verified (--no-verify)\n");
 }
 
 static void json_report(struct json *j, const char *key, const struct migrate_report *r)
@@ -159,14 +162,51 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
     json_obj_end(j);
 }
 
+/* ---- transport security --------------------------------------------------------- */
+
+int cli_parse_authz(void *dest, const char *arg)
+{
+    struct cli_tls_opts *t = dest;
+    if (!arg[0] || t->creds.nr_authz >= CHAN_MAX_AUTHZ)
+        return -EINVAL;
+    t->creds.authz[t->creds.nr_authz++] = arg;
+    return 0;
+}
+
+int cli_tls_setup(const char *cmd, const struct cli_tls_opts *t, bool server,
+                  struct chan_tls **out)
+{
+    char err[CHAN_ERR_LEN];
+    *out = NULL;
+    bool creds = chan_creds_given(&t->creds);
+    if (t->insecure && creds)
+        return cli_error("%s: --insecure and TLS credentials exclude each other", cmd);
+    if (t->insecure) {
+        fprintf(stderr, "hugevm: %s: WARNING: --insecure: plain TCP, no authentication and no "
+                "encryption; anyone who reaches the %s can read the guest's memory, change it "
+                "in flight or %s\n", cmd, server ? "port" : "connection",
+                server ? "push a forged guest here" : "pose as the receiver and take the guest");
+        return 0;
+    }
+    if (!creds)
+        return cli_error("%s: no credentials: give --psk-file FILE (the same key file on both "
+                         "sides), or --tls-cert FILE --tls-key FILE --tls-ca FILE (and "
+                         "--tls-authz NAME for the peer allowed), or --insecure on both sides "
+                         "for plain, unauthenticated TCP", cmd);
+    if (chan_tls_create(&t->creds, server, out, err, sizeof(err)) < 0)
+        return cli_error("%s: %s", cmd, err);
+    return 0;
+}
+
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
     const char *to, *workload, *log_dirty, *doubt_file, *fail_save;
     uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
     double after, downtime_ms, wss, write_frac, timeout_s;
-    bool compress, no_verify, json;
+    bool compress, json;
     int zstd_level;
+    struct cli_tls_opts tls;
 } mo = {
     .workload = "writer",
     .guest_mem = 4 * GiB,
@@ -302,8 +342,9 @@ done:
 
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
-                       const struct migrate_opts *mopts, uint64_t retries,
-                       const char *doubt_file, double run_s, const char *fail_save, bool json)
+                       const struct migrate_opts *mopts, struct chan_tls *ctls,
+                       uint64_t retries, const char *doubt_file, double run_s,
+                       const char *fail_save, bool json)
 {
     uint64_t t_start = hv_now_ns();
     struct sockaddr_in sa;
@@ -331,13 +372,23 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
     sleep_s(after);
     for (uint64_t attempt = 0;; attempt++) {
         int fd;
-        rc = net_connect(&sa, mopts->timeout_ms > 0 ? mopts->timeout_ms : 10000, &fd);
+        struct chan *ch = NULL;
+        char cerr[CHAN_ERR_LEN];
+        int tmo = mopts->timeout_ms > 0 ? mopts->timeout_ms : 10000;
+        rc = net_connect(&sa, tmo, &fd);
         if (rc < 0) {
             rep->rc = rc;
             snprintf(rep->err, sizeof(rep->err), "connecting to %s: %s", to, strerror(-rc));
+        } else if ((rc = chan_open(fd, ctls, tmo, &ch, cerr, sizeof(cerr))) < 0) {
+            /* nothing of the guest went out: it keeps running here */
+            memset(rep, 0, sizeof(*rep));
+            rep->rc = rc;
+            snprintf(rep->err, sizeof(rep->err), "%s refused: %s", to, cerr);
         } else {
-            rc = migrate_send(g, fd, mopts, rep);
-            close(fd);
+            if (!json && ch->secure)
+                printf("connected to %s: %s, peer %s\n", to, ch->cipher, ch->peer);
+            rc = migrate_send(g, ch, mopts, rep);
+            chan_close(ch);
         }
         if (rc == 0 || rep->in_doubt || attempt >= retries)
             break;
@@ -454,16 +505,20 @@ static int run_migrate(int argc, char **argv)
         return cli_error("migrate: bad --wss, --after, --timeout or --downtime");
     if (!mo.host_mem)
         mo.host_mem = (mo.guest_mem + mo.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
+    struct chan_tls *tls = NULL;
+    if (cli_tls_setup("migrate", &mo.tls, false, &tls) != 0)
+        return 1;
     mopts.downtime_ms = mo.downtime_ms;
     mopts.max_rounds = (unsigned)mo.max_rounds;
     mopts.compress = mo.compress || mo.zstd_level;
     mopts.zstd_level = mo.zstd_level;
-    mopts.no_verify = mo.no_verify;
     mopts.timeout_ms = cli_ms(mo.timeout_s);
     mopts.on_round = progress;
 
-    if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0)
+    if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0) {
+        chan_tls_destroy(tls);
         return 1;
+    }
     int rc;
     struct domain_config cfg;
     domain_config_default(&cfg);
@@ -486,10 +541,11 @@ static int run_migrate(int argc, char **argv)
         wc.wss = mo.wss;
         wc.write_rate = mo.write_rate;
         status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after, &mopts,
-                                    mo.retries, mo.doubt_file, 0, mo.fail_save, mo.json);
+                                    tls, mo.retries, mo.doubt_file, 0, mo.fail_save, mo.json);
     }
     domain_destroy(d);
     machine_destroy(m);
+    chan_tls_destroy(tls);
     return status;
 }
 
@@ -510,20 +566,20 @@ static struct opt migrate_opts_table[] = {
     {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame (level 1)", NULL},
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
-    {"no-verify", OPT_FLAG, &mo.no_verify, NULL, "skip the memory digests", NULL},
     {"timeout", OPT_SECONDS, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
     {"in-doubt-save", OPT_STR, &mo.doubt_file, "FILE", "if RESUMED does not come after COMMIT, "
      "save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; exit 3)", NULL},
     {"save-on-failure", OPT_STR, &mo.fail_save, "FILE", "if the migration fails, save the "
      "guest (which runs on here) there before exiting", NULL},
+    CLI_TLS_OPTS(mo.tls),
     {"json", OPT_FLAG, &mo.json, NULL, "machine-readable output", NULL},
     {0},
 };
 
 const struct cmd cmd_migrate = {
     .name = "migrate",
-    .summary = "live-migrate a running guest to a receiver over TCP (pre-copy rounds)",
+    .summary = "live-migrate a running guest to a receiver over TLS 1.3 (pre-copy rounds)",
     .run = run_migrate,
     .opts = migrate_opts_table,
 };
@@ -550,6 +606,7 @@ static struct {
     uint64_t host_mem, attempts;
     double run_s, timeout_s, accept_s, handshake_s, max_s;
     bool json, resident;
+    struct cli_tls_opts tls;
 } ro = {
     .host_mem = 16 * GiB,
     .attempts = 3,
@@ -782,23 +839,34 @@ static int run_receive(int argc, char **argv)
 {
     struct sockaddr_in sa;
     struct machine *m = NULL;
-    char b1[64];
+    struct chan_tls *tls = NULL;
+    char b1[64], laddr[80];
     int lfd = -1, status = 1;
     if (argc)
         return cli_error("receive: unexpected argument '%s'", argv[0]);
-    if (!ro.listen || net_parse_addr(ro.listen, &sa) < 0)
-        return cli_error("receive: --listen A.B.C.D:PORT is required");
+    /* loopback unless an address is named: a bare PORT is 127.0.0.1:PORT */
+    const char *listen = ro.listen ? ro.listen : "0";
+    if (!strchr(listen, ':'))
+        snprintf(laddr, sizeof(laddr), "127.0.0.1:%s", listen);
+    else
+        snprintf(laddr, sizeof(laddr), "%s", listen);
+    if (net_parse_addr(laddr, &sa) < 0)
+        return cli_error("receive: bad --listen '%s' (want PORT or A.B.C.D:PORT)", listen);
     if (ro.attempts == 0 || ro.timeout_s <= 0 || ro.accept_s <= 0 || ro.handshake_s <= 0 ||
         ro.max_s <= 0)
         return cli_error("receive: --attempts, --timeout, --accept-timeout, --handshake-timeout "
                          "and --max-time must be positive");
-    int rc = cli_machine_create("receive", &m, ro.host_mem, ro.resident, ro.json ? NULL : stdout);
-    if (rc < 0)
+    if (cli_tls_setup("receive", &ro.tls, true, &tls) != 0)
         return 1;
+    int rc = cli_machine_create("receive", &m, ro.host_mem, ro.resident, ro.json ? NULL : stdout);
+    if (rc < 0) {
+        chan_tls_destroy(tls);
+        return 1;
+    }
     uint16_t port;
     rc = net_listen(&sa, &lfd, &port);
     if (rc < 0) {
-        cli_error("receive: cannot listen on %s: %s", ro.listen, strerror(-rc));
+        cli_error("receive: cannot listen on %s: %s", laddr, strerror(-rc));
         goto out;
     }
     sa.sin_port = htons(port);
@@ -810,8 +878,11 @@ static int run_receive(int argc, char **argv)
         }
     }
     if (!ro.json)
-        printf("receiver listening on %s (machine %s)\n", net_fmt_addr(&sa, b1, sizeof(b1)),
-               hv_fmt_size(ro.host_mem, b1 + 32, 32));
+        printf("receiver listening on %s (machine %s, %s)\n", net_fmt_addr(&sa, b1, sizeof(b1)),
+               hv_fmt_size(ro.host_mem, b1 + 32, 32),
+               tls ? (strcmp(chan_tls_kind(tls), "psk") ? "TLS 1.3, certificates"
+                                                        : "TLS 1.3, pre-shared key")
+                   : "plain TCP, INSECURE");
     fflush(stdout);
     static struct lobby lobby;
     struct refuser busy = {.lfd = lfd, .lobby = &lobby};
@@ -830,9 +901,20 @@ static int run_receive(int argc, char **argv)
                       (unsigned long long)(strangers + lobby.strangers));
             break;
         }
+        struct chan *ch;
+        char cerr[CHAN_ERR_LEN];
+        rc = chan_open(fd, tls, rop.timeout_ms, &ch, cerr, sizeof(cerr));
+        if (rc < 0) {
+            /* before any migration byte: no domain was created */
+            fprintf(stderr, "hugevm: receive: attempt %llu refused: %s\n  nothing was "
+                    "received\n", (unsigned long long)attempt, cerr);
+            continue;
+        }
+        if (!ro.json && ch->secure)
+            printf("sender authenticated: %s, %s\n", ch->peer, ch->cipher);
         struct migrate_recv_result res;
-        rc = migrate_receive(m, fd, &rop, &res);
-        close(fd);
+        rc = migrate_receive(m, ch, &rop, &res);
+        chan_close(ch);
         if (rc == -EINPROGRESS && res.in_doubt) {
             status = receive_in_doubt(m, &res);
             break;
@@ -930,11 +1012,13 @@ out:
     if (lfd >= 0)
         close(lfd);
     machine_destroy(m);
+    chan_tls_destroy(tls);
     return status;
 }
 
 static struct opt receive_opts_table[] = {
-    {"listen", OPT_STR, &ro.listen, "ADDR:PORT", "address to listen on (port 0: any)", NULL},
+    {"listen", OPT_STR, &ro.listen, "[ADDR:]PORT", "where to listen (port 0: any); without "
+     "ADDR, and by default, on 127.0.0.1 only: name another address to accept other hosts", NULL},
     {"port-file", OPT_STR, &ro.port_file, "FILE", "write the port listened on to FILE", NULL},
     {"host-mem", OPT_SIZE, &ro.host_mem, "SIZE", "machine size (default 16G, committed lazily)", NULL},
     {"resident", OPT_FLAG, &ro.resident, NULL, "commit the machine's memory up front, as a "
@@ -953,13 +1037,14 @@ static struct opt receive_opts_table[] = {
      "whole within S (default 10)", NULL},
     {"max-time", OPT_SECONDS, &ro.max_s, "S", "a whole migration, HELLO to COMMIT, within S "
      "(default 3600)", NULL},
+    CLI_TLS_OPTS(ro.tls),
     {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
     {0},
 };
 
 const struct cmd cmd_receive = {
     .name = "receive",
-    .summary = "receive a live migration over TCP and resume the guest",
+    .summary = "receive a live migration (TLS 1.3, or TCP with --insecure) and resume the guest",
     .run = run_receive,
     .opts = receive_opts_table,
 };

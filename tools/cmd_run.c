@@ -38,6 +38,7 @@ static struct {
     const char *doubt_file; /* --in-doubt-save FILE: --migrate-to left in doubt */
     double after;
     bool json, no_audit;
+    struct cli_tls_opts tls; /* with --migrate-to */
 } o = {
     .guest_mem = 1 * GiB,
     .vcpus = 1,
@@ -214,6 +215,11 @@ static int run_run(int argc, char **argv)
                          "2M cap (use --map 1G or 4K)");
     if (o.save && o.migrate_to)
         return cli_error("run: give --save or --migrate-to, not both");
+    if (!o.migrate_to && (o.tls.insecure || chan_creds_given(&o.tls.creds)))
+        return cli_error("run: --psk-file, --tls-* and --insecure go with --migrate-to");
+    struct chan_tls *tls = NULL;
+    if (o.migrate_to && cli_tls_setup("run", &o.tls, false, &tls) != 0)
+        return 1;
     if (o.save && map_order == PAGE_ORDER_2M)
         return cli_error("run: --save with --map 2M: the stream does not carry the 2M cap, a "
                          "restore would rebuild 1G leaves (use --map 1G or 4K)");
@@ -221,8 +227,10 @@ static int run_run(int argc, char **argv)
         o.host_mem = (o.guest_mem + o.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
     unsigned nv = (unsigned)o.vcpus;
 
-    if (cli_machine_create("run", &m, o.host_mem, false, NULL) < 0)
+    if (cli_machine_create("run", &m, o.host_mem, false, NULL) < 0) {
+        chan_tls_destroy(tls);
         return 1;
+    }
     struct domain_config cfg;
     domain_config_default(&cfg);
     struct gfn_range lay[2];
@@ -293,7 +301,7 @@ static int run_run(int argc, char **argv)
     if (o.migrate_to) {
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode};
-        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, 0,
+        status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, tls, 0,
                                     o.doubt_file, o.seconds, o.fail_save, o.json);
         goto out;
     }
@@ -557,6 +565,7 @@ out:
     free(bitmap);
     domain_destroy(d);
     machine_destroy(m);
+    chan_tls_destroy(tls);
     return status;
 }
 
@@ -588,6 +597,7 @@ static struct opt run_opts[] = {
      "exit 3)", NULL},
     {"save-on-failure", OPT_STR, &o.fail_save, "FILE", "with --migrate-to: if the migration "
      "fails, the guest runs on here for the rest of --seconds, then is saved to FILE", NULL},
+    CLI_TLS_OPTS(o.tls),
     {"save", OPT_STR, &o.save, "FILE", "then save the guest with its vCPU/workload state (hugevm restore FILE --run resumes it)", NULL},
     {0},
 };

@@ -1,0 +1,85 @@
+/*
+ * gen_wire_seeds.c - the wire fuzzer's seed corpus: one whole, successful
+ * migration of wire_common.h's guest, seen from each side.  The sender
+ * runs against a scripted receiver (READY, RESULT {ok} with the guest's
+ * digest, RESUMED: the sender seed) and what it writes (HELLO, DATA,
+ * DONE, COMMIT) is the receiver seed; compressed once more.  Usage:
+ * gen_wire_seeds DIR.
+ */
+#include <endian.h>
+#include <stdio.h>
+#include <xxhash.h>
+
+#include "wire_common.h"
+
+static size_t put_frame(uint8_t *out, uint16_t type, const void *body, uint32_t len)
+{
+    struct mig_frame h = {htole32(MIG_MAGIC), htole16(type), 0, htole32(len), htole32(len),
+                          htole64(XXH3_64bits(body, len))};
+    memcpy(out, &h, sizeof(h));
+    if (len)
+        memcpy(out + sizeof(h), body, len);
+    return sizeof(h) + len;
+}
+
+static int write_seed(const char *dir, const char *name, uint8_t side, const void *p, size_t n)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fputc(side, f) == EOF || fwrite(p, 1, n, f) != n) {
+        perror(path);
+        return 1;
+    }
+    return fclose(f) != 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: gen_wire_seeds DIR\n");
+        return 2;
+    }
+    struct machine *m;
+    if (machine_create(&m, 64 * MiB, FRAME_POLICY_FRAGPOOL) < 0)
+        return 1;
+    int rc = 0;
+    for (int z = 0; z < 2; z++) {
+        struct domain *d;
+        struct migrate_guest *g;
+        if (wire_guest(m, &d, &g) < 0)
+            return 1;
+        uint64_t pages;
+        uint64_t digest = migrate_digest(d, &pages);
+        static uint8_t reply[4096];
+        size_t rl = 0;
+        struct mig_hello ready = {htole32(MIG_VERSION), 0};
+        rl += put_frame(reply + rl, MIG_READY, &ready, sizeof(ready));
+        struct mig_result res;
+        memset(&res, 0, sizeof(res));
+        res.verified = htole32(1);
+        res.digest = htole64(digest);
+        res.pages = htole64(pages);
+        rl += put_frame(reply + rl, MIG_RESULT, &res, sizeof(res));
+        rl += put_frame(reply + rl, MIG_RESUMED, NULL, 0);
+        size_t cap = 16 << 20;
+        uint8_t *out = malloc(cap);
+        struct script_chan sc;
+        script_init(&sc, reply, rl, out, cap);
+        struct migrate_opts o = {.timeout_ms = 1000, .compress = z == 1};
+        struct migrate_report *rep = calloc(1, sizeof(*rep));
+        if (!out || !rep || migrate_send(g, &sc.c, &o, rep) != 0) {
+            fprintf(stderr, "gen_wire_seeds: migration failed: %s\n", rep ? rep->err : "");
+            return 1;
+        }
+        rc |= write_seed(argv[1], z ? "receiver_zstd" : "receiver", 0, out, sc.out_len);
+        if (!z)
+            rc |= write_seed(argv[1], "sender", 1, reply, rl);
+        free(rep);
+        free(out);
+        migrate_guest_destroy(g);
+        domain_destroy(d);
+    }
+    machine_destroy(m);
+    return rc;
+}
