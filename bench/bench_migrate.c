@@ -192,7 +192,7 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
     struct machine *sm, *rm;
     struct domain *d;
     struct domain_config c;
-    struct migrate_guest *g;
+    struct guest *g;
     bool ok = false;
     domain_config_default(&c);
     if (machine_create(&sm, GUEST + GiB, FRAME_POLICY_FRAGPOOL) < 0)
@@ -211,10 +211,10 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
     workload_config_default(&wc, WL_WRITER);
     wc.wss = 0.25;
     wc.write_rate = rate;
-    if (migrate_guest_create(d, 1, NULL, &wc, &g) < 0)
-        bench_fail("migrate_guest_create");
-    if (migrate_guest_start(g) < 0)
-        bench_fail("migrate_guest_start");
+    if (guest_create_soft(d, 1, NULL, &wc, &g) < 0)
+        bench_fail("guest_create_soft");
+    if (guest_start(g) < 0)
+        bench_fail("guest_start");
     struct sink s = {.m = rm, .tls = tls ? tls_server : NULL};
     struct sockaddr_in sa;
     pthread_t t;
@@ -263,11 +263,11 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
     free(rep);
     if (s.res.g) {
         struct domain *rd = s.res.g->d;
-        migrate_guest_destroy(s.res.g);
+        guest_destroy(s.res.g);
         domain_destroy(rd);
     }
     migrate_recv_result_free(&s.res);
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     domain_destroy(d);
     machine_destroy(sm);
     if (ok) { /* the limits: into the receiver's (now free) memory, and hot */

@@ -53,7 +53,7 @@ static void fuzz_receiver(const uint8_t *data, size_t size)
         check(res.verified, "a guest taken without its digest checked", res.err);
         check(domain_audit(res.g->d) == 0, "domain_audit of the received guest", res.err);
         struct domain *d = res.g->d;
-        migrate_guest_destroy(res.g);
+        guest_destroy(res.g);
         domain_destroy(d);
     } else {
         check(res.g == NULL, "a failed receiver left a guest", res.err);
@@ -66,7 +66,7 @@ static void fuzz_receiver(const uint8_t *data, size_t size)
 static void fuzz_sender(const uint8_t *data, size_t size)
 {
     struct domain *d;
-    struct migrate_guest *g;
+    struct guest *g;
     if (wire_guest(tx_machine, &d, &g) < 0)
         abort();
     uint64_t before = migrate_digest(d, NULL);
@@ -90,7 +90,7 @@ static void fuzz_sender(const uint8_t *data, size_t size)
         check(migrate_digest(d, NULL) == before, "the guest changed", rep->err);
     }
     free(rep);
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     domain_destroy(d);
     all_free(tx_machine, "sender");
 }

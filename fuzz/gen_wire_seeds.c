@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     int rc = 0;
     for (int z = 0; z < 2; z++) {
         struct domain *d;
-        struct migrate_guest *g;
+        struct guest *g;
         if (wire_guest(m, &d, &g) < 0)
             return 1;
         uint64_t pages;
@@ -77,7 +77,7 @@ int main(int argc, char **argv)
             rc |= write_seed(argv[1], "sender", 1, reply, rl);
         free(rep);
         free(out);
-        migrate_guest_destroy(g);
+        guest_destroy(g);
         domain_destroy(d);
     }
     machine_destroy(m);

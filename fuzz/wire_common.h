@@ -20,7 +20,7 @@
 
 /* 64 4K pages at 0x100..0x13f, three of them with data, no vCPUs (small:
  * every input migrates it once). */
-static inline int wire_guest(struct machine *m, struct domain **d, struct migrate_guest **g)
+static inline int wire_guest(struct machine *m, struct domain **d, struct guest **g)
 {
     struct domain_config c;
     domain_config_default(&c);
@@ -35,7 +35,7 @@ static inline int wire_guest(struct machine *m, struct domain **d, struct migrat
             mfn_t mfn = p2m_get_entry((*d)->p2m, pages[i], &t, NULL);
             memset(machine_ptr(m, mfn), 0x31 + (int)i, 64 << i);
         }
-        rc = migrate_guest_create(*d, 0, NULL, NULL, g);
+        rc = guest_create_soft(*d, 0, NULL, NULL, g);
     }
     if (rc < 0) {
         domain_destroy(*d);

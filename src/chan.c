@@ -683,10 +683,15 @@ static long tls_write(struct chan *c, const void *buf, size_t len)
     return rc ? rc : -EPIPE;
 }
 
+/* Readable: decrypted bytes waiting, or record bytes OpenSSL has already
+ * taken off the socket (read-ahead: SSL_pending does not count those, and
+ * the socket may then stay quiet for good), or the socket itself. */
 static int tls_poll_in(struct chan *c, int timeout_ms)
 {
     struct tls_chan *t = (struct tls_chan *)c;
-    return SSL_pending(t->ssl) > 0 ? 1 : poll_fd(c->fd, timeout_ms);
+    if (SSL_pending(t->ssl) > 0 || SSL_has_pending(t->ssl))
+        return 1;
+    return poll_fd(c->fd, timeout_ms);
 }
 
 static void tls_close(struct chan *c)

@@ -38,7 +38,7 @@
  * final one at the latest) sends it again, and those bytes never survive
  * on the receiver.  Nothing of another domain ever goes on the wire.  The
  * quarantine ends (everything released) on every exit of migrate_send.
- * Map changes must stop at the pause like the vCPUs (migrate_guest_call).
+ * Map changes must stop at the pause like the vCPUs (guest_call).
  */
 #include "migrate.h"
 
@@ -510,7 +510,7 @@ struct ram_run {
 };
 
 struct sender {
-    struct migrate_guest *g;
+    struct guest *g;
     struct domain *d;
     const struct migrate_opts *o;
     struct migrate_report *rep;
@@ -559,7 +559,7 @@ static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
 }
 
 /* Translate the collected pfns under the current p2m (d->lock: the vCPUs
- * and migrate_guest_call change it only under the lock).  The earlier
+ * and guest_call change it only under the lock).  The earlier
  * batches are read by now: the frames parked meanwhile are freed first. */
 static void translate_batch(struct sender *s)
 {
@@ -759,7 +759,7 @@ static int end_round(struct sender *s, uint64_t t0, uint64_t wire0)
     return rc;
 }
 
-int migrate_send(struct migrate_guest *g, struct chan *ch, const struct migrate_opts *o,
+int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
                  struct migrate_report *rep)
 {
     static const struct migrate_opts defaults;
@@ -903,7 +903,7 @@ int migrate_send(struct migrate_guest *g, struct chan *ch, const struct migrate_
     }
 
     /* stop and copy */
-    migrate_guest_pause(g);
+    guest_pause(g);
     paused = true;
     t_pause = hv_now_ns();
     if (g->exited && g->err) {
@@ -1040,16 +1040,16 @@ out:
         /* committed: the copy is about to be destroyed, but log-dirty must
          * not outlive the migration either way */
         if (!paused)
-            migrate_guest_pause(g);
+            guest_pause(g);
         if (dirty_disable(d, NULL, 0, NULL) < 0 && !committed && !rep->err[0])
             snprintf(rep->err, sizeof(rep->err), "disabling log-dirty failed");
         if (!paused)
-            migrate_guest_resume(g);
+            guest_resume(g);
     }
     if (!committed) {
         leaves_now(d, &rep->after_abort);
         if (paused && !in_doubt)
-            migrate_guest_resume(g);
+            guest_resume(g);
         if (rc == 0)
             rc = -EIO;
     }
@@ -1307,11 +1307,11 @@ static long rx_read(void *ctx, void *buf, size_t len)
  * (untrusted: guest_state checks everything before use).  An area without
  * vCPU state gives a guest without vCPUs. */
 static int guest_from_context(struct domain *d, const void *a, size_t len,
-                              const struct migrate_recv_opts *o, struct migrate_guest **out,
+                              const struct migrate_recv_opts *o, struct guest **out,
                               char *err, size_t errlen)
 {
     struct guest_state *gs = hv_malloc(sizeof(*gs));
-    struct migrate_guest *g = NULL;
+    struct guest *g = NULL;
     int rc = -ENOMEM;
     if (!gs || guest_create_soft(d, 0, NULL, NULL, &g) < 0) {
         snprintf(err, errlen, "out of memory");
@@ -1331,7 +1331,7 @@ static int guest_from_context(struct domain *d, const void *a, size_t len,
         }
     }
     if (rc < 0)
-        migrate_guest_destroy(g);
+        guest_destroy(g);
     else
         *out = g;
 out:
@@ -1363,7 +1363,7 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     static const struct migrate_recv_opts defaults;
     struct rx x = {.ch = ch, .phase = "handshake"};
     struct domain *d = NULL;
-    struct migrate_guest *g = NULL;
+    struct guest *g = NULL;
     o = o ? o : &defaults;
     memset(res, 0, sizeof(*res));
     uint64_t t0 = hv_now_ns();
@@ -1468,7 +1468,7 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     }
     if (rc < 0) {
         snprintf(res->err, sizeof(res->err), "%s", x.err);
-        migrate_guest_destroy(g);
+        guest_destroy(g);
         domain_destroy(d);
         goto out;
     }
@@ -1486,7 +1486,7 @@ fail:
     snprintf(res->err, sizeof(res->err), "%s", x.err[0] ? x.err : strerror(-rc));
 fail_msg:
     (void)send_result(ch, rc, NULL, false, 0, 0, res->err);
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     domain_destroy(d);
 out:
     res->wire_bytes = x.offset;

@@ -85,7 +85,7 @@
  * (save.h).  PoD entries and the PoD target and cache travel in the tail
  * (HVM_CONTEXT, taken at pause): the receiver rebuilds exactly the entries
  * left at pause.  Changes made on behalf of the guest must go through
- * migrate_guest_call, which stops them at the pause with the vCPUs.
+ * guest_call, which stops them at the pause with the vCPUs.
  * Pages are read outside d->lock, so while migrate_send runs the domain is
  * in quarantine (domain.h): a frame it frees is parked, not handed to
  * another domain, until the sender has read every batch translated before
@@ -190,16 +190,8 @@ _Static_assert(sizeof(struct mig_workload_tlv) == 104, "HVCTX_WORKLOAD");
 
 /* ---- a running guest --------------------------------------------------------- */
 
-/* The guest runner is guest.h's now; these names stay for the callers that
- * have not moved yet. */
-#define migrate_guest guest
-#define migrate_guest_create guest_create_soft
-#define migrate_guest_destroy guest_destroy
-#define migrate_guest_start guest_start
-#define migrate_guest_pause guest_pause
-#define migrate_guest_resume guest_resume
-#define migrate_guest_call guest_call
-#define migrate_guest_stop guest_stop
+/* The running guest is guest.h's (struct guest: its vCPUs, pause/resume,
+ * guest_call); migration pauses it for the final round. */
 
 /* Digest of guest memory: XXH3-64 over (gfn, XXH3-64(page)) for every RAM
  * gfn in ascending order; leaf sizes do not matter.  *pages (may be NULL)
@@ -318,7 +310,7 @@ struct chan;
  * back (rep->after_abort) and g runs again if it was running.  ch is not
  * closed.
  */
-int migrate_send(struct migrate_guest *g, struct chan *ch, const struct migrate_opts *o,
+int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
                  struct migrate_report *rep) HV_MUST_CHECK;
 
 /* ---- receiver ---------------------------------------------------------------- */
@@ -361,7 +353,7 @@ struct migrate_recv_opts {
 };
 
 struct migrate_recv_result {
-    struct migrate_guest *g; /* the migrated guest (not started); NULL on error */
+    struct guest *g; /* the migrated guest (not started); NULL on error */
     struct restore_result rr;
     bool verified;
     uint64_t digest;
@@ -382,7 +374,7 @@ struct migrate_recv_result {
  * always checked: a DONE without the sender's digest, or with another one,
  * fails the migration.  0 and
  * res->g (not started: the caller runs it; destroy with
- * migrate_guest_destroy, then domain_destroy(res->g->d)) after COMMIT, with
+ * guest_destroy, then domain_destroy(res->g->d)) after COMMIT, with
  * RESUMED sent (resumed_unsent if that failed: the guest is still this
  * side's).  -EINPROGRESS with res->in_doubt and res->g (the same, paused):
  * the caller decides.  Other < 0 with res->err, and no domain left on m.

@@ -364,7 +364,7 @@ static void sleep_ms(unsigned ms)
 
 /*
  * vCPUs (2M: two, 1G: one) run the writer workload on their own thread
- * (migrate_guest_*)
+ * (guest_*)
  * while rate-limited defrag steps (each under d->lock, the guest running
  * between them) merge the guest: 4K frames scattered in reverse order into
  * 2M leaves, then, on a second guest, 2M leaves scattered in reverse into
@@ -404,9 +404,9 @@ static void defrag_under_writer(unsigned order)
     wc.wss = is1g ? 1.0 / 32 : 1.0; /* 1G: one vCPU writes the first 1/32 */
     wc.on_write = shadow_write;
     wc.ctx = &sh;
-    struct migrate_guest *g;
-    assert_int_equal(migrate_guest_create(d, is1g ? 1 : 2, NULL, &wc, &g), 0);
-    assert_int_equal(migrate_guest_start(g), 0);
+    struct guest *g;
+    assert_int_equal(guest_create_soft(d, is1g ? 1 : 2, NULL, &wc, &g), 0);
+    assert_int_equal(guest_start(g), 0);
     sleep_ms(5);
     struct defrag df;
     assert_int_equal(defrag_init(&df, d, base, nr, order), 0);
@@ -424,7 +424,7 @@ static void defrag_under_writer(unsigned order)
     } while (rc > 0);
     assert_int_equal(rc, 0);
     sleep_ms(5);
-    migrate_guest_stop(g);
+    guest_stop(g);
     uint64_t during = g->accesses - acc0;
     assert_int_equal(g->err, 0);
     defrag_fini(&df);
@@ -462,7 +462,7 @@ static void defrag_under_writer(unsigned order)
         mfn_t mfn = p2m_get_entry(d->p2m, base + i, NULL, NULL);
         assert_true(zero_check(machine_ptr(m, mfn), PAGE_SIZE));
     }
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     free(sh.bytes);
     domain_destroy(d);
     AUDIT_OK(frames_audit(m->frames));

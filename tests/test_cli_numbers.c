@@ -178,7 +178,7 @@ static void test_durations_work(void **state)
     (void)state;
     NEED_BIN();
     char *recv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--host-mem", "64M",
-                    "--accept-timeout", "0.4", NULL};
+                    "--accept-timeout", "0.4", "--insecure", NULL};
     uint64_t t0 = hv_now_ns();
     int st = run_to(recv);
     double s = (double)(hv_now_ns() - t0) / 1e9;

@@ -160,7 +160,7 @@ static struct chan *plain_chan(int fd)
     return ch;
 }
 
-static int send_fd(struct migrate_guest *g, int fd, const struct migrate_opts *o,
+static int send_fd(struct guest *g, int fd, const struct migrate_opts *o,
                    struct migrate_report *rep)
 {
     struct chan *ch = plain_chan(fd);
@@ -183,7 +183,7 @@ static int recv_fd(struct machine *m, int fd, const struct migrate_recv_opts *o,
 struct sender_env {
     struct machine *m;
     struct domain *d;
-    struct migrate_guest *g;
+    struct guest *g;
     struct model *model;
     struct migrate_leaves before;
 };
@@ -201,8 +201,8 @@ static void start_writer(struct sender_env *e, unsigned nv, uint64_t seed, uint6
     wc.quantum = 512;
     wc.on_write = model_put;
     wc.ctx = e->model;
-    assert_int_equal(migrate_guest_create(e->d, nv, NULL, &wc, &e->g), 0);
-    assert_int_equal(migrate_guest_start(e->g), 0);
+    assert_int_equal(guest_create_soft(e->d, nv, NULL, &wc, &e->g), 0);
+    assert_int_equal(guest_start(e->g), 0);
 }
 
 static void sender_init(struct sender_env *e, unsigned nv, uint64_t rate, double wss)
@@ -228,22 +228,22 @@ static void sleep_ms(unsigned ms)
 /* The receiver runs the migrated guest for a moment: the data written before
  * the migration is intact before and after; then everything is torn down
  * and the receiving machine is empty and consistent. */
-static void resume_on_receiver(const struct model *mo, struct migrate_guest *g,
+static void resume_on_receiver(const struct model *mo, struct guest *g,
                                struct migrate_recv_result *res, struct machine *rm)
 {
     struct domain *rd = g->d;
     model_check(mo, rd);
-    assert_int_equal(migrate_guest_start(g), 0);
+    assert_int_equal(guest_start(g), 0);
     sleep_ms(50);
     /* a loaded host may not have run the runner yet: give it up to 5 s */
     for (int i = 0; i < 100 && !__atomic_load_n(&g->accesses, __ATOMIC_RELAXED); i++)
         sleep_ms(50);
-    migrate_guest_stop(g);
+    guest_stop(g);
     assert_int_equal(g->err, 0);
     assert_true(g->accesses > 0);
     model_check(mo, rd);
     AUDIT_OK(domain_audit(rd));
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     domain_destroy(rd);
     migrate_recv_result_free(res);
     AUDIT_OK(frames_audit(rm->frames));
@@ -260,7 +260,7 @@ static void sender_healthy(struct sender_env *e, const struct migrate_report *re
     assert_int_equal(rep->after_abort.p4k, e->before.p4k);
     uint64_t a0 = __atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED);
     sleep_ms(30);
-    migrate_guest_pause(e->g);
+    guest_pause(e->g);
     if (e->g->started) { /* it kept running through the failure */
         assert_true(e->g->accesses > a0);
         assert_false(e->g->exited);
@@ -268,12 +268,12 @@ static void sender_healthy(struct sender_env *e, const struct migrate_report *re
     AUDIT_OK(domain_audit(e->d));
     AUDIT_OK(frames_audit(e->m->frames));
     model_check(e->model, e->d);
-    migrate_guest_resume(e->g);
+    guest_resume(e->g);
 }
 
 static void sender_fini(struct sender_env *e)
 {
-    migrate_guest_destroy(e->g);
+    guest_destroy(e->g);
     domain_destroy(e->d);
     AUDIT_OK(frames_audit(e->m->frames));
     machine_destroy(e->m);
@@ -418,7 +418,7 @@ static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress
     assert_false(dirty_enabled(e->d));
     /* resume on the receiver: the data written so far is intact, and the
      * workload continues where it stopped, still consistent */
-    struct migrate_guest *g = rx.res.g;
+    struct guest *g = rx.res.g;
     assert_int_equal(g->nr_vcpus, e->g->nr_vcpus);
     resume_on_receiver(e->model, g, &rx.res, rm);
     free(hs);
@@ -585,7 +585,7 @@ static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, b
         AUDIT_OK(domain_audit(rx.res.g->d));
         AUDIT_OK(frames_audit(rm->frames));
         struct domain *rd = rx.res.g->d;
-        migrate_guest_destroy(rx.res.g);
+        guest_destroy(rx.res.g);
         domain_destroy(rd);
         rx.res.g = NULL;
     } else {
@@ -618,11 +618,11 @@ static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
     if (round0)
         *round0 = rep->rounds[0].wire_bytes;
     struct domain *rd = rx.res.g->d;
-    migrate_guest_destroy(rx.res.g);
+    guest_destroy(rx.res.g);
     domain_destroy(rd);
     migrate_recv_result_free(&rx.res);
     machine_destroy(rm);
-    migrate_guest_resume(e->g); /* the sender's copy was kept: run it again */
+    guest_resume(e->g); /* the sender's copy was kept: run it again */
     free(rep);
     return total;
 }
@@ -649,7 +649,7 @@ static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
         uint64_t cut = i < ARRAY_SIZE(edges) ? edges[i] : 1 + hv_rng_below(&r, r0 - 1);
         failed_attempt(&e, cut, proxy_cut, i & 1, false);
     }
-    migrate_guest_stop(e.g);
+    guest_stop(e.g);
     uint64_t t = trial_migration(&e, NULL);
     uint64_t tail[] = {t - 1, t - 23, t - 24, t - 25, t - 48, t - 49, t - 200};
     for (unsigned i = 0; i < runs - live; i++) {
@@ -666,7 +666,7 @@ static void cut_runs(bool proxy_cut, unsigned runs, uint64_t seed)
                   proxy_cut ? "proxy closes both sides" : "sender shuts its socket down",
                   (unsigned long long)r0, (unsigned long long)t);
     /* a retry, live again, succeeds */
-    assert_int_equal(migrate_guest_start(e.g), 0);
+    assert_int_equal(guest_start(e.g), 0);
     sleep_ms(30);
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     migrate_ok(&e, DIRTY_SPLIT_ON_WRITE, false, rep);
@@ -735,11 +735,11 @@ static void rx_copy_equal(struct rx_env *rx, const struct migrate_report *rep, c
 /* Run the receiver's copy a little: it works and its data is intact. */
 static void rx_run(struct rx_env *rx, struct sender_env *e)
 {
-    struct migrate_guest *g = rx->res.g;
+    struct guest *g = rx->res.g;
     uint64_t a0 = __atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED);
-    assert_int_equal(migrate_guest_start(g), 0);
+    assert_int_equal(guest_start(g), 0);
     sleep_ms(50);
-    migrate_guest_stop(g);
+    guest_stop(g);
     /* the sender's copy stayed paused meanwhile: never two running */
     assert_int_equal(__atomic_load_n(&e->g->accesses, __ATOMIC_RELAXED), a0);
     assert_int_equal(g->err, 0);
@@ -747,7 +747,7 @@ static void rx_run(struct rx_env *rx, struct sender_env *e)
     model_check(e->model, g->d);
     AUDIT_OK(domain_audit(g->d));
     struct domain *rd = g->d;
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     domain_destroy(rd);
     rx->res.g = NULL;
     AUDIT_OK(frames_audit(rx->m->frames));
@@ -1053,9 +1053,9 @@ static void snap_equal(const struct snap *tx, const struct snap *rx)
 
 /* Another thread changing the memory map on the guest's behalf (its balloon
  * driver, a PoD sweep) while the rounds run: one op per millisecond through
- * migrate_guest_call, so that none happens once the guest is paused. */
+ * guest_call, so that none happens once the guest is paused. */
 struct churn {
-    struct migrate_guest *g;
+    struct guest *g;
     int (*op)(struct domain *d, void *ctx);
     void *ctx;
     unsigned nap_us; /* between ops; 0: 1000 */
@@ -1069,7 +1069,7 @@ static void *churn_main(void *arg)
 {
     struct churn *c = arg;
     while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
-        int rc = migrate_guest_call(c->g, c->op, c->ctx);
+        int rc = guest_call(c->g, c->op, c->ctx);
         if (rc == -EAGAIN) {
             c->refused++;
         } else if (rc == -ENOMEM) {
@@ -1263,7 +1263,7 @@ static void migrate_live_map(struct sender_env *e, enum dirty_mode mode,
     free(os);
     free(orx);
     /* resume on the receiver: the data written so far is intact */
-    struct migrate_guest *g = rx.res.g;
+    struct guest *g = rx.res.g;
     resume_on_receiver(e->model, g, &rx.res, rm);
     snap_free(&tx);
     snap_free(&rxs);
@@ -1502,9 +1502,9 @@ static void test_no_foreign_bytes(void **state)
     wc.wss = 0.05;
     wc.write_rate = 20000;
     wc.quantum = 512;
-    struct migrate_guest *g;
-    assert_int_equal(migrate_guest_create(d, 1, NULL, &wc, &g), 0);
-    assert_int_equal(migrate_guest_start(g), 0);
+    struct guest *g;
+    assert_int_equal(guest_create_soft(d, 1, NULL, &wc, &g), 0);
+    assert_int_equal(guest_start(g), 0);
 
     struct leak_churn lc = {.other = other, .rng = {11}, .block = INVALID_GFN};
     struct churn ch = {.g = g, .op = leak_op, .ctx = &lc, .nap_us = 100};
@@ -1557,16 +1557,16 @@ static void test_no_foreign_bytes(void **state)
         AUDIT_OK(frames_audit(m->frames));
         struct domain *rd = rx.res.g->d;
         AUDIT_OK(domain_audit(rd));
-        migrate_guest_destroy(rx.res.g);
+        guest_destroy(rx.res.g);
         domain_destroy(rd);
         migrate_recv_result_free(&rx.res);
-        migrate_guest_resume(g); /* the sender's copy was kept: run it again */
+        guest_resume(g); /* the sender's copy was kept: run it again */
     }
     __atomic_store_n(&ch.stop, true, __ATOMIC_RELEASE);
     pthread_join(ch.t, NULL);
     assert_true(lc.outs > 0);
     machine_destroy(rm);
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     domain_destroy(d);
     domain_destroy(other);
     AUDIT_OK(frames_audit(m->frames));
@@ -2160,7 +2160,7 @@ static void test_process_sender_in_doubt_symlink(void **state)
     rmdir(dir);
     if (rx.res.g) {
         struct domain *rd = rx.res.g->d;
-        migrate_guest_destroy(rx.res.g);
+        guest_destroy(rx.res.g);
         domain_destroy(rd);
     }
     migrate_recv_result_free(&rx.res);

@@ -185,7 +185,7 @@ static struct chan_tls *x509_tls(const char *ca, const char *name, bool server,
 struct sender_env {
     struct machine *m;
     struct domain *d;
-    struct migrate_guest *g;
+    struct guest *g;
 };
 
 static void sender_init(struct sender_env *e)
@@ -209,8 +209,8 @@ static void sender_init(struct sender_env *e)
     wc.wss = 0.05;
     wc.write_rate = 20000;
     wc.quantum = 256;
-    assert_int_equal(migrate_guest_create(e->d, 1, NULL, &wc, &e->g), 0);
-    assert_int_equal(migrate_guest_start(e->g), 0);
+    assert_int_equal(guest_create_soft(e->d, 1, NULL, &wc, &e->g), 0);
+    assert_int_equal(guest_start(e->g), 0);
     sleep_ms(20);
 }
 
@@ -231,7 +231,7 @@ static void sender_keeps_guest(struct sender_env *e, const struct migrate_report
 
 static void sender_fini(struct sender_env *e)
 {
-    migrate_guest_destroy(e->g);
+    guest_destroy(e->g);
     domain_destroy(e->d);
     AUDIT_OK(frames_audit(e->m->frames));
     machine_destroy(e->m);
@@ -297,7 +297,7 @@ static void rx_fini(struct rx_env *r)
 {
     if (r->res.g) {
         struct domain *d = r->res.g->d;
-        migrate_guest_destroy(r->res.g);
+        guest_destroy(r->res.g);
         domain_destroy(d);
         r->res.g = NULL;
     }

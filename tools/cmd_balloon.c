@@ -51,7 +51,7 @@ static struct {
  * units; the part below a step goes last when inflating and first when
  * deflating, so a deflate pops exactly what each inflate step pushed and
  * never has to cut a 2M extent into 4K ones. */
-static int balloon_move(struct balloon *b, struct migrate_guest *g, uint64_t target)
+static int balloon_move(struct balloon *b, struct guest *g, uint64_t target)
 {
     uint64_t step = g ? (o.step >> PAGE_SHIFT) & ~511ULL : 0;
     if (g && !step)
@@ -89,7 +89,7 @@ static int run_balloon(int argc, char **argv)
     struct machine *m = NULL;
     struct domain *d = NULL;
     struct balloon b = {0};
-    struct migrate_guest *g = NULL;
+    struct guest *g = NULL;
     struct guest_shadow model = {0};
     int rc, status = 1, g_kind = -1;
     char b1[32], b2[32];
@@ -177,7 +177,7 @@ static int run_balloon(int argc, char **argv)
         if (rc == 0)
             rc = guest_shadow_init(&model, d, r, domain_guest_layout(d, kept, r));
         if (rc == 0)
-            rc = migrate_guest_create(d, (unsigned)o.vcpus, NULL, &wc, &g);
+            rc = guest_create_soft(d, (unsigned)o.vcpus, NULL, &wc, &g);
     }
     if (rc == 0)
         rc = domain_populate_guest_flags(d, o.guest_mem, pflags, NULL);
@@ -190,7 +190,7 @@ static int run_balloon(int argc, char **argv)
         goto out;
     }
     if (g) {
-        if ((rc = migrate_guest_start(g)) < 0) {
+        if ((rc = guest_start(g)) < 0) {
             cli_error("balloon: cannot start the guest: %s", strerror(-rc));
             goto out;
         }
@@ -234,7 +234,7 @@ static int run_balloon(int argc, char **argv)
     int gerr = 0;
     if (g) {
         cli_sleep_ms(o.settle_ms);
-        migrate_guest_stop(g);
+        guest_stop(g);
         gerr = g->err;
         bad = guest_shadow_verify(&model, d);
     }
@@ -326,7 +326,7 @@ static int run_balloon(int argc, char **argv)
     }
     status = audit || drc < 0 || bad || gerr ? 1 : 0;
 out:
-    migrate_guest_destroy(g); /* stops the runner first */
+    guest_destroy(g); /* stops the runner first */
     guest_shadow_free(&model);
     balloon_fini(&b);
     domain_destroy(d);

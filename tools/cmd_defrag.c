@@ -48,7 +48,7 @@ static int run_defrag(int argc, char **argv)
 {
     struct machine *m = NULL;
     struct domain *d = NULL;
-    struct migrate_guest *g = NULL;
+    struct guest *g = NULL;
     struct guest_shadow model = {0};
     int rc, status = 1, g_kind = -1;
     char b1[32], b2[32];
@@ -111,9 +111,9 @@ static int run_defrag(int argc, char **argv)
         struct gfn_range r = {base, ns ? ns : nr};
         rc = guest_shadow_init(&model, d, &r, 1);
         if (rc == 0)
-            rc = migrate_guest_create(d, (unsigned)o.vcpus, NULL, &wc, &g);
+            rc = guest_create_soft(d, (unsigned)o.vcpus, NULL, &wc, &g);
         if (rc == 0)
-            rc = migrate_guest_start(g);
+            rc = guest_start(g);
         if (rc < 0) {
             cli_error("defrag: starting the guest failed: %s", strerror(-rc));
             goto out;
@@ -130,7 +130,7 @@ static int run_defrag(int argc, char **argv)
     int gerr = 0;
     if (g) {
         cli_sleep_ms(o.settle_ms);
-        migrate_guest_stop(g);
+        guest_stop(g);
         gerr = g->err;
     }
     if (rc < 0) {
@@ -223,7 +223,7 @@ static int run_defrag(int argc, char **argv)
     }
     status = audit || bad || gerr ? 1 : 0;
 out:
-    migrate_guest_destroy(g); /* stops the runner first */
+    guest_destroy(g); /* stops the runner first */
     guest_shadow_free(&model);
     domain_destroy(d);
     machine_destroy(m);

@@ -201,7 +201,7 @@ int cli_tls_setup(const char *cmd, const struct cli_tls_opts *t, bool server,
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *workload, *log_dirty, *doubt_file, *fail_save;
+    const char *to, *workload, *log_dirty, *doubt_file, *fail_save, *backend;
     uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
     double after, downtime_ms, wss, write_frac, timeout_s;
     bool compress, json;
@@ -217,6 +217,7 @@ static struct {
     .wss = 0.25,
     .write_frac = -1,
     .timeout_s = 30,
+    .backend = "auto",
 };
 
 /* --zstd-level N: zstd's own scale, negative levels are its fast ones. */
@@ -251,7 +252,7 @@ static void doubt_handler(int sig)
 
 /* Save g to path, or, when path exists (never replaced), to a fresh name
  * beside it; *saved gets the name written.  0 or the last error. */
-static int doubt_try(struct migrate_guest *g, const char *role, const char *path, char *saved,
+static int doubt_try(struct guest *g, const char *role, const char *path, char *saved,
                      size_t len, char *err, size_t errlen)
 {
     struct save_result sr;
@@ -277,7 +278,7 @@ static int doubt_try(struct migrate_guest *g, const char *role, const char *path
  * Paths: `given` (NULL: hugevm-in-doubt-ROLE-PID.hvs here), then the same
  * name in $TMPDIR or /tmp; see the file header for the rest.
  */
-static void keep_in_doubt(struct migrate_guest *g, const char *given, const char *role,
+static void keep_in_doubt(struct guest *g, const char *given, const char *role,
                           char *saved, size_t len)
 {
     char first[PATH_MAX], second[PATH_MAX + 64], err[256];
@@ -348,7 +349,7 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
 {
     uint64_t t_start = hv_now_ns();
     struct sockaddr_in sa;
-    struct migrate_guest *g = NULL;
+    struct guest *g = NULL;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     char b1[64];
     int status = 1;
@@ -358,9 +359,9 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         free(rep);
         return cli_error("migrate: bad address '%s' (want A.B.C.D:PORT)", to);
     }
-    int rc = migrate_guest_create(d, nv, tc, wc, &g);
+    int rc = guest_create_soft(d, nv, tc, wc, &g);
     if (rc == 0)
-        rc = migrate_guest_start(g);
+        rc = guest_start(g);
     if (rc < 0) {
         cli_error("migrate: cannot start the guest: %s", strerror(-rc));
         goto out;
@@ -416,7 +417,7 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         fflush(stdout);
         if (left > 0)
             sleep_s(left);
-        migrate_guest_pause(g);
+        guest_pause(g);
         if (fail_save) {
             struct save_result sr;
             frc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, fail_save, &sr, ferr,
@@ -430,6 +431,7 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
         json_str(&j, "to", to);
+        json_str(&j, "backend", "soft"); /* migrations run soft vCPUs so far */
         if (rep->in_doubt)
             json_str(&j, "in_doubt_saved", dpath);
         if (rc < 0 && !rep->in_doubt) {
@@ -477,7 +479,7 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
                    "keep it past that\n");
     }
 out:
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     free(rep);
     return status;
 }
@@ -491,6 +493,13 @@ static int run_migrate(int argc, char **argv)
     char b1[32];
     if (argc)
         return cli_error("migrate: unexpected argument '%s'", argv[0]);
+    int backend;
+    char bwhy[300];
+    if (cli_backend("migrate", mo.backend, "live migration of a running guest", false, &backend,
+                    bwhy, sizeof(bwhy)))
+        return 1;
+    if (!mo.json)
+        printf("backend: soft (%s)\n", bwhy);
     if (!mo.to)
         return cli_error("migrate: --to ADDR:PORT is required");
     if (workload_parse(mo.workload, &kind) < 0)
@@ -551,6 +560,8 @@ static int run_migrate(int argc, char **argv)
 
 static struct opt migrate_opts_table[] = {
     {"to", OPT_STR, &mo.to, "ADDR:PORT", "the receiver (hugevm receive --listen)", NULL},
+    {"backend", OPT_STR, &mo.backend, "NAME", "vCPU backend of the migrated guest: soft, or auto "
+     "(default; soft: KVM guests do not migrate yet)", NULL},
     {"guest-mem", OPT_SIZE, &mo.guest_mem, "SIZE", "guest RAM (default 4G)", NULL},
     {"host-mem", OPT_SIZE, &mo.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
     {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
@@ -602,7 +613,7 @@ const struct cmd cmd_migrate = {
  * doubt) or failed.
  */
 static struct {
-    const char *listen, *port_file, *doubt_file;
+    const char *listen, *port_file, *doubt_file, *backend;
     uint64_t host_mem, attempts;
     double run_s, timeout_s, accept_s, handshake_s, max_s;
     bool json, resident;
@@ -615,6 +626,7 @@ static struct {
     .accept_s = 120,
     .handshake_s = MIGRATE_DEFAULT_HANDSHAKE_MS / 1000.0,
     .max_s = MIGRATE_DEFAULT_TOTAL_MS / 1000.0,
+    .backend = "auto",
 };
 
 #define BUSY_REASON "receiver busy: another migration is in progress here; try again later"
@@ -797,7 +809,7 @@ static void refuser_stop(struct refuser *r)
  * guest (saved, since it dies with this process) and say what to do. */
 static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
 {
-    struct migrate_guest *g = res->g;
+    struct guest *g = res->g;
     struct domain *d = g->d;
     char path[PATH_MAX];
     keep_in_doubt(g, ro.doubt_file, "receiver", path, sizeof(path));
@@ -828,7 +840,7 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
             "this one preferably: `hugevm restore %s --run`.\n", path);
     fprintf(f, "  audit: %s; exit status %d\n", audit ? hv_audit_last() : "ok",
             CLI_EXIT_IN_DOUBT);
-    migrate_guest_destroy(g);
+    guest_destroy(g);
     domain_destroy(d);
     res->g = NULL;
     migrate_recv_result_free(res);
@@ -844,6 +856,13 @@ static int run_receive(int argc, char **argv)
     int lfd = -1, status = 1;
     if (argc)
         return cli_error("receive: unexpected argument '%s'", argv[0]);
+    int backend;
+    char bwhy[300];
+    if (cli_backend("receive", ro.backend, "resuming a migrated guest", false, &backend, bwhy,
+                    sizeof(bwhy)))
+        return 1;
+    if (!ro.json)
+        printf("backend: soft (%s)\n", bwhy);
     /* loopback unless an address is named: a bare PORT is 127.0.0.1:PORT */
     const char *listen = ro.listen ? ro.listen : "0";
     if (!strchr(listen, ':'))
@@ -938,7 +957,7 @@ static int run_receive(int argc, char **argv)
             attempt++;
             continue;
         }
-        struct migrate_guest *g = res.g;
+        struct guest *g = res.g;
         struct domain *d = g->d;
         uint64_t a0 = g->accesses;
         if (res.resumed_unsent)
@@ -947,10 +966,10 @@ static int run_receive(int argc, char **argv)
                     "sender's must be discarded\n");
         double ran = 0;
         if (ro.run_s > 0 && g->nr_vcpus) {
-            if (migrate_guest_start(g) == 0) {
+            if (guest_start(g) == 0) {
                 uint64_t t = hv_now_ns();
                 sleep_s(ro.run_s);
-                migrate_guest_stop(g);
+                guest_stop(g);
                 ran = (double)(hv_now_ns() - t) / 1e9;
             }
         }
@@ -1000,7 +1019,7 @@ static int run_receive(int argc, char **argv)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
         }
         status = audit || g->err ? 1 : 0;
-        migrate_guest_destroy(g);
+        guest_destroy(g);
         domain_destroy(d);
         migrate_recv_result_free(&res);
         break;
@@ -1017,6 +1036,8 @@ out:
 }
 
 static struct opt receive_opts_table[] = {
+    {"backend", OPT_STR, &ro.backend, "NAME", "vCPU backend the guest resumes on: soft, or auto "
+     "(default; soft: KVM guests do not migrate yet)", NULL},
     {"listen", OPT_STR, &ro.listen, "[ADDR:]PORT", "where to listen (port 0: any); without "
      "ADDR, and by default, on 127.0.0.1 only: name another address to accept other hosts", NULL},
     {"port-file", OPT_STR, &ro.port_file, "FILE", "write the port listened on to FILE", NULL},

@@ -222,9 +222,8 @@ int cli_backend(const char *cmd, const char *arg, const char *soft_only, bool ne
         return cli_error("%s: --backend %s: give kvm, soft, native or auto", cmd, arg);
     if (!is_auto) {
         if (b != GUEST_BACKEND_SOFT && soft_only)
-            return cli_error("%s: %s runs on the soft backend only so far (KVM guests through "
-                             "migration, save/restore, PoD and log-dirty rounds come next)",
-                             cmd, soft_only);
+            return cli_error("%s: %s runs on the soft backend only so far (KVM guests do not "
+                             "do that yet)", cmd, soft_only);
         if (b == GUEST_BACKEND_SOFT && need_prog)
             return cli_error("%s: a guest program needs the kvm or native backend", cmd);
         if (b == GUEST_BACKEND_KVM) {
