@@ -328,9 +328,28 @@ static const char *vector_name(unsigned v)
     return v < ARRAY_SIZE(n) ? n[v] : "interrupt";
 }
 
+/* After a failed sync the mirror is empty: look the pages up again (and
+ * find none) rather than read through a stale address. */
+static void forget_params(struct guest *g)
+{
+    for (unsigned i = 0; i < HVG_MAX_VCPUS; i++)
+        __atomic_store_n(&g->param[i], NULL, __ATOMIC_RELEASE);
+}
+
+/* vCPU i's parameter page.  The host address of a gpa never changes in
+ * either mirror (kvm: base + gpa, native: gpa), so it is looked up once:
+ * a thread reading the published state never walks the mirror's run list
+ * while a memory call's sync replaces it. */
 static struct hvg_param *param_of(struct guest *g, unsigned i)
 {
-    return g->x->ops->gpa_ptr(g->x, HVG_PARAM_GPA(i));
+    if (i >= HVG_MAX_VCPUS)
+        return NULL;
+    struct hvg_param *p = __atomic_load_n(&g->param[i], __ATOMIC_ACQUIRE);
+    if (!p) {
+        p = g->x->ops->gpa_ptr(g->x, HVG_PARAM_GPA(i));
+        __atomic_store_n(&g->param[i], p, __ATOMIC_RELEASE);
+    }
+    return p;
 }
 
 static void console_keep(struct guest *g, const char *s, size_t n)
@@ -428,9 +447,11 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
     }
     domain_unlock(d);
     g->st.memory_calls++;
-    if (done > 0 && g->x->ops->sync(g->x) < 0)
+    if (done > 0 && g->x->ops->sync(g->x) < 0) {
         done = -EIO; /* the mirror is empty now: the vCPUs fault, never read
                       * frames the domain gave back */
+        forget_params(g);
+    }
     g->st.syncs++;
     release_vcpus(g);
     pthread_mutex_unlock(&g->memcall_mu);
@@ -913,6 +934,8 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
         if (is_prog(g)) {
             long s = g->x->ops->sync(g->x);
             g->st.syncs++;
+            if (s < 0)
+                forget_params(g);
             if (s < 0 && rc >= 0)
                 rc = (int)s; /* the mirror is empty: the vCPUs fault rather
                               * than reach frames the domain gave back */

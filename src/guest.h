@@ -154,6 +154,7 @@ struct guest {
     int vcpu_rc[HVG_MAX_VCPUS];
     bool fresh; /* started from zeroed workload memory (guest_verify) */
     struct hvg_param *tmpl; /* the parameter page as the host wrote it (vCPU 0) */
+    struct hvg_param *param[HVG_MAX_VCPUS]; /* host addresses (param_of) */
     /* the last GUEST_CONSOLE_KEEP bytes the guest printed (NUL-terminated) */
     char console[GUEST_CONSOLE_KEEP + 1];
     uint32_t console_len;
