@@ -70,8 +70,8 @@ struct guest_prog_config {
     enum hvg_workload workload; /* for the built-in program */
     uint64_t seed;
     uint64_t ops;               /* per vCPU; 0: until guest_stop */
-    uint32_t write_ppm;         /* < 0 in workload terms: use the kind's default */
-    bool write_ppm_set;
+    uint32_t write_ppm;         /* share of writes, per million ... */
+    bool write_ppm_set;         /* ... when set; else the workload's default */
     uint32_t wss_ppm;           /* writer: 0 = whole slice */
     uint64_t write_rate;        /* writer: writes/s per vCPU, 0 = unpaced */
     double zipf_theta;          /* 0: 0.99 */

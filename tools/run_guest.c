@@ -147,7 +147,6 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         sleep_ms(5);
     uint64_t t_run = hv_now_ns();
     double touch_s = (double)(t_run - t0) / 1e9;
-    uint64_t a_run = guest_accesses(g);
     if (!a->json && !g->fault_claimed && !a->resume)
         printf("first pass over the guest's memory (set-up, first touches): %.3f s\n", touch_s);
     if (!a->json && a->resume)
@@ -178,7 +177,6 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
             break;
         sleep_ms(10);
     }
-    (void)a_run;
     /* --save: the guest as it is now, paused, with its vCPUs' state; then
      * it runs on to its end here (the file holds the state at the pause) */
     struct save_result sr = {0};
