@@ -926,8 +926,12 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
     int rc = -EAGAIN;
     pthread_mutex_lock(&g->mu);
     if (!g->pause_req && !g->stop) {
-        if (is_prog(g))
+        if (is_prog(g)) {
             hold_vcpus(g);
+            /* a vCPU's memory call is over (or waits, counted as parked):
+             * the two never change memory or sync the mirror together */
+            pthread_mutex_lock(&g->memcall_mu);
+        }
         domain_lock(g->d);
         rc = fn(g->d, ctx);
         domain_unlock(g->d);
@@ -939,6 +943,7 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
             if (s < 0 && rc >= 0)
                 rc = (int)s; /* the mirror is empty: the vCPUs fault rather
                               * than reach frames the domain gave back */
+            pthread_mutex_unlock(&g->memcall_mu);
             release_vcpus(g);
         }
     }
