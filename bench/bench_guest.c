@@ -42,7 +42,7 @@ static enum thp_shmem host_thp = THP_SHMEM_UNKNOWN;
 
 static void put_back(void)
 {
-    if (host_thp != THP_SHMEM_UNKNOWN && thp_shmem_restore(host_thp) == 0)
+    if (host_thp != THP_SHMEM_UNKNOWN && thp_shmem_set(host_thp) == 0)
         fprintf(stderr, "kvm group: shmem THP put back to %s\n", thp_shmem_name(host_thp));
     host_thp = THP_SHMEM_UNKNOWN;
 }
@@ -56,10 +56,7 @@ static void on_fatal(int sig)
     raise(sig);
 }
 
-static bool thp_set(enum thp_shmem t)
-{
-    return thp_shmem_restore(t) == 0; /* writes t */
-}
+static bool thp_set(enum thp_shmem t) { return thp_shmem_set(t) == 0; }
 
 static void sleep_ms(unsigned ms)
 {

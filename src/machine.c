@@ -328,7 +328,7 @@ int thp_shmem_try_enable(void)
     return thp_shmem_usable(thp_shmem_read()) ? 0 : -EIO;
 }
 
-int thp_shmem_restore(enum thp_shmem t)
+int thp_shmem_set(enum thp_shmem t)
 {
     if (t == THP_SHMEM_UNKNOWN)
         return -EINVAL;

@@ -134,10 +134,10 @@ const char *thp_shmem_explain(enum thp_shmem t);
 /* Switch shmem_enabled to "advise" when it is "never" and we are root
  * (tests and demo only).  Returns 0 if usable afterwards, else -errno. */
 int thp_shmem_try_enable(void);
-/* Write setting t back (what thp_shmem_read returned before a switch):
- * the tests, the demo and the bench put the host's value back on every
- * exit path.  0 or -errno. */
-int thp_shmem_restore(enum thp_shmem t);
+/* Write setting t (root): to switch the host for a run, and to put back
+ * what thp_shmem_read returned before (the tests, the demo and the bench do
+ * on every exit path).  0 or -errno. */
+int thp_shmem_set(enum thp_shmem t);
 
 /* How the host maps [lo, hi) of this process (shared mappings inside it,
  * from /proc/self/smaps): mappings, resident bytes, and bytes mapped with

@@ -296,7 +296,7 @@ static int thp_teardown(void **state)
     (void)state;
     if (thp_restore == THP_SHMEM_UNKNOWN)
         return 0;
-    int rc = thp_shmem_restore(thp_restore);
+    int rc = thp_shmem_set(thp_restore);
     thp_restore = THP_SHMEM_UNKNOWN;
     return rc == 0 ? 0 : -1;
 }
@@ -357,7 +357,7 @@ static void test_host_superpages(void **state)
     assert_true(share >= 90);
     assert_true(pages[1] > 0); /* KVM maps 2M where the host and the guest do */
     if (thp_restore != THP_SHMEM_UNKNOWN && thp_restore != THP_SHMEM_ADVISE &&
-        thp_shmem_restore(THP_SHMEM_NEVER) == 0) {
+        thp_shmem_set(THP_SHMEM_NEVER) == 0) {
         measure(&share, pages);
         assert_int_equal(share, 0);
         assert_int_equal(pages[1], 0); /* host 4K: KVM 4K whatever the p2m holds */

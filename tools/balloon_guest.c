@@ -14,19 +14,13 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 #include "domain.h"
 #include "frames.h"
 #include "guest.h"
+#include "shadow.h"
 #include "machine.h"
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* Wait until the driver reached `pages` (or failed); nanoseconds or -1. */
 static int64_t wait_balloon(struct guest *g, struct hvg_param *p, uint64_t pages,
@@ -38,7 +32,7 @@ static int64_t wait_balloon(struct guest *g, struct hvg_param *p, uint64_t pages
             return (int64_t)(hv_now_ns() - t0);
         if (p->balloon_error || g->fault_claimed)
             return -1;
-        sleep_ms(2);
+        cli_sleep_ms(2);
     }
     return -1;
 }

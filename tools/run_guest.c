@@ -16,21 +16,15 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "domain.h"
 #include "guest.h"
+#include "shadow.h"
 #include "save.h"
 
 #define PROGRAM_MAX (16 * MiB)
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static int read_program(const char *path, void **buf, size_t *len)
 {
@@ -144,7 +138,7 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
      * writes its cycle); timed on its own. */
     while (!guest_running_phase(g) && __atomic_load_n(&g->running, __ATOMIC_ACQUIRE) &&
            !g->fault_claimed)
-        sleep_ms(5);
+        cli_sleep_ms(5);
     uint64_t t_run = hv_now_ns();
     double touch_s = (double)(t_run - t0) / 1e9;
     if (!a->json && !g->fault_claimed && !a->resume)
@@ -175,7 +169,7 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
             break;
         if (limit_ns && now >= limit_ns)
             break;
-        sleep_ms(10);
+        cli_sleep_ms(10);
     }
     /* --save: the guest as it is now, paused, with its vCPUs' state; then
      * it runs on to its end here (the file holds the state at the pause) */
