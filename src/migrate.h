@@ -290,6 +290,7 @@ struct migrate_report {
     struct migrate_leaves before, logdirty, receiver, after_abort;
     bool verified;
     uint64_t digest_sender, digest_receiver;
+    const char *dirty_source; /* where the guest's writes were logged */
     /* COMMIT left, RESUMED did not arrive: rc -EINPROGRESS, the guest is
      * kept paused (not resumed, not destroyed); the receiver may run it. */
     bool in_doubt;
