@@ -1322,6 +1322,13 @@ static int guest_from_context(struct domain *d, const void *a, size_t len,
     }
     int rc = guest_prog_decode(a, len, ps, err, errlen);
     bool prog = rc > 0;
+    enum guest_backend b = prog ? guest_prog_state_backend(ps) : GUEST_BACKEND_SOFT;
+    if (rc >= 0 && o->backend_set && o->backend != b) {
+        snprintf(err, errlen, "the guest runs on the %s backend; this receiver resumes guests "
+                 "on %s only", guest_backend_name(b), guest_backend_name(o->backend));
+        free(ps);
+        return -EMEDIUMTYPE;
+    }
     if (prog) {
         /* a program guest: its vCPUs on the backend it ran on (a receiver
          * whose KVM cannot create them fails here, before RESULT) */

@@ -348,6 +348,12 @@ struct migrate_recv_opts {
     /* Fault injection: after COMMIT, cut the connection instead of sending
      * RESUMED (a RESUMED lost on the way). */
     bool cut_before_resumed;
+    /* Refuse a guest that would resume on another backend than this one
+     * (the migration fails before RESULT: the sender keeps its guest);
+     * unset: the guest resumes on the backend it ran on (soft vCPUs on
+     * soft, program guests on the backend in their state). */
+    bool backend_set;
+    enum guest_backend backend;
     /* Given to the rebuilt workloads (the sender's callback stays there). */
     void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val);
     void *ctx;

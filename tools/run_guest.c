@@ -100,7 +100,8 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         guest_page_order_of(a->guest_page, &pc.guest_page_order) < 0)
         return cli_error("run: --guest-page %s: the kvm backend's guest page tables use 2M, 1G "
                          "or auto (the largest KVM offers)", a->guest_page);
-    uint64_t ops = a->accesses ? (a->accesses + a->vcpus - 1) / a->vcpus : 0;
+    /* a guest that migrates runs until it is stopped (on the receiver) */
+    uint64_t ops = a->accesses && !a->migrate_to ? (a->accesses + a->vcpus - 1) / a->vcpus : 0;
     pc.ops = ops;
     if (a->program_path) {
         if (read_program(a->program_path, &prog, &pc.program_len))
@@ -146,6 +147,24 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
     if (!a->json && a->resume)
         printf("resumed after %llu accesses made before the save\n",
                (unsigned long long)resumed_acc);
+    if (a->migrate_to && !g->fault_claimed) {
+        status = cli_migrate_guest(g, a->program_path ? a->program_path : guest_workload_name(wl),
+                                   a->migrate_to, a->after, a->mopts, a->tls, a->retries,
+                                   a->doubt_file, a->seconds, a->fail_save, a->json);
+        if (status == 1 && !a->fail_save) {
+            /* the migration failed and the guest ran on here: it finishes,
+             * and the host's replay says whether anything was lost */
+            guest_resume(g);
+            char verr[256] = "";
+            rc = guest_finish(g, 60ULL * 1000 * 1000 * 1000);
+            int vrc = rc == 0 ? guest_verify(g, verr, sizeof(verr)) : rc;
+            if (!a->json)
+                printf("the guest kept here after the failed migration: verified %s%s%s\n",
+                       vrc == 0 ? "yes" : "no", vrc ? ": " : "",
+                       vrc == 0 ? "" : verr[0] ? verr : strerror(-vrc));
+        }
+        goto out;
+    }
     /* Then the workload: sampled every 10 ms from the published counts; the
      * rate is taken after a tenth of the run (warm-up). */
     uint64_t limit_ns = a->seconds > 0 ? (uint64_t)(a->seconds * 1e9) : 0;
