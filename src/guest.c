@@ -1371,8 +1371,12 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
             }
             memcpy(&s, a + body, sizeof(s));
             if (s.nr_vcpus == 0 || s.nr_vcpus > HVG_MAX_VCPUS || s.vcpu >= s.nr_vcpus ||
-                (nr && s.nr_vcpus != nr) || seen[s.vcpu] || s.backend != GUEST_BACKEND_KVM ||
-                (s.guest_page_order != PAGE_ORDER_2M && s.guest_page_order != PAGE_ORDER_1G) ||
+                (nr && s.nr_vcpus != nr) || seen[s.vcpu] ||
+                (s.backend != GUEST_BACKEND_KVM && s.backend != GUEST_BACKEND_NATIVE) ||
+                (found && s.backend != st->v[0].backend) ||
+                (s.backend == GUEST_BACKEND_KVM && s.guest_page_order != PAGE_ORDER_2M &&
+                 s.guest_page_order != PAGE_ORDER_1G) ||
+                (s.backend == GUEST_BACKEND_NATIVE && s.guest_page_order != 0) ||
                 (found && s.guest_page_order != st->v[0].guest_page_order) ||
                 (found && (s.flags & HVCTX_PROG_F_FRESH) != (st->v[0].flags & HVCTX_PROG_F_FRESH))) {
                 snprintf(err, errlen, "HVM_CONTEXT: PROG_VCPU TLV at %zu: vCPU %u of %u, backend "

@@ -194,16 +194,6 @@ static int run_run(int argc, char **argv)
     bool need_prog = o.guest_program || !strcmp(o.workload, "chase");
     if (cli_backend("run", o.backend, soft_only, need_prog, &backend, bwhy, sizeof(bwhy)))
         return 1;
-    if (o.save && backend == GUEST_BACKEND_NATIVE) {
-        if (!strcmp(o.backend, "auto")) {
-            backend = GUEST_BACKEND_SOFT;
-            snprintf(bwhy, sizeof(bwhy), "auto: --save needs the vCPUs' state, which the "
-                     "native backend cannot capture, and /dev/kvm is not usable here");
-        } else {
-            return cli_error("run: --save: the native backend cannot capture its vCPUs' "
-                             "state (use kvm or soft)");
-        }
-    }
     bool prog = backend != GUEST_BACKEND_SOFT;
     if (!strcasecmp(o.guest_page, "auto"))
         o.guest_page = prog ? "auto" : "2M";

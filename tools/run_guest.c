@@ -308,8 +308,8 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         if (a->save && save_rc == 0)
             printf("saved to %s (paused at the end of the timed run, vCPU state included): "
                    "%s, %llu pages with data\n  resume with: hugevm restore %s --run "
-                   "--backend kvm\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
-                   (unsigned long long)sr.pages_data, a->save);
+                   "--backend %s\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
+                   (unsigned long long)sr.pages_data, a->save, guest_backend_name(a->backend));
         cli_print_domain(d, stdout);
         if (!a->no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
