@@ -12,9 +12,11 @@
  *            (kvm.h).
  *  - native: the same guest programs run as host code, one thread per
  *            vCPU, on the p2m mirrored at host virtual address == gpa
- *            (native.h): their ports are trapped by a signal handler.  For
- *            hosts without KVM (and the tests of guest programs there); no
- *            dirty log and no KVM counters.
+ *            (native.c): their ports are trapped by a signal handler.  For
+ *            hosts without KVM (and the tests of guest programs there); its
+ *            dirty log is userfaultfd write-protect (Linux 6.7+), its vCPU
+ *            state the parked thread's ucontext; no KVM counters.  It is no
+ *            sandbox: the program runs with the host process's rights.
  * guest_backend_auto() picks kvm where /dev/kvm runs guests, else soft, and
  * says why.
  *
@@ -241,7 +243,8 @@ int guest_verify(struct guest *g, char *why, size_t len) HV_MUST_CHECK;
  * both in step, with every vCPU of a program guest stopped while they
  * change (and the mirror synced after: the domain's log changes the p2m's
  * generation).  Enable: -ENOTSUP with why[] for a program backend without
- * a dirty log (native), -EBUSY when log-dirty is on already.  Harvest:
+ * a dirty log (native before Linux 6.7), -EBUSY when log-dirty is on
+ * already.  Harvest:
  * the union of both logs since the last harvest into bm[0, nr) (zeroed
  * first; nr >= guest_dirty_gfns()), *dirty its count; -EINVAL when nr is
  * short (the domain's log grows with RAM populated above it: ask again).
@@ -253,7 +256,7 @@ bool guest_log_dirty_on(struct guest *g);
 uint64_t guest_dirty_gfns(struct guest *g);
 int guest_harvest(struct guest *g, uint64_t *bm, uint64_t nr, uint64_t *dirty) HV_MUST_CHECK;
 /* 0 when g can be live-migrated or saved running: its writes are logged
- * and its vCPUs captured; else -ENOTSUP with why[] (the native backend). */
+ * and its vCPUs captured; else -ENOTSUP with why[]. */
 int guest_can_migrate(struct guest *g, char *why, size_t len) HV_MUST_CHECK;
 /* Where the guest's writes are logged, for reports. */
 const char *guest_dirty_source(struct guest *g);
@@ -294,17 +297,18 @@ struct guest_prog_state {
     struct hvctx_prog_vcpu v[HVG_MAX_VCPUS];
 };
 
-/* A paused kvm program guest's vCPUs as TLVs appended to b (hvctx_begin'd).
- * -ENOTSUP for other backends (native cannot capture a vCPU), -EBUSY when
- * not paused, -ENOMEM, an ioctl's errno. */
+/* A paused program guest's vCPUs as TLVs appended to b (hvctx_begin'd).
+ * -ENOTSUP for soft guests, -EBUSY when not paused, -ESRCH for a native
+ * vCPU not in guest code, -ENOMEM, an ioctl's errno. */
 int guest_prog_encode(struct guest *g, struct hvctx_buf *b) HV_MUST_CHECK;
 /* Decode the program-guest TLVs of a context area (other types ignored).
  * 1: st holds a complete state; 0: none in the area; -EBADMSG with err
  * (untrusted bytes: counts, ids, orders and sizes are checked). */
 int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st, char *err,
                       size_t errlen) HV_MUST_CHECK;
-/* A kvm guest over a restored domain d whose memory holds the program and
- * its parameter pages: vCPUs set to the saved states, not started.  The
+/* A program guest over a restored domain d whose memory holds the program
+ * and its parameter pages, on the backend it was saved from (kvm or
+ * native): vCPUs set to the saved states, not started.  The
  * host writes its system pages again (the same bytes for the same guest
  * page order); the workload memory is read from vCPU 0's parameter page
  * (checked before any use).  why[] says what failed. */
