@@ -460,6 +460,16 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
 }
 
 /* Async-signal-safe but for memory calls (see memory_call). */
+/* A call's result, written into the guest's parameter page by the host: a
+ * write KVM's dirty log does not see, so it is logged by hand (a live
+ * migration must send it). */
+static void set_ret(struct guest *g, unsigned i, volatile struct hvg_param *vp, int64_t ret)
+{
+    vp->call_ret = ret;
+    if (g->x->ops->host_wrote)
+        g->x->ops->host_wrote(g->x, HVG_PARAM_GPA(i) >> PAGE_SHIFT);
+}
+
 int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
 {
     struct hvg_param *p = param_of(g, i);
@@ -483,7 +493,7 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
                 (void)!write(g->pc.console_fd, pre, (size_t)k);
             (void)!write(g->pc.console_fd, buf, n);
         }
-        vp->call_ret = 0;
+        set_ret(g, i, vp, 0);
         return 1;
     }
     case HVG_CALL_SLEEP: {
@@ -499,14 +509,14 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
             nanosleep(&ts, NULL);
             ns -= s;
         }
-        vp->call_ret = 0;
+        set_ret(g, i, vp, 0);
         return 1;
     }
     case HVG_CALL_YIELD:
-        vp->call_ret = 0;
+        set_ret(g, i, vp, 0);
         return 1;
     case HVG_CALL_MEMORY:
-        vp->call_ret = memory_call(g, i, vp->args[0], vp->args[1], vp->args[2], vp->args[3]);
+        set_ret(g, i, vp, memory_call(g, i, vp->args[0], vp->args[1], vp->args[2], vp->args[3]));
         return 1;
     case HVG_CALL_DONE:
         if (vp->args[0] != 0) {
@@ -518,7 +528,7 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
         }
         return 0;
     default:
-        vp->call_ret = -ENOSYS; /* the guest sees it; nothing else happens */
+        set_ret(g, i, vp, -ENOSYS); /* the guest sees it; nothing else happens */
         return 1;
     }
 }

@@ -377,6 +377,10 @@ struct guest_exec_ops {
     int (*log_dirty)(struct guest_exec *x, bool on);
     int (*harvest)(struct guest_exec *x, uint64_t *bm, uint64_t nr);
     uint64_t (*dirty_gfns)(struct guest_exec *x);
+    /* The host wrote guest page gfn through the mirror (a call's result):
+     * log it where the backend's log would not see it (NULL: it does).
+     * Async-signal-safe. */
+    void (*host_wrote)(struct guest_exec *x, uint64_t gfn);
     const char *(*dirty_source)(struct guest_exec *x);
     void (*destroy)(struct guest_exec *x);
 };

@@ -1117,6 +1117,15 @@ static int kvm_exec_harvest(struct guest_exec *x, uint64_t *bm, uint64_t nr)
     return rc;
 }
 
+static void kvm_exec_host_wrote(struct guest_exec *x, uint64_t gfn)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    /* a harvest runs with every vCPU held, so never at the same time */
+    uint64_t *p = __atomic_load_n(&vm->pending, __ATOMIC_ACQUIRE);
+    if (p && vm->log_dirty && gfn < vm->max_gfn)
+        __atomic_fetch_or(&p[gfn / 64], 1ULL << (gfn % 64), __ATOMIC_RELAXED);
+}
+
 static const char *kvm_exec_dirty_source(struct guest_exec *x)
 {
     struct kvm_vm *vm = (struct kvm_vm *)x;
@@ -1140,6 +1149,7 @@ static const struct guest_exec_ops kvm_exec_ops = {
     .harvest = kvm_exec_harvest,
     .dirty_gfns = kvm_exec_dirty_gfns,
     .dirty_source = kvm_exec_dirty_source,
+    .host_wrote = kvm_exec_host_wrote,
     .destroy = kvm_exec_destroy,
 };
 

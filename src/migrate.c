@@ -725,11 +725,14 @@ static void peek_result(struct sender *s)
         return;
     struct mig_result res;
     char err[STREAM_ERR_LEN];
-    if (recv_ctrl(s->pipe.ch, MIG_RESULT, &res, sizeof(res), err, sizeof(err), "receiver") == 0 &&
-        (int32_t)le32toh((uint32_t)res.status) < 0) {
+    int rc = recv_ctrl(s->pipe.ch, MIG_RESULT, &res, sizeof(res), err, sizeof(err), "receiver");
+    size_t l = strlen(s->rep->err);
+    if (rc == 0 && (int32_t)le32toh((uint32_t)res.status) < 0) {
         res.msg[sizeof(res.msg) - 1] = 0;
-        size_t l = strlen(s->rep->err);
         snprintf(s->rep->err + l, sizeof(s->rep->err) - l, "; the receiver said: %s", res.msg);
+    } else if (rc < 0 && strstr(err, "aborted")) {
+        /* an ABORT with its reason (a busy receiver turns senders away so) */
+        snprintf(s->rep->err + l, sizeof(s->rep->err) - l, "; %.200s", err);
     }
 }
 
@@ -815,6 +818,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = pipe_drain(&s->pipe);
     if (rc < 0) {
         rc = sfail(s, rc, "sending HELLO: %s", s->pipe.werr_msg);
+        peek_result(s); /* a busy receiver said why before it closed */
         goto out;
     }
     struct mig_hello ready;
