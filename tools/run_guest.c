@@ -279,6 +279,20 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         json_u64(&j, "host_rss_bytes", rss);
         json_u64(&j, "host_pmd_mapped_bytes", pmd);
         json_dbl(&j, "host_pmd_mapped_share", pmd_share);
+        /* the phases of issue 11: this run is the guest "before" (a run
+         * that may be saved or migrated) or "after" (a restored guest) */
+        struct cli_phase ph = {
+            .valid = true, .have_kvm = have_mmu, .have_host = have_map,
+            .accesses = end_acc - warm_acc, .seconds = (double)(end_t - warm_t) / 1e9,
+            .accesses_per_s = rate, .pmd_share = pmd_share,
+            .kvm = {mmu[0], mmu[1], mmu[2]},
+        };
+        struct cli_phase none = {0};
+        json_obj_begin(&j, "phases");
+        cli_json_phase(&j, "before", a->resume ? &none : &ph);
+        cli_json_phase(&j, "during", &none);
+        cli_json_phase(&j, "after", a->resume ? &ph : &none);
+        json_obj_end(&j);
         json_obj_begin(&j, "guest_stats");
 #define X(name, desc) json_u64(&j, #name, g->st.name);
         GUEST_STAT_FIELDS(X)
