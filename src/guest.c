@@ -1089,6 +1089,14 @@ int guest_can_migrate(struct guest *g, char *why, size_t len)
         snprintf(why, len, "the %s backend cannot capture its vCPUs' state", g->x->ops->name);
         return -ENOTSUP;
     }
+    if (g->backend == GUEST_BACKEND_NATIVE) {
+        char r[200];
+        int rc = native_dirty_log_probe(r, sizeof(r));
+        if (rc < 0) {
+            snprintf(why, len, "the native backend cannot migrate here: %s", r);
+            return rc;
+        }
+    }
     return 0;
 }
 

@@ -397,6 +397,9 @@ int kvm_exec_create(struct guest *g, unsigned nr, unsigned guest_page_order,
                     struct guest_exec **out, char *why, size_t len) HV_MUST_CHECK;
 int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, char *why,
                        size_t len) HV_MUST_CHECK;
+/* 0 when this kernel gives the native backend a dirty log (userfaultfd
+ * asynchronous write-protect, Linux 6.7+), else -errno with why[]. */
+int native_dirty_log_probe(char *why, size_t len) HV_MUST_CHECK;
 
 /*
  * Serve call `nr` of vCPU i (reading its parameter page through the

@@ -737,6 +737,28 @@ static int native_log_dirty(struct guest_exec *x, bool on)
     return rc;
 }
 
+int native_dirty_log_probe(char *why, size_t len)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0 && errno == EINVAL)
+        fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(why, len, "userfaultfd: %s%s", strerror(e),
+                 e == EPERM ? " (vm.unprivileged_userfaultfd is 0: run as root)" : "");
+        return -e;
+    }
+    struct uffdio_api api = {.api = UFFD_API,
+                             .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+                                         UFFD_FEATURE_WP_HUGETLBFS_SHMEM};
+    int rc = ioctl(fd, UFFDIO_API, &api) < 0 ? -errno : 0;
+    close(fd);
+    if (rc < 0)
+        snprintf(why, len, "this kernel's userfaultfd has no asynchronous write-protect "
+                 "(Linux 6.7+), which the native backend's dirty log needs");
+    return rc == -EINVAL ? -ENOTSUP : rc;
+}
+
 static uint64_t native_dirty_gfns(struct guest_exec *x)
 {
     return ((struct native *)x)->top >> PAGE_SHIFT;
