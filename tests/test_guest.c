@@ -818,6 +818,95 @@ static void migrate_to_process(enum guest_backend b)
 static void test_migrate_native(void **s) { (void)s; migrate_to_process(GUEST_BACKEND_NATIVE); }
 static void test_migrate_kvm(void **s) { (void)s; migrate_to_process(GUEST_BACKEND_KVM); }
 
+/* ---- populate-on-demand: the fault server ------------------------------------------ */
+
+static int sweep_all(struct domain *d, void *ctx)
+{
+    *(long *)ctx += pod_zero_sweep(d, 0, P2M_GFN_LIMIT);
+    return 0;
+}
+
+/*
+ * A PoD guest on a program backend: its memory is PoD entries behind a
+ * cache smaller than the guest; the writer's vCPUs touch it and the fault
+ * server populates it (2M first) while the other vCPUs run, zero sweeps
+ * run on the running guest, and the host's replay matches every word at
+ * the end (PoD gfns read zero).  The same guest writing more than its
+ * target with nothing zero to reclaim crashes the domain, and the guest
+ * fails with Xen's reason; the audits pass after both.
+ */
+static void pod_guest(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    for (int over = 0; over < 2; over++) {
+        struct env e;
+        struct domain_config c;
+        e.m = new_machine(160 * MiB);
+        domain_config_default(&c);
+        assert_int_equal(domain_create(e.m, &c, &e.d), 0);
+        assert_int_equal(domain_populate_guest_flags(e.d, 64 * MiB, DOMAIN_POPULATE_POD, NULL),
+                         0);
+        assert_int_equal(pod_set_target(e.d, (over ? 24 : 48) * MiB >> PAGE_SHIFT), 0);
+        e.g = NULL;
+        struct guest_prog_config pc;
+        guest_prog_config_default(&pc, HVG_WL_WRITER);
+        pc.nr_vcpus = 2;
+        pc.batch = 256;
+        pc.console_fd = -1;
+        pc.wss_ppm = over ? 1000000 : 400000; /* 40% of 60 MiB fits in 48 MiB */
+        pc.ops = over ? 1000000 : 30000;
+        create(&e, b, &pc);
+        if (e.g->x->ops->pod_fd == NULL || e.g->x->ops->pod_fd(e.g->x) < 0) {
+            env_down(&e);
+            print_message("# SKIP reason: no userfaultfd for the %s backend here\n",
+                          guest_backend_name(b));
+            skip();
+        }
+        audit_all(e.d);
+        assert_int_equal(guest_start(e.g), 0);
+        long swept = 0;
+        for (int k = 0; k < 3 && !over; k++) {
+            sleep_ms(20);
+            int rc = guest_call(e.g, sweep_all, &swept);
+            assert_true(rc == 0 || rc == -EAGAIN);
+        }
+        int rc = guest_wait(e.g, 120ULL * 1000 * 1000 * 1000);
+        struct pod_stats *ps = &e.d->pod.stats;
+        print_message("# %s PoD guest (%s): %llu faults (%llu with the vCPUs running, %llu "
+                      "held), demand 2M %llu 4K %llu, swept %ld, rc %d%s%s\n",
+                      guest_backend_name(b), over ? "over its target" : "within its target",
+                      (unsigned long long)e.g->pod.faults,
+                      (unsigned long long)e.g->pod.served_cached,
+                      (unsigned long long)e.g->pod.served_held,
+                      (unsigned long long)ps->demand_2m, (unsigned long long)ps->demand_4k,
+                      swept, rc, rc ? ": " : "", rc ? e.g->fault.what : "");
+        assert_true(e.g->pod.faults > 0);
+        assert_true(ps->demand_2m > 0);
+        assert_true(e.g->pod.served_cached > 0);
+        assert_int_equal(e.g->pod.outside, 0);
+        if (!over) {
+            if (rc < 0)
+                fail_msg("the PoD guest failed: %s", e.g->fault.what);
+            char why[256];
+            if (guest_verify(e.g, why, sizeof(why)) < 0)
+                fail_msg("verify: %s", why);
+            assert_false(e.d->crashed);
+        } else {
+            assert_true(rc < 0);
+            assert_true(e.d->crashed);
+            assert_non_null(strstr(e.g->fault.what, "out of PoD memory"));
+            assert_int_equal(ps->out_of_memory, 1);
+        }
+        guest_destroy(e.g);
+        e.g = NULL;
+        AUDIT_OK(pod_audit(e.d));
+        env_down(&e);
+    }
+}
+
+static void test_pod_native(void **s) { (void)s; pod_guest(GUEST_BACKEND_NATIVE); }
+static void test_pod_kvm(void **s) { (void)s; pod_guest(GUEST_BACKEND_KVM); }
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -830,6 +919,7 @@ int main(void)
         cmocka_unit_test(test_balloon_driver_native),
         cmocka_unit_test(test_memory_calls_native),
         cmocka_unit_test(test_migrate_native),
+        cmocka_unit_test(test_pod_native),
         cmocka_unit_test(test_workloads_kvm),
         cmocka_unit_test(test_verify_catches_kvm),
         cmocka_unit_test(test_faults_kvm),
@@ -837,6 +927,7 @@ int main(void)
         cmocka_unit_test(test_balloon_driver_kvm),
         cmocka_unit_test(test_memory_calls_kvm),
         cmocka_unit_test(test_migrate_kvm),
+        cmocka_unit_test(test_pod_kvm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
