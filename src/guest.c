@@ -304,6 +304,13 @@ static void hold_vcpus_how(struct guest *g, int self, bool strict)
     bump_gen(g);
     if (!g->threads_live && self < 0)
         return;
+    /* every vCPU not parked is kicked at least once, also one counted as
+     * stopped because it waits in a PoD fault: woken, it must come out
+     * (its kick pending) before it runs guest code again */
+    uint64_t pm = __atomic_load_n(&g->parked_mask, __ATOMIC_ACQUIRE);
+    for (unsigned i = 0; i < g->nr_vcpus; i++)
+        if ((int)i != self && !(pm & (1ULL << i)))
+            g->x->ops->kick(g->x, i);
     for (;;) {
         uint32_t parked = ld32(&g->parked), running = ld32(&g->running);
         if (stopped_vcpus(g, self, strict) >= running)
@@ -600,6 +607,17 @@ static void pod_wake_vcpu(struct guest *g, int fd, uint64_t hva, int v)
     }
 }
 
+/* The guest failed at this fault: let the vCPU out of it (a vCPU waiting
+ * inside KVM_RUN cannot always be kicked out) onto a scratch page of its
+ * own; it is halted and never runs guest code again. */
+static void pod_unblock(struct guest *g, int fd, uint64_t hva, int v)
+{
+    void *p = (void *)(uintptr_t)(hva & ~(uint64_t)(PAGE_SIZE - 1));
+    (void)mmap(p, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+               -1, 0);
+    pod_wake_vcpu(g, fd, hva, v);
+}
+
 /* Serve one fault at host address hva by vCPU v (-1: unknown). */
 static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
 {
@@ -609,6 +627,8 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
     unsigned vi = v >= 0 ? (unsigned)v : 0;
     int rc;
     g->pod.faults++;
+    /* memcall_mu first (every mirror sync holds it), then d->lock */
+    pthread_mutex_lock(&g->memcall_mu);
     domain_lock(d);
     enum p2m_type t = p2m_invalid;
     unsigned o = 0;
@@ -616,6 +636,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
         (void)p2m_get_entry(d->p2m, gfn, &t, &o);
     if (p2m_is_ram(t) && x->ops->gpa_ptr(x, gfn << PAGE_SHIFT)) {
         domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
         g->pod.already++;
         pod_wake_vcpu(g, fd, hva, v); /* another fault populated it */
         return;
@@ -623,17 +644,20 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
     if (p2m_is_ram(t)) {
         /* RAM the mirror does not show yet: the full way (a sync) */
         domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
         rc = -ENOSPC;
         goto held;
     }
     if (t != p2m_pod) {
         domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
         g->pod.outside++;
         char what[160];
         snprintf(what, sizeof(what), "access outside RAM at gpa %#llx (neither RAM nor PoD)",
                  (unsigned long long)(gfn << PAGE_SHIFT));
         claim_fault(g, vi, -EFAULT, 0, 0, gfn << PAGE_SHIFT, what);
         kick_all(g);
+        pod_unblock(g, fd, hva, v);
         return;
     }
     rc = pod_demand_populate_cached(d, gfn);
@@ -642,6 +666,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
         gfn_t base = gfn & ~(order_pages(o) - 1);
         rc = p2m_is_ram(t) ? x->ops->pod_mapped(x, base, o, mfn - (gfn - base)) : -EINVAL;
         domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
         if (rc == 0) {
             g->pod.served_cached++;
             pod_wake_vcpu(g, fd, hva, v);
@@ -650,6 +675,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
         /* the mirror could not take it alone: the full way below */
     } else {
         domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
     }
 held:
     if (rc != -ESRCH) {
@@ -681,6 +707,7 @@ held:
                             : strerror(-rc));
         claim_fault(g, vi, rc == -ESRCH ? -ENOMEM : rc, 0, 0, gfn << PAGE_SHIFT, what);
         kick_all(g);
+        pod_unblock(g, fd, hva, v);
         return;
     }
     pod_wake_vcpu(g, fd, hva, v);

@@ -164,6 +164,9 @@ struct cli_phase {
     uint64_t t0, a0, accesses, kvm[3];
     double seconds, accesses_per_s, pmd_share;
 };
+/* The PoD fault server's counts of a program guest (report.c). */
+void cli_print_guest_pod(const struct guest *g, FILE *out);
+void cli_json_guest_pod(struct json *j, const char *key, const struct guest *g);
 void cli_phase_begin(struct cli_phase *p, struct guest *g);
 void cli_phase_end(struct cli_phase *p, struct guest *g);
 void cli_json_phase(struct json *j, const char *key, const struct cli_phase *p);

@@ -95,7 +95,9 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
     pc.write_rate = a->write_rate;
     pc.zipf_theta = a->theta;
     pc.console_fd = a->json ? -1 : 1;
-    pc.touch_first = true; /* the speed reported is the workload's, not first touches' */
+    /* the speed reported is the workload's, not first touches'; a PoD
+     * guest's first pass would populate all of it, past its target */
+    pc.touch_first = d->pod.target == 0;
     if (a->backend == GUEST_BACKEND_KVM &&
         guest_page_order_of(a->guest_page, &pc.guest_page_order) < 0)
         return cli_error("run: --guest-page %s: the kvm backend's guest page tables use 2M, 1G "
@@ -312,6 +314,10 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
             json_obj_end(&j);
         }
         cli_json_domain(&j, "domain", d);
+        if (d->pod.target) {
+            cli_json_pod(&j, "pod", d);
+            cli_json_guest_pod(&j, "pod_faults", g);
+        }
         json_str(&j, "audit", a->no_audit ? "skipped" : audit ? hv_audit_last() : "ok");
         json_obj_end(&j);
         json_finish(&j);
@@ -337,6 +343,10 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
                    "--backend %s\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
                    (unsigned long long)sr.pages_data, a->save, guest_backend_name(a->backend));
         cli_print_domain(d, stdout);
+        if (d->pod.target) {
+            cli_print_pod(d, stdout);
+            cli_print_guest_pod(g, stdout);
+        }
         if (!a->no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
