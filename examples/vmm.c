@@ -23,6 +23,7 @@
  *     cc -o vmm vmm.c $(pkg-config --cflags --libs hugevm)
  * Run: ./vmm [SAVEFILE] [--backend kvm|native]   (exit status 0: every check held)
  */
+#define _POSIX_C_SOURCE 200809L /* O_CLOEXEC, mkstemp */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

@@ -627,13 +627,15 @@ enum hugevm_backend hugevm_backend_pick(bool program, char *why, size_t len)
 {
     char tmp[256];
     enum guest_backend b = guest_backend_auto(tmp, sizeof(tmp));
+    /* guest_backend_auto says "NAME: reason"; the caller has the name */
+    const char *reason = strchr(tmp, ':') ? strchr(tmp, ':') + 2 : tmp;
     if (program && b == GUEST_BACKEND_SOFT) {
         if (why && len)
-            snprintf(why, len, "native: %s, and a program guest needs kvm or native", tmp);
+            snprintf(why, len, "%s; the guest program runs as host code instead", reason);
         return HUGEVM_BACKEND_NATIVE;
     }
     if (why && len)
-        snprintf(why, len, "%s", tmp);
+        snprintf(why, len, "%s", reason);
     return to_public(b);
 }
 
