@@ -236,6 +236,21 @@ enum hugevm_backend {
 enum hugevm_backend hugevm_backend_pick(bool program, char *why, size_t len);
 const char *hugevm_backend_name(enum hugevm_backend b);
 
+/* ---- the host ------------------------------------------------------------------ */
+
+/* What this host offers hugevm (hugevm info prints the same). */
+struct hugevm_host_info {
+    uint64_t ram_bytes;
+    char thp_shmem[16];         /* /sys/kernel/mm/transparent_hugepage/shmem_enabled */
+    bool thp_usable;            /* the host can map guest memory with 2M pages */
+    char thp_explain[512];      /* what the setting implies */
+    bool kvm;                   /* /dev/kvm runs guests here */
+    char kvm_why[256];          /* why not, when it does not */
+    enum hugevm_backend auto_backend; /* what HUGEVM_BACKEND_AUTO picks: soft or kvm */
+    char auto_why[256];
+};
+int hugevm_host_info(struct hugevm_host_info *out);
+
 enum hugevm_workload {
     HUGEVM_WL_SEQ = 0,     /* sweep the slice, one word per page */
     HUGEVM_WL_UNIFORM = 1, /* random read-modify-write (GUPS) */

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "hugevm.h"
 #include "hugevm_version.h"
@@ -24,6 +25,7 @@
 #include "domain.h"
 #include "guest.h"
 #include "guest_state.h"
+#include "kvm.h"
 #include "machine.h"
 #include "migrate.h"
 #include "save.h"
@@ -648,6 +650,22 @@ const char *hugevm_backend_name(enum hugevm_backend b)
     case HUGEVM_BACKEND_NATIVE: return "native";
     }
     return "unknown";
+}
+
+int hugevm_host_info(struct hugevm_host_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    long pages = sysconf(_SC_PHYS_PAGES);
+    out->ram_bytes = pages > 0 ? (uint64_t)pages * PAGE_SIZE : 0;
+    enum thp_shmem t = thp_shmem_read();
+    snprintf(out->thp_shmem, sizeof(out->thp_shmem), "%s", thp_shmem_name(t));
+    out->thp_usable = thp_shmem_usable(t);
+    snprintf(out->thp_explain, sizeof(out->thp_explain), "%s", thp_shmem_explain(t));
+    out->kvm = kvm_probe(out->kvm_why, sizeof(out->kvm_why)) == 0;
+    if (out->kvm)
+        out->kvm_why[0] = 0;
+    out->auto_backend = hugevm_backend_pick(false, out->auto_why, sizeof(out->auto_why));
+    return 0;
 }
 
 void hugevm_guest_config_default(struct hugevm_guest_config *c)
