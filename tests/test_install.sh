@@ -60,10 +60,17 @@ echo "# build $build (version $version, prefix $prefix, sanitize $sanitize), DES
 # The check build is instrumented: what links its objects needs the
 # sanitizer runtime, and an uninstrumented program that loads the shared
 # library cannot load that runtime first (so ASan must not insist).
-san_flags=()
+# ASan's shadow memory also takes the host addresses above 2 GiB - 32K,
+# where the native backend maps guest-physical memory: there the example
+# runs a 1 GiB guest instead of 2 (the release build runs the 2 GiB one).
+san_flags=() vmm_args=()
 if [ "$sanitize" != none ]; then
   san_flags=("-fsanitize=$sanitize")
   export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+  if [ ! -c /dev/kvm ]; then
+    vmm_args=(--guest-mib 1024)
+    echo "# sanitized build, native backend: the example VMM runs a 1 GiB guest (ASan's shadow takes the addresses of the second GiB)"
+  fi
 fi
 
 run "meson install into DESTDIR" meson install -C "$build" --destdir "$dest" --no-rebuild --quiet
@@ -151,7 +158,7 @@ run "examples/vmm.c builds with pkg-config --cflags --libs hugevm only (shared)"
 if readelf -d "$tmp/vmm" 2>/dev/null | grep -q 'NEEDED.*\[libhugevm.so.0\]'; then
   ok "the example links libhugevm.so.0"
 else notok "the example links libhugevm.so.0"; fi
-if [ -x "$tmp/vmm" ] && "$tmp/vmm" "$tmp/vmm.hvs" >"$tmp/out" 2>&1 &&
+if [ -x "$tmp/vmm" ] && "$tmp/vmm" "${vmm_args[@]}" "$tmp/vmm.hvs" >"$tmp/out" 2>&1 &&
    grep -q 'every check held' "$tmp/out" && [ "$(head -n 1 "$tmp/out")" = "libhugevm $version" ]; then
   sed -n 's/^\(backend: .*\)/# \1/p' "$tmp/out"
   ok "the example VMM runs end to end; hugevm_version() says $version"
@@ -162,7 +169,7 @@ slibs=$(pkg-config --static --libs hugevm | sed 's/-lhugevm\b//')
 if cc -std=c11 -o "$tmp/vmm-static" "$src/examples/vmm.c" $cflags "$D$libdir/libhugevm.a" \
      $slibs "${san_flags[@]}" >"$tmp/err" 2>&1 &&
    ! readelf -d "$tmp/vmm-static" | grep -q 'libhugevm' &&
-   "$tmp/vmm-static" >"$tmp/out" 2>&1 && grep -q 'every check held' "$tmp/out"; then
+   "$tmp/vmm-static" "${vmm_args[@]}" >"$tmp/out" 2>&1 && grep -q 'every check held' "$tmp/out"; then
   ok "the example links libhugevm.a (pkg-config --static) and runs"
 else cat "$tmp/out" >>"$tmp/err" 2>/dev/null; notok "static example"; fi
 
