@@ -142,8 +142,8 @@ int hugevm_domain_populate_range(hugevm_domain *d, uint64_t gfn, uint64_t nr, un
 int64_t hugevm_domain_decrease_reservation(hugevm_domain *d, uint64_t gfn, uint64_t nr);
 
 /* The host-driven balloon, in 2M units (4K where no 2M block is left):
- * make the guest's populated memory (as hugevm_domain_populate laid it
- * out) `target_bytes`.  Not for a domain a program guest runs on: its own
+ * make the guest's memory (tot_pages * 4096) `target_bytes`, within what
+ * hugevm_domain_populate laid out.  Not for a domain a program guest runs on: its own
  * balloon driver is hugevm_guest_balloon. */
 int hugevm_domain_balloon(hugevm_domain *d, uint64_t target_bytes);
 /* Populate-on-demand target (Xen's set_pod_target), in bytes. */
@@ -360,13 +360,13 @@ struct hugevm_migration_info {
     bool verified;                                /* memory digests agree */
     bool in_doubt;                                /* see below */
 };
-/* Send g (running or paused, soft vCPUs) over connected socket fd.  0: the
+/* Send g (running or paused, soft vCPUs) over fd, a connected TCP socket.  0: the
  * receiver runs it now; destroy g.  -EINPROGRESS with in_doubt: neither
  * resume nor destroy g before you know whether the receiver runs it.
  * Other < 0: g runs on here.  fd is not closed. */
 int hugevm_migration_send(hugevm_migration *mg, hugevm_guest *g, int fd,
                           struct hugevm_migration_info *info);
-/* Receive one guest on connected socket fd onto m: 0 and *out (not
+/* Receive one guest on fd, a connected TCP socket, onto m: 0 and *out (not
  * started; hugevm_guest_domain gives its domain, which the caller destroys
  * after the guest). */
 int hugevm_migration_receive(hugevm_migration *mg, hugevm_machine *m, int fd,

@@ -403,9 +403,7 @@ int hugevm_domain_logdirty_enable(hugevm_domain *hd, enum hugevm_dirty_mode mode
 {
     if ((unsigned)mode >= DIRTY_NR_MODES)
         return fail(-EINVAL, "log-dirty: unknown mode %d", (int)mode);
-    domain_lock(hd->d);
-    int rc = dirty_enable(hd->d, (enum dirty_mode)mode);
-    domain_unlock(hd->d);
+    int rc = dirty_enable(hd->d, (enum dirty_mode)mode); /* takes d->lock itself */
     if (rc < 0)
         return fail(rc, "log-dirty enable: %s", strerror(-rc));
     ok();
@@ -420,9 +418,7 @@ uint64_t hugevm_domain_logdirty_gfns(const hugevm_domain *hd)
 int64_t hugevm_domain_logdirty_harvest(hugevm_domain *hd, uint64_t *bitmap, uint64_t nr_gfns)
 {
     struct dirty_round r = {0};
-    domain_lock(hd->d);
     int rc = dirty_harvest(hd->d, bitmap, nr_gfns, &r);
-    domain_unlock(hd->d);
     if (rc < 0)
         return fail(rc, "log-dirty harvest: %s", rc == -ENOMEM ? "log-dirty lost track "
                     "(treat every page as dirty)" : "off, or the bitmap is too small");
@@ -435,9 +431,7 @@ int hugevm_domain_logdirty_disable(hugevm_domain *hd, uint64_t *final, uint64_t 
 {
     struct dirty_disable_result dr;
     memset(&dr, 0, sizeof(dr));
-    domain_lock(hd->d);
     int rc = dirty_disable(hd->d, final, nr_gfns, &dr);
-    domain_unlock(hd->d);
     if (rc < 0)
         return fail(rc, "log-dirty disable: off, or the bitmap is too small");
     if (res) {
@@ -609,7 +603,19 @@ int hugevm_domain_restore(hugevm_machine *m, int fd, hugevm_domain **out,
         info->fallback_nomem = rr.fallback_nomem;
         info->checksum_verified = rr.checksum_verified;
         info->seconds = rr.seconds;
-        info->has_guest = rr.vcpu == RESTORE_VCPU_HUGEVM && hd->context_len > 0;
+        info->has_guest = false;
+        if (rr.vcpu == RESTORE_VCPU_HUGEVM && hd->context) {
+            /* vCPUs of either kind (the context also holds the domain's
+             * configuration, which every hugevm stream has) */
+            char why[256];
+            struct guest_prog_state *ps = malloc(sizeof(*ps));
+            struct guest_state *gs = calloc(1, sizeof(*gs));
+            info->has_guest =
+                (ps && guest_prog_decode(hd->context, hd->context_len, ps, why, sizeof(why)) == 1) ||
+                (gs && guest_state_decode(hd->context, hd->context_len, gs, why, sizeof(why)) == 1);
+            free(ps);
+            free(gs);
+        }
     }
     restore_result_free(&rr);
     ok();
@@ -758,8 +764,13 @@ int hugevm_guest_create_restored(hugevm_domain *hd, hugevm_guest **out)
     }
     if (rc == 0) {
         free(ps);
-        return fail(-ENOTSUP, "restored guest: the stream holds soft vCPUs; resume them with "
-                    "`hugevm restore FILE --run`");
+        struct guest_state *gs = calloc(1, sizeof(*gs));
+        rc = gs ? guest_state_decode(hd->context, hd->context_len, gs, why, sizeof(why)) : 0;
+        free(gs);
+        if (rc == 1)
+            return fail(-ENOTSUP, "restored guest: the stream holds soft vCPUs; resume them "
+                        "with `hugevm restore FILE --run`");
+        return fail(-ENOENT, "restored guest: the stream carried no vCPU state");
     }
     struct guest *g;
     rc = guest_create_prog_resume(hd->d, ps, &g, why, sizeof(why));
