@@ -283,8 +283,10 @@ void hugevm_guest_config_default(struct hugevm_guest_config *c);
  * here (hugevm_last_error says why). */
 int hugevm_guest_create(hugevm_domain *d, const struct hugevm_guest_config *c,
                         hugevm_guest **out);
-/* A guest from the vCPU state a restored domain carries (has_guest), not
- * started.  -ENOENT when the stream carried none. */
+/* A program guest from the vCPU state a restored domain carries
+ * (has_guest), on the backend it was saved from, not started.  -ENOENT
+ * when the stream carried none; -ENOTSUP for soft vCPUs (hugevm restore
+ * FILE --run resumes those). */
 int hugevm_guest_create_restored(hugevm_domain *d, hugevm_guest **out);
 void hugevm_guest_destroy(hugevm_guest *g); /* stops it; NULL is fine */
 
@@ -305,8 +307,8 @@ int hugevm_guest_balloon(hugevm_guest *g, uint64_t pages_out, uint64_t timeout_m
  * every vCPU on the host and compare every word.  0, or -EBADMSG with the
  * first difference in hugevm_last_error(). */
 int hugevm_guest_verify(hugevm_guest *g);
-/* Save the paused guest: its domain and the vCPU state (kvm program guests
- * and soft guests; the native backend cannot capture a vCPU: -ENOTSUP). */
+/* Save the paused guest: its domain and the vCPU state (soft vCPUs, or a
+ * program guest's on kvm or native).  -EBUSY when it is not paused. */
 int hugevm_guest_save(hugevm_guest *g, int fd, struct hugevm_save_info *out);
 
 struct hugevm_guest_info {

@@ -101,8 +101,8 @@ const char *hugevm_strerror(int rc)
                         "orders 0, 9 or 18): hugevm_last_error() names it";
     case ENODEV: return "this backend cannot run here (kvm needs a usable /dev/kvm): use "
                         "HUGEVM_BACKEND_AUTO, NATIVE or SOFT";
-    case ENOTSUP: return "not possible on this backend or in this state (the native backend "
-                         "cannot capture vCPUs: finish the guest and save the domain)";
+    case ENOTSUP: return "not possible on this backend or in this state: hugevm_last_error() "
+                         "says what is missing";
     case EBUSY: return "busy: pause the guest, or turn log-dirty off, first";
     case EAGAIN: return "the guest is paused or stopped: resume it first";
     case EBADMSG: return "malformed or mismatching data (a corrupt or tampered stream, a failed "
@@ -886,15 +886,12 @@ int hugevm_guest_save(hugevm_guest *hg, int fd, struct hugevm_save_info *out)
     int rc = hvctx_begin(&tl);
     if (rc < 0)
         return fail(rc, "save: out of memory");
-    if (g->backend == GUEST_BACKEND_SOFT)
-        rc = guest_state_encode(&tl, g->nr_vcpus, g->v, g->w, &g->wc);
-    else
-        rc = guest_prog_encode(g, &tl);
+    rc = guest_encode(g, &tl);
     if (rc < 0) {
         hvctx_free(&tl);
-        return fail(rc, "save: capturing the vCPUs: %s", rc == -ENOTSUP ? "the native backend "
-                    "cannot (finish the guest and use hugevm_domain_save)" : rc == -EBUSY ?
-                    "pause the guest first" : strerror(-rc));
+        return fail(rc, "save: capturing the vCPUs: %s", rc == -EBUSY ? "pause the guest first"
+                    : rc == -ESRCH ? "a native vCPU is not in guest code (resume, pause again)"
+                    : strerror(-rc));
     }
     rc = save_fd(g->d, fd, tl.p + sizeof(struct hvctx_header),
                  tl.len - sizeof(struct hvctx_header), out);
