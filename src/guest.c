@@ -618,8 +618,51 @@ static void pod_unblock(struct guest *g, int fd, uint64_t hva, int v)
     pod_wake_vcpu(g, fd, hva, v);
 }
 
-/* Serve one fault at host address hva by vCPU v (-1: unknown). */
-static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
+/*
+ * A read of a PoD gfn never written: the zero page, write-protected, over
+ * the 2M around it (or its 4K leaf), so reading PoD memory takes nothing
+ * from the PoD cache (no populate, no reclaim of what was just populated:
+ * no thrash).  The vCPUs are stopped meanwhile, so that no write lands on
+ * the zero page before it is write-protected (that write would go to
+ * anonymous memory, not to the guest's).  A later write is a
+ * write-protect fault: populated then.  0, or -errno (then populate).
+ */
+static int pod_zero_read(struct guest *g, int fd, uint64_t gfn)
+{
+    struct domain *d = g->d;
+    struct guest_exec *x = g->x;
+    hold_vcpus(g);
+    pthread_mutex_lock(&g->memcall_mu);
+    domain_lock(d);
+    enum p2m_type t;
+    unsigned o;
+    (void)p2m_get_entry(d->p2m, gfn, &t, &o);
+    int rc = -EAGAIN;
+    if (t == p2m_pod) {
+        unsigned zo = o < PAGE_ORDER_2M ? o : PAGE_ORDER_2M;
+        uint64_t base = gfn & ~(order_pages(zo) - 1);
+        uint64_t lo = x->ops->gfn_hva(x, base), len = order_pages(zo) << PAGE_SHIFT;
+        struct uffdio_zeropage z = {.range = {lo, len}, .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE};
+        rc = ioctl(fd, UFFDIO_ZEROPAGE, &z) < 0 && errno != EEXIST ? -errno : 0;
+        /* (DONTWAKE goes with un-protecting only) */
+        struct uffdio_writeprotect w = {.range = {lo, len}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+        if (rc == 0 && ioctl(fd, UFFDIO_WRITEPROTECT, &w) < 0)
+            rc = -errno;
+        if (rc < 0) {
+            /* whatever zero pages went in must not stay writable: back to
+             * missing (the placeholder again) */
+            (void)madvise((void *)(uintptr_t)lo, len, MADV_DONTNEED);
+        }
+    }
+    domain_unlock(d);
+    pthread_mutex_unlock(&g->memcall_mu);
+    release_vcpus(g);
+    return rc;
+}
+
+/* Serve one fault at host address hva by vCPU v (-1: unknown), a write
+ * (to a missing page or to a read's zero page) or not. */
+static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
 {
     struct domain *d = g->d;
     struct guest_exec *x = g->x;
@@ -647,6 +690,25 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v)
         pthread_mutex_unlock(&g->memcall_mu);
         rc = -ENOSPC;
         goto held;
+    }
+    if (t == p2m_pod && !write) {
+        domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
+        if (pod_zero_read(g, fd, gfn) == 0) {
+            g->pod.zero_reads++;
+            pod_wake_vcpu(g, fd, hva, v);
+            return;
+        }
+        /* not PoD any more, or the zero page could not go in: as a write */
+        pthread_mutex_lock(&g->memcall_mu);
+        domain_lock(d);
+        (void)p2m_get_entry(d->p2m, gfn, &t, &o);
+        if (t != p2m_pod) {
+            domain_unlock(d);
+            pthread_mutex_unlock(&g->memcall_mu);
+            rc = -ENOSPC;
+            goto held; /* a sync sorts it out */
+        }
     }
     if (t != p2m_pod) {
         domain_unlock(d);
@@ -745,7 +807,9 @@ static void *pod_server_main(void *arg)
             futex_wake(&g->parked);
             for (size_t k = 0; k < n; k++)
                 if (m[k].event == UFFD_EVENT_PAGEFAULT)
-                    pod_serve(g, fd, m[k].arg.pagefault.address, v[k]);
+                    pod_serve(g, fd, m[k].arg.pagefault.address, v[k],
+                              (m[k].arg.pagefault.flags &
+                               (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0);
         }
         __atomic_sub_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
         futex_wake(&g->pod_serving);

@@ -126,6 +126,7 @@ struct guest_stats {
     X(faults, "missing-page faults on PoD gfns read")                          \
     X(served_cached, "served from the PoD cache with the other vCPUs running") \
     X(served_held, "served with the vCPUs stopped (cache empty: reclaim, sweep)") \
+    X(zero_reads, "reads of never-written PoD memory: zero page, no cache taken") \
     X(already, "faults on a gfn populated meanwhile (woken only)")            \
     X(outside, "faults outside guest RAM and PoD (the guest fails)")
 

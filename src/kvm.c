@@ -319,8 +319,10 @@ static int map_frames(struct kvm_vm *vm, gfn_t gfn, mfn_t mfn, uint64_t nr)
     return 0;
 }
 
-/* PoD gfns: anonymous memory registered for missing-page faults, so a
- * touch (the guest's, through KVM) waits for the fault server. */
+/* PoD gfns: anonymous memory registered for missing-page faults and
+ * write-protect (a read maps the zero page write-protected; the write
+ * after it is a fault too), so a touch (the guest's, through KVM) waits
+ * for the fault server. */
 static int map_placeholder(struct kvm_vm *vm, gfn_t gfn, uint64_t nr)
 {
     uint8_t *va = gfn_va(vm, gfn);
@@ -330,7 +332,8 @@ static int map_placeholder(struct kvm_vm *vm, gfn_t gfn, uint64_t nr)
         return -errno;
     struct uffdio_register r = {.range = {.start = (uint64_t)(uintptr_t)va,
                                           .len = nr << PAGE_SHIFT},
-                                .mode = UFFDIO_REGISTER_MODE_MISSING};
+                                .mode = UFFDIO_REGISTER_MODE_MISSING |
+                                        UFFDIO_REGISTER_MODE_WP};
     if (ioctl(vm->uffd, UFFDIO_REGISTER, &r) < 0)
         return -errno;
     vm->st.maps++;

@@ -139,11 +139,10 @@ struct native {
     struct nmap *retired;
     pthread_mutex_t mu;    /* sync, pod_mapped and log-dirty changes, one at a time */
     unsigned nr;
-    /* The mirror's userfaultfd: PoD placeholders are registered for
-     * missing-page faults (the fault server populates them), RAM for
-     * asynchronous write-protect while logging.  -1: none here. */
-    int uffd;
-    bool wp_ok;            /* async write-protect available (Linux 6.7+) */
+    /* The mirror's userfaultfds: uffd, RAM's asynchronous write-protect
+     * while logging (Linux 6.7+); pod_uffd, PoD placeholders' missing
+     * pages and writes to zero pages (the fault server's).  -1: none. */
+    int uffd, pod_uffd;
     bool logging;
     int pagemap;
     uint64_t *pending;     /* written before a remap, bit per gfn below top */
@@ -480,16 +479,16 @@ static void *map_placeholder(uint64_t lo, uint64_t bytes)
                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
 }
 
-static int uffd_register(struct native *n, uint64_t lo, uint64_t bytes, uint64_t mode)
+static int uffd_register(int fd, uint64_t lo, uint64_t bytes, uint64_t mode)
 {
     struct uffdio_register r = {.range = {.start = lo, .len = bytes}, .mode = mode};
-    return ioctl(n->uffd, UFFDIO_REGISTER, &r) < 0 ? -errno : 0;
+    return ioctl(fd, UFFDIO_REGISTER, &r) < 0 ? -errno : 0;
 }
 
-static void uffd_unregister(struct native *n, uint64_t lo, uint64_t bytes)
+static void uffd_unregister(int fd, uint64_t lo, uint64_t bytes)
 {
     struct uffdio_range r = {.start = lo, .len = bytes};
-    (void)ioctl(n->uffd, UFFDIO_UNREGISTER, &r);
+    (void)ioctl(fd, UFFDIO_UNREGISTER, &r);
 }
 
 /* Registration of one run as the mirror's state wants it: a placeholder
@@ -497,15 +496,18 @@ static void uffd_unregister(struct native *n, uint64_t lo, uint64_t bytes)
  * now: what was written before is the caller's to have collected). */
 static int uffd_apply(struct native *n, const struct nrun *r)
 {
+    if (r->pod) /* missing pages, and writes to a zero page a read mapped */
+        return n->pod_uffd < 0 ? 0
+                               : uffd_register(n->pod_uffd, r->gpa, r->bytes,
+                                               UFFDIO_REGISTER_MODE_MISSING |
+                                                   UFFDIO_REGISTER_MODE_WP);
     if (n->uffd < 0)
         return 0;
-    if (r->pod)
-        return uffd_register(n, r->gpa, r->bytes, UFFDIO_REGISTER_MODE_MISSING);
     if (!n->logging) {
-        uffd_unregister(n, r->gpa, r->bytes);
+        uffd_unregister(n->uffd, r->gpa, r->bytes);
         return 0;
     }
-    int rc = uffd_register(n, r->gpa, r->bytes, UFFDIO_REGISTER_MODE_WP);
+    int rc = uffd_register(n->uffd, r->gpa, r->bytes, UFFDIO_REGISTER_MODE_WP);
     return rc < 0 ? rc : wp_scan_range(n, r->gpa, r->gpa + r->bytes, NULL);
 }
 
@@ -547,7 +549,7 @@ static struct nmap *map_new(size_t n)
 static long native_sync(struct guest_exec *x)
 {
     struct native *n = (struct native *)x;
-    struct ncollect c = {.top = n->top, .placeholders = n->uffd >= 0};
+    struct ncollect c = {.top = n->top, .placeholders = n->pod_uffd >= 0};
     /* d->lock for the whole sync (then n->mu, the order pod_mapped takes
      * them in): the PoD fault server maps nothing between the walk and
      * the mappings */
@@ -621,7 +623,7 @@ static void *native_gpa_ptr(struct guest_exec *x, uint64_t gpa)
 
 static int native_pod_fd(struct guest_exec *x)
 {
-    return ((struct native *)x)->uffd;
+    return ((struct native *)x)->pod_uffd;
 }
 
 static uint64_t native_hva_gfn(struct guest_exec *x, uint64_t hva)
@@ -869,7 +871,7 @@ static void log_off(struct native *n)
     const struct nmap *m = n->map;
     for (size_t i = 0; m && i < m->n && n->uffd >= 0; i++)
         if (!m->v[i].pod)
-            uffd_unregister(n, m->v[i].gpa, m->v[i].bytes);
+            uffd_unregister(n->uffd, m->v[i].gpa, m->v[i].bytes);
     if (n->pagemap >= 0)
         close(n->pagemap);
     n->pagemap = -1;
@@ -890,7 +892,7 @@ static int native_log_dirty(struct guest_exec *x, bool on)
     }
     if (n->logging)
         goto out;
-    if (n->uffd < 0 || !n->wp_ok) {
+    if (n->uffd < 0) {
         rc = -ENOTSUP; /* before Linux 6.7, or no userfaultfd */
         goto out;
     }
@@ -910,25 +912,20 @@ out:
     return rc;
 }
 
-/* The mirror's userfaultfd: asynchronous write-protect where the kernel
- * has it, the faulting thread's id always.  -1 when userfaultfd is not
- * available (PoD gfns then stay PROT_NONE, and there is no dirty log). */
-static int uffd_open(bool *wp_ok)
+/* A userfaultfd with these features, or -1 (not available here, or not
+ * these features: the dirty log's asynchronous write-protect needs Linux
+ * 6.7).  Two per mirror: the dirty log's (RAM, write-protect resolved by
+ * the kernel) and PoD's (placeholders: missing pages and writes to the
+ * zero page a read mapped, both for the fault server). */
+static int uffd_open(uint64_t features)
 {
-    for (int pass = 0; pass < 2; pass++) {
-        int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-        if (fd < 0)
-            return -1;
-        struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_THREAD_ID};
-        if (pass == 0)
-            api.features |= UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
-                            UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-        if (ioctl(fd, UFFDIO_API, &api) == 0) {
-            *wp_ok = pass == 0;
-            return fd;
-        }
-        close(fd);
-    }
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -1;
+    struct uffdio_api api = {.api = UFFD_API, .features = features};
+    if (ioctl(fd, UFFDIO_API, &api) == 0)
+        return fd;
+    close(fd);
     return -1;
 }
 
@@ -987,6 +984,8 @@ static void native_destroy(struct guest_exec *x)
     log_off(n);
     if (n->uffd >= 0)
         close(n->uffd); /* unregisters everything */
+    if (n->pod_uffd >= 0)
+        close(n->pod_uffd);
     if (n->reserved)
         munmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA);
     for (unsigned i = 0; i < n->nr; i++)
@@ -1046,7 +1045,9 @@ int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, ch
     n->nr = nr;
     n->pagemap = -1;
     pthread_mutex_init(&n->mu, NULL);
-    n->uffd = uffd_open(&n->wp_ok);
+    n->uffd = uffd_open(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+                        UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+    n->pod_uffd = uffd_open(UFFD_FEATURE_THREAD_ID);
     for (unsigned i = 0; i < nr; i++) {
         n->cpu[i].n = n;
         n->cpu[i].i = i;

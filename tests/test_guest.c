@@ -827,6 +827,56 @@ static int sweep_all(struct domain *d, void *ctx)
 }
 
 /*
+ * A guest that only reads PoD memory, four times more than its target:
+ * every read fault maps the zero page (write-protected), nothing comes
+ * from the cache, nothing is reclaimed, the guest's checksums match the
+ * replay (it read zeros) and the domain never crashes.
+ */
+static void pod_reads(enum guest_backend b)
+{
+    struct env e;
+    struct domain_config c;
+    e.m = new_machine(160 * MiB);
+    domain_config_default(&c);
+    assert_int_equal(domain_create(e.m, &c, &e.d), 0);
+    assert_int_equal(domain_populate_guest_flags(e.d, 64 * MiB, DOMAIN_POPULATE_POD, NULL), 0);
+    assert_int_equal(pod_set_target(e.d, 16 * MiB >> PAGE_SHIFT), 0);
+    e.g = NULL;
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_UNIFORM);
+    pc.nr_vcpus = 2;
+    pc.console_fd = -1;
+    pc.write_ppm = 0;
+    pc.write_ppm_set = true;
+    pc.ops = 20000;
+    create(&e, b, &pc);
+    uint64_t count0 = e.d->pod.count, demand0 = e.d->pod.stats.demand_2m +
+                                                 e.d->pod.stats.demand_4k;
+    assert_int_equal(guest_start(e.g), 0);
+    int rc = guest_wait(e.g, 120ULL * 1000 * 1000 * 1000);
+    if (rc < 0)
+        fail_msg("the reading PoD guest failed: %s", e.g->fault.what);
+    char why[256];
+    if (guest_verify(e.g, why, sizeof(why)) < 0)
+        fail_msg("verify: %s", why);
+    struct pod_stats *ps = &e.d->pod.stats;
+    print_message("# %s PoD guest reading 4x its target: %llu zero reads, cache %llu -> %llu "
+                  "pages, %llu reclaimed\n", guest_backend_name(b),
+                  (unsigned long long)e.g->pod.zero_reads, (unsigned long long)count0,
+                  (unsigned long long)e.d->pod.count,
+                  (unsigned long long)(ps->reclaimed_2m * 512 + ps->reclaimed_4k));
+    assert_true(e.g->pod.zero_reads > 0);
+    assert_int_equal(e.d->pod.count, count0);
+    assert_int_equal(ps->demand_2m + ps->demand_4k, demand0);
+    assert_int_equal(ps->reclaimed_2m + ps->reclaimed_4k, 0);
+    assert_false(e.d->crashed);
+    guest_destroy(e.g);
+    e.g = NULL;
+    AUDIT_OK(pod_audit(e.d));
+    env_down(&e);
+}
+
+/*
  * A PoD guest on a program backend: its memory is PoD entries behind a
  * cache smaller than the guest; the writer's vCPUs touch it and the fault
  * server populates it (2M first) while the other vCPUs run, zero sweeps
@@ -838,15 +888,19 @@ static int sweep_all(struct domain *d, void *ctx)
 static void pod_guest(enum guest_backend b)
 {
     BACKEND_OR_SKIP(b);
-    for (int over = 0; over < 2; over++) {
+    /* over the target, the crash comes after some 1500 zero pages were
+     * reclaimed one fault at a time: seconds natively, many minutes under
+     * KVM in TCG (make check-kvm), so the KVM variant stays within it */
+    for (int over = 0; over < (b == GUEST_BACKEND_NATIVE ? 2 : 1); over++) {
         struct env e;
         struct domain_config c;
         e.m = new_machine(160 * MiB);
         domain_config_default(&c);
         assert_int_equal(domain_create(e.m, &c, &e.d), 0);
-        assert_int_equal(domain_populate_guest_flags(e.d, 64 * MiB, DOMAIN_POPULATE_POD, NULL),
-                         0);
-        assert_int_equal(pod_set_target(e.d, (over ? 24 : 48) * MiB >> PAGE_SHIFT), 0);
+        /* over: a cache of 2 MiB beyond the runtime's 4 MiB */
+        uint64_t gmem = (over ? 16 : 64) * MiB;
+        assert_int_equal(domain_populate_guest_flags(e.d, gmem, DOMAIN_POPULATE_POD, NULL), 0);
+        assert_int_equal(pod_set_target(e.d, (over ? 6 : 48) * MiB >> PAGE_SHIFT), 0);
         e.g = NULL;
         struct guest_prog_config pc;
         guest_prog_config_default(&pc, HVG_WL_WRITER);
@@ -870,7 +924,7 @@ static void pod_guest(enum guest_backend b)
             int rc = guest_call(e.g, sweep_all, &swept);
             assert_true(rc == 0 || rc == -EAGAIN);
         }
-        int rc = guest_wait(e.g, 120ULL * 1000 * 1000 * 1000);
+        int rc = guest_wait(e.g, 300ULL * 1000 * 1000 * 1000);
         struct pod_stats *ps = &e.d->pod.stats;
         print_message("# %s PoD guest (%s): %llu faults (%llu with the vCPUs running, %llu "
                       "held), demand 2M %llu 4K %llu, swept %ld, rc %d%s%s\n",
@@ -881,7 +935,7 @@ static void pod_guest(enum guest_backend b)
                       (unsigned long long)ps->demand_2m, (unsigned long long)ps->demand_4k,
                       swept, rc, rc ? ": " : "", rc ? e.g->fault.what : "");
         assert_true(e.g->pod.faults > 0);
-        assert_true(ps->demand_2m > 0);
+        assert_true(ps->demand_2m > 0 || over);
         assert_true(e.g->pod.served_cached > 0);
         assert_int_equal(e.g->pod.outside, 0);
         if (!over) {
@@ -902,6 +956,7 @@ static void pod_guest(enum guest_backend b)
         AUDIT_OK(pod_audit(e.d));
         env_down(&e);
     }
+    pod_reads(b);
 }
 
 static void test_pod_native(void **s) { (void)s; pod_guest(GUEST_BACKEND_NATIVE); }
