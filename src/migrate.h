@@ -351,7 +351,8 @@ struct migrate_recv_opts {
     /* Refuse a guest that would resume on another backend than this one
      * (the migration fails before RESULT: the sender keeps its guest);
      * unset: the guest resumes on the backend it ran on (soft vCPUs on
-     * soft, program guests on the backend in their state). */
+     * soft, kvm guests on kvm), except native guests, refused unless asked
+     * for by name (their code would run as this process's own). */
     bool backend_set;
     enum guest_backend backend;
     /* Given to the rebuilt workloads (the sender's callback stays there). */

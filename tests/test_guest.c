@@ -723,20 +723,39 @@ static void migrate_to_process(enum guest_backend b)
     char portf[96], rlog[96];
     snprintf(portf, sizeof(portf), "%s/port", dir);
     snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    if (b == GUEST_BACKEND_NATIVE) {
+        /* a receiver not asked for native guests refuses one (its code
+         * would run as the receiver's own) and the guest runs on here */
+        char *xargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                         "--attempts", "1", "--accept-timeout", "60", "--host-mem", "1G",
+                         "--insecure", "--json", NULL};
+        pid_t xp = spawn(xargv, rlog);
+        unsigned xport = wait_port_file(portf, 60);
+        assert_true(xport != 0);
+        struct migrate_opts xo = {.timeout_ms = 60000};
+        assert_true(send_when_free(e.g, xport, &xo, rep) < 0);
+        if (!strstr(rep->err, "native guests only when asked"))
+            fail_msg("refused for another reason: %s", rep->err);
+        assert_false(guest_log_dirty_on(e.g));
+        wait_ops_above(e.g, ops_of(e.g) + 2000);
+        assert_true(wait_deadline(xp, 60) != 0);
+        unlink(portf);
+    }
     const unsigned cuts = 2;
     char attempts[8];
     snprintf(attempts, sizeof(attempts), "%u", cuts + 1);
     char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                      "--attempts", attempts, "--accept-timeout", "120", "--host-mem", "1G",
-                     "--insecure", "--run", "1", "--json", NULL};
+                     "--insecure", "--run", "1", "--backend", (char *)guest_backend_name(b),
+                     "--json", NULL};
     pid_t rp = spawn(rargv, rlog);
     unsigned port = wait_port_file(portf, 60);
     if (!port) {
         kill(rp, SIGKILL);
         fail_msg("the receiver wrote no port; log in %s", rlog);
     }
-    struct migrate_report *rep = calloc(1, sizeof(*rep));
-    assert_non_null(rep);
     struct migrate_opts o = {.max_rounds = 4, .timeout_ms = 60000};
     struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
     print_message("# rng %llu\n", (unsigned long long)r.s);

@@ -512,7 +512,8 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
                 "(written whole, mode 0600).\n", dpath);
         fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the receiver "
                 "reports IN DOUBT as well (or is gone), resume exactly one copy, e.g. "
-                "`hugevm restore %s --run`.\n", dpath);
+                "`hugevm restore %s --run%s`.\n", dpath,
+                g->backend == GUEST_BACKEND_NATIVE ? " --backend native" : "");
         fprintf(f, "  exit status %d\n", CLI_EXIT_IN_DOUBT);
     } else if (rc == 0) {
         status = 0;
@@ -523,7 +524,8 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
             printf("  sender audit after the failure: %s\n", a ? hv_audit_last() : "ok");
         if (fail_save && frc == 0)
             printf("  the guest, kept after the failed migration, is saved to %s: `hugevm "
-                   "restore %s --run` resumes it\n", fpath, fpath);
+                   "restore %s --run%s` resumes it\n", fpath, fpath,
+                   g->backend == GUEST_BACKEND_NATIVE ? " --backend native" : "");
         else if (fail_save)
             fprintf(stderr, "hugevm: saving the guest kept after the failed migration to %s "
                     "failed: %s (nothing was written under that name)\n", fail_save, ferr);
@@ -625,8 +627,9 @@ static int run_migrate(int argc, char **argv)
 static struct opt migrate_opts_table[] = {
     {"to", OPT_STR, &mo.to, "ADDR:PORT", "the receiver (hugevm receive --listen)", NULL},
     {"backend", OPT_STR, &mo.backend, "NAME", "vCPU backend of the migrated guest: kvm (the "
-     "built-in C workload as a real guest; KVM's dirty log feeds the rounds), soft, or auto "
-     "(default: kvm where /dev/kvm works, else soft); native guests cannot migrate", NULL},
+     "built-in C workload as a real guest; KVM's dirty log feeds the rounds), native (the same "
+     "program as host code; userfaultfd write-protect logs its writes), soft, or auto "
+     "(default: kvm where /dev/kvm works, else soft)", NULL},
     {"guest-mem", OPT_SIZE, &mo.guest_mem, "SIZE", "guest RAM (default 4G)", NULL},
     {"host-mem", OPT_SIZE, &mo.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
     {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
@@ -902,7 +905,8 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
     fprintf(f, "  It is saved, paused, to %s (written whole, mode 0600).\n", path);
     fprintf(f, "  If the sender reports its guest running (its COMMIT never left), delete this "
             "copy.  If the sender reports IN DOUBT too (or is gone), resume exactly one copy, "
-            "this one preferably: `hugevm restore %s --run`.\n", path);
+            "this one preferably: `hugevm restore %s --run%s`.\n", path,
+            res->g && res->g->backend == GUEST_BACKEND_NATIVE ? " --backend native" : "");
     fprintf(f, "  audit: %s; exit status %d\n", audit ? hv_audit_last() : "ok",
             CLI_EXIT_IN_DOUBT);
     guest_destroy(g);
@@ -926,15 +930,13 @@ static int run_receive(int argc, char **argv)
     enum guest_backend want;
     bool want_auto;
     if (guest_backend_parse(ro.backend, &want, &want_auto) < 0)
-        return cli_error("receive: --backend %s: give kvm, soft or auto", ro.backend);
-    if (!want_auto && want == GUEST_BACKEND_NATIVE)
-        return cli_error("receive: --backend native: native guests cannot migrate");
+        return cli_error("receive: --backend %s: give kvm, native, soft or auto", ro.backend);
     if (!want_auto &&
         cli_backend("receive", ro.backend, NULL, false, &backend, bwhy, sizeof(bwhy)))
         return 1;
     if (!ro.json)
         printf("backend: %s\n", want_auto ? "auto (the one the guest ran on: soft vCPUs, or KVM "
-                                             "for a real guest)"
+                                             "for a real guest; native only when asked for)"
                                            : guest_backend_name(want));
     /* loopback unless an address is named: a bare PORT is 127.0.0.1:PORT */
     const char *listen = ro.listen ? ro.listen : "0";
@@ -1166,8 +1168,9 @@ out:
 
 static struct opt receive_opts_table[] = {
     {"backend", OPT_STR, &ro.backend, "NAME", "vCPU backend the guest resumes on: auto (default: "
-     "the one it ran on, soft vCPUs or KVM), or kvm or soft to refuse guests of the other kind "
-     "(the migration then fails and the sender keeps its guest)", NULL},
+     "the one it ran on, soft or kvm), or one of soft, kvm, native to refuse guests of the "
+     "others (the migration then fails and the sender keeps its guest); native guests are "
+     "accepted only with --backend native (their code runs as this process's own)", NULL},
     {"listen", OPT_STR, &ro.listen, "[ADDR:]PORT", "where to listen (port 0: any); without "
      "ADDR, and by default, on 127.0.0.1 only: name another address to accept other hosts", NULL},
     {"port-file", OPT_STR, &ro.port_file, "FILE", "write the port listened on to FILE", NULL},
