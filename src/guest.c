@@ -618,6 +618,63 @@ static void pod_unblock(struct guest *g, int fd, uint64_t hva, int v)
     pod_wake_vcpu(g, fd, hva, v);
 }
 
+/* The server's queue of faults read but not served yet (server thread only). */
+#define POD_QUEUE 256
+struct pod_fault {
+    uint64_t hva;
+    int vcpu;
+    bool write;
+};
+static __thread struct pod_fault pod_q[POD_QUEUE];
+static __thread unsigned pod_qh, pod_qn;
+
+/* Read what faults the userfaultfd holds (without waiting) into the queue;
+ * their vCPUs count as stopped from now on (they wait for us). */
+static void pod_drain(struct guest *g, int fd)
+{
+    while (pod_qn < POD_QUEUE) {
+        struct uffd_msg m[16];
+        size_t room = POD_QUEUE - pod_qn < 16 ? POD_QUEUE - pod_qn : 16;
+        ssize_t r = read(fd, m, room * sizeof(m[0]));
+        if (r <= 0)
+            break;
+        for (size_t k = 0; k < (size_t)r / sizeof(m[0]); k++) {
+            if (m[k].event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            int v = vcpu_of_tid(g, (int)m[k].arg.pagefault.feat.ptid);
+            if (v >= 0)
+                __atomic_fetch_or(&g->blocked_mask, 1ULL << v, __ATOMIC_ACQ_REL);
+            pod_q[(pod_qh + pod_qn++) % POD_QUEUE] = (struct pod_fault){
+                m[k].arg.pagefault.address, v,
+                (m[k].arg.pagefault.flags &
+                 (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0};
+        }
+    }
+    futex_wake(&g->parked);
+}
+
+/* The server's hold: as hold_vcpus, but while it waits it keeps reading
+ * faults (a vCPU that faults meanwhile waits in the fault, inside KVM_RUN
+ * perhaps, where no kick reaches it: it counts as stopped once read). */
+static void pod_hold(struct guest *g, int fd)
+{
+    __atomic_add_fetch(&g->hold, 1, __ATOMIC_ACQ_REL);
+    bump_gen(g);
+    uint64_t pm = __atomic_load_n(&g->parked_mask, __ATOMIC_ACQUIRE);
+    for (unsigned i = 0; i < g->nr_vcpus; i++)
+        if (!(pm & (1ULL << i)))
+            g->x->ops->kick(g->x, i);
+    for (;;) {
+        pod_drain(g, fd);
+        uint32_t parked = ld32(&g->parked), running = ld32(&g->running);
+        if (stopped_vcpus(g, -1, false) >= running)
+            break;
+        for (unsigned i = 0; i < g->nr_vcpus; i++)
+            g->x->ops->kick(g->x, i);
+        futex_wait(&g->parked, parked, 1000 * 1000);
+    }
+}
+
 /*
  * A read of a PoD gfn never written: the zero page, write-protected, over
  * the 2M around it (or its 4K leaf), so reading PoD memory takes nothing
@@ -631,7 +688,7 @@ static int pod_zero_read(struct guest *g, int fd, uint64_t gfn)
 {
     struct domain *d = g->d;
     struct guest_exec *x = g->x;
-    hold_vcpus(g);
+    pod_hold(g, fd);
     pthread_mutex_lock(&g->memcall_mu);
     domain_lock(d);
     enum p2m_type t;
@@ -741,7 +798,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
     }
 held:
     if (rc != -ESRCH) {
-        hold_vcpus(g);
+        pod_hold(g, fd);
         pthread_mutex_lock(&g->memcall_mu);
         for (unsigned k = 0; k < 1000; k++) {
             domain_lock(d);
@@ -793,23 +850,13 @@ static void *pod_server_main(void *arg)
         }
         __atomic_add_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
         if (!__atomic_load_n(&g->pod_paused, __ATOMIC_ACQUIRE)) {
-            struct uffd_msg m[16];
-            ssize_t r = read(fd, m, sizeof(m));
-            size_t n = r > 0 ? (size_t)r / sizeof(m[0]) : 0;
-            int v[16];
-            for (size_t k = 0; k < n; k++) {
-                v[k] = m[k].event == UFFD_EVENT_PAGEFAULT
-                           ? vcpu_of_tid(g, (int)m[k].arg.pagefault.feat.ptid)
-                           : -1;
-                if (v[k] >= 0) /* it waits for us: stopped, for a hold */
-                    __atomic_fetch_or(&g->blocked_mask, 1ULL << v[k], __ATOMIC_ACQ_REL);
+            pod_drain(g, fd);
+            while (pod_qn) {
+                struct pod_fault f = pod_q[pod_qh];
+                pod_qh = (pod_qh + 1) % POD_QUEUE;
+                pod_qn--;
+                pod_serve(g, fd, f.hva, f.vcpu, f.write);
             }
-            futex_wake(&g->parked);
-            for (size_t k = 0; k < n; k++)
-                if (m[k].event == UFFD_EVENT_PAGEFAULT)
-                    pod_serve(g, fd, m[k].arg.pagefault.address, v[k],
-                              (m[k].arg.pagefault.flags &
-                               (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0);
         }
         __atomic_sub_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
         futex_wake(&g->pod_serving);

@@ -1014,6 +1014,7 @@ static int kvm_run_vcpu(struct guest_exec *x, unsigned i, struct guest_exit *ex)
         return 0;
     }
     case KVM_EXIT_INTR:
+        __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_RELEASE);
         ex->kind = GUEST_EXIT_KICK;
         return 0;
     case KVM_EXIT_HLT:
