@@ -1117,7 +1117,9 @@ static int load_guest(struct guest *g, const struct mem_walk *mw, char *why, siz
             .zipf_theta_bits = tb.u,
             .batch = g->pc.batch ? g->pc.batch : 4096,
             .nr_extents = mw->n,
-            .flags = g->pc.touch_first ? HVG_F_TOUCH : 0,
+            .flags = (g->pc.touch_first ? HVG_F_TOUCH : 0) |
+                     (g->pc.balloon_4k ? HVG_F_BALLOON_4K : 0) |
+                     (g->pc.balloon_scrub ? HVG_F_BALLOON_SCRUB : 0),
             .balloon_pages = g->pc.balloon_pages,
         };
         memcpy(p->ext, mw->ext, mw->n * sizeof(mw->ext[0]));

@@ -81,6 +81,8 @@ struct guest_prog_config {
     uint64_t batch;             /* operations between publications (0: 4096) */
     unsigned guest_page_order;  /* kvm: 9 or 18; 0: the largest the CPUID offers */
     bool touch_first;           /* HVG_F_TOUCH: each vCPU reads its slice once first */
+    bool balloon_4k;            /* HVG_F_BALLOON_4K: the driver gives back 4K pages */
+    bool balloon_scrub;         /* HVG_F_BALLOON_SCRUB: zeroing each extent first */
     uint64_t balloon_pages;     /* the top of the workload memory for vCPU 0's
                                  * balloon driver (a multiple of 512) */
     /* A user's program instead of the built-in one (ELF64 image in memory,
