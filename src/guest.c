@@ -256,6 +256,8 @@ static void bump_gen(struct guest *g)
 
 bool guest_park(struct guest *g, unsigned i)
 {
+    /* not (any more) waiting in a PoD fault: it is here */
+    __atomic_fetch_and(&g->blocked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
     __atomic_fetch_or(&g->parked_mask, 1ULL << i, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
@@ -447,9 +449,12 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
         if (!is_aligned_order(list[k], (unsigned)order) || list[k] < low ||
             list[k] >= P2M_GFN_LIMIT - nr)
             return -EINVAL;
-    __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL); /* waiting: parked */
+    /* waiting for another call: parked (it may be holding the vCPUs) */
+    __atomic_fetch_or(&g->parked_mask, 1ULL << i, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
     pthread_mutex_lock(&g->memcall_mu);
+    __atomic_fetch_and(&g->parked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
     __atomic_sub_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     hold_vcpus_but(g, (int)i);
     struct domain *d = g->d;
@@ -599,12 +604,15 @@ static int vcpu_of_tid(struct guest *g, int tid)
 
 static void pod_wake_vcpu(struct guest *g, int fd, uint64_t hva, int v)
 {
-    struct uffdio_range r = {.start = hva & ~(uint64_t)(PAGE_SIZE - 1), .len = PAGE_SIZE};
-    (void)ioctl(fd, UFFDIO_WAKE, &r);
+    /* the bit goes before the wake: once woken the vCPU may run guest code,
+     * and a hold must then kick it out rather than count it stopped (a
+     * hold kicks every vCPU it does not find parked) */
     if (v >= 0) {
-        __atomic_fetch_and(&g->blocked_mask, ~(1ULL << v), __ATOMIC_ACQ_REL);
+        __atomic_fetch_and(&g->blocked_mask, ~(1ULL << v), __ATOMIC_SEQ_CST);
         futex_wake(&g->parked);
     }
+    struct uffdio_range r = {.start = hva & ~(uint64_t)(PAGE_SIZE - 1), .len = PAGE_SIZE};
+    (void)ioctl(fd, UFFDIO_WAKE, &r);
 }
 
 /* The guest failed at this fault: let the vCPU out of it (a vCPU waiting
@@ -617,6 +625,9 @@ static void pod_unblock(struct guest *g, int fd, uint64_t hva, int v)
                -1, 0);
     pod_wake_vcpu(g, fd, hva, v);
 }
+
+/* Run lists retired by PoD faults kept at most (then a held sync frees them). */
+#define POD_RETIRED_MAX (8u << 20)
 
 /* The server's queue of faults read but not served yet (server thread only). */
 #define POD_QUEUE 256
@@ -642,7 +653,14 @@ static void pod_drain(struct guest *g, int fd)
             if (m[k].event != UFFD_EVENT_PAGEFAULT)
                 continue;
             int v = vcpu_of_tid(g, (int)m[k].arg.pagefault.feat.ptid);
-            if (v >= 0)
+            /* it waits on that page as long as the mirror does not map it
+             * (a vCPU pulled out of the wait retries the same access); a
+             * fault on a page mapped since is stale and counts for nothing.
+             * Only KVM's: a native vCPU's wait is a user fault, which the
+             * kick always interrupts (it then parks) */
+            uint64_t gfn = g->x->ops->hva_gfn(g->x, m[k].arg.pagefault.address);
+            if (v >= 0 && g->backend == GUEST_BACKEND_KVM &&
+                (gfn == INVALID_GFN || !g->x->ops->gpa_ptr(g->x, gfn << PAGE_SHIFT)))
                 __atomic_fetch_or(&g->blocked_mask, 1ULL << v, __ATOMIC_ACQ_REL);
             pod_q[(pod_qh + pod_qn++) % POD_QUEUE] = (struct pod_fault){
                 m[k].arg.pagefault.address, v,
@@ -848,14 +866,25 @@ static void *pod_server_main(void *arg)
             if (__atomic_load_n(&g->pod_stop, __ATOMIC_ACQUIRE))
                 break;
         }
-        __atomic_add_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
-        if (!__atomic_load_n(&g->pod_paused, __ATOMIC_ACQUIRE)) {
+        __atomic_add_fetch(&g->pod_serving, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&g->pod_paused, __ATOMIC_SEQ_CST)) {
             pod_drain(g, fd);
             while (pod_qn) {
                 struct pod_fault f = pod_q[pod_qh];
                 pod_qh = (pod_qh + 1) % POD_QUEUE;
                 pod_qn--;
                 pod_serve(g, fd, f.hva, f.vcpu, f.write);
+            }
+            if (g->x->ops->retired_bytes && g->x->ops->retired_bytes(g->x) > POD_RETIRED_MAX) {
+                /* the run lists replaced fault by fault: a sync with the
+                 * vCPUs held frees them and compacts the mirror's runs */
+                pod_hold(g, fd);
+                pthread_mutex_lock(&g->memcall_mu);
+                if (g->x->ops->sync(g->x) < 0)
+                    forget_params(g);
+                g->st.syncs++;
+                pthread_mutex_unlock(&g->memcall_mu);
+                release_vcpus(g);
             }
         }
         __atomic_sub_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
@@ -864,19 +893,23 @@ static void *pod_server_main(void *arg)
     return NULL;
 }
 
-static void pod_server_start(struct guest *g)
+/* 0, or -errno: then a touch of a PoD placeholder would wait forever, so
+ * the guest must not start. */
+static int pod_server_start(struct guest *g)
 {
     if (g->pod_live || !g->x->ops->pod_fd || g->x->ops->pod_fd(g->x) < 0)
-        return;
+        return 0;
     if (pipe2(g->pod_wake, O_CLOEXEC | O_NONBLOCK) < 0)
-        return;
+        return -errno;
     __atomic_store_n(&g->pod_stop, 0, __ATOMIC_RELEASE);
-    if (pthread_create(&g->pod_thread, NULL, pod_server_main, g) != 0) {
+    int rc = pthread_create(&g->pod_thread, NULL, pod_server_main, g);
+    if (rc != 0) {
         close(g->pod_wake[0]);
         close(g->pod_wake[1]);
-        return;
+        return -rc;
     }
     g->pod_live = true;
+    return 0;
 }
 
 static void pod_server_stop(struct guest *g)
@@ -918,6 +951,9 @@ static void *vcpu_main(void *arg)
         }
         struct guest_exit ex = {0};
         rc = g->x->ops->run(g->x, i, &ex);
+        /* out of the guest: not waiting in a PoD fault, whatever the server
+         * has read */
+        __atomic_fetch_and(&g->blocked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
         __atomic_add_fetch(&g->st.exits, 1, __ATOMIC_RELAXED);
         if (rc < 0) {
             char what[200];
@@ -1257,6 +1293,9 @@ int guest_start(struct guest *g)
         return 0;
     }
     guest_signals_install();
+    int prc = pod_server_start(g); /* before any vCPU can touch PoD memory */
+    if (prc < 0)
+        return prc;
     __atomic_store_n(&g->halt, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&g->running, g->nr_vcpus, __ATOMIC_RELEASE);
     for (unsigned i = 0; i < g->nr_vcpus; i++) {
@@ -1274,12 +1313,12 @@ int guest_start(struct guest *g)
                 g->x->ops->kick(g->x, k);
                 pthread_join(g->threads[k], NULL);
             }
+            pod_server_stop(g);
             return -rc;
         }
     }
     g->threads_live = true;
     g->started = true;
-    pod_server_start(g); /* without it, a PoD touch is an access outside RAM */
     return 0;
 }
 
@@ -1295,8 +1334,8 @@ void guest_pause(struct guest *g)
         hold_vcpus_how(g, -1, true);
         /* the fault server maps nothing more until resume: wait for the
          * fault it may be serving */
-        __atomic_store_n(&g->pod_paused, 1, __ATOMIC_RELEASE);
-        for (uint32_t v; (v = ld32(&g->pod_serving)) != 0;)
+        __atomic_store_n(&g->pod_paused, 1, __ATOMIC_SEQ_CST);
+        for (uint32_t v; (v = __atomic_load_n(&g->pod_serving, __ATOMIC_SEQ_CST)) != 0;)
             futex_wait(&g->pod_serving, v, 10 * 1000 * 1000);
         g->paused = true;
     }

@@ -417,6 +417,9 @@ struct guest_exec_ops {
     uint64_t (*hva_gfn)(struct guest_exec *x, uint64_t hva);
     uint64_t (*gfn_hva)(struct guest_exec *x, uint64_t gfn);
     int (*pod_mapped)(struct guest_exec *x, uint64_t gfn, unsigned order, mfn_t mfn);
+    /* Bytes of run lists pod_mapped replaced, kept for lock-free readers
+     * until the next sync (which runs with the vCPUs held) frees them. */
+    size_t (*retired_bytes)(struct guest_exec *x);
     /* The host wrote guest page gfn through the mirror (a call's result):
      * log it where the backend's log would not see it (NULL: it does).
      * Async-signal-safe. */
