@@ -47,6 +47,7 @@
 
 #include "common.h"
 #include "dirty.h"
+#include "pod.h"
 #include "vcpu.h"
 #include "save.h"
 #include "workload.h"

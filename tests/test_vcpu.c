@@ -17,6 +17,7 @@
 
 #include "testutil.h"
 
+#include "pod.h"
 #include "vcpu.h"
 #include "workload.h"
 
