@@ -254,6 +254,7 @@ struct cli_balloon_prog {
     uint64_t seed, write_rate;
     double fragment;
     bool no_deflate, json, no_audit;
+    bool give_back_4k; /* the driver zeroes each extent and gives it back as 4K pages */
 };
 int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_balloon_prog *a);
 /* Resolve --backend for a command: "auto" picks kvm where /dev/kvm runs
