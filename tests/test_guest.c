@@ -689,7 +689,7 @@ static int send_when_free(struct guest *g, unsigned port, const struct migrate_o
     return rc;
 }
 
-static void migrate_to_process(enum guest_backend b)
+static void migrate_to_process(enum guest_backend b, bool pod)
 {
     BACKEND_OR_SKIP(b);
     char nwhy[256];
@@ -704,7 +704,20 @@ static void migrate_to_process(enum guest_backend b)
         skip();
     }
     struct env e;
-    env_up(&e, 64 * MiB);
+    if (pod) {
+        /* a PoD guest: placeholders and the fault server on both sides,
+         * its PoD entries and cache travelling in the tail */
+        struct domain_config c;
+        e.m = new_machine(160 * MiB);
+        domain_config_default(&c);
+        assert_int_equal(domain_create(e.m, &c, &e.d), 0);
+        assert_int_equal(domain_populate_guest_flags(e.d, 64 * MiB, DOMAIN_POPULATE_POD, NULL),
+                         0);
+        assert_int_equal(pod_set_target(e.d, 48 * MiB >> PAGE_SHIFT), 0);
+        e.g = NULL;
+    } else {
+        env_up(&e, 64 * MiB);
+    }
     struct guest_prog_config pc;
     /* paced writes: the operation count (what the receiver replays) grows
      * with time, not with the host's speed (TCG, ASan) */
@@ -725,7 +738,7 @@ static void migrate_to_process(enum guest_backend b)
     snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     assert_non_null(rep);
-    if (b == GUEST_BACKEND_NATIVE) {
+    if (b == GUEST_BACKEND_NATIVE && !pod) {
         /* a receiver not asked for native guests refuses one (its code
          * would run as the receiver's own) and the guest runs on here */
         char *xargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
@@ -790,10 +803,10 @@ static void migrate_to_process(enum guest_backend b)
     if (!file_has(rlog, "\"guest_verified\"", "true"))
         fail_msg("the receiver did not verify the guest; log in %s", rlog);
     assert_true(file_has(rlog, "\"audit\"", "ok"));
-    print_message("# %s guest: %u cut attempts kept it running here; migrated in %u rounds "
+    print_message("# %s%s guest: %u cut attempts kept it running here; migrated in %u rounds "
                   "(%llu pages after round 0) to a receiver process that resumed it and "
-                  "verified every vCPU\n", guest_backend_name(b), cuts, rep->nr_rounds,
-                  (unsigned long long)later);
+                  "verified every vCPU\n", guest_backend_name(b), pod ? " PoD" : "", cuts,
+                  rep->nr_rounds, (unsigned long long)later);
     unlink(portf);
     unlink(rlog);
     rmdir(dir);
@@ -835,8 +848,18 @@ static void migrate_to_process(enum guest_backend b)
     env_down(&e);
 }
 
-static void test_migrate_native(void **s) { (void)s; migrate_to_process(GUEST_BACKEND_NATIVE); }
-static void test_migrate_kvm(void **s) { (void)s; migrate_to_process(GUEST_BACKEND_KVM); }
+static void test_migrate_native(void **s)
+{
+    (void)s;
+    migrate_to_process(GUEST_BACKEND_NATIVE, false);
+    migrate_to_process(GUEST_BACKEND_NATIVE, true);
+}
+static void test_migrate_kvm(void **s)
+{
+    (void)s;
+    migrate_to_process(GUEST_BACKEND_KVM, false);
+    migrate_to_process(GUEST_BACKEND_KVM, true);
+}
 
 /* ---- populate-on-demand: the fault server ------------------------------------------ */
 
