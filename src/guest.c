@@ -671,6 +671,19 @@ static void pod_drain(struct guest *g, int fd)
     futex_wake(&g->parked);
 }
 
+/* memcall_mu for the server, which keeps reading faults while it waits:
+ * the holder may be a vCPU's memory call waiting for another vCPU that has
+ * just faulted (inside KVM_RUN, where no kick reaches it) and counts as
+ * stopped only once the server has read its fault. */
+static void pod_lock_memcall(struct guest *g, int fd)
+{
+    while (pthread_mutex_trylock(&g->memcall_mu) != 0) {
+        pod_drain(g, fd);
+        struct pollfd p = {fd, POLLIN, 0};
+        (void)poll(&p, 1, 1);
+    }
+}
+
 /* The server's hold: as hold_vcpus, but while it waits it keeps reading
  * faults (a vCPU that faults meanwhile waits in the fault, inside KVM_RUN
  * perhaps, where no kick reaches it: it counts as stopped once read). */
@@ -707,7 +720,7 @@ static int pod_zero_read(struct guest *g, int fd, uint64_t gfn)
     struct domain *d = g->d;
     struct guest_exec *x = g->x;
     pod_hold(g, fd);
-    pthread_mutex_lock(&g->memcall_mu);
+    pod_lock_memcall(g, fd);
     domain_lock(d);
     enum p2m_type t;
     unsigned o;
@@ -746,7 +759,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
     int rc;
     g->pod.faults++;
     /* memcall_mu first (every mirror sync holds it), then d->lock */
-    pthread_mutex_lock(&g->memcall_mu);
+    pod_lock_memcall(g, fd);
     domain_lock(d);
     enum p2m_type t = p2m_invalid;
     unsigned o = 0;
@@ -775,7 +788,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
             return;
         }
         /* not PoD any more, or the zero page could not go in: as a write */
-        pthread_mutex_lock(&g->memcall_mu);
+        pod_lock_memcall(g, fd);
         domain_lock(d);
         (void)p2m_get_entry(d->p2m, gfn, &t, &o);
         if (t != p2m_pod) {
@@ -817,7 +830,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
 held:
     if (rc != -ESRCH) {
         pod_hold(g, fd);
-        pthread_mutex_lock(&g->memcall_mu);
+        pod_lock_memcall(g, fd);
         for (unsigned k = 0; k < 1000; k++) {
             domain_lock(d);
             rc = pod_demand_populate(d, gfn);
@@ -879,7 +892,7 @@ static void *pod_server_main(void *arg)
                 /* the run lists replaced fault by fault: a sync with the
                  * vCPUs held frees them and compacts the mirror's runs */
                 pod_hold(g, fd);
-                pthread_mutex_lock(&g->memcall_mu);
+                pod_lock_memcall(g, fd);
                 if (g->x->ops->sync(g->x) < 0)
                     forget_params(g);
                 g->st.syncs++;
