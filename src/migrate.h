@@ -120,7 +120,9 @@
  * halfway, so the handshake refuses it up front. */
 /* 3: RESUMED, the receiver's last word; a version-2 sender would destroy
  * its copy without waiting for it. */
-#define MIG_VERSION 3u
+/* 4: the memory digest is the sum of per-page terms (stream.h), kept as
+ * pages are sent and received; a version-3 peer's would never match. */
+#define MIG_VERSION 4u
 #define MIG_FRAME_RAW (1u << 20)  /* raw bytes per DATA frame, at most */
 #define MIG_CTRL_MAX 4096u        /* control frame bodies, at most */
 
@@ -193,9 +195,12 @@ _Static_assert(sizeof(struct mig_workload_tlv) == 104, "HVCTX_WORKLOAD");
 /* The running guest is guest.h's (struct guest: its vCPUs, pause/resume,
  * guest_call); migration pauses it for the final round. */
 
-/* Digest of guest memory: XXH3-64 over (gfn, XXH3-64(page)) for every RAM
- * gfn in ascending order; leaf sizes do not matter.  *pages (may be NULL)
- * gets the RAM page count.  The guest must be paused. */
+/* Digest of guest memory, read from memory: the sum of
+ * stream_digest_term(gfn, XXH3-64(page)) over every RAM gfn (stream.h);
+ * leaf sizes do not matter.  *pages (may be NULL) gets the RAM page count.
+ * The guest must be paused.  A migration does not call it (both sides keep
+ * the same sum term by term as pages go and come) except to audit that
+ * (migrate_opts.audit_digest, migrate_recv_opts.audit_digest). */
 uint64_t migrate_digest(struct domain *d, uint64_t *pages);
 /* The same digest, reading only the pfns set in data_bits (nr bits; pfns
  * at or beyond nr are read): the caller knows the others are zero, as a
@@ -250,6 +255,27 @@ struct migrate_opts {
      * sending COMMIT (it never leaves: this copy runs again, the receiver
      * is left in doubt). */
     bool cut_before_commit;
+    /* Fault injection for the memory digest (tests): what goes on the wire
+     * for page fault_gfn differs from what the sender's digest counts:
+     * WRONG, one bit flipped each time it is sent with data; DROP, its
+     * entry left out of the final round (the receiver keeps the copy of an
+     * earlier round, if any); DUP, the bytes of its first data
+     * copy sent again for it at the end of the final round (stale if the
+     * guest wrote it since, harmless otherwise).  Frame checksums cover
+     * the bytes as sent: only the digest can tell. */
+    enum migrate_page_fault {
+        MIGRATE_FAULT_NONE,
+        MIGRATE_FAULT_WRONG,
+        MIGRATE_FAULT_DROP,
+        MIGRATE_FAULT_DUP,
+    } fault_page;
+    gfn_t fault_gfn;
+    /* Audit (tests): at the pause, after the final round, also compute the
+     * digest from all of memory (migrate_digest, which costs the downtime
+     * it reads) and fail the migration if the one kept page by page
+     * differs: a page written but never logged dirty, a translation that
+     * went stale, a term not replaced. */
+    bool audit_digest;
     /* Fault injection: send these bytes as DATA right after HELLO (tests). */
     const void *inject;
     size_t inject_len;
@@ -286,7 +312,8 @@ struct migrate_report {
     enum migrate_end end;
     unsigned nr_rounds;
     struct migrate_round rounds[MIGRATE_MAX_ROUNDS + 2];
-    double total_s, downtime_s, digest_s;
+    double total_s, downtime_s;
+    double digest_s;         /* spent at the pause on the digest (the audit, when on) */
     struct migrate_leaves before, logdirty, receiver, after_abort;
     bool verified;
     uint64_t digest_sender, digest_receiver;
@@ -347,6 +374,10 @@ struct migrate_recv_opts {
     /* Fault injection: after COMMIT, cut the connection instead of sending
      * RESUMED (a RESUMED lost on the way). */
     bool cut_before_resumed;
+    /* Audit (tests): at END also compute the digest from the restored
+     * memory (migrate_digest_known) and fail if the one kept page by page
+     * as pages landed differs. */
+    bool audit_digest;
     /* Given to the rebuilt workloads (the sender's callback stays there). */
     void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val);
     void *ctx;
