@@ -54,6 +54,7 @@
 #include <zstd.h>
 
 #include "chan.h"
+#include "hash.h"
 #include "guest_state.h"
 #include "zero.h"
 
@@ -88,7 +89,7 @@ static int digest_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
         gfn_t g = gfn + i;
         bool zero = (c->known && g < c->nknown && !(c->known[g / 64] >> (g % 64) & 1)) ||
                     machine_offset_in_hole(&c->dm, machine_offset(mfn + i));
-        uint64_t h = zero ? c->zero_hash : XXH3_64bits(machine_ptr(c->m, mfn + i), PAGE_SIZE);
+        uint64_t h = zero ? c->zero_hash : hv_hash64(machine_ptr(c->m, mfn + i), PAGE_SIZE);
         c->acc += stream_digest_term(g, h);
     }
     c->pages += order_pages(order);
@@ -390,7 +391,7 @@ static int pipe_take(struct pipe *p)
     p->filling = true;
     pipe_cur(p)->raw_len = 0;
     p->hashed = 0;
-    (void)XXH3_64bits_reset(p->xs);
+    hv_hash_reset(p->xs);
     return 0;
 }
 
@@ -400,7 +401,7 @@ static int pipe_take(struct pipe *p)
 static void pipe_hash(struct pipe *p)
 {
     struct fbuf *b = pipe_cur(p);
-    (void)XXH3_64bits_update(p->xs, b->raw + p->hashed, b->raw_len - p->hashed);
+    hv_hash_update(p->xs, b->raw + p->hashed, b->raw_len - p->hashed);
     p->hashed = b->raw_len;
 }
 
@@ -410,7 +411,7 @@ static int pipe_seal(struct pipe *p, uint16_t type)
     struct fbuf *b = pipe_cur(p);
     uint16_t flags = 0;
     pipe_hash(p);
-    uint64_t sum = XXH3_64bits_digest(p->xs);
+    uint64_t sum = hv_hash_digest(p->xs);
     b->out = b->raw;
     b->out_len = b->raw_len;
     if (p->compress && type == MIG_DATA && b->raw_len) {
@@ -675,7 +676,7 @@ static int send_batch(struct sender *s)
             s->r->pages_zero++;
             rc = term_set(s, pfn, stream_digest_term(pfn, s->zero_hash));
         } else if (drop) { /* counted as sent, never sent */
-            rc = term_set(s, pfn, stream_digest_term(pfn, XXH3_64bits(ptr, PAGE_SIZE)));
+            rc = term_set(s, pfn, stream_digest_term(pfn, hv_hash64(ptr, PAGE_SIZE)));
         } else {
             s->data_pfn[ndata] = pfn;
             s->data[ndata++] = ptr;
@@ -702,7 +703,7 @@ static int send_batch(struct sender *s)
         rc = stream_write_part(&s->w, wire_page(s, s->data_pfn[k], s->data[k]), PAGE_SIZE);
         if (rc == 0)
             rc = term_set(s, s->data_pfn[k],
-                          stream_digest_term(s->data_pfn[k], XXH3_64bits(s->data[k], PAGE_SIZE)));
+                          stream_digest_term(s->data_pfn[k], hv_hash64(s->data[k], PAGE_SIZE)));
     }
     if (rc == 0)
         rc = stream_record_end(&s->w);
@@ -1253,11 +1254,11 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
             return rxfail(x, rc, "DATA frame at byte offset %llu: %s after %zu of %zu bytes",
                           (unsigned long long)x->at, rx_why(x, rc),
                           x->len - x->left + done + got, x->len);
-        (void)XXH3_64bits_update(x->xs, p + done, k);
+        hv_hash_update(x->xs, p + done, k);
         done += k;
     }
     x->left -= n;
-    if (!x->left && XXH3_64bits_digest(x->xs) != x->sum)
+    if (!x->left && hv_hash_digest(x->xs) != x->sum)
         return rxfail(x, -EBADMSG, "DATA frame at byte offset %llu: checksum mismatch",
                       (unsigned long long)x->at);
     return 0;
@@ -1321,7 +1322,7 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
         x->pos = x->avail = x->stage0 = 0;
         x->sum = le64toh(h.checksum);
         x->at = at;
-        (void)XXH3_64bits_reset(x->xs);
+        hv_hash_reset(x->xs);
         *type = t;
         return 0;
     }
@@ -1338,7 +1339,7 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
                           (unsigned long long)at,
                           ZSTD_isError(n) ? ZSTD_getErrorName(n) : "has the wrong length");
     }
-    if (XXH3_64bits(x->raw, raw) != le64toh(h.checksum))
+    if (hv_hash64(x->raw, raw) != le64toh(h.checksum))
         return rxfail(x, -EBADMSG, "%s frame at byte offset %llu: checksum mismatch",
                       frame_name(t), (unsigned long long)at);
     x->frames++;

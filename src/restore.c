@@ -55,6 +55,8 @@
  */
 #include "save.h"
 
+#include "hash.h"
+
 #include <endian.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -609,7 +611,7 @@ static int digest_pages(struct rctx *c, const uint64_t *ents, const uint8_t *p, 
         if (!s || !bit(s->fill, pfn))
             continue;
         int rc = digest_set(c, s, pfn,
-                            stream_digest_term(pfn, XXH3_64bits(p + ((size_t)k << PAGE_SHIFT),
+                            stream_digest_term(pfn, hv_hash64(p + ((size_t)k << PAGE_SHIFT),
                                                                 PAGE_SIZE)));
         if (rc < 0)
             return rc;
