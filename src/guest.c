@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guest_state.h"
 #include "kvm.h"
 #include "p2m.h"
 
@@ -459,6 +460,16 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
 }
 
 /* Async-signal-safe but for memory calls (see memory_call). */
+/* A call's result, written into the guest's parameter page by the host: a
+ * write KVM's dirty log does not see, so it is logged by hand (a live
+ * migration must send it). */
+static void set_ret(struct guest *g, unsigned i, volatile struct hvg_param *vp, int64_t ret)
+{
+    vp->call_ret = ret;
+    if (g->x->ops->host_wrote)
+        g->x->ops->host_wrote(g->x, HVG_PARAM_GPA(i) >> PAGE_SHIFT);
+}
+
 int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
 {
     struct hvg_param *p = param_of(g, i);
@@ -482,7 +493,7 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
                 (void)!write(g->pc.console_fd, pre, (size_t)k);
             (void)!write(g->pc.console_fd, buf, n);
         }
-        vp->call_ret = 0;
+        set_ret(g, i, vp, 0);
         return 1;
     }
     case HVG_CALL_SLEEP: {
@@ -498,14 +509,14 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
             nanosleep(&ts, NULL);
             ns -= s;
         }
-        vp->call_ret = 0;
+        set_ret(g, i, vp, 0);
         return 1;
     }
     case HVG_CALL_YIELD:
-        vp->call_ret = 0;
+        set_ret(g, i, vp, 0);
         return 1;
     case HVG_CALL_MEMORY:
-        vp->call_ret = memory_call(g, i, vp->args[0], vp->args[1], vp->args[2], vp->args[3]);
+        set_ret(g, i, vp, memory_call(g, i, vp->args[0], vp->args[1], vp->args[2], vp->args[3]));
         return 1;
     case HVG_CALL_DONE:
         if (vp->args[0] != 0) {
@@ -517,7 +528,7 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
         }
         return 0;
     default:
-        vp->call_ret = -ENOSYS; /* the guest sees it; nothing else happens */
+        set_ret(g, i, vp, -ENOSYS); /* the guest sees it; nothing else happens */
         return 1;
     }
 }
@@ -951,6 +962,150 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
     return rc;
 }
 
+/* ---- log-dirty ----------------------------------------------------------------- */
+
+/* Program guests: every vCPU stopped (held, on top of a pause if there is
+ * one) and guest memory calls shut out, for a change of the domain's log
+ * or of the backend's; quiesce_end syncs the mirror (the domain's log
+ * changes the p2m's generation, and the vCPUs refuse a stale mirror). */
+static void quiesce(struct guest *g)
+{
+    pthread_mutex_lock(&g->mu);
+    hold_vcpus(g);
+    pthread_mutex_lock(&g->memcall_mu);
+}
+
+static int quiesce_end(struct guest *g, int rc)
+{
+    long s = g->x->ops->sync(g->x);
+    g->st.syncs++;
+    if (s < 0)
+        forget_params(g);
+    if (s < 0 && rc >= 0)
+        rc = (int)s;
+    pthread_mutex_unlock(&g->memcall_mu);
+    release_vcpus(g);
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+int guest_log_dirty_enable(struct guest *g, enum dirty_mode mode, char *why, size_t len)
+{
+    if (dirty_enabled(g->d)) {
+        snprintf(why, len, "log-dirty is already on");
+        return -EBUSY;
+    }
+    if (!is_prog(g)) {
+        int rc = dirty_enable(g->d, mode);
+        if (rc < 0)
+            snprintf(why, len, "enabling log-dirty (%s): %s", dirty_mode_name(mode),
+                     strerror(-rc));
+        return rc;
+    }
+    if (!g->x->ops->log_dirty) {
+        snprintf(why, len, "the %s backend has no dirty log of guest writes", g->x->ops->name);
+        return -ENOTSUP;
+    }
+    quiesce(g);
+    int rc = dirty_enable(g->d, mode);
+    if (rc < 0) {
+        snprintf(why, len, "enabling log-dirty (%s): %s", dirty_mode_name(mode), strerror(-rc));
+    } else if ((rc = g->x->ops->log_dirty(g->x, true)) < 0) {
+        snprintf(why, len, "enabling the %s dirty log: %s", g->x->ops->name, strerror(-rc));
+        if (dirty_disable(g->d, NULL, 0, NULL) < 0)
+            snprintf(why + strlen(why), len - strlen(why), "; switching log-dirty off failed");
+    }
+    return quiesce_end(g, rc);
+}
+
+int guest_log_dirty_disable(struct guest *g)
+{
+    if (!is_prog(g))
+        return dirty_disable(g->d, NULL, 0, NULL);
+    quiesce(g);
+    int rc = g->x->ops->log_dirty(g->x, false);
+    int rc2 = dirty_disable(g->d, NULL, 0, NULL);
+    return quiesce_end(g, rc < 0 ? rc : rc2);
+}
+
+bool guest_log_dirty_on(struct guest *g) { return dirty_enabled(g->d); }
+
+uint64_t guest_dirty_gfns(struct guest *g)
+{
+    domain_lock(g->d);
+    uint64_t n = dirty_bitmap_gfns(g->d);
+    domain_unlock(g->d);
+    if (is_prog(g) && g->x->ops->dirty_gfns) {
+        uint64_t k = g->x->ops->dirty_gfns(g->x);
+        n = k > n ? k : n;
+    }
+    return n;
+}
+
+int guest_harvest(struct guest *g, uint64_t *bm, uint64_t nr, uint64_t *dirty)
+{
+    if (!is_prog(g)) {
+        int rc = dirty_harvest(g->d, bm, nr, NULL);
+        if (rc == 0 && dirty) {
+            uint64_t n = 0;
+            for (uint64_t w = 0; w < (nr + 63) / 64; w++)
+                n += (uint64_t)__builtin_popcountll(bm[w]);
+            *dirty = n;
+        }
+        return rc;
+    }
+    if (!g->x->ops->harvest)
+        return -ENOTSUP;
+    if (nr < guest_dirty_gfns(g))
+        return -EINVAL;
+    quiesce(g);
+    /* -ENOMEM: the domain's log lost track (every page is dirty for the
+     * caller); the backend's is still read, to re-arm it */
+    int rc = dirty_harvest(g->d, bm, nr, NULL);
+    if (rc == 0 || rc == -ENOMEM) {
+        int k = g->x->ops->harvest(g->x, bm, nr);
+        rc = k < 0 ? k : rc;
+    }
+    rc = quiesce_end(g, rc);
+    if (rc == 0 && dirty) {
+        uint64_t n = 0;
+        for (uint64_t w = 0; w < (nr + 63) / 64; w++)
+            n += (uint64_t)__builtin_popcountll(bm[w]);
+        *dirty = n;
+    }
+    return rc;
+}
+
+int guest_can_migrate(struct guest *g, char *why, size_t len)
+{
+    if (!is_prog(g))
+        return 0;
+    if (!g->x->ops->log_dirty || !g->x->ops->harvest) {
+        snprintf(why, len, "the %s backend has no dirty log of guest writes: a live migration "
+                 "could not know what the guest wrote (use the kvm backend)", g->x->ops->name);
+        return -ENOTSUP;
+    }
+    if (!g->x->ops->get_state) {
+        snprintf(why, len, "the %s backend cannot capture its vCPUs' state", g->x->ops->name);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+const char *guest_dirty_source(struct guest *g)
+{
+    if (!is_prog(g))
+        return "the domain's log (soft vCPUs: PML model)";
+    return g->x->ops->dirty_source ? g->x->ops->dirty_source(g->x) : "none";
+}
+
+int guest_encode(struct guest *g, struct hvctx_buf *b)
+{
+    if (is_prog(g))
+        return guest_prog_encode(g, b);
+    return g->nr_vcpus ? guest_state_encode(b, g->nr_vcpus, g->v, g->w, &g->wc) : 0;
+}
+
 void guest_stop(struct guest *g)
 {
     if (!g->started)
@@ -1226,8 +1381,12 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
             }
             memcpy(&s, a + body, sizeof(s));
             if (s.nr_vcpus == 0 || s.nr_vcpus > HVG_MAX_VCPUS || s.vcpu >= s.nr_vcpus ||
-                (nr && s.nr_vcpus != nr) || seen[s.vcpu] || s.backend != GUEST_BACKEND_KVM ||
-                (s.guest_page_order != PAGE_ORDER_2M && s.guest_page_order != PAGE_ORDER_1G) ||
+                (nr && s.nr_vcpus != nr) || seen[s.vcpu] ||
+                (s.backend != GUEST_BACKEND_KVM && s.backend != GUEST_BACKEND_NATIVE) ||
+                (found && s.backend != st->v[0].backend) ||
+                (s.backend == GUEST_BACKEND_KVM && s.guest_page_order != PAGE_ORDER_2M &&
+                 s.guest_page_order != PAGE_ORDER_1G) ||
+                (s.backend == GUEST_BACKEND_NATIVE && s.guest_page_order != 0) ||
                 (found && s.guest_page_order != st->v[0].guest_page_order) ||
                 (found && (s.flags & HVCTX_PROG_F_FRESH) != (st->v[0].flags & HVCTX_PROG_F_FRESH))) {
                 snprintf(err, errlen, "HVM_CONTEXT: PROG_VCPU TLV at %zu: vCPU %u of %u, backend "
@@ -1252,6 +1411,11 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
     return 1;
 }
 
+enum guest_backend guest_prog_state_backend(const struct guest_prog_state *st)
+{
+    return st->v[0].backend == GUEST_BACKEND_NATIVE ? GUEST_BACKEND_NATIVE : GUEST_BACKEND_KVM;
+}
+
 int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st,
                              struct guest **out, char *why, size_t len)
 {
@@ -1259,14 +1423,21 @@ int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st
         snprintf(why, len, "no program vCPU state");
         return -EINVAL;
     }
-    struct guest *g = guest_alloc(d, GUEST_BACKEND_KVM);
+    enum guest_backend b = guest_prog_state_backend(st);
+    struct guest *g = guest_alloc(d, b);
     if (!g)
         return -ENOMEM;
     g->nr_vcpus = st->nr_vcpus;
     g->fresh = (st->v[0].flags & HVCTX_PROG_F_FRESH) != 0;
     guest_prog_config_default(&g->pc, HVG_WL_UNIFORM);
     g->pc.nr_vcpus = st->nr_vcpus;
-    int rc = kvm_exec_create(g, g->nr_vcpus, st->v[0].guest_page_order, &g->x, why, len);
+    int rc = b == GUEST_BACKEND_KVM
+                 ? kvm_exec_create(g, g->nr_vcpus, st->v[0].guest_page_order, &g->x, why, len)
+                 : native_exec_create(g, g->nr_vcpus, &g->x, why, len);
+    if (rc == 0 && !g->x->ops->set_state) {
+        snprintf(why, len, "the %s backend cannot set a vCPU's state", g->x->ops->name);
+        rc = -ENOTSUP;
+    }
     struct hvg_param *p = rc == 0 ? param_of(g, 0) : NULL;
     if (rc == 0 && !p) {
         snprintf(why, len, "vCPU 0's parameter page (gpa %#llx) is not guest RAM",

@@ -12,9 +12,11 @@
  *            (kvm.h).
  *  - native: the same guest programs run as host code, one thread per
  *            vCPU, on the p2m mirrored at host virtual address == gpa
- *            (native.h): their ports are trapped by a signal handler.  For
- *            hosts without KVM (and the tests of guest programs there); no
- *            dirty log and no KVM counters.
+ *            (native.c): their ports are trapped by a signal handler.  For
+ *            hosts without KVM (and the tests of guest programs there); its
+ *            dirty log is userfaultfd write-protect (Linux 6.7+), its vCPU
+ *            state the parked thread's ucontext; no KVM counters.  It is no
+ *            sandbox: the program runs with the host process's rights.
  * guest_backend_auto() picks kvm where /dev/kvm runs guests, else soft, and
  * says why.
  *
@@ -44,6 +46,7 @@
 #include <pthread.h>
 
 #include "common.h"
+#include "dirty.h"
 #include "vcpu.h"
 #include "save.h"
 #include "workload.h"
@@ -230,6 +233,39 @@ void *guest_gpa_ptr(struct guest *g, uint64_t gpa);
  */
 int guest_verify(struct guest *g, char *why, size_t len) HV_MUST_CHECK;
 
+/* ---- log-dirty of a running guest (live migration) ------------------------- */
+
+/*
+ * Guest writes reach two logs: the domain's (dirty.h: RAM mapped or
+ * unmapped, and the writes of soft vCPUs, which go through the p2m model)
+ * and, for program guests, the backend's own (KVM's dirty log: a program
+ * guest writes its memory without the domain seeing it).  These calls keep
+ * both in step, with every vCPU of a program guest stopped while they
+ * change (and the mirror synced after: the domain's log changes the p2m's
+ * generation).  Enable: -ENOTSUP with why[] for a program backend without
+ * a dirty log (native before Linux 6.7), -EBUSY when log-dirty is on
+ * already.  Harvest:
+ * the union of both logs since the last harvest into bm[0, nr) (zeroed
+ * first; nr >= guest_dirty_gfns()), *dirty its count; -EINVAL when nr is
+ * short (the domain's log grows with RAM populated above it: ask again).
+ * They may be called while the guest is paused.
+ */
+int guest_log_dirty_enable(struct guest *g, enum dirty_mode mode, char *why, size_t len) HV_MUST_CHECK;
+int guest_log_dirty_disable(struct guest *g) HV_MUST_CHECK;
+bool guest_log_dirty_on(struct guest *g);
+uint64_t guest_dirty_gfns(struct guest *g);
+int guest_harvest(struct guest *g, uint64_t *bm, uint64_t nr, uint64_t *dirty) HV_MUST_CHECK;
+/* 0 when g can be live-migrated or saved running: its writes are logged
+ * and its vCPUs captured; else -ENOTSUP with why[]. */
+int guest_can_migrate(struct guest *g, char *why, size_t len) HV_MUST_CHECK;
+/* Where the guest's writes are logged, for reports. */
+const char *guest_dirty_source(struct guest *g);
+
+/* The vCPU state of a paused guest as HVM_CONTEXT TLVs appended to b
+ * (hvctx_begin'd): soft vCPUs and workloads (guest_state.h), or program
+ * vCPUs (guest_prog_encode).  A guest without vCPUs adds nothing. */
+int guest_encode(struct guest *g, struct hvctx_buf *b) HV_MUST_CHECK;
+
 /* ---- saving and resuming program guests (kvm) ------------------------------ */
 
 /*
@@ -261,22 +297,25 @@ struct guest_prog_state {
     struct hvctx_prog_vcpu v[HVG_MAX_VCPUS];
 };
 
-/* A paused kvm program guest's vCPUs as TLVs appended to b (hvctx_begin'd).
- * -ENOTSUP for other backends (native cannot capture a vCPU), -EBUSY when
- * not paused, -ENOMEM, an ioctl's errno. */
+/* A paused program guest's vCPUs as TLVs appended to b (hvctx_begin'd).
+ * -ENOTSUP for soft guests, -EBUSY when not paused, -ESRCH for a native
+ * vCPU not in guest code, -ENOMEM, an ioctl's errno. */
 int guest_prog_encode(struct guest *g, struct hvctx_buf *b) HV_MUST_CHECK;
 /* Decode the program-guest TLVs of a context area (other types ignored).
  * 1: st holds a complete state; 0: none in the area; -EBADMSG with err
  * (untrusted bytes: counts, ids, orders and sizes are checked). */
 int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st, char *err,
                       size_t errlen) HV_MUST_CHECK;
-/* A kvm guest over a restored domain d whose memory holds the program and
- * its parameter pages: vCPUs set to the saved states, not started.  The
+/* A program guest over a restored domain d whose memory holds the program
+ * and its parameter pages, on the backend it was saved from (kvm or
+ * native): vCPUs set to the saved states, not started.  The
  * host writes its system pages again (the same bytes for the same guest
  * page order); the workload memory is read from vCPU 0's parameter page
  * (checked before any use).  why[] says what failed. */
 int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st,
                              struct guest **out, char *why, size_t len) HV_MUST_CHECK;
+/* The backend a saved program guest resumes on (st->v[0].backend). */
+enum guest_backend guest_prog_state_backend(const struct guest_prog_state *st);
 
 /* ---- program loading (guest.c; also for tests and the tools) --------------- */
 
@@ -331,6 +370,18 @@ struct guest_exec_ops {
     int (*set_state)(struct guest_exec *x, unsigned i, const struct hvctx_prog_vcpu *s);
     /* vCPU i's thread is about to end (may be NULL). */
     void (*thread_exit)(struct guest_exec *x, unsigned i);
+    /* The backend's log of guest writes (NULL where it has none): on/off
+     * with every vCPU stopped; harvest ORs the gfns written since the last
+     * harvest (or since on) into bm[0, nr) and re-arms them; nr must be at
+     * least dirty_gfns().  dirty_source names the mechanism for reports. */
+    int (*log_dirty)(struct guest_exec *x, bool on);
+    int (*harvest)(struct guest_exec *x, uint64_t *bm, uint64_t nr);
+    uint64_t (*dirty_gfns)(struct guest_exec *x);
+    /* The host wrote guest page gfn through the mirror (a call's result):
+     * log it where the backend's log would not see it (NULL: it does).
+     * Async-signal-safe. */
+    void (*host_wrote)(struct guest_exec *x, uint64_t gfn);
+    const char *(*dirty_source)(struct guest_exec *x);
     void (*destroy)(struct guest_exec *x);
 };
 

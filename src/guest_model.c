@@ -21,9 +21,12 @@
 #include "p2m.h"
 #include "zero.h"
 
-/* Replay at most this many operations (all vCPUs): the model keeps 16 bytes
- * per word written. */
-#define VERIFY_MAX_OPS (1ULL << 26)
+/* Replay at most this many operations (all vCPUs; time: the host replays
+ * some 10^8 a second) and keep at most this many distinct words written
+ * (the model keeps 16 bytes per word written, in a table at most half
+ * full: 1 GiB). */
+#define VERIFY_MAX_OPS (1ULL << 32)
+#define VERIFY_MAX_CAP (1ULL << 26)
 
 struct shadow {
     uint64_t *key, *val;
@@ -39,6 +42,8 @@ static size_t sh_slot(const struct shadow *s, uint64_t k)
 static int sh_grow(struct shadow *s)
 {
     size_t cap = s->cap ? s->cap * 2 : 1u << 16;
+    if (cap > VERIFY_MAX_CAP)
+        return s->err = -E2BIG;
     uint64_t *k = calloc(cap, sizeof(*k)), *v = calloc(cap, sizeof(*v));
     if (!k || !v) {
         free(k);
@@ -158,11 +163,15 @@ int guest_verify(struct guest *g, char *why, size_t len)
             break;
         }
         hvg_wl_setup(&w);
-        while (st.ops < got[i].ops)
+        while (st.ops < got[i].ops && !sh.err)
             hvg_wl_step(&w);
         if (sh.err) {
             rc = sh.err;
-            snprintf(why, len, "no memory for the replay");
+            if (rc == -E2BIG)
+                snprintf(why, len, "more than %llu distinct words written: the host replays "
+                         "at most that many", (unsigned long long)VERIFY_MAX_CAP / 2);
+            else
+                snprintf(why, len, "no memory for the replay");
             break;
         }
         if (st.checksum != got[i].checksum || st.writes != got[i].writes ||

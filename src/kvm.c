@@ -1091,6 +1091,49 @@ static int kvm_exec_host_mapping(struct guest_exec *x, uint64_t *rss, uint64_t *
 
 static void kvm_exec_destroy(struct guest_exec *x) { kvm_vm_destroy((struct kvm_vm *)x); }
 
+static int kvm_exec_log_dirty(struct guest_exec *x, bool on)
+{
+    return kvm_set_log_dirty((struct kvm_vm *)x, on);
+}
+
+static uint64_t kvm_exec_dirty_gfns(struct guest_exec *x)
+{
+    return ((struct kvm_vm *)x)->max_gfn;
+}
+
+static int kvm_exec_harvest(struct guest_exec *x, uint64_t *bm, uint64_t nr)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    if (nr < vm->max_gfn)
+        return -EINVAL;
+    size_t words = (size_t)((vm->max_gfn + 63) / 64);
+    uint64_t *mine = calloc(words ? words : 1, sizeof(*mine));
+    if (!mine)
+        return -ENOMEM;
+    int rc = kvm_harvest(vm, mine, vm->max_gfn, NULL);
+    for (size_t w = 0; rc == 0 && w < words; w++)
+        bm[w] |= mine[w];
+    free(mine);
+    return rc;
+}
+
+static void kvm_exec_host_wrote(struct guest_exec *x, uint64_t gfn)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    /* a harvest runs with every vCPU held, so never at the same time */
+    uint64_t *p = __atomic_load_n(&vm->pending, __ATOMIC_ACQUIRE);
+    if (p && vm->log_dirty && gfn < vm->max_gfn)
+        __atomic_fetch_or(&p[gfn / 64], 1ULL << (gfn % 64), __ATOMIC_RELAXED);
+}
+
+static const char *kvm_exec_dirty_source(struct guest_exec *x)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    /* the dirty ring is not used yet: KVM's bitmap serves every host */
+    return vm->manual_protect ? "KVM dirty bitmap, manual clear (KVM_CLEAR_DIRTY_LOG)"
+                              : "KVM dirty bitmap (KVM_GET_DIRTY_LOG clears it)";
+}
+
 static const struct guest_exec_ops kvm_exec_ops = {
     .name = "kvm",
     .reset = kvm_reset,
@@ -1102,6 +1145,11 @@ static const struct guest_exec_ops kvm_exec_ops = {
     .host_mapping = kvm_exec_host_mapping,
     .get_state = kvm_get_state,
     .set_state = kvm_set_state,
+    .log_dirty = kvm_exec_log_dirty,
+    .harvest = kvm_exec_harvest,
+    .dirty_gfns = kvm_exec_dirty_gfns,
+    .dirty_source = kvm_exec_dirty_source,
+    .host_wrote = kvm_exec_host_wrote,
     .destroy = kvm_exec_destroy,
 };
 

@@ -755,8 +755,8 @@ static uint64_t bm_count(const uint64_t *bm, uint64_t nr_gfns)
 static int bitmaps_fit(struct sender *s)
 {
     domain_lock(s->d);
-    uint64_t nr = dirty_bitmap_gfns(s->d);
     domain_unlock(s->d);
+    uint64_t nr = guest_dirty_gfns(s->g);
     if (nr <= s->nr_gfns && s->bitmap)
         return 0;
     size_t words = (nr + 63) / 64 + 1, old = s->bitmap ? (s->nr_gfns + 63) / 64 : 0;
@@ -783,8 +783,8 @@ static int harvest(struct sender *s, uint64_t *dirty)
 {
     int rc;
     for (unsigned tries = 0;; tries++) {
-        rc = dirty_harvest(s->d, s->fresh, s->nr_gfns, NULL);
-        if (rc != -EINVAL || tries == 8 || !dirty_enabled(s->d))
+        rc = guest_harvest(s->g, s->fresh, s->nr_gfns, NULL);
+        if (rc != -EINVAL || tries == 8 || !guest_log_dirty_on(s->g))
             break;
         rc = bitmaps_fit(s); /* the log grew since: RAM populated above it */
         if (rc < 0)
@@ -818,11 +818,14 @@ static void peek_result(struct sender *s)
         return;
     struct mig_result res;
     char err[STREAM_ERR_LEN];
-    if (recv_ctrl(s->pipe.ch, MIG_RESULT, &res, sizeof(res), err, sizeof(err), "receiver") == 0 &&
-        (int32_t)le32toh((uint32_t)res.status) < 0) {
+    int rc = recv_ctrl(s->pipe.ch, MIG_RESULT, &res, sizeof(res), err, sizeof(err), "receiver");
+    size_t l = strlen(s->rep->err);
+    if (rc == 0 && (int32_t)le32toh((uint32_t)res.status) < 0) {
         res.msg[sizeof(res.msg) - 1] = 0;
-        size_t l = strlen(s->rep->err);
         snprintf(s->rep->err + l, sizeof(s->rep->err) - l, "; the receiver said: %s", res.msg);
+    } else if (rc < 0 && strstr(err, "aborted")) {
+        /* an ABORT with its reason (a busy receiver turns senders away so) */
+        snprintf(s->rep->err + l, sizeof(s->rep->err) - l, "; %.200s", err);
     }
 }
 
@@ -873,7 +876,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     int timeout = o->timeout_ms > 0 ? o->timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
     if (max_rounds > MIGRATE_MAX_ROUNDS)
         max_rounds = MIGRATE_MAX_ROUNDS;
-    uint64_t t0 = hv_now_ns(), t_pause = 0, acc0 = g->accesses, parked0 = 0;
+    uint64_t t0 = hv_now_ns(), t_pause = 0, acc0 = guest_accesses(g), parked0 = 0;
     bool paused = false, committed = false, quarantined = false, in_doubt = false;
     struct hvctx_buf tl = {0};
     int rc;
@@ -887,6 +890,9 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
                    crashed ? "the domain has crashed" : "log-dirty is already on");
         goto out;
     }
+    rep->dirty_source = guest_dirty_source(g);
+    if ((rc = guest_can_migrate(g, rep->err, sizeof(rep->err))) < 0)
+        goto out;
     rc = chan_set_timeout(ch, timeout);
     if (rc == 0)
         rc = pipe_init(&s->pipe, ch, o->compress, o->zstd_level, o->fail_after_bytes);
@@ -910,6 +916,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = pipe_drain(&s->pipe);
     if (rc < 0) {
         rc = sfail(s, rc, "sending HELLO: %s", s->pipe.werr_msg);
+        peek_result(s); /* a busy receiver said why before it closed */
         goto out;
     }
     struct mig_hello ready;
@@ -939,11 +946,9 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = sfail(s, rc, "writing the stream head: %s", strerror(-rc));
         goto out;
     }
-    rc = dirty_enable(d, o->mode);
-    if (rc < 0) {
-        rc = sfail(s, rc, "enabling log-dirty (%s): %s", dirty_mode_name(o->mode), strerror(-rc));
+    rc = guest_log_dirty_enable(g, o->mode, rep->err, sizeof(rep->err));
+    if (rc < 0)
         goto out;
-    }
     domain_lock(d);
     rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, collect_run, s);
     domain_unlock(d);
@@ -1008,6 +1013,10 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = sfail(s, g->err, "the guest stopped on an error: %s", strerror(-g->err));
         goto out;
     }
+    if (g->fault_claimed) {
+        rc = sfail(s, g->err ? g->err : -EIO, "the guest failed: %s", g->fault.what);
+        goto out;
+    }
     uint64_t dirty;
     rc = harvest(s, &dirty);
     if (rc < 0) {
@@ -1026,8 +1035,8 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = send_fault_dup(s);
     if (rc == 0) {
         rc = hvctx_begin(&tl);
-        if (rc == 0 && g->nr_vcpus)
-            rc = guest_state_encode(&tl, g->nr_vcpus, g->v, g->w, &g->wc);
+        if (rc == 0)
+            rc = guest_encode(g, &tl);
         if (rc < 0) {
             rc = sfail(s, rc, "encoding the vCPU state: %s", strerror(-rc));
             goto out;
@@ -1153,7 +1162,7 @@ out:
          * not outlive the migration either way */
         if (!paused)
             guest_pause(g);
-        if (dirty_disable(d, NULL, 0, NULL) < 0 && !committed && !rep->err[0])
+        if (guest_log_dirty_disable(g) < 0 && !committed && !rep->err[0])
             snprintf(rep->err, sizeof(rep->err), "disabling log-dirty failed");
         if (!paused)
             guest_resume(g);
@@ -1168,7 +1177,7 @@ out:
     rep->in_doubt = in_doubt;
     rep->rc = committed ? 0 : rc;
     rep->total_s = (double)(hv_now_ns() - t0) / 1e9;
-    rep->st.guest_accesses = g->accesses - acc0;
+    rep->st.guest_accesses = guest_accesses(g) - acc0;
     hvctx_free(&tl);
     free(s->runs);
     free(s->bitmap);
@@ -1424,9 +1433,35 @@ static int guest_from_context(struct domain *d, const void *a, size_t len,
                               const struct migrate_recv_opts *o, struct guest **out,
                               char *err, size_t errlen)
 {
+    struct guest_prog_state *ps = hv_malloc(sizeof(*ps));
+    if (!ps) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = guest_prog_decode(a, len, ps, err, errlen);
+    bool prog = rc > 0;
+    enum guest_backend b = prog ? guest_prog_state_backend(ps) : GUEST_BACKEND_SOFT;
+    if (rc >= 0 && o->backend_set && o->backend != b) {
+        snprintf(err, errlen, "the guest runs on the %s backend; this receiver resumes guests "
+                 "on %s only", guest_backend_name(b), guest_backend_name(o->backend));
+        free(ps);
+        return -EMEDIUMTYPE;
+    }
+    if (prog) {
+        /* a program guest: its vCPUs on the backend it ran on (a receiver
+         * whose KVM cannot create them fails here, before RESULT) */
+        char why[STREAM_ERR_LEN / 2];
+        rc = guest_create_prog_resume(d, ps, out, why, sizeof(why));
+        if (rc < 0)
+            snprintf(err, errlen, "resuming the %s guest: %s",
+                     guest_backend_name(guest_prog_state_backend(ps)), why);
+    }
+    free(ps);
+    if (prog || rc < 0)
+        return rc;
     struct guest_state *gs = hv_malloc(sizeof(*gs));
     struct guest *g = NULL;
-    int rc = -ENOMEM;
+    rc = -ENOMEM;
     if (!gs || guest_create_soft(d, 0, NULL, NULL, &g) < 0) {
         snprintf(err, errlen, "out of memory");
         goto out;

@@ -317,6 +317,7 @@ struct migrate_report {
     struct migrate_leaves before, logdirty, receiver, after_abort;
     bool verified;
     uint64_t digest_sender, digest_receiver;
+    const char *dirty_source; /* where the guest's writes were logged */
     /* COMMIT left, RESUMED did not arrive: rc -EINPROGRESS, the guest is
      * kept paused (not resumed, not destroyed); the receiver may run it. */
     bool in_doubt;
@@ -378,6 +379,12 @@ struct migrate_recv_opts {
      * memory (migrate_digest_known) and fail if the one kept page by page
      * as pages landed differs. */
     bool audit_digest;
+    /* Refuse a guest that would resume on another backend than this one
+     * (the migration fails before RESULT: the sender keeps its guest);
+     * unset: the guest resumes on the backend it ran on (soft vCPUs on
+     * soft, program guests on the backend in their state). */
+    bool backend_set;
+    enum guest_backend backend;
     /* Given to the rebuilt workloads (the sender's callback stays there). */
     void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val);
     void *ctx;

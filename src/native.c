@@ -25,13 +25,38 @@
  * signal.  Signals that arrive while a thread is not in guest code go to
  * the handlers installed before (ASan's, the default).
  *
- * Limits: no dirty log, no pause of a vCPU outside its own thread's
- * signal handler, no guest page tables (the host's are used), so none of
- * KVM's counters; a vCPU cannot be moved to another backend once started.
+ * Dirty log (live migration).  The mirror is registered with a
+ * userfaultfd in asynchronous write-protect mode (Linux 6.7+: the kernel
+ * resolves a write to a protected page itself, no fault reaches us) and
+ * PAGEMAP_SCAN reports the pages written since the last scan and protects
+ * them again in one call, so a harvest costs one ioctl per 512 written
+ * runs.  Host writes through the mirror (call results in the parameter
+ * pages) are logged the same way.  A sync that maps the mirror again while
+ * logging first scans what was written into `pending` (a fresh mapping
+ * forgets it), then registers and protects the new mappings.
+ *
+ * vCPU state (save, migration).  A paused vCPU is parked inside the kick
+ * signal's handler, whose ucontext holds every register of the guest code
+ * it interrupted: get_state copies them (general registers, rip, rflags,
+ * the FXSAVE image) into the HVCTX_PROG_VCPU layout (KVM's structures; no
+ * system registers: the host's are used).  A vCPU resumed elsewhere enters
+ * guest code by sending itself the kick signal with the state to load: the
+ * handler writes it into its own ucontext and sigreturn jumps there.  The
+ * guest's code, stacks and data are guest memory at the same addresses in
+ * any process, so the state is complete.
+ *
+ * Limits: no pause of a vCPU outside its own thread's signal handler, no
+ * guest page tables (the host's are used), so none of KVM's counters; a
+ * native vCPU resumes on the native backend only.
  */
 #include "guest.h"
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/userfaultfd.h>
 #include <setjmp.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +69,33 @@
 #include "p2m.h"
 
 #define LOW_GPA 0x10000ULL
+
+/* The asynchronous write-protect ABI of Linux 6.7+ (uapi userfaultfd.h and
+ * fs.h), for headers older than the running kernel. */
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef PAGEMAP_SCAN
+struct page_region {
+    uint64_t start, end, categories;
+};
+struct pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+#define PAGE_IS_WRITTEN (1 << 1)
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#endif
+#define SCAN_VEC 512
 #define ALTSTACK_BYTES (64 * 1024)
 
 struct nrun {
@@ -61,6 +113,9 @@ struct ncpu {
     volatile int thread_known;
     sigjmp_buf jb;
     struct guest_exit *ex;
+    ucontext_t *parked_uc;  /* while parked in the kick handler */
+    bool restore;           /* enter guest code with `state` */
+    struct hvctx_prog_vcpu state;
     void *altstack;
     stack_t old_ss; /* the thread's alternate stack before ours (ASan's) */
 };
@@ -73,6 +128,10 @@ struct native {
     struct nrun *runs;
     size_t nruns;
     unsigned nr;
+    /* the dirty log: -1 when off */
+    int uffd, pagemap;
+    uint64_t *pending;     /* written before a remap, bit per gfn below top */
+    struct page_region *vec;
     struct ncpu cpu[HVG_MAX_VCPUS];
 };
 
@@ -135,6 +194,66 @@ static void leave(struct ncpu *c)
     siglongjmp(c->jb, 1);
 }
 
+/* ---- vCPU state: a ucontext <-> KVM's register layouts ----------------------- */
+
+static const int greg_of[16] = {REG_RAX, REG_RBX, REG_RCX, REG_RDX, REG_RSI, REG_RDI,
+                                REG_RSP, REG_RBP, REG_R8,  REG_R9,  REG_R10, REG_R11,
+                                REG_R12, REG_R13, REG_R14, REG_R15};
+/* rflags bits a user may change (CF PF AF ZF SF TF DF OF, AC, ID) */
+#define RFLAGS_USER 0x244dd5ULL
+
+static void save_state(const ucontext_t *uc, struct hvctx_prog_vcpu *s)
+{
+    uint64_t regs[18];
+    for (unsigned k = 0; k < 16; k++)
+        regs[k] = (uint64_t)uc->uc_mcontext.gregs[greg_of[k]];
+    regs[16] = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+    regs[17] = (uint64_t)uc->uc_mcontext.gregs[REG_EFL];
+    memcpy(s->regs, regs, sizeof(regs));
+    /* struct kvm_fpu: fpr[8][16], fcw, fsw, ftwx, pad, last_opcode,
+     * last_ip, last_dp, xmm[16][16], mxcsr, pad */
+    const struct _libc_fpstate *f = uc->uc_mcontext.fpregs;
+    if (!f)
+        return;
+    uint8_t *p = s->fpu;
+    memcpy(p, f->_st, 128);
+    memcpy(p + 128, &f->cwd, 2);
+    memcpy(p + 130, &f->swd, 2);
+    p[132] = (uint8_t)f->ftw;
+    memcpy(p + 134, &f->fop, 2);
+    memcpy(p + 136, &f->rip, 8);
+    memcpy(p + 144, &f->rdp, 8);
+    memcpy(p + 152, f->_xmm, 256);
+    memcpy(p + 408, &f->mxcsr, 4);
+}
+
+static void load_state(ucontext_t *uc, const struct hvctx_prog_vcpu *s)
+{
+    uint64_t regs[18];
+    memcpy(regs, s->regs, sizeof(regs));
+    for (unsigned k = 0; k < 16; k++)
+        uc->uc_mcontext.gregs[greg_of[k]] = (greg_t)regs[k];
+    uc->uc_mcontext.gregs[REG_RIP] = (greg_t)regs[16];
+    uint64_t fl = (uint64_t)uc->uc_mcontext.gregs[REG_EFL];
+    uc->uc_mcontext.gregs[REG_EFL] = (greg_t)((fl & ~RFLAGS_USER) | (regs[17] & RFLAGS_USER));
+    struct _libc_fpstate *f = uc->uc_mcontext.fpregs;
+    if (!f)
+        return;
+    const uint8_t *p = s->fpu;
+    uint32_t mxcsr;
+    memcpy(f->_st, p, 128);
+    memcpy(&f->cwd, p + 128, 2);
+    memcpy(&f->swd, p + 130, 2);
+    f->ftw = p[132];
+    memcpy(&f->fop, p + 134, 2);
+    memcpy(&f->rip, p + 136, 8);
+    memcpy(&f->rdp, p + 144, 8);
+    memcpy(f->_xmm, p + 152, 256);
+    memcpy(&mxcsr, p + 408, 4);
+    /* reserved MXCSR bits would make sigreturn fail: keep what the CPU takes */
+    f->mxcsr = mxcsr & (f->mxcr_mask ? f->mxcr_mask : 0xffbfu);
+}
+
 static void on_signal(int sig, siginfo_t *si, void *ucv)
 {
     struct ncpu *c = cur_cpu;
@@ -151,7 +270,17 @@ static void on_signal(int sig, siginfo_t *si, void *ucv)
     greg_t *r = uc->uc_mcontext.gregs;
     uint64_t rip = (uint64_t)r[REG_RIP];
     if (sig == kick_sig) {
-        if (guest_park(g, c->i)) {
+        if (c->restore) {
+            /* native_run of a resumed vCPU: sigreturn enters guest code
+             * with the saved state */
+            c->restore = false;
+            load_state(uc, &c->state);
+            return;
+        }
+        c->parked_uc = uc;
+        bool stop = guest_park(g, c->i);
+        c->parked_uc = NULL;
+        if (stop) {
             ex->kind = GUEST_EXIT_KICK;
             leave(c);
         }
@@ -260,6 +389,9 @@ void guest_signals_install(void)
 
 /* ---- mirror ----------------------------------------------------------------- */
 
+static int wp_scan(struct native *n, uint64_t *bm);
+static int wp_arm(struct native *n);
+
 struct ncollect {
     struct nrun *v;
     size_t n, cap;
@@ -322,6 +454,19 @@ static long native_sync(struct guest_exec *x)
     pthread_mutex_unlock(&n->d->lock);
     long pages = 0;
     uint64_t at = LOW_GPA;
+    if (rc == 0 && c.n == n->nruns && n->runs &&
+        memcmp(c.v, n->runs, c.n * sizeof(*c.v)) == 0) {
+        /* nothing moved (a log-dirty change, a harvest): keep the mappings,
+         * and with them what the host and the dirty log know of them */
+        for (size_t i = 0; i < c.n; i++)
+            pages += (long)(c.v[i].bytes >> PAGE_SHIFT);
+        free(c.v);
+        return pages;
+    }
+    if (rc == 0 && n->uffd >= 0) {
+        /* mapping again forgets what was written: collect it first */
+        rc = wp_scan(n, n->pending);
+    }
     for (size_t i = 0; rc == 0 && i <= c.n; i++) {
         uint64_t lo = i < c.n ? c.v[i].gpa : n->top;
         if (lo > at && map_none(at, lo) == MAP_FAILED) {
@@ -351,6 +496,11 @@ static long native_sync(struct guest_exec *x)
     }
     n->runs = c.v;
     n->nruns = c.n;
+    if (n->uffd >= 0) {
+        int w = wp_arm(n);
+        if (w < 0)
+            return w;
+    }
     return pages;
 }
 
@@ -411,10 +561,58 @@ static int native_run(struct guest_exec *x, unsigned i, struct guest_exit *ex)
             ex->kind = GUEST_EXIT_KICK;
             return 0;
         }
+        if (c->restore) {
+            /* the handler loads the saved state into its ucontext */
+            (void)pthread_kill(pthread_self(), kick_sig);
+            ex->kind = GUEST_EXIT_ERROR;
+            ex->err = -EIO;
+            snprintf(ex->what, sizeof(ex->what), "the saved state was not entered");
+            c->in_guest = 0;
+            return -EIO;
+        }
         hv_native_enter(c->rsp, c->entry, c->rdi);
     }
     /* siglongjmp from the handler: ex is filled */
     c->in_guest = 0;
+    return 0;
+}
+
+static int native_get_state(struct guest_exec *x, unsigned i, struct hvctx_prog_vcpu *s)
+{
+    struct native *n = (struct native *)x;
+    if (i >= n->nr)
+        return -EINVAL;
+    struct ncpu *c = &n->cpu[i];
+    if (c->restore) { /* not entered yet: the state it was given */
+        memcpy(s->regs, c->state.regs, sizeof(s->regs));
+        memcpy(s->fpu, c->state.fpu, sizeof(s->fpu));
+        return 0;
+    }
+    /* parked in the kick handler (the guest is paused): its ucontext */
+    ucontext_t *uc = __atomic_load_n(&c->parked_uc, __ATOMIC_ACQUIRE);
+    if (!uc)
+        return -ESRCH; /* not in guest code (finished, failed, never started) */
+    save_state(uc, s);
+    return 0;
+}
+
+static int native_set_state(struct guest_exec *x, unsigned i, const struct hvctx_prog_vcpu *s)
+{
+    struct native *n = (struct native *)x;
+    if (i >= n->nr)
+        return -EINVAL;
+    struct ncpu *c = &n->cpu[i];
+    if (c->thread_known)
+        return -EBUSY;
+    /* the native backend runs guest code as host code: never enter it
+     * anywhere but guest RAM, on a stack in guest RAM */
+    uint64_t regs[18];
+    memcpy(regs, s->regs, sizeof(regs));
+    if (!run_find(n, regs[16]) || !run_find(n, regs[6] - 8))
+        return -EPERM;
+    c->state = *s;
+    c->restore = true;
+    c->reset = true;
     return 0;
 }
 
@@ -447,9 +645,129 @@ static void native_thread_exit(struct guest_exec *x, unsigned i)
     cur_cpu = NULL;
 }
 
+/* ---- the dirty log ------------------------------------------------------------ */
+
+/* PAGEMAP_SCAN over the mirror: OR the pages written since the last scan
+ * into bm (a bit per gfn) and protect them again.  -errno. */
+static int wp_scan(struct native *n, uint64_t *bm)
+{
+    struct pm_scan_arg a = {
+        .size = sizeof(a),
+        .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        .start = LOW_GPA,
+        .end = n->top,
+        .vec = (uint64_t)(uintptr_t)n->vec,
+        .vec_len = SCAN_VEC,
+        .category_mask = PAGE_IS_WRITTEN,
+        .return_mask = PAGE_IS_WRITTEN,
+    };
+    for (;;) {
+        long k = ioctl(n->pagemap, PAGEMAP_SCAN, &a);
+        if (k < 0)
+            return -errno;
+        for (long r = 0; bm && r < k; r++)
+            for (uint64_t gfn = n->vec[r].start >> PAGE_SHIFT;
+                 gfn < n->vec[r].end >> PAGE_SHIFT; gfn++)
+                bm[gfn / 64] |= 1ULL << (gfn % 64);
+        if (a.walk_end >= n->top || (k < SCAN_VEC && a.walk_end == 0))
+            return 0;
+        a.start = a.walk_end;
+    }
+}
+
+/* Register the whole mirror for asynchronous write-protect and protect
+ * every page (what was written before is forgotten: the caller collected
+ * it or does not need it). */
+static int wp_arm(struct native *n)
+{
+    struct uffdio_register r = {
+        .range = {.start = LOW_GPA, .len = n->top - LOW_GPA},
+        .mode = UFFDIO_REGISTER_MODE_WP,
+    };
+    if (ioctl(n->uffd, UFFDIO_REGISTER, &r) < 0)
+        return -errno;
+    return wp_scan(n, NULL);
+}
+
+static void wp_off(struct native *n)
+{
+    if (n->uffd >= 0) {
+        struct uffdio_range r = {.start = LOW_GPA, .len = n->top - LOW_GPA};
+        (void)ioctl(n->uffd, UFFDIO_UNREGISTER, &r);
+        close(n->uffd);
+    }
+    if (n->pagemap >= 0)
+        close(n->pagemap);
+    n->uffd = n->pagemap = -1;
+    free(n->pending);
+    free(n->vec);
+    n->pending = NULL;
+    n->vec = NULL;
+}
+
+static int native_log_dirty(struct guest_exec *x, bool on)
+{
+    struct native *n = (struct native *)x;
+    if (!on) {
+        wp_off(n);
+        return 0;
+    }
+    if (n->uffd >= 0)
+        return 0;
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0 && errno == EINVAL)
+        fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    n->uffd = fd;
+    struct uffdio_api api = {.api = UFFD_API,
+                             .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+                                         UFFD_FEATURE_WP_HUGETLBFS_SHMEM};
+    int rc = 0;
+    if (ioctl(fd, UFFDIO_API, &api) < 0)
+        rc = errno == EINVAL ? -ENOTSUP : -errno; /* before Linux 6.7 */
+    if (rc == 0) {
+        n->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+        n->pending = calloc((size_t)((n->top >> PAGE_SHIFT) + 63) / 64, 8);
+        n->vec = calloc(SCAN_VEC, sizeof(*n->vec));
+        rc = n->pagemap < 0 ? -errno : (!n->pending || !n->vec) ? -ENOMEM : wp_arm(n);
+    }
+    if (rc < 0)
+        wp_off(n);
+    return rc;
+}
+
+static uint64_t native_dirty_gfns(struct guest_exec *x)
+{
+    return ((struct native *)x)->top >> PAGE_SHIFT;
+}
+
+static int native_harvest(struct guest_exec *x, uint64_t *bm, uint64_t nr)
+{
+    struct native *n = (struct native *)x;
+    if (n->uffd < 0 || nr < n->top >> PAGE_SHIFT)
+        return -EINVAL;
+    int rc = wp_scan(n, bm);
+    if (rc < 0)
+        return rc; /* pending kept: the next harvest reports it */
+    size_t words = (size_t)((n->top >> PAGE_SHIFT) + 63) / 64;
+    for (size_t w = 0; w < words; w++) {
+        bm[w] |= n->pending[w];
+        n->pending[w] = 0;
+    }
+    return 0;
+}
+
+static const char *native_dirty_source(struct guest_exec *x)
+{
+    (void)x;
+    return "userfaultfd asynchronous write-protect + PAGEMAP_SCAN on the native mirror";
+}
+
 static void native_destroy(struct guest_exec *x)
 {
     struct native *n = (struct native *)x;
+    wp_off(n);
     if (n->reserved)
         munmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA);
     for (unsigned i = 0; i < n->nr; i++)
@@ -467,7 +785,13 @@ static const struct guest_exec_ops native_ops = {
     .gpa_ptr = native_gpa_ptr,
     .mmu_pages = NULL,
     .host_mapping = native_host_mapping,
+    .get_state = native_get_state,
+    .set_state = native_set_state,
     .thread_exit = native_thread_exit,
+    .log_dirty = native_log_dirty,
+    .harvest = native_harvest,
+    .dirty_gfns = native_dirty_gfns,
+    .dirty_source = native_dirty_source,
     .destroy = native_destroy,
 };
 
@@ -495,6 +819,7 @@ int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, ch
     n->x.guest_page_order = 0;
     n->d = g->d;
     n->nr = nr;
+    n->uffd = n->pagemap = -1;
     for (unsigned i = 0; i < nr; i++) {
         n->cpu[i].n = n;
         n->cpu[i].i = i;

@@ -25,6 +25,11 @@
 #include <cmocka.h>
 
 #include "testutil.h"
+#include "proc.h"
+
+#include "chan.h"
+#include "migrate.h"
+#include "net.h"
 
 #include "guest.h"
 #include "kvm.h"
@@ -629,6 +634,183 @@ static void test_example_guest(void **s)
     free(elf);
 }
 
+/* ---- live migration to a receiver process, and resume from captured state ---------- */
+
+static uint64_t ops_of(struct guest *g)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < g->nr_vcpus; i++) {
+        struct hvg_wl_state st;
+        assert_int_equal(guest_vcpu_state(g, i, &st), 0);
+        n += st.ops;
+    }
+    return n;
+}
+
+static void wait_ops_above(struct guest *g, uint64_t above)
+{
+    for (int k = 0; k < 6000 && ops_of(g) <= above; k++) {
+        if (g->fault_claimed)
+            fail_msg("the guest failed: %s", g->fault.what);
+        sleep_ms(10);
+    }
+    if (ops_of(g) <= above)
+        fail_msg("the guest made no progress past %llu operations", (unsigned long long)above);
+}
+
+static int send_to(struct guest *g, unsigned port, const struct migrate_opts *o,
+                   struct migrate_report *rep)
+{
+    struct sockaddr_in sa;
+    int fd;
+    struct chan *ch;
+    char err[CHAN_ERR_LEN];
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    sa.sin_port = htons((uint16_t)port);
+    assert_int_equal(net_connect(&sa, 5000, &fd), 0);
+    assert_int_equal(chan_open(fd, NULL, 0, &ch, err, sizeof(err)), 0);
+    int rc = migrate_send(g, ch, o, rep);
+    chan_close(ch);
+    return rc;
+}
+
+/* send_to, again while the receiver is still busy with the attempt before
+ * (it turns a second sender away until it has cleaned up). */
+static int send_when_free(struct guest *g, unsigned port, const struct migrate_opts *o,
+                          struct migrate_report *rep)
+{
+    int rc = 0;
+    for (int k = 0; k < 100; k++) {
+        rc = send_to(g, port, o, rep);
+        if (rc == 0 || rep->in_doubt || !strstr(rep->err, "receiver busy"))
+            break;
+        sleep_ms(200);
+    }
+    return rc;
+}
+
+static void migrate_to_process(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    struct env e;
+    env_up(&e, 64 * MiB);
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_UNIFORM);
+    pc.nr_vcpus = 2;
+    pc.batch = 300;
+    pc.console_fd = -1;
+    pc.write_ppm = 500000;
+    pc.write_ppm_set = true;
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    wait_ops_above(e.g, 5000);
+
+    char dir[] = "/tmp/hvgmigXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    const unsigned cuts = 2;
+    char attempts[8];
+    snprintf(attempts, sizeof(attempts), "%u", cuts + 1);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--attempts", attempts, "--accept-timeout", "120", "--host-mem", "1G",
+                     "--insecure", "--run", "1", "--json", NULL};
+    pid_t rp = spawn(rargv, rlog);
+    unsigned port = wait_port_file(portf, 60);
+    if (!port) {
+        kill(rp, SIGKILL);
+        fail_msg("the receiver wrote no port; log in %s", rlog);
+    }
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    struct migrate_opts o = {.max_rounds = 4, .timeout_ms = 60000, .audit_digest = true};
+    struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
+    print_message("# rng %llu\n", (unsigned long long)r.s);
+    for (unsigned c = 0; c < cuts; c++) {
+        /* cut anywhere in the first 40 MiB of the stream */
+        o.fail_after_bytes = 4096 + hv_rng_next(&r) % (40 * MiB);
+        int rc = send_when_free(e.g, port, &o, rep);
+        if (rc == 0)
+            fail_msg("a migration cut after %llu bytes succeeded",
+                     (unsigned long long)o.fail_after_bytes);
+        assert_false(rep->in_doubt);
+        assert_false(guest_log_dirty_on(e.g));
+        wait_ops_above(e.g, ops_of(e.g) + 2000); /* it runs on here */
+        audit_all(e.d);
+    }
+    o.fail_after_bytes = 0;
+    int rc = send_when_free(e.g, port, &o, rep);
+    if (rc < 0)
+        fail_msg("migration: %s", rep->err);
+    assert_true(rep->verified);
+    assert_non_null(rep->dirty_source);
+    assert_non_null(strstr(rep->dirty_source, b == GUEST_BACKEND_KVM ? "KVM" : "userfaultfd"));
+    uint64_t later = 0;
+    for (unsigned k = 1; k < rep->nr_rounds; k++)
+        later += rep->rounds[k].pages_data + rep->rounds[k].pages_zero;
+    assert_true(later > 0); /* what the guest wrote meanwhile went out again */
+    int rs = wait_deadline(rp, 120);
+    if (rs != 0)
+        fail_msg("hugevm receive exited %d; log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"backend\"", guest_backend_name(b)));
+    if (!file_has(rlog, "\"guest_verified\"", "true"))
+        fail_msg("the receiver did not verify the guest; log in %s", rlog);
+    assert_true(file_has(rlog, "\"audit\"", "ok"));
+    print_message("# %s guest: %u cut attempts kept it running here; migrated in %u rounds "
+                  "(%llu pages after round 0) to a receiver process that resumed it and "
+                  "verified every vCPU\n", guest_backend_name(b), cuts, rep->nr_rounds,
+                  (unsigned long long)later);
+    unlink(portf);
+    unlink(rlog);
+    rmdir(dir);
+
+    /* the paused sender copy: its captured state resumes it here as well */
+    struct hvctx_buf tl;
+    assert_int_equal(hvctx_begin(&tl), 0);
+    assert_int_equal(guest_encode(e.g, &tl), 0);
+    struct guest_prog_state *ps = malloc(sizeof(*ps));
+    assert_non_null(ps);
+    char why[256];
+    assert_int_equal(guest_prog_decode(tl.p + sizeof(struct hvctx_header),
+                                       tl.len - sizeof(struct hvctx_header), ps, why,
+                                       sizeof(why)), 1);
+    assert_int_equal(guest_prog_state_backend(ps), b);
+    hvctx_free(&tl);
+    uint64_t at = ops_of(e.g);
+    guest_destroy(e.g);
+    e.g = NULL;
+    if (b == GUEST_BACKEND_NATIVE) {
+        /* entering code outside guest RAM is refused */
+        struct hvctx_prog_vcpu keep = ps->v[1];
+        uint64_t bad = 0x7fff00000000ULL;
+        memcpy(ps->v[1].regs + 16 * 8, &bad, 8); /* rip */
+        assert_int_equal(guest_create_prog_resume(e.d, ps, &e.g, why, sizeof(why)), -EPERM);
+        assert_null(e.g);
+        ps->v[1] = keep;
+    }
+    rc = guest_create_prog_resume(e.d, ps, &e.g, why, sizeof(why));
+    if (rc < 0)
+        fail_msg("resume here: %s", why);
+    assert_int_equal(guest_start(e.g), 0);
+    wait_ops_above(e.g, at + 3000);
+    assert_int_equal(guest_finish(e.g, 60ULL * 1000 * 1000 * 1000), 0);
+    if (guest_verify(e.g, why, sizeof(why)) < 0)
+        fail_msg("verify after resuming here: %s", why);
+    free(ps);
+    free(rep);
+    env_down(&e);
+}
+
+static void test_migrate_native(void **s) { (void)s; migrate_to_process(GUEST_BACKEND_NATIVE); }
+static void test_migrate_kvm(void **s) { (void)s; migrate_to_process(GUEST_BACKEND_KVM); }
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -640,12 +822,14 @@ int main(void)
         cmocka_unit_test(test_pause_call_native),
         cmocka_unit_test(test_balloon_driver_native),
         cmocka_unit_test(test_memory_calls_native),
+        cmocka_unit_test(test_migrate_native),
         cmocka_unit_test(test_workloads_kvm),
         cmocka_unit_test(test_verify_catches_kvm),
         cmocka_unit_test(test_faults_kvm),
         cmocka_unit_test(test_pause_call_kvm),
         cmocka_unit_test(test_balloon_driver_kvm),
         cmocka_unit_test(test_memory_calls_kvm),
+        cmocka_unit_test(test_migrate_kvm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

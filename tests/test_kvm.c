@@ -14,6 +14,7 @@
  * Tests needing /dev/kvm report SKIP with the reason when it is missing or
  * unusable (`make check-kvm` runs them under KVM inside a QEMU TCG guest).
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,8 +29,11 @@
 
 #include "testutil.h"
 
+#include "chan.h"
 #include "guest.h"
 #include "kvm.h"
+#include "migrate.h"
+#include "net.h"
 #include "save.h"
 #include "stream.h"
 #include <linux/kvm.h>
@@ -474,6 +478,178 @@ static void test_save_resume(void **state)
     machine_destroy(m2);
 }
 
+/* ---- live migration -------------------------------------------------------------- */
+
+struct kvm_rx {
+    struct machine *m;
+    int lfd;
+    uint16_t port;
+    struct migrate_recv_result res;
+    int rc;
+    pthread_t t;
+};
+
+static struct chan *plain_chan(int fd)
+{
+    struct chan *ch;
+    char err[CHAN_ERR_LEN];
+    assert_int_equal(chan_open(fd, NULL, 0, &ch, err, sizeof(err)), 0);
+    return ch;
+}
+
+static void *kvm_rx_main(void *arg)
+{
+    struct kvm_rx *r = arg;
+    int fd;
+    r->rc = net_accept(r->lfd, 60000, &fd);
+    if (r->rc < 0)
+        return NULL;
+    struct chan *ch = plain_chan(fd);
+    struct migrate_recv_opts o = {.timeout_ms = 60000};
+    r->rc = migrate_receive(r->m, ch, &o, &r->res);
+    chan_close(ch);
+    return NULL;
+}
+
+static void kvm_rx_start(struct kvm_rx *r, struct machine *m)
+{
+    memset(r, 0, sizeof(*r));
+    r->m = m;
+    struct sockaddr_in sa;
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    assert_int_equal(net_listen(&sa, &r->lfd, &r->port), 0);
+    assert_int_equal(pthread_create(&r->t, NULL, kvm_rx_main, r), 0);
+}
+
+static int kvm_send(struct guest *g, uint16_t port, const struct migrate_opts *o,
+                    struct migrate_report *rep)
+{
+    struct sockaddr_in sa;
+    int fd;
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    sa.sin_port = htons(port);
+    assert_int_equal(net_connect(&sa, 5000, &fd), 0);
+    struct chan *ch = plain_chan(fd);
+    int rc = migrate_send(g, ch, o, rep);
+    chan_close(ch);
+    return rc;
+}
+
+static uint64_t ops_now(struct guest *g)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < g->nr_vcpus; i++) {
+        struct hvg_wl_state st;
+        assert_int_equal(guest_vcpu_state(g, i, &st), 0);
+        n += st.ops;
+    }
+    return n;
+}
+
+/*
+ * A running 2-vCPU KVM guest writing its memory is live-migrated: KVM's
+ * dirty log feeds the rounds (the later rounds carry the pages it wrote
+ * meanwhile), its vCPUs travel in HVM_CONTEXT, and the receiver resumes it
+ * under KVM, where it runs on to its end and the host's replay of every
+ * vCPU from the seed matches its memory.  Before that, connections cut at
+ * random offsets fail the migration and leave the sender's guest running
+ * (it goes on making progress, log-dirty off, audits clean) and nothing on
+ * the receiver's machine.
+ */
+static void test_migrate_live(void **state)
+{
+    (void)state;
+    KVM_OR_SKIP();
+    struct machine *m1 = new_machine(256 * MiB), *m2 = new_machine(256 * MiB);
+    struct domain *d;
+    struct domain_config c;
+    domain_config_default(&c);
+    assert_int_equal(domain_create(m1, &c, &d), 0);
+    assert_int_equal(domain_populate_guest(d, 64 * MiB, NULL), 0);
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_UNIFORM);
+    pc.nr_vcpus = 2;
+    pc.batch = 300;
+    pc.console_fd = -1;
+    pc.write_ppm = 500000;
+    pc.write_ppm_set = true;
+    struct guest *g = start_prog(d, &pc);
+    assert_int_equal(guest_start(g), 0);
+    wait_ops(g, 5000);
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    struct migrate_opts o = {.max_rounds = 3, .timeout_ms = 60000, .audit_digest = true};
+
+    unsigned seed = (unsigned)time(NULL);
+    print_message("# seed %u\n", seed);
+    srand(seed);
+    for (int cut = 0; cut < 3; cut++) {
+        struct kvm_rx rx;
+        kvm_rx_start(&rx, m2);
+        o.fail_after_bytes = 4096 + (uint64_t)rand() % (40 * MiB);
+        int rc = kvm_send(g, rx.port, &o, rep);
+        pthread_join(rx.t, NULL);
+        close(rx.lfd);
+        if (rc == 0)
+            fail_msg("a migration cut after %llu bytes succeeded",
+                     (unsigned long long)o.fail_after_bytes);
+        assert_false(rep->in_doubt);
+        assert_false(guest_log_dirty_on(g));
+        assert_true(rx.rc < 0);
+        assert_null(rx.res.g);
+        migrate_recv_result_free(&rx.res);
+        struct frame_stats fs;
+        frames_get_stats(m2->frames, &fs);
+        assert_int_equal(fs.free_frames, m2->nr_frames);
+        /* the sender's guest runs on */
+        wait_ops(g, ops_now(g) + 2000);
+        audit_all(d);
+    }
+
+    o.fail_after_bytes = 0;
+    struct kvm_rx rx;
+    kvm_rx_start(&rx, m2);
+    int rc = kvm_send(g, rx.port, &o, rep);
+    pthread_join(rx.t, NULL);
+    close(rx.lfd);
+    if (rc < 0)
+        fail_msg("migration: %s", rep->err);
+    if (rx.rc < 0)
+        fail_msg("receiver: %s", rx.res.err);
+    assert_true(rep->verified);
+    assert_non_null(strstr(rep->dirty_source, "KVM"));
+    uint64_t later = 0;
+    for (unsigned k = 1; k < rep->nr_rounds; k++)
+        later += rep->rounds[k].pages_data + rep->rounds[k].pages_zero;
+    assert_true(later > 0); /* the writes KVM logged went out again */
+    uint64_t at_pause = ops_now(g);
+    guest_destroy(g);
+    domain_destroy(d);
+
+    struct guest *g2 = rx.res.g;
+    assert_non_null(g2);
+    assert_int_equal(g2->backend, GUEST_BACKEND_KVM);
+    assert_int_equal(ops_now(g2), at_pause);
+    char why[256];
+    assert_int_equal(guest_start(g2), 0);
+    wait_ops(g2, at_pause + 5000);
+    assert_int_equal(guest_finish(g2, 120ULL * 1000 * 1000 * 1000), 0);
+    if (guest_verify(g2, why, sizeof(why)) < 0)
+        fail_msg("verify on the receiver: %s", why);
+    print_message("# %u rounds, %llu pages after round 0, migrated after %llu operations, "
+                  "verified on the receiver after %llu\n", rep->nr_rounds,
+                  (unsigned long long)later, (unsigned long long)at_pause,
+                  (unsigned long long)ops_now(g2));
+    struct domain *d2 = g2->d;
+    guest_destroy(g2);
+    audit_all(d2);
+    domain_destroy(d2);
+    migrate_recv_result_free(&rx.res);
+    free(rep);
+    machine_destroy(m1);
+    machine_destroy(m2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -483,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_dirty_log_exact),
         cmocka_unit_test_teardown(test_host_superpages, thp_teardown),
         cmocka_unit_test(test_save_resume),
+        cmocka_unit_test(test_migrate_live),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

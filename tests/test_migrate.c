@@ -31,6 +31,7 @@
 #include <cmocka.h>
 
 #include "testutil.h"
+#include "proc.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -1885,67 +1886,10 @@ static void test_live_stream_repeats(void **state)
 
 /* ---- separate processes: loopback and two network namespaces ------------------------ */
 
-static pid_t spawn(char *const argv[], const char *log)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Exit status, or -1 after killing it at the deadline. */
-static int wait_deadline(pid_t pid, int secs)
-{
-    for (int i = 0; i < secs * 20; i++) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        sleep_ms(50);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
-}
-
-static bool file_has(const char *path, const char *key, const char *val)
-{
-    char buf[65536];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strstr(buf, key);
-    if (!p)
-        return false;
-    p += strlen(key);
-    while (*p == ':' || *p == ' ' || *p == '"')
-        p++;
-    return strncmp(p, val, strlen(val)) == 0;
-}
-
 /* A fresh 256-bit pre-shared key in dir/psk (mode 0600). */
 static void write_psk(const char *dir, char *path, size_t len)
 {
-    snprintf(path, len, "%s/psk", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0);
-    char line[80] = "test:";
-    struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
-    for (int i = 0; i < 32; i++)
-        snprintf(line + 5 + 2 * i, 3, "%02x", (unsigned)(hv_rng_next(&r) & 0xff));
-    strcat(line, "\n");
-    assert_int_equal(write(fd, line, strlen(line)), (ssize_t)strlen(line));
-    close(fd);
+    assert_true(write_psk_file(dir, path, len));
 }
 
 /* Receiver and sender as two processes, each optionally inside a network

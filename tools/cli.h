@@ -152,9 +152,37 @@ int cli_parse_authz(void *dest, const char *arg);
  * wrong. */
 int cli_tls_setup(const char *cmd, const struct cli_tls_opts *t, bool server,
                   struct chan_tls **out);
+/* One phase of a running guest (before a migration, during log-dirty,
+ * after it on the receiver or a restored guest): its own speed (accesses
+ * made per second over the phase), KVM's 4K/2M/1G mapping counts and the
+ * share of its memory the host maps with 2M pages at the phase's end
+ * (report.c).  Issue 11's "phases" object. */
+struct guest;
+struct save_result;
+struct cli_phase {
+    bool valid, have_kvm, have_host;
+    uint64_t t0, a0, accesses, kvm[3];
+    double seconds, accesses_per_s, pmd_share;
+};
+void cli_phase_begin(struct cli_phase *p, struct guest *g);
+void cli_phase_end(struct cli_phase *p, struct guest *g);
+void cli_json_phase(struct json *j, const char *key, const struct cli_phase *p);
+void cli_print_phase(const char *what, const struct cli_phase *p);
+
 struct tlb_config;
 struct workload_config;
 struct migrate_opts;
+/* Live-migrate the started guest g (any backend that can: guest.h
+ * guest_can_migrate) to `to` after `after` seconds, with retries, the
+ * in-doubt save and --save-on-failure, printing the report (cmd_migrate.c).
+ * `what` names the workload.  g is not destroyed.  Exit status. */
+int cli_migrate_guest(struct guest *g, const char *what, const char *to, double after,
+                      const struct migrate_opts *mopts, struct chan_tls *tls, uint64_t retries,
+                      const char *doubt_file, double run_s, const char *fail_save, bool json);
+/* Save the paused guest g with its vCPU state (any backend that can
+ * capture it) to path, a fresh file. */
+int cli_save_running(struct guest *g, const char *path, struct save_result *sr, char *err,
+                     size_t errlen);
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
                        const struct migrate_opts *mopts, struct chan_tls *tls,
@@ -183,6 +211,14 @@ struct cli_prog_run {
     double write_frac, wss, theta;
     bool json, no_audit;
     const char *save;     /* save the guest, paused, when the timed run ends */
+    /* --migrate-to: live-migrate it after `after` s (run_s: --seconds,
+     * how long it runs on here when the migration fails). */
+    const char *migrate_to;
+    double after;
+    const struct migrate_opts *mopts;
+    struct chan_tls *tls;
+    uint64_t retries;
+    const char *doubt_file, *fail_save;
     /* Resume this saved guest (restore --run) instead of starting one:
      * the domain holds its memory; workload options are ignored. */
     const struct guest_prog_state *resume;

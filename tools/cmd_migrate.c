@@ -256,7 +256,7 @@ static int doubt_try(struct guest *g, const char *role, const char *path, char *
                      size_t len, char *err, size_t errlen)
 {
     struct save_result sr;
-    int rc = cli_save_guest(g->d, g->v, g->w, g->nr_vcpus, &g->wc, path, &sr, err, errlen);
+    int rc = cli_save_running(g, path, &sr, err, errlen);
     if (rc == 0)
         snprintf(saved, len, "%s", path);
     if (rc == -EEXIST)
@@ -265,7 +265,7 @@ static int doubt_try(struct guest *g, const char *role, const char *path, char *
     for (unsigned n = 1; rc == -EEXIST && n <= 20; n++) {
         char alt[PATH_MAX];
         snprintf(alt, sizeof(alt), "%s.%d-%u", path, (int)getpid(), n);
-        rc = cli_save_guest(g->d, g->v, g->w, g->nr_vcpus, &g->wc, alt, &sr, err, errlen);
+        rc = cli_save_running(g, alt, &sr, err, errlen);
         if (rc == 0)
             snprintf(saved, len, "%s", alt);
     }
@@ -341,36 +341,78 @@ done:
         sigaction(sigs[i], &old[i], NULL);
 }
 
+/* The guest's speed and mappings while the migration runs: sampled at
+ * every pre-copy round (the last one before the pause is the phase's end). */
+struct phase_ctx {
+    struct guest *g;
+    struct cli_phase during;
+    const struct migrate_opts *user;
+};
+
+static void phase_round(void *ctx, const struct migrate_round *r)
+{
+    struct phase_ctx *pc = ctx;
+    cli_phase_end(&pc->during, pc->g);
+    if (pc->user->on_round)
+        pc->user->on_round(pc->user->ctx, r);
+}
+
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
                        const struct migrate_opts *mopts, struct chan_tls *ctls,
                        uint64_t retries, const char *doubt_file, double run_s,
                        const char *fail_save, bool json)
 {
+    struct guest *g = NULL;
+    int rc = guest_create_soft(d, nv, tc, wc, &g);
+    if (rc == 0)
+        rc = guest_start(g);
+    if (rc < 0) {
+        guest_destroy(g);
+        return cli_error("migrate: cannot start the guest: %s", strerror(-rc));
+    }
+    int status = cli_migrate_guest(g, workload_name(wc->kind), to, after, mopts, ctls, retries,
+                                   doubt_file, run_s, fail_save, json);
+    guest_destroy(g);
+    return status;
+}
+
+int cli_migrate_guest(struct guest *g, const char *what, const char *to, double after,
+                      const struct migrate_opts *user_mopts, struct chan_tls *ctls,
+                      uint64_t retries, const char *doubt_file, double run_s,
+                      const char *fail_save, bool json)
+{
     uint64_t t_start = hv_now_ns();
     struct sockaddr_in sa;
-    struct guest *g = NULL;
+    struct domain *d = g->d;
+    unsigned nv = g->nr_vcpus;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
-    char b1[64];
-    int status = 1;
+    char b1[64], cwhy[256];
+    int status = 1, rc;
     if (!rep)
         return cli_error("migrate: out of memory");
     if (net_parse_addr(to, &sa) < 0) {
         free(rep);
         return cli_error("migrate: bad address '%s' (want A.B.C.D:PORT)", to);
     }
-    int rc = guest_create_soft(d, nv, tc, wc, &g);
-    if (rc == 0)
-        rc = guest_start(g);
-    if (rc < 0) {
-        cli_error("migrate: cannot start the guest: %s", strerror(-rc));
-        goto out;
+    if (guest_can_migrate(g, cwhy, sizeof(cwhy)) < 0) {
+        free(rep);
+        return cli_error("migrate: %s", cwhy);
     }
+    struct phase_ctx pctx = {.g = g, .user = user_mopts};
+    struct migrate_opts mo_ = *user_mopts;
+    mo_.on_round = phase_round;
+    mo_.ctx = &pctx;
+    const struct migrate_opts *mopts = &mo_;
     if (!json)
-        printf("guest running (%u vCPU(s), workload %s); migrating to %s after %.1f s\n", nv,
-               workload_name(wc->kind), net_fmt_addr(&sa, b1, sizeof(b1)), after);
+        printf("guest running (%s backend, %u vCPU(s), workload %s); migrating to %s after "
+               "%.1f s\n", guest_backend_name(g->backend), nv, what,
+               net_fmt_addr(&sa, b1, sizeof(b1)), after);
     fflush(stdout);
+    struct cli_phase before;
+    cli_phase_begin(&before, g);
     sleep_s(after);
+    cli_phase_end(&before, g);
     for (uint64_t attempt = 0;; attempt++) {
         int fd;
         struct chan *ch = NULL;
@@ -388,6 +430,7 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         } else {
             if (!json && ch->secure)
                 printf("connected to %s: %s, peer %s\n", to, ch->cipher, ch->peer);
+            cli_phase_begin(&pctx.during, g);
             rc = migrate_send(g, ch, mopts, rep);
             chan_close(ch);
         }
@@ -420,8 +463,7 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         guest_pause(g);
         if (fail_save) {
             struct save_result sr;
-            frc = cli_save_guest(d, g->v, g->w, g->nr_vcpus, &g->wc, fail_save, &sr, ferr,
-                                 sizeof(ferr));
+            frc = cli_save_running(g, fail_save, &sr, ferr, sizeof(ferr));
             if (frc == 0)
                 snprintf(fpath, sizeof(fpath), "%s", fail_save);
         }
@@ -431,7 +473,13 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
         json_str(&j, "to", to);
-        json_str(&j, "backend", "soft"); /* migrations run soft vCPUs so far */
+        json_str(&j, "backend", guest_backend_name(g->backend));
+        json_str(&j, "dirty_log", rep->dirty_source ? rep->dirty_source : "");
+        json_obj_begin(&j, "phases");
+        cli_json_phase(&j, "before", &before);
+        cli_json_phase(&j, "during", &pctx.during);
+        json_null(&j, "after"); /* the receiver's (hugevm receive --json) */
+        json_obj_end(&j);
         if (rep->in_doubt)
             json_str(&j, "in_doubt_saved", dpath);
         if (rc < 0 && !rep->in_doubt) {
@@ -441,7 +489,7 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
             json_str(&j, "save_on_failure_error", frc == 0 ? "" : ferr);
         }
         json_u64(&j, "vcpus", nv);
-        json_str(&j, "workload", workload_name(wc->kind));
+        json_str(&j, "workload", what);
         json_str(&j, "log_dirty", dirty_mode_name(mopts->mode));
         json_bool(&j, "compress", mopts->compress);
         json_report(&j, "migration", rep);
@@ -449,6 +497,11 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
         json_finish(&j);
     } else {
         print_report(rep);
+        if (rep->dirty_source)
+            printf("  guest writes logged by: %s\n", rep->dirty_source);
+        printf("  the guest here:\n");
+        cli_print_phase("before migration:", &before);
+        cli_print_phase("during log-dirty:", &pctx.during);
     }
     if (rep->in_doubt) {
         status = CLI_EXIT_IN_DOUBT;
@@ -478,8 +531,6 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
             printf("  the guest ran here to the end of the run; give --save-on-failure FILE to "
                    "keep it past that\n");
     }
-out:
-    guest_destroy(g);
     free(rep);
     return status;
 }
@@ -495,11 +546,10 @@ static int run_migrate(int argc, char **argv)
         return cli_error("migrate: unexpected argument '%s'", argv[0]);
     int backend;
     char bwhy[300];
-    if (cli_backend("migrate", mo.backend, "live migration of a running guest", false, &backend,
-                    bwhy, sizeof(bwhy)))
+    if (cli_backend("migrate", mo.backend, NULL, false, &backend, bwhy, sizeof(bwhy)))
         return 1;
     if (!mo.json)
-        printf("backend: soft (%s)\n", bwhy);
+        printf("backend: %s (%s)\n", guest_backend_name((enum guest_backend)backend), bwhy);
     if (!mo.to)
         return cli_error("migrate: --to ADDR:PORT is required");
     if (workload_parse(mo.workload, &kind) < 0)
@@ -549,8 +599,22 @@ static int run_migrate(int argc, char **argv)
         wc.write_frac = mo.write_frac;
         wc.wss = mo.wss;
         wc.write_rate = mo.write_rate;
-        status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after, &mopts,
-                                    tls, mo.retries, mo.doubt_file, 0, mo.fail_save, mo.json);
+        if (backend != GUEST_BACKEND_SOFT) {
+            /* a real guest: the built-in C workload on KVM */
+            struct cli_prog_run pr = {
+                .backend = backend, .why = bwhy, .guest_mem = mo.guest_mem,
+                .vcpus = (unsigned)mo.vcpus, .workload = mo.workload, .guest_page = "auto",
+                .seed = mo.seed, .write_rate = mo.write_rate,
+                .write_frac = mo.write_frac, .wss = mo.wss, .json = mo.json,
+                .migrate_to = mo.to, .after = mo.after, .mopts = &mopts, .tls = tls,
+                .retries = mo.retries, .doubt_file = mo.doubt_file, .fail_save = mo.fail_save,
+            };
+            status = cli_run_program(d, &pr);
+        } else {
+            status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after,
+                                        &mopts, tls, mo.retries, mo.doubt_file, 0, mo.fail_save,
+                                        mo.json);
+        }
     }
     domain_destroy(d);
     machine_destroy(m);
@@ -560,8 +624,9 @@ static int run_migrate(int argc, char **argv)
 
 static struct opt migrate_opts_table[] = {
     {"to", OPT_STR, &mo.to, "ADDR:PORT", "the receiver (hugevm receive --listen)", NULL},
-    {"backend", OPT_STR, &mo.backend, "NAME", "vCPU backend of the migrated guest: soft, or auto "
-     "(default; soft: KVM guests do not migrate yet)", NULL},
+    {"backend", OPT_STR, &mo.backend, "NAME", "vCPU backend of the migrated guest: kvm (the "
+     "built-in C workload as a real guest; KVM's dirty log feeds the rounds), soft, or auto "
+     "(default: kvm where /dev/kvm works, else soft); native guests cannot migrate", NULL},
     {"guest-mem", OPT_SIZE, &mo.guest_mem, "SIZE", "guest RAM (default 4G)", NULL},
     {"host-mem", OPT_SIZE, &mo.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
     {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
@@ -858,11 +923,19 @@ static int run_receive(int argc, char **argv)
         return cli_error("receive: unexpected argument '%s'", argv[0]);
     int backend;
     char bwhy[300];
-    if (cli_backend("receive", ro.backend, "resuming a migrated guest", false, &backend, bwhy,
-                    sizeof(bwhy)))
+    enum guest_backend want;
+    bool want_auto;
+    if (guest_backend_parse(ro.backend, &want, &want_auto) < 0)
+        return cli_error("receive: --backend %s: give kvm, soft or auto", ro.backend);
+    if (!want_auto && want == GUEST_BACKEND_NATIVE)
+        return cli_error("receive: --backend native: native guests cannot migrate");
+    if (!want_auto &&
+        cli_backend("receive", ro.backend, NULL, false, &backend, bwhy, sizeof(bwhy)))
         return 1;
     if (!ro.json)
-        printf("backend: soft (%s)\n", bwhy);
+        printf("backend: %s\n", want_auto ? "auto (the one the guest ran on: soft vCPUs, or KVM "
+                                             "for a real guest)"
+                                           : guest_backend_name(want));
     /* loopback unless an address is named: a bare PORT is 127.0.0.1:PORT */
     const char *listen = ro.listen ? ro.listen : "0";
     if (!strchr(listen, ':'))
@@ -908,7 +981,8 @@ static int run_receive(int argc, char **argv)
     struct migrate_recv_opts rop = {.timeout_ms = cli_ms(ro.timeout_s),
                                     .handshake_ms = cli_ms(ro.handshake_s),
                                     .total_ms = (uint64_t)cli_ms(ro.max_s),
-                                    .on_handshake = refuser_start, .hctx = &busy};
+                                    .on_handshake = refuser_start, .hctx = &busy,
+                                    .backend_set = !want_auto, .backend = want};
     uint64_t accept_by = hv_now_ns() + (uint64_t)cli_ms(ro.accept_s) * 1000000, strangers = 0;
     for (uint64_t attempt = 1; attempt <= ro.attempts;) {
         int fd = -1;
@@ -960,12 +1034,41 @@ static int run_receive(int argc, char **argv)
         struct guest *g = res.g;
         struct domain *d = g->d;
         uint64_t a0 = g->accesses;
+        bool prog = g->backend != GUEST_BACKEND_SOFT;
+        struct cli_phase after = {0};
+        int64_t prefault_ns = 0;
+        int vrc = -ENOTSUP;
+        char verr[256] = "";
         if (res.resumed_unsent)
             fprintf(stderr, "hugevm: receive: COMMIT came but RESUMED could not be sent: the "
                     "sender holds its copy paused in doubt; this copy is the guest, the "
                     "sender's must be discarded\n");
         double ran = 0;
-        if (ro.run_s > 0 && g->nr_vcpus) {
+        if (prog) {
+            /* a real guest: it runs here for --run-seconds (its speed and
+             * KVM's mappings are the "after" phase), finishes at a batch
+             * boundary, and the host's replay checks every vCPU */
+            a0 = guest_accesses(g);
+            /* the host maps every page of it before it runs, as the
+             * sender's had been (first touches are not the guest's speed) */
+            prefault_ns = guest_prefault(g);
+            uint64_t t = hv_now_ns();
+            int grc = guest_start(g);
+            if (grc == 0) {
+                sleep_s(ro.run_s / 10);
+                cli_phase_begin(&after, g);
+                sleep_s(ro.run_s - ro.run_s / 10);
+                cli_phase_end(&after, g);
+                grc = guest_finish(g, 60ULL * 1000 * 1000 * 1000);
+            }
+            ran = (double)(hv_now_ns() - t) / 1e9;
+            vrc = grc == 0 ? guest_verify(g, verr, sizeof(verr)) : grc;
+            if (grc != 0)
+                snprintf(verr, sizeof(verr), "the guest did not finish: %.200s",
+                         g->fault.what[0] ? g->fault.what : strerror(-grc));
+            else if (vrc == -EINVAL)
+                snprintf(verr, sizeof(verr), "not a fresh built-in workload: nothing to replay");
+        } else if (ro.run_s > 0 && g->nr_vcpus) {
             if (guest_start(g) == 0) {
                 uint64_t t = hv_now_ns();
                 sleep_s(ro.run_s);
@@ -994,10 +1097,23 @@ static int run_receive(int argc, char **argv)
             json_u64(&j, "prealloc_1g", res.rr.prealloc_1g);
             json_u64(&j, "prealloc_2m", res.rr.prealloc_2m);
             json_u64(&j, "freed_pages", res.rr.freed_pages);
+            json_str(&j, "backend", guest_backend_name(g->backend));
             json_u64(&j, "vcpus", g->nr_vcpus);
             json_dbl(&j, "resumed_s", ran);
-            json_u64(&j, "resumed_accesses", g->accesses - a0);
-            json_str(&j, "guest_error", g->err ? strerror(-g->err) : "");
+            json_u64(&j, "resumed_accesses", (prog ? guest_accesses(g) : g->accesses) - a0);
+            json_str(&j, "guest_error", g->fault.what[0] ? g->fault.what
+                                        : g->err ? strerror(-g->err) : "");
+            if (prog) {
+                json_dbl(&j, "prefault_s", prefault_ns > 0 ? (double)prefault_ns / 1e9 : 0);
+                json_bool(&j, "guest_verified", vrc == 0);
+                if (vrc)
+                    json_str(&j, "verify_error", verr);
+                json_obj_begin(&j, "phases");
+                json_null(&j, "before"); /* the sender's (hugevm migrate --json) */
+                json_null(&j, "during");
+                cli_json_phase(&j, "after", &after);
+                json_obj_end(&j);
+            }
             cli_json_domain(&j, "domain", d);
             json_str(&j, "audit", audit ? hv_audit_last() : "ok");
             json_obj_end(&j);
@@ -1013,12 +1129,25 @@ static int run_receive(int argc, char **argv)
                    (unsigned long long)domain_pages_1g(d), (unsigned long long)domain_pages_2m(d),
                    (unsigned long long)domain_pages_4k(d), (unsigned long long)res.rr.prealloc_1g,
                    (unsigned long long)res.rr.prealloc_2m, (unsigned long long)res.rr.freed_pages);
-            printf("guest resumed here: %u vCPU(s), %llu accesses in %.2f s%s%s\n", g->nr_vcpus,
-                   (unsigned long long)(g->accesses - a0), ran, g->err ? ", stopped: " : "",
-                   g->err ? strerror(-g->err) : "");
+            printf("guest resumed here (%s): %u vCPU(s), %llu accesses in %.2f s%s%s\n",
+                   guest_backend_name(g->backend), g->nr_vcpus,
+                   (unsigned long long)((prog ? guest_accesses(g) : g->accesses) - a0), ran,
+                   g->err ? ", stopped: " : "",
+                   g->fault.what[0] ? g->fault.what : g->err ? strerror(-g->err) : "");
+            if (prog) {
+                if (prefault_ns > 0)
+                    printf("host mappings of the guest's memory made before it ran: %.3f s\n",
+                           (double)prefault_ns / 1e9);
+                cli_print_phase("after, on the receiver:", &after);
+                printf("verified: %s%s%s\n", vrc == 0 ? "yes (every vCPU replayed on the host "
+                                                        "from its seed: every word and checksum "
+                                                        "match, across the migration)" : "no",
+                       vrc ? ": " : "", vrc ? verr : "");
+            }
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
         }
-        status = audit || g->err ? 1 : 0;
+        /* -EINVAL: not replayable (a user's program); -E2BIG: too long a run to replay */
+        status = audit || g->err || (prog && vrc != 0 && vrc != -EINVAL && vrc != -E2BIG) ? 1 : 0;
         guest_destroy(g);
         domain_destroy(d);
         migrate_recv_result_free(&res);
@@ -1036,8 +1165,9 @@ out:
 }
 
 static struct opt receive_opts_table[] = {
-    {"backend", OPT_STR, &ro.backend, "NAME", "vCPU backend the guest resumes on: soft, or auto "
-     "(default; soft: KVM guests do not migrate yet)", NULL},
+    {"backend", OPT_STR, &ro.backend, "NAME", "vCPU backend the guest resumes on: auto (default: "
+     "the one it ran on, soft vCPUs or KVM), or kvm or soft to refuse guests of the other kind "
+     "(the migration then fails and the sender keeps its guest)", NULL},
     {"listen", OPT_STR, &ro.listen, "[ADDR:]PORT", "where to listen (port 0: any); without "
      "ADDR, and by default, on 127.0.0.1 only: name another address to accept other hosts", NULL},
     {"port-file", OPT_STR, &ro.port_file, "FILE", "write the port listened on to FILE", NULL},

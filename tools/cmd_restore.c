@@ -104,7 +104,7 @@ static int run_restore(int argc, char **argv)
     }
     uint64_t b4k = domain_pages_4k(rr.d), b2m = domain_pages_2m(rr.d), b1g = domain_pages_1g(rr.d);
 
-    /* A program guest saved under KVM resumes under KVM (run_guest.c). */
+    /* A program guest resumes on the backend it was saved from (run_guest.c). */
     if (o.run && rr.vcpu == RESTORE_VCPU_HUGEVM) {
         struct guest_prog_state *ps = hv_malloc(sizeof(*ps));
         char why[256] = "";
@@ -113,18 +113,21 @@ static int run_restore(int argc, char **argv)
         if (pr != 0) {
             int backend;
             char bwhy[300];
+            const char *bname = pr > 0 ? guest_backend_name(guest_prog_state_backend(ps)) : "";
             if (pr < 0) {
                 cli_error("restore: --run: the program guest's vCPU state: %s", why);
-            } else if (strcmp(o.backend, "auto") && strcmp(o.backend, "kvm")) {
-                cli_error("restore: --run: this guest ran under kvm: its vCPUs resume under "
-                          "--backend kvm only");
+            } else if (strcmp(o.backend, "auto") && strcmp(o.backend, bname)) {
+                cli_error("restore: --run: this guest ran on the %s backend: its vCPUs resume "
+                          "under --backend %s only", bname, bname);
             } else if (o.accesses) {
-                cli_error("restore: --run of a KVM guest: give --seconds (it runs its own "
+                cli_error("restore: --run of a program guest: give --seconds (it runs its own "
                           "operation count, or for that long)");
-            } else if (cli_backend("restore", "kvm", NULL, true, &backend, bwhy, sizeof(bwhy)) == 0) {
+            } else if (cli_backend("restore", bname, NULL, true, &backend, bwhy, sizeof(bwhy)) == 0) {
+                char awhy[96];
+                snprintf(awhy, sizeof(awhy), "auto: the stream holds a %s guest's vCPUs", bname);
                 struct cli_prog_run pr_args = {
-                    .backend = backend, .why = o.backend[0] == 'a' ? "auto: the stream holds a "
-                    "KVM guest's vCPUs" : bwhy, .vcpus = ps->nr_vcpus,
+                    .backend = backend, .why = o.backend[0] == 'a' ? awhy : bwhy,
+                    .vcpus = ps->nr_vcpus,
                     .seconds = o.seconds > 0 ? o.seconds : 2,
                     .accesses = o.accesses, .json = o.json, .no_audit = o.no_audit,
                     .resume = ps, .workload = "uniform", .guest_page = "auto",
@@ -322,7 +325,7 @@ static struct opt restore_opts_table[] = {
     {"resident", OPT_FLAG, &o.resident, NULL, "commit the machine's memory up front, as a "
      "hypervisor's RAM (restore then copies at memory speed; see README)", NULL},
     {"ignore-layout", OPT_FLAG, &o.ignore_layout, NULL, "do not pre-allocate from the HV_LAYOUT record", NULL},
-    {"backend", OPT_STR, &o.backend, "NAME", "with --run: soft (the stream's soft vCPUs) or kvm (a KVM guest's saved vCPUs); auto (default) takes what the stream holds", NULL},
+    {"backend", OPT_STR, &o.backend, "NAME", "with --run: soft (the stream's soft vCPUs), kvm or native (a program guest's saved vCPUs, on the backend it was saved from); auto (default) takes what the stream holds", NULL},
     {"run", OPT_FLAG, &o.run, NULL, "resume the saved workload on its soft vCPUs (exit 2 if the stream has no vCPU state, 1 if it is corrupt)", NULL},
     {"accesses", OPT_U64, &o.accesses, "N", "with --run: N guest accesses in total (default 10M)", NULL},
     {"seconds", OPT_SECONDS, &o.seconds, "S", "with --run: run for S seconds of wall time", NULL},

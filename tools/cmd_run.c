@@ -122,6 +122,24 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
     return rc;
 }
 
+int cli_save_running(struct guest *g, const char *path, struct save_result *sr, char *err,
+                     size_t errlen)
+{
+    struct hvctx_buf tl;
+    int rc = hvctx_begin(&tl);
+    if (rc == 0)
+        rc = guest_encode(g, &tl);
+    if (rc < 0) {
+        snprintf(err, errlen, "capturing the vCPU state: %s", strerror(-rc));
+        hvctx_free(&tl);
+        return rc;
+    }
+    rc = cli_save_tlvs(g->d, tl.p + sizeof(struct hvctx_header),
+                       tl.len - sizeof(struct hvctx_header), path, sr, err, errlen);
+    hvctx_free(&tl);
+    return rc;
+}
+
 int cli_save_tlvs(struct domain *d, const void *tlvs, size_t len, const char *path,
                   struct save_result *sr, char *err, size_t errlen)
 {
@@ -170,23 +188,12 @@ static int run_run(int argc, char **argv)
         return cli_error("run: unexpected argument '%s'", argv[0]);
     int backend;
     char bwhy[300];
-    const char *soft_only = o.log_dirty    ? "--log-dirty"
-                            : o.pod_target ? "--pod-target"
-                            : o.migrate_to ? "--migrate-to"
-                                           : NULL;
+    const char *soft_only = o.log_dirty && !o.migrate_to ? "--log-dirty"
+                            : o.pod_target                ? "--pod-target"
+                                                          : NULL;
     bool need_prog = o.guest_program || !strcmp(o.workload, "chase");
     if (cli_backend("run", o.backend, soft_only, need_prog, &backend, bwhy, sizeof(bwhy)))
         return 1;
-    if (o.save && backend == GUEST_BACKEND_NATIVE) {
-        if (!strcmp(o.backend, "auto")) {
-            backend = GUEST_BACKEND_SOFT;
-            snprintf(bwhy, sizeof(bwhy), "auto: --save needs the vCPUs' state, which the "
-                     "native backend cannot capture, and /dev/kvm is not usable here");
-        } else {
-            return cli_error("run: --save: the native backend cannot capture its vCPUs' "
-                             "state (use kvm or soft)");
-        }
-    }
     bool prog = backend != GUEST_BACKEND_SOFT;
     if (!strcasecmp(o.guest_page, "auto"))
         o.guest_page = prog ? "auto" : "2M";
@@ -276,13 +283,16 @@ static int run_run(int argc, char **argv)
     }
     uint64_t b4k = domain_pages_4k(d), b2m = domain_pages_2m(d), b1g = domain_pages_1g(d);
     if (prog) {
+        struct migrate_opts pmopts = {.mode = mode};
         struct cli_prog_run pr = {
             .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .vcpus = nv,
             .workload = o.workload, .guest_page = o.guest_page,
             .program_path = o.guest_program, .accesses = o.seconds > 0 ? 0 : o.accesses,
             .seconds = o.seconds, .seed = o.seed, .write_rate = o.write_rate,
             .write_frac = o.write_frac, .wss = o.wss, .theta = o.theta, .json = o.json,
-            .no_audit = o.no_audit, .save = o.save,
+            .no_audit = o.no_audit, .save = o.save, .migrate_to = o.migrate_to,
+            .after = o.after, .mopts = &pmopts, .tls = tls, .doubt_file = o.doubt_file,
+            .fail_save = o.fail_save,
         };
         status = cli_run_program(d, &pr);
         goto out;

@@ -251,3 +251,64 @@ int cli_backend(const char *cmd, const char *arg, const char *soft_only, bool ne
     *backend = (int)b;
     return 0;
 }
+
+/* ---- phases: the guest's speed and mappings before, during and after ---------- */
+
+void cli_phase_begin(struct cli_phase *p, struct guest *g)
+{
+    memset(p, 0, sizeof(*p));
+    p->t0 = hv_now_ns();
+    p->a0 = guest_accesses(g);
+}
+
+void cli_phase_end(struct cli_phase *p, struct guest *g)
+{
+    uint64_t t = hv_now_ns(), a = guest_accesses(g);
+    p->seconds = (double)(t - p->t0) / 1e9;
+    p->accesses = a - p->a0;
+    p->accesses_per_s = t > p->t0 ? (double)p->accesses * 1e9 / (double)(t - p->t0) : 0;
+    p->have_kvm = guest_mmu_pages(g, p->kvm) == 0;
+    uint64_t rss = 0, pmd = 0;
+    p->have_host = guest_host_mapping(g, &rss, &pmd) == 0;
+    p->pmd_share = rss ? (double)pmd / (double)rss : 0;
+    p->valid = true;
+}
+
+void cli_json_phase(struct json *j, const char *key, const struct cli_phase *p)
+{
+    if (!p->valid) {
+        json_null(j, key);
+        return;
+    }
+    json_obj_begin(j, key);
+    json_dbl(j, "seconds", p->seconds);
+    json_u64(j, "accesses", p->accesses);
+    json_dbl(j, "accesses_per_s", p->accesses_per_s);
+    if (p->have_kvm) {
+        json_u64(j, "kvm_pages_4k", p->kvm[0]);
+        json_u64(j, "kvm_pages_2m", p->kvm[1]);
+        json_u64(j, "kvm_pages_1g", p->kvm[2]);
+    } else {
+        json_null(j, "kvm_pages_4k");
+        json_null(j, "kvm_pages_2m");
+        json_null(j, "kvm_pages_1g");
+    }
+    if (p->have_host)
+        json_dbl(j, "host_pmd_mapped_share", p->pmd_share);
+    else
+        json_null(j, "host_pmd_mapped_share");
+    json_obj_end(j);
+}
+
+void cli_print_phase(const char *what, const struct cli_phase *p)
+{
+    if (!p->valid)
+        return;
+    printf("  %-22s %8.2f M accesses/s over %.2f s", what, p->accesses_per_s / 1e6, p->seconds);
+    if (p->have_kvm)
+        printf("; KVM pages_4k %llu pages_2m %llu pages_1g %llu", (unsigned long long)p->kvm[0],
+               (unsigned long long)p->kvm[1], (unsigned long long)p->kvm[2]);
+    if (p->have_host)
+        printf("; host 2M share %.0f%%", p->pmd_share * 100);
+    printf("\n");
+}

@@ -100,7 +100,8 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         guest_page_order_of(a->guest_page, &pc.guest_page_order) < 0)
         return cli_error("run: --guest-page %s: the kvm backend's guest page tables use 2M, 1G "
                          "or auto (the largest KVM offers)", a->guest_page);
-    uint64_t ops = a->accesses ? (a->accesses + a->vcpus - 1) / a->vcpus : 0;
+    /* a guest that migrates runs until it is stopped (on the receiver) */
+    uint64_t ops = a->accesses && !a->migrate_to ? (a->accesses + a->vcpus - 1) / a->vcpus : 0;
     pc.ops = ops;
     if (a->program_path) {
         if (read_program(a->program_path, &prog, &pc.program_len))
@@ -129,6 +130,16 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
                : guest_page_order(g) == PAGE_ORDER_2M ? "2M"
                                                       : "the host's (native)");
     uint64_t resumed_acc = a->resume ? guest_accesses(g) : 0;
+    int64_t prefault_ns = 0;
+    if (a->resume) {
+        /* a restored guest's memory is new to this host: map every page of
+         * it before it runs (its first pass over memory was before the
+         * save), so its speed is its own, not the host's first touches */
+        prefault_ns = guest_prefault(g);
+        if (!a->json && prefault_ns > 0)
+            printf("host mappings of the guest's memory made before it ran: %.3f s\n",
+                   (double)prefault_ns / 1e9);
+    }
     uint64_t t0 = hv_now_ns();
     if ((rc = guest_start(g)) < 0) {
         cli_error("run: starting the vCPUs: %s", strerror(-rc));
@@ -146,6 +157,24 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
     if (!a->json && a->resume)
         printf("resumed after %llu accesses made before the save\n",
                (unsigned long long)resumed_acc);
+    if (a->migrate_to && !g->fault_claimed) {
+        status = cli_migrate_guest(g, a->program_path ? a->program_path : guest_workload_name(wl),
+                                   a->migrate_to, a->after, a->mopts, a->tls, a->retries,
+                                   a->doubt_file, a->seconds, a->fail_save, a->json);
+        if (status == 1 && !a->fail_save) {
+            /* the migration failed and the guest ran on here: it finishes,
+             * and the host's replay says whether anything was lost */
+            guest_resume(g);
+            char verr[256] = "";
+            rc = guest_finish(g, 60ULL * 1000 * 1000 * 1000);
+            int vrc = rc == 0 ? guest_verify(g, verr, sizeof(verr)) : rc;
+            if (!a->json)
+                printf("the guest kept here after the failed migration: verified %s%s%s\n",
+                       vrc == 0 ? "yes" : "no", vrc ? ": " : "",
+                       vrc == 0 ? "" : verr[0] ? verr : strerror(-vrc));
+        }
+        goto out;
+    }
     /* Then the workload: sampled every 10 ms from the published counts; the
      * rate is taken after a tenth of the run (warm-up). */
     uint64_t limit_ns = a->seconds > 0 ? (uint64_t)(a->seconds * 1e9) : 0;
@@ -228,8 +257,10 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         json_u64(&j, "seed", a->seed);
         json_u64(&j, "guest_page_order", guest_page_order(g));
         json_u64(&j, "accesses", accesses);
-        if (a->resume)
+        if (a->resume) {
             json_u64(&j, "accesses_before_save", resumed_acc);
+            json_dbl(&j, "prefault_s", prefault_ns > 0 ? (double)prefault_ns / 1e9 : 0);
+        }
         json_dbl(&j, "seconds", secs);
         json_dbl(&j, "first_pass_s", touch_s);
         json_dbl(&j, "accesses_per_s", rate);
@@ -289,8 +320,8 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         if (a->save && save_rc == 0)
             printf("saved to %s (paused at the end of the timed run, vCPU state included): "
                    "%s, %llu pages with data\n  resume with: hugevm restore %s --run "
-                   "--backend kvm\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
-                   (unsigned long long)sr.pages_data, a->save);
+                   "--backend %s\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
+                   (unsigned long long)sr.pages_data, a->save, guest_backend_name(a->backend));
         cli_print_domain(d, stdout);
         if (!a->no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
