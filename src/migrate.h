@@ -20,7 +20,8 @@
  *   DATA ... (round 0: every RAM page; rounds 1..n: pages dirtied meanwhile,
  *            guest running, XTAB for those no longer RAM; final round:
  *            guest paused; tail with the PoD entries at pause; END)
- *   DONE {digest of every page at pause} ->  stream_restore has seen END
+ *   DONE {digest of every page at pause,  ->  stream_restore has seen END
+ *         kept as pages were sent}
  *                                   <-       RESULT {status, digest, leaves}
  *   COMMIT (or ABORT)               ->       the receiver owns the guest
  *                                            (or destroys it)
@@ -48,6 +49,15 @@
  * large uncompressed DATA frames straight into the buffers stream_restore
  * reads into and checks their checksum as the last byte arrives (a bad
  * frame still fails the migration before END is acted on).
+ *
+ * Memory digest (stream.h): the sum of one term per RAM page, kept by
+ * both sides as pages go and land, so that nothing reads all of memory
+ * while the guest is paused; only the final round's pages change it at
+ * the pause.  It is as strong as a digest read at the pause against a
+ * page that is wrong, missing or stale on the receiver (whatever the
+ * wire or the restore did); it does not see a page the guest wrote
+ * without the dirty log noticing (sent once, never again): audit_digest
+ * (tests) reads all of memory at the pause and checks the kept sum.
  *
  * Nothing lost: any failure before RESULT (connection loss, timeout, a
  * receiver error, a digest mismatch, hostile bytes), a RESULT that is not
