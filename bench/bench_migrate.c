@@ -187,7 +187,7 @@ static void on_round(void *ctx, const struct migrate_round *r)
         c->cpu_r0 = cpu_s() - c->cpu0;
 }
 
-enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_LIMIT_HOT, M_CPU, M_RBUSY, M_SBUSY, M_GIBS, M_DIGEST, M_MIB0,
+enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_LIMIT_HOT, M_CPU, M_RBUSY, M_SBUSY, M_GIBS, M_DIGEST, M_FINAL, M_MIB0,
        M_NR = M_MIB0 + 6 };
 
 /* One migration; m[] gets its figures.  false when it failed. */
@@ -252,6 +252,7 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
         m[M_TOTAL] = rep->total_s;
         m[M_DOWN] = rep->downtime_s * 1e3;
         m[M_DIGEST] = rep->digest_s * 1e3;
+        m[M_FINAL] = (double)rep->rounds[rep->nr_rounds - 1].ns / 1e6;
         m[M_ROUNDS] = rep->nr_rounds;
         m[M_R0] = r0->mb_per_s;
         m[M_S0] = r0->ns ? (double)r0->stream_bytes * 1e3 / (double)r0->ns : 0;
@@ -317,6 +318,8 @@ static void one_case(bench_add_fn add, uint64_t rate, bool compress, unsigned ru
     add(name, med[M_TOTAL], "s", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_downtime_ms", tag);
     add(name, med[M_DOWN], "ms", 0, NULL, 0);
+    snprintf(name, sizeof(name), "%s_downtime_final_round_ms", tag);
+    add(name, med[M_FINAL], "ms", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_digest_at_pause_ms", tag);
     add(name, med[M_DIGEST], "ms", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_rounds", tag);

@@ -227,9 +227,14 @@ static int recv_ctrl(struct chan *ch, uint16_t want, void *body, uint32_t len, c
 
 /* ---- the sender's frame pipeline ------------------------------------------------------- */
 
+/* Frame buffers keep FBUF_HEAD bytes in front of the payload: the header
+ * is put right before it (raw or zbuf), so a frame is one send, not a
+ * 24-byte one and then the payload. */
+#define FBUF_HEAD 64u
+
 struct fbuf {
-    uint8_t *raw, *zbuf;
-    const uint8_t *out; /* raw or zbuf */
+    uint8_t *raw, *zbuf;   /* payloads, FBUF_HEAD bytes into their allocations */
+    uint8_t *out;          /* raw or zbuf */
     size_t raw_len, out_len;
     struct mig_frame h;
 };
@@ -309,9 +314,8 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&p->mu);
         int rc = 0;
         if (!werr) { /* after an error, queued frames are dropped */
-            rc = pipe_send(p, &b->h, sizeof(b->h));
-            if (rc == 0 && b->out_len)
-                rc = pipe_send(p, b->out, b->out_len);
+            memcpy(b->out - sizeof(b->h), &b->h, sizeof(b->h));
+            rc = pipe_send(p, b->out - sizeof(b->h), sizeof(b->h) + b->out_len);
         }
         pthread_mutex_lock(&p->mu);
         if (rc < 0 && !p->werr)
@@ -338,11 +342,13 @@ static int pipe_init(struct pipe *p, struct chan *ch, bool compress, int level,
     pthread_cond_init(&p->cv, NULL);
     p->zcap = ZSTD_compressBound(MIG_FRAME_RAW);
     for (unsigned i = 0; i < PIPE_BUFS; i++) {
-        p->b[i].raw = hv_malloc(MIG_FRAME_RAW);
-        if (!p->b[i].raw)
+        uint8_t *r = hv_malloc(FBUF_HEAD + MIG_FRAME_RAW), *z = NULL;
+        if (!r)
             return -ENOMEM;
-        if (compress && !(p->b[i].zbuf = hv_malloc(p->zcap)))
+        p->b[i].raw = r + FBUF_HEAD;
+        if (compress && !(z = hv_malloc(FBUF_HEAD + p->zcap)))
             return -ENOMEM;
+        p->b[i].zbuf = z ? z + FBUF_HEAD : NULL;
     }
     if (compress && !(p->cctx = ZSTD_createCCtx()))
         return -ENOMEM;
@@ -365,8 +371,8 @@ static void pipe_fini(struct pipe *p)
         pthread_join(p->thread, NULL);
     }
     for (unsigned i = 0; i < PIPE_BUFS; i++) {
-        free(p->b[i].raw);
-        free(p->b[i].zbuf);
+        free(p->b[i].raw ? p->b[i].raw - FBUF_HEAD : NULL);
+        free(p->b[i].zbuf ? p->b[i].zbuf - FBUF_HEAD : NULL);
     }
     ZSTD_freeCCtx(p->cctx);
     XXH3_freeState(p->xs);
