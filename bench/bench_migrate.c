@@ -238,6 +238,11 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     struct cpu_mark cm = {cpu_s(), 0};
     struct migrate_opts o = {.compress = compress, .on_round = on_round, .ctx = &cm};
+    /* HUGEVM_BENCH_MIGRATE_DOWNTIME_MS: the sender's downtime target
+     * (default MIGRATE_DEFAULT_DOWNTIME_MS) */
+    const char *dt = getenv("HUGEVM_BENCH_MIGRATE_DOWNTIME_MS");
+    if (dt)
+        o.downtime_ms = strtod(dt, NULL);
     double c0 = thread_cpu_s();
     uint64_t t0 = hv_now_ns();
     rc = migrate_send(g, ch, &o, rep);
