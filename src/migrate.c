@@ -533,12 +533,15 @@ struct sender {
     gfn_t data_pfn[BATCH];
     unsigned n;
     struct migrate_round *r; /* the round being sent */
-    /* The memory digest (stream.h), kept as pages are sent: term[gfn] is
-     * the term of what was last sent for gfn (0: nothing, or a hole);
-     * dsum is their sum, dpages how many are not 0.  Every RAM page at
-     * the pause was last sent with its bytes at the pause (the dirty log's
-     * guarantee), so dsum is the digest of memory at the pause. */
-    uint64_t *term, nterm, dsum, dpages, zero_hash;
+    /* The memory digest (stream.h), kept as pages are sent: the term of
+     * what was last sent for gfn (0: nothing, or a hole) is
+     * term[gfn / 512][gfn % 512], a chunk allocated with its first term
+     * (so a guest with RAM high up costs 8 bytes per pointer per 2M of
+     * gfn space, like the dirty bitmap, not 8 per gfn); dsum is their
+     * sum, dpages how many are not 0.  Every RAM page at the pause was
+     * last sent with its bytes at the pause (the dirty log's guarantee),
+     * so dsum is the digest of memory at the pause. */
+    uint64_t **term, nterm, dsum, dpages, zero_hash;
     uint8_t *fault_copy;     /* MIGRATE_FAULT_WRONG / _DUP: a page's bytes */
     bool fault_have;         /* _DUP: fault_copy holds the first copy sent */
 };
@@ -591,13 +594,14 @@ static void translate_batch(struct sender *s)
 /* gfn's digest term is now t (0: none).  -ENOMEM. */
 static int term_set(struct sender *s, gfn_t gfn, uint64_t t)
 {
-    if (gfn >= s->nterm) {
+    uint64_t c = gfn / 512;
+    if (c >= s->nterm) {
         if (!t)
             return 0;
-        uint64_t n = s->nterm ? s->nterm : 1 << 16;
-        while (n <= gfn)
+        uint64_t n = s->nterm ? s->nterm : 1024;
+        while (n <= c)
             n *= 2;
-        uint64_t *v = hv_calloc(n, sizeof(*v));
+        uint64_t **v = hv_calloc(n, sizeof(*v));
         if (!v)
             return -ENOMEM;
         if (s->nterm)
@@ -606,10 +610,16 @@ static int term_set(struct sender *s, gfn_t gfn, uint64_t t)
         s->term = v;
         s->nterm = n;
     }
-    uint64_t old = s->term[gfn];
+    if (!s->term[c]) {
+        if (!t)
+            return 0;
+        if (!(s->term[c] = hv_calloc(512, sizeof(uint64_t))))
+            return -ENOMEM;
+    }
+    uint64_t old = s->term[c][gfn % 512];
     s->dsum += t - old;
     s->dpages += (uint64_t)(t != 0) - (uint64_t)(old != 0);
-    s->term[gfn] = t;
+    s->term[c][gfn % 512] = t;
     return 0;
 }
 
@@ -1188,6 +1198,8 @@ out:
     free(s->runs);
     free(s->bitmap);
     free(s->fresh);
+    for (uint64_t c = 0; c < s->nterm; c++)
+        free(s->term[c]);
     free(s->term);
     free(s->fault_copy);
     free(s);
