@@ -10,16 +10,26 @@
 #   make fuzz     longer fuzz run of the stream reader (FUZZ_SECONDS, default 600)
 #   make check-kvm  the kvm tests inside a QEMU TCG guest that has /dev/kvm
 #                 (for hosts without a usable /dev/kvm; slow, not in check)
+#   make install  the release build into $(DESTDIR)$(PREFIX): hugevm, libhugevm
+#                 (shared and static), hugevm.h, hugevm.pc, man pages, completion
 
 BUILD       ?= build
 CHECK_BUILD ?= build-check
 WERROR      ?= true
 MESON_OPTS  ?=
+PREFIX      ?= /usr/local
+DESTDIR     ?=
 
-.PHONY: all deps check check-kvm stress demo bench fuzz clean
+.PHONY: all deps check check-kvm stress demo bench fuzz install clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
+
+# meson install with the prefix given here (the build keeps it for next time)
+install: $(BUILD)/build.ninja
+	meson configure $(BUILD) -Dprefix=$(PREFIX)
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir $(abspath $(DESTDIR)))
 
 deps:
 	@bash scripts/deps.sh

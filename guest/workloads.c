@@ -129,8 +129,17 @@ int hvg_main(struct hvg_param *p)
         if (p->workload == HVG_WL_WRITER && p->write_rate && p->tsc_hz) {
             /* due time of the next write, in TSC ticks since t0 (pacing
              * only: doubles are exact enough and need no libgcc) */
+            uint64_t tsc = hvg_rdtsc();
             double due = (double)(st.writes - w0) * (double)p->tsc_hz / (double)p->write_rate;
-            double now = (double)(hvg_rdtsc() - t0);
+            double now = (double)(tsc - t0);
+            if (tsc < t0 || now > due + (double)p->tsc_hz / 10) {
+                /* more than 100 ms behind, or the TSC went back: the vCPU
+                 * was paused, saved or migrated (another host's TSC);
+                 * pace from here rather than catch up in a burst */
+                t0 = tsc;
+                w0 = st.writes;
+                due = now = 0;
+            }
             if (due > now + (double)p->tsc_hz / 1000) {
                 hvg_call(p, HVG_CALL_SLEEP,
                          (uint64_t)((due - now) * 1e9 / (double)p->tsc_hz), 0);

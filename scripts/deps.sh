@@ -4,7 +4,8 @@
 # command and exits 1.  Idempotent and quiet when everything is present.
 set -eu
 pkgs=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
-      libcmocka-dev libzstd-dev libxxhash-dev libssl-dev openssl iproute2)
+      libcmocka-dev libzstd-dev libxxhash-dev libssl-dev openssl iproute2
+      g++ groff-base man-db)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -17,7 +17,11 @@
 
 #include <elf.h>
 #include <limits.h>
+#include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,7 +256,7 @@ static void bump_gen(struct guest *g)
 
 bool guest_park(struct guest *g, unsigned i)
 {
-    (void)i;
+    __atomic_fetch_or(&g->parked_mask, 1ULL << i, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
     bool halt;
@@ -263,6 +267,7 @@ bool guest_park(struct guest *g, unsigned i)
             break;
         futex_wait(&g->gen, gen, 0);
     }
+    __atomic_fetch_and(&g->parked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
     __atomic_sub_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
     return halt;
@@ -275,18 +280,40 @@ static void kick_all(struct guest *g)
     g->st.kicks += g->nr_vcpus;
 }
 
+/* vCPUs stopped: parked, or (unless strict) blocked in a PoD fault the
+ * server has not resolved; `self` (-1: none) counts as stopped. */
+static unsigned stopped_vcpus(struct guest *g, int self, bool strict)
+{
+    uint64_t m = __atomic_load_n(&g->parked_mask, __ATOMIC_ACQUIRE);
+    if (!strict)
+        m |= __atomic_load_n(&g->blocked_mask, __ATOMIC_ACQUIRE);
+    if (self >= 0)
+        m |= 1ULL << self;
+    return (unsigned)__builtin_popcountll(m);
+}
+
 /* Make every running vCPU but `self` (-1: none) park and wait until they
  * have.  Holds nest (hold counts them): a vCPU's memory call inside a
- * pause keeps the others parked when it releases its own hold. */
-static void hold_vcpus_but(struct guest *g, int self)
+ * pause keeps the others parked when it releases its own hold.  Not
+ * strict: a vCPU blocked in a PoD fault counts as stopped (it runs no
+ * guest code until the fault server wakes it); a pause is strict (its
+ * vCPUs' state is read and nothing may change after it). */
+static void hold_vcpus_how(struct guest *g, int self, bool strict)
 {
     __atomic_add_fetch(&g->hold, 1, __ATOMIC_ACQ_REL);
     bump_gen(g);
     if (!g->threads_live && self < 0)
         return;
+    /* every vCPU not parked is kicked at least once, also one counted as
+     * stopped because it waits in a PoD fault: woken, it must come out
+     * (its kick pending) before it runs guest code again */
+    uint64_t pm = __atomic_load_n(&g->parked_mask, __ATOMIC_ACQUIRE);
+    for (unsigned i = 0; i < g->nr_vcpus; i++)
+        if ((int)i != self && !(pm & (1ULL << i)))
+            g->x->ops->kick(g->x, i);
     for (;;) {
         uint32_t parked = ld32(&g->parked), running = ld32(&g->running);
-        if (parked + (self >= 0) >= running)
+        if (stopped_vcpus(g, self, strict) >= running)
             break;
         for (unsigned i = 0; i < g->nr_vcpus; i++)
             if ((int)i != self)
@@ -296,7 +323,8 @@ static void hold_vcpus_but(struct guest *g, int self)
     }
 }
 
-static void hold_vcpus(struct guest *g) { hold_vcpus_but(g, -1); }
+static void hold_vcpus_but(struct guest *g, int self) { hold_vcpus_how(g, self, false); }
+static void hold_vcpus(struct guest *g) { hold_vcpus_how(g, -1, false); }
 
 static void release_vcpus(struct guest *g)
 {
@@ -533,6 +561,289 @@ int guest_serve_call(struct guest *g, unsigned i, uint32_t nr)
     }
 }
 
+/* ---- program guests: the PoD fault server --------------------------------------- */
+
+/*
+ * One thread per program guest whose backend maps PoD gfns as userfaultfd
+ * placeholders.  A touch of one blocks the touching vCPU in a missing-page
+ * fault; the server reads it and
+ *  - with a PoD cache that can serve it (pod_demand_populate_cached: no
+ *    zero check, no sweep, nothing changes but the touched entry), maps
+ *    the new leaf into the mirror while the other vCPUs run on;
+ *  - with an empty cache, stops every vCPU (a vCPU waiting in a fault
+ *    counts as stopped), runs Xen's demand populate (eager reclaim, the
+ *    bounded sweeps) and syncs the mirror: reclaim unmaps RAM, which no
+ *    vCPU may be writing;
+ *  - when nothing is left to reclaim, the domain has crashed (Xen's rule,
+ *    the reason in its event log) and the guest fails with that reason;
+ * then wakes the faulting vCPU.  A touch of a gfn that is neither RAM nor
+ * PoD fails the guest (an access outside RAM).  While the guest is paused
+ * the server maps nothing (the memory map at a pause is final).
+ */
+
+static void pod_kick(struct guest *g)
+{
+    if (g->pod_live) {
+        char c = 1;
+        (void)!write(g->pod_wake[1], &c, 1);
+    }
+}
+
+static int vcpu_of_tid(struct guest *g, int tid)
+{
+    for (unsigned i = 0; i < g->nr_vcpus; i++)
+        if (__atomic_load_n(&g->tid[i], __ATOMIC_ACQUIRE) == tid)
+            return (int)i;
+    return -1;
+}
+
+static void pod_wake_vcpu(struct guest *g, int fd, uint64_t hva, int v)
+{
+    struct uffdio_range r = {.start = hva & ~(uint64_t)(PAGE_SIZE - 1), .len = PAGE_SIZE};
+    (void)ioctl(fd, UFFDIO_WAKE, &r);
+    if (v >= 0) {
+        __atomic_fetch_and(&g->blocked_mask, ~(1ULL << v), __ATOMIC_ACQ_REL);
+        futex_wake(&g->parked);
+    }
+}
+
+/* The guest failed at this fault: let the vCPU out of it (a vCPU waiting
+ * inside KVM_RUN cannot always be kicked out) onto a scratch page of its
+ * own; it is halted and never runs guest code again. */
+static void pod_unblock(struct guest *g, int fd, uint64_t hva, int v)
+{
+    void *p = (void *)(uintptr_t)(hva & ~(uint64_t)(PAGE_SIZE - 1));
+    (void)mmap(p, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+               -1, 0);
+    pod_wake_vcpu(g, fd, hva, v);
+}
+
+/*
+ * A read of a PoD gfn never written: the zero page, write-protected, over
+ * the 2M around it (or its 4K leaf), so reading PoD memory takes nothing
+ * from the PoD cache (no populate, no reclaim of what was just populated:
+ * no thrash).  The vCPUs are stopped meanwhile, so that no write lands on
+ * the zero page before it is write-protected (that write would go to
+ * anonymous memory, not to the guest's).  A later write is a
+ * write-protect fault: populated then.  0, or -errno (then populate).
+ */
+static int pod_zero_read(struct guest *g, int fd, uint64_t gfn)
+{
+    struct domain *d = g->d;
+    struct guest_exec *x = g->x;
+    hold_vcpus(g);
+    pthread_mutex_lock(&g->memcall_mu);
+    domain_lock(d);
+    enum p2m_type t;
+    unsigned o;
+    (void)p2m_get_entry(d->p2m, gfn, &t, &o);
+    int rc = -EAGAIN;
+    if (t == p2m_pod) {
+        unsigned zo = o < PAGE_ORDER_2M ? o : PAGE_ORDER_2M;
+        uint64_t base = gfn & ~(order_pages(zo) - 1);
+        uint64_t lo = x->ops->gfn_hva(x, base), len = order_pages(zo) << PAGE_SHIFT;
+        struct uffdio_zeropage z = {.range = {lo, len}, .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE};
+        rc = ioctl(fd, UFFDIO_ZEROPAGE, &z) < 0 && errno != EEXIST ? -errno : 0;
+        /* (DONTWAKE goes with un-protecting only) */
+        struct uffdio_writeprotect w = {.range = {lo, len}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+        if (rc == 0 && ioctl(fd, UFFDIO_WRITEPROTECT, &w) < 0)
+            rc = -errno;
+        if (rc < 0) {
+            /* whatever zero pages went in must not stay writable: back to
+             * missing (the placeholder again) */
+            (void)madvise((void *)(uintptr_t)lo, len, MADV_DONTNEED);
+        }
+    }
+    domain_unlock(d);
+    pthread_mutex_unlock(&g->memcall_mu);
+    release_vcpus(g);
+    return rc;
+}
+
+/* Serve one fault at host address hva by vCPU v (-1: unknown), a write
+ * (to a missing page or to a read's zero page) or not. */
+static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
+{
+    struct domain *d = g->d;
+    struct guest_exec *x = g->x;
+    uint64_t gfn = x->ops->hva_gfn(x, hva);
+    unsigned vi = v >= 0 ? (unsigned)v : 0;
+    int rc;
+    g->pod.faults++;
+    /* memcall_mu first (every mirror sync holds it), then d->lock */
+    pthread_mutex_lock(&g->memcall_mu);
+    domain_lock(d);
+    enum p2m_type t = p2m_invalid;
+    unsigned o = 0;
+    if (gfn != INVALID_GFN)
+        (void)p2m_get_entry(d->p2m, gfn, &t, &o);
+    if (p2m_is_ram(t) && x->ops->gpa_ptr(x, gfn << PAGE_SHIFT)) {
+        domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
+        g->pod.already++;
+        pod_wake_vcpu(g, fd, hva, v); /* another fault populated it */
+        return;
+    }
+    if (p2m_is_ram(t)) {
+        /* RAM the mirror does not show yet: the full way (a sync) */
+        domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
+        rc = -ENOSPC;
+        goto held;
+    }
+    if (t == p2m_pod && !write) {
+        domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
+        if (pod_zero_read(g, fd, gfn) == 0) {
+            g->pod.zero_reads++;
+            pod_wake_vcpu(g, fd, hva, v);
+            return;
+        }
+        /* not PoD any more, or the zero page could not go in: as a write */
+        pthread_mutex_lock(&g->memcall_mu);
+        domain_lock(d);
+        (void)p2m_get_entry(d->p2m, gfn, &t, &o);
+        if (t != p2m_pod) {
+            domain_unlock(d);
+            pthread_mutex_unlock(&g->memcall_mu);
+            rc = -ENOSPC;
+            goto held; /* a sync sorts it out */
+        }
+    }
+    if (t != p2m_pod) {
+        domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
+        g->pod.outside++;
+        char what[160];
+        snprintf(what, sizeof(what), "access outside RAM at gpa %#llx (neither RAM nor PoD)",
+                 (unsigned long long)(gfn << PAGE_SHIFT));
+        claim_fault(g, vi, -EFAULT, 0, 0, gfn << PAGE_SHIFT, what);
+        kick_all(g);
+        pod_unblock(g, fd, hva, v);
+        return;
+    }
+    rc = pod_demand_populate_cached(d, gfn);
+    if (rc == 0) {
+        mfn_t mfn = p2m_get_entry(d->p2m, gfn, &t, &o);
+        gfn_t base = gfn & ~(order_pages(o) - 1);
+        rc = p2m_is_ram(t) ? x->ops->pod_mapped(x, base, o, mfn - (gfn - base)) : -EINVAL;
+        domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
+        if (rc == 0) {
+            g->pod.served_cached++;
+            pod_wake_vcpu(g, fd, hva, v);
+            return;
+        }
+        /* the mirror could not take it alone: the full way below */
+    } else {
+        domain_unlock(d);
+        pthread_mutex_unlock(&g->memcall_mu);
+    }
+held:
+    if (rc != -ESRCH) {
+        hold_vcpus(g);
+        pthread_mutex_lock(&g->memcall_mu);
+        for (unsigned k = 0; k < 1000; k++) {
+            domain_lock(d);
+            rc = pod_demand_populate(d, gfn);
+            domain_unlock(d);
+            if (rc != -EAGAIN)
+                break; /* -EAGAIN: a sweep ran out of budget; it resumes */
+        }
+        long sy = x->ops->sync(x);
+        g->st.syncs++;
+        if (sy < 0) {
+            forget_params(g);
+            rc = rc < 0 ? rc : (int)sy;
+        }
+        pthread_mutex_unlock(&g->memcall_mu);
+        release_vcpus(g);
+        g->pod.served_held++;
+    }
+    if (rc < 0) {
+        char what[200];
+        snprintf(what, sizeof(what), "PoD fault at gpa %#llx: %s",
+                 (unsigned long long)(gfn << PAGE_SHIFT),
+                 d->crashed ? "the domain crashed: out of PoD memory (the guest touched more "
+                              "than its target and no zero page was left to reclaim)"
+                            : strerror(-rc));
+        claim_fault(g, vi, rc == -ESRCH ? -ENOMEM : rc, 0, 0, gfn << PAGE_SHIFT, what);
+        kick_all(g);
+        pod_unblock(g, fd, hva, v);
+        return;
+    }
+    pod_wake_vcpu(g, fd, hva, v);
+}
+
+static void *pod_server_main(void *arg)
+{
+    struct guest *g = arg;
+    int fd = g->x->ops->pod_fd(g->x);
+    (void)pthread_setname_np(pthread_self(), "hugevm-pod");
+    for (;;) {
+        bool paused = __atomic_load_n(&g->pod_paused, __ATOMIC_ACQUIRE);
+        struct pollfd p[2] = {{g->pod_wake[0], POLLIN, 0}, {fd, paused ? 0 : POLLIN, 0}};
+        if (poll(p, 2, 1000) < 0 && errno != EINTR)
+            break;
+        if (p[0].revents) {
+            char buf[64];
+            (void)!read(g->pod_wake[0], buf, sizeof(buf));
+            if (__atomic_load_n(&g->pod_stop, __ATOMIC_ACQUIRE))
+                break;
+        }
+        __atomic_add_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
+        if (!__atomic_load_n(&g->pod_paused, __ATOMIC_ACQUIRE)) {
+            struct uffd_msg m[16];
+            ssize_t r = read(fd, m, sizeof(m));
+            size_t n = r > 0 ? (size_t)r / sizeof(m[0]) : 0;
+            int v[16];
+            for (size_t k = 0; k < n; k++) {
+                v[k] = m[k].event == UFFD_EVENT_PAGEFAULT
+                           ? vcpu_of_tid(g, (int)m[k].arg.pagefault.feat.ptid)
+                           : -1;
+                if (v[k] >= 0) /* it waits for us: stopped, for a hold */
+                    __atomic_fetch_or(&g->blocked_mask, 1ULL << v[k], __ATOMIC_ACQ_REL);
+            }
+            futex_wake(&g->parked);
+            for (size_t k = 0; k < n; k++)
+                if (m[k].event == UFFD_EVENT_PAGEFAULT)
+                    pod_serve(g, fd, m[k].arg.pagefault.address, v[k],
+                              (m[k].arg.pagefault.flags &
+                               (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0);
+        }
+        __atomic_sub_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
+        futex_wake(&g->pod_serving);
+    }
+    return NULL;
+}
+
+static void pod_server_start(struct guest *g)
+{
+    if (g->pod_live || !g->x->ops->pod_fd || g->x->ops->pod_fd(g->x) < 0)
+        return;
+    if (pipe2(g->pod_wake, O_CLOEXEC | O_NONBLOCK) < 0)
+        return;
+    __atomic_store_n(&g->pod_stop, 0, __ATOMIC_RELEASE);
+    if (pthread_create(&g->pod_thread, NULL, pod_server_main, g) != 0) {
+        close(g->pod_wake[0]);
+        close(g->pod_wake[1]);
+        return;
+    }
+    g->pod_live = true;
+}
+
+static void pod_server_stop(struct guest *g)
+{
+    if (!g->pod_live)
+        return;
+    __atomic_store_n(&g->pod_stop, 1, __ATOMIC_RELEASE);
+    pod_kick(g);
+    pthread_join(g->pod_thread, NULL);
+    close(g->pod_wake[0]);
+    close(g->pod_wake[1]);
+    g->pod_live = false;
+}
+
 /* ---- program guests: vCPU threads ------------------------------------------------ */
 
 struct vcpu_arg {
@@ -546,6 +857,7 @@ static void *vcpu_main(void *arg)
     struct guest *g = va->g;
     unsigned i = va->i;
     free(va);
+    __atomic_store_n(&g->tid[i], (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
     char name[16];
     snprintf(name, sizeof(name), "hugevm-vcpu%u", i);
     (void)pthread_setname_np(pthread_self(), name);
@@ -647,11 +959,12 @@ static int mem_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_ty
 {
     struct mem_walk *w = ctx;
     (void)mfn, (void)e;
-    if (!p2m_is_ram(type))
+    /* workload memory is RAM or PoD (populated on first touch) */
+    if (!p2m_is_ram(type) && type != p2m_pod)
         return 0;
     uint64_t nr = order_pages(order);
     gfn_t sys_end = HVG_SYSTEM_END >> PAGE_SHIFT;
-    for (gfn_t g = gfn; g < gfn + nr && g < sys_end; g++)
+    for (gfn_t g = gfn; g < gfn + nr && g < sys_end && p2m_is_ram(type); g++)
         w->sys_seen += sys_gfn(g);
     if (gfn + nr <= sys_end)
         return 0;
@@ -802,7 +1115,22 @@ int guest_create_prog(struct domain *d, enum guest_backend b, const struct guest
     if (!mw)
         return -ENOMEM;
     pthread_mutex_lock(&d->lock);
-    int rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, mem_leaf, mw);
+    /* a PoD guest's runtime pages (the first 4 MiB) are populated now:
+     * the host writes them before any vCPU runs */
+    int rc = 0;
+    for (gfn_t gf = 0x10; rc == 0 && gf < (HVG_SYSTEM_END >> PAGE_SHIFT); gf++) {
+        enum p2m_type t;
+        (void)p2m_get_entry(d->p2m, gf, &t, NULL);
+        /* from the cache: a reclaim would take back the zero pages just
+         * populated before the host writes them */
+        if (t == p2m_pod && (rc = pod_demand_populate_cached(d, gf)) == -ENOSPC)
+            rc = pod_demand_populate(d, gf);
+        if (rc < 0)
+            snprintf(why, len, "populating the PoD guest's runtime pages (gfn %#llx): %s",
+                     (unsigned long long)gf, strerror(-rc));
+    }
+    if (rc == 0)
+        rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, mem_leaf, mw);
     pthread_mutex_unlock(&d->lock);
     uint64_t sys_need = 0;
     for (gfn_t gf = 0; gf < (HVG_SYSTEM_END >> PAGE_SHIFT); gf++)
@@ -902,6 +1230,7 @@ int guest_start(struct guest *g)
     }
     g->threads_live = true;
     g->started = true;
+    pod_server_start(g); /* without it, a PoD touch is an access outside RAM */
     return 0;
 }
 
@@ -914,7 +1243,12 @@ void guest_pause(struct guest *g)
         while (g->started && !g->paused && !g->exited)
             pthread_cond_wait(&g->cv, &g->mu);
     } else {
-        hold_vcpus(g);
+        hold_vcpus_how(g, -1, true);
+        /* the fault server maps nothing more until resume: wait for the
+         * fault it may be serving */
+        __atomic_store_n(&g->pod_paused, 1, __ATOMIC_RELEASE);
+        for (uint32_t v; (v = ld32(&g->pod_serving)) != 0;)
+            futex_wait(&g->pod_serving, v, 10 * 1000 * 1000);
         g->paused = true;
     }
     pthread_mutex_unlock(&g->mu);
@@ -926,6 +1260,8 @@ void guest_resume(struct guest *g)
     g->pause_req = false;
     if (is_prog(g)) {
         g->paused = false;
+        __atomic_store_n(&g->pod_paused, 0, __ATOMIC_RELEASE);
+        pod_kick(g);
         release_vcpus(g);
     }
     pthread_cond_broadcast(&g->cv);
@@ -1089,6 +1425,14 @@ int guest_can_migrate(struct guest *g, char *why, size_t len)
         snprintf(why, len, "the %s backend cannot capture its vCPUs' state", g->x->ops->name);
         return -ENOTSUP;
     }
+    if (g->backend == GUEST_BACKEND_NATIVE) {
+        char r[200];
+        int rc = native_dirty_log_probe(r, sizeof(r));
+        if (rc < 0) {
+            snprintf(why, len, "the native backend cannot migrate here: %s", r);
+            return rc;
+        }
+    }
     return 0;
 }
 
@@ -1119,12 +1463,17 @@ void guest_stop(struct guest *g)
     } else {
         __atomic_store_n(&g->halt, 1, __ATOMIC_RELEASE);
         bump_gen(g);
+        /* a stopped guest's faults are still served (a vCPU waiting in
+         * one must come out to stop): the server goes last */
+        __atomic_store_n(&g->pod_paused, 0, __ATOMIC_RELEASE);
+        pod_kick(g);
         if (g->threads_live) {
             kick_all(g);
             for (unsigned i = 0; i < g->nr_vcpus; i++)
                 pthread_join(g->threads[i], NULL);
             g->threads_live = false;
         }
+        pod_server_stop(g);
     }
     g->started = false;
 }
@@ -1211,6 +1560,34 @@ int guest_mmu_pages(struct guest *g, uint64_t pages[3])
     return g->x->ops->mmu_pages(g->x, pages);
 }
 
+struct prefault_walk {
+    struct guest *g;
+    gfn_t lo, hi;
+    int rc;
+};
+
+static int prefault_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                         ept_entry_t *e)
+{
+    struct prefault_walk *w = ctx;
+    (void)mfn, (void)e;
+    if (!p2m_is_ram(type))
+        return 0; /* PoD gfns stay for their first touch (the fault server) */
+    gfn_t lo = gfn > w->lo ? gfn : w->lo, hi = gfn + order_pages(order);
+    hi = hi < w->hi ? hi : w->hi;
+    uint8_t *p = lo < hi ? guest_gpa_ptr(w->g, lo << PAGE_SHIFT) : NULL;
+    if (!p)
+        return 0;
+    uint64_t bytes = (hi - lo) << PAGE_SHIFT;
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(p, bytes, MADV_POPULATE_WRITE) == 0)
+        return 0;
+#endif
+    for (uint64_t k = 0; k < bytes; k += PAGE_SIZE)
+        __atomic_fetch_add((volatile uint8_t *)(p + k), 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
 int64_t guest_prefault(struct guest *g)
 {
     if (!is_prog(g) || g->started)
@@ -1218,17 +1595,10 @@ int64_t guest_prefault(struct guest *g)
     uint64_t t0 = hv_now_ns();
     for (uint32_t e = 0; e < g->tmpl->nr_extents; e++) {
         const struct hvg_extent *x = &g->tmpl->ext[e];
-        /* the mirror is linear in gpa: one range per extent */
-        uint8_t *p = guest_gpa_ptr(g, x->gpa);
-        uint8_t *q = guest_gpa_ptr(g, x->gpa + ((x->pages - 1) << PAGE_SHIFT));
-        if (!p || !q || (uint64_t)(q - p) != (x->pages - 1) << PAGE_SHIFT)
-            return -EFAULT;
-#ifdef MADV_POPULATE_WRITE
-        if (madvise(p, x->pages << PAGE_SHIFT, MADV_POPULATE_WRITE) == 0)
-            continue;
-#endif
-        for (uint64_t k = 0; k < x->pages; k++)
-            __atomic_fetch_add((volatile uint8_t *)(p + (k << PAGE_SHIFT)), 0, __ATOMIC_RELAXED);
+        struct prefault_walk w = {g, x->gpa >> PAGE_SHIFT, (x->gpa >> PAGE_SHIFT) + x->pages, 0};
+        domain_lock(g->d);
+        (void)p2m_for_each_leaf(g->d->p2m, w.lo, x->pages, prefault_leaf, &w);
+        domain_unlock(g->d);
     }
     return (int64_t)(hv_now_ns() - t0);
 }

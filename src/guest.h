@@ -121,6 +121,21 @@ struct guest_stats {
 #undef X
 };
 
+/* The PoD fault server's work (program guests). */
+#define GUEST_POD_FIELDS(X)                                                    \
+    X(faults, "missing-page faults on PoD gfns read")                          \
+    X(served_cached, "served from the PoD cache with the other vCPUs running") \
+    X(served_held, "served with the vCPUs stopped (cache empty: reclaim, sweep)") \
+    X(zero_reads, "reads of never-written PoD memory: zero page, no cache taken") \
+    X(already, "faults on a gfn populated meanwhile (woken only)")            \
+    X(outside, "faults outside guest RAM and PoD (the guest fails)")
+
+struct guest_pod_stats {
+#define X(name, desc) uint64_t name;
+    GUEST_POD_FIELDS(X)
+#undef X
+};
+
 struct guest_exec;
 struct hvctx_prog_vcpu;
 
@@ -156,6 +171,19 @@ struct guest {
     uint32_t gen, parked, running;
     int vcpu_rc[HVG_MAX_VCPUS];
     bool fresh; /* started from zeroed workload memory (guest_verify) */
+    /* vCPUs parked (bit i) and blocked in a PoD fault the fault server
+     * has read but not resolved: a hold that is not a pause counts both as
+     * stopped (a vCPU waiting in a fault inside KVM_RUN cannot be kicked
+     * out on every kernel) */
+    uint64_t parked_mask, blocked_mask;
+    int tid[HVG_MAX_VCPUS];   /* vCPU threads' ids (fault attribution) */
+    /* the PoD fault server (program guests whose backend has pod_fd) */
+    pthread_t pod_thread;
+    bool pod_live;
+    int pod_wake[2];
+    int pod_paused, pod_stop; /* atomics */
+    uint32_t pod_serving;     /* futex word: a batch of faults in service */
+    struct guest_pod_stats pod;
     struct hvg_param *tmpl; /* the parameter page as the host wrote it (vCPU 0) */
     struct hvg_param *param[HVG_MAX_VCPUS]; /* host addresses (param_of) */
     /* the last GUEST_CONSOLE_KEEP bytes the guest printed (NUL-terminated) */
@@ -377,6 +405,16 @@ struct guest_exec_ops {
     int (*log_dirty)(struct guest_exec *x, bool on);
     int (*harvest)(struct guest_exec *x, uint64_t *bm, uint64_t nr);
     uint64_t (*dirty_gfns)(struct guest_exec *x);
+    /* Populate-on-demand (NULL where the backend has none): the
+     * userfaultfd whose missing-page faults are touches of PoD gfns (-1:
+     * none); host address <-> gfn of the mirror (INVALID_GFN outside);
+     * pod_mapped: gfn's leaf [gfn, gfn + 2^order) just became RAM at mfn
+     * (d->lock held, other vCPUs running): map it and say so, nothing else
+     * of the mirror changes. */
+    int (*pod_fd)(struct guest_exec *x);
+    uint64_t (*hva_gfn)(struct guest_exec *x, uint64_t hva);
+    uint64_t (*gfn_hva)(struct guest_exec *x, uint64_t gfn);
+    int (*pod_mapped)(struct guest_exec *x, uint64_t gfn, unsigned order, mfn_t mfn);
     /* The host wrote guest page gfn through the mirror (a call's result):
      * log it where the backend's log would not see it (NULL: it does).
      * Async-signal-safe. */
@@ -397,6 +435,9 @@ int kvm_exec_create(struct guest *g, unsigned nr, unsigned guest_page_order,
                     struct guest_exec **out, char *why, size_t len) HV_MUST_CHECK;
 int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, char *why,
                        size_t len) HV_MUST_CHECK;
+/* 0 when this kernel gives the native backend a dirty log (userfaultfd
+ * asynchronous write-protect, Linux 6.7+), else -errno with why[]. */
+int native_dirty_log_probe(char *why, size_t len) HV_MUST_CHECK;
 
 /*
  * Serve call `nr` of vCPU i (reading its parameter page through the

@@ -29,8 +29,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "domain.h"
@@ -85,8 +87,9 @@
 
 struct mrun {
     gfn_t gfn;
-    mfn_t mfn;
+    mfn_t mfn;    /* RAM: the first frame */
     uint64_t nr;
+    uint64_t pod; /* 1: PoD gfns, a userfaultfd placeholder (no frame) */
 };
 
 struct mslot {
@@ -128,6 +131,10 @@ struct kvm_vm {
     unsigned guest_order;
     bool stale;
     uint64_t synced_gen, synced_tot, synced_pod;
+    /* PoD placeholders' missing-page faults (also those KVM takes on them
+     * for the guest): -1 without userfaultfd here */
+    int uffd;
+    struct mrun *retired; /* run arrays replaced by pod_mapped, freed by a sync */
     struct kvm_vm_stats st;
 };
 
@@ -218,10 +225,18 @@ static size_t run_upper(const struct mrun *v, size_t n, gfn_t g)
     return lo;
 }
 
-static const struct mrun *run_find(const struct kvm_vm *vm, gfn_t g)
+/* The run (RAM or placeholder) holding g. */
+static const struct mrun *any_find(const struct kvm_vm *vm, gfn_t g)
 {
     size_t i = run_upper(vm->runs, vm->nruns, g);
     return i < vm->nruns && vm->runs[i].gfn <= g ? &vm->runs[i] : NULL;
+}
+
+/* The RAM run holding g. */
+static const struct mrun *run_find(const struct kvm_vm *vm, gfn_t g)
+{
+    const struct mrun *r = any_find(vm, g);
+    return r && !r->pod ? r : NULL;
 }
 
 mfn_t kvm_mirror_mfn(const struct kvm_vm *vm, gfn_t gfn)
@@ -237,6 +252,7 @@ void *kvm_gfn_hva(const struct kvm_vm *vm, gfn_t gfn)
 
 struct collect {
     gfn_t max_gfn;
+    bool placeholders; /* PoD leaves too (there is a userfaultfd) */
     struct mrun *v;
     size_t n, cap;
     uint64_t leaves[3], pages;
@@ -247,16 +263,21 @@ static int collect_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
 {
     struct collect *c = ctx;
     (void)e;
-    if (!p2m_is_ram(type))
+    bool pod = type == p2m_pod && c->placeholders;
+    if (!p2m_is_ram(type) && !pod)
         return 0;
     uint64_t nr = order_pages(order);
     if (gfn + nr > c->max_gfn)
         return -ERANGE;
-    c->leaves[order_level(order)]++;
-    c->pages += nr;
+    if (pod) {
+        mfn = 0;
+    } else {
+        c->leaves[order_level(order)]++;
+        c->pages += nr;
+    }
     if (c->n) {
         struct mrun *l = &c->v[c->n - 1];
-        if (l->gfn + l->nr == gfn && l->mfn + l->nr == mfn) {
+        if (l->gfn + l->nr == gfn && l->pod == pod && (pod || l->mfn + l->nr == mfn)) {
             l->nr += nr;
             return 0;
         }
@@ -269,7 +290,7 @@ static int collect_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order,
         c->v = v;
         c->cap = cap;
     }
-    c->v[c->n++] = (struct mrun){gfn, mfn, nr};
+    c->v[c->n++] = (struct mrun){gfn, mfn, nr, pod};
     return 0;
 }
 
@@ -295,6 +316,27 @@ static int map_frames(struct kvm_vm *vm, gfn_t gfn, mfn_t mfn, uint64_t nr)
     (void)madvise(va, nr << PAGE_SHIFT, MADV_HUGEPAGE);
     vm->st.maps++;
     vm->st.pages_mapped += nr;
+    return 0;
+}
+
+/* PoD gfns: anonymous memory registered for missing-page faults and
+ * write-protect (a read maps the zero page write-protected; the write
+ * after it is a fault too), so a touch (the guest's, through KVM) waits
+ * for the fault server. */
+static int map_placeholder(struct kvm_vm *vm, gfn_t gfn, uint64_t nr)
+{
+    uint8_t *va = gfn_va(vm, gfn);
+    void *p = mmap(va, nr << PAGE_SHIFT, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    struct uffdio_register r = {.range = {.start = (uint64_t)(uintptr_t)va,
+                                          .len = nr << PAGE_SHIFT},
+                                .mode = UFFDIO_REGISTER_MODE_MISSING |
+                                        UFFDIO_REGISTER_MODE_WP};
+    if (ioctl(vm->uffd, UFFDIO_REGISTER, &r) < 0)
+        return -errno;
+    vm->st.maps++;
     return 0;
 }
 
@@ -457,7 +499,8 @@ static long remap(struct kvm_vm *vm, const struct mrun *nv, size_t nn)
             g = stop;
         }
     }
-    /* RAM now, with a frame the mirror does not map there yet. */
+    /* RAM now, with a frame the mirror does not map there yet; PoD now,
+     * where the mirror has no placeholder yet. */
     for (size_t k = 0; k < nn; k++) {
         gfn_t g = nv[k].gfn, end = nv[k].gfn + nv[k].nr;
         while (g < end) {
@@ -467,12 +510,15 @@ static long remap(struct kvm_vm *vm, const struct mrun *nv, size_t nn)
             bool same = false;
             if (i < on && ov[i].gfn <= g) {
                 stop = ov[i].gfn + ov[i].nr < end ? ov[i].gfn + ov[i].nr : end;
-                same = ov[i].mfn + (g - ov[i].gfn) == want;
+                same = nv[k].pod ? ov[i].pod != 0
+                                 : !ov[i].pod && ov[i].mfn + (g - ov[i].gfn) == want;
             } else {
                 stop = i < on && ov[i].gfn < end ? ov[i].gfn : end;
             }
             if (!same) {
-                if ((rc = map_frames(vm, g, want, stop - g)) < 0)
+                rc = nv[k].pod ? map_placeholder(vm, g, stop - g)
+                               : map_frames(vm, g, want, stop - g);
+                if (rc < 0)
                     return rc;
                 changed += (long)(stop - g);
             }
@@ -485,7 +531,7 @@ static long remap(struct kvm_vm *vm, const struct mrun *nv, size_t nn)
 long kvm_sync(struct kvm_vm *vm)
 {
     struct domain *d = vm->d;
-    struct collect c = {.max_gfn = vm->max_gfn};
+    struct collect c = {.max_gfn = vm->max_gfn, .placeholders = vm->uffd >= 0};
     struct mslot *ns = NULL;
     unsigned nns = 0;
     long rc;
@@ -529,6 +575,8 @@ long kvm_sync(struct kvm_vm *vm)
     vm->runs = c.v;
     vm->nruns = c.n;
     c.v = NULL;
+    free(vm->retired);
+    vm->retired = NULL;
     memcpy(vm->leaves, c.leaves, sizeof(vm->leaves));
     vm->mapped_pages = c.pages;
     /* 3. new slots, with free ids */
@@ -911,7 +959,10 @@ static int kvm_run_vcpu(struct guest_exec *x, unsigned i, struct guest_exit *ex)
         c->thread = pthread_self();
         __atomic_store_n(&c->thread_known, 1, __ATOMIC_RELEASE);
     }
-    if (kvm_sync_needed(vm)) {
+    pthread_mutex_lock(&vm->d->lock); /* a PoD fault changes both sides under it */
+    bool stale = kvm_sync_needed(vm);
+    pthread_mutex_unlock(&vm->d->lock);
+    if (stale) {
         /* the domain changed without a sync: never run on a stale mirror */
         ex->kind = GUEST_EXIT_ERROR;
         ex->err = -ESTALE;
@@ -1126,6 +1177,70 @@ static void kvm_exec_host_wrote(struct guest_exec *x, uint64_t gfn)
         __atomic_fetch_or(&p[gfn / 64], 1ULL << (gfn % 64), __ATOMIC_RELAXED);
 }
 
+static int kvm_exec_pod_fd(struct guest_exec *x)
+{
+    return ((struct kvm_vm *)x)->uffd;
+}
+
+static uint64_t kvm_exec_hva_gfn(struct guest_exec *x, uint64_t hva)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    uint64_t b = (uint64_t)(uintptr_t)vm->base;
+    return hva >= b && hva < b + vm->bytes ? (hva - b) >> PAGE_SHIFT : INVALID_GFN;
+}
+
+static uint64_t kvm_exec_gfn_hva(struct guest_exec *x, uint64_t gfn)
+{
+    return (uint64_t)(uintptr_t)gfn_va((struct kvm_vm *)x, gfn);
+}
+
+/* gfn's leaf became RAM at mfn (d->lock and memcall_mu held, other vCPUs
+ * running): the frames over its placeholder (the memslot stays: it covers
+ * placeholders too), the runs, and the mirror counts as synced again when
+ * it was before the fault. */
+static int kvm_exec_pod_mapped(struct guest_exec *x, uint64_t gfn, unsigned order, mfn_t mfn)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    uint64_t nr = order_pages(order);
+    const struct mrun *r = any_find(vm, gfn);
+    if (!r || !r->pod || gfn + nr > r->gfn + r->nr)
+        return -EINVAL;
+    struct mrun *v = malloc((vm->nruns + 2) * sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    int rc = map_frames(vm, gfn, mfn, nr);
+    if (rc < 0) {
+        free(v);
+        return rc;
+    }
+    size_t k = 0, at = (size_t)(r - vm->runs);
+    memcpy(v, vm->runs, at * sizeof(*v));
+    k = at;
+    if (gfn > r->gfn)
+        v[k++] = (struct mrun){r->gfn, 0, gfn - r->gfn, 1};
+    v[k++] = (struct mrun){gfn, mfn, nr, 0};
+    if (gfn + nr < r->gfn + r->nr)
+        v[k++] = (struct mrun){gfn + nr, 0, r->gfn + r->nr - gfn - nr, 1};
+    memcpy(v + k, vm->runs + at + 1, (vm->nruns - at - 1) * sizeof(*v));
+    k += vm->nruns - at - 1;
+    /* the old array may still be read by a host thread: retired, freed by
+     * the next sync */
+    free(vm->retired);
+    vm->retired = vm->runs;
+    vm->runs = v;
+    vm->nruns = k;
+    vm->leaves[order_level(order)]++;
+    vm->mapped_pages += nr;
+    if (!vm->stale) {
+        /* only this fault changed the domain since the last sync (any other
+         * change holds the vCPUs until its own sync) */
+        vm->synced_gen = vm->d->p2m_gen;
+        vm->synced_tot = vm->d->tot_pages;
+        vm->synced_pod = vm->d->pod.entry_count;
+    }
+    return 0;
+}
+
 static const char *kvm_exec_dirty_source(struct guest_exec *x)
 {
     struct kvm_vm *vm = (struct kvm_vm *)x;
@@ -1150,6 +1265,10 @@ static const struct guest_exec_ops kvm_exec_ops = {
     .dirty_gfns = kvm_exec_dirty_gfns,
     .dirty_source = kvm_exec_dirty_source,
     .host_wrote = kvm_exec_host_wrote,
+    .pod_fd = kvm_exec_pod_fd,
+    .hva_gfn = kvm_exec_hva_gfn,
+    .gfn_hva = kvm_exec_gfn_hva,
+    .pod_mapped = kvm_exec_pod_mapped,
     .destroy = kvm_exec_destroy,
 };
 
@@ -1217,6 +1336,17 @@ int kvm_vm_create(struct domain *d, const struct kvm_vm_opts *o, struct kvm_vm *
     vm->d = d;
     vm->vm_fd = -1;
     vm->base = MAP_FAILED;
+    /* PoD placeholders: KVM's own touches of them must reach the fault
+     * server too, so not user-mode only (root, or vm.unprivileged_userfaultfd;
+     * without it PoD gfns stay unmapped and a touch fails the guest) */
+    vm->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (vm->uffd >= 0) {
+        struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_THREAD_ID};
+        if (ioctl(vm->uffd, UFFDIO_API, &api) < 0) {
+            close(vm->uffd);
+            vm->uffd = -1;
+        }
+    }
     for (unsigned i = 0; i < HVG_MAX_VCPUS; i++)
         vm->cpu[i].fd = -1;
     vm->kvm_fd = open_kvm(why, len);
@@ -1410,6 +1540,9 @@ void kvm_vm_destroy(struct kvm_vm *vm)
     if (vm->base != MAP_FAILED)
         munmap(vm->base, vm->bytes);
     free(vm->cpuid);
+    if (vm->uffd >= 0)
+        close(vm->uffd);
+    free(vm->retired);
     free(vm->runs);
     free(vm->slots);
     free(vm->slot_used);

@@ -100,7 +100,17 @@ struct pm_scan_arg {
 
 struct nrun {
     uint64_t gpa, bytes;
-    mfn_t mfn;
+    mfn_t mfn;   /* RAM: the first frame */
+    uint64_t pod; /* 1: a PoD placeholder (no frame yet) */
+};
+
+/* The mirror's runs as published to lock-free readers (signal handlers,
+ * gpa_ptr): replaced whole, the old one kept until no reader can hold it
+ * (freed by the next sync, which runs with every vCPU parked, or destroy). */
+struct nmap {
+    struct nmap *retired_next;
+    size_t n;
+    struct nrun v[];
 };
 
 struct ncpu {
@@ -125,11 +135,16 @@ struct native {
     struct domain *d;
     uint64_t top; /* reserved [LOW_GPA, top) */
     bool reserved;
-    struct nrun *runs;
-    size_t nruns;
+    struct nmap *map;      /* published (atomic) */
+    struct nmap *retired;
+    pthread_mutex_t mu;    /* sync, pod_mapped and log-dirty changes, one at a time */
     unsigned nr;
-    /* the dirty log: -1 when off */
-    int uffd, pagemap;
+    /* The mirror's userfaultfds: uffd, RAM's asynchronous write-protect
+     * while logging (Linux 6.7+); pod_uffd, PoD placeholders' missing
+     * pages and writes to zero pages (the fault server's).  -1: none. */
+    int uffd, pod_uffd;
+    bool logging;
+    int pagemap;
     uint64_t *pending;     /* written before a remap, bit per gfn below top */
     struct page_region *vec;
     struct ncpu cpu[HVG_MAX_VCPUS];
@@ -155,17 +170,27 @@ __asm__(".text\n"
         "    jmp *%rsi\n"
         ".size hv_native_enter, . - hv_native_enter\n");
 
-static const struct nrun *run_find(const struct native *n, uint64_t gpa)
+/* The run holding gpa in map m (RAM or placeholder), or NULL. */
+static const struct nrun *map_find(const struct nmap *m, uint64_t gpa)
 {
-    size_t lo = 0, hi = n->nruns;
+    if (!m)
+        return NULL;
+    size_t lo = 0, hi = m->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (n->runs[mid].gpa + n->runs[mid].bytes <= gpa)
+        if (m->v[mid].gpa + m->v[mid].bytes <= gpa)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < n->nruns && n->runs[lo].gpa <= gpa ? &n->runs[lo] : NULL;
+    return lo < m->n && m->v[lo].gpa <= gpa ? &m->v[lo] : NULL;
+}
+
+/* The RAM run holding gpa, or NULL (async-signal-safe). */
+static const struct nrun *run_find(const struct native *n, uint64_t gpa)
+{
+    const struct nrun *r = map_find(__atomic_load_n(&n->map, __ATOMIC_ACQUIRE), gpa);
+    return r && !r->pod ? r : NULL;
 }
 
 /* ---- signals ---------------------------------------------------------------- */
@@ -390,12 +415,13 @@ void guest_signals_install(void)
 /* ---- mirror ----------------------------------------------------------------- */
 
 static int wp_scan(struct native *n, uint64_t *bm);
-static int wp_arm(struct native *n);
+static int wp_scan_range(struct native *n, uint64_t lo, uint64_t hi, uint64_t *bm);
 
 struct ncollect {
     struct nrun *v;
     size_t n, cap;
     uint64_t top;
+    bool placeholders; /* PoD leaves too (when there is a userfaultfd) */
     int rc;
 };
 
@@ -404,8 +430,11 @@ static int ncollect_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p
 {
     struct ncollect *c = ctx;
     (void)e;
-    if (!p2m_is_ram(type))
+    bool pod = type == p2m_pod && c->placeholders;
+    if (!p2m_is_ram(type) && !pod)
         return 0;
+    if (pod)
+        mfn = 0;
     uint64_t gpa = gfn << PAGE_SHIFT, bytes = order_pages(order) << PAGE_SHIFT;
     if (gpa + bytes <= LOW_GPA)
         return 0;
@@ -418,7 +447,8 @@ static int ncollect_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p
         return -ERANGE;
     if (c->n) {
         struct nrun *l = &c->v[c->n - 1];
-        if (l->gpa + l->bytes == gpa && l->mfn + (l->bytes >> PAGE_SHIFT) == mfn) {
+        if (l->gpa + l->bytes == gpa && l->pod == pod &&
+            (pod || l->mfn + (l->bytes >> PAGE_SHIFT) == mfn)) {
             l->bytes += bytes;
             return 0;
         }
@@ -431,7 +461,7 @@ static int ncollect_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p
         c->v = v;
         c->cap = cap;
     }
-    c->v[c->n++] = (struct nrun){gpa, bytes, mfn};
+    c->v[c->n++] = (struct nrun){gpa, bytes, mfn, pod};
     return 0;
 }
 
@@ -441,73 +471,216 @@ static void *map_none(uint64_t lo, uint64_t hi)
                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
 }
 
-/* Every RAM run mapped again with MAP_FIXED (an atomic replacement: a
- * host thread reading the parameter pages meanwhile never finds them
- * unmapped), every gap between runs PROT_NONE.  On failure the whole range
+/* A placeholder for PoD gfns: anonymous memory no page of which is ever
+ * filled here (a touch is a missing-page fault for the fault server). */
+static void *map_placeholder(uint64_t lo, uint64_t bytes)
+{
+    return mmap((void *)(uintptr_t)lo, bytes, PROT_READ | PROT_WRITE | PROT_EXEC,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+}
+
+static int uffd_register(int fd, uint64_t lo, uint64_t bytes, uint64_t mode)
+{
+    struct uffdio_register r = {.range = {.start = lo, .len = bytes}, .mode = mode};
+    return ioctl(fd, UFFDIO_REGISTER, &r) < 0 ? -errno : 0;
+}
+
+static void uffd_unregister(int fd, uint64_t lo, uint64_t bytes)
+{
+    struct uffdio_range r = {.start = lo, .len = bytes};
+    (void)ioctl(fd, UFFDIO_UNREGISTER, &r);
+}
+
+/* Registration of one run as the mirror's state wants it: a placeholder
+ * for missing pages, RAM for write-protect while logging (and protected
+ * now: what was written before is the caller's to have collected). */
+static int uffd_apply(struct native *n, const struct nrun *r)
+{
+    if (r->pod) /* missing pages, and writes to a zero page a read mapped */
+        return n->pod_uffd < 0 ? 0
+                               : uffd_register(n->pod_uffd, r->gpa, r->bytes,
+                                               UFFDIO_REGISTER_MODE_MISSING |
+                                                   UFFDIO_REGISTER_MODE_WP);
+    if (n->uffd < 0)
+        return 0;
+    if (!n->logging) {
+        uffd_unregister(n->uffd, r->gpa, r->bytes);
+        return 0;
+    }
+    int rc = uffd_register(n->uffd, r->gpa, r->bytes, UFFDIO_REGISTER_MODE_WP);
+    return rc < 0 ? rc : wp_scan_range(n, r->gpa, r->gpa + r->bytes, NULL);
+}
+
+/* Publish m as the mirror's runs; the old ones are retired. */
+static void map_publish(struct native *n, struct nmap *m)
+{
+    struct nmap *old = __atomic_exchange_n(&n->map, m, __ATOMIC_ACQ_REL);
+    if (old) {
+        old->retired_next = n->retired;
+        n->retired = old;
+    }
+}
+
+static void map_free_retired(struct native *n)
+{
+    while (n->retired) {
+        struct nmap *r = n->retired;
+        n->retired = r->retired_next;
+        free(r);
+    }
+}
+
+static struct nmap *map_new(size_t n)
+{
+    struct nmap *m = malloc(sizeof(*m) + (n ? n : 1) * sizeof(struct nrun));
+    if (m) {
+        m->retired_next = NULL;
+        m->n = n;
+    }
+    return m;
+}
+
+/* Every run mapped again with MAP_FIXED (an atomic replacement: a host
+ * thread reading the parameter pages meanwhile never finds them
+ * unmapped): RAM from the machine memfd, PoD gfns as placeholders (when
+ * this host has a userfaultfd; else PROT_NONE, and a touch is an error),
+ * every gap PROT_NONE.  Every vCPU is parked.  On failure the whole range
  * is PROT_NONE. */
 static long native_sync(struct guest_exec *x)
 {
     struct native *n = (struct native *)x;
-    struct ncollect c = {.top = n->top};
+    struct ncollect c = {.top = n->top, .placeholders = n->pod_uffd >= 0};
+    /* d->lock for the whole sync (then n->mu, the order pod_mapped takes
+     * them in): the PoD fault server maps nothing between the walk and
+     * the mappings */
     pthread_mutex_lock(&n->d->lock);
+    pthread_mutex_lock(&n->mu);
+    map_free_retired(n); /* no reader left: the vCPUs are parked */
     int rc = p2m_for_each_leaf(n->d->p2m, 0, P2M_GFN_LIMIT, ncollect_leaf, &c);
-    pthread_mutex_unlock(&n->d->lock);
     long pages = 0;
     uint64_t at = LOW_GPA;
-    if (rc == 0 && c.n == n->nruns && n->runs &&
-        memcmp(c.v, n->runs, c.n * sizeof(*c.v)) == 0) {
+    struct nmap *cur = n->map, *m = rc == 0 ? map_new(c.n) : NULL;
+    if (rc == 0 && !m)
+        rc = -ENOMEM;
+    if (rc == 0) {
+        memcpy(m->v, c.v, c.n * sizeof(*c.v));
+        for (size_t i = 0; i < c.n; i++)
+            pages += c.v[i].pod ? 0 : (long)(c.v[i].bytes >> PAGE_SHIFT);
+    }
+    free(c.v);
+    if (rc == 0 && cur && cur->n == m->n && memcmp(cur->v, m->v, m->n * sizeof(*m->v)) == 0) {
         /* nothing moved (a log-dirty change, a harvest): keep the mappings,
          * and with them what the host and the dirty log know of them */
-        for (size_t i = 0; i < c.n; i++)
-            pages += (long)(c.v[i].bytes >> PAGE_SHIFT);
-        free(c.v);
+        free(m);
+        pthread_mutex_unlock(&n->mu);
+        pthread_mutex_unlock(&n->d->lock);
         return pages;
     }
-    if (rc == 0 && n->uffd >= 0) {
+    if (rc == 0 && n->logging) {
         /* mapping again forgets what was written: collect it first */
         rc = wp_scan(n, n->pending);
     }
-    for (size_t i = 0; rc == 0 && i <= c.n; i++) {
-        uint64_t lo = i < c.n ? c.v[i].gpa : n->top;
+    for (size_t i = 0; rc == 0 && i <= m->n; i++) {
+        uint64_t lo = i < m->n ? m->v[i].gpa : n->top;
         if (lo > at && map_none(at, lo) == MAP_FAILED) {
             rc = -errno;
             break;
         }
-        if (i == c.n)
+        if (i == m->n)
             break;
-        void *q = mmap((void *)(uintptr_t)c.v[i].gpa, c.v[i].bytes, PROT_READ | PROT_WRITE |
-                       PROT_EXEC, MAP_SHARED | MAP_FIXED, n->d->m->fd,
-                       (off_t)machine_offset(c.v[i].mfn));
+        const struct nrun *r = &m->v[i];
+        void *q = r->pod ? map_placeholder(r->gpa, r->bytes)
+                         : mmap((void *)(uintptr_t)r->gpa, r->bytes,
+                                PROT_READ | PROT_WRITE | PROT_EXEC, MAP_SHARED | MAP_FIXED,
+                                n->d->m->fd, (off_t)machine_offset(r->mfn));
         if (q == MAP_FAILED) {
             rc = -errno;
             break;
         }
-        (void)madvise(q, c.v[i].bytes, MADV_HUGEPAGE);
-        pages += (long)(c.v[i].bytes >> PAGE_SHIFT);
-        at = c.v[i].gpa + c.v[i].bytes;
+        if (!r->pod)
+            (void)madvise(q, r->bytes, MADV_HUGEPAGE);
+        rc = uffd_apply(n, r);
+        at = r->gpa + r->bytes;
     }
-    free(n->runs);
-    n->runs = NULL;
-    n->nruns = 0;
     if (rc < 0) {
         (void)map_none(LOW_GPA, n->top);
-        free(c.v);
-        return rc;
+        free(m);
+        m = map_new(0);
     }
-    n->runs = c.v;
-    n->nruns = c.n;
-    if (n->uffd >= 0) {
-        int w = wp_arm(n);
-        if (w < 0)
-            return w;
-    }
-    return pages;
+    map_publish(n, m);
+    pthread_mutex_unlock(&n->mu);
+    pthread_mutex_unlock(&n->d->lock);
+    return rc < 0 ? rc : pages;
 }
 
 static void *native_gpa_ptr(struct guest_exec *x, uint64_t gpa)
 {
     struct native *n = (struct native *)x;
     return run_find(n, gpa) ? (void *)(uintptr_t)gpa : NULL;
+}
+
+/* ---- populate-on-demand: the fault server's side ------------------------------- */
+
+static int native_pod_fd(struct guest_exec *x)
+{
+    return ((struct native *)x)->pod_uffd;
+}
+
+static uint64_t native_hva_gfn(struct guest_exec *x, uint64_t hva)
+{
+    struct native *n = (struct native *)x;
+    return hva >= LOW_GPA && hva < n->top ? hva >> PAGE_SHIFT : INVALID_GFN;
+}
+
+static uint64_t native_gfn_hva(struct guest_exec *x, uint64_t gfn)
+{
+    (void)x;
+    return gfn << PAGE_SHIFT;
+}
+
+/* gfn's leaf [gfn, gfn + 2^order) became RAM at mfn (d->lock held, vCPUs
+ * running): map it over its placeholder and publish runs that say so. */
+static int native_pod_mapped(struct guest_exec *x, uint64_t gfn, unsigned order, mfn_t mfn)
+{
+    struct native *n = (struct native *)x;
+    uint64_t lo = gfn << PAGE_SHIFT, bytes = order_pages(order) << PAGE_SHIFT;
+    pthread_mutex_lock(&n->mu);
+    const struct nmap *cur = n->map;
+    const struct nrun *r = map_find(cur, lo);
+    int rc = 0;
+    if (!r || !r->pod || lo + bytes > r->gpa + r->bytes) {
+        rc = -EINVAL; /* not a placeholder here: a sync will map it */
+        goto out;
+    }
+    void *q = mmap((void *)(uintptr_t)lo, bytes, PROT_READ | PROT_WRITE | PROT_EXEC,
+                   MAP_SHARED | MAP_FIXED, n->d->m->fd, (off_t)machine_offset(mfn));
+    if (q == MAP_FAILED) {
+        rc = -errno;
+        goto out;
+    }
+    (void)madvise(q, bytes, MADV_HUGEPAGE);
+    struct nmap *m = map_new(cur->n + 2);
+    if (!m) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    size_t k = 0, at = (size_t)(r - cur->v);
+    for (size_t i = 0; i < at; i++)
+        m->v[k++] = cur->v[i];
+    if (lo > r->gpa)
+        m->v[k++] = (struct nrun){r->gpa, lo - r->gpa, 0, 1};
+    struct nrun ram = {lo, bytes, mfn, 0};
+    m->v[k++] = ram;
+    if (lo + bytes < r->gpa + r->bytes)
+        m->v[k++] = (struct nrun){lo + bytes, r->gpa + r->bytes - lo - bytes, 0, 1};
+    for (size_t i = at + 1; i < cur->n; i++)
+        m->v[k++] = cur->v[i];
+    m->n = k;
+    map_publish(n, m);
+    rc = uffd_apply(n, &ram);
+out:
+    pthread_mutex_unlock(&n->mu);
+    return rc;
 }
 
 /* ---- vCPUs ------------------------------------------------------------------- */
@@ -647,15 +820,17 @@ static void native_thread_exit(struct guest_exec *x, unsigned i)
 
 /* ---- the dirty log ------------------------------------------------------------ */
 
-/* PAGEMAP_SCAN over the mirror: OR the pages written since the last scan
- * into bm (a bit per gfn) and protect them again.  -errno. */
-static int wp_scan(struct native *n, uint64_t *bm)
+/* PAGEMAP_SCAN over [lo, hi): OR the pages written since the last scan
+ * into bm (a bit per gfn; NULL: forget them) and protect them again. */
+static int wp_scan_range(struct native *n, uint64_t lo, uint64_t hi, uint64_t *bm)
 {
+    if (n->pagemap < 0)
+        return 0; /* not logging */
     struct pm_scan_arg a = {
         .size = sizeof(a),
         .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-        .start = LOW_GPA,
-        .end = n->top,
+        .start = lo,
+        .end = hi,
         .vec = (uint64_t)(uintptr_t)n->vec,
         .vec_len = SCAN_VEC,
         .category_mask = PAGE_IS_WRITTEN,
@@ -669,36 +844,37 @@ static int wp_scan(struct native *n, uint64_t *bm)
             for (uint64_t gfn = n->vec[r].start >> PAGE_SHIFT;
                  gfn < n->vec[r].end >> PAGE_SHIFT; gfn++)
                 bm[gfn / 64] |= 1ULL << (gfn % 64);
-        if (a.walk_end >= n->top || (k < SCAN_VEC && a.walk_end == 0))
+        if (a.walk_end >= hi || (k < SCAN_VEC && a.walk_end == 0))
             return 0;
         a.start = a.walk_end;
     }
 }
 
-/* Register the whole mirror for asynchronous write-protect and protect
- * every page (what was written before is forgotten: the caller collected
- * it or does not need it). */
-static int wp_arm(struct native *n)
+/* Every RAM run (placeholders have no page to protect: a touch there is a
+ * missing-page fault, and the page it gets is logged when it is mapped). */
+static int wp_scan(struct native *n, uint64_t *bm)
 {
-    struct uffdio_register r = {
-        .range = {.start = LOW_GPA, .len = n->top - LOW_GPA},
-        .mode = UFFDIO_REGISTER_MODE_WP,
-    };
-    if (ioctl(n->uffd, UFFDIO_REGISTER, &r) < 0)
-        return -errno;
-    return wp_scan(n, NULL);
+    const struct nmap *m = n->map;
+    for (size_t i = 0; m && i < m->n; i++) {
+        if (m->v[i].pod)
+            continue;
+        int rc = wp_scan_range(n, m->v[i].gpa, m->v[i].gpa + m->v[i].bytes, bm);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
 }
 
-static void wp_off(struct native *n)
+static void log_off(struct native *n)
 {
-    if (n->uffd >= 0) {
-        struct uffdio_range r = {.start = LOW_GPA, .len = n->top - LOW_GPA};
-        (void)ioctl(n->uffd, UFFDIO_UNREGISTER, &r);
-        close(n->uffd);
-    }
+    n->logging = false;
+    const struct nmap *m = n->map;
+    for (size_t i = 0; m && i < m->n && n->uffd >= 0; i++)
+        if (!m->v[i].pod)
+            uffd_unregister(n->uffd, m->v[i].gpa, m->v[i].bytes);
     if (n->pagemap >= 0)
         close(n->pagemap);
-    n->uffd = n->pagemap = -1;
+    n->pagemap = -1;
     free(n->pending);
     free(n->vec);
     n->pending = NULL;
@@ -708,33 +884,71 @@ static void wp_off(struct native *n)
 static int native_log_dirty(struct guest_exec *x, bool on)
 {
     struct native *n = (struct native *)x;
+    pthread_mutex_lock(&n->mu);
+    int rc = 0;
     if (!on) {
-        wp_off(n);
-        return 0;
+        log_off(n);
+        goto out;
     }
-    if (n->uffd >= 0)
-        return 0;
+    if (n->logging)
+        goto out;
+    if (n->uffd < 0) {
+        rc = -ENOTSUP; /* before Linux 6.7, or no userfaultfd */
+        goto out;
+    }
+    n->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    n->pending = calloc((size_t)((n->top >> PAGE_SHIFT) + 63) / 64, 8);
+    n->vec = calloc(SCAN_VEC, sizeof(*n->vec));
+    rc = n->pagemap < 0 ? -errno : (!n->pending || !n->vec) ? -ENOMEM : 0;
+    n->logging = rc == 0;
+    const struct nmap *m = n->map;
+    for (size_t i = 0; rc == 0 && m && i < m->n; i++)
+        if (!m->v[i].pod)
+            rc = uffd_apply(n, &m->v[i]);
+    if (rc < 0)
+        log_off(n);
+out:
+    pthread_mutex_unlock(&n->mu);
+    return rc;
+}
+
+/* A userfaultfd with these features, or -1 (not available here, or not
+ * these features: the dirty log's asynchronous write-protect needs Linux
+ * 6.7).  Two per mirror: the dirty log's (RAM, write-protect resolved by
+ * the kernel) and PoD's (placeholders: missing pages and writes to the
+ * zero page a read mapped, both for the fault server). */
+static int uffd_open(uint64_t features)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -1;
+    struct uffdio_api api = {.api = UFFD_API, .features = features};
+    if (ioctl(fd, UFFDIO_API, &api) == 0)
+        return fd;
+    close(fd);
+    return -1;
+}
+
+int native_dirty_log_probe(char *why, size_t len)
+{
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
     if (fd < 0 && errno == EINVAL)
         fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return -errno;
-    n->uffd = fd;
+    if (fd < 0) {
+        int e = errno;
+        snprintf(why, len, "userfaultfd: %s%s", strerror(e),
+                 e == EPERM ? " (vm.unprivileged_userfaultfd is 0: run as root)" : "");
+        return -e;
+    }
     struct uffdio_api api = {.api = UFFD_API,
                              .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
                                          UFFD_FEATURE_WP_HUGETLBFS_SHMEM};
-    int rc = 0;
-    if (ioctl(fd, UFFDIO_API, &api) < 0)
-        rc = errno == EINVAL ? -ENOTSUP : -errno; /* before Linux 6.7 */
-    if (rc == 0) {
-        n->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-        n->pending = calloc((size_t)((n->top >> PAGE_SHIFT) + 63) / 64, 8);
-        n->vec = calloc(SCAN_VEC, sizeof(*n->vec));
-        rc = n->pagemap < 0 ? -errno : (!n->pending || !n->vec) ? -ENOMEM : wp_arm(n);
-    }
+    int rc = ioctl(fd, UFFDIO_API, &api) < 0 ? -errno : 0;
+    close(fd);
     if (rc < 0)
-        wp_off(n);
-    return rc;
+        snprintf(why, len, "this kernel's userfaultfd has no asynchronous write-protect "
+                 "(Linux 6.7+), which the native backend's dirty log needs");
+    return rc == -EINVAL ? -ENOTSUP : rc;
 }
 
 static uint64_t native_dirty_gfns(struct guest_exec *x)
@@ -745,17 +959,17 @@ static uint64_t native_dirty_gfns(struct guest_exec *x)
 static int native_harvest(struct guest_exec *x, uint64_t *bm, uint64_t nr)
 {
     struct native *n = (struct native *)x;
-    if (n->uffd < 0 || nr < n->top >> PAGE_SHIFT)
-        return -EINVAL;
-    int rc = wp_scan(n, bm);
-    if (rc < 0)
-        return rc; /* pending kept: the next harvest reports it */
-    size_t words = (size_t)((n->top >> PAGE_SHIFT) + 63) / 64;
-    for (size_t w = 0; w < words; w++) {
-        bm[w] |= n->pending[w];
-        n->pending[w] = 0;
+    pthread_mutex_lock(&n->mu);
+    int rc = !n->logging || nr < n->top >> PAGE_SHIFT ? -EINVAL : wp_scan(n, bm);
+    if (rc == 0) { /* on failure pending is kept: the next harvest reports it */
+        size_t words = (size_t)((n->top >> PAGE_SHIFT) + 63) / 64;
+        for (size_t w = 0; w < words; w++) {
+            bm[w] |= n->pending[w];
+            n->pending[w] = 0;
+        }
     }
-    return 0;
+    pthread_mutex_unlock(&n->mu);
+    return rc;
 }
 
 static const char *native_dirty_source(struct guest_exec *x)
@@ -767,12 +981,18 @@ static const char *native_dirty_source(struct guest_exec *x)
 static void native_destroy(struct guest_exec *x)
 {
     struct native *n = (struct native *)x;
-    wp_off(n);
+    log_off(n);
+    if (n->uffd >= 0)
+        close(n->uffd); /* unregisters everything */
+    if (n->pod_uffd >= 0)
+        close(n->pod_uffd);
     if (n->reserved)
         munmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA);
     for (unsigned i = 0; i < n->nr; i++)
         free(n->cpu[i].altstack); /* the threads are joined: no altstack in use */
-    free(n->runs);
+    map_free_retired(n);
+    free(n->map);
+    pthread_mutex_destroy(&n->mu);
     free(n);
 }
 
@@ -792,6 +1012,10 @@ static const struct guest_exec_ops native_ops = {
     .harvest = native_harvest,
     .dirty_gfns = native_dirty_gfns,
     .dirty_source = native_dirty_source,
+    .pod_fd = native_pod_fd,
+    .hva_gfn = native_hva_gfn,
+    .gfn_hva = native_gfn_hva,
+    .pod_mapped = native_pod_mapped,
     .destroy = native_destroy,
 };
 
@@ -803,7 +1027,7 @@ static int ntop_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_t
 {
     struct ntop *t = ctx;
     (void)mfn, (void)e;
-    if (p2m_is_ram(type) && gfn + order_pages(order) > t->end)
+    if ((p2m_is_ram(type) || type == p2m_pod) && gfn + order_pages(order) > t->end)
         t->end = gfn + order_pages(order);
     return 0;
 }
@@ -819,7 +1043,11 @@ int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, ch
     n->x.guest_page_order = 0;
     n->d = g->d;
     n->nr = nr;
-    n->uffd = n->pagemap = -1;
+    n->pagemap = -1;
+    pthread_mutex_init(&n->mu, NULL);
+    n->uffd = uffd_open(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+                        UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+    n->pod_uffd = uffd_open(UFFD_FEATURE_THREAD_ID);
     for (unsigned i = 0; i < nr; i++) {
         n->cpu[i].n = n;
         n->cpu[i].i = i;
@@ -831,7 +1059,7 @@ int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, ch
     n->top = ((t.end << PAGE_SHIFT) + (2 * MiB) - 1) & ~(2 * MiB - 1);
     if (n->top <= LOW_GPA) {
         snprintf(why, len, "the domain has no RAM above gpa %#llx", (unsigned long long)LOW_GPA);
-        free(n);
+        native_destroy(&n->x);
         return -EINVAL;
     }
     void *p = mmap((void *)(uintptr_t)LOW_GPA, n->top - LOW_GPA, PROT_NONE,
@@ -844,7 +1072,7 @@ int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, ch
                  "guest-physical space, and %s (under ASan only the low 2 GiB are free: use a "
                  "smaller guest or the kvm backend)", (unsigned long long)LOW_GPA,
                  (unsigned long long)n->top, e == EEXIST ? "part of it is in use" : strerror(e));
-        free(n);
+        native_destroy(&n->x);
         return -ENOSPC;
     }
     n->reserved = true;

@@ -476,7 +476,19 @@ long pod_zero_sweep(struct domain *d, gfn_t gfn, uint64_t nr)
 
 /* ---- demand populate --------------------------------------------------------- */
 
+static int demand_populate(struct domain *d, gfn_t gfn, bool reclaim);
+
 int pod_demand_populate(struct domain *d, gfn_t gfn)
+{
+    return demand_populate(d, gfn, true);
+}
+
+int pod_demand_populate_cached(struct domain *d, gfn_t gfn)
+{
+    return demand_populate(d, gfn, false);
+}
+
+static int demand_populate(struct domain *d, gfn_t gfn, bool reclaim)
 {
     struct pod *p = &d->pod;
     enum p2m_type t;
@@ -487,8 +499,10 @@ int pod_demand_populate(struct domain *d, gfn_t gfn)
     p2m_get_entry(d->p2m, gfn, &t, &o);
     if (t != p2m_pod)
         return p2m_is_ram(t) ? 0 : -EINVAL;
+    if (!reclaim && p->count == 0)
+        return -ENOSPC; /* the caller stops the vCPUs and reclaims */
 
-    if (p->entry_count > p->count)
+    if (reclaim && p->entry_count > p->count)
         eager_reclaim(d);
     if (p->count == 0) {
         long r = pod_emergency_sweep(d);

@@ -139,6 +139,15 @@ size_t pod_shrink_runs(const struct domain *d);
  */
 int pod_demand_populate(struct domain *d, gfn_t gfn) HV_MUST_CHECK;
 
+/*
+ * The same from the cache alone, never reclaiming (no zero check, no
+ * sweep, so nothing but gfn's entry changes): what a program guest's fault
+ * server does while the other vCPUs keep running.  -ENOSPC when the cache
+ * is empty (the caller stops the vCPUs and calls pod_demand_populate);
+ * otherwise as pod_demand_populate.
+ */
+int pod_demand_populate_cached(struct domain *d, gfn_t gfn) HV_MUST_CHECK;
+
 /* One bounded emergency sweep (also what demand populate runs when the
  * cache is empty).  Returns pages reclaimed (> 0), -EAGAIN (budget spent,
  * pass not finished), or -ENOSPC (a whole pass found nothing). */

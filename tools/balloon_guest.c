@@ -122,6 +122,12 @@ int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_ba
         json_u64(&j, "host_2m_refused", d->stats.guest_2m_refused);
         json_u64(&j, "host_increase_fallback_4k", d->stats.increase_fallback_4k);
         json_u64(&j, "decrease_zero_2m", d->pod.stats.decrease_zero_2m);
+        bool pod = d->pod.target != 0;
+        json_bool(&j, "pod_guest", pod);
+        if (pod) {
+            cli_json_pod(&j, "pod", d);
+            cli_json_guest_pod(&j, "pod_faults", g);
+        }
         json_u64(&j, "vcpus", a->vcpus);
         json_u64(&j, "accesses", guest_accesses(g));
         json_bool(&j, "verified", vrc == 0);
@@ -161,6 +167,10 @@ int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_ba
                "behind its back (must be 0 on this path)\n",
                (unsigned long long)d->stats.guest_2m_refused,
                (unsigned long long)d->stats.increase_fallback_4k);
+        if (d->pod.target) {
+            cli_print_pod(d, stdout);
+            cli_print_guest_pod(g, stdout);
+        }
         printf("verified: %s%s%s\n", vrc == 0 ? "yes (the workload's memory, replayed)" : "no",
                vrc ? ": " : "", vrc ? verr : "");
         if (!a->no_audit)

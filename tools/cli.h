@@ -60,6 +60,16 @@ struct cmd {
     struct opt *opts; /* terminated by {0} */
 };
 
+/* Every command, in the order of `hugevm --help` (hugevm.c). */
+const struct cmd *const *cli_commands(size_t *n);
+/* The command takes --overcommit (it has a --guest-mem option). */
+bool cli_has_overcommit(const struct cmd *c);
+#define CLI_OVERCOMMIT_HELP "allow a --guest-mem beyond the host's memory plus swap"
+/* hugevm(1) (command NULL) or hugevm-COMMAND(1) as troff, and the bash
+ * completion, generated from the tables (doc.c).  0, or 1 after an error. */
+int cli_man(const char *command, FILE *out);
+int cli_completion(FILE *out);
+
 /* Parse argv (after the command name) with the command's option table.
  * Returns the number of positional arguments left in argv (compacted to the
  * front), or -1 after printing an error, or -2 if --help was printed. */
@@ -164,6 +174,9 @@ struct cli_phase {
     uint64_t t0, a0, accesses, kvm[3];
     double seconds, accesses_per_s, pmd_share;
 };
+/* The PoD fault server's counts of a program guest (report.c). */
+void cli_print_guest_pod(const struct guest *g, FILE *out);
+void cli_json_guest_pod(struct json *j, const char *key, const struct guest *g);
 void cli_phase_begin(struct cli_phase *p, struct guest *g);
 void cli_phase_end(struct cli_phase *p, struct guest *g);
 void cli_json_phase(struct json *j, const char *key, const struct cli_phase *p);

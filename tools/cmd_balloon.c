@@ -100,8 +100,7 @@ static int run_balloon(int argc, char **argv)
     if (!strcmp(o.backend, "auto")) {
         snprintf(bwhy, sizeof(bwhy), "auto: the host's balloon on soft vCPUs; --backend kvm or "
                  "native runs the guest's own balloon driver");
-    } else if (cli_backend("balloon", o.backend, o.pod_target ? "--pod-target" : NULL, false,
-                           &backend, bwhy, sizeof(bwhy))) {
+    } else if (cli_backend("balloon", o.backend, NULL, false, &backend, bwhy, sizeof(bwhy))) {
         return 1;
     }
     if (backend != GUEST_BACKEND_SOFT) {
@@ -118,8 +117,14 @@ static int run_balloon(int argc, char **argv)
         struct domain_config pcfg;
         domain_config_default(&pcfg);
         rc = domain_create(m, &pcfg, &d);
+        /* a PoD guest: PoD entries for all of it, a cache of --pod-target;
+         * its driver balloons down before its memory is touched (Xen's
+         * boot), and its touches are PoD faults the fault server serves */
         if (rc == 0)
-            rc = domain_populate_guest(d, o.guest_mem, NULL);
+            rc = domain_populate_guest_flags(d, o.guest_mem,
+                                             o.pod_target ? DOMAIN_POPULATE_POD : 0, NULL);
+        if (rc == 0 && o.pod_target)
+            rc = pod_set_target(d, o.pod_target >> PAGE_SHIFT);
         if (rc < 0) {
             cli_error("balloon: building the guest failed: %s", strerror(-rc));
         } else {

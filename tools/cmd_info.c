@@ -15,9 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "guest.h"
-#include "kvm.h"
-#include "machine.h"
+#include "hugevm.h" /* the public API suffices here (hugevm_host_info) */
 
 static bool opt_json;
 
@@ -37,23 +35,17 @@ static uint64_t meminfo(const char *key)
     return v;
 }
 
-static const char *thp_advice(enum thp_shmem t)
+static const char *thp_advice(const struct hugevm_host_info *h)
 {
-    switch (t) {
-    case THP_SHMEM_ADVISE:
-    case THP_SHMEM_ALWAYS:
-    case THP_SHMEM_WITHIN_SIZE:
-    case THP_SHMEM_FORCE:
+    if (h->thp_usable)
         return "nothing to set: guests get 2M host pages where their p2m has 2M or 1G leaves";
-    case THP_SHMEM_NEVER:
+    if (!strcmp(h->thp_shmem, "never"))
         return "as root: echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled "
                "(hugevm advises its own mappings only); until then guests run on 4K host "
                "pages and KVM maps them at 4K whatever hugevm's p2m holds";
-    case THP_SHMEM_DENY:
+    if (!strcmp(h->thp_shmem, "deny"))
         return "shmem THP is denied on this host: guests run on 4K host pages";
-    default:
-        return "the shmem THP setting is unreadable: host superpages are unknown";
-    }
+    return "the shmem THP setting is unreadable: host superpages are unknown";
 }
 
 static int run_info(int argc, char **argv)
@@ -61,26 +53,27 @@ static int run_info(int argc, char **argv)
     (void)argv;
     if (argc)
         return cli_error("info: no positional arguments expected");
-    enum thp_shmem t = thp_shmem_read();
-    char kvm_why[256] = "", auto_why[300];
-    bool have_kvm = kvm_probe(kvm_why, sizeof(kvm_why)) == 0;
-    enum guest_backend ab = guest_backend_auto(auto_why, sizeof(auto_why));
-    long pages = sysconf(_SC_PHYS_PAGES);
-    uint64_t host = pages > 0 ? (uint64_t)pages * PAGE_SIZE : 0;
+    struct hugevm_host_info h;
+    hugevm_host_info(&h);
+    bool have_kvm = h.kvm;
+    const char *kvm_why = h.kvm_why, *auto_why = h.auto_why;
+    const char *ab = hugevm_backend_name(h.auto_backend);
+    uint64_t host = h.ram_bytes;
     uint64_t huge_total = meminfo("HugePages_Total"), huge_free = meminfo("HugePages_Free");
     uint64_t huge_kb = meminfo("Hugepagesize");
     if (opt_json) {
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
+        json_str(&j, "version", hugevm_version());
         json_u64(&j, "host_bytes", host);
-        json_str(&j, "thp_shmem", thp_shmem_name(t));
-        json_bool(&j, "thp_shmem_usable", thp_shmem_usable(t));
-        json_str(&j, "thp_advice", thp_advice(t));
+        json_str(&j, "thp_shmem", h.thp_shmem);
+        json_bool(&j, "thp_shmem_usable", h.thp_usable);
+        json_str(&j, "thp_advice", thp_advice(&h));
         json_bool(&j, "kvm", have_kvm);
         if (!have_kvm)
             json_str(&j, "kvm_why", kvm_why);
-        json_str(&j, "backend_auto", guest_backend_name(ab));
+        json_str(&j, "backend_auto", ab);
         json_str(&j, "backend_auto_why", auto_why);
         json_obj_begin(&j, "backends");
         json_bool(&j, "soft", true);
@@ -98,15 +91,15 @@ static int run_info(int argc, char **argv)
         return 0;
     }
     char b[32];
-    printf("host memory: %s\n", hv_fmt_size(host, b, sizeof(b)));
+    printf("hugevm %s\nhost memory: %s\n", hugevm_version(), hv_fmt_size(host, b, sizeof(b)));
     printf("backends:\n");
     printf("  kvm     %s\n", have_kvm ? "usable: real guest code under /dev/kvm" : kvm_why);
     printf("  soft    usable: software vCPUs (EPT walker, TLB model, PML)\n");
     printf("  native  usable: guest programs run as host code (no KVM counters, no dirty log)\n");
-    printf("  --backend auto picks %s (%s)\n", guest_backend_name(ab), auto_why);
+    printf("  --backend auto picks %s (%s)\n", ab, auto_why);
     printf("host superpages (hugevm's machine is a memfd: shmem THP):\n");
-    printf("  shmem THP: %s\n    %s\n", thp_shmem_name(t), thp_shmem_explain(t));
-    printf("    to do: %s\n", thp_advice(t));
+    printf("  shmem THP: %s\n    %s\n", h.thp_shmem, h.thp_explain);
+    printf("    to do: %s\n", thp_advice(&h));
     printf("  hugetlbfs: %llu pages of %llu KiB reserved, %llu free; hugevm does not use them "
            "(a hugetlb machine has no 4K pages for the VGA hole, ballooning and log-dirty: see "
            "the README)\n", (unsigned long long)huge_total, (unsigned long long)huge_kb,

@@ -188,9 +188,7 @@ static int run_run(int argc, char **argv)
         return cli_error("run: unexpected argument '%s'", argv[0]);
     int backend;
     char bwhy[300];
-    const char *soft_only = o.log_dirty && !o.migrate_to ? "--log-dirty"
-                            : o.pod_target                ? "--pod-target"
-                                                          : NULL;
+    const char *soft_only = o.log_dirty && !o.migrate_to ? "--log-dirty" : NULL;
     bool need_prog = o.guest_program || !strcmp(o.workload, "chase");
     if (cli_backend("run", o.backend, soft_only, need_prog, &backend, bwhy, sizeof(bwhy)))
         return 1;

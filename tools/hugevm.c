@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "domain.h"
+#include "hugevm.h"
 
 static const struct cmd *const commands[] = {
     &cmd_populate,
@@ -28,6 +29,12 @@ static const struct cmd *const commands[] = {
     &cmd_migrate,
     &cmd_receive,
 };
+
+const struct cmd *const *cli_commands(size_t *n)
+{
+    *n = ARRAY_SIZE(commands);
+    return commands;
+}
 
 int cli_error(const char *fmt, ...)
 {
@@ -59,11 +66,12 @@ void cli_help(const struct cmd *c, FILE *out)
                  o->arg ? o->arg : "");
         fprintf(out, "  %-26s %s\n", left, o->help);
     }
-    if (find_opt(c, "guest-mem"))
-        fprintf(out, "  %-26s %s\n", "--overcommit",
-                "allow a --guest-mem beyond the host's memory plus swap");
+    if (cli_has_overcommit(c))
+        fprintf(out, "  %-26s %s\n", "--overcommit", CLI_OVERCOMMIT_HELP);
     fprintf(out, "  %-26s %s\n", "--help", "show this help");
 }
+
+bool cli_has_overcommit(const struct cmd *c) { return find_opt(c, "guest-mem") != NULL; }
 
 /* Reject what strtoull and strtod would quietly accept: leading spaces
  * and signs (strtoull wraps "-1"), "nan", "inf". */
@@ -252,7 +260,8 @@ static void usage(FILE *out)
                  "hugevm: guest memory that keeps its superpages.\n\ncommands:\n");
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
         fprintf(out, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
-    fprintf(out, "\n'hugevm COMMAND --help' describes a command's options.\n");
+    fprintf(out, "\n'hugevm COMMAND --help' describes a command's options; 'hugevm --version'\n"
+                 "prints the version; 'man hugevm-COMMAND' has the same in a man page.\n");
 }
 
 int main(int argc, char **argv)
@@ -265,6 +274,15 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (!strcmp(argv[1], "--version")) {
+        printf("hugevm %s\n", hugevm_version());
+        return 0;
+    }
+    /* generators for the build (docs/meson.build): man pages, completion */
+    if (!strcmp(argv[1], "--man"))
+        return argc > 3 ? 2 : cli_man(argc == 3 ? argv[2] : NULL, stdout) ? 2 : 0;
+    if (!strcmp(argv[1], "--completion"))
+        return argc > 2 ? 2 : cli_completion(stdout);
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
         const struct cmd *c = commands[i];
         if (strcmp(argv[1], c->name) != 0)

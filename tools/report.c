@@ -312,3 +312,23 @@ void cli_print_phase(const char *what, const struct cli_phase *p)
         printf("; host 2M share %.0f%%", p->pmd_share * 100);
     printf("\n");
 }
+
+/* ---- a program guest's PoD fault server ---------------------------------------- */
+
+void cli_print_guest_pod(const struct guest *g, FILE *out)
+{
+    fprintf(out, "  PoD fault server (the guest's touches of PoD memory):\n");
+#define X(name, desc)                                                          \
+    fprintf(out, "    %-22s %12llu  %s\n", #name, (unsigned long long)g->pod.name, desc);
+    GUEST_POD_FIELDS(X)
+#undef X
+}
+
+void cli_json_guest_pod(struct json *j, const char *key, const struct guest *g)
+{
+    json_obj_begin(j, key);
+#define X(name, desc) json_u64(j, #name, g->pod.name);
+    GUEST_POD_FIELDS(X)
+#undef X
+    json_obj_end(j);
+}

@@ -95,7 +95,9 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
     pc.write_rate = a->write_rate;
     pc.zipf_theta = a->theta;
     pc.console_fd = a->json ? -1 : 1;
-    pc.touch_first = true; /* the speed reported is the workload's, not first touches' */
+    /* the speed reported is the workload's, not first touches'; a PoD
+     * guest's first pass would populate all of it, past its target */
+    pc.touch_first = d->pod.target == 0;
     if (a->backend == GUEST_BACKEND_KVM &&
         guest_page_order_of(a->guest_page, &pc.guest_page_order) < 0)
         return cli_error("run: --guest-page %s: the kvm backend's guest page tables use 2M, 1G "
@@ -279,6 +281,20 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
         json_u64(&j, "host_rss_bytes", rss);
         json_u64(&j, "host_pmd_mapped_bytes", pmd);
         json_dbl(&j, "host_pmd_mapped_share", pmd_share);
+        /* the phases of issue 11: this run is the guest "before" (a run
+         * that may be saved or migrated) or "after" (a restored guest) */
+        struct cli_phase ph = {
+            .valid = true, .have_kvm = have_mmu, .have_host = have_map,
+            .accesses = end_acc - warm_acc, .seconds = (double)(end_t - warm_t) / 1e9,
+            .accesses_per_s = rate, .pmd_share = pmd_share,
+            .kvm = {mmu[0], mmu[1], mmu[2]},
+        };
+        struct cli_phase none = {0};
+        json_obj_begin(&j, "phases");
+        cli_json_phase(&j, "before", a->resume ? &none : &ph);
+        cli_json_phase(&j, "during", &none);
+        cli_json_phase(&j, "after", a->resume ? &ph : &none);
+        json_obj_end(&j);
         json_obj_begin(&j, "guest_stats");
 #define X(name, desc) json_u64(&j, #name, g->st.name);
         GUEST_STAT_FIELDS(X)
@@ -298,6 +314,10 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
             json_obj_end(&j);
         }
         cli_json_domain(&j, "domain", d);
+        if (d->pod.target) {
+            cli_json_pod(&j, "pod", d);
+            cli_json_guest_pod(&j, "pod_faults", g);
+        }
         json_str(&j, "audit", a->no_audit ? "skipped" : audit ? hv_audit_last() : "ok");
         json_obj_end(&j);
         json_finish(&j);
@@ -323,6 +343,10 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
                    "--backend %s\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
                    (unsigned long long)sr.pages_data, a->save, guest_backend_name(a->backend));
         cli_print_domain(d, stdout);
+        if (d->pod.target) {
+            cli_print_pod(d, stdout);
+            cli_print_guest_pod(g, stdout);
+        }
         if (!a->no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
