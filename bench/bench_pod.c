@@ -14,6 +14,7 @@
 #include "bench.h"
 #include "defrag.h"
 #include "domain.h"
+#include "pod.h"
 #include "zero.h"
 
 #define PRUNS 3

@@ -172,6 +172,11 @@ _Static_assert(sizeof(struct hvg_param) <= 4096, "the parameter page is one page
 #endif
 
 /* hvg_param.flags */
+#define HVG_F_BALLOON_4K 0x2u    /* the balloon driver gives memory back in 4K
+                                  * pages, 512 per 2M extent (as Linux's does) */
+#define HVG_F_BALLOON_SCRUB 0x4u /* and first writes zeros over each extent (a
+                                  * guest that had used it: a PoD guest's extent
+                                  * is then a populated zero superpage) */
 #define HVG_F_TOUCH 0x1u /* read one word of every page of the slice before
                           * running (no effect on the results): a timed run
                           * then measures the workload, not first touches */

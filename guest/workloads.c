@@ -38,6 +38,23 @@ static void balloon(struct hvg_param *p)
     target &= ~511ULL;
     while (p->balloon_current != target && !p->balloon_error && !vp->stop) {
         uint64_t cur = p->balloon_current / 512, want = target / 512, n = 0;
+        if (cur < want && (p->flags & HVG_F_BALLOON_4K)) {
+            /* one extent, as 512 pages of 4K */
+            uint64_t g0 = balloon_gfn(p, cur);
+            if (p->flags & HVG_F_BALLOON_SCRUB)
+                for (uint64_t i = 0; i < 512; i++)
+                    *(volatile uint64_t *)(uintptr_t)((g0 + i) << 12) = 0;
+            for (uint64_t i = 0; i < 512; i++)
+                list[i] = g0 + i;
+            int64_t r = hvg_call4(p, HVG_CALL_MEMORY, HVG_MEM_DECREASE, 0, (uint64_t)(uintptr_t)list, 512);
+            p->balloon_calls++;
+            if (r != 512) {
+                vp->balloon_error = r < 0 ? r : -3;
+                return;
+            }
+            vp->balloon_current = (cur + 1) * 512;
+            continue;
+        }
         if (cur < want) {
             for (; n < BALLOON_LIST && cur + n < want; n++)
                 list[n] = balloon_gfn(p, cur + n);

@@ -55,7 +55,8 @@ if [ "$backend" = native ]; then
 fi
 rm -f "$tmp/port"
 "$hv" receive --listen 127.0.0.1:0 --port-file "$tmp/port" --run 3 --attempts 1 \
-  --accept-timeout 30 --psk-file "$tmp/psk" --host-mem 3G >"$tmp/receiver.log" 2>&1 &
+  --accept-timeout 30 --psk-file "$tmp/psk" --host-mem 3G --backend "$backend" \
+  >"$tmp/receiver.log" 2>&1 &
 rpid=$!
 for _ in $(seq 600); do [ -s "$tmp/port" ] && break; sleep 0.1; done
 [ -s "$tmp/port" ] || { echo "the receiver did not start:"; cat "$tmp/receiver.log"; exit 1; }

@@ -75,6 +75,7 @@
 
 #include "common.h"
 #include "domain.h"
+#include "domain_hooks.h"
 
 enum dirty_mode {
     DIRTY_SPLIT_ON_WRITE = 0,
@@ -202,17 +203,8 @@ int dirty_write_fault(struct domain *d, gfn_t gfn) HV_MUST_CHECK;
 void dirty_pml_full(struct domain *d, struct pml_buffer *pml);
 /* A vCPU wrote gfn (ground truth for the over-marking figure). */
 void dirty_note_write(struct domain *d, gfn_t gfn);
-/* A new RAM leaf of `order` was mapped at gfn (aligned; ram_rw, D clear,
- * over gfns that were unmapped or PoD): mark its gfns and give it the
- * active mode's form (for a new PoD entry: just cover it in the bitmap).
- * Never fails; no-op when log-dirty is off.  Called by domain.c (populate,
- * increase_reservation, domain_map_extent) and pod.c (demand populate)
- * with d->lock held or no vCPU quantum running (the caller's contract). */
-void dirty_on_map(struct domain *d, gfn_t gfn, unsigned order);
-/* RAM in [gfn, gfn + nr) is about to be unmapped (or become PoD): mark
- * every RAM gfn of the range, and the whole of every RAM leaf overlapping
- * it whose D bit is set.  No-op when off. */
-void dirty_on_unmap(struct domain *d, gfn_t gfn, uint64_t nr);
+/* dirty_on_map and dirty_on_unmap, the domain's calls into log-dirty when
+ * it maps or unmaps RAM, are declared in domain_hooks.h. */
 /* Register a vCPU's buffer with the domain (vcpu_create / vcpu_destroy). */
 void dirty_pml_register(struct domain *d, struct pml_buffer *pml);
 void dirty_pml_unregister(struct domain *d, struct pml_buffer *pml);

@@ -27,7 +27,7 @@
  * leaves in its range with the same single p2m change as RAM ones.
  */
 #include "domain.h"
-#include "dirty.h"
+#include "domain_hooks.h"
 
 #include <assert.h>
 #include <stdarg.h>

@@ -56,7 +56,7 @@
 #include "common.h"
 #include "machine.h"
 #include "p2m.h"
-#include "pod.h"
+#include "pod_state.h"
 
 struct dirty_log;
 struct pml_buffer;

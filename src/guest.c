@@ -256,6 +256,8 @@ static void bump_gen(struct guest *g)
 
 bool guest_park(struct guest *g, unsigned i)
 {
+    /* not (any more) waiting in a PoD fault: it is here */
+    __atomic_fetch_and(&g->blocked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
     __atomic_fetch_or(&g->parked_mask, 1ULL << i, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
@@ -447,9 +449,12 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
         if (!is_aligned_order(list[k], (unsigned)order) || list[k] < low ||
             list[k] >= P2M_GFN_LIMIT - nr)
             return -EINVAL;
-    __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL); /* waiting: parked */
+    /* waiting for another call: parked (it may be holding the vCPUs) */
+    __atomic_fetch_or(&g->parked_mask, 1ULL << i, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
     pthread_mutex_lock(&g->memcall_mu);
+    __atomic_fetch_and(&g->parked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
     __atomic_sub_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     hold_vcpus_but(g, (int)i);
     struct domain *d = g->d;
@@ -599,12 +604,15 @@ static int vcpu_of_tid(struct guest *g, int tid)
 
 static void pod_wake_vcpu(struct guest *g, int fd, uint64_t hva, int v)
 {
-    struct uffdio_range r = {.start = hva & ~(uint64_t)(PAGE_SIZE - 1), .len = PAGE_SIZE};
-    (void)ioctl(fd, UFFDIO_WAKE, &r);
+    /* the bit goes before the wake: once woken the vCPU may run guest code,
+     * and a hold must then kick it out rather than count it stopped (a
+     * hold kicks every vCPU it does not find parked) */
     if (v >= 0) {
-        __atomic_fetch_and(&g->blocked_mask, ~(1ULL << v), __ATOMIC_ACQ_REL);
+        __atomic_fetch_and(&g->blocked_mask, ~(1ULL << v), __ATOMIC_SEQ_CST);
         futex_wake(&g->parked);
     }
+    struct uffdio_range r = {.start = hva & ~(uint64_t)(PAGE_SIZE - 1), .len = PAGE_SIZE};
+    (void)ioctl(fd, UFFDIO_WAKE, &r);
 }
 
 /* The guest failed at this fault: let the vCPU out of it (a vCPU waiting
@@ -616,6 +624,73 @@ static void pod_unblock(struct guest *g, int fd, uint64_t hva, int v)
     (void)mmap(p, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
                -1, 0);
     pod_wake_vcpu(g, fd, hva, v);
+}
+
+/* Run lists retired by PoD faults kept at most (then a held sync frees them). */
+#define POD_RETIRED_MAX (8u << 20)
+
+/* The server's queue of faults read but not served yet (server thread only). */
+#define POD_QUEUE 256
+struct pod_fault {
+    uint64_t hva;
+    int vcpu;
+    bool write;
+};
+static __thread struct pod_fault pod_q[POD_QUEUE];
+static __thread unsigned pod_qh, pod_qn;
+
+/* Read what faults the userfaultfd holds (without waiting) into the queue;
+ * their vCPUs count as stopped from now on (they wait for us). */
+static void pod_drain(struct guest *g, int fd)
+{
+    while (pod_qn < POD_QUEUE) {
+        struct uffd_msg m[16];
+        size_t room = POD_QUEUE - pod_qn < 16 ? POD_QUEUE - pod_qn : 16;
+        ssize_t r = read(fd, m, room * sizeof(m[0]));
+        if (r <= 0)
+            break;
+        for (size_t k = 0; k < (size_t)r / sizeof(m[0]); k++) {
+            if (m[k].event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            int v = vcpu_of_tid(g, (int)m[k].arg.pagefault.feat.ptid);
+            /* it waits on that page as long as the mirror does not map it
+             * (a vCPU pulled out of the wait retries the same access); a
+             * fault on a page mapped since is stale and counts for nothing.
+             * Only KVM's: a native vCPU's wait is a user fault, which the
+             * kick always interrupts (it then parks) */
+            uint64_t gfn = g->x->ops->hva_gfn(g->x, m[k].arg.pagefault.address);
+            if (v >= 0 && g->backend == GUEST_BACKEND_KVM &&
+                (gfn == INVALID_GFN || !g->x->ops->gpa_ptr(g->x, gfn << PAGE_SHIFT)))
+                __atomic_fetch_or(&g->blocked_mask, 1ULL << v, __ATOMIC_ACQ_REL);
+            pod_q[(pod_qh + pod_qn++) % POD_QUEUE] = (struct pod_fault){
+                m[k].arg.pagefault.address, v,
+                (m[k].arg.pagefault.flags &
+                 (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0};
+        }
+    }
+    futex_wake(&g->parked);
+}
+
+/* The server's hold: as hold_vcpus, but while it waits it keeps reading
+ * faults (a vCPU that faults meanwhile waits in the fault, inside KVM_RUN
+ * perhaps, where no kick reaches it: it counts as stopped once read). */
+static void pod_hold(struct guest *g, int fd)
+{
+    __atomic_add_fetch(&g->hold, 1, __ATOMIC_ACQ_REL);
+    bump_gen(g);
+    uint64_t pm = __atomic_load_n(&g->parked_mask, __ATOMIC_ACQUIRE);
+    for (unsigned i = 0; i < g->nr_vcpus; i++)
+        if (!(pm & (1ULL << i)))
+            g->x->ops->kick(g->x, i);
+    for (;;) {
+        pod_drain(g, fd);
+        uint32_t parked = ld32(&g->parked), running = ld32(&g->running);
+        if (stopped_vcpus(g, -1, false) >= running)
+            break;
+        for (unsigned i = 0; i < g->nr_vcpus; i++)
+            g->x->ops->kick(g->x, i);
+        futex_wait(&g->parked, parked, 1000 * 1000);
+    }
 }
 
 /*
@@ -631,7 +706,7 @@ static int pod_zero_read(struct guest *g, int fd, uint64_t gfn)
 {
     struct domain *d = g->d;
     struct guest_exec *x = g->x;
-    hold_vcpus(g);
+    pod_hold(g, fd);
     pthread_mutex_lock(&g->memcall_mu);
     domain_lock(d);
     enum p2m_type t;
@@ -741,7 +816,7 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
     }
 held:
     if (rc != -ESRCH) {
-        hold_vcpus(g);
+        pod_hold(g, fd);
         pthread_mutex_lock(&g->memcall_mu);
         for (unsigned k = 0; k < 1000; k++) {
             domain_lock(d);
@@ -791,25 +866,26 @@ static void *pod_server_main(void *arg)
             if (__atomic_load_n(&g->pod_stop, __ATOMIC_ACQUIRE))
                 break;
         }
-        __atomic_add_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
-        if (!__atomic_load_n(&g->pod_paused, __ATOMIC_ACQUIRE)) {
-            struct uffd_msg m[16];
-            ssize_t r = read(fd, m, sizeof(m));
-            size_t n = r > 0 ? (size_t)r / sizeof(m[0]) : 0;
-            int v[16];
-            for (size_t k = 0; k < n; k++) {
-                v[k] = m[k].event == UFFD_EVENT_PAGEFAULT
-                           ? vcpu_of_tid(g, (int)m[k].arg.pagefault.feat.ptid)
-                           : -1;
-                if (v[k] >= 0) /* it waits for us: stopped, for a hold */
-                    __atomic_fetch_or(&g->blocked_mask, 1ULL << v[k], __ATOMIC_ACQ_REL);
+        __atomic_add_fetch(&g->pod_serving, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&g->pod_paused, __ATOMIC_SEQ_CST)) {
+            pod_drain(g, fd);
+            while (pod_qn) {
+                struct pod_fault f = pod_q[pod_qh];
+                pod_qh = (pod_qh + 1) % POD_QUEUE;
+                pod_qn--;
+                pod_serve(g, fd, f.hva, f.vcpu, f.write);
             }
-            futex_wake(&g->parked);
-            for (size_t k = 0; k < n; k++)
-                if (m[k].event == UFFD_EVENT_PAGEFAULT)
-                    pod_serve(g, fd, m[k].arg.pagefault.address, v[k],
-                              (m[k].arg.pagefault.flags &
-                               (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0);
+            if (g->x->ops->retired_bytes && g->x->ops->retired_bytes(g->x) > POD_RETIRED_MAX) {
+                /* the run lists replaced fault by fault: a sync with the
+                 * vCPUs held frees them and compacts the mirror's runs */
+                pod_hold(g, fd);
+                pthread_mutex_lock(&g->memcall_mu);
+                if (g->x->ops->sync(g->x) < 0)
+                    forget_params(g);
+                g->st.syncs++;
+                pthread_mutex_unlock(&g->memcall_mu);
+                release_vcpus(g);
+            }
         }
         __atomic_sub_fetch(&g->pod_serving, 1, __ATOMIC_ACQ_REL);
         futex_wake(&g->pod_serving);
@@ -817,19 +893,23 @@ static void *pod_server_main(void *arg)
     return NULL;
 }
 
-static void pod_server_start(struct guest *g)
+/* 0, or -errno: then a touch of a PoD placeholder would wait forever, so
+ * the guest must not start. */
+static int pod_server_start(struct guest *g)
 {
     if (g->pod_live || !g->x->ops->pod_fd || g->x->ops->pod_fd(g->x) < 0)
-        return;
+        return 0;
     if (pipe2(g->pod_wake, O_CLOEXEC | O_NONBLOCK) < 0)
-        return;
+        return -errno;
     __atomic_store_n(&g->pod_stop, 0, __ATOMIC_RELEASE);
-    if (pthread_create(&g->pod_thread, NULL, pod_server_main, g) != 0) {
+    int rc = pthread_create(&g->pod_thread, NULL, pod_server_main, g);
+    if (rc != 0) {
         close(g->pod_wake[0]);
         close(g->pod_wake[1]);
-        return;
+        return -rc;
     }
     g->pod_live = true;
+    return 0;
 }
 
 static void pod_server_stop(struct guest *g)
@@ -871,6 +951,9 @@ static void *vcpu_main(void *arg)
         }
         struct guest_exit ex = {0};
         rc = g->x->ops->run(g->x, i, &ex);
+        /* out of the guest: not waiting in a PoD fault, whatever the server
+         * has read */
+        __atomic_fetch_and(&g->blocked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
         __atomic_add_fetch(&g->st.exits, 1, __ATOMIC_RELAXED);
         if (rc < 0) {
             char what[200];
@@ -1070,7 +1153,9 @@ static int load_guest(struct guest *g, const struct mem_walk *mw, char *why, siz
             .zipf_theta_bits = tb.u,
             .batch = g->pc.batch ? g->pc.batch : 4096,
             .nr_extents = mw->n,
-            .flags = g->pc.touch_first ? HVG_F_TOUCH : 0,
+            .flags = (g->pc.touch_first ? HVG_F_TOUCH : 0) |
+                     (g->pc.balloon_4k ? HVG_F_BALLOON_4K : 0) |
+                     (g->pc.balloon_scrub ? HVG_F_BALLOON_SCRUB : 0),
             .balloon_pages = g->pc.balloon_pages,
         };
         memcpy(p->ext, mw->ext, mw->n * sizeof(mw->ext[0]));
@@ -1208,6 +1293,9 @@ int guest_start(struct guest *g)
         return 0;
     }
     guest_signals_install();
+    int prc = pod_server_start(g); /* before any vCPU can touch PoD memory */
+    if (prc < 0)
+        return prc;
     __atomic_store_n(&g->halt, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&g->running, g->nr_vcpus, __ATOMIC_RELEASE);
     for (unsigned i = 0; i < g->nr_vcpus; i++) {
@@ -1225,12 +1313,12 @@ int guest_start(struct guest *g)
                 g->x->ops->kick(g->x, k);
                 pthread_join(g->threads[k], NULL);
             }
+            pod_server_stop(g);
             return -rc;
         }
     }
     g->threads_live = true;
     g->started = true;
-    pod_server_start(g); /* without it, a PoD touch is an access outside RAM */
     return 0;
 }
 
@@ -1246,8 +1334,8 @@ void guest_pause(struct guest *g)
         hold_vcpus_how(g, -1, true);
         /* the fault server maps nothing more until resume: wait for the
          * fault it may be serving */
-        __atomic_store_n(&g->pod_paused, 1, __ATOMIC_RELEASE);
-        for (uint32_t v; (v = ld32(&g->pod_serving)) != 0;)
+        __atomic_store_n(&g->pod_paused, 1, __ATOMIC_SEQ_CST);
+        for (uint32_t v; (v = __atomic_load_n(&g->pod_serving, __ATOMIC_SEQ_CST)) != 0;)
             futex_wait(&g->pod_serving, v, 10 * 1000 * 1000);
         g->paused = true;
     }

@@ -47,6 +47,7 @@
 
 #include "common.h"
 #include "dirty.h"
+#include "pod.h"
 #include "vcpu.h"
 #include "save.h"
 #include "workload.h"
@@ -81,6 +82,8 @@ struct guest_prog_config {
     uint64_t batch;             /* operations between publications (0: 4096) */
     unsigned guest_page_order;  /* kvm: 9 or 18; 0: the largest the CPUID offers */
     bool touch_first;           /* HVG_F_TOUCH: each vCPU reads its slice once first */
+    bool balloon_4k;            /* HVG_F_BALLOON_4K: the driver gives back 4K pages */
+    bool balloon_scrub;         /* HVG_F_BALLOON_SCRUB: zeroing each extent first */
     uint64_t balloon_pages;     /* the top of the workload memory for vCPU 0's
                                  * balloon driver (a multiple of 512) */
     /* A user's program instead of the built-in one (ELF64 image in memory,
@@ -415,6 +418,9 @@ struct guest_exec_ops {
     uint64_t (*hva_gfn)(struct guest_exec *x, uint64_t hva);
     uint64_t (*gfn_hva)(struct guest_exec *x, uint64_t gfn);
     int (*pod_mapped)(struct guest_exec *x, uint64_t gfn, unsigned order, mfn_t mfn);
+    /* Bytes of run lists pod_mapped replaced, kept for lock-free readers
+     * until the next sync (which runs with the vCPUs held) frees them. */
+    size_t (*retired_bytes)(struct guest_exec *x);
     /* The host wrote guest page gfn through the mirror (a call's result):
      * log it where the backend's log would not see it (NULL: it does).
      * Async-signal-safe. */

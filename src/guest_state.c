@@ -1,6 +1,6 @@
 /*
  * guest_state.c - vCPU and workload state as HVM_CONTEXT TLVs (see
- * guest_state.h).  The wire structs are migrate.h's; save/restore and live
+ * guest_state.h, which also holds the wire structs); save/restore and live
  * migration (migrate.c) both encode and decode through this file.
  */
 #include "guest_state.h"
@@ -11,10 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "migrate.h"
-
-_Static_assert(GUEST_STATE_MAX_VCPUS == MIGRATE_MAX_VCPUS, "one vCPU limit");
 
 static uint64_t dbl_bits(double x)
 {

@@ -3,8 +3,8 @@
  * (HVCTX_VCPU = 3, HVCTX_WORKLOAD = 4; save.h reserves the types, docs/
  * stream.md describes the values).
  *
- * The encoding is exactly migrate.h's struct mig_vcpu_tlv and struct
- * mig_workload_tlv (little-endian, one pair per vCPU): a stream saved by
+ * The encoding is exactly struct mig_vcpu_tlv and struct mig_workload_tlv
+ * below (the wire structs of migrate.h's HVM_CONTEXT) (little-endian, one pair per vCPU): a stream saved by
  * `hugevm run --save` and one written by a live migration carry the same
  * bytes, and either can be resumed by `hugevm restore --run` or by
  * migrate_receive.
@@ -23,6 +23,21 @@
 #include "workload.h"
 
 #define GUEST_STATE_MAX_VCPUS 64 /* == MIGRATE_MAX_VCPUS */
+
+/* HVM_CONTEXT TLVs carrying the guest (save.h reserves the types; this file
+ * encodes and decodes them for both migration and save/restore). */
+struct mig_vcpu_tlv {
+    uint32_t id, nr_vcpus, guest_order, reserved;
+    uint32_t entries[3], ways[3];
+};
+_Static_assert(sizeof(struct mig_vcpu_tlv) == 40, "HVCTX_VCPU");
+struct mig_workload_tlv {
+    uint32_t vcpu, kind, quantum, reserved;
+    uint64_t seed, write_rate;
+    uint64_t write_frac, zipf_theta, wss; /* IEEE-754 doubles */
+    uint64_t rng, pos, pass, seq, checksum, writes;
+};
+_Static_assert(sizeof(struct mig_workload_tlv) == 104, "HVCTX_WORKLOAD");
 
 struct guest_vcpu_state {
     struct tlb_config tc;

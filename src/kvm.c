@@ -92,6 +92,12 @@ struct mrun {
     uint64_t pod; /* 1: PoD gfns, a userfaultfd placeholder (no frame) */
 };
 
+struct msnap {
+    struct msnap *next;
+    size_t n;
+    struct mrun v[];
+};
+
 struct mslot {
     unsigned id;
     gfn_t gfn;
@@ -134,7 +140,11 @@ struct kvm_vm {
     /* PoD placeholders' missing-page faults (also those KVM takes on them
      * for the guest): -1 without userfaultfd here */
     int uffd;
-    struct mrun *retired; /* run arrays replaced by pod_mapped, freed by a sync */
+    /* the runs as lock-free readers see them (gpa_ptr from vCPU and host
+     * threads while the PoD fault server changes the mirror): replaced
+     * whole; replaced ones are freed by the next sync (vCPUs held) */
+    struct msnap *snap, *retired;
+    size_t retired_bytes;
     struct kvm_vm_stats st;
 };
 
@@ -225,18 +235,52 @@ static size_t run_upper(const struct mrun *v, size_t n, gfn_t g)
     return lo;
 }
 
-/* The run (RAM or placeholder) holding g. */
+/* The run (RAM or placeholder) holding g, in the writers' view. */
 static const struct mrun *any_find(const struct kvm_vm *vm, gfn_t g)
 {
     size_t i = run_upper(vm->runs, vm->nruns, g);
     return i < vm->nruns && vm->runs[i].gfn <= g ? &vm->runs[i] : NULL;
 }
 
-/* The RAM run holding g. */
+/* The RAM run holding g, in the published view (lock-free). */
 static const struct mrun *run_find(const struct kvm_vm *vm, gfn_t g)
 {
-    const struct mrun *r = any_find(vm, g);
+    const struct msnap *sn = __atomic_load_n(&vm->snap, __ATOMIC_ACQUIRE);
+    if (!sn)
+        return NULL;
+    size_t i = run_upper(sn->v, sn->n, g);
+    const struct mrun *r = i < sn->n && sn->v[i].gfn <= g ? &sn->v[i] : NULL;
     return r && !r->pod ? r : NULL;
+}
+
+/* Publish the writers' runs to the readers (the old view is retired). */
+static void snap_publish(struct kvm_vm *vm)
+{
+    struct msnap *sn = malloc(sizeof(*sn) + (vm->nruns ? vm->nruns : 1) * sizeof(struct mrun));
+    if (sn) {
+        sn->next = NULL;
+        sn->n = vm->nruns;
+        memcpy(sn->v, vm->runs, vm->nruns * sizeof(struct mrun));
+    }
+    /* out of memory: readers see no RAM (they fail cleanly) rather than an
+     * old view */
+    struct msnap *old = __atomic_exchange_n(&vm->snap, sn, __ATOMIC_ACQ_REL);
+    if (old) {
+        old->next = vm->retired;
+        vm->retired = old;
+        vm->retired_bytes += sizeof(*old) + old->n * sizeof(struct mrun);
+    }
+}
+
+/* Every vCPU held: no reader can be inside a retired view. */
+static void snap_free_retired(struct kvm_vm *vm)
+{
+    while (vm->retired) {
+        struct msnap *r = vm->retired;
+        vm->retired = r->next;
+        free(r);
+    }
+    vm->retired_bytes = 0;
 }
 
 mfn_t kvm_mirror_mfn(const struct kvm_vm *vm, gfn_t gfn)
@@ -417,6 +461,7 @@ static void mirror_reset(struct kvm_vm *vm)
     vm->nslots = 0;
     (void)reserve(vm, 0, vm->max_gfn);
     vm->nruns = 0;
+    snap_publish(vm);
     memset(vm->leaves, 0, sizeof(vm->leaves));
     vm->mapped_pages = 0;
     vm->stale = true;
@@ -537,6 +582,7 @@ long kvm_sync(struct kvm_vm *vm)
     long rc;
 
     vm->st.syncs++;
+    snap_free_retired(vm);
     pthread_mutex_lock(&d->lock);
     rc = p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, collect_leaf, &c);
     uint64_t gen = d->p2m_gen, tot = d->tot_pages, pod = d->pod.entry_count;
@@ -575,8 +621,7 @@ long kvm_sync(struct kvm_vm *vm)
     vm->runs = c.v;
     vm->nruns = c.n;
     c.v = NULL;
-    free(vm->retired);
-    vm->retired = NULL;
+    snap_publish(vm);
     memcpy(vm->leaves, c.leaves, sizeof(vm->leaves));
     vm->mapped_pages = c.pages;
     /* 3. new slots, with free ids */
@@ -1014,6 +1059,7 @@ static int kvm_run_vcpu(struct guest_exec *x, unsigned i, struct guest_exit *ex)
         return 0;
     }
     case KVM_EXIT_INTR:
+        __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_RELEASE);
         ex->kind = GUEST_EXIT_KICK;
         return 0;
     case KVM_EXIT_HLT:
@@ -1177,6 +1223,11 @@ static void kvm_exec_host_wrote(struct guest_exec *x, uint64_t gfn)
         __atomic_fetch_or(&p[gfn / 64], 1ULL << (gfn % 64), __ATOMIC_RELAXED);
 }
 
+static size_t kvm_exec_retired(struct guest_exec *x)
+{
+    return ((struct kvm_vm *)x)->retired_bytes;
+}
+
 static int kvm_exec_pod_fd(struct guest_exec *x)
 {
     return ((struct kvm_vm *)x)->uffd;
@@ -1223,12 +1274,10 @@ static int kvm_exec_pod_mapped(struct guest_exec *x, uint64_t gfn, unsigned orde
         v[k++] = (struct mrun){gfn + nr, 0, r->gfn + r->nr - gfn - nr, 1};
     memcpy(v + k, vm->runs + at + 1, (vm->nruns - at - 1) * sizeof(*v));
     k += vm->nruns - at - 1;
-    /* the old array may still be read by a host thread: retired, freed by
-     * the next sync */
-    free(vm->retired);
-    vm->retired = vm->runs;
+    free(vm->runs); /* the writers' own: readers use the published view */
     vm->runs = v;
     vm->nruns = k;
+    snap_publish(vm);
     vm->leaves[order_level(order)]++;
     vm->mapped_pages += nr;
     if (!vm->stale) {
@@ -1269,6 +1318,7 @@ static const struct guest_exec_ops kvm_exec_ops = {
     .hva_gfn = kvm_exec_hva_gfn,
     .gfn_hva = kvm_exec_gfn_hva,
     .pod_mapped = kvm_exec_pod_mapped,
+    .retired_bytes = kvm_exec_retired,
     .destroy = kvm_exec_destroy,
 };
 
@@ -1542,7 +1592,8 @@ void kvm_vm_destroy(struct kvm_vm *vm)
     free(vm->cpuid);
     if (vm->uffd >= 0)
         close(vm->uffd);
-    free(vm->retired);
+    snap_free_retired(vm);
+    free(vm->snap);
     free(vm->runs);
     free(vm->slots);
     free(vm->slot_used);

@@ -1465,6 +1465,15 @@ static int guest_from_context(struct domain *d, const void *a, size_t len,
         free(ps);
         return -EMEDIUMTYPE;
     }
+    if (rc >= 0 && b == GUEST_BACKEND_NATIVE && !o->backend_set) {
+        /* a native guest's code would run as this process's own code: only
+         * when the receiver asked for native guests by name */
+        snprintf(err, errlen, "the guest runs on the native backend, whose code runs as the "
+                 "receiving process's own: this receiver accepts native guests only when asked "
+                 "to (--backend native)");
+        free(ps);
+        return -EPERM;
+    }
     if (prog) {
         /* a program guest: its vCPUs on the backend it ran on (a receiver
          * whose KVM cannot create them fails here, before RESULT) */

@@ -110,6 +110,7 @@
 #include "common.h"
 #include "dirty.h"
 #include "guest.h"
+#include "guest_state.h"
 #include "save.h"
 #include "vcpu.h"
 #include "workload.h"
@@ -185,20 +186,10 @@ struct mig_result {
 };
 _Static_assert(sizeof(struct mig_result) == 264, "RESULT");
 
-/* HVM_CONTEXT TLVs carrying the guest (save.h reserves the types; guest_state.h
- * encodes and decodes them for both migration and save/restore). */
-struct mig_vcpu_tlv {
-    uint32_t id, nr_vcpus, guest_order, reserved;
-    uint32_t entries[3], ways[3];
-};
-_Static_assert(sizeof(struct mig_vcpu_tlv) == 40, "HVCTX_VCPU");
-struct mig_workload_tlv {
-    uint32_t vcpu, kind, quantum, reserved;
-    uint64_t seed, write_rate;
-    uint64_t write_frac, zipf_theta, wss; /* IEEE-754 doubles */
-    uint64_t rng, pos, pass, seq, checksum, writes;
-};
-_Static_assert(sizeof(struct mig_workload_tlv) == 104, "HVCTX_WORKLOAD");
+/* The HVM_CONTEXT TLVs carrying the guest (struct mig_vcpu_tlv, struct
+ * mig_workload_tlv) are guest_state.h's: it encodes and decodes them for
+ * both migration and save/restore. */
+_Static_assert(GUEST_STATE_MAX_VCPUS == MIGRATE_MAX_VCPUS, "one vCPU limit");
 
 /* ---- a running guest --------------------------------------------------------- */
 
@@ -392,7 +383,8 @@ struct migrate_recv_opts {
     /* Refuse a guest that would resume on another backend than this one
      * (the migration fails before RESULT: the sender keeps its guest);
      * unset: the guest resumes on the backend it ran on (soft vCPUs on
-     * soft, program guests on the backend in their state). */
+     * soft, kvm guests on kvm), except native guests, refused unless asked
+     * for by name (their code would run as this process's own). */
     bool backend_set;
     enum guest_backend backend;
     /* Given to the rebuilt workloads (the sender's callback stays there). */

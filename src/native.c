@@ -137,6 +137,7 @@ struct native {
     bool reserved;
     struct nmap *map;      /* published (atomic) */
     struct nmap *retired;
+    size_t retired_bytes;
     pthread_mutex_t mu;    /* sync, pod_mapped and log-dirty changes, one at a time */
     unsigned nr;
     /* The mirror's userfaultfds: uffd, RAM's asynchronous write-protect
@@ -518,6 +519,7 @@ static void map_publish(struct native *n, struct nmap *m)
     if (old) {
         old->retired_next = n->retired;
         n->retired = old;
+        n->retired_bytes += sizeof(*old) + old->n * sizeof(struct nrun);
     }
 }
 
@@ -528,6 +530,7 @@ static void map_free_retired(struct native *n)
         n->retired = r->retired_next;
         free(r);
     }
+    n->retired_bytes = 0;
 }
 
 static struct nmap *map_new(size_t n)
@@ -620,6 +623,11 @@ static void *native_gpa_ptr(struct guest_exec *x, uint64_t gpa)
 }
 
 /* ---- populate-on-demand: the fault server's side ------------------------------- */
+
+static size_t native_retired(struct guest_exec *x)
+{
+    return ((struct native *)x)->retired_bytes;
+}
 
 static int native_pod_fd(struct guest_exec *x)
 {
@@ -919,7 +927,10 @@ out:
  * zero page a read mapped, both for the fault server). */
 static int uffd_open(uint64_t features)
 {
-    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    /* user-mode faults only (the native guest's): allowed without privilege */
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0 && errno == EINVAL) /* a kernel before 5.11 */
+        fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return -1;
     struct uffdio_api api = {.api = UFFD_API, .features = features};
@@ -1016,6 +1027,7 @@ static const struct guest_exec_ops native_ops = {
     .hva_gfn = native_hva_gfn,
     .gfn_hva = native_gfn_hva,
     .pod_mapped = native_pod_mapped,
+    .retired_bytes = native_retired,
     .destroy = native_destroy,
 };
 

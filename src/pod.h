@@ -48,65 +48,10 @@
 #define HUGEVM_POD_H
 
 #include "common.h"
+#include "domain_hooks.h"
+#include "pod_state.h"
 
 struct domain;
-
-#define POD_HISTORY_MAX 32      /* recently populated gfns checked first */
-#define POD_SWEEP_LIMIT 1024u   /* gfns an emergency sweep covers at least */
-#define POD_SWEEP_STRIDE 16u    /* 4K zero checks per batch */
-#define POD_SWEEP_MAX 65536u    /* default bound on the work of one sweep */
-#define POD_SAMPLES 16u         /* lines sampled before a full 2M check */
-
-/* Statistics declared once: name, description. */
-#define POD_STAT_FIELDS(X)                                                     \
-    X(demand_2m, "2M chunks mapped on first touch")                            \
-    X(demand_4k, "4K pages mapped on first touch")                             \
-    X(splinter_1g, "1G PoD entries split to 2M on first touch")                \
-    X(splinter_2m, "2M PoD entries split to 4K: no 2M chunk in the cache")     \
-    X(chunks_broken, "2M cache chunks broken into 4K pages")                   \
-    X(cache_grow_2m, "2M chunks added to the cache (target)")                  \
-    X(cache_grow_4k, "4K pages added to the cache (target)")                   \
-    X(cache_grow_fallback_4k, "cache 2M allocations that fell back to 4K")     \
-    X(cache_shrink_2m, "2M chunks released from the cache")                    \
-    X(cache_shrink_4k, "4K pages released from the cache")                     \
-    X(cache_regrouped_2m, "2M chunks regrouped from 512 cached 4K pages")      \
-    X(eager_checks, "recently populated gfns zero-checked")                    \
-    X(sweeps, "emergency sweeps run")                                          \
-    X(sweep_again, "emergency sweeps that ran out of budget (-EAGAIN)")        \
-    X(sweep_work, "work units of emergency sweeps (gfns checked + leaves skipped)") \
-    X(zero_checks_2m, "superpage zero checks")                                 \
-    X(zero_sample_rejects, "superpage checks rejected by the quick sample")    \
-    X(zero_checks_4k, "4K zero checks")                                        \
-    X(reclaimed_2m, "zero 2M superpages reclaimed into the cache")             \
-    X(reclaimed_4k, "zero 4K pages reclaimed into the cache")                  \
-    X(reclaim_split_2m, "superpages split to reclaim a zero 4K page")          \
-    X(decrease_pod, "PoD pages removed by decrease_reservation")               \
-    X(decrease_zero_2m, "zero 2M superpages reclaimed whole by decrease_reservation") \
-    X(out_of_memory, "crashes: cache empty and nothing reclaimable")
-
-struct pod_stats {
-#define X(name, desc) uint64_t name;
-    POD_STAT_FIELDS(X)
-#undef X
-};
-
-/* The PoD state of one domain (embedded in struct domain). */
-struct pod {
-    mfn_t *chunks;  /* 2M chunks: head mfn of each, aligned to 512 */
-    size_t nr_chunks, cap_chunks;
-    mfn_t *pages;   /* 4K pages */
-    size_t nr_pages, cap_pages;
-    uint64_t count;       /* pages in the cache */
-    uint64_t entry_count; /* PoD pages in the p2m */
-    uint64_t target;      /* last target given to pod_set_target (pages) */
-    gfn_t mrp[POD_HISTORY_MAX]; /* recently populated (bit 63: a 2M chunk) */
-    unsigned mrp_idx;
-    gfn_t max_guest;      /* 1 + highest gfn ever populated (sweep start) */
-    gfn_t reclaim_single; /* where the next emergency sweep resumes */
-    uint64_t pass_left;   /* gfns left in the current fruitless sweep pass */
-    uint64_t sweep_max;   /* work bound of one sweep (0: POD_SWEEP_MAX) */
-    struct pod_stats stats;
-};
 
 /*
  * Set the domain's memory target in pages (Xen's set_pod_target): the cache
@@ -120,15 +65,6 @@ int pod_set_target(struct domain *d, uint64_t target_pages) HV_MUST_CHECK;
 /* Size the cache to exactly `pages` (same rules, no clamping beyond
  * entry_count).  Used by pod_set_target and decrease_reservation. */
 int pod_set_cache_target(struct domain *d, uint64_t pages) HV_MUST_CHECK;
-
-/* Shrink the cache to at most `pages` (2M chunks first; never fails: when
- * no host memory is left to break a chunk, the whole chunk goes).  The
- * frames leave through domain_free_frames, so a domain in quarantine parks
- * them (domain.h): reserve pod_shrink_runs(d) runs first. */
-void pod_shrink_cache(struct domain *d, uint64_t pages);
-/* Most frame runs one pod_shrink_cache call can free: every chunk, every
- * page, and the pages of one broken chunk. */
-size_t pod_shrink_runs(const struct domain *d);
 
 /*
  * The EPT-violation handler for a p2m_pod entry at gfn.  Returns 0 when the
@@ -162,25 +98,5 @@ long pod_emergency_sweep(struct domain *d);
  */
 long pod_zero_sweep(struct domain *d, gfn_t gfn, uint64_t nr);
 
-/* Reclaim the 2M block at gfn (aligned) into the cache if it is all RAM
- * (ram_rw) and all zero: quick sample, full check, remap as one 2M PoD
- * entry.  Returns 512 when reclaimed, 0 when not (non-zero, not RAM), or
- * -ENOMEM (tables; nothing changed). */
-long pod_reclaim_2m(struct domain *d, gfn_t gfn);
-
-/* Release the cache (domain destruction; entries must be gone). */
-void pod_destroy(struct domain *d);
-
-/* Cache structure, alignment, ownership, zero contents of a few frames,
- * counts and count <= entry_count.  0 or -EUCLEAN. */
-int pod_audit(const struct domain *d) HV_MUST_CHECK;
-
-/* For domain_audit: mark every cache frame in `seen` (a bitmap over the
- * machine) and fail if one is already marked (mapped) or not owned. */
-int pod_audit_frames(const struct domain *d, uint64_t *seen) HV_MUST_CHECK;
-
-/* Cache state for reports. */
-static inline uint64_t pod_cache_2m(const struct pod *p) { return p->nr_chunks; }
-static inline uint64_t pod_cache_4k(const struct pod *p) { return p->nr_pages; }
 
 #endif

@@ -53,6 +53,7 @@
  * with a fill bit is mapped to RAM (real restore); the restored domain owns
  * exactly the frames its p2m maps.
  */
+#include "pod.h"
 #include "save.h"
 
 #include "hash.h"

@@ -11,6 +11,7 @@
  *    after a PML-full exit if the buffer was full: no logged write is lost.
  */
 #include "vcpu.h"
+#include "pod.h"
 
 #include <assert.h>
 #include <stdlib.h>

@@ -19,6 +19,7 @@
 #include "testutil.h"
 
 #include "dirty.h"
+#include "pod.h"
 #include "vcpu.h"
 #include "workload.h"
 

@@ -16,6 +16,7 @@
 #include "testutil.h"
 
 #include "domain.h"
+#include "pod.h"
 
 
 

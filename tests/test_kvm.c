@@ -586,7 +586,7 @@ static void test_migrate_live(void **state)
     for (int cut = 0; cut < 3; cut++) {
         struct kvm_rx rx;
         kvm_rx_start(&rx, m2);
-        o.fail_after_bytes = 4096 + (uint64_t)rand() % (40 * MiB);
+        o.fail_after_bytes = 4096 + (uint64_t)rand() % (8 * MiB); /* within round 0 */
         int rc = kvm_send(g, rx.port, &o, rep);
         pthread_join(rx.t, NULL);
         close(rx.lfd);

@@ -23,6 +23,7 @@
 #include "testutil.h"
 
 #include "domain.h"
+#include "pod.h"
 #include "vcpu.h"
 #include "zero.h"
 

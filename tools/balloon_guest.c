@@ -53,6 +53,7 @@ int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_ba
     pc.seed = a->seed;
     pc.console_fd = a->json ? -1 : 1;
     pc.balloon_pages = balloon;
+    pc.balloon_4k = pc.balloon_scrub = a->give_back_4k;
     pc.batch = 1024;
     if (wl == HVG_WL_WRITER)
         pc.write_rate = a->write_rate;
@@ -163,6 +164,10 @@ int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_ba
         printf("  the guest saw: %llu 2M extent(s) refused, %llu 4K pages populated instead, "
                "%llu memory calls\n", (unsigned long long)p->balloon_2m_failed,
                (unsigned long long)p->balloon_fallback_4k, (unsigned long long)p->balloon_calls);
+        if (a->give_back_4k)
+            printf("  the guest gave back 4K pages (each extent zeroed first): %llu zero 2M "
+                   "superpage(s) reclaimed whole by decrease_reservation (seed 003)\n",
+                   (unsigned long long)d->pod.stats.decrease_zero_2m);
         printf("  the host counted: %llu 2M extent(s) refused to the guest, %llu served as 4K "
                "behind its back (must be 0 on this path)\n",
                (unsigned long long)d->stats.guest_2m_refused,

@@ -2,8 +2,9 @@
  * cli.h - the table-driven command line.
  *
  * Each subcommand is one struct cmd in its own cmd_*.c file: a name, a
- * one-line summary, an option table and a run function.  hugevm.c lists the
- * commands; option parsing and --help are generated from the tables.
+ * one-line summary, an option table and a run function.  commands.c lists
+ * the commands; cli.c parses options and prints --help from the tables;
+ * hugevm.c dispatches.
  */
 #ifndef HUGEVM_CLI_H
 #define HUGEVM_CLI_H
@@ -60,7 +61,7 @@ struct cmd {
     struct opt *opts; /* terminated by {0} */
 };
 
-/* Every command, in the order of `hugevm --help` (hugevm.c). */
+/* Every command, in the order of `hugevm --help` (commands.c). */
 const struct cmd *const *cli_commands(size_t *n);
 /* The command takes --overcommit (it has a --guest-mem option). */
 bool cli_has_overcommit(const struct cmd *c);
@@ -123,19 +124,19 @@ extern const struct cmd cmd_migrate;
 extern const struct cmd cmd_receive;
 /* Live-migrate d (populated, no vCPUs of the caller running) with nv soft
  * vCPUs running wc, after `after` seconds, to ADDR:PORT `to`; prints the
- * report (cmd_migrate.c; `hugevm migrate` and `hugevm run --migrate-to`).
+ * report (migrate_guest.c; `hugevm migrate` and `hugevm run --migrate-to`).
  * Returns the exit status; on success the caller destroys its copy.  tls:
  * who the receiver must be (cli_tls_setup; NULL: plain, --insecure).  In
  * doubt (the receiver may run the guest, RESUMED did not come), the paused
  * guest is saved to doubt_file (NULL: hugevm-in-doubt-sender-PID.hvs; it
- * does not return before the guest is saved somewhere, see cmd_migrate.c)
+ * does not return before the guest is saved somewhere: cli_keep_in_doubt)
  * and the status is CLI_EXIT_IN_DOUBT.  When the migration fails outright
  * the guest keeps running here until run_s seconds after the call, then is
  * paused and, with fail_save, saved there (status 1 either way). */
 #define CLI_EXIT_IN_DOUBT 3
 
 /* Who may connect, for migrate, receive and run --migrate-to
- * (cmd_migrate.c): a pre-shared key, certificates, or --insecure. */
+ * (migrate_guest.c): a pre-shared key, certificates, or --insecure. */
 struct cli_tls_opts {
     struct chan_creds creds;
     bool insecure;
@@ -187,7 +188,7 @@ struct workload_config;
 struct migrate_opts;
 /* Live-migrate the started guest g (any backend that can: guest.h
  * guest_can_migrate) to `to` after `after` seconds, with retries, the
- * in-doubt save and --save-on-failure, printing the report (cmd_migrate.c).
+ * in-doubt save and --save-on-failure, printing the report (migrate_guest.c).
  * `what` names the workload.  g is not destroyed.  Exit status. */
 int cli_migrate_guest(struct guest *g, const char *what, const char *to, double after,
                       const struct migrate_opts *mopts, struct chan_tls *tls, uint64_t retries,
@@ -196,13 +197,14 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
  * capture it) to path, a fresh file. */
 int cli_save_running(struct guest *g, const char *path, struct save_result *sr, char *err,
                      size_t errlen);
+/* The same for a soft-vCPU guest started on d (migrate_guest.c). */
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
                        const struct migrate_opts *mopts, struct chan_tls *tls,
                        uint64_t retries, const char *doubt_file, double run_s,
                        const char *fail_save, bool json);
 /* Save d with its vCPUs and workloads (as hugevm run --save: hugevm restore
- * FILE --run resumes it) to path; d must not change meanwhile (cmd_run.c). */
+ * FILE --run resumes it) to path; d must not change meanwhile (save_guest.c). */
 struct vcpu;
 struct workload;
 struct save_result;
@@ -237,7 +239,8 @@ struct cli_prog_run {
     const struct guest_prog_state *resume;
 };
 int cli_run_program(struct domain *d, const struct cli_prog_run *a);
-/* Save d to path (a fresh file: safefile.h) with these HVM_CONTEXT TLVs. */
+/* Save d to path (a fresh file: safefile.h) with these HVM_CONTEXT TLVs
+ * (save_guest.c). */
 int cli_save_tlvs(struct domain *d, const void *tlvs, size_t len, const char *path,
                   struct save_result *sr, char *err, size_t errlen);
 /* `hugevm balloon --backend kvm|native`: the guest's own balloon driver on
@@ -251,6 +254,7 @@ struct cli_balloon_prog {
     uint64_t seed, write_rate;
     double fragment;
     bool no_deflate, json, no_audit;
+    bool give_back_4k; /* the driver zeroes each extent and gives it back as 4K pages */
 };
 int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_balloon_prog *a);
 /* Resolve --backend for a command: "auto" picks kvm where /dev/kvm runs
@@ -260,7 +264,14 @@ int cli_balloon_program(struct machine *m, struct domain *d, const struct cli_ba
  * says which backend and why.  0, or 1 after printing an error. */
 int cli_backend(const char *cmd, const char *arg, const char *soft_only, bool need_prog,
                 int *backend, char *why, size_t len);
-/* A progress bar on stderr when it is a terminal (save/restore). */
+/* A progress bar on stderr when it is a terminal (save/restore; report.c). */
 void cli_progress(const char *what, uint64_t done, uint64_t total);
+/* Sleep s seconds (cli.c). */
+void cli_sleep_s(double s);
+/* Save the paused guest g, held in doubt by `role` ("sender", "receiver"),
+ * and return only when it is saved: *saved then names the whole file
+ * (migrate_guest.c). */
+void cli_keep_in_doubt(struct guest *g, const char *given, const char *role, char *saved,
+                       size_t len);
 
 #endif

@@ -30,7 +30,7 @@
 static struct {
     uint64_t guest_mem, host_mem, target, pod_target, seed;
     double fragment;
-    bool json, no_audit, no_deflate;
+    bool json, no_audit, no_deflate, give_back_4k;
     const char *workload, *backend;
     uint64_t vcpus, write_rate, step, settle_ms;
     double wss;
@@ -132,6 +132,7 @@ static int run_balloon(int argc, char **argv)
                 .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .target = o.target,
                 .vcpus = (unsigned)o.vcpus, .workload = o.workload, .seed = o.seed,
                 .write_rate = o.write_rate, .fragment = o.fragment, .no_deflate = o.no_deflate,
+                .give_back_4k = o.give_back_4k,
                 .json = o.json, .no_audit = o.no_audit,
             };
             status = cli_balloon_program(m, d, &a);
@@ -346,6 +347,10 @@ static struct opt balloon_opts[] = {
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: guest + 50%)", NULL},
     {"fragment", OPT_FRAC, &o.fragment, "F", "before deflating, other domains take F of free memory in 4K pieces", NULL},
     {"no-deflate", OPT_FLAG, &o.no_deflate, NULL, "stop after the inflate", NULL},
+    {"give-back-4k", OPT_FLAG, &o.give_back_4k, NULL, "with --backend kvm|native: the guest's "
+     "driver zeroes each 2M extent and gives it back as 512 pages of 4K, as Linux's driver "
+     "does (with --pod-target: seed 003, each zero superpage reclaimed whole, decrease_zero_2m)",
+     NULL},
     {"seed", OPT_U64, &o.seed, "N", "seed of the fragmentation and the workload", NULL},
     {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
     {"backend", OPT_STR, &o.backend, "NAME", "soft or auto (default): the host's balloon, with --workload on soft vCPUs; kvm or native: the guest's own balloon driver in 2M extents, which sees the host's 2M refusals and falls back to 4K itself", NULL},

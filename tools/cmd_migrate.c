@@ -1,7 +1,8 @@
 /*
  * cmd_migrate.c - `hugevm migrate` (live-migrate a running guest to a
  * receiver over TCP), `hugevm receive` (accept migrations and resume the
- * guest), and cli_migrate_domain(), which `hugevm run --migrate-to` uses.
+ * guest); the sender itself, which `hugevm run --migrate-to` also uses,
+ * is migrate_guest.c.
  *
  * Output: a progress line per pre-copy round on stderr when it is a
  * terminal; a report (total time, downtime, bytes per round, rounds and the
@@ -13,7 +14,7 @@
  * its paused guest to --in-doubt-save FILE, prints IN DOUBT with which copy
  * to resume (hugevm restore FILE --run) and exits with CLI_EXIT_IN_DOUBT.
  * The paused guest is then the only copy this side has, so the process
- * does not exit before it is saved (keep_in_doubt): a failed save is
+ * does not exit before it is saved (cli_keep_in_doubt, migrate_guest.c): a failed save is
  * retried with backoff, at a fresh name beside FILE when FILE exists, and
  * in $TMPDIR (or /tmp); when all of that failed DOUBT_ROUNDS times, the
  * process says so with its PID and waits, the guest paused in memory: it
@@ -62,142 +63,6 @@ static void progress(void *ctx, const struct migrate_round *r)
             (unsigned long long)r->remaining, r->eta_s);
 }
 
-static void print_leaves(const char *what, const struct migrate_leaves *l)
-{
-    printf("  %-26s pages_1g %-6llu pages_2m %-8llu pages_4k %llu\n", what,
-           (unsigned long long)l->p1g, (unsigned long long)l->p2m, (unsigned long long)l->p4k);
-}
-
-static void json_leaves(struct json *j, const char *key, const struct migrate_leaves *l)
-{
-    json_obj_begin(j, key);
-    json_u64(j, "pages_1g", l->p1g);
-    json_u64(j, "pages_2m", l->p2m);
-    json_u64(j, "pages_4k", l->p4k);
-    json_obj_end(j);
-}
-
-static void print_report(const struct migrate_report *r)
-{
-    char b1[32];
-    if (r->in_doubt)
-        printf("migration IN DOUBT: %s\n", r->err);
-    else if (r->rc < 0)
-        printf("migration FAILED: %s\n  the guest keeps running here: log-dirty off, "
-               "superpages merged back\n", r->err);
-    else
-        printf("migration done in %.3f s, downtime %.1f ms (pause to confirmation; it includes "
-               "both memory digests, %.1f ms here)\n", r->total_s, r->downtime_s * 1e3,
-               r->digest_s * 1e3);
-    printf("  pre-copy: %u round(s) then the final one; ended because %s (%s)\n",
-           r->nr_rounds ? r->nr_rounds - (r->rc == 0) : 0, migrate_end_desc(r->end),
-           migrate_end_name(r->end));
-    for (unsigned i = 0; i < r->nr_rounds; i++) {
-        const struct migrate_round *x = &r->rounds[i];
-        printf("  round %-2u%s %9llu pages %8llu zero %10s on the wire %8.1f MB/s  dirty "
-               "%9.0f/s  left %llu\n", x->index, x->paused ? " (paused)" : "         ",
-               (unsigned long long)x->pages_data, (unsigned long long)x->pages_zero,
-               hv_fmt_size(x->wire_bytes, b1, sizeof(b1)), x->mb_per_s, x->dirty_per_s,
-               (unsigned long long)x->remaining);
-    }
-#define X(name, desc) printf("  %-16s %14llu  %s\n", #name, (unsigned long long)r->st.name, desc);
-    MIGRATE_STAT_FIELDS(X)
-#undef X
-    printf("  leaf counts:\n");
-    print_leaves("before migration:", &r->before);
-    print_leaves("during log-dirty (pause):", &r->logdirty);
-    if (r->rc == 0)
-        print_leaves("on the receiver:", &r->receiver);
-    else
-        print_leaves(r->in_doubt ? "here, paused in doubt:" : "here after the abort:",
-                     &r->after_abort);
-    if (r->verified)
-        printf("  memory digest: sender %#018llx == receiver %#018llx (%.1f ms): checksums "
-               "match\n", (unsigned long long)r->digest_sender,
-               (unsigned long long)r->digest_receiver, r->digest_s * 1e3);
-}
-
-static void json_report(struct json *j, const char *key, const struct migrate_report *r)
-{
-    json_obj_begin(j, key);
-    json_bool(j, "ok", r->rc == 0);
-    json_bool(j, "in_doubt", r->in_doubt);
-    json_i64(j, "rc", r->rc);
-    json_str(j, "error", r->err);
-    json_dbl(j, "total_s", r->total_s);
-    json_dbl(j, "downtime_ms", r->downtime_s * 1e3);
-    json_str(j, "end_rule", migrate_end_name(r->end));
-    json_str(j, "end_reason", migrate_end_desc(r->end));
-    json_arr_begin(j, "rounds");
-    for (unsigned i = 0; i < r->nr_rounds; i++) {
-        const struct migrate_round *x = &r->rounds[i];
-        json_obj_begin(j, NULL);
-        json_u64(j, "round", x->index);
-        json_bool(j, "paused", x->paused);
-        json_u64(j, "pages_data", x->pages_data);
-        json_u64(j, "pages_zero", x->pages_zero);
-        json_u64(j, "stream_bytes", x->stream_bytes);
-        json_u64(j, "wire_bytes", x->wire_bytes);
-        json_dbl(j, "seconds", (double)x->ns / 1e9);
-        json_dbl(j, "mb_per_s", x->mb_per_s);
-        json_dbl(j, "dirty_pages_per_s", x->dirty_per_s);
-        json_u64(j, "remaining", x->remaining);
-        json_dbl(j, "eta_s", x->eta_s);
-        json_obj_end(j);
-    }
-    json_arr_end(j);
-    json_obj_begin(j, "stats");
-#define X(name, desc) json_u64(j, #name, r->st.name);
-    MIGRATE_STAT_FIELDS(X)
-#undef X
-    json_obj_end(j);
-    json_leaves(j, "leaves_before", &r->before);
-    json_leaves(j, "leaves_logdirty", &r->logdirty);
-    json_leaves(j, r->rc == 0 ? "leaves_receiver" : "leaves_after_abort",
-                r->rc == 0 ? &r->receiver : &r->after_abort);
-    json_bool(j, "verified", r->verified);
-    json_bool(j, "checksums_match", r->verified && r->digest_sender == r->digest_receiver);
-    json_u64(j, "digest_sender", r->digest_sender);
-    json_u64(j, "digest_receiver", r->digest_receiver);
-    json_obj_end(j);
-}
-
-/* ---- transport security --------------------------------------------------------- */
-
-int cli_parse_authz(void *dest, const char *arg)
-{
-    struct cli_tls_opts *t = dest;
-    if (!arg[0] || t->creds.nr_authz >= CHAN_MAX_AUTHZ)
-        return -EINVAL;
-    t->creds.authz[t->creds.nr_authz++] = arg;
-    return 0;
-}
-
-int cli_tls_setup(const char *cmd, const struct cli_tls_opts *t, bool server,
-                  struct chan_tls **out)
-{
-    char err[CHAN_ERR_LEN];
-    *out = NULL;
-    bool creds = chan_creds_given(&t->creds);
-    if (t->insecure && creds)
-        return cli_error("%s: --insecure and TLS credentials exclude each other", cmd);
-    if (t->insecure) {
-        fprintf(stderr, "hugevm: %s: WARNING: --insecure: plain TCP, no authentication and no "
-                "encryption; anyone who reaches the %s can read the guest's memory, change it "
-                "in flight or %s\n", cmd, server ? "port" : "connection",
-                server ? "push a forged guest here" : "pose as the receiver and take the guest");
-        return 0;
-    }
-    if (!creds)
-        return cli_error("%s: no credentials: give --psk-file FILE (the same key file on both "
-                         "sides), or --tls-cert FILE --tls-key FILE --tls-ca FILE (and "
-                         "--tls-authz NAME for the peer allowed), or --insecure on both sides "
-                         "for plain, unauthenticated TCP", cmd);
-    if (chan_tls_create(&t->creds, server, out, err, sizeof(err)) < 0)
-        return cli_error("%s: %s", cmd, err);
-    return 0;
-}
-
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
@@ -230,309 +95,6 @@ static int parse_level(void *dest, const char *arg)
         return -EINVAL; /* -100..-1 or 1..19 */
     *(int *)dest = (int)v;
     return 0;
-}
-
-static void sleep_s(double s)
-{
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&ts, NULL);
-}
-
-/* ---- in doubt: the guest is never lost --------------------------------------------- */
-
-#define DOUBT_ROUNDS 3     /* rounds over the paths before waiting for an operator */
-#define DOUBT_WAIT_S 60.0  /* then one more round at least this often */
-
-static volatile sig_atomic_t doubt_sig;
-
-static void doubt_handler(int sig)
-{
-    doubt_sig = sig;
-}
-
-/* Save g to path, or, when path exists (never replaced), to a fresh name
- * beside it; *saved gets the name written.  0 or the last error. */
-static int doubt_try(struct guest *g, const char *role, const char *path, char *saved,
-                     size_t len, char *err, size_t errlen)
-{
-    struct save_result sr;
-    int rc = cli_save_running(g, path, &sr, err, errlen);
-    if (rc == 0)
-        snprintf(saved, len, "%s", path);
-    if (rc == -EEXIST)
-        fprintf(stderr, "hugevm: %s: %s exists already (a file or a link: it is never followed "
-                "or replaced); saving beside it under a fresh name\n", role, path);
-    for (unsigned n = 1; rc == -EEXIST && n <= 20; n++) {
-        char alt[PATH_MAX];
-        snprintf(alt, sizeof(alt), "%s.%d-%u", path, (int)getpid(), n);
-        rc = cli_save_running(g, alt, &sr, err, errlen);
-        if (rc == 0)
-            snprintf(saved, len, "%s", alt);
-    }
-    return rc;
-}
-
-/*
- * Save the paused guest g, held in doubt by `role` ("sender", "receiver"),
- * and return only when it is saved: *saved then names the whole file.
- * Paths: `given` (NULL: hugevm-in-doubt-ROLE-PID.hvs here), then the same
- * name in $TMPDIR or /tmp; see the file header for the rest.
- */
-static void keep_in_doubt(struct guest *g, const char *given, const char *role,
-                          char *saved, size_t len)
-{
-    char first[PATH_MAX], second[PATH_MAX + 64], err[256];
-    if (given)
-        snprintf(first, sizeof(first), "%s", given);
-    else
-        snprintf(first, sizeof(first), "hugevm-in-doubt-%s-%d.hvs", role, (int)getpid());
-    const char *tmp = getenv("TMPDIR");
-    const char *base = strrchr(first, '/') ? strrchr(first, '/') + 1 : first;
-    snprintf(second, sizeof(second), "%s/%s", tmp && *tmp ? tmp : "/tmp", base);
-    const char *paths[2] = {first, second};
-    struct sigaction sa = {.sa_handler = doubt_handler}, old[4];
-    static const int sigs[4] = {SIGUSR1, SIGTERM, SIGINT, SIGHUP};
-    double backoff = 0.5;
-    /* from here until it is saved, a signal must not end the process */
-    doubt_sig = 0;
-    sigemptyset(&sa.sa_mask);
-    for (unsigned i = 0; i < 4; i++)
-        sigaction(sigs[i], &sa, &old[i]);
-    for (unsigned round = 1;; round++) {
-        for (unsigned i = 0; i < 2; i++) {
-            if (doubt_try(g, role, paths[i], saved, len, err, sizeof(err)) == 0)
-                goto done;
-            fprintf(stderr, "hugevm: %s: IN DOUBT: saving the paused guest to %s failed: %s "
-                    "(nothing was written under that name)\n", role, paths[i], err);
-        }
-        if (doubt_sig && doubt_sig != SIGUSR1)
-            fprintf(stderr, "hugevm: %s: refusing signal %d: the guest is not saved yet\n",
-                    role, (int)doubt_sig);
-        doubt_sig = 0;
-        if (round < DOUBT_ROUNDS) {
-            fprintf(stderr, "hugevm: %s: retrying in %.1f s\n", role, backoff);
-            sleep_s(backoff);
-            backoff *= 2;
-            continue;
-        }
-        fprintf(stderr, "hugevm: %s: IN DOUBT and NOT SAVED: the paused guest exists only in "
-                "this process (PID %d).  Make room or fix %s (or %s), then `kill -USR1 %d` to "
-                "retry now; it retries by itself every %.0f s.  SIGTERM, SIGINT and SIGHUP are "
-                "refused while the guest is unsaved; SIGKILL discards it.\n", role,
-                (int)getpid(), first, second, (int)getpid(), DOUBT_WAIT_S);
-        fflush(stderr);
-        uint64_t t0 = hv_now_ns();
-        for (;;) {
-            int sig = doubt_sig;
-            doubt_sig = 0;
-            if (sig == SIGUSR1)
-                break;
-            if (sig)
-                fprintf(stderr, "hugevm: %s: refusing signal %d: the guest is not saved yet "
-                        "(SIGUSR1 retries, SIGKILL discards it)\n", role, sig);
-            if ((double)(hv_now_ns() - t0) / 1e9 >= DOUBT_WAIT_S)
-                break;
-            sleep_s(0.05);
-        }
-        fprintf(stderr, "hugevm: %s: retrying the in-doubt save\n", role);
-    }
-done:
-    for (unsigned i = 0; i < 4; i++)
-        sigaction(sigs[i], &old[i], NULL);
-}
-
-/* The guest's speed and mappings while the migration runs: sampled at
- * every pre-copy round (the last one before the pause is the phase's end). */
-struct phase_ctx {
-    struct guest *g;
-    struct cli_phase during;
-    const struct migrate_opts *user;
-};
-
-static void phase_round(void *ctx, const struct migrate_round *r)
-{
-    struct phase_ctx *pc = ctx;
-    cli_phase_end(&pc->during, pc->g);
-    if (pc->user->on_round)
-        pc->user->on_round(pc->user->ctx, r);
-}
-
-int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
-                       const struct workload_config *wc, const char *to, double after,
-                       const struct migrate_opts *mopts, struct chan_tls *ctls,
-                       uint64_t retries, const char *doubt_file, double run_s,
-                       const char *fail_save, bool json)
-{
-    struct guest *g = NULL;
-    int rc = guest_create_soft(d, nv, tc, wc, &g);
-    if (rc == 0)
-        rc = guest_start(g);
-    if (rc < 0) {
-        guest_destroy(g);
-        return cli_error("migrate: cannot start the guest: %s", strerror(-rc));
-    }
-    int status = cli_migrate_guest(g, workload_name(wc->kind), to, after, mopts, ctls, retries,
-                                   doubt_file, run_s, fail_save, json);
-    guest_destroy(g);
-    return status;
-}
-
-int cli_migrate_guest(struct guest *g, const char *what, const char *to, double after,
-                      const struct migrate_opts *user_mopts, struct chan_tls *ctls,
-                      uint64_t retries, const char *doubt_file, double run_s,
-                      const char *fail_save, bool json)
-{
-    uint64_t t_start = hv_now_ns();
-    struct sockaddr_in sa;
-    struct domain *d = g->d;
-    unsigned nv = g->nr_vcpus;
-    struct migrate_report *rep = calloc(1, sizeof(*rep));
-    char b1[64], cwhy[256];
-    int status = 1, rc;
-    if (!rep)
-        return cli_error("migrate: out of memory");
-    if (net_parse_addr(to, &sa) < 0) {
-        free(rep);
-        return cli_error("migrate: bad address '%s' (want A.B.C.D:PORT)", to);
-    }
-    if (guest_can_migrate(g, cwhy, sizeof(cwhy)) < 0) {
-        free(rep);
-        return cli_error("migrate: %s", cwhy);
-    }
-    struct phase_ctx pctx = {.g = g, .user = user_mopts};
-    struct migrate_opts mo_ = *user_mopts;
-    mo_.on_round = phase_round;
-    mo_.ctx = &pctx;
-    const struct migrate_opts *mopts = &mo_;
-    if (!json)
-        printf("guest running (%s backend, %u vCPU(s), workload %s); migrating to %s after "
-               "%.1f s\n", guest_backend_name(g->backend), nv, what,
-               net_fmt_addr(&sa, b1, sizeof(b1)), after);
-    fflush(stdout);
-    struct cli_phase before;
-    cli_phase_begin(&before, g);
-    sleep_s(after);
-    cli_phase_end(&before, g);
-    for (uint64_t attempt = 0;; attempt++) {
-        int fd;
-        struct chan *ch = NULL;
-        char cerr[CHAN_ERR_LEN];
-        int tmo = mopts->timeout_ms > 0 ? mopts->timeout_ms : 10000;
-        rc = net_connect(&sa, tmo, &fd);
-        if (rc < 0) {
-            rep->rc = rc;
-            snprintf(rep->err, sizeof(rep->err), "connecting to %s: %s", to, strerror(-rc));
-        } else if ((rc = chan_open(fd, ctls, tmo, &ch, cerr, sizeof(cerr))) < 0) {
-            /* nothing of the guest went out: it keeps running here */
-            memset(rep, 0, sizeof(*rep));
-            rep->rc = rc;
-            snprintf(rep->err, sizeof(rep->err), "%s refused: %s", to, cerr);
-        } else {
-            if (!json && ch->secure)
-                printf("connected to %s: %s, peer %s\n", to, ch->cipher, ch->peer);
-            cli_phase_begin(&pctx.during, g);
-            rc = migrate_send(g, ch, mopts, rep);
-            chan_close(ch);
-        }
-        if (rc == 0 || rep->in_doubt || attempt >= retries)
-            break;
-        fprintf(stderr, "hugevm: migrate: attempt %llu failed: %s; the guest keeps running "
-                "here; retrying\n", (unsigned long long)attempt + 1, rep->err);
-        sleep_s(1.0);
-    }
-    /* in doubt: the paused guest lives only in this process; it is saved
-     * (whatever it takes) so that the operator can resume it if the
-     * receiver does not run it */
-    char dpath[PATH_MAX] = "";
-    if (rep->in_doubt)
-        keep_in_doubt(g, doubt_file, "sender", dpath, sizeof(dpath));
-    /* failed outright: the guest runs on here (migrate.h); keep it running
-     * for the rest of the run, then save it if asked */
-    double left = 0;
-    char fpath[PATH_MAX] = "", ferr[256] = "";
-    int frc = 0;
-    if (rc < 0 && !rep->in_doubt) {
-        left = run_s - (double)(hv_now_ns() - t_start) / 1e9;
-        if (!json)
-            printf("migration failed: the guest keeps running here%s", left > 0 ? "" : "\n");
-        if (!json && left > 0)
-            printf(" for the %.1f s left of the run\n", left);
-        fflush(stdout);
-        if (left > 0)
-            sleep_s(left);
-        guest_pause(g);
-        if (fail_save) {
-            struct save_result sr;
-            frc = cli_save_running(g, fail_save, &sr, ferr, sizeof(ferr));
-            if (frc == 0)
-                snprintf(fpath, sizeof(fpath), "%s", fail_save);
-        }
-    }
-    if (json) {
-        struct json j;
-        json_init(&j, stdout);
-        json_obj_begin(&j, NULL);
-        json_str(&j, "to", to);
-        json_str(&j, "backend", guest_backend_name(g->backend));
-        json_str(&j, "dirty_log", rep->dirty_source ? rep->dirty_source : "");
-        json_obj_begin(&j, "phases");
-        cli_json_phase(&j, "before", &before);
-        cli_json_phase(&j, "during", &pctx.during);
-        json_null(&j, "after"); /* the receiver's (hugevm receive --json) */
-        json_obj_end(&j);
-        if (rep->in_doubt)
-            json_str(&j, "in_doubt_saved", dpath);
-        if (rc < 0 && !rep->in_doubt) {
-            json_bool(&j, "guest_kept", true);
-            json_dbl(&j, "ran_after_failure_s", left > 0 ? left : 0);
-            json_str(&j, "saved_on_failure", fpath);
-            json_str(&j, "save_on_failure_error", frc == 0 ? "" : ferr);
-        }
-        json_u64(&j, "vcpus", nv);
-        json_str(&j, "workload", what);
-        json_str(&j, "log_dirty", dirty_mode_name(mopts->mode));
-        json_bool(&j, "compress", mopts->compress);
-        json_report(&j, "migration", rep);
-        json_obj_end(&j);
-        json_finish(&j);
-    } else {
-        print_report(rep);
-        if (rep->dirty_source)
-            printf("  guest writes logged by: %s\n", rep->dirty_source);
-        printf("  the guest here:\n");
-        cli_print_phase("before migration:", &before);
-        cli_print_phase("during log-dirty:", &pctx.during);
-    }
-    if (rep->in_doubt) {
-        status = CLI_EXIT_IN_DOUBT;
-        FILE *f = json ? stderr : stdout;
-        fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come back: the "
-                "receiver may be running the guest, or may hold it paused in doubt too.\n");
-        fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to %s "
-                "(written whole, mode 0600).\n", dpath);
-        fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the receiver "
-                "reports IN DOUBT as well (or is gone), resume exactly one copy, e.g. "
-                "`hugevm restore %s --run`.\n", dpath);
-        fprintf(f, "  exit status %d\n", CLI_EXIT_IN_DOUBT);
-    } else if (rc == 0) {
-        status = 0;
-    } else {
-        /* nothing lost: the guest still runs here and its memory is sound */
-        int a = domain_audit(d);
-        if (!json)
-            printf("  sender audit after the failure: %s\n", a ? hv_audit_last() : "ok");
-        if (fail_save && frc == 0)
-            printf("  the guest, kept after the failed migration, is saved to %s: `hugevm "
-                   "restore %s --run` resumes it\n", fpath, fpath);
-        else if (fail_save)
-            fprintf(stderr, "hugevm: saving the guest kept after the failed migration to %s "
-                    "failed: %s (nothing was written under that name)\n", fail_save, ferr);
-        else if (!json)
-            printf("  the guest ran here to the end of the run; give --save-on-failure FILE to "
-                   "keep it past that\n");
-    }
-    free(rep);
-    return status;
 }
 
 static int run_migrate(int argc, char **argv)
@@ -625,8 +187,9 @@ static int run_migrate(int argc, char **argv)
 static struct opt migrate_opts_table[] = {
     {"to", OPT_STR, &mo.to, "ADDR:PORT", "the receiver (hugevm receive --listen)", NULL},
     {"backend", OPT_STR, &mo.backend, "NAME", "vCPU backend of the migrated guest: kvm (the "
-     "built-in C workload as a real guest; KVM's dirty log feeds the rounds), soft, or auto "
-     "(default: kvm where /dev/kvm works, else soft); native guests cannot migrate", NULL},
+     "built-in C workload as a real guest; KVM's dirty log feeds the rounds), native (the same "
+     "program as host code; userfaultfd write-protect logs its writes), soft, or auto "
+     "(default: kvm where /dev/kvm works, else soft)", NULL},
     {"guest-mem", OPT_SIZE, &mo.guest_mem, "SIZE", "guest RAM (default 4G)", NULL},
     {"host-mem", OPT_SIZE, &mo.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
     {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
@@ -877,7 +440,7 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
     struct guest *g = res->g;
     struct domain *d = g->d;
     char path[PATH_MAX];
-    keep_in_doubt(g, ro.doubt_file, "receiver", path, sizeof(path));
+    cli_keep_in_doubt(g, ro.doubt_file, "receiver", path, sizeof(path));
     int audit = domain_audit(d);
     if (audit == 0)
         audit = frames_audit(m->frames);
@@ -902,7 +465,8 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
     fprintf(f, "  It is saved, paused, to %s (written whole, mode 0600).\n", path);
     fprintf(f, "  If the sender reports its guest running (its COMMIT never left), delete this "
             "copy.  If the sender reports IN DOUBT too (or is gone), resume exactly one copy, "
-            "this one preferably: `hugevm restore %s --run`.\n", path);
+            "this one preferably: `hugevm restore %s --run%s`.\n", path,
+            res->g && res->g->backend == GUEST_BACKEND_NATIVE ? " --backend native" : "");
     fprintf(f, "  audit: %s; exit status %d\n", audit ? hv_audit_last() : "ok",
             CLI_EXIT_IN_DOUBT);
     guest_destroy(g);
@@ -926,15 +490,13 @@ static int run_receive(int argc, char **argv)
     enum guest_backend want;
     bool want_auto;
     if (guest_backend_parse(ro.backend, &want, &want_auto) < 0)
-        return cli_error("receive: --backend %s: give kvm, soft or auto", ro.backend);
-    if (!want_auto && want == GUEST_BACKEND_NATIVE)
-        return cli_error("receive: --backend native: native guests cannot migrate");
+        return cli_error("receive: --backend %s: give kvm, native, soft or auto", ro.backend);
     if (!want_auto &&
         cli_backend("receive", ro.backend, NULL, false, &backend, bwhy, sizeof(bwhy)))
         return 1;
     if (!ro.json)
         printf("backend: %s\n", want_auto ? "auto (the one the guest ran on: soft vCPUs, or KVM "
-                                             "for a real guest)"
+                                             "for a real guest; native only when asked for)"
                                            : guest_backend_name(want));
     /* loopback unless an address is named: a bare PORT is 127.0.0.1:PORT */
     const char *listen = ro.listen ? ro.listen : "0";
@@ -1055,9 +617,9 @@ static int run_receive(int argc, char **argv)
             uint64_t t = hv_now_ns();
             int grc = guest_start(g);
             if (grc == 0) {
-                sleep_s(ro.run_s / 10);
+                cli_sleep_s(ro.run_s / 10);
                 cli_phase_begin(&after, g);
-                sleep_s(ro.run_s - ro.run_s / 10);
+                cli_sleep_s(ro.run_s - ro.run_s / 10);
                 cli_phase_end(&after, g);
                 grc = guest_finish(g, 60ULL * 1000 * 1000 * 1000);
             }
@@ -1071,7 +633,7 @@ static int run_receive(int argc, char **argv)
         } else if (ro.run_s > 0 && g->nr_vcpus) {
             if (guest_start(g) == 0) {
                 uint64_t t = hv_now_ns();
-                sleep_s(ro.run_s);
+                cli_sleep_s(ro.run_s);
                 guest_stop(g);
                 ran = (double)(hv_now_ns() - t) / 1e9;
             }
@@ -1166,8 +728,9 @@ out:
 
 static struct opt receive_opts_table[] = {
     {"backend", OPT_STR, &ro.backend, "NAME", "vCPU backend the guest resumes on: auto (default: "
-     "the one it ran on, soft vCPUs or KVM), or kvm or soft to refuse guests of the other kind "
-     "(the migration then fails and the sender keeps its guest)", NULL},
+     "the one it ran on, soft or kvm), or one of soft, kvm, native to refuse guests of the "
+     "others (the migration then fails and the sender keeps its guest); native guests are "
+     "accepted only with --backend native (their code runs as this process's own)", NULL},
     {"listen", OPT_STR, &ro.listen, "[ADDR:]PORT", "where to listen (port 0: any); without "
      "ADDR, and by default, on 127.0.0.1 only: name another address to accept other hosts", NULL},
     {"port-file", OPT_STR, &ro.port_file, "FILE", "write the port listened on to FILE", NULL},

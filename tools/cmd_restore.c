@@ -119,6 +119,10 @@ static int run_restore(int argc, char **argv)
             } else if (strcmp(o.backend, "auto") && strcmp(o.backend, bname)) {
                 cli_error("restore: --run: this guest ran on the %s backend: its vCPUs resume "
                           "under --backend %s only", bname, bname);
+            } else if (!strcmp(bname, "native") && strcmp(o.backend, "native")) {
+                cli_error("restore: --run: this guest ran on the native backend, whose code "
+                          "runs as this process's own: give --backend native if you trust "
+                          "the file");
             } else if (o.accesses) {
                 cli_error("restore: --run of a program guest: give --seconds (it runs its own "
                           "operation count, or for that long)");

@@ -2,7 +2,6 @@
  * cmd_save.c - `hugevm save FILE`: a standalone scenario: build a guest
  * with a chosen layout (size, MMIO hole, 4K-only ranges, ballooned ranges,
  * PoD), write recognisable content, and save it as a migration stream.
- * Also home of the progress bar shared with restore (terminal only).
  */
 #include <fcntl.h>
 #include <stdlib.h>
@@ -12,26 +11,6 @@
 #include "cli.h"
 #include "safefile.h"
 #include "save.h"
-
-/* A one-line progress bar on stderr, only when stderr is a terminal. */
-void cli_progress(const char *what, uint64_t done, uint64_t total)
-{
-    static int last = -1;
-    if (!isatty(STDERR_FILENO))
-        return;
-    int pct = total ? (int)(done * 100 / total) : 0;
-    if (pct == last && done != total)
-        return;
-    last = pct;
-    int bars = pct / 4;
-    fprintf(stderr, "\r%-8s [%.*s%*s] %3d%%", what, bars, "#########################",
-            25 - bars, "", pct);
-    if (done >= total) {
-        fputc('\n', stderr);
-        last = -1;
-    }
-    fflush(stderr);
-}
 
 static struct {
     uint64_t guest_mem, host_mem, mmio_hole, seed, batch, every, pod_mem;

@@ -1,264 +1,20 @@
 /*
- * hugevm.c - the command line: dispatch, option parsing, --help, and the
- * printing helpers shared by the subcommands.
+ * hugevm.c - main(): the top-level usage, --version, the man page and
+ * completion generators, and dispatch to a subcommand through the table
+ * (commands.c) after its options are parsed (cli.c).
  */
-#include <ctype.h>
-#include <errno.h>
-#include <float.h>
-#include <limits.h>
-#include <math.h>
-#include <stdarg.h>
-#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "cli.h"
-#include "domain.h"
 #include "hugevm.h"
-
-static const struct cmd *const commands[] = {
-    &cmd_populate,
-    &cmd_fragment,
-    &cmd_info,
-    &cmd_run,
-    &cmd_balloon,
-    &cmd_defrag,
-    &cmd_save,
-    &cmd_restore,
-    &cmd_inspect,
-    &cmd_migrate,
-    &cmd_receive,
-};
-
-const struct cmd *const *cli_commands(size_t *n)
-{
-    *n = ARRAY_SIZE(commands);
-    return commands;
-}
-
-int cli_error(const char *fmt, ...)
-{
-    va_list ap;
-    fputs("hugevm: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
-
-static const struct opt *find_opt(const struct cmd *c, const char *name)
-{
-    for (const struct opt *o = c->opts; o && o->name; o++)
-        if (!strcmp(o->name, name))
-            return o;
-    return NULL;
-}
-
-void cli_help(const struct cmd *c, FILE *out)
-{
-    fprintf(out, "usage: hugevm %s [options]%s%s\n  %s\n\noptions:\n", c->name,
-            c->usage_extra ? " " : "", c->usage_extra ? c->usage_extra : "",
-            c->summary);
-    for (const struct opt *o = c->opts; o && o->name; o++) {
-        char left[64];
-        snprintf(left, sizeof(left), "--%s%s%s", o->name, o->arg ? " " : "",
-                 o->arg ? o->arg : "");
-        fprintf(out, "  %-26s %s\n", left, o->help);
-    }
-    if (cli_has_overcommit(c))
-        fprintf(out, "  %-26s %s\n", "--overcommit", CLI_OVERCOMMIT_HELP);
-    fprintf(out, "  %-26s %s\n", "--help", "show this help");
-}
-
-bool cli_has_overcommit(const struct cmd *c) { return find_opt(c, "guest-mem") != NULL; }
-
-/* Reject what strtoull and strtod would quietly accept: leading spaces
- * and signs (strtoull wraps "-1"), "nan", "inf". */
-static int number_start(const char *arg, char *why, size_t whylen)
-{
-    if (!arg || !*arg) {
-        snprintf(why, whylen, "empty");
-        return -EINVAL;
-    }
-    if (*arg == '-') {
-        snprintf(why, whylen, "negative");
-        return -ERANGE;
-    }
-    if (!isdigit((unsigned char)*arg) && *arg != '.') {
-        if (!strncasecmp(arg, "nan", 3) || !strncasecmp(arg, "+nan", 4))
-            snprintf(why, whylen, "NaN is not a number");
-        else if (!strncasecmp(arg, "inf", 3) || !strncasecmp(arg, "+inf", 4))
-            snprintf(why, whylen, "infinite");
-        else
-            snprintf(why, whylen, "not a number");
-        return -EINVAL;
-    }
-    return 0;
-}
-
-int cli_parse_number(const struct opt *o, const char *arg, char *why, size_t whylen)
-{
-    char *end;
-    int rc = number_start(arg, why, whylen);
-    if (rc < 0)
-        return rc;
-    if (o->kind == OPT_SIZE || o->kind == OPT_U64 || o->kind == OPT_MSEC) {
-        uint64_t v;
-        if (o->kind == OPT_SIZE) {
-            rc = hv_parse_size(arg, &v);
-            if (rc == -ERANGE) {
-                snprintf(why, whylen, "too large");
-                return rc;
-            }
-            if (rc < 0) {
-                snprintf(why, whylen, "not a size (e.g. 4096, 256M, 8G)");
-                return rc;
-            }
-        } else {
-            errno = 0;
-            unsigned long long u = strtoull(arg, &end, 0);
-            if (errno == ERANGE) {
-                snprintf(why, whylen, "too large (over %llu)", ULLONG_MAX);
-                return -ERANGE;
-            }
-            if (errno || end == arg || *end) {
-                snprintf(why, whylen, "not a whole number%s%s%s", *end ? " (trailing '" : "",
-                         *end ? end : "", *end ? "')" : "");
-                return -EINVAL;
-            }
-            v = u;
-        }
-        if (o->kind == OPT_MSEC && (double)v > CLI_SECONDS_MAX * 1000) {
-            snprintf(why, whylen, "at most %.0f ms (24 days)", CLI_SECONDS_MAX * 1000);
-            return -ERANGE;
-        }
-        *(uint64_t *)o->dest = v;
-        return 0;
-    }
-    errno = 0;
-    double v = strtod(arg, &end);
-    if (end == arg || *end) {
-        snprintf(why, whylen, "not a number%s%s%s", *end ? " (trailing '" : "",
-                 *end ? end : "", *end ? "')" : "");
-        return -EINVAL;
-    }
-    if (isnan(v) || isinf(v) || errno == ERANGE) {
-        snprintf(why, whylen, "%s", isnan(v) ? "NaN is not a number" : "out of range");
-        return -ERANGE;
-    }
-    double hi = o->kind == OPT_SECONDS ? CLI_SECONDS_MAX : o->kind == OPT_FRAC ? 1 : DBL_MAX;
-    if (v > hi) {
-        if (o->kind == OPT_SECONDS)
-            snprintf(why, whylen, "at most %.0f seconds (24 days)", hi);
-        else
-            snprintf(why, whylen, "a fraction: at most 1");
-        return -ERANGE;
-    }
-    *(double *)o->dest = v;
-    return 0;
-}
-
-int cli_ms(double s)
-{
-    if (!(s > 0))
-        return 0;
-    if (s >= CLI_SECONDS_MAX)
-        return (int)(CLI_SECONDS_MAX * 1000);
-    return (int)ceil(s * 1000);
-}
-
-static int set_opt(const struct opt *o, const char *arg, char *why, size_t whylen)
-{
-    int rc = 0;
-    switch (o->kind) {
-    case OPT_FLAG:
-        *(bool *)o->dest = true;
-        break;
-    case OPT_SIZE:
-    case OPT_U64:
-    case OPT_DBL:
-    case OPT_FRAC:
-    case OPT_SECONDS:
-    case OPT_MSEC:
-        rc = cli_parse_number(o, arg, why, whylen);
-        break;
-    case OPT_STR:
-        *(const char **)o->dest = arg;
-        break;
-    case OPT_FUNC:
-        rc = o->fn(o->dest, arg);
-        break;
-    }
-    return rc;
-}
-
-int cli_parse(const struct cmd *c, int argc, char **argv)
-{
-    int npos = 0;
-    const struct opt *gm = find_opt(c, "guest-mem");
-    bool overcommit = false;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            cli_help(c, stdout);
-            return -2;
-        }
-        if (gm && strcmp(a, "--overcommit") == 0) {
-            overcommit = true;
-            continue;
-        }
-        if (strncmp(a, "--", 2) != 0 || a[2] == 0) {
-            argv[npos++] = argv[i];
-            continue;
-        }
-        const char *name = a + 2, *val = NULL;
-        const char *eq = strchr(name, '=');
-        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-        const struct opt *o = c->opts;
-        for (; o && o->name; o++)
-            if (strlen(o->name) == nlen && strncmp(o->name, name, nlen) == 0)
-                break;
-        if (!o || !o->name) {
-            cli_error("%s: unknown option '%s' (see hugevm %s --help)", c->name, a,
-                      c->name);
-            return -1;
-        }
-        if (o->kind != OPT_FLAG) {
-            if (eq)
-                val = eq + 1;
-            else if (i + 1 < argc)
-                val = argv[++i];
-            else {
-                cli_error("%s: option --%s needs %s", c->name, o->name,
-                          o->arg ? o->arg : "a value");
-                return -1;
-            }
-        } else if (eq) {
-            cli_error("%s: option --%s takes no value", c->name, o->name);
-            return -1;
-        }
-        char why[128] = "";
-        if (set_opt(o, val, why, sizeof(why)) < 0) {
-            if (why[0])
-                cli_error("%s: --%s: bad value '%s': %s", c->name, o->name, val, why);
-            else
-                cli_error("%s: --%s: bad value '%s' (%s)", c->name, o->name, val,
-                          o->arg ? o->arg : "value");
-            return -1;
-        }
-    }
-    if (gm && gm->kind == OPT_SIZE &&
-        cli_check_guest_mem(c->name, *(const uint64_t *)gm->dest, overcommit) < 0)
-        return -1;
-    return npos;
-}
 
 static void usage(FILE *out)
 {
     fprintf(out, "usage: hugevm COMMAND [options]\n\n"
                  "hugevm: guest memory that keeps its superpages.\n\ncommands:\n");
-    for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
+    size_t n;
+    const struct cmd *const *commands = cli_commands(&n);
+    for (size_t i = 0; i < n; i++)
         fprintf(out, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
     fprintf(out, "\n'hugevm COMMAND --help' describes a command's options; 'hugevm --version'\n"
                  "prints the version; 'man hugevm-COMMAND' has the same in a man page.\n");
@@ -283,7 +39,9 @@ int main(int argc, char **argv)
         return argc > 3 ? 2 : cli_man(argc == 3 ? argv[2] : NULL, stdout) ? 2 : 0;
     if (!strcmp(argv[1], "--completion"))
         return argc > 2 ? 2 : cli_completion(stdout);
-    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+    size_t nc;
+    const struct cmd *const *commands = cli_commands(&nc);
+    for (size_t i = 0; i < nc; i++) {
         const struct cmd *c = commands[i];
         if (strcmp(argv[1], c->name) != 0)
             continue;

@@ -8,6 +8,7 @@
 #include "kvm.h"
 
 #include <string.h>
+#include <unistd.h>
 #include "domain.h"
 
 void cli_print_thp(const struct machine *m, FILE *out)
@@ -37,39 +38,6 @@ int cli_machine_create(const char *cmd, struct machine **m, uint64_t bytes, bool
                 hv_fmt_size(bytes, b1, sizeof(b1)), s, s > 0 ? (double)bytes / 1e9 / s : 0);
     }
     return 0;
-}
-
-/* A /proc/meminfo figure ("MemTotal") in bytes, or 0. */
-static uint64_t meminfo_bytes(const char *key)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[160];
-    uint64_t v = 0;
-    size_t klen = strlen(key);
-    while (f && fgets(line, sizeof(line), f)) {
-        unsigned long long kb;
-        if (!strncmp(line, key, klen) && line[klen] == ':' &&
-            sscanf(line + klen + 1, "%llu", &kb) == 1) {
-            v = (uint64_t)kb * 1024;
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    return v;
-}
-
-int cli_check_guest_mem(const char *cmd, uint64_t bytes, bool overcommit)
-{
-    char b1[32], b2[32];
-    uint64_t ram = meminfo_bytes("MemTotal"), host = ram + meminfo_bytes("SwapTotal");
-    if (overcommit || !ram || bytes <= host)
-        return 0;
-    cli_error("%s: --guest-mem %s is more than this host's memory (%s: MemTotal plus "
-              "SwapTotal); give --overcommit to run it all the same (only touched memory "
-              "costs host RAM)", cmd, hv_fmt_size(bytes, b1, sizeof(b1)),
-              hv_fmt_size(host, b2, sizeof(b2)));
-    return -E2BIG;
 }
 
 void cli_json_machine_memory(struct json *j, const struct machine *m)
@@ -331,4 +299,24 @@ void cli_json_guest_pod(struct json *j, const char *key, const struct guest *g)
     GUEST_POD_FIELDS(X)
 #undef X
     json_obj_end(j);
+}
+
+/* A one-line progress bar on stderr, only when stderr is a terminal. */
+void cli_progress(const char *what, uint64_t done, uint64_t total)
+{
+    static int last = -1;
+    if (!isatty(STDERR_FILENO))
+        return;
+    int pct = total ? (int)(done * 100 / total) : 0;
+    if (pct == last && done != total)
+        return;
+    last = pct;
+    int bars = pct / 4;
+    fprintf(stderr, "\r%-8s [%.*s%*s] %3d%%", what, bars, "#########################",
+            25 - bars, "", pct);
+    if (done >= total) {
+        fputc('\n', stderr);
+        last = -1;
+    }
+    fflush(stderr);
 }
