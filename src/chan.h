@@ -62,6 +62,9 @@ struct chan_ops {
     long (*read)(struct chan *c, void *buf, size_t len);
     /* Up to len bytes (> 0) or -errno. */
     long (*write)(struct chan *c, const void *buf, size_t len);
+    /* Optional: what is there now, without waiting: up to len bytes
+     * (> 0), 0 at end of stream, -EAGAIN (nothing yet), -errno. */
+    long (*read_now)(struct chan *c, void *buf, size_t len);
     /* Readable within timeout_ms: 1, 0 (not yet), -errno. */
     int (*poll_in)(struct chan *c, int timeout_ms);
     /* Bound every later read and write (0: none). */

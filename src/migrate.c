@@ -54,6 +54,7 @@
 #include <zstd.h>
 
 #include "chan.h"
+#include "hash.h"
 #include "guest_state.h"
 #include "zero.h"
 
@@ -88,9 +89,8 @@ static int digest_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m
         gfn_t g = gfn + i;
         bool zero = (c->known && g < c->nknown && !(c->known[g / 64] >> (g % 64) & 1)) ||
                     machine_offset_in_hole(&c->dm, machine_offset(mfn + i));
-        uint64_t h = zero ? c->zero_hash : XXH3_64bits(machine_ptr(c->m, mfn + i), PAGE_SIZE);
-        uint64_t rec[2] = {htole64(gfn + i), htole64(h)};
-        c->acc = XXH3_64bits_withSeed(rec, sizeof(rec), c->acc);
+        uint64_t h = zero ? c->zero_hash : hv_hash64(machine_ptr(c->m, mfn + i), PAGE_SIZE);
+        c->acc += stream_digest_term(g, h);
     }
     c->pages += order_pages(order);
     return 0;
@@ -104,10 +104,9 @@ uint64_t migrate_digest(struct domain *d, uint64_t *pages)
 uint64_t migrate_digest_known(struct domain *d, const uint64_t *data_bits, gfn_t nr,
                               uint64_t *pages)
 {
-    static const uint8_t zero_page[PAGE_SIZE];
     struct digest_ctx c = {.m = d->m, .known = data_bits, .nknown = nr};
     machine_holes_init(&c.dm, d->m);
-    c.zero_hash = XXH3_64bits(zero_page, PAGE_SIZE);
+    c.zero_hash = stream_zero_page_hash();
     (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, digest_leaf, &c);
     if (pages)
         *pages = c.pages;
@@ -228,9 +227,14 @@ static int recv_ctrl(struct chan *ch, uint16_t want, void *body, uint32_t len, c
 
 /* ---- the sender's frame pipeline ------------------------------------------------------- */
 
+/* Frame buffers keep FBUF_HEAD bytes in front of the payload: the header
+ * is put right before it (raw or zbuf), so a frame is one send, not a
+ * 24-byte one and then the payload. */
+#define FBUF_HEAD 64u
+
 struct fbuf {
-    uint8_t *raw, *zbuf;
-    const uint8_t *out; /* raw or zbuf */
+    uint8_t *raw, *zbuf;   /* payloads, FBUF_HEAD bytes into their allocations */
+    uint8_t *out;          /* raw or zbuf */
     size_t raw_len, out_len;
     struct mig_frame h;
 };
@@ -310,9 +314,8 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&p->mu);
         int rc = 0;
         if (!werr) { /* after an error, queued frames are dropped */
-            rc = pipe_send(p, &b->h, sizeof(b->h));
-            if (rc == 0 && b->out_len)
-                rc = pipe_send(p, b->out, b->out_len);
+            memcpy(b->out - sizeof(b->h), &b->h, sizeof(b->h));
+            rc = pipe_send(p, b->out - sizeof(b->h), sizeof(b->h) + b->out_len);
         }
         pthread_mutex_lock(&p->mu);
         if (rc < 0 && !p->werr)
@@ -339,11 +342,13 @@ static int pipe_init(struct pipe *p, struct chan *ch, bool compress, int level,
     pthread_cond_init(&p->cv, NULL);
     p->zcap = ZSTD_compressBound(MIG_FRAME_RAW);
     for (unsigned i = 0; i < PIPE_BUFS; i++) {
-        p->b[i].raw = hv_malloc(MIG_FRAME_RAW);
-        if (!p->b[i].raw)
+        uint8_t *r = hv_malloc(FBUF_HEAD + MIG_FRAME_RAW), *z = NULL;
+        if (!r)
             return -ENOMEM;
-        if (compress && !(p->b[i].zbuf = hv_malloc(p->zcap)))
+        p->b[i].raw = r + FBUF_HEAD;
+        if (compress && !(z = hv_malloc(FBUF_HEAD + p->zcap)))
             return -ENOMEM;
+        p->b[i].zbuf = z ? z + FBUF_HEAD : NULL;
     }
     if (compress && !(p->cctx = ZSTD_createCCtx()))
         return -ENOMEM;
@@ -366,8 +371,8 @@ static void pipe_fini(struct pipe *p)
         pthread_join(p->thread, NULL);
     }
     for (unsigned i = 0; i < PIPE_BUFS; i++) {
-        free(p->b[i].raw);
-        free(p->b[i].zbuf);
+        free(p->b[i].raw ? p->b[i].raw - FBUF_HEAD : NULL);
+        free(p->b[i].zbuf ? p->b[i].zbuf - FBUF_HEAD : NULL);
     }
     ZSTD_freeCCtx(p->cctx);
     XXH3_freeState(p->xs);
@@ -392,7 +397,7 @@ static int pipe_take(struct pipe *p)
     p->filling = true;
     pipe_cur(p)->raw_len = 0;
     p->hashed = 0;
-    (void)XXH3_64bits_reset(p->xs);
+    hv_hash_reset(p->xs);
     return 0;
 }
 
@@ -402,7 +407,7 @@ static int pipe_take(struct pipe *p)
 static void pipe_hash(struct pipe *p)
 {
     struct fbuf *b = pipe_cur(p);
-    (void)XXH3_64bits_update(p->xs, b->raw + p->hashed, b->raw_len - p->hashed);
+    hv_hash_update(p->xs, b->raw + p->hashed, b->raw_len - p->hashed);
     p->hashed = b->raw_len;
 }
 
@@ -412,7 +417,7 @@ static int pipe_seal(struct pipe *p, uint16_t type)
     struct fbuf *b = pipe_cur(p);
     uint16_t flags = 0;
     pipe_hash(p);
-    uint64_t sum = XXH3_64bits_digest(p->xs);
+    uint64_t sum = hv_hash_digest(p->xs);
     b->out = b->raw;
     b->out_len = b->raw_len;
     if (p->compress && type == MIG_DATA && b->raw_len) {
@@ -525,8 +530,20 @@ struct sender {
     mfn_t mfn[BATCH];  /* INVALID_MFN: not RAM when translated (XTAB) */
     uint64_t entries[BATCH];
     const void *data[BATCH];
+    gfn_t data_pfn[BATCH];
     unsigned n;
     struct migrate_round *r; /* the round being sent */
+    /* The memory digest (stream.h), kept as pages are sent: the term of
+     * what was last sent for gfn (0: nothing, or a hole) is
+     * term[gfn / 512][gfn % 512], a chunk allocated with its first term
+     * (so a guest with RAM high up costs 8 bytes per pointer per 2M of
+     * gfn space, like the dirty bitmap, not 8 per gfn); dsum is their
+     * sum, dpages how many are not 0.  Every RAM page at the pause was
+     * last sent with its bytes at the pause (the dirty log's guarantee),
+     * so dsum is the digest of memory at the pause. */
+    uint64_t **term, nterm, dsum, dpages, zero_hash;
+    uint8_t *fault_copy;     /* MIGRATE_FAULT_WRONG / _DUP: a page's bytes */
+    bool fault_have;         /* _DUP: fault_copy holds the first copy sent */
 };
 
 static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
@@ -574,7 +591,78 @@ static void translate_batch(struct sender *s)
     domain_unlock(d);
 }
 
-/* One PAGE_DATA record for the collected pfns. */
+/* gfn's digest term is now t (0: none).  -ENOMEM. */
+static int term_set(struct sender *s, gfn_t gfn, uint64_t t)
+{
+    uint64_t c = gfn / 512;
+    if (c >= s->nterm) {
+        if (!t)
+            return 0;
+        uint64_t n = s->nterm ? s->nterm : 1024;
+        while (n <= c)
+            n *= 2;
+        uint64_t **v = hv_calloc(n, sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        if (s->nterm)
+            memcpy(v, s->term, s->nterm * sizeof(*v));
+        free(s->term);
+        s->term = v;
+        s->nterm = n;
+    }
+    if (!s->term[c]) {
+        if (!t)
+            return 0;
+        if (!(s->term[c] = hv_calloc(512, sizeof(uint64_t))))
+            return -ENOMEM;
+    }
+    uint64_t old = s->term[c][gfn % 512];
+    s->dsum += t - old;
+    s->dpages += (uint64_t)(t != 0) - (uint64_t)(old != 0);
+    s->term[c][gfn % 512] = t;
+    return 0;
+}
+
+/* The bytes that go on the wire for data page k of the batch (pfn's):
+ * the page itself, or under fault injection a changed copy of it. */
+static const void *wire_page(struct sender *s, gfn_t pfn, const void *page)
+{
+    const struct migrate_opts *o = s->o;
+    if (pfn != o->fault_gfn || !s->fault_copy)
+        return page;
+    if (o->fault_page == MIGRATE_FAULT_WRONG) {
+        memcpy(s->fault_copy, page, PAGE_SIZE);
+        s->fault_copy[PAGE_SIZE / 2] ^= 0x10;
+        return s->fault_copy;
+    }
+    if (o->fault_page == MIGRATE_FAULT_DUP && !s->fault_have) {
+        memcpy(s->fault_copy, page, PAGE_SIZE);
+        s->fault_have = true;
+    }
+    return page;
+}
+
+/* MIGRATE_FAULT_DUP, at the end of the final round: the first copy of
+ * fault_gfn sent again (the digest keeps the term of the last real one). */
+static int send_fault_dup(struct sender *s)
+{
+    if (s->o->fault_page != MIGRATE_FAULT_DUP || !s->fault_have)
+        return 0;
+    uint64_t e = htole64(stream_pfn_entry(s->o->fault_gfn, STREAM_PAGE_NOTAB));
+    struct stream_page_data_header h = {htole32(1), 0};
+    int rc = stream_record_begin(&s->w, STREAM_REC_PAGE_DATA, 8 + 8 + PAGE_SIZE);
+    if (rc == 0)
+        rc = stream_write_part(&s->w, &h, sizeof(h));
+    if (rc == 0)
+        rc = stream_write_part(&s->w, &e, sizeof(e));
+    if (rc == 0)
+        rc = stream_write_part(&s->w, s->fault_copy, PAGE_SIZE);
+    return rc == 0 ? stream_record_end(&s->w) : rc;
+}
+
+/* One PAGE_DATA record for the collected pfns; each page's digest term is
+ * taken as it is sent: a data page is hashed right after it was copied
+ * into the frame (in cache), a zero page or a hole costs no read. */
 static int send_batch(struct sender *s)
 {
     struct domain *d = s->d;
@@ -585,36 +673,57 @@ static int send_batch(struct sender *s)
      * its window was taken is dirty and goes again in the next round); a
      * data window stays data. */
     machine_holes_forget(&s->dm);
-    for (unsigned k = 0; k < s->n; k++) {
+    unsigned nent = 0;
+    int rc = 0;
+    for (unsigned k = 0; k < s->n && rc == 0; k++) {
+        gfn_t pfn = s->pfn[k];
+        bool drop = s->o->fault_page == MIGRATE_FAULT_DROP && pfn == s->o->fault_gfn &&
+                    s->r->paused;
         if (s->mfn[k] == INVALID_MFN) { /* a hole or a PoD entry now */
-            s->entries[k] = htole64(stream_pfn_entry(s->pfn[k], STREAM_PAGE_XTAB));
+            if (!drop)
+                s->entries[nent++] = htole64(stream_pfn_entry(pfn, STREAM_PAGE_XTAB));
             s->r->pages_xtab++;
+            rc = term_set(s, pfn, 0);
             continue;
         }
         const void *ptr = machine_ptr(d->m, s->mfn[k]);
         bool zero = machine_offset_in_hole(&s->dm, machine_offset(s->mfn[k])) || zero_check(ptr, PAGE_SIZE);
-        s->entries[k] = htole64(stream_pfn_entry(s->pfn[k], zero ? STREAM_PAGE_XALLOC
-                                                                 : STREAM_PAGE_NOTAB));
-        if (zero)
+        if (zero) {
             s->r->pages_zero++;
-        else
+            rc = term_set(s, pfn, stream_digest_term(pfn, s->zero_hash));
+        } else if (drop) { /* counted as sent, never sent */
+            rc = term_set(s, pfn, stream_digest_term(pfn, hv_hash64(ptr, PAGE_SIZE)));
+        } else {
+            s->data_pfn[ndata] = pfn;
             s->data[ndata++] = ptr;
+        }
+        if (!drop)
+            s->entries[nent++] = htole64(stream_pfn_entry(pfn, zero ? STREAM_PAGE_XALLOC
+                                                                   : STREAM_PAGE_NOTAB));
     }
     s->r->pages_data += ndata;
-    uint64_t len = 8 + 8ULL * s->n + PAGE_SIZE * ndata;
-    struct stream_page_data_header h = {htole32(s->n), 0};
+    s->n = 0;
+    if (rc < 0 || !nent)
+        return rc;
+    uint64_t len = 8 + 8ULL * nent + PAGE_SIZE * ndata;
+    struct stream_page_data_header h = {htole32(nent), 0};
     uint64_t off0 = s->w.offset;
-    int rc = stream_record_begin(&s->w, STREAM_REC_PAGE_DATA, (uint32_t)len);
+    rc = stream_record_begin(&s->w, STREAM_REC_PAGE_DATA, (uint32_t)len);
     if (rc == 0)
         rc = stream_write_part(&s->w, &h, sizeof(h));
     if (rc == 0)
-        rc = stream_write_part(&s->w, s->entries, 8ULL * s->n);
-    for (uint32_t k = 0; k < ndata && rc == 0; k++)
-        rc = stream_write_part(&s->w, s->data[k], PAGE_SIZE);
+        rc = stream_write_part(&s->w, s->entries, 8ULL * nent);
+    for (uint32_t k = 0; k < ndata && rc == 0; k++) {
+        /* the term of the bytes just copied (a page the guest changes
+         * meanwhile is dirty: sent again, term replaced) */
+        rc = stream_write_part(&s->w, wire_page(s, s->data_pfn[k], s->data[k]), PAGE_SIZE);
+        if (rc == 0)
+            rc = term_set(s, s->data_pfn[k],
+                          stream_digest_term(s->data_pfn[k], hv_hash64(s->data[k], PAGE_SIZE)));
+    }
     if (rc == 0)
         rc = stream_record_end(&s->w);
     s->r->stream_bytes += s->w.offset - off0;
-    s->n = 0;
     return rc;
 }
 
@@ -807,6 +916,11 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = sfail(s, rc, "setting up the connection: %s", strerror(-rc));
         goto out;
     }
+    s->zero_hash = stream_zero_page_hash();
+    if (o->fault_page != MIGRATE_FAULT_NONE && !(s->fault_copy = hv_malloc(PAGE_SIZE))) {
+        rc = sfail(s, -ENOMEM, "out of memory");
+        goto out;
+    }
     s->io = (struct stream_io){.write = pipe_io_write, .flush = pipe_io_flush, .ctx = &s->pipe};
     stream_writer_init(&s->w, &s->io);
     machine_holes_init(&s->dm, d->m);
@@ -933,6 +1047,8 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     s->r->paused = true;
     uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
     rc = send_dirty(s, s->bitmap);
+    if (rc == 0)
+        rc = send_fault_dup(s);
     if (rc == 0) {
         rc = hvctx_begin(&tl);
         if (rc == 0)
@@ -950,9 +1066,21 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = end_round(s, rt, w0);
     if (rc < 0)
         goto wfail;
-    uint64_t td = hv_now_ns(), pages = 0;
+    /* the digest was kept page by page as they were sent (nothing to read
+     * here); the audit reads all of memory to check that */
+    uint64_t td = hv_now_ns(), pages = s->dpages;
     struct mig_done done = {0};
-    rep->digest_sender = migrate_digest(d, &pages);
+    rep->digest_sender = s->dsum;
+    if (o->audit_digest) {
+        uint64_t apages = 0, a = migrate_digest(d, &apages);
+        if (a != s->dsum || apages != s->dpages) {
+            rc = sfail(s, -EBADMSG, "digest audit: memory at the pause has digest %#llx (%llu "
+                       "pages), the pages sent add up to %#llx (%llu pages)",
+                       (unsigned long long)a, (unsigned long long)apages,
+                       (unsigned long long)s->dsum, (unsigned long long)s->dpages);
+            goto out;
+        }
+    }
     done.digest = htole64(rep->digest_sender);
     done.pages = htole64(pages);
     done.verify = htole32(1);
@@ -1070,6 +1198,10 @@ out:
     free(s->runs);
     free(s->bitmap);
     free(s->fresh);
+    for (uint64_t c = 0; c < s->nterm; c++)
+        free(s->term[c]);
+    free(s->term);
+    free(s->fault_copy);
     free(s);
     return rep->rc;
 }
@@ -1149,11 +1281,11 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
             return rxfail(x, rc, "DATA frame at byte offset %llu: %s after %zu of %zu bytes",
                           (unsigned long long)x->at, rx_why(x, rc),
                           x->len - x->left + done + got, x->len);
-        (void)XXH3_64bits_update(x->xs, p + done, k);
+        hv_hash_update(x->xs, p + done, k);
         done += k;
     }
     x->left -= n;
-    if (!x->left && XXH3_64bits_digest(x->xs) != x->sum)
+    if (!x->left && hv_hash_digest(x->xs) != x->sum)
         return rxfail(x, -EBADMSG, "DATA frame at byte offset %llu: checksum mismatch",
                       (unsigned long long)x->at);
     return 0;
@@ -1217,7 +1349,7 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
         x->pos = x->avail = x->stage0 = 0;
         x->sum = le64toh(h.checksum);
         x->at = at;
-        (void)XXH3_64bits_reset(x->xs);
+        hv_hash_reset(x->xs);
         *type = t;
         return 0;
     }
@@ -1234,7 +1366,7 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
                           (unsigned long long)at,
                           ZSTD_isError(n) ? ZSTD_getErrorName(n) : "has the wrong length");
     }
-    if (XXH3_64bits(x->raw, raw) != le64toh(h.checksum))
+    if (hv_hash64(x->raw, raw) != le64toh(h.checksum))
         return rxfail(x, -EBADMSG, "%s frame at byte offset %llu: checksum mismatch",
                       frame_name(t), (unsigned long long)at);
     x->frames++;
@@ -1444,11 +1576,11 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     x.frame_ms = timeout;
     x.phase = "frame";
     struct stream_io io = {.read = rx_read, .ctx = &x};
-    /* live: the memory map may change meanwhile.  track_data: the digest
-     * then reads only the pfns that got data (on a resident machine nothing
-     * is a hole, and reading every zero page of a mostly empty guest took
-     * most of the downtime). */
-    struct restore_opts ro = {.live = true, .track_data = true};
+    /* live: the memory map may change meanwhile.  digest: the restore
+     * keeps the memory digest page by page as pages land (stream.h), so
+     * nothing reads memory again after END.  track_data: for the audit,
+     * which then reads only the pfns that got data. */
+    struct restore_opts ro = {.live = true, .digest = true, .track_data = o->audit_digest};
     rc = stream_restore(m, &io, &ro, &res->rr);
     if (rc < 0) {
         if (x.err[0] && res->rr.err[0])
@@ -1476,7 +1608,20 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
                  "%u): this receiver always checks it", le32toh(done.verify));
         goto fail_msg;
     }
-    res->digest = migrate_digest_known(d, res->rr.data_bits, res->rr.data_bits_nr, &pages);
+    res->digest = res->rr.digest;
+    pages = res->rr.digest_pages;
+    if (o->audit_digest) {
+        uint64_t apages = 0;
+        uint64_t a = migrate_digest_known(d, res->rr.data_bits, res->rr.data_bits_nr, &apages);
+        if (a != res->digest || apages != pages) {
+            rc = -EBADMSG;
+            snprintf(res->err, sizeof(res->err), "digest audit: the restored memory has digest "
+                     "%#llx (%llu pages), the pages received add up to %#llx (%llu pages)",
+                     (unsigned long long)a, (unsigned long long)apages,
+                     (unsigned long long)res->digest, (unsigned long long)pages);
+            goto fail_msg;
+        }
+    }
     res->verified = true;
     if (res->digest != le64toh(done.digest) || pages != le64toh(done.pages)) {
         rc = -EBADMSG;

@@ -20,7 +20,8 @@
  *   DATA ... (round 0: every RAM page; rounds 1..n: pages dirtied meanwhile,
  *            guest running, XTAB for those no longer RAM; final round:
  *            guest paused; tail with the PoD entries at pause; END)
- *   DONE {digest of every page at pause} ->  stream_restore has seen END
+ *   DONE {digest of every page at pause,  ->  stream_restore has seen END
+ *         kept as pages were sent}
  *                                   <-       RESULT {status, digest, leaves}
  *   COMMIT (or ABORT)               ->       the receiver owns the guest
  *                                            (or destroys it)
@@ -48,6 +49,15 @@
  * large uncompressed DATA frames straight into the buffers stream_restore
  * reads into and checks their checksum as the last byte arrives (a bad
  * frame still fails the migration before END is acted on).
+ *
+ * Memory digest (stream.h): the sum of one term per RAM page, kept by
+ * both sides as pages go and land, so that nothing reads all of memory
+ * while the guest is paused; only the final round's pages change it at
+ * the pause.  It is as strong as a digest read at the pause against a
+ * page that is wrong, missing or stale on the receiver (whatever the
+ * wire or the restore did); it does not see a page the guest wrote
+ * without the dirty log noticing (sent once, never again): audit_digest
+ * (tests) reads all of memory at the pause and checks the kept sum.
  *
  * Nothing lost: any failure before RESULT (connection loss, timeout, a
  * receiver error, a digest mismatch, hostile bytes), a RESULT that is not
@@ -108,7 +118,7 @@
 #define MIGRATE_MAX_VCPUS GUEST_MAX_VCPUS
 #define MIGRATE_MAX_ROUNDS 60     /* iterative rounds after the full copy */
 #define MIGRATE_DEFAULT_ROUNDS 10
-#define MIGRATE_DEFAULT_DOWNTIME_MS 50.0
+#define MIGRATE_DEFAULT_DOWNTIME_MS 20.0
 #define MIGRATE_DEFAULT_TIMEOUT_MS 30000
 #define MIGRATE_DEFAULT_HANDSHAKE_MS 10000
 #define MIGRATE_DEFAULT_TOTAL_MS (3600ULL * 1000)
@@ -121,7 +131,9 @@
  * halfway, so the handshake refuses it up front. */
 /* 3: RESUMED, the receiver's last word; a version-2 sender would destroy
  * its copy without waiting for it. */
-#define MIG_VERSION 3u
+/* 4: the memory digest is the sum of per-page terms (stream.h), kept as
+ * pages are sent and received; a version-3 peer's would never match. */
+#define MIG_VERSION 4u
 #define MIG_FRAME_RAW (1u << 20)  /* raw bytes per DATA frame, at most */
 #define MIG_CTRL_MAX 4096u        /* control frame bodies, at most */
 
@@ -184,9 +196,12 @@ _Static_assert(GUEST_STATE_MAX_VCPUS == MIGRATE_MAX_VCPUS, "one vCPU limit");
 /* The running guest is guest.h's (struct guest: its vCPUs, pause/resume,
  * guest_call); migration pauses it for the final round. */
 
-/* Digest of guest memory: XXH3-64 over (gfn, XXH3-64(page)) for every RAM
- * gfn in ascending order; leaf sizes do not matter.  *pages (may be NULL)
- * gets the RAM page count.  The guest must be paused. */
+/* Digest of guest memory, read from memory: the sum of
+ * stream_digest_term(gfn, XXH3-64(page)) over every RAM gfn (stream.h);
+ * leaf sizes do not matter.  *pages (may be NULL) gets the RAM page count.
+ * The guest must be paused.  A migration does not call it (both sides keep
+ * the same sum term by term as pages go and come) except to audit that
+ * (migrate_opts.audit_digest, migrate_recv_opts.audit_digest). */
 uint64_t migrate_digest(struct domain *d, uint64_t *pages);
 /* The same digest, reading only the pfns set in data_bits (nr bits; pfns
  * at or beyond nr are read): the caller knows the others are zero, as a
@@ -241,6 +256,27 @@ struct migrate_opts {
      * sending COMMIT (it never leaves: this copy runs again, the receiver
      * is left in doubt). */
     bool cut_before_commit;
+    /* Fault injection for the memory digest (tests): what goes on the wire
+     * for page fault_gfn differs from what the sender's digest counts:
+     * WRONG, one bit flipped each time it is sent with data; DROP, its
+     * entry left out of the final round (the receiver keeps the copy of an
+     * earlier round, if any); DUP, the bytes of its first data
+     * copy sent again for it at the end of the final round (stale if the
+     * guest wrote it since, harmless otherwise).  Frame checksums cover
+     * the bytes as sent: only the digest can tell. */
+    enum migrate_page_fault {
+        MIGRATE_FAULT_NONE,
+        MIGRATE_FAULT_WRONG,
+        MIGRATE_FAULT_DROP,
+        MIGRATE_FAULT_DUP,
+    } fault_page;
+    gfn_t fault_gfn;
+    /* Audit (tests): at the pause, after the final round, also compute the
+     * digest from all of memory (migrate_digest, which costs the downtime
+     * it reads) and fail the migration if the one kept page by page
+     * differs: a page written but never logged dirty, a translation that
+     * went stale, a term not replaced. */
+    bool audit_digest;
     /* Fault injection: send these bytes as DATA right after HELLO (tests). */
     const void *inject;
     size_t inject_len;
@@ -277,7 +313,8 @@ struct migrate_report {
     enum migrate_end end;
     unsigned nr_rounds;
     struct migrate_round rounds[MIGRATE_MAX_ROUNDS + 2];
-    double total_s, downtime_s, digest_s;
+    double total_s, downtime_s;
+    double digest_s;         /* spent at the pause on the digest (the audit, when on) */
     struct migrate_leaves before, logdirty, receiver, after_abort;
     bool verified;
     uint64_t digest_sender, digest_receiver;
@@ -339,6 +376,10 @@ struct migrate_recv_opts {
     /* Fault injection: after COMMIT, cut the connection instead of sending
      * RESUMED (a RESUMED lost on the way). */
     bool cut_before_resumed;
+    /* Audit (tests): at END also compute the digest from the restored
+     * memory (migrate_digest_known) and fail if the one kept page by page
+     * as pages landed differs. */
+    bool audit_digest;
     /* Refuse a guest that would resume on another backend than this one
      * (the migration fails before RESULT: the sender keeps its guest);
      * unset: the guest resumes on the backend it ran on (soft vCPUs on

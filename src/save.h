@@ -201,6 +201,10 @@ struct restore_opts {
     /* Return res->data_bits: which pfns received data (a migration
      * receiver hashes only those; the rest are known to be zero). */
     bool track_data;
+    /* Keep res->digest: the memory digest (stream.h) of the restored
+     * pages, term by term as they arrive (each data page hashed as it
+     * lands), so that nothing reads memory again at END. */
+    bool digest;
 };
 
 struct restore_result {
@@ -240,6 +244,10 @@ struct restore_result {
      * zero (it was filled by XALLOC in a scrubbed frame).  malloc'd. */
     uint64_t *data_bits;
     gfn_t data_bits_nr;
+    /* With restore_opts.digest: the memory digest of the pfns filled at
+     * END (stream.h: the sum of their terms) and their count.  Equals
+     * migrate_digest of the restored domain when restore is right. */
+    uint64_t digest, digest_pages;
     double seconds;
     char note[256];            /* e.g. why the vCPU state is not usable */
     char err[STREAM_ERR_LEN];

@@ -37,6 +37,18 @@
 
 static uint32_t pad8(uint32_t len) { return (8u - (len & 7u)) & 7u; }
 
+uint64_t stream_zero_page_hash(void)
+{
+    static const uint8_t zero[PAGE_SIZE];
+    static uint64_t h;
+    uint64_t v = __atomic_load_n(&h, __ATOMIC_RELAXED);
+    if (!v) { /* (XXH3 of a zero page is not 0: computed once, races are harmless) */
+        v = XXH3_64bits(zero, PAGE_SIZE);
+        __atomic_store_n(&h, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
 const char *stream_rec_name(uint32_t type)
 {
     switch (type) {

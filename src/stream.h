@@ -29,6 +29,7 @@
 
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t by value */
 #include <xxhash.h>
+#include <endian.h>
 
 /* ---- wire format ---------------------------------------------------------- */
 
@@ -88,6 +89,25 @@ static inline unsigned stream_entry_type(uint64_t e)
 {
     return (unsigned)(e >> STREAM_PFN_TYPE_SHIFT);
 }
+/*
+ * Memory digest (migration, MIG_VERSION 4): the sum modulo 2^64 of one term
+ * per RAM pfn, stream_digest_term(pfn, XXH3-64 of the page's 4096 bytes).
+ * A sum does not depend on the order in which pages arrive, so both sides
+ * keep it up to date as pages are sent and received (a page sent again
+ * replaces its term; a pfn sent as a hole removes it) and nothing reads all
+ * of memory at the pause.  A term is never 0 (0 marks "no term").  Against
+ * faults (not an adversary: TLS is that) a wrong, missing or extra term
+ * changes the sum except with probability 2^-64.
+ */
+static inline uint64_t stream_digest_term(gfn_t pfn, uint64_t page_hash)
+{
+    uint64_t rec[2] = {htole64(pfn), htole64(page_hash)};
+    uint64_t t = XXH3_64bits(rec, sizeof(rec));
+    return t ? t : 1;
+}
+/* XXH3-64 of an all-zero page. */
+uint64_t stream_zero_page_hash(void);
+
 /* Bits 52-59 must be zero. */
 #define STREAM_PFN_RESERVED_MASK (0xffULL << 52)
 

@@ -769,7 +769,7 @@ static void migrate_to_process(enum guest_backend b, bool pod)
         kill(rp, SIGKILL);
         fail_msg("the receiver wrote no port; log in %s", rlog);
     }
-    struct migrate_opts o = {.max_rounds = 4, .timeout_ms = 60000};
+    struct migrate_opts o = {.max_rounds = 4, .timeout_ms = 60000, .audit_digest = true};
     struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
     print_message("# rng %llu\n", (unsigned long long)r.s);
     for (unsigned c = 0; c < cuts; c++) {

@@ -578,7 +578,7 @@ static void test_migrate_live(void **state)
     wait_ops(g, 5000);
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     assert_non_null(rep);
-    struct migrate_opts o = {.max_rounds = 3, .timeout_ms = 60000};
+    struct migrate_opts o = {.max_rounds = 3, .timeout_ms = 60000, .audit_digest = true};
 
     unsigned seed = (unsigned)time(NULL);
     print_message("# seed %u\n", seed);

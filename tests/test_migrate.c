@@ -332,6 +332,7 @@ static void rx_start_cut(struct rx_env *r, struct machine *m, struct model *mo, 
     r->o.ctx = mo;
     r->o.cut_before_commit = cut == 1;
     r->o.cut_before_resumed = cut == 2;
+    r->o.audit_digest = true; /* the kept digest == the restored memory's */
     r->hold_fd = cut != 0;
     rx_listen(r);
     assert_int_equal(pthread_create(&r->t, NULL, rx_main, r), 0);
@@ -383,7 +384,7 @@ static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress
     assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
     rx_start(&rx, rm, e->model);
     struct migrate_opts o = {.mode = mode, .compress = compress, .on_paused = on_paused_hash,
-                             .ctx = hs, .timeout_ms = 20000};
+                             .ctx = hs, .timeout_ms = 20000, .audit_digest = true};
     int fd = connect_to(rx.port);
     int rc = send_fd(e->g, fd, &o, rep);
     close(fd);
@@ -481,6 +482,161 @@ static void test_end_rules(void **state)
                 rep->end == MIGRATE_END_downtime);
     sender_fini(&e);
     free(rep);
+}
+
+/* ---- the memory digest, kept page by page ---------------------------------------- */
+
+/*
+ * The digest (stream.h) is a sum of per-page terms kept as pages are sent
+ * and received, not read from memory at the pause.  A guest whose vCPU is
+ * not running (so that which pages go in which round is known): page W is
+ * written through the vCPU (logged dirty) after round 0, so it goes in
+ * round 0 with its first bytes and in the final round with its last; page
+ * Q is never written after round 0.  Faults injected at the sender, under
+ * the frame checksums (the frames carry the bytes as sent): a bit flipped
+ * in W, W left out of the final round, W's first copy replayed after its
+ * last; each must fail the migration at the receiver's digest check, the
+ * receiver keeping nothing and the sender's guest left as it was.  Q
+ * replayed (a duplicate of the same bytes) and no fault must succeed, and
+ * then both sides' audits (the digest from all of memory) agree with the
+ * kept one.  A page written behind the dirty log's back (Q, at the pause)
+ * is what a kept digest cannot see: the sender's audit must.
+ */
+#define DIG_W (GUEST_GFNS - 300)
+#define DIG_Q (GUEST_GFNS - 200)
+
+struct dig_env {
+    struct guest *g;
+    unsigned writes;
+    int err;
+    bool behind_back; /* on_paused: change Q without the dirty log */
+};
+
+static int dig_write_op(struct domain *d, void *ctx)
+{
+    struct dig_env *e = ctx;
+    (void)d;
+    /* the vCPU is stopped and d->lock held: an access like the guest's */
+    return vcpu_write(e->g->v[0], (uint64_t)DIG_W << PAGE_SHIFT, 0xd16e57000ULL + ++e->writes);
+}
+
+static void dig_on_round(void *ctx, const struct migrate_round *r)
+{
+    struct dig_env *e = ctx;
+    (void)r;
+    int rc = guest_call(e->g, dig_write_op, e);
+    if (rc < 0 && !e->err)
+        e->err = rc;
+}
+
+static void dig_on_paused(void *ctx, struct domain *d)
+{
+    struct dig_env *e = ctx;
+    if (!e->behind_back)
+        return;
+    enum p2m_type t;
+    mfn_t mfn = p2m_get_entry(d->p2m, DIG_Q, &t, NULL);
+    ((volatile uint8_t *)machine_ptr(d->m, mfn))[100] ^= 1;
+}
+
+static uint64_t page_hash_of(struct domain *d, gfn_t g)
+{
+    enum p2m_type t;
+    mfn_t mfn = p2m_get_entry(d->p2m, g, &t, NULL);
+    assert_true(p2m_is_ram(t));
+    return XXH64(machine_ptr(d->m, mfn), PAGE_SIZE, 0);
+}
+
+/* One migration of a fresh quiet guest with fault f on gfn; want_ok: it
+ * must succeed, else fail on the digest (`why` in the receiver's error). */
+static void digest_case(enum migrate_page_fault f, gfn_t gfn, bool behind_back, bool want_ok,
+                        const char *why)
+{
+    struct machine *sm, *rm;
+    struct domain *d;
+    struct domain_config c;
+    struct dig_env e = {.behind_back = behind_back};
+    domain_config_default(&c);
+    assert_int_equal(machine_create(&sm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    assert_int_equal(domain_create(sm, &c, &d), 0);
+    assert_int_equal(domain_populate(d, 0, GUEST_GFNS, NULL), 0);
+    /* some data pages (W and Q among them), the rest zero */
+    struct hv_rng r = {7};
+    for (gfn_t g = GUEST_GFNS - 512; g < GUEST_GFNS; g++) {
+        enum p2m_type t;
+        uint64_t *p = machine_ptr(sm, p2m_get_entry(d->p2m, g, &t, NULL));
+        for (unsigned i = 0; i < 512; i += 8)
+            p[i] = hv_rng_next(&r);
+    }
+    struct workload_config wc;
+    workload_config_default(&wc, WL_WRITER);
+    assert_int_equal(guest_create_soft(d, 1, NULL, &wc, &e.g), 0); /* not started */
+    uint64_t before = migrate_digest(d, NULL), w_before = page_hash_of(d, DIG_W);
+    assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+    struct rx_env rx;
+    rx_start(&rx, rm, NULL);
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    struct migrate_opts o = {.timeout_ms = 20000, .fault_page = f, .fault_gfn = gfn,
+                             .audit_digest = true, .on_round = dig_on_round,
+                             .on_paused = dig_on_paused, .ctx = &e};
+    int fd = connect_to(rx.port);
+    int rc = send_fd(e.g, fd, &o, rep);
+    close(fd);
+    rx_join(&rx);
+    assert_int_equal(e.err, 0);
+    assert_true(e.writes >= 1);
+    print_message("# digest, fault %d on %#llx%s: %s / %s\n", (int)f, (unsigned long long)gfn,
+                  behind_back ? ", Q changed behind the log" : "", rc ? rep->err : "ok",
+                  rx.rc ? rx.res.err : "ok");
+    if (want_ok) {
+        if (rc < 0 || rx.rc < 0)
+            fail_msg("migration failed: sender: %s; receiver: %s", rep->err, rx.res.err);
+        assert_true(rep->verified);
+        assert_true(rep->digest_sender == rep->digest_receiver);
+        struct domain *rd = rx.res.g->d;
+        /* the kept digest is the digest of memory, on both sides */
+        assert_true(migrate_digest(d, NULL) == rep->digest_sender);
+        assert_true(migrate_digest(rd, NULL) == rep->digest_sender);
+        assert_true(page_hash_of(rd, DIG_W) == page_hash_of(d, DIG_W));
+        assert_true(page_hash_of(rd, DIG_W) != w_before); /* it did change */
+        assert_true(page_hash_of(rd, DIG_Q) == page_hash_of(d, DIG_Q));
+        guest_destroy(rx.res.g);
+        domain_destroy(rd);
+        migrate_recv_result_free(&rx.res);
+    } else {
+        assert_true(rc < 0);
+        assert_false(rep->in_doubt);
+        assert_false(rep->verified);
+        assert_non_null(strstr(behind_back ? rep->err : rx.res.err, why));
+        if (!behind_back) {
+            assert_int_equal(rx.rc, -EBADMSG);
+            assert_non_null(strstr(rep->err, "memory digest mismatch"));
+        }
+        rx_nothing_left(&rx);
+        migrate_recv_result_free(&rx.res);
+        /* the sender's guest is as it was, writes included, log-dirty off */
+        assert_false(dirty_enabled(d));
+        assert_false(migrate_digest(d, NULL) == before);
+    }
+    AUDIT_OK(domain_audit(d));
+    free(rep);
+    guest_destroy(e.g);
+    domain_destroy(d);
+    AUDIT_OK(frames_audit(sm->frames));
+    AUDIT_OK(frames_audit(rm->frames));
+    machine_destroy(sm);
+    machine_destroy(rm);
+}
+
+static void test_digest_faults(void **state)
+{
+    (void)state;
+    digest_case(MIGRATE_FAULT_NONE, 0, false, true, NULL);
+    digest_case(MIGRATE_FAULT_DUP, DIG_Q, false, true, NULL); /* same bytes again: harmless */
+    digest_case(MIGRATE_FAULT_WRONG, DIG_W, false, false, "memory digest mismatch");
+    digest_case(MIGRATE_FAULT_DROP, DIG_W, false, false, "memory digest mismatch");
+    digest_case(MIGRATE_FAULT_DUP, DIG_W, false, false, "memory digest mismatch");
+    digest_case(MIGRATE_FAULT_NONE, 0, true, false, "digest audit");
 }
 
 /* ---- fault injection ---------------------------------------------------------------- */
@@ -1200,7 +1356,7 @@ static void migrate_live_map(struct sender_env *e, enum dirty_mode mode,
     if (op)
         assert_int_equal(pthread_create(&ch->t, NULL, churn_main, ch), 0);
     struct migrate_opts o = {.mode = mode, .on_paused = on_paused_snap, .ctx = &tx,
-                             .timeout_ms = 20000};
+                             .timeout_ms = 20000, .audit_digest = true};
     int fd = connect_to(rx.port);
     int rc = send_fd(e->g, fd, &o, rep);
     close(fd);
@@ -1688,11 +1844,16 @@ static void test_live_stream_repeats(void **state)
     rx_nothing_left(&(struct rx_env){.m = m});
 
     /* a live migration stream: the last word wins */
-    struct restore_opts ro = {.live = true};
+    struct restore_opts ro = {.live = true, .digest = true};
     stream_mem_source(&src, &io, mem.buf, mem.len);
     assert_int_equal(stream_restore(m, &io, &ro, &rr), 0);
     struct domain *d = rr.d;
     AUDIT_OK(domain_audit(d));
+    /* the digest kept entry by entry (pages replaced, dropped, populated
+     * again, a data page then a hole in one record) is memory's */
+    uint64_t pages = 0;
+    assert_true(rr.digest == migrate_digest(d, &pages));
+    assert_int_equal(rr.digest_pages, pages);
     AUDIT_OK(frames_audit(m->frames));
     for (gfn_t g = 0x200; g < 0x400; g++)
         expect_page(d, g, g == 0x205 || g == 0x206 ? -1 : page_byte(g, 1));
@@ -2636,6 +2797,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_eager_split),
     cmocka_unit_test(test_coarse),
     cmocka_unit_test(test_end_rules),
+    cmocka_unit_test(test_digest_faults),
     cmocka_unit_test(test_cut_by_sender),
     cmocka_unit_test(test_cut_by_proxy),
     cmocka_unit_test(test_commit_lost),

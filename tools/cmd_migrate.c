@@ -200,7 +200,7 @@ static struct opt migrate_opts_table[] = {
     {"seed", OPT_U64, &mo.seed, "N", "workload seed (default 1)", NULL},
     {"after", OPT_SECONDS, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
-    {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 50)", NULL},
+    {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 20)", NULL},
     {"max-rounds", OPT_U64, &mo.max_rounds, "N", "pre-copy rounds after the full copy (default 10)", NULL},
     {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame (level 1)", NULL},
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
