@@ -420,7 +420,12 @@ static void defrag_under_writer(unsigned order)
             audit_all(d);
         pthread_mutex_unlock(&d->lock);
         steps++;
-        sleep_ms(1); /* the guest runs */
+        /* the guest runs between steps: at least one quantum (a loaded host
+         * may not schedule the runner within a millisecond, and then no
+         * write lands in a copied leaf) */
+        uint64_t a = __atomic_load_n(&g->accesses, __ATOMIC_RELAXED);
+        for (int k = 0; k < 100 && __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) == a; k++)
+            sleep_ms(1);
     } while (rc > 0);
     assert_int_equal(rc, 0);
     sleep_ms(5);
