@@ -771,8 +771,23 @@ static int native_get_state(struct guest_exec *x, unsigned i, struct hvctx_prog_
     }
     /* parked in the kick handler (the guest is paused): its ucontext */
     ucontext_t *uc = __atomic_load_n(&c->parked_uc, __ATOMIC_ACQUIRE);
+    if (!uc && c->reset && !__atomic_load_n(&c->in_guest, __ATOMIC_ACQUIRE)) {
+        /* not entered yet (paused before its first run): its entry */
+        uint64_t regs[18] = {0};
+        regs[5] = c->rdi;
+        regs[6] = c->rsp;
+        regs[16] = c->entry;
+        regs[17] = 0x202; /* IF, reserved bit 1 */
+        memcpy(s->regs, regs, sizeof(regs));
+        uint16_t fcw = 0x37f;
+        uint32_t mxcsr = 0x1f80;
+        memset(s->fpu, 0, sizeof(s->fpu));
+        memcpy(s->fpu + 128, &fcw, 2);
+        memcpy(s->fpu + 408, &mxcsr, 4);
+        return 0;
+    }
     if (!uc)
-        return -ESRCH; /* not in guest code (finished, failed, never started) */
+        return -ESRCH; /* not in guest code (finished or failed) */
     save_state(uc, s);
     return 0;
 }
