@@ -94,7 +94,9 @@ struct kvm_vm_opts {
     X(exits_other, "other exits (shutdown, entry failure, internal error)")   \
     X(harvests, "dirty-log harvests")                                          \
     X(pages_harvested, "dirty 4K pages handed out by harvests")               \
-    X(pending_dirty, "dirty pages kept from slots deleted while logging")
+    X(pending_dirty, "dirty pages kept from slots deleted while logging")        \
+    X(ring_entries, "dirty-ring entries collected")                            \
+    X(ring_full_exits, "vCPU exits on a full dirty ring")
 
 struct kvm_vm_stats {
 #define X(name, desc) uint64_t name;
