@@ -199,6 +199,7 @@ static struct guest *guest_alloc(struct domain *d, enum guest_backend b)
     g->fault.vcpu = -1;
     pthread_mutex_init(&g->mu, NULL);
     pthread_mutex_init(&g->memcall_mu, NULL);
+    pthread_mutex_init(&g->memcall_serial, NULL);
     pthread_cond_init(&g->cv, NULL);
     return g;
 }
@@ -325,8 +326,6 @@ static void hold_vcpus_how(struct guest *g, int self, bool strict)
     }
 }
 
-static void hold_vcpus_but(struct guest *g, int self) { hold_vcpus_how(g, self, false); }
-static void hold_vcpus(struct guest *g) { hold_vcpus_how(g, -1, false); }
 
 static void release_vcpus(struct guest *g)
 {
@@ -453,10 +452,14 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
     __atomic_fetch_or(&g->parked_mask, 1ULL << i, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
-    pthread_mutex_lock(&g->memcall_mu);
+    pthread_mutex_lock(&g->memcall_serial);
     __atomic_fetch_and(&g->parked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
     __atomic_sub_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
-    hold_vcpus_but(g, (int)i);
+    /* every other vCPU parked, none waiting in a PoD fault (under KVM a
+     * memslot change waits for a vCPU's fault to end: the fault server
+     * serves it meanwhile, memcall_mu is free), then memcall_mu */
+    hold_vcpus_how(g, (int)i, true);
+    pthread_mutex_lock(&g->memcall_mu);
     struct domain *d = g->d;
     int64_t done = 0;
     domain_lock(d);
@@ -487,8 +490,9 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
         forget_params(g);
     }
     g->st.syncs++;
-    release_vcpus(g);
     pthread_mutex_unlock(&g->memcall_mu);
+    release_vcpus(g);
+    pthread_mutex_unlock(&g->memcall_serial);
     return done;
 }
 
@@ -1288,6 +1292,7 @@ void guest_destroy(struct guest *g)
     free(g->tmpl);
     pthread_mutex_destroy(&g->mu);
     pthread_mutex_destroy(&g->memcall_mu);
+    pthread_mutex_destroy(&g->memcall_serial);
     pthread_cond_destroy(&g->cv);
     free(g);
 }
@@ -1375,9 +1380,12 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
     pthread_mutex_lock(&g->mu);
     if (!g->pause_req && !g->stop) {
         if (is_prog(g)) {
-            hold_vcpus(g);
             /* a vCPU's memory call is over (or waits, counted as parked):
-             * the two never change memory or sync the mirror together */
+             * the two never change memory or sync the mirror together;
+             * strict: no vCPU waiting in a PoD fault either (see
+             * memory_call) */
+            pthread_mutex_lock(&g->memcall_serial);
+            hold_vcpus_how(g, -1, true);
             pthread_mutex_lock(&g->memcall_mu);
         }
         domain_lock(g->d);
@@ -1393,6 +1401,7 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
                               * than reach frames the domain gave back */
             pthread_mutex_unlock(&g->memcall_mu);
             release_vcpus(g);
+            pthread_mutex_unlock(&g->memcall_serial);
         }
     }
     pthread_mutex_unlock(&g->mu);
@@ -1408,7 +1417,8 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
 static void quiesce(struct guest *g)
 {
     pthread_mutex_lock(&g->mu);
-    hold_vcpus(g);
+    pthread_mutex_lock(&g->memcall_serial);
+    hold_vcpus_how(g, -1, true); /* strict: memslot flags change (memory_call) */
     pthread_mutex_lock(&g->memcall_mu);
 }
 
@@ -1422,6 +1432,7 @@ static int quiesce_end(struct guest *g, int rc)
         rc = (int)s;
     pthread_mutex_unlock(&g->memcall_mu);
     release_vcpus(g);
+    pthread_mutex_unlock(&g->memcall_serial);
     pthread_mutex_unlock(&g->mu);
     return rc;
 }

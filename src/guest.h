@@ -147,7 +147,8 @@ struct guest {
     struct domain *d;
     unsigned nr_vcpus;
     pthread_mutex_t mu;
-    pthread_mutex_t memcall_mu; /* one guest memory call at a time */
+    pthread_mutex_t memcall_serial; /* one memory call or guest_call at a time */
+    pthread_mutex_t memcall_mu; /* mirror changes: those and the PoD fault server */
     pthread_cond_t cv;
     bool started, pause_req, paused, stop, exited;
     int err;            /* the first error a vCPU stopped on */
