@@ -74,6 +74,24 @@ struct one {
     double recover_s;  /* kvm: 2M mappings back after log-dirty off (-1: not measured) */
 };
 
+/* The guest's rate over RUN_S from a quarter of it on (warm-up). */
+static double rate_of(struct guest *g)
+{
+    uint64_t t0 = hv_now_ns(), warm_t = 0, warm_a = 0, lim = (uint64_t)(RUN_S * 1e9);
+    for (;;) {
+        sleep_ms(20);
+        uint64_t now = hv_now_ns() - t0, a = guest_accesses(g);
+        if (!warm_t && now >= lim / 4) {
+            warm_t = now;
+            warm_a = a;
+        }
+        if (now >= lim)
+            return (double)(a - warm_a) * 1e9 / (double)(now - warm_t);
+        if (g->fault_claimed)
+            bench_fail(g->fault.what);
+    }
+}
+
 /* One run of workload w over `bytes` of guest on backend b, host pages
  * per the current THP setting. */
 static struct one run_one(enum guest_backend b, enum hvg_workload w, uint64_t bytes,
@@ -114,21 +132,7 @@ static struct one run_one(enum guest_backend b, enum hvg_workload w, uint64_t by
         sleep_ms(5);
     }
     r.touch_s = (double)t / 1e9 + (double)(hv_now_ns() - ts) / 1e9;
-    uint64_t t0 = hv_now_ns(), warm_t = 0, warm_a = 0, lim = (uint64_t)(RUN_S * 1e9);
-    for (;;) {
-        sleep_ms(20);
-        uint64_t now = hv_now_ns() - t0, a = guest_accesses(g);
-        if (!warm_t && now >= lim / 4) {
-            warm_t = now;
-            warm_a = a;
-        }
-        if (now >= lim) {
-            r.rate = (double)(a - warm_a) * 1e9 / (double)(now - warm_t);
-            break;
-        }
-        if (g->fault_claimed)
-            bench_fail(g->fault.what);
-    }
+    r.rate = rate_of(g);
     if (guest_mmu_pages(g, r.mmu) < 0)
         memset(r.mmu, 0, sizeof(r.mmu));
     uint64_t rss, pmd;
@@ -159,23 +163,6 @@ static struct one run_one(enum guest_backend b, enum hvg_workload w, uint64_t by
     return r;
 }
 
-/* The guest's rate over RUN_S from a quarter of it on (warm-up). */
-static double rate_of(struct guest *g)
-{
-    uint64_t t0 = hv_now_ns(), warm_t = 0, warm_a = 0, lim = (uint64_t)(RUN_S * 1e9);
-    for (;;) {
-        sleep_ms(20);
-        uint64_t now = hv_now_ns() - t0, a = guest_accesses(g);
-        if (!warm_t && now >= lim / 4) {
-            warm_t = now;
-            warm_a = a;
-        }
-        if (now >= lim)
-            return (double)(a - warm_a) * 1e9 / (double)(now - warm_t);
-        if (g->fault_claimed)
-            bench_fail(g->fault.what);
-    }
-}
 
 /*
  * Issue 11's "as fast after as before", for a save and restore: the same

@@ -67,6 +67,18 @@ static void env_up(struct env *e, uint64_t bytes)
     e->g = NULL;
 }
 
+/* A PoD guest of `bytes`: PoD entries for all of it, a target of `target`. */
+static void env_up_pod(struct env *e, uint64_t bytes, uint64_t target)
+{
+    struct domain_config c;
+    e->m = new_machine(160 * MiB);
+    domain_config_default(&c);
+    assert_int_equal(domain_create(e->m, &c, &e->d), 0);
+    assert_int_equal(domain_populate_guest_flags(e->d, bytes, DOMAIN_POPULATE_POD, NULL), 0);
+    assert_int_equal(pod_set_target(e->d, target >> PAGE_SHIFT), 0);
+    e->g = NULL;
+}
+
 static void env_down(struct env *e)
 {
     guest_destroy(e->g);
@@ -707,14 +719,7 @@ static void migrate_to_process(enum guest_backend b, bool pod)
     if (pod) {
         /* a PoD guest: placeholders and the fault server on both sides,
          * its PoD entries and cache travelling in the tail */
-        struct domain_config c;
-        e.m = new_machine(160 * MiB);
-        domain_config_default(&c);
-        assert_int_equal(domain_create(e.m, &c, &e.d), 0);
-        assert_int_equal(domain_populate_guest_flags(e.d, 64 * MiB, DOMAIN_POPULATE_POD, NULL),
-                         0);
-        assert_int_equal(pod_set_target(e.d, 48 * MiB >> PAGE_SHIFT), 0);
-        e.g = NULL;
+        env_up_pod(&e, 64 * MiB, 48 * MiB);
     } else {
         env_up(&e, 64 * MiB);
     }
@@ -880,13 +885,7 @@ static void pod_balloon_4k(enum guest_backend b);
 static void pod_reads(enum guest_backend b)
 {
     struct env e;
-    struct domain_config c;
-    e.m = new_machine(160 * MiB);
-    domain_config_default(&c);
-    assert_int_equal(domain_create(e.m, &c, &e.d), 0);
-    assert_int_equal(domain_populate_guest_flags(e.d, 64 * MiB, DOMAIN_POPULATE_POD, NULL), 0);
-    assert_int_equal(pod_set_target(e.d, 16 * MiB >> PAGE_SHIFT), 0);
-    e.g = NULL;
+    env_up_pod(&e, 64 * MiB, 16 * MiB);
     struct guest_prog_config pc;
     guest_prog_config_default(&pc, HVG_WL_UNIFORM);
     pc.nr_vcpus = 2;
@@ -938,15 +937,8 @@ static void pod_guest(enum guest_backend b)
      * KVM in TCG (make check-kvm), so the KVM variant stays within it */
     for (int over = 0; over < (b == GUEST_BACKEND_NATIVE ? 2 : 1); over++) {
         struct env e;
-        struct domain_config c;
-        e.m = new_machine(160 * MiB);
-        domain_config_default(&c);
-        assert_int_equal(domain_create(e.m, &c, &e.d), 0);
         /* over: a cache of 2 MiB beyond the runtime's 4 MiB */
-        uint64_t gmem = (over ? 16 : 64) * MiB;
-        assert_int_equal(domain_populate_guest_flags(e.d, gmem, DOMAIN_POPULATE_POD, NULL), 0);
-        assert_int_equal(pod_set_target(e.d, (over ? 6 : 48) * MiB >> PAGE_SHIFT), 0);
-        e.g = NULL;
+        env_up_pod(&e, (over ? 16 : 64) * MiB, (over ? 6 : 48) * MiB);
         struct guest_prog_config pc;
         guest_prog_config_default(&pc, HVG_WL_WRITER);
         pc.nr_vcpus = 2;
@@ -1016,13 +1008,7 @@ static void pod_guest(enum guest_backend b)
 static void pod_balloon_4k(enum guest_backend b)
 {
     struct env e;
-    struct domain_config c;
-    e.m = new_machine(160 * MiB);
-    domain_config_default(&c);
-    assert_int_equal(domain_create(e.m, &c, &e.d), 0);
-    assert_int_equal(domain_populate_guest_flags(e.d, 64 * MiB, DOMAIN_POPULATE_POD, NULL), 0);
-    assert_int_equal(pod_set_target(e.d, 40 * MiB >> PAGE_SHIFT), 0);
-    e.g = NULL;
+    env_up_pod(&e, 64 * MiB, 40 * MiB);
     struct guest_prog_config pc;
     guest_prog_config_default(&pc, HVG_WL_WRITER);
     pc.nr_vcpus = 2;
