@@ -1917,17 +1917,7 @@ static const char *two_processes(const char *hv, const char *ns_rx, const char *
                      "--psk-file", psk, "--json", NULL};
     memcpy(rargv + n, rtail, sizeof(rtail));
     pid_t rp = spawn(rargv, rlog);
-    unsigned port = 0;
-    for (int i = 0; i < 400 && !port; i++) {
-        FILE *f = fopen(portf, "r");
-        if (f) {
-            if (fscanf(f, "%u", &port) != 1)
-                port = 0;
-            fclose(f);
-        }
-        if (!port)
-            sleep_ms(50);
-    }
+    unsigned port = wait_port_file(portf, 20);
     const char *err = NULL;
     if (!port) {
         kill(rp, SIGKILL);
@@ -2003,17 +1993,7 @@ static void test_process_receiver_in_doubt(void **state)
                      "--attempts", "1", "--accept-timeout", "60", "--host-mem", "4G",
                      "--in-doubt-save", saved, "--psk-file", psk, "--json", NULL};
     pid_t rp = spawn(rargv, rlog);
-    unsigned port = 0;
-    for (int i = 0; i < 400 && !port; i++) {
-        FILE *f = fopen(portf, "r");
-        if (f) {
-            if (fscanf(f, "%u", &port) != 1)
-                port = 0;
-            fclose(f);
-        }
-        if (!port)
-            sleep_ms(50);
-    }
+    unsigned port = wait_port_file(portf, 20);
     assert_true(port != 0);
     struct sender_env e;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
@@ -2081,22 +2061,6 @@ static bool still_running(pid_t pid)
     return waitpid(pid, &st, WNOHANG) == 0;
 }
 
-static unsigned read_port(const char *portf)
-{
-    unsigned port = 0;
-    for (int i = 0; i < 400 && !port; i++) {
-        FILE *f = fopen(portf, "r");
-        if (f) {
-            if (fscanf(f, "%u", &port) != 1)
-                port = 0;
-            fclose(f);
-        }
-        if (!port)
-            sleep_ms(50);
-    }
-    return port;
-}
-
 /* A receiver process left in doubt whose save fails everywhere (its
  * --in-doubt-save directory and $TMPDIR do not exist, as a full or broken
  * disk would): it must not exit with the only copy.  It retries, then waits
@@ -2131,7 +2095,7 @@ static void test_process_in_doubt_save_fails(void **state)
     else
         unsetenv("TMPDIR");
     free(old_tmp);
-    unsigned port = read_port(portf);
+    unsigned port = wait_port_file(portf, 20);
     assert_true(port != 0);
     struct sender_env e;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
@@ -2653,7 +2617,7 @@ static void test_process_receiver_available(void **state)
                      "--accept-timeout", "120", "--host-mem", "4G", "--timeout", "2",
                      "--handshake-timeout", "3", "--run", "0.1", "--insecure", "--json", NULL};
     pid_t rp = spawn(rargv, rlog);
-    unsigned port = read_port(portf);
+    unsigned port = wait_port_file(portf, 20);
     assert_true(port != 0);
     uint8_t buf[256];
 
