@@ -1492,29 +1492,24 @@ uint64_t guest_dirty_gfns(struct guest *g)
 
 int guest_harvest(struct guest *g, uint64_t *bm, uint64_t nr, uint64_t *dirty)
 {
+    int rc;
     if (!is_prog(g)) {
-        int rc = dirty_harvest(g->d, bm, nr, NULL);
-        if (rc == 0 && dirty) {
-            uint64_t n = 0;
-            for (uint64_t w = 0; w < (nr + 63) / 64; w++)
-                n += (uint64_t)__builtin_popcountll(bm[w]);
-            *dirty = n;
-        }
-        return rc;
-    }
-    if (!g->x->ops->harvest)
+        rc = dirty_harvest(g->d, bm, nr, NULL);
+    } else if (!g->x->ops->harvest) {
         return -ENOTSUP;
-    if (nr < guest_dirty_gfns(g))
+    } else if (nr < guest_dirty_gfns(g)) {
         return -EINVAL;
-    quiesce(g);
-    /* -ENOMEM: the domain's log lost track (every page is dirty for the
-     * caller); the backend's is still read, to re-arm it */
-    int rc = dirty_harvest(g->d, bm, nr, NULL);
-    if (rc == 0 || rc == -ENOMEM) {
-        int k = g->x->ops->harvest(g->x, bm, nr);
-        rc = k < 0 ? k : rc;
+    } else {
+        quiesce(g);
+        /* -ENOMEM: the domain's log lost track (every page is dirty for
+         * the caller); the backend's is still read, to re-arm it */
+        rc = dirty_harvest(g->d, bm, nr, NULL);
+        if (rc == 0 || rc == -ENOMEM) {
+            int k = g->x->ops->harvest(g->x, bm, nr);
+            rc = k < 0 ? k : rc;
+        }
+        rc = quiesce_end(g, rc);
     }
-    rc = quiesce_end(g, rc);
     if (rc == 0 && dirty) {
         uint64_t n = 0;
         for (uint64_t w = 0; w < (nr + 63) / 64; w++)
