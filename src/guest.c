@@ -249,6 +249,24 @@ static void futex_wait(uint32_t *w, uint32_t val, uint64_t ns)
 
 static uint32_t ld32(const uint32_t *w) { return __atomic_load_n(w, __ATOMIC_ACQUIRE); }
 
+/* Wait while post-copy fills memory (no map change meanwhile). */
+static void postcopy_wait(struct guest *g)
+{
+    for (uint32_t v; (v = ld32(&g->postcopy)) != 0;)
+        futex_wait(&g->postcopy, v, 100 * 1000 * 1000);
+}
+
+void guest_postcopy_begin(struct guest *g)
+{
+    __atomic_store_n(&g->postcopy, 1, __ATOMIC_RELEASE);
+}
+
+void guest_postcopy_end(struct guest *g)
+{
+    __atomic_store_n(&g->postcopy, 0, __ATOMIC_RELEASE);
+    futex_wake(&g->postcopy);
+}
+
 static void bump_gen(struct guest *g)
 {
     __atomic_add_fetch(&g->gen, 1, __ATOMIC_ACQ_REL);
@@ -452,6 +470,7 @@ static int64_t memory_call(struct guest *g, unsigned i, uint64_t op, uint64_t or
     __atomic_fetch_or(&g->parked_mask, 1ULL << i, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
     futex_wake(&g->parked);
+    postcopy_wait(g);
     pthread_mutex_lock(&g->memcall_serial);
     __atomic_fetch_and(&g->parked_mask, ~(1ULL << i), __ATOMIC_ACQ_REL);
     __atomic_sub_fetch(&g->parked, 1, __ATOMIC_ACQ_REL);
@@ -833,6 +852,12 @@ static void pod_serve(struct guest *g, int fd, uint64_t hva, int v, bool write)
     }
 held:
     if (rc != -ESRCH) {
+        /* post-copy: the map stays as it is until every page is here */
+        while (ld32(&g->postcopy)) {
+            pod_drain(g, fd);
+            struct pollfd p = {fd, POLLIN, 0};
+            (void)poll(&p, 1, 1);
+        }
         pod_hold(g, fd);
         pod_lock_memcall(g, fd);
         for (unsigned k = 0; k < 1000; k++) {
@@ -1377,6 +1402,7 @@ void guest_resume(struct guest *g)
 int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ctx)
 {
     int rc = -EAGAIN;
+    postcopy_wait(g);
     pthread_mutex_lock(&g->mu);
     if (!g->pause_req && !g->stop) {
         if (is_prog(g)) {
@@ -1416,6 +1442,7 @@ int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ct
  * changes the p2m's generation, and the vCPUs refuse a stale mirror). */
 static void quiesce(struct guest *g)
 {
+    postcopy_wait(g);
     pthread_mutex_lock(&g->mu);
     pthread_mutex_lock(&g->memcall_serial);
     hold_vcpus_how(g, -1, true); /* strict: memslot flags change (memory_call) */

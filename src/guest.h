@@ -194,6 +194,8 @@ struct guest {
     char console[GUEST_CONSOLE_KEEP + 1];
     uint32_t console_len;
     int fault_claimed;
+    /* futex word: 1 while a post-copy migration fills memory (postcopy.h) */
+    uint32_t postcopy;
 };
 
 /* A soft guest: vCPUs and workloads (wc->seed etc., one per vCPU) over d's
@@ -219,6 +221,12 @@ int guest_start(struct guest *g) HV_MUST_CHECK;
 void guest_pause(struct guest *g);
 void guest_resume(struct guest *g);
 int guest_call(struct guest *g, int (*fn)(struct domain *d, void *ctx), void *ctx) HV_MUST_CHECK;
+/* Post-copy (postcopy.h): between begin and end nothing changes the
+ * guest's memory map: memory calls, guest_call and log-dirty changes
+ * wait for end, and so does a PoD fault that needs the vCPUs held.  Begin
+ * before the guest starts. */
+void guest_postcopy_begin(struct guest *g);
+void guest_postcopy_end(struct guest *g);
 /* Stop and join the vCPUs (idempotent). */
 void guest_stop(struct guest *g);
 /* Program guests: wait until every vCPU finished (ops done) or one failed,

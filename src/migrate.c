@@ -136,8 +136,8 @@ const char *migrate_end_desc(enum migrate_end e)
 
 /* ---- frames --------------------------------------------------------------------------- */
 
-static void frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, uint32_t raw_len,
-                         uint32_t wire_len, uint64_t sum)
+void migrate_frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, uint32_t raw_len,
+                          uint32_t wire_len, uint64_t sum)
 {
     h->magic = htole32(MIG_MAGIC);
     h->type = htole16(type);
@@ -149,8 +149,9 @@ static void frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, uin
 
 static const char *frame_name(unsigned t)
 {
-    static const char *const n[] = {"?", "HELLO", "READY", "DATA", "DONE", "RESULT", "COMMIT",
-                                    "ABORT", "RESUMED"};
+    static const char *const n[] = {"?",       "HELLO",      "READY",    "DATA",   "DONE",
+                                    "RESULT",  "COMMIT",     "ABORT",    "RESUMED",
+                                    "PC_PENDING", "PC_PAGES", "PC_REQ", "PC_END", "PC_DONE"};
     return t < ARRAY_SIZE(n) ? n[t] : "unknown";
 }
 
@@ -158,7 +159,7 @@ static const char *frame_name(unsigned t)
 static int send_ctrl(struct chan *ch, uint16_t type, const void *body, uint32_t len)
 {
     struct mig_frame h;
-    frame_header(&h, type, 0, len, len, XXH3_64bits(body, len));
+    migrate_frame_header(&h, type, 0, len, len, XXH3_64bits(body, len));
     int rc = chan_write_all(ch, &h, sizeof(h));
     return rc < 0 || !len ? rc : chan_write_all(ch, body, len);
 }
@@ -428,7 +429,7 @@ static int pipe_seal(struct pipe *p, uint16_t type)
             flags = MIG_F_ZSTD;
         }
     }
-    frame_header(&b->h, type, flags, (uint32_t)b->raw_len, (uint32_t)b->out_len, sum);
+    migrate_frame_header(&b->h, type, flags, (uint32_t)b->raw_len, (uint32_t)b->out_len, sum);
     pthread_mutex_lock(&p->mu);
     p->count++;
     p->fill = (p->fill + 1) % PIPE_BUFS;
@@ -544,6 +545,10 @@ struct sender {
     uint64_t **term, nterm, dsum, dpages, zero_hash;
     uint8_t *fault_copy;     /* MIGRATE_FAULT_WRONG / _DUP: a page's bytes */
     bool fault_have;         /* _DUP: fault_copy holds the first copy sent */
+    /* post-copy: pages left for after the switch (bit set: not sent yet) */
+    uint64_t *pending, npending;
+    uint8_t *pc_buf;
+    uint8_t *page_copy; /* post-copy possible: each data page copied once, then sent */
 };
 
 static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
@@ -715,11 +720,20 @@ static int send_batch(struct sender *s)
         rc = stream_write_part(&s->w, s->entries, 8ULL * nent);
     for (uint32_t k = 0; k < ndata && rc == 0; k++) {
         /* the term of the bytes just copied (a page the guest changes
-         * meanwhile is dirty: sent again, term replaced) */
-        rc = stream_write_part(&s->w, wire_page(s, s->data_pfn[k], s->data[k]), PAGE_SIZE);
+         * meanwhile is dirty: sent again, term replaced); when post-copy
+         * may follow, the page is copied once first and the copy is what
+         * is hashed and sent: a dirty page left for after the switch is
+         * not sent again before DONE, whose digest must be exactly what
+         * the receiver holds */
+        const uint8_t *page = s->data[k];
+        if (s->page_copy) {
+            memcpy(s->page_copy, page, PAGE_SIZE);
+            page = s->page_copy;
+        }
+        rc = stream_write_part(&s->w, wire_page(s, s->data_pfn[k], page), PAGE_SIZE);
         if (rc == 0)
             rc = term_set(s, s->data_pfn[k],
-                          stream_digest_term(s->data_pfn[k], hv_hash64(s->data[k], PAGE_SIZE)));
+                          stream_digest_term(s->data_pfn[k], hv_hash64(page, PAGE_SIZE)));
     }
     if (rc == 0)
         rc = stream_record_end(&s->w);
@@ -755,6 +769,327 @@ static int send_dirty(struct sender *s, const uint64_t *bm)
                 return rc;
         }
     return s->n ? send_batch(s) : 0;
+}
+
+/* ---- post-copy, the sending side (postcopy.h has the whole protocol) ---------------- */
+
+HV_PRINTF(3, 4) static int sfail(struct sender *s, int rc, const char *fmt, ...);
+
+static uint64_t term_of(const struct sender *s, gfn_t gfn)
+{
+    uint64_t c = gfn / 512;
+    return c < s->nterm && s->term[c] ? s->term[c][gfn % 512] : 0;
+}
+
+/*
+ * At the switch, guest paused, dirty set harvested into s->bitmap: the
+ * pages that stay for after the switch move from the bitmap to
+ * s->pending.  They are RAM now and on the receiver (their last copy
+ * went there: a term), above the system area (the program, its stacks,
+ * page tables and parameter pages go in the final round: the receiver
+ * builds its vCPUs from them).  The rest goes as usual.
+ */
+static int pc_split(struct sender *s)
+{
+    size_t words = (s->nr_gfns + 63) / 64;
+    s->pending = hv_calloc(words ? words : 1, 8);
+    if (!s->pending)
+        return -ENOMEM;
+    gfn_t low = HVG_SYSTEM_END >> PAGE_SHIFT;
+    domain_lock(s->d);
+    for (size_t w = 0; w < words; w++)
+        for (uint64_t b = s->bitmap[w]; b; b &= b - 1) {
+            gfn_t g = w * 64 + (uint64_t)__builtin_ctzll(b);
+            enum p2m_type t;
+            if (g < low || !term_of(s, g))
+                continue;
+            (void)p2m_get_entry(s->d->p2m, g, &t, NULL);
+            if (!p2m_is_ram(t))
+                continue;
+            s->pending[w] |= 1ULL << (g % 64);
+            s->bitmap[w] &= ~(1ULL << (g % 64));
+            s->npending++;
+        }
+    domain_unlock(s->d);
+    return 0;
+}
+
+/* PC_PENDING frames: the bitmap of pending pfns from its first word
+ * with a bit to its last (1 MiB covers 32 GiB of pfns), after END. */
+static int pc_send_pending(struct sender *s)
+{
+    struct mig_pc_pending *h = hv_malloc(MIG_FRAME_RAW);
+    if (!h)
+        return -ENOMEM;
+    size_t words = (s->nr_gfns + 63) / 64, lo = 0, hi = words;
+    while (lo < hi && !s->pending[lo])
+        lo++;
+    while (hi > lo && !s->pending[hi - 1])
+        hi--;
+    int rc = 0;
+    do {
+        size_t n = hi - lo < MIG_PC_PENDING_MAX_WORDS ? hi - lo : MIG_PC_PENDING_MAX_WORDS;
+        *h = (struct mig_pc_pending){htole32((uint32_t)n), htole32(lo + n == hi),
+                                     htole64(64ULL * lo)};
+        uint64_t *v = (uint64_t *)(h + 1);
+        for (size_t i = 0; i < n; i++)
+            v[i] = htole64(s->pending[lo + i]);
+        rc = pipe_ctrl(&s->pipe, MIG_PC_PENDING, h, (uint32_t)(sizeof(*h) + 8 * n));
+        lo += n;
+    } while (rc == 0 && lo < hi);
+    free(h);
+    return rc;
+}
+
+/* Post-copy requests and background order. */
+#define PC_URGENT_MAX 1024u
+#define PC_HOT_MAX 16u
+
+struct pc_push {
+    gfn_t urgent[PC_URGENT_MAX];
+    unsigned nurgent;
+    uint64_t hot[PC_HOT_MAX]; /* 2M regions near recent faults, newest last */
+    unsigned nhot;
+    gfn_t cursor;             /* the sequential background scan */
+    uint64_t left;            /* pending pages not sent yet */
+    struct mig_result done;
+    bool done_seen, end_sent;
+};
+
+static bool pc_is_pending(const struct sender *s, gfn_t g)
+{
+    return g < s->nr_gfns && (s->pending[g / 64] >> (g % 64) & 1);
+}
+
+/* One frame from the receiver (a request, PC_DONE or ABORT), whole by
+ * the channel's timeout: 0, or -errno with rep->err. */
+static int pc_read(struct sender *s, struct pc_push *q)
+{
+    struct chan *ch = s->pipe.ch;
+    struct mig_frame h;
+    uint8_t body[MIG_CTRL_MAX + 1];
+    uint64_t by = ctrl_deadline(ch);
+    int rc = chan_read_all_by(ch, &h, sizeof(h), NULL, by);
+    if (rc < 0)
+        return sfail(s, rc, "post-copy: reading from the receiver: %s",
+                     rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
+    uint16_t t = le16toh(h.type);
+    uint32_t len = le32toh(h.raw_len);
+    if (le32toh(h.magic) != MIG_MAGIC || h.flags || len != le32toh(h.wire_len) ||
+        len > MIG_CTRL_MAX || (t != MIG_PC_REQ && t != MIG_PC_DONE && t != MIG_ABORT) ||
+        (t == MIG_PC_REQ && (len % 8 || len > 8 * MIG_PC_REQ_MAX)) ||
+        (t == MIG_PC_DONE && len != sizeof(q->done)))
+        return sfail(s, -EPROTO, "post-copy: the receiver sent a bad frame (type %u, %u bytes)",
+                     t, len);
+    rc = chan_read_all_by(ch, body, len, NULL, by);
+    if (rc < 0)
+        return sfail(s, rc, "post-copy: reading from the receiver: %s",
+                     rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
+    if (hv_hash64(body, len) != le64toh(h.checksum))
+        return sfail(s, -EBADMSG, "post-copy: a frame from the receiver failed its checksum");
+    if (t == MIG_ABORT) {
+        body[len] = 0;
+        for (uint8_t *c = body; *c; c++)
+            if (*c < 0x20 || *c > 0x7e)
+                *c = '?';
+        return sfail(s, -ECONNABORTED, "post-copy: the receiver aborted: %.200s", (char *)body);
+    }
+    if (t == MIG_PC_DONE) {
+        memcpy(&q->done, body, sizeof(q->done));
+        q->done_seen = true;
+        return 0;
+    }
+    for (uint32_t k = 0; k < len / 8; k++) {
+        uint64_t g;
+        memcpy(&g, body + 8 * k, 8);
+        g = le64toh(g);
+        s->rep->pc.requests++;
+        if (!pc_is_pending(s, g))
+            continue; /* on its way already (or not ours to send: ignored) */
+        if (q->nurgent < PC_URGENT_MAX)
+            q->urgent[q->nurgent++] = g;
+        /* its region goes next in the background (once in the list) */
+        uint64_t reg = g / 512;
+        unsigned nh = 0;
+        for (unsigned i = 0; i < q->nhot; i++)
+            if (q->hot[i] != reg)
+                q->hot[nh++] = q->hot[i];
+        if (nh == PC_HOT_MAX)
+            memmove(q->hot, q->hot + 1, (--nh) * sizeof(q->hot[0]));
+        q->hot[nh++] = reg;
+        q->nhot = nh;
+    }
+    return 0;
+}
+
+/* One PC_PAGES frame of n pfns (pending, distinct), straight to the
+ * channel; each page's digest term becomes the one of the bytes sent. */
+static int pc_send_pages(struct sender *s, struct pc_push *q, const gfn_t *pfns, uint32_t n,
+                         bool urgent)
+{
+    struct domain *d = s->d;
+    uint8_t *b = s->pc_buf + sizeof(struct mig_frame);
+    struct mig_pc_pages ph = {htole32(n), htole32(urgent)};
+    memcpy(b, &ph, sizeof(ph));
+    int rc = 0;
+    domain_lock(d);
+    for (uint32_t k = 0; k < n && rc == 0; k++) {
+        enum p2m_type t;
+        mfn_t mfn = p2m_get_entry(d->p2m, pfns[k], &t, NULL);
+        if (!p2m_is_ram(t)) {
+            rc = sfail(s, -EIO, "post-copy: pfn %#llx is no longer RAM on the sender",
+                       (unsigned long long)pfns[k]);
+            break;
+        }
+        uint64_t e = htole64(pfns[k]);
+        memcpy(b + 8 + 8ULL * k, &e, 8);
+        uint8_t *dst = b + 8 + 8ULL * n + ((size_t)k << PAGE_SHIFT);
+        memcpy(dst, machine_ptr(d->m, mfn), PAGE_SIZE);
+        rc = term_set(s, pfns[k], stream_digest_term(pfns[k], hv_hash64(dst, PAGE_SIZE)));
+        s->pending[pfns[k] / 64] &= ~(1ULL << (pfns[k] % 64));
+    }
+    domain_unlock(d);
+    if (rc < 0)
+        return rc;
+    uint32_t len = 8 + 8 * n + (n << PAGE_SHIFT);
+    migrate_frame_header((struct mig_frame *)(void *)s->pc_buf, MIG_PC_PAGES, 0, len, len,
+                         hv_hash64(b, len));
+    struct chan *ch = s->pipe.ch;
+    uint64_t before = s->rep->pc.pushed + s->rep->pc.urgent;
+    if (s->o->pc_cut_after_pages && before + n > s->o->pc_cut_after_pages) {
+        chan_cut(ch);
+        return sfail(s, -ECONNRESET, "post-copy: connection cut by fault injection after %llu "
+                     "pages", (unsigned long long)before);
+    }
+    rc = chan_write_all(ch, s->pc_buf, sizeof(struct mig_frame) + len);
+    if (rc < 0)
+        return sfail(s, rc, "post-copy: sending pages: %s", chan_strerror(ch, rc));
+    s->rep->pc.wire_bytes += sizeof(struct mig_frame) + len;
+    q->left -= n;
+    if (urgent)
+        s->rep->pc.urgent += n;
+    else
+        s->rep->pc.pushed += n;
+    return 0;
+}
+
+/* The next background pages: what is left of the regions near recent
+ * faults first (newest first), then the sequential scan. */
+static uint32_t pc_next(struct sender *s, struct pc_push *q, gfn_t *out)
+{
+    uint32_t n = 0;
+    while (q->nhot && n < MIG_PC_PAGES_MAX) {
+        gfn_t lo = q->hot[q->nhot - 1] * 512;
+        for (gfn_t g = lo; g < lo + 512 && n < MIG_PC_PAGES_MAX; g++)
+            if (pc_is_pending(s, g))
+                out[n++] = g;
+        if (n < MIG_PC_PAGES_MAX)
+            q->nhot--; /* that region is all sent */
+    }
+    for (; q->cursor < s->nr_gfns && n < MIG_PC_PAGES_MAX; q->cursor++) {
+        if (!(q->cursor % 64) && !s->pending[q->cursor / 64]) {
+            q->cursor += 63;
+            continue;
+        }
+        if (pc_is_pending(s, q->cursor)) {
+            bool dup = false;
+            for (uint32_t k = 0; k < n && !dup; k++)
+                dup = out[k] == q->cursor;
+            if (!dup)
+                out[n++] = q->cursor;
+        }
+    }
+    return n;
+}
+
+/*
+ * After RESUMED: every pending page goes, answers to requests first (each
+ * between two background frames: a background frame is 64 pages, and the
+ * socket's send buffer is made small so that little of the background is
+ * ever ahead of an answer), then PC_END with the digest of every page at
+ * the pause, then PC_DONE must come back with the same digest.
+ */
+static int pc_run(struct sender *s)
+{
+    struct chan *ch = s->pipe.ch;
+    struct pc_push *q = hv_calloc(1, sizeof(*q));
+    s->pc_buf = hv_malloc(sizeof(struct mig_frame) + 8 + MIG_PC_PAGES_MAX * (8 + PAGE_SIZE));
+    if (!q || !s->pc_buf) {
+        free(q);
+        return sfail(s, -ENOMEM, "post-copy: out of memory");
+    }
+    if (ch->fd >= 0) {
+        int sb = 256 << 10;
+        (void)setsockopt(ch->fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof(sb));
+    }
+    q->left = s->npending;
+    int rc = 0;
+    gfn_t pick[MIG_PC_PAGES_MAX];
+    while (rc == 0 && !q->done_seen) {
+        /* what the receiver asked for meanwhile; then block only when
+         * everything is sent */
+        int in = chan_poll_in(ch, q->end_sent ? ch->timeout_ms : 0);
+        if (in < 0) {
+            rc = sfail(s, in, "post-copy: %s", chan_strerror(ch, in));
+            break;
+        }
+        if (in > 0) {
+            rc = pc_read(s, q);
+            continue;
+        }
+        if (q->end_sent) {
+            rc = sfail(s, -ETIMEDOUT, "post-copy: no word from the receiver in %d ms after "
+                       "PC_END", ch->timeout_ms);
+            break;
+        }
+        uint32_t n = 0;
+        while (q->nurgent && n < MIG_PC_PAGES_MAX) {
+            gfn_t g = q->urgent[--q->nurgent];
+            bool dup = false;
+            for (uint32_t k = 0; k < n && !dup; k++)
+                dup = pick[k] == g;
+            if (!dup && pc_is_pending(s, g))
+                pick[n++] = g;
+        }
+        if (n) {
+            rc = pc_send_pages(s, q, pick, n, true);
+            continue;
+        }
+        n = pc_next(s, q, pick);
+        if (n) {
+            rc = pc_send_pages(s, q, pick, n, false);
+            continue;
+        }
+        struct mig_pc_end e = {htole64(s->dsum), htole64(s->dpages),
+                               htole64(s->rep->pc.pushed), htole64(s->rep->pc.urgent)};
+        rc = send_ctrl(ch, MIG_PC_END, &e, sizeof(e));
+        if (rc < 0)
+            rc = sfail(s, rc, "post-copy: sending PC_END: %s", chan_strerror(ch, rc));
+        q->end_sent = true;
+    }
+    if (rc == 0) {
+        struct mig_result *r = &q->done;
+        r->msg[sizeof(r->msg) - 1] = 0;
+        int32_t status = (int32_t)le32toh((uint32_t)r->status);
+        s->rep->receiver = (struct migrate_leaves){le64toh(r->pages_1g), le64toh(r->pages_2m),
+                                                   le64toh(r->pages_4k)};
+        s->rep->digest_receiver = le64toh(r->digest);
+        if (status < 0)
+            rc = sfail(s, status > -4096 ? status : -EPROTO, "post-copy: the receiver failed: "
+                       "%s", r->msg);
+        else if (q->left)
+            rc = sfail(s, -EPROTO, "post-copy: the receiver said done with %llu pages unsent",
+                       (unsigned long long)q->left);
+        else if (s->rep->digest_receiver != s->dsum || le64toh(r->pages) != s->dpages)
+            rc = sfail(s, -EBADMSG, "post-copy: memory digest mismatch: sender %#llx (%llu "
+                       "pages), receiver %#llx (%llu pages)", (unsigned long long)s->dsum,
+                       (unsigned long long)s->dpages,
+                       (unsigned long long)s->rep->digest_receiver,
+                       (unsigned long long)le64toh(r->pages));
+        s->rep->digest_sender = s->dsum;
+    }
+    free(q);
+    return rc;
 }
 
 static uint64_t bm_count(const uint64_t *bm, uint64_t nr_gfns)
@@ -926,7 +1261,18 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     machine_holes_init(&s->dm, d->m);
 
     /* handshake */
-    struct mig_hello hello = {htole32(MIG_VERSION), htole32(MIG_HELLO_VERIFY)};
+    bool may_pc = o->postcopy || o->postcopy_auto;
+    if (may_pc && g->backend != GUEST_BACKEND_KVM && g->backend != GUEST_BACKEND_NATIVE) {
+        rc = sfail(s, -ENOTSUP, "post-copy needs a program guest (kvm or native backend), not "
+                   "%s vCPUs", guest_backend_name(g->backend));
+        goto out;
+    }
+    if (may_pc && !(s->page_copy = hv_malloc(PAGE_SIZE))) {
+        rc = sfail(s, -ENOMEM, "out of memory");
+        goto out;
+    }
+    struct mig_hello hello = {htole32(MIG_VERSION),
+                              htole32(MIG_HELLO_VERIFY | (may_pc ? MIG_HELLO_POSTCOPY : 0))};
     rc = pipe_ctrl(&s->pipe, MIG_HELLO, &hello, sizeof(hello));
     if (rc == 0)
         rc = pipe_drain(&s->pipe);
@@ -940,6 +1286,8 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     if (rc == 0 && le32toh(ready.version) != MIG_VERSION)
         rc = sfail(s, -EPROTONOSUPPORT, "the receiver speaks migration version %u, not %u",
                    le32toh(ready.version), MIG_VERSION);
+    if (rc == 0 && may_pc && !(le32toh(ready.flags) & MIG_HELLO_POSTCOPY))
+        rc = sfail(s, -EPROTONOSUPPORT, "the receiver does not accept post-copy migrations");
     if (rc < 0)
         goto out;
     if (o->inject_len && (rc = pipe_io_write(&s->pipe, o->inject, o->inject_len)) < 0)
@@ -1010,7 +1358,10 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         s->r->eta_s = link > 0 ? (double)dirty * per_page / link : 0;
         if (o->on_round)
             o->on_round(o->ctx, s->r);
-        if (s->r->eta_s * 1e3 <= downtime_ms)
+        unsigned pc_rounds = o->precopy_rounds ? o->precopy_rounds : 1;
+        if (o->postcopy && k + 1 >= pc_rounds)
+            rep->end = MIGRATE_END_postcopy;
+        else if (s->r->eta_s * 1e3 <= downtime_ms)
             rep->end = MIGRATE_END_downtime;
         else if (k >= max_rounds)
             rep->end = MIGRATE_END_max_rounds;
@@ -1042,6 +1393,18 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     leaves_now(d, &rep->logdirty);
     if (o->on_paused)
         o->on_paused(o->ctx, d);
+    if (o->postcopy || (o->postcopy_auto && rep->end != MIGRATE_END_downtime)) {
+        rc = pc_split(s);
+        if (rc < 0) {
+            rc = sfail(s, rc, "out of memory for the post-copy set");
+            goto out;
+        }
+        rep->postcopy = s->npending > 0;
+        rep->postcopy_why = !rep->postcopy ? "nothing left for post-copy at the switch"
+                            : o->postcopy ? "asked for (--postcopy)"
+                                          : migrate_end_desc(rep->end);
+        rep->pc.pending = s->npending;
+    }
     s->r = &rep->rounds[rep->nr_rounds++];
     s->r->index = rep->nr_rounds - 1;
     s->r->paused = true;
@@ -1062,16 +1425,22 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
                               tl.len - sizeof(struct hvctx_header), rep->err, sizeof(rep->err));
         s->r->stream_bytes += s->w.offset - off0;
     }
+    if (rc == 0 && may_pc)
+        rc = s->pending ? pc_send_pending(s) : pipe_ctrl(&s->pipe, MIG_PC_PENDING,
+                                                         &(struct mig_pc_pending){0, htole32(1), 0},
+                                                         sizeof(struct mig_pc_pending));
     if (rc == 0)
         rc = end_round(s, rt, w0);
     if (rc < 0)
         goto wfail;
     /* the digest was kept page by page as they were sent (nothing to read
-     * here); the audit reads all of memory to check that */
+     * here); the audit reads all of memory to check that (post-copy: the
+     * pages left for later count with the terms of their last copies,
+     * which is what the receiver holds of them) */
     uint64_t td = hv_now_ns(), pages = s->dpages;
     struct mig_done done = {0};
     rep->digest_sender = s->dsum;
-    if (o->audit_digest) {
+    if (o->audit_digest && !rep->postcopy) {
         uint64_t apages = 0, a = migrate_digest(d, &apages);
         if (a != s->dsum || apages != s->dpages) {
             rc = sfail(s, -EBADMSG, "digest audit: memory at the pause has digest %#llx (%llu "
@@ -1145,6 +1514,32 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         goto out;
     }
     in_doubt = false;
+    if (rep->postcopy) {
+        /* the guest runs on the receiver now, missing the pending pages:
+         * this copy holds them until PC_DONE */
+        uint64_t tp = hv_now_ns();
+        rc = pc_run(s);
+        rep->pc.seconds = (double)(hv_now_ns() - tp) / 1e9;
+        if (rc < 0) {
+            size_t l = strlen(rep->err);
+            snprintf(rep->err + l, sizeof(rep->err) - l, "; post-copy failed after the switch: "
+                     "the guest runs on the receiver without all of its memory, this copy is "
+                     "kept paused (in doubt)");
+            in_doubt = true;
+            goto out;
+        }
+        if (o->audit_digest) {
+            uint64_t apages = 0, a = migrate_digest(d, &apages);
+            if (a != s->dsum || apages != s->dpages) {
+                rc = sfail(s, -EBADMSG, "digest audit after post-copy: memory has digest %#llx "
+                           "(%llu pages), the pages sent add up to %#llx (%llu pages)",
+                           (unsigned long long)a, (unsigned long long)apages,
+                           (unsigned long long)s->dsum, (unsigned long long)s->dpages);
+                in_doubt = true;
+                goto out;
+            }
+        }
+    }
     committed = true;
     goto out;
 
@@ -1202,6 +1597,9 @@ out:
         free(s->term[c]);
     free(s->term);
     free(s->fault_copy);
+    free(s->pending);
+    free(s->pc_buf);
+    free(s->page_copy);
     free(s);
     return rep->rc;
 }
@@ -1334,11 +1732,11 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
         return rxfail(x, -EBADMSG, "frame at byte offset %llu: magic %#x is not %#x \"HVMF\" "
                       "(not a hugevm migration sender?)", (unsigned long long)at,
                       le32toh(h.magic), MIG_MAGIC);
-    if (t < MIG_HELLO || t > MIG_ABORT || (flags & ~MIG_F_ZSTD) ||
+    if (t < MIG_HELLO || t > MIG_FRAME_TYPES || (flags & ~MIG_F_ZSTD) ||
         ((flags & MIG_F_ZSTD) && t != MIG_DATA))
         return rxfail(x, -EBADMSG, "frame at byte offset %llu: bad type %u or flags %#x",
                       (unsigned long long)at, t, flags);
-    uint32_t max = t == MIG_DATA ? MIG_FRAME_RAW : MIG_CTRL_MAX;
+    uint32_t max = t == MIG_DATA || t == MIG_PC_PENDING ? MIG_FRAME_RAW : MIG_CTRL_MAX;
     if (raw > max || wire > x->wcap || (!(flags & MIG_F_ZSTD) && wire != raw))
         return rxfail(x, -EMSGSIZE, "frame at byte offset %llu: %s of %u bytes (%u on the "
                       "wire) is over the limit of %u", (unsigned long long)at, frame_name(t), raw,
@@ -1442,6 +1840,75 @@ static long rx_read(void *ctx, void *buf, size_t len)
     memcpy(buf, x->raw + (x->pos - x->stage0), n);
     x->pos += n;
     return (long)n;
+}
+
+/* Post-copy: the PC_PENDING frames after END, as runs (untrusted: the
+ * runs are checked against the domain by postcopy_rx_start; here the
+ * pieces must ascend, stay below the pfn limit, and name no more pages
+ * than the domain's RAM). */
+static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_result *res)
+{
+    size_t cap = 0;
+    uint64_t pages = 0, next = 0;
+    for (;;) {
+        uint16_t t = 0;
+        int rc = rx_frame(x, &t, false);
+        if (rc < 0)
+            return rc;
+        if (t == MIG_ABORT) {
+            x->raw[x->len < MIG_CTRL_MAX ? x->len : MIG_CTRL_MAX - 1] = 0;
+            for (uint8_t *p = x->raw; *p; p++)
+                if (*p < 0x20 || *p > 0x7e)
+                    *p = '?';
+            x->aborted = true;
+            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s", (char *)x->raw);
+        }
+        if (t != MIG_PC_PENDING)
+            return rxfail(x, -EPROTO, "expected PC_PENDING, got %s", frame_name(t));
+        struct mig_pc_pending h;
+        if (x->len < sizeof(h))
+            return rxfail(x, -EBADMSG, "PC_PENDING of %zu bytes", x->len);
+        memcpy(&h, x->raw, sizeof(h));
+        uint32_t n = le32toh(h.nr_words);
+        uint64_t first = le64toh(h.first_pfn);
+        if (x->len != sizeof(h) + 8ULL * n || le32toh(h.last) > 1 || first % 64 ||
+            first < next || first >= P2M_GFN_LIMIT || n > (P2M_GFN_LIMIT - first) / 64)
+            return rxfail(x, -EBADMSG, "PC_PENDING: %u words from pfn %#llx in %zu bytes (last "
+                          "%u, the previous piece ended at pfn %#llx)", n,
+                          (unsigned long long)first, x->len, le32toh(h.last),
+                          (unsigned long long)next);
+        next = first + 64ULL * n;
+        for (uint32_t w = 0; w < n; w++) {
+            uint64_t v;
+            memcpy(&v, x->raw + sizeof(h) + 8ULL * w, 8);
+            v = le64toh(v);
+            pages += (uint64_t)__builtin_popcountll(v);
+            if (pages > d->tot_pages)
+                return rxfail(x, -EBADMSG, "PC_PENDING names more pages than the domain's %llu",
+                              (unsigned long long)d->tot_pages);
+            for (; v; v &= v - 1) {
+                gfn_t g = first + 64ULL * w + (uint64_t)__builtin_ctzll(v);
+                struct postcopy_run *last = res->pc_nruns ? &res->pc_runs[res->pc_nruns - 1]
+                                                          : NULL;
+                if (last && last->pfn + last->nr == g) {
+                    last->nr++;
+                    continue;
+                }
+                if (res->pc_nruns == cap) {
+                    size_t c = cap ? 2 * cap : 256;
+                    struct postcopy_run *r = realloc(res->pc_runs, c * sizeof(*r));
+                    if (!r)
+                        return rxfail(x, -ENOMEM, "out of memory for the post-copy runs");
+                    res->pc_runs = r;
+                    cap = c;
+                }
+                res->pc_runs[res->pc_nruns++] = (struct postcopy_run){g, 1};
+            }
+        }
+        x->pos = x->len;
+        if (le32toh(h.last))
+            return 0;
+    }
 }
 
 /* Rebuild the guest's vCPUs and workloads from the HVM_CONTEXT TLV area
@@ -1563,7 +2030,8 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
                     le32toh(hello.version), MIG_VERSION);
     if (rc < 0)
         goto fail;
-    struct mig_hello ready = {htole32(MIG_VERSION), 0};
+    bool pc = (le32toh(hello.flags) & MIG_HELLO_POSTCOPY) && o->postcopy_ok;
+    struct mig_hello ready = {htole32(MIG_VERSION), htole32(pc ? MIG_HELLO_POSTCOPY : 0)};
     rc = send_ctrl(ch, MIG_READY, &ready, sizeof(ready));
     if (rc < 0) {
         rxfail(&x, rc, "sending READY: %s", chan_strerror(ch, rc));
@@ -1591,6 +2059,8 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     }
     d = res->rr.d;
     res->rr.d = NULL;
+    if (pc && (rc = rx_pending(&x, d, res)) < 0)
+        goto fail;
     struct mig_done done;
     rc = rx_ctrl(&x, MIG_DONE, &done, sizeof(done));
     if (rc < 0)
@@ -1663,6 +2133,8 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     }
     /* COMMIT: the guest is this side's now, whatever happens to RESUMED */
     res->g = g;
+    res->postcopy = res->pc_nruns > 0;
+    res->pc_pages = pages;
     if (o->cut_before_resumed) {
         chan_cut(ch);
         res->resumed_unsent = true;
@@ -1691,6 +2163,9 @@ out:
 void migrate_recv_result_free(struct migrate_recv_result *res)
 {
     restore_result_free(&res->rr);
+    free(res->pc_runs);
+    res->pc_runs = NULL;
+    res->pc_nruns = 0;
 }
 
 int migrate_refuse(int fd, const char *reason)
@@ -1698,7 +2173,7 @@ int migrate_refuse(int fd, const char *reason)
     uint8_t buf[sizeof(struct mig_frame) + 256];
     size_t len = strnlen(reason, 256);
     struct mig_frame h;
-    frame_header(&h, MIG_ABORT, 0, (uint32_t)len, (uint32_t)len, XXH3_64bits(reason, len));
+    migrate_frame_header(&h, MIG_ABORT, 0, (uint32_t)len, (uint32_t)len, XXH3_64bits(reason, len));
     memcpy(buf, &h, sizeof(h));
     memcpy(buf + sizeof(h), reason, len);
     ssize_t n = send(fd, buf, sizeof(h) + len, MSG_NOSIGNAL | MSG_DONTWAIT);

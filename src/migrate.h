@@ -115,6 +115,12 @@
 #include "vcpu.h"
 #include "workload.h"
 
+/* A run of pfns left for after a post-copy switch (postcopy.h). */
+struct postcopy_run {
+    gfn_t pfn;
+    uint64_t nr;
+};
+
 #define MIGRATE_MAX_VCPUS GUEST_MAX_VCPUS
 #define MIGRATE_MAX_ROUNDS 60     /* iterative rounds after the full copy */
 #define MIGRATE_DEFAULT_ROUNDS 10
@@ -146,7 +152,14 @@ enum mig_frame_type {
     MIG_COMMIT = 6,
     MIG_ABORT = 7, /* body: a reason string */
     MIG_RESUMED = 8, /* receiver -> sender after COMMIT: the guest is its now */
+    /* post-copy (postcopy.h): */
+    MIG_PC_PENDING = 9, /* sender -> receiver after END: runs still to come */
+    MIG_PC_PAGES = 10,  /* sender -> receiver after RESUMED: pages (struct mig_pc_pages) */
+    MIG_PC_REQ = 11,    /* receiver -> sender: pfns a vCPU waits for */
+    MIG_PC_END = 12,    /* sender -> receiver: every pending page sent (struct mig_pc_end) */
+    MIG_PC_DONE = 13,   /* receiver -> sender: every page here (struct mig_result) */
 };
+#define MIG_FRAME_TYPES 13
 #define MIG_F_ZSTD 0x1u /* payload is one zstd frame of raw_len bytes */
 
 struct mig_frame {
@@ -162,6 +175,10 @@ _Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
 /* The sender sends a digest.  Informative only: the receiver always
  * computes its own and refuses a DONE without one (DONE.verify != 1). */
 #define MIG_HELLO_VERIFY 0x1u
+/* The sender may switch to post-copy: after END come MIG_PC_PENDING frames
+ * (none pending: a plain pre-copy end).  A receiver that can receive a
+ * post-copy migration says so by echoing the flag in READY. */
+#define MIG_HELLO_POSTCOPY 0x2u
 struct mig_hello {
     uint32_t version;
     uint32_t flags;
@@ -185,6 +202,37 @@ struct mig_result {
     char msg[216];     /* NUL-terminated reason when status < 0 */
 };
 _Static_assert(sizeof(struct mig_result) == 264, "RESULT");
+
+/* Post-copy.  PC_PENDING: a piece of the bitmap of pending pfns, nr_words
+ * u64 words from pfn first_pfn (a multiple of 64) on: bit b of word w is
+ * pfn first_pfn + 64 w + b.  Pieces come in ascending order, `last` set on
+ * the final one (which may be empty). */
+struct mig_pc_pending {
+    uint32_t nr_words;
+    uint32_t last;
+    uint64_t first_pfn;
+};
+_Static_assert(sizeof(struct mig_pc_pending) == 16, "PC_PENDING");
+#define MIG_PC_PENDING_MAX_WORDS ((MIG_FRAME_RAW - 16) / 8)
+/* PC_PAGES: count pfns (u64), then count pages of data.  urgent: they
+ * answer a request (PC_REQ). */
+struct mig_pc_pages {
+    uint32_t count;
+    uint32_t urgent;
+};
+_Static_assert(sizeof(struct mig_pc_pages) == 8, "PC_PAGES");
+#define MIG_PC_PAGES_MAX 64u /* pages per PC_PAGES frame */
+#define MIG_PC_REQ_MAX 64u   /* pfns per PC_REQ frame (the body: u64 pfns) */
+struct mig_pc_end {
+    uint64_t digest; /* of every page at the pause, now that all are sent */
+    uint64_t pages;
+    uint64_t pushed, urgent; /* pages sent in the background, as answers */
+};
+_Static_assert(sizeof(struct mig_pc_end) == 32, "PC_END");
+
+/* Frame headers (migrate.c; postcopy.c writes its frames with it). */
+void migrate_frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, uint32_t raw_len,
+                          uint32_t wire_len, uint64_t sum);
 
 /* The HVM_CONTEXT TLVs carrying the guest (struct mig_vcpu_tlv, struct
  * mig_workload_tlv) are guest_state.h's: it encodes and decodes them for
@@ -215,7 +263,8 @@ uint64_t migrate_digest_known(struct domain *d, const uint64_t *data_bits, gfn_t
     X(none, "pre-copy did not finish")                                         \
     X(downtime, "the dirty set left fits the downtime target")                 \
     X(max_rounds, "the maximum number of rounds was reached")                  \
-    X(not_falling, "the dirty rate stopped falling")
+    X(not_falling, "the dirty rate stopped falling")                         \
+    X(postcopy, "the pre-copy rounds asked for before post-copy are done")
 
 enum migrate_end {
 #define X(name, desc) MIGRATE_END_##name,
@@ -280,6 +329,15 @@ struct migrate_opts {
     /* Fault injection: send these bytes as DATA right after HELLO (tests). */
     const void *inject;
     size_t inject_len;
+    /* Post-copy (postcopy.h): switch after precopy_rounds rounds (the
+     * full copy included; 0: 1), or with postcopy_auto only where pre-copy
+     * would end by max_rounds or not_falling (a dirty set that does not fit
+     * the downtime target).  The receiver must accept post-copy. */
+    bool postcopy, postcopy_auto;
+    unsigned precopy_rounds;
+    /* Fault injection (tests): cut the connection after this many post-copy
+     * pages were sent (0: never). */
+    uint64_t pc_cut_after_pages;
     void (*on_round)(void *ctx, const struct migrate_round *r);
     /* The guest is paused and its memory final (tests take checksums). */
     void (*on_paused)(void *ctx, struct domain *d);
@@ -323,6 +381,17 @@ struct migrate_report {
      * kept paused (not resumed, not destroyed); the receiver may run it. */
     bool in_doubt;
     struct migrate_stats st;
+    /* post-copy: whether it ran, why, and what it sent after the switch */
+    bool postcopy;
+    const char *postcopy_why;
+    struct migrate_pc_stats {
+        uint64_t pending;  /* pages left for after the switch */
+        uint64_t pushed;   /* sent in the background */
+        uint64_t urgent;   /* sent as answers to requests */
+        uint64_t requests; /* pfns requested (some were on their way already) */
+        uint64_t wire_bytes;
+        double seconds;    /* RESUMED to PC_DONE */
+    } pc;
 };
 
 struct chan;
@@ -387,6 +456,10 @@ struct migrate_recv_opts {
      * for by name (their code would run as this process's own). */
     bool backend_set;
     enum guest_backend backend;
+    /* Accept a post-copy migration: the guest then comes back with
+     * res->postcopy set and the pending runs, and the caller must arm
+     * postcopy_rx_start on the same channel before it starts the guest. */
+    bool postcopy_ok;
     /* Given to the rebuilt workloads (the sender's callback stays there). */
     void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val);
     void *ctx;
@@ -405,6 +478,11 @@ struct migrate_recv_result {
     bool in_doubt;
     bool resumed_unsent;     /* committed, but RESUMED could not be sent */
     bool handshake_passed;   /* see migrate_recv_opts: the peer is a sender */
+    /* post-copy: pages the sender sends after RESUMED (postcopy.h) */
+    bool postcopy;
+    struct postcopy_run *pc_runs;
+    size_t pc_nruns;
+    uint64_t pc_pages;
     char err[STREAM_ERR_LEN];
 };
 

@@ -75,6 +75,27 @@ static inline bool file_has(const char *path, const char *key, const char *val)
     return strncmp(p, val, strlen(val)) == 0;
 }
 
+/* The number after the first `key` in the log (false: none). */
+static inline bool file_u64(const char *path, const char *key, uint64_t *out)
+{
+    char buf[65536];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strstr(buf, key);
+    if (!p)
+        return false;
+    p += strlen(key);
+    while (*p == ':' || *p == ' ' || *p == '"')
+        p++;
+    char *end;
+    *out = strtoull(p, &end, 10);
+    return end != p;
+}
+
 /* A fresh 256-bit pre-shared key in dir/psk (mode 0600); false on error. */
 static inline bool write_psk_file(const char *dir, char *path, size_t len)
 {

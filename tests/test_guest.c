@@ -29,6 +29,7 @@
 
 #include "chan.h"
 #include "migrate.h"
+#include "postcopy.h"
 #include "net.h"
 
 #include "guest.h"
@@ -866,6 +867,139 @@ static void test_migrate_kvm(void **s)
     migrate_to_process(GUEST_BACKEND_KVM, true);
 }
 
+/* ---- post-copy: the guest runs on the receiver before all of its memory ------------ */
+
+/*
+ * A writer guest migrated in post-copy to a receiver process: first with
+ * the link cut by fault injection after a random number of post-copy
+ * pages (the receiver cannot go on; the sender keeps its copy paused, in
+ * doubt, holding every page: it resumes here and verifies), then whole:
+ * the receiver resumes at the switch, takes every pending page (on demand
+ * and in the background), makes every 2M region whole again, and verifies
+ * every vCPU; both digests agree and the leaf counts are the sender's.
+ */
+static void postcopy_to_process(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    char why[256];
+    if (postcopy_probe(why, sizeof(why)) < 0 ||
+        (b == GUEST_BACKEND_NATIVE && native_dirty_log_probe(why, sizeof(why)) < 0)) {
+        print_message("# SKIP reason: %s\n", why);
+        skip();
+    }
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    struct env e;
+    env_up(&e, 64 * MiB);
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_WRITER);
+    pc.nr_vcpus = 2;
+    pc.batch = 300;
+    pc.console_fd = -1;
+    pc.write_rate = 40000;
+    pc.wss_ppm = 800000;
+    create(&e, b, &pc);
+    assert_int_equal(guest_start(e.g), 0);
+    wait_ops_above(e.g, 5000);
+    uint64_t l1g = domain_pages_1g(e.d), l2m = domain_pages_2m(e.d), l4k = domain_pages_4k(e.d);
+
+    char dir[] = "/tmp/hvgpcXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
+    print_message("# rng %llu\n", (unsigned long long)r.s);
+    for (int whole = 0; whole < 2; whole++) {
+        char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                         "--attempts", "1", "--accept-timeout", "120", "--host-mem", "1G",
+                         "--insecure", "--run", "1", "--timeout", "20", "--backend",
+                         (char *)guest_backend_name(b), "--json", NULL};
+        pid_t rp = spawn(rargv, rlog);
+        unsigned port = wait_port_file(portf, 60);
+        if (!port) {
+            kill(rp, SIGKILL);
+            fail_msg("the receiver wrote no port; log in %s", rlog);
+        }
+        struct migrate_opts o = {.postcopy = true, .precopy_rounds = 1 + (unsigned)whole,
+                                 .timeout_ms = 60000, .audit_digest = true};
+        if (!whole)
+            o.pc_cut_after_pages = 1 + hv_rng_next(&r) % 2000;
+        int rc = send_to(e.g, port, &o, rep);
+        int rs = wait_deadline(rp, 300);
+        if (!whole) {
+            /* cut after the switch: the receiver's guest is lost; this copy,
+             * paused at the switch with every page, goes on here */
+            if (rc == 0)
+                fail_msg("a post-copy migration cut after %llu pages succeeded",
+                         (unsigned long long)o.pc_cut_after_pages);
+            assert_true(rep->postcopy);
+            if (!rep->in_doubt)
+                fail_msg("not in doubt after a cut post-copy: %s", rep->err);
+            assert_non_null(strstr(rep->err, "post-copy failed after the switch"));
+            assert_true(rs != 0);
+            assert_true(file_has(rlog, "\"guest_verified\"", "false"));
+            assert_false(guest_log_dirty_on(e.g));
+            audit_all(e.d);
+            guest_resume(e.g);
+            wait_ops_above(e.g, ops_of(e.g) + 3000);
+            print_message("# %s: post-copy cut after %llu of %llu pages: the receiver gave up, "
+                          "the sender's copy went on\n", guest_backend_name(b),
+                          (unsigned long long)(rep->pc.pushed + rep->pc.urgent),
+                          (unsigned long long)rep->pc.pending);
+            unlink(portf);
+            continue;
+        }
+        if (rc < 0)
+            fail_msg("post-copy migration: %s", rep->err);
+        if (rs != 0)
+            fail_msg("hugevm receive exited %d; log in %s", rs, rlog);
+        assert_true(rep->postcopy);
+        assert_int_equal(rep->end, MIGRATE_END_postcopy);
+        assert_int_equal(rep->nr_rounds, 3); /* the full copy, one more, the switch */
+        assert_true(rep->pc.pending > 0);
+        assert_int_equal(rep->pc.pushed + rep->pc.urgent, rep->pc.pending);
+        assert_true(rep->verified);
+        assert_int_equal(rep->digest_sender, rep->digest_receiver);
+        /* the receiver's p2m: the sender's leaves, nothing split */
+        assert_int_equal(rep->receiver.p1g, l1g);
+        assert_int_equal(rep->receiver.p2m, l2m);
+        assert_int_equal(rep->receiver.p4k, l4k);
+        assert_true(file_has(rlog, "\"mode\"", "postcopy"));
+        if (!file_has(rlog, "\"guest_verified\"", "true"))
+            fail_msg("the receiver did not verify the guest; log in %s", rlog);
+        assert_true(file_has(rlog, "\"audit\"", "ok"));
+        uint64_t pending = 0, regions = 0, rwhole = 0, urgent = 0, pushed = 0;
+        assert_true(file_u64(rlog, "\"pending\"", &pending));
+        assert_true(file_u64(rlog, "\"regions\"", &regions));
+        assert_true(file_u64(rlog, "\"regions_whole\"", &rwhole));
+        assert_true(file_u64(rlog, "\"pages_urgent\"", &urgent));
+        assert_true(file_u64(rlog, "\"pages_pushed\"", &pushed));
+        assert_int_equal(pending, rep->pc.pending);
+        assert_int_equal(urgent + pushed, pending);
+        assert_true(regions > 0);
+        assert_int_equal(rwhole, regions); /* every region whole again */
+        print_message("# %s: post-copy after %u rounds: %llu pages after the switch (%llu on "
+                      "demand) over %llu 2M regions, all whole again; verified on the receiver\n",
+                      guest_backend_name(b), rep->nr_rounds - 1, (unsigned long long)pending,
+                      (unsigned long long)urgent, (unsigned long long)regions);
+    }
+    unlink(portf);
+    unlink(rlog);
+    rmdir(dir);
+    free(rep);
+    env_down(&e);
+}
+
+static void test_postcopy_native(void **s) { (void)s; postcopy_to_process(GUEST_BACKEND_NATIVE); }
+static void test_postcopy_kvm(void **s) { (void)s; postcopy_to_process(GUEST_BACKEND_KVM); }
+
 /* ---- populate-on-demand: the fault server ------------------------------------------ */
 
 static int sweep_all(struct domain *d, void *ctx)
@@ -1084,6 +1218,7 @@ int main(void)
         cmocka_unit_test(test_balloon_driver_native),
         cmocka_unit_test(test_memory_calls_native),
         cmocka_unit_test(test_migrate_native),
+        cmocka_unit_test(test_postcopy_native),
         cmocka_unit_test(test_pod_native),
         cmocka_unit_test(test_workloads_kvm),
         cmocka_unit_test(test_verify_catches_kvm),
@@ -1092,6 +1227,7 @@ int main(void)
         cmocka_unit_test(test_balloon_driver_kvm),
         cmocka_unit_test(test_memory_calls_kvm),
         cmocka_unit_test(test_migrate_kvm),
+        cmocka_unit_test(test_postcopy_kvm),
         cmocka_unit_test(test_pod_kvm),
     };
     const char *filter = getenv("HUGEVM_TEST_FILTER"); /* one test, e.g. under TCG */

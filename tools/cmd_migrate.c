@@ -48,6 +48,7 @@
 #include "cli.h"
 #include "migrate.h"
 #include "net.h"
+#include "postcopy.h"
 
 /* ---- report ------------------------------------------------------------------- */
 
@@ -67,9 +68,9 @@ static void progress(void *ctx, const struct migrate_round *r)
 
 static struct {
     const char *to, *workload, *log_dirty, *doubt_file, *fail_save, *backend;
-    uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
+    uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries, precopy_rounds;
     double after, downtime_ms, wss, write_frac, timeout_s;
-    bool compress, json;
+    bool compress, json, postcopy, postcopy_auto;
     int zstd_level;
     struct cli_tls_opts tls;
 } mo = {
@@ -135,6 +136,13 @@ static int run_migrate(int argc, char **argv)
     mopts.zstd_level = mo.zstd_level;
     mopts.timeout_ms = cli_ms(mo.timeout_s);
     mopts.on_round = progress;
+    if (mo.precopy_rounds && !mo.postcopy)
+        return cli_error("migrate: --precopy-rounds goes with --postcopy");
+    if (mo.precopy_rounds > MIGRATE_MAX_ROUNDS)
+        return cli_error("migrate: --precopy-rounds must be in 1..%d", MIGRATE_MAX_ROUNDS);
+    mopts.postcopy = mo.postcopy;
+    mopts.postcopy_auto = mo.postcopy_auto;
+    mopts.precopy_rounds = (unsigned)mo.precopy_rounds;
 
     if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0) {
         chan_tls_destroy(tls);
@@ -202,6 +210,13 @@ static struct opt migrate_opts_table[] = {
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
     {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 20)", NULL},
     {"max-rounds", OPT_U64, &mo.max_rounds, "N", "pre-copy rounds after the full copy (default 10)", NULL},
+    {"postcopy", OPT_FLAG, &mo.postcopy, NULL, "switch to post-copy after --precopy-rounds: "
+     "the guest resumes on the receiver at once and its pages left follow, on demand and in the "
+     "background (kvm and native guests)", NULL},
+    {"precopy-rounds", OPT_U64, &mo.precopy_rounds, "N", "with --postcopy: pre-copy rounds "
+     "before the switch, the full copy included (default 1)", NULL},
+    {"postcopy-auto", OPT_FLAG, &mo.postcopy_auto, NULL, "pre-copy, but switch to post-copy "
+     "where it would end by --max-rounds or a dirty rate that stopped falling", NULL},
     {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame (level 1)", NULL},
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
@@ -544,7 +559,8 @@ static int run_receive(int argc, char **argv)
                                     .handshake_ms = cli_ms(ro.handshake_s),
                                     .total_ms = (uint64_t)cli_ms(ro.max_s),
                                     .on_handshake = refuser_start, .hctx = &busy,
-                                    .backend_set = !want_auto, .backend = want};
+                                    .backend_set = !want_auto, .backend = want,
+                                    .postcopy_ok = true};
     uint64_t accept_by = hv_now_ns() + (uint64_t)cli_ms(ro.accept_s) * 1000000, strangers = 0;
     for (uint64_t attempt = 1; attempt <= ro.attempts;) {
         int fd = -1;
@@ -569,7 +585,10 @@ static int run_receive(int argc, char **argv)
             printf("sender authenticated: %s, %s\n", ch->peer, ch->cipher);
         struct migrate_recv_result res;
         rc = migrate_receive(m, ch, &rop, &res);
-        chan_close(ch);
+        if (rc < 0 || !res.postcopy) {
+            chan_close(ch); /* post-copy: its pages still come on it */
+            ch = NULL;
+        }
         if (rc == -EINPROGRESS && res.in_doubt) {
             status = receive_in_doubt(m, &res);
             break;
@@ -606,16 +625,51 @@ static int run_receive(int argc, char **argv)
                     "sender holds its copy paused in doubt; this copy is the guest, the "
                     "sender's must be discarded\n");
         double ran = 0;
+        struct postcopy_rx_report pcr = {0};
+        double pc_arm_s = 0, pc_rate = 0;
         if (prog) {
             /* a real guest: it runs here for --run-seconds (its speed and
              * KVM's mappings are the "after" phase), finishes at a batch
              * boundary, and the host's replay checks every vCPU */
             a0 = guest_accesses(g);
-            /* the host maps every page of it before it runs, as the
-             * sender's had been (first touches are not the guest's speed) */
-            prefault_ns = guest_prefault(g);
+            int grc = 0;
+            struct postcopy_rx *pc = NULL;
+            if (res.postcopy) {
+                /* post-copy: armed over the pages still to come, and the
+                 * guest runs at once (no prefault: that would wait for
+                 * them all) */
+                char why[256];
+                uint64_t ta = hv_now_ns();
+                grc = postcopy_rx_start(g, ch, res.pc_runs, res.pc_nruns, res.digest,
+                                        res.pc_pages, rop.timeout_ms, &pc, why, sizeof(why));
+                pc_arm_s = (double)(hv_now_ns() - ta) / 1e9;
+                if (grc < 0)
+                    snprintf(pcr.err, sizeof(pcr.err), "arming post-copy: %.200s", why);
+            } else {
+                /* the host maps every page of it before it runs, as the
+                 * sender's had been (first touches are not the guest's speed) */
+                prefault_ns = guest_prefault(g);
+            }
             uint64_t t = hv_now_ns();
-            int grc = guest_start(g);
+            if (grc == 0)
+                grc = guest_start(g);
+            if (pc) {
+                /* the guest runs while the rest of its memory comes */
+                int prc = postcopy_rx_wait(pc, &pcr);
+                double s = (double)(hv_now_ns() - t) / 1e9;
+                pc_rate = s > 0 ? (double)(guest_accesses(g) - a0) / s : 0;
+                if (prc < 0) {
+                    guest_stop(g);
+                    grc = prc;
+                }
+            } else if (res.postcopy) {
+                pcr.rc = grc;
+            }
+            if (ch)
+                chan_close(ch);
+            ch = NULL;
+            if (grc < 0 && res.postcopy && !pcr.err[0])
+                snprintf(pcr.err, sizeof(pcr.err), "%s", strerror(-grc));
             if (grc == 0) {
                 cli_sleep_s(ro.run_s / 10);
                 cli_phase_begin(&after, g);
@@ -625,7 +679,10 @@ static int run_receive(int argc, char **argv)
             }
             ran = (double)(hv_now_ns() - t) / 1e9;
             vrc = grc == 0 ? guest_verify(g, verr, sizeof(verr)) : grc;
-            if (grc != 0)
+            if (grc != 0 && res.postcopy && pcr.err[0])
+                snprintf(verr, sizeof(verr), "post-copy failed after the switch (the guest "
+                         "cannot go on: part of its memory never came): %.150s", pcr.err);
+            else if (grc != 0)
                 snprintf(verr, sizeof(verr), "the guest did not finish: %.200s",
                          g->fault.what[0] ? g->fault.what : strerror(-grc));
             else if (vrc == -EINVAL)
@@ -667,6 +724,22 @@ static int run_receive(int argc, char **argv)
                                         : g->err ? strerror(-g->err) : "");
             if (prog) {
                 json_dbl(&j, "prefault_s", prefault_ns > 0 ? (double)prefault_ns / 1e9 : 0);
+                json_str(&j, "mode", res.postcopy ? "postcopy" : "precopy");
+                if (res.postcopy) {
+                    json_obj_begin(&j, "postcopy");
+                    json_bool(&j, "ok", pcr.rc == 0 && !pcr.err[0]);
+                    json_str(&j, "error", pcr.err);
+                    json_dbl(&j, "arm_s", pc_arm_s);
+                    json_dbl(&j, "whole_s", pcr.whole_s);
+                    json_dbl(&j, "accesses_per_s", pc_rate);
+                    json_u64(&j, "fault_p50_ns", pcr.lat_p50_ns);
+                    json_u64(&j, "fault_p99_ns", pcr.lat_p99_ns);
+                    json_u64(&j, "fault_max_ns", pcr.lat_max_ns);
+#define X(name, desc) json_u64(&j, #name, pcr.st.name);
+                    POSTCOPY_STAT_FIELDS(X)
+#undef X
+                    json_obj_end(&j);
+                }
                 json_bool(&j, "guest_verified", vrc == 0);
                 if (vrc)
                     json_str(&j, "verify_error", verr);
@@ -700,6 +773,21 @@ static int run_receive(int argc, char **argv)
                 if (prefault_ns > 0)
                     printf("host mappings of the guest's memory made before it ran: %.3f s\n",
                            (double)prefault_ns / 1e9);
+                if (res.postcopy && pcr.rc == 0 && !pcr.err[0])
+                    printf("post-copy: armed in %.1f ms; %llu pages came after the switch "
+                           "(%llu in the background, %llu on demand), all here %.3f s after "
+                           "it; %llu faults waited: service median %.0f us, p99 %.0f us, max "
+                           "%.0f us; %llu of %llu 2M regions whole again; the guest ran %.0f "
+                           "accesses/s meanwhile\n", pc_arm_s * 1e3,
+                           (unsigned long long)pcr.st.pending,
+                           (unsigned long long)pcr.st.pages_pushed,
+                           (unsigned long long)pcr.st.pages_urgent, pcr.whole_s,
+                           (unsigned long long)pcr.st.faults_missing, pcr.lat_p50_ns / 1e3,
+                           pcr.lat_p99_ns / 1e3, pcr.lat_max_ns / 1e3,
+                           (unsigned long long)pcr.st.regions_whole,
+                           (unsigned long long)pcr.st.regions, pc_rate);
+                else if (res.postcopy)
+                    printf("post-copy FAILED after the switch: %s\n", pcr.err);
                 cli_print_phase("after, on the receiver:", &after);
                 printf("verified: %s%s%s\n", vrc == 0 ? "yes (every vCPU replayed on the host "
                                                         "from its seed: every word and checksum "

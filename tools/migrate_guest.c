@@ -49,6 +49,12 @@ static void print_report(const struct migrate_report *r)
     printf("  pre-copy: %u round(s) then the final one; ended because %s (%s)\n",
            r->nr_rounds ? r->nr_rounds - (r->rc == 0) : 0, migrate_end_desc(r->end),
            migrate_end_name(r->end));
+    if (r->postcopy)
+        printf("  post-copy (%s): %llu pages left at the switch, %llu sent in the background, "
+               "%llu as answers to %llu requests, %.3f s after the switch\n", r->postcopy_why,
+               (unsigned long long)r->pc.pending, (unsigned long long)r->pc.pushed,
+               (unsigned long long)r->pc.urgent, (unsigned long long)r->pc.requests,
+               r->pc.seconds);
     for (unsigned i = 0; i < r->nr_rounds; i++) {
         const struct migrate_round *x = &r->rounds[i];
         printf("  round %-2u%s %9llu pages %8llu zero %10s on the wire %8.1f MB/s  dirty "
@@ -85,6 +91,18 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
     json_dbl(j, "downtime_ms", r->downtime_s * 1e3);
     json_str(j, "end_rule", migrate_end_name(r->end));
     json_str(j, "end_reason", migrate_end_desc(r->end));
+    json_str(j, "mode", r->postcopy ? "postcopy" : "precopy");
+    if (r->postcopy) {
+        json_obj_begin(j, "postcopy");
+        json_str(j, "why", r->postcopy_why);
+        json_u64(j, "pending", r->pc.pending);
+        json_u64(j, "pushed", r->pc.pushed);
+        json_u64(j, "urgent", r->pc.urgent);
+        json_u64(j, "requests", r->pc.requests);
+        json_u64(j, "wire_bytes", r->pc.wire_bytes);
+        json_dbl(j, "seconds", r->pc.seconds);
+        json_obj_end(j);
+    }
     json_arr_begin(j, "rounds");
     for (unsigned i = 0; i < r->nr_rounds; i++) {
         const struct migrate_round *x = &r->rounds[i];
@@ -423,8 +441,14 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
     if (rep->in_doubt) {
         status = CLI_EXIT_IN_DOUBT;
         FILE *f = json ? stderr : stdout;
-        fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come back: the "
-                "receiver may be running the guest, or may hold it paused in doubt too.\n");
+        if (rep->postcopy)
+            fprintf(f, "IN DOUBT: post-copy failed after the switch: the receiver ran the guest "
+                    "without all of its memory and cannot go on; this copy is the guest as it "
+                    "was at the switch (what it did on the receiver since is lost).\n");
+        else
+            fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come back: "
+                    "the receiver may be running the guest, or may hold it paused in doubt "
+                    "too.\n");
         fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to %s "
                 "(written whole, mode 0600).\n", dpath);
         fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the receiver "

@@ -1,0 +1,120 @@
+/*
+ * postcopy.h - the receiving side of a post-copy migration: the guest runs
+ * here before all of its memory is here.
+ *
+ * How a post-copy migration goes (the sender's side is migrate_send with
+ * migrate_opts.postcopy; the wire is migrate.h's):
+ *   1. pre-copy rounds as usual (--precopy-rounds, at least the full copy),
+ *      so the receiver holds every RAM page, some of them stale;
+ *   2. the switch: the sender pauses the guest and sends the final round
+ *      without the data of the pages dirtied since their last copy (the
+ *      system area below HVG_SYSTEM_END, pages that were not RAM on the
+ *      receiver, and holes still go with it), the vCPU state, END, then
+ *      the pending pfns (PC_PENDING) and DONE with the digest of what it
+ *      sent; the receiver checks that digest (it holds exactly what was
+ *      sent), the usual RESULT/COMMIT/RESUMED follow: the guest is the
+ *      receiver's from COMMIT on, exactly as in pre-copy;
+ *   3. the receiver arms this module over the pending pages
+ *      (postcopy_rx_start) and starts the guest; the sender pushes every
+ *      pending page in the background (2M regions near recent faults
+ *      first) and answers requests ahead of the background;
+ *   4. PC_END (the sender's digest of every page at the pause) and, once
+ *      every page is here and the digests agree, PC_DONE: the sender may
+ *      destroy its copy.
+ *
+ * Mechanism (program guests: kvm and native backends; not soft vCPUs): the pending pages keep their frames (the p2m keeps
+ * its 2M and 1G leaves throughout: nothing is split).  Every 2M region with
+ * a pending page has its mirror mapping unmapped (MADV_DONTNEED: the data
+ * stays in the memfd) and registered with a userfaultfd in minor-fault
+ * mode, so any touch of it, by a vCPU (directly, or KVM's own access for
+ * its page tables) or by the host through the mirror, is a minor fault that
+ * one fault-server thread sees.  A page that is here is mapped at once
+ * (UFFDIO_CONTINUE, 4K); a pending one is requested (PC_REQ) and its
+ * vCPU alone waits.  An I/O thread reads PC_PAGES into the frames through
+ * the machine's own mapping (never through the guest's), maps the pages
+ * vCPUs wait for, and as soon as the last page of a 2M region is here,
+ * unregisters the region and unmaps it again: the next touch maps it with
+ * one PMD (shmem THP), and KVM maps it at 2M again.
+ *
+ * While post-copy runs, nothing changes the guest's memory map: memory
+ * calls, guest_call and log-dirty wait (guest_postcopy_begin/end), and a
+ * PoD fault that needs the vCPUs held waits too (a PoD fault the cache
+ * serves does not).
+ *
+ * Digest: the receiver's sum of page terms (stream.h) starts as the one
+ * the pre-copy part checked; each page that arrives replaces its term
+ * (the stale page's, hashed before it is overwritten: no vCPU can have
+ * touched it) with the new one's.  PC_DONE fails when it differs from the
+ * sender's PC_END digest.
+ *
+ * Failure: a connection lost, a timeout, or hostile bytes after the switch
+ * cannot be survived by this guest in this version: neither side holds all
+ * of it (the sender keeps its paused copy in doubt; nothing here recovers
+ * the link).  postcopy_rx_wait returns the error; the caller stops and
+ * destroys the guest.
+ */
+#ifndef HUGEVM_POSTCOPY_H
+#define HUGEVM_POSTCOPY_H
+
+#include "common.h"
+#include "guest.h"
+
+struct chan;
+struct postcopy_run; /* migrate.h: a run of pending pfns */
+
+#define POSTCOPY_STAT_FIELDS(X)                                                \
+    X(pending, "pages missing at the switch")                                  \
+    X(regions, "2M regions with pages missing at the switch")                 \
+    X(regions_whole, "of those, made whole again (PMD-mappable)")             \
+    X(faults, "minor faults on registered regions")                           \
+    X(faults_missing, "faults on pages not here yet (the vCPU waited)")        \
+    X(requests, "pages requested (PC_REQ)")                                   \
+    X(pages_urgent, "pages that came as answers")                             \
+    X(pages_pushed, "pages that came in the background")                     \
+    X(pages_dup, "pages that came again (dropped: the first copy stands)")    \
+    X(wire_bytes, "bytes read after the switch")
+
+struct postcopy_rx_stats {
+#define X(name, desc) uint64_t name;
+    POSTCOPY_STAT_FIELDS(X)
+#undef X
+};
+
+struct postcopy_rx_report {
+    int rc;
+    char err[256];
+    struct postcopy_rx_stats st;
+    double whole_s;   /* from start until every page was here */
+    /* service time of faults on missing pages: fault read to page mapped */
+    uint64_t lat_p50_ns, lat_p99_ns, lat_max_ns;
+    bool verified;    /* the digests agreed */
+    uint64_t digest;
+};
+
+struct postcopy_rx;
+
+/*
+ * Arm post-copy over g (created, not started; a program guest) for the
+ * pending runs (untrusted: ascending, not overlapping, each pfn RAM of
+ * g's domain at or above HVG_SYSTEM_END), reading pages from ch (the
+ * migration's connection, after RESUMED).  digest/pages: the memory digest
+ * the pre-copy part verified.  Starts the fault server and the I/O thread;
+ * the caller starts the guest next.  -ENOTSUP with why[] (soft guest,
+ * no minor-fault userfaultfd here), -EINVAL (bad runs),
+ * -ENOMEM, -errno.
+ */
+int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_run *runs,
+                      size_t nruns, uint64_t digest, uint64_t pages, int timeout_ms,
+                      struct postcopy_rx **out, char *why, size_t len) HV_MUST_CHECK;
+/* Pages still missing (a snapshot). */
+uint64_t postcopy_rx_missing(struct postcopy_rx *p);
+/* Wait until every page is here and PC_DONE went out, or post-copy
+ * failed; then free everything (the guest's memory map may change again).
+ * rep->rc: 0, or the error (rep->err says what). */
+int postcopy_rx_wait(struct postcopy_rx *p, struct postcopy_rx_report *rep);
+
+/* 0 when this host can receive post-copy migrations (a userfaultfd with
+ * minor faults on shmem, Linux 5.14+), else -errno with why[]. */
+int postcopy_probe(char *why, size_t len) HV_MUST_CHECK;
+
+#endif
