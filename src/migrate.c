@@ -854,6 +854,7 @@ struct pc_push {
     uint64_t left;            /* pending pages not sent yet */
     struct mig_result done;
     bool done_seen, end_sent;
+    uint64_t bg_sent, landed; /* background frames sent, landed (the window) */
 };
 
 static bool pc_is_pending(const struct sender *s, gfn_t g)
@@ -877,7 +878,8 @@ static int pc_read(struct sender *s, struct pc_push *q)
     uint32_t len = le32toh(h.raw_len);
     if (le32toh(h.magic) != MIG_MAGIC || h.flags || len != le32toh(h.wire_len) ||
         len > MIG_CTRL_MAX || (t != MIG_PC_REQ && t != MIG_PC_DONE && t != MIG_ABORT) ||
-        (t == MIG_PC_REQ && (len % 8 || len > 8 * MIG_PC_REQ_MAX)) ||
+        (t == MIG_PC_REQ && (len < sizeof(struct mig_pc_req) || len % 8 ||
+                             len > sizeof(struct mig_pc_req) + 8 * MIG_PC_REQ_MAX)) ||
         (t == MIG_PC_DONE && len != sizeof(q->done)))
         return sfail(s, -EPROTO, "post-copy: the receiver sent a bad frame (type %u, %u bytes)",
                      t, len);
@@ -899,9 +901,18 @@ static int pc_read(struct sender *s, struct pc_push *q)
         q->done_seen = true;
         return 0;
     }
-    for (uint32_t k = 0; k < len / 8; k++) {
+    struct mig_pc_req rh;
+    memcpy(&rh, body, sizeof(rh));
+    uint32_t n = le32toh(rh.count);
+    uint64_t landed = le64toh(rh.landed);
+    if (len != sizeof(rh) + 8ULL * n || landed < q->landed || landed > q->bg_sent)
+        return sfail(s, -EPROTO, "post-copy: the receiver sent a bad request (%u pfns in %u "
+                     "bytes, %llu frames landed of %llu sent)", n, len,
+                     (unsigned long long)landed, (unsigned long long)q->bg_sent);
+    q->landed = landed;
+    for (uint32_t k = 0; k < n; k++) {
         uint64_t g;
-        memcpy(&g, body + 8 * k, 8);
+        memcpy(&g, body + sizeof(rh) + 8 * k, 8);
         g = le64toh(g);
         s->rep->pc.requests++;
         if (!pc_is_pending(s, g))
@@ -978,15 +989,15 @@ static int pc_send_pages(struct sender *s, struct pc_push *q, const gfn_t *pfns,
 static uint32_t pc_next(struct sender *s, struct pc_push *q, gfn_t *out)
 {
     uint32_t n = 0;
-    while (q->nhot && n < MIG_PC_PAGES_MAX) {
+    while (q->nhot && n < MIG_PC_BG_PAGES) {
         gfn_t lo = q->hot[q->nhot - 1] * 512;
-        for (gfn_t g = lo; g < lo + 512 && n < MIG_PC_PAGES_MAX; g++)
+        for (gfn_t g = lo; g < lo + 512 && n < MIG_PC_BG_PAGES; g++)
             if (pc_is_pending(s, g))
                 out[n++] = g;
-        if (n < MIG_PC_PAGES_MAX)
+        if (n < MIG_PC_BG_PAGES)
             q->nhot--; /* that region is all sent */
     }
-    for (; q->cursor < s->nr_gfns && n < MIG_PC_PAGES_MAX; q->cursor++) {
+    for (; q->cursor < s->nr_gfns && n < MIG_PC_BG_PAGES; q->cursor++) {
         if (!(q->cursor % 64) && !s->pending[q->cursor / 64]) {
             q->cursor += 63;
             continue;
@@ -1018,17 +1029,14 @@ static int pc_run(struct sender *s)
         free(q);
         return sfail(s, -ENOMEM, "post-copy: out of memory");
     }
-    if (ch->fd >= 0) {
-        int sb = 256 << 10;
-        (void)setsockopt(ch->fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof(sb));
-    }
     q->left = s->npending;
     int rc = 0;
     gfn_t pick[MIG_PC_PAGES_MAX];
     while (rc == 0 && !q->done_seen) {
-        /* what the receiver asked for meanwhile; then block only when
-         * everything is sent */
-        int in = chan_poll_in(ch, q->end_sent ? ch->timeout_ms : 0);
+        /* what the receiver asked for meanwhile; block only when everything
+         * is sent or the window is full */
+        bool full = q->bg_sent - q->landed >= MIG_PC_WINDOW && !q->nurgent;
+        int in = chan_poll_in(ch, q->end_sent || full ? ch->timeout_ms : 0);
         if (in < 0) {
             rc = sfail(s, in, "post-copy: %s", chan_strerror(ch, in));
             break;
@@ -1037,9 +1045,9 @@ static int pc_run(struct sender *s)
             rc = pc_read(s, q);
             continue;
         }
-        if (q->end_sent) {
-            rc = sfail(s, -ETIMEDOUT, "post-copy: no word from the receiver in %d ms after "
-                       "PC_END", ch->timeout_ms);
+        if (q->end_sent || full) {
+            rc = sfail(s, -ETIMEDOUT, "post-copy: no word from the receiver in %d ms %s",
+                       ch->timeout_ms, q->end_sent ? "after PC_END" : "(frames not landed)");
             break;
         }
         uint32_t n = 0;
@@ -1058,6 +1066,7 @@ static int pc_run(struct sender *s)
         n = pc_next(s, q, pick);
         if (n) {
             rc = pc_send_pages(s, q, pick, n, false);
+            q->bg_sent++;
             continue;
         }
         struct mig_pc_end e = {htole64(s->dsum), htole64(s->dpages),

@@ -222,7 +222,20 @@ struct mig_pc_pages {
 };
 _Static_assert(sizeof(struct mig_pc_pages) == 8, "PC_PAGES");
 #define MIG_PC_PAGES_MAX 64u /* pages per PC_PAGES frame */
-#define MIG_PC_REQ_MAX 64u   /* pfns per PC_REQ frame (the body: u64 pfns) */
+/* PC_REQ: count pfns (u64) a vCPU waits for follow; landed counts the
+ * background PC_PAGES frames the receiver has landed so far.  The sender
+ * keeps at most MIG_PC_WINDOW background frames unlanded, so an answer
+ * never waits behind more than that (the socket buffers would hold
+ * megabytes of background otherwise). */
+struct mig_pc_req {
+    uint32_t count;
+    uint32_t reserved;
+    uint64_t landed;
+};
+_Static_assert(sizeof(struct mig_pc_req) == 16, "PC_REQ");
+#define MIG_PC_REQ_MAX 64u     /* pfns per PC_REQ frame */
+#define MIG_PC_BG_PAGES 32u    /* pages per background PC_PAGES frame */
+#define MIG_PC_WINDOW 2u       /* background frames on their way, at most */
 struct mig_pc_end {
     uint64_t digest; /* of every page at the pause, now that all are sent */
     uint64_t pages;

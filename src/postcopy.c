@@ -34,7 +34,6 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -92,6 +91,7 @@ struct postcopy_rx {
     struct mig_pc_end end;
     bool end_seen;
     struct postcopy_rx_stats st;
+    uint64_t landed, landed_told; /* background frames landed; told the sender */
     uint8_t *buf; /* one frame */
     uint8_t old[MIG_PC_PAGES_MAX * PAGE_SIZE]; /* stale pages, for their digest terms */
     int rc;
@@ -255,20 +255,27 @@ static int send_frame(struct postcopy_rx *p, uint16_t type, const void *body, ui
     return rc;
 }
 
+/* Requests queued by the fault server, and how many background frames
+ * have landed (the sender's window), when either has news. */
 static int send_requests(struct postcopy_rx *p)
 {
-    uint64_t v[MIG_PC_REQ_MAX];
+    struct {
+        struct mig_pc_req h;
+        uint64_t v[MIG_PC_REQ_MAX];
+    } f;
     pthread_mutex_lock(&p->mu);
     unsigned n = p->nreq < MIG_PC_REQ_MAX ? p->nreq : MIG_PC_REQ_MAX;
     for (unsigned k = 0; k < n; k++)
-        v[k] = htole64(p->req[k]);
+        f.v[k] = htole64(p->req[k]);
     memmove(p->req, p->req + n, (p->nreq - n) * sizeof(p->req[0]));
     p->nreq -= n;
     p->st.requests += n;
     pthread_mutex_unlock(&p->mu);
-    if (!n)
+    if (!n && p->landed == p->landed_told)
         return 0;
-    int rc = send_frame(p, MIG_PC_REQ, v, n * 8);
+    f.h = (struct mig_pc_req){htole32(n), 0, htole64(p->landed)};
+    p->landed_told = p->landed;
+    int rc = send_frame(p, MIG_PC_REQ, &f, (uint32_t)(sizeof(f.h) + 8 * n));
     return rc < 0 ? pcfail(p, rc, "sending a page request: %s", chan_strerror(p->ch, rc)) : 0;
 }
 
@@ -511,6 +518,8 @@ static void *io_main(void *arg)
         rc = 0;
         if (t == MIG_PC_PAGES) {
             rc = land_pages(p, len);
+            if (len >= 8 && !p->buf[4]) /* (urgent is a little-endian u32 at 4) */
+                p->landed++;
         } else if (t == MIG_ABORT) {
             p->buf[len < MIG_CTRL_MAX ? len : MIG_CTRL_MAX - 1] = 0;
             for (uint8_t *c = p->buf; *c; c++)
@@ -702,12 +711,7 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
     p->rfirst = hv_calloc(p->nregions ? p->nregions : 1, sizeof(*p->rfirst));
     p->rnr = hv_calloc(p->nregions ? p->nregions : 1, sizeof(*p->rnr));
     p->buf = hv_malloc(8 + MIG_PC_PAGES_MAX * (8 + PAGE_SIZE) + MIG_CTRL_MAX);
-    if (ch->fd >= 0) {
-        /* little of the background may wait in the socket ahead of an
-         * answer (the sender keeps its side small too) */
-        int rb = 256 << 10;
-        (void)setsockopt(ch->fd, SOL_SOCKET, SO_RCVBUF, &rb, sizeof(rb));
-    }
+
     if (!p->missing || !p->pending || !p->requested || !p->rmissing || !p->rfirst || !p->rnr ||
         !p->buf) {
         snprintf(why, len, "out of memory for the post-copy state");
