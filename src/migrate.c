@@ -1241,6 +1241,12 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     struct hvctx_buf tl = {0};
     int rc;
 
+    bool may_pc = o->postcopy || o->postcopy_auto;
+    if (may_pc && g->backend != GUEST_BACKEND_KVM && g->backend != GUEST_BACKEND_NATIVE) {
+        rc = sfail(s, -ENOTSUP, "post-copy needs a program guest (kvm or native backend), not "
+                   "%s vCPUs", guest_backend_name(g->backend));
+        goto out;
+    }
     domain_lock(d);
     bool crashed = d->crashed;
     leaves_now(d, &rep->before);
@@ -1270,12 +1276,6 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     machine_holes_init(&s->dm, d->m);
 
     /* handshake */
-    bool may_pc = o->postcopy || o->postcopy_auto;
-    if (may_pc && g->backend != GUEST_BACKEND_KVM && g->backend != GUEST_BACKEND_NATIVE) {
-        rc = sfail(s, -ENOTSUP, "post-copy needs a program guest (kvm or native backend), not "
-                   "%s vCPUs", guest_backend_name(g->backend));
-        goto out;
-    }
     if (may_pc && !(s->page_copy = hv_malloc(PAGE_SIZE))) {
         rc = sfail(s, -ENOMEM, "out of memory");
         goto out;

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 
 #include <cmocka.h>
 
@@ -916,7 +917,7 @@ static void postcopy_to_process(enum guest_backend b)
     assert_non_null(rep);
     struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
     print_message("# rng %llu\n", (unsigned long long)r.s);
-    for (int whole = 0; whole < 2; whole++) {
+    for (int whole = 0; whole < 3; whole++) {
         char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                          "--attempts", "1", "--accept-timeout", "120", "--host-mem", "1G",
                          "--insecure", "--run", "1", "--timeout", "20", "--backend",
@@ -931,6 +932,15 @@ static void postcopy_to_process(enum guest_backend b)
                                  .timeout_ms = 60000, .audit_digest = true};
         if (!whole)
             o.pc_cut_after_pages = 1 + hv_rng_next(&r) % 2000;
+        if (whole == 2) {
+            /* automatic: pre-copy that cannot meet its downtime target
+             * switches when its rounds run out */
+            o.postcopy = false;
+            o.precopy_rounds = 0;
+            o.postcopy_auto = true;
+            o.max_rounds = 1;
+            o.downtime_ms = 1e-6;
+        }
         int rc = send_to(e.g, port, &o, rep);
         int rs = wait_deadline(rp, 300);
         if (!whole) {
@@ -960,8 +970,17 @@ static void postcopy_to_process(enum guest_backend b)
             fail_msg("post-copy migration: %s", rep->err);
         if (rs != 0)
             fail_msg("hugevm receive exited %d; log in %s", rs, rlog);
-        assert_true(rep->postcopy);
-        assert_int_equal(rep->end, MIGRATE_END_postcopy);
+        if (!rep->postcopy)
+            fail_msg("no post-copy: pre-copy ended by %s after %u rounds (%s)",
+                     migrate_end_name(rep->end), rep->nr_rounds,
+                     rep->postcopy_why ? rep->postcopy_why : "never considered");
+        if (o.postcopy) {
+            assert_int_equal(rep->end, MIGRATE_END_postcopy);
+        } else {
+            assert_true(rep->end == MIGRATE_END_max_rounds ||
+                        rep->end == MIGRATE_END_not_falling);
+            assert_string_equal(rep->postcopy_why, migrate_end_desc(rep->end));
+        }
         assert_int_equal(rep->nr_rounds, 3); /* the full copy, one more, the switch */
         assert_true(rep->pc.pending > 0);
         assert_int_equal(rep->pc.pushed + rep->pc.urgent, rep->pc.pending);
@@ -985,14 +1004,140 @@ static void postcopy_to_process(enum guest_backend b)
         assert_int_equal(urgent + pushed, pending);
         assert_true(regions > 0);
         assert_int_equal(rwhole, regions); /* every region whole again */
-        print_message("# %s: post-copy after %u rounds: %llu pages after the switch (%llu on "
-                      "demand) over %llu 2M regions, all whole again; verified on the receiver\n",
-                      guest_backend_name(b), rep->nr_rounds - 1, (unsigned long long)pending,
+        print_message("# %s: post-copy (%s) after %u rounds: %llu pages after the switch "
+                      "(%llu on demand) over %llu 2M regions, all whole again; verified on the "
+                      "receiver\n", guest_backend_name(b), rep->postcopy_why,
+                      rep->nr_rounds - 1, (unsigned long long)pending,
                       (unsigned long long)urgent, (unsigned long long)regions);
+        unlink(portf); /* the next receiver writes its own */
+        /* (a test only: the paused sender's copy runs on for the next case) */
+        guest_resume(e.g);
+        wait_ops_above(e.g, ops_of(e.g) + 3000);
     }
     unlink(portf);
     unlink(rlog);
     rmdir(dir);
+    free(rep);
+    env_down(&e);
+}
+
+struct rx_thread {
+    struct machine *m;
+    struct chan *ch;
+    struct migrate_recv_opts o;
+    struct migrate_recv_result res;
+    int rc;
+};
+
+static void *rx_main(void *arg)
+{
+    struct rx_thread *t = arg;
+    t->rc = migrate_receive(t->m, t->ch, &t->o, &t->res);
+    return NULL;
+}
+
+/* A connected pair of loopback TCP sockets. */
+static void tcp_pair(int sv[2])
+{
+    struct sockaddr_in sa;
+    int lfd;
+    uint16_t port;
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    assert_int_equal(net_listen(&sa, &lfd, &port), 0);
+    sa.sin_port = htons(port);
+    assert_int_equal(net_connect(&sa, 5000, &sv[0]), 0);
+    assert_int_equal(net_accept(lfd, 5000, &sv[1]), 0);
+    close(lfd);
+}
+
+/* What post-copy refuses, before anything is lost: soft vCPUs; a receiver
+ * that did not accept post-copy (the guest runs on); pending runs that
+ * are not the domain's RAM above the system area; a started guest. */
+static void test_postcopy_refusals(void **s)
+{
+    (void)s;
+    BACKEND_OR_SKIP(GUEST_BACKEND_NATIVE);
+    char why[256];
+    struct env e;
+    env_up(&e, 16 * MiB);
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    int sv[2];
+    struct chan *a, *b;
+    char err[CHAN_ERR_LEN];
+
+    /* soft vCPUs: refused before a byte of memory went */
+    struct guest *soft;
+    assert_int_equal(guest_create_soft(e.d, 0, NULL, NULL, &soft), 0);
+    tcp_pair(sv);
+    assert_int_equal(chan_open(sv[0], NULL, 0, &a, err, sizeof(err)), 0);
+    struct migrate_opts o = {.postcopy = true, .timeout_ms = 5000};
+    assert_int_equal(migrate_send(soft, a, &o, rep), -ENOTSUP);
+    assert_non_null(strstr(rep->err, "program guest"));
+    chan_close(a);
+    close(sv[1]);
+    guest_destroy(soft);
+
+    /* a native guest, not started yet: bad pending runs */
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_WRITER);
+    pc.console_fd = -1;
+    create(&e, GUEST_BACKEND_NATIVE, &pc);
+    if (postcopy_probe(why, sizeof(why)) == 0) {
+        tcp_pair(sv);
+        assert_int_equal(chan_open(sv[0], NULL, 0, &a, err, sizeof(err)), 0);
+        gfn_t low = HVG_SYSTEM_END >> PAGE_SHIFT, top = (gfn_t)1 << 22; /* 16 GiB: no RAM there */
+        struct postcopy_run bad[][2] = {
+            {{low - 1, 2}, {0, 0}},           /* the system area */
+            {{low, 8}, {low + 4, 8}},         /* overlapping */
+            {{low + 16, 8}, {low, 8}},        /* out of order */
+            {{top + 512, 1}, {0, 0}},         /* not RAM */
+            {{low, 0}, {0, 0}},               /* empty */
+            {{low, UINT64_MAX - 4}, {0, 0}},  /* beyond the pfn limit */
+        };
+        for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+            struct postcopy_rx *p = NULL;
+            size_t n = bad[i][1].nr ? 2 : 1;
+            assert_int_equal(postcopy_rx_start(e.g, a, bad[i], n, 0, 0, 1000, &p, why,
+                                               sizeof(why)), -EINVAL);
+            assert_null(p);
+            assert_true(why[0] != 0);
+        }
+        chan_close(a);
+        close(sv[1]);
+    } else {
+        print_message("# (no minor-fault userfaultfd here: %s)\n", why);
+    }
+    assert_int_equal(guest_start(e.g), 0);
+    wait_ops_above(e.g, 1000);
+
+    /* a receiver that does not take post-copy: refused at the handshake,
+     * the guest runs on here with log-dirty off */
+    tcp_pair(sv);
+    assert_int_equal(chan_open(sv[0], NULL, 0, &a, err, sizeof(err)), 0);
+    assert_int_equal(chan_open(sv[1], NULL, 0, &b, err, sizeof(err)), 0);
+    struct rx_thread t = {.m = e.m, .ch = b, .o = {.timeout_ms = 5000}};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, rx_main, &t), 0);
+    o.postcopy_auto = true;
+    int rc = migrate_send(e.g, a, &o, rep);
+    if (rc != -EPROTONOSUPPORT)
+        fail_msg("migrate_send: %d (%s)", rc, rep->err);
+    assert_non_null(strstr(rep->err, "does not accept post-copy"));
+    chan_close(a);
+    pthread_join(th, NULL);
+    assert_true(t.rc < 0);
+    migrate_recv_result_free(&t.res);
+    chan_close(b);
+    assert_false(guest_log_dirty_on(e.g));
+    wait_ops_above(e.g, ops_of(e.g) + 1000);
+    if (postcopy_probe(why, sizeof(why)) == 0) {
+        struct postcopy_run ok = {HVG_SYSTEM_END >> PAGE_SHIFT, 1};
+        struct postcopy_rx *p = NULL;
+        assert_int_equal(postcopy_rx_start(e.g, NULL, &ok, 1, 0, 0, 1000, &p, why, sizeof(why)),
+                         -EINVAL); /* started already */
+    }
+    audit_all(e.d);
     free(rep);
     env_down(&e);
 }
@@ -1218,6 +1363,7 @@ int main(void)
         cmocka_unit_test(test_balloon_driver_native),
         cmocka_unit_test(test_memory_calls_native),
         cmocka_unit_test(test_migrate_native),
+        cmocka_unit_test(test_postcopy_refusals),
         cmocka_unit_test(test_postcopy_native),
         cmocka_unit_test(test_pod_native),
         cmocka_unit_test(test_workloads_kvm),

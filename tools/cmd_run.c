@@ -37,7 +37,8 @@ static struct {
     const char *fail_save;  /* --save-on-failure FILE: after a failed --migrate-to */
     const char *doubt_file; /* --in-doubt-save FILE: --migrate-to left in doubt */
     double after;
-    bool json, no_audit;
+    uint64_t precopy_rounds; /* --postcopy: pre-copy rounds before the switch */
+    bool json, no_audit, postcopy;
     struct cli_tls_opts tls; /* with --migrate-to */
 } o = {
     .guest_mem = 1 * GiB,
@@ -142,6 +143,12 @@ static int run_run(int argc, char **argv)
     if (o.fail_save && map_order == PAGE_ORDER_2M)
         return cli_error("run: --save-on-failure with --map 2M: the stream does not carry the "
                          "2M cap (use --map 1G or 4K)");
+    if ((o.postcopy || o.precopy_rounds) && !o.migrate_to)
+        return cli_error("run: --postcopy and --precopy-rounds go with --migrate-to");
+    if (o.precopy_rounds && !o.postcopy)
+        return cli_error("run: --precopy-rounds goes with --postcopy");
+    if (o.precopy_rounds > MIGRATE_MAX_ROUNDS)
+        return cli_error("run: --precopy-rounds must be in 1..%d", MIGRATE_MAX_ROUNDS);
     if (o.save && o.migrate_to)
         return cli_error("run: give --save or --migrate-to, not both");
     if (!o.migrate_to && (o.tls.insecure || chan_creds_given(&o.tls.creds)))
@@ -205,7 +212,8 @@ static int run_run(int argc, char **argv)
     }
     uint64_t b4k = domain_pages_4k(d), b2m = domain_pages_2m(d), b1g = domain_pages_1g(d);
     if (prog) {
-        struct migrate_opts pmopts = {.mode = mode};
+        struct migrate_opts pmopts = {.mode = mode, .postcopy = o.postcopy,
+                                      .precopy_rounds = (unsigned)o.precopy_rounds};
         struct cli_prog_run pr = {
             .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .vcpus = nv,
             .workload = o.workload, .guest_page = o.guest_page,
@@ -230,6 +238,11 @@ static int run_run(int argc, char **argv)
     wc.wss = o.wss;
     wc.zipf_theta = o.theta;
     wc.write_rate = o.write_rate;
+    if (o.postcopy) {
+        cli_error("run: --postcopy needs a program guest (--backend kvm or native): soft vCPUs "
+                  "have no fault path for missing pages");
+        goto out;
+    }
     if (o.migrate_to) {
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode};
@@ -524,6 +537,10 @@ static struct opt run_opts[] = {
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {"migrate-to", OPT_STR, &o.migrate_to, "ADDR:PORT", "live-migrate the running guest to a receiver (hugevm receive)", NULL},
     {"after", OPT_SECONDS, &o.after, "S", "with --migrate-to: run S seconds first (default 0)", NULL},
+    {"postcopy", OPT_FLAG, &o.postcopy, NULL, "with --migrate-to: switch to post-copy after "
+     "--precopy-rounds (kvm and native guests; see hugevm-migrate(1))", NULL},
+    {"precopy-rounds", OPT_U64, &o.precopy_rounds, "N", "with --postcopy: pre-copy rounds "
+     "before the switch, the full copy included (default 1)", NULL},
     {"in-doubt-save", OPT_STR, &o.doubt_file, "FILE", "with --migrate-to: if RESUMED does not "
      "come after COMMIT, save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; "
      "exit 3)", NULL},
