@@ -242,7 +242,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else {
-            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|stream|migrate|kvm|limits]\n");
+            fprintf(stderr, "usage: hugevm-bench [--json FILE] [--only lookup|populate|alloc|dirty|pod|stream|migrate|kvm|postcopy|limits]\n");
             return 2;
         }
     }
@@ -297,6 +297,8 @@ int main(int argc, char **argv)
         bench_migrate(add);
     if (!only || !strcmp(only, "kvm"))
         bench_guest(add);
+    if (!only || !strcmp(only, "postcopy"))
+        bench_postcopy(add);
     if (json)
         write_json(json);
     return (int)(bench_sink & 0);

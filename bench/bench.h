@@ -28,6 +28,8 @@ void bench_migrate(bench_add_fn add);
 
 /* bench_guest.c: real guests on host 2M vs 4K pages (the `kvm` group). */
 void bench_guest(bench_add_fn add);
+/* bench_postcopy.c: post-copy next to pre-copy of a real guest (processes). */
+void bench_postcopy(bench_add_fn add);
 
 /* Results folded in here cannot be optimised away. */
 extern volatile uint64_t bench_sink;
