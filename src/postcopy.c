@@ -597,11 +597,16 @@ static int arm_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_ty
      * PMD later); else missing faults are caught too, and the page
      * allocated when it is touched (allocating them all here would be in
      * the downtime) */
-    off_t off = (off_t)machine_offset(mfn + (s - gfn));
-    off_t hole = lseek(p->m->fd, off, SEEK_HOLE);
     uint64_t mode = UFFDIO_REGISTER_MODE_MINOR;
-    if (hole >= 0 && hole >= off + (off_t)len)
-        ; /* no hole */
+    /* residency in the memfd's page cache (mapped here or not; on a
+     * host with swap a swapped page reads as a hole: caught as missing,
+     * and allocating it then is a no-op) */
+    unsigned char vec[REGION_PAGES];
+    bool hole = mincore(machine_ptr(p->m, mfn + (s - gfn)), len, vec) < 0;
+    for (uint64_t i = 0; !hole && i < (len >> PAGE_SHIFT); i++)
+        hole = !(vec[i] & 1);
+    if (!hole)
+        ;
     else if (thp_shmem_usable(p->m->thp))
         (void)madvise(machine_ptr(p->m, mfn + (s - gfn)), len, MADV_POPULATE_WRITE);
     else
