@@ -86,6 +86,30 @@
  * protocol removes the window (the last message can always be lost); this
  * one only makes it visible and keeps the guest in it.
  *
+ * Post-copy (migrate_opts.postcopy, postcopy_auto; postcopy.h has the
+ * receiving side): HELLO carries MIG_HELLO_POSTCOPY and READY must echo
+ * it.  At the switch the final round leaves out the data of the RAM pages
+ * dirtied since their last copy (above the system area, held by the
+ * receiver); END is followed by PC_PENDING (the bitmap of those pfns, in
+ * pieces; an empty last piece when nothing is pending), then DONE, whose
+ * digest is of what was sent (each page copied once, then hashed and
+ * sent, so that a page left pending has the term of the bytes the
+ * receiver holds).  RESULT, COMMIT and RESUMED are as above; then
+ *   sender -> PC_PAGES (answers first, background at most MIG_PC_WINDOW
+ *             frames ahead of what the receiver says it landed) ... PC_END
+ *             {digest of every page at the pause}
+ *   receiver -> PC_REQ {pfns, frames landed} ... PC_DONE {mig_result}
+ * The commit window for post-copy: COMMIT still moves the guest (the
+ * receiver runs it from then on, the sender never again), but the sender
+ * does not destroy its copy at RESUMED: it keeps it, paused, with every
+ * page, until PC_DONE {ok} says the receiver holds them all and the
+ * digests agree; only then is the migration done (rc 0).  Anything else
+ * after COMMIT (connection lost, timeout, a bad frame, PC_DONE with an
+ * error) ends with rc < 0 and in_doubt set: the receiver's guest cannot
+ * go on (pages missing), and the sender's paused copy is the guest as it
+ * was at the switch.  Before COMMIT everything is as in pre-copy: a
+ * failure leaves the sender's guest running.
+ *
  * Memory map changes during migration: RAM populated or removed while
  * rounds run (balloon, populate, PoD demand populate and zero reclaim) is
  * marked dirty (dirty.h), so the next round translates it under the current
