@@ -1,7 +1,8 @@
 /*
  * fuzz_wire.c - libFuzzer target for the migration wire protocol: the
- * frames a receiver parses (HELLO, DATA with the stream inside, DONE,
- * COMMIT/ABORT: migrate_receive) and those a sender parses (READY, RESULT,
+ * frames a receiver parses (HELLO, DATA with the stream inside,
+ * PC_PENDING when HELLO asks for post-copy, DONE, COMMIT/ABORT:
+ * migrate_receive) and those a sender parses (READY, RESULT,
  * RESUMED: migrate_send), over a scripted channel (wire_common.h: byte 0
  * picks the side).
  *
@@ -45,9 +46,22 @@ static void fuzz_receiver(const uint8_t *data, size_t size)
 {
     struct script_chan sc;
     script_init(&sc, data, size, NULL, 0);
-    struct migrate_recv_opts o = {.timeout_ms = 1000};
+    /* post-copy accepted: a HELLO that asks for it brings PC_PENDING (the
+     * receiver's bitmap parser) into reach; arming is the caller's */
+    struct migrate_recv_opts o = {.timeout_ms = 1000, .postcopy_ok = true};
     struct migrate_recv_result res;
     int rc = migrate_receive(rx_machine, &sc.c, &o, &res);
+    if (res.postcopy) {
+        check(rc == 0 && res.pc_nruns > 0, "post-copy runs without a guest", res.err);
+        uint64_t n = 0;
+        for (size_t i = 0; i < res.pc_nruns; i++) {
+            check(res.pc_runs[i].nr > 0 && (i == 0 || res.pc_runs[i].pfn >
+                                            res.pc_runs[i - 1].pfn + res.pc_runs[i - 1].nr),
+                  "pending runs not ascending, apart and non-empty", NULL);
+            n += res.pc_runs[i].nr;
+        }
+        check(n <= res.g->d->tot_pages, "more pending pages than the domain has", NULL);
+    }
     if (rc == 0 || rc == -EINPROGRESS) {
         check(res.g != NULL, "a receiver that succeeded has no guest", res.err);
         check(res.verified, "a guest taken without its digest checked", res.err);

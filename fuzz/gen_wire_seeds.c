@@ -34,6 +34,43 @@ static int write_seed(const char *dir, const char *name, uint8_t side, const voi
     return fclose(f) != 0;
 }
 
+/* The receiver seed as a post-copy sender would have sent it: HELLO asks
+ * for post-copy, and before DONE a PC_PENDING piece names a few pfns. */
+static int postcopy_seed(const char *dir, const uint8_t *in, size_t n)
+{
+    uint8_t *out = malloc(n + 4096);
+    size_t o = 0;
+    if (!out)
+        return 1;
+    for (size_t at = 0; at + sizeof(struct mig_frame) <= n;) {
+        struct mig_frame h;
+        memcpy(&h, in + at, sizeof(h));
+        uint32_t len = le32toh(h.wire_len);
+        const uint8_t *body = in + at + sizeof(h);
+        if (le16toh(h.type) == MIG_HELLO) {
+            struct mig_hello hello;
+            memcpy(&hello, body, sizeof(hello));
+            hello.flags = htole32(le32toh(hello.flags) | MIG_HELLO_POSTCOPY);
+            o += put_frame(out + o, MIG_HELLO, &hello, sizeof(hello));
+        } else {
+            if (le16toh(h.type) == MIG_DONE) {
+                struct {
+                    struct mig_pc_pending h;
+                    uint64_t w[2];
+                } pp = {{htole32(2), htole32(1), htole64(1024)},
+                        {htole64(0xf0f0ULL), htole64(1ULL << 63)}};
+                o += put_frame(out + o, MIG_PC_PENDING, &pp, sizeof(pp));
+            }
+            memcpy(out + o, in + at, sizeof(h) + len);
+            o += sizeof(h) + len;
+        }
+        at += sizeof(h) + len;
+    }
+    int rc = write_seed(dir, "receiver_postcopy", 0, out, o);
+    free(out);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -73,6 +110,8 @@ int main(int argc, char **argv)
             return 1;
         }
         rc |= write_seed(argv[1], z ? "receiver_zstd" : "receiver", 0, out, sc.out_len);
+        if (!z)
+            rc |= postcopy_seed(argv[1], out, sc.out_len);
         if (!z)
             rc |= write_seed(argv[1], "sender", 1, reply, rl);
         free(rep);
