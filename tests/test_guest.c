@@ -31,6 +31,10 @@
 #include "chan.h"
 #include "migrate.h"
 #include "postcopy.h"
+#include "hash.h"
+#include "stream.h"
+#include <endian.h>
+#include <xxhash.h>
 #include "net.h"
 
 #include "guest.h"
@@ -1142,6 +1146,166 @@ static void test_postcopy_refusals(void **s)
     env_down(&e);
 }
 
+/* One frame onto ch; `bad` breaks its checksum. */
+static void pc_frame(struct chan *ch, uint16_t type, const void *body, uint32_t len, bool bad)
+{
+    struct mig_frame h;
+    migrate_frame_header(&h, type, 0, len, len, XXH3_64bits(body, len) ^ (bad ? 1 : 0));
+    assert_int_equal(chan_write_all(ch, &h, sizeof(h)), 0);
+    if (len)
+        assert_int_equal(chan_write_all(ch, body, len), 0);
+}
+
+/* Read frames from the receiver until PC_DONE: its status. */
+static int32_t pc_done_status(struct chan *ch)
+{
+    for (;;) {
+        struct mig_frame h;
+        uint8_t body[MIG_CTRL_MAX];
+        if (chan_read_all(ch, &h, sizeof(h), NULL) < 0)
+            return INT32_MIN;
+        uint32_t len = le32toh(h.raw_len);
+        assert_true(len <= sizeof(body));
+        assert_int_equal(chan_read_all(ch, body, len, NULL), 0);
+        if (le16toh(h.type) == MIG_PC_DONE) {
+            struct mig_result r;
+            assert_int_equal(len, sizeof(r));
+            memcpy(&r, body, sizeof(r));
+            return (int32_t)le32toh((uint32_t)r.status);
+        }
+        assert_int_equal(le16toh(h.type), MIG_PC_REQ);
+    }
+}
+
+/*
+ * The receiving side of post-copy against a scripted sender (this
+ * thread): a frame with a bad magic, a broken checksum, a count of 0, a
+ * pfn that was not pending, PC_END with pages never sent, a digest that
+ * does not add up, and silence each fail with a message naming it (and a
+ * PC_DONE that says so); the honest transcript succeeds.  The guest is
+ * not started: nothing touches the pages, the checks are the I/O path's.
+ */
+static void test_postcopy_hostile(void **s)
+{
+    (void)s;
+    BACKEND_OR_SKIP(GUEST_BACKEND_NATIVE);
+    char why[256];
+    if (postcopy_probe(why, sizeof(why)) < 0) {
+        print_message("# SKIP reason: %s\n", why);
+        skip();
+    }
+    struct env e;
+    env_up(&e, 16 * MiB);
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_WRITER);
+    pc.console_fd = -1;
+    create(&e, GUEST_BACKEND_NATIVE, &pc);
+    gfn_t base = (HVG_SYSTEM_END >> PAGE_SHIFT) + 512;
+    struct postcopy_run run = {base, 8};
+    uint8_t *data = calloc(1, 8 + 8 * 8 + 8 * PAGE_SIZE);
+    assert_non_null(data);
+    struct mig_pc_pages ph = {htole32(8), 0};
+    memcpy(data, &ph, sizeof(ph));
+    const uint64_t d0 = 0x1234, pages = 4242;
+    static const char *const cases[] = {"magic", "checksum", "count", "not pending",
+                                        "never sent", "digest", "silence", "honest"};
+    static const char *const want[] = {"bad frame", "checksum", "count 0", "not pending",
+                                       "never sent", "digest mismatch", "nothing from",
+                                       NULL};
+    for (size_t c = 0; c < ARRAY_SIZE(cases); c++) {
+        int sv[2];
+        struct chan *a, *b;
+        char err[CHAN_ERR_LEN];
+        tcp_pair(sv);
+        assert_int_equal(chan_open(sv[0], NULL, 0, &a, err, sizeof(err)), 0);
+        assert_int_equal(chan_open(sv[1], NULL, 0, &b, err, sizeof(err)), 0);
+        /* this case's pages (new bytes each time) and the digest change
+         * they make over what the frames hold now */
+        uint64_t delta = 0;
+        for (unsigned k = 0; k < 8; k++) {
+            uint64_t pf = htole64(base + k);
+            memcpy(data + 8 + 8 * k, &pf, 8);
+            uint8_t *pg = data + 8 + 64 + (size_t)k * PAGE_SIZE;
+            memset(pg, (int)(0x40 + 8 * c + k), PAGE_SIZE);
+            enum p2m_type t;
+            mfn_t mfn = p2m_get_entry(e.d->p2m, base + k, &t, NULL);
+            assert_true(p2m_is_ram(t));
+            delta += stream_digest_term(base + k, hv_hash64(pg, PAGE_SIZE)) -
+                     stream_digest_term(base + k, hv_hash64(machine_ptr(e.m, mfn), PAGE_SIZE));
+        }
+        struct postcopy_rx *p = NULL;
+        int rc = postcopy_rx_start(e.g, b, &run, 1, d0, pages, 1000, &p, why, sizeof(why));
+        if (rc < 0)
+            fail_msg("arming: %s", why);
+        struct mig_pc_end end = {htole64(d0 + delta), htole64(pages), htole64(8), 0};
+        switch (c) {
+        case 0: {
+            struct mig_frame h;
+            memset(&h, 0x41, sizeof(h));
+            assert_int_equal(chan_write_all(a, &h, sizeof(h)), 0);
+            break;
+        }
+        case 1:
+            pc_frame(a, MIG_PC_PAGES, data, 8 + 64 + 8 * PAGE_SIZE, true);
+            break;
+        case 2: {
+            struct mig_pc_pages z = {0, 0};
+            pc_frame(a, MIG_PC_PAGES, &z, sizeof(z), false);
+            break;
+        }
+        case 3: {
+            uint8_t one[8 + 8 + PAGE_SIZE] = {0};
+            struct mig_pc_pages h1 = {htole32(1), 0};
+            uint64_t pf = htole64(base + 8); /* just past the run */
+            memcpy(one, &h1, 8);
+            memcpy(one + 8, &pf, 8);
+            pc_frame(a, MIG_PC_PAGES, one, sizeof(one), false);
+            break;
+        }
+        case 4:
+            pc_frame(a, MIG_PC_END, &end, sizeof(end), false);
+            break;
+        case 5:
+            end.digest = htole64(d0 + delta + 1);
+            /* fall through */
+        case 7:
+            pc_frame(a, MIG_PC_PAGES, data, 8 + 64 + 8 * PAGE_SIZE, false);
+            pc_frame(a, MIG_PC_END, &end, sizeof(end), false);
+            break;
+        default: /* silence */
+            break;
+        }
+        int32_t st = pc_done_status(a);
+        struct postcopy_rx_report rep;
+        rc = postcopy_rx_wait(p, &rep);
+        if (want[c]) {
+            if (rc == 0 || !strstr(rep.err, want[c]))
+                fail_msg("%s: rc %d, \"%s\" (wanted \"%s\")", cases[c], rc, rep.err, want[c]);
+            assert_true(st < 0);
+        } else {
+            if (rc != 0)
+                fail_msg("honest transcript: %s", rep.err);
+            assert_int_equal(st, 0);
+            assert_true(rep.verified);
+            assert_int_equal(rep.digest, d0 + delta);
+            assert_int_equal(rep.st.pages_pushed, 8);
+            assert_int_equal(rep.st.regions, 1);
+            assert_int_equal(rep.st.regions_whole, 1);
+            for (unsigned k = 0; k < 8; k++) {
+                enum p2m_type t;
+                mfn_t mfn = p2m_get_entry(e.d->p2m, base + k, &t, NULL);
+                assert_memory_equal(machine_ptr(e.m, mfn), data + 8 + 64 + (size_t)k * PAGE_SIZE,
+                                    PAGE_SIZE);
+            }
+        }
+        chan_close(a);
+        chan_close(b);
+    }
+    audit_all(e.d);
+    free(data);
+    env_down(&e);
+}
+
 static void test_postcopy_native(void **s) { (void)s; postcopy_to_process(GUEST_BACKEND_NATIVE); }
 static void test_postcopy_kvm(void **s) { (void)s; postcopy_to_process(GUEST_BACKEND_KVM); }
 
@@ -1364,6 +1528,7 @@ int main(void)
         cmocka_unit_test(test_memory_calls_native),
         cmocka_unit_test(test_migrate_native),
         cmocka_unit_test(test_postcopy_refusals),
+        cmocka_unit_test(test_postcopy_hostile),
         cmocka_unit_test(test_postcopy_native),
         cmocka_unit_test(test_pod_native),
         cmocka_unit_test(test_workloads_kvm),
