@@ -314,6 +314,17 @@ int cli_backend(const char *cmd, const char *arg, const char *soft_only, bool ne
                 int *backend, char *why, size_t len);
 /* A progress bar on stderr when it is a terminal (save/restore; report.c). */
 void cli_progress(const char *what, uint64_t done, uint64_t total);
+/* Every save and restore of the tools (save, restore, run --save, the
+ * program guests' and the in-doubt saves) reports through these
+ * (report.c).  Progress: save_opts.progress (pfns done of total) and
+ * restore_opts.progress (bytes read; progress_ctx points at the stream's
+ * size in bytes): a bar when the guest or the stream is 256 MiB or more.
+ * Summary: one line with the stream's size, records, pages and speed. */
+struct restore_result;
+void cli_save_progress(void *ctx, uint64_t done, uint64_t total);
+void cli_restore_progress(void *ctx, uint64_t bytes_read);
+void cli_print_saved(FILE *out, const struct save_result *r);
+void cli_print_restored(FILE *out, const struct restore_result *r);
 /* Sleep s seconds (cli.c). */
 void cli_sleep_s(double s);
 /* Save the paused guest g, held in doubt by `role` ("sender", "receiver"),

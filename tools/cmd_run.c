@@ -474,13 +474,12 @@ static int run_run(int argc, char **argv)
         if (o.pod_target)
             cli_print_pod(d, stdout);
         if (o.save && run_rc == 0 && save_rc == 0)
-            printf("saved to %s: %s in %llu records, %llu pages with data, %llu zero, %llu "
-                   "holes; %u vCPU(s) and their workload positions in HVM_CONTEXT; %.1f ms\n"
-                   "  resume with: hugevm restore %s --run\n",
-                   o.save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
-                   (unsigned long long)sr.records, (unsigned long long)sr.pages_data,
-                   (unsigned long long)sr.pages_zero, (unsigned long long)sr.pages_xtab, nv,
-                   sr.seconds * 1e3, o.save);
+        {
+            printf("saved to %s with %u vCPU(s) and their workload positions in HVM_CONTEXT\n",
+                   o.save, nv);
+            cli_print_saved(stdout, &sr);
+            printf("  resume with: hugevm restore %s --run\n", o.save);
+        }
         if (!o.no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
