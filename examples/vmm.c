@@ -198,7 +198,8 @@ static hugevm_domain *restore_run_verify(hugevm_machine *m, int fd,
     struct hugevm_guest_info gi;
     hugevm_guest_info(g, &gi);
     print_guest("ended", g);
-    expect(rc == 0 && gi.accesses > accesses, "the resumed guest ran on to its end");
+    expect(rc == 0 && gi.accesses > accesses && gi.accesses == VCPUS * OPS,
+           "the resumed guest ran on to its end");
     expect(rc == 0 && check(hugevm_guest_verify(g), "verifying the guest") == 0,
            "the host's replay matches every word of guest memory");
 out:
