@@ -1286,8 +1286,8 @@ int guest_create_prog(struct domain *d, enum guest_backend b, const struct guest
     g->nr_vcpus = pc->nr_vcpus;
     g->fresh = true;
     rc = b == GUEST_BACKEND_KVM
-             ? kvm_exec_create(g, g->nr_vcpus, pc->guest_page_order, &g->x, why, len)
-             : native_exec_create(g, g->nr_vcpus, &g->x, why, len);
+             ? kvm_exec_create(g, g->d, g->nr_vcpus, pc->guest_page_order, &g->x, why, len)
+             : native_exec_create(g, g->d, g->nr_vcpus, &g->x, why, len);
     if (rc == 0)
         rc = load_guest(g, mw, why, len);
     free(mw);
@@ -1936,8 +1936,9 @@ int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st
     guest_prog_config_default(&g->pc, HVG_WL_UNIFORM);
     g->pc.nr_vcpus = st->nr_vcpus;
     int rc = b == GUEST_BACKEND_KVM
-                 ? kvm_exec_create(g, g->nr_vcpus, st->v[0].guest_page_order, &g->x, why, len)
-                 : native_exec_create(g, g->nr_vcpus, &g->x, why, len);
+                 ? kvm_exec_create(g, g->d, g->nr_vcpus, st->v[0].guest_page_order, &g->x, why,
+                                   len)
+                 : native_exec_create(g, g->d, g->nr_vcpus, &g->x, why, len);
     if (rc == 0 && !g->x->ops->set_state) {
         snprintf(why, len, "the %s backend cannot set a vCPU's state", g->x->ops->name);
         rc = -ENOTSUP;

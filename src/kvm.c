@@ -38,6 +38,7 @@
 #include "domain.h"
 #include "machine.h"
 #include "p2m.h"
+#include "../guest/hugevm_guest.h"
 
 #define GFN_PER_GIB (GiB >> PAGE_SHIFT)
 /* KVM limits a slot to 2^31 - 1 pages; keep slots well below. */
@@ -1592,12 +1593,12 @@ err:
     return rc;
 }
 
-int kvm_exec_create(struct guest *g, unsigned nr, unsigned guest_page_order,
+int kvm_exec_create(struct guest *g, struct domain *d, unsigned nr, unsigned guest_page_order,
                     struct guest_exec **out, char *why, size_t len)
 {
     struct kvm_vm_opts o = {.guest_order = guest_page_order};
     struct kvm_vm *vm;
-    int rc = kvm_vm_create(g->d, &o, &vm, why, len);
+    int rc = kvm_vm_create(d, &o, &vm, why, len);
     if (rc < 0)
         return rc;
     vm->x.ops = &kvm_exec_ops;

@@ -64,7 +64,7 @@
 #define HUGEVM_KVM_H
 
 #include "common.h"
-#include "guest.h"
+#include "guest_exec.h"
 
 struct domain;
 struct kvm_vm;

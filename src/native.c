@@ -1059,8 +1059,8 @@ static int ntop_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_t
     return 0;
 }
 
-int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, char *why,
-                       size_t len)
+int native_exec_create(struct guest *g, struct domain *d, unsigned nr, struct guest_exec **out,
+                       char *why, size_t len)
 {
     struct native *n = hv_calloc(1, sizeof(*n));
     if (!n)
@@ -1068,7 +1068,7 @@ int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, ch
     n->x.ops = &native_ops;
     n->x.g = g;
     n->x.guest_page_order = 0;
-    n->d = g->d;
+    n->d = d;
     n->nr = nr;
     n->pagemap = -1;
     pthread_mutex_init(&n->mu, NULL);
@@ -1080,9 +1080,9 @@ int native_exec_create(struct guest *g, unsigned nr, struct guest_exec **out, ch
         n->cpu[i].i = i;
     }
     struct ntop t = {0};
-    pthread_mutex_lock(&g->d->lock);
-    (void)p2m_for_each_leaf(g->d->p2m, 0, P2M_GFN_LIMIT, ntop_leaf, &t);
-    pthread_mutex_unlock(&g->d->lock);
+    pthread_mutex_lock(&d->lock);
+    (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, ntop_leaf, &t);
+    pthread_mutex_unlock(&d->lock);
     n->top = ((t.end << PAGE_SHIFT) + (2 * MiB) - 1) & ~(2 * MiB - 1);
     if (n->top <= LOW_GPA) {
         snprintf(why, len, "the domain has no RAM above gpa %#llx", (unsigned long long)LOW_GPA);

@@ -88,7 +88,7 @@ enum hvctx_type {
     HVCTX_WORKLOAD = 4, /* reserved for the workloads */
     HVCTX_POD_CACHE = 5, /* cache u64: pages in the PoD cache (with a POD TLV) */
     HVCTX_GUEST_MEM = 6, /* the workloads' memory: count u32, reserved u32, count x {gfn, nr} */
-    HVCTX_PROG_VCPU = 7, /* a program guest's vCPU (guest.h: struct hvctx_prog_vcpu), critical */
+    HVCTX_PROG_VCPU = 7, /* a program guest's vCPU (guest_exec.h: struct hvctx_prog_vcpu), critical */
 };
 struct hvctx_config {
     uint64_t max_pages;

@@ -30,15 +30,6 @@
 
 
 
-static struct domain *new_domain(struct machine *m)
-{
-    struct domain_config c;
-    struct domain *d;
-    domain_config_default(&c);
-    assert_int_equal(domain_create(m, &c, &d), 0);
-    return d;
-}
-
 /* A guest write as the vCPU makes it: through the p2m, setting D. */
 static void guest_write(struct domain *d, gfn_t gfn, unsigned off, uint8_t v)
 {
@@ -73,9 +64,8 @@ static void test_balloon_2m_units(void **state)
 {
     (void)state;
     struct machine *m = new_machine(1 * GiB);
-    struct domain *d = new_domain(m);
     uint64_t bytes = 256 * MiB;
-    assert_int_equal(domain_populate_guest(d, bytes, NULL), 0);
+    struct domain *d = new_guest(m, bytes);
     struct balloon b;
     assert_int_equal(balloon_init(&b, d, bytes), 0);
     uint64_t full = balloon_current(&b);
@@ -111,9 +101,7 @@ static void test_balloon_2m_units(void **state)
     assert_int_equal(balloon_current(&b), full - 412);
     assert_int_equal(d->tot_pages, full - 412);
     balloon_fini(&b);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* Deflating on a host with no free 2M extent: served as 4K, counted. */
@@ -121,9 +109,8 @@ static void test_balloon_fallback(void **state)
 {
     (void)state;
     struct machine *m = new_machine(512 * MiB);
-    struct domain *d = new_domain(m);
     uint64_t bytes = 128 * MiB;
-    assert_int_equal(domain_populate_guest(d, bytes, NULL), 0);
+    struct domain *d = new_guest(m, bytes);
     struct balloon b;
     assert_int_equal(balloon_init(&b, d, bytes), 0);
     uint64_t full = balloon_current(&b);
@@ -145,9 +132,7 @@ static void test_balloon_fallback(void **state)
                   (unsigned long long)b.stats.deflate_2m_as_4k);
     balloon_fini(&b);
     domain_destroy(hog);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* A PoD guest balloons down to its target: PoD entries just go away. */
@@ -180,9 +165,7 @@ static void test_balloon_pod(void **state)
                   (unsigned long long)b.stats.inflated_2m,
                   (unsigned long long)d->pod.entry_count, (unsigned long long)d->pod.count);
     balloon_fini(&b);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* ---- defrag ------------------------------------------------------------------ */
@@ -225,9 +208,7 @@ static void test_defrag_2m(void **state)
     struct defrag_stats st2 = {0};
     assert_int_equal(defrag_run(d, base, nr, PAGE_ORDER_2M, 0, &st2), 0);
     assert_int_equal(st2.merged_2m + st2.pages_copied, 0);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* Rate-limited steps with guest writes in between: nothing is lost. */
@@ -296,9 +277,7 @@ static void test_defrag_concurrent_writes(void **state)
     assert_int_equal(df.stats.aborted, 1);
     assert_int_equal(guest_read(d, b2 + 5, 0), 0xab);
     free(shadow);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* 1G: 512 scattered 2M leaves become one 1G leaf; untouched 2M runs are
@@ -326,9 +305,7 @@ static void test_defrag_1g(void **state)
     assert_true(st.holes_skipped > 400);
     for (uint64_t i = 0; i < 512; i++)
         assert_int_equal(guest_read(d, base + i * 512 + 3, 9), i % 17 ? 0 : (uint8_t)(i + 1));
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 
@@ -469,9 +446,7 @@ static void defrag_under_writer(unsigned order)
     }
     guest_destroy(g);
     free(sh.bytes);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 static void test_defrag_running_writer_2m(void **state)
@@ -487,15 +462,6 @@ static void test_defrag_running_writer_1g(void **state)
 }
 
 /* ---- fault injection ------------------------------------------------------------ */
-
-#define UNDER_FAULT(n, fired, rc, call)                                        \
-    do {                                                                       \
-        unsigned long h0_ = hv_fault_hits;                                     \
-        fault_arm((n), FAULT_SITE_ALL);                                        \
-        (rc) = (call);                                                         \
-        fault_disarm();                                                        \
-        (fired) = hv_fault_hits != h0_;                                        \
-    } while (0)
 
 static void audit_balloon(const struct balloon *b)
 {

@@ -91,7 +91,7 @@ struct tguest {
     struct workload_config wc;
 };
 
-static struct domain *new_domain(struct machine *m)
+static struct domain *new_saved_domain(struct machine *m)
 {
     struct domain_config cfg;
     domain_config_default(&cfg);
@@ -107,7 +107,7 @@ static void tguest_init(struct tguest *g, struct machine *m, enum workload_kind 
                        unsigned quantum, struct logs *L)
 {
     memset(g, 0, sizeof(*g));
-    g->d = new_domain(m);
+    g->d = new_saved_domain(m);
     g->nv = nv;
     workload_config_default(&g->wc, kind);
     g->wc.seed = 42 + kind;
@@ -301,7 +301,7 @@ static void test_no_vcpu_state(void **state)
 {
     (void)state;
     struct machine *m = new_machine(256 * MiB);
-    struct domain *d = new_domain(m);
+    struct domain *d = new_saved_domain(m);
     struct stream_mem mem = {0};
     struct save_result sr;
     save_mem(d, NULL, 0, &mem, &sr); /* hugevm's context, no vCPU TLVs */

@@ -64,7 +64,7 @@ static void assert_same_dump(const struct dump *a, const struct dump *b)
 /* ---- fixtures ---------------------------------------------------------- */
 
 
-static struct domain *new_domain(struct machine *m, uint64_t max_pages)
+static struct domain *new_domain_max(struct machine *m, uint64_t max_pages)
 {
     struct domain_config c;
     struct domain *d;
@@ -89,7 +89,7 @@ static void test_coverage_unfragmented(void **state)
 {
     (void)state;
     struct machine *m = new_machine_policy(9 * GiB, FRAME_POLICY_FRAGPOOL);
-    struct domain *d = new_domain(m, 0);
+    struct domain *d = new_domain_max(m, 0);
     struct populate_result res;
     assert_int_equal(domain_populate_guest(d, 8 * GiB, &res), 0);
     audit_all(d);
@@ -143,12 +143,7 @@ static void test_coverage_unfragmented(void **state)
                   (unsigned long long)domain_pages_1g(d),
                   (unsigned long long)domain_pages_2m(d),
                   (unsigned long long)domain_pages_4k(d));
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    struct frame_stats st;
-    frames_get_stats(m->frames, &st);
-    assert_int_equal(st.free_frames, m->nr_frames);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* On a fragmented host, fallbacks match what the allocator could give:
@@ -165,7 +160,7 @@ static void test_coverage_fragmented(void **state)
         assert_int_equal(frames_fragment(m->frames, churner, 0.3, 0.7, 7, &ops), 0);
         uint64_t a1 = frames_allocatable(m->frames, PAGE_ORDER_1G);
         uint64_t a2 = frames_allocatable(m->frames, PAGE_ORDER_2M);
-        struct domain *d = new_domain(m, 0);
+        struct domain *d = new_domain_max(m, 0);
         struct populate_result res;
         assert_int_equal(domain_populate_guest(d, 2 * GiB, &res), 0);
         audit_all(d);
@@ -387,7 +382,7 @@ static void test_fault_injection(void **state)
     (void)state;
     struct machine *m = new_machine_policy(2 * GiB, FRAME_POLICY_FRAGPOOL);
     struct hv_rng r = {9};
-    struct domain *d = new_domain(m, 0);
+    struct domain *d = new_domain_max(m, 0);
     /* some existing state: a 1G leaf and scattered 4K */
     assert_int_equal(domain_populate(d, 1u << 18, 1u << 18, NULL), 0);
     assert_int_equal(domain_populate(d, 5000, 300, NULL), 0);
@@ -407,7 +402,7 @@ static void test_decrease_splits_one_path(void **state)
 {
     (void)state;
     struct machine *m = new_machine_policy(2 * GiB, FRAME_POLICY_FRAGPOOL);
-    struct domain *d = new_domain(m, 0);
+    struct domain *d = new_domain_max(m, 0);
     gfn_t base = 1u << 18;
     assert_int_equal(domain_populate(d, base, 1u << 18, NULL), 0);
     assert_int_equal(domain_pages_1g(d), 1);
@@ -435,7 +430,7 @@ static void test_max_pages(void **state)
 {
     (void)state;
     struct machine *m = new_machine_policy(1 * GiB, FRAME_POLICY_FRAGPOOL);
-    struct domain *d = new_domain(m, 1000);
+    struct domain *d = new_domain_max(m, 1000);
     assert_int_equal(domain_populate(d, 0x100, 900, NULL), 0);
     struct dump before = take_dump(d);
     assert_int_equal(domain_populate(d, 0x1000, 200, NULL), -EDQUOT);
@@ -455,7 +450,7 @@ static void test_scrub_between_domains(void **state)
 {
     (void)state;
     struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
-    struct domain *a = new_domain(m, 0);
+    struct domain *a = new_domain_max(m, 0);
     assert_int_equal(domain_populate(a, 0, 12000, NULL), 0); /* 4K and 2M */
     for (mfn_t x = 0; x < m->nr_frames; x++)
         if (frame_owner(m->frames, x, NULL) == a->domid)
@@ -463,7 +458,7 @@ static void test_scrub_between_domains(void **state)
     /* give back a few 4K pieces while a is alive, then destroy it */
     assert_true(domain_decrease_reservation(a, 100, 50) > 0);
     domain_destroy(a);
-    struct domain *b = new_domain(m, 0);
+    struct domain *b = new_domain_max(m, 0);
     uint64_t avail = m->nr_frames;
     assert_int_equal(domain_populate(b, 0, avail, NULL) == 0 ||
                          domain_populate(b, 0, avail - 2048, NULL) == 0,
@@ -490,7 +485,7 @@ static void test_increase_reservation_fallback(void **state)
 {
     (void)state;
     struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
-    struct domain *hog = new_domain(m, 0);
+    struct domain *hog = new_domain_max(m, 0);
     /* leave exactly 1 free 2M block plus 4K holes */
     assert_int_equal(domain_populate(hog, 0, m->nr_frames, NULL) == 0 ||
                          domain_populate(hog, 0, m->nr_frames - 512, NULL) == 0,
@@ -500,7 +495,7 @@ static void test_increase_reservation_fallback(void **state)
     assert_int_equal(domain_decrease_reservation(hog, 8192 + 3, 400), 400);
     assert_int_equal(domain_decrease_reservation(hog, 2048 * 6, 512), 512);
     uint64_t free2m = frames_allocatable(m->frames, PAGE_ORDER_2M);
-    struct domain *d = new_domain(m, 0);
+    struct domain *d = new_domain_max(m, 0);
     assert_int_equal(domain_increase_reservation(d, 0x10000, free2m, PAGE_ORDER_2M), 0);
     assert_int_equal(d->stats.increased_2m, free2m);
     assert_int_equal(d->stats.increase_fallback_4k, 0);
@@ -556,7 +551,7 @@ static void test_quarantine(void **state)
 {
     (void)state;
     struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
-    struct domain *a = new_domain(m, 0), *b = new_domain(m, 0);
+    struct domain *a = new_domain_max(m, 0), *b = new_domain_max(m, 0);
     assert_int_equal(domain_populate(a, 0, 8192, NULL), 0); /* 4K below 2M, then 2M */
     for (gfn_t g = 0; g < 8192; g++) {
         enum p2m_type t;
@@ -646,7 +641,7 @@ static void test_quarantine_pod_and_nomem(void **state)
 {
     (void)state;
     struct machine *m = new_machine_policy(64 * MiB, FRAME_POLICY_FRAGPOOL);
-    struct domain *d = new_domain(m, 0);
+    struct domain *d = new_domain_max(m, 0);
     assert_int_equal(domain_populate_flags(d, 0x1000, 4096, DOMAIN_POPULATE_POD, NULL), 0);
     assert_int_equal(domain_populate(d, 0x4000, 1024, NULL), 0);
     assert_int_equal(pod_set_target(d, 1024 + 2048), 0); /* cache 2048 */

@@ -14,7 +14,9 @@
 #    has its page, and groff reads them without a warning;
 #  - examples/vmm.c builds with `pkg-config --cflags --libs hugevm` only
 #    (shared) and against libhugevm.a, and both run end to end (the guest
-#    under KVM where /dev/kvm works, else natively: the output says).
+#    under KVM where /dev/kvm works, else natively: the output says): the
+#    guest paused mid-workload, saved with its vCPUs, restored, resumed,
+#    run to its end and replayed by the host.
 # Output is TAP, one case per line, for scripts/run-tests.sh.
 #
 # usage: test_install.sh BUILD_DIR SOURCE_DIR
@@ -159,9 +161,12 @@ if readelf -d "$tmp/vmm" 2>/dev/null | grep -q 'NEEDED.*\[libhugevm.so.0\]'; the
   ok "the example links libhugevm.so.0"
 else notok "the example links libhugevm.so.0"; fi
 if [ -x "$tmp/vmm" ] && "$tmp/vmm" "${vmm_args[@]}" "$tmp/vmm.hvs" >"$tmp/out" 2>&1 &&
-   grep -q 'every check held' "$tmp/out" && [ "$(head -n 1 "$tmp/out")" = "libhugevm $version" ]; then
+   grep -q 'every check held' "$tmp/out" && [ "$(head -n 1 "$tmp/out")" = "libhugevm $version" ] &&
+   grep -Eq 'paused in the middle of its workload +ok' "$tmp/out" &&
+   grep -Eq 'resumed guest ran on to its end +ok' "$tmp/out" &&
+   grep -Eq "host's replay matches every word of guest memory +ok" "$tmp/out"; then
   sed -n 's/^\(backend: .*\)/# \1/p' "$tmp/out"
-  ok "the example VMM runs end to end; hugevm_version() says $version"
+  ok "the example VMM runs end to end (save mid-workload, restore, resume, verify); hugevm_version() says $version"
 else cp "$tmp/out" "$tmp/err" 2>/dev/null; notok "the example VMM runs"; fi
 
 # the static library: the same example, libhugevm.a and its private deps

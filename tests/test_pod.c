@@ -30,15 +30,6 @@
 
 
 
-static struct domain *new_domain(struct machine *m)
-{
-    struct domain_config c;
-    struct domain *d;
-    domain_config_default(&c);
-    assert_int_equal(domain_create(m, &c, &d), 0);
-    return d;
-}
-
 /* Guest access to one byte of gfn, as the vCPU makes it.  Returns 0 or the
  * handler's error (-ESRCH: crashed). */
 static int touch(struct domain *d, gfn_t gfn, unsigned off, bool write, uint8_t val,
@@ -173,9 +164,7 @@ static void test_populate_pod_entries(void **state)
         assert_int_equal(d->pod.entry_count, ec);
     }
     assert_int_equal(d->pod.entry_count, ec);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* ---- random touch order: 2M chunks give 2M leaves ------------------------ */
@@ -207,12 +196,7 @@ static void test_random_touch_2m(void **state)
     for (uint64_t i = 0; i < guest; i++)
         order[i] = base + i;
     struct hv_rng r = {11};
-    for (uint64_t i = guest - 1; i > 0; i--) {
-        uint64_t j = hv_rng_below(&r, i + 1);
-        gfn_t t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
+    shuffle_gfns(order, guest, &r);
     for (uint64_t i = 0; i < guest; i++) {
         assert_int_equal(touch(d, order[i], 8, true, 0x5a, NULL), 0);
         if (i % 8192 == 0)
@@ -236,9 +220,7 @@ static void test_random_touch_2m(void **state)
         assert_int_equal(v, 0x5a);
     }
     free(order);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* A 1G PoD entry becomes 2M PoD entries on first touch. */
@@ -460,12 +442,7 @@ static void run_sequence(uint64_t seed, unsigned ops)
                   (unsigned long long)d->pod.stats.sweeps);
     free(written);
     free(md);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    struct frame_stats st;
-    frames_get_stats(m->frames, &st);
-    assert_int_equal(st.free_frames, m->nr_frames);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 static void test_random_sequences(void **state)
@@ -514,9 +491,7 @@ static void test_decrease_pod(void **state)
     assert_int_equal(d->pod.entry_count, ec - 4096);
     assert_true(d->pod.count <= d->pod.entry_count);
     audit_all(d);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* ---- load / delete / reload ----------------------------------------------------- */
@@ -542,12 +517,7 @@ static void test_load_delete_reload(void **state)
     for (uint64_t b = 0; b < nr / 512; b++) {
         for (unsigned i = 0; i < 512; i++)
             perm[i] = base + b * 512 + i;
-        for (unsigned i = 511; i > 0; i--) {
-            unsigned j = (unsigned)hv_rng_below(&r, i + 1);
-            gfn_t t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
-        }
+        shuffle_gfns(perm, 512, &r);
         for (unsigned i = 0; i < 512; i++)
             assert_int_equal(touch(d, perm[i], 16, true, 0xee, NULL), 0);
     }
@@ -611,9 +581,7 @@ static void test_load_delete_reload(void **state)
     assert_int_equal(d->pod.entry_count, 0);
     free(zeroed);
     free(whole);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* ---- out of PoD memory ------------------------------------------------------------ */
@@ -662,9 +630,7 @@ static void test_out_of_pod_memory(void **state)
     }
     /* a crashed domain's faults fail fast */
     assert_int_equal(pod_demand_populate(d, base + nr - 1), -ESRCH);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* ---- the sweep bound ---------------------------------------------------------------- */
@@ -735,9 +701,7 @@ static void test_sweep_bound(void **state)
     assert_true(rc >= (long)POD_SWEEP_LIMIT / 2 && rc <= (long)POD_SWEEP_LIMIT + 512);
     print_message("# a sweep over zero memory reclaimed %ld pages and stopped\n", rc);
     audit_all(d);
-    domain_destroy(d);
-    AUDIT_OK(frames_audit(m->frames));
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* Through the soft vCPU: EPT violations of PoD entries are dispatched to
@@ -793,18 +757,6 @@ static void test_vcpu_dispatch(void **state)
 
 
 /* ---- fault injection at every allocation site ---------------------------------- */
-
-/* Run `call` with the n-th allocation (any site) failing; *fired says
- * whether the fault was reached (the loops below stop at the first n that
- * is not: the call then made fewer than n allocations). */
-#define UNDER_FAULT(n, fired, rc, call)                                        \
-    do {                                                                       \
-        unsigned long h0_ = hv_fault_hits;                                     \
-        fault_arm((n), FAULT_SITE_ALL);                                        \
-        (rc) = (call);                                                         \
-        fault_disarm();                                                        \
-        (fired) = hv_fault_hits != h0_;                                        \
-    } while (0)
 
 /* Target changes: a failed grow returns -ENOMEM with the cache holding what
  * it got (accounting exact); a shrink never fails. */

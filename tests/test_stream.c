@@ -25,26 +25,6 @@
 
 
 
-static void assert_machine_empty(struct machine *m)
-{
-    struct frame_stats st;
-    AUDIT_OK(frames_audit(m->frames));
-    frames_get_stats(m->frames, &st);
-    assert_int_equal(st.free_frames, m->nr_frames);
-}
-
-static struct domain *new_domain(struct machine *m, const struct domain_config *cfg)
-{
-    struct domain_config c;
-    struct domain *d;
-    if (cfg)
-        c = *cfg;
-    else
-        domain_config_default(&c);
-    assert_int_equal(domain_create(m, &c, &d), 0);
-    return d;
-}
-
 /* ---- content --------------------------------------------------------------- */
 
 /* Write recognisable bytes into roughly one page in `every` of each RAM
@@ -361,8 +341,7 @@ static void test_round_trip_orders(void **state)
 {
     (void)state;
     struct machine *m = new_machine(4 * GiB);
-    struct domain *d = new_domain(m, NULL);
-    assert_int_equal(domain_populate_guest(d, 1536 * MiB, NULL), 0);
+    struct domain *d = new_guest(m, 1536 * MiB);
     fill_content(d, 1, 61);
     static const struct {
         enum save_page_order order;
@@ -386,14 +365,12 @@ static void test_round_trip_orders(void **state)
     }
     /* zero pages with their data */
     domain_destroy(d);
-    d = new_domain(m, NULL);
+    d = new_domain(m);
     assert_int_equal(domain_populate_guest(d, 64 * MiB, NULL), 0);
     fill_content(d, 2, 3);
     struct save_opts o = {.no_xalloc = true};
     round_trip(d, &o, "64M, zero pages as data");
-    domain_destroy(d);
-    assert_machine_empty(m);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* Holes inside extents (ballooned 4K pages, a 2M inside a 1G, a range
@@ -406,7 +383,7 @@ static void test_round_trip_holes(void **state)
     domain_config_default(&cfg);
     cfg.nr_4k_ranges = 1;
     cfg.ranges_4k[0] = (struct gfn_range){0x30000, 700};
-    struct domain *d = new_domain(m, &cfg);
+    struct domain *d = new_domain_cfg(m, &cfg);
     assert_int_equal(domain_populate_guest(d, 1536 * MiB, NULL), 0);
     assert_true(domain_decrease_reservation(d, 0x1234, 1) == 1);
     assert_true(domain_decrease_reservation(d, 0x40000 + 512 * 7, 512) == 512);
@@ -432,9 +409,7 @@ static void test_round_trip_holes(void **state)
     o.order = SAVE_ORDER_RANDOM;
     o.batch = 333;
     round_trip(d, &o, "holes, 4K-only, PoD, random");
-    domain_destroy(d);
-    assert_machine_empty(m);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* A guest bigger than 4 GiB: RAM on both sides of the MMIO hole, mostly
@@ -443,8 +418,7 @@ static void test_round_trip_big(void **state)
 {
     (void)state;
     struct machine *m = new_machine(6 * GiB);
-    struct domain *d = new_domain(m, NULL);
-    assert_int_equal(domain_populate_guest(d, 5 * GiB, NULL), 0);
+    struct domain *d = new_guest(m, 5 * GiB);
     assert_true(domain_pages_1g(d) >= 3);
     fill_content(d, 4, 4001);
     struct save_opts o = {0};
@@ -452,9 +426,7 @@ static void test_round_trip_big(void **state)
     o.order = SAVE_ORDER_REVERSE;
     o.no_optional = true;
     round_trip(d, &o, "5 GiB guest, reverse, no optional");
-    domain_destroy(d);
-    assert_machine_empty(m);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* Random p2m layouts: random populate ranges and balloon holes, random page
@@ -469,7 +441,7 @@ static void test_round_trip_random(void **state)
         domain_config_default(&cfg);
         cfg.no_vga_hole = seed & 1;
         cfg.mmio_hole_bytes = 0;
-        struct domain *d = new_domain(m, &cfg);
+        struct domain *d = new_domain_cfg(m, &cfg);
         for (int k = 0; k < 6; k++) {
             gfn_t g = hv_rng_below(&r, 1u << 19);
             uint64_t n = 1 + hv_rng_below(&r, k < 2 ? (1u << 18) : 4096);
@@ -558,12 +530,7 @@ static void test_foreign_producer(void **state)
     for (int shuffled = 0; shuffled < 2; shuffled++) {
         if (shuffled) {
             struct hv_rng r = {9};
-            for (size_t i = n - 1; i > 0; i--) {
-                size_t j = hv_rng_below(&r, i + 1);
-                gfn_t x = pfns[i];
-                pfns[i] = pfns[j];
-                pfns[j] = x;
-            }
+            shuffle_gfns(pfns, n, &r);
         }
         struct stream_mem mem;
         foreign_stream(&mem, pfns, n, 500, (1u << 18) + 1024 + 100, (1u << 18) + 1024 + 110);
@@ -617,7 +584,7 @@ static void test_foreign_producer(void **state)
 
 static struct blob small_stream(struct machine *m, bool no_optional)
 {
-    struct domain *d = new_domain(m, NULL);
+    struct domain *d = new_domain(m);
     assert_int_equal(domain_populate(d, 0x100000, 2048, NULL), 0);
     assert_true(domain_decrease_reservation(d, 0x100000 + 700, 3) == 3);
     fill_content(d, 5, 7);
@@ -800,7 +767,7 @@ static void test_fault_injection(void **state)
     unsigned long failed = 0, succeeded = 0;
     /* every allocation of a small guest with holes and 2M extents */
     struct machine *m = new_machine(64 * MiB);
-    struct domain *d = new_domain(m, NULL);
+    struct domain *d = new_domain(m);
     assert_int_equal(domain_populate(d, 0x1000, 4096, NULL), 0);
     assert_true(domain_decrease_reservation(d, 0x1000 + 600, 2) == 2);
     fill_content(d, 6, 13);
@@ -828,12 +795,10 @@ static void test_fault_injection(void **state)
         }
         assert_int_equal(rc, -ENOMEM);
     }
-    domain_destroy(d);
-    assert_machine_empty(m);
-    machine_destroy(m);
+    down_guest(d, m);
     /* a 1G region (speculative 1G, split on free), sampled */
     m = new_machine(2 * GiB);
-    d = new_domain(m, NULL);
+    d = new_domain(m);
     assert_int_equal(domain_populate(d, 1u << 18, (1u << 18) + 1024, NULL), 0);
     assert_true(domain_decrease_reservation(d, (1u << 18) + 5000, 1) == 1);
     fill_content(d, 7, 4001);
@@ -844,9 +809,7 @@ static void test_fault_injection(void **state)
                   failed, succeeded);
     assert_true(failed > 10);
     stream_mem_free(&b.mem);
-    domain_destroy(d);
-    assert_machine_empty(m);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* Save to a file and restore from it through the fd source; extra TLVs
@@ -855,8 +818,7 @@ static void test_file_and_context(void **state)
 {
     (void)state;
     struct machine *m = new_machine(2 * GiB);
-    struct domain *d = new_domain(m, NULL);
-    assert_int_equal(domain_populate_guest(d, 96 * MiB, NULL), 0);
+    struct domain *d = new_guest(m, 96 * MiB);
     fill_content(d, 8, 5);
     FILE *tf = tmpfile();
     assert_non_null(tf);
@@ -892,8 +854,7 @@ static void test_file_and_context(void **state)
     restore_result_free(&rr);
     assert_machine_empty(m2);
     machine_destroy(m2);
-    domain_destroy(d);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* A stream file is read through a mapping: from the fd's offset (bytes
@@ -904,8 +865,7 @@ static void test_fd_source(void **state)
 {
     (void)state;
     struct machine *m = new_machine(GiB);
-    struct domain *d = new_domain(m, NULL);
-    assert_int_equal(domain_populate_guest(d, 40 * MiB, NULL), 0);
+    struct domain *d = new_guest(m, 40 * MiB);
     fill_content(d, 3, 3);
     FILE *tf = tmpfile();
     assert_non_null(tf);
@@ -966,8 +926,7 @@ static void test_fd_source(void **state)
     assert_int_equal(sf.mapped, -1);
     stream_fd_free(&sf);
     close(p[0]);
-    domain_destroy(d);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 /* restore_opts.track_data: every RAM pfn whose bit is clear reads as zero,
@@ -977,8 +936,7 @@ static void test_track_data(void **state)
 {
     (void)state;
     struct machine *m = new_machine(GiB);
-    struct domain *d = new_domain(m, NULL);
-    assert_int_equal(domain_populate_guest(d, 64 * MiB, NULL), 0);
+    struct domain *d = new_guest(m, 64 * MiB);
     fill_content(d, 17, 5); /* one page in 5 holds data */
     struct stream_mem sm;
     struct stream_io io;
@@ -1025,8 +983,7 @@ static void test_track_data(void **state)
     assert_machine_empty(rm);
     machine_destroy(rm);
     stream_mem_free(&sm);
-    domain_destroy(d);
-    machine_destroy(m);
+    down_guest(d, m);
 }
 
 int main(void)

@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "domain.h"
+#include "frames.h"
+#include "machine.h"
 
 /* Fail the test with the audit's own message when a validator objects. */
 #define AUDIT_OK(expr)                                                         \
@@ -39,6 +41,71 @@ static inline struct machine *new_machine_policy(uint64_t bytes, enum frame_poli
 static inline struct machine *new_machine(uint64_t bytes)
 {
     return new_machine_policy(bytes, FRAME_POLICY_FRAGPOOL);
+}
+
+/* A domain of m with the default configuration (cfg NULL) or cfg. */
+static inline struct domain *new_domain_cfg(struct machine *m, const struct domain_config *cfg)
+{
+    struct domain_config c;
+    struct domain *d;
+    if (cfg)
+        c = *cfg;
+    else
+        domain_config_default(&c);
+    assert_int_equal(domain_create(m, &c, &d), 0);
+    return d;
+}
+
+static inline struct domain *new_domain(struct machine *m) { return new_domain_cfg(m, NULL); }
+
+/* A default domain of m with `bytes` of RAM laid out and populated as an
+ * HVM builder does (domain_populate_guest). */
+static inline struct domain *new_guest(struct machine *m, uint64_t bytes)
+{
+    struct domain *d = new_domain(m);
+    assert_int_equal(domain_populate_guest(d, bytes, NULL), 0);
+    return d;
+}
+
+/* Every frame of m is free again, and the allocator's invariants hold. */
+static inline void assert_machine_empty(struct machine *m)
+{
+    struct frame_stats st;
+    AUDIT_OK(frames_audit(m->frames));
+    frames_get_stats(m->frames, &st);
+    assert_int_equal(st.free_frames, m->nr_frames);
+}
+
+/* The end of a test with one domain d on m: d destroyed, every frame back
+ * (nothing leaked, nothing freed twice), m destroyed. */
+static inline void down_guest(struct domain *d, struct machine *m)
+{
+    domain_destroy(d);
+    assert_machine_empty(m);
+    machine_destroy(m);
+}
+
+/* Run `call` with the n-th allocation (any site) failing; `fired` says
+ * whether the fault was reached (the loops that use it stop at the first n
+ * that is not: the call then made fewer than n allocations). */
+#define UNDER_FAULT(n, fired, rc, call)                                        \
+    do {                                                                       \
+        unsigned long h0_ = hv_fault_hits;                                     \
+        fault_arm((n), FAULT_SITE_ALL);                                        \
+        (rc) = (call);                                                         \
+        fault_disarm();                                                        \
+        (fired) = hv_fault_hits != h0_;                                        \
+    } while (0)
+
+/* Fisher-Yates over v[0, n) with r (the same permutation for the same r). */
+static inline void shuffle_gfns(gfn_t *v, size_t n, struct hv_rng *r)
+{
+    for (size_t i = n ? n - 1 : 0; i > 0; i--) {
+        size_t j = (size_t)hv_rng_below(r, i + 1);
+        gfn_t t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+    }
 }
 
 /* The built hugevm binary: $HUGEVM_BIN (meson sets it), else tools/hugevm

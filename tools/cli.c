@@ -29,9 +29,48 @@ int cli_error(const char *fmt, ...)
     return 1;
 }
 
+static void workload_prepare(struct cli_workload_spec *s)
+{
+    const struct cli_workload *d = &s->def;
+    char rate[32];
+    if (s->ready)
+        return;
+    s->v = *d;
+    if (s->meanwhile)
+        snprintf(s->help[CLI_WL_WORKLOAD], sizeof(s->help[0]), "run the guest meanwhile: %s",
+                 s->names);
+    else
+        snprintf(s->help[CLI_WL_WORKLOAD], sizeof(s->help[0]), "%s (default %s)", s->names,
+                 d->workload);
+    snprintf(s->help[CLI_WL_VCPUS], sizeof(s->help[0]), "vCPUs running the workload (soft: "
+             "interleaved deterministically; kvm, native: one thread each, each on its own "
+             "slice) (default %llu)", (unsigned long long)d->vcpus);
+    if (d->write_rate)
+        snprintf(rate, sizeof(rate), "%llu", (unsigned long long)d->write_rate);
+    else
+        snprintf(rate, sizeof(rate), "unlimited");
+    snprintf(s->help[CLI_WL_RATE], sizeof(s->help[0]), "%s per second per vCPU, 0 = unlimited "
+             "(default %s)", s->rate_what, rate);
+    snprintf(s->help[CLI_WL_WSS], sizeof(s->help[0]), "writer: fraction of its slice written "
+             "per pass (default %g)", d->wss);
+    snprintf(s->help[CLI_WL_SEED], sizeof(s->help[0]), "seed of the workload%s (default %llu)",
+             s->seed_also, (unsigned long long)d->seed);
+    snprintf(s->help[CLI_WL_SETTLE], sizeof(s->help[0]), "with --workload: guest runs this "
+             "long %s (default %llu)", s->settle_when ? s->settle_when : "",
+             (unsigned long long)d->settle_ms);
+    s->ready = true;
+}
+
+const struct opt *cli_opts(const struct cmd *c)
+{
+    if (c->workload)
+        workload_prepare(c->workload);
+    return c->opts;
+}
+
 static const struct opt *find_opt(const struct cmd *c, const char *name)
 {
-    for (const struct opt *o = c->opts; o && o->name; o++)
+    for (const struct opt *o = cli_opts(c); o && o->name; o++)
         if (!strcmp(o->name, name))
             return o;
     return NULL;
@@ -42,7 +81,7 @@ void cli_help(const struct cmd *c, FILE *out)
     fprintf(out, "usage: hugevm %s [options]%s%s\n  %s\n\noptions:\n", c->name,
             c->usage_extra ? " " : "", c->usage_extra ? c->usage_extra : "",
             c->summary);
-    for (const struct opt *o = c->opts; o && o->name; o++) {
+    for (const struct opt *o = cli_opts(c); o && o->name; o++) {
         char left[64];
         snprintf(left, sizeof(left), "--%s%s%s", o->name, o->arg ? " " : "",
                  o->arg ? o->arg : "");
@@ -178,6 +217,8 @@ static int set_opt(const struct opt *o, const char *arg, char *why, size_t whyle
 int cli_parse(const struct cmd *c, int argc, char **argv)
 {
     int npos = 0;
+    /* find_opt reads cli_opts(c): the workload defaults are in place before
+     * any option is parsed */
     const struct opt *gm = find_opt(c, "guest-mem");
     bool overcommit = false;
     for (int i = 0; i < argc; i++) {
@@ -197,7 +238,7 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
         const char *name = a + 2, *val = NULL;
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-        const struct opt *o = c->opts;
+        const struct opt *o = cli_opts(c);
         for (; o && o->name; o++)
             if (strlen(o->name) == nlen && strncmp(o->name, name, nlen) == 0)
                 break;

@@ -51,6 +51,8 @@ struct opt {
     int (*fn)(void *dest, const char *arg);
 };
 
+struct cli_workload_spec;
+
 struct cmd {
     const char *name;
     const char *summary;
@@ -58,8 +60,54 @@ struct cmd {
     /* Called with options already parsed into the dest pointers, and the
      * remaining positional arguments.  Returns the process exit status. */
     int (*run)(int argc, char **argv);
-    struct opt *opts; /* terminated by {0} */
+    struct opt *opts; /* terminated by {0}; read it through cli_opts() */
+    /* The command's workload options (CLI_WORKLOAD_OPTS in opts), NULL
+     * when it has none. */
+    struct cli_workload_spec *workload;
 };
+
+/*
+ * The workload options of the commands that run a guest (balloon, defrag,
+ * migrate, run): --workload --vcpus --write-rate --wss --seed, and
+ * --settle-ms where the guest runs around an operation.  One table
+ * (CLI_WORKLOAD_OPTS, CLI_WORKLOAD_SETTLE_OPT) for all of them; what
+ * differs per command is data in its struct cli_workload_spec: the
+ * defaults, which workloads it runs, what --write-rate paces, and when
+ * the guest runs.  The help texts name the command's defaults; they are
+ * written from the spec when cli_opts() first reads the table, which is
+ * also when the defaults are copied into `v` (before any option is
+ * parsed).
+ */
+struct cli_workload {
+    const char *workload; /* NULL: no guest runs (unless the command needs one) */
+    uint64_t vcpus, write_rate, seed, settle_ms;
+    double wss;
+};
+enum { CLI_WL_WORKLOAD, CLI_WL_VCPUS, CLI_WL_RATE, CLI_WL_WSS, CLI_WL_SEED, CLI_WL_SETTLE,
+       CLI_WL_NR };
+struct cli_workload_spec {
+    struct cli_workload def; /* the command's defaults */
+    const char *names;       /* the workloads --workload takes */
+    /* What --write-rate paces: soft vCPUs under the guest runner pace
+     * every access, `run`'s own soft loop and program guests the writer. */
+    const char *rate_what;
+    bool meanwhile;          /* the guest runs only with --workload */
+    const char *seed_also;   /* what else --seed seeds ("": nothing) */
+    const char *settle_when; /* --settle-ms: when the guest runs this long */
+    struct cli_workload v;   /* the values parsed */
+    bool ready;
+    char help[CLI_WL_NR][192];
+};
+#define CLI_WORKLOAD_OPTS(s)                                                                  \
+    {"workload", OPT_STR, &(s).v.workload, "NAME", (s).help[CLI_WL_WORKLOAD], NULL},           \
+    {"vcpus", OPT_U64, &(s).v.vcpus, "N", (s).help[CLI_WL_VCPUS], NULL},                        \
+    {"write-rate", OPT_U64, &(s).v.write_rate, "N", (s).help[CLI_WL_RATE], NULL},               \
+    {"wss", OPT_FRAC, &(s).v.wss, "F", (s).help[CLI_WL_WSS], NULL},                             \
+    {"seed", OPT_U64, &(s).v.seed, "N", (s).help[CLI_WL_SEED], NULL}
+#define CLI_WORKLOAD_SETTLE_OPT(s)                                                            \
+    {"settle-ms", OPT_MSEC, &(s).v.settle_ms, "MS", (s).help[CLI_WL_SETTLE], NULL}
+/* c's option table, its workload options' defaults and help filled in. */
+const struct opt *cli_opts(const struct cmd *c);
 
 /* Every command, in the order of `hugevm --help` (commands.c). */
 const struct cmd *const *cli_commands(size_t *n);
@@ -266,6 +314,17 @@ int cli_backend(const char *cmd, const char *arg, const char *soft_only, bool ne
                 int *backend, char *why, size_t len);
 /* A progress bar on stderr when it is a terminal (save/restore; report.c). */
 void cli_progress(const char *what, uint64_t done, uint64_t total);
+/* Every save and restore of the tools (save, restore, run --save, the
+ * program guests' and the in-doubt saves) reports through these
+ * (report.c).  Progress: save_opts.progress (pfns done of total) and
+ * restore_opts.progress (bytes read; progress_ctx points at the stream's
+ * size in bytes): a bar when the guest or the stream is 256 MiB or more.
+ * Summary: one line with the stream's size, records, pages and speed. */
+struct restore_result;
+void cli_save_progress(void *ctx, uint64_t done, uint64_t total);
+void cli_restore_progress(void *ctx, uint64_t bytes_read);
+void cli_print_saved(FILE *out, const struct save_result *r);
+void cli_print_restored(FILE *out, const struct restore_result *r);
 /* Sleep s seconds (cli.c). */
 void cli_sleep_s(double s);
 /* Save the paused guest g, held in doubt by `role` ("sender", "receiver"),

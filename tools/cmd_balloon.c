@@ -28,22 +28,25 @@
 #include "shadow.h"
 
 static struct {
-    uint64_t guest_mem, host_mem, target, pod_target, seed;
+    uint64_t guest_mem, host_mem, target, pod_target;
     double fragment;
     bool json, no_audit, no_deflate, give_back_4k;
-    const char *workload, *backend;
-    uint64_t vcpus, write_rate, step, settle_ms;
-    double wss;
+    const char *backend;
+    uint64_t step;
 } o = {
     .guest_mem = 2 * GiB,
     .target = 1 * GiB,
-    .seed = 1,
-    .vcpus = 2,
-    .write_rate = 100000,
-    .wss = 1.0,
     .step = 64 * MiB,
-    .settle_ms = 100,
     .backend = "auto",
+};
+
+static struct cli_workload_spec wl = {
+    .def = {.vcpus = 2, .write_rate = 100000, .seed = 1, .settle_ms = 100, .wss = 1.0},
+    .names = "seq, uniform, zipf or writer",
+    .rate_what = "accesses",
+    .meanwhile = true,
+    .seed_also = " and of the fragmentation",
+    .settle_when = "before, at and after the target",
 };
 
 /* Move the balloon to `target` pages, --step at a time under d->lock when
@@ -108,7 +111,7 @@ static int run_balloon(int argc, char **argv)
             o.target >= o.guest_mem)
             return cli_error("balloon: with the guest's driver, --guest-mem and --target are "
                              "multiples of 2 MiB, 8 MiB <= target < guest");
-        if (o.vcpus == 0 || o.vcpus > HVG_MAX_VCPUS)
+        if (wl.v.vcpus == 0 || wl.v.vcpus > HVG_MAX_VCPUS)
             return cli_error("balloon: --vcpus must be in 1..%u", HVG_MAX_VCPUS);
         if (!o.host_mem)
             o.host_mem = (o.guest_mem + o.guest_mem / 2 + 64 * MiB + GiB - 1) & ~(GiB - 1);
@@ -130,8 +133,8 @@ static int run_balloon(int argc, char **argv)
         } else {
             struct cli_balloon_prog a = {
                 .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .target = o.target,
-                .vcpus = (unsigned)o.vcpus, .workload = o.workload, .seed = o.seed,
-                .write_rate = o.write_rate, .fragment = o.fragment, .no_deflate = o.no_deflate,
+                .vcpus = (unsigned)wl.v.vcpus, .workload = wl.v.workload, .seed = wl.v.seed,
+                .write_rate = wl.v.write_rate, .fragment = o.fragment, .no_deflate = o.no_deflate,
                 .give_back_4k = o.give_back_4k,
                 .json = o.json, .no_audit = o.no_audit,
             };
@@ -141,14 +144,14 @@ static int run_balloon(int argc, char **argv)
         machine_destroy(m);
         return status;
     }
-    if (o.workload) {
+    if (wl.v.workload) {
         enum workload_kind k;
-        if (workload_parse(o.workload, &k) < 0)
-            return cli_error("balloon: unknown workload '%s'", o.workload);
+        if (workload_parse(wl.v.workload, &k) < 0)
+            return cli_error("balloon: unknown workload '%s'", wl.v.workload);
         g_kind = (int)k;
-        if (o.vcpus == 0 || o.vcpus > MIGRATE_MAX_VCPUS)
+        if (wl.v.vcpus == 0 || wl.v.vcpus > MIGRATE_MAX_VCPUS)
             return cli_error("balloon: --vcpus must be in 1..%d", MIGRATE_MAX_VCPUS);
-        if (o.wss <= 0 || o.wss > 1)
+        if (wl.v.wss <= 0 || wl.v.wss > 1)
             return cli_error("balloon: --wss must be in (0, 1]");
         if (o.target < 2 * MiB)
             return cli_error("balloon: with --workload, --target must leave at least 2 MiB "
@@ -174,16 +177,16 @@ static int run_balloon(int argc, char **argv)
         struct workload_config wc;
         struct gfn_range r[2];
         workload_config_default(&wc, (enum workload_kind)g_kind);
-        wc.seed = o.seed;
-        wc.wss = o.wss;
-        wc.write_rate = o.write_rate;
+        wc.seed = wl.v.seed;
+        wc.wss = wl.v.wss;
+        wc.write_rate = wl.v.write_rate;
         wc.on_write = guest_shadow_write;
         wc.ctx = &model;
         rc = domain_populate_guest_flags(d, kept, pflags, NULL);
         if (rc == 0)
             rc = guest_shadow_init(&model, d, r, domain_guest_layout(d, kept, r));
         if (rc == 0)
-            rc = guest_create_soft(d, (unsigned)o.vcpus, NULL, &wc, &g);
+            rc = guest_create_soft(d, (unsigned)wl.v.vcpus, NULL, &wc, &g);
     }
     if (rc == 0)
         rc = domain_populate_guest_flags(d, o.guest_mem, pflags, NULL);
@@ -200,7 +203,7 @@ static int run_balloon(int argc, char **argv)
             cli_error("balloon: cannot start the guest: %s", strerror(-rc));
             goto out;
         }
-        cli_sleep_ms(o.settle_ms);
+        cli_sleep_ms(wl.v.settle_ms);
     }
     uint64_t full = balloon_current(&b);
     uint64_t acc0 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
@@ -217,7 +220,7 @@ static int run_balloon(int argc, char **argv)
     uint64_t l4 = domain_pages_4k(d), l2 = domain_pages_2m(d), l1 = domain_pages_1g(d);
     if (g) {
         domain_unlock(d);
-        cli_sleep_ms(o.settle_ms); /* the guest runs at the target */
+        cli_sleep_ms(wl.v.settle_ms); /* the guest runs at the target */
     }
     uint64_t frag_ops = 0, t2 = 0, t3 = 0;
     int drc = 0;
@@ -228,7 +231,7 @@ static int run_balloon(int argc, char **argv)
             frames_get_stats(m->frames, &st);
             /* the churner ends up holding F of what is free, in 4K pieces */
             double tgt = o.fragment * (double)st.free_frames / (double)st.nr_frames;
-            if (frames_fragment(m->frames, churner, tgt, 0.7, o.seed, &frag_ops) < 0)
+            if (frames_fragment(m->frames, churner, tgt, 0.7, wl.v.seed, &frag_ops) < 0)
                 cli_error("balloon: could not fragment the host (continuing)");
         }
         t2 = hv_now_ns();
@@ -239,7 +242,7 @@ static int run_balloon(int argc, char **argv)
     uint64_t bad = 0;
     int gerr = 0;
     if (g) {
-        cli_sleep_ms(o.settle_ms);
+        cli_sleep_ms(wl.v.settle_ms);
         guest_stop(g);
         gerr = g->err;
         bad = guest_shadow_verify(&model, d);
@@ -351,14 +354,10 @@ static struct opt balloon_opts[] = {
      "driver zeroes each 2M extent and gives it back as 512 pages of 4K, as Linux's driver "
      "does (with --pod-target: seed 003, each zero superpage reclaimed whole, decrease_zero_2m)",
      NULL},
-    {"seed", OPT_U64, &o.seed, "N", "seed of the fragmentation and the workload", NULL},
-    {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
     {"backend", OPT_STR, &o.backend, "NAME", "soft or auto (default): the host's balloon, with --workload on soft vCPUs; kvm or native: the guest's own balloon driver in 2M extents, which sees the host's 2M refusals and falls back to 4K itself", NULL},
-    {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
-    {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
-    {"wss", OPT_FRAC, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
+    CLI_WORKLOAD_OPTS(wl),
     {"step", OPT_SIZE, &o.step, "SIZE", "with --workload: balloon moved per d->lock hold, in 2M units (default 64M)", NULL},
-    {"settle-ms", OPT_MSEC, &o.settle_ms, "MS", "with --workload: guest runs this long before, at and after the target (default 100)", NULL},
+    CLI_WORKLOAD_SETTLE_OPT(wl),
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {0},
@@ -369,4 +368,5 @@ const struct cmd cmd_balloon = {
     .summary = "drive the balloon driver to a target in 2M units, and back (--workload: while the guest runs)",
     .run = run_balloon,
     .opts = balloon_opts,
+    .workload = &wl,
 };

@@ -27,19 +27,20 @@ static struct {
     const char *order;
     bool json, no_audit;
     const char *backend;
-    const char *workload;
-    uint64_t vcpus, write_rate, seed, settle_ms;
-    double wss;
 } o = {
     .guest_mem = 1 * GiB,
     .scatter = 256 * MiB,
     .order = "2M",
-    .vcpus = 2,
-    .write_rate = 100000,
-    .seed = 1,
-    .wss = 1.0,
-    .settle_ms = 50,
     .backend = "auto",
+};
+
+static struct cli_workload_spec wl = {
+    .def = {.vcpus = 2, .write_rate = 100000, .seed = 1, .settle_ms = 50, .wss = 1.0},
+    .names = "seq, uniform, zipf or writer",
+    .rate_what = "accesses",
+    .meanwhile = true,
+    .seed_also = "",
+    .settle_when = "before and after",
 };
 
 static uint8_t fill_of(gfn_t g) { return (uint8_t)((g * 131) | 1); }
@@ -60,14 +61,14 @@ static int run_defrag(int argc, char **argv)
     if (cli_backend("defrag", o.backend, "a guest running under defrag (per-step mirror syncs)", false,
                     &backend, bwhy, sizeof(bwhy)))
         return 1;
-    if (o.workload) {
+    if (wl.v.workload) {
         enum workload_kind k;
-        if (workload_parse(o.workload, &k) < 0)
-            return cli_error("defrag: unknown workload '%s'", o.workload);
+        if (workload_parse(wl.v.workload, &k) < 0)
+            return cli_error("defrag: unknown workload '%s'", wl.v.workload);
         g_kind = (int)k;
-        if (o.vcpus == 0 || o.vcpus > MIGRATE_MAX_VCPUS)
+        if (wl.v.vcpus == 0 || wl.v.vcpus > MIGRATE_MAX_VCPUS)
             return cli_error("defrag: --vcpus must be in 1..%d", MIGRATE_MAX_VCPUS);
-        if (o.wss <= 0 || o.wss > 1)
+        if (wl.v.wss <= 0 || wl.v.wss > 1)
             return cli_error("defrag: --wss must be in (0, 1]");
     }
     if (!strcmp(o.order, "2M"))
@@ -103,22 +104,22 @@ static int run_defrag(int argc, char **argv)
     if (g_kind >= 0) {
         struct workload_config wc;
         workload_config_default(&wc, (enum workload_kind)g_kind);
-        wc.seed = o.seed;
-        wc.wss = o.wss;
-        wc.write_rate = o.write_rate;
+        wc.seed = wl.v.seed;
+        wc.wss = wl.v.wss;
+        wc.write_rate = wl.v.write_rate;
         wc.on_write = guest_shadow_write;
         wc.ctx = &model;
         struct gfn_range r = {base, ns ? ns : nr};
         rc = guest_shadow_init(&model, d, &r, 1);
         if (rc == 0)
-            rc = guest_create_soft(d, (unsigned)o.vcpus, NULL, &wc, &g);
+            rc = guest_create_soft(d, (unsigned)wl.v.vcpus, NULL, &wc, &g);
         if (rc == 0)
             rc = guest_start(g);
         if (rc < 0) {
             cli_error("defrag: starting the guest failed: %s", strerror(-rc));
             goto out;
         }
-        cli_sleep_ms(o.settle_ms);
+        cli_sleep_ms(wl.v.settle_ms);
     }
     uint64_t l4 = domain_pages_4k(d), l2 = domain_pages_2m(d), l1 = domain_pages_1g(d);
     struct defrag_stats st = {0};
@@ -129,7 +130,7 @@ static int run_defrag(int argc, char **argv)
     uint64_t acc1 = g ? __atomic_load_n(&g->accesses, __ATOMIC_RELAXED) : 0;
     int gerr = 0;
     if (g) {
-        cli_sleep_ms(o.settle_ms);
+        cli_sleep_ms(wl.v.settle_ms);
         guest_stop(g);
         gerr = g->err;
     }
@@ -236,13 +237,9 @@ static struct opt defrag_opts[] = {
     {"order", OPT_STR, &o.order, "SIZE", "merge into 2M (default) or 1G leaves", NULL},
     {"rate", OPT_DBL, &o.rate, "MIB_S", "copy at most MIB_S MiB/s (default unlimited)", NULL},
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: twice the guest)", NULL},
-    {"workload", OPT_STR, &o.workload, "NAME", "run the guest meanwhile: seq, uniform, zipf or writer", NULL},
     {"backend", OPT_STR, &o.backend, "NAME", "vCPU backend of the running guest: soft (or auto: soft for now; defrag under a running kvm guest needs a mirror sync per step, next)", NULL},
-    {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs running the workload (default 2)", NULL},
-    {"write-rate", OPT_U64, &o.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
-    {"wss", OPT_FRAC, &o.wss, "F", "writer: fraction of its slice written (default 1)", NULL},
-    {"seed", OPT_U64, &o.seed, "N", "workload seed (default 1)", NULL},
-    {"settle-ms", OPT_MSEC, &o.settle_ms, "MS", "with --workload: guest runs this long before and after (default 50)", NULL},
+    CLI_WORKLOAD_OPTS(wl),
+    CLI_WORKLOAD_SETTLE_OPT(wl),
     {"no-audit", OPT_FLAG, &o.no_audit, NULL, "skip the audits", NULL},
     {"json", OPT_FLAG, &o.json, NULL, "machine-readable output", NULL},
     {0},
@@ -253,4 +250,5 @@ const struct cmd cmd_defrag = {
     .summary = "merge scattered guest regions back into 2M/1G leaves (rate-limited)",
     .run = run_defrag,
     .opts = defrag_opts,
+    .workload = &wl,
 };

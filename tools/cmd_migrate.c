@@ -67,23 +67,25 @@ static void progress(void *ctx, const struct migrate_round *r)
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *workload, *log_dirty, *doubt_file, *fail_save, *backend;
-    uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries, precopy_rounds;
-    double after, downtime_ms, wss, write_frac, timeout_s;
+    const char *to, *log_dirty, *doubt_file, *fail_save, *backend;
+    uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds;
+    double after, downtime_ms, write_frac, timeout_s;
     bool compress, json, postcopy, postcopy_auto;
     int zstd_level;
     struct cli_tls_opts tls;
 } mo = {
-    .workload = "writer",
     .guest_mem = 4 * GiB,
-    .vcpus = 2,
-    .seed = 1,
-    .write_rate = 100000,
     .after = 1.0,
-    .wss = 0.25,
     .write_frac = -1,
     .timeout_s = 30,
     .backend = "auto",
+};
+
+static struct cli_workload_spec wl = {
+    .def = {.workload = "writer", .vcpus = 2, .write_rate = 100000, .seed = 1, .wss = 0.25},
+    .names = "seq, uniform, zipf or writer",
+    .rate_what = "accesses",
+    .seed_also = "",
 };
 
 /* --zstd-level N: zstd's own scale, negative levels are its fast ones. */
@@ -115,15 +117,15 @@ static int run_migrate(int argc, char **argv)
         printf("backend: %s (%s)\n", guest_backend_name((enum guest_backend)backend), bwhy);
     if (!mo.to)
         return cli_error("migrate: --to ADDR:PORT is required");
-    if (workload_parse(mo.workload, &kind) < 0)
-        return cli_error("migrate: unknown workload '%s'", mo.workload);
+    if (workload_parse(wl.v.workload, &kind) < 0)
+        return cli_error("migrate: unknown workload '%s'", wl.v.workload);
     if (mo.log_dirty && dirty_mode_parse(mo.log_dirty, &mopts.mode) < 0)
         return cli_error("migrate: unknown log-dirty mode '%s'", mo.log_dirty);
-    if (mo.vcpus == 0 || mo.vcpus > MIGRATE_MAX_VCPUS)
+    if (wl.v.vcpus == 0 || wl.v.vcpus > MIGRATE_MAX_VCPUS)
         return cli_error("migrate: --vcpus must be in 1..%d", MIGRATE_MAX_VCPUS);
     if (mo.guest_mem == 0 || mo.guest_mem % (2 * MiB))
         return cli_error("migrate: --guest-mem must be a positive multiple of 2 MiB");
-    if (mo.wss < 0 || mo.wss > 1 || mo.after < 0 || mo.timeout_s <= 0 || mo.downtime_ms < 0)
+    if (wl.v.wss < 0 || wl.v.wss > 1 || mo.after < 0 || mo.timeout_s <= 0 || mo.downtime_ms < 0)
         return cli_error("migrate: bad --wss, --after, --timeout or --downtime");
     if (!mo.host_mem)
         mo.host_mem = (mo.guest_mem + mo.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
@@ -165,23 +167,23 @@ static int run_migrate(int argc, char **argv)
                    (unsigned long long)domain_pages_2m(d), (unsigned long long)domain_pages_4k(d));
         struct workload_config wc;
         workload_config_default(&wc, kind);
-        wc.seed = mo.seed;
+        wc.seed = wl.v.seed;
         wc.write_frac = mo.write_frac;
-        wc.wss = mo.wss;
-        wc.write_rate = mo.write_rate;
+        wc.wss = wl.v.wss;
+        wc.write_rate = wl.v.write_rate;
         if (backend != GUEST_BACKEND_SOFT) {
             /* a real guest: the built-in C workload on KVM */
             struct cli_prog_run pr = {
                 .backend = backend, .why = bwhy, .guest_mem = mo.guest_mem,
-                .vcpus = (unsigned)mo.vcpus, .workload = mo.workload, .guest_page = "auto",
-                .seed = mo.seed, .write_rate = mo.write_rate,
-                .write_frac = mo.write_frac, .wss = mo.wss, .json = mo.json,
+                .vcpus = (unsigned)wl.v.vcpus, .workload = wl.v.workload, .guest_page = "auto",
+                .seed = wl.v.seed, .write_rate = wl.v.write_rate,
+                .write_frac = mo.write_frac, .wss = wl.v.wss, .json = mo.json,
                 .migrate_to = mo.to, .after = mo.after, .mopts = &mopts, .tls = tls,
                 .retries = mo.retries, .doubt_file = mo.doubt_file, .fail_save = mo.fail_save,
             };
             status = cli_run_program(d, &pr);
         } else {
-            status = cli_migrate_domain(d, (unsigned)mo.vcpus, NULL, &wc, mo.to, mo.after,
+            status = cli_migrate_domain(d, (unsigned)wl.v.vcpus, NULL, &wc, mo.to, mo.after,
                                         &mopts, tls, mo.retries, mo.doubt_file, 0, mo.fail_save,
                                         mo.json);
         }
@@ -200,12 +202,8 @@ static struct opt migrate_opts_table[] = {
      "(default: kvm where /dev/kvm works, else soft)", NULL},
     {"guest-mem", OPT_SIZE, &mo.guest_mem, "SIZE", "guest RAM (default 4G)", NULL},
     {"host-mem", OPT_SIZE, &mo.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
-    {"vcpus", OPT_U64, &mo.vcpus, "N", "vCPUs (default 2)", NULL},
-    {"workload", OPT_STR, &mo.workload, "NAME", "seq, uniform, zipf or writer (default writer)", NULL},
-    {"write-rate", OPT_U64, &mo.write_rate, "N", "accesses per second per vCPU, 0 = unlimited (default 100000)", NULL},
-    {"wss", OPT_FRAC, &mo.wss, "F", "writer: fraction of its slice written (default 0.25)", NULL},
+    CLI_WORKLOAD_OPTS(wl),
     {"write-frac", OPT_FRAC, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
-    {"seed", OPT_U64, &mo.seed, "N", "workload seed (default 1)", NULL},
     {"after", OPT_SECONDS, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
     {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 20)", NULL},
@@ -236,6 +234,7 @@ const struct cmd cmd_migrate = {
     .summary = "live-migrate a running guest to a receiver over TLS 1.3 (pre-copy rounds)",
     .run = run_migrate,
     .opts = migrate_opts_table,
+    .workload = &wl,
 };
 
 /* ---- receiver ------------------------------------------------------------------ */

@@ -30,18 +30,11 @@ static struct {
 
 static uint64_t file_bytes;
 
-static void restore_progress(void *ctx, uint64_t done)
-{
-    (void)ctx;
-    if (file_bytes >= 256 * MiB)
-        cli_progress("restore", done, file_bytes);
-}
 
 static int run_restore(int argc, char **argv)
 {
     struct machine *m = NULL;
     int status = 1, rc;
-    char b1[32];
     if (argc != 1)
         return cli_error("restore: need exactly one stream FILE");
     if (o.seconds < 0 || (o.seconds > 0 && o.accesses))
@@ -69,7 +62,7 @@ static int run_restore(int argc, char **argv)
         goto out;
     }
     struct restore_opts ro = {.ignore_layout = o.ignore_layout, .verify_checksum = true,
-                              .progress = restore_progress};
+                              .progress = cli_restore_progress, .progress_ctx = &file_bytes};
     rc = stream_restore(m, &io, &ro, &rr);
     stream_fd_free(&sf);
     if (rc < 0) {
@@ -256,12 +249,9 @@ static int run_restore(int argc, char **argv)
         json_obj_end(&j);
         json_finish(&j);
     } else {
-        printf("restored %s (stream v%u from Xen %u.%u, %llu records, %s) in %.1f ms\n", argv[0],
-               rr.version, rr.xen_major, rr.xen_minor, (unsigned long long)rr.records,
-               hv_fmt_size(rr.bytes, b1, sizeof(b1)), rr.seconds * 1e3);
-        printf("pages: %llu with data, %llu zero (XALLOC), %llu holes (XTAB), %llu broken\n",
-               (unsigned long long)rr.pages_data, (unsigned long long)rr.pages_xalloc,
-               (unsigned long long)rr.pages_xtab, (unsigned long long)rr.pages_broken);
+        printf("restored %s (stream v%u from Xen %u.%u)\n", argv[0], rr.version, rr.xen_major,
+               rr.xen_minor);
+        cli_print_restored(stdout, &rr);
         printf("PHYSICAL MEMORY ALLOCATION:\n");
         printf("  up front from HV_LAYOUT: 1GB %llu, 2MB %llu\n",
                (unsigned long long)rr.prealloc_1g, (unsigned long long)rr.prealloc_2m);

@@ -17,9 +17,7 @@
 #include "dirty.h"
 #include "domain.h"
 #include "guest.h"
-#include "guest_state.h"
 #include "migrate.h"
-#include "safefile.h"
 #include "save.h"
 #include "vcpu.h"
 #include "workload.h"
@@ -27,10 +25,10 @@
 #define MAX_VCPUS 64
 
 static struct {
-    uint64_t guest_mem, host_mem, vcpus, accesses, rounds, seed, write_rate;
+    uint64_t guest_mem, host_mem, accesses, rounds;
     uint64_t pod_target; /* bytes; 0: no PoD */
-    double seconds, write_frac, wss, theta;
-    const char *workload, *log_dirty, *guest_page, *map;
+    double seconds, write_frac, theta;
+    const char *log_dirty, *guest_page, *map;
     const char *migrate_to; /* --migrate-to: live-migrate after --after S */
     const char *save;       /* --save FILE: save the guest after the run */
     const char *backend, *guest_program;
@@ -42,14 +40,18 @@ static struct {
     struct cli_tls_opts tls; /* with --migrate-to */
 } o = {
     .guest_mem = 1 * GiB,
-    .vcpus = 1,
     .rounds = 4,
-    .seed = 1,
     .write_frac = -1,
-    .workload = "uniform",
     .guest_page = "auto",
     .map = "1G",
     .backend = "auto",
+};
+
+static struct cli_workload_spec wl = {
+    .def = {.workload = "uniform", .vcpus = 1, .seed = 1, .wss = 1.0},
+    .names = "seq, uniform (gups), chase (kvm, native), zipf or writer",
+    .rate_what = "writer: pages",
+    .seed_also = "",
 };
 
 static int parse_order(const char *s, unsigned *order)
@@ -114,21 +116,21 @@ static int run_run(int argc, char **argv)
     int backend;
     char bwhy[300];
     const char *soft_only = o.log_dirty && !o.migrate_to ? "--log-dirty" : NULL;
-    bool need_prog = o.guest_program || !strcmp(o.workload, "chase");
+    bool need_prog = o.guest_program || !strcmp(wl.v.workload, "chase");
     if (cli_backend("run", o.backend, soft_only, need_prog, &backend, bwhy, sizeof(bwhy)))
         return 1;
     bool prog = backend != GUEST_BACKEND_SOFT;
     if (!strcasecmp(o.guest_page, "auto"))
         o.guest_page = prog ? "auto" : "2M";
-    if (!prog && workload_parse(o.workload, &kind) < 0)
+    if (!prog && workload_parse(wl.v.workload, &kind) < 0)
         return cli_error("run: unknown workload '%s' (seq, uniform, zipf, writer; chase needs "
-                         "the kvm or native backend)", o.workload);
+                         "the kvm or native backend)", wl.v.workload);
     if (o.log_dirty && dirty_mode_parse(o.log_dirty, &mode) < 0)
         return cli_error("run: unknown log-dirty mode '%s' (split-on-write, eager-split, coarse)",
                          o.log_dirty);
     if ((!prog && parse_order(o.guest_page, &guest_order) < 0) || parse_order(o.map, &map_order) < 0)
         return cli_error("run: --guest-page and --map take 4K, 2M or 1G");
-    if (o.vcpus == 0 || o.vcpus > MAX_VCPUS)
+    if (wl.v.vcpus == 0 || wl.v.vcpus > MAX_VCPUS)
         return cli_error("run: --vcpus must be in 1..%d", MAX_VCPUS);
     if (o.guest_mem == 0 || o.guest_mem % PAGE_SIZE)
         return cli_error("run: --guest-mem must be a positive multiple of 4 KiB");
@@ -161,7 +163,7 @@ static int run_run(int argc, char **argv)
                          "restore would rebuild 1G leaves (use --map 1G or 4K)");
     if (!o.host_mem)
         o.host_mem = (o.guest_mem + o.guest_mem / 4 + 64 * MiB + GiB - 1) & ~(GiB - 1);
-    unsigned nv = (unsigned)o.vcpus;
+    unsigned nv = (unsigned)wl.v.vcpus;
 
     if (cli_machine_create("run", &m, o.host_mem, false, NULL) < 0) {
         chan_tls_destroy(tls);
@@ -216,10 +218,10 @@ static int run_run(int argc, char **argv)
                                       .precopy_rounds = (unsigned)o.precopy_rounds};
         struct cli_prog_run pr = {
             .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .vcpus = nv,
-            .workload = o.workload, .guest_page = o.guest_page,
+            .workload = wl.v.workload, .guest_page = o.guest_page,
             .program_path = o.guest_program, .accesses = o.seconds > 0 ? 0 : o.accesses,
-            .seconds = o.seconds, .seed = o.seed, .write_rate = o.write_rate,
-            .write_frac = o.write_frac, .wss = o.wss, .theta = o.theta, .json = o.json,
+            .seconds = o.seconds, .seed = wl.v.seed, .write_rate = wl.v.write_rate,
+            .write_frac = o.write_frac, .wss = wl.v.wss, .theta = o.theta, .json = o.json,
             .no_audit = o.no_audit, .save = o.save, .migrate_to = o.migrate_to,
             .after = o.after, .mopts = &pmopts, .tls = tls, .doubt_file = o.doubt_file,
             .fail_save = o.fail_save,
@@ -233,11 +235,11 @@ static int run_run(int argc, char **argv)
     tc.guest_order = guest_order;
     struct workload_config wc;
     workload_config_default(&wc, kind);
-    wc.seed = o.seed;
+    wc.seed = wl.v.seed;
     wc.write_frac = o.write_frac;
-    wc.wss = o.wss;
+    wc.wss = wl.v.wss;
     wc.zipf_theta = o.theta;
-    wc.write_rate = o.write_rate;
+    wc.write_rate = wl.v.write_rate;
     if (o.postcopy) {
         cli_error("run: --postcopy needs a program guest (--backend kvm or native): soft vCPUs "
                   "have no fault path for missing pages");
@@ -269,7 +271,7 @@ static int run_run(int argc, char **argv)
         json_u64(&j, "guest_bytes", o.guest_mem);
         json_str(&j, "workload", workload_name(kind));
         json_u64(&j, "vcpus", nv);
-        json_u64(&j, "seed", o.seed);
+        json_u64(&j, "seed", wl.v.seed);
         json_str(&j, "guest_page", o.guest_page);
         json_str(&j, "map", o.map);
         json_leaves(&j, "leaves_before", b4k, b2m, b1g);
@@ -483,13 +485,12 @@ static int run_run(int argc, char **argv)
         if (o.pod_target)
             cli_print_pod(d, stdout);
         if (o.save && run_rc == 0 && save_rc == 0)
-            printf("saved to %s: %s in %llu records, %llu pages with data, %llu zero, %llu "
-                   "holes; %u vCPU(s) and their workload positions in HVM_CONTEXT; %.1f ms\n"
-                   "  resume with: hugevm restore %s --run\n",
-                   o.save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
-                   (unsigned long long)sr.records, (unsigned long long)sr.pages_data,
-                   (unsigned long long)sr.pages_zero, (unsigned long long)sr.pages_xtab, nv,
-                   sr.seconds * 1e3, o.save);
+        {
+            printf("saved to %s with %u vCPU(s) and their workload positions in HVM_CONTEXT\n",
+                   o.save, nv);
+            cli_print_saved(stdout, &sr);
+            printf("  resume with: hugevm restore %s --run\n", o.save);
+        }
         if (!o.no_audit)
             printf("audit: %s\n", audit ? hv_audit_last() : "ok (p2m, domain, frames)");
     }
@@ -520,16 +521,12 @@ static struct opt run_opts[] = {
     {"host-mem", OPT_SIZE, &o.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
     {"backend", OPT_STR, &o.backend, "NAME", "kvm (real guest code under /dev/kvm), soft (software vCPUs with a TLB model), native (guest code as host code) or auto (default: kvm where /dev/kvm works, else soft)", NULL},
     {"guest-program", OPT_STR, &o.guest_program, "FILE", "run your own freestanding ELF64 guest (guest/hugevm_guest.h; examples/hello.c) instead of the built-in workloads", NULL},
-    {"workload", OPT_STR, &o.workload, "NAME", "seq, uniform (gups), chase (kvm, native), zipf or writer (default uniform)", NULL},
-    {"vcpus", OPT_U64, &o.vcpus, "N", "vCPUs (soft: interleaved deterministically; kvm, native: one thread each, each on its own slice) (default 1)", NULL},
+    CLI_WORKLOAD_OPTS(wl),
     {"seconds", OPT_SECONDS, &o.seconds, "S", "run for S seconds of wall time", NULL},
     {"accesses", OPT_U64, &o.accesses, "N", "run N guest accesses in total (default 10M)", NULL},
     {"log-dirty", OPT_STR, &o.log_dirty, "MODE", "split-on-write, eager-split or coarse: run in rounds with log-dirty", NULL},
     {"rounds", OPT_U64, &o.rounds, "N", "log-dirty rounds, one harvest each (default 4)", NULL},
-    {"seed", OPT_U64, &o.seed, "N", "workload seed (default 1)", NULL},
     {"write-frac", OPT_FRAC, &o.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
-    {"wss", OPT_FRAC, &o.wss, "F", "writer: fraction of its slice written per pass (default 1)", NULL},
-    {"write-rate", OPT_U64, &o.write_rate, "N", "writer: pages per second per vCPU (default unlimited)", NULL},
     {"theta", OPT_DBL, &o.theta, "T", "zipf: skew in (0, 1) (default 0.99)", NULL},
     {"guest-page", OPT_STR, &o.guest_page, "SIZE", "page size of the guest's own paging: soft 4K, 2M (default) or 1G; kvm 2M, 1G or auto (default: the largest the guest's CPUID offers)", NULL},
     {"map", OPT_STR, &o.map, "SIZE", "largest p2m leaf: 4K, 2M or 1G (default)", NULL},
@@ -556,4 +553,5 @@ const struct cmd cmd_run = {
     .summary = "run a guest: C workloads under KVM, or soft vCPUs (TLB, walks) optionally under log-dirty",
     .run = run_run,
     .opts = run_opts,
+    .workload = &wl,
 };

@@ -25,12 +25,6 @@ static struct {
     .order = "gfn",
 };
 
-static void save_progress(void *ctx, uint64_t done, uint64_t total)
-{
-    (void)ctx;
-    cli_progress("save", done, total);
-}
-
 /* "ADDR+SIZE" in bytes, page aligned. */
 static int parse_range(const char *arg, struct gfn_range *r)
 {
@@ -60,21 +54,12 @@ static int parse_4k(void *dest, const char *arg)
 
 static void print_save(const struct save_result *r, const struct domain *d, FILE *out)
 {
-    char b1[32];
     fprintf(out, "source allocation: pages_1g %llu pages_2m %llu pages_4k %llu "
                  "(tot_pages %llu, PoD entries %llu)\n",
             (unsigned long long)r->extents_1g, (unsigned long long)r->extents_2m,
             (unsigned long long)r->pages_4k, (unsigned long long)d->tot_pages,
             (unsigned long long)r->pod_entries);
-    fprintf(out, "stream: %s in %llu records (%llu PAGE_DATA): %llu pages with data, "
-                 "%llu zero (XALLOC), %llu holes (XTAB); %.1f ms, %.2f GiB/s of guest RAM\n",
-            hv_fmt_size(r->bytes, b1, sizeof(b1)), (unsigned long long)r->records,
-            (unsigned long long)r->page_data_records, (unsigned long long)r->pages_data,
-            (unsigned long long)r->pages_zero, (unsigned long long)r->pages_xtab,
-            r->seconds * 1e3,
-            r->seconds > 0 ? (double)((r->pages_data + r->pages_zero) << PAGE_SHIFT) / GiB /
-                                 r->seconds
-                           : 0.0);
+    cli_print_saved(out, r);
 }
 
 static int run_save(int argc, char **argv)
@@ -170,7 +155,7 @@ static int run_save(int argc, char **argv)
     }
     struct save_opts so = {.no_optional = o.no_optional, .no_xalloc = o.no_xalloc,
                            .batch = (uint32_t)o.batch, .order = order, .seed = o.seed,
-                           .progress = save_progress};
+                           .progress = cli_save_progress};
     struct save_result sr;
     rc = stream_save(d, &io, &so, &sr, err, sizeof(err));
     stream_fd_free(&sf);

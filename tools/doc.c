@@ -126,7 +126,7 @@ int cli_man(const char *command, FILE *out)
         fputs("\n.SH DESCRIPTION\n", out);
         roff(out, c->summary);
         fputs(".\n.SH OPTIONS\n", out);
-        for (const struct opt *o = c->opts; o && o->name; o++)
+        for (const struct opt *o = cli_opts(c); o && o->name; o++)
             man_opt(out, o->name, o->arg, o->help);
         if (cli_has_overcommit(c))
             man_opt(out, "overcommit", NULL, CLI_OVERCOMMIT_HELP);
@@ -157,13 +157,13 @@ int cli_completion(FILE *out)
     for (size_t i = 0; i < n; i++) {
         const struct cmd *c = cmds[i];
         fprintf(out, "    %s)\n        opts='", c->name);
-        for (const struct opt *o = c->opts; o && o->name; o++)
+        for (const struct opt *o = cli_opts(c); o && o->name; o++)
             fprintf(out, "--%s ", o->name);
         if (cli_has_overcommit(c))
             fputs("--overcommit ", out);
         fputs("--help'\n        files='", out);
         bool first = true;
-        for (const struct opt *o = c->opts; o && o->name; o++)
+        for (const struct opt *o = cli_opts(c); o && o->name; o++)
             if (o->arg && (!strcmp(o->arg, "FILE") || !strcmp(o->arg, "PATH"))) {
                 fprintf(out, "%s--%s", first ? "" : " ", o->name);
                 first = false;

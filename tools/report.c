@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "domain.h"
+#include "save.h"
 
 void cli_print_thp(const struct machine *m, FILE *out)
 {
@@ -319,4 +320,46 @@ void cli_progress(const char *what, uint64_t done, uint64_t total)
         last = -1;
     }
     fflush(stderr);
+}
+
+void cli_save_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    (void)ctx;
+    if (total >= (256 * MiB) >> PAGE_SHIFT)
+        cli_progress("save", done, total);
+}
+
+void cli_restore_progress(void *ctx, uint64_t bytes_read)
+{
+    uint64_t total = ctx ? *(const uint64_t *)ctx : 0;
+    if (total >= 256 * MiB)
+        cli_progress("restore", bytes_read, total);
+}
+
+/* The one line of a stream written or read. */
+static void print_stream(FILE *out, uint64_t bytes, uint64_t records, uint64_t page_records,
+                         uint64_t data, uint64_t zero, uint64_t holes, const char *broken,
+                         double seconds)
+{
+    char b1[32];
+    fprintf(out, "stream: %s in %llu records (%llu PAGE_DATA): %llu pages with data, %llu zero "
+            "(XALLOC), %llu holes (XTAB)%s; %.1f ms, %.2f GiB/s of guest RAM\n",
+            hv_fmt_size(bytes, b1, sizeof(b1)), (unsigned long long)records,
+            (unsigned long long)page_records, (unsigned long long)data,
+            (unsigned long long)zero, (unsigned long long)holes, broken, seconds * 1e3,
+            seconds > 0 ? (double)((data + zero) << PAGE_SHIFT) / GiB / seconds : 0.0);
+}
+
+void cli_print_saved(FILE *out, const struct save_result *r)
+{
+    print_stream(out, r->bytes, r->records, r->page_data_records, r->pages_data, r->pages_zero,
+                 r->pages_xtab, "", r->seconds);
+}
+
+void cli_print_restored(FILE *out, const struct restore_result *r)
+{
+    char broken[48];
+    snprintf(broken, sizeof(broken), ", %llu broken", (unsigned long long)r->pages_broken);
+    print_stream(out, r->bytes, r->records, r->page_data_records, r->pages_data,
+                 r->pages_xalloc, r->pages_xtab, broken, r->seconds);
 }

@@ -337,11 +337,13 @@ int cli_run_program(struct domain *d, const struct cli_prog_run *a)
             printf("host: %s resident, %.0f%% of it mapped with 2M pages%s\n",
                    hv_fmt_size(rss, b1, sizeof(b1)), pmd_share * 100,
                    pmd_share < 0.5 ? " (shmem THP: see `hugevm info`)" : "");
-        if (a->save && save_rc == 0)
-            printf("saved to %s (paused at the end of the timed run, vCPU state included): "
-                   "%s, %llu pages with data\n  resume with: hugevm restore %s --run "
-                   "--backend %s\n", a->save, hv_fmt_size(sr.bytes, b1, sizeof(b1)),
-                   (unsigned long long)sr.pages_data, a->save, guest_backend_name(a->backend));
+        if (a->save && save_rc == 0) {
+            printf("saved to %s (paused at the end of the timed run, vCPU state included)\n",
+                   a->save);
+            cli_print_saved(stdout, &sr);
+            printf("  resume with: hugevm restore %s --run --backend %s\n", a->save,
+                   guest_backend_name(a->backend));
+        }
         cli_print_domain(d, stdout);
         if (d->pod.target) {
             cli_print_pod(d, stdout);

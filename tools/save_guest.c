@@ -13,13 +13,6 @@
 #include "safefile.h"
 #include "save.h"
 
-static void save_progress(void *ctx, uint64_t done, uint64_t total)
-{
-    (void)ctx;
-    if (total >= (1ULL << 16)) /* 256 MiB of pfns */
-        cli_progress("save", done, total);
-}
-
 /* Save d with its vCPUs and workloads to `path` (cli.h). */
 int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *const *w,
                       unsigned nv, const struct workload_config *wc, const char *path,
@@ -75,7 +68,7 @@ int cli_save_tlvs(struct domain *d, const void *tlvs, size_t len, const char *pa
         snprintf(err, errlen, "out of memory");
     } else {
         struct save_opts so = {.extra_tlvs = tlvs, .extra_tlvs_len = len,
-                               .progress = save_progress};
+                               .progress = cli_save_progress};
         rc = stream_save(d, &io, &so, sr, err, errlen);
         stream_fd_free(&sf);
     }
