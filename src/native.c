@@ -1082,6 +1082,23 @@ int native_exec_create(struct guest *g, struct domain *d, unsigned nr, struct gu
     struct ntop t = {0};
     pthread_mutex_lock(&d->lock);
     (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, ntop_leaf, &t);
+    /* a guest resumed from saved memory may have ballooned out the top of
+     * its workload memory: the mirror covers its extents as its parameter
+     * page names them (untrusted: only the reservation grows, by at most
+     * the machine's size), so that a deflate there can be mapped */
+    enum p2m_type pt;
+    mfn_t pm = p2m_get_entry(d->p2m, HVG_PARAM_GPA(0) >> PAGE_SHIFT, &pt, NULL);
+    if (p2m_is_ram(pt)) {
+        struct hvg_param hp;
+        memcpy(&hp, machine_ptr(d->m, pm), sizeof(hp));
+        for (uint32_t k = 0; hp.magic == HVG_MAGIC && k < hp.nr_extents &&
+                             k < HVG_MAX_EXTENTS; k++) {
+            gfn_t e = hp.ext[k].gpa >> PAGE_SHIFT;
+            if (hp.ext[k].pages <= d->m->nr_frames && e < P2M_GFN_LIMIT - hp.ext[k].pages &&
+                e + hp.ext[k].pages > t.end && e + hp.ext[k].pages - t.end <= d->m->nr_frames)
+                t.end = e + hp.ext[k].pages;
+        }
+    }
     pthread_mutex_unlock(&d->lock);
     n->top = ((t.end << PAGE_SHIFT) + (2 * MiB) - 1) & ~(2 * MiB - 1);
     if (n->top <= LOW_GPA) {

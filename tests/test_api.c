@@ -368,6 +368,52 @@ static void test_program_guest_save(void **state)
     hugevm_machine_destroy(m);
 }
 
+/* A guest saved with its balloon inflated deflates after the restore:
+ * the memory it asks back lies above its RAM at the restore (the native
+ * mirror used to end there, and the deflate crashed the process). */
+static void test_program_guest_balloon_saved(void **state)
+{
+    (void)state;
+    hugevm_machine *m = machine(512 * MiB);
+    hugevm_domain *d = domain(m, 256 * MiB);
+    struct hugevm_guest_config gc;
+    hugevm_guest *g = NULL;
+    hugevm_guest_config_default(&gc);
+    gc.backend = hugevm_backend_pick(true, NULL, 0);
+    gc.nr_vcpus = 2;
+    gc.workload = HUGEVM_WL_WRITER;
+    gc.write_rate = 5000;
+    gc.balloon_bytes = 64 * MiB;
+    assert_int_equal(hugevm_guest_create(d, &gc, &g), 0);
+    assert_int_equal(hugevm_guest_start(g), 0);
+    struct hugevm_domain_info di0, di;
+    hugevm_domain_info(d, &di0);
+    assert_int_equal(hugevm_guest_balloon(g, (64 * MiB) >> 12, 120000), 0);
+    hugevm_guest_pause(g);
+    int fd = memfd_create("test_api_balloon", 0);
+    assert_true(fd >= 0);
+    struct hugevm_save_info si;
+    assert_int_equal(hugevm_guest_save(g, fd, &si), 0);
+    hugevm_guest_destroy(g);
+    hugevm_domain_destroy(d);
+    assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+    struct hugevm_restore_info ri;
+    assert_int_equal(hugevm_domain_restore(m, fd, &d, &ri), 0);
+    hugevm_domain_info(d, &di);
+    assert_true(di.tot_pages + ((64 * MiB) >> 12) == di0.tot_pages);
+    assert_int_equal(hugevm_guest_create_restored(d, &g), 0);
+    assert_int_equal(hugevm_guest_start(g), 0);
+    if (hugevm_guest_balloon(g, 0, 120000) != 0)
+        fail_msg("deflating after the restore: %s", hugevm_last_error());
+    hugevm_domain_info(d, &di);
+    assert_int_equal(di.tot_pages, di0.tot_pages);
+    hugevm_guest_destroy(g);
+    assert_int_equal(hugevm_domain_audit(d), 0);
+    hugevm_domain_destroy(d);
+    close(fd);
+    hugevm_machine_destroy(m);
+}
+
 struct rx {
     pthread_t t;
     hugevm_migration *mg;
@@ -471,6 +517,7 @@ int main(void)
         cmocka_unit_test(test_save_restore),
         cmocka_unit_test(test_soft_guest_save),
         cmocka_unit_test(test_program_guest_save),
+        cmocka_unit_test(test_program_guest_balloon_saved),
         cmocka_unit_test(test_migration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
