@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -547,6 +548,11 @@ struct sender {
     bool fault_have;         /* _DUP: fault_copy holds the first copy sent */
     /* post-copy: pages left for after the switch (bit set: not sent yet) */
     uint64_t *pending, npending;
+    uint64_t *pc_all;     /* the pending set at the switch (what a resume may ask for) */
+    uint64_t pc_id;       /* this post-copy migration's id */
+    bool pc_link;         /* the last post-copy failure was the connection's */
+    char pc_err[200];
+    struct chan *pc_ch;   /* a connection made to resume (closed at the end) */
     uint8_t *pc_buf;
     uint8_t *page_copy; /* post-copy possible: each data page copied once, then sent */
 };
@@ -811,6 +817,13 @@ static int pc_split(struct sender *s)
             s->npending++;
         }
     domain_unlock(s->d);
+    s->pc_all = hv_malloc((words ? words : 1) * 8);
+    if (!s->pc_all)
+        return -ENOMEM;
+    memcpy(s->pc_all, s->pending, words * 8);
+    /* an id for a connection that resumes this post-copy to name it */
+    if (getrandom(&s->pc_id, sizeof(s->pc_id), 0) != sizeof(s->pc_id))
+        s->pc_id = hv_now_ns() ^ ((uint64_t)getpid() << 32);
     return 0;
 }
 
@@ -830,7 +843,7 @@ static int pc_send_pending(struct sender *s)
     do {
         size_t n = hi - lo < MIG_PC_PENDING_MAX_WORDS ? hi - lo : MIG_PC_PENDING_MAX_WORDS;
         *h = (struct mig_pc_pending){htole32((uint32_t)n), htole32(lo + n == hi),
-                                     htole64(64ULL * lo)};
+                                     htole64(64ULL * lo), htole64(s->pc_id)};
         uint64_t *v = (uint64_t *)(h + 1);
         for (size_t i = 0; i < n; i++)
             v[i] = htole64(s->pending[lo + i]);
@@ -857,6 +870,18 @@ struct pc_push {
     uint64_t bg_sent, landed; /* background frames sent, landed (the window) */
 };
 
+/* The connection failed (not the receiver, not the bytes): a resume may
+ * go on from here (migrate_opts.pc_reconnect). */
+HV_PRINTF(3, 4) static int pc_linkfail(struct sender *s, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->pc_err, sizeof(s->pc_err), fmt, ap);
+    va_end(ap);
+    s->pc_link = true;
+    return rc;
+}
+
 static bool pc_is_pending(const struct sender *s, gfn_t g)
 {
     return g < s->nr_gfns && (s->pending[g / 64] >> (g % 64) & 1);
@@ -866,14 +891,14 @@ static bool pc_is_pending(const struct sender *s, gfn_t g)
  * the channel's timeout: 0, or -errno with rep->err. */
 static int pc_read(struct sender *s, struct pc_push *q)
 {
-    struct chan *ch = s->pipe.ch;
+    struct chan *ch = s->pc_ch ? s->pc_ch : s->pipe.ch;
     struct mig_frame h;
     uint8_t body[MIG_CTRL_MAX + 1];
     uint64_t by = ctrl_deadline(ch);
     int rc = chan_read_all_by(ch, &h, sizeof(h), NULL, by);
     if (rc < 0)
-        return sfail(s, rc, "post-copy: reading from the receiver: %s",
-                     rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
+        return pc_linkfail(s, rc, "post-copy: reading from the receiver: %s",
+                           rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
     uint16_t t = le16toh(h.type);
     uint32_t len = le32toh(h.raw_len);
     if (le32toh(h.magic) != MIG_MAGIC || h.flags || len != le32toh(h.wire_len) ||
@@ -885,8 +910,8 @@ static int pc_read(struct sender *s, struct pc_push *q)
                      t, len);
     rc = chan_read_all_by(ch, body, len, NULL, by);
     if (rc < 0)
-        return sfail(s, rc, "post-copy: reading from the receiver: %s",
-                     rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
+        return pc_linkfail(s, rc, "post-copy: reading from the receiver: %s",
+                           rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
     if (hv_hash64(body, len) != le64toh(h.checksum))
         return sfail(s, -EBADMSG, "post-copy: a frame from the receiver failed its checksum");
     if (t == MIG_ABORT) {
@@ -935,8 +960,8 @@ static int pc_read(struct sender *s, struct pc_push *q)
 
 /* One PC_PAGES frame of n pfns (pending, distinct), straight to the
  * channel; each page's digest term becomes the one of the bytes sent. */
-static int pc_send_pages(struct sender *s, struct pc_push *q, const gfn_t *pfns, uint32_t n,
-                         bool urgent)
+static int pc_send_pages(struct sender *s, struct pc_push *q, struct chan *ch, const gfn_t *pfns,
+                         uint32_t n, bool urgent)
 {
     struct domain *d = s->d;
     uint8_t *b = s->pc_buf + sizeof(struct mig_frame);
@@ -965,16 +990,16 @@ static int pc_send_pages(struct sender *s, struct pc_push *q, const gfn_t *pfns,
     uint32_t len = 8 + 8 * n + (n << PAGE_SHIFT);
     migrate_frame_header((struct mig_frame *)(void *)s->pc_buf, MIG_PC_PAGES, 0, len, len,
                          hv_hash64(b, len));
-    struct chan *ch = s->pipe.ch;
     uint64_t before = s->rep->pc.pushed + s->rep->pc.urgent;
-    if (s->o->pc_cut_after_pages && before + n > s->o->pc_cut_after_pages) {
+    if (s->o->pc_cut_after_pages && before + n > s->o->pc_cut_after_pages &&
+        !s->rep->pc.reconnects) {
         chan_cut(ch);
-        return sfail(s, -ECONNRESET, "post-copy: connection cut by fault injection after %llu "
-                     "pages", (unsigned long long)before);
+        return pc_linkfail(s, -ECONNRESET, "post-copy: connection cut by fault injection after "
+                           "%llu pages", (unsigned long long)before);
     }
     rc = chan_write_all(ch, s->pc_buf, sizeof(struct mig_frame) + len);
     if (rc < 0)
-        return sfail(s, rc, "post-copy: sending pages: %s", chan_strerror(ch, rc));
+        return pc_linkfail(s, rc, "post-copy: sending pages: %s", chan_strerror(ch, rc));
     s->rep->pc.wire_bytes += sizeof(struct mig_frame) + len;
     q->left -= n;
     if (urgent)
@@ -1014,22 +1039,115 @@ static uint32_t pc_next(struct sender *s, struct pc_push *q, gfn_t *out)
 }
 
 /*
- * After RESUMED: every pending page goes, answers to requests first (each
- * between two background frames: a background frame is 64 pages, and the
- * socket's send buffer is made small so that little of the background is
- * ever ahead of an answer), then PC_END with the digest of every page at
- * the pause, then PC_DONE must come back with the same digest.
+ * A new connection takes over a post-copy whose connection failed: HELLO
+ * with MIG_HELLO_PC_RESUME, READY, PC_RESUME {id}; the receiver answers
+ * with what it still misses (PC_PENDING pieces, each naming the id), which
+ * becomes the pending set (it must lie within the one at the switch).
  */
-static int pc_run(struct sender *s)
+static int pc_resume(struct sender *s, struct chan *ch)
 {
-    struct chan *ch = s->pipe.ch;
-    struct pc_push *q = hv_calloc(1, sizeof(*q));
-    s->pc_buf = hv_malloc(sizeof(struct mig_frame) + 8 + MIG_PC_PAGES_MAX * (8 + PAGE_SIZE));
-    if (!q || !s->pc_buf) {
-        free(q);
-        return sfail(s, -ENOMEM, "post-copy: out of memory");
+    struct mig_hello hello = {htole32(MIG_VERSION), htole32(MIG_HELLO_VERIFY |
+                                                            MIG_HELLO_POSTCOPY |
+                                                            MIG_HELLO_PC_RESUME)};
+    int rc = chan_set_timeout(ch, s->o->timeout_ms > 0 ? s->o->timeout_ms
+                                                       : MIGRATE_DEFAULT_TIMEOUT_MS);
+    if (rc == 0)
+        rc = send_ctrl(ch, MIG_HELLO, &hello, sizeof(hello));
+    if (rc < 0)
+        return pc_linkfail(s, rc, "post-copy resume: sending HELLO: %s", chan_strerror(ch, rc));
+    struct mig_hello ready;
+    rc = recv_ctrl(ch, MIG_READY, &ready, sizeof(ready), s->pc_err, sizeof(s->pc_err),
+                   "receiver");
+    if (rc == 0 && !(le32toh(ready.flags) & MIG_HELLO_PC_RESUME))
+        rc = -EPROTO;
+    if (rc < 0) {
+        s->pc_link = true;
+        if (rc == -EPROTO)
+            snprintf(s->pc_err, sizeof(s->pc_err), "post-copy resume: the receiver does not "
+                     "resume post-copy migrations");
+        return rc;
     }
-    q->left = s->npending;
+    uint64_t id = htole64(s->pc_id);
+    rc = send_ctrl(ch, MIG_PC_RESUME, &id, sizeof(id));
+    if (rc < 0)
+        return pc_linkfail(s, rc, "post-copy resume: sending PC_RESUME: %s",
+                           chan_strerror(ch, rc));
+    size_t words = (s->nr_gfns + 63) / 64;
+    uint64_t *bm = hv_calloc(words ? words : 1, 8), next = 0, n = 0;
+    uint8_t *body = hv_malloc(MIG_FRAME_RAW);
+    rc = bm && body ? 0 : -ENOMEM;
+    for (bool last = false; rc == 0 && !last;) {
+        struct mig_frame h;
+        uint64_t by = ctrl_deadline(ch);
+        rc = chan_read_all_by(ch, &h, sizeof(h), NULL, by);
+        uint32_t len = le32toh(h.raw_len);
+        if (rc == 0 && le16toh(h.type) == MIG_ABORT && len <= MIG_CTRL_MAX) {
+            rc = chan_read_all_by(ch, body, len, NULL, by);
+            body[rc == 0 ? len : 0] = 0;
+            for (uint8_t *c = body; *c; c++)
+                if (*c < 0x20 || *c > 0x7e)
+                    *c = '?';
+            snprintf(s->pc_err, sizeof(s->pc_err), "post-copy resume: the receiver refused: "
+                     "%.150s", (char *)body);
+            rc = -ECONNABORTED;
+            break;
+        }
+        if (rc == 0 && (le32toh(h.magic) != MIG_MAGIC || le16toh(h.type) != MIG_PC_PENDING ||
+                        h.flags || len != le32toh(h.wire_len) || len > MIG_FRAME_RAW ||
+                        len < sizeof(struct mig_pc_pending)))
+            rc = -EPROTO;
+        if (rc == 0)
+            rc = chan_read_all_by(ch, body, len, NULL, by);
+        if (rc == 0 && hv_hash64(body, len) != le64toh(h.checksum))
+            rc = -EBADMSG;
+        struct mig_pc_pending ph;
+        if (rc == 0) {
+            memcpy(&ph, body, sizeof(ph));
+            uint64_t first = le64toh(ph.first_pfn), nw = le32toh(ph.nr_words);
+            last = le32toh(ph.last) != 0;
+            if (len != sizeof(ph) + 8 * nw || first % 64 || first < next ||
+                first / 64 + nw > words || le64toh(ph.id) != s->pc_id)
+                rc = -EPROTO;
+            for (uint64_t w = 0; rc == 0 && w < nw; w++) {
+                uint64_t v;
+                memcpy(&v, body + sizeof(ph) + 8 * w, 8);
+                v = le64toh(v);
+                if (v & ~s->pc_all[first / 64 + w])
+                    rc = -EPROTO; /* never pending: not the receiver's to ask */
+                bm[first / 64 + w] = v;
+                n += (uint64_t)__builtin_popcountll(v);
+            }
+            next = first + 64 * nw;
+        }
+    }
+    if (rc == 0) {
+        memcpy(s->pending, bm, words * 8);
+        s->npending = n;
+    } else if (rc != -ECONNABORTED) {
+        bool proto = rc == -EPROTO || rc == -EBADMSG;
+        snprintf(s->pc_err, sizeof(s->pc_err), "post-copy resume: %s",
+                 proto ? "the receiver's list of missing pages is malformed or names pages "
+                         "never pending"
+                       : chan_strerror(ch, rc));
+        s->pc_link = !proto;
+    }
+    free(bm);
+    free(body);
+    return rc;
+}
+
+/*
+ * After RESUMED: every pending page goes, answers to requests first (each
+ * between two background frames, at most MIG_PC_WINDOW of which are ever
+ * unlanded), then PC_END with the digest of every page at the pause, then
+ * PC_DONE must come back with the same digest.  A connection that fails
+ * meanwhile is replaced (migrate_opts.pc_reconnect) until pc_recover_ms
+ * have passed since it failed: the receiver says what it still misses and
+ * everything goes on.
+ */
+static int pc_push_all(struct sender *s, struct pc_push *q)
+{
+    struct chan *ch = s->pc_ch ? s->pc_ch : s->pipe.ch;
     int rc = 0;
     gfn_t pick[MIG_PC_PAGES_MAX];
     while (rc == 0 && !q->done_seen) {
@@ -1037,19 +1155,16 @@ static int pc_run(struct sender *s)
          * is sent or the window is full */
         bool full = q->bg_sent - q->landed >= MIG_PC_WINDOW && !q->nurgent;
         int in = chan_poll_in(ch, q->end_sent || full ? ch->timeout_ms : 0);
-        if (in < 0) {
-            rc = sfail(s, in, "post-copy: %s", chan_strerror(ch, in));
-            break;
-        }
+        if (in < 0)
+            return pc_linkfail(s, in, "post-copy: %s", chan_strerror(ch, in));
         if (in > 0) {
             rc = pc_read(s, q);
             continue;
         }
-        if (q->end_sent || full) {
-            rc = sfail(s, -ETIMEDOUT, "post-copy: no word from the receiver in %d ms %s",
-                       ch->timeout_ms, q->end_sent ? "after PC_END" : "(frames not landed)");
-            break;
-        }
+        if (q->end_sent || full)
+            return pc_linkfail(s, -ETIMEDOUT, "post-copy: no word from the receiver in %d ms "
+                               "%s", ch->timeout_ms,
+                               q->end_sent ? "after PC_END" : "(frames not landed)");
         uint32_t n = 0;
         while (q->nurgent && n < MIG_PC_PAGES_MAX) {
             gfn_t g = q->urgent[--q->nurgent];
@@ -1060,12 +1175,12 @@ static int pc_run(struct sender *s)
                 pick[n++] = g;
         }
         if (n) {
-            rc = pc_send_pages(s, q, pick, n, true);
+            rc = pc_send_pages(s, q, ch, pick, n, true);
             continue;
         }
         n = pc_next(s, q, pick);
         if (n) {
-            rc = pc_send_pages(s, q, pick, n, false);
+            rc = pc_send_pages(s, q, ch, pick, n, false);
             q->bg_sent++;
             continue;
         }
@@ -1073,9 +1188,70 @@ static int pc_run(struct sender *s)
                                htole64(s->rep->pc.pushed), htole64(s->rep->pc.urgent)};
         rc = send_ctrl(ch, MIG_PC_END, &e, sizeof(e));
         if (rc < 0)
-            rc = sfail(s, rc, "post-copy: sending PC_END: %s", chan_strerror(ch, rc));
+            return pc_linkfail(s, rc, "post-copy: sending PC_END: %s", chan_strerror(ch, rc));
         q->end_sent = true;
     }
+    return rc;
+}
+
+static int pc_run(struct sender *s)
+{
+    struct pc_push *q = hv_calloc(1, sizeof(*q));
+    s->pc_buf = hv_malloc(sizeof(struct mig_frame) + 8 + MIG_PC_PAGES_MAX * (8 + PAGE_SIZE));
+    if (!q || !s->pc_buf) {
+        free(q);
+        return sfail(s, -ENOMEM, "post-copy: out of memory");
+    }
+    q->left = s->npending;
+    int rc;
+    for (;;) {
+        s->pc_link = false;
+        rc = pc_push_all(s, q);
+        if (rc == 0 || !s->pc_link || !s->o->pc_reconnect)
+            break;
+        /* the connection failed: the receiver keeps its guest, waiting;
+         * connect again until pc_recover_ms have passed */
+        uint64_t by = hv_now_ns() + (uint64_t)(s->o->pc_recover_ms > 0 ? s->o->pc_recover_ms
+                                                                        : 60000) * 1000000;
+        char first[sizeof(s->pc_err)];
+        snprintf(first, sizeof(first), "%s", s->pc_err);
+        bool resumed = false;
+        while (!resumed && hv_now_ns() < by) {
+            if (s->pc_ch)
+                chan_close(s->pc_ch);
+            s->pc_ch = s->o->pc_reconnect(s->o->pc_ctx, s->pc_err, sizeof(s->pc_err));
+            s->rep->pc.reconnect_attempts++;
+            if (s->pc_ch) {
+                s->pc_link = false;
+                rc = pc_resume(s, s->pc_ch);
+                if (rc == 0) {
+                    resumed = true;
+                    break;
+                }
+                if (!s->pc_link)
+                    break; /* refused or malformed: no point in trying again */
+            }
+            struct timespec ts = {0, 200 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        if (!resumed) {
+            size_t l = strlen(first);
+            snprintf(first + l, sizeof(first) - l, "; no resume: %.80s", s->pc_err);
+            snprintf(s->pc_err, sizeof(s->pc_err), "%s", first);
+            rc = rc < 0 ? rc : -ENOTCONN;
+            break;
+        }
+        s->rep->pc.reconnects++;
+        /* the receiver's list is the pending set now; the window starts
+         * again, requests went with the old connection */
+        q->left = s->npending;
+        q->nurgent = q->nhot = 0;
+        q->cursor = 0;
+        q->bg_sent = q->landed = 0;
+        q->end_sent = false;
+    }
+    if (rc < 0 && s->pc_link)
+        rc = sfail(s, rc, "%s", s->pc_err);
     if (rc == 0) {
         struct mig_result *r = &q->done;
         r->msg[sizeof(r->msg) - 1] = 0;
@@ -1436,7 +1612,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     }
     if (rc == 0 && may_pc)
         rc = s->pending ? pc_send_pending(s) : pipe_ctrl(&s->pipe, MIG_PC_PENDING,
-                                                         &(struct mig_pc_pending){0, htole32(1), 0},
+                                                         &(struct mig_pc_pending){0, htole32(1), 0, 0},
                                                          sizeof(struct mig_pc_pending));
     if (rc == 0)
         rc = end_round(s, rt, w0);
@@ -1607,6 +1783,9 @@ out:
     free(s->term);
     free(s->fault_copy);
     free(s->pending);
+    free(s->pc_all);
+    if (s->pc_ch)
+        chan_close(s->pc_ch);
     free(s->pc_buf);
     free(s->page_copy);
     free(s);
@@ -1887,6 +2066,9 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
                           (unsigned long long)first, x->len, le32toh(h.last),
                           (unsigned long long)next);
         next = first + 64ULL * n;
+        if (res->pc_id && le64toh(h.id) != res->pc_id)
+            return rxfail(x, -EBADMSG, "PC_PENDING: the pieces name two ids");
+        res->pc_id = le64toh(h.id);
         for (uint32_t w = 0; w < n; w++) {
             uint64_t v;
             memcpy(&v, x->raw + sizeof(h) + 8ULL * w, 8);
@@ -2167,6 +2349,46 @@ out:
     ZSTD_freeDCtx(x.dctx);
     XXH3_freeState(x.xs);
     return rc;
+}
+
+int migrate_postcopy_accept(struct chan *ch, uint64_t id, int timeout_ms, char *err,
+                            size_t errlen)
+{
+    int rc = chan_set_timeout(ch, timeout_ms > 0 ? timeout_ms : MIGRATE_DEFAULT_HANDSHAKE_MS);
+    struct mig_hello hello;
+    if (rc == 0)
+        rc = recv_ctrl(ch, MIG_HELLO, &hello, sizeof(hello), err, errlen, "sender");
+    else
+        snprintf(err, errlen, "setting up: %s", strerror(-rc));
+    if (rc < 0)
+        return rc;
+    uint32_t flags = le32toh(hello.flags);
+    const char *no = le32toh(hello.version) != MIG_VERSION ? "another migration version"
+                     : !(flags & MIG_HELLO_PC_RESUME)
+                         ? "a new migration while a post-copy migration waits for its sender"
+                         : NULL;
+    if (no) {
+        snprintf(err, errlen, "refused %s", no);
+        (void)send_ctrl(ch, MIG_ABORT, err, (uint32_t)strlen(err));
+        return -EPROTO;
+    }
+    struct mig_hello ready = {htole32(MIG_VERSION), htole32(MIG_HELLO_POSTCOPY |
+                                                            MIG_HELLO_PC_RESUME)};
+    rc = send_ctrl(ch, MIG_READY, &ready, sizeof(ready));
+    uint64_t got = 0;
+    if (rc == 0)
+        rc = recv_ctrl(ch, MIG_PC_RESUME, &got, sizeof(got), err, errlen, "sender");
+    else
+        snprintf(err, errlen, "sending READY: %s", chan_strerror(ch, rc));
+    if (rc < 0)
+        return rc;
+    if (le64toh(got) != id) {
+        snprintf(err, errlen, "no post-copy migration %#llx here (the one waiting is %#llx)",
+                 (unsigned long long)le64toh(got), (unsigned long long)id);
+        (void)send_ctrl(ch, MIG_ABORT, err, (uint32_t)strlen(err));
+        return -ESRCH;
+    }
+    return 0;
 }
 
 void migrate_recv_result_free(struct migrate_recv_result *res)

@@ -182,8 +182,9 @@ enum mig_frame_type {
     MIG_PC_REQ = 11,    /* receiver -> sender: pfns a vCPU waits for */
     MIG_PC_END = 12,    /* sender -> receiver: every pending page sent (struct mig_pc_end) */
     MIG_PC_DONE = 13,   /* receiver -> sender: every page here (struct mig_result) */
+    MIG_PC_RESUME = 14, /* sender -> receiver on a new connection: u64 id */
 };
-#define MIG_FRAME_TYPES 13
+#define MIG_FRAME_TYPES 14
 #define MIG_F_ZSTD 0x1u /* payload is one zstd frame of raw_len bytes */
 
 struct mig_frame {
@@ -203,6 +204,11 @@ _Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
  * (none pending: a plain pre-copy end).  A receiver that can receive a
  * post-copy migration says so by echoing the flag in READY. */
 #define MIG_HELLO_POSTCOPY 0x2u
+/* A new connection resuming a post-copy whose connection failed: after
+ * READY (echoing it) comes MIG_PC_RESUME {u64 id}, and the receiver
+ * answers with what it still misses (MIG_PC_PENDING, receiver -> sender),
+ * or ABORT. */
+#define MIG_HELLO_PC_RESUME 0x4u
 struct mig_hello {
     uint32_t version;
     uint32_t flags;
@@ -235,9 +241,10 @@ struct mig_pc_pending {
     uint32_t nr_words;
     uint32_t last;
     uint64_t first_pfn;
+    uint64_t id;       /* the post-copy migration's id (the sender's choice) */
 };
-_Static_assert(sizeof(struct mig_pc_pending) == 16, "PC_PENDING");
-#define MIG_PC_PENDING_MAX_WORDS ((MIG_FRAME_RAW - 16) / 8)
+_Static_assert(sizeof(struct mig_pc_pending) == 24, "PC_PENDING");
+#define MIG_PC_PENDING_MAX_WORDS ((MIG_FRAME_RAW - 24) / 8)
 /* PC_PAGES: count pfns (u64), then count pages of data.  urgent: they
  * answer a request (PC_REQ). */
 struct mig_pc_pages {
@@ -373,8 +380,15 @@ struct migrate_opts {
     bool postcopy, postcopy_auto;
     unsigned precopy_rounds;
     /* Fault injection (tests): cut the connection after this many post-copy
-     * pages were sent (0: never). */
+     * pages were sent (0: never; once). */
     uint64_t pc_cut_after_pages;
+    /* Post-copy: a new connection to the receiver when the one in use
+     * failed after the switch (NULL: none, the failure is final), tried
+     * until pc_recover_ms (0: 60 s) have passed; err[] says why it could
+     * not.  It is closed by migrate_send. */
+    struct chan *(*pc_reconnect)(void *pc_ctx, char *err, size_t len);
+    void *pc_ctx;
+    int pc_recover_ms;
     void (*on_round)(void *ctx, const struct migrate_round *r);
     /* The guest is paused and its memory final (tests take checksums). */
     void (*on_paused)(void *ctx, struct domain *d);
@@ -428,6 +442,8 @@ struct migrate_report {
         uint64_t requests; /* pfns requested (some were on their way already) */
         uint64_t wire_bytes;
         double seconds;    /* RESUMED to PC_DONE */
+        uint64_t reconnects;         /* connections that resumed it */
+        uint64_t reconnect_attempts;
     } pc;
 };
 
@@ -520,6 +536,7 @@ struct migrate_recv_result {
     struct postcopy_run *pc_runs;
     size_t pc_nruns;
     uint64_t pc_pages;
+    uint64_t pc_id;          /* what a resuming connection names */
     char err[STREAM_ERR_LEN];
 };
 
@@ -538,6 +555,14 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
                     struct migrate_recv_result *res) HV_MUST_CHECK;
 /* Free what res holds besides the guest. */
 void migrate_recv_result_free(struct migrate_recv_result *res);
+
+/* A connection that comes to resume the post-copy migration `id` whose
+ * connection failed (postcopy_rx_wait said -ENOTCONN): its HELLO must ask
+ * for a resume and its PC_RESUME name id, within timeout_ms each (0: the
+ * handshake default).  0: hand ch to postcopy_rx_resume.  Else -errno with
+ * err (the peer got ABORT with the reason where it was one). */
+int migrate_postcopy_accept(struct chan *ch, uint64_t id, int timeout_ms, char *err,
+                            size_t errlen) HV_MUST_CHECK;
 /* Turn away a connection that is not served (a receiver busy with another
  * migration): an ABORT frame with the reason, which a sender reports as
  * "the receiver aborted: REASON", written without blocking (best effort);

@@ -92,6 +92,10 @@ struct postcopy_rx {
     bool end_seen;
     struct postcopy_rx_stats st;
     uint64_t landed, landed_told; /* background frames landed; told the sender */
+    bool link_lost;   /* the connection failed; waiting for another */
+    int link_rc;
+    uint64_t id;      /* the migration's post-copy id (PC_PENDING) */
+    unsigned links;   /* connections used (1 + resumes) */
     uint8_t *buf; /* one frame */
     uint8_t old[MIG_PC_PAGES_MAX * PAGE_SIZE]; /* stale pages, for their digest terms */
     int rc;
@@ -107,6 +111,24 @@ HV_PRINTF(3, 4) static int pcfail(struct postcopy_rx *p, int rc, const char *fmt
         vsnprintf(p->err, sizeof(p->err), fmt, ap);
         va_end(ap);
         p->rc = rc;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+/* The connection failed (closed, cut, silent): not the guest's end.  The
+ * vCPUs waiting for pages keep waiting; postcopy_rx_wait says so and a
+ * new connection may take over (postcopy_rx_resume). */
+HV_PRINTF(3, 4) static int linkfail(struct postcopy_rx *p, int rc, const char *fmt, ...)
+{
+    pthread_mutex_lock(&p->mu);
+    if (!p->rc && !p->link_lost) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(p->err, sizeof(p->err), fmt, ap);
+        va_end(ap);
+        p->link_lost = true;
+        p->link_rc = rc;
     }
     pthread_mutex_unlock(&p->mu);
     return rc;
@@ -276,7 +298,8 @@ static int send_requests(struct postcopy_rx *p)
     f.h = (struct mig_pc_req){htole32(n), 0, htole64(p->landed)};
     p->landed_told = p->landed;
     int rc = send_frame(p, MIG_PC_REQ, &f, (uint32_t)(sizeof(f.h) + 8 * n));
-    return rc < 0 ? pcfail(p, rc, "sending a page request: %s", chan_strerror(p->ch, rc)) : 0;
+    return rc < 0 ? linkfail(p, rc, "post-copy: sending a page request: %s",
+                             chan_strerror(p->ch, rc)) : 0;
 }
 
 /* One frame (untrusted) into p->buf: 1 with *type and *len, or < 0. */
@@ -288,8 +311,11 @@ static int read_frame(struct postcopy_rx *p, uint16_t *type, uint32_t *len)
     int rc = chan_read_all_by(p->ch, &h, sizeof(h), &got, by);
     p->st.wire_bytes += got;
     if (rc < 0)
-        return pcfail(p, rc, "post-copy: reading the connection: %s",
-                      rc == -ENODATA ? "the sender closed it" : chan_strerror(p->ch, rc));
+        return rc == -EBADMSG ? pcfail(p, rc, "post-copy: reading the connection: %s",
+                                       chan_strerror(p->ch, rc))
+                              : linkfail(p, rc, "post-copy: reading the connection: %s",
+                                         rc == -ENODATA ? "the sender closed it"
+                                                        : chan_strerror(p->ch, rc));
     uint16_t t = le16toh(h.type);
     uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
     uint32_t max = t == MIG_PC_PAGES ? 8 + MIG_PC_PAGES_MAX * (8 + PAGE_SIZE) : MIG_CTRL_MAX;
@@ -304,8 +330,11 @@ static int read_frame(struct postcopy_rx *p, uint16_t *type, uint32_t *len)
     rc = chan_read_all_by(p->ch, p->buf, raw, &got, by);
     p->st.wire_bytes += got;
     if (rc < 0)
-        return pcfail(p, rc, "post-copy: reading a frame body: %s",
-                      rc == -ENODATA ? "the sender closed the connection" : chan_strerror(p->ch, rc));
+        return rc == -EBADMSG ? pcfail(p, rc, "post-copy: reading a frame body: %s",
+                                       chan_strerror(p->ch, rc))
+                              : linkfail(p, rc, "post-copy: reading a frame body: %s",
+                                         rc == -ENODATA ? "the sender closed the connection"
+                                                        : chan_strerror(p->ch, rc));
     if (hv_hash64(p->buf, raw) != le64toh(h.checksum))
         return pcfail(p, -EBADMSG, "post-copy: frame of type %u failed its checksum", t);
     *type = t;
@@ -495,9 +524,9 @@ static void *io_main(void *arg)
                 break;
             }
             if (pr == 0) {
-                rc = pcfail(p, -ETIMEDOUT, "post-copy: nothing from the sender for %d ms with "
-                            "%llu pages missing", p->timeout_ms,
-                            (unsigned long long)postcopy_rx_missing(p));
+                rc = linkfail(p, -ETIMEDOUT, "post-copy: nothing from the sender for %d ms "
+                              "with %llu pages missing", p->timeout_ms,
+                              (unsigned long long)postcopy_rx_missing(p));
                 break;
             }
             if (f[1].revents) {
@@ -507,7 +536,7 @@ static void *io_main(void *arg)
             if (!(f[0].revents & (POLLIN | POLLHUP | POLLERR)))
                 continue;
         } else if (in < 0) {
-            rc = pcfail(p, in, "post-copy: %s", chan_strerror(p->ch, in));
+            rc = linkfail(p, in, "post-copy: %s", chan_strerror(p->ch, in));
             break;
         }
         uint16_t t = 0;
@@ -549,9 +578,9 @@ static void *io_main(void *arg)
                         (unsigned long long)sp, (unsigned long long)p->digest,
                         (unsigned long long)p->pages);
         int src = send_done(p, rc, rc ? p->err : NULL);
-        if (rc == 0 && src < 0)
+        if (rc == 0 && src < 0) /* every page is here: the guest is whole */
             rc = pcfail(p, src, "post-copy: sending PC_DONE: %s", chan_strerror(p->ch, src));
-    } else {
+    } else if (!p->link_lost) {
         (void)send_done(p, rc, p->err); /* best effort: the link may be gone */
     }
     return NULL;
@@ -654,7 +683,7 @@ static void rx_free(struct postcopy_rx *p)
 }
 
 int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_run *runs,
-                      size_t nruns, uint64_t digest, uint64_t pages, int timeout_ms,
+                      size_t nruns, uint64_t id, uint64_t digest, uint64_t pages, int timeout_ms,
                       struct postcopy_rx **out, char *why, size_t len)
 {
     *out = NULL;
@@ -681,6 +710,8 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
     p->digest = digest;
     p->pages = pages;
+    p->id = id;
+    p->links = 1;
     pthread_mutex_init(&p->mu, NULL);
     guest_postcopy_begin(g);
     int rc = 0;
@@ -811,23 +842,107 @@ int postcopy_rx_wait(struct postcopy_rx *p, struct postcopy_rx_report *rep)
     memset(rep, 0, sizeof(*rep));
     if (p->io_up)
         pthread_join(p->io_thread, NULL);
+    p->io_up = false;
     pthread_mutex_lock(&p->mu);
-    rep->rc = p->rc;
+    rep->rc = p->rc ? p->rc : p->link_lost ? -ENOTCONN : 0;
+    rep->link_lost = !p->rc && p->link_lost;
     snprintf(rep->err, sizeof(rep->err), "%s", p->err);
     rep->st = p->st;
+    rep->links = p->links;
     rep->whole_s = p->t_whole ? (double)(p->t_whole - p->t0) / 1e9 : 0;
-    rep->verified = p->rc == 0;
+    rep->verified = rep->rc == 0;
     rep->digest = p->digest;
     if (p->nlat) {
-        qsort(p->lat, p->nlat, sizeof(*p->lat), cmp_u64);
-        rep->lat_p50_ns = p->lat[p->nlat / 2];
-        rep->lat_p99_ns = p->lat[(p->nlat * 99) / 100 < p->nlat ? (p->nlat * 99) / 100
-                                                                 : p->nlat - 1];
-        rep->lat_max_ns = p->lat[p->nlat - 1];
+        uint64_t *v = malloc(p->nlat * sizeof(*v));
+        if (v) {
+            memcpy(v, p->lat, p->nlat * sizeof(*v));
+            qsort(v, p->nlat, sizeof(*v), cmp_u64);
+            rep->lat_p50_ns = v[p->nlat / 2];
+            rep->lat_p99_ns = v[(p->nlat * 99) / 100];
+            rep->lat_max_ns = v[p->nlat - 1];
+            free(v);
+        }
     }
     pthread_mutex_unlock(&p->mu);
-    /* on failure the regions left are given back too: every vCPU waiting
-     * in one goes on (on stale memory: the caller stops the guest) */
-    rx_free(p);
     return rep->rc;
+}
+
+uint64_t postcopy_rx_id(const struct postcopy_rx *p) { return p->id; }
+
+int postcopy_rx_resume(struct postcopy_rx *p, struct chan *ch, char *why, size_t len)
+{
+    if (p->io_up || !p->link_lost || p->rc) {
+        snprintf(why, len, "this post-copy migration is not waiting for a connection");
+        return -EINVAL;
+    }
+    /* what is still missing, as the bitmap PC_PENDING carries it, so the
+     * sender sends exactly that (pages in flight when the link failed
+     * are lost with it) */
+    pthread_mutex_lock(&p->mu);
+    size_t words = (p->nbits + 63) / 64, lo = 0, hi = words;
+    while (lo < hi && !p->missing[lo])
+        lo++;
+    while (hi > lo && !p->missing[hi - 1])
+        hi--;
+    size_t cap = sizeof(struct mig_pc_pending) + 8 * MIG_PC_PENDING_MAX_WORDS;
+    uint8_t *f = malloc(cap);
+    int rc = f ? 0 : -ENOMEM;
+    p->ch = ch;
+    do {
+        size_t n = hi - lo < MIG_PC_PENDING_MAX_WORDS ? hi - lo : MIG_PC_PENDING_MAX_WORDS;
+        struct mig_pc_pending h = {htole32((uint32_t)n), htole32(lo + n == hi),
+                                   htole64(64ULL * lo), htole64(p->id)};
+        if (rc < 0)
+            break;
+        memcpy(f, &h, sizeof(h));
+        for (size_t i = 0; i < n; i++) {
+            uint64_t w = htole64(p->missing[lo + i]);
+            memcpy(f + sizeof(h) + 8 * i, &w, 8);
+        }
+        rc = send_frame(p, MIG_PC_PENDING, f, (uint32_t)(sizeof(h) + 8 * n));
+        lo += n;
+    } while (rc == 0 && lo < hi);
+    free(f);
+    if (rc == 0) {
+        /* requests that went with the old connection: again */
+        memset(p->requested, 0, ((p->nbits + 63) / 64) * 8);
+        p->nreq = 0;
+        for (size_t i = 0; i < p->nw && p->nreq < REQ_QUEUE; i++)
+            if (!tbit(p->requested, p->w[i].gfn)) {
+                sbit(p->requested, p->w[i].gfn);
+                p->req[p->nreq++] = p->w[i].gfn;
+            }
+        p->landed = p->landed_told = 0;
+        p->link_lost = false;
+        p->link_rc = 0;
+        p->err[0] = 0;
+        p->links++;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (rc < 0) {
+        snprintf(why, len, "sending what is still missing: %s", chan_strerror(ch, rc));
+        pthread_mutex_lock(&p->mu);
+        p->link_lost = true;
+        pthread_mutex_unlock(&p->mu);
+        return rc;
+    }
+    if ((rc = -pthread_create(&p->io_thread, NULL, io_main, p)) < 0) {
+        snprintf(why, len, "starting the post-copy reader: %s", strerror(-rc));
+        return rc;
+    }
+    p->io_up = true;
+    return 0;
+}
+
+void postcopy_rx_free(struct postcopy_rx *p)
+{
+    if (!p)
+        return;
+    if (p->io_up) {
+        pthread_join(p->io_thread, NULL);
+        p->io_up = false;
+    }
+    /* on failure the regions left are given back too: every vCPU waiting
+     * in one goes on (on stale memory: the caller stops the guest first) */
+    rx_free(p);
 }

@@ -47,11 +47,15 @@
  * touched it) with the new one's.  PC_DONE fails when it differs from the
  * sender's PC_END digest.
  *
- * Failure: a connection lost, a timeout, or hostile bytes after the switch
- * cannot be survived by this guest in this version: neither side holds all
- * of it (the sender keeps its paused copy in doubt; nothing here recovers
- * the link).  postcopy_rx_wait returns the error; the caller stops and
- * destroys the guest.
+ * Failure: after the switch neither side holds all of the guest.  A
+ * connection that fails (closed, cut, silent for timeout_ms) is not the
+ * guest's end: its vCPUs that need a missing page wait, the others run,
+ * postcopy_rx_wait returns -ENOTCONN, and a new connection from the sender
+ * (which keeps every page: migrate.h) takes over with postcopy_rx_resume:
+ * the receiver tells it what is still missing and post-copy goes on.
+ * Hostile bytes, a digest that does not add up, or no sender back within
+ * the caller's patience end it: the caller stops and destroys the guest
+ * (its memory is incomplete).
  */
 #ifndef HUGEVM_POSTCOPY_H
 #define HUGEVM_POSTCOPY_H
@@ -89,6 +93,8 @@ struct postcopy_rx_report {
     uint64_t lat_p50_ns, lat_p99_ns, lat_max_ns;
     bool verified;    /* the digests agreed */
     uint64_t digest;
+    bool link_lost;   /* rc -ENOTCONN: waiting for a connection to resume */
+    unsigned links;   /* connections used: 1 + resumes */
 };
 
 struct postcopy_rx;
@@ -104,14 +110,31 @@ struct postcopy_rx;
  * -ENOMEM, -errno.
  */
 int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_run *runs,
-                      size_t nruns, uint64_t digest, uint64_t pages, int timeout_ms,
+                      size_t nruns, uint64_t id, uint64_t digest, uint64_t pages, int timeout_ms,
                       struct postcopy_rx **out, char *why, size_t len) HV_MUST_CHECK;
 /* Pages still missing (a snapshot). */
 uint64_t postcopy_rx_missing(struct postcopy_rx *p);
-/* Wait until every page is here and PC_DONE went out, or post-copy
- * failed; then free everything (the guest's memory map may change again).
- * rep->rc: 0, or the error (rep->err says what). */
+/* The migration's post-copy id (the sender's, from PC_PENDING): a
+ * connection that resumes it must name it (migrate_postcopy_accept). */
+uint64_t postcopy_rx_id(const struct postcopy_rx *p);
+/*
+ * Wait until every page is here and PC_DONE went out (0), post-copy
+ * failed (< 0: the guest cannot go on), or the connection failed
+ * (-ENOTCONN, rep->link_lost): the vCPUs that need a missing page wait,
+ * nothing is lost, and a new connection may take over with
+ * postcopy_rx_resume, then postcopy_rx_wait again.  rep->err says what.
+ */
 int postcopy_rx_wait(struct postcopy_rx *p, struct postcopy_rx_report *rep);
+/* After -ENOTCONN: go on over ch (a sender that passed
+ * migrate_postcopy_accept): the pages still missing go to it as
+ * PC_PENDING, the requests of waiting vCPUs again.  -EINVAL when p is not
+ * waiting for a connection. */
+int postcopy_rx_resume(struct postcopy_rx *p, struct chan *ch, char *why,
+                       size_t len) HV_MUST_CHECK;
+/* Free everything (the guest's memory map may change again).  Pages still
+ * missing are given back to the guest as they are (stale): stop the guest
+ * first when post-copy did not end with 0.  NULL is fine. */
+void postcopy_rx_free(struct postcopy_rx *p);
 
 /* 0 when this host can receive post-copy migrations (a userfaultfd with
  * minor faults on shmem, Linux 5.14+), else -errno with why[]. */

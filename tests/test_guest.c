@@ -883,6 +883,26 @@ static void test_migrate_kvm(void **s)
  * and in the background), makes every 2M region whole again, and verifies
  * every vCPU; both digests agree and the leaf counts are the sender's.
  */
+/* The sender's new connection after a cut (migrate_opts.pc_reconnect). */
+struct reconn {
+    unsigned port;
+};
+
+static struct chan *reconn(void *ctx, char *err, size_t len)
+{
+    struct reconn *r = ctx;
+    struct sockaddr_in sa;
+    int fd;
+    struct chan *ch = NULL;
+    char cerr[CHAN_ERR_LEN];
+    if (net_parse_addr("127.0.0.1:0", &sa) < 0)
+        return NULL;
+    sa.sin_port = htons((uint16_t)r->port);
+    if (net_connect(&sa, 5000, &fd) < 0 || chan_open(fd, NULL, 0, &ch, cerr, sizeof(cerr)) < 0)
+        snprintf(err, len, "reconnecting to port %u failed", r->port);
+    return ch;
+}
+
 static void postcopy_to_process(enum guest_backend b)
 {
     BACKEND_OR_SKIP(b);
@@ -921,22 +941,30 @@ static void postcopy_to_process(enum guest_backend b)
     assert_non_null(rep);
     struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
     print_message("# rng %llu\n", (unsigned long long)r.s);
-    for (int whole = 0; whole < 3; whole++) {
+    /* cases: 0 cut, no resume (the receiver gives up); 1 cut and resumed
+     * on a new connection; 2 clean after two rounds; 3 --postcopy-auto */
+    for (int whole = 0; whole < 4; whole++) {
         char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                          "--attempts", "1", "--accept-timeout", "120", "--host-mem", "1G",
-                         "--insecure", "--run", "1", "--timeout", "20", "--backend",
-                         (char *)guest_backend_name(b), "--json", NULL};
+                         "--insecure", "--run", "1", "--timeout", "20", "--postcopy-wait",
+                         whole ? "60" : "2", "--backend", (char *)guest_backend_name(b),
+                         "--json", NULL};
         pid_t rp = spawn(rargv, rlog);
         unsigned port = wait_port_file(portf, 60);
         if (!port) {
             kill(rp, SIGKILL);
             fail_msg("the receiver wrote no port; log in %s", rlog);
         }
-        struct migrate_opts o = {.postcopy = true, .precopy_rounds = 1 + (unsigned)whole,
+        struct migrate_opts o = {.postcopy = true, .precopy_rounds = 1 + (whole == 2),
                                  .timeout_ms = 60000, .audit_digest = true};
-        if (!whole)
+        struct reconn rc_ = {port};
+        if (whole <= 1)
             o.pc_cut_after_pages = 1 + hv_rng_next(&r) % 2000;
-        if (whole == 2) {
+        if (whole == 1) {
+            o.pc_reconnect = reconn;
+            o.pc_ctx = &rc_;
+        }
+        if (whole == 3) {
             /* automatic: pre-copy that cannot meet its downtime target
              * switches when its rounds run out */
             o.postcopy = false;
@@ -948,7 +976,8 @@ static void postcopy_to_process(enum guest_backend b)
         int rc = send_to(e.g, port, &o, rep);
         int rs = wait_deadline(rp, 300);
         if (!whole) {
-            /* cut after the switch: the receiver's guest is lost; this copy,
+            /* cut after the switch, and no sender comes back within the
+             * receiver's --postcopy-wait: its guest is lost; this copy,
              * paused at the switch with every page, goes on here */
             if (rc == 0)
                 fail_msg("a post-copy migration cut after %llu pages succeeded",
@@ -985,7 +1014,14 @@ static void postcopy_to_process(enum guest_backend b)
                         rep->end == MIGRATE_END_not_falling);
             assert_string_equal(rep->postcopy_why, migrate_end_desc(rep->end));
         }
-        assert_int_equal(rep->nr_rounds, 3); /* the full copy, one more, the switch */
+        /* the full copy (and one more), the switch */
+        assert_int_equal(rep->nr_rounds, whole == 1 ? 2 : 3);
+        if (whole == 1) {
+            uint64_t links = 0;
+            assert_int_equal(rep->pc.reconnects, 1);
+            assert_true(file_u64(rlog, "\"links\"", &links));
+            assert_int_equal(links, 2);
+        }
         assert_true(rep->pc.pending > 0);
         assert_int_equal(rep->pc.pushed + rep->pc.urgent, rep->pc.pending);
         assert_true(rep->verified);
@@ -1008,9 +1044,10 @@ static void postcopy_to_process(enum guest_backend b)
         assert_int_equal(urgent + pushed, pending);
         assert_true(regions > 0);
         assert_int_equal(rwhole, regions); /* every region whole again */
-        print_message("# %s: post-copy (%s) after %u rounds: %llu pages after the switch "
+        print_message("# %s: post-copy (%s%s) after %u rounds: %llu pages after the switch "
                       "(%llu on demand) over %llu 2M regions, all whole again; verified on the "
                       "receiver\n", guest_backend_name(b), rep->postcopy_why,
+                      whole == 1 ? ", cut and resumed on a new connection" : "",
                       rep->nr_rounds - 1, (unsigned long long)pending,
                       (unsigned long long)urgent, (unsigned long long)regions);
         unlink(portf); /* the next receiver writes its own */
@@ -1102,7 +1139,7 @@ static void test_postcopy_refusals(void **s)
         for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
             struct postcopy_rx *p = NULL;
             size_t n = bad[i][1].nr ? 2 : 1;
-            assert_int_equal(postcopy_rx_start(e.g, a, bad[i], n, 0, 0, 1000, &p, why,
+            assert_int_equal(postcopy_rx_start(e.g, a, bad[i], n, 1, 0, 0, 1000, &p, why,
                                                sizeof(why)), -EINVAL);
             assert_null(p);
             assert_true(why[0] != 0);
@@ -1138,7 +1175,8 @@ static void test_postcopy_refusals(void **s)
     if (postcopy_probe(why, sizeof(why)) == 0) {
         struct postcopy_run ok = {HVG_SYSTEM_END >> PAGE_SHIFT, 1};
         struct postcopy_rx *p = NULL;
-        assert_int_equal(postcopy_rx_start(e.g, NULL, &ok, 1, 0, 0, 1000, &p, why, sizeof(why)),
+        assert_int_equal(postcopy_rx_start(e.g, NULL, &ok, 1, 1, 0, 0, 1000, &p, why,
+                                           sizeof(why)),
                          -EINVAL); /* started already */
     }
     audit_all(e.d);
@@ -1234,7 +1272,8 @@ static void test_postcopy_hostile(void **s)
                      stream_digest_term(base + k, hv_hash64(machine_ptr(e.m, mfn), PAGE_SIZE));
         }
         struct postcopy_rx *p = NULL;
-        int rc = postcopy_rx_start(e.g, b, &run, 1, d0, pages, 1000, &p, why, sizeof(why));
+        int rc = postcopy_rx_start(e.g, b, &run, 1, 0x77, d0, pages, 1000, &p, why,
+                                   sizeof(why));
         if (rc < 0)
             fail_msg("arming: %s", why);
         struct mig_pc_end end = {htole64(d0 + delta), htole64(pages), htole64(8), 0};
@@ -1275,9 +1314,83 @@ static void test_postcopy_hostile(void **s)
         default: /* silence */
             break;
         }
+        if (c == 6) {
+            /* silence is the connection's failure, not the guest's end: the
+             * receiver waits for the sender to come back; a connection that
+             * names another migration is turned away, the right one is
+             * told what is missing and finishes it */
+            struct postcopy_rx_report rep;
+            rc = postcopy_rx_wait(p, &rep);
+            assert_int_equal(rc, -ENOTCONN);
+            assert_true(rep.link_lost);
+            assert_non_null(strstr(rep.err, "nothing from"));
+            chan_close(a);
+            chan_close(b);
+            for (int right = 0; right < 2; right++) {
+                tcp_pair(sv);
+                assert_int_equal(chan_open(sv[0], NULL, 0, &a, err, sizeof(err)), 0);
+                assert_int_equal(chan_open(sv[1], NULL, 0, &b, err, sizeof(err)), 0);
+                struct mig_hello hello = {htole32(MIG_VERSION),
+                                          htole32(MIG_HELLO_POSTCOPY | MIG_HELLO_PC_RESUME)};
+                uint64_t id = htole64(right ? 0x77 : 0x78);
+                pc_frame(a, MIG_HELLO, &hello, sizeof(hello), false);
+                pc_frame(a, MIG_PC_RESUME, &id, sizeof(id), false);
+                char aerr[256];
+                rc = migrate_postcopy_accept(b, 0x77, 1000, aerr, sizeof(aerr));
+                if (!right) {
+                    assert_int_equal(rc, -ESRCH);
+                    assert_non_null(strstr(aerr, "no post-copy migration"));
+                    chan_close(a);
+                    chan_close(b);
+                    continue;
+                }
+                assert_int_equal(rc, 0);
+                assert_int_equal(postcopy_rx_resume(p, b, why, sizeof(why)), 0);
+                /* READY, then what is missing: the 8 pages */
+                struct mig_frame h;
+                uint8_t body[256];
+                assert_int_equal(chan_read_all(a, &h, sizeof(h), NULL), 0);
+                assert_int_equal(le16toh(h.type), MIG_READY);
+                assert_int_equal(chan_read_all(a, body, le32toh(h.raw_len), NULL), 0);
+                assert_int_equal(chan_read_all(a, &h, sizeof(h), NULL), 0);
+                assert_int_equal(le16toh(h.type), MIG_PC_PENDING);
+                uint32_t plen = le32toh(h.raw_len);
+                assert_true(plen <= sizeof(body));
+                assert_int_equal(chan_read_all(a, body, plen, NULL), 0);
+                struct mig_pc_pending pp;
+                memcpy(&pp, body, sizeof(pp));
+                assert_int_equal(le64toh(pp.id), 0x77);
+                assert_int_equal(le32toh(pp.last), 1);
+                uint64_t nbits = 0;
+                for (uint32_t w = 0; w < le32toh(pp.nr_words); w++) {
+                    uint64_t v;
+                    memcpy(&v, body + sizeof(pp) + 8 * w, 8);
+                    v = le64toh(v);
+                    for (; v; v &= v - 1) {
+                        gfn_t g = le64toh(pp.first_pfn) + 64 * w + (gfn_t)__builtin_ctzll(v);
+                        assert_true(g >= base && g < base + 8);
+                        nbits++;
+                    }
+                }
+                assert_int_equal(nbits, 8);
+                pc_frame(a, MIG_PC_PAGES, data, 8 + 64 + 8 * PAGE_SIZE, false);
+                pc_frame(a, MIG_PC_END, &end, sizeof(end), false);
+                assert_int_equal(pc_done_status(a), 0);
+                rc = postcopy_rx_wait(p, &rep);
+                if (rc != 0)
+                    fail_msg("after the resume: %s", rep.err);
+                assert_int_equal(rep.links, 2);
+                assert_int_equal(rep.st.regions_whole, 1);
+            }
+            postcopy_rx_free(p);
+            chan_close(a);
+            chan_close(b);
+            continue;
+        }
         int32_t st = pc_done_status(a);
         struct postcopy_rx_report rep;
         rc = postcopy_rx_wait(p, &rep);
+        postcopy_rx_free(p);
         if (want[c]) {
             if (rc == 0 || !strstr(rep.err, want[c]))
                 fail_msg("%s: rc %d, \"%s\" (wanted \"%s\")", cases[c], rc, rep.err, want[c]);

@@ -257,7 +257,7 @@ const struct cmd cmd_migrate = {
 static struct {
     const char *listen, *port_file, *doubt_file, *backend;
     uint64_t host_mem, attempts;
-    double run_s, timeout_s, accept_s, handshake_s, max_s;
+    double run_s, timeout_s, accept_s, handshake_s, max_s, pc_wait_s;
     bool json, resident;
     struct cli_tls_opts tls;
 } ro = {
@@ -268,6 +268,7 @@ static struct {
     .accept_s = 120,
     .handshake_s = MIGRATE_DEFAULT_HANDSHAKE_MS / 1000.0,
     .max_s = MIGRATE_DEFAULT_TOTAL_MS / 1000.0,
+    .pc_wait_s = 60,
     .backend = "auto",
 };
 
@@ -445,6 +446,42 @@ static void refuser_stop(struct refuser *r)
     close(r->stop[0]);
     close(r->stop[1]);
     r->running = false;
+}
+
+/* Post-copy whose connection failed: the next connection that passes the
+ * lobby, the transport's authentication and migrate_postcopy_accept (it
+ * names this migration) takes over; others are turned away.  NULL when
+ * none came within --postcopy-wait. */
+static struct chan *postcopy_reaccept(struct postcopy_rx *pc, int lfd, struct lobby *lobby,
+                                      struct chan_tls *tls, const char *why)
+{
+    fprintf(stderr, "hugevm: receive: post-copy lost its connection (%s); the guest runs on, "
+            "its vCPUs that need a missing page wait; waiting up to %.0f s for the sender to "
+            "resume\n", why, ro.pc_wait_s);
+    uint64_t by = hv_now_ns() + (uint64_t)cli_ms(ro.pc_wait_s) * 1000000;
+    while (hv_now_ns() < by) {
+        int fd;
+        if (lobby_next(lobby, lfd, sizeof(struct mig_frame) + sizeof(struct mig_hello),
+                       (uint64_t)cli_ms(ro.handshake_s) * 1000000, by, &fd) < 0)
+            return NULL;
+        struct chan *ch;
+        char err[CHAN_ERR_LEN + 64];
+        if (chan_open(fd, tls, cli_ms(ro.timeout_s), &ch, err, sizeof(err)) < 0) {
+            fprintf(stderr, "hugevm: receive: a connection during post-copy refused: %s\n", err);
+            continue;
+        }
+        if (migrate_postcopy_accept(ch, postcopy_rx_id(pc), cli_ms(ro.handshake_s), err,
+                                    sizeof(err)) < 0 ||
+            postcopy_rx_resume(pc, ch, err, sizeof(err)) < 0) {
+            fprintf(stderr, "hugevm: receive: a connection during post-copy turned away: %s\n",
+                    err);
+            chan_close(ch);
+            continue;
+        }
+        fprintf(stderr, "hugevm: receive: post-copy resumed on a new connection\n");
+        return ch;
+    }
+    return NULL;
 }
 
 /* RESULT {ok} went out, neither COMMIT nor ABORT came: keep the paused
@@ -639,8 +676,9 @@ static int run_receive(int argc, char **argv)
                  * them all) */
                 char why[256];
                 uint64_t ta = hv_now_ns();
-                grc = postcopy_rx_start(g, ch, res.pc_runs, res.pc_nruns, res.digest,
-                                        res.pc_pages, rop.timeout_ms, &pc, why, sizeof(why));
+                grc = postcopy_rx_start(g, ch, res.pc_runs, res.pc_nruns, res.pc_id,
+                                        res.digest, res.pc_pages, rop.timeout_ms, &pc, why,
+                                        sizeof(why));
                 pc_arm_s = (double)(hv_now_ns() - ta) / 1e9;
                 if (grc < 0)
                     snprintf(pcr.err, sizeof(pcr.err), "arming post-copy: %.200s", why);
@@ -653,14 +691,27 @@ static int run_receive(int argc, char **argv)
             if (grc == 0)
                 grc = guest_start(g);
             if (pc) {
-                /* the guest runs while the rest of its memory comes */
-                int prc = postcopy_rx_wait(pc, &pcr);
+                /* the guest runs while the rest of its memory comes; a
+                 * connection that fails is replaced by the sender's next */
+                int prc;
+                while ((prc = postcopy_rx_wait(pc, &pcr)) == -ENOTCONN) {
+                    if (ch)
+                        chan_close(ch);
+                    ch = postcopy_reaccept(pc, lfd, &lobby, tls, pcr.err);
+                    if (!ch) {
+                        size_t l = strlen(pcr.err);
+                        snprintf(pcr.err + l, sizeof(pcr.err) - l,
+                                 "; the sender did not come back within %.0f s", ro.pc_wait_s);
+                        break;
+                    }
+                }
                 double s = (double)(hv_now_ns() - t) / 1e9;
                 pc_rate = s > 0 ? (double)(guest_accesses(g) - a0) / s : 0;
                 if (prc < 0) {
                     guest_stop(g);
                     grc = prc;
                 }
+                postcopy_rx_free(pc);
             } else if (res.postcopy) {
                 pcr.rc = grc;
             }
@@ -729,6 +780,7 @@ static int run_receive(int argc, char **argv)
                     json_bool(&j, "ok", pcr.rc == 0 && !pcr.err[0]);
                     json_str(&j, "error", pcr.err);
                     json_dbl(&j, "arm_s", pc_arm_s);
+                    json_u64(&j, "links", pcr.links);
                     json_dbl(&j, "whole_s", pcr.whole_s);
                     json_dbl(&j, "accesses_per_s", pc_rate);
                     json_u64(&j, "fault_p50_ns", pcr.lat_p50_ns);
@@ -838,6 +890,9 @@ static struct opt receive_opts_table[] = {
      "whole within S (default 10)", NULL},
     {"max-time", OPT_SECONDS, &ro.max_s, "S", "a whole migration, HELLO to COMMIT, within S "
      "(default 3600)", NULL},
+    {"postcopy-wait", OPT_SECONDS, &ro.pc_wait_s, "S", "post-copy: when the connection fails "
+     "after the switch, wait S for the sender to resume it before the guest is given up "
+     "(default 60)", NULL},
     CLI_TLS_OPTS(ro.tls),
     {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
     {0},

@@ -312,6 +312,29 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
     return status;
 }
 
+/* Post-copy: a new connection to the receiver after the one in use
+ * failed (migrate_opts.pc_reconnect). */
+struct reconnect {
+    struct sockaddr_in sa;
+    struct chan_tls *tls;
+    int tmo;
+};
+
+static struct chan *reconnect(void *ctx, char *err, size_t len)
+{
+    struct reconnect *r = ctx;
+    int fd, rc = net_connect(&r->sa, r->tmo, &fd);
+    struct chan *ch = NULL;
+    char cerr[CHAN_ERR_LEN];
+    if (rc < 0)
+        snprintf(err, len, "connecting again: %s", strerror(-rc));
+    else if (chan_open(fd, r->tls, r->tmo, &ch, cerr, sizeof(cerr)) < 0)
+        snprintf(err, len, "connecting again: %s", cerr);
+    else
+        fprintf(stderr, "hugevm: migrate: post-copy: connected again to resume\n");
+    return ch;
+}
+
 int cli_migrate_guest(struct guest *g, const char *what, const char *to, double after,
                       const struct migrate_opts *user_mopts, struct chan_tls *ctls,
                       uint64_t retries, const char *doubt_file, double run_s,
@@ -338,6 +361,12 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
     struct migrate_opts mo_ = *user_mopts;
     mo_.on_round = phase_round;
     mo_.ctx = &pctx;
+    struct reconnect rcx = {.sa = sa, .tls = ctls,
+                            .tmo = mo_.timeout_ms > 0 ? mo_.timeout_ms : 10000};
+    if (mo_.postcopy || mo_.postcopy_auto) {
+        mo_.pc_reconnect = reconnect;
+        mo_.pc_ctx = &rcx;
+    }
     const struct migrate_opts *mopts = &mo_;
     if (!json)
         printf("guest running (%s backend, %u vCPU(s), workload %s); migrating to %s after "
