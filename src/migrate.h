@@ -103,12 +103,16 @@
  * receiver runs it from then on, the sender never again), but the sender
  * does not destroy its copy at RESUMED: it keeps it, paused, with every
  * page, until PC_DONE {ok} says the receiver holds them all and the
- * digests agree; only then is the migration done (rc 0).  Anything else
- * after COMMIT (connection lost, timeout, a bad frame, PC_DONE with an
- * error) ends with rc < 0 and in_doubt set: the receiver's guest cannot
- * go on (pages missing), and the sender's paused copy is the guest as it
- * was at the switch.  Before COMMIT everything is as in pre-copy: a
- * failure leaves the sender's guest running.
+ * digests agree; only then is the migration done (rc 0).  A connection
+ * that fails after COMMIT is replaced (pc_reconnect, for pc_recover_ms):
+ * HELLO {MIG_HELLO_PC_RESUME} -> READY, PC_RESUME {id} -> the receiver's
+ * PC_PENDING (what it still misses, naming the id), and the exchange
+ * above goes on.  Anything else after COMMIT (no connection back in time,
+ * a bad frame, PC_DONE with an error) ends with rc < 0 and in_doubt set:
+ * the receiver's guest cannot go on (pages missing), and the sender's
+ * paused copy is the guest as it was at the switch.  Before COMMIT
+ * everything is as in pre-copy: a failure leaves the sender's guest
+ * running.
  *
  * Memory map changes during migration: RAM populated or removed while
  * rounds run (balloon, populate, PoD demand populate and zero reclaim) is

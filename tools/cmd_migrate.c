@@ -69,7 +69,7 @@ static void progress(void *ctx, const struct migrate_round *r)
 static struct {
     const char *to, *log_dirty, *doubt_file, *fail_save, *backend;
     uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds;
-    double after, downtime_ms, write_frac, timeout_s;
+    double after, downtime_ms, write_frac, timeout_s, pc_recover_s;
     bool compress, json, postcopy, postcopy_auto;
     int zstd_level;
     struct cli_tls_opts tls;
@@ -78,6 +78,7 @@ static struct {
     .after = 1.0,
     .write_frac = -1,
     .timeout_s = 30,
+    .pc_recover_s = 60,
     .backend = "auto",
 };
 
@@ -145,6 +146,7 @@ static int run_migrate(int argc, char **argv)
     mopts.postcopy = mo.postcopy;
     mopts.postcopy_auto = mo.postcopy_auto;
     mopts.precopy_rounds = (unsigned)mo.precopy_rounds;
+    mopts.pc_recover_ms = cli_ms(mo.pc_recover_s);
 
     if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0) {
         chan_tls_destroy(tls);
@@ -215,6 +217,8 @@ static struct opt migrate_opts_table[] = {
      "before the switch, the full copy included (default 1)", NULL},
     {"postcopy-auto", OPT_FLAG, &mo.postcopy_auto, NULL, "pre-copy, but switch to post-copy "
      "where it would end by --max-rounds or a dirty rate that stopped falling", NULL},
+    {"postcopy-recover", OPT_SECONDS, &mo.pc_recover_s, "S", "post-copy: when the connection "
+     "fails after the switch, connect again for up to S to finish it (default 60)", NULL},
     {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame (level 1)", NULL},
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
