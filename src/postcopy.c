@@ -92,6 +92,9 @@ struct postcopy_rx {
     bool end_seen;
     struct postcopy_rx_stats st;
     uint64_t landed, landed_told; /* background frames landed; told the sender */
+    pthread_t premap_thread;
+    bool premap_up;
+    int premap_stop;
     bool link_lost;   /* the connection failed; waiting for another */
     int link_rc;
     uint64_t id;      /* the migration's post-copy id (PC_PENDING) */
@@ -178,6 +181,19 @@ static void map_page(struct postcopy_rx *p, uint64_t hva)
     (void)ioctl(p->uffd, UFFDIO_WAKE, &r);
 }
 
+/* Map n pages that are here from gfn on (4K mappings, one call where the
+ * mirror range allows: a vCPU touching them later takes no fault). */
+static void map_run(struct postcopy_rx *p, gfn_t gfn, uint64_t n)
+{
+    struct guest_exec *x = p->g->x;
+    uint64_t hva = x->ops->gfn_hva(x, gfn);
+    struct uffdio_continue c = {.range = {hva, n << PAGE_SHIFT}, .mode = 0};
+    if (n > 1 && ioctl(p->uffd, UFFDIO_CONTINUE, &c) == 0)
+        return;
+    for (uint64_t k = 0; k < n; k++)
+        map_page(p, x->ops->gfn_hva(x, gfn + k));
+}
+
 static void unregister_region(struct postcopy_rx *p, uint64_t reg)
 {
     for (uint32_t k = 0; k < p->rnr[reg]; k++) {
@@ -261,6 +277,32 @@ static void *fault_main(void *arg)
             if (m[k].event == UFFD_EVENT_PAGEFAULT)
                 serve_fault(p, m[k].arg.pagefault.address,
                             (m[k].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0);
+    }
+    return NULL;
+}
+
+/* The pages of the registered regions that are here already (clean since
+ * their last copy) are mapped once, in runs, while the guest starts:
+ * otherwise each first touch of one would be a minor fault. */
+static void *premap_main(void *arg)
+{
+    struct postcopy_rx *p = arg;
+    struct guest_exec *x = p->g->x;
+    for (size_t r = 0; r < p->nranges && !__atomic_load_n(&p->premap_stop, __ATOMIC_ACQUIRE);
+         r++) {
+        gfn_t lo = x->ops->hva_gfn(x, p->ranges[r].hva);
+        gfn_t hi = lo + (p->ranges[r].len >> PAGE_SHIFT);
+        for (gfn_t g = lo; g < hi;) {
+            pthread_mutex_lock(&p->mu);
+            bool here = g >= p->nbits || !tbit(p->missing, g);
+            gfn_t e = g + 1;
+            while (e < hi && (e >= p->nbits || !tbit(p->missing, e)) == here)
+                e++;
+            pthread_mutex_unlock(&p->mu);
+            if (here)
+                map_run(p, g, e - g); /* (a region given back meanwhile: refused, harmless) */
+            g = e;
+        }
     }
     return NULL;
 }
@@ -475,6 +517,16 @@ static int land_pages(struct postcopy_rx *p, uint32_t len)
     if (p->nmissing == 0 && !p->t_whole)
         p->t_whole = hv_now_ns();
     pthread_mutex_unlock(&p->mu);
+    /* what landed is mapped at once (runs of pfns), not at the vCPUs'
+     * next touches: a minor fault per 4K page would cost the guest more
+     * than the copy */
+    for (uint32_t i = 0; i < m && rc == 0;) {
+        uint32_t k = 1;
+        while (i + k < m && pf[i + k] == pf[i] + k)
+            k++;
+        map_run(p, pf[i], k);
+        i += k;
+    }
     for (unsigned i = 0; i < nh; i++)
         map_page(p, hvas[i]);
     for (unsigned i = 0; i < nwhole; i++) {
@@ -651,6 +703,10 @@ static int arm_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_ty
 
 static void rx_free(struct postcopy_rx *p)
 {
+    if (p->premap_up) {
+        __atomic_store_n(&p->premap_stop, 1, __ATOMIC_RELEASE);
+        pthread_join(p->premap_thread, NULL);
+    }
     if (p->fault_up) {
         uint64_t one = 1;
         (void)!write(p->stop_fd, &one, sizeof(one));
@@ -811,6 +867,8 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
         goto fail;
     }
     p->fault_up = true;
+    if (pthread_create(&p->premap_thread, NULL, premap_main, p) == 0)
+        p->premap_up = true; /* (without it, touches map the pages one by one) */
     if ((rc = -pthread_create(&p->io_thread, NULL, io_main, p)) < 0) {
         snprintf(why, len, "starting the post-copy reader: %s", strerror(-rc));
         goto fail;
@@ -829,6 +887,13 @@ uint64_t postcopy_rx_missing(struct postcopy_rx *p)
     uint64_t n = p->nmissing;
     pthread_mutex_unlock(&p->mu);
     return n;
+}
+
+void postcopy_rx_stats(struct postcopy_rx *p, struct postcopy_rx_stats *st)
+{
+    pthread_mutex_lock(&p->mu);
+    *st = p->st;
+    pthread_mutex_unlock(&p->mu);
 }
 
 static int cmp_u64(const void *a, const void *b)

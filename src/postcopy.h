@@ -114,6 +114,8 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
                       struct postcopy_rx **out, char *why, size_t len) HV_MUST_CHECK;
 /* Pages still missing (a snapshot). */
 uint64_t postcopy_rx_missing(struct postcopy_rx *p);
+/* The counters so far (a snapshot, any thread). */
+void postcopy_rx_stats(struct postcopy_rx *p, struct postcopy_rx_stats *st);
 /* The migration's post-copy id (the sender's, from PC_PENDING): a
  * connection that resumes it must name it (migrate_postcopy_accept). */
 uint64_t postcopy_rx_id(const struct postcopy_rx *p);

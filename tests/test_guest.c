@@ -1153,7 +1153,16 @@ static void test_postcopy_refusals(void **s)
     wait_ops_above(e.g, 1000);
 
     /* a receiver that does not take post-copy: refused at the handshake,
-     * the guest runs on here with log-dirty off */
+     * the guest runs on here with log-dirty off (where the native backend
+     * can migrate at all) */
+    if (native_dirty_log_probe(why, sizeof(why)) < 0) {
+        print_message("# (no receiver refusal here: %s)\n", why);
+        guest_stop(e.g);
+        audit_all(e.d);
+        free(rep);
+        env_down(&e);
+        return;
+    }
     tcp_pair(sv);
     assert_int_equal(chan_open(sv[0], NULL, 0, &a, err, sizeof(err)), 0);
     assert_int_equal(chan_open(sv[1], NULL, 0, &b, err, sizeof(err)), 0);

@@ -452,6 +452,67 @@ static void refuser_stop(struct refuser *r)
     r->running = false;
 }
 
+/* Post-copy on the receiver over time: every 100 ms (for at most
+ * PC_SAMPLES), the guest's speed since the last sample, the share of the
+ * 2M regions with pages missing at the switch that are whole again, the
+ * host's 2M share of the mirror and KVM's 2M mappings. */
+#define PC_SAMPLES 600
+struct pc_sample {
+    double t, accesses_per_s, whole_share, host_2m_share;
+    uint64_t kvm_2m;
+};
+struct pc_sampler {
+    struct guest *g;
+    struct postcopy_rx *pc; /* under mu; NULL once freed */
+    pthread_mutex_t mu;
+    pthread_t th;
+    int stop;
+    uint64_t t0;
+    struct pc_sample v[PC_SAMPLES];
+    unsigned n;
+};
+
+static void *pc_sampler_main(void *arg)
+{
+    struct pc_sampler *s = arg;
+    uint64_t last_t = s->t0, last_a = guest_accesses(s->g);
+    double whole = 0;
+    while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE) && s->n < PC_SAMPLES) {
+        cli_sleep_s(0.1);
+        struct pc_sample x = {0};
+        uint64_t now = hv_now_ns(), a = guest_accesses(s->g);
+        x.t = (double)(now - s->t0) / 1e9;
+        x.accesses_per_s = now > last_t ? (double)(a - last_a) * 1e9 / (double)(now - last_t) : 0;
+        last_t = now;
+        last_a = a;
+        pthread_mutex_lock(&s->mu);
+        if (s->pc) {
+            struct postcopy_rx_stats st;
+            postcopy_rx_stats(s->pc, &st);
+            whole = st.regions ? (double)st.regions_whole / (double)st.regions : 1;
+        } else {
+            whole = 1; /* post-copy is over: every region is whole */
+        }
+        pthread_mutex_unlock(&s->mu);
+        x.whole_share = whole;
+        uint64_t rss = 0, pmd = 0, pages[3];
+        if (guest_host_mapping(s->g, &rss, &pmd) == 0 && rss)
+            x.host_2m_share = (double)pmd / (double)rss;
+        if (guest_mmu_pages(s->g, pages) == 0)
+            x.kvm_2m = pages[1];
+        s->v[s->n++] = x;
+    }
+    return NULL;
+}
+
+static void pc_sampler_stop(struct pc_sampler *s)
+{
+    if (!s || __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE))
+        return;
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    pthread_join(s->th, NULL);
+}
+
 /* Post-copy whose connection failed: the next connection that passes the
  * lobby, the transport's authentication and migrate_postcopy_accept (it
  * names this migration) takes over; others are turned away.  NULL when
@@ -666,6 +727,7 @@ static int run_receive(int argc, char **argv)
                     "sender's must be discarded\n");
         double ran = 0;
         struct postcopy_rx_report pcr = {0};
+        struct pc_sampler *smp = NULL;
         double pc_arm_s = 0, pc_rate = 0;
         if (prog) {
             /* a real guest: it runs here for --run-seconds (its speed and
@@ -694,6 +756,19 @@ static int run_receive(int argc, char **argv)
             uint64_t t = hv_now_ns();
             if (grc == 0)
                 grc = guest_start(g);
+            if (pc && grc == 0) {
+                smp = calloc(1, sizeof(*smp));
+                if (smp) {
+                    smp->g = g;
+                    smp->pc = pc;
+                    smp->t0 = t;
+                    pthread_mutex_init(&smp->mu, NULL);
+                    if (pthread_create(&smp->th, NULL, pc_sampler_main, smp) != 0) {
+                        free(smp);
+                        smp = NULL;
+                    }
+                }
+            }
             if (pc) {
                 /* the guest runs while the rest of its memory comes; a
                  * connection that fails is replaced by the sender's next */
@@ -715,6 +790,11 @@ static int run_receive(int argc, char **argv)
                     guest_stop(g);
                     grc = prc;
                 }
+                if (smp) {
+                    pthread_mutex_lock(&smp->mu);
+                    smp->pc = NULL;
+                    pthread_mutex_unlock(&smp->mu);
+                }
                 postcopy_rx_free(pc);
             } else if (res.postcopy) {
                 pcr.rc = grc;
@@ -729,8 +809,10 @@ static int run_receive(int argc, char **argv)
                 cli_phase_begin(&after, g);
                 cli_sleep_s(ro.run_s - ro.run_s / 10);
                 cli_phase_end(&after, g);
+                pc_sampler_stop(smp);
                 grc = guest_finish(g, 60ULL * 1000 * 1000 * 1000);
             }
+            pc_sampler_stop(smp);
             ran = (double)(hv_now_ns() - t) / 1e9;
             vrc = grc == 0 ? guest_verify(g, verr, sizeof(verr)) : grc;
             if (grc != 0 && res.postcopy && pcr.err[0])
@@ -785,6 +867,17 @@ static int run_receive(int argc, char **argv)
                     json_str(&j, "error", pcr.err);
                     json_dbl(&j, "arm_s", pc_arm_s);
                     json_u64(&j, "links", pcr.links);
+                    json_arr_begin(&j, "timeline");
+                    for (unsigned k = 0; smp && k < smp->n; k++) {
+                        json_obj_begin(&j, NULL);
+                        json_dbl(&j, "t", smp->v[k].t);
+                        json_dbl(&j, "accesses_per_s", smp->v[k].accesses_per_s);
+                        json_dbl(&j, "regions_whole_share", smp->v[k].whole_share);
+                        json_dbl(&j, "host_2m_share", smp->v[k].host_2m_share);
+                        json_u64(&j, "kvm_pages_2m", smp->v[k].kvm_2m);
+                        json_obj_end(&j);
+                    }
+                    json_arr_end(&j);
                     json_dbl(&j, "whole_s", pcr.whole_s);
                     json_dbl(&j, "accesses_per_s", pc_rate);
                     json_u64(&j, "fault_p50_ns", pcr.lat_p50_ns);
@@ -843,6 +936,13 @@ static int run_receive(int argc, char **argv)
                            (unsigned long long)pcr.st.regions, pc_rate);
                 else if (res.postcopy)
                     printf("post-copy FAILED after the switch: %s\n", pcr.err);
+                /* a few points of the timeline: when regions came back */
+                for (unsigned k = 0, step = smp && smp->n > 8 ? smp->n / 8 : 1; smp && k < smp->n;
+                     k += step)
+                    printf("  t %6.2f s: %10.0f accesses/s, %5.1f%% of the regions whole, host "
+                           "2M share %5.1f%%%s\n", smp->v[k].t, smp->v[k].accesses_per_s,
+                           smp->v[k].whole_share * 100, smp->v[k].host_2m_share * 100,
+                           k + step >= smp->n ? " (last)" : "");
                 cli_print_phase("after, on the receiver:", &after);
                 printf("verified: %s%s%s\n", vrc == 0 ? "yes (every vCPU replayed on the host "
                                                         "from its seed: every word and checksum "
@@ -853,6 +953,11 @@ static int run_receive(int argc, char **argv)
         }
         /* -EINVAL: not replayable (a user's program); -E2BIG: too long a run to replay */
         status = audit || g->err || (prog && vrc != 0 && vrc != -EINVAL && vrc != -E2BIG) ? 1 : 0;
+        if (smp) {
+            pc_sampler_stop(smp);
+            pthread_mutex_destroy(&smp->mu);
+            free(smp);
+        }
         guest_destroy(g);
         domain_destroy(d);
         migrate_recv_result_free(&res);
