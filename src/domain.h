@@ -157,6 +157,14 @@ struct domain {
     struct pml_buffer *pml_buffers;  /* one per vCPU, linked by vcpu_create */
     struct domain_stats stats;
     bool crashed;          /* see domain_crash() */
+    /* Post-copy (postcopy.h) for soft vCPUs: while pc_missing is set, an
+     * access to a gfn whose bit is set there waits in pc_wait(pc_ctx, gfn),
+     * called with d->lock held (it drops it while it waits, and returns
+     * with it held: 0, or -errno when the page will never come). */
+    const uint64_t *pc_missing;
+    gfn_t pc_nbits;
+    int (*pc_wait)(void *pc_ctx, gfn_t gfn);
+    void *pc_ctx;
     struct pod pod;        /* populate-on-demand state (pod.h) */
     uint64_t held_pages;   /* owned, neither mapped nor cached: defrag copy targets */
     struct domain_quarantine quarantine; /* frames freed while a sender reads */

@@ -1418,9 +1418,12 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     int rc;
 
     bool may_pc = o->postcopy || o->postcopy_auto;
-    if (may_pc && g->backend != GUEST_BACKEND_KVM && g->backend != GUEST_BACKEND_NATIVE) {
-        rc = sfail(s, -ENOTSUP, "post-copy needs a program guest (kvm or native backend), not "
-                   "%s vCPUs", guest_backend_name(g->backend));
+    if (may_pc && g->backend == GUEST_BACKEND_SOFT && d->pod.entry_count) {
+        /* a soft vCPU's PoD fault may sweep for zero pages, and on the
+         * receiver a stale page left for later may read as zero */
+        rc = sfail(s, -ENOTSUP, "post-copy of soft vCPUs over PoD memory is not supported (%llu "
+                   "PoD pages): use pre-copy, or a kvm or native guest",
+                   (unsigned long long)d->pod.entry_count);
         goto out;
     }
     domain_lock(d);

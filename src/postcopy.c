@@ -99,6 +99,10 @@ struct postcopy_rx {
     int link_rc;
     uint64_t id;      /* the migration's post-copy id (PC_PENDING) */
     unsigned links;   /* connections used (1 + resumes) */
+    bool soft;        /* soft vCPUs: they wait in soft_wait, no userfaultfd */
+    bool closing;     /* rx_free: soft waiters leave with an error */
+    unsigned nsoftwait; /* soft vCPUs inside soft_wait */
+    pthread_cond_t cv; /* soft_wait: pages landed, or post-copy failed */
     uint8_t *buf; /* one frame */
     uint8_t old[MIG_PC_PAGES_MAX * PAGE_SIZE]; /* stale pages, for their digest terms */
     int rc;
@@ -115,6 +119,7 @@ HV_PRINTF(3, 4) static int pcfail(struct postcopy_rx *p, int rc, const char *fmt
         va_end(ap);
         p->rc = rc;
     }
+    pthread_cond_broadcast(&p->cv); /* soft vCPUs waiting: it will not come */
     pthread_mutex_unlock(&p->mu);
     return rc;
 }
@@ -139,7 +144,12 @@ HV_PRINTF(3, 4) static int linkfail(struct postcopy_rx *p, int rc, const char *f
 
 static bool tbit(const uint64_t *b, gfn_t i) { return (b[i / 64] >> (i % 64)) & 1; }
 static void sbit(uint64_t *b, gfn_t i) { b[i / 64] |= 1ULL << (i % 64); }
-static void cbit(uint64_t *b, gfn_t i) { b[i / 64] &= ~(1ULL << (i % 64)); }
+/* (atomic: soft vCPUs read `missing` without p->mu; release: the page's
+ * bytes are in its frame before its bit clears) */
+static void cbit(uint64_t *b, gfn_t i)
+{
+    __atomic_fetch_and(&b[i / 64], ~(1ULL << (i % 64)), __ATOMIC_RELEASE);
+}
 
 static int uffd_open(uint64_t features, int *out)
 {
@@ -279,6 +289,56 @@ static void *fault_main(void *arg)
                             (m[k].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0);
     }
     return NULL;
+}
+
+/* A soft vCPU's access to a missing page (domain.h pc_wait): d->lock
+ * held on entry and exit, dropped while the page comes. */
+static int soft_wait(void *ctx, gfn_t gfn)
+{
+    struct postcopy_rx *p = ctx;
+    struct domain *d = p->d;
+    bool wake_io = false;
+    pthread_mutex_lock(&p->mu);
+    p->st.faults++;
+    if (p->closing) {
+        pthread_mutex_unlock(&p->mu);
+        return -EIO; /* post-copy is over without this page */
+    }
+    if (tbit(p->missing, gfn) && !p->rc) {
+        p->st.faults_missing++;
+        if (p->nw == p->capw) {
+            size_t n = p->capw ? 2 * p->capw : 64;
+            struct pc_waiter *v = realloc(p->w, n * sizeof(*v));
+            if (!v) {
+                pthread_mutex_unlock(&p->mu);
+                return -ENOMEM;
+            }
+            p->w = v;
+            p->capw = n;
+        }
+        p->w[p->nw++] = (struct pc_waiter){gfn, 0, hv_now_ns()};
+        if (!tbit(p->requested, gfn) && p->nreq < REQ_QUEUE) {
+            sbit(p->requested, gfn);
+            p->req[p->nreq++] = gfn;
+            wake_io = true;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (wake_io) {
+        uint64_t one = 1;
+        (void)!write(p->wake_fd, &one, sizeof(one));
+    }
+    pthread_mutex_unlock(&d->lock);
+    pthread_mutex_lock(&p->mu);
+    p->nsoftwait++;
+    while (tbit(p->missing, gfn) && !p->rc && !p->closing)
+        pthread_cond_wait(&p->cv, &p->mu);
+    int rc = tbit(p->missing, gfn) ? (p->rc ? p->rc : -EIO) : 0;
+    p->nsoftwait--;
+    pthread_cond_broadcast(&p->cv); /* rx_free may wait for the last one */
+    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_lock(&d->lock);
+    return rc;
 }
 
 /* The pages of the registered regions that are here already (clean since
@@ -516,18 +576,20 @@ static int land_pages(struct postcopy_rx *p, uint32_t len)
     }
     if (p->nmissing == 0 && !p->t_whole)
         p->t_whole = hv_now_ns();
+    if (p->soft && m)
+        pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     /* what landed is mapped at once (runs of pfns), not at the vCPUs'
      * next touches: a minor fault per 4K page would cost the guest more
      * than the copy */
-    for (uint32_t i = 0; i < m && rc == 0;) {
+    for (uint32_t i = 0; i < m && rc == 0 && !p->soft;) {
         uint32_t k = 1;
         while (i + k < m && pf[i + k] == pf[i] + k)
             k++;
         map_run(p, pf[i], k);
         i += k;
     }
-    for (unsigned i = 0; i < nh; i++)
+    for (unsigned i = 0; i < nh && !p->soft; i++)
         map_page(p, hvas[i]);
     for (unsigned i = 0; i < nwhole; i++) {
         unregister_region(p, whole[i]);
@@ -712,6 +774,23 @@ static void rx_free(struct postcopy_rx *p)
         (void)!write(p->stop_fd, &one, sizeof(one));
         pthread_join(p->fault_thread, NULL);
     }
+    if (p->soft && p->d) {
+        /* soft vCPUs waiting for a page that will not come leave first */
+        pthread_mutex_lock(&p->mu);
+        p->closing = true;
+        pthread_cond_broadcast(&p->cv);
+        while (p->nsoftwait)
+            pthread_cond_wait(&p->cv, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        domain_lock(p->d);
+        if (p->d->pc_ctx == p) {
+            __atomic_store_n(&p->d->pc_missing, NULL, __ATOMIC_RELEASE);
+            p->d->pc_wait = NULL;
+            p->d->pc_ctx = NULL;
+            p->d->pc_nbits = 0;
+        }
+        domain_unlock(p->d);
+    }
     if (p->uffd >= 0) {
         for (uint64_t r = 0; r < p->nregions; r++)
             if (p->rnr && p->rnr[r])
@@ -725,6 +804,7 @@ static void rx_free(struct postcopy_rx *p)
     if (p->g)
         guest_postcopy_end(p->g);
     pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
     free(p->missing);
     free(p->pending);
     free(p->requested);
@@ -743,11 +823,6 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
                       struct postcopy_rx **out, char *why, size_t len)
 {
     *out = NULL;
-    if (g->backend != GUEST_BACKEND_KVM && g->backend != GUEST_BACKEND_NATIVE) {
-        snprintf(why, len, "post-copy needs a program guest (kvm or native backend), not %s "
-                 "vCPUs", guest_backend_name(g->backend));
-        return -ENOTSUP;
-    }
     if (g->started) {
         snprintf(why, len, "post-copy must be armed before the guest starts");
         return -EINVAL;
@@ -768,7 +843,9 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
     p->pages = pages;
     p->id = id;
     p->links = 1;
+    p->soft = g->backend == GUEST_BACKEND_SOFT;
     pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
     guest_postcopy_begin(g);
     int rc = 0;
     /* the runs: ascending, apart, RAM here, above the system area */
@@ -829,18 +906,29 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
     domain_unlock(d);
     if (rc < 0)
         goto fail;
-    rc = uffd_open(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_THREAD_ID, &p->uffd);
-    if (rc < 0) {
-        if (postcopy_probe(why, len) == 0)
-            snprintf(why, len, "userfaultfd: %s", strerror(-rc));
-        rc = rc == -EINVAL ? -ENOTSUP : rc;
-        goto fail;
-    }
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake_fd < 0 || p->stop_fd < 0) {
         rc = -errno;
         snprintf(why, len, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if (p->soft) {
+        /* soft vCPUs reach memory through the p2m model: their accesses
+         * to missing pages wait in soft_wait (domain.h) */
+        domain_lock(d);
+        d->pc_nbits = p->nbits;
+        d->pc_ctx = p;
+        d->pc_wait = soft_wait;
+        __atomic_store_n(&d->pc_missing, p->missing, __ATOMIC_RELEASE);
+        domain_unlock(d);
+        goto threads;
+    }
+    rc = uffd_open(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_THREAD_ID, &p->uffd);
+    if (rc < 0) {
+        if (postcopy_probe(why, len) == 0)
+            snprintf(why, len, "userfaultfd: %s", strerror(-rc));
+        rc = rc == -EINVAL ? -ENOTSUP : rc;
         goto fail;
     }
     /* register every pending region's RAM in the mirror */
@@ -860,8 +948,6 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
             goto fail;
         }
     }
-    p->zero_hash = stream_zero_page_hash();
-    p->t0 = hv_now_ns();
     if ((rc = -pthread_create(&p->fault_thread, NULL, fault_main, p)) < 0) {
         snprintf(why, len, "starting the fault server: %s", strerror(-rc));
         goto fail;
@@ -869,6 +955,9 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
     p->fault_up = true;
     if (pthread_create(&p->premap_thread, NULL, premap_main, p) == 0)
         p->premap_up = true; /* (without it, touches map the pages one by one) */
+threads:
+    p->zero_hash = stream_zero_page_hash();
+    p->t0 = hv_now_ns();
     if ((rc = -pthread_create(&p->io_thread, NULL, io_main, p)) < 0) {
         snprintf(why, len, "starting the post-copy reader: %s", strerror(-rc));
         goto fail;

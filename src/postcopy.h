@@ -133,9 +133,11 @@ int postcopy_rx_wait(struct postcopy_rx *p, struct postcopy_rx_report *rep);
  * waiting for a connection. */
 int postcopy_rx_resume(struct postcopy_rx *p, struct chan *ch, char *why,
                        size_t len) HV_MUST_CHECK;
-/* Free everything (the guest's memory map may change again).  Pages still
- * missing are given back to the guest as they are (stale): stop the guest
- * first when post-copy did not end with 0.  NULL is fine. */
+/* Free everything (the guest's memory map may change again).  When
+ * post-copy did not end with 0, pages are still missing: a vCPU waiting
+ * for one goes on (kvm, native: on the stale page; soft: its access fails
+ * with -EIO), so free first, then stop the guest (a vCPU waiting in a
+ * fault inside KVM_RUN cannot be stopped before).  NULL is fine. */
 void postcopy_rx_free(struct postcopy_rx *p);
 
 /* 0 when this host can receive post-copy migrations (a userfaultfd with

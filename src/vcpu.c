@@ -253,6 +253,16 @@ static int access(struct vcpu *v, uint64_t gpa, bool write, uint64_t *val)
             else
                 v->st.miss_1g++;
         }
+        if (HV_UNLIKELY(d->pc_missing != NULL) && gfn < d->pc_nbits &&
+            (__atomic_load_n(&d->pc_missing[gfn / 64], __ATOMIC_ACQUIRE) >> (gfn % 64) & 1)) {
+            /* post-copy: the page is not here yet; its bytes come (the
+             * wait drops d->lock), then the access goes again */
+            int rc = d->pc_wait(d->pc_ctx, gfn);
+            if (rc < 0)
+                return rc;
+            attempt--;
+            continue;
+        }
         uint8_t *p = (uint8_t *)machine_ptr(d->m, mfn) + (gpa & (PAGE_SIZE - 1));
         if (write) {
             memcpy(p, val, sizeof(*val));

@@ -51,6 +51,7 @@
 #include "chan.h"
 #include "migrate.h"
 #include "net.h"
+#include "postcopy.h"
 
 /* 2 GiB guest: the first 1G holds the VGA hole (4K in the first 2M, then 2M
  * leaves), the second 1G is one 1G leaf. */
@@ -1429,6 +1430,153 @@ static void migrate_live_map(struct sender_env *e, enum dirty_mode mode,
 /* (a) A PoD guest migrates while its writer demand-populates PoD entries
  * and a zero sweep turns untouched RAM back into PoD entries: the receiver
  * has the PoD entries, populated pages and contents of the sender at pause. */
+/* ---- post-copy of soft vCPUs --------------------------------------------------------- */
+
+struct pc_rx {
+    struct machine *m;
+    int lfd;
+    uint16_t port;
+    struct model *mo;
+    struct migrate_recv_result res;
+    struct postcopy_rx_report pcr;
+    int rc, arm_rc, wait_rc;
+    char why[256];
+    pthread_t t;
+};
+
+/* The receiver: migrate_receive, post-copy armed, the guest started at
+ * once; a connection that fails is replaced by the sender's next
+ * (migrate_postcopy_accept); then the guest runs a moment and stops. */
+static void *pc_rx_main(void *arg)
+{
+    struct pc_rx *r = arg;
+    int fd;
+    if ((r->rc = net_accept(r->lfd, 30000, &fd)) < 0)
+        return NULL;
+    struct chan *ch = plain_chan(fd);
+    close(fd);
+    struct migrate_recv_opts o = {.timeout_ms = 20000, .on_write = model_put, .ctx = r->mo,
+                                  .postcopy_ok = true, .audit_digest = true};
+    r->rc = migrate_receive(r->m, ch, &o, &r->res);
+    if (r->rc == 0 && r->res.postcopy) {
+        struct postcopy_rx *pc = NULL;
+        struct guest *g = r->res.g;
+        r->arm_rc = postcopy_rx_start(g, ch, r->res.pc_runs, r->res.pc_nruns, r->res.pc_id,
+                                      r->res.digest, r->res.pc_pages, 20000, &pc, r->why,
+                                      sizeof(r->why));
+        if (r->arm_rc == 0 && (r->arm_rc = guest_start(g)) == 0) {
+            while ((r->wait_rc = postcopy_rx_wait(pc, &r->pcr)) == -ENOTCONN) {
+                chan_close(ch);
+                ch = NULL;
+                if (net_accept(r->lfd, 30000, &fd) < 0)
+                    break;
+                ch = plain_chan(fd);
+                close(fd);
+                if (migrate_postcopy_accept(ch, postcopy_rx_id(pc), 5000, r->why,
+                                            sizeof(r->why)) < 0 ||
+                    postcopy_rx_resume(pc, ch, r->why, sizeof(r->why)) < 0)
+                    break;
+            }
+            if (r->wait_rc < 0) { /* (free first: it lets go waiting vCPUs) */
+                postcopy_rx_free(pc);
+                pc = NULL;
+            }
+            sleep_ms(50);
+            guest_stop(g);
+        }
+        postcopy_rx_free(pc);
+    }
+    if (ch)
+        chan_close(ch);
+    return NULL;
+}
+
+static struct chan *pc_reconnect_to(void *ctx, char *err, size_t len)
+{
+    uint16_t port = *(uint16_t *)ctx;
+    int fd = connect_to(port);
+    struct chan *ch = plain_chan(fd);
+    close(fd);
+    (void)err, (void)len;
+    return ch;
+}
+
+/*
+ * Soft vCPUs in post-copy: the guest resumes on the receiver at the switch
+ * and its accesses to pages not there yet wait for them; the written-word
+ * model (both sides' writes) reads back whole, the digests agree, the
+ * receiver has the sender's leaves and every region it waited for.  Then
+ * the same with the connection cut at a random page after the switch and
+ * resumed on a new one.
+ */
+static void test_postcopy_soft(void **state)
+{
+    (void)state;
+    struct hv_rng rng = {(uint64_t)hv_now_ns() | 1};
+    print_message("# rng %llu\n", (unsigned long long)rng.s);
+    for (int cut = 0; cut < 2; cut++) {
+        struct sender_env e;
+        struct migrate_report *rep = calloc(1, sizeof(*rep));
+        assert_non_null(rep);
+        sender_init(&e, 2, 40000, 0.05);
+        sleep_ms(100);
+        struct pc_rx *r = calloc(1, sizeof(*r));
+        assert_non_null(r);
+        assert_int_equal(machine_create(&r->m, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
+        r->mo = e.model;
+        struct sockaddr_in sa;
+        assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+        assert_int_equal(net_listen(&sa, &r->lfd, &r->port), 0);
+        assert_int_equal(pthread_create(&r->t, NULL, pc_rx_main, r), 0);
+        struct migrate_opts o = {.postcopy = true, .timeout_ms = 20000, .audit_digest = true};
+        if (cut) {
+            o.pc_cut_after_pages = 1 + hv_rng_next(&rng) % 1500;
+            o.pc_reconnect = pc_reconnect_to;
+            o.pc_ctx = &r->port;
+        }
+        int fd = connect_to(r->port);
+        int rc = send_fd(e.g, fd, &o, rep);
+        close(fd);
+        pthread_join(r->t, NULL);
+        close(r->lfd);
+        if (rc < 0 || r->rc < 0 || r->arm_rc < 0 || r->wait_rc < 0)
+            fail_msg("post-copy: sender %d (%s); receiver %d/%d/%d (%s; %s; %s)", rc, rep->err,
+                     r->rc, r->arm_rc, r->wait_rc, r->res.err, r->why, r->pcr.err);
+        assert_true(rep->postcopy);
+        assert_true(rep->pc.pending > 0);
+        assert_int_equal(rep->pc.pushed + rep->pc.urgent >= rep->pc.pending, true);
+        assert_true(rep->verified);
+        assert_int_equal(rep->digest_sender, rep->digest_receiver);
+        assert_int_equal(r->pcr.digest, rep->digest_sender);
+        assert_int_equal(rep->pc.reconnects, (uint64_t)cut);
+        assert_int_equal(r->pcr.links, 1 + cut);
+        assert_int_equal(r->pcr.st.pending, rep->pc.pending);
+        assert_int_equal(r->pcr.st.regions_whole, r->pcr.st.regions);
+        struct guest *g = r->res.g;
+        struct domain *rd = g->d;
+        assert_int_equal(g->err, 0);
+        assert_true(g->accesses > 0);
+        assert_int_equal(domain_pages_1g(rd), e.before.p1g);
+        assert_int_equal(domain_pages_2m(rd), e.before.p2m);
+        assert_int_equal(domain_pages_4k(rd), e.before.p4k);
+        model_check(e.model, rd); /* both sides' writes, whole */
+        AUDIT_OK(domain_audit(rd));
+        print_message("# soft post-copy%s: %llu pages after the switch (%llu waited for by "
+                      "vCPUs) over %llu 2M regions; downtime %.1f ms\n",
+                      cut ? ", cut and resumed" : "", (unsigned long long)rep->pc.pending,
+                      (unsigned long long)r->pcr.st.faults_missing,
+                      (unsigned long long)r->pcr.st.regions, rep->downtime_s * 1e3);
+        guest_destroy(g);
+        domain_destroy(rd);
+        migrate_recv_result_free(&r->res);
+        AUDIT_OK(frames_audit(r->m->frames));
+        machine_destroy(r->m);
+        free(r);
+        free(rep);
+        sender_fini(&e);
+    }
+}
+
 static void test_pod_guest(void **state)
 {
     (void)state;
@@ -2770,6 +2918,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_hostile_receiver),
     cmocka_unit_test(test_live_stream_repeats),
     cmocka_unit_test(test_pod_guest),
+    cmocka_unit_test(test_postcopy_soft),
     cmocka_unit_test(test_map_changes),
     cmocka_unit_test(test_no_foreign_bytes),
     cmocka_unit_test(test_processes_loopback),

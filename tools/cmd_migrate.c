@@ -549,6 +549,27 @@ static struct chan *postcopy_reaccept(struct postcopy_rx *pc, int lfd, struct lo
     return NULL;
 }
 
+/* Until post-copy ends: connections that fail are replaced by the
+ * sender's next (postcopy_reaccept).  0 or the error (pcr says). */
+static int postcopy_wait_all(struct postcopy_rx *pc, struct chan **ch, int lfd,
+                             struct lobby *lobby, struct chan_tls *tls,
+                             struct postcopy_rx_report *pcr)
+{
+    int prc;
+    while ((prc = postcopy_rx_wait(pc, pcr)) == -ENOTCONN) {
+        if (*ch)
+            chan_close(*ch);
+        *ch = postcopy_reaccept(pc, lfd, lobby, tls, pcr->err);
+        if (!*ch) {
+            size_t l = strlen(pcr->err);
+            snprintf(pcr->err + l, sizeof(pcr->err) - l,
+                     "; the sender did not come back within %.0f s", ro.pc_wait_s);
+            break;
+        }
+    }
+    return prc;
+}
+
 /* RESULT {ok} went out, neither COMMIT nor ABORT came: keep the paused
  * guest (saved, since it dies with this process) and say what to do. */
 static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
@@ -772,30 +793,21 @@ static int run_receive(int argc, char **argv)
             if (pc) {
                 /* the guest runs while the rest of its memory comes; a
                  * connection that fails is replaced by the sender's next */
-                int prc;
-                while ((prc = postcopy_rx_wait(pc, &pcr)) == -ENOTCONN) {
-                    if (ch)
-                        chan_close(ch);
-                    ch = postcopy_reaccept(pc, lfd, &lobby, tls, pcr.err);
-                    if (!ch) {
-                        size_t l = strlen(pcr.err);
-                        snprintf(pcr.err + l, sizeof(pcr.err) - l,
-                                 "; the sender did not come back within %.0f s", ro.pc_wait_s);
-                        break;
-                    }
-                }
+                int prc = postcopy_wait_all(pc, &ch, lfd, &lobby, tls, &pcr);
                 double s = (double)(hv_now_ns() - t) / 1e9;
                 pc_rate = s > 0 ? (double)(guest_accesses(g) - a0) / s : 0;
-                if (prc < 0) {
-                    guest_stop(g);
-                    grc = prc;
-                }
                 if (smp) {
                     pthread_mutex_lock(&smp->mu);
                     smp->pc = NULL;
                     pthread_mutex_unlock(&smp->mu);
                 }
+                /* (free first: it lets go the vCPUs waiting for pages that
+                 * will not come, which a stop cannot reach under KVM) */
                 postcopy_rx_free(pc);
+                if (prc < 0) {
+                    guest_stop(g);
+                    grc = prc;
+                }
             } else if (res.postcopy) {
                 pcr.rc = grc;
             }
@@ -823,13 +835,34 @@ static int run_receive(int argc, char **argv)
                          g->fault.what[0] ? g->fault.what : strerror(-grc));
             else if (vrc == -EINVAL)
                 snprintf(verr, sizeof(verr), "not a fresh built-in workload: nothing to replay");
-        } else if (ro.run_s > 0 && g->nr_vcpus) {
-            if (guest_start(g) == 0) {
+        } else if ((ro.run_s > 0 || res.postcopy) && g->nr_vcpus) {
+            /* soft vCPUs; in post-copy their accesses to missing pages wait */
+            struct postcopy_rx *pc = NULL;
+            char why[256];
+            int grc = 0;
+            if (res.postcopy &&
+                (grc = postcopy_rx_start(g, ch, res.pc_runs, res.pc_nruns, res.pc_id,
+                                         res.digest, res.pc_pages, rop.timeout_ms, &pc, why,
+                                         sizeof(why))) < 0)
+                snprintf(pcr.err, sizeof(pcr.err), "arming post-copy: %.200s", why);
+            if (grc == 0 && guest_start(g) == 0) {
                 uint64_t t = hv_now_ns();
+                if (pc) {
+                    int prc = postcopy_wait_all(pc, &ch, lfd, &lobby, tls, &pcr);
+                    pc_rate = (double)(g->accesses - a0) * 1e9 / (double)(hv_now_ns() - t);
+                    postcopy_rx_free(pc); /* (first: see above) */
+                    pc = NULL;
+                    if (prc < 0)
+                        guest_stop(g);
+                }
                 cli_sleep_s(ro.run_s);
                 guest_stop(g);
                 ran = (double)(hv_now_ns() - t) / 1e9;
             }
+            postcopy_rx_free(pc);
+            if (ch)
+                chan_close(ch);
+            ch = NULL;
         }
         int audit = domain_audit(d);
         if (audit == 0)
@@ -858,36 +891,36 @@ static int run_receive(int argc, char **argv)
             json_u64(&j, "resumed_accesses", (prog ? guest_accesses(g) : g->accesses) - a0);
             json_str(&j, "guest_error", g->fault.what[0] ? g->fault.what
                                         : g->err ? strerror(-g->err) : "");
-            if (prog) {
-                json_dbl(&j, "prefault_s", prefault_ns > 0 ? (double)prefault_ns / 1e9 : 0);
-                json_str(&j, "mode", res.postcopy ? "postcopy" : "precopy");
-                if (res.postcopy) {
-                    json_obj_begin(&j, "postcopy");
-                    json_bool(&j, "ok", pcr.rc == 0 && !pcr.err[0]);
-                    json_str(&j, "error", pcr.err);
-                    json_dbl(&j, "arm_s", pc_arm_s);
-                    json_u64(&j, "links", pcr.links);
-                    json_arr_begin(&j, "timeline");
-                    for (unsigned k = 0; smp && k < smp->n; k++) {
-                        json_obj_begin(&j, NULL);
-                        json_dbl(&j, "t", smp->v[k].t);
-                        json_dbl(&j, "accesses_per_s", smp->v[k].accesses_per_s);
-                        json_dbl(&j, "regions_whole_share", smp->v[k].whole_share);
-                        json_dbl(&j, "host_2m_share", smp->v[k].host_2m_share);
-                        json_u64(&j, "kvm_pages_2m", smp->v[k].kvm_2m);
-                        json_obj_end(&j);
-                    }
-                    json_arr_end(&j);
-                    json_dbl(&j, "whole_s", pcr.whole_s);
-                    json_dbl(&j, "accesses_per_s", pc_rate);
-                    json_u64(&j, "fault_p50_ns", pcr.lat_p50_ns);
-                    json_u64(&j, "fault_p99_ns", pcr.lat_p99_ns);
-                    json_u64(&j, "fault_max_ns", pcr.lat_max_ns);
-#define X(name, desc) json_u64(&j, #name, pcr.st.name);
-                    POSTCOPY_STAT_FIELDS(X)
-#undef X
+            json_str(&j, "mode", res.postcopy ? "postcopy" : "precopy");
+            if (res.postcopy) {
+                json_obj_begin(&j, "postcopy");
+                json_bool(&j, "ok", pcr.rc == 0 && !pcr.err[0]);
+                json_str(&j, "error", pcr.err);
+                json_dbl(&j, "arm_s", pc_arm_s);
+                json_u64(&j, "links", pcr.links);
+                json_arr_begin(&j, "timeline");
+                for (unsigned k = 0; smp && k < smp->n; k++) {
+                    json_obj_begin(&j, NULL);
+                    json_dbl(&j, "t", smp->v[k].t);
+                    json_dbl(&j, "accesses_per_s", smp->v[k].accesses_per_s);
+                    json_dbl(&j, "regions_whole_share", smp->v[k].whole_share);
+                    json_dbl(&j, "host_2m_share", smp->v[k].host_2m_share);
+                    json_u64(&j, "kvm_pages_2m", smp->v[k].kvm_2m);
                     json_obj_end(&j);
                 }
+                json_arr_end(&j);
+                json_dbl(&j, "whole_s", pcr.whole_s);
+                json_dbl(&j, "accesses_per_s", pc_rate);
+                json_u64(&j, "fault_p50_ns", pcr.lat_p50_ns);
+                json_u64(&j, "fault_p99_ns", pcr.lat_p99_ns);
+                json_u64(&j, "fault_max_ns", pcr.lat_max_ns);
+#define X(name, desc) json_u64(&j, #name, pcr.st.name);
+                POSTCOPY_STAT_FIELDS(X)
+#undef X
+                json_obj_end(&j);
+            }
+            if (prog) {
+                json_dbl(&j, "prefault_s", prefault_ns > 0 ? (double)prefault_ns / 1e9 : 0);
                 json_bool(&j, "guest_verified", vrc == 0);
                 if (vrc)
                     json_str(&j, "verify_error", verr);
@@ -917,32 +950,32 @@ static int run_receive(int argc, char **argv)
                    (unsigned long long)((prog ? guest_accesses(g) : g->accesses) - a0), ran,
                    g->err ? ", stopped: " : "",
                    g->fault.what[0] ? g->fault.what : g->err ? strerror(-g->err) : "");
+            if (res.postcopy && pcr.rc == 0 && !pcr.err[0])
+                printf("post-copy: armed in %.1f ms; %llu pages came after the switch "
+                       "(%llu in the background, %llu on demand), all here %.3f s after "
+                       "it; %llu faults waited: service median %.0f us, p99 %.0f us, max "
+                       "%.0f us; %llu of %llu 2M regions whole again; the guest ran %.0f "
+                       "accesses/s meanwhile\n", pc_arm_s * 1e3,
+                       (unsigned long long)pcr.st.pending,
+                       (unsigned long long)pcr.st.pages_pushed,
+                       (unsigned long long)pcr.st.pages_urgent, pcr.whole_s,
+                       (unsigned long long)pcr.st.faults_missing, pcr.lat_p50_ns / 1e3,
+                       pcr.lat_p99_ns / 1e3, pcr.lat_max_ns / 1e3,
+                       (unsigned long long)pcr.st.regions_whole,
+                       (unsigned long long)pcr.st.regions, pc_rate);
+            else if (res.postcopy)
+                printf("post-copy FAILED after the switch: %s\n", pcr.err);
+            /* a few points of the timeline: when regions came back */
+            for (unsigned k = 0, step = smp && smp->n > 8 ? smp->n / 8 : 1; smp && k < smp->n;
+                 k += step)
+                printf("  t %6.2f s: %10.0f accesses/s, %5.1f%% of the regions whole, host "
+                       "2M share %5.1f%%%s\n", smp->v[k].t, smp->v[k].accesses_per_s,
+                       smp->v[k].whole_share * 100, smp->v[k].host_2m_share * 100,
+                       k + step >= smp->n ? " (last)" : "");
             if (prog) {
                 if (prefault_ns > 0)
                     printf("host mappings of the guest's memory made before it ran: %.3f s\n",
                            (double)prefault_ns / 1e9);
-                if (res.postcopy && pcr.rc == 0 && !pcr.err[0])
-                    printf("post-copy: armed in %.1f ms; %llu pages came after the switch "
-                           "(%llu in the background, %llu on demand), all here %.3f s after "
-                           "it; %llu faults waited: service median %.0f us, p99 %.0f us, max "
-                           "%.0f us; %llu of %llu 2M regions whole again; the guest ran %.0f "
-                           "accesses/s meanwhile\n", pc_arm_s * 1e3,
-                           (unsigned long long)pcr.st.pending,
-                           (unsigned long long)pcr.st.pages_pushed,
-                           (unsigned long long)pcr.st.pages_urgent, pcr.whole_s,
-                           (unsigned long long)pcr.st.faults_missing, pcr.lat_p50_ns / 1e3,
-                           pcr.lat_p99_ns / 1e3, pcr.lat_max_ns / 1e3,
-                           (unsigned long long)pcr.st.regions_whole,
-                           (unsigned long long)pcr.st.regions, pc_rate);
-                else if (res.postcopy)
-                    printf("post-copy FAILED after the switch: %s\n", pcr.err);
-                /* a few points of the timeline: when regions came back */
-                for (unsigned k = 0, step = smp && smp->n > 8 ? smp->n / 8 : 1; smp && k < smp->n;
-                     k += step)
-                    printf("  t %6.2f s: %10.0f accesses/s, %5.1f%% of the regions whole, host "
-                           "2M share %5.1f%%%s\n", smp->v[k].t, smp->v[k].accesses_per_s,
-                           smp->v[k].whole_share * 100, smp->v[k].host_2m_share * 100,
-                           k + step >= smp->n ? " (last)" : "");
                 cli_print_phase("after, on the receiver:", &after);
                 printf("verified: %s%s%s\n", vrc == 0 ? "yes (every vCPU replayed on the host "
                                                         "from its seed: every word and checksum "

@@ -240,14 +240,10 @@ static int run_run(int argc, char **argv)
     wc.wss = wl.v.wss;
     wc.zipf_theta = o.theta;
     wc.write_rate = wl.v.write_rate;
-    if (o.postcopy) {
-        cli_error("run: --postcopy needs a program guest (--backend kvm or native): soft vCPUs "
-                  "have no fault path for missing pages");
-        goto out;
-    }
     if (o.migrate_to) {
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
-        struct migrate_opts mopts = {.mode = mode};
+        struct migrate_opts mopts = {.mode = mode, .postcopy = o.postcopy,
+                                     .precopy_rounds = (unsigned)o.precopy_rounds};
         status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, tls, 0,
                                     o.doubt_file, o.seconds, o.fail_save, o.json);
         goto out;
