@@ -66,7 +66,7 @@ static void progress(void *ctx, const struct migrate_round *r)
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *workload, *log_dirty, *doubt_file, *fail_save, *backend;
+    const char *to, *workload, *log_dirty, *doubt_file, *fail_save, *backend, *fill;
     uint64_t guest_mem, host_mem, vcpus, seed, write_rate, max_rounds, retries;
     double after, downtime_ms, wss, write_frac, timeout_s;
     bool compress, json;
@@ -149,6 +149,8 @@ static int run_migrate(int argc, char **argv)
     int status = 1;
     if (rc < 0) {
         cli_error("migrate: cannot build the guest: %s", strerror(-rc));
+    } else if (mo.fill && cli_fill_from_file("migrate", d, mo.guest_mem, mo.fill) != 0) {
+        /* said why */
     } else {
         if (!mo.json)
             printf("guest %s on a %s machine: pages_1g %llu pages_2m %llu pages_4k %llu\n",
@@ -198,6 +200,8 @@ static struct opt migrate_opts_table[] = {
     {"wss", OPT_FRAC, &mo.wss, "F", "writer: fraction of its slice written (default 0.25)", NULL},
     {"write-frac", OPT_FRAC, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
     {"seed", OPT_U64, &mo.seed, "N", "workload seed (default 1)", NULL},
+    {"fill", OPT_STR, &mo.fill, "FILE", "guest RAM is FILE's bytes from gfn 0 before the guest "
+     "starts (the rest zero): the same content as another hypervisor's file-backed RAM", NULL},
     {"after", OPT_SECONDS, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
     {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 20)", NULL},
