@@ -8,14 +8,15 @@
  * Contract: file offset = the guest-physical address for RAM below the
  * MMIO hole (the layout's ranges one after the other, as QEMU's pc.ram), so
  * every byte of the file lands at its address in guest RAM, zero bytes
- * included (every RAM page the file covers is written, as a guest whose
- * memory is that file has it all present); the bytes of gfns that are not
+ * included (every RAM page the file covers is written, from user space, as
+ * a guest whose memory is that file has it all present); the bytes of gfns that are not
  * RAM (the legacy VGA hole, 0xa0000-0xbffff) are not used; RAM beyond a
  * shorter file stays as it was (zero).  A file larger than the guest's RAM,
  * one that cannot be opened, or a read error is refused with the file's
  * name (and the offset); on error the caller destroys the guest.
  */
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -43,6 +44,31 @@ static int pread_full(int fd, void *dst, size_t len, uint64_t off, size_t *got)
     return 0;
 }
 
+#define FILL_BUF (1u << 20)
+
+/* Fill len bytes of guest memory at dst from the file at off, through buf
+ * (FILL_BUF bytes): copied in from user space, as a guest writes its
+ * memory, not by the kernel straight into it.  Under a shadow-paging
+ * hypervisor (README: --resident) the first user access to each page
+ * traps whether or not the kernel wrote it; a guest that wrote its memory
+ * has paid that, and the sender then reads it at memory speed.  0 or the
+ * error; *got as pread_full. */
+static int fill_leaf(int fd, uint8_t *dst, size_t len, uint64_t off, uint8_t *buf, size_t *got)
+{
+    *got = 0;
+    while (*got < len) {
+        size_t want = len - *got < FILL_BUF ? len - *got : FILL_BUF, n;
+        int rc = pread_full(fd, buf, want, off + *got, &n);
+        if (rc < 0)
+            return rc;
+        memcpy(dst + *got, buf, n);
+        *got += n;
+        if (n < want)
+            break;
+    }
+    return 0;
+}
+
 int cli_fill_from_file(const char *cmd, struct domain *d, uint64_t guest_mem, const char *path)
 {
     struct stat st;
@@ -59,6 +85,11 @@ int cli_fill_from_file(const char *cmd, struct domain *d, uint64_t guest_mem, co
         return cli_error("%s: --fill %s: the file has %llu bytes, more than the guest's RAM "
                          "(%llu bytes, --guest-mem)", cmd, path, (unsigned long long)size,
                          (unsigned long long)guest_mem);
+    }
+    uint8_t *buf = hv_malloc(FILL_BUF);
+    if (!buf) {
+        close(fd);
+        return cli_error("%s: --fill: out of memory", cmd);
     }
     struct gfn_range r[2];
     unsigned n = domain_guest_layout(d, guest_mem, r);
@@ -78,7 +109,7 @@ int cli_fill_from_file(const char *cmd, struct domain *d, uint64_t guest_mem, co
                 in = r[k].gfn + r[k].nr - g;
             if (p2m_is_ram(t)) { /* contiguous frames */
                 size_t got;
-                int rc = pread_full(fd, machine_ptr(d->m, mfn), in << PAGE_SHIFT, off, &got);
+                int rc = fill_leaf(fd, machine_ptr(d->m, mfn), in << PAGE_SHIFT, off, buf, &got);
                 if (rc < 0) {
                     status = cli_error("%s: --fill %s: read error at offset %llu: %s", cmd,
                                        path, (unsigned long long)off, strerror(-rc));
@@ -94,6 +125,7 @@ int cli_fill_from_file(const char *cmd, struct domain *d, uint64_t guest_mem, co
             g += in;
         }
     }
+    free(buf);
     close(fd);
     return status;
 }
