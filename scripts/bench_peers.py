@@ -47,6 +47,8 @@ PAGE = 4096
 VGA_HOLE = range(0xa0, 0xc0)  # gfns hugevm's guest has no RAM at (src/domain.h)
 QEMU = os.environ.get("BENCH_PEERS_QEMU", "qemu-system-x86_64")
 WARM = os.environ.get("BENCH_PEERS_WARM", "1") != "0"
+TOUCH = os.environ.get("BENCH_PEERS_QEMU_TOUCH", "0") == "1"
+qemu_env = None  # with TOUCH: LD_PRELOAD of bench-peers-touch.c
 
 procs = []      # every child still to be reaped
 workdir = None
@@ -195,7 +197,8 @@ def qemu_start(name, mem_mib, backend, incoming=False):
             "-object", backend, "-qmp", "unix:%s,server=on,wait=off" % sock]
     if incoming:
         argv += ["-incoming", "defer"]
-    p = spawn(argv, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, name + ".err"), "w"))
+    p = spawn(argv, stdout=subprocess.DEVNULL, env=qemu_env,
+              stderr=open(os.path.join(workdir, name + ".err"), "w"))
     try:
         q = QMP(sock, deadline=120)  # prealloc of a 2 GiB memfd takes its time here
     except Fail:
@@ -458,9 +461,19 @@ def main():
         raise Fail("BENCH_PEERS_RUNS >= 1, BENCH_PEERS_MIB even and >= 64, "
                    "BENCH_PEERS_CONTENT of random,zero90")
     workdir = tempfile.mkdtemp(prefix="hugevm-peers.", dir=base)
+    if TOUCH:
+        global qemu_env
+        so = os.path.join(workdir, "touch.so")
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-peers-touch.c")
+        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-o", so, src,
+                        "-ldl"], check=True)
+        qemu_env = dict(os.environ, LD_PRELOAD=so)
     qv = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     print("bench-peers: %d MiB guest, %d interleaved runs per case; %s; hugevm %s; files in %s"
           % (mem_mib, runs, qv, hv, workdir))
+    print("senders' memory touched from user space first: %s; QEMU's prealloc touching from "
+          "user space (BENCH_PEERS_QEMU_TOUCH): %s" % ("yes" if WARM else "no (cold)",
+                                                       "yes" if TOUCH else "no (as shipped)"))
     loads = [load()]
     results = {}
     for kind in contents:
@@ -513,7 +526,10 @@ def main():
             rows.append((case, unit, hmed, min(h), max(h), qmed, min(q), max(q), ratio, qname))
             entries.append({"name": "peer_qemu_%s_%s" % (case, unit), "value": round(hmed, 6),
                             "unit": unit, "limit": round(qmed, 6),
-                            "limit_name": "%s (%s)" % (qname, qv.replace("QEMU emulator version ", "QEMU ")),
+                            "limit_name": "%s (%s%s%s)" % (
+                                qname, qv.replace("QEMU emulator version ", "QEMU "),
+                                ", prealloc touching from user space" if TOUCH else "",
+                                "" if WARM else ", senders cold"),
                             "ratio": round(ratio, 4)})
     path = os.path.join(build, "bench.json")
     merge_json(path, entries)
