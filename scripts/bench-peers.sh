@@ -8,7 +8,8 @@
 # BENCH_PEERS_RUNS (default 3), BENCH_PEERS_MIB (default 2048),
 # BENCH_PEERS_CONTENT (random,zero90), BENCH_PEERS_DIR (default /dev/shm:
 # content and saved files, about 2 GiB each), BENCH_PEERS_HUGEVM_DOWNTIME
-# (hugevm migrate --downtime; default its own 20 ms) tune it.
+# (hugevm migrate --downtime; default its own 20 ms) and
+# BENCH_PEERS_QEMU_TOUCH=0 (QEMU's prealloc as shipped) tune it.
 set -euo pipefail
 build=${1:-build}
 if ! command -v "${BENCH_PEERS_QEMU:-qemu-system-x86_64}" >/dev/null 2>&1; then

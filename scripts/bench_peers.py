@@ -8,14 +8,23 @@ loopback TCP, saved to a file and restored, by hugevm and by QEMU:
   QEMU     TCG guest, no disk, idle in SeaBIOS; its RAM a memory-backend-file
            of the content file (share=off, prealloc=on: present and private,
            the file itself never written); receivers a memory-backend-memfd
-           with prealloc=on; max-bandwidth raised (7.2 caps at 128 MiB/s),
-           downtime-limit 50; one channel, and multifd with 2 channels; save
+           with prealloc=on, made to touch every page from user space
+           (bench-peers-touch.c; BENCH_PEERS_QEMU_TOUCH=0: QEMU's own
+           MADV_POPULATE_WRITE, which leaves the first user access to each
+           page trapping on a shadow-paging host such as this one, where
+           hugevm's --resident does not); max-bandwidth raised (7.2 caps
+           at 128 MiB/s), downtime-limit 50; one channel, and multifd with
+           2 channels; save
            = stop, then migrate to exec:cat > FILE; restore = -incoming defer,
            migrate-incoming exec:cat FILE.
   hugevm   `hugevm migrate --fill FILE` (soft vCPU, a writer of 1 write/s on
            0.1% of memory: nearly idle) to `hugevm receive --resident`;
            `hugevm save --fill FILE`; `hugevm restore --resident`.  hugevm has
            no parallel channels yet: its multifd rows are its one-channel run.
+
+Both senders have their memory touched from user space before the timing,
+as a guest that ran has: hugevm's --fill copies through a buffer, QEMU
+migrates once to /dev/null first.
 
 Runs are interleaved (the order of the cases alternates run by run), the
 figures are medians of BENCH_PEERS_RUNS runs (default 3), the ratio
@@ -46,8 +55,7 @@ import time
 PAGE = 4096
 VGA_HOLE = range(0xa0, 0xc0)  # gfns hugevm's guest has no RAM at (src/domain.h)
 QEMU = os.environ.get("BENCH_PEERS_QEMU", "qemu-system-x86_64")
-WARM = os.environ.get("BENCH_PEERS_WARM", "1") != "0"
-TOUCH = os.environ.get("BENCH_PEERS_QEMU_TOUCH", "0") == "1"
+TOUCH = os.environ.get("BENCH_PEERS_QEMU_TOUCH", "1") != "0"
 qemu_env = None  # with TOUCH: LD_PRELOAD of bench-peers-touch.c
 
 procs = []      # every child still to be reaped
@@ -211,16 +219,15 @@ def qemu_source(content, mem_mib):
     p, q = qemu_start("src", mem_mib, "memory-backend-file,id=ram,size=%dM,mem-path=%s,share=off,"
                       "prealloc=on" % (mem_mib, content))
     time.sleep(1.0)  # SeaBIOS: POST done, idle (no bootable device)
-    if WARM:
-        # QEMU's own reads of its RAM once, as hugevm's sender has its memory
-        # written from user space (--fill): prealloc populates from the
-        # kernel, and on a shadow-paging host the first user access to each
-        # page still traps (README: --resident).  A migration to /dev/null,
-        # then the guest runs on.
-        qemu_params(q, 1)
-        q.cmd("migrate", uri="exec:cat > /dev/null")
-        qemu_wait_done(q)
-        q.cmd("cont")
+    # QEMU's own reads of its RAM once, as hugevm's sender has its memory
+    # written from user space (--fill): prealloc populates from the kernel,
+    # and on a shadow-paging host the first user access to each page still
+    # traps (README: --resident).  A migration to /dev/null, then the guest
+    # runs on.
+    qemu_params(q, 1)
+    q.cmd("migrate", uri="exec:cat > /dev/null")
+    qemu_wait_done(q)
+    q.cmd("cont")
     return p, q
 
 
@@ -452,6 +459,8 @@ def main():
     global workdir
     build = sys.argv[1] if len(sys.argv) > 1 else "build"
     hv = os.path.join(build, "tools", "hugevm")
+    if not os.access(hv, os.X_OK):
+        raise Fail("%s is not built (make)" % hv)
     runs = int(os.environ.get("BENCH_PEERS_RUNS", "3"))
     mem_mib = int(os.environ.get("BENCH_PEERS_MIB", "2048"))
     contents = os.environ.get("BENCH_PEERS_CONTENT", "random,zero90").split(",")
@@ -471,9 +480,8 @@ def main():
     qv = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     print("bench-peers: %d MiB guest, %d interleaved runs per case; %s; hugevm %s; files in %s"
           % (mem_mib, runs, qv, hv, workdir))
-    print("senders' memory touched from user space first: %s; QEMU's prealloc touching from "
-          "user space (BENCH_PEERS_QEMU_TOUCH): %s" % ("yes" if WARM else "no (cold)",
-                                                       "yes" if TOUCH else "no (as shipped)"))
+    print("QEMU's prealloc touching from user space (BENCH_PEERS_QEMU_TOUCH): %s"
+          % ("yes" if TOUCH else "no (as shipped)"))
     loads = [load()]
     results = {}
     for kind in contents:
@@ -526,10 +534,9 @@ def main():
             rows.append((case, unit, hmed, min(h), max(h), qmed, min(q), max(q), ratio, qname))
             entries.append({"name": "peer_qemu_%s_%s" % (case, unit), "value": round(hmed, 6),
                             "unit": unit, "limit": round(qmed, 6),
-                            "limit_name": "%s (%s%s%s)" % (
+                            "limit_name": "%s (%s%s)" % (
                                 qname, qv.replace("QEMU emulator version ", "QEMU "),
-                                ", prealloc touching from user space" if TOUCH else "",
-                                "" if WARM else ", senders cold"),
+                                ", prealloc touching from user space" if TOUCH else ""),
                             "ratio": round(ratio, 4)})
     path = os.path.join(build, "bench.json")
     merge_json(path, entries)
