@@ -41,6 +41,7 @@ path (normal end, an error, SIGINT, SIGTERM).
 """
 import atexit
 import json
+import math
 import os
 import random
 import shutil
@@ -537,7 +538,8 @@ def main():
                             "limit_name": "%s (%s%s)" % (
                                 qname, qv.replace("QEMU emulator version ", "QEMU "),
                                 ", prealloc touching from user space" if TOUCH else ""),
-                            "ratio": round(ratio, 4)})
+                            # QEMU reports whole ms: a 0 ms downtime gives no ratio
+                            "ratio": round(ratio, 4) if math.isfinite(ratio) else None})
     path = os.path.join(build, "bench.json")
     merge_json(path, entries)
 
