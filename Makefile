@@ -6,6 +6,10 @@
 #   make check    ASan+UBSan build with expensive audits in build-check/, all tests
 #   make demo     release build, then the headline demo on built-in defaults
 #   make bench    release build, then the benchmarks (table + build/bench.json)
+#   make bench-peers  release build, then hugevm against QEMU 7.2 on the same
+#                 2 GiB (migrate, multifd, save, restore; peer_qemu_* merged
+#                 into build/bench.json); installs qemu-system-x86 as root,
+#                 else prints the command; not part of check
 #   make stress   the check suite with randomised tests scaled up (HUGEVM_STRESS)
 #   make fuzz     longer fuzz run of the stream reader (FUZZ_SECONDS, default 600)
 #   make check-kvm  the kvm tests inside a QEMU TCG guest that has /dev/kvm
@@ -20,7 +24,7 @@ MESON_OPTS  ?=
 PREFIX      ?= /usr/local
 DESTDIR     ?=
 
-.PHONY: all deps check check-kvm stress demo bench fuzz install clean
+.PHONY: all deps check check-kvm stress demo bench bench-peers fuzz install clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -62,6 +66,9 @@ demo: all
 
 bench: all
 	bash scripts/bench.sh $(BUILD)
+
+bench-peers: all
+	bash scripts/bench-peers.sh $(BUILD)
 
 FUZZ_SECONDS ?= 600
 fuzz: deps

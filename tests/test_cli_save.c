@@ -756,6 +756,135 @@ static void test_cli_save_failures(void **state)
                   "are never replaced\n");
 }
 
+/* `--fill FILE` (tools/fill.c): the saved guest's RAM is the file's bytes,
+ * page for page, zero pages travelling as zero and the RAM past a shorter
+ * file zero; a file larger than the guest, a missing one, or --fill with
+ * --balloon are refused by name (save and migrate alike). */
+static void test_cli_fill(void **state)
+{
+    (void)state;
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary was not found (%s)\n", hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvfillXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char content[64], big[64], img[64], out[64], missing[64];
+    snprintf(content, sizeof(content), "%s/content", dir);
+    snprintf(big, sizeof(big), "%s/big", dir);
+    snprintf(img, sizeof(img), "%s/img.hvs", dir);
+    snprintf(out, sizeof(out), "%s/out", dir);
+    snprintf(missing, sizeof(missing), "%s/missing", dir);
+
+    /* 5 MiB + 3 pages + 100 bytes: every third page zero, the others
+     * random, the last (partial) page random too: it straddles 2M leaves */
+    const size_t len = 5 * MiB + 3 * PAGE_SIZE + 100, pages = (len + PAGE_SIZE - 1) / PAGE_SIZE;
+    uint8_t *want = calloc(1, pages * PAGE_SIZE);
+    assert_non_null(want);
+    struct hv_rng r = {77};
+    size_t nonzero = 0; /* data pages the guest gets: not those of the VGA hole */
+    for (size_t pg = 0; pg < pages; pg++) {
+        if (pg % 3 == 0)
+            continue;
+        uint64_t *p = (uint64_t *)(want + pg * PAGE_SIZE);
+        for (unsigned k = 0; k < PAGE_SIZE / 8; k++)
+            p[k] = hv_rng_next(&r) | 1;
+        nonzero += pg < VGA_HOLE_GFN || pg >= VGA_HOLE_GFN + VGA_HOLE_NR;
+    }
+    memset(want + len, 0, pages * PAGE_SIZE - len); /* past the file: zero in the guest */
+    if (pages % 3 == 1) /* the partial page must hold data for the count below */
+        fail_msg("test layout: the last page is a zero one");
+    FILE *f = fopen(content, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(want, 1, len, f), len);
+    fclose(f);
+
+    char *sv[] = {hv, "save", img, "--guest-mem", "16M", "--fill", content, "--json", NULL};
+    assert_int_equal(run_to(sv, out), 0);
+    char *doc = slurp(out);
+    char got[64];
+    snprintf(got, sizeof(got), "%zu", nonzero);
+    expect(doc, NULL, "pages_data", got);
+    snprintf(got, sizeof(got), "%llu",
+             (unsigned long long)(16 * MiB / PAGE_SIZE - VGA_HOLE_NR - nonzero));
+    expect(doc, NULL, "pages_zero", got);
+    free(doc);
+
+    /* restore it here and compare every RAM page of the guest's 16 MiB: each
+     * holds the file's bytes at its address (the VGA hole is no RAM) */
+    struct machine *m = new_machine(256 * MiB);
+    int fd = open(img, O_RDONLY);
+    assert_true(fd >= 0);
+    struct stream_fd sfd;
+    struct stream_io io;
+    struct restore_result rr;
+    assert_int_equal(stream_fd_open(&sfd, &io, fd), 0);
+    int rc = stream_restore(m, &io, NULL, &rr);
+    stream_fd_free(&sfd);
+    close(fd);
+    if (rc < 0)
+        fail_msg("stream_restore: %s", rr.err);
+    static const uint8_t zero[PAGE_SIZE];
+    for (gfn_t g = 0; g < 16 * MiB / PAGE_SIZE; g++) {
+        enum p2m_type t;
+        unsigned lo;
+        mfn_t mfn = p2m_get_entry(rr.d->p2m, g, &t, &lo);
+        bool vga = g >= VGA_HOLE_GFN && g < VGA_HOLE_GFN + VGA_HOLE_NR;
+        assert_true(p2m_is_ram(t) == !vga);
+        if (vga)
+            continue;
+        const void *exp = g < pages ? want + g * PAGE_SIZE : zero;
+        if (memcmp(machine_ptr(m, mfn), exp, PAGE_SIZE))
+            fail_msg("gfn 0x%llx differs from the --fill file", (unsigned long long)g);
+    }
+    domain_destroy(rr.d);
+    restore_result_free(&rr);
+    AUDIT_OK(frames_audit(m->frames));
+    machine_destroy(m);
+    unlink(img);
+
+    /* a file larger than the guest, a missing file, --fill with --balloon */
+    f = fopen(big, "w");
+    assert_non_null(f);
+    assert_int_equal(ftruncate(fileno(f), 16 * MiB + 1), 0);
+    fclose(f);
+    char *sb[] = {hv, "save", img, "--guest-mem", "16M", "--fill", big, NULL};
+    assert_int_equal(run_to(sb, out), 1);
+    doc = slurp(out);
+    if (!strstr(doc, big) || !strstr(doc, "more than the guest's RAM"))
+        fail_msg("a file larger than the guest: %.300s", doc);
+    free(doc);
+    char *sm[] = {hv, "save", img, "--guest-mem", "16M", "--fill", missing, NULL};
+    assert_int_equal(run_to(sm, out), 1);
+    doc = slurp(out);
+    if (!strstr(doc, missing) || !strstr(doc, "No such file"))
+        fail_msg("a missing file: %.300s", doc);
+    free(doc);
+    char *sbl[] = {hv, "save", img, "--guest-mem", "16M", "--fill", content, "--balloon",
+                   "0x100000+0x200000", NULL};
+    assert_int_equal(run_to(sbl, out), 1);
+    doc = slurp(out);
+    assert_non_null(strstr(doc, "do not go together"));
+    free(doc);
+    assert_int_equal(access(img, F_OK), -1); /* no image from any of them */
+    char *mg[] = {hv, "migrate", "--to", "127.0.0.1:1", "--insecure", "--backend", "soft",
+                  "--guest-mem", "16M", "--fill", big, NULL};
+    assert_int_equal(run_to(mg, out), 1);
+    doc = slurp(out);
+    if (!strstr(doc, "migrate: --fill") || !strstr(doc, "more than the guest's RAM"))
+        fail_msg("migrate --fill with a file larger than the guest: %.300s", doc);
+    free(doc);
+
+    unlink(content);
+    unlink(big);
+    unlink(out);
+    rmdir(dir);
+    free(want);
+    print_message("# save --fill: %zu data pages of %zu, every page equal to the file's after "
+                  "restore; larger, missing and --balloon refused\n", nonzero, pages);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_uniform_1),
     cmocka_unit_test(test_writer_2),
@@ -765,6 +894,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_corrupt_state),
     cmocka_unit_test(test_cli_end_to_end),
     cmocka_unit_test(test_cli_save_failures),
+    cmocka_unit_test(test_cli_fill),
 };
 
 int main(void)

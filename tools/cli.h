@@ -152,6 +152,13 @@ int cli_machine_create(const char *cmd, struct machine **m, uint64_t bytes, bool
  * `overcommit`: 0, or -E2BIG after printing why.  cli_parse applies it to
  * every command with a --guest-mem option, which all take --overcommit. */
 int cli_check_guest_mem(const char *cmd, uint64_t bytes, bool overcommit) HV_MUST_CHECK;
+/* --fill FILE (fill.c): guest RAM is FILE's bytes, file offset = guest-physical
+ * address below the MMIO hole (non-RAM gfns skip theirs), every RAM page the
+ * file covers written, the rest left zero; a file larger than guest_mem or
+ * unreadable is refused with its name (and offset).  0, or 1 after printing
+ * "CMD: --fill FILE: why". */
+int cli_fill_from_file(const char *cmd, struct domain *d, uint64_t guest_mem,
+                       const char *path) HV_MUST_CHECK;
 /* "resident": bool, "prefault_s": seconds spent committing it. */
 void cli_json_machine_memory(struct json *j, const struct machine *m);
 /* PoD state and statistics of a domain (cache, populated per order, sweeps,

@@ -67,7 +67,7 @@ static void progress(void *ctx, const struct migrate_round *r)
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *log_dirty, *doubt_file, *fail_save, *backend;
+    const char *to, *log_dirty, *doubt_file, *fail_save, *backend, *fill;
     uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds;
     double after, downtime_ms, write_frac, timeout_s, pc_recover_s;
     bool compress, json, postcopy, postcopy_auto;
@@ -161,6 +161,8 @@ static int run_migrate(int argc, char **argv)
     int status = 1;
     if (rc < 0) {
         cli_error("migrate: cannot build the guest: %s", strerror(-rc));
+    } else if (mo.fill && cli_fill_from_file("migrate", d, mo.guest_mem, mo.fill) != 0) {
+        /* said why */
     } else {
         if (!mo.json)
             printf("guest %s on a %s machine: pages_1g %llu pages_2m %llu pages_4k %llu\n",
@@ -206,6 +208,8 @@ static struct opt migrate_opts_table[] = {
     {"host-mem", OPT_SIZE, &mo.host_mem, "SIZE", "machine size (default: guest + 25% + 64M, in GiB)", NULL},
     CLI_WORKLOAD_OPTS(wl),
     {"write-frac", OPT_FRAC, &mo.write_frac, "F", "fraction of accesses that write (default per workload)", NULL},
+    {"fill", OPT_STR, &mo.fill, "FILE", "guest RAM is FILE's bytes from gfn 0 before the guest "
+     "starts (the rest zero): the same content as another hypervisor's file-backed RAM", NULL},
     {"after", OPT_SECONDS, &mo.after, "S", "run the guest S seconds before migrating (default 1)", NULL},
     {"log-dirty", OPT_STR, &mo.log_dirty, "MODE", "split-on-write (default), eager-split or coarse", NULL},
     {"downtime", OPT_DBL, &mo.downtime_ms, "MS", "downtime target in ms (default 20)", NULL},

@@ -14,7 +14,7 @@
 
 static struct {
     uint64_t guest_mem, host_mem, mmio_hole, seed, batch, every, pod_mem;
-    const char *order, *balloon;
+    const char *order, *balloon, *fill;
     bool no_optional, no_xalloc, json;
     struct domain_config cfg;
 } o = {
@@ -82,6 +82,8 @@ static int run_save(int argc, char **argv)
         return cli_error("save: --order must be gfn, reverse or random");
     if (!o.guest_mem || o.guest_mem % PAGE_SIZE || o.batch > SAVE_MAX_BATCH || !o.every)
         return cli_error("save: bad --guest-mem, --batch (at most %u) or --every", SAVE_MAX_BATCH);
+    if (o.fill && o.balloon)
+        return cli_error("save: --fill and --balloon do not go together (--fill covers all RAM)");
     if (!o.host_mem)
         o.host_mem = ((o.guest_mem + o.pod_mem + GiB) + GiB - 1) & ~(GiB - 1);
     if (cli_machine_create("save", &m, o.host_mem, false, NULL) < 0)
@@ -123,9 +125,12 @@ static int run_save(int argc, char **argv)
             goto out;
         }
     }
-    /* Recognisable content: one page in `every` carries its gfn. */
+    /* The content: the --fill file's bytes, or recognisable content (one
+     * page in `every` carries its gfn). */
+    if (o.fill && cli_fill_from_file("save", d, o.guest_mem, o.fill) != 0)
+        goto out;
     struct hv_rng rng = {o.seed};
-    for (gfn_t g = 0; g < P2M_GFN_LIMIT;) {
+    for (gfn_t g = 0; !o.fill && g < P2M_GFN_LIMIT;) {
         enum p2m_type t;
         unsigned lo;
         mfn_t mfn = p2m_get_entry(d->p2m, g, &t, &lo);
@@ -201,6 +206,8 @@ static struct opt save_opts_table[] = {
     {"balloon", OPT_STR, &o.balloon, "A+SIZE", "give this range back before saving (holes inside extents)", NULL},
     {"pod", OPT_SIZE, &o.pod_mem, "SIZE", "add SIZE of PoD entries after the RAM", NULL},
     {"every", OPT_U64, &o.every, "N", "write content into one page in N (default 64; rest zero)", NULL},
+    {"fill", OPT_STR, &o.fill, "FILE", "guest RAM is FILE's bytes from gfn 0 (the rest zero; "
+     "instead of --every's content): the same content as another hypervisor's file-backed RAM", NULL},
     {"order", OPT_STR, &o.order, "O", "page order in the stream: gfn (default), reverse, random", NULL},
     {"batch", OPT_U64, &o.batch, "N", "pfns per PAGE_DATA record (default 1024)", NULL},
     {"no-optional", OPT_FLAG, &o.no_optional, NULL, "write no optional (hugevm) records", NULL},
