@@ -671,6 +671,56 @@ static void test_xen_2025_rule(void **state)
     machine_destroy(m);
 }
 
+/*
+ * Xen's rule needs the region wholly unmapped: one record of a foreign
+ * producer names pfn 517 first (4K), then [0, 512) in order (one 2M leaf),
+ * then [512, 1024) in order, whose region already has 517: 4K pages, none
+ * merged (Xen's p2m never merges), the data of the first 517 replaced by
+ * the second.  A record [1, 1024): its run misses the first pfn of
+ * [0, 512), which is 4K, and holds [512, 1024) whole, which is 2M.
+ */
+static void test_xen_2025_rule_partial(void **state)
+{
+    (void)state;
+    gfn_t pfns[1 + 1024];
+    pfns[0] = 517;
+    for (gfn_t i = 0; i < 1024; i++)
+        pfns[1 + i] = i;
+    for (int variant = 0; variant < 2; variant++) {
+        struct stream_mem mem;
+        if (variant == 0)
+            foreign_stream(&mem, pfns, 1025, 1025, 0, 0);
+        else
+            foreign_stream(&mem, pfns + 2, 1023, 1023, 0, 0); /* [1, 1024) */
+        struct machine *m = new_machine(64 * MiB);
+        struct restore_opts ro = {.xen_2025_rule = true};
+        struct restore_result rr;
+        int rc = restore_from(m, mem.buf, mem.len, &ro, &rr);
+        if (rc)
+            fail_msg("restore: %s", rr.err);
+        assert_int_equal(domain_pages_1g(rr.d), 0);
+        assert_int_equal(domain_pages_2m(rr.d), 1);
+        assert_int_equal(domain_pages_4k(rr.d), variant == 0 ? 512 : 511);
+        enum p2m_type t;
+        unsigned order;
+        p2m_get_entry(rr.d->p2m, variant == 0 ? 0 : 512, &t, &order);
+        assert_int_equal(order, PAGE_ORDER_2M);
+        assert_int_equal(rr.pages_populated, variant == 0 ? 1024 : 1023);
+        for (gfn_t g = 5; g < 1024; g += 5) {
+            uint8_t *p = machine_ptr(m, p2m_get_entry(rr.d->p2m, g, NULL, NULL));
+            assert_int_equal(p[0], (g & 0xff) | 1);
+            assert_int_equal(p[4095], (g & 0xff) | 1);
+        }
+        AUDIT_OK(domain_audit(rr.d));
+        AUDIT_OK(frames_audit(m->frames));
+        domain_destroy(rr.d);
+        restore_result_free(&rr);
+        assert_machine_empty(m);
+        machine_destroy(m);
+        stream_mem_free(&mem);
+    }
+}
+
 /* ---- errors ---------------------------------------------------------------------------- */
 
 static struct blob small_stream(struct machine *m, bool no_optional)
@@ -1087,6 +1137,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_random),
         cmocka_unit_test(test_foreign_producer),
         cmocka_unit_test(test_xen_2025_rule),
+        cmocka_unit_test(test_xen_2025_rule_partial),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_fault_injection),
         cmocka_unit_test(test_file_and_context),
