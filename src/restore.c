@@ -21,6 +21,10 @@
  *                  else the 2M extent if that 2M region has seen no hole,
  *                  else a 4K page; the domain refuses blocks over its holes
  *                  and 4K-only ranges (-EINVAL) and -ENOMEM falls back.
+ *                  (restore_opts.xen_2025_rule, for comparison: 2M only
+ *                  when the record holds the region's 512 pfns in order
+ *                  from its first (xen_whole_region), else 4K; no
+ *                  speculation, no layout, no coalescing.)
  *   END            mapped pfns without a fill bit were allocated
  *                  speculatively: they are released (split along the path
  *                  only), then the p2m is coalesced.  Late configuration
@@ -513,6 +517,13 @@ static int make_domain(struct rctx *c)
     if (rc < 0)
         return FAIL(c, rc, UINT64_MAX, "cannot create the domain: %s", strerror(-rc));
     res->domid = c->d->domid;
+    if (c->o->xen_2025_rule) {
+        /* Xen's p2m never merges 4K into 2M or 2M into 1G: neither does
+         * this domain's, after the restore too (log-dirty switched off
+         * later would turn merging on again, as it does for any domain). */
+        c->d->no_auto_coalesce = true;
+        p2m_set_auto_coalesce(c->d->p2m, false);
+    }
     /* Speculation may exceed neither the configuration's max_pages nor
      * the machine (a live stream's guest may hold more RAM for a while). */
     c->budget = c->d->max_pages;
@@ -533,11 +544,34 @@ static int free_unfilled(struct rctx *c);
  * and first touches are 4K from then on: so a sparse stream costs at most
  * max_pages frames at any time, and trimming costs one walk of the p2m.
  */
-static int first_touch(struct rctx *c, gfn_t pfn, mfn_t *mfn)
+static int first_touch(struct rctx *c, gfn_t pfn, bool xen_run, mfn_t *mfn)
 {
     struct rs_1g *g1 = node_1g(c, pfn);
     struct rs_2m *g2 = node_2m(c, pfn, false);
     static const unsigned orders[] = {PAGE_ORDER_1G, PAGE_ORDER_2M};
+    if (c->o->xen_2025_rule) {
+        /* Xen's rule: 2M for a whole region in one record, else 4K. */
+        gfn_t base = pfn & ~(gfn_t)511;
+        if (xen_run && base + 512 <= c->limit && c->d->tot_pages + 512 <= c->budget) {
+            mfn_t m0;
+            int rc = domain_map_extent(c->d, base, PAGE_ORDER_2M, &m0);
+            if (rc == 0) {
+                c->res->spec_2m++;
+                *mfn = m0 + (pfn - base);
+                return 0;
+            }
+            if (rc == -ENOMEM)
+                c->res->fallback_nomem++;
+            else if (rc != -EINVAL && rc != -EEXIST && rc != -EDQUOT)
+                return rc;
+        }
+        if (c->d->tot_pages + 1 > c->budget)
+            return -EDQUOT;
+        int rc = domain_map_extent(c->d, pfn, PAGE_ORDER_4K, mfn);
+        if (rc == 0)
+            c->res->alloc_4k++;
+        return rc;
+    }
     for (size_t i = 0; !c->no_spec && i < ARRAY_SIZE(orders); i++) {
         unsigned o = orders[i];
         gfn_t base = pfn & ~(order_pages(o) - 1);
@@ -725,6 +759,22 @@ static int drop_pfns(struct rctx *c)
     return 0;
 }
 
+/* Xen's 2025 rule: entries [i, i + 512) of the record are populating
+ * entries for the 512 pfns of one 2M region, in ascending order from its
+ * first pfn.  (The runs this checks from aligned pfns are disjoint, so a
+ * record costs O(count) however it is built.) */
+static bool xen_whole_region(const uint64_t *ents, uint32_t i, uint32_t count)
+{
+    gfn_t base = stream_entry_pfn(ents[i]);
+    if ((base & 511) || count - i < 512)
+        return false;
+    for (uint32_t k = 0; k < 512; k++)
+        if (!is_populating(stream_entry_type(ents[i + k])) ||
+            stream_entry_pfn(ents[i + k]) != base + k)
+            return false;
+    return true;
+}
+
 static int page_data(struct rctx *c)
 {
     struct stream_reader *r = &c->rd;
@@ -802,6 +852,7 @@ static int page_data(struct rctx *c)
 
     gfn_t prev = INVALID_GFN;
     uint64_t run = 0; /* Xen 2025 rule: consecutive populated pfns in this record */
+    uint32_t xen_run_end = 0; /* restore_opts.xen_2025_rule: entries below are a whole 2M */
     for (uint32_t i = 0; i < count; i++) {
         uint64_t at = body + 8 + 8ULL * i;
         unsigned t = stream_entry_type(c->pfns[i]);
@@ -849,6 +900,8 @@ static int page_data(struct rctx *c)
         struct rs_2m *s = node_2m(c, pfn, true);
         if (!s)
             return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the region state");
+        if (c->o->xen_2025_rule && i >= xen_run_end && xen_whole_region(c->pfns, i, count))
+            xen_run_end = i + 512;
         run = (run && pfn == prev + 1) ? run + 1 : 1;
         prev = pfn;
         if (run >= 512 && ((pfn + 1) & 511) == 0)
@@ -872,7 +925,7 @@ static int page_data(struct rctx *c)
             enum p2m_type pt;
             mfn = p2m_get_entry(c->d->p2m, pfn, &pt, NULL);
             if (!p2m_is_ram(pt)) {
-                rc = first_touch(c, pfn, &mfn);
+                rc = first_touch(c, pfn, i < xen_run_end, &mfn);
                 if (rc == -EINVAL)
                     return FAIL(c, rc, at, "pfn %#llx lies in a hole of the domain",
                                 (unsigned long long)pfn);
@@ -954,7 +1007,7 @@ static int hv_layout(struct rctx *c)
         return FAIL(c, -EBADMSG, body, "%u extents need %llu bytes, body has %u", n,
                     8 + 8ULL * n, r->length);
     c->res->have_layout = true;
-    bool prealloc = !c->o->ignore_layout && !c->seen_page_data;
+    bool prealloc = !c->o->ignore_layout && !c->o->xen_2025_rule && !c->seen_page_data;
     if (prealloc) {
         rc = make_domain(c);
         if (rc < 0)
@@ -1559,8 +1612,10 @@ static int finish(struct rctx *c)
     rc = free_unfilled(c);
     if (rc < 0)
         return FAIL(c, rc, UINT64_MAX, "freeing unfilled speculative pages: %s", strerror(-rc));
-    long merged = p2m_coalesce(d->p2m, 0, P2M_GFN_LIMIT);
-    res->merges = merged > 0 ? (uint64_t)merged : 0;
+    if (!c->o->xen_2025_rule) { /* (Xen keeps the leaves it allocated) */
+        long merged = p2m_coalesce(d->p2m, 0, P2M_GFN_LIMIT);
+        res->merges = merged > 0 ? (uint64_t)merged : 0;
+    }
     if (cfg && !c->cfg_at_create) {
         rc = apply_late_config(c, cfg);
         if (rc < 0)

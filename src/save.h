@@ -205,6 +205,18 @@ struct restore_opts {
      * pages, term by term as they arrive (each data page hashed as it
      * lands), so that nothing reads memory again at END. */
     bool digest;
+    /* Internal, for comparison only (tests, `make bench`): allocate as
+     * Xen's restore does since 2025 instead of hugevm's rule.  A
+     * populating entry for an unmapped pfn gets a 2M extent only when its
+     * PAGE_DATA record holds the 512 pfns of that 2M region, populated, one
+     * after the other in ascending order, starting at the region's first
+     * pfn (and the region is wholly unmapped); else a 4K page.  Never 1G,
+     * no speculation, HV_LAYOUT is not used, nothing is coalesced at END,
+     * and the domain's p2m keeps automatic coalescing off (Xen's p2m never
+     * merges leaves; d->no_auto_coalesce, as under log-dirty).
+     * A dry run ignores it (its prediction is hugevm's; res->xen_2m and
+     * xen_4k are the rule's count either way). */
+    bool xen_2025_rule;
 };
 
 struct restore_result {

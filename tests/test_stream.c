@@ -159,7 +159,8 @@ static void ideal_leaves(struct domain *src, uint64_t out[3])
  * leaf counts per order and type equal the source's (exact) or those of a
  * maximal layout of the source's RAM (random layouts, where the source may
  * hold 4K leaves over a complete 2M region). */
-static void assert_same_guest_x(struct domain *src, struct domain *dst, bool exact)
+/* dst maps the same RAM gfns as src with the same bytes (and no more). */
+static void assert_same_content(struct domain *src, struct domain *dst)
 {
     static uint8_t zero[PAGE_SIZE];
     struct cmp_ctx c = {.dst = dst};
@@ -168,6 +169,11 @@ static void assert_same_guest_x(struct domain *src, struct domain *dst, bool exa
     assert_int_equal(p2m_for_each_leaf(src->p2m, 0, P2M_GFN_LIMIT, cmp_leaf, &c), 0);
     assert_int_equal(c.pages, src->tot_pages - src->pod.count);
     assert_int_equal(dst->tot_pages, src->tot_pages);
+}
+
+static void assert_same_guest_x(struct domain *src, struct domain *dst, bool exact)
+{
+    assert_same_content(src, dst);
     assert_int_equal(dst->pod.entry_count, src->pod.entry_count);
     assert_int_equal(dst->pod.count, src->pod.count);
     struct p2m_stats a, b;
@@ -578,6 +584,141 @@ static void test_foreign_producer(void **state)
     assert_int_equal(rr.pages_2m, 8);
     stream_mem_free(&mem);
     free(pfns);
+}
+
+/*
+ * restore_opts.xen_2025_rule allocates as Xen's restore does since 2025: a
+ * 2M leaf only for a region whose 512 pfns one record holds in order, else
+ * 4K, never 1G.  One 1G region and 32 2M regions (above 4G), saved in
+ * ascending order in records of 1024 (every region whole in one record),
+ * with the first record cut at 300 (every even region, counted over the
+ * pfns sent, straddles two records), in records of 500 (none whole) and in
+ * random order (none): the rule's leaves are exactly those, its own count
+ * (xen_2m) agrees, while hugevm's rule restores the 1G and 2M leaves from
+ * every one of these streams (from the HV_LAYOUT hint, and without it for
+ * the last two).  The memory is the same either way: the same
+ * digest, the same bytes as the source, audits clean.
+ */
+static void test_xen_2025_rule(void **state)
+{
+    (void)state;
+    const uint64_t nr_2m = 512 + 32, n = nr_2m * 512;
+    struct machine *m = new_machine(2 * GiB);
+    struct domain *d = new_domain(m);
+    assert_int_equal(domain_populate(d, 0x100000, n, NULL), 0);
+    assert_int_equal(domain_pages_1g(d), 1);
+    fill_content(d, 23, 64);
+    static const struct {
+        const char *what;
+        struct save_opts o;
+        uint64_t xen_2m; /* 2M leaves under Xen's rule */
+    } cases[] = {
+        {"ascending, records of 1024", {.order = SAVE_ORDER_GFN}, 512 + 32},
+        {"ascending, first record 300", {.order = SAVE_ORDER_GFN, .first_batch = 300}, 272},
+        {"ascending, records of 500", {.order = SAVE_ORDER_GFN, .batch = 500}, 0},
+        {"random order", {.order = SAVE_ORDER_RANDOM, .seed = 11}, 0},
+    };
+    uint64_t digest = 0;
+    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+        struct blob b;
+        struct save_result sr;
+        save_to(&b, d, &cases[k].o, &sr);
+        for (int xen = 0; xen < 2; xen++) {
+            struct machine *m2 = new_machine(2 * GiB);
+            /* hugevm's rule from the layout hint, and (k >= 2) without it */
+            struct restore_opts ro = {.xen_2025_rule = xen, .digest = true,
+                                      .ignore_layout = k >= 2};
+            struct restore_result rr;
+            int rc = restore_from(m2, b.mem.buf, b.mem.len, &ro, &rr);
+            if (rc)
+                fail_msg("%s (%s rule): restore: %s", cases[k].what, xen ? "Xen's" : "hugevm's",
+                         rr.err);
+            print_message("# %-28s %s rule: 1g %llu 2m %llu 4k %llu (Xen count 2m %llu)\n",
+                          cases[k].what, xen ? "Xen's   " : "hugevm's",
+                          (unsigned long long)domain_pages_1g(rr.d),
+                          (unsigned long long)domain_pages_2m(rr.d),
+                          (unsigned long long)domain_pages_4k(rr.d),
+                          (unsigned long long)rr.xen_2m);
+            if (xen) {
+                assert_int_equal(domain_pages_1g(rr.d), 0);
+                assert_int_equal(domain_pages_2m(rr.d), cases[k].xen_2m);
+                assert_int_equal(domain_pages_4k(rr.d), n - 512 * cases[k].xen_2m);
+                assert_int_equal(rr.spec_1g, 0);
+                assert_int_equal(rr.freed_pages, 0); /* nothing speculative */
+            } else {
+                assert_int_equal(domain_pages_1g(rr.d), 1);
+                assert_int_equal(domain_pages_2m(rr.d), 32);
+                assert_int_equal(domain_pages_4k(rr.d), 0);
+            }
+            assert_int_equal(rr.xen_2m, cases[k].xen_2m);
+            assert_same_content(d, rr.d);
+            AUDIT_OK(domain_audit(rr.d));
+            AUDIT_OK(frames_audit(m2->frames));
+            assert_int_equal(rr.digest_pages, n);
+            if (k == 0 && xen == 0)
+                digest = rr.digest;
+            assert_true(rr.digest == digest);
+            domain_destroy(rr.d);
+            restore_result_free(&rr);
+            assert_machine_empty(m2);
+            machine_destroy(m2);
+        }
+        stream_mem_free(&b.mem);
+    }
+    assert_true(migrate_digest(d, NULL) == digest);
+    domain_destroy(d);
+    assert_machine_empty(m);
+    machine_destroy(m);
+}
+
+/*
+ * Xen's rule needs the region wholly unmapped: one record of a foreign
+ * producer names pfn 517 first (4K), then [0, 512) in order (one 2M leaf),
+ * then [512, 1024) in order, whose region already has 517: 4K pages, none
+ * merged (Xen's p2m never merges), the data of the first 517 replaced by
+ * the second.  A record [1, 1024): its run misses the first pfn of
+ * [0, 512), which is 4K, and holds [512, 1024) whole, which is 2M.
+ */
+static void test_xen_2025_rule_partial(void **state)
+{
+    (void)state;
+    gfn_t pfns[1 + 1024];
+    pfns[0] = 517;
+    for (gfn_t i = 0; i < 1024; i++)
+        pfns[1 + i] = i;
+    for (int variant = 0; variant < 2; variant++) {
+        struct stream_mem mem;
+        if (variant == 0)
+            foreign_stream(&mem, pfns, 1025, 1025, 0, 0);
+        else
+            foreign_stream(&mem, pfns + 2, 1023, 1023, 0, 0); /* [1, 1024) */
+        struct machine *m = new_machine(64 * MiB);
+        struct restore_opts ro = {.xen_2025_rule = true};
+        struct restore_result rr;
+        int rc = restore_from(m, mem.buf, mem.len, &ro, &rr);
+        if (rc)
+            fail_msg("restore: %s", rr.err);
+        assert_int_equal(domain_pages_1g(rr.d), 0);
+        assert_int_equal(domain_pages_2m(rr.d), 1);
+        assert_int_equal(domain_pages_4k(rr.d), variant == 0 ? 512 : 511);
+        enum p2m_type t;
+        unsigned order;
+        p2m_get_entry(rr.d->p2m, variant == 0 ? 0 : 512, &t, &order);
+        assert_int_equal(order, PAGE_ORDER_2M);
+        assert_int_equal(rr.pages_populated, variant == 0 ? 1024 : 1023);
+        for (gfn_t g = 5; g < 1024; g += 5) {
+            uint8_t *p = machine_ptr(m, p2m_get_entry(rr.d->p2m, g, NULL, NULL));
+            assert_int_equal(p[0], (g & 0xff) | 1);
+            assert_int_equal(p[4095], (g & 0xff) | 1);
+        }
+        AUDIT_OK(domain_audit(rr.d));
+        AUDIT_OK(frames_audit(m->frames));
+        domain_destroy(rr.d);
+        restore_result_free(&rr);
+        assert_machine_empty(m);
+        machine_destroy(m);
+        stream_mem_free(&mem);
+    }
 }
 
 /* ---- errors ---------------------------------------------------------------------------- */
@@ -995,6 +1136,8 @@ int main(void)
         cmocka_unit_test(test_round_trip_big),
         cmocka_unit_test(test_round_trip_random),
         cmocka_unit_test(test_foreign_producer),
+        cmocka_unit_test(test_xen_2025_rule),
+        cmocka_unit_test(test_xen_2025_rule_partial),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_fault_injection),
         cmocka_unit_test(test_file_and_context),
