@@ -501,9 +501,12 @@ static int land_pages(struct postcopy_rx *p, uint32_t len)
     unsigned nh = 0;
     uint64_t whole[MIG_PC_PAGES_MAX];
     unsigned nwhole = 0;
+    uint64_t ndup = 0;
+    char why[160];
     int rc = 0;
-    pthread_mutex_lock(&p->mu);
-    /* which pages are new, and where they go */
+    /* which pages are new, and where they go (the bitmaps: `pending` never
+     * changes, `missing` only here; d->lock before p->mu, as a soft vCPU
+     * waiting in soft_wait holds it: never the other way round) */
     domain_lock(p->d);
     for (uint32_t k = 0; k < n && rc == 0; k++) {
         uint64_t pfn;
@@ -511,23 +514,23 @@ static int land_pages(struct postcopy_rx *p, uint32_t len)
         pfn = le64toh(pfn);
         if (pfn >= p->nbits || !tbit(p->pending, pfn)) {
             rc = -EBADMSG;
-            snprintf(p->err, sizeof(p->err), "post-copy: the sender sent pfn %#llx, which was "
-                     "not pending", (unsigned long long)pfn);
+            snprintf(why, sizeof(why), "post-copy: the sender sent pfn %#llx, which was not "
+                     "pending", (unsigned long long)pfn);
             break;
         }
         bool dup = !tbit(p->missing, pfn);
         for (uint32_t i = 0; i < m && !dup; i++)
             dup = pf[i] == pfn;
         if (dup) {
-            p->st.pages_dup++; /* the guest may have written it since: keep ours */
+            ndup++; /* the guest may have written it since: keep ours */
             continue;
         }
         enum p2m_type t;
         mfn_t mfn = p2m_get_entry(p->d->p2m, pfn, &t, NULL);
         if (!p2m_is_ram(t)) {
             rc = -EIO;
-            snprintf(p->err, sizeof(p->err), "post-copy: pending pfn %#llx is no longer RAM "
-                     "here", (unsigned long long)pfn);
+            snprintf(why, sizeof(why), "post-copy: pending pfn %#llx is no longer RAM here",
+                     (unsigned long long)pfn);
             break;
         }
         pf[m] = pfn;
@@ -535,11 +538,10 @@ static int land_pages(struct postcopy_rx *p, uint32_t len)
         idx[m++] = k;
     }
     domain_unlock(p->d);
-    if (rc < 0) {
-        p->rc = rc;
-        pthread_mutex_unlock(&p->mu);
-        return rc;
-    }
+    if (rc < 0)
+        return pcfail(p, rc, "%s", why);
+    pthread_mutex_lock(&p->mu);
+    p->st.pages_dup += ndup;
     /* runs of pages that come one after the other and go to consecutive
      * frames: one read of the stale bytes and one write each */
     for (uint32_t i = 0; i < m && rc == 0;) {
