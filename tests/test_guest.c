@@ -1023,7 +1023,10 @@ static void postcopy_to_process(enum guest_backend b)
             assert_int_equal(links, 2);
         }
         assert_true(rep->pc.pending > 0);
-        assert_int_equal(rep->pc.pushed + rep->pc.urgent, rep->pc.pending);
+        if (whole == 1) /* what was on its way when the link was cut goes again */
+            assert_true(rep->pc.pushed + rep->pc.urgent >= rep->pc.pending);
+        else
+            assert_int_equal(rep->pc.pushed + rep->pc.urgent, rep->pc.pending);
         assert_true(rep->verified);
         assert_int_equal(rep->digest_sender, rep->digest_receiver);
         /* the receiver's p2m: the sender's leaves, nothing split */
@@ -1091,7 +1094,7 @@ static void tcp_pair(int sv[2])
     close(lfd);
 }
 
-/* What post-copy refuses, before anything is lost: soft vCPUs; a receiver
+/* What post-copy refuses, before anything is lost: soft vCPUs over PoD; a receiver
  * that did not accept post-copy (the guest runs on); pending runs that
  * are not the domain's RAM above the system area; a started guest. */
 static void test_postcopy_refusals(void **s)
@@ -1107,17 +1110,21 @@ static void test_postcopy_refusals(void **s)
     struct chan *a, *b;
     char err[CHAN_ERR_LEN];
 
-    /* soft vCPUs: refused before a byte of memory went */
+    /* soft vCPUs over PoD memory: refused before a byte of memory went
+     * (their PoD faults may sweep for zero pages) */
+    struct env ep;
+    env_up_pod(&ep, 16 * MiB, 8 * MiB);
     struct guest *soft;
-    assert_int_equal(guest_create_soft(e.d, 0, NULL, NULL, &soft), 0);
+    assert_int_equal(guest_create_soft(ep.d, 0, NULL, NULL, &soft), 0);
     tcp_pair(sv);
     assert_int_equal(chan_open(sv[0], NULL, 0, &a, err, sizeof(err)), 0);
     struct migrate_opts o = {.postcopy = true, .timeout_ms = 5000};
     assert_int_equal(migrate_send(soft, a, &o, rep), -ENOTSUP);
-    assert_non_null(strstr(rep->err, "program guest"));
+    assert_non_null(strstr(rep->err, "PoD"));
     chan_close(a);
     close(sv[1]);
     guest_destroy(soft);
+    env_down(&ep);
 
     /* a native guest, not started yet: bad pending runs */
     struct guest_prog_config pc;
