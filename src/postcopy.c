@@ -96,6 +96,7 @@ struct postcopy_rx {
     bool premap_up;
     int premap_stop;
     bool link_lost;   /* the connection failed; waiting for another */
+    bool done_unsent; /* whole, but PC_DONE did not go out */
     int link_rc;
     uint64_t id;      /* the migration's post-copy id (PC_PENDING) */
     unsigned links;   /* connections used (1 + resumes) */
@@ -694,8 +695,16 @@ static void *io_main(void *arg)
                         (unsigned long long)sp, (unsigned long long)p->digest,
                         (unsigned long long)p->pages);
         int src = send_done(p, rc, rc ? p->err : NULL);
-        if (rc == 0 && src < 0) /* every page is here: the guest is whole */
-            rc = pcfail(p, src, "post-copy: sending PC_DONE: %s", chan_strerror(p->ch, src));
+        if (rc == 0 && src < 0) {
+            /* every page is here and checked: the guest is whole and runs
+             * on; the sender, without PC_DONE, keeps its copy in doubt */
+            pthread_mutex_lock(&p->mu);
+            p->done_unsent = true;
+            snprintf(p->err, sizeof(p->err), "every page is here, but PC_DONE could not be "
+                     "sent (%s): the sender keeps its copy paused in doubt and must discard it",
+                     chan_strerror(p->ch, src));
+            pthread_mutex_unlock(&p->mu);
+        }
     } else if (!p->link_lost) {
         (void)send_done(p, rc, p->err); /* best effort: the link may be gone */
     }
@@ -1005,6 +1014,7 @@ int postcopy_rx_wait(struct postcopy_rx *p, struct postcopy_rx_report *rep)
     snprintf(rep->err, sizeof(rep->err), "%s", p->err);
     rep->st = p->st;
     rep->links = p->links;
+    rep->done_unsent = p->done_unsent;
     rep->whole_s = p->t_whole ? (double)(p->t_whole - p->t0) / 1e9 : 0;
     rep->verified = rep->rc == 0;
     rep->digest = p->digest;

@@ -94,6 +94,7 @@ struct postcopy_rx_report {
     bool verified;    /* the digests agreed */
     uint64_t digest;
     bool link_lost;   /* rc -ENOTCONN: waiting for a connection to resume */
+    bool done_unsent; /* rc 0, but PC_DONE did not reach the sender (err says) */
     unsigned links;   /* connections used: 1 + resumes */
 };
 

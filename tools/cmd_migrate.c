@@ -898,7 +898,8 @@ static int run_receive(int argc, char **argv)
             json_str(&j, "mode", res.postcopy ? "postcopy" : "precopy");
             if (res.postcopy) {
                 json_obj_begin(&j, "postcopy");
-                json_bool(&j, "ok", pcr.rc == 0 && !pcr.err[0]);
+                json_bool(&j, "ok", pcr.rc == 0 && (!pcr.err[0] || pcr.done_unsent));
+                json_bool(&j, "done_unsent", pcr.done_unsent);
                 json_str(&j, "error", pcr.err);
                 json_dbl(&j, "arm_s", pc_arm_s);
                 json_u64(&j, "links", pcr.links);
@@ -954,7 +955,9 @@ static int run_receive(int argc, char **argv)
                    (unsigned long long)((prog ? guest_accesses(g) : g->accesses) - a0), ran,
                    g->err ? ", stopped: " : "",
                    g->fault.what[0] ? g->fault.what : g->err ? strerror(-g->err) : "");
-            if (res.postcopy && pcr.rc == 0 && !pcr.err[0])
+            if (res.postcopy && pcr.done_unsent)
+                printf("post-copy: %s\n", pcr.err);
+            if (res.postcopy && pcr.rc == 0 && (!pcr.err[0] || pcr.done_unsent))
                 printf("post-copy: armed in %.1f ms; %llu pages came after the switch "
                        "(%llu in the background, %llu on demand), all here %.3f s after "
                        "it; %llu faults waited: service median %.0f us, p99 %.0f us, max "
