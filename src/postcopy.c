@@ -47,6 +47,7 @@
 /* A registered piece of the mirror: RAM of one 2M region. */
 struct pc_range {
     uint64_t hva, len;
+    uint64_t mode; /* UFFDIO_REGISTER_MODE_* it is registered with */
 };
 
 struct pc_waiter {
@@ -765,12 +766,32 @@ static int arm_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_ty
         (void)madvise(machine_ptr(p->m, mfn + (s - gfn)), len, MADV_POPULATE_WRITE);
     else
         mode |= UFFDIO_REGISTER_MODE_MISSING; /* allocated when touched (serve_fault) */
-    struct uffdio_register r = {.range = {hva, len}, .mode = mode};
-    if (ioctl(p->uffd, UFFDIO_REGISTER, &r) < 0)
-        return a->rc = -errno;
-    (void)madvise((void *)(uintptr_t)hva, len, MADV_DONTNEED);
-    p->ranges[p->nranges++] = (struct pc_range){hva, len};
+    /* registered and unmapped later, adjacent ranges together (arm_all) */
+    p->ranges[p->nranges++] = (struct pc_range){hva, len, mode};
     p->rnr[a->reg]++;
+    return 0;
+}
+
+/* Register and unmap the ranges: adjacent ones with the same mode in one
+ * call each (in the downtime: a 4 GiB guest has thousands of regions). */
+static int arm_all(struct postcopy_rx *p)
+{
+    for (size_t i = 0; i < p->nranges;) {
+        size_t k = i + 1;
+        uint64_t end = p->ranges[i].hva + p->ranges[i].len;
+        while (k < p->nranges && p->ranges[k].hva == end &&
+               p->ranges[k].mode == p->ranges[i].mode) {
+            end += p->ranges[k].len;
+            k++;
+        }
+        uint64_t len = end - p->ranges[i].hva;
+        struct uffdio_register r = {.range = {p->ranges[i].hva, len},
+                                    .mode = p->ranges[i].mode};
+        if (ioctl(p->uffd, UFFDIO_REGISTER, &r) < 0)
+            return -errno; /* (rx_free unregisters what was, region by region) */
+        (void)madvise((void *)(uintptr_t)p->ranges[i].hva, len, MADV_DONTNEED);
+        i = k;
+    }
     return 0;
 }
 
@@ -954,10 +975,14 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
         domain_unlock(d);
         if (wr < 0 || a.rc < 0) {
             rc = a.rc < 0 ? a.rc : wr;
-            snprintf(why, len, "registering the mirror of pfns %#llx.. for minor faults: %s",
+            snprintf(why, len, "the mirror of pfns %#llx..: %s",
                      (unsigned long long)(r * REGION_PAGES), strerror(-rc));
             goto fail;
         }
+    }
+    if ((rc = arm_all(p)) < 0) {
+        snprintf(why, len, "registering the mirror for minor faults: %s", strerror(-rc));
+        goto fail;
     }
     if ((rc = -pthread_create(&p->fault_thread, NULL, fault_main, p)) < 0) {
         snprintf(why, len, "starting the fault server: %s", strerror(-rc));
