@@ -148,6 +148,16 @@ void migrate_frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, ui
     h->checksum = htole64(sum);
 }
 
+char *migrate_reason(void *buf, size_t len, size_t cap)
+{
+    char *r = buf;
+    r[len < cap ? len : cap - 1] = 0;
+    for (char *c = r; *c; c++)
+        if (*c < 0x20 || *c > 0x7e)
+            *c = '?';
+    return r;
+}
+
 static const char *frame_name(unsigned t)
 {
     static const char *const n[] = {"?",       "HELLO",      "READY",    "DATA",   "DONE",
@@ -201,11 +211,8 @@ static int recv_ctrl(struct chan *ch, uint16_t want, void *body, uint32_t len, c
     if (type == MIG_ABORT && raw == wire && raw <= MIG_CTRL_MAX && !h.flags) {
         char msg[MIG_CTRL_MAX + 1];
         rc = chan_read_all_by(ch, msg, raw, NULL, by);
-        msg[rc == 0 ? raw : 0] = 0;
-        for (char *p = msg; *p; p++)
-            if (*p < 0x20 || *p > 0x7e)
-                *p = '?';
-        snprintf(err, errlen, "the %s aborted: %.200s", peer, msg);
+        snprintf(err, errlen, "the %s aborted: %.200s", peer,
+                 migrate_reason(msg, rc == 0 ? raw : 0, sizeof(msg)));
         return -ECONNABORTED;
     }
     if (type != want || raw != len || wire != len || h.flags) {
@@ -914,13 +921,9 @@ static int pc_read(struct sender *s, struct pc_push *q)
                            rc == -ENODATA ? "connection closed" : chan_strerror(ch, rc));
     if (hv_hash64(body, len) != le64toh(h.checksum))
         return sfail(s, -EBADMSG, "post-copy: a frame from the receiver failed its checksum");
-    if (t == MIG_ABORT) {
-        body[len] = 0;
-        for (uint8_t *c = body; *c; c++)
-            if (*c < 0x20 || *c > 0x7e)
-                *c = '?';
-        return sfail(s, -ECONNABORTED, "post-copy: the receiver aborted: %.200s", (char *)body);
-    }
+    if (t == MIG_ABORT)
+        return sfail(s, -ECONNABORTED, "post-copy: the receiver aborted: %.200s",
+                     migrate_reason(body, len, sizeof(body)));
     if (t == MIG_PC_DONE) {
         memcpy(&q->done, body, sizeof(q->done));
         q->done_seen = true;
@@ -1083,12 +1086,8 @@ static int pc_resume(struct sender *s, struct chan *ch)
         uint32_t len = le32toh(h.raw_len);
         if (rc == 0 && le16toh(h.type) == MIG_ABORT && len <= MIG_CTRL_MAX) {
             rc = chan_read_all_by(ch, body, len, NULL, by);
-            body[rc == 0 ? len : 0] = 0;
-            for (uint8_t *c = body; *c; c++)
-                if (*c < 0x20 || *c > 0x7e)
-                    *c = '?';
             snprintf(s->pc_err, sizeof(s->pc_err), "post-copy resume: the receiver refused: "
-                     "%.150s", (char *)body);
+                     "%.150s", migrate_reason(body, rc == 0 ? len : 0, MIG_FRAME_RAW));
             rc = -ECONNABORTED;
             break;
         }
@@ -1973,12 +1972,9 @@ static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
     if (rc < 0)
         return rc;
     if (t == MIG_ABORT) {
-        x->raw[x->len < MIG_CTRL_MAX ? x->len : MIG_CTRL_MAX - 1] = 0;
-        for (uint8_t *p = x->raw; *p; p++)
-            if (*p < 0x20 || *p > 0x7e)
-                *p = '?';
         x->aborted = true;
-        return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s", (char *)x->raw);
+        return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
+                      migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
     }
     if (t != want || x->len != len)
         return rxfail(x, -EPROTO, "expected %s (%zu bytes), got %s (%zu bytes)",
@@ -1999,11 +1995,8 @@ static long rx_read(void *ctx, void *buf, size_t len)
             return rc;
         if (t == MIG_ABORT) {
             x->pos = x->len;
-            x->raw[x->len < MIG_CTRL_MAX ? x->len : MIG_CTRL_MAX - 1] = 0;
-            for (uint8_t *p = x->raw; *p; p++)
-                if (*p < 0x20 || *p > 0x7e)
-                    *p = '?';
-            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s", (char *)x->raw);
+            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
+                          migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
         }
         if (t != MIG_DATA) {
             x->pos = x->len;
@@ -2047,12 +2040,9 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
         if (rc < 0)
             return rc;
         if (t == MIG_ABORT) {
-            x->raw[x->len < MIG_CTRL_MAX ? x->len : MIG_CTRL_MAX - 1] = 0;
-            for (uint8_t *p = x->raw; *p; p++)
-                if (*p < 0x20 || *p > 0x7e)
-                    *p = '?';
             x->aborted = true;
-            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s", (char *)x->raw);
+            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
+                          migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
         }
         if (t != MIG_PC_PENDING)
             return rxfail(x, -EPROTO, "expected PC_PENDING, got %s", frame_name(t));

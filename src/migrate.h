@@ -278,6 +278,11 @@ struct mig_pc_end {
 };
 _Static_assert(sizeof(struct mig_pc_end) == 32, "PC_END");
 
+/* An ABORT's reason (untrusted: len bytes at buf, cap its size) made a
+ * printable string in place: cut at cap - 1, anything not printable
+ * ASCII as '?'.  Returns buf. */
+char *migrate_reason(void *buf, size_t len, size_t cap);
+
 /* Frame headers (migrate.c; postcopy.c writes its frames with it). */
 void migrate_frame_header(struct mig_frame *h, uint16_t type, uint16_t flags, uint32_t raw_len,
                           uint32_t wire_len, uint64_t sum);

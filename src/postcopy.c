@@ -234,12 +234,39 @@ static void fill_hole(struct postcopy_rx *p, gfn_t gfn)
         (void)fallocate(p->m->fd, FALLOC_FL_KEEP_SIZE, (off_t)machine_offset(mfn), PAGE_SIZE);
 }
 
+/* p->mu held: a vCPU waits for missing page gfn (hva: where it faulted,
+ * 0 for a soft vCPU); the page is requested unless it was already.
+ * 1: wake the I/O thread (wake_io, after p->mu), 0, or -ENOMEM. */
+static int wait_for(struct postcopy_rx *p, gfn_t gfn, uint64_t hva)
+{
+    p->st.faults_missing++;
+    if (p->nw == p->capw) {
+        size_t n = p->capw ? 2 * p->capw : 64;
+        struct pc_waiter *v = realloc(p->w, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        p->w = v;
+        p->capw = n;
+    }
+    p->w[p->nw++] = (struct pc_waiter){gfn, hva, hv_now_ns()};
+    if (tbit(p->requested, gfn) || p->nreq == REQ_QUEUE)
+        return 0;
+    sbit(p->requested, gfn);
+    p->req[p->nreq++] = gfn;
+    return 1;
+}
+
+static void wake_io(struct postcopy_rx *p)
+{
+    uint64_t one = 1;
+    (void)!write(p->wake_fd, &one, sizeof(one));
+}
+
 static void serve_fault(struct postcopy_rx *p, uint64_t addr, bool minor)
 {
     struct guest_exec *x = p->g->x;
     uint64_t hva = addr & ~(uint64_t)(PAGE_SIZE - 1);
     gfn_t gfn = x->ops->hva_gfn(x, hva);
-    bool wake_io = false;
     pthread_mutex_lock(&p->mu);
     p->st.faults++;
     if (gfn == INVALID_GFN || gfn >= p->nbits || !tbit(p->missing, gfn) || p->rc) {
@@ -249,29 +276,12 @@ static void serve_fault(struct postcopy_rx *p, uint64_t addr, bool minor)
         map_page(p, hva);
         return;
     }
-    p->st.faults_missing++;
-    if (p->nw == p->capw) {
-        size_t n = p->capw ? 2 * p->capw : 64;
-        struct pc_waiter *v = realloc(p->w, n * sizeof(*v));
-        if (!v) {
-            pthread_mutex_unlock(&p->mu);
-            pcfail(p, -ENOMEM, "out of memory for the post-copy waiters");
-            return;
-        }
-        p->w = v;
-        p->capw = n;
-    }
-    p->w[p->nw++] = (struct pc_waiter){gfn, hva, hv_now_ns()};
-    if (!tbit(p->requested, gfn) && p->nreq < REQ_QUEUE) {
-        sbit(p->requested, gfn);
-        p->req[p->nreq++] = gfn;
-        wake_io = true;
-    }
+    int rc = wait_for(p, gfn, hva);
     pthread_mutex_unlock(&p->mu);
-    if (wake_io) {
-        uint64_t one = 1;
-        (void)!write(p->wake_fd, &one, sizeof(one));
-    }
+    if (rc < 0)
+        pcfail(p, rc, "out of memory for the post-copy waiters");
+    else if (rc > 0)
+        wake_io(p);
 }
 
 static void *fault_main(void *arg)
@@ -299,37 +309,18 @@ static int soft_wait(void *ctx, gfn_t gfn)
 {
     struct postcopy_rx *p = ctx;
     struct domain *d = p->d;
-    bool wake_io = false;
     pthread_mutex_lock(&p->mu);
     p->st.faults++;
     if (p->closing) {
         pthread_mutex_unlock(&p->mu);
         return -EIO; /* post-copy is over without this page */
     }
-    if (tbit(p->missing, gfn) && !p->rc) {
-        p->st.faults_missing++;
-        if (p->nw == p->capw) {
-            size_t n = p->capw ? 2 * p->capw : 64;
-            struct pc_waiter *v = realloc(p->w, n * sizeof(*v));
-            if (!v) {
-                pthread_mutex_unlock(&p->mu);
-                return -ENOMEM;
-            }
-            p->w = v;
-            p->capw = n;
-        }
-        p->w[p->nw++] = (struct pc_waiter){gfn, 0, hv_now_ns()};
-        if (!tbit(p->requested, gfn) && p->nreq < REQ_QUEUE) {
-            sbit(p->requested, gfn);
-            p->req[p->nreq++] = gfn;
-            wake_io = true;
-        }
-    }
+    int w = tbit(p->missing, gfn) && !p->rc ? wait_for(p, gfn, 0) : 0;
     pthread_mutex_unlock(&p->mu);
-    if (wake_io) {
-        uint64_t one = 1;
-        (void)!write(p->wake_fd, &one, sizeof(one));
-    }
+    if (w < 0)
+        return w;
+    if (w > 0)
+        wake_io(p);
     pthread_mutex_unlock(&d->lock);
     pthread_mutex_lock(&p->mu);
     p->nsoftwait++;
@@ -668,12 +659,8 @@ static void *io_main(void *arg)
             if (len >= 8 && !p->buf[4]) /* (urgent is a little-endian u32 at 4) */
                 p->landed++;
         } else if (t == MIG_ABORT) {
-            p->buf[len < MIG_CTRL_MAX ? len : MIG_CTRL_MAX - 1] = 0;
-            for (uint8_t *c = p->buf; *c; c++)
-                if (*c < 0x20 || *c > 0x7e)
-                    *c = '?';
             rc = pcfail(p, -ECONNABORTED, "post-copy: the sender aborted: %.200s",
-                        (char *)p->buf);
+                        migrate_reason(p->buf, len, MIG_CTRL_MAX));
         } else if (len != sizeof(p->end) || p->end_seen) {
             rc = pcfail(p, -EBADMSG, "post-copy: PC_END of %u bytes%s", len,
                         p->end_seen ? " (a second one)" : "");

@@ -55,43 +55,42 @@ static inline int wait_deadline(pid_t pid, int secs)
     return -1;
 }
 
+/* Where the value after the first `key` in the log begins (past ':',
+ * blanks and a quote), read into buf; NULL when the key is not there. */
+static inline const char *file_after(const char *path, const char *key, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, len - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strstr(buf, key);
+    if (!p)
+        return NULL;
+    p += strlen(key);
+    while (*p == ':' || *p == ' ' || *p == '"')
+        p++;
+    return p;
+}
+
 /* True when the log holds `key` followed (after ':', blanks and a quote)
  * by val. */
 static inline bool file_has(const char *path, const char *key, const char *val)
 {
     char buf[65536];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strstr(buf, key);
-    if (!p)
-        return false;
-    p += strlen(key);
-    while (*p == ':' || *p == ' ' || *p == '"')
-        p++;
-    return strncmp(p, val, strlen(val)) == 0;
+    const char *p = file_after(path, key, buf, sizeof(buf));
+    return p && strncmp(p, val, strlen(val)) == 0;
 }
 
 /* The number after the first `key` in the log (false: none). */
 static inline bool file_u64(const char *path, const char *key, uint64_t *out)
 {
     char buf[65536];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strstr(buf, key);
+    const char *p = file_after(path, key, buf, sizeof(buf));
+    char *end;
     if (!p)
         return false;
-    p += strlen(key);
-    while (*p == ':' || *p == ' ' || *p == '"')
-        p++;
-    char *end;
     *out = strtoull(p, &end, 10);
     return end != p;
 }

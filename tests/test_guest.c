@@ -1200,6 +1200,24 @@ static void test_postcopy_refusals(void **s)
     env_down(&e);
 }
 
+/* A native guest over 16 MiB, created, not started, for the receiving
+ * side of post-copy against a scripted sender (skips without native or
+ * a minor-fault userfaultfd). */
+static void pc_native_env(struct env *e)
+{
+    BACKEND_OR_SKIP(GUEST_BACKEND_NATIVE);
+    char why[256];
+    if (postcopy_probe(why, sizeof(why)) < 0) {
+        print_message("# SKIP reason: %s\n", why);
+        skip();
+    }
+    env_up(e, 16 * MiB);
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_WRITER);
+    pc.console_fd = -1;
+    create(e, GUEST_BACKEND_NATIVE, &pc);
+}
+
 /* One frame onto ch; `bad` breaks its checksum. */
 static void pc_frame(struct chan *ch, uint16_t type, const void *body, uint32_t len, bool bad)
 {
@@ -1242,18 +1260,9 @@ static int32_t pc_done_status(struct chan *ch)
 static void test_postcopy_hostile(void **s)
 {
     (void)s;
-    BACKEND_OR_SKIP(GUEST_BACKEND_NATIVE);
     char why[256];
-    if (postcopy_probe(why, sizeof(why)) < 0) {
-        print_message("# SKIP reason: %s\n", why);
-        skip();
-    }
     struct env e;
-    env_up(&e, 16 * MiB);
-    struct guest_prog_config pc;
-    guest_prog_config_default(&pc, HVG_WL_WRITER);
-    pc.console_fd = -1;
-    create(&e, GUEST_BACKEND_NATIVE, &pc);
+    pc_native_env(&e);
     gfn_t base = (HVG_SYSTEM_END >> PAGE_SHIFT) + 512;
     struct postcopy_run run = {base, 8};
     uint8_t *data = calloc(1, 8 + 8 * 8 + 8 * PAGE_SIZE);
@@ -1458,18 +1467,9 @@ static void *toucher_main(void *arg)
 static void test_postcopy_concurrent_faults(void **s)
 {
     (void)s;
-    BACKEND_OR_SKIP(GUEST_BACKEND_NATIVE);
     char why[256];
-    if (postcopy_probe(why, sizeof(why)) < 0) {
-        print_message("# SKIP reason: %s\n", why);
-        skip();
-    }
     struct env e;
-    env_up(&e, 16 * MiB);
-    struct guest_prog_config pc;
-    guest_prog_config_default(&pc, HVG_WL_WRITER);
-    pc.console_fd = -1;
-    create(&e, GUEST_BACKEND_NATIVE, &pc);
+    pc_native_env(&e);
     const gfn_t base = (HVG_SYSTEM_END >> PAGE_SHIFT) + 512; /* one whole 2M region */
     struct postcopy_run run = {base, 512};
     uint8_t *pages = malloc(512 * PAGE_SIZE);
