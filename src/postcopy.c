@@ -701,6 +701,26 @@ static void *io_main(void *arg)
 
 /* ---- set-up and tear-down ----------------------------------------------------------- */
 
+/* Leaves of a pending run: all RAM and covering it without a gap. */
+struct ram_check {
+    gfn_t next; /* the first pfn not yet seen as RAM */
+    gfn_t bad;  /* a pfn that is not RAM, or INVALID_GFN */
+};
+
+static int ram_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                    ept_entry_t *e)
+{
+    struct ram_check *c = ctx;
+    (void)mfn, (void)e;
+    gfn_t start = gfn > c->next ? gfn : c->next;
+    if (!p2m_is_ram(type) || gfn > c->next) {
+        c->bad = !p2m_is_ram(type) ? start : c->next;
+        return 1;
+    }
+    c->next = gfn + order_pages(order);
+    return 0;
+}
+
 struct arm_ctx {
     struct postcopy_rx *p;
     uint64_t reg;
@@ -906,25 +926,37 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
         rc = -ENOMEM;
         goto fail;
     }
+    /* every pending pfn is RAM here (checked leaf by leaf: this is in the
+     * downtime), then the bitmaps and the per-region counts, run by run */
     domain_lock(d);
-    for (size_t i = 0; i < nruns && rc == 0; i++)
-        for (gfn_t f = runs[i].pfn; f < runs[i].pfn + runs[i].nr; f++) {
-            enum p2m_type t;
-            (void)p2m_get_entry(d->p2m, f, &t, NULL);
-            if (!p2m_is_ram(t)) {
-                snprintf(why, len, "pending pfn %#llx is not RAM in the restored domain",
-                         (unsigned long long)f);
-                rc = -EINVAL;
-                break;
-            }
-            sbit(p->missing, f);
-            sbit(p->pending, f);
-            if (p->rmissing[f / REGION_PAGES]++ == 0)
-                p->st.regions++;
+    for (size_t i = 0; i < nruns && rc == 0; i++) {
+        struct ram_check rcx = {runs[i].pfn, INVALID_GFN};
+        int wr = p2m_for_each_leaf(d->p2m, runs[i].pfn, runs[i].nr, ram_leaf, &rcx);
+        if (wr < 0 || rcx.bad != INVALID_GFN || rcx.next < runs[i].pfn + runs[i].nr) {
+            snprintf(why, len, "pending pfn %#llx is not RAM in the restored domain",
+                     (unsigned long long)(rcx.bad != INVALID_GFN ? rcx.bad : rcx.next));
+            rc = -EINVAL;
         }
+    }
     domain_unlock(d);
     if (rc < 0)
         goto fail;
+    for (size_t i = 0; i < nruns; i++)
+        for (gfn_t f = runs[i].pfn, e = runs[i].pfn + runs[i].nr; f < e;) {
+            gfn_t reg_end = (f / REGION_PAGES + 1) * REGION_PAGES, to = e < reg_end ? e : reg_end;
+            if (p->rmissing[f / REGION_PAGES] == 0)
+                p->st.regions++;
+            p->rmissing[f / REGION_PAGES] += (uint32_t)(to - f);
+            for (; f < to; f++) {
+                if (!(f % 64) && to - f >= 64) {
+                    p->missing[f / 64] = p->pending[f / 64] = ~0ULL;
+                    f += 63;
+                    continue;
+                }
+                sbit(p->missing, f);
+                sbit(p->pending, f);
+            }
+        }
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake_fd < 0 || p->stop_fd < 0) {
