@@ -1964,6 +1964,14 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
     return 0;
 }
 
+/* The frame in x->raw is ABORT: the sender's reason, as the error. */
+static int rx_aborted(struct rx *x)
+{
+    x->aborted = true;
+    return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
+                  migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
+}
+
 /* A control frame of type `want` with exactly len bytes. */
 static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
 {
@@ -1971,11 +1979,8 @@ static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
     int rc = rx_frame(x, &t, false);
     if (rc < 0)
         return rc;
-    if (t == MIG_ABORT) {
-        x->aborted = true;
-        return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
-                      migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
-    }
+    if (t == MIG_ABORT)
+        return rx_aborted(x);
     if (t != want || x->len != len)
         return rxfail(x, -EPROTO, "expected %s (%zu bytes), got %s (%zu bytes)",
                       frame_name(want), len, frame_name(t), x->len);
@@ -1995,8 +2000,7 @@ static long rx_read(void *ctx, void *buf, size_t len)
             return rc;
         if (t == MIG_ABORT) {
             x->pos = x->len;
-            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
-                          migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
+            return rx_aborted(x);
         }
         if (t != MIG_DATA) {
             x->pos = x->len;
@@ -2039,11 +2043,8 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
         int rc = rx_frame(x, &t, false);
         if (rc < 0)
             return rc;
-        if (t == MIG_ABORT) {
-            x->aborted = true;
-            return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
-                          migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
-        }
+        if (t == MIG_ABORT)
+            return rx_aborted(x);
         if (t != MIG_PC_PENDING)
             return rxfail(x, -EPROTO, "expected PC_PENDING, got %s", frame_name(t));
         struct mig_pc_pending h;

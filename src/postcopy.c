@@ -397,6 +397,16 @@ static int send_requests(struct postcopy_rx *p)
                              chan_strerror(p->ch, rc)) : 0;
 }
 
+/* A read that failed: tampering (TLS) ends post-copy, anything else is
+ * the connection's failure (a new one may take over). */
+static int read_failed(struct postcopy_rx *p, int rc, const char *what)
+{
+    const char *why = rc == -ENODATA ? "the sender closed the connection"
+                                     : chan_strerror(p->ch, rc);
+    return rc == -EBADMSG ? pcfail(p, rc, "post-copy: %s: %s", what, why)
+                          : linkfail(p, rc, "post-copy: %s: %s", what, why);
+}
+
 /* One frame (untrusted) into p->buf: 1 with *type and *len, or < 0. */
 static int read_frame(struct postcopy_rx *p, uint16_t *type, uint32_t *len)
 {
@@ -406,11 +416,7 @@ static int read_frame(struct postcopy_rx *p, uint16_t *type, uint32_t *len)
     int rc = chan_read_all_by(p->ch, &h, sizeof(h), &got, by);
     p->st.wire_bytes += got;
     if (rc < 0)
-        return rc == -EBADMSG ? pcfail(p, rc, "post-copy: reading the connection: %s",
-                                       chan_strerror(p->ch, rc))
-                              : linkfail(p, rc, "post-copy: reading the connection: %s",
-                                         rc == -ENODATA ? "the sender closed it"
-                                                        : chan_strerror(p->ch, rc));
+        return read_failed(p, rc, "reading the connection");
     uint16_t t = le16toh(h.type);
     uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
     uint32_t max = t == MIG_PC_PAGES ? 8 + MIG_PC_PAGES_MAX * (8 + PAGE_SIZE) : MIG_CTRL_MAX;
@@ -425,11 +431,7 @@ static int read_frame(struct postcopy_rx *p, uint16_t *type, uint32_t *len)
     rc = chan_read_all_by(p->ch, p->buf, raw, &got, by);
     p->st.wire_bytes += got;
     if (rc < 0)
-        return rc == -EBADMSG ? pcfail(p, rc, "post-copy: reading a frame body: %s",
-                                       chan_strerror(p->ch, rc))
-                              : linkfail(p, rc, "post-copy: reading a frame body: %s",
-                                         rc == -ENODATA ? "the sender closed the connection"
-                                                        : chan_strerror(p->ch, rc));
+        return read_failed(p, rc, "reading a frame body");
     if (hv_hash64(p->buf, raw) != le64toh(h.checksum))
         return pcfail(p, -EBADMSG, "post-copy: frame of type %u failed its checksum", t);
     *type = t;

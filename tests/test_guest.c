@@ -707,6 +707,24 @@ static int send_when_free(struct guest *g, unsigned port, const struct migrate_o
     return rc;
 }
 
+/* A 2-vCPU writer guest on backend b over e, started and past 5000
+ * operations.  Paced writes: the operation count (what a receiver
+ * replays) grows with time, not with the host's speed (TCG, ASan). */
+static void start_writer_guest(struct env *e, enum guest_backend b, uint64_t rate,
+                               uint32_t wss_ppm)
+{
+    struct guest_prog_config pc;
+    guest_prog_config_default(&pc, HVG_WL_WRITER);
+    pc.nr_vcpus = 2;
+    pc.batch = 300;
+    pc.console_fd = -1;
+    pc.write_rate = rate;
+    pc.wss_ppm = wss_ppm;
+    create(e, b, &pc);
+    assert_int_equal(guest_start(e->g), 0);
+    wait_ops_above(e->g, 5000);
+}
+
 static void migrate_to_process(enum guest_backend b, bool pod)
 {
     BACKEND_OR_SKIP(b);
@@ -729,18 +747,7 @@ static void migrate_to_process(enum guest_backend b, bool pod)
     } else {
         env_up(&e, 64 * MiB);
     }
-    struct guest_prog_config pc;
-    /* paced writes: the operation count (what the receiver replays) grows
-     * with time, not with the host's speed (TCG, ASan) */
-    guest_prog_config_default(&pc, HVG_WL_WRITER);
-    pc.nr_vcpus = 2;
-    pc.batch = 300;
-    pc.console_fd = -1;
-    pc.write_rate = 20000;
-    pc.wss_ppm = 500000;
-    create(&e, b, &pc);
-    assert_int_equal(guest_start(e.g), 0);
-    wait_ops_above(e.g, 5000);
+    start_writer_guest(&e, b, 20000, 500000);
 
     char dir[] = "/tmp/hvgmigXXXXXX";
     assert_non_null(mkdtemp(dir));
@@ -920,16 +927,7 @@ static void postcopy_to_process(enum guest_backend b)
     }
     struct env e;
     env_up(&e, 64 * MiB);
-    struct guest_prog_config pc;
-    guest_prog_config_default(&pc, HVG_WL_WRITER);
-    pc.nr_vcpus = 2;
-    pc.batch = 300;
-    pc.console_fd = -1;
-    pc.write_rate = 40000;
-    pc.wss_ppm = 800000;
-    create(&e, b, &pc);
-    assert_int_equal(guest_start(e.g), 0);
-    wait_ops_above(e.g, 5000);
+    start_writer_guest(&e, b, 40000, 800000);
     uint64_t l1g = domain_pages_1g(e.d), l2m = domain_pages_2m(e.d), l4k = domain_pages_4k(e.d);
 
     char dir[] = "/tmp/hvgpcXXXXXX";
