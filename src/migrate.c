@@ -250,6 +250,8 @@ struct fbuf {
 
 struct pipe {
     struct chan *ch;
+    unsigned index;        /* the channel's (0: the first) */
+    char who[24];          /* "channel N: " with parallel channels, else "" */
     struct fbuf b[PIPE_BUFS];
     size_t zcap;
     unsigned head, count;  /* queued slots (under mu) */
@@ -287,7 +289,7 @@ static int pipe_send(struct pipe *p, const void *buf, size_t len)
             written += n;
         chan_cut(p->ch);
         snprintf(p->werr_msg, sizeof(p->werr_msg),
-                 "connection cut by fault injection after %llu bytes",
+                 "%sconnection cut by fault injection after %llu bytes", p->who,
                  (unsigned long long)p->fail_after);
         pthread_mutex_lock(&p->mu);
         p->written = written;
@@ -296,8 +298,8 @@ static int pipe_send(struct pipe *p, const void *buf, size_t len)
     }
     int rc = chan_write_all(p->ch, buf, len);
     if (rc < 0) {
-        snprintf(p->werr_msg, sizeof(p->werr_msg), "writing to the socket after %llu bytes: %s",
-                 (unsigned long long)written, chan_strerror(p->ch, rc));
+        snprintf(p->werr_msg, sizeof(p->werr_msg), "%swriting to the socket after %llu bytes: "
+                 "%s", p->who, (unsigned long long)written, chan_strerror(p->ch, rc));
         return rc;
     }
     pthread_mutex_lock(&p->mu);
@@ -339,11 +341,14 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static int pipe_init(struct pipe *p, struct chan *ch, bool compress, int level,
-                     uint64_t fail_after)
+static int pipe_init(struct pipe *p, struct chan *ch, unsigned index, unsigned nch, bool compress,
+                     int level, uint64_t fail_after)
 {
     memset(p, 0, sizeof(*p));
     p->ch = ch;
+    p->index = index;
+    if (nch > 1)
+        snprintf(p->who, sizeof(p->who), "channel %u: ", index);
     p->compress = compress;
     p->level = level ? level : 1;
     p->fail_after = fail_after;
@@ -448,56 +453,30 @@ static int pipe_seal(struct pipe *p, uint16_t type)
     return rc;
 }
 
-/* stream_io write: the stream's bytes into DATA frames. */
-static int pipe_io_write(void *ctx, const void *buf, size_t len)
+/* Put up to len stream bytes into DATA frames, sealing the frame when it
+ * is full: bytes taken (> 0; p->filling is false after a seal) or -errno. */
+static long pipe_fill(struct pipe *p, const void *buf, size_t len)
 {
-    struct pipe *p = ctx;
-    const uint8_t *s = buf;
-    while (len) {
-        int rc = pipe_take(p);
-        if (rc < 0)
-            return rc;
-        struct fbuf *b = pipe_cur(p);
-        size_t n = MIG_FRAME_RAW - b->raw_len;
-        if (n > len)
-            n = len;
-        memcpy(b->raw + b->raw_len, s, n);
-        b->raw_len += n;
-        s += n;
-        len -= n;
-        if (b->raw_len - p->hashed >= PIPE_HASH_PIECE)
-            pipe_hash(p);
-        if (b->raw_len == MIG_FRAME_RAW && (rc = pipe_seal(p, MIG_DATA)) < 0)
-            return rc;
-    }
-    return 0;
-}
-
-static int pipe_io_flush(void *ctx)
-{
-    struct pipe *p = ctx;
-    return p->filling ? pipe_seal(p, MIG_DATA) : 0;
-}
-
-/* Queue a control frame (after the data so far). */
-static int pipe_ctrl(struct pipe *p, uint16_t type, const void *body, uint32_t len)
-{
-    int rc = pipe_io_flush(p);
-    if (rc == 0)
-        rc = pipe_take(p);
+    int rc = pipe_take(p);
     if (rc < 0)
         return rc;
     struct fbuf *b = pipe_cur(p);
-    if (len)
-        memcpy(b->raw, body, len);
-    b->raw_len = len;
-    return pipe_seal(p, type);
+    size_t n = MIG_FRAME_RAW - b->raw_len;
+    if (n > len)
+        n = len;
+    memcpy(b->raw + b->raw_len, buf, n);
+    b->raw_len += n;
+    if (b->raw_len - p->hashed >= PIPE_HASH_PIECE)
+        pipe_hash(p);
+    if (b->raw_len == MIG_FRAME_RAW && (rc = pipe_seal(p, MIG_DATA)) < 0)
+        return rc;
+    return (long)n;
 }
 
-/* Wait until every queued frame is on the socket. */
+/* Wait until every queued frame of p is on the socket. */
 static int pipe_drain(struct pipe *p)
 {
-    int rc = pipe_io_flush(p);
+    int rc = p->filling ? pipe_seal(p, MIG_DATA) : 0;
     pthread_mutex_lock(&p->mu);
     while (p->count && !p->werr)
         pthread_cond_wait(&p->cv, &p->mu);
@@ -528,7 +507,10 @@ struct sender {
     struct domain *d;
     const struct migrate_opts *o;
     struct migrate_report *rep;
-    struct pipe pipe;
+    struct pipe pipe;        /* channel 0's */
+    struct pipe *more;       /* channels 1..nch-1's */
+    unsigned nch, cur;       /* channels; the one the next frame goes to */
+    bool striping;           /* frames dealt in turn (after the handshake, up to DONE) */
     struct stream_io io;
     struct stream_writer w;
     struct machine_holes dm;
@@ -563,6 +545,99 @@ struct sender {
     uint8_t *pc_buf;
     uint8_t *page_copy; /* post-copy possible: each data page copied once, then sent */
 };
+
+/* ---- the frames' way out: one pipe per channel, frames dealt in turn ------------------ */
+
+static struct pipe *out_pipe(struct sender *s, unsigned i) { return i ? &s->more[i - 1] : &s->pipe; }
+static struct pipe *out_cur(struct sender *s) { return out_pipe(s, s->cur); }
+static void out_next(struct sender *s)
+{
+    if (s->striping)
+        s->cur = (s->cur + 1) % s->nch;
+}
+
+/* stream_io write: the stream's bytes into DATA frames, frame by frame on
+ * the channels in turn. */
+static int out_write(void *ctx, const void *buf, size_t len)
+{
+    struct sender *s = ctx;
+    const uint8_t *src = buf;
+    while (len) {
+        struct pipe *p = out_cur(s);
+        long n = pipe_fill(p, src, len);
+        if (n < 0)
+            return (int)n;
+        src += n;
+        len -= (size_t)n;
+        if (!p->filling)
+            out_next(s);
+    }
+    return 0;
+}
+
+static int out_flush(void *ctx)
+{
+    struct sender *s = ctx;
+    struct pipe *p = out_cur(s);
+    if (!p->filling)
+        return 0;
+    int rc = pipe_seal(p, MIG_DATA);
+    out_next(s);
+    return rc;
+}
+
+/* A control frame on pipe p (after the data queued on it). */
+static int pipe_ctrl(struct pipe *p, uint16_t type, const void *body, uint32_t len)
+{
+    int rc = pipe_take(p);
+    if (rc < 0)
+        return rc;
+    struct fbuf *b = pipe_cur(p);
+    if (len)
+        memcpy(b->raw, body, len);
+    b->raw_len = len;
+    return pipe_seal(p, type);
+}
+
+/* Queue a control frame after the data so far, in its turn. */
+static int out_ctrl(struct sender *s, uint16_t type, const void *body, uint32_t len)
+{
+    int rc = out_flush(s);
+    if (rc < 0)
+        return rc;
+    rc = pipe_ctrl(out_cur(s), type, body, len);
+    out_next(s);
+    return rc;
+}
+
+/* Wait until every queued frame is on its socket. */
+static int out_drain(struct sender *s)
+{
+    int rc = out_flush(s);
+    for (unsigned i = 0; i < s->nch; i++) {
+        int r = pipe_drain(out_pipe(s, i));
+        if (rc == 0)
+            rc = r;
+    }
+    return rc;
+}
+
+static uint64_t out_written(struct sender *s)
+{
+    uint64_t w = 0;
+    for (unsigned i = 0; i < s->nch; i++)
+        w += pipe_written(out_pipe(s, i));
+    return w;
+}
+
+/* The first channel whose writer failed, or NULL. */
+static struct pipe *out_failed(struct sender *s)
+{
+    for (unsigned i = 0; i < s->nch; i++)
+        if (out_pipe(s, i)->werr)
+            return out_pipe(s, i);
+    return NULL;
+}
 
 static int collect_run(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
                        ept_entry_t *e)
@@ -854,7 +929,7 @@ static int pc_send_pending(struct sender *s)
         uint64_t *v = (uint64_t *)(h + 1);
         for (size_t i = 0; i < n; i++)
             v[i] = htole64(s->pending[lo + i]);
-        rc = pipe_ctrl(&s->pipe, MIG_PC_PENDING, h, (uint32_t)(sizeof(*h) + 8 * n));
+        rc = out_ctrl(s, MIG_PC_PENDING, h, (uint32_t)(sizeof(*h) + 8 * n));
         lo += n;
     } while (rc == 0 && lo < hi);
     free(h);
@@ -1378,16 +1453,64 @@ HV_PRINTF(3, 4) static int sfail(struct sender *s, int rc, const char *fmt, ...)
 /* Close a round: drain, measure. */
 static int end_round(struct sender *s, uint64_t t0, uint64_t wire0)
 {
-    int rc = pipe_drain(&s->pipe);
+    int rc = out_drain(s);
     struct migrate_round *r = s->r;
     r->ns = hv_now_ns() - t0;
-    r->wire_bytes = pipe_written(&s->pipe) - wire0;
+    r->wire_bytes = out_written(s) - wire0;
     r->mb_per_s = r->ns ? (double)r->wire_bytes * 1e3 / (double)r->ns : 0;
     s->rep->st.pages_data += r->pages_data;
     s->rep->st.pages_zero += r->pages_zero;
     s->rep->st.pages_xtab += r->pages_xtab;
     s->rep->st.stream_bytes += r->stream_bytes;
     return rc;
+}
+
+struct hello_ch {
+    struct mig_hello h;
+    struct mig_hello_channels c;
+};
+
+/* Open channels 1..want-1 (the receiver took them): each connection gets
+ * its pipe, then its own HELLO {index, token} and the receiver's READY. */
+static int open_channels(struct sender *s, unsigned want, uint64_t token, int timeout)
+{
+    const struct migrate_opts *o = s->o;
+    if (!(s->more = hv_calloc(want - 1, sizeof(*s->more))))
+        return sfail(s, -ENOMEM, "out of memory for %u channels", want);
+    for (unsigned i = 1; i < want; i++) {
+        char err[STREAM_ERR_LEN / 2] = "";
+        struct chan *c = o->open_channel(o->open_ctx, err, sizeof(err));
+        if (!c)
+            return sfail(s, -ECONNREFUSED, "opening channel %u of %u: %s", i, want,
+                         err[0] ? err : "failed");
+        struct pipe *p = &s->more[i - 1];
+        int rc = chan_set_timeout(c, timeout);
+        if (rc < 0) {
+            chan_close(c);
+            return sfail(s, rc, "channel %u: %s", i, strerror(-rc));
+        }
+        rc = pipe_init(p, c, i, want, o->compress, o->zstd_level,
+                       o->fail_channel == i ? o->fail_after_bytes : 0);
+        s->nch = i + 1; /* p is torn down with the others from here on */
+        if (rc < 0)
+            return sfail(s, rc, "channel %u: setting up: %s", i, strerror(-rc));
+        struct hello_ch hello = {{htole32(MIG_VERSION), htole32(MIG_HELLO_CHANNELS)},
+                                 {htole32(want), htole32(i), htole64(token)}};
+        struct mig_hello ready;
+        rc = pipe_ctrl(p, MIG_HELLO, &hello, sizeof(hello));
+        if (rc == 0)
+            rc = pipe_drain(p);
+        if (rc < 0)
+            return sfail(s, rc, "channel %u: sending HELLO: %s", i, p->werr_msg);
+        rc = recv_ctrl(c, MIG_READY, &ready, sizeof(ready), err, sizeof(err), "receiver");
+        if (rc == 0 && (le32toh(ready.version) != MIG_VERSION ||
+                        !(le32toh(ready.flags) & MIG_HELLO_CHANNELS)))
+            return sfail(s, -EPROTO, "channel %u: the receiver's READY (version %u, flags %#x) "
+                         "does not take it", i, le32toh(ready.version), le32toh(ready.flags));
+        if (rc < 0)
+            return sfail(s, rc, "channel %u: %s", i, err);
+    }
+    return 0;
 }
 
 int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
@@ -1437,9 +1560,19 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     rep->dirty_source = guest_dirty_source(g);
     if ((rc = guest_can_migrate(g, rep->err, sizeof(rep->err))) < 0)
         goto out;
+    unsigned want = o->channels > 1 ? o->channels : 1;
+    if (want > MIG_MAX_CHANNELS || (want > 1 && !o->open_channel)) {
+        rc = want > MIG_MAX_CHANNELS
+                 ? sfail(s, -EINVAL, "%u channels: at most %u", want, MIG_MAX_CHANNELS)
+                 : sfail(s, -EINVAL, "%u channels: no way to open more than one", want);
+        goto out;
+    }
     rc = chan_set_timeout(ch, timeout);
-    if (rc == 0)
-        rc = pipe_init(&s->pipe, ch, o->compress, o->zstd_level, o->fail_after_bytes);
+    if (rc == 0) {
+        s->nch = 1;
+        rc = pipe_init(&s->pipe, ch, 0, want, o->compress, o->zstd_level,
+                       o->fail_channel == 0 ? o->fail_after_bytes : 0);
+    }
     if (rc < 0) {
         rc = sfail(s, rc, "setting up the connection: %s", strerror(-rc));
         goto out;
@@ -1449,7 +1582,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = sfail(s, -ENOMEM, "out of memory");
         goto out;
     }
-    s->io = (struct stream_io){.write = pipe_io_write, .flush = pipe_io_flush, .ctx = &s->pipe};
+    s->io = (struct stream_io){.write = out_write, .flush = out_flush, .ctx = s};
     stream_writer_init(&s->w, &s->io);
     machine_holes_init(&s->dm, d->m);
 
@@ -1458,11 +1591,18 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = sfail(s, -ENOMEM, "out of memory");
         goto out;
     }
-    struct mig_hello hello = {htole32(MIG_VERSION),
-                              htole32(MIG_HELLO_VERIFY | (may_pc ? MIG_HELLO_POSTCOPY : 0))};
-    rc = pipe_ctrl(&s->pipe, MIG_HELLO, &hello, sizeof(hello));
+    uint64_t token = 0;
+    if (want > 1 && getrandom(&token, sizeof(token), 0) != sizeof(token)) {
+        rc = sfail(s, -EIO, "no random token for the channels: %s", strerror(errno));
+        goto out;
+    }
+    struct hello_ch hello = {
+        {htole32(MIG_VERSION), htole32(MIG_HELLO_VERIFY | (may_pc ? MIG_HELLO_POSTCOPY : 0) |
+                                        (want > 1 ? MIG_HELLO_CHANNELS : 0))},
+        {htole32(want), 0, htole64(token)}};
+    rc = out_ctrl(s, MIG_HELLO, &hello, want > 1 ? sizeof(hello) : sizeof(hello.h));
     if (rc == 0)
-        rc = pipe_drain(&s->pipe);
+        rc = out_drain(s);
     if (rc < 0) {
         rc = sfail(s, rc, "sending HELLO: %s", s->pipe.werr_msg);
         peek_result(s); /* a busy receiver said why before it closed */
@@ -1475,9 +1615,18 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
                    le32toh(ready.version), MIG_VERSION);
     if (rc == 0 && may_pc && !(le32toh(ready.flags) & MIG_HELLO_POSTCOPY))
         rc = sfail(s, -EPROTONOSUPPORT, "the receiver does not accept post-copy migrations");
+    if (rc == 0 && want > 1) {
+        if (le32toh(ready.flags) & MIG_HELLO_CHANNELS)
+            rc = open_channels(s, want, token, timeout);
+        else
+            snprintf(rep->channels_why, sizeof(rep->channels_why), "%u asked for; the receiver "
+                     "takes one", want);
+    }
     if (rc < 0)
         goto out;
-    if (o->inject_len && (rc = pipe_io_write(&s->pipe, o->inject, o->inject_len)) < 0)
+    rep->channels = s->nch;
+    s->striping = true;
+    if (o->inject_len && (rc = out_write(s, o->inject, o->inject_len)) < 0)
         goto wfail;
 
     /* static part (the guest as it starts: its PoD entries travel again in
@@ -1492,7 +1641,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     rc = stream_save_head(d, &s->w, false, &sres, rep->err, sizeof(rep->err));
     domain_unlock(d);
     if (rc < 0) {
-        if (s->pipe.werr)
+        if (out_failed(s))
             goto wfail;
         rc = sfail(s, rc, "writing the stream head: %s", strerror(-rc));
         goto out;
@@ -1517,7 +1666,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     for (unsigned k = 0;; k++) {
         s->r = &rep->rounds[rep->nr_rounds++];
         s->r->index = k;
-        uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
+        uint64_t rt = hv_now_ns(), w0 = out_written(s);
         rc = k ? send_dirty(s, s->bitmap) : send_all(s);
         if (rc == 0)
             rc = end_round(s, rt, w0);
@@ -1538,7 +1687,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         s->r->remaining = dirty;
         /* wire bytes per dirty page: a data page with its entry, compressed
          * as the stream has been so far */
-        double ratio = rep->st.stream_bytes ? (double)(pipe_written(&s->pipe)) /
+        double ratio = rep->st.stream_bytes ? (double)(out_written(s)) /
                                                   (double)rep->st.stream_bytes
                                             : 1.0;
         double per_page = (PAGE_SIZE + 8) * (ratio < 1 ? ratio : 1);
@@ -1595,7 +1744,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     s->r = &rep->rounds[rep->nr_rounds++];
     s->r->index = rep->nr_rounds - 1;
     s->r->paused = true;
-    uint64_t rt = hv_now_ns(), w0 = pipe_written(&s->pipe);
+    uint64_t rt = hv_now_ns(), w0 = out_written(s);
     rc = send_dirty(s, s->bitmap);
     if (rc == 0)
         rc = send_fault_dup(s);
@@ -1613,9 +1762,9 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         s->r->stream_bytes += s->w.offset - off0;
     }
     if (rc == 0 && may_pc)
-        rc = s->pending ? pc_send_pending(s) : pipe_ctrl(&s->pipe, MIG_PC_PENDING,
-                                                         &(struct mig_pc_pending){0, htole32(1), 0, 0},
-                                                         sizeof(struct mig_pc_pending));
+        rc = s->pending ? pc_send_pending(s) : out_ctrl(s, MIG_PC_PENDING,
+                                                        &(struct mig_pc_pending){0, htole32(1), 0, 0},
+                                                        sizeof(struct mig_pc_pending));
     if (rc == 0)
         rc = end_round(s, rt, w0);
     if (rc < 0)
@@ -1641,11 +1790,14 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     done.pages = htole64(pages);
     done.verify = htole32(1);
     rep->digest_s = (double)(hv_now_ns() - td) / 1e9;
-    rc = pipe_ctrl(&s->pipe, MIG_DONE, &done, sizeof(done));
+    rc = out_ctrl(s, MIG_DONE, &done, sizeof(done));
     if (rc == 0)
-        rc = pipe_drain(&s->pipe);
+        rc = out_drain(s);
     if (rc < 0)
         goto wfail;
+    /* everything from here on goes on the first channel */
+    s->striping = false;
+    s->cur = 0;
     struct mig_result res;
     rc = recv_ctrl(ch, MIG_RESULT, &res, sizeof(res), rep->err, sizeof(rep->err), "receiver");
     if (rc < 0)
@@ -1677,9 +1829,9 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = sfail(s, -ECONNRESET, "connection cut by fault injection before COMMIT");
         goto out;
     }
-    rc = pipe_ctrl(&s->pipe, MIG_COMMIT, NULL, 0);
+    rc = out_ctrl(s, MIG_COMMIT, NULL, 0);
     if (rc == 0)
-        rc = pipe_drain(&s->pipe);
+        rc = out_drain(s);
     if (rc < 0)
         goto wfail;
     in_doubt = true;
@@ -1731,23 +1883,39 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     goto out;
 
 wfail:
-    if (s->pipe.werr) {
-        rc = sfail(s, s->pipe.werr, "%s", s->pipe.werr_msg);
-        peek_result(s);
+    if (out_failed(s)) {
+        struct pipe *f = out_failed(s);
+        rc = sfail(s, f->werr, "%s", f->werr_msg);
+        /* the receiver's reason comes on the first channel, read only
+         * once its writer is idle */
+        if (f == &s->pipe || pipe_drain(&s->pipe) == 0)
+            peek_result(s);
     } else {
         rc = sfail(s, rc, "writing the stream: %s", strerror(-rc));
     }
 out:
-    if (!committed && !in_doubt && s->pipe.thread_up && !s->pipe.werr) {
-        /* tell the receiver why, best effort (bounded by the socket timeout) */
-        if (pipe_drain(&s->pipe) == 0 &&
-            pipe_ctrl(&s->pipe, MIG_ABORT, rep->err, (uint32_t)strnlen(rep->err, 200)) == 0)
-            (void)pipe_drain(&s->pipe);
+    if (!committed && !in_doubt) {
+        /* tell the receiver why, best effort (bounded by the socket
+         * timeout): on every channel while frames are dealt in turn (it
+         * may be waiting on any of them) */
+        for (unsigned i = 0; i < (s->striping ? s->nch : 1); i++) {
+            struct pipe *p = out_pipe(s, i);
+            if (i < s->nch && p->thread_up && !p->werr && pipe_drain(p) == 0 &&
+                pipe_ctrl(p, MIG_ABORT, rep->err, (uint32_t)strnlen(rep->err, 200)) == 0)
+                (void)pipe_drain(p);
+        }
     }
-    rep->st.wire_bytes = pipe_written(&s->pipe);
-    rep->st.frames = s->pipe.frames;
-    if (s->pipe.thread_up || s->pipe.b[0].raw)
-        pipe_fini(&s->pipe);
+    rep->st.wire_bytes = out_written(s);
+    for (unsigned i = 0; i < s->nch; i++) {
+        struct pipe *p = out_pipe(s, i);
+        rep->channel_bytes[i] = pipe_written(p);
+        rep->st.frames += p->frames;
+        if (p->thread_up || p->b[0].raw)
+            pipe_fini(p);
+        if (i)
+            chan_close(p->ch);
+    }
+    free(s->more);
     if (quarantined) {
         /* no page is read any more: free what is parked, park no more */
         domain_lock(d);
@@ -1810,8 +1978,10 @@ out:
 #define RX_STAGE_MAX (64u << 10)
 #define RX_CHUNK 4096u
 
+struct lane;
 struct rx {
     struct chan *ch;
+    const uint8_t *data; /* the current frame's bytes: raw, or a lane's slot */
     uint64_t by;         /* the current frame's deadline (hv_now_ns) */
     uint64_t end_by;     /* the migration's deadline */
     int frame_ms;        /* a frame's time (the handshake's for HELLO) */
@@ -1826,6 +1996,14 @@ struct rx {
     ZSTD_DCtx *dctx;
     uint64_t offset, frames;
     bool aborted;        /* an ABORT frame came */
+    /* parallel channels: frame seq comes on channel seq % (nlanes + 1);
+     * channel i > 0 is read ahead by lanes[i - 1] */
+    struct lane *lanes;
+    unsigned nlanes, lanes_cap;
+    uint64_t seq;
+    struct lane *held;   /* the lane whose slot x->data is */
+    uint64_t lane_bytes, lane_frames;
+    const char *who;     /* "channel 0: " with parallel channels, else "" */
     char err[STREAM_ERR_LEN / 2];
 };
 
@@ -1866,16 +2044,16 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
         int rc = chan_read_all_by(x->ch, p + done, k, &got, x->by);
         x->offset += got;
         if (rc < 0)
-            return rxfail(x, rc, "DATA frame at byte offset %llu: %s after %zu of %zu bytes",
-                          (unsigned long long)x->at, rx_why(x, rc),
+            return rxfail(x, rc, "%sDATA frame at byte offset %llu: %s after %zu of %zu bytes",
+                          x->who, (unsigned long long)x->at, rx_why(x, rc),
                           x->len - x->left + done + got, x->len);
         hv_hash_update(x->xs, p + done, k);
         done += k;
     }
     x->left -= n;
     if (!x->left && hv_hash_digest(x->xs) != x->sum)
-        return rxfail(x, -EBADMSG, "DATA frame at byte offset %llu: checksum mismatch",
-                      (unsigned long long)x->at);
+        return rxfail(x, -EBADMSG, "%sDATA frame at byte offset %llu: checksum mismatch",
+                      x->who, (unsigned long long)x->at);
     return 0;
 }
 
@@ -1892,11 +2070,263 @@ static int rx_stream_finish(struct rx *x)
     return 0;
 }
 
+/* A frame header (untrusted) at byte offset `at` of channel `who`: 0, or
+ * -errno with err saying what is wrong. */
+static int frame_check(const struct mig_frame *h, size_t wcap, const char *who, uint64_t at,
+                       char *err, size_t errlen)
+{
+    uint32_t raw = le32toh(h->raw_len), wire = le32toh(h->wire_len);
+    uint16_t t = le16toh(h->type), flags = le16toh(h->flags);
+    if (le32toh(h->magic) != MIG_MAGIC) {
+        snprintf(err, errlen, "%sframe at byte offset %llu: magic %#x is not %#x \"HVMF\" (not "
+                 "a hugevm migration sender?)", who, (unsigned long long)at,
+                 le32toh(h->magic), MIG_MAGIC);
+        return -EBADMSG;
+    }
+    if (t < MIG_HELLO || t > MIG_FRAME_TYPES || (flags & ~MIG_F_ZSTD) ||
+        ((flags & MIG_F_ZSTD) && t != MIG_DATA)) {
+        snprintf(err, errlen, "%sframe at byte offset %llu: bad type %u or flags %#x", who,
+                 (unsigned long long)at, t, flags);
+        return -EBADMSG;
+    }
+    uint32_t max = t == MIG_DATA || t == MIG_PC_PENDING ? MIG_FRAME_RAW : MIG_CTRL_MAX;
+    if (raw > max || wire > wcap || (!(flags & MIG_F_ZSTD) && wire != raw)) {
+        snprintf(err, errlen, "%sframe at byte offset %llu: %s of %u bytes (%u on the wire) is "
+                 "over the limit of %u", who, (unsigned long long)at, frame_name(t), raw, wire,
+                 max);
+        return -EMSGSIZE;
+    }
+    return 0;
+}
+
+/* ---- the receiver's other channels: a reader thread each ---------------------------- */
+
+/*
+ * Channel i > 0 is read by its lane: a thread that reads frame after frame
+ * into LANE_SLOTS slots, checks each (header, decompression, checksum)
+ * and queues it; the receiver takes them in their turn (rx_frame) and
+ * gives each slot back when it moves on.  The thread reads without a
+ * deadline of its own: the receiver's deadlines apply where it waits for a
+ * lane's frame, and a lane it stops is cut first.  A lane that fails
+ * keeps the frames it queued before and reports its error in their place.
+ */
+#define LANE_SLOTS 4
+
+struct lane_frame {
+    uint8_t *raw;
+    uint32_t len;
+    uint16_t type;
+};
+
+struct lane {
+    struct chan *ch;
+    unsigned index;
+    pthread_t t;
+    bool up;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;   /* on CLOCK_MONOTONIC (hv_now_ns) */
+    struct lane_frame slot[LANE_SLOTS];
+    unsigned head, count;
+    bool quit;
+    int err;             /* after the queued frames */
+    char msg[STREAM_ERR_LEN / 2];
+    uint8_t *wire;
+    size_t wcap;
+    ZSTD_DCtx *dctx;
+    uint64_t offset, frames; /* the thread's; read after it ended */
+};
+
+static void *lane_main(void *arg)
+{
+    struct lane *l = arg;
+    char who[24], msg[sizeof(l->msg)] = "";
+    int rc = 0;
+    snprintf(who, sizeof(who), "channel %u: ", l->index);
+    (void)pthread_setname_np(pthread_self(), "hugevm-lane");
+    for (;;) {
+        pthread_mutex_lock(&l->mu);
+        while (l->count == LANE_SLOTS && !l->quit)
+            pthread_cond_wait(&l->cv, &l->mu);
+        struct lane_frame *f = &l->slot[(l->head + l->count) % LANE_SLOTS];
+        bool quit = l->quit;
+        pthread_mutex_unlock(&l->mu);
+        if (quit)
+            return NULL;
+        struct mig_frame h;
+        uint64_t at = l->offset;
+        size_t got = 0;
+        rc = chan_read_all(l->ch, &h, sizeof(h), &got);
+        l->offset += got;
+        if (rc < 0) {
+            snprintf(msg, sizeof(msg), "%s%s at byte offset %llu", who,
+                     rc == -ENODATA ? "the sender closed the connection"
+                                    : chan_strerror(l->ch, rc),
+                     (unsigned long long)l->offset);
+            break;
+        }
+        if ((rc = frame_check(&h, l->wcap, who, at, msg, sizeof(msg))) < 0)
+            break;
+        uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
+        uint16_t t = le16toh(h.type), flags = le16toh(h.flags);
+        got = 0;
+        rc = chan_read_all(l->ch, (flags & MIG_F_ZSTD) ? l->wire : f->raw, wire, &got);
+        l->offset += got;
+        if (rc < 0) {
+            snprintf(msg, sizeof(msg), "%s%s frame at byte offset %llu: %s after %zu of %u bytes",
+                     who, frame_name(t), (unsigned long long)at,
+                     rc == -ENODATA ? "connection closed" : chan_strerror(l->ch, rc), got, wire);
+            break;
+        }
+        if (flags & MIG_F_ZSTD) {
+            size_t n = ZSTD_decompressDCtx(l->dctx, f->raw, MIG_FRAME_RAW, l->wire, wire);
+            if (ZSTD_isError(n) || n != raw) {
+                rc = -EBADMSG;
+                snprintf(msg, sizeof(msg), "%sDATA frame at byte offset %llu: zstd payload %s",
+                         who, (unsigned long long)at,
+                         ZSTD_isError(n) ? ZSTD_getErrorName(n) : "has the wrong length");
+                break;
+            }
+        }
+        if (hv_hash64(f->raw, raw) != le64toh(h.checksum)) {
+            rc = -EBADMSG;
+            snprintf(msg, sizeof(msg), "%s%s frame at byte offset %llu: checksum mismatch", who,
+                     frame_name(t), (unsigned long long)at);
+            break;
+        }
+        l->frames++;
+        pthread_mutex_lock(&l->mu);
+        f->len = raw;
+        f->type = t;
+        l->count++;
+        pthread_cond_broadcast(&l->cv);
+        pthread_mutex_unlock(&l->mu);
+    }
+    pthread_mutex_lock(&l->mu);
+    l->err = rc;
+    snprintf(l->msg, sizeof(l->msg), "%s", msg);
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+/* Start lane l on channel ch (it owns ch from now on, also on failure). */
+static int lane_start(struct lane *l, struct chan *ch, unsigned index, size_t wcap)
+{
+    pthread_condattr_t ca;
+    l->ch = ch;
+    l->index = index;
+    l->wcap = wcap;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    for (unsigned i = 0; i < LANE_SLOTS; i++)
+        if (!(l->slot[i].raw = hv_malloc(MIG_FRAME_RAW)))
+            return -ENOMEM;
+    if (!(l->wire = hv_malloc(wcap)) || !(l->dctx = ZSTD_createDCtx()))
+        return -ENOMEM;
+    int rc = chan_set_timeout(ch, 0);
+    if (rc < 0)
+        return rc;
+    rc = pthread_create(&l->t, NULL, lane_main, l);
+    if (rc)
+        return -rc;
+    l->up = true;
+    return 0;
+}
+
+/* Give back the slot x->data is (the receiver moved on). */
+static void lane_release(struct rx *x)
+{
+    struct lane *l = x->held;
+    if (!l)
+        return;
+    pthread_mutex_lock(&l->mu);
+    l->head = (l->head + 1) % LANE_SLOTS;
+    l->count--;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    x->held = NULL;
+}
+
+/* Stop every lane (cut, join, free) and go on with channel 0 alone. */
+static void lanes_stop(struct rx *x)
+{
+    lane_release(x);
+    for (unsigned i = 0; i < x->lanes_cap; i++) {
+        struct lane *l = &x->lanes[i];
+        if (!l->ch)
+            continue;
+        if (l->up) {
+            pthread_mutex_lock(&l->mu);
+            l->quit = true;
+            pthread_cond_broadcast(&l->cv);
+            pthread_mutex_unlock(&l->mu);
+            chan_cut(l->ch);
+            pthread_join(l->t, NULL);
+        }
+        x->lane_bytes += l->offset;
+        x->lane_frames += l->frames;
+        for (unsigned k = 0; k < LANE_SLOTS; k++)
+            free(l->slot[k].raw);
+        free(l->wire);
+        ZSTD_freeDCtx(l->dctx);
+        chan_close(l->ch);
+        pthread_mutex_destroy(&l->mu);
+        pthread_cond_destroy(&l->cv);
+    }
+    free(x->lanes);
+    x->lanes = NULL;
+    x->nlanes = x->lanes_cap = 0;
+    x->who = "";
+}
+
+/* The next frame from lane l, by x->by. */
+static int lane_take(struct rx *x, struct lane *l, uint16_t *type)
+{
+    struct timespec ts = {(time_t)(x->by / 1000000000), (long)(x->by % 1000000000)};
+    pthread_mutex_lock(&l->mu);
+    while (!l->count && !l->err)
+        if (pthread_cond_timedwait(&l->cv, &l->mu, &ts) == ETIMEDOUT)
+            break;
+    if (!l->count) {
+        int rc = l->err ? l->err : -ETIMEDOUT;
+        if (l->err)
+            rxfail(x, rc, "%s", l->msg);
+        else
+            rxfail(x, rc, "channel %u: waiting for frame %llu: %s", l->index,
+                   (unsigned long long)x->seq, rx_why(x, rc));
+        pthread_mutex_unlock(&l->mu);
+        return rc;
+    }
+    struct lane_frame *f = &l->slot[l->head];
+    pthread_mutex_unlock(&l->mu);
+    x->held = l;
+    x->data = f->raw;
+    x->len = x->avail = f->len;
+    x->pos = x->stage0 = 0;
+    *type = f->type;
+    return 0;
+}
+
 /* Read one frame (untrusted) into x->raw, or its header only when stream
- * is set and it is a large uncompressed DATA frame; *type gets its type. */
+ * is set and it is a large uncompressed DATA frame; *type gets its type.
+ * With parallel channels, from the channel whose turn it is. */
 static int rx_frame(struct rx *x, uint16_t *type, bool stream)
 {
     struct mig_frame h;
+    lane_release(x);
+    if (x->nlanes) {
+        unsigned c = (unsigned)(x->seq++ % (x->nlanes + 1));
+        if (c) {
+            x->by = hv_now_ns() + (uint64_t)x->frame_ms * 1000000;
+            if (x->by > x->end_by)
+                x->by = x->end_by;
+            return lane_take(x, &x->lanes[c - 1], type);
+        }
+    }
+    x->data = x->raw;
     if (x->left) {
         int rc0 = rx_stream_finish(x);
         if (rc0 < 0)
@@ -1911,26 +2341,16 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
     int rc = chan_read_all_by(x->ch, &h, sizeof(h), &got, x->by);
     x->offset += got;
     if (rc == -ENODATA)
-        return rxfail(x, rc, "the sender closed the connection at byte offset %llu%s",
-                      (unsigned long long)x->offset, got ? " (inside a frame header)" : "");
+        return rxfail(x, rc, "%sthe sender closed the connection at byte offset %llu%s",
+                      x->who, (unsigned long long)x->offset,
+                      got ? " (inside a frame header)" : "");
     if (rc < 0)
-        return rxfail(x, rc, "reading the connection at byte offset %llu: %s",
+        return rxfail(x, rc, "%sreading the connection at byte offset %llu: %s", x->who,
                       (unsigned long long)x->offset, rx_why(x, rc));
     uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
     uint16_t t = le16toh(h.type), flags = le16toh(h.flags);
-    if (le32toh(h.magic) != MIG_MAGIC)
-        return rxfail(x, -EBADMSG, "frame at byte offset %llu: magic %#x is not %#x \"HVMF\" "
-                      "(not a hugevm migration sender?)", (unsigned long long)at,
-                      le32toh(h.magic), MIG_MAGIC);
-    if (t < MIG_HELLO || t > MIG_FRAME_TYPES || (flags & ~MIG_F_ZSTD) ||
-        ((flags & MIG_F_ZSTD) && t != MIG_DATA))
-        return rxfail(x, -EBADMSG, "frame at byte offset %llu: bad type %u or flags %#x",
-                      (unsigned long long)at, t, flags);
-    uint32_t max = t == MIG_DATA || t == MIG_PC_PENDING ? MIG_FRAME_RAW : MIG_CTRL_MAX;
-    if (raw > max || wire > x->wcap || (!(flags & MIG_F_ZSTD) && wire != raw))
-        return rxfail(x, -EMSGSIZE, "frame at byte offset %llu: %s of %u bytes (%u on the "
-                      "wire) is over the limit of %u", (unsigned long long)at, frame_name(t), raw,
-                      wire, max);
+    if ((rc = frame_check(&h, x->wcap, x->who, at, x->err, sizeof(x->err))) < 0)
+        return rc;
     if (stream && t == MIG_DATA && !(flags & MIG_F_ZSTD) && raw > RX_STAGE_MAX) {
         x->frames++;
         x->len = x->left = raw;
@@ -1945,18 +2365,18 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
     rc = chan_read_all_by(x->ch, dst, wire, &got, x->by);
     x->offset += got;
     if (rc < 0)
-        return rxfail(x, rc, "%s frame at byte offset %llu: %s after %zu of %u bytes",
-                      frame_name(t), (unsigned long long)at, rx_why(x, rc), got, wire);
+        return rxfail(x, rc, "%s%s frame at byte offset %llu: %s after %zu of %u bytes",
+                      x->who, frame_name(t), (unsigned long long)at, rx_why(x, rc), got, wire);
     if (flags & MIG_F_ZSTD) {
         size_t n = ZSTD_decompressDCtx(x->dctx, x->raw, MIG_FRAME_RAW, x->wire, wire);
         if (ZSTD_isError(n) || n != raw)
-            return rxfail(x, -EBADMSG, "DATA frame at byte offset %llu: zstd payload %s",
-                          (unsigned long long)at,
+            return rxfail(x, -EBADMSG, "%sDATA frame at byte offset %llu: zstd payload %s",
+                          x->who, (unsigned long long)at,
                           ZSTD_isError(n) ? ZSTD_getErrorName(n) : "has the wrong length");
     }
     if (hv_hash64(x->raw, raw) != le64toh(h.checksum))
-        return rxfail(x, -EBADMSG, "%s frame at byte offset %llu: checksum mismatch",
-                      frame_name(t), (unsigned long long)at);
+        return rxfail(x, -EBADMSG, "%s%s frame at byte offset %llu: checksum mismatch",
+                      x->who, frame_name(t), (unsigned long long)at);
     x->frames++;
     x->len = x->avail = raw;
     x->pos = x->stage0 = 0;
@@ -1969,7 +2389,7 @@ static int rx_aborted(struct rx *x)
 {
     x->aborted = true;
     return rxfail(x, -ECONNABORTED, "the sender aborted: %.200s",
-                  migrate_reason(x->raw, x->len, MIG_CTRL_MAX));
+                  migrate_reason((void *)x->data, x->len, MIG_CTRL_MAX));
 }
 
 /* A control frame of type `want` with exactly len bytes. */
@@ -1985,7 +2405,7 @@ static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
         return rxfail(x, -EPROTO, "expected %s (%zu bytes), got %s (%zu bytes)",
                       frame_name(want), len, frame_name(t), x->len);
     if (len)
-        memcpy(body, x->raw, len);
+        memcpy(body, x->data, len);
     x->pos = x->len;
     return 0;
 }
@@ -2025,7 +2445,7 @@ static long rx_read(void *ctx, void *buf, size_t len)
         x->avail = x->pos + n;
     }
     size_t n = x->avail - x->pos < len ? x->avail - x->pos : len;
-    memcpy(buf, x->raw + (x->pos - x->stage0), n);
+    memcpy(buf, x->data + (x->pos - x->stage0), n);
     x->pos += n;
     return (long)n;
 }
@@ -2050,7 +2470,7 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
         struct mig_pc_pending h;
         if (x->len < sizeof(h))
             return rxfail(x, -EBADMSG, "PC_PENDING of %zu bytes", x->len);
-        memcpy(&h, x->raw, sizeof(h));
+        memcpy(&h, x->data, sizeof(h));
         uint32_t n = le32toh(h.nr_words);
         uint64_t first = le64toh(h.first_pfn);
         if (x->len != sizeof(h) + 8ULL * n || le32toh(h.last) > 1 || first % 64 ||
@@ -2065,7 +2485,7 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
         res->pc_id = le64toh(h.id);
         for (uint32_t w = 0; w < n; w++) {
             uint64_t v;
-            memcpy(&v, x->raw + sizeof(h) + 8ULL * w, 8);
+            memcpy(&v, x->data + sizeof(h) + 8ULL * w, 8);
             v = le64toh(v);
             pages += (uint64_t)__builtin_popcountll(v);
             if (pages > d->tot_pages)
@@ -2185,11 +2605,98 @@ static int send_result(struct chan *ch, int status, const struct domain *d, bool
     return send_ctrl(ch, MIG_RESULT, &r, sizeof(r));
 }
 
+/* HELLO on the first connection: 8 bytes, or 24 offering channels. */
+static int rx_hello(struct rx *x, struct hello_ch *hello)
+{
+    uint16_t t = 0;
+    int rc = rx_frame(x, &t, false);
+    if (rc < 0)
+        return rc;
+    if (t == MIG_ABORT)
+        return rx_aborted(x);
+    if (t != MIG_HELLO || (x->len != sizeof(hello->h) && x->len != sizeof(*hello)))
+        return rxfail(x, -EPROTO, "expected HELLO (8 or 24 bytes), got %s (%zu bytes)",
+                      frame_name(t), x->len);
+    memcpy(hello, x->data, x->len);
+    x->pos = x->len;
+    uint32_t flags = le32toh(hello->h.flags), n = le32toh(hello->c.channels);
+    if (le32toh(hello->h.version) != MIG_VERSION)
+        return rxfail(x, -EPROTONOSUPPORT, "the sender speaks migration version %u, not %u",
+                      le32toh(hello->h.version), MIG_VERSION);
+    if ((flags & MIG_HELLO_CHANNELS) != (x->len == sizeof(*hello) ? MIG_HELLO_CHANNELS : 0) ||
+        ((flags & MIG_HELLO_CHANNELS) &&
+         (n < 2 || n > MIG_MAX_CHANNELS || le32toh(hello->c.index) != 0)))
+        return rxfail(x, -EPROTO, "HELLO (%zu bytes, flags %#x) offers %u channels, index %u: "
+                      "2 to %u channels, index 0, in 24 bytes", x->len, flags, n,
+                      le32toh(hello->c.index), MIG_MAX_CHANNELS);
+    return 0;
+}
+
+/* The sender's other channels join: want - 1 connections (o->join), each
+ * with a HELLO naming the token and an index of its own, by the handshake
+ * deadline; a connection that names anything else is turned away with
+ * ABORT and the receiver waits on. */
+static int rx_join(struct rx *x, const struct migrate_recv_opts *o, unsigned want, uint64_t token)
+{
+    if (!(x->lanes = hv_calloc(want - 1, sizeof(*x->lanes))))
+        return rxfail(x, -ENOMEM, "out of memory for %u channels", want);
+    x->lanes_cap = want - 1;
+    int hs = o->handshake_ms > 0 ? o->handshake_ms : MIGRATE_DEFAULT_HANDSHAKE_MS;
+    uint64_t by = hv_now_ns() + (uint64_t)hs * 1000000;
+    by = by < x->end_by ? by : x->end_by;
+    unsigned refused = 0;
+    char last[STREAM_ERR_LEN / 2] = "";
+    for (unsigned joined = 1; joined < want;) {
+        char err[STREAM_ERR_LEN / 2] = "";
+        struct chan *c = o->join(o->jctx, by, err, sizeof(err));
+        if (!c)
+            return rxfail(x, -ETIMEDOUT, "%u of %u channels joined: %s (%u connections turned "
+                          "away%s%.100s)", joined, want, err[0] ? err : "no more connections",
+                          refused, refused ? ", the last: " : "", last);
+        struct hello_ch h;
+        int rc = chan_set_timeout(c, hs);
+        if (rc == 0)
+            rc = recv_ctrl(c, MIG_HELLO, &h, sizeof(h), err, sizeof(err), "joining connection");
+        unsigned i = le32toh(h.c.index);
+        if (rc == 0 && (le32toh(h.h.version) != MIG_VERSION ||
+                        le32toh(h.h.flags) != MIG_HELLO_CHANNELS ||
+                        le32toh(h.c.channels) != want || le64toh(h.c.token) != token || i == 0 ||
+                        i >= want || x->lanes[i - 1].ch)) {
+            snprintf(err, sizeof(err), "refused a connection that does not join the migration "
+                     "in progress (HELLO version %u, flags %#x, channel %u of %u%s)",
+                     le32toh(h.h.version), le32toh(h.h.flags), i, le32toh(h.c.channels),
+                     le64toh(h.c.token) != token ? ", another migration's token" : "");
+            (void)send_ctrl(c, MIG_ABORT, err, (uint32_t)strlen(err));
+            rc = -EPROTO;
+        }
+        if (rc < 0) {
+            refused++;
+            snprintf(last, sizeof(last), "%s", err);
+            chan_close(c);
+            continue;
+        }
+        struct mig_hello ready = {htole32(MIG_VERSION), htole32(MIG_HELLO_CHANNELS)};
+        rc = send_ctrl(c, MIG_READY, &ready, sizeof(ready));
+        if (rc < 0) {
+            rxfail(x, rc, "channel %u: sending READY: %s", i, chan_strerror(c, rc));
+            chan_close(c);
+            return rc;
+        }
+        if ((rc = lane_start(&x->lanes[i - 1], c, i, x->wcap)) < 0)
+            return rxfail(x, rc, "channel %u: setting up: %s", i, strerror(-rc));
+        joined++;
+    }
+    x->nlanes = want - 1;
+    x->seq = 0;
+    x->who = "channel 0: ";
+    return 0;
+}
+
 int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_recv_opts *o,
                     struct migrate_recv_result *res)
 {
     static const struct migrate_recv_opts defaults;
-    struct rx x = {.ch = ch, .phase = "handshake"};
+    struct rx x = {.ch = ch, .phase = "handshake", .who = ""};
     struct domain *d = NULL;
     struct guest *g = NULL;
     o = o ? o : &defaults;
@@ -2208,22 +2715,27 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
         rxfail(&x, rc, "setting up: %s", strerror(-rc));
         goto fail;
     }
-    struct mig_hello hello;
-    rc = rx_ctrl(&x, MIG_HELLO, &hello, sizeof(hello));
-    if (rc == 0 && le32toh(hello.version) != MIG_VERSION)
-        rc = rxfail(&x, -EPROTONOSUPPORT, "the sender speaks migration version %u, not %u",
-                    le32toh(hello.version), MIG_VERSION);
+    struct hello_ch hello = {0};
+    rc = rx_hello(&x, &hello);
     if (rc < 0)
         goto fail;
-    bool pc = (le32toh(hello.flags) & MIG_HELLO_POSTCOPY) && o->postcopy_ok;
-    struct mig_hello ready = {htole32(MIG_VERSION), htole32(pc ? MIG_HELLO_POSTCOPY : 0)};
+    unsigned want = (le32toh(hello.h.flags) & MIG_HELLO_CHANNELS) ? le32toh(hello.c.channels) : 1;
+    bool pc = (le32toh(hello.h.flags) & MIG_HELLO_POSTCOPY) && o->postcopy_ok;
+    bool lanes = want > 1 && o->join;
+    struct mig_hello ready = {htole32(MIG_VERSION), htole32((pc ? MIG_HELLO_POSTCOPY : 0) |
+                                                            (lanes ? MIG_HELLO_CHANNELS : 0))};
     rc = send_ctrl(ch, MIG_READY, &ready, sizeof(ready));
     if (rc < 0) {
         rxfail(&x, rc, "sending READY: %s", chan_strerror(ch, rc));
         goto fail;
     }
-    /* the handshake hook (migrate.h): from here on the peer is a sender */
+    /* the handshake hook (migrate.h): from here on the peer is a sender
+     * (called once its other channels joined: the hook's caller turns
+     * every other connection away) */
     res->handshake_passed = true;
+    if (lanes && (rc = rx_join(&x, o, want, le64toh(hello.c.token))) < 0)
+        goto fail;
+    res->channels = x.nlanes + 1;
     if (o->on_handshake)
         o->on_handshake(o->hctx);
     x.frame_ms = timeout;
@@ -2250,6 +2762,7 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     rc = rx_ctrl(&x, MIG_DONE, &done, sizeof(done));
     if (rc < 0)
         goto fail;
+    lanes_stop(&x); /* nothing comes on the other channels after DONE */
     rc = guest_from_context(d, res->rr.context, res->rr.context_len, o, &g, res->err,
                             sizeof(res->err));
     if (rc < 0)
@@ -2335,8 +2848,9 @@ fail_msg:
     guest_destroy(g);
     domain_destroy(d);
 out:
-    res->wire_bytes = x.offset;
-    res->frames = x.frames;
+    lanes_stop(&x);
+    res->wire_bytes = x.offset + x.lane_bytes;
+    res->frames = x.frames + x.lane_frames;
     res->seconds = (double)(hv_now_ns() - t0) / 1e9;
     free(x.raw);
     free(x.wire);

@@ -114,6 +114,20 @@
  * everything is as in pre-copy: a failure leaves the sender's guest
  * running.
  *
+ * Parallel channels (migrate_opts.channels, MIG_HELLO_CHANNELS): the
+ * frames from the first one after the handshake to DONE are dealt to the
+ * channels in turn, frame k on channel k mod N, whatever its type; the
+ * receiver reads them back in that order (a reader thread per extra
+ * channel checks and decompresses its frames ahead), so the stream, its
+ * rounds and PC_PENDING are exactly what one channel carries.  After
+ * DONE everything (RESULT, COMMIT, RESUMED, post-copy) is on the first
+ * channel; the others carry nothing more and are closed at the end.  An
+ * ABORT before then goes on every channel, so the receiver finds it
+ * wherever it waits.  A channel that fails fails the migration, as any
+ * connection loss does: nothing is lost.  Each channel is a connection of
+ * its own, authenticated and encrypted like the first (TLS: one stream
+ * per channel, so encryption runs on as many cores).
+ *
  * Memory map changes during migration: RAM populated or removed while
  * rounds run (balloon, populate, PoD demand populate and zero reclaim) is
  * marked dirty (dirty.h), so the next round translates it under the current
@@ -213,11 +227,25 @@ _Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
  * answers with what it still misses (MIG_PC_PENDING, receiver -> sender),
  * or ABORT. */
 #define MIG_HELLO_PC_RESUME 0x4u
+/* Parallel channels: the HELLO body goes on with struct mig_hello_channels
+ * (24 bytes in all).  On the first connection (index 0) it offers
+ * `channels` connections in all; a receiver that takes them echoes the
+ * flag in READY, and the sender then opens the others one by one, each
+ * with a HELLO of its own naming its index and the same token, answered
+ * by a READY on it.  Without the echo the migration runs on one. */
+#define MIG_HELLO_CHANNELS 0x8u
+#define MIG_MAX_CHANNELS 8u
 struct mig_hello {
     uint32_t version;
     uint32_t flags;
 };
 _Static_assert(sizeof(struct mig_hello) == 8, "HELLO");
+struct mig_hello_channels {
+    uint32_t channels; /* 2..MIG_MAX_CHANNELS */
+    uint32_t index;    /* 0: the first connection */
+    uint64_t token;    /* the migration's (random): a joining connection names it */
+};
+_Static_assert(sizeof(struct mig_hello_channels) == 16, "HELLO channels");
 
 struct mig_done {
     uint64_t digest;
@@ -349,8 +377,19 @@ struct migrate_opts {
     int zstd_level;          /* 0: 1 */
     int timeout_ms;          /* socket and confirmation; 0: default */
     /* Fault injection: cut the connection (shutdown) after this many bytes
-     * were written to the socket (0: never). */
+     * were written to the socket (0: never); with parallel channels, the
+     * connection of channel fail_channel (0: the first). */
     uint64_t fail_after_bytes;
+    unsigned fail_channel;
+    /* Parallel channels: connections in all (0 or 1: ch only; at most
+     * MIG_MAX_CHANNELS).  The others are opened with open_channel (each
+     * connected to the same receiver and authenticated, like ch; NULL with
+     * err[] when it cannot), after the receiver accepted them; they are
+     * closed by migrate_send.  A receiver that takes one channel only gets
+     * one (the report says so). */
+    unsigned channels;
+    struct chan *(*open_channel)(void *open_ctx, char *err, size_t len);
+    void *open_ctx;
     /* Fault injection: cut the connection (shutdown) right after COMMIT is
      * on the socket, before RESUMED is read. */
     bool cut_after_commit;
@@ -441,6 +480,11 @@ struct migrate_report {
      * kept paused (not resumed, not destroyed); the receiver may run it. */
     bool in_doubt;
     struct migrate_stats st;
+    /* parallel channels: how many ran, why not as many as asked, and the
+     * bytes each carried */
+    unsigned channels;
+    char channels_why[120];
+    uint64_t channel_bytes[MIG_MAX_CHANNELS];
     /* post-copy: whether it ran, why, and what it sent after the switch */
     bool postcopy;
     const char *postcopy_why;
@@ -518,6 +562,13 @@ struct migrate_recv_opts {
      * for by name (their code would run as this process's own). */
     bool backend_set;
     enum guest_backend backend;
+    /* Parallel channels: the next connection to this receiver,
+     * authenticated like the first, by deadline (hv_now_ns clock), or NULL
+     * with err[] (a stranger in its place is the callback's to turn
+     * away; migrate_receive refuses, with ABORT, one that passes but names
+     * another migration).  NULL callback: one channel only. */
+    struct chan *(*join)(void *jctx, uint64_t deadline_ns, char *err, size_t len);
+    void *jctx;
     /* Accept a post-copy migration: the guest then comes back with
      * res->postcopy set and the pending runs, and the caller must arm
      * postcopy_rx_start on the same channel before it starts the guest. */
@@ -533,6 +584,7 @@ struct migrate_recv_result {
     bool verified;
     uint64_t digest;
     uint64_t wire_bytes, frames;
+    unsigned channels;       /* connections the migration came over */
     double seconds;
     /* RESULT {ok} sent, then neither COMMIT nor ABORT: rc -EINPROGRESS and
      * g holds the restored guest, paused (not started): the sender may run

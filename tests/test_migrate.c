@@ -152,13 +152,20 @@ static void on_paused_hash(void *ctx, struct domain *d) { page_hashes(d, ctx); }
 
 /* migrate_send / migrate_receive over a plain channel on a dup of fd: the
  * test keeps fd (a cut shuts the socket down for both). */
+static struct chan *plain_chan_owned(int fd);
 static struct chan *plain_chan(int fd)
+{
+    int d = dup(fd);
+    assert_true(d >= 0);
+    return plain_chan_owned(d);
+}
+
+/* A plain channel that owns fd. */
+static struct chan *plain_chan_owned(int fd)
 {
     struct chan *ch;
     char err[CHAN_ERR_LEN];
-    int d = dup(fd);
-    assert_true(d >= 0);
-    assert_int_equal(chan_open(d, NULL, 0, &ch, err, sizeof(err)), 0);
+    assert_int_equal(chan_open(fd, NULL, 0, &ch, err, sizeof(err)), 0);
     return ch;
 }
 
@@ -282,6 +289,18 @@ static void sender_fini(struct sender_env *e)
     model_free(e->model);
 }
 
+/* How a test's migration uses parallel channels. */
+struct chans {
+    unsigned n;          /* channels asked for (0: one) */
+    bool rx_one;         /* the receiver takes one only (no join) */
+    unsigned delay_us;   /* further channels write slowly (out of order) */
+    bool strangers;      /* before each further channel, a connection that names
+                          * another migration (the receiver must turn it away) */
+    uint16_t port;
+    unsigned refused;    /* strangers that got ABORT */
+    uint64_t seed;
+};
+
 /* ---- the receiver, in a thread with its own machine ------------------------------- */
 
 struct rx_env {
@@ -296,6 +315,26 @@ struct rx_env {
     int fd;
     pthread_t t;
 };
+
+/* migrate_recv_opts.join: the next connection on the receiver's listener,
+ * as a plain channel. */
+static struct chan *join_next(void *ctx, uint64_t by, char *err, size_t len)
+{
+    struct rx_env *r = ctx;
+    uint64_t now = hv_now_ns();
+    int fd, rc = net_accept(r->lfd, by > now ? (int)((by - now) / 1000000) + 1 : 1, &fd);
+    if (rc < 0) {
+        snprintf(err, len, "accept: %s", strerror(-rc));
+        return NULL;
+    }
+    struct chan *ch;
+    char e[CHAN_ERR_LEN];
+    if (chan_open(fd, NULL, 0, &ch, e, sizeof(e)) < 0) {
+        snprintf(err, len, "%s", e);
+        return NULL;
+    }
+    return ch;
+}
 
 static void *rx_main(void *arg)
 {
@@ -322,8 +361,10 @@ static void rx_listen(struct rx_env *r)
 }
 
 /* cut: 1 cut_before_commit, 2 cut_before_resumed (both keep the
- * connection open until rx_join), 0 neither. */
-static void rx_start_cut(struct rx_env *r, struct machine *m, struct model *mo, int cut)
+ * connection open until rx_join), 0 neither; ch (may be NULL): parallel
+ * channels taken unless ch->rx_one. */
+static void rx_start_ch(struct rx_env *r, struct machine *m, struct model *mo, int cut,
+                        const struct chans *ch)
 {
     memset(r, 0, sizeof(*r));
     r->fd = -1;
@@ -335,8 +376,17 @@ static void rx_start_cut(struct rx_env *r, struct machine *m, struct model *mo, 
     r->o.cut_before_resumed = cut == 2;
     r->o.audit_digest = true; /* the kept digest == the restored memory's */
     r->hold_fd = cut != 0;
+    if (ch && !ch->rx_one) {
+        r->o.join = join_next;
+        r->o.jctx = r;
+    }
     rx_listen(r);
     assert_int_equal(pthread_create(&r->t, NULL, rx_main, r), 0);
+}
+
+static void rx_start_cut(struct rx_env *r, struct machine *m, struct model *mo, int cut)
+{
+    rx_start_ch(r, m, mo, cut, NULL);
 }
 
 static void rx_start(struct rx_env *r, struct machine *m, struct model *mo)
@@ -372,10 +422,122 @@ static int connect_to(uint16_t port)
     return fd;
 }
 
+/* ---- parallel channels: the sender's further connections ------------------------ */
+
+/* A channel whose writes each wait a random while first (up to delay_us):
+ * with several, frames dealt in turn arrive out of order. */
+struct slow_chan {
+    struct chan c;
+    struct chan *in;
+    unsigned delay_us;
+    struct hv_rng r;
+};
+
+static long slow_write(struct chan *c, const void *buf, size_t len)
+{
+    struct slow_chan *s = (struct slow_chan *)c;
+    struct timespec ts = {0, (long)hv_rng_below(&s->r, s->delay_us + 1) * 1000};
+    nanosleep(&ts, NULL);
+    return s->in->ops->write(s->in, buf, len);
+}
+static long slow_read(struct chan *c, void *buf, size_t len)
+{
+    struct slow_chan *s = (struct slow_chan *)c;
+    return s->in->ops->read(s->in, buf, len);
+}
+static int slow_poll_in(struct chan *c, int ms)
+{
+    struct slow_chan *s = (struct slow_chan *)c;
+    return s->in->ops->poll_in(s->in, ms);
+}
+static int slow_set_timeout(struct chan *c, int ms)
+{
+    struct slow_chan *s = (struct slow_chan *)c;
+    return chan_set_timeout(s->in, ms);
+}
+static void slow_cut(struct chan *c) { chan_cut(((struct slow_chan *)c)->in); }
+static void slow_close(struct chan *c)
+{
+    struct slow_chan *s = (struct slow_chan *)c;
+    chan_close(s->in);
+    free(s);
+}
+static const struct chan_ops slow_ops = {.read = slow_read, .write = slow_write,
+                                         .poll_in = slow_poll_in,
+                                         .set_timeout = slow_set_timeout, .cut = slow_cut,
+                                         .close = slow_close};
+
+/* A stranger: HELLO {channels, index 1, a token of no migration here};
+ * the receiver answers ABORT. */
+static void stranger(struct chans *c)
+{
+    int fd = connect_to(c->port);
+    struct {
+        struct mig_hello h;
+        struct mig_hello_channels c;
+    } hello = {{htole32(MIG_VERSION), htole32(MIG_HELLO_CHANNELS)},
+               {htole32(c->n), htole32(1), htole64(0x5742)}};
+    struct mig_frame h;
+    migrate_frame_header(&h, MIG_HELLO, 0, sizeof(hello), sizeof(hello),
+                         XXH3_64bits(&hello, sizeof(hello)));
+    assert_int_equal(net_write_all(fd, &h, sizeof(h)), 0);
+    assert_int_equal(net_write_all(fd, &hello, sizeof(hello)), 0);
+    struct mig_frame a;
+    assert_int_equal(net_set_timeouts(fd, 10000), 0);
+    assert_int_equal(net_read_all(fd, &a, sizeof(a), NULL), 0);
+    assert_int_equal(le16toh(a.type), MIG_ABORT);
+    char why[MIG_CTRL_MAX + 1] = "";
+    uint32_t n = le32toh(a.raw_len);
+    assert_true(n < sizeof(why));
+    assert_int_equal(net_read_all(fd, why, n, NULL), 0);
+    assert_non_null(strstr(why, "another migration's token"));
+    c->refused++;
+    close(fd);
+}
+
+static struct chan *open_next(void *ctx, char *err, size_t len)
+{
+    struct chans *c = ctx;
+    (void)err;
+    (void)len;
+    if (c->strangers)
+        stranger(c);
+    struct chan *ch = plain_chan_owned(connect_to(c->port));
+    if (!c->delay_us)
+        return ch;
+    struct slow_chan *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    s->c = *ch;
+    s->c.ops = &slow_ops;
+    s->in = ch;
+    s->delay_us = c->delay_us;
+    s->r.s = ++c->seed;
+    return &s->c;
+}
+
+static void chans_apply(struct chans *c, struct migrate_opts *o, struct rx_env *rx)
+{
+    if (!c)
+        return;
+    c->port = rx->port;
+    o->channels = c->n;
+    o->open_channel = open_next;
+    o->open_ctx = c;
+}
+
+static void migrate_ok_ch(struct sender_env *e, enum dirty_mode mode, bool compress,
+                          struct chans *ch, struct migrate_report *rep);
+
 /* One successful migration of e to a fresh receiver; checks everything and
  * resumes the guest there. */
 static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress,
                        struct migrate_report *rep)
+{
+    migrate_ok_ch(e, mode, compress, NULL, rep);
+}
+
+static void migrate_ok_ch(struct sender_env *e, enum dirty_mode mode, bool compress,
+                          struct chans *ch, struct migrate_report *rep)
 {
     struct machine *rm;
     struct rx_env rx;
@@ -383,15 +545,36 @@ static void migrate_ok(struct sender_env *e, enum dirty_mode mode, bool compress
     assert_non_null(hs);
     assert_non_null(hr);
     assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
-    rx_start(&rx, rm, e->model);
+    rx_start_ch(&rx, rm, e->model, 0, ch);
     struct migrate_opts o = {.mode = mode, .compress = compress, .on_paused = on_paused_hash,
                              .ctx = hs, .timeout_ms = 20000, .audit_digest = true};
+    chans_apply(ch, &o, &rx);
     int fd = connect_to(rx.port);
     int rc = send_fd(e->g, fd, &o, rep);
     close(fd);
     rx_join(&rx);
     if (rc < 0 || rx.rc < 0)
         fail_msg("migration failed: sender: %s; receiver: %s", rep->err, rx.res.err);
+    if (ch && ch->n > 1) {
+        unsigned n = ch->rx_one ? 1 : ch->n;
+        print_message("# %u channels asked for, %u ran (%s); bytes per channel:", ch->n,
+                      rep->channels, rep->channels_why);
+        for (unsigned i = 0; i < rep->channels; i++)
+            print_message(" %llu", (unsigned long long)rep->channel_bytes[i]);
+        print_message("\n");
+        assert_int_equal(rep->channels, n);
+        assert_int_equal(rx.res.channels, n);
+        uint64_t sum = 0;
+        for (unsigned i = 0; i < n; i++) {
+            /* dealt in turn: every channel carried about its share */
+            assert_true(rep->channel_bytes[i] > rep->st.wire_bytes / n / 4);
+            sum += rep->channel_bytes[i];
+        }
+        assert_true(sum == rep->st.wire_bytes);
+        assert_true(rx.res.wire_bytes > 0);
+        if (ch->rx_one)
+            assert_non_null(strstr(rep->channels_why, "takes one"));
+    }
     /* the sender returned 0: RESUMED came, nobody is in doubt */
     assert_false(rep->in_doubt);
     assert_false(rx.res.in_doubt);
@@ -693,15 +876,17 @@ static void *proxy_main(void *arg)
     return NULL;
 }
 
-static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, bool compress,
-                           bool rx_may_doubt)
+static void failed_attempt_ch(struct sender_env *e, uint64_t cut, bool proxy_cut, bool compress,
+                              bool rx_may_doubt, struct chans *ch, unsigned fail_channel)
 {
     struct machine *rm;
     struct rx_env rx;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
-    rx_start(&rx, rm, e->model);
-    struct migrate_opts o = {.compress = compress, .timeout_ms = 5000};
+    rx_start_ch(&rx, rm, e->model, 0, ch);
+    struct migrate_opts o = {.compress = compress, .timeout_ms = 5000,
+                             .fail_channel = fail_channel};
+    chans_apply(ch, &o, &rx);
     struct proxy px = {.cut = cut, .rfd_port = rx.port};
     int fd;
     if (proxy_cut) {
@@ -727,6 +912,13 @@ static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, b
     assert_true(rx.rc < 0);
     assert_true(rep->err[0] != 0);
     assert_true(rx.res.err[0] != 0);
+    if (ch) {
+        print_message("#   sender: %s\n#   receiver: %s\n", rep->err, rx.res.err);
+        /* the failure names the channel that was cut */
+        char name[32];
+        snprintf(name, sizeof(name), "channel %u", fail_channel);
+        assert_non_null(strstr(rep->err, name));
+    }
     /* COMMIT never left whole: the sender is not in doubt, it runs again */
     assert_false(rep->in_doubt);
     assert_int_not_equal(rc, -EINPROGRESS);
@@ -757,16 +949,24 @@ static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, b
     free(rep);
 }
 
+static void failed_attempt(struct sender_env *e, uint64_t cut, bool proxy_cut, bool compress,
+                           bool rx_may_doubt)
+{
+    failed_attempt_ch(e, cut, proxy_cut, compress, rx_may_doubt, NULL, 0);
+}
+
 /* Move e's guest to a receiver and back home (a migration the test throws
  * away), returning the wire bytes it took. */
-static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
+static uint64_t trial_migration_ch(struct sender_env *e, uint64_t *round0, struct chans *ch,
+                                   uint64_t *chan_bytes)
 {
     struct machine *rm;
     struct rx_env rx;
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     assert_int_equal(machine_create(&rm, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
-    rx_start(&rx, rm, e->model);
+    rx_start_ch(&rx, rm, e->model, 0, ch);
     struct migrate_opts o = {.timeout_ms = 20000};
+    chans_apply(ch, &o, &rx);
     int fd = connect_to(rx.port);
     assert_int_equal(send_fd(e->g, fd, &o, rep), 0);
     close(fd);
@@ -775,6 +975,8 @@ static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
     uint64_t total = rep->st.wire_bytes;
     if (round0)
         *round0 = rep->rounds[0].wire_bytes;
+    if (chan_bytes)
+        memcpy(chan_bytes, rep->channel_bytes, sizeof(rep->channel_bytes));
     struct domain *rd = rx.res.g->d;
     guest_destroy(rx.res.g);
     domain_destroy(rd);
@@ -783,6 +985,11 @@ static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
     guest_resume(e->g); /* the sender's copy was kept: run it again */
     free(rep);
     return total;
+}
+
+static uint64_t trial_migration(struct sender_env *e, uint64_t *round0)
+{
+    return trial_migration_ch(e, round0, NULL, NULL);
 }
 
 /*
@@ -842,6 +1049,85 @@ static void test_cut_by_proxy(void **state)
 {
     (void)state;
     cut_runs(true, 10, 12);
+}
+
+/* ---- parallel channels ------------------------------------------------------------ */
+
+/*
+ * Frames dealt over 2 and 3 channels: every page and the digest as with
+ * one (migrate_ok's checks), every channel carrying its share; with
+ * further channels that write after random delays (frames arrive out of
+ * order, and the receiver puts them back in order), with compression,
+ * under each dirty mode; a receiver that takes one channel gets one; a
+ * connection naming another migration is turned away while the real
+ * channels join.
+ */
+static void test_channels(void **state)
+{
+    (void)state;
+    struct sender_env e;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    sender_init(&e, 3, 40000, 0.02);
+    sleep_ms(60);
+    struct chans c2 = {.n = 2, .seed = 1};
+    migrate_ok_ch(&e, DIRTY_SPLIT_ON_WRITE, false, &c2, rep);
+    sender_fini(&e);
+
+    sender_init(&e, 4, 40000, 0.02);
+    sleep_ms(60);
+    struct chans c3 = {.n = 3, .delay_us = 400, .seed = 2};
+    memset(rep, 0, sizeof(*rep));
+    migrate_ok_ch(&e, DIRTY_EAGER_SPLIT, true, &c3, rep);
+    sender_fini(&e);
+
+    sender_init(&e, 2, 40000, 0.02);
+    sleep_ms(30);
+    struct chans one = {.n = 3, .rx_one = true};
+    memset(rep, 0, sizeof(*rep));
+    migrate_ok_ch(&e, DIRTY_SPLIT_ON_WRITE, false, &one, rep);
+    sender_fini(&e);
+
+    sender_init(&e, 2, 40000, 0.02);
+    sleep_ms(30);
+    struct chans st = {.n = MIG_MAX_CHANNELS, .strangers = true, .delay_us = 100, .seed = 3};
+    memset(rep, 0, sizeof(*rep));
+    migrate_ok_ch(&e, DIRTY_SPLIT_ON_WRITE, false, &st, rep);
+    assert_int_equal(st.refused, MIG_MAX_CHANNELS - 1);
+    sender_fini(&e);
+    free(rep);
+}
+
+/*
+ * One channel of three cut at a random offset inside round 0 (the sender
+ * shuts its socket down), each channel in turn: the migration fails as
+ * with one channel (the sender's guest runs on with log-dirty off and its
+ * superpages back, nothing is left on the receiver); then a migration
+ * over three channels succeeds.
+ */
+static void test_channels_cut(void **state)
+{
+    (void)state;
+    struct sender_env e;
+    sender_init(&e, 2, 2000, 0.01);
+    uint64_t bytes[MIG_MAX_CHANNELS];
+    struct chans t = {.n = 3, .seed = 9};
+    (void)trial_migration_ch(&e, NULL, &t, bytes);
+    struct hv_rng r = {77};
+    for (unsigned i = 0; i < 6; i++) {
+        struct chans c = {.n = 3, .delay_us = i & 1 ? 200 : 0, .seed = 10 + i};
+        unsigned which = i % 3;
+        /* anywhere in the first half of what the channel carries (the
+         * guest writes: the stream's length varies a little) */
+        uint64_t cut = 1 + hv_rng_below(&r, bytes[which] / 2);
+        print_message("# channel %u of 3 cut after %llu bytes\n", which,
+                      (unsigned long long)cut);
+        failed_attempt_ch(&e, cut, false, false, false, &c, which);
+    }
+    struct chans c = {.n = 3, .seed = 99};
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    migrate_ok_ch(&e, DIRTY_SPLIT_ON_WRITE, false, &c, rep);
+    free(rep);
+    sender_fini(&e);
 }
 
 /* ---- the commit window -------------------------------------------------------------- */
@@ -1052,6 +1338,24 @@ static void test_hostile_sender(void **state)
     frame(buf, MIG_HELLO, 8, 8, &v9, true);
     memcpy(buf + 24, &v9, 8);
     hostile_sender(buf, 32, -EPROTONOSUPPORT, "version 9");
+    /* channels: more than MIG_MAX_CHANNELS, a first connection naming
+     * index 1, and the 24-byte HELLO without its flag */
+    struct {
+        struct mig_hello h;
+        struct mig_hello_channels c;
+    } hc = {{htole32(MIG_VERSION), htole32(MIG_HELLO_CHANNELS)},
+            {htole32(MIG_MAX_CHANNELS + 1), 0, 7}};
+    frame(buf, MIG_HELLO, sizeof(hc), sizeof(hc), &hc, true);
+    memcpy(buf + 24, &hc, sizeof(hc));
+    hostile_sender(buf, 48, -EPROTO, "offers 9 channels");
+    hc.c = (struct mig_hello_channels){htole32(2), htole32(1), 7};
+    frame(buf, MIG_HELLO, sizeof(hc), sizeof(hc), &hc, true);
+    memcpy(buf + 24, &hc, sizeof(hc));
+    hostile_sender(buf, 48, -EPROTO, "index 1");
+    hc.h.flags = 0;
+    frame(buf, MIG_HELLO, sizeof(hc), sizeof(hc), &hc, true);
+    memcpy(buf + 24, &hc, sizeof(hc));
+    hostile_sender(buf, 48, -EPROTO, "flags 0");
 }
 
 struct fake_rx {
@@ -2912,6 +3216,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_digest_faults),
     cmocka_unit_test(test_cut_by_sender),
     cmocka_unit_test(test_cut_by_proxy),
+    cmocka_unit_test(test_channels),
+    cmocka_unit_test(test_channels_cut),
     cmocka_unit_test(test_commit_lost),
     cmocka_unit_test(test_resumed_lost),
     cmocka_unit_test(test_hostile_sender),
