@@ -21,6 +21,13 @@
  * is set against the plain migration's of the same run (goal: ratio >=
  * 0.70), and against plain TCP.  The handshake is outside the timing (it
  * happens before migrate_send, as in hugevm migrate).
+ *
+ * Parallel channels: in the same runs, plain and TLS again over
+ * HUGEVM_BENCH_MIGRATE_CHANNELS channels (default 2), each set against its
+ * one-channel migration of the same run (*_<n>ch_vs_1ch) and against plain
+ * TCP.  The further channels connect inside migrate_send (their TLS
+ * handshakes are in the timing of the whole migration, not of its full
+ * copy).
  */
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -50,6 +57,7 @@ struct sink {
     uint8_t *dst; /* plain sink: receive into [dst, dst + dst_len) in turn */
     size_t dst_len;
     struct chan_tls *tls; /* migration over TLS (NULL: plain) */
+    struct sockaddr_in sa; /* where the sender's further channels connect */
 };
 
 /* The PSK contexts of the TLS case (created once). */
@@ -85,6 +93,33 @@ static void *plain_sink(void *arg)
     return NULL;
 }
 
+/* migrate_recv_opts.join: the sender's next channel. */
+static struct chan *sink_join(void *ctx, uint64_t by, char *err, size_t len)
+{
+    struct sink *s = ctx;
+    uint64_t now = hv_now_ns();
+    int fd;
+    if (net_accept(s->lfd, by > now ? (int)((by - now) / 1000000) + 1 : 1, &fd) < 0) {
+        snprintf(err, len, "no further channel");
+        return NULL;
+    }
+    struct chan *ch;
+    return chan_open(fd, s->tls, 10000, &ch, err, len) < 0 ? NULL : ch;
+}
+
+/* migrate_opts.open_channel: a further channel to the sink. */
+static struct chan *sink_connect(void *ctx, char *err, size_t len)
+{
+    struct sink *s = ctx;
+    int fd;
+    if (net_connect(&s->sa, 5000, &fd) < 0) {
+        snprintf(err, len, "connect");
+        return NULL;
+    }
+    struct chan *ch;
+    return chan_open(fd, s->tls ? tls_client : NULL, 10000, &ch, err, len) < 0 ? NULL : ch;
+}
+
 static void *mig_sink(void *arg)
 {
     struct sink *s = arg;
@@ -102,7 +137,8 @@ static void *mig_sink(void *arg)
     }
     double c0 = thread_cpu_s();
     uint64_t t0 = hv_now_ns();
-    s->rc = migrate_receive(s->m, ch, NULL, &s->res);
+    struct migrate_recv_opts o = {.join = sink_join, .jctx = s};
+    s->rc = migrate_receive(s->m, ch, &o, &s->res);
     s->busy = (thread_cpu_s() - c0) * 1e9 / (double)(hv_now_ns() - t0);
     chan_close(ch);
     return NULL;
@@ -191,7 +227,8 @@ enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_LIMIT_HOT, M
        M_NR = M_MIB0 + 6 };
 
 /* One migration; m[] gets its figures.  false when it failed. */
-static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, double *m)
+static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, unsigned nch,
+                     double *m)
 {
     struct machine *sm, *rm;
     struct domain *d;
@@ -225,6 +262,7 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
     int fd;
     if (listen_any(&s.lfd, &sa) < 0)
         bench_fail("listen on 127.0.0.1");
+    s.sa = sa;
     if (pthread_create(&t, NULL, mig_sink, &s))
         bench_fail("pthread_create(receiver)");
     if (net_connect(&sa, 5000, &fd) < 0)
@@ -237,7 +275,8 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
     }
     struct migrate_report *rep = calloc(1, sizeof(*rep));
     struct cpu_mark cm = {cpu_s(), 0};
-    struct migrate_opts o = {.compress = compress, .on_round = on_round, .ctx = &cm};
+    struct migrate_opts o = {.compress = compress, .on_round = on_round, .ctx = &cm,
+                             .channels = nch, .open_channel = sink_connect, .open_ctx = &s};
     /* HUGEVM_BENCH_MIGRATE_DOWNTIME_MS: the sender's downtime target
      * (default MIGRATE_DEFAULT_DOWNTIME_MS) */
     const char *dt = getenv("HUGEVM_BENCH_MIGRATE_DOWNTIME_MS");
@@ -252,6 +291,9 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, do
     close(s.lfd);
     if (rc < 0 || s.rc < 0) {
         fprintf(stderr, "%s: migration failed: %s / %s\n", tag, rep->err, s.res.err);
+    } else if (rep->channels != (nch ? nch : 1)) {
+        fprintf(stderr, "%s: %u channels ran, not %u: %s\n", tag, rep->channels, nch,
+                rep->channels_why);
     } else {
         const struct migrate_round *r0 = &rep->rounds[0];
         m[M_TOTAL] = rep->total_s;
@@ -299,7 +341,7 @@ static void one_case(bench_add_fn add, uint64_t rate, bool compress, unsigned ru
     static double m[MAX_RUNS][M_NR], col[MAX_RUNS], med[M_NR];
     unsigned n = 0;
     for (unsigned i = 0; i < runs; i++)
-        if (run_once(tag, rate, compress, false, m[n]))
+        if (run_once(tag, rate, compress, false, 1, m[n]))
             n++;
     if (!n)
         return;
@@ -379,20 +421,52 @@ static bool tls_setup(void)
     return ok;
 }
 
-/* Plain and TLS migrations in turn; the TLS full copy against the plain
- * one of the same run. */
+/* A full-copy rate over nch channels against the same run's over one
+ * and against plain TCP. */
+static void channels_figures(bench_add_fn add, const char *tag, unsigned nch, unsigned n,
+                             double (*one)[M_NR], double (*many)[M_NR])
+{
+    char name[96];
+    double v1[MAX_RUNS], vn[MAX_RUNS], lim[MAX_RUNS], r1[MAX_RUNS], rt[MAX_RUNS];
+    for (unsigned i = 0; i < n; i++) {
+        v1[i] = one[i][M_R0];
+        vn[i] = many[i][M_R0];
+        lim[i] = many[i][M_LIMIT];
+        r1[i] = v1[i] > 0 ? vn[i] / v1[i] : 0;
+        rt[i] = lim[i] > 0 ? vn[i] / lim[i] : 0;
+    }
+    snprintf(name, sizeof(name), "%s_%uch_vs_1ch_full_copy_mb_per_s", tag, nch);
+    add(name, bench_median(vn, (int)n), "MB/s", bench_median(v1, (int)n),
+        "one_channel_full_copy_mb_per_s", bench_median(r1, (int)n));
+    snprintf(name, sizeof(name), "%s_%uch_full_copy_vs_tcp", tag, nch);
+    add(name, bench_median(vn, (int)n), "MB/s", bench_median(lim, (int)n), "plain_tcp_mb_per_s",
+        bench_median(rt, (int)n));
+}
+
+/* Plain and TLS migrations in turn, on one channel and on nch; the TLS
+ * full copy against the plain one of the same run, each on nch channels
+ * against the same on one. */
 static void tls_case(bench_add_fn add, uint64_t rate, unsigned runs)
 {
-    char name[80], tag[32];
+    char name[80], tag[32], ptag[32];
     snprintf(tag, sizeof(tag), "migrate_%lluk_tls", (unsigned long long)(rate / 1000));
-    static double mp[MAX_RUNS][M_NR], mt[MAX_RUNS][M_NR];
+    snprintf(ptag, sizeof(ptag), "migrate_%lluk_plain", (unsigned long long)(rate / 1000));
+    static double mp[MAX_RUNS][M_NR], mt[MAX_RUNS][M_NR], mpn[MAX_RUNS][M_NR],
+        mtn[MAX_RUNS][M_NR];
     double ratio[MAX_RUNS], r_tcp[MAX_RUNS], vt[MAX_RUNS], vp[MAX_RUNS], lim[MAX_RUNS];
     double rb[MAX_RUNS], sb[MAX_RUNS];
+    const char *env = getenv("HUGEVM_BENCH_MIGRATE_CHANNELS");
+    unsigned nch = env ? (unsigned)strtoul(env, NULL, 10) : 2;
+    if (nch < 2 || nch > MIG_MAX_CHANNELS)
+        nch = 2;
     unsigned n = 0;
     if (!tls_setup())
         return;
     for (unsigned i = 0; i < runs; i++) {
-        if (!run_once(tag, rate, false, false, mp[n]) || !run_once(tag, rate, false, true, mt[n]))
+        if (!run_once(tag, rate, false, false, 1, mp[n]) ||
+            !run_once(tag, rate, false, true, 1, mt[n]) ||
+            !run_once(tag, rate, false, false, nch, mpn[n]) ||
+            !run_once(tag, rate, false, true, nch, mtn[n]))
             continue;
         vp[n] = mp[n][M_R0];
         vt[n] = mt[n][M_R0];
@@ -420,6 +494,8 @@ static void tls_case(bench_add_fn add, uint64_t rate, unsigned runs)
     add(name, bench_median(rb, (int)n), "cpu/wall", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_migration_thread_busy", tag);
     add(name, bench_median(sb, (int)n), "cpu/wall", 0, NULL, 0);
+    channels_figures(add, ptag, nch, n, mp, mpn);
+    channels_figures(add, tag, nch, n, mt, mtn);
 }
 
 void bench_migrate(bench_add_fn add)

@@ -213,6 +213,16 @@ int cli_parse_authz(void *dest, const char *arg);
      cli_parse_authz},                                                                        \
     {"insecure", OPT_FLAG, &(t).insecure, NULL, "plain TCP: no authentication, no "           \
      "encryption (both sides must say so)", NULL}
+/* --channels N for migrate and run --migrate-to: the migration's
+ * connections (migrate_opts.channels); 0 (not given): the default, from
+ * the cores (cli_channels). */
+#define CLI_CHANNELS_OPT(v)                                                                   \
+    {"channels", OPT_U64, &(v), "N", "parallel connections to the receiver, frames dealt "    \
+     "over them in turn, each with its own thread (and TLS stream) on both sides: 1.."      \
+     "8 (default: the cores, at most 4)", NULL}
+/* The channels for a --channels value v (0: the default): 0 and *out, or 1
+ * after saying what is wrong. */
+int cli_channels(const char *cmd, uint64_t v, unsigned *out);
 /* The TLS context the options ask for: 0 and *out (NULL for --insecure,
  * after a warning on stderr), or 1 after printing what is missing or
  * wrong. */

@@ -68,7 +68,7 @@ static void progress(void *ctx, const struct migrate_round *r)
 
 static struct {
     const char *to, *log_dirty, *doubt_file, *fail_save, *backend, *fill;
-    uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds;
+    uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds, channels;
     double after, downtime_ms, write_frac, timeout_s, pc_recover_s;
     bool compress, json, postcopy, postcopy_auto;
     int zstd_level;
@@ -147,6 +147,8 @@ static int run_migrate(int argc, char **argv)
     mopts.postcopy_auto = mo.postcopy_auto;
     mopts.precopy_rounds = (unsigned)mo.precopy_rounds;
     mopts.pc_recover_ms = cli_ms(mo.pc_recover_s);
+    if (cli_channels("migrate", mo.channels, &mopts.channels) != 0)
+        return 1;
 
     if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0) {
         chan_tls_destroy(tls);
@@ -226,6 +228,7 @@ static struct opt migrate_opts_table[] = {
     {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame (level 1)", NULL},
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
+    CLI_CHANNELS_OPT(mo.channels),
     {"timeout", OPT_SECONDS, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
     {"in-doubt-save", OPT_STR, &mo.doubt_file, "FILE", "if RESUMED does not come after COMMIT, "
@@ -424,6 +427,36 @@ static int lobby_next(struct lobby *l, int lfd, size_t first, uint64_t handshake
                 l->since[l->n++] = hv_now_ns();
             }
         }
+    }
+}
+
+/* A sender's further channel (migrate_recv_opts.join): the next
+ * connection out of the lobby, authenticated like the first; one that
+ * fails authentication is dropped and the next one waited for. */
+struct joiner {
+    int lfd;
+    struct lobby *lobby;
+    struct chan_tls *tls;
+    int tmo;
+};
+
+static struct chan *join_channel(void *ctx, uint64_t by, char *err, size_t len)
+{
+    struct joiner *jn = ctx;
+    for (;;) {
+        int fd;
+        uint64_t now = hv_now_ns();
+        int rc = lobby_next(jn->lobby, jn->lfd, sizeof(struct mig_frame) + sizeof(struct mig_hello),
+                            by > now ? by - now : 0, by, &fd);
+        if (rc < 0) {
+            snprintf(err, len, "waiting for a connection: %s", strerror(-rc));
+            return NULL;
+        }
+        struct chan *ch;
+        char cerr[CHAN_ERR_LEN];
+        if (chan_open(fd, jn->tls, jn->tmo, &ch, cerr, sizeof(cerr)) == 0)
+            return ch;
+        fprintf(stderr, "hugevm: receive: a connection while channels join refused: %s\n", cerr);
     }
 }
 
@@ -687,6 +720,9 @@ static int run_receive(int argc, char **argv)
                                     .on_handshake = refuser_start, .hctx = &busy,
                                     .backend_set = !want_auto, .backend = want,
                                     .postcopy_ok = true};
+    struct joiner jn = {.lfd = lfd, .lobby = &lobby, .tls = tls, .tmo = cli_ms(ro.handshake_s)};
+    rop.join = join_channel;
+    rop.jctx = &jn;
     uint64_t accept_by = hv_now_ns() + (uint64_t)cli_ms(ro.accept_s) * 1000000, strangers = 0;
     for (uint64_t attempt = 1; attempt <= ro.attempts;) {
         int fd = -1;
@@ -880,6 +916,7 @@ static int run_receive(int argc, char **argv)
             cli_json_machine_memory(&j, m);
             json_u64(&j, "wire_bytes", res.wire_bytes);
             json_u64(&j, "frames", res.frames);
+            json_u64(&j, "channels", res.channels);
             json_dbl(&j, "seconds", res.seconds);
             json_bool(&j, "verified", res.verified);
             json_u64(&j, "digest", res.digest);

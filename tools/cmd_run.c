@@ -36,6 +36,7 @@ static struct {
     const char *doubt_file; /* --in-doubt-save FILE: --migrate-to left in doubt */
     double after;
     uint64_t precopy_rounds; /* --postcopy: pre-copy rounds before the switch */
+    uint64_t channels;       /* --migrate-to: parallel connections (0: the default) */
     bool json, no_audit, postcopy;
     struct cli_tls_opts tls; /* with --migrate-to */
 } o = {
@@ -155,6 +156,11 @@ static int run_run(int argc, char **argv)
         return cli_error("run: give --save or --migrate-to, not both");
     if (!o.migrate_to && (o.tls.insecure || chan_creds_given(&o.tls.creds)))
         return cli_error("run: --psk-file, --tls-* and --insecure go with --migrate-to");
+    if (o.channels && !o.migrate_to)
+        return cli_error("run: --channels goes with --migrate-to");
+    unsigned channels = 0;
+    if (o.migrate_to && cli_channels("run", o.channels, &channels) != 0)
+        return 1;
     struct chan_tls *tls = NULL;
     if (o.migrate_to && cli_tls_setup("run", &o.tls, false, &tls) != 0)
         return 1;
@@ -215,7 +221,8 @@ static int run_run(int argc, char **argv)
     uint64_t b4k = domain_pages_4k(d), b2m = domain_pages_2m(d), b1g = domain_pages_1g(d);
     if (prog) {
         struct migrate_opts pmopts = {.mode = mode, .postcopy = o.postcopy,
-                                      .precopy_rounds = (unsigned)o.precopy_rounds};
+                                      .precopy_rounds = (unsigned)o.precopy_rounds,
+                                      .channels = channels};
         struct cli_prog_run pr = {
             .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .vcpus = nv,
             .workload = wl.v.workload, .guest_page = o.guest_page,
@@ -243,7 +250,8 @@ static int run_run(int argc, char **argv)
     if (o.migrate_to) {
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode, .postcopy = o.postcopy,
-                                     .precopy_rounds = (unsigned)o.precopy_rounds};
+                                     .precopy_rounds = (unsigned)o.precopy_rounds,
+                                     .channels = channels};
         status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, tls, 0,
                                     o.doubt_file, o.seconds, o.fail_save, o.json);
         goto out;
@@ -534,6 +542,7 @@ static struct opt run_opts[] = {
      "--precopy-rounds (kvm and native guests; see hugevm-migrate(1))", NULL},
     {"precopy-rounds", OPT_U64, &o.precopy_rounds, "N", "with --postcopy: pre-copy rounds "
      "before the switch, the full copy included (default 1)", NULL},
+    CLI_CHANNELS_OPT(o.channels),
     {"in-doubt-save", OPT_STR, &o.doubt_file, "FILE", "with --migrate-to: if RESUMED does not "
      "come after COMMIT, save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; "
      "exit 3)", NULL},

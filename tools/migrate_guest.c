@@ -49,6 +49,13 @@ static void print_report(const struct migrate_report *r)
     printf("  pre-copy: %u round(s) then the final one; ended because %s (%s)\n",
            r->nr_rounds ? r->nr_rounds - (r->rc == 0) : 0, migrate_end_desc(r->end),
            migrate_end_name(r->end));
+    if (r->channels > 1 || r->channels_why[0]) {
+        printf("  %u channel(s)%s%s:", r->channels, r->channels_why[0] ? ", " : "",
+               r->channels_why);
+        for (unsigned i = 0; i < r->channels; i++)
+            printf(" %s", hv_fmt_size(r->channel_bytes[i], b1, sizeof(b1)));
+        printf("\n");
+    }
     if (r->postcopy)
         printf("  post-copy (%s): %llu pages left at the switch, %llu sent in the background, "
                "%llu as answers to %llu requests, %.3f s after the switch\n", r->postcopy_why,
@@ -92,6 +99,12 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
     json_str(j, "end_rule", migrate_end_name(r->end));
     json_str(j, "end_reason", migrate_end_desc(r->end));
     json_str(j, "mode", r->postcopy ? "postcopy" : "precopy");
+    json_u64(j, "channels", r->channels);
+    json_str(j, "channels_why", r->channels_why);
+    json_arr_begin(j, "channel_bytes");
+    for (unsigned i = 0; i < r->channels; i++)
+        json_u64(j, NULL, r->channel_bytes[i]);
+    json_arr_end(j);
     if (r->postcopy) {
         json_obj_begin(j, "postcopy");
         json_str(j, "why", r->postcopy_why);
@@ -145,6 +158,18 @@ int cli_parse_authz(void *dest, const char *arg)
     if (!arg[0] || t->creds.nr_authz >= CHAN_MAX_AUTHZ)
         return -EINVAL;
     t->creds.authz[t->creds.nr_authz++] = arg;
+    return 0;
+}
+
+int cli_channels(const char *cmd, uint64_t v, unsigned *out)
+{
+    if (v > MIG_MAX_CHANNELS)
+        return cli_error("%s: --channels must be in 1..%u", cmd, MIG_MAX_CHANNELS);
+    if (!v) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        v = n < 1 ? 1 : n > 4 ? 4 : (uint64_t)n;
+    }
+    *out = (unsigned)v;
     return 0;
 }
 
@@ -312,7 +337,8 @@ int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *t
     return status;
 }
 
-/* Post-copy: a new connection to the receiver after the one in use
+/* Another connection to the receiver: a parallel channel
+ * (migrate_opts.open_channel), or post-copy's new one after the one in use
  * failed (migrate_opts.pc_reconnect). */
 struct reconnect {
     struct sockaddr_in sa;
@@ -320,19 +346,29 @@ struct reconnect {
     int tmo;
 };
 
-static struct chan *reconnect(void *ctx, char *err, size_t len)
+static struct chan *connect_again(struct reconnect *r, const char *what, char *err, size_t len)
 {
-    struct reconnect *r = ctx;
     int fd, rc = net_connect(&r->sa, r->tmo, &fd);
     struct chan *ch = NULL;
     char cerr[CHAN_ERR_LEN];
     if (rc < 0)
-        snprintf(err, len, "connecting again: %s", strerror(-rc));
+        snprintf(err, len, "%s: %s", what, strerror(-rc));
     else if (chan_open(fd, r->tls, r->tmo, &ch, cerr, sizeof(cerr)) < 0)
-        snprintf(err, len, "connecting again: %s", cerr);
-    else
+        snprintf(err, len, "%s: %s", what, cerr);
+    return ch;
+}
+
+static struct chan *reconnect(void *ctx, char *err, size_t len)
+{
+    struct chan *ch = connect_again(ctx, "connecting again", err, len);
+    if (ch)
         fprintf(stderr, "hugevm: migrate: post-copy: connected again to resume\n");
     return ch;
+}
+
+static struct chan *open_channel(void *ctx, char *err, size_t len)
+{
+    return connect_again(ctx, "connecting a further channel", err, len);
 }
 
 int cli_migrate_guest(struct guest *g, const char *what, const char *to, double after,
@@ -366,6 +402,10 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
     if (mo_.postcopy || mo_.postcopy_auto) {
         mo_.pc_reconnect = reconnect;
         mo_.pc_ctx = &rcx;
+    }
+    if (mo_.channels > 1) {
+        mo_.open_channel = open_channel;
+        mo_.open_ctx = &rcx;
     }
     const struct migrate_opts *mopts = &mo_;
     if (!json)
