@@ -1,7 +1,8 @@
 /*
  * fuzz_wire.c - libFuzzer target for the migration wire protocol: the
  * frames a receiver parses (HELLO, DATA with the stream inside,
- * PC_PENDING when HELLO asks for post-copy, DONE, COMMIT/ABORT:
+ * PC_PENDING when HELLO asks for post-copy, DONE, COMMIT/ABORT; with
+ * several channels, the joining HELLOs and every channel's frames:
  * migrate_receive) and those a sender parses (READY, RESULT,
  * RESUMED: migrate_send), over a scripted channel (wire_common.h: byte 0
  * picks the side).
@@ -42,15 +43,60 @@ static void all_free(struct machine *m, const char *who)
     check(st.free_frames == m->nr_frames, "frames left allocated", who);
 }
 
-static void fuzz_receiver(const uint8_t *data, size_t size)
+/* Parallel channels: the further scripted channels, handed out in order. */
+struct joins {
+    struct script_chan sc[MIG_MAX_CHANNELS];
+    unsigned n, next;
+};
+
+static struct chan *fuzz_join(void *ctx, uint64_t by, char *err, size_t len)
 {
+    struct joins *j = ctx;
+    (void)by;
+    if (j->next >= j->n) {
+        snprintf(err, len, "no further scripted channel");
+        return NULL;
+    }
+    return &j->sc[j->next++].c;
+}
+
+static void fuzz_receiver(const uint8_t *data, size_t size, bool multi)
+{
+    static struct joins j;
     struct script_chan sc;
+    memset(&j, 0, sizeof(j));
+    if (multi) { /* [u32 length][bytes] per channel, channel 0 first */
+        size_t at = 0;
+        const uint8_t *c0 = NULL;
+        size_t n0 = 0;
+        for (unsigned k = 0; k < MIG_MAX_CHANNELS && at + 4 <= size; k++) {
+            uint32_t n;
+            memcpy(&n, data + at, 4);
+            n = le32toh(n);
+            at += 4;
+            if (n > size - at)
+                n = (uint32_t)(size - at);
+            if (k == 0) {
+                c0 = data + at;
+                n0 = n;
+            } else {
+                script_init(&j.sc[j.n++], data + at, n, NULL, 0);
+            }
+            at += n;
+        }
+        data = c0 ? c0 : data;
+        size = c0 ? n0 : 0;
+    }
     script_init(&sc, data, size, NULL, 0);
     /* post-copy accepted: a HELLO that asks for it brings PC_PENDING (the
      * receiver's bitmap parser) into reach; arming is the caller's */
-    struct migrate_recv_opts o = {.timeout_ms = 1000, .postcopy_ok = true};
+    struct migrate_recv_opts o = {.timeout_ms = 1000, .postcopy_ok = true,
+                                  .join = multi ? fuzz_join : NULL, .jctx = &j};
     struct migrate_recv_result res;
     int rc = migrate_receive(rx_machine, &sc.c, &o, &res);
+    if (getenv("FUZZ_WIRE_VERBOSE")) /* what a seed or a crash input does */
+        fprintf(stderr, "fuzz_wire: receiver: rc %d, %u channel(s): %s\n", rc, res.channels,
+                res.err);
     if (res.postcopy) {
         check(rc == 0 && res.pc_nruns > 0, "post-copy runs without a guest", res.err);
         uint64_t n = 0;
@@ -119,6 +165,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (data[0] & 1)
         fuzz_sender(data + 1, size - 1);
     else
-        fuzz_receiver(data + 1, size - 1);
+        fuzz_receiver(data + 1, size - 1, data[0] & WIRE_MULTI);
     return 0;
 }

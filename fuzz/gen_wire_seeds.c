@@ -71,6 +71,84 @@ static int postcopy_seed(const char *dir, const uint8_t *in, size_t n)
     return rc;
 }
 
+/* A parallel-channels migration: each further channel's receiver says
+ * READY {channels}; what the sender writes on it is kept. */
+struct chan_seed {
+    struct script_chan sc[MIG_MAX_CHANNELS];
+    uint8_t reply[64];
+    size_t reply_len;
+    unsigned n;
+};
+
+static struct chan *seed_channel(void *ctx, char *err, size_t len)
+{
+    struct chan_seed *cs = ctx;
+    (void)err;
+    (void)len;
+    uint8_t *out = malloc(16 << 20);
+    if (!out)
+        return NULL;
+    script_init(&cs->sc[cs->n], cs->reply, cs->reply_len, out, 16 << 20);
+    return &cs->sc[cs->n++].c;
+}
+
+/* The receiver seed of a migration over 3 channels (WIRE_MULTI). */
+static int channels_seed(const char *dir)
+{
+    struct machine *m;
+    struct domain *d;
+    struct guest *g;
+    if (machine_create(&m, 64 * MiB, FRAME_POLICY_FRAGPOOL) < 0 || wire_guest(m, &d, &g) < 0)
+        return 1;
+    uint64_t pages, digest = migrate_digest(d, &pages);
+    static uint8_t reply[4096];
+    static struct chan_seed cs;
+    size_t rl = 0;
+    struct mig_hello ready = {htole32(MIG_VERSION), htole32(MIG_HELLO_CHANNELS)};
+    cs.reply_len = put_frame(cs.reply, MIG_READY, &ready, sizeof(ready));
+    rl += put_frame(reply + rl, MIG_READY, &ready, sizeof(ready));
+    struct mig_result res;
+    memset(&res, 0, sizeof(res));
+    res.verified = htole32(1);
+    res.digest = htole64(digest);
+    res.pages = htole64(pages);
+    rl += put_frame(reply + rl, MIG_RESULT, &res, sizeof(res));
+    rl += put_frame(reply + rl, MIG_RESUMED, NULL, 0);
+    uint8_t *out0 = malloc(16 << 20);
+    struct script_chan sc;
+    script_init(&sc, reply, rl, out0, 16 << 20);
+    struct migrate_opts o = {.timeout_ms = 1000, .channels = 3, .open_channel = seed_channel,
+                             .open_ctx = &cs};
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    if (!out0 || !rep || migrate_send(g, &sc.c, &o, rep) != 0 || rep->channels != 3) {
+        fprintf(stderr, "gen_wire_seeds: channels migration failed: %s\n", rep ? rep->err : "");
+        return 1;
+    }
+    size_t total = 4 + sc.out_len;
+    for (unsigned i = 0; i < cs.n; i++)
+        total += 4 + cs.sc[i].out_len;
+    uint8_t *seed = malloc(total), *p = seed;
+    if (!seed)
+        return 1;
+    for (unsigned i = 0; i <= cs.n; i++) {
+        struct script_chan *c = i ? &cs.sc[i - 1] : &sc;
+        uint32_t n = htole32((uint32_t)c->out_len);
+        memcpy(p, &n, 4);
+        memcpy(p + 4, c->out, c->out_len);
+        p += 4 + c->out_len;
+    }
+    int rc = write_seed(dir, "receiver_channels", WIRE_MULTI, seed, total);
+    free(seed);
+    for (unsigned i = 0; i < cs.n; i++)
+        free(cs.sc[i].out);
+    free(out0);
+    free(rep);
+    guest_destroy(g);
+    domain_destroy(d);
+    machine_destroy(m);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -120,5 +198,5 @@ int main(int argc, char **argv)
         domain_destroy(d);
     }
     machine_destroy(m);
-    return rc;
+    return rc | channels_seed(argv[1]);
 }

@@ -7,7 +7,10 @@
  *
  * Input layout: byte 0 picks the side (even: the bytes a receiver reads
  * from its sender; odd: the bytes a sender reads from its receiver), the
- * rest is the wire.
+ * rest is the wire.  A receiver's input with bit 1 of byte 0 set holds
+ * several channels (parallel channels, migrate.h): the rest is pieces of
+ * [u32 length][bytes], channel 0's first, then each further channel's, in
+ * the order they join (WIRE_MULTI).
  */
 #ifndef HUGEVM_FUZZ_WIRE_COMMON_H
 #define HUGEVM_FUZZ_WIRE_COMMON_H
@@ -55,10 +58,12 @@ struct script_chan {
     bool cut;
 };
 
+#define WIRE_MULTI 0x2u
+
 static inline long script_read(struct chan *c, void *buf, size_t len)
 {
     struct script_chan *s = (struct script_chan *)c;
-    if (s->cut)
+    if (__atomic_load_n(&s->cut, __ATOMIC_RELAXED)) /* a lane's channel is cut from another thread */
         return -ECONNRESET;
     size_t n = s->in_len - s->pos < len ? s->in_len - s->pos : len;
     memcpy(buf, s->in + s->pos, n);
@@ -69,7 +74,7 @@ static inline long script_read(struct chan *c, void *buf, size_t len)
 static inline long script_write(struct chan *c, const void *buf, size_t len)
 {
     struct script_chan *s = (struct script_chan *)c;
-    if (s->cut)
+    if (__atomic_load_n(&s->cut, __ATOMIC_RELAXED))
         return -EPIPE;
     if (!s->out_cap)
         return (long)len;
@@ -94,7 +99,10 @@ static inline int script_timeout(struct chan *c, int ms)
     return 0;
 }
 
-static inline void script_cut(struct chan *c) { ((struct script_chan *)c)->cut = true; }
+static inline void script_cut(struct chan *c)
+{
+    __atomic_store_n(&((struct script_chan *)c)->cut, true, __ATOMIC_RELAXED);
+}
 static inline void script_close(struct chan *c) { (void)c; }
 
 static const struct chan_ops script_ops = {
