@@ -368,11 +368,24 @@ struct hugevm_migration_info {
  * Other < 0: g runs on here.  fd is not closed. */
 int hugevm_migration_send(hugevm_migration *mg, hugevm_guest *g, int fd,
                           struct hugevm_migration_info *info);
+/* The same over n parallel channels (1..8): fds[0] connected first, the
+ * others to the same receiver (before or during the call); the migration's
+ * frames are dealt over them in turn, each channel authenticated and
+ * encrypted on its own (one TLS stream per channel, so encryption runs on
+ * as many cores).  A receiver that takes one channel gets one (the others
+ * are not used).  The fds are not closed. */
+int hugevm_migration_send_channels(hugevm_migration *mg, hugevm_guest *g, const int *fds,
+                                   unsigned n, struct hugevm_migration_info *info);
 /* Receive one guest on fd, a connected TCP socket, onto m: 0 and *out (not
  * started; hugevm_guest_domain gives its domain, which the caller destroys
- * after the guest). */
+ * after the guest).  fd is not closed. */
 int hugevm_migration_receive(hugevm_migration *mg, hugevm_machine *m, int fd,
                              hugevm_guest **out, struct hugevm_migration_info *info);
+/* The same, taking the sender's parallel channels: they are accepted from
+ * lfd, the listening socket fd came from (lfd -1: one channel only), and
+ * closed when the migration is over. */
+int hugevm_migration_receive_channels(hugevm_migration *mg, hugevm_machine *m, int fd, int lfd,
+                                      hugevm_guest **out, struct hugevm_migration_info *info);
 /* The domain a received guest runs on (owned by the caller). */
 hugevm_domain *hugevm_guest_domain(hugevm_guest *g);
 

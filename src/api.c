@@ -8,6 +8,8 @@
  * returns the internal negative errno unchanged.  The public enums and
  * limits are checked against the internal ones at compile time.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +30,7 @@
 #include "kvm.h"
 #include "machine.h"
 #include "migrate.h"
+#include "net.h"
 #include "save.h"
 #include "stream.h"
 
@@ -988,12 +991,69 @@ void hugevm_migration_destroy(hugevm_migration *mg)
     free(mg);
 }
 
+/* A channel over a dup of the caller's socket (which stays the caller's). */
+static int api_chan(hugevm_migration *mg, int fd, struct chan **ch, char *err, size_t len)
+{
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) {
+        snprintf(err, len, "socket %d: %s", fd, strerror(errno));
+        return -errno;
+    }
+    return chan_open(d, mg->tls, mg->c.timeout_ms, ch, err, len);
+}
+
+/* The sender's further channels: the caller's sockets, in order. */
+struct api_fds {
+    hugevm_migration *mg;
+    const int *fds;
+    unsigned n, next;
+};
+
+static struct chan *api_open_channel(void *ctx, char *err, size_t len)
+{
+    struct api_fds *a = ctx;
+    struct chan *ch = NULL;
+    if (a->next >= a->n)
+        snprintf(err, len, "no socket left for another channel");
+    else
+        (void)api_chan(a->mg, a->fds[a->next++], &ch, err, len);
+    return ch;
+}
+
+/* The receiver's further channels: accepted from the caller's listening
+ * socket. */
+struct api_join {
+    hugevm_migration *mg;
+    int lfd;
+};
+
+static struct chan *api_join(void *ctx, uint64_t by, char *err, size_t len)
+{
+    struct api_join *a = ctx;
+    uint64_t now = hv_now_ns();
+    int fd, rc = net_accept(a->lfd, by > now ? (int)((by - now) / 1000000) + 1 : 1, &fd);
+    struct chan *ch = NULL;
+    if (rc < 0)
+        snprintf(err, len, "accepting a channel: %s", strerror(-rc));
+    else if (chan_open(fd, a->mg->tls, a->mg->c.timeout_ms, &ch, err, len) < 0)
+        ch = NULL;
+    return ch;
+}
+
 int hugevm_migration_send(hugevm_migration *mg, hugevm_guest *hg, int fd,
                           struct hugevm_migration_info *info)
 {
+    return hugevm_migration_send_channels(mg, hg, &fd, 1, info);
+}
+
+int hugevm_migration_send_channels(hugevm_migration *mg, hugevm_guest *hg, const int *fds,
+                                   unsigned n, struct hugevm_migration_info *info)
+{
     char err[CHAN_ERR_LEN] = "";
     struct chan *ch = NULL;
-    int rc = chan_open(fd, mg->tls, mg->c.timeout_ms, &ch, err, sizeof(err));
+    if (n < 1 || n > MIG_MAX_CHANNELS)
+        return fail(-EINVAL, "migration: %u channels (1..%u)", n, MIG_MAX_CHANNELS);
+    int rc = api_chan(mg, fds[0], &ch, err, sizeof(err));
     if (rc < 0)
         return fail(rc, "migration: %s", err);
     struct migrate_report *rep = calloc(1, sizeof(*rep));
@@ -1001,9 +1061,12 @@ int hugevm_migration_send(hugevm_migration *mg, hugevm_guest *hg, int fd,
         chan_close(ch);
         return fail(-ENOMEM, "migration: out of memory");
     }
+    struct api_fds more = {mg, fds, n, 1};
     struct migrate_opts mo = {.mode = (enum dirty_mode)mg->c.mode,
                               .downtime_ms = mg->c.downtime_ms, .max_rounds = mg->c.max_rounds,
-                              .compress = mg->c.compress, .timeout_ms = mg->c.timeout_ms};
+                              .compress = mg->c.compress, .timeout_ms = mg->c.timeout_ms,
+                              .channels = n, .open_channel = api_open_channel,
+                              .open_ctx = &more};
     rc = migrate_send(hg->g, ch, &mo, rep);
     if (info) {
         memset(info, 0, sizeof(*info));
@@ -1033,10 +1096,16 @@ int hugevm_migration_send(hugevm_migration *mg, hugevm_guest *hg, int fd,
 int hugevm_migration_receive(hugevm_migration *mg, hugevm_machine *m, int fd,
                              hugevm_guest **out, struct hugevm_migration_info *info)
 {
+    return hugevm_migration_receive_channels(mg, m, fd, -1, out, info);
+}
+
+int hugevm_migration_receive_channels(hugevm_migration *mg, hugevm_machine *m, int fd, int lfd,
+                                      hugevm_guest **out, struct hugevm_migration_info *info)
+{
     char err[CHAN_ERR_LEN] = "";
     struct chan *ch = NULL;
     *out = NULL;
-    int rc = chan_open(fd, mg->tls, mg->c.timeout_ms, &ch, err, sizeof(err));
+    int rc = api_chan(mg, fd, &ch, err, sizeof(err));
     if (rc < 0)
         return fail(rc, "migration: %s", err);
     struct migrate_recv_result *res = calloc(1, sizeof(*res));
@@ -1044,7 +1113,9 @@ int hugevm_migration_receive(hugevm_migration *mg, hugevm_machine *m, int fd,
         chan_close(ch);
         return fail(-ENOMEM, "migration: out of memory");
     }
-    struct migrate_recv_opts ro = {.timeout_ms = mg->c.timeout_ms};
+    struct api_join jn = {mg, lfd};
+    struct migrate_recv_opts ro = {.timeout_ms = mg->c.timeout_ms,
+                                   .join = lfd >= 0 ? api_join : NULL, .jctx = &jn};
     rc = migrate_receive(m->m, ch, &ro, res);
     chan_close(ch);
     if (info) {

@@ -7,6 +7,7 @@
  * over loopback TCP (plain: the TLS paths are test_tls's).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <netinet/in.h>
@@ -418,7 +420,7 @@ struct rx {
     pthread_t t;
     hugevm_migration *mg;
     hugevm_machine *m;
-    int fd, rc;
+    int fd, rc, lfd;
     hugevm_guest *g;
     struct hugevm_migration_info info;
 };
@@ -426,20 +428,34 @@ struct rx {
 static void *rx_main(void *arg)
 {
     struct rx *r = arg;
-    r->rc = hugevm_migration_receive(r->mg, r->m, r->fd, &r->g, &r->info);
+    r->rc = r->lfd >= 0 ? hugevm_migration_receive_channels(r->mg, r->m, r->fd, r->lfd, &r->g,
+                                                            &r->info)
+                        : hugevm_migration_receive(r->mg, r->m, r->fd, &r->g, &r->info);
     return NULL;
 }
 
-static void test_migration(void **state)
+/* A migration of a running soft guest over nch channels (over TLS with a
+ * pre-shared key when psk): every page arrives, the leaves too, and the
+ * caller's sockets are still open after. */
+static void api_migration(unsigned nch, bool psk)
 {
-    (void)state;
     struct hugevm_migration_config c;
     hugevm_migration *tx = NULL;
     hugevm_migration_config_default(&c);
     /* neither credentials nor insecure: refused, with what to give */
     assert_int_equal(hugevm_migration_create(&c, false, &tx), -EINVAL);
     assert_non_null(strstr(hugevm_last_error(), "PSK"));
-    c.insecure = true;
+    char key[] = "/tmp/hugevm-test-api-pskXXXXXX";
+    if (psk) {
+        int kfd = mkstemp(key); /* mode 0600 */
+        static const char line[] = "api:00112233445566778899aabbccddeeff0011223344556677";
+        assert_true(kfd >= 0);
+        assert_int_equal(write(kfd, line, sizeof(line) - 1), (ssize_t)sizeof(line) - 1);
+        close(kfd);
+        c.psk_file = key;
+    } else {
+        c.insecure = true;
+    }
     c.timeout_ms = 20000;
     assert_int_equal(hugevm_migration_create(&c, false, &tx), 0);
     struct rx r = {0};
@@ -456,18 +472,31 @@ static void test_migration(void **state)
     socklen_t sl = sizeof(sa);
     assert_true(ls >= 0);
     assert_int_equal(bind(ls, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(ls, 1), 0);
+    assert_int_equal(listen(ls, 8), 0);
     assert_int_equal(getsockname(ls, (struct sockaddr *)&sa, &sl), 0);
     sv[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_int_equal(connect(sv[0], (struct sockaddr *)&sa, sizeof(sa)), 0);
     sv[1] = accept(ls, NULL, NULL);
     assert_true(sv[1] >= 0);
-    close(ls);
     r.fd = sv[1];
+    r.lfd = nch > 1 ? ls : -1;
+    /* the further channels: connected now, accepted by the receiver */
+    int fds[8] = {sv[0]};
+    for (unsigned i = 1; i < nch; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+    }
     assert_int_equal(pthread_create(&r.t, NULL, rx_main, &r), 0);
     struct hugevm_migration_info info;
-    int rc = hugevm_migration_send(tx, g, sv[0], &info);
+    int rc = nch > 1 ? hugevm_migration_send_channels(tx, g, fds, nch, &info)
+                     : hugevm_migration_send(tx, g, sv[0], &info);
     pthread_join(r.t, NULL);
+    /* the receiver took every further channel: none is left waiting */
+    struct pollfd lp = {.fd = ls, .events = POLLIN};
+    assert_int_equal(poll(&lp, 1, 0), 0);
+    close(ls);
+    if (psk)
+        unlink(key);
     if (rc || r.rc)
         fail_msg("send %d (%s), receive %d", rc, hugevm_last_error(), r.rc);
     assert_true(info.verified);
@@ -485,12 +514,30 @@ static void test_migration(void **state)
     hugevm_domain_destroy(d);
     hugevm_guest_destroy(r.g);
     hugevm_domain_destroy(rd);
-    close(sv[0]);
+    /* the caller's sockets are still the caller's */
+    for (unsigned i = 0; i < nch; i++)
+        assert_int_equal(fcntl(fds[i], F_GETFD), FD_CLOEXEC);
+    assert_true(fcntl(sv[1], F_GETFD) >= 0);
+    for (unsigned i = 0; i < nch; i++)
+        close(fds[i]);
     close(sv[1]);
     hugevm_migration_destroy(tx);
     hugevm_migration_destroy(r.mg);
     hugevm_machine_destroy(m);
     hugevm_machine_destroy(r.m);
+}
+
+static void test_migration(void **state)
+{
+    (void)state;
+    api_migration(1, false);
+}
+
+/* Three channels, each its own TLS stream. */
+static void test_migration_channels(void **state)
+{
+    (void)state;
+    api_migration(3, true);
 }
 
 static void test_host_info(void **state)
@@ -512,6 +559,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_host_info),
+        cmocka_unit_test(test_migration_channels),
         cmocka_unit_test(test_populate_balloon_pod),
         cmocka_unit_test(test_stats_logdirty),
         cmocka_unit_test(test_save_restore),
