@@ -2385,7 +2385,7 @@ static const char *two_processes(const char *hv, const char *ns_rx, const char *
     }
     char *stail[] = {(char *)hv, "migrate", "--to", to, "--guest-mem", "1G", "--vcpus", "2",
                      "--after", "0.3", "--write-rate", "20000", "--wss", "0.2", "--timeout", "30",
-                     "--psk-file", psk, "--json", NULL};
+                     "--channels", "3", "--psk-file", psk, "--json", NULL};
     memcpy(sargv + n, stail, sizeof(stail));
     pid_t sp = spawn(sargv, slog);
     int ss = wait_deadline(sp, 80), rs = wait_deadline(rp, 20);
@@ -2395,6 +2395,11 @@ static const char *two_processes(const char *hv, const char *ns_rx, const char *
     }
     if (!file_has(slog, "\"checksums_match\"", "true") || !file_has(rlog, "\"audit\"", "ok")) {
         snprintf(why, wlen, "no matching checksums or audit in %s", dir);
+        return why;
+    }
+    /* three TLS channels, each authenticated, joined out of the lobby */
+    if (!file_has(slog, "\"channels\"", "3") || !file_has(rlog, "\"channels\"", "3")) {
+        snprintf(why, wlen, "the migration did not run on 3 channels (logs in %s)", dir);
         return why;
     }
 out:
