@@ -248,8 +248,34 @@ struct fbuf {
     struct mig_frame h;
 };
 
+/* The sender's pace on the wire (migrate_opts.max_bandwidth): every
+ * write, on any channel, takes its bytes' time; a write waits until the
+ * writes before it have had theirs, so the wire rate stays at the limit
+ * averaged over any frame. */
+struct pace {
+    pthread_mutex_t mu;
+    double ns_per_byte; /* 0: no limit */
+    uint64_t next;      /* when the wire is free again (hv_now_ns) */
+};
+
+static void pace_take(struct pace *pc, size_t len)
+{
+    if (!pc || pc->ns_per_byte <= 0)
+        return;
+    pthread_mutex_lock(&pc->mu);
+    uint64_t now = hv_now_ns(), at = pc->next > now ? pc->next : now;
+    pc->next = at + (uint64_t)((double)len * pc->ns_per_byte);
+    pthread_mutex_unlock(&pc->mu);
+    if (at > now) {
+        struct timespec ts = {(time_t)((at - now) / 1000000000),
+                              (long)((at - now) % 1000000000)};
+        nanosleep(&ts, NULL);
+    }
+}
+
 struct pipe {
     struct chan *ch;
+    struct pace *pace;     /* the sender's, or NULL */
     unsigned index;        /* the channel's (0: the first) */
     char who[24];          /* "channel N: " with parallel channels, else "" */
     struct fbuf b[PIPE_BUFS];
@@ -296,6 +322,7 @@ static int pipe_send(struct pipe *p, const void *buf, size_t len)
         pthread_mutex_unlock(&p->mu);
         return -ECONNRESET;
     }
+    pace_take(p->pace, len);
     int rc = chan_write_all(p->ch, buf, len);
     if (rc < 0) {
         snprintf(p->werr_msg, sizeof(p->werr_msg), "%swriting to the socket after %llu bytes: "
@@ -511,6 +538,7 @@ struct sender {
     struct pipe *more;       /* channels 1..nch-1's */
     unsigned nch, cur;       /* channels; the one the next frame goes to */
     bool striping;           /* frames dealt in turn (after the handshake, up to DONE) */
+    struct pace pace;        /* migrate_opts.max_bandwidth */
     struct stream_io io;
     struct stream_writer w;
     struct machine_holes dm;
@@ -1075,6 +1103,7 @@ static int pc_send_pages(struct sender *s, struct pc_push *q, struct chan *ch, c
         return pc_linkfail(s, -ECONNRESET, "post-copy: connection cut by fault injection after "
                            "%llu pages", (unsigned long long)before);
     }
+    pace_take(&s->pace, sizeof(struct mig_frame) + len);
     rc = chan_write_all(ch, s->pc_buf, sizeof(struct mig_frame) + len);
     if (rc < 0)
         return pc_linkfail(s, rc, "post-copy: sending pages: %s", chan_strerror(ch, rc));
@@ -1491,6 +1520,7 @@ static int open_channels(struct sender *s, unsigned want, uint64_t token, int ti
         }
         rc = pipe_init(p, c, i, want, o->compress, o->zstd_level,
                        o->fail_channel == i ? o->fail_after_bytes : 0);
+        p->pace = &s->pace;
         s->nch = i + 1; /* p is torn down with the others from here on */
         if (rc < 0)
             return sfail(s, rc, "channel %u: setting up: %s", i, strerror(-rc));
@@ -1528,6 +1558,8 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     s->d = g->d;
     s->o = o;
     s->rep = rep;
+    pthread_mutex_init(&s->pace.mu, NULL);
+    s->pace.ns_per_byte = o->max_bandwidth > 0 ? 1e9 / o->max_bandwidth : 0;
     struct domain *d = g->d;
     double downtime_ms = o->downtime_ms > 0 ? o->downtime_ms : MIGRATE_DEFAULT_DOWNTIME_MS;
     unsigned max_rounds = o->max_rounds ? o->max_rounds : MIGRATE_DEFAULT_ROUNDS;
@@ -1572,6 +1604,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         s->nch = 1;
         rc = pipe_init(&s->pipe, ch, 0, want, o->compress, o->zstd_level,
                        o->fail_channel == 0 ? o->fail_after_bytes : 0);
+        s->pipe.pace = &s->pace;
     }
     if (rc < 0) {
         rc = sfail(s, rc, "setting up the connection: %s", strerror(-rc));
@@ -1958,6 +1991,7 @@ out:
         chan_close(s->pc_ch);
     free(s->pc_buf);
     free(s->page_copy);
+    pthread_mutex_destroy(&s->pace.mu);
     free(s);
     return rep->rc;
 }

@@ -390,6 +390,11 @@ struct migrate_opts {
     unsigned channels;
     struct chan *(*open_channel)(void *open_ctx, char *err, size_t len);
     void *open_ctx;
+    /* The sender's rate on the wire, bytes per second over all channels,
+     * post-copy included (0: as fast as it goes), like QEMU's
+     * max-bandwidth: a migration that shares its link, or a test of one
+     * that cannot converge. */
+    double max_bandwidth;
     /* Fault injection: cut the connection (shutdown) right after COMMIT is
      * on the socket, before RESUMED is read. */
     bool cut_after_commit;

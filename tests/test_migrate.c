@@ -296,6 +296,7 @@ struct chans {
     unsigned delay_us;   /* further channels write slowly (out of order) */
     bool strangers;      /* before each further channel, a connection that names
                           * another migration (the receiver must turn it away) */
+    double max_bandwidth; /* migrate_opts.max_bandwidth */
     uint16_t port;
     unsigned refused;    /* strangers that got ABORT */
     uint64_t seed;
@@ -521,6 +522,7 @@ static void chans_apply(struct chans *c, struct migrate_opts *o, struct rx_env *
         return;
     c->port = rx->port;
     o->channels = c->n;
+    o->max_bandwidth = c->max_bandwidth;
     o->open_channel = open_next;
     o->open_ctx = c;
 }
@@ -1093,6 +1095,21 @@ static void test_channels(void **state)
     memset(rep, 0, sizeof(*rep));
     migrate_ok_ch(&e, DIRTY_SPLIT_ON_WRITE, false, &st, rep);
     assert_int_equal(st.refused, MIG_MAX_CHANNELS - 1);
+    sender_fini(&e);
+
+    /* paced to 40 MB/s over 3 channels: every byte takes its time (the
+     * first write goes at once) */
+    sender_init(&e, 2, 2000, 0.01);
+    sleep_ms(30);
+    struct chans paced = {.n = 3, .max_bandwidth = 40e6, .seed = 4};
+    memset(rep, 0, sizeof(*rep));
+    migrate_ok_ch(&e, DIRTY_SPLIT_ON_WRITE, false, &paced, rep);
+    const struct migrate_round *r0 = &rep->rounds[0];
+    double w0 = (double)r0->wire_bytes, most = 40.0 * w0 / (w0 - MIG_FRAME_RAW - 4096) * 1.02;
+    print_message("# paced at 40 MB/s: round 0 %.1f MB at %.1f MB/s (at most %.1f)\n", w0 / 1e6,
+                  r0->mb_per_s, most);
+    assert_true(w0 > 4 * MIG_FRAME_RAW);
+    assert_true(r0->mb_per_s <= most);
     sender_fini(&e);
     free(rep);
 }

@@ -220,6 +220,11 @@ int cli_parse_authz(void *dest, const char *arg);
     {"channels", OPT_U64, &(v), "N", "parallel connections to the receiver, frames dealt "    \
      "over them in turn, each with its own thread (and TLS stream) on both sides: 1.."      \
      "8 (default: the cores, at most 4)", NULL}
+/* --max-bandwidth SIZE: the sender's rate on the wire, per second
+ * (migrate_opts.max_bandwidth; 0: no limit). */
+#define CLI_BANDWIDTH_OPT(v)                                                                  \
+    {"max-bandwidth", OPT_SIZE, &(v), "SIZE", "at most SIZE bytes per second on the wire, "   \
+     "all channels and post-copy included (e.g. 100M; default: no limit)", NULL}
 /* The channels for a --channels value v (0: the default): 0 and *out, or 1
  * after saying what is wrong. */
 int cli_channels(const char *cmd, uint64_t v, unsigned *out);

@@ -68,7 +68,7 @@ static void progress(void *ctx, const struct migrate_round *r)
 
 static struct {
     const char *to, *log_dirty, *doubt_file, *fail_save, *backend, *fill;
-    uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds, channels;
+    uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds, channels, max_bw;
     double after, downtime_ms, write_frac, timeout_s, pc_recover_s;
     bool compress, json, postcopy, postcopy_auto;
     int zstd_level;
@@ -149,6 +149,7 @@ static int run_migrate(int argc, char **argv)
     mopts.pc_recover_ms = cli_ms(mo.pc_recover_s);
     if (cli_channels("migrate", mo.channels, &mopts.channels) != 0)
         return 1;
+    mopts.max_bandwidth = (double)mo.max_bw;
 
     if (cli_machine_create("migrate", &m, mo.host_mem, false, NULL) < 0) {
         chan_tls_destroy(tls);
@@ -229,6 +230,7 @@ static struct opt migrate_opts_table[] = {
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
     CLI_CHANNELS_OPT(mo.channels),
+    CLI_BANDWIDTH_OPT(mo.max_bw),
     {"timeout", OPT_SECONDS, &mo.timeout_s, "S", "socket and confirmation timeout (default 30)", NULL},
     {"retries", OPT_U64, &mo.retries, "N", "attempts again after a failure (default 0)", NULL},
     {"in-doubt-save", OPT_STR, &mo.doubt_file, "FILE", "if RESUMED does not come after COMMIT, "
@@ -444,7 +446,7 @@ static struct chan *join_channel(void *ctx, uint64_t by, char *err, size_t len)
 {
     struct joiner *jn = ctx;
     for (;;) {
-        int fd;
+        int fd = -1;
         uint64_t now = hv_now_ns();
         int rc = lobby_next(jn->lobby, jn->lfd, sizeof(struct mig_frame) + sizeof(struct mig_hello),
                             by > now ? by - now : 0, by, &fd);

@@ -37,6 +37,7 @@ static struct {
     double after;
     uint64_t precopy_rounds; /* --postcopy: pre-copy rounds before the switch */
     uint64_t channels;       /* --migrate-to: parallel connections (0: the default) */
+    uint64_t max_bw;         /* --migrate-to: bytes/s on the wire (0: no limit) */
     bool json, no_audit, postcopy;
     struct cli_tls_opts tls; /* with --migrate-to */
 } o = {
@@ -156,8 +157,8 @@ static int run_run(int argc, char **argv)
         return cli_error("run: give --save or --migrate-to, not both");
     if (!o.migrate_to && (o.tls.insecure || chan_creds_given(&o.tls.creds)))
         return cli_error("run: --psk-file, --tls-* and --insecure go with --migrate-to");
-    if (o.channels && !o.migrate_to)
-        return cli_error("run: --channels goes with --migrate-to");
+    if ((o.channels || o.max_bw) && !o.migrate_to)
+        return cli_error("run: --channels and --max-bandwidth go with --migrate-to");
     unsigned channels = 0;
     if (o.migrate_to && cli_channels("run", o.channels, &channels) != 0)
         return 1;
@@ -222,7 +223,7 @@ static int run_run(int argc, char **argv)
     if (prog) {
         struct migrate_opts pmopts = {.mode = mode, .postcopy = o.postcopy,
                                       .precopy_rounds = (unsigned)o.precopy_rounds,
-                                      .channels = channels};
+                                      .channels = channels, .max_bandwidth = (double)o.max_bw};
         struct cli_prog_run pr = {
             .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .vcpus = nv,
             .workload = wl.v.workload, .guest_page = o.guest_page,
@@ -251,7 +252,7 @@ static int run_run(int argc, char **argv)
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode, .postcopy = o.postcopy,
                                      .precopy_rounds = (unsigned)o.precopy_rounds,
-                                     .channels = channels};
+                                     .channels = channels, .max_bandwidth = (double)o.max_bw};
         status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, tls, 0,
                                     o.doubt_file, o.seconds, o.fail_save, o.json);
         goto out;
@@ -543,6 +544,7 @@ static struct opt run_opts[] = {
     {"precopy-rounds", OPT_U64, &o.precopy_rounds, "N", "with --postcopy: pre-copy rounds "
      "before the switch, the full copy included (default 1)", NULL},
     CLI_CHANNELS_OPT(o.channels),
+    CLI_BANDWIDTH_OPT(o.max_bw),
     {"in-doubt-save", OPT_STR, &o.doubt_file, "FILE", "with --migrate-to: if RESUMED does not "
      "come after COMMIT, save the paused guest there (default hugevm-in-doubt-sender-PID.hvs; "
      "exit 3)", NULL},
