@@ -15,6 +15,11 @@
  *     on missing pages (median, 99th percentile), the time until every
  *     page and every 2M region is back, and the guest's accesses per
  *     second meanwhile.
+ * Then the case pre-copy cannot converge: the 1 GiB guest over a link
+ * the sender paces to 100 MB/s (--max-bandwidth), slower than the guest
+ * dirties pages: pre-copy ends when the dirty rate stops falling and
+ * sends what is left with the guest paused; post-copy's downtime next to
+ * it.
  * Figures are medians over RUNS runs; the limit next to post-copy's
  * downtime is pre-copy's for the same guest.  Every migration must verify
  * on the receiver (the guest replayed) or the group fails.
@@ -108,7 +113,7 @@ struct pc_run {
 /* One migration of a bytes-sized guest to a fresh receiver: 0 and the
  * figures, or -1 (the logs are kept and named). */
 static int one(const char *hv, enum guest_backend b, uint64_t bytes, bool postcopy,
-               struct pc_run *r)
+               const char *bw, struct pc_run *r)
 {
     char dir[] = "/tmp/hvbpcXXXXXX";
     if (!mkdtemp(dir))
@@ -146,7 +151,8 @@ static int one(const char *hv, enum guest_backend b, uint64_t bytes, bool postco
     char *sargv[] = {(char *)hv, "migrate", "--to", to, "--backend", (char *)be,
                      "--guest-mem", gm, "--host-mem", hm, "--workload", "writer",
                      "--write-rate", "250000", "--wss", "1", "--vcpus", "2", "--after", "1",
-                     "--insecure", "--json", postcopy ? "--postcopy" : NULL, NULL};
+                     "--insecure", "--json", "--max-bandwidth", bw ? (char *)bw : "0",
+                     postcopy ? "--postcopy" : NULL, NULL};
     pid_t sp = spawn_to(sargv, slog);
     int ss = wait_exit(sp, 900), rs = wait_exit(rp, 900);
     char *s = slurp(slog), *rv = slurp(rlog);
@@ -203,7 +209,8 @@ void bench_postcopy(bench_add_fn add)
         double pre[RUNS], dt[RUNS], p50[RUNS], p99[RUNS], whole[RUNS], tot[RUNS], rate[RUNS];
         for (int k = 0; k < runs; k++) {
             struct pc_run a = {0}, c = {0};
-            if (one(hv, b, sizes[si], false, &a) < 0 || one(hv, b, sizes[si], true, &c) < 0)
+            if (one(hv, b, sizes[si], false, NULL, &a) < 0 ||
+                one(hv, b, sizes[si], true, NULL, &c) < 0)
                 bench_fail("a migration in the postcopy group");
             pre[k] = a.downtime_ms;
             dt[k] = c.downtime_ms;
@@ -228,4 +235,22 @@ void bench_postcopy(bench_add_fn add)
         snprintf(name, sizeof(name), "%s_postcopy_%ug_guest_macc_per_s_meanwhile", be, gib);
         add(name, bench_median(rate, runs) / 1e6, "Macc/s", 0, NULL, 0);
     }
+    /* pre-copy cannot converge: a link slower than the guest dirties */
+    double pre[RUNS], dt[RUNS], ptot[RUNS], tot[RUNS];
+    for (int k = 0; k < runs; k++) {
+        struct pc_run a = {0}, c = {0};
+        if (one(hv, b, GiB, false, "100M", &a) < 0 || one(hv, b, GiB, true, "100M", &c) < 0)
+            bench_fail("a migration at 100 MB/s in the postcopy group");
+        pre[k] = a.downtime_ms;
+        dt[k] = c.downtime_ms;
+        ptot[k] = a.total_s;
+        tot[k] = c.total_s;
+    }
+    char name[96];
+    double mpre = bench_median(pre, runs), mdt = bench_median(dt, runs);
+    snprintf(name, sizeof(name), "%s_postcopy_1g_at_100mb_per_s_downtime_ms", be);
+    add(name, mdt, "ms", mpre, "pre-copy's downtime, same guest and link", mpre > 0 ? mdt / mpre : 0);
+    double mpt = bench_median(ptot, runs), mt = bench_median(tot, runs);
+    snprintf(name, sizeof(name), "%s_postcopy_1g_at_100mb_per_s_total_s", be);
+    add(name, mt, "s", mpt, "pre-copy's total time", mpt > 0 ? mt / mpt : 0);
 }
