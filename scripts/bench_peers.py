@@ -19,8 +19,9 @@ loopback TCP, saved to a file and restored, by hugevm and by QEMU:
            migrate-incoming exec:cat FILE.
   hugevm   `hugevm migrate --fill FILE` (soft vCPU, a writer of 1 write/s on
            0.1% of memory: nearly idle) to `hugevm receive --resident`;
-           `hugevm save --fill FILE`; `hugevm restore --resident`.  hugevm has
-           no parallel channels yet: its multifd rows are its one-channel run.
+           `hugevm save --fill FILE`; `hugevm restore --resident`.  One
+           channel (--channels 1) against QEMU's one, two (--channels 2)
+           against QEMU's multifd with 2.
 
 Both senders have their memory touched from user space before the timing,
 as a guest that ran has: hugevm's --fill copies through a buffer, QEMU
@@ -361,7 +362,7 @@ def host_mem(mem_mib):
     return "%dM" % (mem_mib + max(128, mem_mib // 16))
 
 
-def hugevm_migrate(hv, content, c, mem_mib, downtime):
+def hugevm_migrate(hv, content, c, mem_mib, downtime, channels=1):
     portf = os.path.join(workdir, "port")
     rout = os.path.join(workdir, "recv.out")
     rerr = os.path.join(workdir, "recv.err")
@@ -380,7 +381,8 @@ def hugevm_migrate(hv, content, c, mem_mib, downtime):
         port = int(open(portf).read())
         argv = [hv, "migrate", "--to", "127.0.0.1:%d" % port, "--insecure", "--backend", "soft",
                 "--guest-mem", "%dM" % mem_mib, "--fill", content, "--vcpus", "1",
-                "--write-rate", "1", "--wss", "0.001", "--after", "0.2", "--json"]
+                "--write-rate", "1", "--wss", "0.001", "--after", "0.2",
+                "--channels", str(channels), "--json"]
         if downtime:
             argv += ["--downtime", downtime]
         s = hugevm_json(argv, "hugevm migrate")
@@ -392,6 +394,9 @@ def hugevm_migrate(hv, content, c, mem_mib, downtime):
             rp.kill()
         reap(rp)
     m = s["migration"]
+    if m.get("channels") != channels or r.get("channels") != channels:
+        raise Fail("hugevm migrated over %s channel(s), not %d: %s"
+                   % (m.get("channels"), channels, m.get("channels_why")))
     if not (m["ok"] and m["verified"] and m["checksums_match"] and r["ok"] and r["verified"]):
         raise Fail("hugevm migration not verified: %s" % m.get("error"))
     sent = sum(x["pages_data"] + x["pages_zero"] for x in m["rounds"])
@@ -495,6 +500,7 @@ def main():
             ("qemu_mig1", lambda: qemu_migrate(content, c, mem_mib, 1)),
             ("hugevm_mig", lambda: hugevm_migrate(hv, content, c, mem_mib, downtime)),
             ("qemu_mig2", lambda: qemu_migrate(content, c, mem_mib, 2)),
+            ("hugevm_mig2", lambda: hugevm_migrate(hv, content, c, mem_mib, downtime, 2)),
             ("qemu_sr", lambda: qemu_save_restore(content, c, mem_mib)),
             ("hugevm_sr", lambda: hugevm_save_restore(hv, content, c, mem_mib)),
         ]
@@ -519,11 +525,12 @@ def main():
              "QEMU 1 channel"),
             ("migrate_%s_downtime" % kind, "ms", [x["downtime_ms"] for x in hm],
              [x["downtime_ms"] for x in res["qemu_mig1"]], "QEMU 1 channel"),
-            ("migrate_multifd2_%s" % kind, "s", [x["s"] for x in hm],
-             [x["s"] for x in res["qemu_mig2"]], "QEMU multifd 2 channels (hugevm: 1 channel)"),
-            ("migrate_multifd2_%s_downtime" % kind, "ms", [x["downtime_ms"] for x in hm],
+            ("migrate_multifd2_%s" % kind, "s", [x["s"] for x in res["hugevm_mig2"]],
+             [x["s"] for x in res["qemu_mig2"]], "QEMU multifd 2 channels (hugevm: 2 channels)"),
+            ("migrate_multifd2_%s_downtime" % kind, "ms",
+             [x["downtime_ms"] for x in res["hugevm_mig2"]],
              [x["downtime_ms"] for x in res["qemu_mig2"]],
-             "QEMU multifd 2 channels (hugevm: 1 channel)"),
+             "QEMU multifd 2 channels (hugevm: 2 channels)"),
             ("save_%s" % kind, "s", [x["save_s"] for x in hs],
              [x["save_s"] for x in res["qemu_sr"]], "QEMU stop + migrate to exec:cat"),
             ("restore_%s" % kind, "s", [x["restore_s"] for x in hs],
