@@ -193,6 +193,7 @@ struct sock_bio {
     int fd;
     size_t wlen;
     uint8_t *wbuf;
+    bool nowait; /* reads take what the socket holds (tls_read_now) */
 };
 
 /* Send all of p; 1, or 0 with errno (a timeout is final: no retry flag). */
@@ -236,14 +237,19 @@ static int bio_write(BIO *b, const char *buf, size_t len, size_t *done)
 static int bio_read(BIO *b, char *buf, size_t len, size_t *done)
 {
     struct sock_bio *sb = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
     for (;;) {
-        ssize_t n = recv(sb->fd, buf, len, 0);
+        ssize_t n = recv(sb->fd, buf, len, sb->nowait ? MSG_DONTWAIT : 0);
         if (n > 0) {
             *done = (size_t)n;
             return 1;
         }
         if (n == 0) {
             BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+            return 0;
+        }
+        if (sb->nowait && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            BIO_set_retry_read(b); /* SSL_ERROR_WANT_READ: nothing whole yet */
             return 0;
         }
         if (errno != EINTR)
@@ -668,6 +674,27 @@ static long tls_read(struct chan *c, void *buf, size_t len)
     return rc;
 }
 
+/* What is there now: the records whole in the socket (or buffered), without
+ * waiting and without a poll and two timeout changes per record; -EAGAIN
+ * when no record is whole yet (OpenSSL keeps the part that came). */
+static long tls_read_now(struct chan *c, void *buf, size_t len)
+{
+    struct tls_chan *t = (struct tls_chan *)c;
+    size_t n = 0;
+    t->sb.nowait = true;
+    int ret = SSL_read_ex(t->ssl, buf, len, &n);
+    t->sb.nowait = false;
+    if (ret == 1)
+        return (long)n;
+    if (SSL_get_error(t->ssl, ret) == SSL_ERROR_WANT_READ) {
+        ERR_clear_error();
+        return -EAGAIN;
+    }
+    int rc = tls_errno(c, t->ssl, ret);
+    (void)bio_flush_out(&t->sb);
+    return rc;
+}
+
 static long tls_write(struct chan *c, const void *buf, size_t len)
 {
     struct tls_chan *t = (struct tls_chan *)c;
@@ -720,6 +747,7 @@ static void tls_close(struct chan *c)
 static const struct chan_ops tls_ops = {
     .read = tls_read,
     .write = tls_write,
+    .read_now = tls_read_now,
     .poll_in = tls_poll_in,
     .set_timeout = fd_set_timeout,
     .cut = fd_cut,
