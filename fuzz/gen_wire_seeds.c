@@ -22,6 +22,21 @@ static size_t put_frame(uint8_t *out, uint16_t type, const void *body, uint32_t 
     return sizeof(h) + len;
 }
 
+/* What a receiver answers a migration it takes: READY {flags}, RESULT {ok,
+ * the digest}, RESUMED.  Its length. */
+static size_t receiver_reply(uint8_t *out, uint32_t flags, uint64_t digest, uint64_t pages)
+{
+    struct mig_hello ready = {htole32(MIG_VERSION), htole32(flags)};
+    size_t n = put_frame(out, MIG_READY, &ready, sizeof(ready));
+    struct mig_result res;
+    memset(&res, 0, sizeof(res));
+    res.verified = htole32(1);
+    res.digest = htole64(digest);
+    res.pages = htole64(pages);
+    n += put_frame(out + n, MIG_RESULT, &res, sizeof(res));
+    return n + put_frame(out + n, MIG_RESUMED, NULL, 0);
+}
+
 static int write_seed(const char *dir, const char *name, uint8_t side, const void *p, size_t n)
 {
     char path[512];
@@ -103,17 +118,9 @@ static int channels_seed(const char *dir)
     uint64_t pages, digest = migrate_digest(d, &pages);
     static uint8_t reply[4096];
     static struct chan_seed cs;
-    size_t rl = 0;
     struct mig_hello ready = {htole32(MIG_VERSION), htole32(MIG_HELLO_CHANNELS)};
     cs.reply_len = put_frame(cs.reply, MIG_READY, &ready, sizeof(ready));
-    rl += put_frame(reply + rl, MIG_READY, &ready, sizeof(ready));
-    struct mig_result res;
-    memset(&res, 0, sizeof(res));
-    res.verified = htole32(1);
-    res.digest = htole64(digest);
-    res.pages = htole64(pages);
-    rl += put_frame(reply + rl, MIG_RESULT, &res, sizeof(res));
-    rl += put_frame(reply + rl, MIG_RESUMED, NULL, 0);
+    size_t rl = receiver_reply(reply, MIG_HELLO_CHANNELS, digest, pages);
     uint8_t *out0 = malloc(16 << 20);
     struct script_chan sc;
     script_init(&sc, reply, rl, out0, 16 << 20);
@@ -167,16 +174,7 @@ int main(int argc, char **argv)
         uint64_t pages;
         uint64_t digest = migrate_digest(d, &pages);
         static uint8_t reply[4096];
-        size_t rl = 0;
-        struct mig_hello ready = {htole32(MIG_VERSION), 0};
-        rl += put_frame(reply + rl, MIG_READY, &ready, sizeof(ready));
-        struct mig_result res;
-        memset(&res, 0, sizeof(res));
-        res.verified = htole32(1);
-        res.digest = htole64(digest);
-        res.pages = htole64(pages);
-        rl += put_frame(reply + rl, MIG_RESULT, &res, sizeof(res));
-        rl += put_frame(reply + rl, MIG_RESUMED, NULL, 0);
+        size_t rl = receiver_reply(reply, 0, digest, pages);
         size_t cap = 16 << 20;
         uint8_t *out = malloc(cap);
         struct script_chan sc;

@@ -2426,15 +2426,21 @@ static int rx_aborted(struct rx *x)
                   migrate_reason((void *)x->data, x->len, MIG_CTRL_MAX));
 }
 
+/* The next frame, read whole, outside the stream; an ABORT is the
+ * sender's reason as the error. */
+static int rx_next(struct rx *x, uint16_t *t)
+{
+    int rc = rx_frame(x, t, false);
+    return rc < 0 ? rc : *t == MIG_ABORT ? rx_aborted(x) : 0;
+}
+
 /* A control frame of type `want` with exactly len bytes. */
 static int rx_ctrl(struct rx *x, uint16_t want, void *body, size_t len)
 {
     uint16_t t = 0;
-    int rc = rx_frame(x, &t, false);
+    int rc = rx_next(x, &t);
     if (rc < 0)
         return rc;
-    if (t == MIG_ABORT)
-        return rx_aborted(x);
     if (t != want || x->len != len)
         return rxfail(x, -EPROTO, "expected %s (%zu bytes), got %s (%zu bytes)",
                       frame_name(want), len, frame_name(t), x->len);
@@ -2494,11 +2500,9 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
     uint64_t pages = 0, next = 0;
     for (;;) {
         uint16_t t = 0;
-        int rc = rx_frame(x, &t, false);
+        int rc = rx_next(x, &t);
         if (rc < 0)
             return rc;
-        if (t == MIG_ABORT)
-            return rx_aborted(x);
         if (t != MIG_PC_PENDING)
             return rxfail(x, -EPROTO, "expected PC_PENDING, got %s", frame_name(t));
         struct mig_pc_pending h;
@@ -2643,11 +2647,9 @@ static int send_result(struct chan *ch, int status, const struct domain *d, bool
 static int rx_hello(struct rx *x, struct hello_ch *hello)
 {
     uint16_t t = 0;
-    int rc = rx_frame(x, &t, false);
+    int rc = rx_next(x, &t);
     if (rc < 0)
         return rc;
-    if (t == MIG_ABORT)
-        return rx_aborted(x);
     if (t != MIG_HELLO || (x->len != sizeof(hello->h) && x->len != sizeof(*hello)))
         return rxfail(x, -EPROTO, "expected HELLO (8 or 24 bytes), got %s (%zu bytes)",
                       frame_name(t), x->len);
