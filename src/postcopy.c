@@ -616,6 +616,12 @@ static void *io_main(void *arg)
 {
     struct postcopy_rx *p = arg;
     int rc = 0;
+    /* the premap starts here, not in postcopy_rx_start: the guest's
+     * start need not wait for one more thread (on 2 busy cores, creating
+     * it there cost 1-5 ms of the downtime) */
+    if (!p->soft && !p->premap_up &&
+        pthread_create(&p->premap_thread, NULL, premap_main, p) == 0)
+        p->premap_up = true; /* (without it, touches map the pages one by one) */
     while (rc == 0) {
         rc = send_requests(p);
         if (rc < 0)
@@ -703,10 +709,13 @@ static void *io_main(void *arg)
 
 /* ---- set-up and tear-down ----------------------------------------------------------- */
 
-/* Leaves of a pending run: all RAM and covering it without a gap. */
+/* The pending runs (ascending, apart) against the leaves, in one walk:
+ * every pfn of every run in a RAM leaf, no gap. */
 struct ram_check {
-    gfn_t next; /* the first pfn not yet seen as RAM */
-    gfn_t bad;  /* a pfn that is not RAM, or INVALID_GFN */
+    const struct postcopy_run *runs;
+    size_t nruns, i; /* the run being checked */
+    gfn_t pos;       /* its first pfn not yet seen in a RAM leaf */
+    gfn_t bad;       /* a pfn that is not RAM, or INVALID_GFN */
 };
 
 static int ram_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
@@ -714,13 +723,23 @@ static int ram_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_ty
 {
     struct ram_check *c = ctx;
     (void)mfn, (void)e;
-    gfn_t start = gfn > c->next ? gfn : c->next;
-    if (!p2m_is_ram(type) || gfn > c->next) {
-        c->bad = !p2m_is_ram(type) ? start : c->next;
-        return 1;
+    gfn_t end = gfn + order_pages(order);
+    while (c->i < c->nruns) {
+        if (c->pos < gfn || (c->pos < end && !p2m_is_ram(type))) {
+            c->bad = c->pos; /* in no leaf, or in one that is not RAM */
+            return 1;
+        }
+        if (c->pos >= end)
+            return 0;
+        gfn_t run_end = c->runs[c->i].pfn + c->runs[c->i].nr;
+        if (run_end > end) {
+            c->pos = end;
+            return 0;
+        }
+        if (++c->i < c->nruns)
+            c->pos = c->runs[c->i].pfn;
     }
-    c->next = gfn + order_pages(order);
-    return 0;
+    return 1;
 }
 
 struct arm_ctx {
@@ -921,21 +940,21 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
         rc = -ENOMEM;
         goto fail;
     }
-    /* every pending pfn is RAM here (checked leaf by leaf: this is in the
-     * downtime), then the bitmaps and the per-region counts, run by run */
-    domain_lock(d);
-    for (size_t i = 0; i < nruns && rc == 0; i++) {
-        struct ram_check rcx = {runs[i].pfn, INVALID_GFN};
-        int wr = p2m_for_each_leaf(d->p2m, runs[i].pfn, runs[i].nr, ram_leaf, &rcx);
-        if (wr < 0 || rcx.bad != INVALID_GFN || rcx.next < runs[i].pfn + runs[i].nr) {
+    /* every pending pfn is RAM here (checked leaf by leaf, in one walk:
+     * this is in the downtime), then the bitmaps and the per-region
+     * counts, run by run */
+    if (nruns) {
+        struct ram_check rcx = {runs, nruns, 0, runs[0].pfn, INVALID_GFN};
+        domain_lock(d);
+        int wr = p2m_for_each_leaf(d->p2m, runs[0].pfn, top - runs[0].pfn, ram_leaf, &rcx);
+        domain_unlock(d);
+        if (wr < 0 || rcx.bad != INVALID_GFN || rcx.i < nruns) {
             snprintf(why, len, "pending pfn %#llx is not RAM in the restored domain",
-                     (unsigned long long)(rcx.bad != INVALID_GFN ? rcx.bad : rcx.next));
+                     (unsigned long long)(rcx.bad != INVALID_GFN ? rcx.bad : rcx.pos));
             rc = -EINVAL;
+            goto fail;
         }
     }
-    domain_unlock(d);
-    if (rc < 0)
-        goto fail;
     for (size_t i = 0; i < nruns; i++)
         for (gfn_t f = runs[i].pfn, e = runs[i].pfn + runs[i].nr; f < e;) {
             gfn_t reg_end = (f / REGION_PAGES + 1) * REGION_PAGES, to = e < reg_end ? e : reg_end;
@@ -1003,8 +1022,6 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
         goto fail;
     }
     p->fault_up = true;
-    if (pthread_create(&p->premap_thread, NULL, premap_main, p) == 0)
-        p->premap_up = true; /* (without it, touches map the pages one by one) */
 threads:
     p->zero_hash = stream_zero_page_hash();
     p->t0 = hv_now_ns();
