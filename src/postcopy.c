@@ -94,7 +94,7 @@ struct postcopy_rx {
     struct postcopy_rx_stats st;
     uint64_t landed, landed_told; /* background frames landed; told the sender */
     pthread_t premap_thread;
-    bool premap_up;
+    bool premap_up; /* set by the I/O thread (read once it is joined) */
     int premap_stop;
     bool link_lost;   /* the connection failed; waiting for another */
     bool done_unsent; /* whole, but PC_DONE did not go out */
