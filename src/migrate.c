@@ -891,10 +891,44 @@ static int send_dirty(struct sender *s, const uint64_t *bm)
 
 HV_PRINTF(3, 4) static int sfail(struct sender *s, int rc, const char *fmt, ...);
 
-static uint64_t term_of(const struct sender *s, gfn_t gfn)
+struct pc_split_ctx {
+    struct sender *s;
+    gfn_t low;
+};
+
+/* One leaf of the p2m: its dirty pages that were sent before (a term)
+ * go to s->pending, a bitmap word at a time (one look at the leaf's type,
+ * not a p2m lookup and a term per page: a 4 GiB guest has most of a
+ * million of them, in the pause). */
+static int pc_split_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                         ept_entry_t *e)
 {
-    uint64_t c = gfn / 512;
-    return c < s->nterm && s->term[c] ? s->term[c][gfn % 512] : 0;
+    struct pc_split_ctx *c = ctx;
+    struct sender *s = c->s;
+    (void)mfn, (void)e;
+    if (!p2m_is_ram(type))
+        return 0;
+    gfn_t lo = gfn > c->low ? gfn : c->low, hi = gfn + order_pages(order);
+    hi = hi < s->nr_gfns ? hi : s->nr_gfns;
+    for (gfn_t w = lo / 64; lo < hi && w <= (hi - 1) / 64; w++) {
+        uint64_t mask = ~0ULL;
+        if (w * 64 < lo)
+            mask &= ~0ULL << (lo % 64);
+        if (w * 64 + 64 > hi)
+            mask &= ~0ULL >> (64 - hi % 64);
+        uint64_t b = s->bitmap[w] & mask, chunk = w / 8, sent = 0;
+        if (!b || chunk >= s->nterm || !s->term[chunk])
+            continue;
+        /* (a word's 64 terms are one run of one chunk's array) */
+        const uint64_t *t = s->term[chunk] + (w % 8) * 64;
+        for (unsigned i = 0; i < 64; i++)
+            sent |= (uint64_t)(t[i] != 0) << i;
+        b &= sent;
+        s->pending[w] |= b;
+        s->bitmap[w] &= ~b;
+        s->npending += (uint64_t)__builtin_popcountll(b);
+    }
+    return 0;
 }
 
 /*
@@ -911,22 +945,13 @@ static int pc_split(struct sender *s)
     s->pending = hv_calloc(words ? words : 1, 8);
     if (!s->pending)
         return -ENOMEM;
-    gfn_t low = HVG_SYSTEM_END >> PAGE_SHIFT;
-    domain_lock(s->d);
-    for (size_t w = 0; w < words; w++)
-        for (uint64_t b = s->bitmap[w]; b; b &= b - 1) {
-            gfn_t g = w * 64 + (uint64_t)__builtin_ctzll(b);
-            enum p2m_type t;
-            if (g < low || !term_of(s, g))
-                continue;
-            (void)p2m_get_entry(s->d->p2m, g, &t, NULL);
-            if (!p2m_is_ram(t))
-                continue;
-            s->pending[w] |= 1ULL << (g % 64);
-            s->bitmap[w] &= ~(1ULL << (g % 64));
-            s->npending++;
-        }
-    domain_unlock(s->d);
+    struct pc_split_ctx c = {s, HVG_SYSTEM_END >> PAGE_SHIFT};
+    if (s->nr_gfns > c.low) {
+        domain_lock(s->d);
+        /* (a walk that fails leaves pages in the bitmap: the final round) */
+        (void)p2m_for_each_leaf(s->d->p2m, c.low, s->nr_gfns - c.low, pc_split_leaf, &c);
+        domain_unlock(s->d);
+    }
     s->pc_all = hv_malloc((words ? words : 1) * 8);
     if (!s->pc_all)
         return -ENOMEM;
@@ -2529,12 +2554,17 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
             if (pages > d->tot_pages)
                 return rxfail(x, -EBADMSG, "PC_PENDING names more pages than the domain's %llu",
                               (unsigned long long)d->tot_pages);
-            for (; v; v &= v - 1) {
-                gfn_t g = first + 64ULL * w + (uint64_t)__builtin_ctzll(v);
+            /* a run of ones at a time (most words are all ones or none) */
+            while (v) {
+                unsigned b = (unsigned)__builtin_ctzll(v);
+                uint64_t zeros = ~(v >> b);
+                unsigned k = zeros ? (unsigned)__builtin_ctzll(zeros) : 64;
+                v = b + k >= 64 ? 0 : v & (~0ULL << (b + k));
+                gfn_t g = first + 64ULL * w + b;
                 struct postcopy_run *last = res->pc_nruns ? &res->pc_runs[res->pc_nruns - 1]
                                                           : NULL;
                 if (last && last->pfn + last->nr == g) {
-                    last->nr++;
+                    last->nr += k;
                     continue;
                 }
                 if (res->pc_nruns == cap) {
@@ -2545,7 +2575,7 @@ static int rx_pending(struct rx *x, const struct domain *d, struct migrate_recv_
                     res->pc_runs = r;
                     cap = c;
                 }
-                res->pc_runs[res->pc_nruns++] = (struct postcopy_run){g, 1};
+                res->pc_runs[res->pc_nruns++] = (struct postcopy_run){g, k};
             }
         }
         x->pos = x->len;

@@ -44,10 +44,10 @@
 #define REGION_PAGES 512u
 #define REQ_QUEUE 4096u
 
-/* A registered piece of the mirror: RAM of one 2M region. */
+/* A registered piece of the mirror: RAM of one 2M region (for minor
+ * faults, and missing ones: a hole of the memfd, arm_leaf). */
 struct pc_range {
     uint64_t hva, len;
-    uint64_t mode; /* UFFDIO_REGISTER_MODE_* it is registered with */
 };
 
 struct pc_waiter {
@@ -94,7 +94,7 @@ struct postcopy_rx {
     struct postcopy_rx_stats st;
     uint64_t landed, landed_told; /* background frames landed; told the sender */
     pthread_t premap_thread;
-    bool premap_up;
+    bool premap_up; /* set by the I/O thread (read once it is joined) */
     int premap_stop;
     bool link_lost;   /* the connection failed; waiting for another */
     bool done_unsent; /* whole, but PC_DONE did not go out */
@@ -222,8 +222,8 @@ static void unregister_region(struct postcopy_rx *p, uint64_t reg)
 /* ---- the fault server ------------------------------------------------------------- */
 
 /* A page that is here but in a hole of the memfd (zero): allocated, so
- * that it can be mapped (a missing fault, registered where the frames had
- * holes at the switch). */
+ * that it can be mapped (a missing fault: every range is registered for
+ * them too). */
 static void fill_hole(struct postcopy_rx *p, gfn_t gfn)
 {
     enum p2m_type t;
@@ -616,6 +616,12 @@ static void *io_main(void *arg)
 {
     struct postcopy_rx *p = arg;
     int rc = 0;
+    /* the premap starts here, not in postcopy_rx_start: the guest's
+     * start need not wait for one more thread (on 2 busy cores, creating
+     * it there cost 1-5 ms of the downtime) */
+    if (!p->soft && !p->premap_up &&
+        pthread_create(&p->premap_thread, NULL, premap_main, p) == 0)
+        p->premap_up = true; /* (without it, touches map the pages one by one) */
     while (rc == 0) {
         rc = send_requests(p);
         if (rc < 0)
@@ -703,10 +709,13 @@ static void *io_main(void *arg)
 
 /* ---- set-up and tear-down ----------------------------------------------------------- */
 
-/* Leaves of a pending run: all RAM and covering it without a gap. */
+/* The pending runs (ascending, apart) against the leaves, in one walk:
+ * every pfn of every run in a RAM leaf, no gap. */
 struct ram_check {
-    gfn_t next; /* the first pfn not yet seen as RAM */
-    gfn_t bad;  /* a pfn that is not RAM, or INVALID_GFN */
+    const struct postcopy_run *runs;
+    size_t nruns, i; /* the run being checked */
+    gfn_t pos;       /* its first pfn not yet seen in a RAM leaf */
+    gfn_t bad;       /* a pfn that is not RAM, or INVALID_GFN */
 };
 
 static int ram_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
@@ -714,13 +723,23 @@ static int ram_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_ty
 {
     struct ram_check *c = ctx;
     (void)mfn, (void)e;
-    gfn_t start = gfn > c->next ? gfn : c->next;
-    if (!p2m_is_ram(type) || gfn > c->next) {
-        c->bad = !p2m_is_ram(type) ? start : c->next;
-        return 1;
+    gfn_t end = gfn + order_pages(order);
+    while (c->i < c->nruns) {
+        if (c->pos < gfn || (c->pos < end && !p2m_is_ram(type))) {
+            c->bad = c->pos; /* in no leaf, or in one that is not RAM */
+            return 1;
+        }
+        if (c->pos >= end)
+            return 0;
+        gfn_t run_end = c->runs[c->i].pfn + c->runs[c->i].nr;
+        if (run_end > end) {
+            c->pos = end;
+            return 0;
+        }
+        if (++c->i < c->nruns)
+            c->pos = c->runs[c->i].pfn;
     }
-    c->next = gfn + order_pages(order);
-    return 0;
+    return 1;
 }
 
 struct arm_ctx {
@@ -755,47 +774,40 @@ static int arm_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_ty
         p->ranges = v;
         p->cap_ranges = n;
     }
-    /* a hole of the memfd is a missing page, not a minor fault: where
-     * shmem THP gives 2M folios, a region with a hole is allocated now
-     * through the machine's mapping (a region in a hole: one folio, one
-     * PMD later); else missing faults are caught too, and the page
-     * allocated when it is touched (allocating them all here would be in
-     * the downtime) */
-    uint64_t mode = UFFDIO_REGISTER_MODE_MINOR;
-    /* residency in the memfd's page cache (mapped here or not; on a
-     * host with swap a swapped page reads as a hole: caught as missing,
-     * and allocating it then is a no-op) */
-    unsigned char vec[REGION_PAGES];
-    bool hole = mincore(machine_ptr(p->m, mfn + (s - gfn)), len, vec) < 0;
-    for (uint64_t i = 0; !hole && i < (len >> PAGE_SHIFT); i++)
-        hole = !(vec[i] & 1);
-    if (!hole)
-        ;
-    else if (thp_shmem_usable(p->m->thp))
+    /* a hole of the memfd is a missing page, not a minor fault, so every
+     * range is registered for both: a touch of a hole is caught as missing
+     * and the page allocated then (serve_fault).  Which pages are holes is
+     * not asked page by page (mincore over a 4 GiB guest's pending
+     * regions took 30 ms of the downtime here).  Where shmem THP gives 2M
+     * folios, a region with a hole is allocated now through the
+     * machine's mapping instead (a region in a hole: one folio, one PMD
+     * later); SEEK_HOLE finds it in one call (a 2M folio is one entry of
+     * the page cache).  A resident machine has no holes. */
+    off_t off = (off_t)machine_offset(mfn + (s - gfn));
+    if (!p->m->resident && thp_shmem_usable(p->m->thp) &&
+        lseek(p->m->fd, off, SEEK_HOLE) < off + (off_t)len)
         (void)madvise(machine_ptr(p->m, mfn + (s - gfn)), len, MADV_POPULATE_WRITE);
-    else
-        mode |= UFFDIO_REGISTER_MODE_MISSING; /* allocated when touched (serve_fault) */
     /* registered and unmapped later, adjacent ranges together (arm_all) */
-    p->ranges[p->nranges++] = (struct pc_range){hva, len, mode};
+    p->ranges[p->nranges++] = (struct pc_range){hva, len};
     p->rnr[a->reg]++;
     return 0;
 }
 
-/* Register and unmap the ranges: adjacent ones with the same mode in one
- * call each (in the downtime: a 4 GiB guest has thousands of regions). */
+/* Register and unmap the ranges: adjacent ones in one call each (in the
+ * downtime: a 4 GiB guest has thousands of regions). */
 static int arm_all(struct postcopy_rx *p)
 {
     for (size_t i = 0; i < p->nranges;) {
         size_t k = i + 1;
         uint64_t end = p->ranges[i].hva + p->ranges[i].len;
-        while (k < p->nranges && p->ranges[k].hva == end &&
-               p->ranges[k].mode == p->ranges[i].mode) {
+        while (k < p->nranges && p->ranges[k].hva == end) {
             end += p->ranges[k].len;
             k++;
         }
         uint64_t len = end - p->ranges[i].hva;
         struct uffdio_register r = {.range = {p->ranges[i].hva, len},
-                                    .mode = p->ranges[i].mode};
+                                    .mode = UFFDIO_REGISTER_MODE_MINOR |
+                                            UFFDIO_REGISTER_MODE_MISSING};
         if (ioctl(p->uffd, UFFDIO_REGISTER, &r) < 0)
             return -errno; /* (rx_free unregisters what was, region by region) */
         (void)madvise((void *)(uintptr_t)p->ranges[i].hva, len, MADV_DONTNEED);
@@ -928,21 +940,21 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
         rc = -ENOMEM;
         goto fail;
     }
-    /* every pending pfn is RAM here (checked leaf by leaf: this is in the
-     * downtime), then the bitmaps and the per-region counts, run by run */
-    domain_lock(d);
-    for (size_t i = 0; i < nruns && rc == 0; i++) {
-        struct ram_check rcx = {runs[i].pfn, INVALID_GFN};
-        int wr = p2m_for_each_leaf(d->p2m, runs[i].pfn, runs[i].nr, ram_leaf, &rcx);
-        if (wr < 0 || rcx.bad != INVALID_GFN || rcx.next < runs[i].pfn + runs[i].nr) {
+    /* every pending pfn is RAM here (checked leaf by leaf, in one walk:
+     * this is in the downtime), then the bitmaps and the per-region
+     * counts, run by run */
+    if (nruns) {
+        struct ram_check rcx = {runs, nruns, 0, runs[0].pfn, INVALID_GFN};
+        domain_lock(d);
+        int wr = p2m_for_each_leaf(d->p2m, runs[0].pfn, top - runs[0].pfn, ram_leaf, &rcx);
+        domain_unlock(d);
+        if (wr < 0 || rcx.bad != INVALID_GFN || rcx.i < nruns) {
             snprintf(why, len, "pending pfn %#llx is not RAM in the restored domain",
-                     (unsigned long long)(rcx.bad != INVALID_GFN ? rcx.bad : rcx.next));
+                     (unsigned long long)(rcx.bad != INVALID_GFN ? rcx.bad : rcx.pos));
             rc = -EINVAL;
+            goto fail;
         }
     }
-    domain_unlock(d);
-    if (rc < 0)
-        goto fail;
     for (size_t i = 0; i < nruns; i++)
         for (gfn_t f = runs[i].pfn, e = runs[i].pfn + runs[i].nr; f < e;) {
             gfn_t reg_end = (f / REGION_PAGES + 1) * REGION_PAGES, to = e < reg_end ? e : reg_end;
@@ -1010,8 +1022,6 @@ int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_ru
         goto fail;
     }
     p->fault_up = true;
-    if (pthread_create(&p->premap_thread, NULL, premap_main, p) == 0)
-        p->premap_up = true; /* (without it, touches map the pages one by one) */
 threads:
     p->zero_hash = stream_zero_page_hash();
     p->t0 = hv_now_ns();

@@ -26,9 +26,10 @@
  * its 2M and 1G leaves throughout: nothing is split).  Every 2M region with
  * a pending page has its mirror mapping unmapped (MADV_DONTNEED: the data
  * stays in the memfd) and registered with a userfaultfd in minor-fault
- * mode, so any touch of it, by a vCPU (directly, or KVM's own access for
- * its page tables) or by the host through the mirror, is a minor fault that
- * one fault-server thread sees.  A page that is here is mapped at once
+ * mode (and missing-fault mode, for holes of the memfd), so any touch of
+ * it, by a vCPU (directly, or KVM's own access for its page tables) or by
+ * the host through the mirror, is a fault that one fault-server thread
+ * sees.  A page that is here is mapped at once
  * (UFFDIO_CONTINUE, 4K); a pending one is requested (PC_REQ) and its
  * vCPU alone waits.  An I/O thread reads PC_PAGES into the frames through
  * the machine's own mapping (never through the guest's), maps the pages

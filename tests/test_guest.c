@@ -1138,6 +1138,7 @@ static void test_postcopy_refusals(void **s)
             {{low, 8}, {low + 4, 8}},         /* overlapping */
             {{low + 16, 8}, {low, 8}},        /* out of order */
             {{top + 512, 1}, {0, 0}},         /* not RAM */
+            {{low, 8}, {top + 512, 1}},       /* RAM, then a run that is not */
             {{low, 0}, {0, 0}},               /* empty */
             {{low, UINT64_MAX - 4}, {0, 0}},  /* beyond the pfn limit */
         };
