@@ -358,6 +358,11 @@ int guest_state_build(struct domain *d, const struct guest_state *gs,
 #define XF_AVX 0x4ULL
 #define XF_MPX 0x18ULL
 #define XF_AVX512 0xe0ULL
+/* The features an XSAVE area in KVM's user layout may hold: x87 .. PKRU
+ * but Intel PT (bit 8, supervisor), AMX's two, APX.  KVM's user layout has
+ * every feature the guest's CPUID offers in XSTATE_BV, not only XCR0's
+ * (PKRU is there with XCR0 7); KVM checks them against that CPUID. */
+#define XF_USER 0xe02ffULL
 
 const char *guest_state_msr_name(uint32_t index)
 {
@@ -463,7 +468,6 @@ static int decode_xsave(const uint8_t *val, uint32_t len, size_t at, struct hvct
                     "bytes, a multiple of 4)", at, nx, xl, len, HVCTX_MAX_XCRS, HVCTX_XSAVE_MIN,
                     HVCTX_XSAVE_MAX);
     const uint8_t *r = val + sizeof(h);
-    uint64_t xcr0 = XF_X87 | XF_SSE; /* what an area without XCRs may hold */
     for (uint32_t i = 0; i < nx; i++) {
         struct hvctx_reg x;
         memcpy(&x, r + 16 * i, 16);
@@ -482,7 +486,6 @@ static int decode_xsave(const uint8_t *val, uint32_t len, size_t at, struct hvct
                         "SSE; AVX-512's three features together and with AVX)", at,
                         (unsigned long long)v, off);
         e->xcrs[i] = (struct hvctx_reg){idx, 0, v};
-        xcr0 = v;
     }
     const uint8_t *xs = r + 16 * nx;
     size_t xo = at + 8 + sizeof(h) + 16 * nx; /* the area's offset */
@@ -501,10 +504,10 @@ static int decode_xsave(const uint8_t *val, uint32_t len, size_t at, struct hvct
                     "header (offset %zu) is not the standard format (XCOMP_BV %#llx%s)", at,
                     xo + XS_XCOMP_BV, (unsigned long long)comp,
                     rsvd ? ", reserved bytes set" : "");
-    if (bv & ~xcr0)
+    if (bv & ~XF_USER)
         return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_XSAVE TLV at %zu: XSTATE_BV %#llx "
-                    "(offset %zu) holds features XCR0 %#llx does not enable", at,
-                    (unsigned long long)bv, xo + XS_XSTATE_BV, (unsigned long long)xcr0);
+                    "(offset %zu) holds features that are no user state (%#llx)", at,
+                    (unsigned long long)bv, xo + XS_XSTATE_BV, (unsigned long long)XF_USER);
     e->nr_xcrs = nx;
     e->xsave_len = xl;
     memcpy(e->xsave, xs, xl);

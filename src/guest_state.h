@@ -151,7 +151,7 @@ struct guest_state_ext_seen {
  * found at offset `at` of the TLV area) into ext[vcpu], vcpu < nr_ext
  * (<= 64), and mark it in *seen.  Untrusted: version, sizes, reserved
  * fields, the vCPU (given twice), XCR numbers and XCR0's feature rules,
- * the XSAVE header (standard format, features within XCR0, MXCSR), MSR
+ * the XSAVE header (standard format, user-state features only, MXCSR), MSR
  * indexes (HVCTX_PROG_MSR_LIST only, each once) and the values KVM would
  * refuse (addresses not canonical, PAT types, TSC_AUX) are checked.  0,
  * or -EBADMSG with err naming the TLV, its offset and the field. */

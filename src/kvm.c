@@ -1248,6 +1248,13 @@ static int kvm_set_state(struct guest_exec *x, unsigned i, const struct hvctx_pr
     if ((rc = xioctl(fd, KVM_SET_SREGS, &sr)) < 0 || (rc = xioctl(fd, KVM_SET_REGS, &r)) < 0 ||
         (rc = xioctl(fd, KVM_SET_FPU, &f)) < 0)
         return rc;
+    if (sr.cr4 & CR4_OSXSAVE) {
+        /* XCR0 as a fresh vCPU has it (a PROG_XSAVE TLV sets the saved one
+         * after this): never an OSXSAVE guest with KVM's XCR0 of x87 only */
+        struct kvm_xcrs xc = {.nr_xcrs = 1, .xcrs = {{.xcr = 0, .value = vm->xcr0}}};
+        if ((rc = xioctl(fd, KVM_SET_XCRS, &xc)) < 0)
+            return rc;
+    }
     return 0;
 }
 
