@@ -1224,6 +1224,45 @@ static int kvm_get_state(struct guest_exec *x, unsigned i, struct hvctx_prog_vcp
     return 0;
 }
 
+/*
+ * KVM_SET_FPU writes the legacy FXSAVE image into the vCPU's XSAVE area
+ * but leaves XSTATE_BV alone: on a new vCPU, whose x87 and SSE are in their
+ * init state, the registers would then load as zeros (found by
+ * test_xsave_kvm: a stream without PROG_XSAVE lost every xmm register).
+ * So, where KVM has XSAVE, the image goes into the area read back, with
+ * XSTATE_BV's x87 and SSE bits set.  A PROG_XSAVE TLV replaces it all.
+ * (KVM_GET_FPU does not report MXCSR either, seen as 0: only PROG_XSAVE
+ * carries it.)
+ */
+static int fpu_to_xsave(struct kvm_vm *vm, int fd, const struct kvm_fpu *f)
+{
+    if (!vm->xsave_size || vm->xsave_size > HVCTX_XSAVE_MAX)
+        return 0;
+    uint8_t *a = calloc(1, vm->xsave_size);
+    if (!a)
+        return -ENOMEM;
+    int rc = xioctl(fd, vm->xsave2 ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, a);
+    if (rc == 0) {
+        memcpy(a + 0, &f->fcw, 2);
+        memcpy(a + 2, &f->fsw, 2);
+        memcpy(a + 4, &f->ftwx, 1);
+        memcpy(a + 6, &f->last_opcode, 2);
+        memcpy(a + 8, &f->last_ip, 8);
+        memcpy(a + 16, &f->last_dp, 8);
+        memcpy(a + 24, &f->mxcsr, 4);
+        for (unsigned k = 0; k < 8; k++) /* st0-7: 10 bytes in 16 */
+            memcpy(a + 32 + 16 * k, f->fpr[k], 16);
+        memcpy(a + 160, f->xmm, sizeof(f->xmm));
+        uint64_t bv;
+        memcpy(&bv, a + 512, 8);
+        bv |= 0x3; /* x87, SSE */
+        memcpy(a + 512, &bv, 8);
+        rc = xioctl(fd, KVM_SET_XSAVE, a);
+    }
+    free(a);
+    return rc;
+}
+
 /* The saved state, checked for what would let a guest leave its sandbox:
  * it must run at CPL 3 in long mode on this VM's own page tables, GDT, IDT
  * and TSS (the host's system pages), with IOPL 0. */
@@ -1255,7 +1294,7 @@ static int kvm_set_state(struct guest_exec *x, unsigned i, const struct hvctx_pr
         if ((rc = xioctl(fd, KVM_SET_XCRS, &xc)) < 0)
             return rc;
     }
-    return 0;
+    return fpu_to_xsave(vm, fd, &f);
 }
 
 /* Only with the vCPU out of KVM_RUN, as kvm_get_state. */

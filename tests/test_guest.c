@@ -552,7 +552,9 @@ static void set_tsc(struct guest *g, unsigned v, uint64_t tsc)
  * one must hold what it loaded, and its TSC must not have gone back.
  * With `carry` false the resumed vCPUs get their PROG_VCPU only (as from a
  * stream written before the new TLVs): the TSC then restarts near zero
- * and AVX's upper halves are lost, which the same checks must see.
+ * and AVX's upper halves are lost (and MXCSR, which KVM_GET_FPU does not
+ * report), which the same checks must see; x87 and SSE registers come
+ * through PROG_VCPU's FPU image (kvm.c puts it into the XSAVE area).
  */
 static void xsave_resume(enum guest_backend b, bool carry)
 {
@@ -656,7 +658,7 @@ static void xsave_resume(enum guest_backend b, bool carry)
     if (rc < 0)
         fail_msg("the resumed guest: %s (%s)", strerror(-rc), e.g->fault.what);
 
-    unsigned bad_tsc = 0, bad_ymm = 0;
+    unsigned bad_tsc = 0, bad_ymm = 0, lost_mxcsr = 0;
     for (unsigned v = 0; v < nv; v++) {
         volatile uint64_t *w = fpu_page(e.g, v);
         const volatile uint8_t *p = (const volatile uint8_t *)w;
@@ -690,15 +692,21 @@ static void xsave_resume(enum guest_backend b, bool carry)
         uint32_t mx;
         memcpy(&cw, (const uint8_t *)p + 704, 2);
         memcpy(&mx, (const uint8_t *)p + 708, 4);
-        if (cw != 0x0f7f || mx != 0x7f80)
+        if (cw != 0x0f7f || (mx != 0x7f80 && (carry || !kvm)))
             fail_msg("vCPU %u: x87 control word %#x, MXCSR %#x", v, cw, mx);
+        /* KVM_GET_FPU does not report MXCSR (it reads 0 here): only
+         * PROG_XSAVE carries it */
+        lost_mxcsr += mx != 0x7f80;
     }
     if (carry || !kvm) {
         assert_int_equal(bad_tsc, 0);
         assert_int_equal(bad_ymm, 0);
     } else {
         /* what the new TLVs are for: without them the guest's time went
-         * back, and its AVX registers' upper halves were lost */
+         * back, and its AVX registers' upper halves were lost (x87 and SSE
+         * come with PROG_VCPU's FPU image, MXCSR not even there) */
+        print_message("# kvm, not carried: %u of %u vCPUs' TSC went back, %u AVX upper bytes "
+                      "and %u MXCSRs lost\n", bad_tsc, nv, bad_ymm, lost_mxcsr);
         assert_int_equal(bad_tsc, nv);
         if (avx)
             assert_true(bad_ymm > 0);
@@ -714,8 +722,8 @@ static void test_xsave_kvm(void **s)
 {
     (void)s;
     BACKEND_OR_SKIP(GUEST_BACKEND_KVM);
-    xsave_resume(GUEST_BACKEND_KVM, false);
     xsave_resume(GUEST_BACKEND_KVM, true);
+    xsave_resume(GUEST_BACKEND_KVM, false);
 }
 
 /* The same guest natively: its x87 and SSE registers through PROG_VCPU
