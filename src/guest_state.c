@@ -1,7 +1,9 @@
 /*
  * guest_state.c - vCPU and workload state as HVM_CONTEXT TLVs (see
  * guest_state.h, which also holds the wire structs); save/restore and live
- * migration (migrate.c) both encode and decode through this file.
+ * migration (migrate.c) both encode and decode through this file: soft
+ * vCPUs directly, a KVM vCPU's XSAVE area and MSRs through guest.c's
+ * program-guest encoder and decoder.
  */
 #include "guest_state.h"
 

@@ -1,7 +1,9 @@
 /*
  * guest_state.h - a guest's soft vCPUs and workloads as HVM_CONTEXT TLVs
- * (HVCTX_VCPU = 3, HVCTX_WORKLOAD = 4; save.h reserves the types, docs/
- * stream.md describes the values).
+ * (HVCTX_VCPU = 3, HVCTX_WORKLOAD = 4), and a KVM vCPU's XSAVE area, XCRs
+ * and MSRs beside its PROG_VCPU (HVCTX_PROG_XSAVE = 8, HVCTX_PROG_MSRS = 9,
+ * at the end of this file); save.h reserves the types, docs/stream.md
+ * describes the values.
  *
  * The encoding is exactly struct mig_vcpu_tlv and struct mig_workload_tlv
  * below (the wire structs of migrate.h's HVM_CONTEXT) (little-endian, one pair per vCPU): a stream saved by
