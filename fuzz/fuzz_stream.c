@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "guest.h"
+#include "guest_state.h"
 #include "save.h"
 
 static struct machine *machine;
@@ -56,6 +58,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc != dry_rc && rc != -ENOMEM && rc != -EDQUOT) {
         fprintf(stderr, "fuzz_stream: dry run %d, restore %d: %s\n", dry_rc, rc, rr.err);
         check(false, "the dry run and the restore disagree");
+    }
+    if (rc == 0 && rr.context) {
+        static struct guest_prog_state ps;
+        static struct guest_state gs;
+        char err[256] = "";
+        int p = guest_prog_decode(rr.context, rr.context_len, &ps, err, sizeof(err));
+        check(p == 1 || p == 0 || (p == -EBADMSG && err[0]), "the program vCPU decoder");
+        check(p != 1 || (ps.nr_vcpus > 0 && ps.nr_vcpus <= HVG_MAX_VCPUS),
+              "program vCPUs out of range");
+        err[0] = 0;
+        int sv = guest_state_decode(rr.context, rr.context_len, &gs, err, sizeof(err));
+        check(sv == 1 || sv == 0 || (sv == -EBADMSG && err[0]), "the soft vCPU decoder");
     }
     if (rc == 0) {
         check(rr.d != NULL, "success without a domain");

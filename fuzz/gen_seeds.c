@@ -6,7 +6,9 @@
  * scaled to the fuzzer's 1 MiB inputs: XTAB entries one per 1G region,
  * XALLOC sparse over a huge range, pages beyond max_pages, a GUEST_MEM
  * over the whole pfn space with zipf, a flipped pfn bit and a flipped data
- * byte under HV_CHECKSUM.  Usage: gen_seeds DIR.
+ * byte under HV_CHECKSUM; and a KVM guest's vCPUs (PROG_VCPU with its
+ * PROG_XSAVE and PROG_MSRS), so that the fuzzer reaches their decoder.
+ * Usage: gen_seeds DIR.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,8 @@
 
 #include <endian.h>
 
+#include "guest.h"
+#include "guest_state.h"
 #include "migrate.h"
 #include "save.h"
 
@@ -196,6 +200,44 @@ int main(int argc, char **argv)
     rc |= save_seed(argv[1], "hugevm_reverse_split", d, &o);
     o = (struct save_opts){.order = SAVE_ORDER_RANDOM, .seed = 3, .batch = 300};
     rc |= save_seed(argv[1], "hugevm_random", d, &o);
+
+    /* a KVM guest's two vCPUs: PROG_VCPU, PROG_XSAVE and PROG_MSRS each */
+    struct hvctx_buf kv;
+    struct hvctx_prog_ext *ext = calloc(1, sizeof(*ext));
+    if (!ext || hvctx_begin(&kv))
+        return 1;
+    for (unsigned v = 0; v < 2; v++) {
+        struct hvctx_prog_vcpu pv;
+        memset(&pv, 0, sizeof(pv));
+        pv.vcpu = v;
+        pv.nr_vcpus = 2;
+        pv.backend = GUEST_BACKEND_KVM;
+        pv.guest_page_order = PAGE_ORDER_2M;
+        if (hvctx_add(&kv, HVCTX_PROG_VCPU, HVCTX_F_CRITICAL, &pv, sizeof(pv)))
+            return 1;
+    }
+    for (unsigned v = 0; v < 2; v++) {
+        memset(ext, 0, sizeof(*ext));
+        ext->xsave_len = 4096;
+        uint32_t mxcsr = htole32(0x1f80);
+        uint64_t bv = htole64(7);
+        memset(ext->xsave + 160, 0x3c + (int)v, 256); /* xmm0-15 */
+        memcpy(ext->xsave + 24, &mxcsr, 4);
+        memcpy(ext->xsave + 512, &bv, 8);
+        ext->nr_xcrs = 1;
+        ext->xcrs[0] = (struct hvctx_reg){0, 0, 7};
+        ext->nr_msrs = 3;
+        ext->msrs[0] = (struct hvctx_reg){HVCTX_MSR_IA32_TSC, 0, 1ULL << 40};
+        ext->msrs[1] = (struct hvctx_reg){0x277u, 0, 0x0007040600070406ULL};
+        ext->msrs[2] = (struct hvctx_reg){0xc0000082u, 0, 0xffffffff81000000ULL};
+        if (guest_state_prog_ext_encode(&kv, v, ext))
+            return 1;
+    }
+    o = (struct save_opts){.batch = 200, .extra_tlvs = kv.p + sizeof(struct hvctx_header),
+                           .extra_tlvs_len = kv.len - sizeof(struct hvctx_header)};
+    rc |= save_seed(argv[1], "hugevm_kvm_vcpus", d, &o);
+    hvctx_free(&kv);
+    free(ext);
 
     /* a foreign producer: no hugevm records, an opaque HVM_CONTEXT */
     struct stream_mem mem;

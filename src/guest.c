@@ -1839,8 +1839,12 @@ int guest_prog_encode(struct guest *g, struct hvctx_buf *b)
     if (g->started && !g->paused)
         return -EBUSY;
     struct hvctx_prog_vcpu *s = hv_calloc(1, sizeof(*s));
-    if (!s)
+    struct hvctx_prog_ext *e = g->x->ops->get_ext ? hv_malloc(sizeof(*e)) : NULL;
+    if (!s || (g->x->ops->get_ext && !e)) {
+        free(s);
+        free(e);
         return -ENOMEM;
+    }
     int rc = 0;
     for (unsigned i = 0; rc == 0 && i < g->nr_vcpus; i++) {
         memset(s, 0, sizeof(*s));
@@ -1852,8 +1856,15 @@ int guest_prog_encode(struct guest *g, struct hvctx_buf *b)
         s->backend = (uint32_t)g->backend;
         s->flags = g->fresh ? HVCTX_PROG_F_FRESH : 0;
         rc = hvctx_add(b, HVCTX_PROG_VCPU, HVCTX_F_CRITICAL, s, sizeof(*s));
+        if (rc == 0 && e) {
+            memset(e, 0, offsetof(struct hvctx_prog_ext, xsave));
+            rc = g->x->ops->get_ext(g->x, i, e);
+            if (rc == 0)
+                rc = guest_state_prog_ext_encode(b, i, e);
+        }
     }
     free(s);
+    free(e);
     return rc;
 }
 
@@ -1863,6 +1874,8 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
     const uint8_t *a = area;
     bool seen[HVG_MAX_VCPUS] = {0};
     unsigned nr = 0, found = 0;
+    struct guest_state_ext_seen ext = {0, 0};
+    size_t ext_at = 0;
     memset(st, 0, sizeof(*st));
     for (size_t pos = 0; pos < len;) {
         struct hvctx_tlv t;
@@ -1902,8 +1915,20 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
             seen[s.vcpu] = true;
             st->v[s.vcpu] = s;
             found++;
+        } else if (t.type == HVCTX_PROG_XSAVE || t.type == HVCTX_PROG_MSRS) {
+            if (!ext.xsave && !ext.msrs)
+                ext_at = pos;
+            int rc = guest_state_prog_ext_decode(t.type, a + body, t.length, pos, st->ext,
+                                                 HVG_MAX_VCPUS, &ext, err, errlen);
+            if (rc < 0)
+                return rc;
         }
         pos = body + padded;
+    }
+    if (!found && (ext.xsave || ext.msrs)) {
+        snprintf(err, errlen, "HVM_CONTEXT: %s TLV at %zu without the PROG_VCPU TLVs it "
+                 "extends", ext.xsave ? "PROG_XSAVE" : "PROG_MSRS", ext_at);
+        return -EBADMSG;
     }
     if (!found)
         return 0;
@@ -1911,6 +1936,12 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
         snprintf(err, errlen, "HVM_CONTEXT: %u of %u program vCPUs", found, nr);
         return -EBADMSG;
     }
+    int rc = guest_state_prog_ext_check(&ext, nr, st->v[0].backend == GUEST_BACKEND_KVM, err,
+                                        errlen);
+    if (rc < 0)
+        return rc;
+    st->has_xsave = ext.xsave != 0;
+    st->has_msrs = ext.msrs != 0;
     st->nr_vcpus = nr;
     return 1;
 }
@@ -1971,10 +2002,23 @@ int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st
     }
     for (unsigned i = 0; rc == 0 && i < g->nr_vcpus; i++) {
         rc = g->x->ops->set_state(g->x, i, &st->v[i]);
-        if (rc < 0)
+        if (rc < 0) {
             snprintf(why, len, "vCPU %u's saved state: %s", i,
                      rc == -EPERM ? "not a CPL 3 long-mode state on this VM's system pages"
                                   : strerror(-rc));
+        } else if (st->has_xsave || st->has_msrs) {
+            /* the XSAVE area over set_state's FPU (the same registers, and
+             * the rest), the MSRs (the TSC goes on from where it stopped) */
+            char xwhy[200] = "";
+            if (!g->x->ops->set_ext) {
+                snprintf(xwhy, sizeof(xwhy), "the %s backend carries none", g->x->ops->name);
+                rc = -ENOTSUP;
+            } else {
+                rc = g->x->ops->set_ext(g->x, i, &st->ext[i], xwhy, sizeof(xwhy));
+            }
+            if (rc < 0)
+                snprintf(why, len, "vCPU %u's saved XSAVE area and MSRs: %s", i, xwhy);
+        }
     }
     if (rc < 0) {
         guest_destroy(g);

@@ -314,15 +314,24 @@ int guest_encode(struct guest *g, struct hvctx_buf *b) HV_MUST_CHECK;
 struct guest_prog_state {
     unsigned nr_vcpus;
     struct hvctx_prog_vcpu v[HVG_MAX_VCPUS];
+    /* KVM vCPUs: XSAVE area, XCRs, MSRs (guest_state.h's PROG_XSAVE and
+     * PROG_MSRS), for every vCPU or none; none in streams written before
+     * they existed, and for native guests */
+    bool has_xsave, has_msrs;
+    struct hvctx_prog_ext ext[HVG_MAX_VCPUS];
 };
 
-/* A paused program guest's vCPUs as TLVs appended to b (hvctx_begin'd).
- * -ENOTSUP for soft guests, -EBUSY when not paused, -ESRCH for a native
- * vCPU not in guest code, -ENOMEM, an ioctl's errno. */
+/* A paused program guest's vCPUs as TLVs appended to b (hvctx_begin'd):
+ * per vCPU a PROG_VCPU and, where the backend has them (kvm), PROG_XSAVE
+ * and PROG_MSRS.  -ENOTSUP for soft guests, -EBUSY when not paused,
+ * -ESRCH for a native vCPU not in guest code, -ENOMEM, an ioctl's errno
+ * (-E2BIG: an XSAVE area larger than HVCTX_XSAVE_MAX). */
 int guest_prog_encode(struct guest *g, struct hvctx_buf *b) HV_MUST_CHECK;
 /* Decode the program-guest TLVs of a context area (other types ignored).
  * 1: st holds a complete state; 0: none in the area; -EBADMSG with err
- * (untrusted bytes: counts, ids, orders and sizes are checked). */
+ * (untrusted bytes: counts, ids, orders and sizes are checked; the XSAVE
+ * and MSR TLVs as guest_state_prog_ext_decode says, and refused without
+ * PROG_VCPU TLVs, for a native guest, or for some vCPUs only). */
 int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st, char *err,
                       size_t errlen) HV_MUST_CHECK;
 /* A program guest over a restored domain d whose memory holds the program

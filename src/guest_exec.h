@@ -51,6 +51,56 @@ struct hvctx_prog_vcpu {
 };
 _Static_assert(sizeof(struct hvctx_prog_vcpu) == 896, "HVCTX_PROG_VCPU");
 
+/*
+ * The rest of a KVM vCPU's architectural state, beside its PROG_VCPU TLV
+ * (guest_state.h encodes it as HVCTX_PROG_XSAVE and HVCTX_PROG_MSRS and
+ * checks it when decoding): the XSAVE area in KVM's user layout (standard
+ * format, KVM_GET_XSAVE2's size, at least struct kvm_xsave's 4096 bytes:
+ * x87, SSE, AVX and whatever else XCR0 enables), the XCRs, and the MSRs
+ * of HVCTX_PROG_MSR_LIST that this KVM lists in KVM_GET_MSR_INDEX_LIST.
+ * EFER and the FS/GS bases are in kvm_sregs already.  The native backend
+ * carries none of it (its x87/SSE state is the FXSAVE image in
+ * hvctx_prog_vcpu.fpu; its TSC is the host's): both TLVs are absent for
+ * native guests, and a native guest's stream that holds one is refused.
+ */
+#define HVCTX_XSAVE_MIN 576u   /* the legacy area and the XSAVE header */
+#define HVCTX_XSAVE_MAX 16384u /* AMX's 11008 bytes fit */
+#define HVCTX_MAX_XCRS 16u     /* KVM_MAX_XCRS */
+#define HVCTX_MAX_MSRS 32u
+struct hvctx_reg {
+    uint32_t index, reserved; /* reserved: 0 */
+    uint64_t value;
+};
+struct hvctx_prog_ext {
+    uint32_t xsave_len; /* 0: none (a KVM without KVM_CAP_XSAVE) */
+    uint32_t nr_xcrs, nr_msrs;
+    struct hvctx_reg xcrs[HVCTX_MAX_XCRS]; /* index: the XCR's number (0: XCR0) */
+    struct hvctx_reg msrs[HVCTX_MAX_MSRS];
+    uint8_t xsave[HVCTX_XSAVE_MAX];
+};
+
+/*
+ * The MSRs a KVM vCPU's state carries (X(index, name)), those a guest
+ * program's time and system calls depend on.  A stream naming any other
+ * MSR is refused.  IA32_TSC is restored, so that the guest's time stamp
+ * counter goes on from where it stopped instead of restarting near zero
+ * on the new VM (its time would jump backwards).
+ */
+#define HVCTX_PROG_MSR_LIST(X)                                                 \
+    X(0x00000010u, IA32_TSC)                                                   \
+    X(0x0000003bu, IA32_TSC_ADJUST)                                            \
+    X(0x00000174u, IA32_SYSENTER_CS)                                           \
+    X(0x00000175u, IA32_SYSENTER_ESP)                                          \
+    X(0x00000176u, IA32_SYSENTER_EIP)                                          \
+    X(0x00000277u, IA32_PAT)                                                   \
+    X(0xc0000081u, STAR)                                                       \
+    X(0xc0000082u, LSTAR)                                                      \
+    X(0xc0000083u, CSTAR)                                                      \
+    X(0xc0000084u, SFMASK)                                                     \
+    X(0xc0000102u, KERNEL_GS_BASE)                                             \
+    X(0xc0000103u, TSC_AUX)
+#define HVCTX_MSR_IA32_TSC 0x00000010u
+
 /* ---- the interface of a program backend (kvm.c, native.c) ------------------ */
 
 enum guest_exit_kind {
@@ -88,6 +138,13 @@ struct guest_exec_ops {
     /* vCPU i's architectural state (NULL: the backend cannot capture it). */
     int (*get_state)(struct guest_exec *x, unsigned i, struct hvctx_prog_vcpu *s);
     int (*set_state)(struct guest_exec *x, unsigned i, const struct hvctx_prog_vcpu *s);
+    /* vCPU i's extended state (XSAVE, XCRs, MSRs), after set_state on the
+     * way in (NULL: the backend carries none).  get_ext: 0 or an ioctl's
+     * -errno (-E2BIG: an XSAVE area beyond HVCTX_XSAVE_MAX); set_ext's
+     * why[] says what failed (which MSR, which size). */
+    int (*get_ext)(struct guest_exec *x, unsigned i, struct hvctx_prog_ext *e);
+    int (*set_ext)(struct guest_exec *x, unsigned i, const struct hvctx_prog_ext *e, char *why,
+                   size_t len);
     /* vCPU i's thread is about to end (may be NULL). */
     void (*thread_exit)(struct guest_exec *x, unsigned i);
     /* The backend's log of guest writes (NULL where it has none): on/off

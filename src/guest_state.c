@@ -1,7 +1,9 @@
 /*
  * guest_state.c - vCPU and workload state as HVM_CONTEXT TLVs (see
  * guest_state.h, which also holds the wire structs); save/restore and live
- * migration (migrate.c) both encode and decode through this file.
+ * migration (migrate.c) both encode and decode through this file: soft
+ * vCPUs directly, a KVM vCPU's XSAVE area and MSRs through guest.c's
+ * program-guest encoder and decoder.
  */
 #include "guest_state.h"
 
@@ -177,7 +179,8 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
     const uint8_t *a = area;
     bool have_v[GUEST_STATE_MAX_VCPUS] = {0}, have_w[GUEST_STATE_MAX_VCPUS] = {0};
     unsigned nr = 0, seen = 0;
-    size_t pos = 0;
+    size_t pos = 0, kvm_at = 0;
+    uint16_t kvm_type = 0; /* the first KVM vCPU-state TLV (guest_state.h's rule) */
     int rc = 0;
     struct mig_vcpu_tlv *vt = hv_calloc(GUEST_STATE_MAX_VCPUS, sizeof(*vt));
     struct mig_workload_tlv *wt = hv_calloc(GUEST_STATE_MAX_VCPUS, sizeof(*wt));
@@ -208,6 +211,11 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
                 goto out;
             continue;
         }
+        if ((type == HVCTX_PROG_VCPU || type == HVCTX_PROG_XSAVE || type == HVCTX_PROG_MSRS) &&
+            !kvm_type) {
+            kvm_type = type;
+            kvm_at = pos - sizeof(t) - padded;
+        }
         if (type != HVCTX_VCPU && type != HVCTX_WORKLOAD)
             continue;
         seen++;
@@ -235,9 +243,20 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
             have_w[id] = true;
         }
     }
+    if (seen && kvm_type) {
+        rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLV at %zu: a program guest's vCPU "
+                  "state in a stream of soft vCPUs (VCPU and WORKLOAD TLVs): one guest has one "
+                  "kind of vCPU", kvm_type == HVCTX_PROG_VCPU    ? "PROG_VCPU"
+                                  : kvm_type == HVCTX_PROG_XSAVE ? "PROG_XSAVE"
+                                                                 : "PROG_MSRS",
+                  kvm_at);
+        goto out;
+    }
     if (!seen) {
-        rc = fail(err, errlen, 0, "the stream carries no vCPU state (saved without a running "
-                                  "guest)");
+        rc = fail(err, errlen, 0, kvm_type ? "the stream carries no soft vCPU state (it holds a "
+                                             "program guest's vCPUs: kvm or native)"
+                                           : "the stream carries no vCPU state (saved without "
+                                             "a running guest)");
         goto out;
     }
     for (unsigned i = 0; i < GUEST_STATE_MAX_VCPUS; i++) {
@@ -326,4 +345,260 @@ int guest_state_build(struct domain *d, const struct guest_state *gs,
         }
     free(mem);
     return rc;
+}
+
+/* ---- a KVM vCPU's XSAVE area, XCRs and MSRs ------------------------------ */
+
+/* XSAVE area offsets (standard format, Intel SDM vol. 1, 13.4). */
+#define XS_MXCSR 24u
+#define XS_XSTATE_BV 512u
+#define XS_XCOMP_BV 520u
+#define XS_HEADER_END 576u
+/* XCR0 features */
+#define XF_X87 0x1ULL
+#define XF_SSE 0x2ULL
+#define XF_AVX 0x4ULL
+#define XF_MPX 0x18ULL
+#define XF_AVX512 0xe0ULL
+/* The features an XSAVE area in KVM's user layout may hold: x87 .. PKRU
+ * but Intel PT (bit 8, supervisor), AMX's two, APX.  KVM's user layout has
+ * every feature the guest's CPUID offers in XSTATE_BV, not only XCR0's
+ * (PKRU is there with XCR0 7); KVM checks them against that CPUID. */
+#define XF_USER 0xe02ffULL
+
+const char *guest_state_msr_name(uint32_t index)
+{
+    switch (index) {
+#define X(idx, name)                                                           \
+    case idx:                                                                  \
+        return #name;
+        HVCTX_PROG_MSR_LIST(X)
+#undef X
+    default:
+        return NULL;
+    }
+}
+
+static uint64_t le64_at(const uint8_t *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return le64toh(x);
+}
+
+static void add_regs(uint8_t *p, const struct hvctx_reg *r, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        struct hvctx_reg w = {htole32(r[i].index), 0, htole64(r[i].value)};
+        memcpy(p + 16 * i, &w, 16);
+    }
+}
+
+int guest_state_prog_ext_encode(struct hvctx_buf *b, unsigned vcpu, const struct hvctx_prog_ext *e)
+{
+    if (e->nr_xcrs > HVCTX_MAX_XCRS || e->nr_msrs > HVCTX_MAX_MSRS ||
+        e->xsave_len > HVCTX_XSAVE_MAX || (e->xsave_len && e->xsave_len < HVCTX_XSAVE_MIN) ||
+        e->xsave_len % 4)
+        return -EINVAL;
+    size_t cap = sizeof(struct hvctx_prog_xsave_tlv) + 16 * HVCTX_MAX_XCRS + HVCTX_XSAVE_MAX;
+    uint8_t *p = hv_malloc(cap);
+    if (!p)
+        return -ENOMEM;
+    int rc = 0;
+    if (e->xsave_len) {
+        struct hvctx_prog_xsave_tlv h = {htole16(HVCTX_PROG_EXT_VERSION), 0, htole32(vcpu),
+                                         htole32(e->nr_xcrs), htole32(e->xsave_len)};
+        memcpy(p, &h, sizeof(h));
+        add_regs(p + sizeof(h), e->xcrs, e->nr_xcrs);
+        memcpy(p + sizeof(h) + 16 * e->nr_xcrs, e->xsave, e->xsave_len);
+        rc = hvctx_add(b, HVCTX_PROG_XSAVE, HVCTX_F_CRITICAL, p,
+                       (uint32_t)(sizeof(h) + 16 * e->nr_xcrs + e->xsave_len));
+    }
+    if (rc == 0 && e->nr_msrs) {
+        struct hvctx_prog_msrs_tlv h = {htole16(HVCTX_PROG_EXT_VERSION), 0, htole32(vcpu),
+                                        htole32(e->nr_msrs), 0};
+        memcpy(p, &h, sizeof(h));
+        add_regs(p + sizeof(h), e->msrs, e->nr_msrs);
+        rc = hvctx_add(b, HVCTX_PROG_MSRS, HVCTX_F_CRITICAL, p,
+                       (uint32_t)(sizeof(h) + 16 * e->nr_msrs));
+    }
+    free(p);
+    return rc;
+}
+
+/* Canonical in the widest paging KVM offers (57 bits): KVM checks the
+ * vCPU's own width when the value is set. */
+static bool canonical(uint64_t a)
+{
+    return (uint64_t)(((int64_t)(a << 7)) >> 7) == a;
+}
+
+/* What KVM would refuse in an MSR's value (NULL: fine). */
+static const char *msr_value_fault(uint32_t index, uint64_t v)
+{
+    switch (index) {
+    case 0x00000175u: /* SYSENTER_ESP */
+    case 0x00000176u: /* SYSENTER_EIP */
+    case 0xc0000082u: /* LSTAR */
+    case 0xc0000083u: /* CSTAR */
+    case 0xc0000102u: /* KERNEL_GS_BASE */
+        return canonical(v) ? NULL : "not a canonical address";
+    case 0x00000277u: /* PAT: memory types 0, 1, 4, 5, 6, 7 in each byte */
+        for (unsigned k = 0; k < 8; k++) {
+            unsigned t = (unsigned)(v >> (8 * k)) & 0xff;
+            if (t > 7 || t == 2 || t == 3)
+                return "a PAT entry that is no memory type";
+        }
+        return NULL;
+    case 0xc0000103u: /* TSC_AUX */
+        return v >> 32 ? "bits 32-63 set" : NULL;
+    default:
+        return NULL;
+    }
+}
+
+static int decode_xsave(const uint8_t *val, uint32_t len, size_t at, struct hvctx_prog_ext *e,
+                        char *err, size_t errlen)
+{
+    struct hvctx_prog_xsave_tlv h;
+    memcpy(&h, val, sizeof(h));
+    uint32_t nx = le32toh(h.nr_xcrs), xl = le32toh(h.xsave_len);
+    if (nx > HVCTX_MAX_XCRS || xl < HVCTX_XSAVE_MIN || xl > HVCTX_XSAVE_MAX || xl % 4 ||
+        len != sizeof(h) + 16ULL * nx + xl)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_XSAVE TLV at %zu: %u XCRs and an "
+                    "XSAVE area of %u bytes in %u bytes (at most %u XCRs, an area of %u to %u "
+                    "bytes, a multiple of 4)", at, nx, xl, len, HVCTX_MAX_XCRS, HVCTX_XSAVE_MIN,
+                    HVCTX_XSAVE_MAX);
+    const uint8_t *r = val + sizeof(h);
+    for (uint32_t i = 0; i < nx; i++) {
+        struct hvctx_reg x;
+        memcpy(&x, r + 16 * i, 16);
+        uint32_t idx = le32toh(x.index);
+        uint64_t v = le64toh(x.value);
+        size_t off = at + 8 + sizeof(h) + 16 * i;
+        if (idx != 0 || x.reserved || i > 0)
+            return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_XSAVE TLV at %zu: XCR entry %u "
+                        "(offset %zu): XCR %u%s (only XCR0, once, is known)", at, i, off, idx,
+                        x.reserved ? " with its reserved word set" : "");
+        if (!(v & XF_X87) || ((v & XF_AVX) && !(v & XF_SSE)) ||
+            ((v & XF_MPX) && (v & XF_MPX) != XF_MPX) ||
+            ((v & XF_AVX512) && ((v & XF_AVX512) != XF_AVX512 || !(v & XF_AVX))) || v >> 63)
+            return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_XSAVE TLV at %zu: XCR0 %#llx "
+                        "(offset %zu) breaks the architecture's rules (x87 always; AVX needs "
+                        "SSE; AVX-512's three features together and with AVX)", at,
+                        (unsigned long long)v, off);
+        e->xcrs[i] = (struct hvctx_reg){idx, 0, v};
+    }
+    const uint8_t *xs = r + 16 * nx;
+    size_t xo = at + 8 + sizeof(h) + 16 * nx; /* the area's offset */
+    uint32_t mxcsr;
+    memcpy(&mxcsr, xs + XS_MXCSR, 4);
+    mxcsr = le32toh(mxcsr);
+    uint64_t bv = le64_at(xs + XS_XSTATE_BV), comp = le64_at(xs + XS_XCOMP_BV);
+    bool rsvd = false;
+    for (unsigned k = XS_XCOMP_BV + 8; k < XS_HEADER_END; k++)
+        rsvd |= xs[k] != 0;
+    if (mxcsr >> 16)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_XSAVE TLV at %zu: MXCSR %#x "
+                    "(offset %zu) sets reserved bits", at, mxcsr, xo + XS_MXCSR);
+    if (comp || rsvd)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_XSAVE TLV at %zu: the XSAVE "
+                    "header (offset %zu) is not the standard format (XCOMP_BV %#llx%s)", at,
+                    xo + XS_XCOMP_BV, (unsigned long long)comp,
+                    rsvd ? ", reserved bytes set" : "");
+    if (bv & ~XF_USER)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_XSAVE TLV at %zu: XSTATE_BV %#llx "
+                    "(offset %zu) holds features that are no user state (%#llx)", at,
+                    (unsigned long long)bv, xo + XS_XSTATE_BV, (unsigned long long)XF_USER);
+    e->nr_xcrs = nx;
+    e->xsave_len = xl;
+    memcpy(e->xsave, xs, xl);
+    return 0;
+}
+
+static int decode_msrs(const uint8_t *val, uint32_t len, size_t at, struct hvctx_prog_ext *e,
+                       char *err, size_t errlen)
+{
+    struct hvctx_prog_msrs_tlv h;
+    memcpy(&h, val, sizeof(h));
+    uint32_t n = le32toh(h.nr_msrs);
+    if (h.reserved1 || n > HVCTX_MAX_MSRS || len != sizeof(h) + 16ULL * n)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_MSRS TLV at %zu: %u MSRs in %u "
+                    "bytes (at most %u%s)", at, n, len, HVCTX_MAX_MSRS,
+                    h.reserved1 ? "; reserved word set" : "");
+    for (uint32_t i = 0; i < n; i++) {
+        struct hvctx_reg x;
+        memcpy(&x, val + sizeof(h) + 16 * i, 16);
+        uint32_t idx = le32toh(x.index);
+        uint64_t v = le64toh(x.value);
+        size_t off = at + 8 + sizeof(h) + 16 * i;
+        const char *name = guest_state_msr_name(idx);
+        if (!name)
+            return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_MSRS TLV at %zu: entry %u "
+                        "(offset %zu): MSR %#x is not one a vCPU's state carries", at, i, off,
+                        idx);
+        for (uint32_t k = 0; k < i; k++)
+            if (e->msrs[k].index == idx)
+                return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_MSRS TLV at %zu: entry %u "
+                            "(offset %zu): MSR %s given twice", at, i, off, name);
+        const char *why = x.reserved ? "reserved word set" : msr_value_fault(idx, v);
+        if (why)
+            return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: PROG_MSRS TLV at %zu: entry %u "
+                        "(offset %zu): MSR %s = %#llx: %s", at, i, off, name,
+                        (unsigned long long)v, why);
+        e->msrs[i] = (struct hvctx_reg){idx, 0, v};
+    }
+    e->nr_msrs = n;
+    return 0;
+}
+
+int guest_state_prog_ext_decode(uint16_t type, const uint8_t *val, uint32_t len, size_t at,
+                                struct hvctx_prog_ext *ext, unsigned nr_ext,
+                                struct guest_state_ext_seen *seen, char *err, size_t errlen)
+{
+    bool xs = type == HVCTX_PROG_XSAVE;
+    const char *what = xs ? "PROG_XSAVE" : "PROG_MSRS";
+    if (type != HVCTX_PROG_XSAVE && type != HVCTX_PROG_MSRS)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: TLV at %zu: type %u is no vCPU "
+                    "extension", at, type);
+    struct hvctx_prog_msrs_tlv h; /* the common first 8 bytes */
+    if (len < sizeof(h))
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLV at %zu of %u bytes (its header "
+                    "alone is %zu)", what, at, len, sizeof(h));
+    memcpy(&h, val, sizeof(h));
+    uint16_t ver = le16toh(h.version);
+    uint32_t v = le32toh(h.vcpu);
+    if (ver != HVCTX_PROG_EXT_VERSION)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLV at %zu: version %u (this reader "
+                    "knows version %u)", what, at, ver, HVCTX_PROG_EXT_VERSION);
+    if (h.reserved0)
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLV at %zu: reserved field set",
+                    what, at);
+    uint64_t *mask = xs ? &seen->xsave : &seen->msrs;
+    if (v >= nr_ext || v >= 64 || (*mask >> v & 1))
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLV at %zu: vCPU %u out of range "
+                    "(%u) or given twice", what, at, v, nr_ext);
+    int rc = xs ? decode_xsave(val, len, at, &ext[v], err, errlen)
+                : decode_msrs(val, len, at, &ext[v], err, errlen);
+    if (rc == 0)
+        *mask |= 1ULL << v;
+    return rc;
+}
+
+int guest_state_prog_ext_check(const struct guest_state_ext_seen *seen, unsigned nr_vcpus,
+                               bool kvm, char *err, size_t errlen)
+{
+    uint64_t all = nr_vcpus >= 64 ? ~0ULL : (1ULL << nr_vcpus) - 1;
+    if (!kvm && (seen->xsave | seen->msrs))
+        return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLVs for a native guest, whose "
+                    "vCPUs carry no XSAVE area or MSRs of their own",
+                    seen->xsave ? "PROG_XSAVE" : "PROG_MSRS");
+    for (unsigned k = 0; k < 2; k++) {
+        uint64_t m = k ? seen->msrs : seen->xsave;
+        if (m && m != all)
+            return fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLVs for vCPUs %#llx of %u: "
+                        "every vCPU has one or none does", k ? "PROG_MSRS" : "PROG_XSAVE",
+                        (unsigned long long)m, nr_vcpus);
+    }
+    return 0;
 }

@@ -1,7 +1,9 @@
 /*
  * guest_state.h - a guest's soft vCPUs and workloads as HVM_CONTEXT TLVs
- * (HVCTX_VCPU = 3, HVCTX_WORKLOAD = 4; save.h reserves the types, docs/
- * stream.md describes the values).
+ * (HVCTX_VCPU = 3, HVCTX_WORKLOAD = 4), and a KVM vCPU's XSAVE area, XCRs
+ * and MSRs beside its PROG_VCPU (HVCTX_PROG_XSAVE = 8, HVCTX_PROG_MSRS = 9,
+ * at the end of this file); save.h reserves the types, docs/stream.md
+ * describes the values.
  *
  * The encoding is exactly struct mig_vcpu_tlv and struct mig_workload_tlv
  * below (the wire structs of migrate.h's HVM_CONTEXT) (little-endian, one pair per vCPU): a stream saved by
@@ -18,6 +20,7 @@
 #define HUGEVM_GUEST_STATE_H
 
 #include "common.h"
+#include "guest_exec.h"
 #include "save.h"
 #include "vcpu.h"
 #include "workload.h"
@@ -93,5 +96,77 @@ int guest_state_build(struct domain *d, const struct guest_state *gs,
                       void (*on_write)(void *ctx, unsigned vcpu, uint64_t gpa, uint64_t val),
                       void *ctx, struct vcpu **v, struct workload **w, char *err,
                       size_t errlen) HV_MUST_CHECK;
+
+/* ---- a KVM vCPU's XSAVE area, XCRs and MSRs ------------------------------ */
+
+/*
+ * Two TLVs per KVM vCPU beside its PROG_VCPU (guest_exec.h: struct
+ * hvctx_prog_ext is the decoded form), both critical and versioned:
+ *
+ *   PROG_XSAVE (8): struct hvctx_prog_xsave_tlv, nr_xcrs x struct hvctx_reg
+ *                   (XCR number, 0, value), xsave_len bytes of XSAVE area
+ *   PROG_MSRS (9):  struct hvctx_prog_msrs_tlv, nr_msrs x struct hvctx_reg
+ *                   (MSR index, 0, value)
+ *
+ * Rules (docs/stream.md): a program guest's stream holds them for every
+ * KVM vCPU or for none (a stream written before they existed: the vCPUs
+ * resume with their FPU from PROG_VCPU and KVM's defaults for the rest);
+ * a native guest's stream holds none; a soft guest's stream (VCPU and
+ * WORKLOAD TLVs) holding any of the KVM state TLVs (PROG_VCPU, PROG_XSAVE,
+ * PROG_MSRS) is contradictory and guest_state_decode refuses it.
+ */
+#define HVCTX_PROG_EXT_VERSION 1u
+struct hvctx_prog_xsave_tlv {
+    uint16_t version;   /* HVCTX_PROG_EXT_VERSION */
+    uint16_t reserved0; /* 0 */
+    uint32_t vcpu;
+    uint32_t nr_xcrs;   /* <= HVCTX_MAX_XCRS; XCR 0 only */
+    uint32_t xsave_len; /* HVCTX_XSAVE_MIN .. HVCTX_XSAVE_MAX, a multiple of 4 */
+};
+_Static_assert(sizeof(struct hvctx_prog_xsave_tlv) == 16, "HVCTX_PROG_XSAVE header");
+struct hvctx_prog_msrs_tlv {
+    uint16_t version;   /* HVCTX_PROG_EXT_VERSION */
+    uint16_t reserved0; /* 0 */
+    uint32_t vcpu;
+    uint32_t nr_msrs;   /* <= HVCTX_MAX_MSRS, each index of HVCTX_PROG_MSR_LIST once */
+    uint32_t reserved1; /* 0 */
+};
+_Static_assert(sizeof(struct hvctx_prog_msrs_tlv) == 16, "HVCTX_PROG_MSRS header");
+_Static_assert(sizeof(struct hvctx_reg) == 16, "hvctx_reg");
+
+/* The name of an MSR of HVCTX_PROG_MSR_LIST ("IA32_TSC"); NULL for any
+ * other index. */
+const char *guest_state_msr_name(uint32_t index);
+
+/* Append vCPU vcpu's extended state: PROG_XSAVE when e->xsave_len, then
+ * PROG_MSRS when e->nr_msrs.  0; -EINVAL when e is out of its bounds (a
+ * backend's bug); -ENOMEM. */
+int guest_state_prog_ext_encode(struct hvctx_buf *b, unsigned vcpu,
+                                const struct hvctx_prog_ext *e) HV_MUST_CHECK;
+
+/* Which vCPUs' extended TLVs a decode has seen (bit i: vCPU i). */
+struct guest_state_ext_seen {
+    uint64_t xsave, msrs;
+};
+
+/* Decode one PROG_XSAVE or PROG_MSRS TLV (type, its value val[0, len),
+ * found at offset `at` of the TLV area) into ext[vcpu], vcpu < nr_ext
+ * (<= 64), and mark it in *seen.  Untrusted: version, sizes, reserved
+ * fields, the vCPU (given twice), XCR numbers and XCR0's feature rules,
+ * the XSAVE header (standard format, user-state features only, MXCSR), MSR
+ * indexes (HVCTX_PROG_MSR_LIST only, each once) and the values KVM would
+ * refuse (addresses not canonical, PAT types, TSC_AUX) are checked.  0,
+ * or -EBADMSG with err naming the TLV, its offset and the field. */
+int guest_state_prog_ext_decode(uint16_t type, const uint8_t *val, uint32_t len, size_t at,
+                                struct hvctx_prog_ext *ext, unsigned nr_ext,
+                                struct guest_state_ext_seen *seen, char *err,
+                                size_t errlen) HV_MUST_CHECK;
+
+/* After every TLV: the extended state is consistent with nr_vcpus program
+ * vCPUs on backend `kvm` (true) or native (false): every vCPU or none has
+ * each TLV, none beyond nr_vcpus, none for a native guest.  0 or -EBADMSG
+ * with err. */
+int guest_state_prog_ext_check(const struct guest_state_ext_seen *seen, unsigned nr_vcpus,
+                               bool kvm, char *err, size_t errlen) HV_MUST_CHECK;
 
 #endif

@@ -85,6 +85,12 @@
 #define PTE_4K (PTE_P | PTE_RW | PTE_US | PTE_A | PTE_D)
 #define PTE_LEAF (PTE_4K | PTE_PS)
 #define PTE_SYS (PTE_P | PTE_RW | PTE_A | PTE_D) /* supervisor only */
+#define CR4_GUEST 0x620ULL     /* OSXMMEXCPT OSFXSR PAE */
+#define CR4_OSXSAVE 0x40000ULL
+/* XCR0 features a fresh vCPU gets where KVM offers them: x87, SSE, AVX,
+ * and AVX-512's three together */
+#define XCR0_BASE 0x7ULL
+#define XCR0_AVX512 0xe0ULL
 
 struct mrun {
     gfn_t gfn;
@@ -123,6 +129,16 @@ struct kvm_vm {
     unsigned nr_vcpus;
     struct kvm_cpuid2 *cpuid;
     bool has_1g, zap_all_off;
+    /* vCPU state beyond kvm_regs/sregs/fpu (guest_exec.h: struct
+     * hvctx_prog_ext): the XSAVE area's size (KVM_CAP_XSAVE2's, else 4096
+     * with KVM_CAP_XSAVE, else 0: none), whether KVM_GET_XSAVE2 reads it;
+     * XCRs; the MSRs of HVCTX_PROG_MSR_LIST this KVM lists; CR4.OSXSAVE
+     * and XCR0 for fresh vCPUs (where XSAVE works: the guest may use AVX) */
+    uint32_t xsave_size;
+    bool xsave2, has_xcrs, osxsave;
+    uint64_t xcr0;
+    uint32_t msr_idx[HVCTX_MAX_MSRS];
+    unsigned nr_msrs;
     unsigned phys_bits;
     uint8_t *base;     /* reserved range, 1 GiB aligned */
     uint64_t bytes;    /* max_gfn * 4K */
@@ -1016,9 +1032,24 @@ static int kvm_reset(struct guest_exec *x, unsigned i, uint64_t entry, uint64_t 
     sr.idt = (struct kvm_dtable){.base = SYS_IDT << PAGE_SHIFT, .limit = NR_VECTORS * 16 - 1};
     sr.cr0 = 0x80050033ULL; /* PG AM WP NE ET MP PE */
     sr.cr3 = SYS_PML4 << PAGE_SHIFT;
-    sr.cr4 = 0x620ULL;      /* OSXMMEXCPT OSFXSR PAE: SSE works */
+    sr.cr4 = CR4_GUEST;     /* OSXMMEXCPT OSFXSR PAE: SSE works */
     sr.efer = 0x500ULL;     /* LMA LME */
-    if ((rc = xioctl(fd, KVM_SET_SREGS, &sr)) < 0)
+    if (vm->osxsave) {
+        /* and XSAVE with XCR0's features (AVX where offered): the guest, at
+         * CPL 3, cannot enable them itself */
+        sr.cr4 |= CR4_OSXSAVE;
+        rc = xioctl(fd, KVM_SET_SREGS, &sr);
+        struct kvm_xcrs xc = {.nr_xcrs = 1, .xcrs = {{.xcr = 0, .value = vm->xcr0}}};
+        if (rc == 0)
+            rc = xioctl(fd, KVM_SET_XCRS, &xc);
+        if (rc < 0 && i == 0) {
+            vm->osxsave = false; /* this KVM will not: plain SSE, as before */
+            sr.cr4 = CR4_GUEST;
+        } else if (rc < 0) {
+            return rc;
+        }
+    }
+    if (!vm->osxsave && (rc = xioctl(fd, KVM_SET_SREGS, &sr)) < 0)
         return rc;
     struct kvm_regs r = {.rflags = 0x2, .rip = entry, .rsp = rsp, .rdi = rdi};
     return xioctl(fd, KVM_SET_REGS, &r);
@@ -1193,6 +1224,45 @@ static int kvm_get_state(struct guest_exec *x, unsigned i, struct hvctx_prog_vcp
     return 0;
 }
 
+/*
+ * KVM_SET_FPU writes the legacy FXSAVE image into the vCPU's XSAVE area
+ * but leaves XSTATE_BV alone: on a new vCPU, whose x87 and SSE are in their
+ * init state, the registers would then load as zeros (found by
+ * test_xsave_kvm: a stream without PROG_XSAVE lost every xmm register).
+ * So, where KVM has XSAVE, the image goes into the area read back, with
+ * XSTATE_BV's x87 and SSE bits set.  A PROG_XSAVE TLV replaces it all.
+ * (KVM_GET_FPU does not report MXCSR either, seen as 0: only PROG_XSAVE
+ * carries it.)
+ */
+static int fpu_to_xsave(struct kvm_vm *vm, int fd, const struct kvm_fpu *f)
+{
+    if (!vm->xsave_size || vm->xsave_size > HVCTX_XSAVE_MAX)
+        return 0;
+    uint8_t *a = calloc(1, vm->xsave_size);
+    if (!a)
+        return -ENOMEM;
+    int rc = xioctl(fd, vm->xsave2 ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, a);
+    if (rc == 0) {
+        memcpy(a + 0, &f->fcw, 2);
+        memcpy(a + 2, &f->fsw, 2);
+        memcpy(a + 4, &f->ftwx, 1);
+        memcpy(a + 6, &f->last_opcode, 2);
+        memcpy(a + 8, &f->last_ip, 8);
+        memcpy(a + 16, &f->last_dp, 8);
+        memcpy(a + 24, &f->mxcsr, 4);
+        for (unsigned k = 0; k < 8; k++) /* st0-7: 10 bytes in 16 */
+            memcpy(a + 32 + 16 * k, f->fpr[k], 16);
+        memcpy(a + 160, f->xmm, sizeof(f->xmm));
+        uint64_t bv;
+        memcpy(&bv, a + 512, 8);
+        bv |= 0x3; /* x87, SSE */
+        memcpy(a + 512, &bv, 8);
+        rc = xioctl(fd, KVM_SET_XSAVE, a);
+    }
+    free(a);
+    return rc;
+}
+
 /* The saved state, checked for what would let a guest leave its sandbox:
  * it must run at CPL 3 in long mode on this VM's own page tables, GDT, IDT
  * and TSS (the host's system pages), with IOPL 0. */
@@ -1207,8 +1277,9 @@ static int kvm_set_state(struct guest_exec *x, unsigned i, const struct hvctx_pr
     memcpy(&r, s->regs, sizeof(r));
     memcpy(&sr, s->sregs, sizeof(sr));
     memcpy(&f, s->fpu, sizeof(f));
+    bool cr4_ok = sr.cr4 == CR4_GUEST || (vm->osxsave && sr.cr4 == (CR4_GUEST | CR4_OSXSAVE));
     if ((sr.cs.selector & 3) != 3 || sr.cs.dpl != 3 || !sr.cs.l || sr.efer != 0x500ULL ||
-        sr.cr3 != SYS_PML4 << PAGE_SHIFT || sr.cr0 != 0x80050033ULL || sr.cr4 != 0x620ULL ||
+        sr.cr3 != SYS_PML4 << PAGE_SHIFT || sr.cr0 != 0x80050033ULL || !cr4_ok ||
         sr.gdt.base != SYS_GDT(i) << PAGE_SHIFT || sr.idt.base != SYS_IDT << PAGE_SHIFT ||
         sr.tr.base != (SYS_GDT(i) << PAGE_SHIFT) + SYS_TSS_OFF || (r.rflags & 0x3000))
         return -EPERM;
@@ -1216,6 +1287,144 @@ static int kvm_set_state(struct guest_exec *x, unsigned i, const struct hvctx_pr
     if ((rc = xioctl(fd, KVM_SET_SREGS, &sr)) < 0 || (rc = xioctl(fd, KVM_SET_REGS, &r)) < 0 ||
         (rc = xioctl(fd, KVM_SET_FPU, &f)) < 0)
         return rc;
+    if (sr.cr4 & CR4_OSXSAVE) {
+        /* XCR0 as a fresh vCPU has it (a PROG_XSAVE TLV sets the saved one
+         * after this): never an OSXSAVE guest with KVM's XCR0 of x87 only */
+        struct kvm_xcrs xc = {.nr_xcrs = 1, .xcrs = {{.xcr = 0, .value = vm->xcr0}}};
+        if ((rc = xioctl(fd, KVM_SET_XCRS, &xc)) < 0)
+            return rc;
+    }
+    return fpu_to_xsave(vm, fd, &f);
+}
+
+/* Only with the vCPU out of KVM_RUN, as kvm_get_state. */
+static int kvm_get_ext(struct guest_exec *x, unsigned i, struct hvctx_prog_ext *e)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    if (i >= vm->nr_vcpus)
+        return -EINVAL;
+    int fd = vm->cpu[i].fd, rc;
+    e->xsave_len = e->nr_xcrs = e->nr_msrs = 0;
+    if (vm->xsave_size) {
+        /* KVM_GET_XSAVE2 writes xsave_size bytes, KVM_GET_XSAVE 4096 */
+        if (vm->xsave_size > HVCTX_XSAVE_MAX)
+            return -E2BIG;
+        rc = xioctl(fd, vm->xsave2 ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, e->xsave);
+        if (rc < 0)
+            return rc;
+        e->xsave_len = vm->xsave_size;
+    }
+    if (vm->has_xcrs) {
+        struct kvm_xcrs xc;
+        memset(&xc, 0, sizeof(xc));
+        if ((rc = xioctl(fd, KVM_GET_XCRS, &xc)) < 0)
+            return rc;
+        for (unsigned k = 0; k < xc.nr_xcrs && k < HVCTX_MAX_XCRS; k++)
+            e->xcrs[e->nr_xcrs++] = (struct hvctx_reg){xc.xcrs[k].xcr, 0, xc.xcrs[k].value};
+    }
+    if (vm->nr_msrs) {
+        struct {
+            struct kvm_msrs h;
+            struct kvm_msr_entry e[HVCTX_MAX_MSRS];
+        } m;
+        memset(&m, 0, sizeof(m));
+        m.h.nmsrs = vm->nr_msrs;
+        for (unsigned k = 0; k < vm->nr_msrs; k++)
+            m.e[k].index = vm->msr_idx[k];
+        if ((rc = xioctl(fd, KVM_GET_MSRS, &m)) < 0)
+            return rc;
+        if ((unsigned)rc != vm->nr_msrs)
+            return -EIO; /* KVM listed an MSR it cannot read */
+        for (unsigned k = 0; k < vm->nr_msrs; k++)
+            e->msrs[k] = (struct hvctx_reg){m.e[k].index, 0, m.e[k].data};
+        e->nr_msrs = vm->nr_msrs;
+    }
+    return 0;
+}
+
+/* After kvm_set_state: XCRs (the features the XSAVE area may hold), the
+ * XSAVE area, the MSRs.  What this KVM cannot hold is refused with the
+ * reason, never dropped. */
+static int kvm_set_ext(struct guest_exec *x, unsigned i, const struct hvctx_prog_ext *e,
+                       char *why, size_t len)
+{
+    struct kvm_vm *vm = (struct kvm_vm *)x;
+    if (i >= vm->nr_vcpus)
+        return -EINVAL;
+    int fd = vm->cpu[i].fd, rc;
+    if (e->nr_xcrs) {
+        struct kvm_xcrs xc;
+        memset(&xc, 0, sizeof(xc));
+        if (!vm->has_xcrs || e->nr_xcrs > KVM_MAX_XCRS) {
+            say(why, len, "%u XCRs, and this KVM has no KVM_CAP_XCRS", e->nr_xcrs);
+            return -ENOTSUP;
+        }
+        xc.nr_xcrs = e->nr_xcrs;
+        for (unsigned k = 0; k < e->nr_xcrs; k++)
+            xc.xcrs[k] = (struct kvm_xcr){.xcr = e->xcrs[k].index, .value = e->xcrs[k].value};
+        if ((rc = xioctl(fd, KVM_SET_XCRS, &xc)) < 0) {
+            say(why, len, "KVM_SET_XCRS (XCR0 %#llx): %s: features this KVM does not offer",
+                (unsigned long long)e->xcrs[0].value, strerror(-rc));
+            return rc;
+        }
+    }
+    if (e->xsave_len) {
+        if (!vm->xsave_size) {
+            say(why, len, "an XSAVE area of %u bytes, and this KVM has no KVM_CAP_XSAVE",
+                e->xsave_len);
+            return -ENOTSUP;
+        }
+        for (uint32_t k = vm->xsave_size; k < e->xsave_len; k++)
+            if (e->xsave[k]) {
+                say(why, len, "an XSAVE area of %u bytes with state at byte %u, beyond the %u "
+                    "bytes this KVM holds", e->xsave_len, k, vm->xsave_size);
+                return -E2BIG;
+            }
+        /* KVM_SET_XSAVE reads xsave_size bytes (KVM_CAP_XSAVE2's, >= 4096) */
+        uint8_t *buf = calloc(1, vm->xsave_size);
+        if (!buf)
+            return -ENOMEM;
+        memcpy(buf, e->xsave, e->xsave_len < vm->xsave_size ? e->xsave_len : vm->xsave_size);
+        rc = xioctl(fd, KVM_SET_XSAVE, buf);
+        free(buf);
+        if (rc < 0) {
+            say(why, len, "KVM_SET_XSAVE: %s (features this KVM does not offer the guest)",
+                strerror(-rc));
+            return rc;
+        }
+    }
+    if (e->nr_msrs) {
+        struct {
+            struct kvm_msrs h;
+            struct kvm_msr_entry e[HVCTX_MAX_MSRS];
+        } m;
+        memset(&m, 0, sizeof(m));
+        if (e->nr_msrs > HVCTX_MAX_MSRS)
+            return -EINVAL;
+        for (unsigned k = 0; k < e->nr_msrs; k++) {
+            bool listed = false;
+            for (unsigned j = 0; j < vm->nr_msrs; j++)
+                listed |= vm->msr_idx[j] == e->msrs[k].index;
+            if (!listed) {
+                say(why, len, "MSR %#x: this KVM does not list it (KVM_GET_MSR_INDEX_LIST)",
+                    e->msrs[k].index);
+                return -ENOTSUP;
+            }
+            m.e[k].index = e->msrs[k].index;
+            m.e[k].data = e->msrs[k].value;
+        }
+        m.h.nmsrs = e->nr_msrs;
+        rc = xioctl(fd, KVM_SET_MSRS, &m);
+        if (rc >= 0 && (unsigned)rc < e->nr_msrs) {
+            say(why, len, "KVM refused MSR %#x = %#llx", m.e[rc].index,
+                (unsigned long long)m.e[rc].data);
+            return -EINVAL;
+        }
+        if (rc < 0) {
+            say(why, len, "KVM_SET_MSRS: %s", strerror(-rc));
+            return rc;
+        }
+    }
     return 0;
 }
 
@@ -1371,6 +1580,8 @@ static const struct guest_exec_ops kvm_exec_ops = {
     .host_mapping = kvm_exec_host_mapping,
     .get_state = kvm_get_state,
     .set_state = kvm_set_state,
+    .get_ext = kvm_get_ext,
+    .set_ext = kvm_set_ext,
     .log_dirty = kvm_exec_log_dirty,
     .harvest = kvm_exec_harvest,
     .dirty_gfns = kvm_exec_dirty_gfns,
@@ -1432,6 +1643,63 @@ static int get_cpuid(struct kvm_vm *vm)
             vm->phys_bits = c->entries[i].eax & 0xff;
     }
     vm->cpuid = c;
+    return 0;
+}
+
+/* What of a vCPU's state beyond regs/sregs/fpu this KVM carries: the
+ * XSAVE area (KVM_CAP_XSAVE2's size, else KVM_GET_XSAVE's 4096 bytes), the
+ * XCRs, and the MSRs of HVCTX_PROG_MSR_LIST that KVM_GET_MSR_INDEX_LIST
+ * names; and whether fresh vCPUs get CR4.OSXSAVE with XCR0 (XSAVE in the
+ * guest's CPUID, XCRs settable). */
+static int probe_state(struct kvm_vm *vm)
+{
+    int n = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+    if (n >= (int)sizeof(struct kvm_xsave)) {
+        vm->xsave_size = (uint32_t)n;
+        vm->xsave2 = true;
+    } else if (ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE) > 0) {
+        vm->xsave_size = sizeof(struct kvm_xsave);
+    }
+    vm->has_xcrs = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0;
+    struct kvm_msr_list probe = {.nmsrs = 0};
+    int rc = xioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe);
+    if (rc < 0 && rc != -E2BIG)
+        return rc;
+    struct kvm_msr_list *l = calloc(1, sizeof(*l) + (probe.nmsrs + 1) * sizeof(l->indices[0]));
+    if (!l)
+        return -ENOMEM;
+    l->nmsrs = probe.nmsrs;
+    rc = probe.nmsrs ? xioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, l) : 0;
+    if (rc < 0) {
+        free(l);
+        return rc;
+    }
+    static const uint32_t want[] = {
+#define X(idx, name) idx,
+        HVCTX_PROG_MSR_LIST(X)
+#undef X
+    };
+    vm->nr_msrs = 0;
+    for (size_t k = 0; k < ARRAY_SIZE(want); k++)
+        for (uint32_t j = 0; j < l->nmsrs; j++)
+            if (l->indices[j] == want[k] && vm->nr_msrs < HVCTX_MAX_MSRS) {
+                vm->msr_idx[vm->nr_msrs++] = want[k];
+                break;
+            }
+    free(l);
+    bool xsave_cpuid = false;
+    uint64_t xcr0 = 0;
+    for (unsigned k = 0; k < vm->cpuid->nent; k++) {
+        const struct kvm_cpuid_entry2 *c = &vm->cpuid->entries[k];
+        if (c->function == 1)
+            xsave_cpuid = (c->ecx >> 26) & 1;
+        if (c->function == 0xd && c->index == 0)
+            xcr0 = (uint64_t)c->edx << 32 | c->eax;
+    }
+    vm->xcr0 = xcr0 & XCR0_BASE;
+    if ((xcr0 & XCR0_AVX512) == XCR0_AVX512 && (xcr0 & XCR0_BASE) == XCR0_BASE)
+        vm->xcr0 |= XCR0_AVX512;
+    vm->osxsave = xsave_cpuid && vm->has_xcrs && vm->xsave_size && (vm->xcr0 & 3) == 3;
     return 0;
 }
 
@@ -1515,6 +1783,10 @@ int kvm_vm_create(struct domain *d, const struct kvm_vm_opts *o, struct kvm_vm *
     }
     if ((rc = get_cpuid(vm)) < 0) {
         say(why, len, "KVM_GET_SUPPORTED_CPUID: %s", strerror(-rc));
+        goto err;
+    }
+    if ((rc = probe_state(vm)) < 0) {
+        say(why, len, "KVM_GET_MSR_INDEX_LIST: %s", strerror(-rc));
         goto err;
     }
 

@@ -89,6 +89,8 @@ enum hvctx_type {
     HVCTX_POD_CACHE = 5, /* cache u64: pages in the PoD cache (with a POD TLV) */
     HVCTX_GUEST_MEM = 6, /* the workloads' memory: count u32, reserved u32, count x {gfn, nr} */
     HVCTX_PROG_VCPU = 7, /* a program guest's vCPU (guest_exec.h: struct hvctx_prog_vcpu), critical */
+    HVCTX_PROG_XSAVE = 8, /* a KVM vCPU's XSAVE area and XCRs (guest_state.h), critical */
+    HVCTX_PROG_MSRS = 9,  /* a KVM vCPU's MSRs (guest_state.h), critical */
 };
 struct hvctx_config {
     uint64_t max_pages;

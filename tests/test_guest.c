@@ -514,6 +514,226 @@ static void memory_calls(enum guest_backend b)
 static void test_memory_calls_native(void **s) { (void)s; memory_calls(GUEST_BACKEND_NATIVE); }
 static void test_memory_calls_kvm(void **s) { (void)s; memory_calls(GUEST_BACKEND_KVM); }
 
+/* ---- a KVM vCPU's XSAVE area and MSRs through save and restore ------------------ */
+
+/* tests/guest_fpu.c's result page of vCPU v. */
+static volatile uint64_t *fpu_page(struct guest *g, unsigned v)
+{
+    volatile uint64_t *w = guest_gpa_ptr(g, g->tmpl->ext[0].gpa + (8 + v) * PAGE_SIZE);
+    assert_non_null((void *)(uintptr_t)w);
+    return w;
+}
+
+/* Set vCPU v's IA32_TSC through the backend (KVM lists it). */
+static void set_tsc(struct guest *g, unsigned v, uint64_t tsc)
+{
+    struct hvctx_prog_ext *x = calloc(1, sizeof(*x));
+    char why[200] = "";
+    assert_non_null(x);
+    assert_non_null(g->x->ops->get_ext);
+    assert_int_equal(g->x->ops->get_ext(g->x, v, x), 0);
+    unsigned k = 0;
+    while (k < x->nr_msrs && x->msrs[k].index != HVCTX_MSR_IA32_TSC)
+        k++;
+    if (k == x->nr_msrs)
+        fail_msg("this KVM does not list IA32_TSC among %u MSRs", x->nr_msrs);
+    x->msrs[k].value = tsc;
+    if (g->x->ops->set_ext(g->x, v, x, why, sizeof(why)) < 0)
+        fail_msg("setting vCPU %u's TSC: %s", v, why);
+    free(x);
+}
+
+/*
+ * tests/guest_fpu.c on 2 KVM vCPUs loads x87, SSE and AVX registers and
+ * MXCSR/control word values of its own vCPU, its TSC set to 2^50 first,
+ * and spins reading the TSC; the guest is paused, saved into a stream
+ * (PROG_VCPU, PROG_XSAVE, PROG_MSRS), destroyed with its domain, restored
+ * and resumed on a new VM, told to go on, and stores its registers: every
+ * one must hold what it loaded, and its TSC must not have gone back.
+ * With `carry` false the resumed vCPUs get their PROG_VCPU only (as from a
+ * stream written before the new TLVs): the TSC then restarts near zero
+ * and AVX's upper halves are lost (and MXCSR, which KVM_GET_FPU does not
+ * report), which the same checks must see; x87 and SSE registers come
+ * through PROG_VCPU's FPU image (kvm.c puts it into the XSAVE area).
+ */
+static void xsave_resume(enum guest_backend b, bool carry)
+{
+    bool kvm = b == GUEST_BACKEND_KVM;
+    const char *path = getenv("HUGEVM_FPU_ELF");
+    char buf[PATH_MAX + 32];
+    if (!path || !*path) {
+        snprintf(buf, sizeof(buf), "%s", hello_path());
+        char *slash = strrchr(buf, '/');
+        assert_non_null(slash);
+        snprintf(slash + 1, sizeof(buf) - (size_t)(slash + 1 - buf), "../tests/fpu-guest.elf");
+        path = buf;
+    }
+    size_t len;
+    uint8_t *elf = read_file(path, &len);
+    if (!elf)
+        fail_msg("the FPU test guest %s is not readable", path);
+    const unsigned nv = 2;
+    const uint64_t tsc0 = 1ULL << 50;
+    struct env e;
+    struct guest_prog_config pc;
+    env_up(&e, 32 * MiB);
+    guest_prog_config_default(&pc, HVG_WL_CUSTOM);
+    pc.nr_vcpus = nv;
+    pc.console_fd = -1;
+    pc.program = elf;
+    pc.program_len = len;
+    create(&e, b, &pc);
+    for (unsigned v = 0; kvm && v < nv; v++)
+        set_tsc(e.g, v, tsc0);
+    assert_int_equal(guest_start(e.g), 0);
+    for (unsigned v = 0; v < nv; v++) {
+        int k = 0;
+        while (fpu_page(e.g, v)[1] != 1 && k++ < 6000) {
+            if (e.g->fault_claimed)
+                fail_msg("the guest failed: %s", e.g->fault.what);
+            sleep_ms(10);
+        }
+        assert_int_equal(fpu_page(e.g, v)[1], 1);
+    }
+    sleep_ms(50);
+    guest_pause(e.g);
+    uint64_t before[HVG_MAX_VCPUS];
+    bool avx = fpu_page(e.g, 0)[4] == 1;
+    for (unsigned v = 0; v < nv; v++) {
+        before[v] = fpu_page(e.g, v)[2];
+        assert_true(!kvm || before[v] >= tsc0);
+    }
+
+    /* the stream: the guest's TLVs as a save and a migration write them */
+    struct hvctx_buf tl;
+    assert_int_equal(hvctx_begin(&tl), 0);
+    assert_int_equal(guest_encode(e.g, &tl), 0);
+    struct stream_mem mem = {0};
+    struct stream_io io;
+    struct save_result sr;
+    char err[256];
+    stream_mem_sink(&mem, &io);
+    struct save_opts so = {.extra_tlvs = tl.p + sizeof(struct hvctx_header),
+                           .extra_tlvs_len = tl.len - sizeof(struct hvctx_header)};
+    if (stream_save(e.d, &io, &so, &sr, err, sizeof(err)) < 0)
+        fail_msg("stream_save: %s", err);
+    hvctx_free(&tl);
+    guest_destroy(e.g);
+    e.g = NULL;
+    domain_destroy(e.d);
+    e.d = NULL;
+
+    struct stream_mem src;
+    struct restore_result rr;
+    stream_mem_source(&src, &io, mem.buf, mem.len);
+    if (stream_restore(e.m, &io, NULL, &rr) < 0)
+        fail_msg("stream_restore: %s", rr.err);
+    e.d = rr.d;
+    struct guest_prog_state *ps = malloc(sizeof(*ps));
+    assert_non_null(ps);
+    if (guest_prog_decode(rr.context, rr.context_len, ps, err, sizeof(err)) != 1)
+        fail_msg("decoding the vCPUs: %s", err);
+    assert_int_equal(ps->nr_vcpus, nv);
+    /* native vCPUs carry none: their x87/SSE state is PROG_VCPU's FXSAVE
+     * image, their TSC the host's */
+    assert_true(ps->has_xsave == kvm);
+    assert_true(ps->has_msrs == kvm);
+    for (unsigned v = 0; kvm && v < nv; v++) {
+        assert_true(ps->ext[v].xsave_len >= 4096);
+        bool tsc = false;
+        for (unsigned k = 0; k < ps->ext[v].nr_msrs; k++)
+            if (ps->ext[v].msrs[k].index == HVCTX_MSR_IA32_TSC)
+                tsc = ps->ext[v].msrs[k].value >= before[v];
+        assert_true(tsc);
+    }
+    if (!carry)
+        ps->has_xsave = ps->has_msrs = false;
+    char why[256] = "";
+    if (guest_create_prog_resume(e.d, ps, &e.g, why, sizeof(why)) < 0)
+        fail_msg("resuming: %s", why);
+    for (unsigned v = 0; v < nv; v++)
+        fpu_page(e.g, v)[0] = 1; /* go */
+    assert_int_equal(guest_start(e.g), 0);
+    int rc = guest_wait(e.g, 60ULL * 1000 * 1000 * 1000);
+    if (rc < 0)
+        fail_msg("the resumed guest: %s (%s)", strerror(-rc), e.g->fault.what);
+
+    unsigned bad_tsc = 0, bad_ymm = 0, lost_mxcsr = 0;
+    for (unsigned v = 0; v < nv; v++) {
+        volatile uint64_t *w = fpu_page(e.g, v);
+        const volatile uint8_t *p = (const volatile uint8_t *)w;
+        uint64_t after = w[3];
+        print_message("# %s, %s: vCPU %u: TSC %#llx before the save, %#llx after the "
+                      "restore%s\n", guest_backend_name(b), carry ? "carried" : "not carried", v, (unsigned long long)before[v],
+                      (unsigned long long)after, avx ? "; AVX used" : "; no AVX here");
+        bad_tsc += after < before[v];
+        for (unsigned i = 0; i < 16; i++)
+            for (unsigned k = 0; k < 16; k++) {
+                if (p[64 + 16 * i + k] != (uint8_t)(0x40 + 16 * (i & 7) + k + v))
+                    fail_msg("vCPU %u: xmm%u byte %u is %#x", v, i, k, p[64 + 16 * i + k]);
+                if (avx && kvm && p[320 + 16 * i + k] != (uint8_t)(0x80 + i + k + v))
+                    bad_ymm++;
+            }
+        for (unsigned i = 0; i < 8; i++) {
+            /* st i as an 80-bit integer value (8 - i) * 1000 + v: mantissa
+             * and exponent of a small positive integer */
+            uint64_t mant;
+            uint16_t se;
+            uint64_t want = (uint64_t)(8 - i) * 1000 + v;
+            memcpy(&mant, (const uint8_t *)p + 576 + 16 * i, 8);
+            memcpy(&se, (const uint8_t *)p + 576 + 16 * i + 8, 2);
+            int exp = (se & 0x7fff) - 16383;
+            uint64_t got = exp >= 0 && exp < 64 ? mant >> (63 - exp) : 0;
+            if ((se & 0x8000) || got != want)
+                fail_msg("vCPU %u: st%u holds %llu, want %llu", v, i, (unsigned long long)got,
+                         (unsigned long long)want);
+        }
+        uint16_t cw;
+        uint32_t mx;
+        memcpy(&cw, (const uint8_t *)p + 704, 2);
+        memcpy(&mx, (const uint8_t *)p + 708, 4);
+        if (cw != 0x0f7f || (mx != 0x7f80 && (carry || !kvm)))
+            fail_msg("vCPU %u: x87 control word %#x, MXCSR %#x", v, cw, mx);
+        /* KVM_GET_FPU does not report MXCSR (it reads 0 here): only
+         * PROG_XSAVE carries it */
+        lost_mxcsr += mx != 0x7f80;
+    }
+    if (carry || !kvm) {
+        assert_int_equal(bad_tsc, 0);
+        assert_int_equal(bad_ymm, 0);
+    } else {
+        /* what the new TLVs are for: without them the guest's time went
+         * back, and its AVX registers' upper halves were lost (x87 and SSE
+         * come with PROG_VCPU's FPU image, MXCSR not even there) */
+        print_message("# kvm, not carried: %u of %u vCPUs' TSC went back, %u AVX upper bytes "
+                      "and %u MXCSRs lost\n", bad_tsc, nv, bad_ymm, lost_mxcsr);
+        assert_int_equal(bad_tsc, nv);
+        if (avx)
+            assert_true(bad_ymm > 0);
+    }
+    free(ps);
+    stream_mem_free(&mem);
+    restore_result_free(&rr);
+    env_down(&e);
+    free(elf);
+}
+
+static void test_xsave_kvm(void **s)
+{
+    (void)s;
+    BACKEND_OR_SKIP(GUEST_BACKEND_KVM);
+    xsave_resume(GUEST_BACKEND_KVM, true);
+    xsave_resume(GUEST_BACKEND_KVM, false);
+}
+
+/* The same guest natively: its x87 and SSE registers through PROG_VCPU
+ * (the native backend carries no XSAVE or MSR TLV), the host's TSC. */
+static void test_xsave_native(void **s)
+{
+    (void)s;
+    xsave_resume(GUEST_BACKEND_NATIVE, true);
+}
+
 /* ---- the ELF loader --------------------------------------------------------------- */
 
 /* The example guest: $HUGEVM_HELLO_ELF (meson sets it), else
@@ -1816,6 +2036,7 @@ int main(void)
         cmocka_unit_test(test_postcopy_concurrent_faults),
         cmocka_unit_test(test_postcopy_native),
         cmocka_unit_test(test_pod_native),
+        cmocka_unit_test(test_xsave_native),
         cmocka_unit_test(test_workloads_kvm),
         cmocka_unit_test(test_verify_catches_kvm),
         cmocka_unit_test(test_faults_kvm),
@@ -1825,6 +2046,7 @@ int main(void)
         cmocka_unit_test(test_migrate_kvm),
         cmocka_unit_test(test_postcopy_kvm),
         cmocka_unit_test(test_pod_kvm),
+        cmocka_unit_test(test_xsave_kvm),
     };
     const char *filter = getenv("HUGEVM_TEST_FILTER"); /* one test, e.g. under TCG */
     if (filter && *filter)

@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 tests=(test_guest test_kvm)
-export HUGEVM_HELLO_ELF=$abs/guest/hello-guest.elf HUGEVM_MEMCALLS_ELF=$abs/tests/memcalls-guest.elf
+export HUGEVM_HELLO_ELF=$abs/guest/hello-guest.elf HUGEVM_MEMCALLS_ELF=$abs/tests/memcalls-guest.elf HUGEVM_FPU_ELF=$abs/tests/fpu-guest.elf
 export CMOCKA_MESSAGE_OUTPUT=TAP
 # as root, the host-superpage test switches shmem THP to advise and back
 if [ "$(id -u)" = 0 ]; then export HUGEVM_KVM_THP=${HUGEVM_KVM_THP:-1}; fi
