@@ -448,7 +448,7 @@ static void channels_figures(bench_add_fn add, const char *tag, unsigned nch, un
  * against the same on one. */
 static void tls_case(bench_add_fn add, uint64_t rate, unsigned runs)
 {
-    char name[80], tag[32], ptag[32];
+    char name[80], tag[48], ptag[48];
     snprintf(tag, sizeof(tag), "migrate_%lluk_tls", (unsigned long long)(rate / 1000));
     snprintf(ptag, sizeof(ptag), "migrate_%lluk_plain", (unsigned long long)(rate / 1000));
     static double mp[MAX_RUNS][M_NR], mt[MAX_RUNS][M_NR], mpn[MAX_RUNS][M_NR],
