@@ -91,6 +91,8 @@
  * and AVX-512's three together */
 #define XCR0_BASE 0x7ULL
 #define XCR0_AVX512 0xe0ULL
+/* MXCSR at reset: every SIMD exception masked */
+#define MXCSR_RESET 0x1f80u
 
 struct mrun {
     gfn_t gfn;
@@ -1231,8 +1233,13 @@ static int kvm_get_state(struct guest_exec *x, unsigned i, struct hvctx_prog_vcp
  * test_xsave_kvm: a stream without PROG_XSAVE lost every xmm register).
  * So, where KVM has XSAVE, the image goes into the area read back, with
  * XSTATE_BV's x87 and SSE bits set.  A PROG_XSAVE TLV replaces it all.
- * (KVM_GET_FPU does not report MXCSR either, seen as 0: only PROG_XSAVE
- * carries it.)
+ * KVM_GET_FPU does not report MXCSR (its field reads 0; KVM_SET_FPU
+ * ignores it): only PROG_XSAVE carries it.  An MXCSR of 0 therefore means
+ * the reset value 0x1f80 (every SIMD exception masked), never 0 itself,
+ * which would unmask them all and turn the resumed guest's first inexact
+ * SSE result into #XM.  Nor the area's own: read back from a new vCPU it
+ * held 0 too (KVM inside QEMU TCG, test_xsave_kvm).  Another value is
+ * taken; KVM_SET_XSAVE refuses reserved bits.
  */
 static int fpu_to_xsave(struct kvm_vm *vm, int fd, const struct kvm_fpu *f)
 {
@@ -1249,7 +1256,8 @@ static int fpu_to_xsave(struct kvm_vm *vm, int fd, const struct kvm_fpu *f)
         memcpy(a + 6, &f->last_opcode, 2);
         memcpy(a + 8, &f->last_ip, 8);
         memcpy(a + 16, &f->last_dp, 8);
-        memcpy(a + 24, &f->mxcsr, 4);
+        uint32_t mxcsr = f->mxcsr ? f->mxcsr : MXCSR_RESET;
+        memcpy(a + 24, &mxcsr, 4);
         for (unsigned k = 0; k < 8; k++) /* st0-7: 10 bytes in 16 */
             memcpy(a + 32 + 16 * k, f->fpr[k], 16);
         memcpy(a + 160, f->xmm, sizeof(f->xmm));
