@@ -7,7 +7,10 @@
  * Then it stores every one of those registers and the TSC into its result
  * page (ext[0] + (8 + vcpu) pages), which the host compares with what was
  * loaded.  Everything from the loads to the stores is one asm statement,
- * so no compiled code touches the registers in between.
+ * so no compiled code touches the registers in between.  The image is one
+ * for all vCPUs, so the values to load are kept per vCPU (one array shared
+ * by all was a race: a vCPU could load another's values where their stores
+ * interleaved, taken for a failed restore in test_xsave_kvm).
  *
  * Result page (u64 words):
  *  0 go       (host: 1 once the guest was resumed)
@@ -18,14 +21,18 @@
  *  8..       xmm0..15 (16 bytes each), then ymm0..15's upper halves
  *            (16 bytes each), then st0..st7 (16 bytes each, 10 used),
  *            then the x87 control word (u16) and MXCSR (u32) in one word
+ *  1024..    an FXSAVE image stored right after the loads (before the
+ *            save): what this vCPU loaded, so the host can tell a wrong
+ *            load from a wrong restore
+ *  1536..    ymm0..15's upper halves, stored with it
  *  the loaded values: byte k of xmm i is 0x40 + 16 * (i & 7) + k + vcpu,
  *  of ymm i's upper half 0x80 + i + k + vcpu; st i holds the integer
  *  (8 - i) * 1000 + vcpu; control word 0x0f7f, MXCSR 0x7f80
  */
 #include "rt.h"
 
-static uint8_t xmm_in[16][16], ymm_in[16][16];
-static int64_t st_in[8];
+static uint8_t xmm_in_v[HVG_MAX_VCPUS][16][16], ymm_in_v[HVG_MAX_VCPUS][16][16];
+static int64_t st_in_v[HVG_MAX_VCPUS][8];
 static const uint16_t cw_in = 0x0f7f;
 static const uint32_t mxcsr_in = 0x7f80;
 
@@ -42,6 +49,10 @@ static int has_avx(void)
 
 int hvg_main(struct hvg_param *p)
 {
+    if (p->vcpu >= HVG_MAX_VCPUS)
+        return 1;
+    uint8_t(*xmm_in)[16] = xmm_in_v[p->vcpu], (*ymm_in)[16] = ymm_in_v[p->vcpu];
+    int64_t *st_in = st_in_v[p->vcpu];
     uint8_t *page = (uint8_t *)(uintptr_t)(p->ext[0].gpa + (8 + p->vcpu) * 4096);
     volatile uint64_t *w = (volatile uint64_t *)page;
     int avx = has_avx();
@@ -81,6 +92,14 @@ int hvg_main(struct hvg_param *p)
         "movdqu \\n*16(%%rdi), %%xmm\\n\n\t"
         ".endr\n"
         "2:\n\t"
+        /* what was loaded, before the save */
+        "fxsave64 1024(%%r8)\n\t"
+        "testq %%r9, %%r9\n\t"
+        "jz 5f\n\t"
+        ".irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n\t"
+        "vextractf128 $1, %%ymm\\n, 1536+\\n*16(%%r8)\n\t"
+        ".endr\n"
+        "5:\n\t"
         "movq $1, 8(%%r8)\n\t"
         /* spin: the last TSC read in word 2, until word 0 (go) */
         "3:\n\t"
