@@ -162,7 +162,8 @@ static const char *frame_name(unsigned t)
 {
     static const char *const n[] = {"?",       "HELLO",      "READY",    "DATA",   "DONE",
                                     "RESULT",  "COMMIT",     "ABORT",    "RESUMED",
-                                    "PC_PENDING", "PC_PAGES", "PC_REQ", "PC_END", "PC_DONE"};
+                                    "PC_PENDING", "PC_PAGES", "PC_REQ", "PC_END", "PC_DONE",
+                                    "PC_RESUME",  "SYNC",     "SYNCED"};
     return t < ARRAY_SIZE(n) ? n[t] : "unknown";
 }
 
@@ -1524,6 +1525,26 @@ struct hello_ch {
     struct mig_hello_channels c;
 };
 
+/* SYNC, then wait for SYNCED: every byte sent so far is in the receiver.
+ * The tag is the SYNC's number (one per migration). */
+static int catch_up(struct sender *s, double *secs)
+{
+    uint64_t t0 = hv_now_ns(), tag = htole64(1), back = 0;
+    int rc = out_ctrl(s, MIG_SYNC, &tag, sizeof(tag));
+    if (rc == 0)
+        rc = out_drain(s);
+    if (rc < 0) {
+        struct pipe *f = out_failed(s);
+        return sfail(s, rc, "sending SYNC: %s", f ? f->werr_msg : strerror(-rc));
+    }
+    rc = recv_ctrl(s->pipe.ch, MIG_SYNCED, &back, sizeof(back), s->rep->err,
+                   sizeof(s->rep->err), "receiver");
+    if (rc == 0 && back != tag)
+        rc = sfail(s, -EPROTO, "the receiver's SYNCED names another SYNC");
+    *secs = (double)(hv_now_ns() - t0) / 1e9;
+    return rc;
+}
+
 /* Open channels 1..want-1 (the receiver took them): each connection gets
  * its pipe, then its own HELLO {index, token} and the receiver's READY. */
 static int open_channels(struct sender *s, unsigned want, uint64_t token, int timeout)
@@ -1655,7 +1676,8 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         goto out;
     }
     struct hello_ch hello = {
-        {htole32(MIG_VERSION), htole32(MIG_HELLO_VERIFY | (may_pc ? MIG_HELLO_POSTCOPY : 0) |
+        {htole32(MIG_VERSION), htole32(MIG_HELLO_VERIFY | MIG_HELLO_SYNC |
+                                        (may_pc ? MIG_HELLO_POSTCOPY : 0) |
                                         (want > 1 ? MIG_HELLO_CHANNELS : 0))},
         {htole32(want), 0, htole64(token)}};
     rc = out_ctrl(s, MIG_HELLO, &hello, want > 1 ? sizeof(hello) : sizeof(hello.h));
@@ -1682,6 +1704,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     }
     if (rc < 0)
         goto out;
+    bool sync = le32toh(ready.flags) & MIG_HELLO_SYNC;
     rep->channels = s->nch;
     s->striping = true;
     if (o->inject_len && (rc = out_write(s, o->inject, o->inject_len)) < 0)
@@ -1765,6 +1788,11 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
             break;
         prev_dirty = dirty;
     }
+
+    /* the receiver takes in what is on its way while the guest runs on,
+     * not while it is paused */
+    if (sync && (rc = catch_up(s, &rep->catch_up_s)) < 0)
+        goto out;
 
     /* stop and copy */
     guest_pause(g);
@@ -2055,6 +2083,7 @@ struct rx {
     ZSTD_DCtx *dctx;
     uint64_t offset, frames;
     bool aborted;        /* an ABORT frame came */
+    bool sync;           /* the sender may send SYNC (MIG_HELLO_SYNC) */
     /* parallel channels: frame seq comes on channel seq % (nlanes + 1);
      * channel i > 0 is read ahead by lanes[i - 1] */
     struct lane *lanes;
@@ -2487,9 +2516,17 @@ static long rx_read(void *ctx, void *buf, size_t len)
             x->pos = x->len;
             return rx_aborted(x);
         }
+        if (t == MIG_SYNC && x->sync && x->len == 8) {
+            /* everything before it is in: say so (its tag back) */
+            x->pos = x->len;
+            if ((rc = send_ctrl(x->ch, MIG_SYNCED, x->data, 8)) < 0)
+                return rxfail(x, rc, "sending SYNCED: %s", chan_strerror(x->ch, rc));
+            continue;
+        }
         if (t != MIG_DATA) {
             x->pos = x->len;
-            return rxfail(x, -EPROTO, "%s frame inside the stream (before END)", frame_name(t));
+            return rxfail(x, -EPROTO, "%s frame of %zu bytes inside the stream (before END)",
+                          frame_name(t), x->len);
         }
     }
     if (x->pos == x->avail) { /* a streamed frame: more from the socket */
@@ -2788,8 +2825,10 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     unsigned want = (le32toh(hello.h.flags) & MIG_HELLO_CHANNELS) ? le32toh(hello.c.channels) : 1;
     bool pc = (le32toh(hello.h.flags) & MIG_HELLO_POSTCOPY) && o->postcopy_ok;
     bool lanes = want > 1 && o->join;
+    x.sync = le32toh(hello.h.flags) & MIG_HELLO_SYNC;
     struct mig_hello ready = {htole32(MIG_VERSION), htole32((pc ? MIG_HELLO_POSTCOPY : 0) |
-                                                            (lanes ? MIG_HELLO_CHANNELS : 0))};
+                                                            (lanes ? MIG_HELLO_CHANNELS : 0) |
+                                                            (x.sync ? MIG_HELLO_SYNC : 0))};
     rc = send_ctrl(ch, MIG_READY, &ready, sizeof(ready));
     if (rc < 0) {
         rxfail(&x, rc, "sending READY: %s", chan_strerror(ch, rc));

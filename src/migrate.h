@@ -18,8 +18,11 @@
  *   HELLO {version, flags}          ->
  *                                   <-       READY {version}
  *   DATA ... (round 0: every RAM page; rounds 1..n: pages dirtied meanwhile,
- *            guest running, XTAB for those no longer RAM; final round:
- *            guest paused; tail with the PoD entries at pause; END)
+ *            guest running, XTAB for those no longer RAM)
+ *   SYNC (MIG_HELLO_SYNC)           ->
+ *                                   <-       SYNCED (all of the above is in)
+ *   DATA ... (final round: guest paused; tail with the PoD entries at
+ *            pause; END)
  *   DONE {digest of every page at pause,  ->  stream_restore has seen END
  *         kept as pages were sent}
  *                                   <-       RESULT {status, digest, leaves}
@@ -201,8 +204,10 @@ enum mig_frame_type {
     MIG_PC_END = 12,    /* sender -> receiver: every pending page sent (struct mig_pc_end) */
     MIG_PC_DONE = 13,   /* receiver -> sender: every page here (struct mig_result) */
     MIG_PC_RESUME = 14, /* sender -> receiver on a new connection: u64 id */
+    MIG_SYNC = 15,      /* sender -> receiver in the stream: u64; answer when all before is in */
+    MIG_SYNCED = 16,    /* receiver -> sender: the SYNC's u64 */
 };
-#define MIG_FRAME_TYPES 14
+#define MIG_FRAME_TYPES 16
 #define MIG_F_ZSTD 0x1u /* payload is one zstd frame of raw_len bytes */
 
 struct mig_frame {
@@ -234,6 +239,13 @@ _Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
  * with a HELLO of its own naming its index and the same token, answered
  * by a READY on it.  Without the echo the migration runs on one. */
 #define MIG_HELLO_CHANNELS 0x8u
+/* The receiver answers SYNC: before it pauses the guest the sender sends
+ * SYNC after the last pre-copy round and waits for SYNCED, which the
+ * receiver sends once it has taken in every byte before it, so the pause
+ * does not wait for the bytes still in the sockets' buffers (megabytes
+ * over a fast link: milliseconds of downtime).  A receiver that takes it
+ * echoes the flag in READY. */
+#define MIG_HELLO_SYNC 0x10u
 #define MIG_MAX_CHANNELS 8u
 struct mig_hello {
     uint32_t version;
@@ -485,6 +497,9 @@ struct migrate_report {
      * kept paused (not resumed, not destroyed); the receiver may run it. */
     bool in_doubt;
     struct migrate_stats st;
+    /* waiting for the receiver to take in what was on its way before the
+     * pause (SYNC; 0 when the receiver does not answer SYNC) */
+    double catch_up_s;
     /* parallel channels: how many ran, why not as many as asked, and the
      * bytes each carried */
     unsigned channels;

@@ -589,6 +589,8 @@ static void migrate_ok_ch(struct sender_env *e, enum dirty_mode mode, bool compr
                   rep->downtime_s * 1e3, (unsigned long long)rep->logdirty.p1g,
                   (unsigned long long)rep->logdirty.p2m, (unsigned long long)rep->logdirty.p4k);
     assert_int_not_equal(rep->end, MIGRATE_END_none);
+    /* the receiver took in the pre-copy rounds before the pause (SYNC) */
+    assert_true(rep->catch_up_s > 0);
     struct domain *rd = rx.res.g->d;
     /* per-page checksums at pause time == the receiver's */
     page_hashes(rd, hr);
@@ -1373,6 +1375,19 @@ static void test_hostile_sender(void **state)
     frame(buf, MIG_HELLO, sizeof(hc), sizeof(hc), &hc, true);
     memcpy(buf + 24, &hc, sizeof(hc));
     hostile_sender(buf, 48, -EPROTO, "flags 0");
+    /* SYNC from a sender that did not offer it, and one of the wrong size */
+    uint64_t one = htole64(1);
+    frame(buf, MIG_HELLO, 8, 8, &hello, true);
+    memcpy(buf + 24, &hello, 8);
+    frame(buf + 32, MIG_SYNC, 8, 8, &one, true);
+    memcpy(buf + 56, &one, 8);
+    hostile_sender(buf, 64, -EPROTO, "SYNC frame of 8 bytes inside the stream");
+    struct mig_hello hs = {htole32(MIG_VERSION), htole32(MIG_HELLO_SYNC)};
+    frame(buf, MIG_HELLO, 8, 8, &hs, true);
+    memcpy(buf + 24, &hs, 8);
+    frame(buf + 32, MIG_SYNC, 4, 4, &one, true);
+    memcpy(buf + 56, &one, 4);
+    hostile_sender(buf, 60, -EPROTO, "SYNC frame of 4 bytes");
 }
 
 struct fake_rx {

@@ -44,8 +44,9 @@ static void print_report(const struct migrate_report *r)
                "superpages merged back\n", r->err);
     else
         printf("migration done in %.3f s, downtime %.1f ms (pause to confirmation; it includes "
-               "both memory digests, %.1f ms here)\n", r->total_s, r->downtime_s * 1e3,
-               r->digest_s * 1e3);
+               "both memory digests, %.1f ms here; before the pause %.1f ms waiting for the "
+               "receiver to take in what was on its way)\n", r->total_s, r->downtime_s * 1e3,
+               r->digest_s * 1e3, r->catch_up_s * 1e3);
     printf("  pre-copy: %u round(s) then the final one; ended because %s (%s)\n",
            r->nr_rounds ? r->nr_rounds - (r->rc == 0) : 0, migrate_end_desc(r->end),
            migrate_end_name(r->end));
@@ -96,6 +97,7 @@ static void json_report(struct json *j, const char *key, const struct migrate_re
     json_str(j, "error", r->err);
     json_dbl(j, "total_s", r->total_s);
     json_dbl(j, "downtime_ms", r->downtime_s * 1e3);
+    json_dbl(j, "catch_up_ms", r->catch_up_s * 1e3);
     json_str(j, "end_rule", migrate_end_name(r->end));
     json_str(j, "end_reason", migrate_end_desc(r->end));
     json_str(j, "mode", r->postcopy ? "postcopy" : "precopy");
