@@ -47,6 +47,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -1304,7 +1306,11 @@ static int pc_push_all(struct sender *s, struct pc_push *q)
                 pick[n++] = g;
         }
         if (n) {
-            rc = pc_send_pages(s, q, ch, pick, n, true);
+            /* answers on the preempt channel (channel 1 of several, until
+             * a connection had to be replaced): no background page
+             * queued on channel 0 is in their way */
+            struct chan *uch = !s->pc_ch && s->nch > 1 ? s->more[0].ch : ch;
+            rc = pc_send_pages(s, q, uch, pick, n, true);
             continue;
         }
         n = pc_next(s, q, pick);
@@ -2216,6 +2222,7 @@ struct lane {
     struct lane_frame slot[LANE_SLOTS];
     unsigned head, count;
     bool quit;
+    int wake;            /* eventfd: quit while waiting for a frame */
     int err;             /* after the queued frames */
     char msg[STREAM_ERR_LEN / 2];
     uint8_t *wire;
@@ -2240,6 +2247,22 @@ static void *lane_main(void *arg)
         pthread_mutex_unlock(&l->mu);
         if (quit)
             return NULL;
+        /* wait for the next frame's first byte, or to be told to stop:
+         * a lane stopped so has read nothing of what comes after (the
+         * channel may go on carrying post-copy's answers) */
+        while ((rc = chan_poll_in(l->ch, 0)) == 0) {
+            struct pollfd pf[2] = {{l->ch->fd, POLLIN, 0}, {l->wake, POLLIN, 0}};
+            if (poll(pf, 2, -1) < 0 && errno != EINTR) {
+                rc = -errno;
+                break;
+            }
+            if (pf[1].revents)
+                return NULL;
+        }
+        if (rc < 0) {
+            snprintf(msg, sizeof(msg), "%s%s", who, chan_strerror(l->ch, rc));
+            break;
+        }
         struct mig_frame h;
         uint64_t at = l->offset;
         size_t got = 0;
@@ -2304,6 +2327,8 @@ static int lane_start(struct lane *l, struct chan *ch, unsigned index, size_t wc
     l->ch = ch;
     l->index = index;
     l->wcap = wcap;
+    if ((l->wake = eventfd(0, EFD_CLOEXEC)) < 0)
+        return -errno;
     pthread_mutex_init(&l->mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -2338,29 +2363,42 @@ static void lane_release(struct rx *x)
     x->held = NULL;
 }
 
-/* Stop every lane (cut, join, free) and go on with channel 0 alone. */
-static void lanes_stop(struct rx *x)
+/* Stop every lane (join, free) and go on with channel 0 alone.  With
+ * keep (post-copy's answers), channel 1 is not cut: its lane stops
+ * between frames and *keep gets the channel; every other is cut. */
+static void lanes_stop_keep(struct rx *x, struct chan **keep)
 {
     lane_release(x);
     for (unsigned i = 0; i < x->lanes_cap; i++) {
         struct lane *l = &x->lanes[i];
         if (!l->ch)
             continue;
+        bool kept = keep && i == 0 && l->up;
         if (l->up) {
             pthread_mutex_lock(&l->mu);
             l->quit = true;
             pthread_cond_broadcast(&l->cv);
             pthread_mutex_unlock(&l->mu);
-            chan_cut(l->ch);
+            if (eventfd_write(l->wake, 1) < 0 || !kept)
+                chan_cut(l->ch);
             pthread_join(l->t, NULL);
         }
+        if (l->wake > 0)
+            close(l->wake);
+        /* a lane that read past DONE (a sender that sent more) or failed
+         * leaves no channel to keep */
+        if (kept && (l->count || l->err))
+            kept = false;
         x->lane_bytes += l->offset;
         x->lane_frames += l->frames;
         for (unsigned k = 0; k < LANE_SLOTS; k++)
             free(l->slot[k].raw);
         free(l->wire);
         ZSTD_freeDCtx(l->dctx);
-        chan_close(l->ch);
+        if (kept)
+            *keep = l->ch;
+        else
+            chan_close(l->ch);
         pthread_mutex_destroy(&l->mu);
         pthread_cond_destroy(&l->cv);
     }
@@ -2369,6 +2407,8 @@ static void lanes_stop(struct rx *x)
     x->nlanes = x->lanes_cap = 0;
     x->who = "";
 }
+
+static void lanes_stop(struct rx *x) { lanes_stop_keep(x, NULL); }
 
 /* The next frame from lane l, by x->by. */
 static int lane_take(struct rx *x, struct lane *l, uint16_t *type)
@@ -2867,7 +2907,9 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     rc = rx_ctrl(&x, MIG_DONE, &done, sizeof(done));
     if (rc < 0)
         goto fail;
-    lanes_stop(&x); /* nothing comes on the other channels after DONE */
+    /* nothing comes on the other channels after DONE, but post-copy's
+     * answers to requests come on channel 1 when there is one */
+    lanes_stop_keep(&x, pc && res->pc_nruns ? &res->pc_preempt : NULL);
     rc = guest_from_context(d, res->rr.context, res->rr.context_len, o, &g, res->err,
                             sizeof(res->err));
     if (rc < 0)
@@ -3006,6 +3048,8 @@ int migrate_postcopy_accept(struct chan *ch, uint64_t id, int timeout_ms, char *
 
 void migrate_recv_result_free(struct migrate_recv_result *res)
 {
+    chan_close(res->pc_preempt);
+    res->pc_preempt = NULL;
     restore_result_free(&res->rr);
     free(res->pc_runs);
     res->pc_runs = NULL;

@@ -101,6 +101,12 @@
  *   sender -> PC_PAGES (answers first, background at most MIG_PC_WINDOW
  *             frames ahead of what the receiver says it landed) ... PC_END
  *             {digest of every page at the pause}
+ *             With parallel channels, answers (urgent PC_PAGES) go on
+ *             channel 1, the preempt channel, where no background page
+ *             queued on channel 0 delays them; the receiver keeps channel
+ *             1 after DONE for that (migrate_recv_result.pc_preempt) and
+ *             waits for answers still on their way there after PC_END.
+ *             A resumed post-copy runs on its one new connection.
  *   receiver -> PC_REQ {pfns, frames landed} ... PC_DONE {mig_result}
  * The commit window for post-copy: COMMIT still moves the guest (the
  * receiver runs it from then on, the sender never again), but the sender
@@ -618,6 +624,10 @@ struct migrate_recv_result {
     size_t pc_nruns;
     uint64_t pc_pages;
     uint64_t pc_id;          /* what a resuming connection names */
+    /* the preempt channel: channel 1 of a migration over several, kept
+     * for post-copy's answers to requests, which background pages on
+     * channel 0 cannot delay (hand it to postcopy_rx_start; NULL: none) */
+    struct chan *pc_preempt;
     char err[STREAM_ERR_LEN];
 };
 

@@ -61,6 +61,7 @@ struct postcopy_rx {
     struct domain *d;
     struct machine *m;
     struct chan *ch;
+    struct chan *pre; /* the preempt channel: answers only (or NULL) */
     int uffd, wake_fd, stop_fd;
     int timeout_ms;
     pthread_t io_thread, fault_thread;
@@ -399,39 +400,42 @@ static int send_requests(struct postcopy_rx *p)
 
 /* A read that failed: tampering (TLS) ends post-copy, anything else is
  * the connection's failure (a new one may take over). */
-static int read_failed(struct postcopy_rx *p, int rc, const char *what)
+static int read_failed(struct postcopy_rx *p, struct chan *ch, int rc, const char *what)
 {
     const char *why = rc == -ENODATA ? "the sender closed the connection"
-                                     : chan_strerror(p->ch, rc);
+                                     : chan_strerror(ch, rc);
     return rc == -EBADMSG ? pcfail(p, rc, "post-copy: %s: %s", what, why)
                           : linkfail(p, rc, "post-copy: %s: %s", what, why);
 }
 
-/* One frame (untrusted) into p->buf: 1 with *type and *len, or < 0. */
-static int read_frame(struct postcopy_rx *p, uint16_t *type, uint32_t *len)
+/* One frame (untrusted) from ch into p->buf: 1 with *type and *len, or
+ * < 0. */
+static int read_frame(struct postcopy_rx *p, struct chan *ch, uint16_t *type, uint32_t *len)
 {
     struct mig_frame h;
     size_t got = 0;
     uint64_t by = hv_now_ns() + (uint64_t)p->timeout_ms * 1000000;
-    int rc = chan_read_all_by(p->ch, &h, sizeof(h), &got, by);
+    int rc = chan_read_all_by(ch, &h, sizeof(h), &got, by);
     p->st.wire_bytes += got;
     if (rc < 0)
-        return read_failed(p, rc, "reading the connection");
+        return read_failed(p, ch, rc, ch == p->pre ? "reading the preempt channel"
+                                                   : "reading the connection");
     uint16_t t = le16toh(h.type);
     uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
     uint32_t max = t == MIG_PC_PAGES ? 8 + MIG_PC_PAGES_MAX * (8 + PAGE_SIZE) : MIG_CTRL_MAX;
     if (le32toh(h.magic) != MIG_MAGIC || h.flags || raw != wire ||
-        (t != MIG_PC_PAGES && t != MIG_PC_END && t != MIG_ABORT))
+        (t != MIG_PC_PAGES && t != MIG_PC_END && t != MIG_ABORT) ||
+        (ch == p->pre && t != MIG_PC_PAGES))
         return pcfail(p, -EBADMSG, "post-copy: bad frame after %llu bytes (magic %#x, type %u, "
                       "flags %#x)", (unsigned long long)p->st.wire_bytes, le32toh(h.magic), t,
                       le16toh(h.flags));
     if (raw > max)
         return pcfail(p, -EMSGSIZE, "post-copy: frame of type %u has %u bytes, over the limit "
                       "of %u", t, raw, max);
-    rc = chan_read_all_by(p->ch, p->buf, raw, &got, by);
+    rc = chan_read_all_by(ch, p->buf, raw, &got, by);
     p->st.wire_bytes += got;
     if (rc < 0)
-        return read_failed(p, rc, "reading a frame body");
+        return read_failed(p, ch, rc, "reading a frame body");
     if (hv_hash64(p->buf, raw) != le64toh(h.checksum))
         return pcfail(p, -EBADMSG, "post-copy: frame of type %u failed its checksum", t);
     *type = t;
@@ -631,11 +635,23 @@ static void *io_main(void *arg)
         pthread_mutex_unlock(&p->mu);
         if (done)
             break;
-        int in = chan_poll_in(p->ch, 0);
-        if (in == 0) {
+        /* answers on the preempt channel first, then the connection */
+        struct chan *from = NULL;
+        int in = p->pre ? chan_poll_in(p->pre, 0) : 0;
+        if (in > 0)
+            from = p->pre;
+        else if (in == 0 && (in = chan_poll_in(p->ch, 0)) > 0)
+            from = p->ch;
+        if (in < 0) {
+            rc = linkfail(p, in, "post-copy: %s", chan_strerror(p->ch, in));
+            break;
+        }
+        if (!from) {
             /* wait for the peer or for a request, whichever comes first */
-            struct pollfd f[2] = {{p->ch->fd, POLLIN, 0}, {p->wake_fd, POLLIN, 0}};
-            int pr = poll(f, 2, p->timeout_ms);
+            const unsigned W = 2;
+            struct pollfd f[3] = {{p->ch->fd, POLLIN, 0}, {p->pre ? p->pre->fd : -1, POLLIN, 0},
+                                  {p->wake_fd, POLLIN, 0}};
+            int pr = poll(f, 3, p->timeout_ms);
             if (pr < 0 && errno != EINTR) {
                 rc = pcfail(p, -errno, "post-copy: poll: %s", strerror(errno));
                 break;
@@ -646,23 +662,29 @@ static void *io_main(void *arg)
                               (unsigned long long)postcopy_rx_missing(p));
                 break;
             }
-            if (f[1].revents) {
+            if (f[W].revents) {
                 uint64_t v;
                 (void)!read(p->wake_fd, &v, sizeof(v));
             }
-            if (!(f[0].revents & (POLLIN | POLLHUP | POLLERR)))
+            if (f[1].revents & (POLLIN | POLLHUP | POLLERR))
+                from = p->pre;
+            else if (f[0].revents & (POLLIN | POLLHUP | POLLERR))
+                from = p->ch;
+            else
                 continue;
-        } else if (in < 0) {
-            rc = linkfail(p, in, "post-copy: %s", chan_strerror(p->ch, in));
-            break;
         }
         uint16_t t = 0;
         uint32_t len = 0;
-        rc = read_frame(p, &t, &len);
+        rc = read_frame(p, from, &t, &len);
         if (rc < 0)
             break;
         rc = 0;
         if (t == MIG_PC_PAGES) {
+            if (from == p->pre && len >= 8) {
+                uint32_t cnt;
+                memcpy(&cnt, p->buf, 4);
+                p->st.pages_preempt += le32toh(cnt);
+            }
             rc = land_pages(p, len);
             if (len >= 8 && !p->buf[4]) /* (urgent is a little-endian u32 at 4) */
                 p->landed++;
@@ -678,7 +700,10 @@ static void *io_main(void *arg)
             p->end_seen = true;
             uint64_t left = p->nmissing;
             pthread_mutex_unlock(&p->mu);
-            if (left)
+            /* with a preempt channel the last answers may still be on
+             * their way there (two connections keep no order between
+             * them): they are waited for, within the timeout */
+            if (left && !p->pre)
                 rc = pcfail(p, -EPROTO, "post-copy: the sender ended with %llu pending pages "
                             "never sent", (unsigned long long)left);
         }
@@ -856,6 +881,7 @@ static void rx_free(struct postcopy_rx *p)
         close(p->stop_fd);
     if (p->g)
         guest_postcopy_end(p->g);
+    chan_close(p->pre);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->missing);
@@ -871,25 +897,29 @@ static void rx_free(struct postcopy_rx *p)
     free(p);
 }
 
-int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_run *runs,
-                      size_t nruns, uint64_t id, uint64_t digest, uint64_t pages, int timeout_ms,
-                      struct postcopy_rx **out, char *why, size_t len)
+int postcopy_rx_start(struct guest *g, struct chan *ch, struct chan *pre,
+                      const struct postcopy_run *runs, size_t nruns, uint64_t id, uint64_t digest,
+                      uint64_t pages, int timeout_ms, struct postcopy_rx **out, char *why,
+                      size_t len)
 {
     *out = NULL;
     if (g->started) {
         snprintf(why, len, "post-copy must be armed before the guest starts");
+        chan_close(pre);
         return -EINVAL;
     }
     struct domain *d = g->d;
     struct postcopy_rx *p = hv_calloc(1, sizeof(*p));
     if (!p) {
         snprintf(why, len, "out of memory");
+        chan_close(pre);
         return -ENOMEM;
     }
     p->g = g;
     p->d = d;
     p->m = d->m;
     p->ch = ch;
+    p->pre = pre;
     p->uffd = p->wake_fd = p->stop_fd = -1;
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : MIGRATE_DEFAULT_TIMEOUT_MS;
     p->digest = digest;
@@ -1110,6 +1140,9 @@ int postcopy_rx_resume(struct postcopy_rx *p, struct chan *ch, char *why, size_t
     uint8_t *f = malloc(cap);
     int rc = f ? 0 : -ENOMEM;
     p->ch = ch;
+    /* one connection from here on: the answers come on it too */
+    chan_close(p->pre);
+    p->pre = NULL;
     do {
         size_t n = hi - lo < MIG_PC_PENDING_MAX_WORDS ? hi - lo : MIG_PC_PENDING_MAX_WORDS;
         struct mig_pc_pending h = {htole32((uint32_t)n), htole32(lo + n == hi),

@@ -75,6 +75,7 @@ struct postcopy_run; /* migrate.h: a run of pending pfns */
     X(faults_missing, "faults on pages not here yet (the vCPU waited)")        \
     X(requests, "pages requested (PC_REQ)")                                   \
     X(pages_urgent, "pages that came as answers")                             \
+    X(pages_preempt, "of those, on the preempt channel")                      \
     X(pages_pushed, "pages that came in the background")                     \
     X(pages_dup, "pages that came again (dropped: the first copy stands)")    \
     X(wire_bytes, "bytes read after the switch")
@@ -105,15 +106,19 @@ struct postcopy_rx;
  * Arm post-copy over g (created, not started; a program guest) for the
  * pending runs (untrusted: ascending, not overlapping, each pfn RAM of
  * g's domain at or above HVG_SYSTEM_END), reading pages from ch (the
- * migration's connection, after RESUMED).  digest/pages: the memory digest
+ * migration's connection, after RESUMED) and, when pre is not NULL, the
+ * answers to its requests from pre (migrate_recv_result.pc_preempt: they
+ * do not wait behind background pages there; pre is p's from now on,
+ * closed on failure too, and dropped when a new connection resumes).  digest/pages: the memory digest
  * the pre-copy part verified.  Starts the fault server and the I/O thread;
  * the caller starts the guest next.  -ENOTSUP with why[] (soft guest,
  * no minor-fault userfaultfd here), -EINVAL (bad runs),
  * -ENOMEM, -errno.
  */
-int postcopy_rx_start(struct guest *g, struct chan *ch, const struct postcopy_run *runs,
-                      size_t nruns, uint64_t id, uint64_t digest, uint64_t pages, int timeout_ms,
-                      struct postcopy_rx **out, char *why, size_t len) HV_MUST_CHECK;
+int postcopy_rx_start(struct guest *g, struct chan *ch, struct chan *pre,
+                      const struct postcopy_run *runs, size_t nruns, uint64_t id, uint64_t digest,
+                      uint64_t pages, int timeout_ms, struct postcopy_rx **out, char *why,
+                      size_t len) HV_MUST_CHECK;
 /* Pages still missing (a snapshot). */
 uint64_t postcopy_rx_missing(struct postcopy_rx *p);
 /* The counters so far (a snapshot, any thread). */

@@ -1410,7 +1410,7 @@ static void test_postcopy_refusals(void **s)
         for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
             struct postcopy_rx *p = NULL;
             size_t n = bad[i][1].nr ? 2 : 1;
-            assert_int_equal(postcopy_rx_start(e.g, a, bad[i], n, 1, 0, 0, 1000, &p, why,
+            assert_int_equal(postcopy_rx_start(e.g, a, NULL, bad[i], n, 1, 0, 0, 1000, &p, why,
                                                sizeof(why)), -EINVAL);
             assert_null(p);
             assert_true(why[0] != 0);
@@ -1455,7 +1455,7 @@ static void test_postcopy_refusals(void **s)
     if (postcopy_probe(why, sizeof(why)) == 0) {
         struct postcopy_run ok = {HVG_SYSTEM_END >> PAGE_SHIFT, 1};
         struct postcopy_rx *p = NULL;
-        assert_int_equal(postcopy_rx_start(e.g, NULL, &ok, 1, 1, 0, 0, 1000, &p, why,
+        assert_int_equal(postcopy_rx_start(e.g, NULL, NULL, &ok, 1, 1, 0, 0, 1000, &p, why,
                                            sizeof(why)),
                          -EINVAL); /* started already */
     }
@@ -1561,7 +1561,7 @@ static void test_postcopy_hostile(void **s)
                      stream_digest_term(base + k, hv_hash64(machine_ptr(e.m, mfn), PAGE_SIZE));
         }
         struct postcopy_rx *p = NULL;
-        int rc = postcopy_rx_start(e.g, b, &run, 1, 0x77, d0, pages, 1000, &p, why,
+        int rc = postcopy_rx_start(e.g, b, NULL, &run, 1, 0x77, d0, pages, 1000, &p, why,
                                    sizeof(why));
         if (rc < 0)
             fail_msg("arming: %s", why);
@@ -1757,7 +1757,7 @@ static void test_postcopy_concurrent_faults(void **s)
     assert_int_equal(chan_open(sv[1], NULL, 0, &b, err, sizeof(err)), 0);
     assert_int_equal(chan_set_timeout(a, 10000), 0);
     struct postcopy_rx *p = NULL;
-    if (postcopy_rx_start(e.g, b, &run, 1, 5, d0, npages, 10000, &p, why, sizeof(why)) < 0)
+    if (postcopy_rx_start(e.g, b, NULL, &run, 1, 5, d0, npages, 10000, &p, why, sizeof(why)) < 0)
         fail_msg("arming: %s", why);
     enum { NT = 4 };
     struct toucher t[NT];

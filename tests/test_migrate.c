@@ -1770,6 +1770,7 @@ static void migrate_live_map(struct sender_env *e, enum dirty_mode mode,
 
 struct pc_rx {
     struct machine *m;
+    bool channels; /* take the sender's further channels (the preempt one) */
     int lfd;
     uint16_t port;
     struct model *mo;
@@ -1793,13 +1794,19 @@ static void *pc_rx_main(void *arg)
     close(fd);
     struct migrate_recv_opts o = {.timeout_ms = 20000, .on_write = model_put, .ctx = r->mo,
                                   .postcopy_ok = true, .audit_digest = true};
+    struct rx_env jr = {.lfd = r->lfd};
+    if (r->channels) {
+        o.join = join_next;
+        o.jctx = &jr;
+    }
     r->rc = migrate_receive(r->m, ch, &o, &r->res);
     if (r->rc == 0 && r->res.postcopy) {
         struct postcopy_rx *pc = NULL;
         struct guest *g = r->res.g;
-        r->arm_rc = postcopy_rx_start(g, ch, r->res.pc_runs, r->res.pc_nruns, r->res.pc_id,
-                                      r->res.digest, r->res.pc_pages, 20000, &pc, r->why,
-                                      sizeof(r->why));
+        r->arm_rc = postcopy_rx_start(g, ch, r->res.pc_preempt, r->res.pc_runs, r->res.pc_nruns,
+                                      r->res.pc_id, r->res.digest, r->res.pc_pages, 20000, &pc,
+                                      r->why, sizeof(r->why));
+        r->res.pc_preempt = NULL;
         if (r->arm_rc == 0 && (r->arm_rc = guest_start(g)) == 0) {
             while ((r->wait_rc = postcopy_rx_wait(pc, &r->pcr)) == -ENOTCONN) {
                 chan_close(ch);
@@ -1850,7 +1857,9 @@ static void test_postcopy_soft(void **state)
     (void)state;
     struct hv_rng rng = {(uint64_t)hv_now_ns() | 1};
     print_message("# rng %llu\n", (unsigned long long)rng.s);
-    for (int cut = 0; cut < 2; cut++) {
+    for (int k = 0; k < 4; k++) {
+        int cut = k & 1;
+        bool chans = k >= 2; /* two channels: answers on the preempt one */
         struct sender_env e;
         struct migrate_report *rep = calloc(1, sizeof(*rep));
         assert_non_null(rep);
@@ -1860,6 +1869,7 @@ static void test_postcopy_soft(void **state)
         assert_non_null(r);
         assert_int_equal(machine_create(&r->m, 3 * GiB, FRAME_POLICY_FRAGPOOL), 0);
         r->mo = e.model;
+        r->channels = chans;
         struct sockaddr_in sa;
         assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
         assert_int_equal(net_listen(&sa, &r->lfd, &r->port), 0);
@@ -1869,6 +1879,11 @@ static void test_postcopy_soft(void **state)
             o.pc_cut_after_pages = 1 + hv_rng_next(&rng) % 1500;
             o.pc_reconnect = pc_reconnect_to;
             o.pc_ctx = &r->port;
+        }
+        if (chans) {
+            o.channels = 2;
+            o.open_channel = pc_reconnect_to;
+            o.open_ctx = &r->port;
         }
         int fd = connect_to(r->port);
         int rc = send_fd(e.g, fd, &o, rep);
@@ -1888,6 +1903,13 @@ static void test_postcopy_soft(void **state)
         assert_int_equal(r->pcr.links, 1 + cut);
         assert_int_equal(r->pcr.st.pending, rep->pc.pending);
         assert_int_equal(r->pcr.st.regions_whole, r->pcr.st.regions);
+        assert_int_equal(rep->channels, chans ? 2 : 1);
+        /* answers came on the preempt channel only with two channels, and
+         * (cut: the resumed connection carries them) not after a resume */
+        if (chans && !cut && r->pcr.st.pages_urgent)
+            assert_true(r->pcr.st.pages_preempt > 0);
+        if (!chans)
+            assert_int_equal(r->pcr.st.pages_preempt, 0);
         struct guest *g = r->res.g;
         struct domain *rd = g->d;
         assert_int_equal(g->err, 0);
@@ -1897,10 +1919,13 @@ static void test_postcopy_soft(void **state)
         assert_int_equal(domain_pages_4k(rd), e.before.p4k);
         model_check(e.model, rd); /* both sides' writes, whole */
         AUDIT_OK(domain_audit(rd));
-        print_message("# soft post-copy%s: %llu pages after the switch (%llu waited for by "
-                      "vCPUs) over %llu 2M regions; downtime %.1f ms\n",
+        print_message("# soft post-copy%s%s: %llu pages after the switch (%llu waited for by "
+                      "vCPUs, %llu answers, %llu of them on the preempt channel) over %llu 2M "
+                      "regions; downtime %.1f ms\n", chans ? ", 2 channels" : "",
                       cut ? ", cut and resumed" : "", (unsigned long long)rep->pc.pending,
                       (unsigned long long)r->pcr.st.faults_missing,
+                      (unsigned long long)r->pcr.st.pages_urgent,
+                      (unsigned long long)r->pcr.st.pages_preempt,
                       (unsigned long long)r->pcr.st.regions, rep->downtime_s * 1e3);
         guest_destroy(g);
         domain_destroy(rd);

@@ -805,9 +805,10 @@ static int run_receive(int argc, char **argv)
                  * them all) */
                 char why[256];
                 uint64_t ta = hv_now_ns();
-                grc = postcopy_rx_start(g, ch, res.pc_runs, res.pc_nruns, res.pc_id,
-                                        res.digest, res.pc_pages, rop.timeout_ms, &pc, why,
-                                        sizeof(why));
+                grc = postcopy_rx_start(g, ch, res.pc_preempt, res.pc_runs, res.pc_nruns,
+                                        res.pc_id, res.digest, res.pc_pages, rop.timeout_ms,
+                                        &pc, why, sizeof(why));
+                res.pc_preempt = NULL; /* post-copy's (closed on failure) */
                 pc_arm_s = (double)(hv_now_ns() - ta) / 1e9;
                 if (grc < 0)
                     snprintf(pcr.err, sizeof(pcr.err), "arming post-copy: %.200s", why);
@@ -883,10 +884,11 @@ static int run_receive(int argc, char **argv)
             char why[256];
             int grc = 0;
             if (res.postcopy &&
-                (grc = postcopy_rx_start(g, ch, res.pc_runs, res.pc_nruns, res.pc_id,
-                                         res.digest, res.pc_pages, rop.timeout_ms, &pc, why,
-                                         sizeof(why))) < 0)
+                (grc = postcopy_rx_start(g, ch, res.pc_preempt, res.pc_runs, res.pc_nruns,
+                                         res.pc_id, res.digest, res.pc_pages, rop.timeout_ms,
+                                         &pc, why, sizeof(why))) < 0)
                 snprintf(pcr.err, sizeof(pcr.err), "arming post-copy: %.200s", why);
+            res.pc_preempt = NULL;
             if (grc == 0 && guest_start(g) == 0) {
                 uint64_t t = hv_now_ns();
                 if (pc) {
