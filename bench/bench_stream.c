@@ -12,7 +12,9 @@
  * mapped when created, as a hypervisor's RAM is; its one-off prefault rate
  * is reported too), where restore is one copy and memcpy is the limit.
  * A save to a file is also set against write() of as many bytes into the
- * same file (page-cache allocation bounds both).  Two contents: every page non-zero ("data") and one page in 64
+ * same file (page-cache allocation bounds both).  Saves to and restores
+ * from the file take page data through the machine's memfd (sendfile,
+ * splice: stream_fd_alias), as `hugevm save` and `restore` do.  Two contents: every page non-zero ("data") and one page in 64
  * non-zero ("zero": the rest travels as XALLOC, throughput counted in
  * guest RAM covered).  Coverage: the share of populated pages mapped by
  * 1G/2M leaves after a restore, against what Xen's 2025 rule (2M only for
@@ -186,6 +188,7 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
             bench_fail("ftruncate/lseek of the stream file");
         if (stream_fd_open(&sf, &io, fd) < 0)
             bench_fail("stream_fd_open(save)");
+        stream_fd_alias(&sf, m->base, m->bytes, m->fd); /* as hugevm save: sendfile */
         if (stream_save(d, &io, NULL, &sr, NULL, 0) < 0)
             bench_fail("stream_save(file)");
         v[T_SAVE_FILE][r] = (double)guest / 1e9 / sr.seconds;
@@ -199,6 +202,8 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
                 bench_fail("lseek of the stream file");
             if (stream_fd_open(&sf, &io, fd) < 0)
                 bench_fail("stream_fd_open(restore)");
+            struct machine *to = k ? res : lazy;
+            stream_fd_alias(&sf, to->base, to->bytes, to->fd); /* as hugevm restore: splice */
             v[k ? T_REST_FILE_RES : T_REST_FILE][r] =
                 restore_once(k ? res : lazy, &io, guest, "stream_restore(file)");
             stream_fd_free(&sf);
