@@ -12,7 +12,11 @@
  * mapped when created, as a hypervisor's RAM is; its one-off prefault rate
  * is reported too), where restore is one copy and memcpy is the limit.
  * A save to a file is also set against write() of as many bytes into the
- * same file (page-cache allocation bounds both).  Two contents: every page non-zero ("data") and one page in 64
+ * same file (page-cache allocation bounds both) and, with every page data,
+ * against a kernel copy (sendfile, as `cat`) of the saved file into a new
+ * one: the limit of a save that sends its page data from the memfd.  Saves to and restores
+ * from the file take page data through the machine's memfd (sendfile,
+ * splice: stream_fd_alias), as `hugevm save` and `restore` do.  Two contents: every page non-zero ("data") and one page in 64
  * non-zero ("zero": the rest travels as XALLOC, throughput counted in
  * guest RAM covered).  Coverage: the share of populated pages mapped by
  * 1G/2M leaves after a restore, against what Xen's 2025 rule (2M only for
@@ -24,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -76,6 +81,30 @@ static double file_write_gbs(int fd, uint64_t bytes)
     return gbs;
 }
 
+/* Kernel copy bandwidth from the file `from` (all of it, as saved) into
+ * the emptied file `to`, GB/s: sendfile between page caches, the path of
+ * `cat FILE > NEW`, which a save that sends its page data out of the
+ * machine's memfd (stream_fd_alias) takes too.  With every page data, the
+ * file holds about the guest's bytes, so this is the limit of a save to a
+ * new file (page-cache allocation of the new file's pages included). */
+static double file_copy_gbs(int from, int to)
+{
+    off_t size = lseek(from, 0, SEEK_END);
+    if (size <= 0 || ftruncate(to, 0) < 0 || lseek(to, 0, SEEK_SET) < 0)
+        bench_fail("lseek/ftruncate for the file copy");
+    off_t in = 0;
+    uint64_t t = hv_now_ns();
+    while (in < size) {
+        ssize_t n = sendfile(to, from, &in, (size_t)(size - in));
+        if (n <= 0)
+            bench_fail("sendfile of the stream file");
+    }
+    double gbs = (double)size / (double)(hv_now_ns() - t);
+    if (ftruncate(to, 0) < 0)
+        bench_fail("ftruncate of the copy");
+    return gbs;
+}
+
 /* First-touch write bandwidth of fresh machine memory, GB/s: a new machine
  * of `bytes` written once with memset.  Without shmem THP every 4K costs a
  * shmem allocation, a zeroing and a page fault (and, in a VM, whatever the
@@ -125,7 +154,7 @@ static double restore_once(struct machine *m, struct stream_io *io, uint64_t gue
 }
 
 enum { T_SAVE_MEM, T_REST_MEM, T_REST_MEM_RES, T_SAVE_FILE, T_REST_FILE, T_REST_FILE_RES,
-       T_MEMCPY, T_TOUCH, T_WRITE, T_N };
+       T_MEMCPY, T_TOUCH, T_WRITE, T_COPY, T_N };
 
 /* The median of the per-run ratios x[r] / lim[r]: each run against the
  * limit measured next to it, which a noisy host disturbs less than a ratio
@@ -159,11 +188,12 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
         bench_fail("domain_populate_guest");
     touch(d, every);
     double v[T_N][SRUNS];
-    char path[] = "/tmp/hugevm-bench-stream-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0)
+    char path[] = "/tmp/hugevm-bench-stream-XXXXXX", path2[] = "/tmp/hugevm-bench-copy-XXXXXX";
+    int fd = mkstemp(path), fd2 = mkstemp(path2);
+    if (fd < 0 || fd2 < 0)
         bench_fail("mkstemp");
     unlink(path);
+    unlink(path2);
     for (int r = 0; r < SRUNS; r++) {
         struct stream_mem sm, src;
         struct stream_io io;
@@ -186,6 +216,7 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
             bench_fail("ftruncate/lseek of the stream file");
         if (stream_fd_open(&sf, &io, fd) < 0)
             bench_fail("stream_fd_open(save)");
+        stream_fd_alias(&sf, m->base, m->bytes, m->fd); /* as hugevm save: sendfile */
         if (stream_save(d, &io, NULL, &sr, NULL, 0) < 0)
             bench_fail("stream_save(file)");
         v[T_SAVE_FILE][r] = (double)guest / 1e9 / sr.seconds;
@@ -199,15 +230,19 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
                 bench_fail("lseek of the stream file");
             if (stream_fd_open(&sf, &io, fd) < 0)
                 bench_fail("stream_fd_open(restore)");
+            struct machine *to = k ? res : lazy;
+            stream_fd_alias(&sf, to->base, to->bytes, to->fd); /* as hugevm restore: splice */
             v[k ? T_REST_FILE_RES : T_REST_FILE][r] =
                 restore_once(k ? res : lazy, &io, guest, "stream_restore(file)");
             stream_fd_free(&sf);
         }
+        v[T_COPY][r] = file_copy_gbs(fd, fd2);
         v[T_WRITE][r] = file_write_gbs(fd, guest);
         v[T_MEMCPY][r] = memcpy_gbs(guest);
         v[T_TOUCH][r] = first_touch_gbs(guest);
     }
     close(fd);
+    close(fd2);
     double lim = bench_median(v[T_MEMCPY], SRUNS), ftl = bench_median(v[T_TOUCH], SRUNS);
     static const struct {
         int k;
@@ -233,6 +268,11 @@ static void throughput(bench_add_fn add, uint64_t guest, unsigned every, const c
             double wl = bench_median(v[T_WRITE], SRUNS);
             snprintf(name, sizeof(name), "stream_%s_%s_vs_write", fig[i].what, tag);
             add(name, x, "GB/s", wl, "file_write_gb_per_s", run_ratio(v[fig[i].k], v[T_WRITE]));
+            if (every == 1) { /* the file holds the guest's bytes: cat's copy is the limit */
+                double cl = bench_median(v[T_COPY], SRUNS);
+                snprintf(name, sizeof(name), "stream_%s_%s_vs_copy", fig[i].what, tag);
+                add(name, x, "GB/s", cl, "file_copy_gb_per_s", run_ratio(v[fig[i].k], v[T_COPY]));
+            }
         }
     }
     snprintf(name, sizeof(name), "machine_first_touch_%s_gb_per_s", tag);

@@ -540,6 +540,7 @@ static int save_fd(struct domain *d, int fd, const void *tlvs, size_t len,
     int rc = stream_fd_open(&sf, &io, fd);
     if (rc < 0)
         return fail(rc, "save: out of memory");
+    stream_fd_alias(&sf, d->m->base, d->m->bytes, d->m->fd); /* page data: sendfile */
     struct save_opts so = {.extra_tlvs = tlvs, .extra_tlvs_len = len};
     rc = stream_save(d, &io, &so, &sr, err, sizeof(err));
     stream_fd_free(&sf);
@@ -576,6 +577,7 @@ int hugevm_domain_restore(hugevm_machine *m, int fd, hugevm_domain **out,
     int rc = stream_fd_open(&sf, &io, fd);
     if (rc < 0)
         return fail(rc, "restore: out of memory");
+    stream_fd_alias(&sf, m->m->base, m->m->bytes, m->m->fd); /* page data: splice */
     struct restore_opts ro = {.verify_checksum = true};
     rc = stream_restore(m->m, &io, &ro, &rr);
     stream_fd_free(&sf);

@@ -17,6 +17,7 @@
 #include "copy.h"
 
 #include <endian.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -192,9 +194,59 @@ static int fd_writev_all(struct stream_fd *f, const uint8_t *p, size_t len)
     return 0;
 }
 
+/* [p, p + len) lies inside the alias (stream_fd_alias). */
+static bool in_alias(const struct stream_fd *f, const void *p, size_t len)
+{
+    uintptr_t a = (uintptr_t)f->alias, q = (uintptr_t)p;
+    return f->alias_len && q >= a && q - a <= f->alias_len && len <= f->alias_len - (q - a);
+}
+
+/* Errors that say "sendfile or splice cannot do this here", not "the
+ * sink failed": the bytes then go the ordinary way. */
+static bool move_unsupported(int e)
+{
+    return e == EINVAL || e == ENOSYS || e == EOPNOTSUPP || e == EXDEV || e == ESPIPE ||
+           e == EBADF;
+}
+
+/* Write len bytes of the alias file from offset off to f->fd (nothing is
+ * pending in buf) with sendfile: 0 when all went, -errno when the sink
+ * failed, 1 when sendfile cannot serve this sink (then *done bytes went,
+ * the alias is dropped and the caller writes the rest). */
+static int fd_send_alias(struct stream_fd *f, uint64_t off, size_t len, size_t *done)
+{
+    off_t in = (off_t)off;
+    *done = 0;
+    while (*done < len) {
+        size_t want = len - *done < (1u << 30) ? len - *done : (1u << 30);
+        ssize_t n = sendfile(f->fd, f->alias_fd, &in, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n < 0 && !move_unsupported(errno))
+                return -errno;
+            f->alias_len = 0; /* (0: the alias file is shorter than it was said to be) */
+            return 1;
+        }
+        *done += (size_t)n;
+        f->alias_bytes += (uint64_t)n;
+    }
+    return 0;
+}
+
 static int fd_write(void *ctx, const void *buf, size_t len)
 {
     struct stream_fd *f = ctx;
+    if (len >= STREAM_FD_DIRECT && in_alias(f, buf, len)) { /* in the kernel */
+        int rc = fd_flush(f);
+        size_t done = 0;
+        if (rc == 0)
+            rc = fd_send_alias(f, (uint64_t)((const uint8_t *)buf - f->alias), len, &done);
+        if (rc <= 0)
+            return rc;
+        buf = (const uint8_t *)buf + done;
+        len -= done;
+    }
     if (len >= STREAM_FD_DIRECT) /* large (page runs): no staging copy */
         return fd_writev_all(f, buf, len);
     if (len <= f->cap - f->len) {
@@ -313,6 +365,67 @@ static bool fd_copy_mapped(struct stream_fd *f, void *buf, size_t n)
     return true;
 }
 
+/* Move n bytes of the file at map_pos into the alias at dst with splice
+ * (file -> pipe -> alias file, offsets explicit on both files): the count
+ * moved, or -errno when bytes in the pipe cannot be read back.  Short when
+ * the file ended before map_len (it shrank: *ended is set, and the caller
+ * reads on with read(), not from the mapping, which would fault) or when
+ * splice cannot serve these files (then the alias is dropped and the
+ * caller copies the rest out of the mapping as without an alias). */
+static long fd_splice_alias(struct stream_fd *f, uint8_t *dst, size_t n, bool *ended)
+{
+    if (f->pipe[0] < 0) {
+        if (pipe2(f->pipe, O_CLOEXEC) < 0) {
+            f->pipe[0] = f->pipe[1] = -1;
+            f->alias_len = 0;
+            return 0;
+        }
+        (void)fcntl(f->pipe[1], F_SETPIPE_SZ, (int)STREAM_FD_BUF); /* fewer calls; best effort */
+    }
+    loff_t in = (loff_t)f->map_pos, out = (loff_t)(dst - f->alias);
+    size_t done = 0;
+    while (done < n) {
+        ssize_t k = splice(f->fd, &in, f->pipe[1], NULL, n - done, SPLICE_F_MOVE);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (k < 0)
+                f->alias_len = 0;
+            else
+                *ended = true;
+            break;
+        }
+        size_t left = (size_t)k;
+        while (left) {
+            ssize_t w = splice(f->pipe[0], NULL, f->alias_fd, &out, left, SPLICE_F_MOVE);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                break;
+            left -= (size_t)w;
+            f->alias_bytes += (uint64_t)w;
+        }
+        if (left) { /* the alias file took no more: the pipe's bytes go the user way */
+            uint8_t *q = dst + (size_t)k - left + done;
+            while (left) {
+                ssize_t r = read(f->pipe[0], q, left);
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    return r < 0 ? -errno : -EIO; /* (our own pipe: not seen) */
+                q += r;
+                left -= (size_t)r;
+            }
+            f->alias_len = 0;
+            done += (size_t)k;
+            break;
+        }
+        done += (size_t)k;
+    }
+    f->map_pos += done;
+    return (long)done;
+}
+
 static long fd_read(void *ctx, void *buf, size_t len)
 {
     struct stream_fd *f = ctx;
@@ -323,12 +436,21 @@ static long fd_read(void *ctx, void *buf, size_t len)
             uint64_t n = f->map_len - f->map_pos;
             if (n > len)
                 n = len;
-            if (fd_copy_mapped(f, buf, (size_t)n)) {
+            bool ended = false;
+            if (n >= STREAM_FD_DIRECT && in_alias(f, buf, (size_t)n)) { /* in the kernel */
+                long k = fd_splice_alias(f, buf, (size_t)n, &ended);
+                if (k)
+                    return k; /* (short when the file ended: the next read finds out) */
+            }
+            if (ended) {
+                fd_unmap(f); /* the file shrank: read() from map_pos on */
+            } else if (fd_copy_mapped(f, buf, (size_t)n)) {
                 f->map_pos += n;
                 return (long)n;
+            } else {
+                f->bus_faults++;
+                fd_unmap(f); /* the file shrank: read() from map_pos on */
             }
-            f->bus_faults++;
-            fd_unmap(f); /* the file shrank: read() from map_pos on */
         }
     }
     if (f->pos == f->len) {
@@ -367,6 +489,7 @@ int stream_fd_open(struct stream_fd *f, struct stream_io *io, int fd)
         return -ENOMEM;
     f->fd = fd;
     f->cap = STREAM_FD_BUF;
+    f->alias_fd = f->pipe[0] = f->pipe[1] = -1;
     *io = (struct stream_io){.read = fd_read, .write = fd_write, .flush = fd_flush, .ctx = f};
     return 0;
 }
@@ -376,6 +499,17 @@ void stream_fd_free(struct stream_fd *f)
     free(f->buf);
     f->buf = NULL;
     fd_unmap(f);
+    for (int i = 0; i < 2; i++)
+        if (f->pipe[i] >= 0)
+            close(f->pipe[i]);
+    f->pipe[0] = f->pipe[1] = -1;
+}
+
+void stream_fd_alias(struct stream_fd *f, const void *base, uint64_t len, int fd)
+{
+    f->alias = base;
+    f->alias_len = fd >= 0 ? len : 0;
+    f->alias_fd = fd;
 }
 
 /* ---- writer --------------------------------------------------------------- */

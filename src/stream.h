@@ -239,9 +239,33 @@ struct stream_fd {
     const uint8_t *map;   /* regular file: [0, map_len) of it */
     uint64_t map_len, map_pos;
     unsigned bus_faults;  /* copies the file's truncation cut short (then read()) */
+    /* stream_fd_alias: [alias, alias + alias_len) is [0, alias_len) of alias_fd */
+    const uint8_t *alias;
+    uint64_t alias_len;   /* 0: no alias (or the kernel refused to move bytes) */
+    int alias_fd;
+    int pipe[2];          /* splice's pipe for reads into the alias (-1: none yet) */
+    uint64_t alias_bytes; /* bytes moved inside the kernel through the alias */
 };
 int stream_fd_open(struct stream_fd *f, struct stream_io *io, int fd) HV_MUST_CHECK;
 void stream_fd_free(struct stream_fd *f);
+/*
+ * Tell f that the bytes at [base, base + len) of this process are also the
+ * bytes [0, len) of the file `fd`: a file mapped MAP_SHARED at base (the
+ * machine's memfd).  Then a large write (STREAM_FD_DIRECT or more) lying
+ * inside that range goes out with sendfile from `fd`, and a large read
+ * from a mapped regular file into that range comes in with splice into
+ * `fd`: the kernel copies between page caches and never touches the
+ * range's user addresses.  The bytes are the same either way; what
+ * changes is the cost under a shadow-paging hypervisor (this host's PVM),
+ * where the kernel's first access to each 4K page of a user mapping traps
+ * (5-16 us, again after every user access to it), so write() of 2 GiB
+ * that the process itself filled took 6-10 s against 0.6-1.0 s with
+ * sendfile (README: save and restore).  When the kernel refuses the move
+ * (an O_APPEND file, a sink sendfile cannot write to), the alias is
+ * dropped and the bytes go through write()/the mapping as without it.
+ * fd is neither duplicated nor closed: it must stay open while f is used.
+ */
+void stream_fd_alias(struct stream_fd *f, const void *base, uint64_t len, int fd);
 
 /* ---- writer --------------------------------------------------------------- */
 

@@ -6,6 +6,7 @@
  * (specific error, record and offset named, no frame left allocated) and
  * allocation failure at every site.
  */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1070,6 +1072,219 @@ static void test_fd_source(void **state)
     down_guest(d, m);
 }
 
+/* A memfd of `bytes` mapped shared: the alias of stream_fd_alias. */
+static uint8_t *alias_memfd(uint64_t bytes, int *fd)
+{
+    *fd = memfd_create("test-alias", MFD_CLOEXEC);
+    assert_true(*fd >= 0);
+    assert_int_equal(ftruncate(*fd, (off_t)bytes), 0);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    assert_true(p != MAP_FAILED);
+    return p;
+}
+
+static void pattern(uint8_t *p, size_t len, uint64_t seed)
+{
+    struct hv_rng r = {seed};
+    for (size_t i = 0; i + 8 <= len; i += 8) {
+        uint64_t x = hv_rng_next(&r);
+        memcpy(p + i, &x, 8);
+    }
+}
+
+/* Read all of fd from offset 0 into a new buffer of *len bytes. */
+static uint8_t *slurp(int fd, size_t *len)
+{
+    off_t end = lseek(fd, 0, SEEK_END);
+    assert_true(end >= 0);
+    uint8_t *b = malloc((size_t)end + 1);
+    assert_non_null(b);
+    assert_int_equal(pread(fd, b, (size_t)end, 0), end);
+    *len = (size_t)end;
+    return b;
+}
+
+/* stream_fd_alias, the sink: large writes inside the alias go out with
+ * sendfile (alias_bytes counts them), small ones, ones outside it and one
+ * that crosses its end go the ordinary way, and the file holds every byte
+ * in order.  A sink that sendfile cannot write (O_APPEND) drops the alias
+ * and still gets every byte. */
+static void test_fd_alias_write(void **state)
+{
+    (void)state;
+    const uint64_t map = 4 * MiB, alias = 3 * MiB;
+    int afd;
+    uint8_t *base = alias_memfd(map, &afd);
+    pattern(base, map, 11);
+    uint8_t *other = malloc(128 * KiB);
+    assert_non_null(other);
+    pattern(other, 128 * KiB, 12);
+    for (int append = 0; append < 2; append++) {
+        FILE *tf = tmpfile();
+        assert_non_null(tf);
+        int fd = fileno(tf);
+        if (append)
+            assert_int_equal(fcntl(fd, F_SETFL, O_APPEND), 0);
+        struct stream_fd sf;
+        struct stream_io io;
+        assert_int_equal(stream_fd_open(&sf, &io, fd), 0);
+        stream_fd_alias(&sf, base, alias, afd);
+        struct { const uint8_t *p; size_t len; bool moved; } w[] = {
+            {(const uint8_t *)"head", 4, false},               /* buffered */
+            {base + 4096, MiB, true},                          /* sendfile */
+            {other, 128 * KiB, false},                         /* outside: writev */
+            {base + 2 * MiB + 8, MiB - 8, true},               /* up to the alias's end */
+            {base + 7, 100, false},                            /* small: buffered */
+            {base + alias - 64 * KiB, 128 * KiB, false},       /* crosses the end */
+            {base, 64 * KiB, true},                            /* exactly STREAM_FD_DIRECT */
+        };
+        uint64_t moved = 0, total = 0;
+        for (size_t i = 0; i < ARRAY_SIZE(w); i++) {
+            assert_int_equal(io.write(io.ctx, w[i].p, w[i].len), 0);
+            moved += w[i].moved ? w[i].len : 0;
+            total += w[i].len;
+        }
+        assert_int_equal(io.flush(io.ctx), 0);
+        print_message("# alias sink%s: %llu of %llu bytes moved by sendfile\n",
+                      append ? " (O_APPEND)" : "", (unsigned long long)sf.alias_bytes,
+                      (unsigned long long)total);
+        if (append) {
+            assert_int_equal(sf.alias_bytes, 0);
+            assert_int_equal(sf.alias_len, 0); /* dropped at the first refusal */
+        } else {
+            assert_int_equal(sf.alias_bytes, moved);
+        }
+        stream_fd_free(&sf);
+        size_t len;
+        uint8_t *got = slurp(fd, &len);
+        assert_int_equal(len, total);
+        size_t at = 0;
+        for (size_t i = 0; i < ARRAY_SIZE(w); i++) {
+            assert_memory_equal(got + at, w[i].p, w[i].len);
+            at += w[i].len;
+        }
+        free(got);
+        fclose(tf);
+    }
+    free(other);
+    munmap(base, map);
+    close(afd);
+}
+
+/* stream_fd_alias, the source: a large read into the alias from a mapped
+ * file comes in with splice (the bytes land in the alias file, seen
+ * through its mapping), a small one through the buffer, and the fd's
+ * offset ends where the reader stopped.  A file cut short while it is
+ * read ends the stream where it now ends (short read, then 0), as without
+ * an alias, and without a SIGBUS: splice finds the new end before the
+ * mapping is touched there. */
+static void test_fd_alias_read(void **state)
+{
+    (void)state;
+    const uint64_t map = 4 * MiB;
+    int afd;
+    uint8_t *base = alias_memfd(map, &afd);
+    const size_t body = 2 * MiB + 4096;
+    uint8_t *src = malloc(body);
+    assert_non_null(src);
+    pattern(src, body, 21);
+    for (int cut = 0; cut < 2; cut++) {
+        memset(base, 0, map);
+        FILE *tf = tmpfile();
+        assert_non_null(tf);
+        int fd = fileno(tf);
+        assert_int_equal(write(fd, "0123456789", 10), 10);
+        assert_int_equal(write(fd, src, body), (ssize_t)body);
+        assert_int_equal(lseek(fd, 3, SEEK_SET), 3);
+        struct stream_fd sf;
+        struct stream_io io;
+        assert_int_equal(stream_fd_open(&sf, &io, fd), 0);
+        stream_fd_alias(&sf, base, map, afd);
+        char head[8];
+        assert_int_equal(io.read(io.ctx, head, 7), 7); /* maps the file */
+        assert_memory_equal(head, "3456789", 7);
+        assert_int_equal(sf.mapped, 1);
+        size_t want = cut ? MiB : body;
+        if (cut)
+            assert_int_equal(ftruncate(fd, 10 + (off_t)want), 0);
+        uint8_t *dst = base + 8192 + 8; /* not page aligned in the alias file */
+        size_t got = 0;
+        for (;;) {
+            long n = io.read(io.ctx, dst + got, body - got);
+            assert_true(n >= 0);
+            if (n == 0)
+                break;
+            got += (size_t)n;
+        }
+        print_message("# alias source%s: %zu bytes read, %llu moved by splice, %u SIGBUS\n",
+                      cut ? " (file cut)" : "", got, (unsigned long long)sf.alias_bytes,
+                      sf.bus_faults);
+        assert_int_equal(got, want);
+        assert_memory_equal(dst, src, want);
+        assert_int_equal(sf.alias_bytes, want);
+        assert_true(sf.alias_len > 0);
+        assert_int_equal(sf.bus_faults, 0); /* splice saw the end: the mapping was not read */
+        stream_fd_free(&sf);
+        assert_int_equal(lseek(fd, 0, SEEK_CUR), 10 + (off_t)want);
+        fclose(tf);
+    }
+    free(src);
+    munmap(base, map);
+    close(afd);
+}
+
+/* Save and restore through files with each machine's memfd as the alias
+ * (what hugevm save and restore do): the page data goes through the
+ * kernel both ways, the checksum verifies and the guest is the same. */
+static void test_fd_alias_round_trip(void **state)
+{
+    (void)state;
+    struct machine *m = new_machine(GiB);
+    struct domain *d = new_guest(m, 40 * MiB);
+    fill_content(d, 9, 1); /* every page has data */
+    FILE *tf = tmpfile();
+    assert_non_null(tf);
+    int fd = fileno(tf);
+    struct stream_fd sf;
+    struct stream_io io;
+    struct save_result sr;
+    assert_int_equal(stream_fd_open(&sf, &io, fd), 0);
+    stream_fd_alias(&sf, m->base, m->bytes, m->fd);
+    assert_int_equal(stream_save(d, &io, NULL, &sr, NULL, 0), 0);
+    uint64_t sent = sf.alias_bytes;
+    stream_fd_free(&sf);
+    assert_int_equal((uint64_t)lseek(fd, 0, SEEK_END), sr.bytes);
+    struct machine *rm;
+    struct machine_opts mo = {.bytes = 128 * MiB, .policy = FRAME_POLICY_FRAGPOOL,
+                              .resident = true};
+    assert_int_equal(machine_create_opts(&rm, &mo), 0);
+    assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+    assert_int_equal(stream_fd_open(&sf, &io, fd), 0);
+    stream_fd_alias(&sf, rm->base, rm->bytes, rm->fd);
+    struct restore_opts ro = {.verify_checksum = true};
+    struct restore_result rr;
+    int rc = stream_restore(rm, &io, &ro, &rr);
+    if (rc)
+        fail_msg("%s", rr.err);
+    uint64_t received = sf.alias_bytes;
+    stream_fd_free(&sf);
+    fclose(tf);
+    print_message("# %llu data pages: %llu bytes sent and %llu received by the kernel\n",
+                  (unsigned long long)sr.pages_data, (unsigned long long)sent,
+                  (unsigned long long)received);
+    /* most data pages travel in machine-contiguous runs of 64 KiB or more */
+    assert_true(sent >= sr.pages_data * PAGE_SIZE / 2 && sent <= sr.pages_data * PAGE_SIZE);
+    assert_true(received >= sr.pages_data * PAGE_SIZE / 2 &&
+                received <= sr.pages_data * PAGE_SIZE);
+    assert_true(rr.checksum_verified);
+    assert_same_guest(d, rr.d);
+    domain_destroy(rr.d);
+    restore_result_free(&rr);
+    assert_machine_empty(rm);
+    machine_destroy(rm);
+    down_guest(d, m);
+}
+
 /* restore_opts.track_data: every RAM pfn whose bit is clear reads as zero,
  * the bits count the data pages, and the digest that trusts them equals
  * the one that reads everything, on a resident machine (no holes there). */
@@ -1142,6 +1357,9 @@ int main(void)
         cmocka_unit_test(test_fault_injection),
         cmocka_unit_test(test_file_and_context),
         cmocka_unit_test(test_fd_source),
+        cmocka_unit_test(test_fd_alias_write),
+        cmocka_unit_test(test_fd_alias_read),
+        cmocka_unit_test(test_fd_alias_round_trip),
         cmocka_unit_test(test_track_data),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -61,6 +61,7 @@ static int run_restore(int argc, char **argv)
         cli_error("restore: out of memory");
         goto out;
     }
+    stream_fd_alias(&sf, m->base, m->bytes, m->fd); /* page data: splice into the memfd */
     struct restore_opts ro = {.ignore_layout = o.ignore_layout, .verify_checksum = true,
                               .progress = cli_restore_progress, .progress_ctx = &file_bytes};
     rc = stream_restore(m, &io, &ro, &rr);

@@ -158,6 +158,7 @@ static int run_save(int argc, char **argv)
         cli_error("save: out of memory");
         goto out;
     }
+    stream_fd_alias(&sf, m->base, m->bytes, m->fd); /* page data: sendfile from the memfd */
     struct save_opts so = {.no_optional = o.no_optional, .no_xalloc = o.no_xalloc,
                            .batch = (uint32_t)o.batch, .order = order, .seed = o.seed,
                            .progress = cli_save_progress};

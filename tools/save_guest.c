@@ -67,6 +67,7 @@ int cli_save_tlvs(struct domain *d, const void *tlvs, size_t len, const char *pa
     if (rc < 0) {
         snprintf(err, errlen, "out of memory");
     } else {
+        stream_fd_alias(&sf, d->m->base, d->m->bytes, d->m->fd); /* page data: sendfile */
         struct save_opts so = {.extra_tlvs = tlvs, .extra_tlvs_len = len,
                                .progress = cli_save_progress};
         rc = stream_save(d, &io, &so, sr, err, errlen);
