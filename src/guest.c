@@ -2004,8 +2004,10 @@ int guest_create_prog_resume(struct domain *d, const struct guest_prog_state *st
         rc = g->x->ops->set_state(g->x, i, &st->v[i]);
         if (rc < 0) {
             snprintf(why, len, "vCPU %u's saved state: %s", i,
-                     rc == -EPERM ? "not a CPL 3 long-mode state on this VM's system pages"
-                                  : strerror(-rc));
+                     rc == -EPERM     ? "not a CPL 3 long-mode state on this VM's system pages"
+                     : rc == -ENOTSUP ? "the guest ran with XSAVE enabled (CR4.OSXSAVE), which "
+                                        "this host's KVM does not offer"
+                                      : strerror(-rc));
         } else if (st->has_xsave || st->has_msrs) {
             /* the XSAVE area over set_state's FPU (the same registers, and
              * the rest), the MSRs (the TSC goes on from where it stopped) */

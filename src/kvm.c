@@ -1286,6 +1286,8 @@ static int kvm_set_state(struct guest_exec *x, unsigned i, const struct hvctx_pr
     memcpy(&sr, s->sregs, sizeof(sr));
     memcpy(&f, s->fpu, sizeof(f));
     bool cr4_ok = sr.cr4 == CR4_GUEST || (vm->osxsave && sr.cr4 == (CR4_GUEST | CR4_OSXSAVE));
+    if (!vm->osxsave && sr.cr4 == (CR4_GUEST | CR4_OSXSAVE))
+        return -ENOTSUP; /* a guest that used XSAVE, on a KVM without it */
     if ((sr.cs.selector & 3) != 3 || sr.cs.dpl != 3 || !sr.cs.l || sr.efer != 0x500ULL ||
         sr.cr3 != SYS_PML4 << PAGE_SHIFT || sr.cr0 != 0x80050033ULL || !cr4_ok ||
         sr.gdt.base != SYS_GDT(i) << PAGE_SHIFT || sr.idt.base != SYS_IDT << PAGE_SHIFT ||

@@ -514,10 +514,11 @@ static void test_cli_end_to_end(void **state)
     }
     char dir[] = "/tmp/hvsaveXXXXXX";
     assert_non_null(mkdtemp(dir));
-    char f1[64], f2[64], f3[64], out[64];
+    char f1[64], f2[64], f3[64], f4[64], out[64];
     snprintf(f1, sizeof(f1), "%s/run.hvs", dir);
     snprintf(f2, sizeof(f2), "%s/novcpu.hvs", dir);
     snprintf(f3, sizeof(f3), "%s/big.hvs", dir);
+    snprintf(f4, sizeof(f4), "%s/native.hvs", dir);
     snprintf(out, sizeof(out), "%s/out", dir);
     char a[64], b[64], c[64];
 
@@ -611,6 +612,21 @@ static void test_cli_end_to_end(void **state)
     char *rn2[] = {hv, "restore", f2, "--host-mem", "1G", NULL}; /* without --run: fine */
     assert_int_equal(run_to(rn2, out), 0);
 
+    /* a program guest (native backend): inspect describes its vCPUs */
+    char *nat[] = {hv, "run", "--backend", "native", "--guest-mem", "256M", "--vcpus", "2",
+                   "--seconds", "0.3", "--save", f4, NULL};
+    if (run_to(nat, out) == 0) {
+        char *in2[] = {hv, "inspect", f4, "--json", NULL};
+        assert_int_equal(run_to(in2, out), 0);
+        doc = slurp(out);
+        expect(doc, NULL, "vcpu_state_usable", "true");
+        assert_non_null(strstr(doc, "program guest: 2 vCPU(s) of the native backend"));
+        free(doc);
+    } else {
+        print_message("# the native backend does not run here: inspect of a program guest "
+                      "not checked\n");
+    }
+
     /* bad combinations are refused */
     char *bad1[] = {hv, "run", "--guest-mem", "64M", "--map", "2M", "--save", f2, NULL};
     assert_int_equal(run_to(bad1, out), 1);
@@ -620,6 +636,7 @@ static void test_cli_end_to_end(void **state)
     unlink(f1);
     unlink(f2);
     unlink(f3);
+    unlink(f4);
     unlink(out);
     rmdir(dir);
     print_message("# hugevm run --save, inspect, restore --run (json and text): resumed "

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "guest.h"
 #include "guest_state.h"
 #include "save.h"
 
@@ -108,15 +109,25 @@ static int run_inspect(int argc, char **argv)
                     : -ENOMEM;
         if (vs == 1 && rr.have_config && guest_state_check(gs, c->max_pages, why, sizeof(why)) < 0)
             vs = -EINVAL;
+        struct guest_prog_state *ps = vs == 0 ? hv_malloc(sizeof(*ps)) : NULL;
+        int pv = ps ? guest_prog_decode(rr.context, rr.context_len, ps, why, sizeof(why)) : 0;
         if (vs == 1)
             snprintf(vnote, sizeof(vnote), "hugevm context: %u vCPU(s), workload %s: resumable",
                      gs->nr_vcpus, workload_name(gs->v[0].wc.kind));
+        else if (pv == 1)
+            snprintf(vnote, sizeof(vnote), "hugevm program guest: %u vCPU(s) of the %s backend%s: "
+                     "resumable (restore --run)", ps->nr_vcpus,
+                     guest_backend_name(guest_prog_state_backend(ps)),
+                     ps->has_xsave ? ", with their XSAVE areas and MSRs" : "");
+        else if (pv < 0)
+            snprintf(vnote, sizeof(vnote), "corrupt: %s: vCPU state not usable", why);
         else if (vs == 0)
             snprintf(vnote, sizeof(vnote), "%s: vCPU state not usable", why);
         else
             snprintf(vnote, sizeof(vnote), "corrupt: %s: vCPU state not usable",
                      gs ? why : "out of memory");
-        vusable = vs == 1;
+        vusable = vs == 1 || pv == 1;
+        free(ps);
         free(gs);
     } else {
         snprintf(vnote, sizeof(vnote), "%s", rr.note[0] ? rr.note : "vCPU state not usable");
