@@ -2205,6 +2205,7 @@ static int frame_check(const struct mig_frame *h, size_t wcap, const char *who, 
  * keeps the frames it queued before and reports its error in their place.
  */
 #define LANE_SLOTS 4
+#define LANE_STOP_S 2
 
 struct lane_frame {
     uint8_t *raw;
@@ -2381,7 +2382,19 @@ static void lanes_stop_keep(struct rx *x, struct chan **keep)
             pthread_mutex_unlock(&l->mu);
             if (eventfd_write(l->wake, 1) < 0 || !kept)
                 chan_cut(l->ch);
-            pthread_join(l->t, NULL);
+            /* a lane to keep stops between frames at once; one caught
+             * inside a frame (bytes after DONE: a sender that sent more)
+             * is cut after LANE_STOP_S and not kept */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += LANE_STOP_S;
+            if (kept && pthread_timedjoin_np(l->t, NULL, &ts) != 0) {
+                chan_cut(l->ch);
+                kept = false;
+                pthread_join(l->t, NULL);
+            } else if (!kept) {
+                pthread_join(l->t, NULL);
+            }
         }
         if (l->wake > 0)
             close(l->wake);
