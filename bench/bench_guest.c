@@ -113,6 +113,17 @@ struct one {
     double recover_s;  /* kvm: 2M mappings back after log-dirty off (-1: not measured) */
 };
 
+/* KVM's mappings (0 off KVM) and the host's PMD-mapped share of the
+ * guest's mirror, now. */
+static void mappings_now(struct guest *g, uint64_t mmu[3], double *pmd_share)
+{
+    if (guest_mmu_pages(g, mmu) < 0)
+        memset(mmu, 0, 3 * sizeof(mmu[0]));
+    uint64_t rss, pmd;
+    if (guest_host_mapping(g, &rss, &pmd) == 0 && rss)
+        *pmd_share = (double)pmd / (double)rss;
+}
+
 /* The guest's rate over RUN_S from a quarter of it on (warm-up). */
 static double rate_of(struct guest *g)
 {
@@ -172,11 +183,7 @@ static struct one run_one(enum guest_backend b, enum hvg_workload w, uint64_t by
     }
     r.touch_s = (double)t / 1e9 + (double)(hv_now_ns() - ts) / 1e9;
     r.rate = rate_of(g);
-    if (guest_mmu_pages(g, r.mmu) < 0)
-        memset(r.mmu, 0, sizeof(r.mmu));
-    uint64_t rss, pmd;
-    if (guest_host_mapping(g, &rss, &pmd) == 0 && rss)
-        r.pmd_share = (double)pmd / (double)rss;
+    mappings_now(g, r.mmu, &r.pmd_share);
     struct kvm_vm *vm = kvm_exec_vm(g->x);
     if (measure_recovery && vm && r.mmu[1] > 0) {
         uint64_t before = r.mmu[1], p[3] = {0};
@@ -297,11 +304,7 @@ static struct resumed resume_saved(const struct stream_mem *mem, uint64_t bytes,
     if (guest_prefault(g) < 0 || (rc = guest_start(g)) < 0)
         bench_fail("resuming the guest");
     r.rate = rate_of(g);
-    if (guest_mmu_pages(g, r.mmu) < 0)
-        memset(r.mmu, 0, sizeof(r.mmu));
-    uint64_t rss, pmd;
-    if (guest_host_mapping(g, &rss, &pmd) == 0 && rss)
-        r.pmd_share = (double)pmd / (double)rss;
+    mappings_now(g, r.mmu, &r.pmd_share);
     if ((rc = guest_finish(g, 30ULL * 1000 * 1000 * 1000)) < 0)
         bench_fail_rc("guest_finish", rc);
     guest_destroy(g);

@@ -464,22 +464,29 @@ static void balloon_driver(enum guest_backend b)
 static void test_balloon_driver_native(void **s) { (void)s; balloon_driver(GUEST_BACKEND_NATIVE); }
 static void test_balloon_driver_kvm(void **s) { (void)s; balloon_driver(GUEST_BACKEND_KVM); }
 
+/* A test guest program built in tests/: $env, or NAME next to the built
+ * hello guest (guest/ -> ../tests/NAME). */
+static const char *test_elf_path(const char *env, const char *name, char *buf, size_t len)
+{
+    const char *path = getenv(env);
+    if (path && *path)
+        return path;
+    snprintf(buf, len, "%s", hello_path());
+    char *slash = strrchr(buf, '/');
+    assert_non_null(slash);
+    snprintf(slash + 1, len - (size_t)(slash + 1 - buf), "../tests/%s", name);
+    return buf;
+}
+
 /* Bad memory calls get an error code and change nothing; good ones do
  * exactly what they say (tests/guest_memcalls.c makes the calls and writes
  * each result into a page of its memory). */
 static void memory_calls(enum guest_backend b)
 {
     BACKEND_OR_SKIP(b);
-    const char *path = getenv("HUGEVM_MEMCALLS_ELF");
     char buf[PATH_MAX + 32];
-    if (!path || !*path) {
-        snprintf(buf, sizeof(buf), "%s", hello_path());
-        char *slash = strrchr(buf, '/');
-        assert_non_null(slash);
-        snprintf(slash + 1, sizeof(buf) - (size_t)(slash + 1 - buf),
-                 "../tests/memcalls-guest.elf");
-        path = buf;
-    }
+    const char *path = test_elf_path("HUGEVM_MEMCALLS_ELF", "memcalls-guest.elf", buf,
+                                     sizeof(buf));
     size_t len;
     uint8_t *elf = read_file(path, &len);
     if (!elf)
@@ -562,15 +569,8 @@ static void set_tsc(struct guest *g, unsigned v, uint64_t tsc)
 static void xsave_resume(enum guest_backend b, bool carry)
 {
     bool kvm = b == GUEST_BACKEND_KVM;
-    const char *path = getenv("HUGEVM_FPU_ELF");
     char buf[PATH_MAX + 32];
-    if (!path || !*path) {
-        snprintf(buf, sizeof(buf), "%s", hello_path());
-        char *slash = strrchr(buf, '/');
-        assert_non_null(slash);
-        snprintf(slash + 1, sizeof(buf) - (size_t)(slash + 1 - buf), "../tests/fpu-guest.elf");
-        path = buf;
-    }
+    const char *path = test_elf_path("HUGEVM_FPU_ELF", "fpu-guest.elf", buf, sizeof(buf));
     size_t len;
     uint8_t *elf = read_file(path, &len);
     if (!elf)
