@@ -19,6 +19,7 @@
 
 #include "guest.h"
 #include "guest_state.h"
+#include "migrate.h"
 #include "save.h"
 
 static struct machine *machine;
@@ -70,6 +71,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         err[0] = 0;
         int sv = guest_state_decode(rr.context, rr.context_len, &gs, err, sizeof(err));
         check(sv == 1 || sv == 0 || (sv == -EBADMSG && err[0]), "the soft vCPU decoder");
+        struct migrate_pc_state pst;
+        err[0] = 0;
+        int pc = migrate_pc_state_decode(rr.context, rr.context_len, rr.d, &pst, err,
+                                         sizeof(err));
+        check(pc == 1 || pc == 0 || ((pc == -EBADMSG || pc == -ENOMEM) && err[0]),
+              "the post-copy state decoder");
+        check(pc == 1 ? pst.pending && pst.nr_gfns <= P2M_GFN_LIMIT : !pst.pending,
+              "post-copy state out of range");
+        migrate_pc_state_free(&pst);
     }
     if (rc == 0) {
         check(rr.d != NULL, "success without a domain");

@@ -239,6 +239,26 @@ int main(int argc, char **argv)
     hvctx_free(&kv);
     free(ext);
 
+    /* a post-copy sender's copy in doubt: a POSTCOPY TLV naming some of
+     * the domain's RAM pfns above the system area (migrate.h) */
+    {
+        struct hvctx_buf pb;
+        uint64_t pend[128] = {0};
+        for (gfn_t g = HVG_SYSTEM_END >> PAGE_SHIFT; g < 64 * 128; g += 37) {
+            enum p2m_type t;
+            (void)p2m_get_entry(d->p2m, g, &t, NULL);
+            if (p2m_is_ram(t))
+                pend[g / 64] |= 1ULL << (g % 64);
+        }
+        struct migrate_pc_state ps = {0x5eed, 1, 2, 64 * 128, pend};
+        if (hvctx_begin(&pb) || migrate_pc_state_encode(&ps, &pb))
+            return 1;
+        o = (struct save_opts){.batch = 500, .extra_tlvs = pb.p + sizeof(struct hvctx_header),
+                               .extra_tlvs_len = pb.len - sizeof(struct hvctx_header)};
+        rc |= save_seed(argv[1], "hugevm_postcopy_doubt", d, &o);
+        hvctx_free(&pb);
+    }
+
     /* a foreign producer: no hugevm records, an opaque HVM_CONTEXT */
     struct stream_mem mem;
     struct stream_io io;

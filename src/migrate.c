@@ -574,6 +574,7 @@ struct sender {
     char pc_err[200];
     struct chan *pc_ch;   /* a connection made to resume (closed at the end) */
     uint8_t *pc_buf;
+    bool pc_restored;     /* migrate_postcopy_serve: no terms, dsum is memory's digest */
     uint8_t *page_copy; /* post-copy possible: each data page copied once, then sent */
 };
 
@@ -1115,7 +1116,8 @@ static int pc_send_pages(struct sender *s, struct pc_push *q, struct chan *ch, c
         memcpy(b + 8 + 8ULL * k, &e, 8);
         uint8_t *dst = b + 8 + 8ULL * n + ((size_t)k << PAGE_SHIFT);
         memcpy(dst, machine_ptr(d->m, mfn), PAGE_SIZE);
-        rc = term_set(s, pfns[k], stream_digest_term(pfns[k], hv_hash64(dst, PAGE_SIZE)));
+        if (!s->pc_restored)
+            rc = term_set(s, pfns[k], stream_digest_term(pfns[k], hv_hash64(dst, PAGE_SIZE)));
         s->pending[pfns[k] / 64] &= ~(1ULL << (pfns[k] % 64));
     }
     domain_unlock(d);
@@ -2032,6 +2034,13 @@ out:
         if (rc == 0)
             rc = -EIO;
     }
+    if (in_doubt && rep->postcopy && s->pc_all && o->pc_doubt) {
+        /* what a saved copy needs to finish the migration later */
+        struct migrate_pc_state st = {.id = s->pc_id, .nr_gfns = s->nr_gfns,
+                                      .pending = s->pc_all};
+        st.digest = migrate_digest(d, &st.pages);
+        o->pc_doubt(o->pc_doubt_ctx, &st);
+    }
     rep->in_doubt = in_doubt;
     rep->rc = committed ? 0 : rc;
     rep->total_s = (double)(hv_now_ns() - t0) / 1e9;
@@ -2053,6 +2062,201 @@ out:
     pthread_mutex_destroy(&s->pace.mu);
     free(s);
     return rep->rc;
+}
+
+/* ---- post-copy in doubt, finished from a saved copy ---------------------------------- */
+
+int migrate_pc_state_encode(const struct migrate_pc_state *st, struct hvctx_buf *b)
+{
+    size_t words = (st->nr_gfns + 63) / 64, lo = 0, hi = words;
+    while (lo < hi && !st->pending[lo])
+        lo++;
+    while (hi > lo && !st->pending[hi - 1])
+        hi--;
+    if (hi - lo > (UINT32_MAX - sizeof(struct hvctx_postcopy)) / 8)
+        return -EINVAL;
+    size_t len = sizeof(struct hvctx_postcopy) + 8 * (hi - lo);
+    uint8_t *v = hv_malloc(len);
+    if (!v)
+        return -ENOMEM;
+    struct hvctx_postcopy h = {htole64(st->id), htole64(st->digest), htole64(st->pages),
+                               htole64(lo), htole32((uint32_t)(hi - lo)), 0};
+    memcpy(v, &h, sizeof(h));
+    for (size_t w = lo; w < hi; w++) {
+        uint64_t x = htole64(st->pending[w]);
+        memcpy(v + sizeof(h) + 8 * (w - lo), &x, 8);
+    }
+    int rc = hvctx_add(b, HVCTX_POSTCOPY, 0, v, (uint32_t)len);
+    free(v);
+    return rc;
+}
+
+void migrate_pc_state_free(struct migrate_pc_state *st)
+{
+    free(st->pending);
+    memset(st, 0, sizeof(*st));
+}
+
+static int top_ram_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2m_type type,
+                        ept_entry_t *e)
+{
+    (void)mfn, (void)e;
+    if (p2m_is_ram(type))
+        *(gfn_t *)ctx = gfn + order_pages(order);
+    return 0;
+}
+
+int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
+                            struct migrate_pc_state *st, char *err, size_t errlen)
+{
+    const uint8_t *a = area;
+    memset(st, 0, sizeof(*st));
+    for (size_t pos = 0; pos < len;) {
+        struct hvctx_tlv t;
+        if (len - pos < sizeof(t)) {
+            snprintf(err, errlen, "HVM_CONTEXT: truncated TLV header at %zu", pos);
+            goto bad;
+        }
+        memcpy(&t, a + pos, sizeof(t));
+        size_t body = pos + sizeof(t), padded = ((size_t)le32toh(t.length) + 7) & ~(size_t)7;
+        if (padded > len - body) {
+            snprintf(err, errlen, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
+            goto bad;
+        }
+        pos = body + padded;
+        if (le16toh(t.type) != HVCTX_POSTCOPY)
+            continue;
+        struct hvctx_postcopy h;
+        uint32_t tl = le32toh(t.length);
+        if (st->pending) {
+            snprintf(err, errlen, "HVM_CONTEXT: a second POSTCOPY TLV at %zu", body - sizeof(t));
+            goto bad;
+        }
+        if (tl < sizeof(h)) {
+            snprintf(err, errlen, "HVM_CONTEXT: POSTCOPY TLV at %zu of %u bytes (at least %zu)",
+                     body - sizeof(t), tl, sizeof(h));
+            goto bad;
+        }
+        memcpy(&h, a + body, sizeof(h));
+        uint64_t first = le64toh(h.first_word), nw = le32toh(h.nr_words);
+        /* the domain's RAM bounds the bitmap (not the file's say-so) */
+        gfn_t top = 0;
+        (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, top_ram_leaf, &top);
+        size_t words = (top + 63) / 64;
+        if (tl != sizeof(h) + 8 * nw || h.reserved || first > words || nw > words - first) {
+            snprintf(err, errlen, "HVM_CONTEXT: POSTCOPY TLV at %zu: %llu words from word %llu in "
+                     "%u bytes, reserved %u: malformed or beyond the domain's RAM (%llu words)",
+                     body - sizeof(t), (unsigned long long)nw, (unsigned long long)first, tl,
+                     le32toh(h.reserved), (unsigned long long)words);
+            goto bad;
+        }
+        st->pending = hv_calloc(words ? words : 1, 8);
+        if (!st->pending) {
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        st->id = le64toh(h.id);
+        st->digest = le64toh(h.digest);
+        st->pages = le64toh(h.pages);
+        st->nr_gfns = top;
+        for (uint64_t w = 0; w < nw; w++) {
+            uint64_t x;
+            memcpy(&x, a + body + sizeof(h) + 8 * w, 8);
+            st->pending[first + w] = le64toh(x);
+        }
+        /* each pending pfn RAM of d above the system area */
+        domain_lock(d);
+        for (uint64_t w = first; w < first + nw; w++)
+            for (uint64_t b = st->pending[w]; b; b &= b - 1) {
+                gfn_t g = 64 * w + (gfn_t)__builtin_ctzll(b);
+                enum p2m_type ty;
+                (void)p2m_get_entry(d->p2m, g, &ty, NULL);
+                if (g < (HVG_SYSTEM_END >> PAGE_SHIFT) || !p2m_is_ram(ty)) {
+                    domain_unlock(d);
+                    snprintf(err, errlen, "HVM_CONTEXT: POSTCOPY TLV: pfn %#llx is pending but %s",
+                             (unsigned long long)g, p2m_is_ram(ty) ? "in the system area"
+                                                                  : "not RAM of the copy");
+                    goto bad;
+                }
+            }
+        domain_unlock(d);
+    }
+    return st->pending ? 1 : 0;
+bad:
+    migrate_pc_state_free(st);
+    return -EBADMSG;
+}
+
+int migrate_postcopy_serve(struct domain *d, struct chan *ch, const struct migrate_pc_state *st,
+                           const struct migrate_opts *o, struct migrate_report *rep)
+{
+    static const struct migrate_opts defaults;
+    struct sender *s = hv_calloc(1, sizeof(*s));
+    memset(rep, 0, sizeof(*rep));
+    if (!s) {
+        snprintf(rep->err, sizeof(rep->err), "out of memory");
+        return rep->rc = -ENOMEM;
+    }
+    o = o ? o : &defaults;
+    uint64_t t0 = hv_now_ns();
+    s->d = d;
+    s->o = o;
+    s->rep = rep;
+    pthread_mutex_init(&s->pace.mu, NULL);
+    s->pace.ns_per_byte = o->max_bandwidth > 0 ? 1e9 / o->max_bandwidth : 0;
+    s->pipe.ch = ch; /* the caller's: never closed here */
+    s->nch = 1;
+    s->pc_restored = true;
+    s->pc_id = st->id;
+    s->nr_gfns = st->nr_gfns;
+    rep->end = MIGRATE_END_postcopy;
+    rep->postcopy = true;
+    rep->postcopy_why = "resumed from the sender's saved copy";
+    rep->channels = 1;
+    leaves_now(d, &rep->before);
+    size_t words = (st->nr_gfns + 63) / 64;
+    int rc;
+    s->pending = hv_calloc(words ? words : 1, 8);
+    s->pc_all = hv_malloc((words ? words : 1) * 8);
+    if (!s->pending || !s->pc_all) {
+        rc = sfail(s, -ENOMEM, "out of memory");
+        goto out;
+    }
+    memcpy(s->pc_all, st->pending, words * 8);
+    rep->pc.pending = bm_count(st->pending, st->nr_gfns);
+    /* the copy must be the memory at the switch: the receiver's digest
+     * is built on it, page by page */
+    uint64_t t1 = hv_now_ns();
+    s->dsum = migrate_digest(d, &s->dpages);
+    rep->digest_s = (double)(hv_now_ns() - t1) / 1e9;
+    if (s->dsum != st->digest || s->dpages != st->pages) {
+        rc = sfail(s, -EBADMSG, "the restored copy is not the memory paused at the switch: "
+                   "digest %#llx (%llu pages), the switch's %#llx (%llu pages)",
+                   (unsigned long long)s->dsum, (unsigned long long)s->dpages,
+                   (unsigned long long)st->digest, (unsigned long long)st->pages);
+        goto out;
+    }
+    rc = pc_resume(s, ch);
+    if (rc < 0) {
+        rc = sfail(s, rc, "%s", s->pc_err);
+        goto out;
+    }
+    rc = pc_run(s);
+    rep->pc.seconds = (double)(hv_now_ns() - t1) / 1e9;
+    rep->verified = rc == 0;
+out:
+    rep->rc = rc;
+    rep->total_s = (double)(hv_now_ns() - t0) / 1e9;
+    rep->st.wire_bytes = rep->pc.wire_bytes;
+    rep->channel_bytes[0] = rep->pc.wire_bytes;
+    free(s->pending);
+    free(s->pc_all);
+    if (s->pc_ch)
+        chan_close(s->pc_ch);
+    free(s->pc_buf);
+    pthread_mutex_destroy(&s->pace.mu);
+    free(s);
+    return rc;
 }
 
 /* ---- receiver ------------------------------------------------------------------------ */

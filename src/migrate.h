@@ -118,8 +118,13 @@
  * PC_PENDING (what it still misses, naming the id), and the exchange
  * above goes on.  Anything else after COMMIT (no connection back in time,
  * a bad frame, PC_DONE with an error) ends with rc < 0 and in_doubt set:
- * the receiver's guest cannot go on (pages missing), and the sender's
- * paused copy is the guest as it was at the switch.  Before COMMIT
+ * the receiver's guest cannot go on (pages missing) unless its sender
+ * comes back, and the sender's paused copy is the guest as it was at the
+ * switch.  migrate_opts.pc_doubt hands out what a saved copy of it needs
+ * to be that sender later (migrate_postcopy_serve, in another process,
+ * while the receiver still waits): until the receiver's PC_DONE, or its
+ * word that it gave the guest up, that copy must be kept and must not
+ * run.  Before COMMIT
  * everything is as in pre-copy: a failure leaves the sender's guest
  * running.
  *
@@ -387,6 +392,35 @@ struct migrate_round {
     double eta_s;            /* remaining / link rate */
 };
 
+/*
+ * A post-copy sender's copy in doubt, finished later (hugevm migrate
+ * --resume-postcopy): the paused guest is saved with this state (an
+ * HVCTX_POSTCOPY TLV in its HVM_CONTEXT blob, migrate_pc_state_encode),
+ * restored in a new process, and migrate_postcopy_serve connects to the
+ * receiver, which still waits for its pages (its --postcopy-wait), names
+ * the migration by id and sends what the receiver still misses.  The
+ * receiver's list must lie within `pending` (a page that was never left
+ * for later is the receiver's own, maybe written since: sending the old
+ * one would go back in time); the digest at the switch checks that the
+ * restored copy is the memory that was paused.
+ */
+struct migrate_pc_state {
+    uint64_t id;             /* the migration's post-copy id (PC_PENDING, PC_RESUME) */
+    uint64_t digest, pages;  /* migrate_digest of memory at the switch */
+    gfn_t nr_gfns;           /* bits in pending */
+    uint64_t *pending;       /* the pfns left for after the switch */
+};
+
+/* HVCTX_POSTCOPY's value: this, then nr_words bitmap words (little-endian)
+ * from pfn 64 * first_word. */
+struct hvctx_postcopy {
+    uint64_t id, digest, pages;
+    uint64_t first_word;
+    uint32_t nr_words;
+    uint32_t reserved;       /* 0 */
+};
+_Static_assert(sizeof(struct hvctx_postcopy) == 40, "hvctx post-copy");
+
 struct migrate_opts {
     enum dirty_mode mode;
     double downtime_ms;      /* 0: MIGRATE_DEFAULT_DOWNTIME_MS */
@@ -460,6 +494,13 @@ struct migrate_opts {
     struct chan *(*pc_reconnect)(void *pc_ctx, char *err, size_t len);
     void *pc_ctx;
     int pc_recover_ms;
+    /* Post-copy in doubt (after COMMIT: RESUMED did not come, or post-copy
+     * failed for good): called before migrate_send returns, g paused at
+     * the switch, with what a saved copy of g needs to finish the
+     * migration later (migrate_postcopy_serve); st lives for the call
+     * only.  May be NULL. */
+    void (*pc_doubt)(void *pc_doubt_ctx, const struct migrate_pc_state *st);
+    void *pc_doubt_ctx;
     void (*on_round)(void *ctx, const struct migrate_round *r);
     /* The guest is paused and its memory final (tests take checksums). */
     void (*on_paused)(void *ctx, struct domain *d);
@@ -542,6 +583,30 @@ struct chan;
  */
 int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
                  struct migrate_report *rep) HV_MUST_CHECK;
+
+/* Add st as an HVCTX_POSTCOPY TLV to b: 0 or -ENOMEM. */
+int migrate_pc_state_encode(const struct migrate_pc_state *st, struct hvctx_buf *b) HV_MUST_CHECK;
+/* Find and check the HVCTX_POSTCOPY TLV in a restored HVM_CONTEXT TLV area
+ * (restore_result.context) against d, the domain restored with it: every
+ * pending pfn must be RAM of d above the system area.  1 and *st (free its
+ * pending with migrate_pc_state_free), 0 when there is none, -EBADMSG or
+ * -ENOMEM with err[]. */
+int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
+                            struct migrate_pc_state *st, char *err, size_t errlen) HV_MUST_CHECK;
+void migrate_pc_state_free(struct migrate_pc_state *st);
+/*
+ * Finish a post-copy migration from d, a restored copy of its sender's
+ * paused guest (nothing runs on it), over ch (connected to the receiver,
+ * authenticated like the migration's): PC_RESUME {st->id}, the receiver's
+ * list of what it misses, then the pages and PC_END as migrate_send's
+ * post-copy does, o->pc_reconnect replacing a connection that fails (o's
+ * timeout_ms, max_bandwidth and pc_* fields count; the rest is ignored).
+ * d's digest must be st's first (-EBADMSG: not the memory at the switch).
+ * 0: PC_DONE came with the same digest, the receiver holds every page: d
+ * may be destroyed.  < 0: rep->err says why; ch is not closed.
+ */
+int migrate_postcopy_serve(struct domain *d, struct chan *ch, const struct migrate_pc_state *st,
+                           const struct migrate_opts *o, struct migrate_report *rep) HV_MUST_CHECK;
 
 /* ---- receiver ---------------------------------------------------------------- */
 

@@ -80,6 +80,18 @@ int hvctx_add(struct hvctx_buf *b, uint16_t type, uint16_t flags, const void *v,
     return 0;
 }
 
+int hvctx_append(struct hvctx_buf *b, const void *tlvs, size_t len)
+{
+    if (len % 8)
+        return -EINVAL;
+    int rc = buf_reserve(b, len);
+    if (rc < 0)
+        return rc;
+    memcpy(b->p + b->len, tlvs, len);
+    b->len += len;
+    return 0;
+}
+
 void hvctx_finish(struct hvctx_buf *b)
 {
     struct hvctx_header h;

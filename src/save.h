@@ -91,6 +91,8 @@ enum hvctx_type {
     HVCTX_PROG_VCPU = 7, /* a program guest's vCPU (guest_exec.h: struct hvctx_prog_vcpu), critical */
     HVCTX_PROG_XSAVE = 8, /* a KVM vCPU's XSAVE area and XCRs (guest_state.h), critical */
     HVCTX_PROG_MSRS = 9,  /* a KVM vCPU's MSRs (guest_state.h), critical */
+    HVCTX_POSTCOPY = 10,  /* a post-copy sender's copy in doubt (migrate.h: struct
+                           * hvctx_postcopy + the pending bitmap), not critical */
 };
 struct hvctx_config {
     uint64_t max_pages;
@@ -111,6 +113,9 @@ struct hvctx_buf {
 int hvctx_begin(struct hvctx_buf *b) HV_MUST_CHECK;
 int hvctx_add(struct hvctx_buf *b, uint16_t type, uint16_t flags, const void *v,
               uint32_t len) HV_MUST_CHECK;
+/* Append TLVs already encoded (an area of whole, padded TLVs): 0, -EINVAL
+ * (not a multiple of 8), -ENOMEM. */
+int hvctx_append(struct hvctx_buf *b, const void *tlvs, size_t len) HV_MUST_CHECK;
 /* Fill in the header (length, checksum). */
 void hvctx_finish(struct hvctx_buf *b);
 void hvctx_free(struct hvctx_buf *b);

@@ -1328,6 +1328,200 @@ static void postcopy_to_process(enum guest_backend b)
     env_down(&e);
 }
 
+/* The number after `key` inside JSON object `obj` of the log at path
+ * (false: none). */
+static bool json_obj_u64(const char *path, const char *obj, const char *key, uint64_t *out)
+{
+    static char buf[1 << 20];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *o = strstr(buf, obj), *k = o ? strstr(o, key) : NULL, *e = o ? strchr(o, '}') : NULL;
+    if (!k || (e && k > e))
+        return false;
+    k += strlen(key);
+    while (*k == ':' || *k == ' ' || *k == '"')
+        k++;
+    char *end;
+    *out = strtoull(k, &end, 10);
+    return end != k;
+}
+
+/*
+ * Post-copy finished by an operator from the sender's saved copy, all
+ * through the command line: `hugevm run --migrate-to --postcopy
+ * --postcopy-recover 0` whose link is cut after a few post-copy pages
+ * (HUGEVM_TEST_PC_CUT) gives up at once, saves its paused copy in doubt
+ * with the post-copy state and exits 3; the receiver's guest runs on, its
+ * vCPUs that need a missing page waiting.  What must not work does not:
+ * --resume-postcopy of a save without the post-copy record, of a copy
+ * with a flipped byte, to a port where nobody waits (each exits 1 and
+ * keeps the file).  Then `hugevm migrate --resume-postcopy FILE` sends
+ * what the receiver misses: both digests agree, the file is removed, and
+ * the receiver verifies every vCPU's writes with its p2m leaves the
+ * sender's, every 2M region whole again, over two connections.
+ */
+static void postcopy_resume_cli(enum guest_backend b)
+{
+    BACKEND_OR_SKIP(b);
+    char why[256];
+    if (postcopy_probe(why, sizeof(why)) < 0 ||
+        (b == GUEST_BACKEND_NATIVE && native_dirty_log_probe(why, sizeof(why)) < 0)) {
+        print_message("# SKIP reason: %s\n", why);
+        skip();
+    }
+    char hv[PATH_MAX + 32];
+    if (!hugevm_path(hv, sizeof(hv))) {
+        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
+                      hv);
+        skip();
+    }
+    char dir[] = "/tmp/hvgprXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char portf[96], rlog[96], slog[96], saved[96], plain[96], bad[96], clog[96], addr[64];
+    snprintf(portf, sizeof(portf), "%s/port", dir);
+    snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
+    snprintf(slog, sizeof(slog), "%s/sender.json", dir);
+    snprintf(clog, sizeof(clog), "%s/resume.log", dir);
+    snprintf(saved, sizeof(saved), "%s/sender.hvs", dir);
+    snprintf(plain, sizeof(plain), "%s/plain.hvs", dir);
+    snprintf(bad, sizeof(bad), "%s/flipped.hvs", dir);
+    struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
+    print_message("# rng %llu\n", (unsigned long long)r.s);
+    const char *bn = guest_backend_name(b);
+    char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
+                     "--attempts", "1", "--accept-timeout", "120", "--host-mem", "1G",
+                     "--insecure", "--run", "1", "--timeout", "20", "--postcopy-wait", "120",
+                     "--backend", (char *)bn, "--json", NULL};
+    pid_t rp = spawn(rargv, rlog);
+    unsigned port = wait_port_file(portf, 60);
+    if (!port) {
+        kill(rp, SIGKILL);
+        fail_msg("the receiver wrote no port; log in %s", rlog);
+    }
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+    /* the sender: cut after a few post-copy pages (fewer than the writer
+     * leaves for after the switch), no new connection */
+    char cut[32];
+    snprintf(cut, sizeof(cut), "%llu", (unsigned long long)(1 + hv_rng_next(&r) % 64));
+    char *sargv[] = {hv, "run", "--backend", (char *)bn, "--guest-mem", "64M", "--vcpus", "2",
+                     "--seconds", "60", "--migrate-to", addr, "--after", "0.3", "--postcopy",
+                     "--postcopy-recover", "0", "--in-doubt-save", saved, "--insecure", "--json",
+                     NULL};
+    setenv("HUGEVM_TEST_PC_CUT", cut, 1);
+    pid_t sp = spawn(sargv, slog);
+    unsetenv("HUGEVM_TEST_PC_CUT");
+    int ss = wait_deadline(sp, 300);
+    if (ss != 3) {
+        kill(rp, SIGKILL);
+        fail_msg("the cut post-copy sender exited %d, not 3 (in doubt); log in %s", ss, slog);
+    }
+    assert_true(file_has(slog, "\"postcopy_resumable\"", "true"));
+    assert_true(file_has(slog, "\"in_doubt_saved\"", saved));
+    assert_true(file_has(slog, "\"mode\"", "postcopy"));
+    uint64_t l1g, l2m, l4k;
+    assert_true(json_obj_u64(slog, "\"leaves_before\"", "\"pages_1g\"", &l1g));
+    assert_true(json_obj_u64(slog, "\"leaves_before\"", "\"pages_2m\"", &l2m));
+    assert_true(json_obj_u64(slog, "\"leaves_before\"", "\"pages_4k\"", &l4k));
+    assert_int_equal(access(saved, R_OK), 0);
+
+    /* refusals, before anything reaches the receiver */
+    char *pargv[] = {hv, "run", "--backend", "soft", "--guest-mem", "8M", "--seconds", "0.1",
+                     "--save", plain, NULL};
+    assert_int_equal(wait_deadline(spawn(pargv, clog), 120), 0);
+    char *rsv[] = {hv, "migrate", "--resume-postcopy", plain, "--to", addr, "--insecure", NULL};
+    assert_int_equal(wait_deadline(spawn(rsv, clog), 120), 1);
+    assert_true(file_has(clog, "migrate: --resume-postcopy", plain));
+    char msg[65536];
+    const char *m = file_after(clog, "no POSTCOPY record", msg, sizeof(msg));
+    if (!m)
+        fail_msg("no clear refusal of a save without post-copy state; log in %s", clog);
+    {
+        /* a copy with one byte flipped somewhere in its pages */
+        int in = open(saved, O_RDONLY), out = open(bad, O_WRONLY | O_CREAT | O_EXCL, 0600);
+        assert_true(in >= 0 && out >= 0);
+        off_t len = lseek(in, 0, SEEK_END), at = (off_t)(hv_rng_next(&r) % (uint64_t)len);
+        assert_int_equal(lseek(in, 0, SEEK_SET), 0);
+        static uint8_t chunk[1 << 16];
+        for (off_t o = 0; o < len;) {
+            ssize_t n = read(in, chunk, sizeof(chunk));
+            assert_true(n > 0);
+            if (at >= o && at < o + n)
+                chunk[at - o] ^= 0x10;
+            assert_int_equal(write(out, chunk, (size_t)n), n);
+            o += n;
+        }
+        close(in);
+        close(out);
+        char *rbad[] = {hv, "migrate", "--resume-postcopy", bad, "--to", addr, "--insecure", NULL};
+        int st = wait_deadline(spawn(rbad, clog), 120);
+        if (st != 1)
+            fail_msg("--resume-postcopy of a copy with byte %lld flipped exited %d; log in %s",
+                     (long long)at, st, clog);
+        assert_int_equal(access(bad, F_OK), 0);
+    }
+    char *rnone[] = {hv, "migrate", "--resume-postcopy", saved, "--to", "127.0.0.1:1",
+                     "--insecure", "--timeout", "2", NULL};
+    assert_int_equal(wait_deadline(spawn(rnone, clog), 120), 1);
+    assert_non_null(file_after(clog, "is kept", msg, sizeof(msg)));
+    assert_int_equal(access(saved, R_OK), 0);
+
+    /* the real thing */
+    char *rgo[] = {hv, "migrate", "--resume-postcopy", saved, "--to", addr, "--insecure",
+                   "--json", NULL};
+    int st = wait_deadline(spawn(rgo, clog), 300);
+    if (st != 0) {
+        kill(rp, SIGKILL);
+        fail_msg("--resume-postcopy exited %d; log in %s", st, clog);
+    }
+    assert_true(file_has(clog, "\"ok\"", "true"));
+    assert_true(file_has(clog, "\"verified\"", "true"));
+    assert_true(file_has(clog, "\"checksums_match\"", "true"));
+    assert_true(file_has(clog, "\"saved_copy_removed\"", "true"));
+    assert_int_equal(access(saved, F_OK), -1);
+    uint64_t x;
+    assert_true(json_obj_u64(clog, "\"leaves_receiver\"", "\"pages_1g\"", &x));
+    assert_int_equal(x, l1g);
+    assert_true(json_obj_u64(clog, "\"leaves_receiver\"", "\"pages_2m\"", &x));
+    assert_int_equal(x, l2m);
+    assert_true(json_obj_u64(clog, "\"leaves_receiver\"", "\"pages_4k\"", &x));
+    assert_int_equal(x, l4k);
+    int rs = wait_deadline(rp, 300);
+    if (rs != 0)
+        fail_msg("hugevm receive exited %d; log in %s", rs, rlog);
+    assert_true(file_has(rlog, "\"mode\"", "postcopy"));
+    if (!file_has(rlog, "\"guest_verified\"", "true"))
+        fail_msg("the receiver did not verify the guest; log in %s", rlog);
+    assert_true(file_has(rlog, "\"audit\"", "ok"));
+    uint64_t links = 0, regions = 0, rwhole = 0, pending = 0, spending = 0;
+    assert_true(file_u64(rlog, "\"links\"", &links));
+    assert_int_equal(links, 2);
+    assert_true(file_u64(rlog, "\"regions\"", &regions));
+    assert_true(file_u64(rlog, "\"regions_whole\"", &rwhole));
+    assert_true(regions > 0);
+    assert_int_equal(rwhole, regions);
+    assert_true(file_u64(rlog, "\"pending\"", &pending));
+    assert_true(json_obj_u64(slog, "\"postcopy\"", "\"pending\"", &spending));
+    assert_int_equal(pending, spending);
+    print_message("# %s: post-copy cut after %s pages, sender in doubt and saved; finished by "
+                  "--resume-postcopy from the saved copy: %llu pages pending over %llu 2M regions, "
+                  "all whole again, verified on the receiver\n", bn, cut,
+                  (unsigned long long)pending, (unsigned long long)regions);
+    unlink(portf);
+    unlink(rlog);
+    unlink(slog);
+    unlink(clog);
+    unlink(plain);
+    unlink(bad);
+    rmdir(dir);
+}
+
+static void test_postcopy_resume_native(void **s) { (void)s; postcopy_resume_cli(GUEST_BACKEND_NATIVE); }
+static void test_postcopy_resume_kvm(void **s) { (void)s; postcopy_resume_cli(GUEST_BACKEND_KVM); }
+
 struct rx_thread {
     struct machine *m;
     struct chan *ch;
@@ -2080,6 +2274,7 @@ int main(void)
         cmocka_unit_test(test_postcopy_hostile),
         cmocka_unit_test(test_postcopy_concurrent_faults),
         cmocka_unit_test(test_postcopy_native),
+        cmocka_unit_test(test_postcopy_resume_native),
         cmocka_unit_test(test_pod_native),
         cmocka_unit_test(test_xsave_native),
         cmocka_unit_test(test_workloads_kvm),
@@ -2090,6 +2285,7 @@ int main(void)
         cmocka_unit_test(test_memory_calls_kvm),
         cmocka_unit_test(test_migrate_kvm),
         cmocka_unit_test(test_postcopy_kvm),
+        cmocka_unit_test(test_postcopy_resume_kvm),
         cmocka_unit_test(test_pod_kvm),
         cmocka_unit_test(test_xsave_kvm),
     };

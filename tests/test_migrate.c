@@ -816,6 +816,132 @@ static void digest_case(enum migrate_page_fault f, gfn_t gfn, bool behind_back, 
     machine_destroy(rm);
 }
 
+/* A post-copy sender's state in doubt (migrate_pc_state_encode/decode):
+ * it comes back as it went, and a TLV that is malformed, repeated, or
+ * names a pending pfn that is not RAM of the restored copy above the
+ * system area is refused with a message that says which. */
+static void pc_tlv(struct hvctx_buf *b, const struct hvctx_postcopy *h, const uint64_t *w,
+                   uint32_t nw, uint32_t len)
+{
+    uint8_t v[sizeof(*h) + 8 * 64] = {0};
+    assert_true(nw <= 64);
+    memcpy(v, h, sizeof(*h));
+    memcpy(v + sizeof(*h), w, 8 * nw);
+    assert_int_equal(hvctx_add(b, HVCTX_POSTCOPY, 0, v, len), 0);
+}
+
+static void pc_refused(const struct hvctx_buf *b, struct domain *d, const char *want)
+{
+    struct migrate_pc_state st;
+    char err[300] = "";
+    int rc = migrate_pc_state_decode(b->p + sizeof(struct hvctx_header),
+                                     b->len - sizeof(struct hvctx_header), d, &st, err,
+                                     sizeof(err));
+    if (rc != -EBADMSG || !strstr(err, want))
+        fail_msg("decode gave %d (%s), want -EBADMSG naming '%s'", rc, err, want);
+    assert_null(st.pending);
+}
+
+static void test_pc_state(void **state)
+{
+    (void)state;
+    struct machine *m;
+    struct domain *d;
+    struct domain_config c;
+    assert_int_equal(machine_create(&m, 256 * MiB, FRAME_POLICY_FRAGPOOL), 0);
+    domain_config_default(&c);
+    assert_int_equal(domain_create(m, &c, &d), 0);
+    /* RAM [0, 16 MiB) and [24 MiB, 32 MiB): a hole between */
+    assert_int_equal(domain_populate(d, 0, 4096, NULL), 0);
+    assert_int_equal(domain_populate(d, 6144, 2048, NULL), 0);
+    struct hv_rng r = {(uint64_t)hv_now_ns() | 1};
+    print_message("# rng %llu\n", (unsigned long long)r.s);
+    const gfn_t low = HVG_SYSTEM_END >> PAGE_SHIFT, top = 8192;
+    for (int round = 0; round < 20; round++) {
+        /* random pending pfns in RAM above the system area */
+        uint64_t *pend = calloc(top / 64, 8);
+        assert_non_null(pend);
+        unsigned n = (unsigned)(hv_rng_next(&r) % 300);
+        for (unsigned i = 0; i < n; i++) {
+            gfn_t g = low + hv_rng_next(&r) % (top - low);
+            if (g < 4096 || g >= 6144)
+                pend[g / 64] |= 1ULL << (g % 64);
+        }
+        struct migrate_pc_state in = {hv_rng_next(&r), hv_rng_next(&r), hv_rng_next(&r), top,
+                                      pend}, out;
+        struct hvctx_buf b;
+        assert_int_equal(hvctx_begin(&b), 0);
+        uint64_t other = 7;
+        assert_int_equal(hvctx_add(&b, HVCTX_POD_CACHE, 0, &other, 8), 0);
+        assert_int_equal(migrate_pc_state_encode(&in, &b), 0);
+        char err[300] = "";
+        int rc = migrate_pc_state_decode(b.p + sizeof(struct hvctx_header),
+                                         b.len - sizeof(struct hvctx_header), d, &out, err,
+                                         sizeof(err));
+        if (rc != 1)
+            fail_msg("round trip: %d (%s)", rc, err);
+        assert_int_equal(out.id, in.id);
+        assert_int_equal(out.digest, in.digest);
+        assert_int_equal(out.pages, in.pages);
+        assert_int_equal(out.nr_gfns, top); /* the copy's RAM bounds it */
+        assert_memory_equal(out.pending, pend, top / 8);
+        migrate_pc_state_free(&out);
+        hvctx_free(&b);
+        free(pend);
+    }
+    /* none there: 0 */
+    struct hvctx_buf b;
+    struct migrate_pc_state st;
+    char err[300];
+    uint64_t other = 7;
+    assert_int_equal(hvctx_begin(&b), 0);
+    assert_int_equal(hvctx_add(&b, HVCTX_POD_CACHE, 0, &other, 8), 0);
+    assert_int_equal(migrate_pc_state_decode(b.p + sizeof(struct hvctx_header),
+                                             b.len - sizeof(struct hvctx_header), d, &st, err,
+                                             sizeof(err)), 0);
+    hvctx_free(&b);
+    struct hvctx_postcopy h = {1, 2, 3, low / 64, 1, 0};
+    uint64_t w[2] = {1, 0};
+    struct {
+        struct hvctx_postcopy h;
+        uint64_t w0;
+        uint32_t nw, len;
+        const char *want;
+    } cases[] = {
+        {h, 1, 1, sizeof(h) - 8, "at least"},
+        {h, 1, 1, sizeof(h) + 16, "malformed"},                       /* length != words */
+        {{1, 2, 3, low / 64, 1, 9}, 1, 1, sizeof(h) + 8, "reserved 9"},
+        {{1, 2, 3, top / 64, 1, 0}, 1, 1, sizeof(h) + 8, "beyond the domain"},
+        {{1, 2, 3, 0, 1, 0}, 1ULL << 10, 1, sizeof(h) + 8, "system area"},
+        {{1, 2, 3, 4096 / 64 + 3, 1, 0}, 1ULL << 5, 1, sizeof(h) + 8, "not RAM"},
+        {{1, 2, 3, ~0ULL, 1, 0}, 1, 1, sizeof(h) + 8, "beyond the domain"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        assert_int_equal(hvctx_begin(&b), 0);
+        w[0] = cases[i].w0;
+        pc_tlv(&b, &cases[i].h, w, cases[i].nw,
+               cases[i].len);
+        pc_refused(&b, d, cases[i].want);
+        hvctx_free(&b);
+    }
+    /* twice */
+    assert_int_equal(hvctx_begin(&b), 0);
+    w[0] = 1;
+    pc_tlv(&b, &h, w, 1, sizeof(h) + 8);
+    pc_tlv(&b, &h, w, 1, sizeof(h) + 8);
+    pc_refused(&b, d, "a second POSTCOPY");
+    /* cut short: the last TLV overruns the area */
+    assert_int_equal(migrate_pc_state_decode(b.p + sizeof(struct hvctx_header),
+                                             b.len - sizeof(struct hvctx_header) - 8, d, &st,
+                                             err, sizeof(err)), -EBADMSG);
+    assert_non_null(strstr(err, "overruns"));
+    assert_null(st.pending);
+    hvctx_free(&b);
+    domain_destroy(d);
+    AUDIT_OK(frames_audit(m->frames));
+    machine_destroy(m);
+}
+
 static void test_digest_faults(void **state)
 {
     (void)state;
@@ -3298,6 +3424,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_receiver_deadlines),
     cmocka_unit_test(test_sender_trickled),
     cmocka_unit_test(test_process_receiver_available),
+    cmocka_unit_test(test_pc_state),
 };
 
 int main(void)

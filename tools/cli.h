@@ -225,6 +225,11 @@ int cli_parse_authz(void *dest, const char *arg);
 #define CLI_BANDWIDTH_OPT(v)                                                                  \
     {"max-bandwidth", OPT_SIZE, &(v), "SIZE", "at most SIZE bytes per second on the wire, "   \
      "all channels and post-copy included (e.g. 100M; default: no limit)", NULL}
+/* --postcopy-recover S (migrate, run --migrate-to). */
+#define CLI_POSTCOPY_RECOVER_OPT(v)                                                           \
+    {"postcopy-recover", OPT_SECONDS, &(v), "S", "post-copy: when the connection fails after " \
+     "the switch, connect again for up to S to finish it (default 60; 0: do not, save the "   \
+     "paused copy in doubt at once for `hugevm migrate --resume-postcopy`)", NULL}
 /* The channels for a --channels value v (0: the default): 0 and *out, or 1
  * after saying what is wrong. */
 int cli_channels(const char *cmd, uint64_t v, unsigned *out);
@@ -264,9 +269,15 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
                       const struct migrate_opts *mopts, struct chan_tls *tls, uint64_t retries,
                       const char *doubt_file, double run_s, const char *fail_save, bool json);
 /* Save the paused guest g with its vCPU state (any backend that can
- * capture it) to path, a fresh file. */
-int cli_save_running(struct guest *g, const char *path, struct save_result *sr, char *err,
-                     size_t errlen);
+ * capture it) and `extra` (encoded TLVs, may be NULL) to path, a fresh
+ * file. */
+int cli_save_running(struct guest *g, const void *extra, size_t extra_len, const char *path,
+                     struct save_result *sr, char *err, size_t errlen);
+/* `hugevm migrate --resume-postcopy FILE`: finish the post-copy migration
+ * whose sender saved FILE in doubt, connecting to `to` (migrate_guest.c).
+ * mopts: timeout_ms, max_bandwidth, pc_recover_ms.  Exit status. */
+int cli_resume_postcopy(const char *file, const char *to, const struct migrate_opts *mopts,
+                        struct chan_tls *tls, uint64_t host_mem, bool json);
 /* The same for a soft-vCPU guest started on d (migrate_guest.c). */
 int cli_migrate_domain(struct domain *d, unsigned nv, const struct tlb_config *tc,
                        const struct workload_config *wc, const char *to, double after,
@@ -350,9 +361,9 @@ void cli_print_restored(FILE *out, const struct restore_result *r);
 /* Sleep s seconds (cli.c). */
 void cli_sleep_s(double s);
 /* Save the paused guest g, held in doubt by `role` ("sender", "receiver"),
- * and return only when it is saved: *saved then names the whole file
- * (migrate_guest.c). */
-void cli_keep_in_doubt(struct guest *g, const char *given, const char *role, char *saved,
-                       size_t len);
+ * with `extra` TLVs (cli_save_running), and return only when it is saved:
+ * *saved then names the whole file (migrate_guest.c). */
+void cli_keep_in_doubt(struct guest *g, const void *extra, size_t extra_len, const char *given,
+                       const char *role, char *saved, size_t len);
 
 #endif

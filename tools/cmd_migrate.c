@@ -67,7 +67,7 @@ static void progress(void *ctx, const struct migrate_round *r)
 /* ---- sender ------------------------------------------------------------------ */
 
 static struct {
-    const char *to, *log_dirty, *doubt_file, *fail_save, *backend, *fill;
+    const char *to, *log_dirty, *doubt_file, *fail_save, *backend, *fill, *resume_pc;
     uint64_t guest_mem, host_mem, max_rounds, retries, precopy_rounds, channels, max_bw;
     double after, downtime_ms, write_frac, timeout_s, pc_recover_s;
     bool compress, json, postcopy, postcopy_auto;
@@ -110,6 +110,23 @@ static int run_migrate(int argc, char **argv)
     char b1[32];
     if (argc)
         return cli_error("migrate: unexpected argument '%s'", argv[0]);
+    if (mo.resume_pc) {
+        /* no guest here: the saved copy finishes a post-copy migration */
+        if (!mo.to)
+            return cli_error("migrate: --resume-postcopy needs --to ADDR:PORT, the receiver "
+                             "that waits for the pages");
+        if (mo.timeout_s <= 0)
+            return cli_error("migrate: bad --timeout");
+        struct chan_tls *rtls = NULL;
+        if (cli_tls_setup("migrate", &mo.tls, false, &rtls) != 0)
+            return 1;
+        mopts.timeout_ms = cli_ms(mo.timeout_s);
+        mopts.max_bandwidth = (double)mo.max_bw;
+        mopts.pc_recover_ms = cli_ms(mo.pc_recover_s);
+        int st = cli_resume_postcopy(mo.resume_pc, mo.to, &mopts, rtls, mo.host_mem, mo.json);
+        chan_tls_destroy(rtls);
+        return st;
+    }
     int backend;
     char bwhy[300];
     if (cli_backend("migrate", mo.backend, NULL, false, &backend, bwhy, sizeof(bwhy)))
@@ -224,8 +241,10 @@ static struct opt migrate_opts_table[] = {
      "before the switch, the full copy included (default 1)", NULL},
     {"postcopy-auto", OPT_FLAG, &mo.postcopy_auto, NULL, "pre-copy, but switch to post-copy "
      "where it would end by --max-rounds or a dirty rate that stopped falling", NULL},
-    {"postcopy-recover", OPT_SECONDS, &mo.pc_recover_s, "S", "post-copy: when the connection "
-     "fails after the switch, connect again for up to S to finish it (default 60)", NULL},
+    CLI_POSTCOPY_RECOVER_OPT(mo.pc_recover_s),
+    {"resume-postcopy", OPT_STR, &mo.resume_pc, "FILE", "finish the post-copy migration whose "
+     "sender saved FILE in doubt (the receiver still waiting for its pages): send what the "
+     "receiver misses to --to; FILE is removed when the receiver holds every page", NULL},
     {"compress", OPT_FLAG, &mo.compress, NULL, "zstd-compress every frame (level 1)", NULL},
     {"zstd-level", OPT_FUNC, &mo.zstd_level, "N", "compress at zstd level N (implies --compress; "
      "-1..-7 trade ratio for speed on fast links)", parse_level},
@@ -281,7 +300,7 @@ static struct {
     .accept_s = 120,
     .handshake_s = MIGRATE_DEFAULT_HANDSHAKE_MS / 1000.0,
     .max_s = MIGRATE_DEFAULT_TOTAL_MS / 1000.0,
-    .pc_wait_s = 60,
+    .pc_wait_s = 600,
     .backend = "auto",
 };
 
@@ -616,7 +635,7 @@ static int receive_in_doubt(struct machine *m, struct migrate_recv_result *res)
     struct guest *g = res->g;
     struct domain *d = g->d;
     char path[PATH_MAX];
-    cli_keep_in_doubt(g, ro.doubt_file, "receiver", path, sizeof(path));
+    cli_keep_in_doubt(g, NULL, 0, ro.doubt_file, "receiver", path, sizeof(path));
     int audit = domain_audit(d);
     if (audit == 0)
         audit = frames_audit(m->frames);
@@ -1081,8 +1100,8 @@ static struct opt receive_opts_table[] = {
     {"max-time", OPT_SECONDS, &ro.max_s, "S", "a whole migration, HELLO to COMMIT, within S "
      "(default 3600)", NULL},
     {"postcopy-wait", OPT_SECONDS, &ro.pc_wait_s, "S", "post-copy: when the connection fails "
-     "after the switch, wait S for the sender to resume it before the guest is given up "
-     "(default 60)", NULL},
+     "after the switch, wait S for the sender to resume it (by itself, or `hugevm migrate "
+     "--resume-postcopy` from its saved copy) before the guest is given up (default 600)", NULL},
     CLI_TLS_OPTS(ro.tls),
     {"json", OPT_FLAG, &ro.json, NULL, "machine-readable output", NULL},
     {0},

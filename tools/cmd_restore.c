@@ -19,6 +19,7 @@
 #include "cli.h"
 #include "guest.h"
 #include "guest_state.h"
+#include "migrate.h"
 #include "save.h"
 
 static struct {
@@ -70,6 +71,19 @@ static int run_restore(int argc, char **argv)
         cli_error("restore: %s: %s (%s; nothing stays allocated)", argv[0], rr.err,
                   strerror(-rc));
         goto out;
+    }
+    /* A post-copy sender's copy in doubt: the receiver may still run it. */
+    if (rr.vcpu == RESTORE_VCPU_HUGEVM) {
+        struct migrate_pc_state pcs;
+        char pwhy[300];
+        if (migrate_pc_state_decode(rr.context, rr.context_len, rr.d, &pcs, pwhy,
+                                    sizeof(pwhy)) == 1)
+            fprintf(stderr, "hugevm: restore: %s is a post-copy sender's copy, saved in doubt "
+                    "at the switch (post-copy %#llx): the receiver may still run this guest, "
+                    "waiting for its pages; `hugevm migrate --resume-postcopy %s --to ADDR` "
+                    "finishes that migration.  Resume this copy only if the receiver gave the "
+                    "guest up.\n", argv[0], (unsigned long long)pcs.id, argv[0]);
+        migrate_pc_state_free(&pcs);
     }
     /* The vCPU state: usable, absent or foreign, or corrupt. */
     struct guest_state *gs = hv_calloc(1, sizeof(*gs));

@@ -35,6 +35,7 @@ static struct {
     const char *fail_save;  /* --save-on-failure FILE: after a failed --migrate-to */
     const char *doubt_file; /* --in-doubt-save FILE: --migrate-to left in doubt */
     double after;
+    double pc_recover_s;     /* --postcopy-recover S */
     uint64_t precopy_rounds; /* --postcopy: pre-copy rounds before the switch */
     uint64_t channels;       /* --migrate-to: parallel connections (0: the default) */
     uint64_t max_bw;         /* --migrate-to: bytes/s on the wire (0: no limit) */
@@ -47,6 +48,7 @@ static struct {
     .guest_page = "auto",
     .map = "1G",
     .backend = "auto",
+    .pc_recover_s = 60,
 };
 
 static struct cli_workload_spec wl = {
@@ -223,7 +225,8 @@ static int run_run(int argc, char **argv)
     if (prog) {
         struct migrate_opts pmopts = {.mode = mode, .postcopy = o.postcopy,
                                       .precopy_rounds = (unsigned)o.precopy_rounds,
-                                      .channels = channels, .max_bandwidth = (double)o.max_bw};
+                                      .channels = channels, .max_bandwidth = (double)o.max_bw,
+                                      .pc_recover_ms = cli_ms(o.pc_recover_s)};
         struct cli_prog_run pr = {
             .backend = backend, .why = bwhy, .guest_mem = o.guest_mem, .vcpus = nv,
             .workload = wl.v.workload, .guest_page = o.guest_page,
@@ -252,7 +255,8 @@ static int run_run(int argc, char **argv)
         /* live migration: the guest runs on its own thread (cmd_migrate.c) */
         struct migrate_opts mopts = {.mode = mode, .postcopy = o.postcopy,
                                      .precopy_rounds = (unsigned)o.precopy_rounds,
-                                     .channels = channels, .max_bandwidth = (double)o.max_bw};
+                                     .channels = channels, .max_bandwidth = (double)o.max_bw,
+                                     .pc_recover_ms = cli_ms(o.pc_recover_s)};
         status = cli_migrate_domain(d, nv, &tc, &wc, o.migrate_to, o.after, &mopts, tls, 0,
                                     o.doubt_file, o.seconds, o.fail_save, o.json);
         goto out;
@@ -543,6 +547,7 @@ static struct opt run_opts[] = {
      "--precopy-rounds (kvm and native guests; see hugevm-migrate(1))", NULL},
     {"precopy-rounds", OPT_U64, &o.precopy_rounds, "N", "with --postcopy: pre-copy rounds "
      "before the switch, the full copy included (default 1)", NULL},
+    CLI_POSTCOPY_RECOVER_OPT(o.pc_recover_s),
     CLI_CHANNELS_OPT(o.channels),
     CLI_BANDWIDTH_OPT(o.max_bw),
     {"in-doubt-save", OPT_STR, &o.doubt_file, "FILE", "with --migrate-to: if RESUMED does not "

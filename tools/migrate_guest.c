@@ -7,10 +7,12 @@
  * cli_keep_in_doubt, which `hugevm receive` uses too, saves it whatever it
  * takes (see cmd_migrate.c's header for the rules).
  */
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -214,11 +216,11 @@ static void doubt_handler(int sig)
 
 /* Save g to path, or, when path exists (never replaced), to a fresh name
  * beside it; *saved gets the name written.  0 or the last error. */
-static int doubt_try(struct guest *g, const char *role, const char *path, char *saved,
-                     size_t len, char *err, size_t errlen)
+static int doubt_try(struct guest *g, const void *extra, size_t extra_len, const char *role,
+                     const char *path, char *saved, size_t len, char *err, size_t errlen)
 {
     struct save_result sr;
-    int rc = cli_save_running(g, path, &sr, err, errlen);
+    int rc = cli_save_running(g, extra, extra_len, path, &sr, err, errlen);
     if (rc == 0)
         snprintf(saved, len, "%s", path);
     if (rc == -EEXIST)
@@ -227,7 +229,7 @@ static int doubt_try(struct guest *g, const char *role, const char *path, char *
     for (unsigned n = 1; rc == -EEXIST && n <= 20; n++) {
         char alt[PATH_MAX];
         snprintf(alt, sizeof(alt), "%s.%d-%u", path, (int)getpid(), n);
-        rc = cli_save_running(g, alt, &sr, err, errlen);
+        rc = cli_save_running(g, extra, extra_len, alt, &sr, err, errlen);
         if (rc == 0)
             snprintf(saved, len, "%s", alt);
     }
@@ -240,8 +242,8 @@ static int doubt_try(struct guest *g, const char *role, const char *path, char *
  * Paths: `given` (NULL: hugevm-in-doubt-ROLE-PID.hvs here), then the same
  * name in $TMPDIR or /tmp; see the file header for the rest.
  */
-void cli_keep_in_doubt(struct guest *g, const char *given, const char *role,
-                          char *saved, size_t len)
+void cli_keep_in_doubt(struct guest *g, const void *extra, size_t extra_len, const char *given,
+                       const char *role, char *saved, size_t len)
 {
     char first[PATH_MAX], second[PATH_MAX + 64], err[256];
     if (given)
@@ -262,7 +264,7 @@ void cli_keep_in_doubt(struct guest *g, const char *given, const char *role,
         sigaction(sigs[i], &sa, &old[i]);
     for (unsigned round = 1;; round++) {
         for (unsigned i = 0; i < 2; i++) {
-            if (doubt_try(g, role, paths[i], saved, len, err, sizeof(err)) == 0)
+            if (doubt_try(g, extra, extra_len, role, paths[i], saved, len, err, sizeof(err)) == 0)
                 goto done;
             fprintf(stderr, "hugevm: %s: IN DOUBT: saving the paused guest to %s failed: %s "
                     "(nothing was written under that name)\n", role, paths[i], err);
@@ -373,6 +375,26 @@ static struct chan *open_channel(void *ctx, char *err, size_t len)
     return connect_again(ctx, "connecting a further channel", err, len);
 }
 
+/* Post-copy in doubt: what the saved copy needs to finish the migration
+ * later (migrate_opts.pc_doubt), as the TLV saved with it. */
+struct pc_doubt {
+    struct hvctx_buf tl;
+    int rc;
+};
+
+static void pc_doubt_keep(void *ctx, const struct migrate_pc_state *st)
+{
+    struct pc_doubt *k = ctx;
+    hvctx_free(&k->tl);
+    k->rc = hvctx_begin(&k->tl);
+    if (k->rc == 0)
+        k->rc = migrate_pc_state_encode(st, &k->tl);
+    if (k->rc < 0)
+        fprintf(stderr, "hugevm: migrate: IN DOUBT: recording the post-copy state failed (%s): "
+                "the saved copy can be resumed but not finish the migration\n",
+                strerror(-k->rc));
+}
+
 int cli_migrate_guest(struct guest *g, const char *what, const char *to, double after,
                       const struct migrate_opts *user_mopts, struct chan_tls *ctls,
                       uint64_t retries, const char *doubt_file, double run_s,
@@ -401,9 +423,20 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
     mo_.ctx = &pctx;
     struct reconnect rcx = {.sa = sa, .tls = ctls,
                             .tmo = mo_.timeout_ms > 0 ? mo_.timeout_ms : 10000};
+    struct pc_doubt pcd = {{0}, -ENODATA};
     if (mo_.postcopy || mo_.postcopy_auto) {
-        mo_.pc_reconnect = reconnect;
-        mo_.pc_ctx = &rcx;
+        /* --postcopy-recover 0: no new connection, in doubt at once */
+        if (mo_.pc_recover_ms > 0) {
+            mo_.pc_reconnect = reconnect;
+            mo_.pc_ctx = &rcx;
+        }
+        mo_.pc_doubt = pc_doubt_keep;
+        mo_.pc_doubt_ctx = &pcd;
+        /* fault injection for the tests of --resume-postcopy (README:
+         * "Fault injection"): cut the link after N post-copy pages */
+        const char *cut = getenv("HUGEVM_TEST_PC_CUT");
+        if (cut && *cut)
+            mo_.pc_cut_after_pages = strtoull(cut, NULL, 10);
     }
     if (mo_.channels > 1) {
         mo_.open_channel = open_channel;
@@ -450,8 +483,12 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
      * (whatever it takes) so that the operator can resume it if the
      * receiver does not run it */
     char dpath[PATH_MAX] = "";
+    bool pc_state = rep->in_doubt && pcd.rc == 0;
     if (rep->in_doubt)
-        cli_keep_in_doubt(g, doubt_file, "sender", dpath, sizeof(dpath));
+        cli_keep_in_doubt(g, pc_state ? pcd.tl.p + sizeof(struct hvctx_header) : NULL,
+                          pc_state ? pcd.tl.len - sizeof(struct hvctx_header) : 0, doubt_file,
+                          "sender", dpath, sizeof(dpath));
+    hvctx_free(&pcd.tl);
     /* failed outright: the guest runs on here (migrate.h); keep it running
      * for the rest of the run, then save it if asked */
     double left = 0;
@@ -469,7 +506,7 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
         guest_pause(g);
         if (fail_save) {
             struct save_result sr;
-            frc = cli_save_running(g, fail_save, &sr, ferr, sizeof(ferr));
+            frc = cli_save_running(g, NULL, 0, fail_save, &sr, ferr, sizeof(ferr));
             if (frc == 0)
                 snprintf(fpath, sizeof(fpath), "%s", fail_save);
         }
@@ -486,8 +523,10 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
         cli_json_phase(&j, "during", &pctx.during);
         json_null(&j, "after"); /* the receiver's (hugevm receive --json) */
         json_obj_end(&j);
-        if (rep->in_doubt)
+        if (rep->in_doubt) {
             json_str(&j, "in_doubt_saved", dpath);
+            json_bool(&j, "postcopy_resumable", pc_state);
+        }
         if (rc < 0 && !rep->in_doubt) {
             json_bool(&j, "guest_kept", true);
             json_dbl(&j, "ran_after_failure_s", left > 0 ? left : 0);
@@ -512,20 +551,34 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
     if (rep->in_doubt) {
         status = CLI_EXIT_IN_DOUBT;
         FILE *f = json ? stderr : stdout;
-        if (rep->postcopy)
-            fprintf(f, "IN DOUBT: post-copy failed after the switch: the receiver ran the guest "
-                    "without all of its memory and cannot go on; this copy is the guest as it "
-                    "was at the switch (what it did on the receiver since is lost).\n");
-        else
-            fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come back: "
-                    "the receiver may be running the guest, or may hold it paused in doubt "
-                    "too.\n");
-        fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to %s "
-                "(written whole, mode 0600).\n", dpath);
-        fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the receiver "
-                "reports IN DOUBT as well (or is gone), resume exactly one copy, e.g. "
-                "`hugevm restore %s --run%s`.\n", dpath,
-                g->backend == GUEST_BACKEND_NATIVE ? " --backend native" : "");
+        if (rep->postcopy && pc_state) {
+            fprintf(f, "IN DOUBT: post-copy failed after the switch: the receiver runs the guest "
+                    "without all of its memory; its vCPUs that need a missing page wait for "
+                    "this copy's pages (hugevm receive --postcopy-wait).\n");
+            fprintf(f, "  This copy, paused at the switch with every page, is saved to %s "
+                    "(written whole, mode 0600).\n", dpath);
+            fprintf(f, "  Finish the migration: `hugevm migrate --resume-postcopy %s --to %s` "
+                    "(with this run's TLS options).  Only if the receiver reports that it gave "
+                    "the guest up, resume this copy instead: `hugevm restore %s --run%s` (what "
+                    "the guest did on the receiver since the switch is lost then).\n", dpath,
+                    to, dpath, g->backend == GUEST_BACKEND_NATIVE ? " --backend native" : "");
+        } else {
+            if (rep->postcopy)
+                fprintf(f, "IN DOUBT: post-copy failed after the switch: the receiver ran the "
+                        "guest without all of its memory and cannot go on; this copy is the "
+                        "guest as it was at the switch (what it did on the receiver since is "
+                        "lost).\n");
+            else
+                fprintf(f, "IN DOUBT: COMMIT went out but the receiver's RESUMED did not come "
+                        "back: the receiver may be running the guest, or may hold it paused in "
+                        "doubt too.\n");
+            fprintf(f, "  This copy was not resumed and not destroyed: it is saved, paused, to "
+                    "%s (written whole, mode 0600).\n", dpath);
+            fprintf(f, "  If the receiver runs the guest, delete the saved copy.  If the "
+                    "receiver reports IN DOUBT as well (or is gone), resume exactly one copy, "
+                    "e.g. `hugevm restore %s --run%s`.\n", dpath,
+                    g->backend == GUEST_BACKEND_NATIVE ? " --backend native" : "");
+        }
         fprintf(f, "  exit status %d\n", CLI_EXIT_IN_DOUBT);
     } else if (rc == 0) {
         status = 0;
@@ -546,5 +599,130 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
                    "keep it past that\n");
     }
     free(rep);
+    return status;
+}
+
+/* ---- --resume-postcopy: finish a post-copy from the sender's saved copy ------------ */
+
+static uint64_t pc_pending_count(const struct migrate_pc_state *st)
+{
+    uint64_t n = 0;
+    for (gfn_t w = 0; w < (st->nr_gfns + 63) / 64; w++)
+        n += (uint64_t)__builtin_popcountll(st->pending[w]);
+    return n;
+}
+
+int cli_resume_postcopy(const char *file, const char *to, const struct migrate_opts *user_mopts,
+                        struct chan_tls *ctls, uint64_t host_mem, bool json)
+{
+    struct sockaddr_in sa;
+    if (net_parse_addr(to, &sa) < 0)
+        return cli_error("migrate: bad address '%s' (want A.B.C.D:PORT)", to);
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return cli_error("migrate: --resume-postcopy %s: %s", file, strerror(errno));
+    struct stat fst;
+    uint64_t bytes = fstat(fd, &fst) == 0 ? (uint64_t)fst.st_size : 0;
+    if (!host_mem)
+        host_mem = ((bytes * 2 + 4 * GiB) + GiB - 1) & ~(GiB - 1);
+    struct machine *m = NULL;
+    if (cli_machine_create("migrate", &m, host_mem, false, NULL) < 0) {
+        close(fd);
+        return 1;
+    }
+    int status = 1, rc;
+    struct stream_fd sf;
+    struct stream_io io;
+    struct restore_result rr = {0};
+    struct migrate_pc_state st = {0};
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    struct chan *ch = NULL;
+    char err[320];
+    if (!rep || stream_fd_open(&sf, &io, fd) < 0) {
+        close(fd);
+        cli_error("migrate: out of memory");
+        goto out;
+    }
+    stream_fd_alias(&sf, m->base, m->bytes, m->fd);
+    struct restore_opts ro = {.verify_checksum = true};
+    rc = stream_restore(m, &io, &ro, &rr);
+    stream_fd_free(&sf);
+    close(fd);
+    if (rc < 0) {
+        cli_error("migrate: --resume-postcopy %s: %s (%s)", file, rr.err, strerror(-rc));
+        goto out;
+    }
+    rc = rr.vcpu == RESTORE_VCPU_HUGEVM
+             ? migrate_pc_state_decode(rr.context, rr.context_len, rr.d, &st, err, sizeof(err))
+             : 0;
+    if (rc < 0) {
+        cli_error("migrate: --resume-postcopy %s: %s", file, err);
+        goto out;
+    }
+    if (rc == 0) {
+        cli_error("migrate: --resume-postcopy %s: not the saved copy of a post-copy sender in "
+                  "doubt (no POSTCOPY record): nothing to finish; `hugevm restore %s --run` "
+                  "resumes a saved guest", file, file);
+        goto out;
+    }
+    if (!json)
+        printf("restored %s: the guest as it was paused at the switch (post-copy %#llx, %llu "
+               "pages were left for after it); connecting to %s\n", file,
+               (unsigned long long)st.id,
+               (unsigned long long)pc_pending_count(&st), to);
+    struct migrate_opts mo_ = *user_mopts;
+    int tmo = mo_.timeout_ms > 0 ? mo_.timeout_ms : 10000;
+    struct reconnect rcx = {.sa = sa, .tls = ctls, .tmo = tmo};
+    mo_.pc_reconnect = mo_.pc_recover_ms > 0 ? reconnect : NULL;
+    mo_.pc_ctx = &rcx;
+    ch = connect_again(&rcx, "connecting", err, sizeof(err));
+    if (!ch) {
+        cli_error("migrate: --resume-postcopy: %s: %s; the saved copy %s is kept", to, err, file);
+        goto out;
+    }
+    rc = migrate_postcopy_serve(rr.d, ch, &st, &mo_, rep);
+    bool removed = rc == 0 && unlink(file) == 0;
+    if (json) {
+        struct json j;
+        json_init(&j, stdout);
+        json_obj_begin(&j, NULL);
+        json_str(&j, "to", to);
+        json_str(&j, "resumed_from", file);
+        json_bool(&j, "saved_copy_removed", removed);
+        json_report(&j, "migration", rep);
+        json_obj_end(&j);
+        json_finish(&j);
+    } else if (rc == 0) {
+        printf("post-copy finished from the saved copy in %.3f s: %llu pages sent (%llu as "
+               "answers to %llu requests) over %llu connection(s)\n", rep->total_s,
+               (unsigned long long)(rep->pc.pushed + rep->pc.urgent),
+               (unsigned long long)rep->pc.urgent, (unsigned long long)rep->pc.requests,
+               (unsigned long long)(1 + rep->pc.reconnects));
+        print_leaves("on the receiver:", &rep->receiver);
+        printf("  memory digest: sender %#018llx == receiver %#018llx: the receiver holds every "
+               "page\n", (unsigned long long)rep->digest_sender,
+               (unsigned long long)rep->digest_receiver);
+    }
+    if (rc == 0) {
+        status = 0;
+        if (!json)
+            printf("the guest is the receiver's now; the saved copy %s %s\n", file,
+                   removed ? "is removed (resuming it would make a second guest)"
+                           : "could NOT be removed: delete it, never resume it");
+    } else {
+        fprintf(json ? stderr : stdout, "resuming post-copy FAILED: %s\n  the saved copy %s is "
+                "kept: run this again while the receiver waits (its --postcopy-wait); if the "
+                "receiver gave the guest up, `hugevm restore %s --run` resumes this copy\n",
+                rep->err, file, file);
+    }
+out:
+    if (ch)
+        chan_close(ch);
+    migrate_pc_state_free(&st);
+    if (rr.d)
+        domain_destroy(rr.d);
+    restore_result_free(&rr);
+    free(rep);
+    machine_destroy(m);
     return status;
 }

@@ -33,13 +33,15 @@ int cli_save_guest(struct domain *d, struct vcpu *const *v, struct workload *con
     return rc;
 }
 
-int cli_save_running(struct guest *g, const char *path, struct save_result *sr, char *err,
-                     size_t errlen)
+int cli_save_running(struct guest *g, const void *extra, size_t extra_len, const char *path,
+                     struct save_result *sr, char *err, size_t errlen)
 {
     struct hvctx_buf tl;
     int rc = hvctx_begin(&tl);
     if (rc == 0)
         rc = guest_encode(g, &tl);
+    if (rc == 0 && extra_len)
+        rc = hvctx_append(&tl, extra, extra_len);
     if (rc < 0) {
         snprintf(err, errlen, "capturing the vCPU state: %s", strerror(-rc));
         hvctx_free(&tl);
