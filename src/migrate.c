@@ -1597,23 +1597,47 @@ static int open_channels(struct sender *s, unsigned want, uint64_t token, int ti
     return 0;
 }
 
-int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
-                 struct migrate_report *rep)
+/* A sender of d (rep cleared): NULL with rep->rc and rep->err when out of
+ * memory.  *o becomes the defaults when NULL. */
+static struct sender *sender_new(struct domain *d, const struct migrate_opts **o,
+                                 struct migrate_report *rep)
 {
     static const struct migrate_opts defaults;
     struct sender *s = hv_calloc(1, sizeof(*s));
     memset(rep, 0, sizeof(*rep));
     if (!s) {
         snprintf(rep->err, sizeof(rep->err), "out of memory");
-        return rep->rc = -ENOMEM;
+        rep->rc = -ENOMEM;
+        return NULL;
     }
-    o = o ? o : &defaults;
-    s->g = g;
-    s->d = g->d;
-    s->o = o;
+    *o = *o ? *o : &defaults;
+    s->d = d;
+    s->o = *o;
     s->rep = rep;
     pthread_mutex_init(&s->pace.mu, NULL);
-    s->pace.ns_per_byte = o->max_bandwidth > 0 ? 1e9 / o->max_bandwidth : 0;
+    s->pace.ns_per_byte = (*o)->max_bandwidth > 0 ? 1e9 / (*o)->max_bandwidth : 0;
+    return s;
+}
+
+/* Post-copy's part of the sender, and the sender. */
+static void sender_free(struct sender *s)
+{
+    free(s->pending);
+    free(s->pc_all);
+    if (s->pc_ch)
+        chan_close(s->pc_ch);
+    free(s->pc_buf);
+    pthread_mutex_destroy(&s->pace.mu);
+    free(s);
+}
+
+int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
+                 struct migrate_report *rep)
+{
+    struct sender *s = sender_new(g->d, &o, rep);
+    if (!s)
+        return rep->rc;
+    s->g = g;
     struct domain *d = g->d;
     double downtime_ms = o->downtime_ms > 0 ? o->downtime_ms : MIGRATE_DEFAULT_DOWNTIME_MS;
     unsigned max_rounds = o->max_rounds ? o->max_rounds : MIGRATE_DEFAULT_ROUNDS;
@@ -2053,14 +2077,8 @@ out:
         free(s->term[c]);
     free(s->term);
     free(s->fault_copy);
-    free(s->pending);
-    free(s->pc_all);
-    if (s->pc_ch)
-        chan_close(s->pc_ch);
-    free(s->pc_buf);
     free(s->page_copy);
-    pthread_mutex_destroy(&s->pace.mu);
-    free(s);
+    sender_free(s);
     return rep->rc;
 }
 
@@ -2190,20 +2208,10 @@ bad:
 int migrate_postcopy_serve(struct domain *d, struct chan *ch, const struct migrate_pc_state *st,
                            const struct migrate_opts *o, struct migrate_report *rep)
 {
-    static const struct migrate_opts defaults;
-    struct sender *s = hv_calloc(1, sizeof(*s));
-    memset(rep, 0, sizeof(*rep));
-    if (!s) {
-        snprintf(rep->err, sizeof(rep->err), "out of memory");
-        return rep->rc = -ENOMEM;
-    }
-    o = o ? o : &defaults;
+    struct sender *s = sender_new(d, &o, rep);
+    if (!s)
+        return rep->rc;
     uint64_t t0 = hv_now_ns();
-    s->d = d;
-    s->o = o;
-    s->rep = rep;
-    pthread_mutex_init(&s->pace.mu, NULL);
-    s->pace.ns_per_byte = o->max_bandwidth > 0 ? 1e9 / o->max_bandwidth : 0;
     s->pipe.ch = ch; /* the caller's: never closed here */
     s->nch = 1;
     s->pc_restored = true;
@@ -2249,13 +2257,7 @@ out:
     rep->total_s = (double)(hv_now_ns() - t0) / 1e9;
     rep->st.wire_bytes = rep->pc.wire_bytes;
     rep->channel_bytes[0] = rep->pc.wire_bytes;
-    free(s->pending);
-    free(s->pc_all);
-    if (s->pc_ch)
-        chan_close(s->pc_ch);
-    free(s->pc_buf);
-    pthread_mutex_destroy(&s->pace.mu);
-    free(s);
+    sender_free(s);
     return rc;
 }
 

@@ -1175,21 +1175,28 @@ static struct chan *reconn(void *ctx, char *err, size_t len)
     return ch;
 }
 
+/* Skip unless backend b can take a post-copy migration here and the
+ * hugevm binary (its path into hv[]) is built next to the test. */
+#define POSTCOPY_PROCESS_OR_SKIP(b, hv)                                                       \
+    do {                                                                                      \
+        BACKEND_OR_SKIP(b);                                                                   \
+        char why_[256];                                                                       \
+        if (postcopy_probe(why_, sizeof(why_)) < 0 ||                                         \
+            ((b) == GUEST_BACKEND_NATIVE && native_dirty_log_probe(why_, sizeof(why_)) < 0)) { \
+            print_message("# SKIP reason: %s\n", why_);                                       \
+            skip();                                                                           \
+        }                                                                                     \
+        if (!hugevm_path(hv, sizeof(hv))) {                                                   \
+            print_message("# SKIP reason: the hugevm binary is not built next to this test "   \
+                          "(%s)\n", hv);                                                      \
+            skip();                                                                           \
+        }                                                                                     \
+    } while (0)
+
 static void postcopy_to_process(enum guest_backend b)
 {
-    BACKEND_OR_SKIP(b);
-    char why[256];
-    if (postcopy_probe(why, sizeof(why)) < 0 ||
-        (b == GUEST_BACKEND_NATIVE && native_dirty_log_probe(why, sizeof(why)) < 0)) {
-        print_message("# SKIP reason: %s\n", why);
-        skip();
-    }
     char hv[PATH_MAX + 32];
-    if (!hugevm_path(hv, sizeof(hv))) {
-        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
-                      hv);
-        skip();
-    }
+    POSTCOPY_PROCESS_OR_SKIP(b, hv);
     struct env e;
     env_up(&e, 64 * MiB);
     start_writer_guest(&e, b, 40000, 800000);
@@ -1366,19 +1373,8 @@ static bool json_obj_u64(const char *path, const char *obj, const char *key, uin
  */
 static void postcopy_resume_cli(enum guest_backend b)
 {
-    BACKEND_OR_SKIP(b);
-    char why[256];
-    if (postcopy_probe(why, sizeof(why)) < 0 ||
-        (b == GUEST_BACKEND_NATIVE && native_dirty_log_probe(why, sizeof(why)) < 0)) {
-        print_message("# SKIP reason: %s\n", why);
-        skip();
-    }
     char hv[PATH_MAX + 32];
-    if (!hugevm_path(hv, sizeof(hv))) {
-        print_message("# SKIP reason: the hugevm binary is not built next to this test (%s)\n",
-                      hv);
-        skip();
-    }
+    POSTCOPY_PROCESS_OR_SKIP(b, hv);
     char dir[] = "/tmp/hvgprXXXXXX";
     assert_non_null(mkdtemp(dir));
     char portf[96], rlog[96], slog[96], saved[96], plain[96], bad[96], clog[96], addr[64];
