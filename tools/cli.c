@@ -220,7 +220,7 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
     /* find_opt reads cli_opts(c): the workload defaults are in place before
      * any option is parsed */
     const struct opt *gm = find_opt(c, "guest-mem");
-    bool overcommit = false;
+    bool overcommit = false, no_guest = false;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -247,6 +247,8 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
                       c->name);
             return -1;
         }
+        if (c->no_guest_opt && !strcmp(o->name, c->no_guest_opt))
+            no_guest = true;
         if (o->kind != OPT_FLAG) {
             if (eq)
                 val = eq + 1;
@@ -271,7 +273,7 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
             return -1;
         }
     }
-    if (gm && gm->kind == OPT_SIZE &&
+    if (gm && gm->kind == OPT_SIZE && !no_guest &&
         cli_check_guest_mem(c->name, *(const uint64_t *)gm->dest, overcommit) < 0)
         return -1;
     return npos;

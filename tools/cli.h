@@ -64,6 +64,10 @@ struct cmd {
     /* The command's workload options (CLI_WORKLOAD_OPTS in opts), NULL
      * when it has none. */
     struct cli_workload_spec *workload;
+    /* An option that, given, makes the command run no guest of its own
+     * (migrate --resume-postcopy): --guest-mem is not checked against the
+     * host then.  NULL: none. */
+    const char *no_guest_opt;
 };
 
 /*

@@ -267,6 +267,7 @@ const struct cmd cmd_migrate = {
     .run = run_migrate,
     .opts = migrate_opts_table,
     .workload = &wl,
+    .no_guest_opt = "resume-postcopy",
 };
 
 /* ---- receiver ------------------------------------------------------------------ */
