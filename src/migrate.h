@@ -694,6 +694,7 @@ struct migrate_recv_result {
      * channel 0 cannot delay (hand it to postcopy_rx_start; NULL: none) */
     struct chan *pc_preempt;
     char err[STREAM_ERR_LEN];
+    void *scratch;           /* freed by migrate_recv_trim */
 };
 
 /*
@@ -711,6 +712,10 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
                     struct migrate_recv_result *res) HV_MUST_CHECK;
 /* Free what res holds besides the guest. */
 void migrate_recv_result_free(struct migrate_recv_result *res);
+/* Free the restore's bookkeeping that migrate_receive kept so as not to
+ * spend the downtime giving memory back (restore_opts.keep_state): call it
+ * once the guest runs; migrate_recv_result_free does it otherwise. */
+void migrate_recv_trim(struct migrate_recv_result *res);
 
 /* A connection that comes to resume the post-copy migration `id` whose
  * connection failed (postcopy_rx_wait said -ENOTCONN): its HELLO must ask

@@ -167,6 +167,18 @@ static void state_free(struct rctx *c)
     c->hlog = NULL;
 }
 
+/* The bookkeeping of one restore, all of it. */
+static void rctx_free(struct rctx *c)
+{
+    state_free(c);
+    free(c->pfns);
+    free(c->mfns);
+    free(c->pod);
+    free(c->drop);
+    free(c->bounce);
+    free(c);
+}
+
 static struct rs_1g *node_1g(struct rctx *c, gfn_t pfn)
 {
     uint64_t i = pfn >> PAGE_ORDER_1G;
@@ -1730,18 +1742,23 @@ int stream_restore(struct machine *m, struct stream_io *io, const struct restore
     uint64_t xen_pages = res->pages_populated;
     res->xen_4k = xen_pages - 512 * (res->xen_2m < xen_pages / 512 ? res->xen_2m : xen_pages / 512);
     res->seconds = (double)(hv_now_ns() - t0) / 1e9;
-    state_free(c);
-    free(c->pfns);
-    free(c->mfns);
-    free(c->pod);
-    free(c->drop);
-    free(c->bounce);
-    free(c);
+    if (rc == 0 && c->o->keep_state)
+        res->state = c; /* restore_state_free, when it costs nothing */
+    else
+        rctx_free(c);
     return rc;
+}
+
+void restore_state_free(struct restore_result *res)
+{
+    if (res->state)
+        rctx_free(res->state);
+    res->state = NULL;
 }
 
 void restore_result_free(struct restore_result *res)
 {
+    restore_state_free(res);
     free(res->data_bits);
     res->data_bits = NULL;
     res->data_bits_nr = 0;

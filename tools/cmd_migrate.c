@@ -840,6 +840,7 @@ static int run_receive(int argc, char **argv)
             uint64_t t = hv_now_ns();
             if (grc == 0)
                 grc = guest_start(g);
+            migrate_recv_trim(&res); /* the guest runs: not in its downtime */
             if (pc && grc == 0) {
                 smp = calloc(1, sizeof(*smp));
                 if (smp) {
@@ -911,6 +912,7 @@ static int run_receive(int argc, char **argv)
             res.pc_preempt = NULL;
             if (grc == 0 && guest_start(g) == 0) {
                 uint64_t t = hv_now_ns();
+                migrate_recv_trim(&res); /* the guest runs: not in its downtime */
                 if (pc) {
                     int prc = postcopy_wait_all(pc, &ch, lfd, &lobby, tls, &pcr);
                     pc_rate = (double)(g->accesses - a0) * 1e9 / (double)(hv_now_ns() - t);
