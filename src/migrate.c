@@ -3132,9 +3132,6 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     rc = rx_ctrl(&x, MIG_DONE, &done, sizeof(done));
     if (rc < 0)
         goto fail;
-    /* nothing comes on the other channels after DONE, but post-copy's
-     * answers to requests come on channel 1 when there is one */
-    lanes_stop_keep(&x, pc && res->pc_nruns ? &res->pc_preempt : NULL);
     rc = guest_from_context(d, res->rr.context, res->rr.context_len, o, ps, &g, res->err,
                             sizeof(res->err));
     res->scratch = ps; /* freed once the guest runs (migrate_recv_trim) */
@@ -3180,6 +3177,11 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
         snprintf(res->err, sizeof(res->err), "sending RESULT: %s", chan_strerror(ch, rc));
         goto fail_msg;
     }
+    /* nothing comes on the other channels after DONE, but post-copy's
+     * answers to requests come on channel 1 when there is one; their
+     * threads and buffers go while COMMIT is on its way (not before
+     * RESULT: the sender's pause waits for that) */
+    lanes_stop_keep(&x, pc && res->pc_nruns ? &res->pc_preempt : NULL);
     if (o->cut_before_commit) {
         chan_cut(ch);
         rc = rxfail(&x, -ECONNRESET, "connection cut by fault injection before COMMIT");
