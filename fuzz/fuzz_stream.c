@@ -80,6 +80,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(pc == 1 ? pst.pending && pst.nr_gfns <= P2M_GFN_LIMIT : !pst.pending,
               "post-copy state out of range");
         migrate_pc_state_free(&pst);
+        err[0] = 0;
+        pc = migrate_pc_state_decode(rr.context, rr.context_len, NULL, &pst, err, sizeof(err));
+        check(pc == 1 || pc == 0 || ((pc == -EBADMSG || pc == -ENOMEM) && err[0]),
+              "the post-copy state decoder without a domain");
+        migrate_pc_state_free(&pst);
     }
     if (rc == 0) {
         check(rr.d != NULL, "success without a domain");

@@ -2157,9 +2157,13 @@ int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
         }
         memcpy(&h, a + body, sizeof(h));
         uint64_t first = le64toh(h.first_word), nw = le32toh(h.nr_words);
-        /* the domain's RAM bounds the bitmap (not the file's say-so) */
+        /* the domain's RAM bounds the bitmap (not the file's say-so);
+         * without one, the TLV does (at most its own length) */
         gfn_t top = 0;
-        (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, top_ram_leaf, &top);
+        if (d)
+            (void)p2m_for_each_leaf(d->p2m, 0, P2M_GFN_LIMIT, top_ram_leaf, &top);
+        else if (first <= P2M_GFN_LIMIT / 64 && nw <= P2M_GFN_LIMIT / 64 - first)
+            top = 64 * (first + nw);
         size_t words = (top + 63) / 64;
         if (tl != sizeof(h) + 8 * nw || h.reserved || first > words || nw > words - first) {
             snprintf(err, errlen, "HVM_CONTEXT: POSTCOPY TLV at %zu: %llu words from word %llu in "
@@ -2183,6 +2187,8 @@ int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
             st->pending[first + w] = le64toh(x);
         }
         /* each pending pfn RAM of d above the system area */
+        if (!d)
+            continue;
         domain_lock(d);
         for (uint64_t w = first; w < first + nw; w++)
             for (uint64_t b = st->pending[w]; b; b &= b - 1) {

@@ -588,7 +588,8 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
 int migrate_pc_state_encode(const struct migrate_pc_state *st, struct hvctx_buf *b) HV_MUST_CHECK;
 /* Find and check the HVCTX_POSTCOPY TLV in a restored HVM_CONTEXT TLV area
  * (restore_result.context) against d, the domain restored with it: every
- * pending pfn must be RAM of d above the system area.  1 and *st (free its
+ * pending pfn must be RAM of d above the system area (d NULL: a dry run's
+ * look, nothing checked against a domain).  1 and *st (free its
  * pending with migrate_pc_state_free), 0 when there is none, -EBADMSG or
  * -ENOMEM with err[]. */
 int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,

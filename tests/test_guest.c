@@ -1424,6 +1424,13 @@ static void postcopy_resume_cli(enum guest_backend b)
     assert_true(json_obj_u64(slog, "\"leaves_before\"", "\"pages_4k\"", &l4k));
     assert_int_equal(access(saved, R_OK), 0);
 
+    /* inspect says what the file is */
+    char *iargv[] = {hv, "inspect", saved, NULL};
+    assert_int_equal(wait_deadline(spawn(iargv, clog), 120), 0);
+    char msg[65536];
+    if (!file_after(clog, "a post-copy sender's copy in doubt", msg, sizeof(msg)))
+        fail_msg("inspect does not name the post-copy copy; log in %s", clog);
+
     /* refusals, before anything reaches the receiver */
     char *pargv[] = {hv, "run", "--backend", "soft", "--guest-mem", "8M", "--seconds", "0.1",
                      "--save", plain, NULL};
@@ -1431,7 +1438,6 @@ static void postcopy_resume_cli(enum guest_backend b)
     char *rsv[] = {hv, "migrate", "--resume-postcopy", plain, "--to", addr, "--insecure", NULL};
     assert_int_equal(wait_deadline(spawn(rsv, clog), 120), 1);
     assert_true(file_has(clog, "migrate: --resume-postcopy", plain));
-    char msg[65536];
     const char *m = file_after(clog, "no POSTCOPY record", msg, sizeof(msg));
     if (!m)
         fail_msg("no clear refusal of a save without post-copy state; log in %s", clog);

@@ -886,6 +886,15 @@ static void test_pc_state(void **state)
         assert_int_equal(out.nr_gfns, top); /* the copy's RAM bounds it */
         assert_memory_equal(out.pending, pend, top / 8);
         migrate_pc_state_free(&out);
+        /* without a domain (inspect): the same state, the TLV's extent */
+        rc = migrate_pc_state_decode(b.p + sizeof(struct hvctx_header),
+                                     b.len - sizeof(struct hvctx_header), NULL, &out, err,
+                                     sizeof(err));
+        assert_int_equal(rc, 1);
+        assert_int_equal(out.id, in.id);
+        assert_true(out.nr_gfns <= top);
+        assert_memory_equal(out.pending, pend, (out.nr_gfns + 63) / 64 * 8);
+        migrate_pc_state_free(&out);
         hvctx_free(&b);
         free(pend);
     }

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "guest.h"
 #include "guest_state.h"
+#include "migrate.h"
 #include "save.h"
 
 static struct {
@@ -100,7 +101,7 @@ static int run_inspect(int argc, char **argv)
     close(fd);
     const struct stream_config *c = &rr.config;
     /* The vCPU state, decoded and checked as `restore --run` would. */
-    char vnote[320];
+    char vnote[600];
     bool vusable = false;
     if (rc == 0 && rr.vcpu == RESTORE_VCPU_HUGEVM) {
         struct guest_state *gs = hv_calloc(1, sizeof(*gs));
@@ -129,6 +130,19 @@ static int run_inspect(int argc, char **argv)
         vusable = vs == 1 || pv == 1;
         free(ps);
         free(gs);
+        struct migrate_pc_state pcs;
+        if (migrate_pc_state_decode(rr.context, rr.context_len, NULL, &pcs, why,
+                                    sizeof(why)) == 1) {
+            uint64_t n = 0;
+            for (gfn_t w = 0; w < (pcs.nr_gfns + 63) / 64; w++)
+                n += (uint64_t)__builtin_popcountll(pcs.pending[w]);
+            size_t l = strlen(vnote);
+            snprintf(vnote + l, sizeof(vnote) - l, "; a post-copy sender's copy in doubt "
+                     "(post-copy %#llx, %llu page(s) left for after the switch): hugevm migrate "
+                     "--resume-postcopy finishes that migration", (unsigned long long)pcs.id,
+                     (unsigned long long)n);
+        }
+        migrate_pc_state_free(&pcs);
     } else {
         snprintf(vnote, sizeof(vnote), "%s", rr.note[0] ? rr.note : "vCPU state not usable");
     }
