@@ -282,6 +282,10 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, un
     const char *dt = getenv("HUGEVM_BENCH_MIGRATE_DOWNTIME_MS");
     if (dt)
         o.downtime_ms = strtod(dt, NULL);
+    /* HUGEVM_BENCH_WHOLE_SUMS=1: frames checksummed whole (pages hashed
+     * twice on each side, as before MIG_F_SEGS), for side-by-side runs */
+    const char *ws = getenv("HUGEVM_BENCH_WHOLE_SUMS");
+    o.whole_frame_sums = ws && !strcmp(ws, "1");
     double c0 = thread_cpu_s();
     uint64_t t0 = hv_now_ns();
     rc = migrate_send(g, ch, &o, rep);
