@@ -623,7 +623,8 @@ struct sender {
     char pc_err[200];
     struct chan *pc_ch;   /* a connection made to resume (closed at the end) */
     uint8_t *pc_buf;
-    uint8_t *page_copy; /* a page copied once, then hashed and sent (out_page) */
+    uint8_t *page_copy; /* post-copy possible: a page not hashed in its frame is copied once,
+                         * then sent (out_page) */
 };
 
 /* ---- the frames' way out: one pipe per channel, frames dealt in turn ------------------ */
@@ -656,11 +657,14 @@ static int out_write(void *ctx, const void *buf, size_t len)
 }
 
 /* stream_io write_page: a page hashed as it goes out.  In its frame when
- * it fits whole there (hashed once: digest term and frame checksum); else
- * copied once first and the copy hashed and sent (a page the guest
- * changes meanwhile is dirty and goes again; the copy keeps the hash the
- * digest of the bytes sent, which post-copy needs: a page left for after
- * the switch is not sent again before DONE). */
+ * it fits whole there and the receiver takes page tables (hashed once:
+ * digest term and frame checksum, of the bytes sent).  Else written as
+ * stream bytes (the frame checksum covers them as sent) and hashed after
+ * for the digest: a page the guest changed meanwhile is dirty and goes
+ * again, its term replaced; when post-copy may follow it is copied once
+ * first and the copy hashed and sent, since a page left for after the
+ * switch is not sent again before DONE, whose digest must be exactly what
+ * the receiver holds. */
 static int out_page(void *ctx, const void *page, uint64_t *hash)
 {
     struct sender *s = ctx;
@@ -673,9 +677,14 @@ static int out_page(void *ctx, const void *page, uint64_t *hash)
             out_next(s);
         return 0;
     }
-    memcpy(s->page_copy, page, PAGE_SIZE);
-    *hash = hv_hash64(s->page_copy, PAGE_SIZE);
-    return out_write(s, s->page_copy, PAGE_SIZE);
+    const uint8_t *src = page;
+    if (s->page_copy) {
+        memcpy(s->page_copy, page, PAGE_SIZE);
+        src = s->page_copy;
+    }
+    rc = out_write(s, src, PAGE_SIZE);
+    *hash = hv_hash64(src, PAGE_SIZE);
+    return rc;
 }
 
 static int out_flush(void *ctx)
@@ -1745,7 +1754,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     machine_holes_init(&s->dm, d->m);
 
     /* handshake */
-    if (!(s->page_copy = hv_malloc(PAGE_SIZE))) {
+    if (may_pc && !(s->page_copy = hv_malloc(PAGE_SIZE))) {
         rc = sfail(s, -ENOMEM, "out of memory");
         goto out;
     }
@@ -2274,6 +2283,7 @@ struct rx {
     int frame_ms;        /* a frame's time (the handshake's for HELLO) */
     const char *phase;   /* "handshake" or "frame", for timeout messages */
     uint8_t *raw, *wire;
+    uint8_t *hot;        /* RX_HASH_PIECE bytes: where streamed pieces land */
     size_t len, pos, wcap;
     size_t avail;        /* frame bytes [pos, avail) are in x->raw */
     size_t stage0;       /* the frame byte x->raw[0] holds */
@@ -2325,7 +2335,11 @@ static const char *rx_why(const struct rx *x, int rc)
 
 /* Received bytes are checksummed in pieces of this size, right after they
  * land, while they are still in the cache (hashing a whole 1 MiB receive
- * afterwards ran at DRAM speed and cost 40% of the receive itself). */
+ * afterwards ran at DRAM speed and cost 40% of the receive itself).  A
+ * piece for the restore's buffers (guest memory) lands in x->hot first, is
+ * hashed there and copied on: hashed where the kernel put it in guest
+ * memory, half the hash's time went to waiting for those bytes to come
+ * back (perf), more than the copy from a buffer the cache holds costs. */
 #define RX_HASH_PIECE (64u << 10)
 
 static void ring_push(struct rx *x, uint64_t off, uint64_t h)
@@ -2368,13 +2382,16 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
     uint8_t *p = dst;
     for (size_t done = 0; done < n;) {
         size_t k = n - done < RX_HASH_PIECE ? n - done : RX_HASH_PIECE, got = 0;
-        int rc = chan_read_all_by(x->ch, p + done, k, &got, x->by);
+        uint8_t *land = p == x->raw ? p + done : x->hot;
+        int rc = chan_read_all_by(x->ch, land, k, &got, x->by);
         x->offset += got;
         if (rc < 0)
             return rxfail(x, rc, "%sDATA frame at byte offset %llu: %s after %zu of %zu bytes",
                           x->who, (unsigned long long)x->at, rx_why(x, rc),
                           x->len - x->left + done + got, x->len);
-        fsum_add(&x->fs, p + done, k);
+        fsum_add(&x->fs, land, k);
+        if (land != p + done)
+            memcpy(p + done, land, k);
         done += k;
     }
     rx_push(x);
@@ -3155,7 +3172,8 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     x.raw = hv_malloc(MIG_FRAME_RAW);
     x.wire = hv_malloc(x.wcap);
     x.dctx = ZSTD_createDCtx();
-    int rc = (!x.raw || !x.wire || !x.dctx || fsum_init(&x.fs) < 0) ? -ENOMEM
+    x.hot = hv_malloc(RX_HASH_PIECE);
+    int rc = (!x.raw || !x.wire || !x.hot || !x.dctx || fsum_init(&x.fs) < 0) ? -ENOMEM
                                                                        : chan_set_timeout(ch, timeout);
     if (rc < 0) {
         rxfail(&x, rc, "setting up: %s", strerror(-rc));
@@ -3307,6 +3325,7 @@ out:
     res->seconds = (double)(hv_now_ns() - t0) / 1e9;
     free(x.raw);
     free(x.wire);
+    free(x.hot);
     ZSTD_freeDCtx(x.dctx);
     fsum_fini(&x.fs);
     return rc;
