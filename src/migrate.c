@@ -2283,7 +2283,6 @@ struct rx {
     int frame_ms;        /* a frame's time (the handshake's for HELLO) */
     const char *phase;   /* "handshake" or "frame", for timeout messages */
     uint8_t *raw, *wire;
-    uint8_t *hot;        /* RX_HASH_PIECE bytes: where streamed pieces land */
     size_t len, pos, wcap;
     size_t avail;        /* frame bytes [pos, avail) are in x->raw */
     size_t stage0;       /* the frame byte x->raw[0] holds */
@@ -2335,11 +2334,10 @@ static const char *rx_why(const struct rx *x, int rc)
 
 /* Received bytes are checksummed in pieces of this size, right after they
  * land, while they are still in the cache (hashing a whole 1 MiB receive
- * afterwards ran at DRAM speed and cost 40% of the receive itself).  A
- * piece for the restore's buffers (guest memory) lands in x->hot first, is
- * hashed there and copied on: hashed where the kernel put it in guest
- * memory, half the hash's time went to waiting for those bytes to come
- * back (perf), more than the copy from a buffer the cache holds costs. */
+ * afterwards ran at DRAM speed and cost 40% of the receive itself).  They
+ * land where the restore wants them (guest memory): landing in a buffer
+ * that stays in the cache, hashing there and copying on cost more (the
+ * copy) than it saved (the hash waiting for memory). */
 #define RX_HASH_PIECE (64u << 10)
 
 static void ring_push(struct rx *x, uint64_t off, uint64_t h)
@@ -2382,16 +2380,13 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
     uint8_t *p = dst;
     for (size_t done = 0; done < n;) {
         size_t k = n - done < RX_HASH_PIECE ? n - done : RX_HASH_PIECE, got = 0;
-        uint8_t *land = p == x->raw ? p + done : x->hot;
-        int rc = chan_read_all_by(x->ch, land, k, &got, x->by);
+        int rc = chan_read_all_by(x->ch, p + done, k, &got, x->by);
         x->offset += got;
         if (rc < 0)
             return rxfail(x, rc, "%sDATA frame at byte offset %llu: %s after %zu of %zu bytes",
                           x->who, (unsigned long long)x->at, rx_why(x, rc),
                           x->len - x->left + done + got, x->len);
-        fsum_add(&x->fs, land, k);
-        if (land != p + done)
-            memcpy(p + done, land, k);
+        fsum_add(&x->fs, p + done, k);
         done += k;
     }
     rx_push(x);
@@ -3172,8 +3167,7 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     x.raw = hv_malloc(MIG_FRAME_RAW);
     x.wire = hv_malloc(x.wcap);
     x.dctx = ZSTD_createDCtx();
-    x.hot = hv_malloc(RX_HASH_PIECE);
-    int rc = (!x.raw || !x.wire || !x.hot || !x.dctx || fsum_init(&x.fs) < 0) ? -ENOMEM
+    int rc = (!x.raw || !x.wire || !x.dctx || fsum_init(&x.fs) < 0) ? -ENOMEM
                                                                        : chan_set_timeout(ch, timeout);
     if (rc < 0) {
         rxfail(&x, rc, "setting up: %s", strerror(-rc));
@@ -3325,7 +3319,6 @@ out:
     res->seconds = (double)(hv_now_ns() - t0) / 1e9;
     free(x.raw);
     free(x.wire);
-    free(x.hot);
     ZSTD_freeDCtx(x.dctx);
     fsum_fini(&x.fs);
     return rc;
