@@ -2271,9 +2271,8 @@ static uint64_t fsum_end(struct fsum *f)
 }
 
 /* Page hashes kept for the digest: the last RX_RING pages hashed alone,
- * by stream offset (ascending); more than a sender's PAGE_DATA record
- * holds (BATCH pages), which the restore may read at once. */
-#define RX_RING 4096u
+ * by stream offset (ascending). */
+#define RX_RING 512u
 
 struct lane;
 struct rx {
@@ -2294,7 +2293,7 @@ struct rx {
     uint64_t sbase, snext; /* stream offsets of the DATA frame's first byte, of the next's */
     struct {
         uint64_t off, h;
-    } *ring;             /* RX_RING entries */
+    } ring[RX_RING];
     uint64_t rn;         /* pages ever put in the ring */
     ZSTD_DCtx *dctx;
     uint64_t offset, frames;
@@ -2335,13 +2334,11 @@ static const char *rx_why(const struct rx *x, int rc)
 
 /* Received bytes are checksummed in pieces of this size, right after they
  * land, while they are still in the cache (hashing a whole 1 MiB receive
- * afterwards ran at DRAM speed and cost 40% of the receive itself); 256
- * KiB, not 64: four socket reads per MiB instead of sixteen (the restore
- * asks for whole runs of pages, since it takes their hashes from here).
- * They land where the restore wants them (guest memory): landing in a
- * buffer that stays in the cache, hashing there and copying on cost more
- * (the copy) than it saved (the hash waiting for memory). */
-#define RX_HASH_PIECE (256u << 10)
+ * afterwards ran at DRAM speed and cost 40% of the receive itself).  They
+ * land where the restore wants them (guest memory): landing in a buffer
+ * that stays in the cache, hashing there and copying on cost more (the
+ * copy) than it saved (the hash waiting for memory). */
+#define RX_HASH_PIECE (64u << 10)
 
 static void ring_push(struct rx *x, uint64_t off, uint64_t h)
 {
@@ -3170,8 +3167,7 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     x.raw = hv_malloc(MIG_FRAME_RAW);
     x.wire = hv_malloc(x.wcap);
     x.dctx = ZSTD_createDCtx();
-    x.ring = hv_malloc(RX_RING * sizeof(*x.ring));
-    int rc = (!x.raw || !x.wire || !x.ring || !x.dctx || fsum_init(&x.fs) < 0) ? -ENOMEM
+    int rc = (!x.raw || !x.wire || !x.dctx || fsum_init(&x.fs) < 0) ? -ENOMEM
                                                                        : chan_set_timeout(ch, timeout);
     if (rc < 0) {
         rxfail(&x, rc, "setting up: %s", strerror(-rc));
@@ -3323,7 +3319,6 @@ out:
     res->seconds = (double)(hv_now_ns() - t0) / 1e9;
     free(x.raw);
     free(x.wire);
-    free(x.ring);
     ZSTD_freeDCtx(x.dctx);
     fsum_fini(&x.fs);
     return rc;

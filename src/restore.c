@@ -683,12 +683,9 @@ static int copy_run(struct rctx *c, mfn_t mfn, uint32_t n, const uint64_t *ents)
             (void)madvise(dst, len, MADV_POPULATE_WRITE);
         if (!c->o->digest)
             return stream_read_body(&c->rd, dst, len);
-        /* pieces of RESTORE_HASH_PAGES, each hashed as it lands (in cache);
-         * the whole run at once from a source that hashes pages as they
-         * land (migration: fewer, larger reads) */
-        uint32_t piece = c->rd.io->page_hash ? n : RESTORE_HASH_PAGES;
+        /* pieces of RESTORE_HASH_PAGES, each hashed as it lands (in cache) */
         for (uint32_t k = 0; k < n;) {
-            uint32_t m = n - k < piece ? n - k : piece;
+            uint32_t m = n - k < RESTORE_HASH_PAGES ? n - k : RESTORE_HASH_PAGES;
             int rc = stream_read_body(&c->rd, dst + ((size_t)k << PAGE_SHIFT),
                                       (size_t)m << PAGE_SHIFT);
             if (rc == 0)
