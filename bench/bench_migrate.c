@@ -159,7 +159,9 @@ static int listen_any(int *lfd, struct sockaddr_in *sa)
  * memory, as the migration receives into), or into one 1 MiB buffer that
  * stays in the cache (dst NULL: a flattering limit, reported for
  * comparison). */
-static double plain_tcp(uint64_t bytes, uint8_t *dst, size_t len)
+static double cpu_s(void);
+
+static double plain_tcp(uint64_t bytes, uint8_t *dst, size_t len, double *us_per_mb)
 {
     struct sink s = {.dst = dst, .dst_len = len};
     struct sockaddr_in sa;
@@ -171,6 +173,7 @@ static double plain_tcp(uint64_t bytes, uint8_t *dst, size_t len)
         bench_fail("net_connect(plain TCP)");
     uint8_t *buf = malloc(MiB);
     memset(buf, 0x5a, MiB);
+    double c0 = cpu_s();
     uint64_t t0 = hv_now_ns();
     for (uint64_t sent = 0; sent < bytes; sent += MiB)
         if (net_write_all(fd, buf, MiB) < 0)
@@ -178,6 +181,8 @@ static double plain_tcp(uint64_t bytes, uint8_t *dst, size_t len)
     shutdown(fd, SHUT_WR);
     pthread_join(t, NULL);
     double mbs = (double)s.bytes * 1e3 / (double)(hv_now_ns() - t0);
+    if (us_per_mb) /* both ends' CPU (this process's) per MB moved */
+        *us_per_mb = s.bytes ? (cpu_s() - c0) * 1e12 / (double)s.bytes : 0;
     close(fd);
     close(s.lfd);
     free(buf);
@@ -223,7 +228,7 @@ static void on_round(void *ctx, const struct migrate_round *r)
         c->cpu_r0 = cpu_s() - c->cpu0;
 }
 
-enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_LIMIT_HOT, M_CPU, M_RBUSY, M_SBUSY, M_GIBS, M_DIGEST, M_FINAL, M_MIB0,
+enum { M_TOTAL, M_DOWN, M_ROUNDS, M_R0, M_S0, M_OVERALL, M_LIMIT, M_LIMIT_HOT, M_CPU, M_RBUSY, M_SBUSY, M_GIBS, M_DIGEST, M_FINAL, M_CPU_MB, M_LIMIT_CPU_MB, M_MIB0,
        M_NR = M_MIB0 + 6 };
 
 /* One migration; m[] gets its figures.  false when it failed. */
@@ -282,6 +287,10 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, un
     const char *dt = getenv("HUGEVM_BENCH_MIGRATE_DOWNTIME_MS");
     if (dt)
         o.downtime_ms = strtod(dt, NULL);
+    /* HUGEVM_BENCH_WHOLE_SUMS=1: frames checksummed whole (pages hashed
+     * twice on each side, as before MIG_F_SEGS), for side-by-side runs */
+    const char *ws = getenv("HUGEVM_BENCH_WHOLE_SUMS");
+    o.whole_frame_sums = ws && !strcmp(ws, "1");
     double c0 = thread_cpu_s();
     uint64_t t0 = hv_now_ns();
     rc = migrate_send(g, ch, &o, rep);
@@ -305,6 +314,7 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, un
         m[M_S0] = r0->ns ? (double)r0->stream_bytes * 1e3 / (double)r0->ns : 0;
         m[M_OVERALL] = (double)rep->st.wire_bytes / rep->total_s / 1e6;
         m[M_CPU] = r0->ns ? cm.cpu_r0 * 1e9 / (double)r0->ns : 0;
+        m[M_CPU_MB] = r0->wire_bytes ? cm.cpu_r0 * 1e12 / (double)r0->wire_bytes : 0;
         m[M_GIBS] = (double)GUEST / GiB / rep->total_s;
         m[M_RBUSY] = s.busy;
         m[M_SBUSY] = sbusy;
@@ -324,8 +334,8 @@ static bool run_once(const char *tag, uint64_t rate, bool compress, bool tls, un
     domain_destroy(d);
     machine_destroy(sm);
     if (ok) { /* the limits: into the receiver's (now free) memory, and hot */
-        m[M_LIMIT] = plain_tcp(wire, rm->base, GUEST);
-        m[M_LIMIT_HOT] = plain_tcp(wire, NULL, 0);
+        m[M_LIMIT] = plain_tcp(wire, rm->base, GUEST, &m[M_LIMIT_CPU_MB]);
+        m[M_LIMIT_HOT] = plain_tcp(wire, NULL, 0, NULL);
     }
     machine_destroy(rm);
     return ok;
@@ -389,6 +399,15 @@ static void one_case(bench_add_fn add, uint64_t rate, bool compress, unsigned ru
     add(name, med[M_OVERALL], "MB/s", med[M_LIMIT], "plain_tcp_mb_per_s", ra);
     snprintf(name, sizeof(name), "%s_full_copy_cpu_cores", tag);
     add(name, med[M_CPU], "cores", 0, NULL, 0);
+    /* CPU per byte, both ends (all of this process's threads): where the
+     * cores are shared, the migration cannot run faster than plain TCP by
+     * more than plain TCP's CPU per byte over its own (the ratio here) */
+    double r_cpu[MAX_RUNS];
+    for (unsigned i = 0; i < n; i++)
+        r_cpu[i] = m[i][M_CPU_MB] > 0 ? m[i][M_LIMIT_CPU_MB] / m[i][M_CPU_MB] : 0;
+    snprintf(name, sizeof(name), "%s_full_copy_cpu_us_per_mb", tag);
+    add(name, med[M_CPU_MB], "us/MB", med[M_LIMIT_CPU_MB], "plain_tcp_cpu_us_per_mb",
+        bench_median(r_cpu, (int)n));
     snprintf(name, sizeof(name), "%s_receiver_thread_busy", tag);
     add(name, med[M_RBUSY], "cpu/wall", 0, NULL, 0);
     snprintf(name, sizeof(name), "%s_migration_thread_busy", tag);

@@ -22,12 +22,13 @@ static size_t put_frame(uint8_t *out, uint16_t type, const void *body, uint32_t 
     return sizeof(h) + len;
 }
 
-/* What a receiver answers a migration it takes: READY {flags, SYNC
- * taken}, SYNCED {1} (the sender's one SYNC), RESULT {ok, the digest},
- * RESUMED.  Its length. */
+/* What a receiver answers a migration it takes: READY {flags, SYNC and
+ * page tables taken}, SYNCED {1} (the sender's one SYNC), RESULT {ok, the
+ * digest}, RESUMED.  Its length. */
 static size_t receiver_reply(uint8_t *out, uint32_t flags, uint64_t digest, uint64_t pages)
 {
-    struct mig_hello ready = {htole32(MIG_VERSION), htole32(flags | MIG_HELLO_SYNC)};
+    struct mig_hello ready = {htole32(MIG_VERSION),
+                              htole32(flags | MIG_HELLO_SYNC | MIG_HELLO_SEGS)};
     uint64_t one = htole64(1);
     size_t n = put_frame(out, MIG_READY, &ready, sizeof(ready));
     n += put_frame(out + n, MIG_SYNCED, &one, sizeof(one));

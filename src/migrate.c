@@ -240,15 +240,18 @@ static int recv_ctrl(struct chan *ch, uint16_t want, void *body, uint32_t len, c
 /* ---- the sender's frame pipeline ------------------------------------------------------- */
 
 /* Frame buffers keep FBUF_HEAD bytes in front of the payload: the header
- * is put right before it (raw or zbuf), so a frame is one send, not a
- * 24-byte one and then the payload. */
-#define FBUF_HEAD 64u
+ * (and a MIG_F_SEGS frame's page table) is put right before it (raw or
+ * zbuf), so a frame is one send, not a 24-byte one and then the payload. */
+#define FBUF_HEAD 2048u
+_Static_assert(FBUF_HEAD >= sizeof(struct mig_frame) + 4 + 4 * MIG_SEGS_MAX, "FBUF_HEAD");
 
 struct fbuf {
     uint8_t *raw, *zbuf;   /* payloads, FBUF_HEAD bytes into their allocations */
-    uint8_t *out;          /* raw or zbuf */
+    uint8_t *out;          /* raw, its page table in front of it, or zbuf */
     size_t raw_len, out_len;
     struct mig_frame h;
+    uint32_t nseg;         /* pages hashed alone (MIG_F_SEGS), at offsets seg[] */
+    uint32_t seg[MIG_SEGS_MAX];
 };
 
 /* The sender's pace on the wire (migrate_opts.max_bandwidth): every
@@ -294,6 +297,7 @@ struct pipe {
     uint64_t written, frames;
     uint64_t fail_after;
     bool compress;
+    bool segs;             /* pages hashed once (MIG_F_SEGS): the receiver takes them */
     int level;
     ZSTD_CCtx *cctx;
     pthread_t thread;
@@ -440,6 +444,7 @@ static int pipe_take(struct pipe *p)
         return rc;
     p->filling = true;
     pipe_cur(p)->raw_len = 0;
+    pipe_cur(p)->nseg = 0;
     p->hashed = 0;
     hv_hash_reset(p->xs);
     return 0;
@@ -455,16 +460,31 @@ static void pipe_hash(struct pipe *p)
     p->hashed = b->raw_len;
 }
 
-/* Checksum, compress and queue the slot being filled. */
+/* Checksum, compress and queue the slot being filled.  A frame with pages
+ * hashed alone gets its page table in front (MIG_F_SEGS; never
+ * compressed: p->segs is off when compressing). */
 static int pipe_seal(struct pipe *p, uint16_t type)
 {
     struct fbuf *b = pipe_cur(p);
     uint16_t flags = 0;
     pipe_hash(p);
-    uint64_t sum = hv_hash_digest(p->xs);
     b->out = b->raw;
     b->out_len = b->raw_len;
-    if (p->compress && type == MIG_DATA && b->raw_len) {
+    if (b->nseg) {
+        uint8_t *t = b->raw - 4 - 4 * (size_t)b->nseg;
+        uint32_t v = htole32(b->nseg);
+        memcpy(t, &v, 4);
+        for (uint32_t i = 0; i < b->nseg; i++) {
+            v = htole32(b->seg[i]);
+            memcpy(t + 4 + 4 * (size_t)i, &v, 4);
+        }
+        hv_hash_update(p->xs, t, 4 + 4 * (size_t)b->nseg);
+        b->out = t;
+        b->out_len += 4 + 4 * (size_t)b->nseg;
+        flags = MIG_F_SEGS;
+    }
+    uint64_t sum = hv_hash_digest(p->xs);
+    if (p->compress && type == MIG_DATA && b->raw_len && !b->nseg) {
         size_t z = ZSTD_compressCCtx(p->cctx, b->zbuf, p->zcap, b->raw, b->raw_len, p->level);
         if (!ZSTD_isError(z) && z < b->raw_len) {
             b->out = b->zbuf;
@@ -501,6 +521,35 @@ static long pipe_fill(struct pipe *p, const void *buf, size_t len)
     if (b->raw_len == MIG_FRAME_RAW && (rc = pipe_seal(p, MIG_DATA)) < 0)
         return rc;
     return (long)n;
+}
+
+/* One page of the stream into the frame being filled, hashed alone there
+ * (MIG_F_SEGS): copied, then its copy hashed (in the cache), so the hash
+ * is of the bytes sent whatever the guest does to the page meanwhile; the
+ * hash goes into the frame's checksum in the page's place and to *hash.
+ * 1: taken; 0: not (no room for a whole page, or p->segs off); -errno. */
+static int pipe_page(struct pipe *p, const void *page, uint64_t *hash)
+{
+    if (!p->segs)
+        return 0;
+    int rc = pipe_take(p);
+    if (rc < 0)
+        return rc;
+    struct fbuf *b = pipe_cur(p);
+    if (MIG_FRAME_RAW - b->raw_len < PAGE_SIZE)
+        return 0;
+    pipe_hash(p); /* the bytes before it */
+    uint8_t *dst = b->raw + b->raw_len;
+    memcpy(dst, page, PAGE_SIZE);
+    uint64_t h = hv_hash64(dst, PAGE_SIZE), le = htole64(h);
+    hv_hash_update(p->xs, &le, sizeof(le));
+    b->seg[b->nseg++] = (uint32_t)b->raw_len;
+    b->raw_len += PAGE_SIZE;
+    p->hashed = b->raw_len;
+    *hash = h;
+    if (b->raw_len == MIG_FRAME_RAW && (rc = pipe_seal(p, MIG_DATA)) < 0)
+        return rc;
+    return 1;
 }
 
 /* Wait until every queued frame of p is on the socket. */
@@ -575,7 +624,8 @@ struct sender {
     struct chan *pc_ch;   /* a connection made to resume (closed at the end) */
     uint8_t *pc_buf;
     bool pc_restored;     /* migrate_postcopy_serve: no terms, dsum is memory's digest */
-    uint8_t *page_copy; /* post-copy possible: each data page copied once, then sent */
+    uint8_t *page_copy; /* post-copy possible: a page not hashed in its frame is copied once,
+                         * then sent (out_page) */
 };
 
 /* ---- the frames' way out: one pipe per channel, frames dealt in turn ------------------ */
@@ -605,6 +655,37 @@ static int out_write(void *ctx, const void *buf, size_t len)
             out_next(s);
     }
     return 0;
+}
+
+/* stream_io write_page: a page hashed as it goes out.  In its frame when
+ * it fits whole there and the receiver takes page tables (hashed once:
+ * digest term and frame checksum, of the bytes sent).  Else written as
+ * stream bytes (the frame checksum covers them as sent) and hashed after
+ * for the digest: a page the guest changed meanwhile is dirty and goes
+ * again, its term replaced; when post-copy may follow it is copied once
+ * first and the copy hashed and sent, since a page left for after the
+ * switch is not sent again before DONE, whose digest must be exactly what
+ * the receiver holds. */
+static int out_page(void *ctx, const void *page, uint64_t *hash)
+{
+    struct sender *s = ctx;
+    struct pipe *p = out_cur(s);
+    int rc = pipe_page(p, page, hash);
+    if (rc < 0)
+        return rc;
+    if (rc) {
+        if (!p->filling)
+            out_next(s);
+        return 0;
+    }
+    const uint8_t *src = page;
+    if (s->page_copy) {
+        memcpy(s->page_copy, page, PAGE_SIZE);
+        src = s->page_copy;
+    }
+    rc = out_write(s, src, PAGE_SIZE);
+    *hash = hv_hash64(src, PAGE_SIZE);
+    return rc;
 }
 
 static int out_flush(void *ctx)
@@ -839,21 +920,21 @@ static int send_batch(struct sender *s)
     if (rc == 0)
         rc = stream_write_part(&s->w, s->entries, 8ULL * nent);
     for (uint32_t k = 0; k < ndata && rc == 0; k++) {
-        /* the term of the bytes just copied (a page the guest changes
-         * meanwhile is dirty: sent again, term replaced); when post-copy
-         * may follow, the page is copied once first and the copy is what
-         * is hashed and sent: a dirty page left for after the switch is
-         * not sent again before DONE, whose digest must be exactly what
-         * the receiver holds */
+        /* the term of the bytes sent, hashed once as they went into the
+         * frame (out_page; a page the guest changes meanwhile is dirty:
+         * sent again, term replaced); under fault injection, the term of
+         * the page, not of the changed bytes sent */
         const uint8_t *page = s->data[k];
-        if (s->page_copy) {
-            memcpy(s->page_copy, page, PAGE_SIZE);
-            page = s->page_copy;
+        const void *wire = wire_page(s, s->data_pfn[k], page);
+        uint64_t ph = 0;
+        if (wire != page) {
+            rc = stream_write_part(&s->w, wire, PAGE_SIZE);
+            ph = hv_hash64(page, PAGE_SIZE);
+        } else {
+            rc = stream_write_page(&s->w, page, &ph);
         }
-        rc = stream_write_part(&s->w, wire_page(s, s->data_pfn[k], page), PAGE_SIZE);
         if (rc == 0)
-            rc = term_set(s, s->data_pfn[k],
-                          stream_digest_term(s->data_pfn[k], hv_hash64(page, PAGE_SIZE)));
+            rc = term_set(s, s->data_pfn[k], stream_digest_term(s->data_pfn[k], ph));
     }
     if (rc == 0)
         rc = stream_record_end(&s->w);
@@ -1693,7 +1774,8 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
         rc = sfail(s, -ENOMEM, "out of memory");
         goto out;
     }
-    s->io = (struct stream_io){.write = out_write, .flush = out_flush, .ctx = s};
+    s->io = (struct stream_io){.write = out_write, .flush = out_flush, .write_page = out_page,
+                               .ctx = s};
     stream_writer_init(&s->w, &s->io);
     machine_holes_init(&s->dm, d->m);
 
@@ -1709,6 +1791,7 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     }
     struct hello_ch hello = {
         {htole32(MIG_VERSION), htole32(MIG_HELLO_VERIFY | MIG_HELLO_SYNC |
+                                        (o->whole_frame_sums ? 0 : MIG_HELLO_SEGS) |
                                         (may_pc ? MIG_HELLO_POSTCOPY : 0) |
                                         (want > 1 ? MIG_HELLO_CHANNELS : 0))},
         {htole32(want), 0, htole64(token)}};
@@ -1737,6 +1820,11 @@ int migrate_send(struct guest *g, struct chan *ch, const struct migrate_opts *o,
     if (rc < 0)
         goto out;
     bool sync = le32toh(ready.flags) & MIG_HELLO_SYNC;
+    /* pages hashed once where the receiver takes it (not under zstd,
+     * which compresses the frame as a whole) */
+    for (unsigned i = 0; i < s->nch; i++)
+        out_pipe(s, i)->segs = !o->whole_frame_sums && !out_pipe(s, i)->compress &&
+                               (le32toh(ready.flags) & MIG_HELLO_SEGS);
     rep->channels = s->nch;
     s->striping = true;
     if (o->inject_len && (rc = out_write(s, o->inject, o->inject_len)) < 0)
@@ -2283,6 +2371,121 @@ out:
 #define RX_STAGE_MAX (64u << 10)
 #define RX_CHUNK 4096u
 
+/*
+ * A frame's checksum, taken as its bytes land (in the cache), in either
+ * scheme: the raw bytes in order, or with a page table (MIG_F_SEGS) each
+ * page hashed alone and its hash taken in its place, the table last.  The
+ * pages' hashes are kept: the memory digest takes them (rx_page_hash)
+ * instead of hashing the pages again.
+ */
+struct fsum {
+    XXH3_state_t *xs, *ps;   /* the frame's; a page that lands in two reads */
+    uint32_t n, i;           /* pages in the table; the next one to finish */
+    size_t pos;              /* frame bytes taken so far */
+    uint32_t off[MIG_SEGS_MAX];
+    uint64_t ph[MIG_SEGS_MAX]; /* hashes of pages [0, i) */
+    uint8_t table[4 + 4 * MIG_SEGS_MAX]; /* as sent */
+};
+
+static int fsum_init(struct fsum *f)
+{
+    f->xs = XXH3_createState();
+    f->ps = XXH3_createState();
+    return f->xs && f->ps ? 0 : -ENOMEM;
+}
+
+static void fsum_fini(struct fsum *f)
+{
+    XXH3_freeState(f->xs);
+    XXH3_freeState(f->ps);
+}
+
+static void fsum_start(struct fsum *f)
+{
+    hv_hash_reset(f->xs);
+    f->n = f->i = 0;
+    f->pos = 0;
+}
+
+/* The page table of a MIG_F_SEGS frame of raw bytes (untrusted: tlen bytes
+ * at t, tlen = wire_len - raw_len, which frame_check bounded): 0, or
+ * -EBADMSG with err naming the entry. */
+static int fsum_table(struct fsum *f, const uint8_t *t, size_t tlen, uint32_t raw,
+                      const char *who, uint64_t at, char *err, size_t errlen)
+{
+    uint32_t n;
+    memcpy(&n, t, 4);
+    n = le32toh(n);
+    if ((size_t)n != (tlen - 4) / 4) {
+        snprintf(err, errlen, "%sDATA frame at byte offset %llu: page table of %u pages in "
+                 "%zu bytes", who, (unsigned long long)at, n, tlen);
+        return -EBADMSG;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t o;
+        memcpy(&o, t + 4 + 4 * (size_t)k, 4);
+        o = le32toh(o);
+        if ((k && o - f->off[k - 1] < PAGE_SIZE) || (k && o < f->off[k - 1]) ||
+            o > raw - PAGE_SIZE) {
+            snprintf(err, errlen, "%sDATA frame at byte offset %llu: page table entry %u "
+                     "(offset %u) overlaps the one before or ends past the %u raw bytes", who,
+                     (unsigned long long)at, k, o, raw);
+            return -EBADMSG;
+        }
+        f->off[k] = o;
+    }
+    memcpy(f->table, t, tlen);
+    f->n = n;
+    return 0;
+}
+
+/* The frame's next len bytes, at p. */
+static void fsum_add(struct fsum *f, const uint8_t *p, size_t len)
+{
+    while (len) {
+        size_t k = len;
+        if (f->i < f->n && f->pos >= f->off[f->i]) { /* inside page i */
+            size_t in = f->pos - f->off[f->i];
+            if (k > PAGE_SIZE - in)
+                k = PAGE_SIZE - in;
+            bool done = in + k == PAGE_SIZE;
+            uint64_t h = 0;
+            if (!in && done) {
+                h = hv_hash64(p, PAGE_SIZE);
+            } else {
+                if (!in)
+                    hv_hash_reset(f->ps);
+                hv_hash_update(f->ps, p, k);
+                if (done)
+                    h = hv_hash_digest(f->ps);
+            }
+            if (done) {
+                uint64_t le = htole64(h);
+                hv_hash_update(f->xs, &le, sizeof(le));
+                f->ph[f->i++] = h;
+            }
+        } else {
+            if (f->i < f->n && f->off[f->i] - f->pos < k)
+                k = f->off[f->i] - f->pos;
+            hv_hash_update(f->xs, p, k);
+        }
+        p += k;
+        len -= k;
+        f->pos += k;
+    }
+}
+
+static uint64_t fsum_end(struct fsum *f)
+{
+    if (f->n)
+        hv_hash_update(f->xs, f->table, 4 + 4 * (size_t)f->n);
+    return hv_hash_digest(f->xs);
+}
+
+/* Page hashes kept for the digest: the last RX_RING pages hashed alone,
+ * by stream offset (ascending). */
+#define RX_RING 512u
+
 struct lane;
 struct rx {
     struct chan *ch;
@@ -2297,7 +2500,13 @@ struct rx {
     size_t stage0;       /* the frame byte x->raw[0] holds */
     size_t left;         /* streamed frame: payload bytes still on the socket */
     uint64_t sum, at;    /* streamed frame: expected checksum, its offset */
-    XXH3_state_t *xs;
+    struct fsum fs;      /* channel 0's frame checksum */
+    uint32_t pushed;     /* pages of fs already in the ring */
+    uint64_t sbase, snext; /* stream offsets of the DATA frame's first byte, of the next's */
+    struct {
+        uint64_t off, h;
+    } ring[RX_RING];
+    uint64_t rn;         /* pages ever put in the ring */
     ZSTD_DCtx *dctx;
     uint64_t offset, frames;
     bool aborted;        /* an ABORT frame came */
@@ -2337,8 +2546,44 @@ static const char *rx_why(const struct rx *x, int rc)
 
 /* Received bytes are checksummed in pieces of this size, right after they
  * land, while they are still in the cache (hashing a whole 1 MiB receive
- * afterwards ran at DRAM speed and cost 40% of the receive itself). */
+ * afterwards ran at DRAM speed and cost 40% of the receive itself).  They
+ * land where the restore wants them (guest memory): landing in a buffer
+ * that stays in the cache, hashing there and copying on cost more (the
+ * copy) than it saved (the hash waiting for memory). */
 #define RX_HASH_PIECE (64u << 10)
+
+static void ring_push(struct rx *x, uint64_t off, uint64_t h)
+{
+    x->ring[x->rn % RX_RING].off = off;
+    x->ring[x->rn % RX_RING].h = h;
+    x->rn++;
+}
+
+/* The pages of channel 0's frame hashed since the last call, to the ring. */
+static void rx_push(struct rx *x)
+{
+    for (; x->pushed < x->fs.i; x->pushed++)
+        ring_push(x, x->sbase + x->fs.off[x->pushed], x->fs.ph[x->pushed]);
+}
+
+/* stream_io page_hash: a page of the stream hashed alone as it landed. */
+static bool rx_page_hash(void *ctx, uint64_t offset, uint64_t *hash)
+{
+    struct rx *x = ctx;
+    uint64_t lo = x->rn > RX_RING ? x->rn - RX_RING : 0, hi = x->rn;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2, o = x->ring[mid % RX_RING].off;
+        if (o == offset) {
+            *hash = x->ring[mid % RX_RING].h;
+            return true;
+        }
+        if (o < offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
 
 /* Read n streamed payload bytes into dst; checks the checksum after the
  * frame's last byte. */
@@ -2353,11 +2598,12 @@ static int rx_stream_in(struct rx *x, void *dst, size_t n)
             return rxfail(x, rc, "%sDATA frame at byte offset %llu: %s after %zu of %zu bytes",
                           x->who, (unsigned long long)x->at, rx_why(x, rc),
                           x->len - x->left + done + got, x->len);
-        hv_hash_update(x->xs, p + done, k);
+        fsum_add(&x->fs, p + done, k);
         done += k;
     }
+    rx_push(x);
     x->left -= n;
-    if (!x->left && hv_hash_digest(x->xs) != x->sum)
+    if (!x->left && fsum_end(&x->fs) != x->sum)
         return rxfail(x, -EBADMSG, "%sDATA frame at byte offset %llu: checksum mismatch",
                       x->who, (unsigned long long)x->at);
     return 0;
@@ -2389,14 +2635,22 @@ static int frame_check(const struct mig_frame *h, size_t wcap, const char *who, 
                  le32toh(h->magic), MIG_MAGIC);
         return -EBADMSG;
     }
-    if (t < MIG_HELLO || t > MIG_FRAME_TYPES || (flags & ~MIG_F_ZSTD) ||
-        ((flags & MIG_F_ZSTD) && t != MIG_DATA)) {
+    if (t < MIG_HELLO || t > MIG_FRAME_TYPES || (flags & ~(MIG_F_ZSTD | MIG_F_SEGS)) ||
+        (flags && t != MIG_DATA) || (flags & MIG_F_ZSTD && flags & MIG_F_SEGS)) {
         snprintf(err, errlen, "%sframe at byte offset %llu: bad type %u or flags %#x", who,
                  (unsigned long long)at, t, flags);
         return -EBADMSG;
     }
     uint32_t max = t == MIG_DATA || t == MIG_PC_PENDING ? MIG_FRAME_RAW : MIG_CTRL_MAX;
-    if (raw > max || wire > wcap || (!(flags & MIG_F_ZSTD) && wire != raw)) {
+    if ((flags & MIG_F_SEGS) && raw <= max &&
+        (wire < raw + 8 || (wire - raw) % 4 || (wire - raw - 4) / 4 > raw / PAGE_SIZE)) {
+        snprintf(err, errlen, "%sframe at byte offset %llu: DATA frame of %u bytes with a page "
+                 "table of %u bytes (4 + 4 per page, 1 to %u pages)", who,
+                 (unsigned long long)at, raw, wire - raw, raw / (uint32_t)PAGE_SIZE);
+        return -EBADMSG;
+    }
+    if (raw > max || wire > wcap ||
+        (!(flags & (MIG_F_ZSTD | MIG_F_SEGS)) && wire != raw)) {
         snprintf(err, errlen, "%sframe at byte offset %llu: %s of %u bytes (%u on the wire) is "
                  "over the limit of %u", who, (unsigned long long)at, frame_name(t), raw, wire,
                  max);
@@ -2423,6 +2677,9 @@ struct lane_frame {
     uint8_t *raw;
     uint32_t len;
     uint16_t type;
+    uint32_t n;                 /* pages hashed alone (MIG_F_SEGS) */
+    uint32_t off[MIG_SEGS_MAX]; /* their frame offsets and hashes */
+    uint64_t ph[MIG_SEGS_MAX];
 };
 
 struct lane {
@@ -2441,6 +2698,7 @@ struct lane {
     uint8_t *wire;
     size_t wcap;
     ZSTD_DCtx *dctx;
+    struct fsum fs;
     uint64_t offset, frames; /* the thread's; read after it ended */
 };
 
@@ -2492,6 +2750,21 @@ static void *lane_main(void *arg)
             break;
         uint32_t raw = le32toh(h.raw_len), wire = le32toh(h.wire_len);
         uint16_t t = le16toh(h.type), flags = le16toh(h.flags);
+        fsum_start(&l->fs);
+        if (flags & MIG_F_SEGS) { /* the page table first */
+            got = 0;
+            rc = chan_read_all(l->ch, l->wire, wire - raw, &got);
+            l->offset += got;
+            if (rc == 0)
+                rc = fsum_table(&l->fs, l->wire, wire - raw, raw, who, at, msg, sizeof(msg));
+            else
+                snprintf(msg, sizeof(msg), "%sDATA frame at byte offset %llu: %s in its page "
+                         "table", who, (unsigned long long)at,
+                         rc == -ENODATA ? "connection closed" : chan_strerror(l->ch, rc));
+            if (rc < 0)
+                break;
+            wire = raw;
+        }
         got = 0;
         rc = chan_read_all(l->ch, (flags & MIG_F_ZSTD) ? l->wire : f->raw, wire, &got);
         l->offset += got;
@@ -2511,13 +2784,17 @@ static void *lane_main(void *arg)
                 break;
             }
         }
-        if (hv_hash64(f->raw, raw) != le64toh(h.checksum)) {
+        fsum_add(&l->fs, f->raw, raw);
+        if (fsum_end(&l->fs) != le64toh(h.checksum)) {
             rc = -EBADMSG;
             snprintf(msg, sizeof(msg), "%s%s frame at byte offset %llu: checksum mismatch", who,
                      frame_name(t), (unsigned long long)at);
             break;
         }
         l->frames++;
+        f->n = l->fs.n;
+        memcpy(f->off, l->fs.off, 4 * (size_t)f->n);
+        memcpy(f->ph, l->fs.ph, 8 * (size_t)f->n);
         pthread_mutex_lock(&l->mu);
         f->len = raw;
         f->type = t;
@@ -2550,7 +2827,7 @@ static int lane_start(struct lane *l, struct chan *ch, unsigned index, size_t wc
     for (unsigned i = 0; i < LANE_SLOTS; i++)
         if (!(l->slot[i].raw = hv_malloc(MIG_FRAME_RAW)))
             return -ENOMEM;
-    if (!(l->wire = hv_malloc(wcap)) || !(l->dctx = ZSTD_createDCtx()))
+    if (!(l->wire = hv_malloc(wcap)) || !(l->dctx = ZSTD_createDCtx()) || fsum_init(&l->fs) < 0)
         return -ENOMEM;
     int rc = chan_set_timeout(ch, 0);
     if (rc < 0)
@@ -2620,6 +2897,7 @@ static void lanes_stop_keep(struct rx *x, struct chan **keep)
             free(l->slot[k].raw);
         free(l->wire);
         ZSTD_freeDCtx(l->dctx);
+        fsum_fini(&l->fs);
         if (kept)
             *keep = l->ch;
         else
@@ -2660,6 +2938,12 @@ static int lane_take(struct rx *x, struct lane *l, uint16_t *type)
     x->len = x->avail = f->len;
     x->pos = x->stage0 = 0;
     *type = f->type;
+    if (f->type == MIG_DATA) {
+        x->sbase = x->snext;
+        x->snext += f->len;
+        for (uint32_t k = 0; k < f->n; k++)
+            ring_push(x, x->sbase + f->off[k], f->ph[k]);
+    }
     return 0;
 }
 
@@ -2704,13 +2988,29 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
     uint16_t t = le16toh(h.type), flags = le16toh(h.flags);
     if ((rc = frame_check(&h, x->wcap, x->who, at, x->err, sizeof(x->err))) < 0)
         return rc;
+    fsum_start(&x->fs);
+    x->pushed = 0;
+    if (flags & MIG_F_SEGS) { /* the page table first */
+        rc = chan_read_all_by(x->ch, x->wire, wire - raw, &got, x->by);
+        x->offset += got;
+        if (rc < 0)
+            return rxfail(x, rc, "%sDATA frame at byte offset %llu: %s in its page table",
+                          x->who, (unsigned long long)at, rx_why(x, rc));
+        if ((rc = fsum_table(&x->fs, x->wire, wire - raw, raw, x->who, at, x->err,
+                             sizeof(x->err))) < 0)
+            return rc;
+        wire = raw;
+    }
+    if (t == MIG_DATA) {
+        x->sbase = x->snext;
+        x->snext += raw;
+    }
     if (stream && t == MIG_DATA && !(flags & MIG_F_ZSTD) && raw > RX_STAGE_MAX) {
         x->frames++;
         x->len = x->left = raw;
         x->pos = x->avail = x->stage0 = 0;
         x->sum = le64toh(h.checksum);
         x->at = at;
-        hv_hash_reset(x->xs);
         *type = t;
         return 0;
     }
@@ -2727,9 +3027,11 @@ static int rx_frame(struct rx *x, uint16_t *type, bool stream)
                           x->who, (unsigned long long)at,
                           ZSTD_isError(n) ? ZSTD_getErrorName(n) : "has the wrong length");
     }
-    if (hv_hash64(x->raw, raw) != le64toh(h.checksum))
+    fsum_add(&x->fs, x->raw, raw);
+    if (fsum_end(&x->fs) != le64toh(h.checksum))
         return rxfail(x, -EBADMSG, "%s%s frame at byte offset %llu: checksum mismatch",
                       x->who, frame_name(t), (unsigned long long)at);
+    rx_push(x);
     x->frames++;
     x->len = x->avail = raw;
     x->pos = x->stage0 = 0;
@@ -3076,8 +3378,8 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     x.raw = hv_malloc(MIG_FRAME_RAW);
     x.wire = hv_malloc(x.wcap);
     x.dctx = ZSTD_createDCtx();
-    x.xs = XXH3_createState();
-    int rc = (!x.raw || !x.wire || !x.dctx || !x.xs) ? -ENOMEM : chan_set_timeout(ch, timeout);
+    int rc = (!x.raw || !x.wire || !x.dctx || fsum_init(&x.fs) < 0) ? -ENOMEM
+                                                                       : chan_set_timeout(ch, timeout);
     if (rc < 0) {
         rxfail(&x, rc, "setting up: %s", strerror(-rc));
         goto fail;
@@ -3090,9 +3392,12 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
     bool pc = (le32toh(hello.h.flags) & MIG_HELLO_POSTCOPY) && o->postcopy_ok;
     bool lanes = want > 1 && o->join;
     x.sync = le32toh(hello.h.flags) & MIG_HELLO_SYNC;
+    /* page tables (MIG_F_SEGS): read whenever they come; echoed so that
+     * the sender sends them */
+    uint32_t segs = le32toh(hello.h.flags) & MIG_HELLO_SEGS;
     struct mig_hello ready = {htole32(MIG_VERSION), htole32((pc ? MIG_HELLO_POSTCOPY : 0) |
                                                             (lanes ? MIG_HELLO_CHANNELS : 0) |
-                                                            (x.sync ? MIG_HELLO_SYNC : 0))};
+                                                            (x.sync ? MIG_HELLO_SYNC : 0) | segs)};
     rc = send_ctrl(ch, MIG_READY, &ready, sizeof(ready));
     if (rc < 0) {
         rxfail(&x, rc, "sending READY: %s", chan_strerror(ch, rc));
@@ -3109,7 +3414,7 @@ int migrate_receive(struct machine *m, struct chan *ch, const struct migrate_rec
         o->on_handshake(o->hctx);
     x.frame_ms = timeout;
     x.phase = "frame";
-    struct stream_io io = {.read = rx_read, .ctx = &x};
+    struct stream_io io = {.read = rx_read, .page_hash = rx_page_hash, .ctx = &x};
     /* live: the memory map may change meanwhile.  digest: the restore
      * keeps the memory digest page by page as pages land (stream.h), so
      * nothing reads memory again after END.  track_data: for the audit,
@@ -3238,7 +3543,7 @@ out:
     free(x.raw);
     free(x.wire);
     ZSTD_freeDCtx(x.dctx);
-    XXH3_freeState(x.xs);
+    fsum_fini(&x.fs);
     return rc;
 }
 

@@ -7,7 +7,8 @@
  * stream.h (headers, HV_CONFIG, HV_LAYOUT, STATIC_DATA_END, PAGE_DATA
  * records in rounds, X86_TSC_INFO, HVM_PARAMS, HVM_CONTEXT, END) cut at
  * arbitrary byte boundaries, each frame optionally zstd-compressed and
- * always checksummed (XXH3-64 of the raw bytes).  Compression is a property
+ * always checksummed (XXH3-64 of the raw bytes, or with MIG_F_SEGS of the
+ * raw bytes with each page's hash in its place).  Compression is a property
  * of the transport: the stream inside stays plain Xen layout and is read by
  * stream_restore unchanged.  The frames travel over a channel (chan.h):
  * TLS 1.3 with both peers authenticated before the first frame, or plain
@@ -220,6 +221,22 @@ enum mig_frame_type {
 };
 #define MIG_FRAME_TYPES 16
 #define MIG_F_ZSTD 0x1u /* payload is one zstd frame of raw_len bytes */
+/* DATA only, never with MIG_F_ZSTD, only from a sender whose HELLO offered
+ * MIG_HELLO_SEGS and whose receiver echoed it: pages hashed once.  The
+ * payload (wire_len = raw_len + 4 + 4 n bytes) starts with a page table,
+ * u32 n (1..raw_len / 4096), then n u32 offsets into the raw bytes,
+ * ascending, each at least 4096 after the one before, the last at most
+ * raw_len - 4096; the raw_len stream bytes follow.  Each [off, off + 4096)
+ * is a page of the stream hashed alone (XXH3-64); the checksum is the
+ * XXH3-64 of the raw bytes with every such page replaced by its hash
+ * (8 bytes, little-endian), then the table (u32 n, the offsets) as sent.
+ * A bit flipped in a page changes its hash, one elsewhere in the raw bytes
+ * or in the table changes what is hashed: the frame is refused either way,
+ * as a whole-frame checksum would be.  The receiver keeps the pages'
+ * hashes for the memory digest (stream.h), so each page's bytes are
+ * hashed once on each side, not twice (frame, then digest). */
+#define MIG_F_SEGS 0x2u
+#define MIG_SEGS_MAX (MIG_FRAME_RAW / 4096u)
 
 struct mig_frame {
     uint32_t magic;
@@ -227,7 +244,7 @@ struct mig_frame {
     uint16_t flags;
     uint32_t raw_len;  /* payload bytes after decompression */
     uint32_t wire_len; /* payload bytes that follow */
-    uint64_t checksum; /* XXH3-64 of the raw payload */
+    uint64_t checksum; /* XXH3-64 of the raw payload (MIG_F_SEGS: see there) */
 };
 _Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
 
@@ -257,6 +274,10 @@ _Static_assert(sizeof(struct mig_frame) == 24, "migration frame header");
  * over a fast link: milliseconds of downtime).  A receiver that takes it
  * echoes the flag in READY. */
 #define MIG_HELLO_SYNC 0x10u
+/* The sender may send DATA frames with page tables (MIG_F_SEGS); a
+ * receiver that reads them echoes the flag in READY.  Without the echo
+ * every frame is checksummed whole (an older receiver). */
+#define MIG_HELLO_SEGS 0x20u
 #define MIG_MAX_CHANNELS 8u
 struct mig_hello {
     uint32_t version;
@@ -475,6 +496,9 @@ struct migrate_opts {
      * differs: a page written but never logged dirty, a translation that
      * went stale, a term not replaced. */
     bool audit_digest;
+    /* Every DATA frame checksummed whole, as before MIG_HELLO_SEGS (tests;
+     * benchmarks: the two schemes side by side). */
+    bool whole_frame_sums;
     /* Fault injection: send these bytes as DATA right after HELLO (tests). */
     const void *inject;
     size_t inject_len;

@@ -648,18 +648,21 @@ static bool is_populating(unsigned t) { return t == STREAM_PAGE_NOTAB || t == ST
 #define RESTORE_HASH_PAGES 16u
 
 /* The digest terms of n data pages at p (the entries ents[0..n) of this
- * record), for the pfns still filled after the record's entries (a pfn
- * whose last entry in the record is a hole has no term). */
+ * record), just read (the last n pages before c->rd.offset), for the pfns
+ * still filled after the record's entries (a pfn whose last entry in the
+ * record is a hole has no term).  A page the source hashed as it arrived
+ * (migration's frames) is not hashed again. */
 static int digest_pages(struct rctx *c, const uint64_t *ents, const uint8_t *p, uint32_t n)
 {
+    uint64_t off0 = c->rd.offset - ((uint64_t)n << PAGE_SHIFT);
     for (uint32_t k = 0; k < n; k++) {
         gfn_t pfn = stream_entry_pfn(ents[k]);
         struct rs_2m *s = node_2m(c, pfn, false);
         if (!s || !bit(s->fill, pfn))
             continue;
-        int rc = digest_set(c, s, pfn,
-                            stream_digest_term(pfn, hv_hash64(p + ((size_t)k << PAGE_SHIFT),
-                                                                PAGE_SIZE)));
+        uint64_t h = stream_page_hash(&c->rd, off0 + ((uint64_t)k << PAGE_SHIFT),
+                                      p + ((size_t)k << PAGE_SHIFT));
+        int rc = digest_set(c, s, pfn, stream_digest_term(pfn, h));
         if (rc < 0)
             return rc;
     }

@@ -15,6 +15,7 @@
 #include "stream.h"
 
 #include "copy.h"
+#include "hash.h"
 
 #include <endian.h>
 #include <fcntl.h>
@@ -592,6 +593,28 @@ int stream_write_part(struct stream_writer *w, const void *p, size_t len)
     return rc;
 }
 
+int stream_write_page(struct stream_writer *w, const void *page, uint64_t *hash)
+{
+    if (!w->in_record || PAGE_SIZE > w->body_left)
+        return -EINVAL;
+    if (!w->io->write_page) {
+        int rc = w_raw(w, page, PAGE_SIZE);
+        if (rc == 0) {
+            *hash = hv_hash64(page, PAGE_SIZE);
+            w->body_left -= PAGE_SIZE;
+        }
+        return rc;
+    }
+    int rc = w->io->write_page(w->io->ctx, page, hash);
+    if (rc == 0) {
+        w->offset += PAGE_SIZE;
+        if (w->hashing)
+            XXH64_update(&w->xxh, page, PAGE_SIZE);
+        w->body_left -= PAGE_SIZE;
+    }
+    return rc;
+}
+
 int stream_record_end(struct stream_writer *w)
 {
     if (!w->in_record || w->body_left)
@@ -768,6 +791,14 @@ int stream_next_record(struct stream_reader *r, struct stream_rhdr *h)
     h->type = r->type;
     h->length = r->length;
     return 0;
+}
+
+uint64_t stream_page_hash(const struct stream_reader *r, uint64_t offset, const void *page)
+{
+    uint64_t h;
+    if (r->io->page_hash && r->io->page_hash(r->io->ctx, offset, &h))
+        return h;
+    return hv_hash64(page, PAGE_SIZE);
 }
 
 int stream_read_body(struct stream_reader *r, void *buf, size_t len)

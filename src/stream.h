@@ -200,6 +200,15 @@ struct stream_io {
     int (*write)(void *ctx, const void *buf, size_t len);
     /* Push buffered bytes out (may be NULL): 0 or -errno. */
     int (*flush)(void *ctx);
+    /* Optional (a sink that hashes what it holds: migration's frames):
+     * write one page (PAGE_SIZE bytes, which may change meanwhile: a
+     * running guest's) and put in *hash the XXH3-64 of exactly the bytes
+     * written.  0 or -errno. */
+    int (*write_page)(void *ctx, const void *page, uint64_t *hash);
+    /* Optional (a source that hashed what it delivered): the XXH3-64 of
+     * the PAGE_SIZE stream bytes from stream offset `offset` on, if it
+     * hashed exactly those as one page lately; false: hash them yourself. */
+    bool (*page_hash)(void *ctx, uint64_t offset, uint64_t *hash);
     void *ctx;
 };
 
@@ -295,6 +304,11 @@ int stream_write_record(struct stream_writer *w, uint32_t type, const void *body
  * many bytes with stream_write_part, end (which pads). */
 int stream_record_begin(struct stream_writer *w, uint32_t type, uint32_t len) HV_MUST_CHECK;
 int stream_write_part(struct stream_writer *w, const void *p, size_t len) HV_MUST_CHECK;
+/* One page of the record (PAGE_SIZE bytes); *hash gets the XXH3-64 of the
+ * bytes written (the sink's copy when it has write_page: a page that
+ * changes meanwhile is hashed as it was written, not as it is after). */
+int stream_write_page(struct stream_writer *w, const void *page,
+                      uint64_t *hash) HV_MUST_CHECK;
 int stream_record_end(struct stream_writer *w) HV_MUST_CHECK;
 int stream_writer_flush(struct stream_writer *w) HV_MUST_CHECK;
 
@@ -338,6 +352,10 @@ int stream_next_record(struct stream_reader *r, struct stream_rhdr *h) HV_MUST_C
 /* Read exactly len bytes of the current body (-EBADMSG past its end,
  * -ENODATA when the stream ends first). */
 int stream_read_body(struct stream_reader *r, void *buf, size_t len) HV_MUST_CHECK;
+/* The XXH3-64 of the page read lately from stream offset `offset` on, now
+ * at `page`: the source's when it hashed it as it arrived (io->page_hash),
+ * else computed over `page`. */
+uint64_t stream_page_hash(const struct stream_reader *r, uint64_t offset, const void *page);
 /* Consume the rest of the body and the padding. */
 int stream_skip_body(struct stream_reader *r) HV_MUST_CHECK;
 

@@ -319,8 +319,9 @@ static int connect_port(uint16_t port)
 
 /* Migrate e to port over tls (NULL: plain): chan_open's result in *hs
  * (and its message in hs_err); migrate_send's returned when it ran. */
-static int send_to(struct sender_env *e, uint16_t port, struct chan_tls *tls,
-                   struct migrate_report *rep, int *hs, char *hs_err)
+static int send_to_opts(struct sender_env *e, uint16_t port, struct chan_tls *tls,
+                        const struct migrate_opts *o, struct migrate_report *rep, int *hs,
+                        char *hs_err)
 {
     struct chan *ch;
     memset(rep, 0, sizeof(*rep));
@@ -329,10 +330,16 @@ static int send_to(struct sender_env *e, uint16_t port, struct chan_tls *tls,
         rep->rc = *hs;
         return *hs;
     }
-    struct migrate_opts o = {.timeout_ms = 5000};
-    int rc = migrate_send(e->g, ch, &o, rep);
+    int rc = migrate_send(e->g, ch, o, rep);
     chan_close(ch);
     return rc;
+}
+
+static int send_to(struct sender_env *e, uint16_t port, struct chan_tls *tls,
+                   struct migrate_report *rep, int *hs, char *hs_err)
+{
+    struct migrate_opts o = {.timeout_ms = 5000};
+    return send_to_opts(e, port, tls, &o, rep, hs, hs_err);
 }
 
 /* ---- migrations that must succeed ---------------------------------------------------- */
@@ -533,17 +540,81 @@ static void test_plain_peer(void **state)
 
 /* ---- a man in the middle ----------------------------------------------------------------- */
 
+/* Where a frame-aware man in the middle flips one bit of the first DATA
+ * frame with a page table (MIG_F_SEGS) that has a byte of that kind. */
+enum seg_flip {
+    SEG_FLIP_NONE,
+    SEG_FLIP_PAGE,   /* a byte of a page hashed alone */
+    SEG_FLIP_RAW,    /* a stream byte between those pages: a PAGE_DATA entry's pfn */
+    SEG_FLIP_OFFSET, /* the table: a page's offset */
+    SEG_FLIP_COUNT,  /* the table: the number of pages */
+};
+
 /* Forwards both ways; flips one bit of the byte at offset `flip` of the
  * sender's direction (UINT64_MAX: none).  With `done_no_digest`, it parses
  * the sender's migration frames (plain) and rewrites DONE to carry no
- * digest, checksum fixed: a guest without its digest. */
+ * digest, checksum fixed: a guest without its digest.  With `seg_flip`, it
+ * parses them too, counts the frames with page tables and flips as said. */
 struct mitm {
     int lfd, to_port;
     uint16_t port;
     uint64_t flip;
     bool done_no_digest, rewrote;
+    bool frames; /* forward frame by frame (parsed), counting seg_frames */
+    enum seg_flip seg_flip;
+    unsigned seg_frames; /* DATA frames with a page table seen */
+    bool flipped;
     pthread_t t;
 };
+
+/* Flip p->seg_flip's byte in the MIG_F_SEGS frame (h, its wire bytes at
+ * buf), if the frame has one of that kind. */
+static void mitm_seg_flip(struct mitm *p, const struct mig_frame *h, uint8_t *buf)
+{
+    uint32_t raw = le32toh(h->raw_len), wire = le32toh(h->wire_len), n, off0, end = 0;
+    uint8_t *data = buf + (wire - raw);
+    memcpy(&n, buf, 4);
+    memcpy(&off0, buf + 4, 4);
+    n = le32toh(n);
+    off0 = le32toh(off0);
+    switch (p->seg_flip) {
+    case SEG_FLIP_PAGE:
+        data[off0 + 100] ^= 0x10;
+        break;
+    case SEG_FLIP_RAW:
+        /* deep in round 0 (the first frames hold the stream's head, which
+         * the reader checks as it comes, before the frame's last byte: a
+         * byte flipped there is refused by those checks, with whole-frame
+         * checksums too), in the first run of 1 KiB or more between
+         * pages: a PAGE_DATA record's header and entries; an entry's pfn
+         * one off is nothing the stream reader can see */
+        if (p->seg_frames < 3)
+            return;
+        for (uint32_t k = 0; k <= n; k++) {
+            uint32_t o = raw;
+            if (k < n) {
+                memcpy(&o, buf + 4 + 4 * k, 4);
+                o = le32toh(o);
+            }
+            if (o - end >= 1024) {
+                data[end + 16 + 8 * ((o - end - 16) / 16)] ^= 0x01;
+                p->flipped = true;
+                return;
+            }
+            end = o + PAGE_SIZE;
+        }
+        return;
+    case SEG_FLIP_OFFSET:
+        buf[4] ^= 0x10; /* the first page's offset, 16 off */
+        break;
+    case SEG_FLIP_COUNT:
+        buf[0] ^= 0x01;
+        break;
+    case SEG_FLIP_NONE:
+        return;
+    }
+    p->flipped = true;
+}
 
 static void mitm_forward_frames(int c, int s, struct mitm *p)
 {
@@ -563,7 +634,13 @@ static void mitm_forward_frames(int c, int s, struct mitm *p)
             uint32_t wire = le32toh(h.wire_len);
             if (wire > MIG_FRAME_RAW + 4096 || net_read_all(c, buf, wire, NULL) < 0)
                 break;
-            if (le16toh(h.type) == MIG_DONE && wire == sizeof(struct mig_done)) {
+            if (le16toh(h.type) == MIG_DATA && (le16toh(h.flags) & MIG_F_SEGS)) {
+                p->seg_frames++;
+                if (!p->flipped)
+                    mitm_seg_flip(p, &h, buf);
+            }
+            if (p->done_no_digest && le16toh(h.type) == MIG_DONE &&
+                wire == sizeof(struct mig_done)) {
                 struct mig_done dn = {0};
                 memcpy(buf, &dn, sizeof(dn));
                 h.checksum = htole64(XXH3_64bits(buf, wire));
@@ -588,7 +665,7 @@ static void *mitm_main(void *arg)
     if (net_accept(p->lfd, 10000, &c) < 0)
         return NULL;
     s = connect_port((uint16_t)p->to_port);
-    if (p->done_no_digest) {
+    if (p->done_no_digest || p->frames) {
         mitm_forward_frames(c, s, p);
     } else {
         uint8_t *buf = malloc(65536);
@@ -675,6 +752,70 @@ static void test_tamper_in_flight(void **state)
     mitm_run(s, r, 20 << 20, false, "one bit flipped 20 MiB in");
     chan_tls_destroy(s);
     chan_tls_destroy(r);
+}
+
+/* Pages hashed once (MIG_F_SEGS), over plain TCP: a bit flipped in a page,
+ * in a stream byte between pages (record headers, page entries), in a
+ * page's offset or in the page count of the table must fail the
+ * migration at that frame (checksum or page table), as a whole-frame
+ * checksum does; untouched, the frames do carry page tables, and a
+ * sender asked for whole-frame checksums sends none (and the receiver
+ * takes those as before). */
+static void seg_run(enum seg_flip f, bool whole, const char *what)
+{
+    struct sender_env e;
+    struct rx_env rx;
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    char hs_err[CHAN_ERR_LEN] = "";
+    int hs;
+    assert_non_null(rep);
+    sender_init(&e);
+    rx_start(&rx, NULL);
+    struct mitm px = {.to_port = rx.port, .flip = UINT64_MAX, .frames = true, .seg_flip = f};
+    struct sockaddr_in sa;
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    assert_int_equal(net_listen(&sa, &px.lfd, &px.port), 0);
+    assert_int_equal(pthread_create(&px.t, NULL, mitm_main, &px), 0);
+    struct migrate_opts o = {.timeout_ms = 5000, .whole_frame_sums = whole};
+    int rc = send_to_opts(&e, px.port, NULL, &o, rep, &hs, hs_err);
+    pthread_join(px.t, NULL);
+    pthread_join(rx.t, NULL);
+    close(px.lfd);
+    print_message("# %s: %u frames with page tables; sender: %s\n#   receiver: %s\n", what,
+                  px.seg_frames, rep->err, rx.res.err);
+    if (f == SEG_FLIP_NONE) {
+        if (rc < 0 || rx.rc < 0)
+            fail_msg("%s: sender: %s; receiver: %s", what, rep->err, rx.res.err);
+        assert_true(rx.res.verified);
+        assert_true(rx.res.digest == rep->digest_sender);
+        assert_true(migrate_digest(rx.res.g->d, NULL) == rep->digest_sender);
+        if (whole)
+            assert_int_equal(px.seg_frames, 0);
+        else
+            assert_true(px.seg_frames > 0);
+    } else {
+        assert_true(px.flipped);
+        assert_true(rx.rc < 0);
+        assert_int_not_equal(rx.rc, -EINPROGRESS);
+        if (!strstr(rx.res.err, "checksum mismatch") && !strstr(rx.res.err, "page table"))
+            fail_msg("%s: not refused at the frame: %s", what, rx.res.err);
+        rx_nothing(&rx);
+        sender_keeps_guest(&e, rep, rc);
+    }
+    rx_fini(&rx);
+    sender_fini(&e);
+    free(rep);
+}
+
+static void test_page_tables(void **state)
+{
+    (void)state;
+    seg_run(SEG_FLIP_NONE, false, "pages hashed once, untouched");
+    seg_run(SEG_FLIP_NONE, true, "whole-frame checksums, untouched");
+    seg_run(SEG_FLIP_PAGE, false, "one bit flipped in a page hashed alone");
+    seg_run(SEG_FLIP_RAW, false, "one bit flipped between the pages");
+    seg_run(SEG_FLIP_OFFSET, false, "one bit flipped in a page's offset");
+    seg_run(SEG_FLIP_COUNT, false, "one bit flipped in the page count");
 }
 
 /* The receiver checks the digest whatever the sender says: a guest sent
@@ -822,6 +963,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_plain_peer),
     cmocka_unit_test(test_tamper_in_flight),
     cmocka_unit_test(test_forged_no_digest),
+    cmocka_unit_test(test_page_tables),
     cmocka_unit_test(test_credential_files),
     cmocka_unit_test(test_cli_policy),
 };
