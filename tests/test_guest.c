@@ -1193,6 +1193,23 @@ static struct chan *reconn(void *ctx, char *err, size_t len)
         }                                                                                     \
     } while (0)
 
+/* The receiver's JSON log after a post-copy that ended well: every vCPU
+ * verified, the audits, every 2M region whole again; its pending pages and
+ * regions. */
+static void rx_log_postcopy_ok(const char *rlog, uint64_t *pending, uint64_t *regions)
+{
+    uint64_t whole = 0;
+    assert_true(file_has(rlog, "\"mode\"", "postcopy"));
+    if (!file_has(rlog, "\"guest_verified\"", "true"))
+        fail_msg("the receiver did not verify the guest; log in %s", rlog);
+    assert_true(file_has(rlog, "\"audit\"", "ok"));
+    assert_true(file_u64(rlog, "\"pending\"", pending));
+    assert_true(file_u64(rlog, "\"regions\"", regions));
+    assert_true(file_u64(rlog, "\"regions_whole\"", &whole));
+    assert_true(*regions > 0);
+    assert_int_equal(whole, *regions); /* every region whole again */
+}
+
 static void postcopy_to_process(enum guest_backend b)
 {
     char hv[PATH_MAX + 32];
@@ -1303,20 +1320,12 @@ static void postcopy_to_process(enum guest_backend b)
         assert_int_equal(rep->receiver.p1g, l1g);
         assert_int_equal(rep->receiver.p2m, l2m);
         assert_int_equal(rep->receiver.p4k, l4k);
-        assert_true(file_has(rlog, "\"mode\"", "postcopy"));
-        if (!file_has(rlog, "\"guest_verified\"", "true"))
-            fail_msg("the receiver did not verify the guest; log in %s", rlog);
-        assert_true(file_has(rlog, "\"audit\"", "ok"));
-        uint64_t pending = 0, regions = 0, rwhole = 0, urgent = 0, pushed = 0;
-        assert_true(file_u64(rlog, "\"pending\"", &pending));
-        assert_true(file_u64(rlog, "\"regions\"", &regions));
-        assert_true(file_u64(rlog, "\"regions_whole\"", &rwhole));
+        uint64_t pending = 0, regions = 0, urgent = 0, pushed = 0;
+        rx_log_postcopy_ok(rlog, &pending, &regions);
         assert_true(file_u64(rlog, "\"pages_urgent\"", &urgent));
         assert_true(file_u64(rlog, "\"pages_pushed\"", &pushed));
         assert_int_equal(pending, rep->pc.pending);
         assert_int_equal(urgent + pushed, pending);
-        assert_true(regions > 0);
-        assert_int_equal(rwhole, regions); /* every region whole again */
         print_message("# %s: post-copy (%s%s) after %u rounds: %llu pages after the switch "
                       "(%llu on demand) over %llu 2M regions, all whole again; verified on the "
                       "receiver\n", guest_backend_name(b), rep->postcopy_why,
@@ -1494,18 +1503,10 @@ static void postcopy_resume_cli(enum guest_backend b)
     int rs = wait_deadline(rp, 300);
     if (rs != 0)
         fail_msg("hugevm receive exited %d; log in %s", rs, rlog);
-    assert_true(file_has(rlog, "\"mode\"", "postcopy"));
-    if (!file_has(rlog, "\"guest_verified\"", "true"))
-        fail_msg("the receiver did not verify the guest; log in %s", rlog);
-    assert_true(file_has(rlog, "\"audit\"", "ok"));
-    uint64_t links = 0, regions = 0, rwhole = 0, pending = 0, spending = 0;
+    uint64_t links = 0, regions = 0, pending = 0, spending = 0;
+    rx_log_postcopy_ok(rlog, &pending, &regions);
     assert_true(file_u64(rlog, "\"links\"", &links));
     assert_int_equal(links, 2);
-    assert_true(file_u64(rlog, "\"regions\"", &regions));
-    assert_true(file_u64(rlog, "\"regions_whole\"", &rwhole));
-    assert_true(regions > 0);
-    assert_int_equal(rwhole, regions);
-    assert_true(file_u64(rlog, "\"pending\"", &pending));
     assert_true(json_obj_u64(slog, "\"postcopy\"", "\"pending\"", &spending));
     assert_int_equal(pending, spending);
     print_message("# %s: post-copy cut after %s pages, sender in doubt and saved; finished by "
