@@ -432,8 +432,8 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
         }
         mo_.pc_doubt = pc_doubt_keep;
         mo_.pc_doubt_ctx = &pcd;
-        /* fault injection for the tests of --resume-postcopy (README:
-         * "Fault injection"): cut the link after N post-copy pages */
+        /* fault injection for the test of --resume-postcopy (README,
+         * "Tests"): cut the link after N post-copy pages */
         const char *cut = getenv("HUGEVM_TEST_PC_CUT");
         if (cut && *cut)
             mo_.pc_cut_after_pages = strtoull(cut, NULL, 10);
