@@ -1439,6 +1439,11 @@ static void postcopy_resume_cli(enum guest_backend b)
     char msg[65536];
     if (!file_after(clog, "a post-copy sender's copy in doubt", msg, sizeof(msg)))
         fail_msg("inspect does not name the post-copy copy; log in %s", clog);
+    /* and restore warns that the receiver may still run it */
+    char *reargv[] = {hv, "restore", saved, "--host-mem", "1G", NULL};
+    assert_int_equal(wait_deadline(spawn(reargv, clog), 120), 0);
+    if (!file_after(clog, "is a post-copy sender's copy, saved in doubt", msg, sizeof(msg)))
+        fail_msg("restore does not warn about the post-copy copy; log in %s", clog);
 
     /* refusals, before anything reaches the receiver */
     char *pargv[] = {hv, "run", "--backend", "soft", "--guest-mem", "8M", "--seconds", "0.1",

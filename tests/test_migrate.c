@@ -946,6 +946,23 @@ static void test_pc_state(void **state)
     assert_non_null(strstr(err, "overruns"));
     assert_null(st.pending);
     hvctx_free(&b);
+    /* a copy that is not the memory at the switch is refused before
+     * anything goes to the receiver (no connection needed to find out) */
+    uint64_t pend[128] = {0};
+    pend[low / 64] = 1;
+    struct migrate_pc_state good = {7, 0, 0, top, pend};
+    good.digest = migrate_digest(d, &good.pages);
+    struct migrate_pc_state wrong = good;
+    wrong.digest ^= 1ULL << (hv_rng_next(&r) % 64);
+    struct migrate_report *rep = calloc(1, sizeof(*rep));
+    assert_non_null(rep);
+    assert_int_equal(migrate_postcopy_serve(d, NULL, &wrong, NULL, rep), -EBADMSG);
+    assert_non_null(strstr(rep->err, "not the memory paused at the switch"));
+    wrong = good;
+    wrong.pages++;
+    assert_int_equal(migrate_postcopy_serve(d, NULL, &wrong, NULL, rep), -EBADMSG);
+    assert_non_null(strstr(rep->err, "not the memory paused at the switch"));
+    free(rep);
     domain_destroy(d);
     AUDIT_OK(frames_audit(m->frames));
     machine_destroy(m);
