@@ -2197,6 +2197,11 @@ int migrate_pc_state_encode(const struct migrate_pc_state *st, struct hvctx_buf 
     return rc;
 }
 
+uint64_t migrate_pc_state_pending(const struct migrate_pc_state *st)
+{
+    return bm_count(st->pending, st->nr_gfns);
+}
+
 void migrate_pc_state_free(struct migrate_pc_state *st)
 {
     free(st->pending);

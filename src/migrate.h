@@ -619,6 +619,8 @@ int migrate_pc_state_encode(const struct migrate_pc_state *st, struct hvctx_buf 
 int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
                             struct migrate_pc_state *st, char *err, size_t errlen) HV_MUST_CHECK;
 void migrate_pc_state_free(struct migrate_pc_state *st);
+/* The pages st->pending names. */
+uint64_t migrate_pc_state_pending(const struct migrate_pc_state *st);
 /*
  * Finish a post-copy migration from d, a restored copy of its sender's
  * paused guest (nothing runs on it), over ch (connected to the receiver,

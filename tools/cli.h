@@ -360,6 +360,9 @@ void cli_progress(const char *what, uint64_t done, uint64_t total);
 struct restore_result;
 void cli_save_progress(void *ctx, uint64_t done, uint64_t total);
 void cli_restore_progress(void *ctx, uint64_t bytes_read);
+/* A machine for restoring a stream file of `bytes` (restore, migrate
+ * --resume-postcopy): its pages with room for speculative extents. */
+uint64_t cli_restore_host_mem(uint64_t bytes);
 void cli_print_saved(FILE *out, const struct save_result *r);
 void cli_print_restored(FILE *out, const struct restore_result *r);
 /* Sleep s seconds (cli.c). */

@@ -133,9 +133,7 @@ static int run_inspect(int argc, char **argv)
         struct migrate_pc_state pcs;
         if (migrate_pc_state_decode(rr.context, rr.context_len, NULL, &pcs, why,
                                     sizeof(why)) == 1) {
-            uint64_t n = 0;
-            for (gfn_t w = 0; w < (pcs.nr_gfns + 63) / 64; w++)
-                n += (uint64_t)__builtin_popcountll(pcs.pending[w]);
+            uint64_t n = migrate_pc_state_pending(&pcs);
             size_t l = strlen(vnote);
             snprintf(vnote + l, sizeof(vnote) - l, "; a post-copy sender's copy in doubt "
                      "(post-copy %#llx, %llu page(s) left for after the switch): hugevm migrate "

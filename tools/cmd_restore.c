@@ -47,10 +47,8 @@ static int run_restore(int argc, char **argv)
         return cli_error("restore: %s: %s", argv[0], strerror(errno));
     struct stat st;
     file_bytes = fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
-    if (!o.host_mem) {
-        /* enough for the stream's pages with room for speculative extents */
-        o.host_mem = ((file_bytes * 2 + 4 * GiB) + GiB - 1) & ~(GiB - 1);
-    }
+    if (!o.host_mem)
+        o.host_mem = cli_restore_host_mem(file_bytes);
     if (cli_machine_create("restore", &m, o.host_mem, o.resident, o.json ? NULL : stdout) < 0) {
         close(fd);
         return 1;

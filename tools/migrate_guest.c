@@ -604,14 +604,6 @@ int cli_migrate_guest(struct guest *g, const char *what, const char *to, double 
 
 /* ---- --resume-postcopy: finish a post-copy from the sender's saved copy ------------ */
 
-static uint64_t pc_pending_count(const struct migrate_pc_state *st)
-{
-    uint64_t n = 0;
-    for (gfn_t w = 0; w < (st->nr_gfns + 63) / 64; w++)
-        n += (uint64_t)__builtin_popcountll(st->pending[w]);
-    return n;
-}
-
 int cli_resume_postcopy(const char *file, const char *to, const struct migrate_opts *user_mopts,
                         struct chan_tls *ctls, uint64_t host_mem, bool json)
 {
@@ -624,7 +616,7 @@ int cli_resume_postcopy(const char *file, const char *to, const struct migrate_o
     struct stat fst;
     uint64_t bytes = fstat(fd, &fst) == 0 ? (uint64_t)fst.st_size : 0;
     if (!host_mem)
-        host_mem = ((bytes * 2 + 4 * GiB) + GiB - 1) & ~(GiB - 1);
+        host_mem = cli_restore_host_mem(bytes);
     struct machine *m = NULL;
     if (cli_machine_create("migrate", &m, host_mem, false, NULL) < 0) {
         close(fd);
@@ -669,7 +661,7 @@ int cli_resume_postcopy(const char *file, const char *to, const struct migrate_o
         printf("restored %s: the guest as it was paused at the switch (post-copy %#llx, %llu "
                "pages were left for after it); connecting to %s\n", file,
                (unsigned long long)st.id,
-               (unsigned long long)pc_pending_count(&st), to);
+               (unsigned long long)migrate_pc_state_pending(&st), to);
     struct migrate_opts mo_ = *user_mopts;
     int tmo = mo_.timeout_ms > 0 ? mo_.timeout_ms : 10000;
     struct reconnect rcx = {.sa = sa, .tls = ctls, .tmo = tmo};

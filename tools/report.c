@@ -329,6 +329,11 @@ void cli_save_progress(void *ctx, uint64_t done, uint64_t total)
         cli_progress("save", done, total);
 }
 
+uint64_t cli_restore_host_mem(uint64_t bytes)
+{
+    return ((bytes * 2 + 4 * GiB) + GiB - 1) & ~(GiB - 1);
+}
+
 void cli_restore_progress(void *ctx, uint64_t bytes_read)
 {
     uint64_t total = ctx ? *(const uint64_t *)ctx : 0;
