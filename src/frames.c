@@ -93,7 +93,8 @@ struct frames {
     enum frame_policy policy;
     uint8_t *state;
     domid_t *owner;
-    uint32_t *next, *prev;
+    uint32_t *next, *prev;   /* (next starts the block of the four, meta_len bytes) */
+    size_t meta_len;
     uint32_t head[NR_ORDERS]; /* global lists (all orders for buddy) */
     uint64_t nr_free[NR_ORDERS];
     uint64_t free_frames;
@@ -394,6 +395,12 @@ static void pool_fini(struct pool *p)
 int frames_create(struct frames **out, uint64_t nr_frames,
                   enum frame_policy policy)
 {
+    return frames_create_huge(out, nr_frames, policy, false);
+}
+
+int frames_create_huge(struct frames **out, uint64_t nr_frames, enum frame_policy policy,
+                       bool huge)
+{
     if (nr_frames == 0 || nr_frames >= UINT32_MAX ||
         (policy != FRAME_POLICY_FRAGPOOL && policy != FRAME_POLICY_BUDDY))
         return -EINVAL;
@@ -402,10 +409,19 @@ int frames_create(struct frames **out, uint64_t nr_frames,
         return -ENOMEM;
     f->nr = nr_frames;
     f->policy = policy;
-    f->state = hv_calloc(nr_frames, sizeof(*f->state));
-    f->owner = hv_calloc(nr_frames, sizeof(*f->owner));
-    f->next = hv_calloc(nr_frames, sizeof(*f->next));
-    f->prev = hv_calloc(nr_frames, sizeof(*f->prev));
+    /* the per-frame arrays, in one block; with `huge` on huge pages where
+     * they can be (common.h): the first allocations out of a pool that
+     * will be used whole do not fault 4 KiB at a time */
+    size_t n64 = ((size_t)nr_frames + 63) & ~(size_t)63;
+    f->meta_len = n64 * (sizeof(*f->state) + sizeof(*f->owner) + sizeof(*f->next) +
+                         sizeof(*f->prev));
+    uint8_t *meta = hv_big_alloc(f->meta_len, huge);
+    if (meta) {
+        f->next = (uint32_t *)meta;
+        f->prev = f->next + n64;
+        f->owner = (domid_t *)(f->prev + n64);
+        f->state = (uint8_t *)(f->owner + n64);
+    }
     f->owned = hv_calloc(NR_DOMIDS, sizeof(*f->owned));
     f->audit_owned = hv_calloc(NR_DOMIDS, sizeof(*f->audit_owned));
     f->audit_seen = hv_calloc(NR_DOMIDS, sizeof(*f->audit_seen));
@@ -435,10 +451,7 @@ void frames_destroy(struct frames *f)
 {
     if (!f)
         return;
-    free(f->state);
-    free(f->owner);
-    free(f->next);
-    free(f->prev);
+    hv_big_free(f->next, f->meta_len); /* (the block's start) */
     free(f->owned);
     free(f->audit_owned);
     free(f->audit_seen);

@@ -55,6 +55,11 @@ typedef void (*frame_scrub_fn)(void *ctx, mfn_t mfn, unsigned order);
  * 64 GiB).  -EINVAL (0 or too many frames, unknown policy), -ENOMEM. */
 int frames_create(struct frames **out, uint64_t nr_frames,
                   enum frame_policy policy) HV_MUST_CHECK;
+/* As frames_create, the metadata on huge pages when `huge` (a pool that
+ * will be used whole, such as a resident machine's: its first allocations
+ * then do not fault 4 KiB at a time). */
+int frames_create_huge(struct frames **out, uint64_t nr_frames, enum frame_policy policy,
+                       bool huge) HV_MUST_CHECK;
 void frames_destroy(struct frames *f);
 void frames_set_scrub(struct frames *f, frame_scrub_fn fn, void *ctx);
 enum frame_policy frames_policy(const struct frames *f);

@@ -199,7 +199,7 @@ int machine_create_opts(struct machine **out, const struct machine_opts *o)
     /* One residency vector for the largest extent; without it every scrub
      * simply punches or zeroes. */
     m->residency = malloc((size_t)order_pages(MAX_ORDER));
-    rc = frames_create(&m->frames, m->nr_frames, policy);
+    rc = frames_create_huge(&m->frames, m->nr_frames, policy, m->resident);
     if (rc < 0)
         goto err_map;
     frames_set_scrub(m->frames, machine_scrub, m);

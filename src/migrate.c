@@ -285,7 +285,8 @@ struct pipe {
     unsigned index;        /* the channel's (0: the first) */
     char who[24];          /* "channel N: " with parallel channels, else "" */
     struct fbuf b[PIPE_BUFS];
-    size_t zcap;
+    uint8_t *mem;          /* the slots' buffers (hv_big_alloc, mem_len bytes) */
+    size_t mem_len, zcap;
     unsigned head, count;  /* queued slots (under mu) */
     unsigned fill;         /* the producer's slot: (head + count) % PIPE_BUFS */
     bool filling;          /* slot `fill` is being filled (producer only) */
@@ -389,14 +390,17 @@ static int pipe_init(struct pipe *p, struct chan *ch, unsigned index, unsigned n
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->zcap = ZSTD_compressBound(MIG_FRAME_RAW);
+    /* the slots' buffers in one block (huge pages where they can be: their
+     * first fills do not fault 4 KiB at a time, common.h) */
+    size_t raw = FBUF_HEAD + MIG_FRAME_RAW, z = compress ? FBUF_HEAD + p->zcap : 0;
+    raw = (raw + 63) & ~(size_t)63;
+    z = (z + 63) & ~(size_t)63;
+    p->mem_len = PIPE_BUFS * (raw + z);
+    if (!(p->mem = hv_big_alloc(p->mem_len, true)))
+        return -ENOMEM;
     for (unsigned i = 0; i < PIPE_BUFS; i++) {
-        uint8_t *r = hv_malloc(FBUF_HEAD + MIG_FRAME_RAW), *z = NULL;
-        if (!r)
-            return -ENOMEM;
-        p->b[i].raw = r + FBUF_HEAD;
-        if (compress && !(z = hv_malloc(FBUF_HEAD + p->zcap)))
-            return -ENOMEM;
-        p->b[i].zbuf = z ? z + FBUF_HEAD : NULL;
+        p->b[i].raw = p->mem + i * raw + FBUF_HEAD;
+        p->b[i].zbuf = compress ? p->mem + PIPE_BUFS * raw + i * z + FBUF_HEAD : NULL;
     }
     if (compress && !(p->cctx = ZSTD_createCCtx()))
         return -ENOMEM;
@@ -418,10 +422,7 @@ static void pipe_fini(struct pipe *p)
         pthread_mutex_unlock(&p->mu);
         pthread_join(p->thread, NULL);
     }
-    for (unsigned i = 0; i < PIPE_BUFS; i++) {
-        free(p->b[i].raw ? p->b[i].raw - FBUF_HEAD : NULL);
-        free(p->b[i].zbuf ? p->b[i].zbuf - FBUF_HEAD : NULL);
-    }
+    hv_big_free(p->mem, p->mem_len);
     ZSTD_freeCCtx(p->cctx);
     XXH3_freeState(p->xs);
     pthread_mutex_destroy(&p->mu);
@@ -613,6 +614,7 @@ struct sender {
      * last sent with its bytes at the pause (the dirty log's guarantee),
      * so dsum is the digest of memory at the pause. */
     uint64_t **term, nterm, dsum, dpages, zero_hash;
+    struct hv_arena term_arena; /* the chunks of term (hv_big_alloc: no 4 KiB faults) */
     uint8_t *fault_copy;     /* MIGRATE_FAULT_WRONG / _DUP: a page's bytes */
     bool fault_have;         /* _DUP: fault_copy holds the first copy sent */
     /* post-copy: pages left for after the switch (bit set: not sent yet) */
@@ -819,7 +821,7 @@ static int term_set(struct sender *s, gfn_t gfn, uint64_t t)
     if (!s->term[c]) {
         if (!t)
             return 0;
-        if (!(s->term[c] = hv_calloc(512, sizeof(uint64_t))))
+        if (!(s->term[c] = hv_arena_alloc(&s->term_arena, 512 * sizeof(uint64_t))))
             return -ENOMEM;
     }
     uint64_t old = s->term[c][gfn % 512];
@@ -2161,8 +2163,7 @@ out:
     free(s->runs);
     free(s->bitmap);
     free(s->fresh);
-    for (uint64_t c = 0; c < s->nterm; c++)
-        free(s->term[c]);
+    hv_arena_free(&s->term_arena);
     free(s->term);
     free(s->fault_copy);
     free(s->page_copy);

@@ -113,6 +113,7 @@ struct rctx {
     struct rs_slot *tab;    /* [tab_cap], tab_len used */
     size_t tab_cap, tab_len;
     struct rs_2m **slabs;   /* chunks of RS_SLAB 2M states */
+    struct hv_arena arena;  /* the slabs and their term arrays (no 4 KiB first-touch faults) */
     size_t nslabs, slabs_cap, slab_left;
     uint64_t *hlog;         /* set of holes named in 2M regions without state */
     size_t nhlog, hlog_cap;
@@ -151,11 +152,7 @@ static int state_init(struct rctx *c)
 
 static void state_free(struct rctx *c)
 {
-    for (size_t i = 0; i < c->nslabs; i++) {
-        for (size_t j = 0; j < RS_SLAB; j++) /* (calloc'd: unused states hold NULL) */
-            free(c->slabs[i][j].term);
-        free(c->slabs[i]);
-    }
+    hv_arena_free(&c->arena); /* the slabs and their term arrays */
     free(c->slabs);
     c->slabs = NULL;
     c->nslabs = 0;
@@ -232,7 +229,7 @@ static struct rs_2m *node_2m(struct rctx *c, gfn_t pfn, bool create)
             c->slabs = l;
             c->slabs_cap = cap;
         }
-        struct rs_2m *chunk = hv_calloc(RS_SLAB, sizeof(*chunk));
+        struct rs_2m *chunk = hv_arena_alloc(&c->arena, RS_SLAB * sizeof(*chunk));
         if (!chunk)
             return NULL;
         c->slabs[c->nslabs++] = chunk;
@@ -312,7 +309,7 @@ static int digest_set(struct rctx *c, struct rs_2m *s, gfn_t pfn, uint64_t term)
 {
     if (!s->term && !term)
         return 0;
-    if (!s->term && !(s->term = hv_calloc(512, sizeof(*s->term))))
+    if (!s->term && !(s->term = hv_arena_alloc(&c->arena, 512 * sizeof(*s->term))))
         return FAIL(c, -ENOMEM, UINT64_MAX, "out of memory for the digest terms");
     uint64_t old = s->term[pfn & 511];
     c->res->digest += term - old;

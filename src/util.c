@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 static char audit_msg[512];
@@ -51,6 +52,70 @@ void *hv_calloc(size_t n, size_t size)
     if (fault_should_fail(FAULT_SITE_MEM))
         return NULL;
     return calloc(n, size);
+}
+
+#define BIG_ALIGN ((size_t)2 << 20)
+
+void *hv_big_alloc(size_t len, bool huge)
+{
+    if (fault_should_fail(FAULT_SITE_MEM) || !len)
+        return NULL;
+    size_t pg = 4096, want = (len + pg - 1) & ~(pg - 1);
+    if (want < len)
+        return NULL;
+    if (want < BIG_ALIGN || !huge) { /* no huge page wanted or to gain */
+        void *p = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    size_t span = want + BIG_ALIGN;
+    if (span < want)
+        return NULL;
+    uint8_t *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    uintptr_t a = ((uintptr_t)m + BIG_ALIGN - 1) & ~(uintptr_t)(BIG_ALIGN - 1);
+    uint8_t *p = (uint8_t *)a;
+    if (p > m) /* the unaligned head and tail go back */
+        munmap(m, (size_t)(p - m));
+    if (m + span > p + want)
+        munmap(p + want, (size_t)(m + span - (p + want)));
+    (void)madvise(p, want, MADV_HUGEPAGE); /* best effort: 4 KiB faults without it */
+    return p;
+}
+
+void hv_big_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, (len + 4095) & ~(size_t)4095);
+}
+
+void *hv_arena_alloc(struct hv_arena *a, size_t size)
+{
+    size = (size + 63) & ~(size_t)63;
+    if (!size || size > HV_ARENA_MAX)
+        return NULL;
+    if (!a->block || a->used + size > HV_ARENA_BLOCK) {
+        void **b = hv_big_alloc(HV_ARENA_BLOCK, true);
+        if (!b)
+            return NULL;
+        *b = a->block;
+        a->block = b;
+        a->used = 64;
+        a->bytes += HV_ARENA_BLOCK;
+    }
+    void *p = (uint8_t *)a->block + a->used;
+    a->used += size;
+    return p;
+}
+
+void hv_arena_free(struct hv_arena *a)
+{
+    while (a->block) {
+        void *next = *(void **)a->block;
+        hv_big_free(a->block, HV_ARENA_BLOCK);
+        a->block = next;
+    }
+    a->used = a->bytes = 0;
 }
 
 int hv_parse_size(const char *s, uint64_t *out)

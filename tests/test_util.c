@@ -1,6 +1,6 @@
 /*
  * test_util.c - size parsing, the PRNG's range, fault injection counting,
- * the bulk copy against memcpy.
+ * the bulk copy against memcpy, big allocations and arenas.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -81,6 +81,84 @@ static void test_fault_countdown(void **state)
     void *p = hv_malloc(16);
     assert_non_null(p);
     free(p);
+}
+
+/* hv_big_alloc: random sizes, with and without huge pages: zeroed, page
+ * aligned, 2 MiB-aligned when huge and at least 2 MiB, every byte usable;
+ * fault injection fails it. */
+static void test_big_alloc(void **state)
+{
+    (void)state;
+    struct hv_rng r = {7};
+    for (int i = 0; i < 40; i++) {
+        size_t len = 1 + (size_t)hv_rng_below(&r, i % 2 ? 6u << 20 : 64u << 10);
+        bool huge = hv_rng_below(&r, 2);
+        uint8_t *p = hv_big_alloc(len, huge);
+        assert_non_null(p);
+        assert_int_equal((uintptr_t)p % 4096, 0);
+        if (huge && len >= (2u << 20))
+            assert_int_equal((uintptr_t)p % (2u << 20), 0);
+        for (size_t k = 0; k < len; k += 1 + (size_t)hv_rng_below(&r, 8192))
+            assert_int_equal(p[k], 0);
+        assert_int_equal(p[len - 1], 0);
+        memset(p, 0xa5, len);
+        assert_int_equal(p[len - 1], 0xa5);
+        hv_big_free(p, len);
+    }
+    assert_null(hv_big_alloc(0, true));
+    fault_arm(1, FAULT_SITE_MEM);
+    assert_null(hv_big_alloc(4u << 20, true));
+    fault_disarm();
+    hv_big_free(NULL, 4096); /* nothing */
+}
+
+/* An arena against a model: random piece sizes (some near the most), each
+ * zeroed, 64-byte aligned, inside a block, none overlapping another
+ * (every piece filled with its own byte and checked after all were
+ * handed out); sizes it cannot give are refused; a failed block
+ * allocation leaves the arena as it was. */
+static void test_arena(void **state)
+{
+    (void)state;
+    struct hv_arena a = {0};
+    struct hv_rng r = {11};
+    enum { N = 3000 };
+    static uint8_t *piece[N];
+    static size_t plen[N];
+    size_t total = 0;
+    for (int i = 0; i < N; i++) {
+        size_t len = i % 500 == 499 ? HV_ARENA_MAX - (size_t)hv_rng_below(&r, 64)
+                                    : 1 + (size_t)hv_rng_below(&r, 6000);
+        if (i == 1000) { /* a block that cannot be had: nothing changes */
+            size_t used = a.used, bytes = a.bytes;
+            void *blk = a.block;
+            fault_arm(1, FAULT_SITE_MEM);
+            void *q = hv_arena_alloc(&a, HV_ARENA_MAX);
+            fault_disarm();
+            assert_null(q);
+            assert_true(a.used == used && a.bytes == bytes && a.block == blk);
+        }
+        piece[i] = hv_arena_alloc(&a, len);
+        plen[i] = len;
+        assert_non_null(piece[i]);
+        assert_int_equal((uintptr_t)piece[i] % 64, 0);
+        for (size_t k = 0; k < len; k += 1 + (size_t)hv_rng_below(&r, 512))
+            assert_int_equal(piece[i][k], 0);
+        assert_int_equal(piece[i][len - 1], 0);
+        memset(piece[i], (int)(i % 251) + 1, len);
+        total += (len + 63) & ~(size_t)63;
+    }
+    for (int i = 0; i < N; i++)
+        for (size_t k = 0; k < plen[i]; k += 1 + (size_t)hv_rng_below(&r, 256))
+            assert_int_equal(piece[i][k], (i % 251) + 1);
+    /* the blocks hold the pieces and no more than one block's waste each */
+    assert_true(a.bytes >= total && a.bytes % HV_ARENA_BLOCK == 0);
+    assert_true(a.bytes / HV_ARENA_BLOCK <= 2 * (total / HV_ARENA_BLOCK + 1));
+    assert_null(hv_arena_alloc(&a, 0));
+    assert_null(hv_arena_alloc(&a, HV_ARENA_MAX + 1));
+    hv_arena_free(&a);
+    assert_true(!a.block && !a.used && !a.bytes);
+    hv_arena_free(&a); /* twice: nothing */
 }
 
 /* Every implementation this CPU has copies exactly what memcpy copies, for
@@ -227,6 +305,8 @@ int main(void)
         cmocka_unit_test(test_rng_below),
         cmocka_unit_test(test_fault_countdown),
         cmocka_unit_test(test_copy_bulk),
+        cmocka_unit_test(test_big_alloc),
+        cmocka_unit_test(test_arena),
         cmocka_unit_test(test_safefile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
