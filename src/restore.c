@@ -641,8 +641,12 @@ static bool is_populating(unsigned t) { return t == STREAM_PAGE_NOTAB || t == ST
 #define RESTORE_BOUNCE (256u << 10)
 
 /* Received pages are hashed for the digest in pieces of this many pages,
- * right after each lands, while it is in the cache. */
+ * right after each lands, while it is in the cache; pages the source
+ * hashed as they arrived (a migration's, stream_io.page_hash) are read in
+ * pieces of RESTORE_PIECE_HASHED, fewer and larger reads (migrate.c,
+ * RX_HASH_PIECE). */
 #define RESTORE_HASH_PAGES 16u
+#define RESTORE_PIECE_HASHED 256u
 
 /* The digest terms of n data pages at p (the entries ents[0..n) of this
  * record), just read (the last n pages before c->rd.offset), for the pfns
@@ -693,8 +697,9 @@ static int copy_run(struct rctx *c, mfn_t mfn, uint32_t n, const uint64_t *ents)
         if (!c->o->digest)
             return stream_read_body(&c->rd, dst, len);
         /* pieces of RESTORE_HASH_PAGES, each hashed as it lands (in cache) */
+        uint32_t piece = c->rd.io->page_hash ? RESTORE_PIECE_HASHED : RESTORE_HASH_PAGES;
         for (uint32_t k = 0; k < n;) {
-            uint32_t m = n - k < RESTORE_HASH_PAGES ? n - k : RESTORE_HASH_PAGES;
+            uint32_t m = n - k < piece ? n - k : piece;
             int rc = stream_read_body(&c->rd, dst + ((size_t)k << PAGE_SHIFT),
                                       (size_t)m << PAGE_SHIFT);
             if (rc == 0)
