@@ -10,7 +10,9 @@
  *  - the values they used to be confused with still work: a short
  *    --accept-timeout times out in about its own time, a 0.05 s run runs;
  *  - the parser itself (cli_parse_number is in the binary, not the
- *    library, so it is exercised through it) keeps valid edge values.
+ *    library, so it is exercised through it) keeps valid edge values;
+ *  - migrate --resume-postcopy refuses the options that do not apply to
+ *    it (it runs no guest of its own) instead of ignoring them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -209,9 +211,70 @@ static void test_durations_work(void **state)
     print_message("# --accept-timeout 0.4 timed out after %.2f s\n", s);
 }
 
+/* migrate --resume-postcopy runs no guest of its own (the saved copy is
+ * the guest): an option about the guest or the migration's shape is
+ * refused with its name, wherever it stands, not ignored; the options it
+ * takes pass the parser. */
+static void test_resume_postcopy_options(void **state)
+{
+    (void)state;
+    NEED_BIN();
+    static const char *const stray[][2] = {
+        {"--guest-mem", "1G"}, {"--channels", "2"}, {"--compress", NULL},
+        {"--fill", "/etc/hostname"}, {"--postcopy", NULL}, {"--vcpus", "3"},
+        {"--downtime", "5"}, {"--save-on-failure", "/tmp/x"}, {"--backend", "soft"},
+    };
+    char file[PATH_MAX];
+    snprintf(file, sizeof(file), "%s/none.hvs", dir);
+    for (size_t i = 0; i < ARRAY_SIZE(stray); i++) {
+        for (int after = 0; after < 2; after++) {
+            char *argv[12];
+            int n = 0;
+            argv[n++] = hv;
+            argv[n++] = "migrate";
+            if (after) {
+                argv[n++] = "--resume-postcopy";
+                argv[n++] = file;
+            }
+            argv[n++] = (char *)stray[i][0];
+            if (stray[i][1])
+                argv[n++] = (char *)stray[i][1];
+            if (!after) {
+                argv[n++] = "--resume-postcopy";
+                argv[n++] = file;
+            }
+            argv[n++] = "--to";
+            argv[n++] = "127.0.0.1:1";
+            argv[n++] = "--insecure";
+            argv[n] = NULL;
+            int st = run_to(argv);
+            char *doc = slurp(), want[128];
+            snprintf(want, sizeof(want), "migrate: %s does not apply with --resume-postcopy",
+                     stray[i][0]);
+            if (st != 2 || !strstr(doc, want) || strchr(doc, '\n') != strrchr(doc, '\n'))
+                fail_msg("%s with --resume-postcopy (%s it): exit %d, want 2 and one line "
+                         "\"%s\"; got: %.300s", stray[i][0], after ? "after" : "before", st,
+                         want, doc);
+            free(doc);
+        }
+    }
+    /* what it takes: past the parser, to the missing file */
+    char *ok[] = {hv, "migrate", "--resume-postcopy", file, "--to", "127.0.0.1:1", "--insecure",
+                  "--timeout", "2", "--max-bandwidth", "100M", "--postcopy-recover", "1",
+                  "--host-mem", "64M", "--json", NULL};
+    int st = run_to(ok);
+    char *doc = slurp();
+    if (st != 1 || strstr(doc, "does not apply") || !strstr(doc, "none.hvs"))
+        fail_msg("--resume-postcopy with the options it takes: exit %d: %.300s", st, doc);
+    free(doc);
+    print_message("# %zu options refused with --resume-postcopy, before and after it\n",
+                  ARRAY_SIZE(stray));
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_hostile_values_refused),
     cmocka_unit_test(test_durations_work),
+    cmocka_unit_test(test_resume_postcopy_options),
 };
 
 int main(void)

@@ -221,6 +221,7 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
      * any option is parsed */
     const struct opt *gm = find_opt(c, "guest-mem");
     bool overcommit = false, no_guest = false;
+    const char *stray = NULL; /* an option that does not apply without a guest */
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -249,6 +250,13 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
         }
         if (c->no_guest_opt && !strcmp(o->name, c->no_guest_opt))
             no_guest = true;
+        else if (c->no_guest_allow && !stray) {
+            const char *const *k = c->no_guest_allow;
+            while (*k && strcmp(*k, o->name))
+                k++;
+            if (!*k)
+                stray = o->name;
+        }
         if (o->kind != OPT_FLAG) {
             if (eq)
                 val = eq + 1;
@@ -272,6 +280,15 @@ int cli_parse(const struct cmd *c, int argc, char **argv)
                           o->arg ? o->arg : "value");
             return -1;
         }
+    }
+    if (no_guest && stray) {
+        char ok[400] = "";
+        size_t at = 0;
+        for (const char *const *n = c->no_guest_allow; *n && at < sizeof(ok); n++)
+            at += (size_t)snprintf(ok + at, sizeof(ok) - at, "%s--%s", at ? " " : "", *n);
+        cli_error("%s: --%s does not apply with --%s, which runs no guest here (it takes %s)",
+                  c->name, stray, c->no_guest_opt, ok);
+        return -1;
     }
     if (gm && gm->kind == OPT_SIZE && !no_guest &&
         cli_check_guest_mem(c->name, *(const uint64_t *)gm->dest, overcommit) < 0)

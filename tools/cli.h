@@ -66,8 +66,10 @@ struct cmd {
     struct cli_workload_spec *workload;
     /* An option that, given, makes the command run no guest of its own
      * (migrate --resume-postcopy): --guest-mem is not checked against the
-     * host then.  NULL: none. */
+     * host then, and an option not in no_guest_allow (NULL-terminated
+     * names) is refused rather than ignored.  NULL: none. */
     const char *no_guest_opt;
+    const char *const *no_guest_allow;
 };
 
 /*

@@ -268,6 +268,9 @@ const struct cmd cmd_migrate = {
     .opts = migrate_opts_table,
     .workload = &wl,
     .no_guest_opt = "resume-postcopy",
+    .no_guest_allow = (const char *const[]){"to", "psk-file", "tls-cert", "tls-key", "tls-ca",
+                                            "tls-authz", "insecure", "timeout", "max-bandwidth",
+                                            "postcopy-recover", "host-mem", "json", NULL},
 };
 
 /* ---- receiver ------------------------------------------------------------------ */
