@@ -653,7 +653,8 @@ static bool is_populating(unsigned t) { return t == STREAM_PAGE_NOTAB || t == ST
  * still filled after the record's entries (a pfn whose last entry in the
  * record is a hole has no term).  A page the source hashed as it arrived
  * (migration's frames) is not hashed again. */
-static int digest_pages(struct rctx *c, const uint64_t *ents, const uint8_t *p, uint32_t n)
+static int digest_pages(struct rctx *c, const uint64_t *ents, const uint8_t *p, uint32_t n,
+                        uint32_t *own)
 {
     uint64_t off0 = c->rd.offset - ((uint64_t)n << PAGE_SHIFT);
     for (uint32_t k = 0; k < n; k++) {
@@ -661,8 +662,10 @@ static int digest_pages(struct rctx *c, const uint64_t *ents, const uint8_t *p, 
         struct rs_2m *s = node_2m(c, pfn, false);
         if (!s || !bit(s->fill, pfn))
             continue;
+        bool here = false;
         uint64_t h = stream_page_hash(&c->rd, off0 + ((uint64_t)k << PAGE_SHIFT),
-                                      p + ((size_t)k << PAGE_SHIFT));
+                                      p + ((size_t)k << PAGE_SHIFT), &here);
+        *own += here;
         int rc = digest_set(c, s, pfn, stream_digest_term(pfn, h));
         if (rc < 0)
             return rc;
@@ -696,14 +699,18 @@ static int copy_run(struct rctx *c, mfn_t mfn, uint32_t n, const uint64_t *ents)
             (void)madvise(dst, len, MADV_POPULATE_WRITE);
         if (!c->o->digest)
             return stream_read_body(&c->rd, dst, len);
-        /* pieces of RESTORE_HASH_PAGES, each hashed as it lands (in cache) */
+        /* pieces of RESTORE_HASH_PAGES, each hashed as it lands (in cache),
+         * or of RESTORE_PIECE_HASHED while the source hashes most pages
+         * (not a compressed migration's: its frames carry no page table) */
         uint32_t piece = c->rd.io->page_hash ? RESTORE_PIECE_HASHED : RESTORE_HASH_PAGES;
         for (uint32_t k = 0; k < n;) {
-            uint32_t m = n - k < piece ? n - k : piece;
+            uint32_t m = n - k < piece ? n - k : piece, own = 0;
             int rc = stream_read_body(&c->rd, dst + ((size_t)k << PAGE_SHIFT),
                                       (size_t)m << PAGE_SHIFT);
             if (rc == 0)
-                rc = digest_pages(c, ents + k, dst + ((size_t)k << PAGE_SHIFT), m);
+                rc = digest_pages(c, ents + k, dst + ((size_t)k << PAGE_SHIFT), m, &own);
+            if (c->rd.io->page_hash)
+                piece = 2 * own > m ? RESTORE_HASH_PAGES : RESTORE_PIECE_HASHED;
             if (rc < 0)
                 return rc;
             k += m;
@@ -719,9 +726,10 @@ static int copy_run(struct rctx *c, mfn_t mfn, uint32_t n, const uint64_t *ents)
     while (len) {
         size_t k = len < RESTORE_BOUNCE ? len : RESTORE_BOUNCE;
         int rc = stream_read_body(&c->rd, c->bounce, k);
+        uint32_t own = 0;
         if (rc == 0 && c->o->digest)
             rc = digest_pages(c, ents + ((size_t)n - (len >> PAGE_SHIFT)), c->bounce,
-                              (uint32_t)(k >> PAGE_SHIFT));
+                              (uint32_t)(k >> PAGE_SHIFT), &own);
         if (rc < 0)
             return rc;
         for (size_t done = 0; done < k;) {

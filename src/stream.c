@@ -793,11 +793,14 @@ int stream_next_record(struct stream_reader *r, struct stream_rhdr *h)
     return 0;
 }
 
-uint64_t stream_page_hash(const struct stream_reader *r, uint64_t offset, const void *page)
+uint64_t stream_page_hash(const struct stream_reader *r, uint64_t offset, const void *page,
+                          bool *own)
 {
     uint64_t h;
     if (r->io->page_hash && r->io->page_hash(r->io->ctx, offset, &h))
         return h;
+    if (own)
+        *own = true;
     return hv_hash64(page, PAGE_SIZE);
 }
 

@@ -354,8 +354,9 @@ int stream_next_record(struct stream_reader *r, struct stream_rhdr *h) HV_MUST_C
 int stream_read_body(struct stream_reader *r, void *buf, size_t len) HV_MUST_CHECK;
 /* The XXH3-64 of the page read lately from stream offset `offset` on, now
  * at `page`: the source's when it hashed it as it arrived (io->page_hash),
- * else computed over `page`. */
-uint64_t stream_page_hash(const struct stream_reader *r, uint64_t offset, const void *page);
+ * else computed over `page` (and *own, when not NULL, is set). */
+uint64_t stream_page_hash(const struct stream_reader *r, uint64_t offset, const void *page,
+                          bool *own);
 /* Consume the rest of the body and the padding. */
 int stream_skip_body(struct stream_reader *r) HV_MUST_CHECK;
 
