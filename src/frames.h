@@ -50,7 +50,7 @@ typedef void (*frame_scrub_fn)(void *ctx, mfn_t mfn, unsigned order);
 
 /* nr_frames may be any positive number (need not be a power of two) below
  * 2^32 - 1 (16 TiB); the tail that does not fill an aligned extent is carved
- * into smaller ones.  Metadata is lazily committed (calloc of large arrays),
+ * into smaller ones.  Metadata is lazily committed (anonymous mmap),
  * so a huge machine with few used frames costs little RSS (about 2 MiB for
  * 64 GiB).  -EINVAL (0 or too many frames, unknown policy), -ENOMEM. */
 int frames_create(struct frames **out, uint64_t nr_frames,

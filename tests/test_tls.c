@@ -293,6 +293,16 @@ static void rx_nothing(struct rx_env *r)
     AUDIT_OK(frames_audit(r->m->frames));
 }
 
+/* A migration refused: the receiver is not in doubt and keeps nothing,
+ * the sender's guest runs on (sender_keeps_guest). */
+static void nothing_moved(struct sender_env *e, struct rx_env *rx,
+                          const struct migrate_report *rep, int rc)
+{
+    assert_int_not_equal(rx->rc, -EINPROGRESS);
+    rx_nothing(rx);
+    sender_keeps_guest(e, rep, rc);
+}
+
 static void rx_fini(struct rx_env *r)
 {
     if (r->res.g) {
@@ -428,8 +438,7 @@ static void refused(struct chan_tls *stls, struct chan_tls *rtls, const char *wh
                  rx.res.err);
     assert_true(rx.hs_err[0] != 0);
     assert_false(rx.received); /* not one migration byte was read */
-    rx_nothing(&rx);
-    sender_keeps_guest(&e, rep, rc);
+    nothing_moved(&e, &rx, rep, rc);
     /* a sender whose handshake completed saw nothing back but a refusal */
     if (hs == 0)
         assert_int_equal(rep->st.pages_data, 0);
@@ -496,8 +505,7 @@ static void test_cert_not_allowed(void **state)
     assert_true(hs < 0);
     assert_non_null(strstr(hs_err, "tls-authz"));
     assert_false(rx.received);
-    sender_keeps_guest(&e, rep, rc);
-    rx_nothing(&rx);
+    nothing_moved(&e, &rx, rep, rc);
     rx_fini(&rx);
     sender_fini(&e);
     chan_tls_destroy(s);
@@ -529,8 +537,7 @@ static void test_plain_peer(void **state)
                   rx.res.err);
     assert_true(hs < 0);
     assert_true(rx.rc < 0);
-    rx_nothing(&rx);
-    sender_keeps_guest(&e, rep, rc);
+    nothing_moved(&e, &rx, rep, rc);
     rx_fini(&rx);
     sender_fini(&e);
     chan_tls_destroy(r);
@@ -702,6 +709,24 @@ static void *mitm_main(void *arg)
     return NULL;
 }
 
+/* Migrate e's guest to rx through the proxy px (its to_port and faults
+ * set): starts px, sends, waits for px and the receiver.  migrate_send's
+ * rc. */
+static int send_via(struct mitm *px, struct sender_env *e, struct rx_env *rx,
+                    struct chan_tls *stls, const struct migrate_opts *o,
+                    struct migrate_report *rep, int *hs, char *hs_err)
+{
+    struct sockaddr_in sa;
+    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
+    assert_int_equal(net_listen(&sa, &px->lfd, &px->port), 0);
+    assert_int_equal(pthread_create(&px->t, NULL, mitm_main, px), 0);
+    int rc = send_to_opts(e, px->port, stls, o, rep, hs, hs_err);
+    pthread_join(px->t, NULL);
+    pthread_join(rx->t, NULL);
+    close(px->lfd);
+    return rc;
+}
+
 static void mitm_run(struct chan_tls *stls, struct chan_tls *rtls, uint64_t flip,
                      bool done_no_digest, const char *what)
 {
@@ -714,14 +739,8 @@ static void mitm_run(struct chan_tls *stls, struct chan_tls *rtls, uint64_t flip
     sender_init(&e);
     rx_start(&rx, rtls);
     struct mitm px = {.to_port = rx.port, .flip = flip, .done_no_digest = done_no_digest};
-    struct sockaddr_in sa;
-    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
-    assert_int_equal(net_listen(&sa, &px.lfd, &px.port), 0);
-    assert_int_equal(pthread_create(&px.t, NULL, mitm_main, &px), 0);
-    int rc = send_to(&e, px.port, stls, rep, &hs, hs_err);
-    pthread_join(px.t, NULL);
-    pthread_join(rx.t, NULL);
-    close(px.lfd);
+    struct migrate_opts o = {.timeout_ms = 5000};
+    int rc = send_via(&px, &e, &rx, stls, &o, rep, &hs, hs_err);
     print_message("# %s: sender: %s\n#   receiver: %s%s\n", what, hs < 0 ? hs_err : rep->err,
                   rx.hs_rc < 0 ? rx.hs_err : rx.res.err,
                   rx.rc == -EINPROGRESS ? " (in doubt)" : "");
@@ -732,9 +751,7 @@ static void mitm_run(struct chan_tls *stls, struct chan_tls *rtls, uint64_t flip
     /* both sides fail; the receiver resumes nothing, the sender's guest
      * runs on */
     assert_true(rx.hs_rc < 0 || rx.rc < 0);
-    assert_int_not_equal(rx.rc, -EINPROGRESS);
-    rx_nothing(&rx);
-    sender_keeps_guest(&e, rep, rc);
+    nothing_moved(&e, &rx, rep, rc);
     rx_fini(&rx);
     sender_fini(&e);
     free(rep);
@@ -772,15 +789,8 @@ static void seg_run(enum seg_flip f, bool whole, const char *what)
     sender_init(&e);
     rx_start(&rx, NULL);
     struct mitm px = {.to_port = rx.port, .flip = UINT64_MAX, .frames = true, .seg_flip = f};
-    struct sockaddr_in sa;
-    assert_int_equal(net_parse_addr("127.0.0.1:0", &sa), 0);
-    assert_int_equal(net_listen(&sa, &px.lfd, &px.port), 0);
-    assert_int_equal(pthread_create(&px.t, NULL, mitm_main, &px), 0);
     struct migrate_opts o = {.timeout_ms = 5000, .whole_frame_sums = whole};
-    int rc = send_to_opts(&e, px.port, NULL, &o, rep, &hs, hs_err);
-    pthread_join(px.t, NULL);
-    pthread_join(rx.t, NULL);
-    close(px.lfd);
+    int rc = send_via(&px, &e, &rx, NULL, &o, rep, &hs, hs_err);
     print_message("# %s: %u frames with page tables; sender: %s\n#   receiver: %s\n", what,
                   px.seg_frames, rep->err, rx.res.err);
     if (f == SEG_FLIP_NONE) {
@@ -796,11 +806,9 @@ static void seg_run(enum seg_flip f, bool whole, const char *what)
     } else {
         assert_true(px.flipped);
         assert_true(rx.rc < 0);
-        assert_int_not_equal(rx.rc, -EINPROGRESS);
         if (!strstr(rx.res.err, "checksum mismatch") && !strstr(rx.res.err, "page table"))
             fail_msg("%s: not refused at the frame: %s", what, rx.res.err);
-        rx_nothing(&rx);
-        sender_keeps_guest(&e, rep, rc);
+        nothing_moved(&e, &rx, rep, rc);
     }
     rx_fini(&rx);
     sender_fini(&e);
