@@ -1877,26 +1877,24 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
     struct guest_state_ext_seen ext = {0, 0};
     size_t ext_at = 0;
     memset(st, 0, sizeof(*st));
-    for (size_t pos = 0; pos < len;) {
+    for (size_t pos = 0;;) {
         struct hvctx_tlv t;
-        if (len - pos < sizeof(t)) {
-            snprintf(err, errlen, "HVM_CONTEXT: truncated TLV header at %zu", pos);
-            return -EBADMSG;
-        }
-        memcpy(&t, a + pos, sizeof(t));
-        size_t body = pos + sizeof(t), padded = ((size_t)t.length + 7) & ~(size_t)7;
-        if (padded > len - body) {
-            snprintf(err, errlen, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
-            return -EBADMSG;
+        const uint8_t *val;
+        size_t at = pos;
+        int more = hvctx_area_next(a, len, &pos, &t, &val, err, errlen);
+        if (more <= 0) {
+            if (more < 0)
+                return more;
+            break;
         }
         if (t.type == HVCTX_PROG_VCPU) {
             struct hvctx_prog_vcpu s;
             if (t.length != sizeof(s)) {
                 snprintf(err, errlen, "HVM_CONTEXT: PROG_VCPU TLV at %zu of %u bytes (want %zu)",
-                         pos, t.length, sizeof(s));
+                         at, t.length, sizeof(s));
                 return -EBADMSG;
             }
-            memcpy(&s, a + body, sizeof(s));
+            memcpy(&s, val, sizeof(s));
             if (s.nr_vcpus == 0 || s.nr_vcpus > HVG_MAX_VCPUS || s.vcpu >= s.nr_vcpus ||
                 (nr && s.nr_vcpus != nr) || seen[s.vcpu] ||
                 (s.backend != GUEST_BACKEND_KVM && s.backend != GUEST_BACKEND_NATIVE) ||
@@ -1907,7 +1905,7 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
                 (found && s.guest_page_order != st->v[0].guest_page_order) ||
                 (found && (s.flags & HVCTX_PROG_F_FRESH) != (st->v[0].flags & HVCTX_PROG_F_FRESH))) {
                 snprintf(err, errlen, "HVM_CONTEXT: PROG_VCPU TLV at %zu: vCPU %u of %u, backend "
-                         "%u, guest page order %u: inconsistent", pos, s.vcpu, s.nr_vcpus,
+                         "%u, guest page order %u: inconsistent", at, s.vcpu, s.nr_vcpus,
                          s.backend, s.guest_page_order);
                 return -EBADMSG;
             }
@@ -1917,13 +1915,12 @@ int guest_prog_decode(const void *area, size_t len, struct guest_prog_state *st,
             found++;
         } else if (t.type == HVCTX_PROG_XSAVE || t.type == HVCTX_PROG_MSRS) {
             if (!ext.xsave && !ext.msrs)
-                ext_at = pos;
-            int rc = guest_state_prog_ext_decode(t.type, a + body, t.length, pos, st->ext,
+                ext_at = at;
+            int rc = guest_state_prog_ext_decode(t.type, val, t.length, at, st->ext,
                                                  HVG_MAX_VCPUS, &ext, err, errlen);
             if (rc < 0)
                 return rc;
         }
-        pos = body + padded;
     }
     if (!found && (ext.xsave || ext.msrs)) {
         snprintf(err, errlen, "HVM_CONTEXT: %s TLV at %zu without the PROG_VCPU TLVs it "

@@ -189,22 +189,19 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
         rc = fail(err, errlen, -ENOMEM, "out of memory");
         goto out;
     }
-    while (pos < len) {
+    for (;;) {
         struct hvctx_tlv t;
-        if (len - pos < sizeof(t)) {
-            rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: truncated TLV header at %zu", pos);
+        const uint8_t *val;
+        size_t at = pos;
+        int more = hvctx_area_next(a, len, &pos, &t, &val, err, errlen);
+        if (more < 0) {
+            rc = more;
             goto out;
         }
-        memcpy(&t, a + pos, sizeof(t));
-        uint32_t l = le32toh(t.length);
-        size_t padded = ((size_t)l + 7) & ~(size_t)7;
-        if (padded > len - pos - sizeof(t)) {
-            rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
-            goto out;
-        }
-        const uint8_t *val = a + pos + sizeof(t);
-        uint16_t type = le16toh(t.type);
-        pos += sizeof(t) + padded;
+        if (!more)
+            break;
+        uint32_t l = t.length;
+        uint16_t type = t.type;
         if (type == HVCTX_GUEST_MEM) {
             rc = decode_mem(val, l, gs, err, errlen);
             if (rc < 0)
@@ -214,7 +211,7 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
         if ((type == HVCTX_PROG_VCPU || type == HVCTX_PROG_XSAVE || type == HVCTX_PROG_MSRS) &&
             !kvm_type) {
             kvm_type = type;
-            kvm_at = pos - sizeof(t) - padded;
+            kvm_at = at;
         }
         if (type != HVCTX_VCPU && type != HVCTX_WORKLOAD)
             continue;

@@ -2221,35 +2221,30 @@ static int top_ram_leaf(void *ctx, gfn_t gfn, mfn_t mfn, unsigned order, enum p2
 int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
                             struct migrate_pc_state *st, char *err, size_t errlen)
 {
-    const uint8_t *a = area;
     memset(st, 0, sizeof(*st));
-    for (size_t pos = 0; pos < len;) {
+    for (size_t pos = 0;;) {
         struct hvctx_tlv t;
-        if (len - pos < sizeof(t)) {
-            snprintf(err, errlen, "HVM_CONTEXT: truncated TLV header at %zu", pos);
+        const uint8_t *val;
+        size_t at = pos;
+        int more = hvctx_area_next(area, len, &pos, &t, &val, err, errlen);
+        if (more < 0)
             goto bad;
-        }
-        memcpy(&t, a + pos, sizeof(t));
-        size_t body = pos + sizeof(t), padded = ((size_t)le32toh(t.length) + 7) & ~(size_t)7;
-        if (padded > len - body) {
-            snprintf(err, errlen, "HVM_CONTEXT: TLV at %zu overruns the area", pos);
-            goto bad;
-        }
-        pos = body + padded;
-        if (le16toh(t.type) != HVCTX_POSTCOPY)
+        if (!more)
+            break;
+        if (t.type != HVCTX_POSTCOPY)
             continue;
         struct hvctx_postcopy h;
-        uint32_t tl = le32toh(t.length);
+        uint32_t tl = t.length;
         if (st->pending) {
-            snprintf(err, errlen, "HVM_CONTEXT: a second POSTCOPY TLV at %zu", body - sizeof(t));
+            snprintf(err, errlen, "HVM_CONTEXT: a second POSTCOPY TLV at %zu", at);
             goto bad;
         }
         if (tl < sizeof(h)) {
             snprintf(err, errlen, "HVM_CONTEXT: POSTCOPY TLV at %zu of %u bytes (at least %zu)",
-                     body - sizeof(t), tl, sizeof(h));
+                     at, tl, sizeof(h));
             goto bad;
         }
-        memcpy(&h, a + body, sizeof(h));
+        memcpy(&h, val, sizeof(h));
         uint64_t first = le64toh(h.first_word), nw = le32toh(h.nr_words);
         /* the domain's RAM bounds the bitmap (not the file's say-so);
          * without one, the TLV does (at most its own length) */
@@ -2262,7 +2257,7 @@ int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
         if (tl != sizeof(h) + 8 * nw || h.reserved || first > words || nw > words - first) {
             snprintf(err, errlen, "HVM_CONTEXT: POSTCOPY TLV at %zu: %llu words from word %llu in "
                      "%u bytes, reserved %u: malformed or beyond the domain's RAM (%llu words)",
-                     body - sizeof(t), (unsigned long long)nw, (unsigned long long)first, tl,
+                     at, (unsigned long long)nw, (unsigned long long)first, tl,
                      le32toh(h.reserved), (unsigned long long)words);
             goto bad;
         }
@@ -2277,7 +2272,7 @@ int migrate_pc_state_decode(const void *area, size_t len, struct domain *d,
         st->nr_gfns = top;
         for (uint64_t w = 0; w < nw; w++) {
             uint64_t x;
-            memcpy(&x, a + body + sizeof(h) + 8 * w, 8);
+            memcpy(&x, val + sizeof(h) + 8 * w, 8);
             st->pending[first + w] = le64toh(x);
         }
         /* each pending pfn RAM of d above the system area */

@@ -136,25 +136,40 @@ int hvctx_check(const void *blob, size_t len, char *err, size_t errlen)
     return 1;
 }
 
-int hvctx_next(const void *blob, size_t len, size_t *pos, struct hvctx_tlv *t,
-               const uint8_t **val)
+int hvctx_area_next(const void *area, size_t len, size_t *pos, struct hvctx_tlv *t,
+                    const uint8_t **val, char *err, size_t errlen)
 {
-    const uint8_t *p = blob;
-    size_t at = sizeof(struct hvctx_header) + *pos;
+    const uint8_t *p = area;
+    size_t at = *pos;
     if (at >= len)
         return 0;
-    if (len - at < sizeof(*t))
+    if (len - at < sizeof(*t)) {
+        if (err && errlen)
+            snprintf(err, errlen, "HVM_CONTEXT: truncated TLV header at %zu", at);
         return -EBADMSG;
+    }
     memcpy(t, p + at, sizeof(*t));
     t->type = le16toh(t->type);
     t->flags = le16toh(t->flags);
     t->length = le32toh(t->length);
     size_t padded = ((size_t)t->length + 7) & ~(size_t)7;
-    if (padded > len - at - sizeof(*t))
+    if (padded > len - at - sizeof(*t)) {
+        if (err && errlen)
+            snprintf(err, errlen, "HVM_CONTEXT: TLV at %zu overruns the area", at);
         return -EBADMSG;
+    }
     *val = p + at + sizeof(*t);
-    *pos += sizeof(*t) + padded;
+    *pos = at + sizeof(*t) + padded;
     return 1;
+}
+
+int hvctx_next(const void *blob, size_t len, size_t *pos, struct hvctx_tlv *t,
+               const uint8_t **val)
+{
+    if (len <= sizeof(struct hvctx_header))
+        return 0;
+    return hvctx_area_next((const uint8_t *)blob + sizeof(struct hvctx_header),
+                           len - sizeof(struct hvctx_header), pos, t, val, NULL, 0);
 }
 
 /* ---- the source scan -------------------------------------------------------- */

@@ -127,6 +127,13 @@ int hvctx_check(const void *blob, size_t len, char *err, size_t errlen) HV_MUST_
  * -EBADMSG when a TLV overruns the area.  *pos starts at 0. */
 int hvctx_next(const void *blob, size_t len, size_t *pos, struct hvctx_tlv *t,
                const uint8_t **val) HV_MUST_CHECK;
+/* The same over a bare area of TLVs (len untrusted bytes, no header), the
+ * one parser of their framing: 1 with *t (host byte order) and its value
+ * at *val, the TLV at byte *pos of the area and *pos moved past its
+ * padding; 0 at the end; -EBADMSG with err saying where when a TLV header
+ * is cut short or its value runs past the area. */
+int hvctx_area_next(const void *area, size_t len, size_t *pos, struct hvctx_tlv *t,
+                    const uint8_t **val, char *err, size_t errlen) HV_MUST_CHECK;
 
 /* A domain configuration as it travels (decoded and validated). */
 struct stream_config {

@@ -6,7 +6,9 @@
  * TLVs refused with the TLV, its offset and the field named, every
  * truncation refused, the consistency rules (every vCPU or none, none for
  * a native guest, none without PROG_VCPU), and the rule for a soft
- * restore given KVM vCPU state.
+ * restore given KVM vCPU state.  And the framing of any TLV area
+ * (hvctx_area_next) against a list of the TLVs put in, cut at every byte,
+ * with the three decoders that walk such areas refusing each cut alike.
  */
 #include <endian.h>
 #include <setjmp.h>
@@ -21,6 +23,7 @@
 
 #include "guest.h"
 #include "guest_state.h"
+#include "migrate.h"
 #include "save.h"
 #include "stream.h"
 
@@ -367,12 +370,126 @@ static void test_soft_rule(void **s)
     machine_destroy(m);
 }
 
+/*
+ * TLV framing: random areas of TLVs of types no decoder knows (so each
+ * skips them), walked by hvctx_area_next against the list put in; every
+ * cut of the area: the TLVs wholly before it, then the end (a cut between
+ * TLVs) or -EBADMSG naming the first cut TLV's offset and what is wrong
+ * (header or value cut); the decoders of soft vCPU state, program vCPU
+ * state and post-copy state refuse the same cuts with the same words and
+ * see nothing of theirs in the others.  A length pointing past the area
+ * is refused where it is.
+ */
+static void test_tlv_framing(void **s)
+{
+    (void)s;
+    struct hv_rng r = {0x71f0ull};
+    struct guest_state *gs = calloc(1, sizeof(*gs));
+    struct guest_prog_state *ps = calloc(1, sizeof(*ps));
+    assert_non_null(gs);
+    assert_non_null(ps);
+    for (int iter = 0; iter < 60; iter++) {
+        enum { MAXT = 10 };
+        size_t off[MAXT + 1];
+        uint32_t len[MAXT];
+        uint16_t type[MAXT];
+        uint8_t val[MAXT][100];
+        unsigned n = (unsigned)hv_rng_below(&r, MAXT + 1);
+        struct hvctx_buf b;
+        assert_int_equal(hvctx_begin(&b), 0);
+        off[0] = 0;
+        for (unsigned i = 0; i < n; i++) {
+            type[i] = (uint16_t)(0x7000 + hv_rng_below(&r, 0x800));
+            len[i] = (uint32_t)hv_rng_below(&r, sizeof(val[i]) + 1);
+            for (uint32_t k = 0; k < len[i]; k++)
+                val[i][k] = (uint8_t)hv_rng_next(&r);
+            assert_int_equal(hvctx_add(&b, type[i], 0, val[i], len[i]), 0);
+            off[i + 1] = off[i] + 8 + ((len[i] + 7u) & ~7u);
+        }
+        const uint8_t *area = b.p + sizeof(struct hvctx_header);
+        size_t alen = b.len - sizeof(struct hvctx_header);
+        assert_int_equal(alen, off[n]);
+        for (size_t cut = 0; cut <= alen; cut++) {
+            unsigned whole = 0;
+            while (whole < n && off[whole + 1] <= cut)
+                whole++;
+            bool boundary = cut == off[whole];
+            char want[96] = "", err[256] = "";
+            if (!boundary)
+                snprintf(want, sizeof(want), cut - off[whole] < 8
+                         ? "HVM_CONTEXT: truncated TLV header at %zu"
+                         : "HVM_CONTEXT: TLV at %zu overruns the area", off[whole]);
+            size_t pos = 0;
+            struct hvctx_tlv t;
+            const uint8_t *v;
+            for (unsigned i = 0; i < whole; i++) {
+                assert_int_equal(hvctx_area_next(area, cut, &pos, &t, &v, err, sizeof(err)), 1);
+                assert_int_equal(t.type, type[i]);
+                assert_int_equal(t.length, len[i]);
+                assert_ptr_equal(v, area + off[i] + 8);
+                assert_memory_equal(v, val[i], len[i]);
+                assert_int_equal(pos, off[i + 1]);
+            }
+            assert_int_equal(hvctx_area_next(area, cut, &pos, &t, &v, err, sizeof(err)),
+                             boundary ? 0 : -EBADMSG);
+            if (!boundary)
+                assert_string_equal(err, want);
+            /* the decoders: none of their TLVs here, so a whole area is
+             * "nothing", a cut one the walker's words */
+            err[0] = 0;
+            assert_int_equal(guest_state_decode(area, cut, gs, err, sizeof(err)),
+                             boundary ? 0 : -EBADMSG);
+            if (!boundary)
+                assert_string_equal(err, want);
+            err[0] = 0;
+            assert_int_equal(guest_prog_decode(area, cut, ps, err, sizeof(err)),
+                             boundary ? 0 : -EBADMSG);
+            if (!boundary)
+                assert_string_equal(err, want);
+            struct migrate_pc_state st;
+            err[0] = 0;
+            assert_int_equal(migrate_pc_state_decode(area, cut, NULL, &st, err, sizeof(err)),
+                             boundary ? 0 : -EBADMSG);
+            assert_null(st.pending);
+            if (!boundary)
+                assert_string_equal(err, want);
+        }
+        /* one TLV's length past the end of the area, up to 2^32 - 1 */
+        if (n) {
+            unsigned i = (unsigned)hv_rng_below(&r, n);
+            uint8_t *copy = malloc(alen);
+            assert_non_null(copy);
+            memcpy(copy, area, alen);
+            uint32_t bad = (uint32_t)(alen - off[i] - 8 + 1 + hv_rng_below(&r, 1u << 31));
+            bad = htole32(bad);
+            memcpy(copy + off[i] + 4, &bad, 4);
+            char want[96], err[256];
+            snprintf(want, sizeof(want), "HVM_CONTEXT: TLV at %zu overruns the area", off[i]);
+            size_t pos = 0;
+            struct hvctx_tlv t;
+            const uint8_t *v;
+            for (unsigned k = 0; k < i; k++)
+                assert_int_equal(hvctx_area_next(copy, alen, &pos, &t, &v, err, sizeof(err)), 1);
+            assert_int_equal(hvctx_area_next(copy, alen, &pos, &t, &v, err, sizeof(err)),
+                             -EBADMSG);
+            assert_string_equal(err, want);
+            assert_int_equal(guest_prog_decode(copy, alen, ps, err, sizeof(err)), -EBADMSG);
+            assert_string_equal(err, want);
+            free(copy);
+        }
+        hvctx_free(&b);
+    }
+    free(gs);
+    free(ps);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_soft_rule),
+        cmocka_unit_test(test_tlv_framing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
