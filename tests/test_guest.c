@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <pthread.h>
 
 #include <cmocka.h>
@@ -1378,14 +1379,26 @@ static bool json_obj_u64(const char *path, const char *obj, const char *key, uin
  * keeps the file).  Then `hugevm migrate --resume-postcopy FILE` sends
  * what the receiver misses: both digests agree, the file is removed, and
  * the receiver verifies every vCPU's writes with its p2m leaves the
- * sender's, every 2M region whole again, over two connections.
+ * sender's, every 2M region whole again, over two connections.  With tls,
+ * every connection is TLS with a pre-shared key, and a resume by someone
+ * with another key is refused by the waiting receiver (exit 1, the file
+ * kept), which then takes the real one.
  */
-static void postcopy_resume_cli(enum guest_backend b)
+static void postcopy_resume_cli(enum guest_backend b, bool tls)
 {
     char hv[PATH_MAX + 32];
     POSTCOPY_PROCESS_OR_SKIP(b, hv);
     char dir[] = "/tmp/hvgprXXXXXX";
     assert_non_null(mkdtemp(dir));
+    /* how every connection is made: the security options end each argv */
+    char psk[128] = "", other[64], wrong[128] = "";
+    if (tls) {
+        assert_true(write_psk_file(dir, psk, sizeof(psk)));
+        snprintf(other, sizeof(other), "%s/other", dir);
+        assert_int_equal(mkdir(other, 0700), 0);
+        assert_true(write_psk_file(other, wrong, sizeof(wrong)));
+    }
+    char *sec = tls ? "--psk-file" : "--insecure", *key = tls ? psk : NULL;
     char portf[96], rlog[96], slog[96], saved[96], plain[96], bad[96], clog[96], addr[64];
     snprintf(portf, sizeof(portf), "%s/port", dir);
     snprintf(rlog, sizeof(rlog), "%s/receiver.json", dir);
@@ -1399,8 +1412,8 @@ static void postcopy_resume_cli(enum guest_backend b)
     const char *bn = guest_backend_name(b);
     char *rargv[] = {hv, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
                      "--attempts", "1", "--accept-timeout", "120", "--host-mem", "1G",
-                     "--insecure", "--run", "1", "--timeout", "20", "--postcopy-wait", "120",
-                     "--backend", (char *)bn, "--json", NULL};
+                     "--run", "1", "--timeout", "20", "--postcopy-wait", "120",
+                     "--backend", (char *)bn, "--json", sec, key, NULL};
     pid_t rp = spawn(rargv, rlog);
     unsigned port = wait_port_file(portf, 60);
     if (!port) {
@@ -1414,7 +1427,7 @@ static void postcopy_resume_cli(enum guest_backend b)
     snprintf(cut, sizeof(cut), "%llu", (unsigned long long)(1 + hv_rng_next(&r) % 64));
     char *sargv[] = {hv, "run", "--backend", (char *)bn, "--guest-mem", "64M", "--vcpus", "2",
                      "--seconds", "60", "--migrate-to", addr, "--after", "0.3", "--postcopy",
-                     "--postcopy-recover", "0", "--in-doubt-save", saved, "--insecure", "--json",
+                     "--postcopy-recover", "0", "--in-doubt-save", saved, "--json", sec, key,
                      NULL};
     setenv("HUGEVM_TEST_PC_CUT", cut, 1);
     pid_t sp = spawn(sargv, slog);
@@ -1449,7 +1462,7 @@ static void postcopy_resume_cli(enum guest_backend b)
     char *pargv[] = {hv, "run", "--backend", "soft", "--guest-mem", "8M", "--seconds", "0.1",
                      "--save", plain, NULL};
     assert_int_equal(wait_deadline(spawn(pargv, clog), 120), 0);
-    char *rsv[] = {hv, "migrate", "--resume-postcopy", plain, "--to", addr, "--insecure", NULL};
+    char *rsv[] = {hv, "migrate", "--resume-postcopy", plain, "--to", addr, sec, key, NULL};
     assert_int_equal(wait_deadline(spawn(rsv, clog), 120), 1);
     assert_true(file_has(clog, "migrate: --resume-postcopy", plain));
     const char *m = file_after(clog, "no POSTCOPY record", msg, sizeof(msg));
@@ -1472,7 +1485,7 @@ static void postcopy_resume_cli(enum guest_backend b)
         }
         close(in);
         close(out);
-        char *rbad[] = {hv, "migrate", "--resume-postcopy", bad, "--to", addr, "--insecure", NULL};
+        char *rbad[] = {hv, "migrate", "--resume-postcopy", bad, "--to", addr, sec, key, NULL};
         int st = wait_deadline(spawn(rbad, clog), 120);
         if (st != 1)
             fail_msg("--resume-postcopy of a copy with byte %lld flipped exited %d; log in %s",
@@ -1480,14 +1493,30 @@ static void postcopy_resume_cli(enum guest_backend b)
         assert_int_equal(access(bad, F_OK), 0);
     }
     char *rnone[] = {hv, "migrate", "--resume-postcopy", saved, "--to", "127.0.0.1:1",
-                     "--insecure", "--timeout", "2", NULL};
+                     "--timeout", "2", sec, key, NULL};
     assert_int_equal(wait_deadline(spawn(rnone, clog), 120), 1);
     assert_non_null(file_after(clog, "is kept", msg, sizeof(msg)));
     assert_int_equal(access(saved, R_OK), 0);
+    if (tls) {
+        /* the waiting receiver, reached by a sender with another key */
+        char *rkey[] = {hv, "migrate", "--resume-postcopy", saved, "--to", addr, "--timeout",
+                        "10", "--psk-file", wrong, NULL};
+        int st = wait_deadline(spawn(rkey, clog), 120);
+        if (st != 1)
+            fail_msg("--resume-postcopy with another key exited %d; log in %s", st, clog);
+        assert_non_null(file_after(clog, "is kept", msg, sizeof(msg)));
+        if (!file_after(clog, "TLS handshake failed (a different pre-shared key", msg,
+                        sizeof(msg)))
+            fail_msg("the refusal does not say the key differs; log in %s", clog);
+        assert_int_equal(access(saved, R_OK), 0);
+        if (waitpid(rp, NULL, WNOHANG) != 0)
+            fail_msg("the receiver did not wait on after a resume with another key; log in %s",
+                     rlog);
+    }
 
     /* the real thing */
-    char *rgo[] = {hv, "migrate", "--resume-postcopy", saved, "--to", addr, "--insecure",
-                   "--json", NULL};
+    char *rgo[] = {hv, "migrate", "--resume-postcopy", saved, "--to", addr, "--json", sec, key,
+                   NULL};
     int st = wait_deadline(spawn(rgo, clog), 300);
     if (st != 0) {
         kill(rp, SIGKILL);
@@ -1524,11 +1553,25 @@ static void postcopy_resume_cli(enum guest_backend b)
     unlink(clog);
     unlink(plain);
     unlink(bad);
+    if (tls) {
+        unlink(psk);
+        unlink(wrong);
+        rmdir(other);
+    }
     rmdir(dir);
 }
 
-static void test_postcopy_resume_native(void **s) { (void)s; postcopy_resume_cli(GUEST_BACKEND_NATIVE); }
-static void test_postcopy_resume_kvm(void **s) { (void)s; postcopy_resume_cli(GUEST_BACKEND_KVM); }
+static void test_postcopy_resume_native(void **s)
+{
+    (void)s;
+    postcopy_resume_cli(GUEST_BACKEND_NATIVE, false);
+}
+static void test_postcopy_resume_native_tls(void **s)
+{
+    (void)s;
+    postcopy_resume_cli(GUEST_BACKEND_NATIVE, true);
+}
+static void test_postcopy_resume_kvm(void **s) { (void)s; postcopy_resume_cli(GUEST_BACKEND_KVM, false); }
 
 struct rx_thread {
     struct machine *m;
@@ -2283,6 +2326,7 @@ int main(void)
         cmocka_unit_test(test_postcopy_concurrent_faults),
         cmocka_unit_test(test_postcopy_native),
         cmocka_unit_test(test_postcopy_resume_native),
+        cmocka_unit_test(test_postcopy_resume_native_tls),
         cmocka_unit_test(test_pod_native),
         cmocka_unit_test(test_xsave_native),
         cmocka_unit_test(test_workloads_kvm),
