@@ -41,18 +41,33 @@ mapfile -t srcs < <(sed -n "/^libhugevm_sources = files(/,/^)/p" meson.build |
 # run no guest, so an empty image links them
 printf '#include <stddef.h>\nconst unsigned char hvg_prog_workloads[1];\nconst size_t hvg_prog_workloads_len = 0;\n' >"$out/guest_programs_stub.c"
 srcs+=("$out/guest_programs_stub.c")
-# rebuild only when a source is newer than the binaries
-stale=1
-if [ -x "$out/$target" ] && [ -x "$out/$gen" ] &&
-   [ -z "$(find src fuzz meson.build -newer "$out/$target" -print -quit)" ] &&
-   [ -z "$(find src fuzz meson.build -newer "$out/$gen" -print -quit)" ]; then
-  stale=0
+# The library's objects are compiled once for both targets and both of
+# their programs (the fuzzer and its seed generator), in parallel, with
+# libFuzzer's coverage hooks but not its runtime (the sanitizers' runtime
+# answers the hooks in the generator); rebuilt only when a source is newer.
+obj="$out/obj"
+san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
+if [ ! -f "$obj/.stamp" ] || [ -n "$(find src meson.build scripts/fuzz.sh -newer "$obj/.stamp" -print -quit)" ]; then
+  rm -rf "$obj"
+  mkdir -p "$obj"
+  : >"$log"
+  if ! printf '%s\n' "${srcs[@]}" |
+       xargs -P "$(nproc)" -I{} sh -c 'o="$1/$(echo "$2" | tr / _).o"; shift 2; exec "$@" -c "$0" -o "$o"' \
+         {} "$obj" {} "$cc" "${flags[@]}" "${san[@]}" -fsanitize=fuzzer-no-link >>"$log" 2>&1; then
+    echo "not ok - $target: build failed (see $log)"
+    tail -n 20 "$log" | sed 's/^/    /'
+    exit 1
+  fi
+  touch "$obj/.stamp"
 fi
 : >"$log"
-if [ "$stale" = 1 ] && { ! "$cc" "${flags[@]}" -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-      "${srcs[@]}" "fuzz/$target.c" "${libs[@]}" -o "$out/$target" >>"$log" 2>&1 ||
-   ! "$cc" "${flags[@]}" -fsanitize=address,undefined \
-      "${srcs[@]}" "fuzz/$gen.c" "${libs[@]}" -o "$out/$gen" >>"$log" 2>&1; }; then
+if { [ ! -x "$out/$target" ] || [ ! -x "$out/$gen" ] || [ "$obj/.stamp" -nt "$out/$target" ] ||
+     [ "$obj/.stamp" -nt "$out/$gen" ] || [ -n "$(find fuzz -newer "$out/$target" -print -quit)" ] ||
+     [ -n "$(find fuzz -newer "$out/$gen" -print -quit)" ]; } &&
+   { ! "$cc" "${flags[@]}" "${san[@]}" -fsanitize=fuzzer "$obj"/*.o "fuzz/$target.c" \
+        "${libs[@]}" -o "$out/$target" >>"$log" 2>&1 ||
+     ! "$cc" "${flags[@]}" "${san[@]}" "$obj"/*.o "fuzz/$gen.c" "${libs[@]}" \
+        -o "$out/$gen" >>"$log" 2>&1; }; then
   echo "not ok - $target: build failed (see $log)"
   tail -n 20 "$log" | sed 's/^/    /'
   exit 1
