@@ -625,5 +625,6 @@ int main(void)
         cmocka_unit_test(test_fault_balloon),
         cmocka_unit_test(test_fault_defrag),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -279,5 +279,6 @@ static const struct CMUnitTest tests[] = {
 
 int main(void)
 {
+    hv_test_filter();
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -916,5 +916,6 @@ static const struct CMUnitTest tests[] = {
 
 int main(void)
 {
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

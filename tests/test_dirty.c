@@ -1001,5 +1001,6 @@ int main(void)
         cmocka_unit_test(test_random_balloon),
         cmocka_unit_test(test_concurrent_harvest),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

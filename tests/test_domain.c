@@ -699,5 +699,6 @@ int main(void)
         cmocka_unit_test(test_quarantine),
         cmocka_unit_test(test_quarantine_pod_and_nomem),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "testutil.h"
 #include "frames.h"
 
 #define NOWN 9u /* model owners 0..8; owner 8 never allocates */
@@ -900,5 +901,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fragment, timer_start, timer_stop),
         cmocka_unit_test_setup_teardown(test_big_machine_lazy, timer_start, timer_stop),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2341,8 +2341,6 @@ int main(void)
         cmocka_unit_test(test_pod_kvm),
         cmocka_unit_test(test_xsave_kvm),
     };
-    const char *filter = getenv("HUGEVM_TEST_FILTER"); /* one test, e.g. under TCG */
-    if (filter && *filter)
-        cmocka_set_test_filter(filter);
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

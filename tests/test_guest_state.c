@@ -491,5 +491,6 @@ int main(void)
         cmocka_unit_test(test_soft_rule),
         cmocka_unit_test(test_tlv_framing),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

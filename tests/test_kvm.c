@@ -685,8 +685,6 @@ int main(void)
         cmocka_unit_test(test_save_resume),
         cmocka_unit_test(test_migrate_live),
     };
-    const char *filter = getenv("HUGEVM_TEST_FILTER"); /* one test, e.g. under TCG */
-    if (filter && *filter)
-        cmocka_set_test_filter(filter);
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
 #include "machine.h"
 
 static uint64_t rss_bytes(void)
@@ -212,5 +213,6 @@ int main(void)
         cmocka_unit_test(test_hole_cursor),
         cmocka_unit_test(test_bad_sizes),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3458,5 +3458,6 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     if (getenv("TEST_FILTER")) /* run only the tests matching a pattern */
         cmocka_set_test_filter(getenv("TEST_FILTER"));
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
 #include "common.h"
 #include "frames.h"
 #include "p2m.h"
@@ -37,7 +38,7 @@ domid_t frame_owner(const struct frames *f, mfn_t mfn, unsigned *head_order)
 
 /* ---- helpers ----------------------------------------------------------- */
 
-#define AUDIT_OK(p)                                                            \
+#define P2M_AUDIT_OK(p)                                                        \
     do {                                                                       \
         int arc_ = p2m_audit(p);                                               \
         if (arc_ != 0)                                                         \
@@ -433,7 +434,7 @@ static void run_differential(const struct run_cfg *cfg)
                 assert_int_equal(p2m_change_type(p, g, 10, p2m_ram_rw, p2m_mmio), -EINVAL);
             }
         }
-        AUDIT_OK(p);
+        P2M_AUDIT_OK(p);
         compare(p, s, e, false, &chk_rng);
         if (auto_on && !cfg->splits)
             check_maximal(p, s, e);
@@ -441,19 +442,19 @@ static void run_differential(const struct run_cfg *cfg)
             compare(p, 0, SPACE, true, &chk_rng);
             if (n % 2000 == 1999) {
                 (void)p2m_coalesce(p, 0, SPACE);
-                AUDIT_OK(p);
+                P2M_AUDIT_OK(p);
                 check_maximal(p, 0, SPACE);
             }
         }
     }
     compare(p, 0, SPACE, true, &chk_rng);
     (void)p2m_coalesce(p, 0, P2M_GFN_LIMIT);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     compare(p, 0, SPACE, true, &chk_rng);
     /* everything removed: only the root is left once coalesced */
     assert_int_equal(p2m_set_range(p, 0, 0, SPACE, p2m_invalid), 0);
     (void)p2m_coalesce(p, 0, SPACE);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     struct p2m_stats st;
     p2m_get_stats(p, &st);
     if (auto_on)
@@ -510,7 +511,7 @@ static void test_split_path(void **state)
     const mfn_t m1 = 7ULL << 18;
     struct p2m_stats st;
     assert_int_equal(p2m_set_entry(p, g1, m1, PAGE_ORDER_1G, p2m_ram_rw), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_get_stats(p, &st);
     assert_int_equal(st.tables, 2);
     assert_int_equal(st.leaves[2][p2m_ram_rw], 1);
@@ -525,7 +526,7 @@ static void test_split_path(void **state)
     /* one 4K change: exactly two new tables */
     const gfn_t g = g1 + 5 * 512 + 7;
     assert_int_equal(p2m_set_entry(p, g, 12345, 0, p2m_ram_ro), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_get_stats(p, &st);
     assert_int_equal(st.tables, 4);
     assert_int_equal(st.leaves[2][p2m_ram_rw], 0);
@@ -566,7 +567,7 @@ static void test_split_path(void **state)
 
     /* putting it back merges all the way up (A/D OR-ed) */
     assert_int_equal(p2m_set_entry(p, g, m1 + (g - g1), 0, p2m_ram_rw), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_get_stats(p, &st);
     assert_int_equal(st.tables, 2);
     assert_int_equal(st.merges[1], 1);
@@ -579,10 +580,10 @@ static void test_split_path(void **state)
 
     /* explicit split: one level, pinned against auto-merge */
     assert_int_equal(p2m_split(p, g), 9);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, g), 9);
     assert_int_equal(p2m_split(p, g), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, g), 0);
     assert_int_equal(p2m_split(p, g), 0); /* level 1: no-op */
     assert_int_equal(p2m_split(p, 1ULL << 30), 0); /* unmapped */
@@ -591,13 +592,13 @@ static void test_split_path(void **state)
     assert_int_equal(st.tables, 4);
     /* explicit coalesce undoes it */
     assert_int_equal(p2m_coalesce(p, g, 1), 2);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, g), 18);
 
     /* pod leaves split without mfn */
     assert_int_equal(p2m_set_entry(p, 0, 0, PAGE_ORDER_1G, p2m_pod), 0);
     assert_int_equal(p2m_set_entry(p, 513, 99, 0, p2m_ram_rw), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     enum p2m_type t;
     unsigned o;
     assert_int_equal(p2m_get_entry(p, 512, &t, &o), INVALID_MFN);
@@ -609,17 +610,17 @@ static void test_split_path(void **state)
     /* removing 4K from a 1G leaf also splits; pod <-> invalid change */
     assert_int_equal(p2m_change_type(p, 513, 1, p2m_ram_rw, p2m_ram_ro), 0);
     assert_int_equal(p2m_change_type(p, 0, 1ULL << 18, p2m_pod, p2m_invalid), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(p2m_get_entry(p, 513, &t, &o), 99);
     assert_int_equal(t, p2m_ram_ro);
     assert_int_equal(p2m_get_entry(p, 514, &t, &o), INVALID_MFN);
     assert_int_equal(t, p2m_invalid);
     assert_int_equal(p2m_set_entry(p, 513, 0, 0, p2m_invalid), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_get_stats(p, &st);
     assert_int_equal(st.tables, 2); /* empty tables freed */
     assert_int_equal(p2m_change_type(p, 0, 1ULL << 18, p2m_invalid, p2m_pod), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, 77), 18);
     p2m_destroy(p);
 }
@@ -632,7 +633,7 @@ static void test_change_type_boundaries(void **state)
     assert_int_equal(p2m_set_entry(p, g1, 1ULL << 19, 18, p2m_ram_rw), 0);
     const gfn_t s = g1 + 3 * 512 + 5, e = g1 + 40 * 512 + 17;
     assert_int_equal(p2m_change_type(p, s, e - s, p2m_ram_rw, p2m_ram_logdirty), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     struct p2m_stats st;
     p2m_get_stats(p, &st);
     assert_int_equal(st.tables, 5); /* L2 + two L1 */
@@ -646,7 +647,7 @@ static void test_change_type_boundaries(void **state)
     }
     /* back: everything merges into the 1G leaf again */
     assert_int_equal(p2m_change_type(p, g1, 1ULL << 18, p2m_ram_logdirty, p2m_ram_rw), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, g1 + 5), 18);
     assert_int_equal(p2m_change_type(p, g1, 10, p2m_mmio, p2m_ram_rw), -EINVAL);
     assert_int_equal(p2m_change_type(p, g1, 10, p2m_ram_rw, p2m_pod), -EINVAL);
@@ -681,9 +682,9 @@ static unsigned fill_2m(struct p2m *p, gfn_t g, mfn_t m, enum p2m_type t, unsign
                           : p2m_set_entry(p, g + i, m + i, 0, t);
         assert_int_equal(rc, 0);
         if (k % 64 == 0)
-            AUDIT_OK(p);
+            P2M_AUDIT_OK(p);
     }
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     return order_at(p, g);
 }
 
@@ -716,7 +717,7 @@ static void test_merge(void **state)
     assert_int_equal(order_at(p, 1024), 9);
     assert_int_equal(p2m_set_entry(p, 1536 + 300, M + 1536 + 300, 0, p2m_ram_rw), 0);
     assert_int_equal(order_at(p, 1536), 9);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
 
     /* 2M -> 1G from 2M leaves in random order */
     const gfn_t G = 1ULL << 18;
@@ -728,16 +729,16 @@ static void test_merge(void **state)
                                        9, p2m_ram_logdirty),
                          0);
         if (k % 64 == 0)
-            AUDIT_OK(p);
+            P2M_AUDIT_OK(p);
     }
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, G + 12345), 18);
     p2m_get_stats(p, &st);
     assert_int_equal(st.merges[2], 1);
     /* 2M leaves whose base is 2M- but not 1G-aligned: no 1G */
     const gfn_t G2 = 2ULL << 18;
     assert_int_equal(p2m_set_range(p, G2, (3ULL << 18) + 512, 1ULL << 18, p2m_ram_rw), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, G2), 9);
     /* set_range with 1G-aligned mfn: a 1G leaf straight away */
     assert_int_equal(p2m_set_range(p, 3ULL << 18, 5ULL << 18, 1ULL << 18, p2m_mmio), 0);
@@ -746,7 +747,7 @@ static void test_merge(void **state)
     uint64_t tables = st.tables;
     /* a 1G leaf over a populated subtree frees its tables */
     assert_int_equal(p2m_set_entry(p, G2, 0, 18, p2m_ram_ro), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_get_stats(p, &st);
     assert_int_equal(st.tables, tables - 1);
     assert_int_equal(st.leaves[1][p2m_ram_rw], 3); /* 0, 1024, 1536 */
@@ -759,14 +760,14 @@ static void test_merge(void **state)
     assert_int_equal(fill_2m(p, 512, M + 512, p2m_ram_rw, 999, 0, p2m_ram_rw, &r), 0);
     for (gfn_t i = 2; i < 512; i++)
         assert_int_equal(p2m_set_entry(p, i * 512, M + i * 512, 9, p2m_ram_rw), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, 0), 0);
     /* coalescing a sub-range merges the table that overlaps it */
     assert_int_equal(p2m_coalesce(p, 5, 1), 1);
     assert_int_equal(order_at(p, 0), 9);
     assert_int_equal(order_at(p, 512), 0);
     assert_int_equal(p2m_coalesce(p, 0, 1ULL << 18), 2); /* 512.. and the 1G */
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, 600), 18);
     assert_int_equal(p2m_coalesce(p, 0, 1ULL << 18), 0);
     /* empty tables are freed by coalesce but not counted */
@@ -781,7 +782,7 @@ static void test_merge(void **state)
     /* turning automatic coalescing on merges what is left */
     assert_int_equal(fill_2m(p, 1ULL << 18, M, p2m_ram_rw, 999, 0, p2m_ram_rw, &r), 0);
     p2m_set_auto_coalesce(p, true);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, 1ULL << 18), 9);
     p2m_destroy(p);
 }
@@ -858,13 +859,13 @@ static void test_fault_injection(void **state)
                 assert_int_equal(s1.table_alloc_failures, s0.table_alloc_failures + 1);
                 take_dump(p, &after);
                 assert_same_dump(&before, &after);
-                AUDIT_OK(p);
+                P2M_AUDIT_OK(p);
             }
             assert_true(k < 4096);
             if (k > 2)
                 multi++;
             assert_int_equal(rc, 0);
-            AUDIT_OK(p);
+            P2M_AUDIT_OK(p);
         }
         p2m_destroy(p);
     }
@@ -888,7 +889,7 @@ static void test_fault_injection(void **state)
                 assert_int_equal(rc, 0);
                 oks++;
             }
-            AUDIT_OK(p);
+            P2M_AUDIT_OK(p);
             struct p2m_stats st;
             p2m_get_stats(p, &st);
             assert_true(st.tables <= st.max_tables);
@@ -905,7 +906,7 @@ static void test_fault_injection(void **state)
     assert_int_equal(p2m_set_entry(p, 5, 1, 0, p2m_ram_rw), 0); /* tables 2 + 2 = 4 */
     assert_int_equal(p2m_set_entry(p, (1ULL << 18) + 5, 1, 0, p2m_ram_rw), -ENOMEM);
     assert_int_equal(p2m_split(p, (1ULL << 18) + 5), -ENOMEM);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_destroy(p);
     /* creation honours the fault site */
     struct p2m *q = NULL;
@@ -950,7 +951,7 @@ static void test_errors(void **state)
     assert_int_equal(p2m_add_4k_range(p, P2M_GFN_LIMIT - 1, 2), -EINVAL);
     take_dump(p, &after);
     assert_same_dump(&before, &after);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     /* gfn beyond the limit reads as unmapped */
     enum p2m_type t = p2m_ram_rw;
     unsigned o = 5;
@@ -963,14 +964,14 @@ static void test_errors(void **state)
     assert_int_equal(o, 18);
     /* set_range cuts 4K pieces in 4K-only ranges, valid to the last gfn */
     assert_int_equal(p2m_set_range(p, 1ULL << 20, 1ULL << 21, 1ULL << 18, p2m_ram_rw), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, (1ULL << 20) + 5), 0);
     assert_int_equal(order_at(p, (1ULL << 20) + 512), 9);
     assert_int_equal(p2m_set_range(p, P2M_GFN_LIMIT - 512, 0, 512, p2m_ram_rw), 0);
     assert_int_equal(order_at(p, P2M_GFN_LIMIT - 1), 9);
     /* adding a 4K-only range over a 1G leaf splits it down to 4K */
     assert_int_equal(p2m_add_4k_range(p, 1000, 3), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(order_at(p, 1001), 0);
     assert_int_equal(order_at(p, 600), 0);
     assert_int_equal(order_at(p, 1500), 9);
@@ -981,7 +982,7 @@ static void test_errors(void **state)
     for (int i = 2; i < P2M_MAX_4K_RANGES; i++)
         assert_int_equal(p2m_add_4k_range(p, (1ULL << 30) + i * 4096ULL, 1), 0);
     assert_int_equal(p2m_add_4k_range(p, 1ULL << 31, 1), -ENOSPC);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     free(before.v);
     free(after.v);
     p2m_destroy(p);
@@ -1030,7 +1031,7 @@ static void test_iteration(void **state)
     assert_int_equal(p2m_table_bytes(p), st.tables * 4096);
     assert_int_equal(st.leaves[0][p2m_pod], 1);
     assert_string_equal(p2m_type_name(p2m_ram_logdirty), "ram_logdirty");
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     /* corruption is caught */
     unsigned lv;
     ept_entry_t *le = p2m_lookup_leaf(p, 9, &lv, NULL);
@@ -1047,7 +1048,7 @@ static void test_iteration(void **state)
     *le += 1ULL << EPT_MFN_SHIFT; /* misaligned 2M mfn */
     assert_int_equal(p2m_audit(p), -EUCLEAN);
     *le = saved;
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_destroy(p);
 }
 
@@ -1062,7 +1063,7 @@ static void test_frames_owner(void **state)
     assert_int_equal(p2m_set_entry(p, 0, 1ULL << 18, 18, p2m_ram_rw), 0);
     assert_int_equal(p2m_set_entry(p, 1ULL << 18, (1ULL << 30) - 512, 9, p2m_ram_rw), 0);
     assert_int_equal(p2m_set_entry(p, 1ULL << 19, 1ULL << 35, 0, p2m_mmio), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(p2m_set_entry(p, 1ULL << 20, 1ULL << 30, 0, p2m_ram_rw), 0);
     assert_int_equal(p2m_audit(p), -EUCLEAN);
     p2m_destroy(p);
@@ -1084,16 +1085,16 @@ static void test_frames_owner(void **state)
     assert_int_equal(p2m_set_entry(p, 1ULL << 18, m2m, 9, p2m_ram_rw), 0);
     for (int i = 0; i < 512; i++)
         assert_int_equal(p2m_set_entry(p, (1ULL << 18) + 512 + i, m4k[i], 0, p2m_ram_ro), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     /* a 2M leaf over 4K extents is checked extent by extent */
     assert_int_equal(frame_free(f, m1g + 4096, 0, 1), 0);
     assert_int_equal(p2m_audit(p), -EUCLEAN);
     assert_int_equal(p2m_set_entry(p, 0, 0, 18, p2m_invalid), 0);
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     assert_int_equal(p2m_set_entry(p, 5, other, 0, p2m_ram_rw), 0);
     assert_int_equal(p2m_audit(p), -EUCLEAN);
     assert_int_equal(p2m_set_entry(p, 5, other, 0, p2m_mmio), 0); /* not RAM */
-    AUDIT_OK(p);
+    P2M_AUDIT_OK(p);
     p2m_destroy(p);
     frames_destroy(f);
 }
@@ -1133,5 +1134,6 @@ int main(void)
         cmocka_unit_test(test_lookup_speed),
         cmocka_unit_test_setup_teardown(test_differential, model_setup, model_teardown),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

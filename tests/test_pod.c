@@ -981,5 +981,6 @@ int main(void)
         cmocka_unit_test(test_fault_demand),
         cmocka_unit_test(test_fault_reclaim),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1362,5 +1362,6 @@ int main(void)
         cmocka_unit_test(test_fd_alias_round_trip),
         cmocka_unit_test(test_track_data),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
 #include "common.h"
 #include "copy.h"
 #include "safefile.h"
@@ -309,5 +310,6 @@ int main(void)
         cmocka_unit_test(test_arena),
         cmocka_unit_test(test_safefile),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

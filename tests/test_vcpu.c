@@ -363,5 +363,6 @@ int main(void)
         cmocka_unit_test(test_workloads_deterministic),
         cmocka_unit_test(test_writer_rate),
     };
+    hv_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

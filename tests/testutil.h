@@ -10,12 +10,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <setjmp.h> /* cmocka.h's prerequisites */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
 
 #include "domain.h"
 #include "frames.h"
 #include "machine.h"
 
 /* Fail the test with the audit's own message when a validator objects. */
+/* HUGEVM_TEST_FILTER=PATTERN runs only the cases whose names match
+ * (cmocka's * and ? wildcards): one case under TCG, or to time it.  Every
+ * test's main calls it before running its group. */
+static inline void hv_test_filter(void)
+{
+    const char *f = getenv("HUGEVM_TEST_FILTER");
+    if (f && *f)
+        cmocka_set_test_filter(f);
+}
+
 #define AUDIT_OK(expr)                                                         \
     do {                                                                       \
         int rc_ = (expr);                                                      \
