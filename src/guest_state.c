@@ -200,27 +200,25 @@ int guest_state_decode(const void *area, size_t len, struct guest_state *gs, cha
         }
         if (!more)
             break;
-        uint32_t l = t.length;
-        uint16_t type = t.type;
-        if (type == HVCTX_GUEST_MEM) {
-            rc = decode_mem(val, l, gs, err, errlen);
+        if (t.type == HVCTX_GUEST_MEM) {
+            rc = decode_mem(val, t.length, gs, err, errlen);
             if (rc < 0)
                 goto out;
             continue;
         }
-        if ((type == HVCTX_PROG_VCPU || type == HVCTX_PROG_XSAVE || type == HVCTX_PROG_MSRS) &&
-            !kvm_type) {
-            kvm_type = type;
+        if (!kvm_type && (t.type == HVCTX_PROG_VCPU || t.type == HVCTX_PROG_XSAVE ||
+                          t.type == HVCTX_PROG_MSRS)) {
+            kvm_type = t.type;
             kvm_at = at;
         }
-        if (type != HVCTX_VCPU && type != HVCTX_WORKLOAD)
+        if (t.type != HVCTX_VCPU && t.type != HVCTX_WORKLOAD)
             continue;
         seen++;
-        bool is_v = type == HVCTX_VCPU;
+        bool is_v = t.type == HVCTX_VCPU;
         size_t want = is_v ? sizeof(struct mig_vcpu_tlv) : sizeof(struct mig_workload_tlv);
-        if (l != want) {
+        if (t.length != want) {
             rc = fail(err, errlen, -EBADMSG, "HVM_CONTEXT: %s TLV of %u bytes (want %zu)",
-                      is_v ? "VCPU" : "WORKLOAD", l, want);
+                      is_v ? "VCPU" : "WORKLOAD", t.length, want);
             goto out;
         }
         uint32_t id;
